@@ -1,0 +1,379 @@
+//! THE op list. Every kernel op of `rlhf` is named once here, forward and backward, as a method of
+//! the [`Backend`] trait; every backend (`cpu`, later `cuda` and `wgpu`) implements all of them,
+//! so a missing op is a build error, never a run-time "not implemented".
+//!
+//! Conventions (the same in Rust, CUDA C and WGSL):
+//! - argument order: outputs, what is saved for backward, inputs, weights, then one params struct
+//!   with the dimensions;
+//! - parameter gradients accumulate (`+=`), activation gradients overwrite (`=`);
+//! - buffers are owned by the backend and stay on its device; ops may run asynchronously, and the
+//!   only way back to the host is [`Backend::download`] (used for a few logging scalars per step);
+//! - every params struct is `#[repr(C)]` plain data so that GPU backends can pass it as a uniform;
+//! - matrices are row-major; `[B, T, C]` means B sequences of T tokens of C channels.
+
+use crate::error::Result;
+use bytemuck::{Pod, Zeroable};
+
+/// `table` rows gathered by `ids`: `out[i, :] (+)= table[ids[i], :]`, i < n.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct EmbeddingParams {
+    pub n: u32,
+    pub c: u32,
+    /// 1: add into `out` (learned positions on top of tokens), 0: overwrite.
+    pub accumulate: u32,
+    pub vocab: u32,
+}
+
+/// LayerNorm / RMSNorm over the last dimension of an `[n, c]` matrix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct NormParams {
+    pub n: u32,
+    pub c: u32,
+    pub eps: f32,
+    pub _pad: u32,
+}
+
+/// `out[b] (+)= alpha * op(a[b]) @ op(b[b])` for b < batch, with `op(a)` of shape `[m, k]`
+/// (stored `[k, m]` when `trans_a`) and `op(b)` of shape `[k, n]` (stored `[n, k]` when `trans_b`).
+/// Strides are in elements between consecutive batch matrices (0 broadcasts one matrix).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct MatmulParams {
+    pub m: u32,
+    pub n: u32,
+    pub k: u32,
+    pub batch: u32,
+    pub trans_a: u32,
+    pub trans_b: u32,
+    pub accumulate: u32,
+    pub alpha: f32,
+    pub stride_a: u32,
+    pub stride_b: u32,
+    pub stride_out: u32,
+    pub _pad: u32,
+}
+
+impl MatmulParams {
+    /// A single `[m, k] @ [k, n]` product with the given storage transposes.
+    pub fn new(m: usize, n: usize, k: usize, trans_a: bool, trans_b: bool) -> Self {
+        MatmulParams {
+            m: m as u32,
+            n: n as u32,
+            k: k as u32,
+            batch: 1,
+            trans_a: trans_a as u32,
+            trans_b: trans_b as u32,
+            accumulate: 0,
+            alpha: 1.0,
+            stride_a: 0,
+            stride_b: 0,
+            stride_out: 0,
+            _pad: 0,
+        }
+    }
+    pub fn accumulate(mut self, yes: bool) -> Self {
+        self.accumulate = yes as u32;
+        self
+    }
+    pub fn batched(mut self, batch: usize, stride_a: usize, stride_b: usize, stride_out: usize) -> Self {
+        self.batch = batch as u32;
+        self.stride_a = stride_a as u32;
+        self.stride_b = stride_b as u32;
+        self.stride_out = stride_out as u32;
+        self
+    }
+}
+
+/// Row-broadcast bias over an `[n, c]` matrix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct BiasParams {
+    pub n: u32,
+    pub c: u32,
+}
+
+/// Element-wise ops over `n` elements.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ElementwiseParams {
+    pub n: u32,
+    pub _pad: u32,
+}
+
+impl ElementwiseParams {
+    pub fn new(n: usize) -> Self {
+        ElementwiseParams { n: n as u32, _pad: 0 }
+    }
+}
+
+/// Rotary position embedding (rotate-half convention of Llama/Qwen2 in `transformers`) applied in
+/// place to the first `n_rot_heads` heads of every row of an `[n_tokens, row]` matrix; the
+/// position of token i is `positions[i]`; frequency j is `theta^(-2j/head_dim)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct RopeParams {
+    pub n_tokens: u32,
+    pub row: u32,
+    pub n_rot_heads: u32,
+    pub head_dim: u32,
+    pub theta: f32,
+    pub _pad: u32,
+}
+
+/// Causal scaled-dot-product attention with grouped-query heads, reading queries, keys and values
+/// out of strided buffers (the fused `[B, T, (NH + 2 NKV) HD]` projection during training, the
+/// KV cache during generation). Query i of a sequence sits at position `q_pos0 + i` and sees
+/// keys `0 ..= q_pos0 + i` (< tk). Query head h reads key/value head `h / (nh / nkv)`.
+/// Output `[B, tq, NH * HD]`; saved for backward: the log-sum-exp of every score row `[B, NH, tq]`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct AttentionParams {
+    pub b: u32,
+    pub tq: u32,
+    pub tk: u32,
+    pub nh: u32,
+    pub nkv: u32,
+    pub hd: u32,
+    pub q_pos0: u32,
+    pub scale: f32,
+    /// elements between consecutive query rows, and between sequences, and the offset of head 0
+    pub q_row: u32,
+    pub q_batch: u32,
+    pub q_off: u32,
+    /// the same for keys and values (which share a row layout)
+    pub kv_row: u32,
+    pub kv_batch: u32,
+    pub k_off: u32,
+    pub v_off: u32,
+    pub _pad: u32,
+}
+
+impl AttentionParams {
+    /// Training layout: q, k, v all read from one fused `[B, T, (nh + 2 nkv) hd]` buffer.
+    pub fn fused(b: usize, t: usize, nh: usize, nkv: usize, hd: usize) -> Self {
+        let row = (nh + 2 * nkv) * hd;
+        AttentionParams {
+            b: b as u32,
+            tq: t as u32,
+            tk: t as u32,
+            nh: nh as u32,
+            nkv: nkv as u32,
+            hd: hd as u32,
+            q_pos0: 0,
+            scale: 1.0 / (hd as f32).sqrt(),
+            q_row: row as u32,
+            q_batch: (t * row) as u32,
+            q_off: 0,
+            kv_row: row as u32,
+            kv_batch: (t * row) as u32,
+            k_off: (nh * hd) as u32,
+            v_off: ((nh + nkv) * hd) as u32,
+            _pad: 0,
+        }
+    }
+}
+
+/// Copies the key and value heads of `t` new tokens from the fused projection
+/// `[B, t, (nh + 2 nkv) hd]` into a cache `[B, t_max, 2 nkv hd]` at positions `pos0 .. pos0 + t`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct KvCacheParams {
+    pub b: u32,
+    pub t: u32,
+    pub pos0: u32,
+    pub t_max: u32,
+    pub nh: u32,
+    pub nkv: u32,
+    pub hd: u32,
+    pub _pad: u32,
+}
+
+/// Softmax cross-entropy over `[n, v]` logits. A negative target marks a row without loss.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct CrossEntropyParams {
+    pub n: u32,
+    pub v: u32,
+}
+
+/// Next-token sampling from `[n, v]` logits. temperature 0 is greedy (argmax, lowest index on
+/// ties); otherwise softmax(logits / temperature) restricted to the top_k most likely tokens
+/// (0 = all) and then to the smallest set whose mass reaches top_p (1 = all). The uniform draw of
+/// row i is a counter-based hash of (seed, step, i), so every backend draws the same numbers.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct SampleParams {
+    pub n: u32,
+    pub v: u32,
+    pub temperature: f32,
+    pub top_k: u32,
+    pub top_p: f32,
+    pub seed_lo: u32,
+    pub seed_hi: u32,
+    pub step: u32,
+}
+
+/// One AdamW step with decoupled weight decay: `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`,
+/// `p -= lr * (m / bc1 / (sqrt(v / bc2) + eps) + weight_decay * p)` with `bc = 1 - beta^step`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct AdamWParams {
+    pub n: u32,
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    pub bias_correction1: f32,
+    pub bias_correction2: f32,
+}
+
+/// Global-norm clipping: `x *= min(1, max_norm / (sqrt(norm_sq[0]) + 1e-6))`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ClipParams {
+    pub n: u32,
+    pub max_norm: f32,
+}
+
+/// A compute backend: device-resident buffers and every op of the engine.
+///
+/// `Buf` holds f32 values, `Ids` holds i32 token ids and positions. Buffers are created and read
+/// back only through the backend. Ops are enqueued in program order; `synchronize` waits for them.
+pub trait Backend: Send + Sync {
+    type Buf: Send + Sync;
+    type Ids: Send + Sync;
+
+    /// Short name used on the command line (`cpu`, `cuda`, `wgpu`).
+    fn name(&self) -> &'static str;
+    /// A one-line description of the device.
+    fn device_description(&self) -> String;
+
+    // ---- memory ------------------------------------------------------------------------------
+    /// A zero-filled buffer of `len` f32 values.
+    fn alloc(&self, len: usize) -> Result<Self::Buf>;
+    fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
+    /// Overwrites the first `data.len()` values of `buf`.
+    fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()>;
+    /// Reads the whole buffer back (waits for pending ops).
+    fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    fn len(&self, buf: &Self::Buf) -> usize;
+    fn alloc_ids(&self, len: usize) -> Result<Self::Ids>;
+    fn upload_ids(&self, data: &[i32]) -> Result<Self::Ids>;
+    fn write_ids(&self, buf: &mut Self::Ids, data: &[i32]) -> Result<()>;
+    fn download_ids(&self, buf: &Self::Ids) -> Result<Vec<i32>>;
+    fn synchronize(&self) -> Result<()>;
+
+    // ---- element-wise --------------------------------------------------------------------------
+    /// `out[i] = value`
+    fn fill(&self, out: &mut Self::Buf, value: f32, p: ElementwiseParams) -> Result<()>;
+    /// `out[i] = inp[i]`
+    fn copy(&self, out: &mut Self::Buf, inp: &Self::Buf, p: ElementwiseParams) -> Result<()>;
+    /// `out[i] = a[i] + b[i]` (the residual stream)
+    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, p: ElementwiseParams) -> Result<()>;
+    /// `acc[i] += x[i]` (residual gradients, gradient accumulation)
+    fn add_inplace(&self, acc: &mut Self::Buf, x: &Self::Buf, p: ElementwiseParams) -> Result<()>;
+    /// `x[i] *= s`
+    fn scale_inplace(&self, x: &mut Self::Buf, s: f32, p: ElementwiseParams) -> Result<()>;
+
+    // ---- embedding ---------------------------------------------------------------------------
+    fn embedding_fwd(&self, out: &mut Self::Buf, ids: &Self::Ids, table: &Self::Buf, p: EmbeddingParams) -> Result<()>;
+    /// `dtable[ids[i], :] += dout[i, :]`
+    fn embedding_bwd(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &Self::Ids, p: EmbeddingParams) -> Result<()>;
+
+    // ---- normalisation -----------------------------------------------------------------------
+    /// `out = (inp - mean) * rstd * weight + bias`; saves mean and rstd `[n]`.
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_fwd(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, weight: &Self::Buf, bias: &Self::Buf, p: NormParams) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn layernorm_bwd(&self, dinp: &mut Self::Buf, dweight: &mut Self::Buf, dbias: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, mean: &Self::Buf, rstd: &Self::Buf, weight: &Self::Buf, p: NormParams) -> Result<()>;
+    /// `out = inp * rstd * weight` with `rstd = 1 / sqrt(mean(inp^2) + eps)`; saves rstd `[n]`.
+    fn rmsnorm_fwd(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, weight: &Self::Buf, p: NormParams) -> Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn rmsnorm_bwd(&self, dinp: &mut Self::Buf, dweight: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, rstd: &Self::Buf, weight: &Self::Buf, p: NormParams) -> Result<()>;
+
+    // ---- matmul and bias -----------------------------------------------------------------------
+    /// See [`MatmulParams`]. Backward is two more calls with transposes.
+    fn matmul(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, p: MatmulParams) -> Result<()>;
+    /// `out[i, j] += bias[j]`
+    fn bias_add(&self, out: &mut Self::Buf, bias: &Self::Buf, p: BiasParams) -> Result<()>;
+    /// `dbias[j] += sum_i dout[i, j]`
+    fn bias_bwd(&self, dbias: &mut Self::Buf, dout: &Self::Buf, p: BiasParams) -> Result<()>;
+
+    // ---- activations ---------------------------------------------------------------------------
+    /// GELU with the tanh approximation (GPT-2's `gelu_new`).
+    fn gelu_fwd(&self, out: &mut Self::Buf, inp: &Self::Buf, p: ElementwiseParams) -> Result<()>;
+    fn gelu_bwd(&self, dinp: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, p: ElementwiseParams) -> Result<()>;
+    /// `out = silu(gate) * up`
+    fn swiglu_fwd(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, p: ElementwiseParams) -> Result<()>;
+    fn swiglu_bwd(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf, p: ElementwiseParams) -> Result<()>;
+
+    // ---- positions and attention ---------------------------------------------------------------
+    /// Rotates in place, see [`RopeParams`].
+    fn rope_fwd(&self, x: &mut Self::Buf, positions: &Self::Ids, p: RopeParams) -> Result<()>;
+    /// The transpose of `rope_fwd` (a rotation by the negative angle), in place on the gradient.
+    fn rope_bwd(&self, dx: &mut Self::Buf, positions: &Self::Ids, p: RopeParams) -> Result<()>;
+    /// See [`AttentionParams`].
+    #[allow(clippy::too_many_arguments)]
+    fn attention_fwd(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, p: AttentionParams) -> Result<()>;
+    /// Gradient with respect to the fused projection (training layout, `q`, `k`, `v` all in
+    /// `qkv`); `dqkv` is overwritten. Recomputes the probabilities from `lse`.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_bwd(&self, dqkv: &mut Self::Buf, dout: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, qkv: &Self::Buf, p: AttentionParams) -> Result<()>;
+    /// See [`KvCacheParams`].
+    fn kv_cache_write(&self, cache: &mut Self::Buf, qkv: &Self::Buf, p: KvCacheParams) -> Result<()>;
+
+    // ---- loss and sampling ---------------------------------------------------------------------
+    /// `losses[i] = logsumexp(logits[i]) - logits[i, targets[i]]` (0 where targets[i] < 0);
+    /// saves `lse[i]`. `-losses[i]` is the log-probability of the target.
+    fn cross_entropy_fwd(&self, losses: &mut Self::Buf, lse: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Ids, p: CrossEntropyParams) -> Result<()>;
+    /// `dlogits[i] = dlosses[i] * (softmax(logits[i]) - onehot(targets[i]))`, 0 where targets[i] < 0.
+    #[allow(clippy::too_many_arguments)]
+    fn cross_entropy_bwd(&self, dlogits: &mut Self::Buf, dlosses: &Self::Buf, logits: &Self::Buf, lse: &Self::Buf, targets: &Self::Ids, p: CrossEntropyParams) -> Result<()>;
+    /// See [`SampleParams`]; writes one token id per row.
+    fn sample(&self, out: &mut Self::Ids, logits: &Self::Buf, p: SampleParams) -> Result<()>;
+
+    // ---- optimiser -----------------------------------------------------------------------------
+    /// `acc[0] += sum_i x[i]^2` (the global gradient norm, accumulated over tensors on the device)
+    fn sum_squares(&self, acc: &mut Self::Buf, x: &Self::Buf, p: ElementwiseParams) -> Result<()>;
+    /// See [`ClipParams`]; reads the accumulated squared norm from the device.
+    fn clip_grad(&self, x: &mut Self::Buf, norm_sq: &Self::Buf, p: ClipParams) -> Result<()>;
+    /// See [`AdamWParams`].
+    fn adamw(&self, param: &mut Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, grad: &Self::Buf, p: AdamWParams) -> Result<()>;
+}
+
+/// Every op of the list, by the name it has in all backends (CPU function, CUDA kernel, WGSL entry
+/// point). Tests use this list to check that every op has a parity test and a gradient check.
+pub const OP_NAMES: &[&str] = &[
+    "fill",
+    "copy",
+    "add",
+    "add_inplace",
+    "scale_inplace",
+    "embedding_fwd",
+    "embedding_bwd",
+    "layernorm_fwd",
+    "layernorm_bwd",
+    "rmsnorm_fwd",
+    "rmsnorm_bwd",
+    "matmul",
+    "bias_add",
+    "bias_bwd",
+    "gelu_fwd",
+    "gelu_bwd",
+    "swiglu_fwd",
+    "swiglu_bwd",
+    "rope_fwd",
+    "rope_bwd",
+    "attention_fwd",
+    "attention_bwd",
+    "kv_cache_write",
+    "cross_entropy_fwd",
+    "cross_entropy_bwd",
+    "sample",
+    "sum_squares",
+    "clip_grad",
+    "adamw",
+];

@@ -1,0 +1,1 @@
+//! Tokenizers, JSONL datasets, chat templates and built-in corpora.

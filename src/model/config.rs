@@ -1,0 +1,281 @@
+//! `ModelConfig`: the decoder's dimensions and family, read from a Hugging Face `config.json`
+//! (GPT-2, Llama, Qwen2) or built from a named preset for training from scratch, and written back
+//! in the same Hugging Face form.
+
+use crate::error::{Error, Result};
+use serde_json::{json, Map, Value};
+use std::path::Path;
+
+/// The two decoder families `rlhf` implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Family {
+    /// LayerNorm, learned positions, GELU-tanh, biases everywhere, tied embeddings, Conv1D weights
+    /// stored `[in, out]`.
+    Gpt2,
+    /// RMSNorm, RoPE, SwiGLU, grouped-query attention, Linear weights stored `[out, in]`.
+    /// Covers `LlamaForCausalLM` and `Qwen2ForCausalLM` (which adds a bias to q, k and v).
+    Llama,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelConfig {
+    pub family: Family,
+    /// `model_type` as written in config.json (`gpt2`, `llama`, `qwen2`).
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub intermediate_size: usize,
+    pub max_positions: usize,
+    pub norm_eps: f32,
+    pub rope_theta: f32,
+    pub tie_embeddings: bool,
+    /// bias on the q, k, v projections (Qwen2, Llama with attention_bias)
+    pub qkv_bias: bool,
+    /// bias on the attention output projection (Llama with attention_bias)
+    pub o_bias: bool,
+    /// bias on the MLP projections (Llama with mlp_bias)
+    pub mlp_bias: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_id: Option<u32>,
+    /// the original config.json, so that keys we do not interpret survive a save
+    pub raw: Value,
+}
+
+fn get_usize(obj: &Map<String, Value>, key: &str) -> Option<usize> {
+    obj.get(key).and_then(Value::as_u64).map(|v| v as usize)
+}
+
+fn get_f32(obj: &Map<String, Value>, key: &str) -> Option<f32> {
+    obj.get(key).and_then(Value::as_f64).map(|v| v as f32)
+}
+
+fn first_token_id(v: Option<&Value>) -> Option<u32> {
+    match v? {
+        Value::Number(n) => n.as_u64().map(|x| x as u32),
+        Value::Array(a) => a.first().and_then(Value::as_u64).map(|x| x as u32),
+        _ => None,
+    }
+}
+
+impl ModelConfig {
+    /// Reads `<dir>/config.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
+        let value: Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
+        Self::from_hf_json(&value).map_err(|msg| Error::file(&path, msg))
+    }
+
+    /// Interprets a Hugging Face config object; the error string names the offending key.
+    pub fn from_hf_json(value: &Value) -> std::result::Result<Self, String> {
+        let obj = value.as_object().ok_or("expected a JSON object")?;
+        let model_type = obj
+            .get("model_type")
+            .and_then(Value::as_str)
+            .ok_or("missing `model_type`")?
+            .to_string();
+        let need = |key: &str| get_usize(obj, key).ok_or_else(|| format!("missing or invalid `{key}`"));
+        let cfg = match model_type.as_str() {
+            "gpt2" => {
+                let act = obj.get("activation_function").and_then(Value::as_str).unwrap_or("gelu_new");
+                if !matches!(act, "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast") {
+                    return Err(format!("unsupported activation_function `{act}` (rlhf implements GELU-tanh: gelu_new)"));
+                }
+                let hidden = need("n_embd")?;
+                let heads = need("n_head")?;
+                if heads == 0 || hidden % heads != 0 {
+                    return Err(format!("n_embd {hidden} is not divisible by n_head {heads}"));
+                }
+                ModelConfig {
+                    family: Family::Gpt2,
+                    model_type,
+                    vocab_size: need("vocab_size")?,
+                    hidden_size: hidden,
+                    n_layers: need("n_layer")?,
+                    n_heads: heads,
+                    n_kv_heads: heads,
+                    head_dim: hidden / heads,
+                    intermediate_size: get_usize(obj, "n_inner").unwrap_or(4 * hidden),
+                    max_positions: need("n_positions")?,
+                    norm_eps: get_f32(obj, "layer_norm_epsilon").unwrap_or(1e-5),
+                    rope_theta: 0.0,
+                    tie_embeddings: obj.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(true),
+                    qkv_bias: true,
+                    o_bias: true,
+                    mlp_bias: true,
+                    bos_token_id: first_token_id(obj.get("bos_token_id")),
+                    eos_token_id: first_token_id(obj.get("eos_token_id")),
+                    raw: value.clone(),
+                }
+            }
+            "llama" | "qwen2" => {
+                let act = obj.get("hidden_act").and_then(Value::as_str).unwrap_or("silu");
+                if act != "silu" {
+                    return Err(format!("unsupported hidden_act `{act}` (rlhf implements SwiGLU with silu)"));
+                }
+                if let Some(scaling) = obj.get("rope_scaling") {
+                    if !scaling.is_null() {
+                        return Err(format!("unsupported rope_scaling {scaling} (rlhf implements plain RoPE)"));
+                    }
+                }
+                let hidden = need("hidden_size")?;
+                let heads = need("num_attention_heads")?;
+                let kv_heads = get_usize(obj, "num_key_value_heads").unwrap_or(heads);
+                if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
+                    return Err(format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"));
+                }
+                let head_dim = get_usize(obj, "head_dim").unwrap_or(hidden / heads);
+                if head_dim % 2 != 0 {
+                    return Err(format!("head_dim {head_dim} must be even for RoPE"));
+                }
+                let is_qwen = model_type == "qwen2";
+                let attention_bias = obj.get("attention_bias").and_then(Value::as_bool).unwrap_or(false);
+                ModelConfig {
+                    family: Family::Llama,
+                    vocab_size: need("vocab_size")?,
+                    hidden_size: hidden,
+                    n_layers: need("num_hidden_layers")?,
+                    n_heads: heads,
+                    n_kv_heads: kv_heads,
+                    head_dim,
+                    intermediate_size: need("intermediate_size")?,
+                    max_positions: get_usize(obj, "max_position_embeddings").unwrap_or(2048),
+                    norm_eps: get_f32(obj, "rms_norm_eps").unwrap_or(1e-6),
+                    rope_theta: get_f32(obj, "rope_theta").unwrap_or(10000.0),
+                    tie_embeddings: obj.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
+                    qkv_bias: is_qwen || attention_bias,
+                    o_bias: !is_qwen && attention_bias,
+                    mlp_bias: !is_qwen && obj.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false),
+                    bos_token_id: first_token_id(obj.get("bos_token_id")),
+                    eos_token_id: first_token_id(obj.get("eos_token_id")),
+                    model_type,
+                    raw: value.clone(),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "unsupported model_type `{other}` (rlhf supports gpt2, llama and qwen2)"
+                ))
+            }
+        };
+        if cfg.vocab_size == 0 || cfg.hidden_size == 0 || cfg.n_layers == 0 {
+            return Err("vocab_size, hidden size and number of layers must be positive".into());
+        }
+        Ok(cfg)
+    }
+
+    /// The config.json to save next to the weights: the original keys, with ours on top.
+    pub fn to_hf_json(&self) -> Value {
+        let mut obj = self.raw.as_object().cloned().unwrap_or_default();
+        let mut set = |k: &str, v: Value| {
+            obj.insert(k.to_string(), v);
+        };
+        set("model_type", json!(self.model_type));
+        set("vocab_size", json!(self.vocab_size));
+        set("tie_word_embeddings", json!(self.tie_embeddings));
+        set("torch_dtype", json!("float32"));
+        if let Some(b) = self.bos_token_id {
+            set("bos_token_id", json!(b));
+        }
+        if let Some(e) = self.eos_token_id {
+            set("eos_token_id", json!(e));
+        }
+        match self.family {
+            Family::Gpt2 => {
+                set("architectures", json!(["GPT2LMHeadModel"]));
+                set("n_embd", json!(self.hidden_size));
+                set("n_layer", json!(self.n_layers));
+                set("n_head", json!(self.n_heads));
+                set("n_positions", json!(self.max_positions));
+                set("n_inner", json!(self.intermediate_size));
+                set("layer_norm_epsilon", json!(self.norm_eps));
+                set("activation_function", json!("gelu_new"));
+            }
+            Family::Llama => {
+                let arch = if self.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+                set("architectures", json!([arch]));
+                set("hidden_size", json!(self.hidden_size));
+                set("num_hidden_layers", json!(self.n_layers));
+                set("num_attention_heads", json!(self.n_heads));
+                set("num_key_value_heads", json!(self.n_kv_heads));
+                set("head_dim", json!(self.head_dim));
+                set("intermediate_size", json!(self.intermediate_size));
+                set("max_position_embeddings", json!(self.max_positions));
+                set("rms_norm_eps", json!(self.norm_eps));
+                set("rope_theta", json!(self.rope_theta));
+                set("hidden_act", json!("silu"));
+                if self.model_type == "llama" {
+                    set("attention_bias", json!(self.qkv_bias));
+                    set("mlp_bias", json!(self.mlp_bias));
+                }
+            }
+        }
+        Value::Object(obj)
+    }
+
+    /// A fresh configuration by name, for `--init`. GPT-2 sizes follow the released models;
+    /// `*-tiny` presets are for tests and the built-in demo. `vocab_size` comes from the tokenizer.
+    pub fn preset(name: &str, vocab_size: usize) -> Result<Self> {
+        let gpt2 = |layers: usize, hidden: usize, heads: usize, positions: usize| {
+            json!({
+                "model_type": "gpt2", "vocab_size": vocab_size, "n_embd": hidden, "n_layer": layers,
+                "n_head": heads, "n_positions": positions, "layer_norm_epsilon": 1e-5,
+                "activation_function": "gelu_new", "tie_word_embeddings": true,
+            })
+        };
+        let llama = |ty: &str, layers: usize, hidden: usize, heads: usize, kv: usize, inter: usize, positions: usize, tie: bool| {
+            json!({
+                "model_type": ty, "vocab_size": vocab_size, "hidden_size": hidden, "num_hidden_layers": layers,
+                "num_attention_heads": heads, "num_key_value_heads": kv, "intermediate_size": inter,
+                "max_position_embeddings": positions, "rms_norm_eps": 1e-6, "rope_theta": 10000.0,
+                "hidden_act": "silu", "tie_word_embeddings": tie,
+            })
+        };
+        let value = match name {
+            "gpt2-tiny" => gpt2(2, 64, 4, 256),
+            "gpt2-small" | "gpt2-mini" => gpt2(4, 256, 4, 512),
+            "gpt2-124m" => gpt2(12, 768, 12, 1024),
+            "gpt2-350m" => gpt2(24, 1024, 16, 1024),
+            "gpt2-774m" => gpt2(36, 1280, 20, 1024),
+            "gpt2-1558m" => gpt2(48, 1600, 25, 1024),
+            "llama-tiny" => llama("llama", 2, 64, 4, 2, 176, 256, false),
+            "llama-small" => llama("llama", 4, 256, 8, 4, 688, 512, false),
+            "qwen2-tiny" => llama("qwen2", 2, 64, 4, 2, 176, 256, true),
+            "qwen2-0.5b" => llama("qwen2", 24, 896, 14, 2, 4864, 4096, true),
+            other => {
+                return Err(Error::invalid(format!(
+                    "unknown preset `{other}`; presets: {}",
+                    PRESETS.join(", ")
+                )))
+            }
+        };
+        let mut cfg = Self::from_hf_json(&value).map_err(Error::invalid)?;
+        if cfg.family == Family::Llama && cfg.model_type == "qwen2" {
+            cfg.raw["tie_word_embeddings"] = json!(cfg.tie_embeddings);
+        }
+        Ok(cfg)
+    }
+
+    /// Total number of parameters (tied embeddings counted once).
+    pub fn num_params(&self) -> usize {
+        crate::model::params::ParamLayout::new(self).num_params()
+    }
+}
+
+/// Names accepted by [`ModelConfig::preset`].
+pub const PRESETS: &[&str] = &[
+    "gpt2-tiny",
+    "gpt2-small",
+    "gpt2-124m",
+    "gpt2-350m",
+    "gpt2-774m",
+    "gpt2-1558m",
+    "llama-tiny",
+    "llama-small",
+    "qwen2-tiny",
+    "qwen2-0.5b",
+];
