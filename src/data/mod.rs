@@ -1,1 +1,3 @@
 //! Tokenizers, JSONL datasets, chat templates and built-in corpora.
+
+pub mod rng;

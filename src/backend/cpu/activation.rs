@@ -1,0 +1,56 @@
+//! Activations, element-wise over `[n]`.
+//! GELU (tanh form, GPT-2's `gelu_new`): `y = 0.5 x (1 + tanh(s (x + 0.044715 x^3)))`,
+//! `s = sqrt(2/pi)`; backward from the saved input.
+//! SwiGLU: `y = silu(g) * u`, `silu(g) = g * sigmoid(g)`; backward from the saved g and u:
+//! `du = dy * silu(g)`, `dg = dy * u * sigmoid(g) * (1 + g (1 - sigmoid(g)))`.
+
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 13;
+const GELU_S: f32 = 0.797_884_6; // sqrt(2/pi)
+
+pub fn gelu_fwd(out: &mut [f32], inp: &[f32]) {
+    out.par_chunks_mut(CHUNK).zip(inp.par_chunks(CHUNK)).for_each(|(o, x)| {
+        for (o, &x) in o.iter_mut().zip(x) {
+            let u = GELU_S * (x + 0.044715 * x * x * x);
+            *o = 0.5 * x * (1.0 + u.tanh());
+        }
+    });
+}
+
+pub fn gelu_bwd(dinp: &mut [f32], dout: &[f32], inp: &[f32]) {
+    dinp.par_chunks_mut(CHUNK).zip(dout.par_chunks(CHUNK).zip(inp.par_chunks(CHUNK))).for_each(|(d, (g, x))| {
+        for ((d, &g), &x) in d.iter_mut().zip(g).zip(x) {
+            let u = GELU_S * (x + 0.044715 * x * x * x);
+            let t = u.tanh();
+            let du = GELU_S * (1.0 + 3.0 * 0.044715 * x * x);
+            *d = g * (0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * du);
+        }
+    });
+}
+
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+pub fn swiglu_fwd(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    out.par_chunks_mut(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))).for_each(|(o, (g, u))| {
+        for ((o, &g), &u) in o.iter_mut().zip(g).zip(u) {
+            *o = g * sigmoid(g) * u;
+        }
+    });
+}
+
+pub fn swiglu_bwd(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32], up: &[f32]) {
+    dgate
+        .par_chunks_mut(CHUNK)
+        .zip(dup.par_chunks_mut(CHUNK))
+        .zip(dout.par_chunks(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))))
+        .for_each(|((dg, du), (dy, (g, u)))| {
+            for i in 0..dg.len() {
+                let s = sigmoid(g[i]);
+                du[i] = dy[i] * g[i] * s;
+                dg[i] = dy[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+            }
+        });
+}

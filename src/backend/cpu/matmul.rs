@@ -1,0 +1,76 @@
+//! Matmul and bias. `out[b] (+)= alpha * op(a[b]) @ op(b[b])`, row-major, `op(a)` `[m, k]`
+//! (stored `[k, m]` when `trans_a`), `op(b)` `[k, n]` (stored `[n, k]` when `trans_b`), through the
+//! `gemm` crate (packed, SIMD micro-kernels, rayon). A linear layer's backward is two more calls:
+//! `dx = dy @ W` and `dW += dy^T @ x` (with the transposes that match W's storage).
+//! Bias: `out[i, j] += bias[j]`; backward `dbias[j] += sum_i dout[i, j]` reduced per column.
+
+use crate::backend::ops::{BiasParams, MatmulParams};
+use gemm::Parallelism;
+use rayon::prelude::*;
+
+/// (row stride, column stride) of a row-major `[rows, cols]` matrix read as its transpose or not.
+fn strides(transposed: bool, cols_of_op: usize, rows_of_op: usize) -> (isize, isize) {
+    if transposed {
+        // stored [cols_of_op, rows_of_op]: element (i, j) of op at j * rows_of_op + i
+        (1, rows_of_op as isize)
+    } else {
+        (cols_of_op as isize, 1)
+    }
+}
+
+pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], p: MatmulParams) {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let batch = p.batch.max(1) as usize;
+    let (a_rs, a_cs) = strides(p.trans_a != 0, k, m);
+    let (b_rs, b_cs) = strides(p.trans_b != 0, n, k);
+    let read_dst = p.accumulate != 0;
+    let one = |out: &mut [f32], a: &[f32], b: &[f32], par: Parallelism| {
+        assert!(out.len() >= m * n && a.len() >= m * k && b.len() >= k * n, "matmul operand too small");
+        if k == 0 {
+            if !read_dst {
+                out[..m * n].fill(0.0);
+            }
+            return;
+        }
+        // SAFETY: the asserts above bound every index the strides can reach.
+        unsafe {
+            gemm::gemm(
+                m, n, k,
+                out.as_mut_ptr(), 1, n as isize, read_dst,
+                a.as_ptr(), a_cs, a_rs,
+                b.as_ptr(), b_cs, b_rs,
+                1.0, p.alpha,
+                false, false, false,
+                par,
+            );
+        }
+    };
+    if batch == 1 {
+        one(out, a, b, Parallelism::Rayon(0));
+        return;
+    }
+    let (sa, sb, so) = (p.stride_a as usize, p.stride_b as usize, p.stride_out as usize);
+    assert!(so >= m * n, "matmul: output batches overlap");
+    out[..so * batch].par_chunks_mut(so).enumerate().for_each(|(i, o)| {
+        one(o, &a[i * sa..], &b[i * sb..], Parallelism::None);
+    });
+}
+
+pub fn bias_add(out: &mut [f32], bias: &[f32], p: BiasParams) {
+    let (n, c) = (p.n as usize, p.c as usize);
+    out[..n * c].par_chunks_mut(c).for_each(|row| row.iter_mut().zip(bias).for_each(|(o, b)| *o += b));
+}
+
+pub fn bias_bwd(dbias: &mut [f32], dout: &[f32], p: BiasParams) {
+    let (n, c) = (p.n as usize, p.c as usize);
+    const BLOCK: usize = 64;
+    dbias[..c].par_chunks_mut(BLOCK).enumerate().for_each(|(blk, d)| {
+        let j0 = blk * BLOCK;
+        let mut acc = vec![0f32; d.len()];
+        for i in 0..n {
+            let row = &dout[i * c + j0..i * c + j0 + d.len()];
+            acc.iter_mut().zip(row).for_each(|(a, g)| *a += g);
+        }
+        d.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
+    });
+}

@@ -1,0 +1,604 @@
+//! Every op of the op list on the CPU backend: the forward against a naive reference written out
+//! here, and every backward against central finite differences of `L = sum(out * r)` for a random
+//! `r`. `OP_CHECKS` maps each op to the test that covers it; a test fails if an op of
+//! `rlhf::backend::ops::OP_NAMES` is missing there.
+
+use rlhf::backend::ops::*;
+use rlhf::backend::CpuBackend;
+use rlhf::data::rng::Rng;
+
+/// op name -> the test function covering it (forward reference and/or finite differences).
+const OP_CHECKS: &[(&str, &str)] = &[
+    ("fill", "elementwise_ops"),
+    ("copy", "elementwise_ops"),
+    ("add", "elementwise_ops"),
+    ("add_inplace", "elementwise_ops"),
+    ("scale_inplace", "elementwise_ops"),
+    ("embedding_fwd", "embedding_grad"),
+    ("embedding_bwd", "embedding_grad"),
+    ("layernorm_fwd", "layernorm_grad"),
+    ("layernorm_bwd", "layernorm_grad"),
+    ("rmsnorm_fwd", "rmsnorm_grad"),
+    ("rmsnorm_bwd", "rmsnorm_grad"),
+    ("matmul", "matmul_all_transposes"),
+    ("bias_add", "bias_grad"),
+    ("bias_bwd", "bias_grad"),
+    ("gelu_fwd", "gelu_grad"),
+    ("gelu_bwd", "gelu_grad"),
+    ("swiglu_fwd", "swiglu_grad"),
+    ("swiglu_bwd", "swiglu_grad"),
+    ("rope_fwd", "rope_grad"),
+    ("rope_bwd", "rope_grad"),
+    ("attention_fwd", "attention_grad"),
+    ("attention_bwd", "attention_grad"),
+    ("kv_cache_write", "attention_cached_matches_full"),
+    ("cross_entropy_fwd", "cross_entropy_grad"),
+    ("cross_entropy_bwd", "cross_entropy_grad"),
+    ("sample", "sample_greedy_topk_topp"),
+    ("sum_squares", "optimizer_ops"),
+    ("clip_grad", "optimizer_ops"),
+    ("adamw", "optimizer_ops"),
+];
+
+#[test]
+fn every_op_has_a_check() {
+    for op in OP_NAMES {
+        assert!(OP_CHECKS.iter().any(|(name, _)| name == op), "op `{op}` has no check in tests/ops.rs");
+    }
+    let src = include_str!("ops.rs");
+    for (op, test) in OP_CHECKS {
+        assert!(src.contains(&format!("fn {test}()")), "check `{test}` for `{op}` does not exist");
+    }
+}
+
+fn randv(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
+    (0..n).map(|_| rng.normal() * scale).collect()
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
+}
+
+/// Central differences of `loss` at `x` compared with `grad` on up to 48 coordinates.
+fn fd_check(name: &str, x: &[f32], grad: &[f32], loss: impl Fn(&[f32]) -> f64) {
+    assert_eq!(x.len(), grad.len(), "{name}: gradient length");
+    let eps = 1e-2f32;
+    let step = (x.len() / 48).max(1);
+    let mut worst = 0f64;
+    for i in (0..x.len()).step_by(step) {
+        let mut xp = x.to_vec();
+        xp[i] += eps;
+        let lp = loss(&xp);
+        xp[i] -= 2.0 * eps;
+        let lm = loss(&xp);
+        let num = (lp - lm) / (2.0 * eps as f64);
+        let err = (num - grad[i] as f64).abs() / (1e-2 + num.abs().max(grad[i].abs() as f64));
+        worst = worst.max(err);
+        assert!(err < 2e-2, "{name}[{i}]: finite difference {num:.6} vs analytic {:.6}", grad[i]);
+    }
+    assert!(worst.is_finite());
+}
+
+#[test]
+fn elementwise_ops() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(1);
+    let n = 1000;
+    let a = randv(&mut rng, n, 1.0);
+    let b = randv(&mut rng, n, 1.0);
+    let p = ElementwiseParams::new(n);
+    let mut out = be.alloc(n).unwrap();
+    be.fill(&mut out, 3.5, p).unwrap();
+    assert!(out.iter().all(|&v| v == 3.5));
+    be.copy(&mut out, &a, p).unwrap();
+    assert_eq!(out, a);
+    be.add(&mut out, &a, &b, p).unwrap();
+    assert!(out.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == x + y));
+    be.add_inplace(&mut out, &a, p).unwrap();
+    assert!(out.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == (x + y) + x));
+    be.scale_inplace(&mut out, 0.5, p).unwrap();
+    assert!(out.iter().zip(a.iter().zip(&b)).all(|(o, (x, y))| *o == ((x + y) + x) * 0.5));
+    // only the first n elements are touched
+    let mut big = vec![7.0; n + 5];
+    be.fill(&mut big, 0.0, p).unwrap();
+    assert_eq!(&big[n..], &[7.0; 5]);
+}
+
+#[test]
+fn embedding_grad() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(2);
+    let (n, c, vocab) = (9, 5, 4);
+    let ids: Vec<i32> = (0..n).map(|_| rng.below(vocab) as i32).collect();
+    let table = randv(&mut rng, vocab * c, 1.0);
+    let r = randv(&mut rng, n * c, 1.0);
+    let p = EmbeddingParams { n: n as u32, c: c as u32, accumulate: 0, vocab: vocab as u32 };
+    let fwd = |t: &[f32]| {
+        let mut out = vec![0.0; n * c];
+        be.embedding_fwd(&mut out, &ids, &t.to_vec(), p).unwrap();
+        out
+    };
+    let out = fwd(&table);
+    for i in 0..n {
+        assert_eq!(&out[i * c..(i + 1) * c], &table[ids[i] as usize * c..(ids[i] as usize + 1) * c]);
+    }
+    // accumulate adds on top
+    let mut acc = vec![1.0; n * c];
+    be.embedding_fwd(&mut acc, &ids, &table, EmbeddingParams { accumulate: 1, ..p }).unwrap();
+    assert!(acc.iter().zip(&out).all(|(a, o)| (a - (o + 1.0)).abs() < 1e-6));
+    let mut dtable = vec![0.5; vocab * c];
+    be.embedding_bwd(&mut dtable, &r, &ids, p).unwrap();
+    let grad: Vec<f32> = dtable.iter().map(|g| g - 0.5).collect(); // accumulates onto 0.5
+    fd_check("embedding dtable", &table, &grad, |t| dot(&fwd(t), &r));
+    // out-of-vocabulary ids are an error, not a panic
+    let bad = vec![vocab as i32; n];
+    assert!(be.embedding_fwd(&mut vec![0.0; n * c], &bad, &table, p).is_err());
+}
+
+#[test]
+fn layernorm_grad() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(3);
+    let (n, c) = (6, 16);
+    let x = randv(&mut rng, n * c, 2.0);
+    let w = randv(&mut rng, c, 1.0);
+    let b = randv(&mut rng, c, 1.0);
+    let r = randv(&mut rng, n * c, 1.0);
+    let p = NormParams { n: n as u32, c: c as u32, eps: 1e-5, _pad: 0 };
+    let fwd = |x: &[f32], w: &[f32], b: &[f32]| {
+        let (mut out, mut mean, mut rstd) = (vec![0.0; n * c], vec![0.0; n], vec![0.0; n]);
+        be.layernorm_fwd(&mut out, &mut mean, &mut rstd, &x.to_vec(), &w.to_vec(), &b.to_vec(), p).unwrap();
+        (out, mean, rstd)
+    };
+    let (out, mean, rstd) = fwd(&x, &w, &b);
+    for i in 0..n {
+        let row = &x[i * c..(i + 1) * c];
+        let mu: f32 = row.iter().sum::<f32>() / c as f32;
+        let var: f32 = row.iter().map(|v| (v - mu).powi(2)).sum::<f32>() / c as f32;
+        for j in 0..c {
+            let want = (row[j] - mu) / (var + 1e-5).sqrt() * w[j] + b[j];
+            assert!((out[i * c + j] - want).abs() < 1e-4);
+        }
+    }
+    let (mut dx, mut dw, mut db) = (vec![9.0; n * c], vec![0.0; c], vec![0.0; c]);
+    be.layernorm_bwd(&mut dx, &mut dw, &mut db, &r, &x, &mean, &rstd, &w, p).unwrap();
+    fd_check("layernorm dx", &x, &dx, |x| dot(&fwd(x, &w, &b).0, &r));
+    fd_check("layernorm dw", &w, &dw, |w| dot(&fwd(&x, w, &b).0, &r));
+    fd_check("layernorm db", &b, &db, |b| dot(&fwd(&x, &w, b).0, &r));
+}
+
+#[test]
+fn rmsnorm_grad() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(4);
+    let (n, c) = (5, 12);
+    let x = randv(&mut rng, n * c, 2.0);
+    let w = randv(&mut rng, c, 1.0);
+    let r = randv(&mut rng, n * c, 1.0);
+    let p = NormParams { n: n as u32, c: c as u32, eps: 1e-6, _pad: 0 };
+    let fwd = |x: &[f32], w: &[f32]| {
+        let (mut out, mut rstd) = (vec![0.0; n * c], vec![0.0; n]);
+        be.rmsnorm_fwd(&mut out, &mut rstd, &x.to_vec(), &w.to_vec(), p).unwrap();
+        (out, rstd)
+    };
+    let (out, rstd) = fwd(&x, &w);
+    for i in 0..n {
+        let row = &x[i * c..(i + 1) * c];
+        let ms: f32 = row.iter().map(|v| v * v).sum::<f32>() / c as f32;
+        for j in 0..c {
+            assert!((out[i * c + j] - row[j] / (ms + 1e-6).sqrt() * w[j]).abs() < 1e-4);
+        }
+    }
+    let (mut dx, mut dw) = (vec![0.0; n * c], vec![0.0; c]);
+    be.rmsnorm_bwd(&mut dx, &mut dw, &r, &x, &rstd, &w, p).unwrap();
+    fd_check("rmsnorm dx", &x, &dx, |x| dot(&fwd(x, &w).0, &r));
+    fd_check("rmsnorm dw", &w, &dw, |w| dot(&fwd(&x, w).0, &r));
+}
+
+fn naive_matmul(a: &[f32], b: &[f32], m: usize, n: usize, k: usize, ta: bool, tb: bool) -> Vec<f32> {
+    let mut out = vec![0.0; m * n];
+    for i in 0..m {
+        for j in 0..n {
+            let mut s = 0.0f64;
+            for l in 0..k {
+                let av = if ta { a[l * m + i] } else { a[i * k + l] };
+                let bv = if tb { b[j * k + l] } else { b[l * n + j] };
+                s += av as f64 * bv as f64;
+            }
+            out[i * n + j] = s as f32;
+        }
+    }
+    out
+}
+
+#[test]
+fn matmul_all_transposes() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(5);
+    for &(m, n, k) in &[(7, 5, 3), (33, 17, 65), (1, 9, 4), (64, 64, 64)] {
+        for ta in [false, true] {
+            for tb in [false, true] {
+                let a = randv(&mut rng, m * k, 1.0);
+                let b = randv(&mut rng, k * n, 1.0);
+                let want = naive_matmul(&a, &b, m, n, k, ta, tb);
+                let mut out = vec![0.0; m * n];
+                be.matmul(&mut out, &a, &b, MatmulParams::new(m, n, k, ta, tb)).unwrap();
+                for (o, w) in out.iter().zip(&want) {
+                    assert!((o - w).abs() < 1e-4 * (1.0 + w.abs()), "m{m} n{n} k{k} ta{ta} tb{tb}: {o} vs {w}");
+                }
+                // accumulate adds onto what is there
+                let mut acc = vec![1.0; m * n];
+                be.matmul(&mut acc, &a, &b, MatmulParams::new(m, n, k, ta, tb).accumulate(true)).unwrap();
+                for (o, w) in acc.iter().zip(&want) {
+                    assert!((o - (w + 1.0)).abs() < 1e-4 * (1.0 + w.abs()));
+                }
+            }
+        }
+    }
+    // batched, with a broadcast right operand
+    let (batch, m, n, k) = (3, 4, 5, 6);
+    let a = randv(&mut rng, batch * m * k, 1.0);
+    let b = randv(&mut rng, k * n, 1.0);
+    let mut out = vec![0.0; batch * m * n];
+    be.matmul(&mut out, &a, &b, MatmulParams::new(m, n, k, false, false).batched(batch, m * k, 0, m * n)).unwrap();
+    for i in 0..batch {
+        let want = naive_matmul(&a[i * m * k..(i + 1) * m * k], &b, m, n, k, false, false);
+        for (o, w) in out[i * m * n..(i + 1) * m * n].iter().zip(&want) {
+            assert!((o - w).abs() < 1e-4);
+        }
+    }
+    // the linear-layer backward identities: dA = dY B^T, dB = A^T dY, by finite differences
+    let (m, n, k) = (5, 4, 3);
+    let a = randv(&mut rng, m * k, 1.0);
+    let b = randv(&mut rng, k * n, 1.0);
+    let r = randv(&mut rng, m * n, 1.0);
+    let mut da = vec![0.0; m * k];
+    be.matmul(&mut da, &r, &b, MatmulParams::new(m, k, n, false, true)).unwrap();
+    let mut db = vec![0.0; k * n];
+    be.matmul(&mut db, &a, &r, MatmulParams::new(k, n, m, true, false)).unwrap();
+    let f = |a: &[f32], b: &[f32]| {
+        let mut o = vec![0.0; m * n];
+        be.matmul(&mut o, &a.to_vec(), &b.to_vec(), MatmulParams::new(m, n, k, false, false)).unwrap();
+        dot(&o, &r)
+    };
+    fd_check("matmul da", &a, &da, |a| f(a, &b));
+    fd_check("matmul db", &b, &db, |b| f(&a, b));
+    // a too-small operand is an error
+    assert!(be.matmul(&mut vec![0.0; 4], &vec![0.0; 3], &vec![0.0; 4], MatmulParams::new(2, 2, 2, false, false)).is_err());
+}
+
+#[test]
+fn bias_grad() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(6);
+    let (n, c) = (7, 70);
+    let x = randv(&mut rng, n * c, 1.0);
+    let bias = randv(&mut rng, c, 1.0);
+    let r = randv(&mut rng, n * c, 1.0);
+    let p = BiasParams { n: n as u32, c: c as u32 };
+    let fwd = |b: &[f32]| {
+        let mut o = x.clone();
+        be.bias_add(&mut o, &b.to_vec(), p).unwrap();
+        o
+    };
+    let out = fwd(&bias);
+    assert!((out[c + 3] - (x[c + 3] + bias[3])).abs() < 1e-6);
+    let mut db = vec![0.0; c];
+    be.bias_bwd(&mut db, &r, p).unwrap();
+    fd_check("bias db", &bias, &db, |b| dot(&fwd(b), &r));
+}
+
+#[test]
+fn gelu_grad() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(7);
+    let n = 200;
+    let x = randv(&mut rng, n, 2.0);
+    let r = randv(&mut rng, n, 1.0);
+    let p = ElementwiseParams::new(n);
+    let fwd = |x: &[f32]| {
+        let mut o = vec![0.0; n];
+        be.gelu_fwd(&mut o, &x.to_vec(), p).unwrap();
+        o
+    };
+    let out = fwd(&x);
+    for (o, &v) in out.iter().zip(&x) {
+        let want = 0.5 * v as f64 * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (v as f64 + 0.044715 * (v as f64).powi(3))).tanh());
+        assert!((*o as f64 - want).abs() < 1e-5);
+    }
+    let mut dx = vec![0.0; n];
+    be.gelu_bwd(&mut dx, &r, &x, p).unwrap();
+    fd_check("gelu dx", &x, &dx, |x| dot(&fwd(x), &r));
+}
+
+#[test]
+fn swiglu_grad() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(8);
+    let n = 150;
+    let g = randv(&mut rng, n, 2.0);
+    let u = randv(&mut rng, n, 1.0);
+    let r = randv(&mut rng, n, 1.0);
+    let p = ElementwiseParams::new(n);
+    let fwd = |g: &[f32], u: &[f32]| {
+        let mut o = vec![0.0; n];
+        be.swiglu_fwd(&mut o, &g.to_vec(), &u.to_vec(), p).unwrap();
+        o
+    };
+    let out = fwd(&g, &u);
+    assert!((out[3] - g[3] / (1.0 + (-g[3]).exp()) * u[3]).abs() < 1e-6);
+    let (mut dg, mut du) = (vec![0.0; n], vec![0.0; n]);
+    be.swiglu_bwd(&mut dg, &mut du, &r, &g, &u, p).unwrap();
+    fd_check("swiglu dgate", &g, &dg, |g| dot(&fwd(g, &u), &r));
+    fd_check("swiglu dup", &u, &du, |u| dot(&fwd(&g, u), &r));
+}
+
+#[test]
+fn rope_grad() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(9);
+    let (n_tok, hd, nrot, extra) = (5, 8, 3, 2);
+    let row = (nrot + extra) * hd;
+    let x = randv(&mut rng, n_tok * row, 1.0);
+    let pos: Vec<i32> = vec![0, 1, 2, 7, 100];
+    let r = randv(&mut rng, n_tok * row, 1.0);
+    let p = RopeParams { n_tokens: n_tok as u32, row: row as u32, n_rot_heads: nrot as u32, head_dim: hd as u32, theta: 10000.0, _pad: 0 };
+    let fwd = |x: &[f32]| {
+        let mut o = x.to_vec();
+        be.rope_fwd(&mut o, &pos, p).unwrap();
+        o
+    };
+    let out = fwd(&x);
+    // position 0 is the identity, heads past n_rot_heads are untouched
+    assert_eq!(&out[..row], &x[..row]);
+    assert_eq!(&out[row + nrot * hd..2 * row], &x[row + nrot * hd..2 * row]);
+    // token 1, head 0, pair j=1: angle = 1 * 10000^(-2/8)
+    let a = 10000f32.powf(-2.0 / 8.0);
+    let want = x[row + 1] * a.cos() - x[row + 1 + hd / 2] * a.sin();
+    assert!((out[row + 1] - want).abs() < 1e-5);
+    let mut dx = r.clone();
+    be.rope_bwd(&mut dx, &pos, p).unwrap();
+    fd_check("rope dx", &x, &dx, |x| dot(&fwd(x), &r));
+}
+
+/// Naive causal GQA attention over a fused `[B, T, (nh + 2 nkv) hd]` buffer.
+fn naive_attention(qkv: &[f32], b: usize, t: usize, nh: usize, nkv: usize, hd: usize) -> Vec<f32> {
+    let row = (nh + 2 * nkv) * hd;
+    let mut out = vec![0.0; b * t * nh * hd];
+    let scale = 1.0 / (hd as f64).sqrt();
+    for bi in 0..b {
+        for h in 0..nh {
+            let kvh = h / (nh / nkv);
+            for i in 0..t {
+                let q = &qkv[(bi * t + i) * row + h * hd..][..hd];
+                let s: Vec<f64> = (0..=i)
+                    .map(|j| {
+                        let k = &qkv[(bi * t + j) * row + (nh + kvh) * hd..][..hd];
+                        q.iter().zip(k).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() * scale
+                    })
+                    .collect();
+                let max = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let z: f64 = s.iter().map(|v| (v - max).exp()).sum();
+                for j in 0..=i {
+                    let pj = (s[j] - max).exp() / z;
+                    let v = &qkv[(bi * t + j) * row + (nh + nkv + kvh) * hd..][..hd];
+                    for d in 0..hd {
+                        out[(bi * t + i) * nh * hd + h * hd + d] += (pj * v[d] as f64) as f32;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_grad() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(10);
+    for &(b, t, nh, nkv, hd) in &[(2, 5, 4, 2, 4), (1, 7, 2, 2, 3), (2, 3, 3, 1, 2)] {
+        let row = (nh + 2 * nkv) * hd;
+        let qkv = randv(&mut rng, b * t * row, 1.0);
+        let r = randv(&mut rng, b * t * nh * hd, 1.0);
+        let p = AttentionParams::fused(b, t, nh, nkv, hd);
+        let fwd = |x: &[f32]| {
+            let x = x.to_vec();
+            let (mut out, mut lse) = (vec![0.0; b * t * nh * hd], vec![0.0; b * nh * t]);
+            be.attention_fwd(&mut out, &mut lse, &x, &x, &x, p).unwrap();
+            (out, lse)
+        };
+        let (out, lse) = fwd(&qkv);
+        let want = naive_attention(&qkv, b, t, nh, nkv, hd);
+        for (o, w) in out.iter().zip(&want) {
+            assert!((o - w).abs() < 1e-5, "attention forward {o} vs {w}");
+        }
+        let mut dqkv = vec![5.0; b * t * row];
+        be.attention_bwd(&mut dqkv, &r, &out, &lse, &qkv, p).unwrap();
+        fd_check(&format!("attention dqkv b{b} t{t} nh{nh} nkv{nkv}"), &qkv, &dqkv, |x| dot(&fwd(x).0, &r));
+    }
+}
+
+#[test]
+fn attention_cached_matches_full() {
+    // prefill 3 tokens then decode 2 one by one through the cache == full causal attention
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(11);
+    let (b, t, nh, nkv, hd, t_max) = (2, 5, 4, 2, 4, 8);
+    let row = (nh + 2 * nkv) * hd;
+    let kv = 2 * nkv * hd;
+    let qkv = randv(&mut rng, b * t * row, 1.0);
+    let full = naive_attention(&qkv, b, t, nh, nkv, hd);
+    let mut cache = vec![0.0; b * t_max * kv];
+    let mut pos0 = 0;
+    for chunk in [3usize, 1, 1] {
+        // the chunk's rows of qkv, [b, chunk, row]
+        let mut part = Vec::new();
+        for bi in 0..b {
+            part.extend_from_slice(&qkv[(bi * t + pos0) * row..(bi * t + pos0 + chunk) * row]);
+        }
+        let kp = KvCacheParams { b: b as u32, t: chunk as u32, pos0: pos0 as u32, t_max: t_max as u32, nh: nh as u32, nkv: nkv as u32, hd: hd as u32, _pad: 0 };
+        be.kv_cache_write(&mut cache, &part, kp).unwrap();
+        let p = AttentionParams {
+            b: b as u32,
+            tq: chunk as u32,
+            tk: (pos0 + chunk) as u32,
+            nh: nh as u32,
+            nkv: nkv as u32,
+            hd: hd as u32,
+            q_pos0: pos0 as u32,
+            scale: 1.0 / (hd as f32).sqrt(),
+            q_row: row as u32,
+            q_batch: (chunk * row) as u32,
+            q_off: 0,
+            kv_row: kv as u32,
+            kv_batch: (t_max * kv) as u32,
+            k_off: 0,
+            v_off: (nkv * hd) as u32,
+            _pad: 0,
+        };
+        let (mut out, mut lse) = (vec![0.0; b * chunk * nh * hd], vec![0.0; b * nh * chunk]);
+        be.attention_fwd(&mut out, &mut lse, &part, &cache, &cache, p).unwrap();
+        for bi in 0..b {
+            for i in 0..chunk {
+                let got = &out[(bi * chunk + i) * nh * hd..][..nh * hd];
+                let want = &full[(bi * t + pos0 + i) * nh * hd..][..nh * hd];
+                for (g, w) in got.iter().zip(want) {
+                    assert!((g - w).abs() < 1e-5);
+                }
+            }
+        }
+        pos0 += chunk;
+    }
+    // writing past the end of the cache is an error
+    let kp = KvCacheParams { b: b as u32, t: 4, pos0: 5, t_max: t_max as u32, nh: nh as u32, nkv: nkv as u32, hd: hd as u32, _pad: 0 };
+    assert!(be.kv_cache_write(&mut cache, &vec![0.0; b * 4 * row], kp).is_err());
+}
+
+#[test]
+fn cross_entropy_grad() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(12);
+    let (n, v) = (6, 11);
+    let logits = randv(&mut rng, n * v, 3.0);
+    let targets: Vec<i32> = vec![0, 10, -1, 4, 4, -1];
+    let w = randv(&mut rng, n, 1.0);
+    let p = CrossEntropyParams { n: n as u32, v: v as u32 };
+    let fwd = |x: &[f32]| {
+        let (mut loss, mut lse) = (vec![0.0; n], vec![0.0; n]);
+        be.cross_entropy_fwd(&mut loss, &mut lse, &x.to_vec(), &targets, p).unwrap();
+        (loss, lse)
+    };
+    let (loss, lse) = fwd(&logits);
+    for i in 0..n {
+        let row = &logits[i * v..(i + 1) * v];
+        let z: f64 = row.iter().map(|&x| (x as f64).exp()).sum();
+        if targets[i] >= 0 {
+            let want = z.ln() - row[targets[i] as usize] as f64;
+            assert!((loss[i] as f64 - want).abs() < 1e-5);
+        } else {
+            assert_eq!(loss[i], 0.0);
+        }
+    }
+    let mut dl = vec![3.0; n * v];
+    be.cross_entropy_bwd(&mut dl, &w, &logits, &lse, &targets, p).unwrap();
+    fd_check("cross_entropy dlogits", &logits, &dl, |x| dot(&fwd(x).0, &w));
+    assert!(dl[2 * v..3 * v].iter().all(|&g| g == 0.0), "rows without a target get no gradient");
+    let bad = vec![v as i32; n];
+    assert!(be.cross_entropy_fwd(&mut vec![0.0; n], &mut vec![0.0; n], &logits, &bad, p).is_err());
+}
+
+#[test]
+fn sample_greedy_topk_topp() {
+    let be = CpuBackend::new();
+    let v = 6;
+    let logits = vec![
+        0.0, 3.0, 1.0, 3.0, -1.0, 2.0, // tie between 1 and 3: greedy takes 1
+        5.0, 0.0, 0.0, 0.0, 0.0, 0.0,
+    ];
+    let base = SampleParams { n: 2, v: v as u32, temperature: 0.0, top_k: 0, top_p: 1.0, seed_lo: 7, seed_hi: 0, step: 0 };
+    let mut out = vec![0; 2];
+    be.sample(&mut out, &logits, base).unwrap();
+    assert_eq!(out, vec![1, 0]);
+    // top_k = 1 at any temperature is greedy
+    be.sample(&mut out, &logits, SampleParams { temperature: 1.0, top_k: 1, ..base }).unwrap();
+    assert_eq!(out, vec![1, 0]);
+    // frequencies follow softmax(logits / T); top_k = 2 keeps only tokens 1 and 3 in row 0
+    let mut counts = vec![0usize; v];
+    let draws = 4000;
+    for step in 0..draws {
+        be.sample(&mut out, &logits, SampleParams { temperature: 1.0, top_k: 2, step, ..base }).unwrap();
+        counts[out[0] as usize] += 1;
+    }
+    assert_eq!(counts[0] + counts[2] + counts[4] + counts[5], 0);
+    let frac = counts[1] as f64 / draws as f64;
+    assert!((frac - 0.5).abs() < 0.04, "two equal logits should split evenly, got {frac}");
+    // top_p = 0.5 on row 1 keeps only the dominant token
+    for step in 0..200 {
+        be.sample(&mut out, &logits, SampleParams { temperature: 1.0, top_p: 0.5, step, ..base }).unwrap();
+        assert_eq!(out[1], 0);
+    }
+    // unrestricted sampling at T=1 matches the softmax
+    let mut counts = vec![0usize; v];
+    for step in 0..draws {
+        be.sample(&mut out, &logits, SampleParams { temperature: 1.0, step, ..base }).unwrap();
+        counts[out[0] as usize] += 1;
+    }
+    let z: f64 = logits[..v].iter().map(|&x| (x as f64).exp()).sum();
+    for j in 0..v {
+        let want = (logits[j] as f64).exp() / z;
+        let got = counts[j] as f64 / draws as f64;
+        assert!((got - want).abs() < 0.03, "token {j}: {got} vs {want}");
+    }
+    // the same seed and step give the same draw
+    let mut a = vec![0; 2];
+    let mut b = vec![0; 2];
+    let p = SampleParams { temperature: 1.0, step: 3, ..base };
+    be.sample(&mut a, &logits, p).unwrap();
+    be.sample(&mut b, &logits, p).unwrap();
+    assert_eq!(a, b);
+}
+
+#[test]
+fn optimizer_ops() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(13);
+    let n = 100;
+    let g = randv(&mut rng, n, 1.0);
+    let mut acc = vec![0.0];
+    be.sum_squares(&mut acc, &g, ElementwiseParams::new(n)).unwrap();
+    be.sum_squares(&mut acc, &g, ElementwiseParams::new(n)).unwrap();
+    let want: f64 = 2.0 * g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
+    assert!((acc[0] as f64 - want).abs() < 1e-3);
+    // clipping to a norm of 1
+    let mut x = g.clone();
+    let mut nsq = vec![0.0];
+    be.sum_squares(&mut nsq, &x, ElementwiseParams::new(n)).unwrap();
+    be.clip_grad(&mut x, &nsq, ClipParams { n: n as u32, max_norm: 1.0 }).unwrap();
+    let norm: f64 = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
+    assert!((norm - 1.0).abs() < 1e-4);
+    // a norm already below the limit is left alone
+    let mut y = g.clone();
+    be.clip_grad(&mut y, &nsq, ClipParams { n: n as u32, max_norm: 1e9 }).unwrap();
+    assert_eq!(y, g);
+    // two AdamW steps against the formula
+    let mut w = randv(&mut rng, n, 1.0);
+    let w0 = w.clone();
+    let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
+    let (lr, b1, b2, eps, wd) = (0.01f32, 0.9f32, 0.95f32, 1e-8f32, 0.1f32);
+    let (mut rm, mut rv, mut rw) = (vec![0f64; n], vec![0f64; n], w0.iter().map(|&x| x as f64).collect::<Vec<_>>());
+    for step in 1..=2 {
+        let p = AdamWParams { n: n as u32, lr, beta1: b1, beta2: b2, eps, weight_decay: wd, bias_correction1: 1.0 - b1.powi(step), bias_correction2: 1.0 - b2.powi(step) };
+        be.adamw(&mut w, &mut m, &mut v, &g, p).unwrap();
+        for i in 0..n {
+            let gi = g[i] as f64;
+            rm[i] = b1 as f64 * rm[i] + (1.0 - b1 as f64) * gi;
+            rv[i] = b2 as f64 * rv[i] + (1.0 - b2 as f64) * gi * gi;
+            let mh = rm[i] / (1.0 - (b1 as f64).powi(step));
+            let vh = rv[i] / (1.0 - (b2 as f64).powi(step));
+            rw[i] -= lr as f64 * (mh / (vh.sqrt() + eps as f64) + wd as f64 * rw[i]);
+        }
+    }
+    for i in 0..n {
+        assert!((w[i] as f64 - rw[i]).abs() < 1e-5, "adamw[{i}]");
+    }
+}
