@@ -122,6 +122,18 @@ impl ModelConfig {
                         return Err(format!("unsupported rope_scaling {scaling} (rlhf implements plain RoPE)"));
                     }
                 }
+                // transformers 5 writes the RoPE settings as `rope_parameters`
+                let rope_params = obj.get("rope_parameters").and_then(Value::as_object);
+                if let Some(rp) = rope_params {
+                    let ty = rp.get("rope_type").and_then(Value::as_str).unwrap_or("default");
+                    if ty != "default" {
+                        return Err(format!("unsupported rope_parameters.rope_type `{ty}` (rlhf implements plain RoPE)"));
+                    }
+                }
+                let rope_theta = rope_params
+                    .and_then(|rp| get_f32(rp, "rope_theta"))
+                    .or_else(|| get_f32(obj, "rope_theta"))
+                    .unwrap_or(10000.0);
                 let hidden = need("hidden_size")?;
                 let heads = need("num_attention_heads")?;
                 let kv_heads = get_usize(obj, "num_key_value_heads").unwrap_or(heads);
@@ -145,7 +157,7 @@ impl ModelConfig {
                     intermediate_size: need("intermediate_size")?,
                     max_positions: get_usize(obj, "max_position_embeddings").unwrap_or(2048),
                     norm_eps: get_f32(obj, "rms_norm_eps").unwrap_or(1e-6),
-                    rope_theta: get_f32(obj, "rope_theta").unwrap_or(10000.0),
+                    rope_theta,
                     tie_embeddings: obj.get("tie_word_embeddings").and_then(Value::as_bool).unwrap_or(false),
                     qkv_bias: is_qwen || attention_bias,
                     o_bias: !is_qwen && attention_bias,
@@ -171,6 +183,7 @@ impl ModelConfig {
     /// The config.json to save next to the weights: the original keys, with ours on top.
     pub fn to_hf_json(&self) -> Value {
         let mut obj = self.raw.as_object().cloned().unwrap_or_default();
+        let has_rope_parameters = obj.contains_key("rope_parameters");
         let mut set = |k: &str, v: Value| {
             obj.insert(k.to_string(), v);
         };
@@ -207,6 +220,9 @@ impl ModelConfig {
                 set("max_position_embeddings", json!(self.max_positions));
                 set("rms_norm_eps", json!(self.norm_eps));
                 set("rope_theta", json!(self.rope_theta));
+                if has_rope_parameters {
+                    set("rope_parameters", json!({"rope_theta": self.rope_theta, "rope_type": "default"}));
+                }
                 set("hidden_act", json!("silu"));
                 if self.model_type == "llama" {
                     set("attention_bias", json!(self.qkv_bias));

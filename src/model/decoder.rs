@@ -63,6 +63,10 @@ pub struct Activations<B: Backend> {
     pub losses: B::Buf,
     /// per-token loss weights (the gradient of the aggregated loss with respect to each token loss)
     pub loss_weights: B::Buf,
+    /// generation: the final hidden state of the last token of each sequence `[batch, C]`
+    pub last_hidden: B::Buf,
+    /// generation: the row index of each sequence's last token
+    pub last_rows: B::Ids,
 }
 
 /// Activation-gradient scratch, shared by all layers.
@@ -146,6 +150,8 @@ impl<B: Backend> Activations<B> {
             lse: be.alloc(n)?,
             losses: be.alloc(n)?,
             loss_weights: be.alloc(n)?,
+            last_hidden: be.alloc(max_batch * d.c)?,
+            last_rows: be.alloc_ids(max_batch)?,
         })
     }
 }
@@ -440,21 +446,29 @@ impl Decoder {
         Ok(())
     }
 
-    /// Cached forward for generation: `t` new tokens per sequence at positions `pos0 ..`,
-    /// keys/values appended to `cache`; returns with the logits of every new token in
-    /// `acts.logits` (`[b * t, V]`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_cached<B: Backend>(&self, be: &B, w: &[B::Buf], acts: &mut Activations<B>, cache: &mut KvCache<B>, tokens: &[i32], b: usize, t: usize) -> Result<()> {
+    /// Cached forward for generation: `t` new tokens per sequence (`b * t` ids already in
+    /// `acts.tokens` when `tokens` is `None`, e.g. written there by the `sample` op) at positions
+    /// `cache.len ..`, keys/values appended to `cache`. Leaves in `acts.logits` the logits of the
+    /// last new token of each sequence (`[b, V]`).
+    pub fn forward_cached<B: Backend>(&self, be: &B, w: &[B::Buf], acts: &mut Activations<B>, cache: &mut KvCache<B>, tokens: Option<&[i32]>, b: usize, t: usize) -> Result<()> {
         let n = b * t;
         let d = self.dims;
         let pos0 = cache.len;
         if pos0 + t > cache.t_max {
             return Err(crate::Error::invalid(format!("the KV cache holds {} positions; {} requested", cache.t_max, pos0 + t)));
         }
-        if let Some(&bad) = tokens.iter().find(|&&id| id < 0 || id as usize >= d.v) {
-            return Err(crate::Error::invalid(format!("token id {bad} is outside the model's vocabulary of {}", d.v)));
+        if pos0 + t > self.cfg.max_positions {
+            return Err(crate::Error::invalid(format!("{} positions exceed the model's maximum of {}", pos0 + t, self.cfg.max_positions)));
         }
-        be.write_ids(&mut acts.tokens, tokens)?;
+        if n > acts.capacity_tokens || b > acts.capacity_batch {
+            return Err(crate::Error::invalid(format!("{b} x {t} tokens exceed the activation capacity")));
+        }
+        if let Some(tokens) = tokens {
+            if let Some(&bad) = tokens.iter().find(|&&id| id < 0 || id as usize >= d.v) {
+                return Err(crate::Error::invalid(format!("token id {bad} is outside the model's vocabulary of {}", d.v)));
+            }
+            be.write_ids(&mut acts.tokens, tokens)?;
+        }
         let positions: Vec<i32> = (0..n).map(|i| (pos0 + i % t) as i32).collect();
         be.write_ids(&mut acts.positions, &positions)?;
         {
@@ -468,7 +482,10 @@ impl Decoder {
         }
         cache.len += t;
         self.norm_fwd(be, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.res[d.layers], w, self.layout.lnf_w, self.layout.lnf_b, n)?;
-        be.matmul(&mut acts.logits, &acts.lnf, &w[self.lm_head()], MatmulParams::new(n, d.v, d.c, false, true))
+        let last: Vec<i32> = (0..b).map(|i| (i * t + t - 1) as i32).collect();
+        be.write_ids(&mut acts.last_rows, &last)?;
+        be.embedding_fwd(&mut acts.last_hidden, &acts.last_rows, &acts.lnf, EmbeddingParams { n: b as u32, c: d.c as u32, accumulate: 0, vocab: n as u32 })?;
+        be.matmul(&mut acts.logits, &acts.last_hidden, &w[self.lm_head()], MatmulParams::new(b, d.v, d.c, false, true))
     }
 }
 

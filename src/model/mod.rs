@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 pub mod params;
+pub mod scoring;
 
 pub use config::{Family, ModelConfig};
 pub use decoder::{Activations, Decoder, GradScratch, KvCache, Shape};

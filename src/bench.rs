@@ -1,0 +1,75 @@
+//! `rlhf bench`: training and forward tokens/s of a preset model on one backend, with the shape
+//! and the achieved FLOP rate (6N + 6 L C T FLOPs per trained token, a third of that forward).
+
+use crate::cli::BenchArgs;
+use anyhow::Result;
+use rlhf::backend::Backend;
+use rlhf::data::batch::Batch;
+use rlhf::data::rng::Rng;
+use rlhf::model::{Activations, Model, ModelConfig, Shape};
+use rlhf::train::lm::LmTrainer;
+use rlhf::train::AdamWConfig;
+use std::time::Instant;
+
+pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
+    let cfg = ModelConfig::preset(&a.model, a.vocab)?;
+    let (b, t) = (a.batch_size, a.seq_len.min(cfg.max_positions));
+    anyhow::ensure!(b > 0 && t > 1 && a.steps > 0, "--batch-size, --seq-len (> 1) and --steps must be positive");
+    let mut model = Model::init(be, cfg.clone(), 0)?;
+    let mut rng = Rng::new(1);
+    let inputs: Vec<i32> = (0..b * t).map(|_| rng.below(a.vocab) as i32).collect();
+    let targets: Vec<i32> = (0..b * t).map(|_| rng.below(a.vocab) as i32).collect();
+    let batch = Batch { b, t, inputs: inputs.clone(), targets: targets.clone(), positions: (0..b * t).map(|i| (i % t) as i32).collect(), n_supervised: b * t };
+    let n_params = cfg.num_params() as f64;
+    let flops_per_token = 6.0 * n_params + 6.0 * (cfg.n_layers * cfg.hidden_size * t) as f64;
+
+    // training: forward + backward + AdamW
+    let mut trainer = LmTrainer::new(be, &model, b, b * t, AdamWConfig::default())?;
+    let mut train_times = Vec::new();
+    for i in 0..=a.steps {
+        let start = Instant::now();
+        trainer.zero_grad(be)?;
+        trainer.accumulate(be, &model, &batch, 1.0 / (b * t) as f32)?;
+        trainer.step(be, &mut model, 1e-4)?;
+        be.synchronize()?;
+        if i > 0 {
+            train_times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    drop(trainer);
+    // forward only (scoring)
+    let mut acts = Activations::new(be, &cfg, b, b * t)?;
+    let shape = Shape { b, t };
+    let mut fwd_times = Vec::new();
+    for i in 0..=a.steps {
+        let start = Instant::now();
+        model.decoder.set_inputs(be, &mut acts, shape, &inputs, Some(&targets))?;
+        model.decoder.forward(be, &model.weights, &mut acts, shape)?;
+        be.synchronize()?;
+        if i > 0 {
+            fwd_times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (tr, fw) = (median(&mut train_times), median(&mut fwd_times));
+    let tokens = (b * t) as f64;
+    println!("rlhf bench: backend {} ({})", be.name(), be.device_description());
+    println!(
+        "model {} ({:.2}M parameters: {} layers, hidden {}, {} heads, vocab {}), batch {b} x seq {t}, median of {} steps",
+        a.model,
+        n_params / 1e6,
+        cfg.n_layers,
+        cfg.hidden_size,
+        cfg.n_heads,
+        a.vocab,
+        a.steps
+    );
+    println!("| phase                  | ms/step | tokens/s | GFLOP/s |");
+    println!("|------------------------|--------:|---------:|--------:|");
+    println!("| train (fwd+bwd+AdamW)  | {:7.1} | {:8.0} | {:7.2} |", tr * 1e3, tokens / tr, tokens * flops_per_token / tr / 1e9);
+    println!("| forward (scoring)      | {:7.1} | {:8.0} | {:7.2} |", fw * 1e3, tokens / fw, tokens * flops_per_token / 3.0 / fw / 1e9);
+    Ok(())
+}

@@ -1,0 +1,345 @@
+//! The command line: clap definitions and one function per command. Commands are generic over the
+//! backend; `with_backend` picks it from `--backend`.
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rlhf::backend::{Backend, CpuBackend};
+use rlhf::data::tokenizer::Tokenizer;
+use rlhf::generate::{generate, GenerateConfig};
+use rlhf::model::config::PRESETS;
+use rlhf::model::{Model, ModelConfig};
+use rlhf::rl::sft::{run_sft, SftConfig};
+use rlhf::train::AdamWConfig;
+use std::path::{Path, PathBuf};
+
+#[derive(Parser, Debug)]
+#[command(name = "rlhf", version, about = "RLHF on a from-scratch transformer: SFT, reward models, PPO, DPO, GRPO", long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Train a tiny model from scratch on the built-in corpus and sample from it (no files needed)
+    Demo(DemoArgs),
+    /// Supervised fine-tuning on JSONL data
+    Sft(SftArgs),
+    /// Print the log-probability of every token (after the first) of each input line
+    Logprobs(LogprobsArgs),
+    /// Sample a continuation of a prompt with a KV cache
+    Generate(GenerateArgs),
+    /// List the backends and devices found
+    Info,
+    /// Measure training and forward tokens/s for a model size
+    Bench(BenchArgs),
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    /// cuda if a device is found, then a GPU through wgpu, then cpu
+    Auto,
+    Cpu,
+    Cuda,
+    Wgpu,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct Common {
+    /// Compute backend
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: BackendKind,
+    /// CPU threads (0 = one per core)
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct ModelSource {
+    /// Hugging Face model folder (config.json, model.safetensors, tokenizer.json)
+    #[arg(long, conflicts_with = "init")]
+    pub model: Option<PathBuf>,
+    /// Build a fresh model from a preset instead (see `rlhf bench --help` for the list)
+    #[arg(long)]
+    pub init: Option<String>,
+    /// Tokenizer folder for --init (default: the built-in byte-level tokenizer)
+    #[arg(long, requires = "init")]
+    pub tokenizer: Option<PathBuf>,
+}
+
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Optimiser steps
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Peak learning rate
+    #[arg(long, default_value_t = 1e-4)]
+    pub lr: f32,
+    /// Linear warm-up steps
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    /// Final learning rate of the cosine decay, as a fraction of --lr
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f32,
+    /// Sequences per micro-batch
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Micro-batches per optimiser step
+    #[arg(long, default_value_t = 1)]
+    pub grad_accum: usize,
+    /// Maximum tokens per sequence (longer examples are truncated)
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f32,
+    /// Global gradient-norm clipping (0 = off)
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    #[arg(long, default_value_t = 0.9)]
+    pub beta1: f32,
+    #[arg(long, default_value_t = 0.95)]
+    pub beta2: f32,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    /// Print a progress line every N steps when stderr is not a terminal
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+}
+
+#[derive(Args, Debug)]
+pub struct SftArgs {
+    #[command(flatten)]
+    pub source: ModelSource,
+    /// JSONL with `text`, `input_ids`, `prompt`+`completion` or `messages` lines
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: checkpoint (HF layout + tokenizer) and metrics.jsonl
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct LogprobsArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL with `input_ids` or `text` per line
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Sequences per forward
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct GenerateArgs {
+    #[arg(long)]
+    pub model: PathBuf,
+    #[arg(long)]
+    pub prompt: String,
+    /// Wrap the prompt as a user turn with the tokenizer's chat template
+    #[arg(long)]
+    pub chat: bool,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// 0 = greedy
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// 0 = off
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Keep going past the end-of-sequence token
+    #[arg(long)]
+    pub ignore_eos: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model preset
+    #[arg(long, default_value = "gpt2-small")]
+    pub model: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Vocabulary size of the benchmark model
+    #[arg(long, default_value_t = 512)]
+    pub vocab: usize,
+    /// Timed steps per phase (after one warm-up step)
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Output folder
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    /// SFT steps
+    #[arg(long, default_value_t = 300)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+fn setup_threads(common: &Common) -> Result<()> {
+    if common.threads > 0 {
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(common.threads)
+            .build_global()
+            .context("configuring the CPU thread pool")?;
+    }
+    Ok(())
+}
+
+/// Runs `f` with the backend `--backend` names.
+macro_rules! with_backend {
+    ($common:expr, |$be:ident| $body:expr) => {{
+        setup_threads($common)?;
+        match $common.backend {
+            BackendKind::Cpu | BackendKind::Auto => {
+                let $be = CpuBackend::new();
+                $body
+            }
+            BackendKind::Cuda => bail!("backend cuda: this build has no CUDA backend yet; use --backend cpu (see `rlhf info`)"),
+            BackendKind::Wgpu => bail!("backend wgpu: this build has no wgpu backend yet; use --backend cpu (see `rlhf info`)"),
+        }
+    }};
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Demo(a) => with_backend!(&a.common, |be| crate::demo::run_demo(&be, &a.out, a.steps, a.seed)),
+        Command::Sft(a) => with_backend!(&a.common, |be| cmd_sft(&be, &a)),
+        Command::Logprobs(a) => with_backend!(&a.common, |be| cmd_logprobs(&be, &a)),
+        Command::Generate(a) => with_backend!(&a.common, |be| cmd_generate(&be, &a)),
+        Command::Info => cmd_info(),
+        Command::Bench(a) => with_backend!(&a.common, |be| crate::bench::run_bench(&be, &a)),
+    }
+}
+
+/// The model and tokenizer a training command starts from.
+pub fn load_source<B: Backend>(be: &B, src: &ModelSource, seed: u64) -> Result<(Model<B>, Tokenizer)> {
+    match (&src.model, &src.init) {
+        (Some(dir), None) => {
+            let tok = Tokenizer::load(dir)?;
+            let model = Model::load(be, dir)?;
+            Ok((model, tok))
+        }
+        (None, Some(preset)) => {
+            let tok = match &src.tokenizer {
+                Some(dir) => Tokenizer::load(dir)?,
+                None => Tokenizer::byte_level(),
+            };
+            let cfg = ModelConfig::preset(preset, tok.vocab_size())?;
+            let model = Model::init(be, cfg, seed)?;
+            Ok((model, tok))
+        }
+        _ => bail!("give either --model DIR or --init PRESET (presets: {})", PRESETS.join(", ")),
+    }
+}
+
+fn train_config(t: &TrainArgs, out: &Path) -> SftConfig {
+    SftConfig {
+        out: out.to_path_buf(),
+        steps: t.steps,
+        lr: t.lr,
+        min_lr_ratio: t.min_lr_ratio,
+        warmup: t.warmup,
+        batch_size: t.batch_size,
+        grad_accum: t.grad_accum,
+        seq_len: t.seq_len,
+        seed: t.seed,
+        optim: AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: 1e-8, weight_decay: t.weight_decay, max_grad_norm: t.max_grad_norm },
+        log_every: t.log_every,
+    }
+}
+
+fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
+    let cfg = train_config(&a.train, &a.out);
+    cfg.validate()?;
+    let (mut model, tok) = load_source(be, &a.source, a.train.seed)?;
+    let examples = rlhf::data::jsonl::load_sft_jsonl(&a.data, &tok)?;
+    eprintln!(
+        "sft: {} examples from {}, model {} ({:.2}M parameters), backend {}",
+        examples.len(),
+        a.data.display(),
+        model.cfg().model_type,
+        model.cfg().num_params() as f64 / 1e6,
+        be.name()
+    );
+    let summary = run_sft(be, &mut model, &tok, examples, &cfg)?;
+    println!(
+        "sft done: loss {:.4} -> {:.4}, {} tokens in {:.1}s ({:.0} tokens/s); checkpoint and metrics.jsonl in {}",
+        summary.first_loss,
+        summary.last_loss,
+        summary.tokens,
+        summary.elapsed_s,
+        summary.tokens_per_sec,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_logprobs<B: Backend>(be: &B, a: &LogprobsArgs) -> Result<()> {
+    let model = Model::load(be, &a.model)?;
+    let tok = Tokenizer::load(&a.model).ok();
+    let seqs = rlhf::data::score_input::read_score_inputs(&a.input, tok.as_ref(), model.cfg().vocab_size)?;
+    let logprobs = rlhf::model::scoring::token_logprobs(be, &model, &seqs, a.batch_size)?;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    for (ids, lp) in seqs.iter().zip(logprobs) {
+        let sum: f64 = lp.iter().map(|&x| x as f64).sum();
+        let line = serde_json::json!({ "input_ids": ids, "logprobs": lp, "sum_logprob": sum });
+        writeln!(out, "{line}")?;
+    }
+    Ok(())
+}
+
+fn cmd_generate<B: Backend>(be: &B, a: &GenerateArgs) -> Result<()> {
+    let model = Model::load(be, &a.model)?;
+    let tok = Tokenizer::load(&a.model)?;
+    let prompt_ids = if a.chat {
+        let messages = vec![rlhf::data::chat::Message { role: "user".into(), content: a.prompt.clone() }];
+        let text = rlhf::data::chat::render_chat(&tok, &messages, true)?;
+        tok.encode(&text, false)?
+    } else {
+        tok.encode(&a.prompt, true)?
+    };
+    let mut stop_ids = Vec::new();
+    if !a.ignore_eos {
+        stop_ids.extend(tok.eos_id());
+        stop_ids.extend(model.cfg().eos_token_id);
+    }
+    let cfg = GenerateConfig { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, stop_ids };
+    let new = generate(be, &model, &prompt_ids, &cfg)?;
+    let text = tok.decode(&new)?;
+    println!("{}{}", if a.chat { "" } else { a.prompt.as_str() }, text);
+    Ok(())
+}
+
+fn cmd_info() -> Result<()> {
+    let cpu = CpuBackend::new();
+    println!("rlhf {}", env!("CARGO_PKG_VERSION"));
+    println!("backends:");
+    println!("  cpu   available  {}", cpu.device_description());
+    println!("  cuda  not built  (the CUDA backend is not part of this build)");
+    println!("  wgpu  not built  (the wgpu backend is not part of this build)");
+    println!("presets: {}", PRESETS.join(", "));
+    Ok(())
+}

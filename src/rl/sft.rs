@@ -1,0 +1,132 @@
+//! Supervised fine-tuning: next-token cross-entropy on the supervised tokens of JSONL examples
+//! (all tokens of `text`/`input_ids`, the completion of `prompt`/`completion`, assistant turns of
+//! `messages`). The loss of an optimiser step is the mean over every supervised token of its
+//! micro-batches, as `transformers` computes it. Writes `<out>/metrics.jsonl` every step and a
+//! Hugging Face checkpoint (config, weights, tokenizer) at the end.
+
+use crate::backend::ops::Backend;
+use crate::data::batch::Batcher;
+use crate::data::jsonl::Example;
+use crate::data::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+use crate::model::Model;
+use crate::train::lm::LmTrainer;
+use crate::train::{AdamWConfig, LrSchedule, MetricsWriter, Progress};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct SftConfig {
+    pub out: PathBuf,
+    pub steps: usize,
+    pub lr: f32,
+    pub min_lr_ratio: f32,
+    pub warmup: usize,
+    pub batch_size: usize,
+    pub grad_accum: usize,
+    pub seq_len: usize,
+    pub seed: u64,
+    pub optim: AdamWConfig,
+    /// print a plain progress line every `log_every` steps (0 = never)
+    pub log_every: usize,
+}
+
+impl SftConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 {
+            return Err(Error::invalid("--steps must be at least 1"));
+        }
+        if self.batch_size == 0 || self.grad_accum == 0 {
+            return Err(Error::invalid("--batch-size and --grad-accum must be at least 1"));
+        }
+        if self.seq_len < 2 {
+            return Err(Error::invalid("--seq-len must be at least 2"));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::invalid(format!("--lr must be a positive number, got {}", self.lr)));
+        }
+        Ok(())
+    }
+}
+
+/// One line of the run's summary.
+#[derive(Clone, Debug)]
+pub struct SftSummary {
+    pub first_loss: f32,
+    pub last_loss: f32,
+    pub tokens: usize,
+    pub tokens_per_sec: f64,
+    pub elapsed_s: f64,
+}
+
+/// Trains `model` on `examples` and saves it with `tokenizer` into `cfg.out`.
+pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, examples: Vec<Example>, cfg: &SftConfig) -> Result<SftSummary> {
+    cfg.validate()?;
+    if examples.is_empty() {
+        return Err(Error::invalid("the dataset has no examples"));
+    }
+    if tokenizer.vocab_size() > model.cfg().vocab_size {
+        return Err(Error::invalid(format!(
+            "the tokenizer has {} tokens but the model's vocabulary is {}",
+            tokenizer.vocab_size(),
+            model.cfg().vocab_size
+        )));
+    }
+    let seq_len = cfg.seq_len.min(model.cfg().max_positions);
+    let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
+    let mut batcher = Batcher::new(examples, cfg.seed, pad);
+    let mut trainer = LmTrainer::new(be, model, cfg.batch_size, cfg.batch_size * seq_len, cfg.optim)?;
+    let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
+    let mut metrics = MetricsWriter::create(&cfg.out)?;
+    let progress = Progress::new("sft", cfg.steps);
+    let start = Instant::now();
+    let mut tokens = 0usize;
+    let mut first_loss = f32::NAN;
+    let mut last_loss = f32::NAN;
+    for step in 1..=cfg.steps {
+        let step_start = Instant::now();
+        let batches: Vec<_> = (0..cfg.grad_accum).map(|_| batcher.next_batch(cfg.batch_size, seq_len)).collect();
+        let supervised: usize = batches.iter().map(|b| b.n_supervised).sum();
+        if supervised == 0 {
+            return Err(Error::invalid(format!("step {step}: the batch has no supervised tokens (are completions empty or truncated away by --seq-len {seq_len}?)")));
+        }
+        trainer.zero_grad(be)?;
+        let mut step_tokens = 0;
+        for batch in &batches {
+            trainer.accumulate(be, model, batch, 1.0 / supervised as f32)?;
+            step_tokens += batch.inputs.len();
+        }
+        let lr = schedule.at(step);
+        let stats = trainer.step(be, model, lr)?;
+        if !stats.loss.is_finite() {
+            return Err(Error::invalid(format!("step {step}: the loss is not finite ({}); lower --lr", stats.loss)));
+        }
+        tokens += step_tokens;
+        let elapsed = start.elapsed().as_secs_f64();
+        let step_secs = step_start.elapsed().as_secs_f64();
+        if step == 1 {
+            first_loss = stats.loss;
+        }
+        last_loss = stats.loss;
+        metrics.write(&json!({
+            "step": step,
+            "loss": stats.loss,
+            "grad_norm": stats.grad_norm,
+            "lr": lr,
+            "tokens": tokens,
+            "supervised_tokens": supervised,
+            "tokens_per_sec": step_tokens as f64 / step_secs.max(1e-9),
+            "elapsed_s": elapsed,
+        }))?;
+        progress.update(step, &format!("loss {:.4}", stats.loss));
+        if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == cfg.steps || step == 1) {
+            eprintln!("sft step {step}/{} loss {:.4} grad_norm {:.3} lr {:.2e} {:.0} tok/s", cfg.steps, stats.loss, stats.grad_norm, lr, tokens as f64 / elapsed.max(1e-9));
+        }
+    }
+    progress.finish();
+    model.save(be, &cfg.out)?;
+    tokenizer.save(&cfg.out)?;
+    let elapsed_s = start.elapsed().as_secs_f64();
+    Ok(SftSummary { first_loss, last_loss, tokens, tokens_per_sec: tokens as f64 / elapsed_s.max(1e-9), elapsed_s })
+}

@@ -1,0 +1,84 @@
+//! AdamW over a parameter list, on the device: the global gradient norm is accumulated on the
+//! device (`sum_squares`), gradients are clipped there (`clip_grad`) and updated with decoupled
+//! weight decay (`adamw`) skipped for tensors the layout marks as norms or biases. The one value
+//! read back per step is the squared norm, for logging.
+
+use crate::backend::ops::{AdamWParams, Backend, ClipParams, ElementwiseParams};
+use crate::error::Result;
+use crate::model::ParamLayout;
+
+#[derive(Clone, Copy, Debug)]
+pub struct AdamWConfig {
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+    /// global-norm clipping threshold; 0 disables clipping
+    pub max_grad_norm: f32,
+}
+
+impl Default for AdamWConfig {
+    fn default() -> Self {
+        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, max_grad_norm: 1.0 }
+    }
+}
+
+pub struct AdamW<B: Backend> {
+    pub cfg: AdamWConfig,
+    pub m: Vec<B::Buf>,
+    pub v: Vec<B::Buf>,
+    pub step: usize,
+    decay: Vec<bool>,
+    norm_sq: B::Buf,
+}
+
+impl<B: Backend> AdamW<B> {
+    pub fn new(be: &B, layout: &ParamLayout, cfg: AdamWConfig) -> Result<Self> {
+        let alloc = || layout.specs.iter().map(|s| be.alloc(s.numel())).collect::<Result<Vec<_>>>();
+        Ok(AdamW { cfg, m: alloc()?, v: alloc()?, step: 0, decay: layout.specs.iter().map(|s| s.decay).collect(), norm_sq: be.alloc(1)? })
+    }
+
+    /// Enqueues the global norm of `grads` on the device (no read-back).
+    pub fn enqueue_grad_norm(&mut self, be: &B, grads: &[B::Buf]) -> Result<()> {
+        be.fill(&mut self.norm_sq, 0.0, ElementwiseParams::new(1))?;
+        for g in grads {
+            be.sum_squares(&mut self.norm_sq, g, ElementwiseParams::new(be.len(g)))?;
+        }
+        Ok(())
+    }
+
+    /// Clips and applies one update with learning rate `lr`; returns the global gradient norm
+    /// before clipping (the step's one read-back).
+    pub fn step(&mut self, be: &B, weights: &mut [B::Buf], grads: &mut [B::Buf], lr: f32) -> Result<f32> {
+        self.enqueue_grad_norm(be, grads)?;
+        if self.cfg.max_grad_norm > 0.0 {
+            for g in grads.iter_mut() {
+                let n = be.len(g) as u32;
+                be.clip_grad(g, &self.norm_sq, ClipParams { n, max_norm: self.cfg.max_grad_norm })?;
+            }
+        }
+        self.step += 1;
+        let t = self.step as i32;
+        for (i, ((w, g), (m, v))) in weights.iter_mut().zip(grads.iter()).zip(self.m.iter_mut().zip(self.v.iter_mut())).enumerate() {
+            let p = AdamWParams {
+                n: be.len(w) as u32,
+                lr,
+                beta1: self.cfg.beta1,
+                beta2: self.cfg.beta2,
+                eps: self.cfg.eps,
+                weight_decay: if self.decay[i] { self.cfg.weight_decay } else { 0.0 },
+                bias_correction1: 1.0 - self.cfg.beta1.powi(t),
+                bias_correction2: 1.0 - self.cfg.beta2.powi(t),
+            };
+            be.adamw(w, m, v, g, p)?;
+        }
+        Ok(be.download(&self.norm_sq)?[0].sqrt())
+    }
+}
+
+impl<B: Backend> AdamW<B> {
+    /// Reads back the squared norm computed by the last `enqueue_grad_norm`.
+    pub fn grad_norm_sq(&self, be: &B) -> Result<f32> {
+        Ok(be.download(&self.norm_sq)?[0])
+    }
+}

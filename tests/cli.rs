@@ -1,0 +1,181 @@
+//! The `rlhf` binary as a user runs it: the happy paths of each command, and every kind of bad
+//! input getting a one-line error that names the file, line, tensor or flag, a non-zero exit, and
+//! never a panic.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rlhf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().expect("running rlhf")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// Asserts a failed run whose stderr mentions every `needle`, and no panic.
+fn assert_fails_with(out: &Output, needles: &[&str]) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure, got success; stderr: {stderr}");
+    assert!(!stderr.contains("panicked"), "panicked: {stderr}");
+    for n in needles {
+        assert!(stderr.contains(n), "stderr does not mention {n:?}: {stderr}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+#[test]
+fn logprobs_command_matches_reference() {
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(fixture("llama").join("reference.json")).unwrap()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    let lines: Vec<String> = r["input_ids"].as_array().unwrap().iter().map(|ids| serde_json::json!({ "input_ids": ids }).to_string()).collect();
+    std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+    let out = rlhf(&["logprobs", "--model", s(&fixture("llama")), "--input", s(&input)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let rows: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for (row, want) in rows.iter().zip(r["logprobs"].as_array().unwrap()) {
+        for (a, b) in row["logprobs"].as_array().unwrap().iter().zip(want.as_array().unwrap()) {
+            assert!((a.as_f64().unwrap() - b.as_f64().unwrap()).abs() < 1e-4);
+        }
+    }
+    // text lines are tokenised with the model's tokenizer
+    std::fs::write(&input, "{\"text\": \"hello world, hello rlhf\"}\n").unwrap();
+    let out = rlhf(&["logprobs", "--model", s(&fixture("gpt2")), "--input", s(&input)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row: Value = serde_json::from_str(String::from_utf8(out.stdout).unwrap().trim()).unwrap();
+    let n = row["input_ids"].as_array().unwrap().len();
+    assert_eq!(row["logprobs"].as_array().unwrap().len(), n - 1);
+}
+
+#[test]
+fn generate_and_info_and_bench_run() {
+    let out = rlhf(&["generate", "--model", s(&fixture("qwen2")), "--prompt", "hello", "--max-new-tokens", "5", "--temperature", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("hello"));
+    let out = rlhf(&["info"]);
+    assert!(out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("cpu") && stdout.contains("available"));
+    let out = rlhf(&["bench", "--model", "gpt2-tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("train (fwd+bwd+AdamW)") && stdout.contains("tokens/s") && stdout.contains("batch 2 x seq 16"), "{stdout}");
+}
+
+#[test]
+fn sft_command_writes_metrics_and_a_loadable_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(
+        &data,
+        "{\"prompt\": \"hello \", \"completion\": \"world\"}\n{\"text\": \"the cat sat on the mat\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}, {\"role\": \"assistant\", \"content\": \"hello there\"}]}\n",
+    )
+    .unwrap();
+    let out_dir = dir.path().join("out");
+    let out = rlhf(&[
+        "sft", "--model", s(&fixture("gpt2")), "--data", s(&data), "--out", s(&out_dir), "--steps", "3", "--batch-size", "2", "--seq-len", "32", "--lr", "1e-3",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();
+    let rows: Vec<Value> = metrics.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 3);
+    for (i, row) in rows.iter().enumerate() {
+        assert_eq!(row["step"], i + 1);
+        for key in ["loss", "grad_norm", "lr", "tokens", "tokens_per_sec", "elapsed_s"] {
+            assert!(row[key].is_number(), "metrics row lacks {key}: {row}");
+        }
+    }
+    for f in ["config.json", "model.safetensors", "tokenizer.json"] {
+        assert!(out_dir.join(f).exists(), "{f} missing from the checkpoint");
+    }
+    // the output folder is a model folder again
+    let out = rlhf(&["generate", "--model", s(&out_dir), "--prompt", "hello", "--max-new-tokens", "3", "--temperature", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // --init trains from scratch with the built-in tokenizer
+    let out_dir2 = dir.path().join("scratch");
+    let out = rlhf(&["sft", "--init", "gpt2-tiny", "--data", s(&data), "--out", s(&out_dir2), "--steps", "2", "--batch-size", "2", "--seq-len", "32"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out_dir2.join("model.safetensors").exists());
+}
+
+#[test]
+fn missing_model_folder() {
+    let out = rlhf(&["logprobs", "--model", "/nonexistent/model", "--input", "x.jsonl"]);
+    assert_fails_with(&out, &["/nonexistent/model"]);
+}
+
+#[test]
+fn unsupported_model_type() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("gpt2"), dir.path());
+    let cfg = std::fs::read_to_string(dir.path().join("config.json")).unwrap().replace("\"gpt2\"", "\"mamba\"");
+    std::fs::write(dir.path().join("config.json"), cfg).unwrap();
+    let out = rlhf(&["generate", "--model", s(dir.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, &["config.json", "mamba"]);
+}
+
+#[test]
+fn tensor_of_the_wrong_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("gpt2"), dir.path());
+    // a config that promises a wider MLP than the weights have
+    let path = dir.path().join("config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["n_inner"] = serde_json::json!(100);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let out = rlhf(&["generate", "--model", s(dir.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, &["mlp.c_fc.weight", "model.safetensors"]);
+}
+
+#[test]
+fn truncated_safetensors() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("qwen2"), dir.path());
+    let path = dir.path().join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+    let out = rlhf(&["generate", "--model", s(dir.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, &["model.safetensors"]);
+}
+
+#[test]
+fn malformed_jsonl_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("bad.jsonl");
+    std::fs::write(&data, "{\"text\": \"fine\"}\n{\"text\": \"broken\n").unwrap();
+    let out = rlhf(&["sft", "--init", "gpt2-tiny", "--data", s(&data), "--out", s(&dir.path().join("o")), "--steps", "1"]);
+    assert_fails_with(&out, &["bad.jsonl:2"]);
+    let input = dir.path().join("score.jsonl");
+    std::fs::write(&input, "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [1, 99999]}\n").unwrap();
+    let out = rlhf(&["logprobs", "--model", s(&fixture("gpt2")), "--input", s(&input)]);
+    assert_fails_with(&out, &["score.jsonl:2", "99999"]);
+}
+
+#[test]
+fn bad_flags() {
+    let out = rlhf(&["sft", "--init", "gpt2-tiny", "--data", "d.jsonl", "--out", "o", "--steps", "many"]);
+    assert_fails_with(&out, &["--steps"]);
+    let out = rlhf(&["sft", "--init", "no-such-preset", "--data", "d.jsonl", "--out", "o"]);
+    assert_fails_with(&out, &["no-such-preset"]);
+    let out = rlhf(&["bench", "--backend", "tpu"]);
+    assert_fails_with(&out, &["--backend"]);
+    let out = rlhf(&["generate", "--model", s(&fixture("gpt2")), "--prompt", "hi", "--top-p", "1.5"]);
+    assert_fails_with(&out, &["--top-p"]);
+    let out = rlhf(&["sft", "--init", "gpt2-tiny", "--data", "/no/such/data.jsonl", "--out", "o"]);
+    assert_fails_with(&out, &["/no/such/data.jsonl"]);
+}
