@@ -72,8 +72,8 @@ fn train_step(c: &mut Criterion) {
         let cfg = ModelConfig::preset(preset, vocab).unwrap();
         let mut model = Model::init(&be, cfg, 0).unwrap();
         let mut rng = Rng::new(2);
-        let inputs: Vec<i32> = (0..b * t).map(|_| rng.below(vocab) as i32).collect();
-        let targets: Vec<i32> = (0..b * t).map(|_| rng.below(vocab) as i32).collect();
+        let inputs: Vec<i32> = (0..b * t).map(|_| rng.below(vocab as u64) as i32).collect();
+        let targets: Vec<i32> = (0..b * t).map(|_| rng.below(vocab as u64) as i32).collect();
         let batch = Batch { b, t, inputs, targets, positions: (0..b * t).map(|i| (i % t) as i32).collect(), n_supervised: b * t };
         let mut trainer = LmTrainer::new(&be, &model, b, b * t, AdamWConfig::default()).unwrap();
         g.throughput(Throughput::Elements((b * t) as u64));

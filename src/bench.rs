@@ -17,8 +17,8 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     anyhow::ensure!(b > 0 && t > 1 && a.steps > 0, "--batch-size, --seq-len (> 1) and --steps must be positive");
     let mut model = Model::init(be, cfg.clone(), 0)?;
     let mut rng = Rng::new(1);
-    let inputs: Vec<i32> = (0..b * t).map(|_| rng.below(a.vocab) as i32).collect();
-    let targets: Vec<i32> = (0..b * t).map(|_| rng.below(a.vocab) as i32).collect();
+    let inputs: Vec<i32> = (0..b * t).map(|_| rng.below(a.vocab as u64) as i32).collect();
+    let targets: Vec<i32> = (0..b * t).map(|_| rng.below(a.vocab as u64) as i32).collect();
     let batch = Batch { b, t, inputs: inputs.clone(), targets: targets.clone(), positions: (0..b * t).map(|i| (i % t) as i32).collect(), n_supervised: b * t };
     let n_params = cfg.num_params() as f64;
     let flops_per_token = 6.0 * n_params + 6.0 * (cfg.n_layers * cfg.hidden_size * t) as f64;

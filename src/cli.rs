@@ -323,7 +323,7 @@ fn cmd_generate<B: Backend>(be: &B, a: &GenerateArgs) -> Result<()> {
     };
     let mut stop_ids = Vec::new();
     if !a.ignore_eos {
-        stop_ids.extend(tok.eos_id());
+        stop_ids.extend(tok.stop_ids());
         stop_ids.extend(model.cfg().eos_token_id);
     }
     let cfg = GenerateConfig { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, stop_ids };

@@ -59,7 +59,7 @@ pub fn run_demo<B: Backend>(be: &B, out: &Path, steps: usize, seed: u64) -> Resu
         let ids = tok.encode(prompt, true)?;
         let ids = ids[..ids.len() - usize::from(ids.last() == tok.eos_id().as_ref())].to_vec();
         let temperature = if i == 0 { 0.0 } else { 0.8 };
-        let gen = GenerateConfig { max_new_tokens: 48, temperature, top_k: 0, top_p: 0.95, seed, stop_ids: tok.eos_id().into_iter().collect() };
+        let gen = GenerateConfig { max_new_tokens: 48, temperature, top_k: 0, top_p: 0.95, seed, stop_ids: tok.stop_ids() };
         let new = generate(be, &model, &ids, &gen)?;
         let text = tok.decode(&new)?;
         println!("  {prompt}{}", text.replace('\n', " "));

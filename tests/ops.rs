@@ -109,7 +109,7 @@ fn embedding_grad() {
     let be = CpuBackend::new();
     let mut rng = Rng::new(2);
     let (n, c, vocab) = (9, 5, 4);
-    let ids: Vec<i32> = (0..n).map(|_| rng.below(vocab) as i32).collect();
+    let ids: Vec<i32> = (0..n).map(|_| rng.below(vocab as u64) as i32).collect();
     let table = randv(&mut rng, vocab * c, 1.0);
     let r = randv(&mut rng, n * c, 1.0);
     let p = EmbeddingParams { n: n as u32, c: c as u32, accumulate: 0, vocab: vocab as u32 };

@@ -74,8 +74,8 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         )));
     }
     let seq_len = cfg.seq_len.min(model.cfg().max_positions);
-    let pad = tokenizer.pad_id().or(tokenizer.eos_id()).unwrap_or(0);
-    let mut batcher = Batcher::new(examples, cfg.seed, pad);
+    let pad = tokenizer.pad_or_default();
+    let mut batcher = Batcher::new(examples, cfg.seed, pad)?;
     let mut trainer = LmTrainer::new(be, model, cfg.batch_size, cfg.batch_size * seq_len, cfg.optim)?;
     let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
     let mut metrics = MetricsWriter::create(&cfg.out)?;
