@@ -27,6 +27,10 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let mut trainer = LmTrainer::new(be, &model, b, b * t, AdamWConfig::default())?;
     let mut train_times = Vec::new();
     for i in 0..=a.steps {
+        if i == 1 && a.profile {
+            rlhf::backend::cpu::profile::reset();
+            rlhf::backend::cpu::profile::enable(true);
+        }
         let start = Instant::now();
         trainer.zero_grad(be)?;
         trainer.accumulate(be, &model, &batch, 1.0 / (b * t) as f32)?;
@@ -36,6 +40,7 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
             train_times.push(start.elapsed().as_secs_f64());
         }
     }
+    rlhf::backend::cpu::profile::enable(false);
     drop(trainer);
     // forward only (scoring)
     let mut acts = Activations::new(be, &cfg, b, b * t)?;
@@ -71,5 +76,16 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     println!("|------------------------|--------:|---------:|--------:|");
     println!("| train (fwd+bwd+AdamW)  | {:7.1} | {:8.0} | {:7.2} |", tr * 1e3, tokens / tr, tokens * flops_per_token / tr / 1e9);
     println!("| forward (scoring)      | {:7.1} | {:8.0} | {:7.2} |", fw * 1e3, tokens / fw, tokens * flops_per_token / 3.0 / fw / 1e9);
+    if a.profile {
+        let ops = rlhf::backend::cpu::profile::snapshot();
+        let total: f64 = ops.iter().map(|o| o.2).sum();
+        println!();
+        println!("training step, op by op (mean per step over {} steps; {} backend):", a.steps, be.name());
+        println!("| op                  | calls/step | ms/step | share |");
+        println!("|---------------------|-----------:|--------:|------:|");
+        for (name, calls, secs) in ops {
+            println!("| {name:19} | {:10} | {:7.2} | {:4.1}% |", calls / a.steps as u64, secs * 1e3 / a.steps as f64, 100.0 * secs / total.max(1e-12));
+        }
+    }
     Ok(())
 }

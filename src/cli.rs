@@ -179,6 +179,9 @@ pub struct BenchArgs {
     /// Timed steps per phase (after one warm-up step)
     #[arg(long, default_value_t = 5)]
     pub steps: usize,
+    /// Also print where a training step's time goes, op by op (cpu backend)
+    #[arg(long)]
+    pub profile: bool,
     #[command(flatten)]
     pub common: Common,
 }

@@ -6,11 +6,20 @@
 //! Backward (training layout, tq = tk, q_pos0 = 0), with `p_ij = exp(s_ij - lse_i)`,
 //! `D_i = dout_i . out_i`, `ds_ij = p_ij (dout_i . v_j - D_i)`:
 //!   `dq_i = scale sum_j ds_ij k_j`, `dk_j = scale sum_i ds_ij q_i`, `dv_j = sum_i p_ij dout_i`,
-//! summed over the query heads that share a key/value head. The CPU version walks one key/value
-//! head of one sequence per task, so every gradient element has one writer and a fixed order.
+//! summed over the query heads that share a key/value head.
+//!
+//! The CPU version works on blocks of `QB` queries: the block's scores against the keys it can
+//! see are one small matmul (strided views straight into the fused projection), softmax runs on
+//! that `[QB, keys]` tile, and the output or gradients are more matmuls. Forward tasks are
+//! (sequence, head, query block); backward tasks own one key/value head of one sequence, so every
+//! gradient element has one writer and a fixed summation order.
 
-use crate::backend::ops::AttentionParams;
+use crate::backend::cpu::matmul::{gemm_view, View};
+use crate::backend::ops::{AttentionParams, KvCacheParams};
 use rayon::prelude::*;
+
+/// Queries per block.
+const QB: usize = 64;
 
 /// A raw pointer that may cross threads; each task writes a disjoint set of elements.
 #[derive(Clone, Copy)]
@@ -29,45 +38,65 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()
 }
 
+fn row_view(ptr: *const f32, rs: usize) -> View {
+    View { ptr, rs: rs as isize, cs: 1 }
+}
+
+fn transposed_view(ptr: *const f32, rs: usize) -> View {
+    View { ptr, rs: 1, cs: rs as isize }
+}
+
 pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: &[f32], p: AttentionParams) {
     let (bsz, tq, tk, nh, nkv, hd) = (p.b as usize, p.tq as usize, p.tk as usize, p.nh as usize, p.nkv as usize, p.hd as usize);
     let group = nh / nkv;
     let out_row = nh * hd;
+    assert!(out.len() >= bsz * tq * out_row && lse.len() >= bsz * nh * tq, "attention_fwd: output too small");
+    let (q_row, kv_row) = (p.q_row as usize, p.kv_row as usize);
+    let last_q = |b: usize| b * p.q_batch as usize + (tq - 1) * q_row + p.q_off as usize + nh * hd;
+    let last_kv = |b: usize, off: u32| b * p.kv_batch as usize + (tk - 1) * kv_row + off as usize + nkv * hd;
+    if bsz == 0 || tq == 0 {
+        return;
+    }
+    assert!(q.len() >= last_q(bsz - 1) && k.len() >= last_kv(bsz - 1, p.k_off) && v.len() >= last_kv(bsz - 1, p.v_off), "attention_fwd: input too small");
+    let n_blocks = tq.div_ceil(QB);
     let out_ptr = SharedMut(out.as_mut_ptr());
     let lse_ptr = SharedMut(lse.as_mut_ptr());
-    assert!(out.len() >= bsz * tq * out_row && lse.len() >= bsz * nh * tq, "attention_fwd: output too small");
-    (0..bsz * nh * tq).into_par_iter().for_each_init(
-        || vec![0f32; tk],
-        |scores, idx| {
-            let i = idx % tq;
-            let h = (idx / tq) % nh;
-            let b = idx / (tq * nh);
+    (0..bsz * nh * n_blocks).into_par_iter().for_each_init(
+        || vec![0f32; QB * tk],
+        |scores, task| {
+            let blk = task % n_blocks;
+            let h = (task / n_blocks) % nh;
+            let b = task / (n_blocks * nh);
             let kvh = h / group;
-            let qi = &q[b * p.q_batch as usize + i * p.q_row as usize + p.q_off as usize + h * hd..][..hd];
-            let n_keys = (p.q_pos0 as usize + i + 1).min(tk);
-            let kv_base = b * p.kv_batch as usize;
-            let mut max = f32::NEG_INFINITY;
-            for j in 0..n_keys {
-                let kj = &k[kv_base + j * p.kv_row as usize + p.k_off as usize + kvh * hd..][..hd];
-                let s = p.scale * dot(qi, kj);
-                scores[j] = s;
-                max = max.max(s);
+            let i0 = blk * QB;
+            let qb = QB.min(tq - i0);
+            let n_keys = (p.q_pos0 as usize + i0 + qb).min(tk);
+            let q_ptr = q[b * p.q_batch as usize + i0 * q_row + p.q_off as usize + h * hd..].as_ptr();
+            let k_ptr = k[b * p.kv_batch as usize + p.k_off as usize + kvh * hd..].as_ptr();
+            let v_ptr = v[b * p.kv_batch as usize + p.v_off as usize + kvh * hd..].as_ptr();
+            // SAFETY: views stay inside q, k, v (checked above); the output rows and lse entries of
+            // (b, h, block) belong to this task alone.
+            unsafe {
+                gemm_view(qb, n_keys, hd, scores.as_mut_ptr(), n_keys as isize, false, row_view(q_ptr, q_row), transposed_view(k_ptr, kv_row), p.scale);
             }
-            let mut sum = 0f32;
-            for s in scores[..n_keys].iter_mut() {
-                *s = (*s - max).exp();
-                sum += *s;
+            for i in 0..qb {
+                let visible = (p.q_pos0 as usize + i0 + i + 1).min(tk);
+                let row = &mut scores[i * n_keys..(i + 1) * n_keys];
+                let max = row[..visible].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let mut sum = 0f32;
+                for s in row[..visible].iter_mut() {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                let inv = 1.0 / sum;
+                row[..visible].iter_mut().for_each(|s| *s *= inv);
+                row[visible..].fill(0.0);
+                unsafe { *lse_ptr.ptr().add((b * nh + h) * tq + i0 + i) = max + sum.ln() };
             }
-            // SAFETY: element ranges below are owned by this (b, h, i) task alone.
-            let o = unsafe { std::slice::from_raw_parts_mut(out_ptr.ptr().add((b * tq + i) * out_row + h * hd), hd) };
-            o.fill(0.0);
-            let inv = 1.0 / sum;
-            for j in 0..n_keys {
-                let pj = scores[j] * inv;
-                let vj = &v[kv_base + j * p.kv_row as usize + p.v_off as usize + kvh * hd..][..hd];
-                o.iter_mut().zip(vj).for_each(|(o, v)| *o += pj * v);
+            unsafe {
+                let dst = out_ptr.ptr().add((b * tq + i0) * out_row + h * hd);
+                gemm_view(qb, hd, n_keys, dst, out_row as isize, false, row_view(scores.as_ptr(), n_keys), row_view(v_ptr, kv_row), 1.0);
             }
-            unsafe { *lse_ptr.ptr().add((b * nh + h) * tq + i) = max + sum.ln() };
         },
     );
 }
@@ -77,7 +106,8 @@ pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], out: &[f32], lse: &[f32], q
     let group = nh / nkv;
     let row = p.q_row as usize;
     let out_row = nh * hd;
-    assert!(dqkv.len() >= bsz * t * row, "attention_bwd: dqkv too small");
+    assert!(dqkv.len() >= bsz * t * row && qkv.len() >= bsz * t * row, "attention_bwd: buffers too small");
+    assert!(dout.len() >= bsz * t * out_row && out.len() >= bsz * t * out_row, "attention_bwd: buffers too small");
     let d_ptr = SharedMut(dqkv.as_mut_ptr());
     let (q_off, k_off, v_off) = (p.q_off as usize, p.k_off as usize, p.v_off as usize);
     (0..bsz * nkv).into_par_iter().for_each(|task| {
@@ -85,36 +115,55 @@ pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], out: &[f32], lse: &[f32], q
         let kvh = task % nkv;
         let base = b * t * row;
         let at = |tok: usize, off: usize, head: usize| base + tok * row + off + head * hd;
-        // SAFETY: this task alone writes dk/dv of head kvh and dq of heads kvh*group.. of sequence b.
-        let dslice = |idx: usize| unsafe { std::slice::from_raw_parts_mut(d_ptr.ptr().add(idx), hd) };
-        for j in 0..t {
-            dslice(at(j, k_off, kvh)).fill(0.0);
-            dslice(at(j, v_off, kvh)).fill(0.0);
+        let mut probs = vec![0f32; QB * t];
+        let mut dprobs = vec![0f32; QB * t];
+        // SAFETY: this task alone writes dk/dv of head kvh and dq of heads kvh*group.. of sequence b;
+        // all views stay inside the buffers checked above.
+        unsafe {
+            for j in 0..t {
+                std::slice::from_raw_parts_mut(d_ptr.ptr().add(at(j, k_off, kvh)), hd).fill(0.0);
+                std::slice::from_raw_parts_mut(d_ptr.ptr().add(at(j, v_off, kvh)), hd).fill(0.0);
+            }
         }
-        let mut ds = vec![0f32; t];
+        let k_view = |tr: bool| {
+            let ptr = qkv[at(0, k_off, kvh)..].as_ptr();
+            if tr { transposed_view(ptr, row) } else { row_view(ptr, row) }
+        };
+        let v_ptr = qkv[at(0, v_off, kvh)..].as_ptr();
         for h in kvh * group..(kvh + 1) * group {
-            for i in 0..t {
-                let qi = &qkv[at(i, q_off, h)..][..hd];
-                let doi = &dout[(b * t + i) * out_row + h * hd..][..hd];
-                let oi = &out[(b * t + i) * out_row + h * hd..][..hd];
-                let l = lse[(b * nh + h) * t + i];
-                let d_i = dot(doi, oi);
-                for j in 0..=i {
-                    let kj = &qkv[at(j, k_off, kvh)..][..hd];
-                    let vj = &qkv[at(j, v_off, kvh)..][..hd];
-                    let pij = (p.scale * dot(qi, kj) - l).exp();
-                    ds[j] = pij * (dot(doi, vj) - d_i);
-                    let dv = dslice(at(j, v_off, kvh));
-                    dv.iter_mut().zip(doi).for_each(|(d, g)| *d += pij * g);
+            for i0 in (0..t).step_by(QB) {
+                let qb = QB.min(t - i0);
+                let n_keys = i0 + qb;
+                let q_ptr = qkv[at(i0, q_off, h)..].as_ptr();
+                let do_ptr = dout[(b * t + i0) * out_row + h * hd..].as_ptr();
+                unsafe {
+                    // S = scale Q K^T, dP = dO V^T
+                    gemm_view(qb, n_keys, hd, probs.as_mut_ptr(), n_keys as isize, false, row_view(q_ptr, row), k_view(true), p.scale);
+                    gemm_view(qb, n_keys, hd, dprobs.as_mut_ptr(), n_keys as isize, false, row_view(do_ptr, out_row), transposed_view(v_ptr, row), 1.0);
                 }
-                let dq = dslice(at(i, q_off, h));
-                dq.fill(0.0);
-                for j in 0..=i {
-                    let kj = &qkv[at(j, k_off, kvh)..][..hd];
-                    let s = p.scale * ds[j];
-                    dq.iter_mut().zip(kj).for_each(|(d, k)| *d += s * k);
-                    let dk = dslice(at(j, k_off, kvh));
-                    dk.iter_mut().zip(qi).for_each(|(d, q)| *d += s * q);
+                for i in 0..qb {
+                    let ti = i0 + i;
+                    let l = lse[(b * nh + h) * t + ti];
+                    let o = &out[(b * t + ti) * out_row + h * hd..][..hd];
+                    let g = &dout[(b * t + ti) * out_row + h * hd..][..hd];
+                    let d_i = dot(g, o);
+                    let pr = &mut probs[i * n_keys..(i + 1) * n_keys];
+                    let dp = &mut dprobs[i * n_keys..(i + 1) * n_keys];
+                    for j in 0..=ti {
+                        let pij = (pr[j] - l).exp();
+                        pr[j] = pij;
+                        dp[j] = pij * (dp[j] - d_i);
+                    }
+                    pr[ti + 1..].fill(0.0);
+                    dp[ti + 1..].fill(0.0);
+                }
+                unsafe {
+                    let dq = d_ptr.ptr().add(at(i0, q_off, h));
+                    gemm_view(qb, hd, n_keys, dq, row as isize, false, row_view(dprobs.as_ptr(), n_keys), k_view(false), p.scale);
+                    let dk = d_ptr.ptr().add(at(0, k_off, kvh));
+                    gemm_view(n_keys, hd, qb, dk, row as isize, true, transposed_view(dprobs.as_ptr(), n_keys), row_view(q_ptr, row), p.scale);
+                    let dv = d_ptr.ptr().add(at(0, v_off, kvh));
+                    gemm_view(n_keys, hd, qb, dv, row as isize, true, transposed_view(probs.as_ptr(), n_keys), row_view(do_ptr, out_row), 1.0);
                 }
             }
         }
@@ -123,7 +172,7 @@ pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], out: &[f32], lse: &[f32], q
 
 /// Copies the key and value heads of the fused projection `[B, t, (nh + 2 nkv) hd]` into the
 /// cache `[B, t_max, 2 nkv hd]` at positions `pos0 .. pos0 + t`.
-pub fn kv_cache_write(cache: &mut [f32], qkv: &[f32], p: crate::backend::ops::KvCacheParams) {
+pub fn kv_cache_write(cache: &mut [f32], qkv: &[f32], p: KvCacheParams) {
     let (b, t, pos0, t_max) = (p.b as usize, p.t as usize, p.pos0 as usize, p.t_max as usize);
     let kv = 2 * p.nkv as usize * p.hd as usize;
     let row = p.nh as usize * p.hd as usize + kv;

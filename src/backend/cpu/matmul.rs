@@ -74,3 +74,23 @@ pub fn bias_bwd(dbias: &mut [f32], dout: &[f32], p: BiasParams) {
         d.iter_mut().zip(acc).for_each(|(d, a)| *d += a);
     });
 }
+
+/// A strided view of a matrix for [`gemm_view`]: base pointer, row stride, column stride.
+#[derive(Clone, Copy)]
+pub struct View {
+    pub ptr: *const f32,
+    pub rs: isize,
+    pub cs: isize,
+}
+
+/// `dst (+)= alpha * a @ b` on strided views, single-threaded (for use inside parallel tasks).
+///
+/// # Safety
+/// Every element the shapes and strides address must be valid; `dst` must not alias `a` or `b`.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn gemm_view(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isize, accumulate: bool, a: View, b: View, alpha: f32) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    gemm::gemm(m, n, k, dst, 1, dst_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, alpha, false, false, false, Parallelism::None);
+}
