@@ -192,7 +192,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
     /// SFT steps
-    #[arg(long, default_value_t = 300)]
+    #[arg(long, default_value_t = 800)]
     pub steps: usize,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
@@ -331,7 +331,7 @@ fn cmd_generate<B: Backend>(be: &B, a: &GenerateArgs) -> Result<()> {
     }
     let cfg = GenerateConfig { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, stop_ids };
     let new = generate(be, &model, &prompt_ids, &cfg)?;
-    let text = tok.decode(&new)?;
+    let text = tok.decode_with(&new, true)?;
     println!("{}{}", if a.chat { "" } else { a.prompt.as_str() }, text);
     Ok(())
 }

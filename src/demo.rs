@@ -4,8 +4,7 @@
 
 use anyhow::Result;
 use rlhf::backend::Backend;
-use rlhf::data::builtin::builtin_corpus;
-use rlhf::data::jsonl::Example;
+use rlhf::data::builtin::builtin_examples;
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::generate::{generate, GenerateConfig};
 use rlhf::model::{Model, ModelConfig};
@@ -15,15 +14,7 @@ use std::path::Path;
 
 pub fn run_demo<B: Backend>(be: &B, out: &Path, steps: usize, seed: u64) -> Result<()> {
     let tok = Tokenizer::byte_level();
-    let corpus = builtin_corpus(2000, seed);
-    let examples = corpus
-        .iter()
-        .map(|text| {
-            let ids = tok.encode(text, true)?;
-            let loss_mask = vec![true; ids.len()];
-            Ok(Example { ids, loss_mask })
-        })
-        .collect::<rlhf::Result<Vec<_>>>()?;
+    let examples = builtin_examples(&tok, 2000, seed)?;
     let cfg = ModelConfig::preset("gpt2-tiny", tok.vocab_size())?;
     let mut model = Model::init(be, cfg, seed)?;
     println!(
@@ -54,14 +45,13 @@ pub fn run_demo<B: Backend>(be: &B, out: &Path, steps: usize, seed: u64) -> Resu
         summary.first_loss, summary.last_loss, summary.tokens, summary.tokens_per_sec, summary.elapsed_s
     );
     println!();
-    println!("samples (greedy, then temperature 0.8):");
-    for (i, prompt) in ["3 plus 4 is", "Once upon a time"].iter().enumerate() {
+    println!("samples (greedy and temperature 0.8, alternating):");
+    for (i, prompt) in ["3 plus 4 is", "Count: 4 5", "The letter after", "Mia likes"].iter().enumerate() {
         let ids = tok.encode(prompt, true)?;
-        let ids = ids[..ids.len() - usize::from(ids.last() == tok.eos_id().as_ref())].to_vec();
-        let temperature = if i == 0 { 0.0 } else { 0.8 };
+        let temperature = if i % 2 == 0 { 0.0 } else { 0.8 };
         let gen = GenerateConfig { max_new_tokens: 48, temperature, top_k: 0, top_p: 0.95, seed, stop_ids: tok.stop_ids() };
         let new = generate(be, &model, &ids, &gen)?;
-        let text = tok.decode(&new)?;
+        let text = tok.decode_with(&new, true)?;
         println!("  {prompt}{}", text.replace('\n', " "));
     }
     println!();
