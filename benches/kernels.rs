@@ -30,9 +30,7 @@ fn matmul(c: &mut Criterion) {
         let b = randv(&mut rng, k * n);
         let mut out = vec![0.0; m * n];
         g.throughput(Throughput::Elements((2 * m * n * k) as u64));
-        g.bench_function(BenchmarkId::new("flop", label), |bench| {
-            bench.iter(|| be.matmul(&mut out, &a, &b, MatmulParams::new(m, n, k, ta, tb)).unwrap())
-        });
+        g.bench_function(BenchmarkId::new("flop", label), |bench| bench.iter(|| be.matmul(&mut out, &a, &b, MatmulParams::new(m, n, k, ta, tb)).unwrap()));
     }
     g.finish();
 }
@@ -51,13 +49,9 @@ fn attention(c: &mut Criterion) {
         let dout = randv(&mut rng, b * t * nh * hd);
         let mut dqkv = vec![0.0; b * t * row];
         let label = format!("b{b} t{t} nh{nh} nkv{nkv} hd{hd}");
-        g.bench_function(BenchmarkId::new("fwd", &label), |bench| {
-            bench.iter(|| be.attention_fwd(&mut out, &mut lse, &qkv, &qkv, &qkv, p).unwrap())
-        });
+        g.bench_function(BenchmarkId::new("fwd", &label), |bench| bench.iter(|| be.attention_fwd(&mut out, &mut lse, &qkv, &qkv, &qkv, p).unwrap()));
         be.attention_fwd(&mut out, &mut lse, &qkv, &qkv, &qkv, p).unwrap();
-        g.bench_function(BenchmarkId::new("bwd", &label), |bench| {
-            bench.iter(|| be.attention_bwd(&mut dqkv, &dout, &out, &lse, &qkv, p).unwrap())
-        });
+        g.bench_function(BenchmarkId::new("bwd", &label), |bench| bench.iter(|| be.attention_bwd(&mut dqkv, &dout, &out, &lse, &qkv, p).unwrap()));
     }
     g.finish();
 }

@@ -202,10 +202,7 @@ pub struct DemoArgs {
 
 fn setup_threads(common: &Common) -> Result<()> {
     if common.threads > 0 {
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(common.threads)
-            .build_global()
-            .context("configuring the CPU thread pool")?;
+        rayon::ThreadPoolBuilder::new().num_threads(common.threads).build_global().context("configuring the CPU thread pool")?;
     }
     Ok(())
 }

@@ -36,27 +36,20 @@ type Owned = (String, Dtype, Vec<usize>, Vec<u8>);
 fn read_tensors(path: &Path) -> Vec<Owned> {
     let bytes = std::fs::read(path).expect("read");
     let st = SafeTensors::deserialize(&bytes).expect("deserialize");
-    let mut out: Vec<Owned> =
-        st.iter().map(|(n, v)| (n.to_string(), v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
+    let mut out: Vec<Owned> = st.iter().map(|(n, v)| (n.to_string(), v.dtype(), v.shape().to_vec(), v.data().to_vec())).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
 fn write_tensors(path: &Path, tensors: &[Owned]) {
-    let views: Vec<(String, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("view")))
-        .collect();
+    let views: Vec<(String, TensorView<'_>)> = tensors.iter().map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).expect("view"))).collect();
     let meta = HashMap::from([("format".to_string(), "pt".to_string())]);
     let bytes = safetensors::serialize(views, Some(meta)).expect("serialize");
     std::fs::write(path, bytes).expect("write");
 }
 
 /// Saves `preset` with random weights into a fresh folder and rewrites its model file with `edit`.
-fn saved_then_edited(
-    preset: &str,
-    edit: impl FnOnce(&mut Vec<Owned>),
-) -> (tempfile::TempDir, ModelConfig, ParamLayout, Vec<Vec<f32>>) {
+fn saved_then_edited(preset: &str, edit: impl FnOnce(&mut Vec<Owned>)) -> (tempfile::TempDir, ModelConfig, ParamLayout, Vec<Vec<f32>>) {
     let (cfg, layout, weights) = setup(preset);
     let dir = tempfile::tempdir().expect("tempdir");
     save_weights(dir.path(), &cfg, &layout, &weights).expect("save");
@@ -100,11 +93,7 @@ fn round_trip_is_exact_for_every_family() {
             for part in ["q_proj", "k_proj", "v_proj"] {
                 assert!(names.contains(&format!("model.layers.1.self_attn.{part}.weight")), "{preset} {part}");
             }
-            assert_eq!(
-                names.iter().any(|n| n == "model.layers.0.self_attn.q_proj.bias"),
-                cfg.qkv_bias,
-                "{preset}"
-            );
+            assert_eq!(names.iter().any(|n| n == "model.layers.0.self_attn.q_proj.bias"), cfg.qkv_bias, "{preset}");
         }
     }
 }
@@ -176,15 +165,9 @@ fn f16_and_bf16_files_load() {
             }
         });
         let loaded = load_weights(dir.path(), &cfg, &layout).unwrap();
-        let expected: Vec<Vec<f32>> =
-            weights.iter().map(|w| w.iter().map(|&v| from_half(to_half(v))).collect()).collect();
+        let expected: Vec<Vec<f32>> = weights.iter().map(|w| w.iter().map(|&v| from_half(to_half(v))).collect()).collect();
         assert_eq!(loaded, expected, "{dtype:?}");
-        let max_err = loaded
-            .iter()
-            .flatten()
-            .zip(weights.iter().flatten())
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let max_err = loaded.iter().flatten().zip(weights.iter().flatten()).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
         assert!(max_err > 0.0 && max_err < 1e-3, "{dtype:?}: {max_err}");
     }
 }

@@ -88,7 +88,21 @@ fn sft_command_writes_metrics_and_a_loadable_checkpoint() {
     .unwrap();
     let out_dir = dir.path().join("out");
     let out = rlhf(&[
-        "sft", "--model", s(&fixture("gpt2")), "--data", s(&data), "--out", s(&out_dir), "--steps", "3", "--batch-size", "2", "--seq-len", "32", "--lr", "1e-3",
+        "sft",
+        "--model",
+        s(&fixture("gpt2")),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out_dir),
+        "--steps",
+        "3",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "32",
+        "--lr",
+        "1e-3",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let metrics = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap();

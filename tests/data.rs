@@ -1,8 +1,8 @@
 //! Tokenizers, chat templates, JSONL datasets, batching and the built-in corpus.
 
 use rlhf::data::{
-    builtin_chat, builtin_corpus, builtin_examples, builtin_qa, encode_chat, encode_chat_prompt, load_sft_jsonl,
-    render_chat, Batch, Batcher, ByteTokenizer, ChatTemplate, Example, Message, Rng, Tokenizer,
+    builtin_chat, builtin_corpus, builtin_examples, builtin_qa, encode_chat, encode_chat_prompt, load_sft_jsonl, render_chat, Batch, Batcher, ByteTokenizer,
+    ChatTemplate, Example, Message, Rng, Tokenizer,
 };
 use rlhf::Error;
 use serde_json::json;
@@ -37,18 +37,7 @@ fn write_hf_tokenizer(dir: &Path, config: Option<serde_json::Value>, bos_post: b
     for (i, c) in chars.iter().enumerate() {
         vocab.insert(c.to_string(), json!(i));
     }
-    let merges = [
-        ("Ġ", "t"),
-        ("h", "e"),
-        ("Ġt", "he"),
-        ("l", "l"),
-        ("H", "e"),
-        ("He", "ll"),
-        ("Hell", "o"),
-        ("Ġ", "c"),
-        ("a", "t"),
-        ("Ġc", "at"),
-    ];
+    let merges = [("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("l", "l"), ("H", "e"), ("He", "ll"), ("Hell", "o"), ("Ġ", "c"), ("a", "t"), ("Ġc", "at")];
     let mut next = 256;
     for (a, b) in merges {
         let m = format!("{a}{b}");
@@ -295,10 +284,8 @@ fn hf_tokenizer_config_variants() {
     let dir = tempfile::tempdir().unwrap();
     write_hf_tokenizer(
         dir.path(),
-        Some(
-            json!({"chat_template": [{"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": CHATML}],
-                    "eos_token": "<|endoftext|>", "bos_token": {"content": "<s>"}}),
-        ),
+        Some(json!({"chat_template": [{"name": "tool_use", "template": "TOOLS"}, {"name": "default", "template": CHATML}],
+                    "eos_token": "<|endoftext|>", "bos_token": {"content": "<s>"}})),
         true,
     );
     let tok = Tokenizer::load(dir.path()).unwrap();
@@ -313,8 +300,7 @@ fn hf_tokenizer_config_variants() {
     // Saving keeps the other named templates.
     let out = dir.path().join("saved");
     tok.save(&out).unwrap();
-    let cfg: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
     assert!(cfg["chat_template"].is_array());
 
     // No config at all: eos guessed from the vocabulary, no template.
@@ -342,10 +328,7 @@ fn hf_tokenizer_config_variants() {
 fn chatml_render_and_generation_prompt() {
     let (_dir, tok) = chatml_tokenizer();
     let msgs = vec![Message::user("Hi"), Message::assistant("Hello")];
-    assert_eq!(
-        render_chat(&tok, &msgs, false).unwrap(),
-        "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n"
-    );
+    assert_eq!(render_chat(&tok, &msgs, false).unwrap(), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nHello<|im_end|>\n");
     assert_eq!(render_chat(&tok, &msgs[..1], true).unwrap(), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     let prompt = encode_chat_prompt(&tok, &msgs[..1]).unwrap();
     assert_eq!(tok.decode(&prompt).unwrap(), "<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
@@ -359,14 +342,10 @@ fn chatml_loss_mask_covers_assistant_content_and_end_marker() {
     assert_eq!(ids.len(), mask.len());
     let full = render_chat(&tok, &msgs, false).unwrap();
     assert_eq!(ids, tok.encode(&full, false).unwrap());
-    assert_eq!(
-        masked_runs(&tok, &ids, &mask),
-        vec!["Hello the cat<|im_end|>".to_string(), "Hell, the cat sat.<|im_end|>".to_string()]
-    );
+    assert_eq!(masked_runs(&tok, &ids, &mask), vec!["Hello the cat<|im_end|>".to_string(), "Hell, the cat sat.<|im_end|>".to_string()]);
     // Every token of the assistant text is masked, nothing else is.
     let n_masked = mask.iter().filter(|&&m| m).count();
-    let expect =
-        tok.encode("Hello the cat", false).unwrap().len() + tok.encode("Hell, the cat sat.", false).unwrap().len() + 2;
+    let expect = tok.encode("Hello the cat", false).unwrap().len() + tok.encode("Hell, the cat sat.", false).unwrap().len() + 2;
     assert_eq!(n_masked, expect);
 }
 
@@ -376,10 +355,7 @@ fn byte_tokenizer_chat_template_and_mask() {
     let msgs = vec![Message::system("S"), Message::user("Hi"), Message::assistant("Hé!")];
     let text = render_chat(&tok, &msgs, false).unwrap();
     assert_eq!(text, "<|bos|><|system|>\nS<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\nHé!<|end|>\n");
-    assert_eq!(
-        render_chat(&tok, &msgs[..2], true).unwrap(),
-        "<|bos|><|system|>\nS<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n"
-    );
+    assert_eq!(render_chat(&tok, &msgs[..2], true).unwrap(), "<|bos|><|system|>\nS<|end|>\n<|user|>\nHi<|end|>\n<|assistant|>\n");
     let (ids, mask) = encode_chat(&tok, &msgs).unwrap();
     assert_eq!(ids[0], ByteTokenizer::BOS);
     assert_eq!(masked_runs(&tok, &ids, &mask), vec!["Hé!<|end|>".to_string()]);
@@ -486,11 +462,7 @@ fn jsonl_formats_byte_tokenizer() {
 #[test]
 fn jsonl_formats_hf_tokenizer() {
     let dir = tempfile::tempdir().unwrap();
-    write_hf_tokenizer(
-        dir.path(),
-        Some(json!({"chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": "<s>"})),
-        true,
-    );
+    write_hf_tokenizer(dir.path(), Some(json!({"chat_template": CHATML, "eos_token": "<|im_end|>", "bos_token": "<s>"})), true);
     let tok = Tokenizer::load(dir.path()).unwrap();
     let bos = tok.bos_id().unwrap();
     let eos = tok.eos_id().unwrap();
@@ -613,8 +585,7 @@ fn batcher_is_deterministic_and_resumable() {
 
     // One epoch visits every example exactly once.
     let mut b = Batcher::new(examples.clone(), 5, 0).unwrap();
-    let mut firsts: Vec<i32> =
-        (0..5).flat_map(|_| b.next_batch(2, 8).inputs.chunks(2).map(|r| r[0]).collect::<Vec<_>>()).collect();
+    let mut firsts: Vec<i32> = (0..5).flat_map(|_| b.next_batch(2, 8).inputs.chunks(2).map(|r| r[0]).collect::<Vec<_>>()).collect();
     assert_eq!(b.epoch(), 0);
     assert_eq!(b.position(), 10);
     firsts.sort();
@@ -699,10 +670,7 @@ fn template_features_of_real_chat_templates() {
 {%- if ns.turns > 99 %}many{% endif -%}"#;
     let t = ChatTemplate::from_source(src, Some("<s>"), None, None).unwrap();
     let out = t.render(&[Message::user(" Hi "), Message::assistant("Yo")], false).unwrap();
-    assert_eq!(
-        out,
-        "<s><|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n"
-    );
+    assert_eq!(out, "<s><|im_start|>system\nYou are helpful.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\nYo<|im_end|>\n");
     let out = t.render(&[Message::system("Sys "), Message::user("Hi")], true).unwrap();
     assert_eq!(out, "<s><|im_start|>system\nSys<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n");
     let err = t.render(&[Message::assistant("x")], false).unwrap_err().to_string();
@@ -711,10 +679,6 @@ fn template_features_of_real_chat_templates() {
     // The mask still covers exactly the assistant text with such a template.
     let (_dir, mut tok) = chatml_tokenizer();
     tok.set_chat_template(Some(src.to_string())).unwrap();
-    let (ids, mask) = encode_chat(
-        &tok,
-        &[Message::user("Hi"), Message::assistant("the cat"), Message::user("?"), Message::assistant("Hello")],
-    )
-    .unwrap();
+    let (ids, mask) = encode_chat(&tok, &[Message::user("Hi"), Message::assistant("the cat"), Message::user("?"), Message::assistant("Hello")]).unwrap();
     assert_eq!(masked_runs(&tok, &ids, &mask), vec!["the cat<|im_end|>".to_string(), "Hello<|im_end|>".to_string()]);
 }

@@ -588,7 +588,16 @@ fn optimizer_ops() {
     let (lr, b1, b2, eps, wd) = (0.01f32, 0.9f32, 0.95f32, 1e-8f32, 0.1f32);
     let (mut rm, mut rv, mut rw) = (vec![0f64; n], vec![0f64; n], w0.iter().map(|&x| x as f64).collect::<Vec<_>>());
     for step in 1..=2 {
-        let p = AdamWParams { n: n as u32, lr, beta1: b1, beta2: b2, eps, weight_decay: wd, bias_correction1: 1.0 - b1.powi(step), bias_correction2: 1.0 - b2.powi(step) };
+        let p = AdamWParams {
+            n: n as u32,
+            lr,
+            beta1: b1,
+            beta2: b2,
+            eps,
+            weight_decay: wd,
+            bias_correction1: 1.0 - b1.powi(step),
+            bias_correction2: 1.0 - b2.powi(step),
+        };
         be.adamw(&mut w, &mut m, &mut v, &g, p).unwrap();
         for i in 0..n {
             let gi = g[i] as f64;

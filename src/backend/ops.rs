@@ -286,13 +286,42 @@ pub trait Backend: Send + Sync {
     // ---- normalisation -----------------------------------------------------------------------
     /// `out = (inp - mean) * rstd * weight + bias`; saves mean and rstd `[n]`.
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_fwd(&self, out: &mut Self::Buf, mean: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, weight: &Self::Buf, bias: &Self::Buf, p: NormParams) -> Result<()>;
+    fn layernorm_fwd(
+        &self,
+        out: &mut Self::Buf,
+        mean: &mut Self::Buf,
+        rstd: &mut Self::Buf,
+        inp: &Self::Buf,
+        weight: &Self::Buf,
+        bias: &Self::Buf,
+        p: NormParams,
+    ) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_bwd(&self, dinp: &mut Self::Buf, dweight: &mut Self::Buf, dbias: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, mean: &Self::Buf, rstd: &Self::Buf, weight: &Self::Buf, p: NormParams) -> Result<()>;
+    fn layernorm_bwd(
+        &self,
+        dinp: &mut Self::Buf,
+        dweight: &mut Self::Buf,
+        dbias: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        mean: &Self::Buf,
+        rstd: &Self::Buf,
+        weight: &Self::Buf,
+        p: NormParams,
+    ) -> Result<()>;
     /// `out = inp * rstd * weight` with `rstd = 1 / sqrt(mean(inp^2) + eps)`; saves rstd `[n]`.
     fn rmsnorm_fwd(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, weight: &Self::Buf, p: NormParams) -> Result<()>;
     #[allow(clippy::too_many_arguments)]
-    fn rmsnorm_bwd(&self, dinp: &mut Self::Buf, dweight: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, rstd: &Self::Buf, weight: &Self::Buf, p: NormParams) -> Result<()>;
+    fn rmsnorm_bwd(
+        &self,
+        dinp: &mut Self::Buf,
+        dweight: &mut Self::Buf,
+        dout: &Self::Buf,
+        inp: &Self::Buf,
+        rstd: &Self::Buf,
+        weight: &Self::Buf,
+        p: NormParams,
+    ) -> Result<()>;
 
     // ---- matmul and bias -----------------------------------------------------------------------
     /// See [`MatmulParams`]. Backward is two more calls with transposes.
@@ -331,7 +360,15 @@ pub trait Backend: Send + Sync {
     fn cross_entropy_fwd(&self, losses: &mut Self::Buf, lse: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Ids, p: CrossEntropyParams) -> Result<()>;
     /// `dlogits[i] = dlosses[i] * (softmax(logits[i]) - onehot(targets[i]))`, 0 where targets[i] < 0.
     #[allow(clippy::too_many_arguments)]
-    fn cross_entropy_bwd(&self, dlogits: &mut Self::Buf, dlosses: &Self::Buf, logits: &Self::Buf, lse: &Self::Buf, targets: &Self::Ids, p: CrossEntropyParams) -> Result<()>;
+    fn cross_entropy_bwd(
+        &self,
+        dlogits: &mut Self::Buf,
+        dlosses: &Self::Buf,
+        logits: &Self::Buf,
+        lse: &Self::Buf,
+        targets: &Self::Ids,
+        p: CrossEntropyParams,
+    ) -> Result<()>;
     /// See [`SampleParams`]; writes one token id per row.
     fn sample(&self, out: &mut Self::Ids, logits: &Self::Buf, p: SampleParams) -> Result<()>;
 

@@ -129,13 +129,7 @@ fn line(rng: &mut Rng) -> String {
         }
         6 => {
             if rng.below(2) == 0 {
-                format!(
-                    "The {} {} {} to the {}.",
-                    pick(rng, &ADJECTIVES),
-                    pick(rng, &ANIMALS),
-                    pick(rng, &VERBS),
-                    pick(rng, &PLACES)
-                )
+                format!("The {} {} {} to the {}.", pick(rng, &ADJECTIVES), pick(rng, &ANIMALS), pick(rng, &VERBS), pick(rng, &PLACES))
             } else {
                 format!("{} likes the {} {}.", pick(rng, &NAMES), pick(rng, &COLORS), pick(rng, &THINGS))
             }

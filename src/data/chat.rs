@@ -83,9 +83,7 @@ impl ChatTemplate {
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
-        env.add_function("raise_exception", |msg: String| -> Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function("raise_exception", |msg: String| -> Result<Value, minijinja::Error> { Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg)) });
         env.add_filter("tojson", tojson);
         env.set_unknown_method_callback(pycompat);
         env.add_template_owned(TEMPLATE_NAME, strip_generation_tags(source)).map_err(jinja_err)?;
@@ -207,16 +205,12 @@ fn tojson(value: &Value, indent: Option<Value>, kwargs: Kwargs) -> Result<Value,
     let _: Option<Value> = kwargs.get("ensure_ascii")?;
     let _: Option<Value> = kwargs.get("separators")?;
     kwargs.assert_all_used()?;
-    let indent =
-        match indent {
-            None => None,
-            Some(v) if v.is_none() => None,
-            Some(v) => Some(v.as_usize().ok_or_else(|| {
-                minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer")
-            })?),
-        };
-    let json = serde_json::to_value(value)
-        .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: cannot serialize").with_source(e))?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() => None,
+        Some(v) => Some(v.as_usize().ok_or_else(|| minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an integer"))?),
+    };
+    let json = serde_json::to_value(value).map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, "tojson: cannot serialize").with_source(e))?;
     let mut out = String::new();
     py_json(&json, indent, 0, &mut out);
     Ok(Value::from(out))
@@ -301,11 +295,7 @@ fn pycompat(state: &State, value: &Value, method: &str, args: &[Value]) -> Resul
             }
             "startswith" | "endswith" => {
                 let (arg,): (Value,) = from_args(args)?;
-                let ok = if method == "startswith" {
-                    affix_match(&arg, |p| s.starts_with(p))?
-                } else {
-                    affix_match(&arg, |p| s.ends_with(p))?
-                };
+                let ok = if method == "startswith" { affix_match(&arg, |p| s.starts_with(p))? } else { affix_match(&arg, |p| s.ends_with(p))? };
                 Ok(Value::from(ok))
             }
             "split" | "rsplit" => {

@@ -34,11 +34,7 @@ impl Example {
     /// An example from ids and mask of the same length.
     pub fn new(ids: Vec<u32>, loss_mask: Vec<bool>) -> Result<Example> {
         if ids.len() != loss_mask.len() {
-            return Err(Error::invalid(format!(
-                "example has {} ids but a loss mask of {}",
-                ids.len(),
-                loss_mask.len()
-            )));
+            return Err(Error::invalid(format!("example has {} ids but a loss mask of {}", ids.len(), loss_mask.len())));
         }
         Ok(Example { ids, loss_mask })
     }
@@ -111,13 +107,10 @@ pub fn read_jsonl_objects(path: &Path) -> Result<Vec<(usize, Map<String, Value>)
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value =
-            serde_json::from_str(line).map_err(|e| Error::line(path, line_no, format!("invalid JSON: {e}")))?;
+        let v: Value = serde_json::from_str(line).map_err(|e| Error::line(path, line_no, format!("invalid JSON: {e}")))?;
         match v {
             Value::Object(o) => out.push((line_no, o)),
-            other => {
-                return Err(Error::line(path, line_no, format!("expected a JSON object, found {}", json_kind(&other))))
-            }
+            other => return Err(Error::line(path, line_no, format!("expected a JSON object, found {}", json_kind(&other)))),
         }
     }
     Ok(out)
@@ -148,9 +141,7 @@ pub fn parse_messages(v: &Value) -> std::result::Result<Vec<Message>, String> {
         };
         let role = get_str(obj, "role").map_err(|e| format!("messages[{k}]: {e}"))?;
         if !matches!(role, "system" | "user" | "assistant") {
-            return Err(format!(
-                "messages[{k}]: unknown role `{role}` (expected \"system\", \"user\" or \"assistant\")"
-            ));
+            return Err(format!("messages[{k}]: unknown role `{role}` (expected \"system\", \"user\" or \"assistant\")"));
         }
         let content = get_str(obj, "content").map_err(|e| format!("messages[{k}]: {e}"))?;
         out.push(Message::new(role, content));
@@ -161,11 +152,7 @@ pub fn parse_messages(v: &Value) -> std::result::Result<Vec<Message>, String> {
 const SFT_KEYS: &str = "`text`, `input_ids`, `prompt` + `completion`, `messages`";
 
 /// One SFT line; errors are messages the caller attaches the file and line to.
-fn sft_line(
-    obj: &Map<String, Value>,
-    tok: &Tokenizer,
-    template: &mut Option<ChatTemplate>,
-) -> std::result::Result<Example, String> {
+fn sft_line(obj: &Map<String, Value>, tok: &Tokenizer, template: &mut Option<ChatTemplate>) -> std::result::Result<Example, String> {
     let has = |k: &str| obj.contains_key(k);
     let kinds = [has("text"), has("input_ids"), has("prompt") || has("completion"), has("messages")];
     match kinds.iter().filter(|&&k| k).count() {
@@ -216,9 +203,7 @@ fn sft_line(
                 }
                 mask
             }
-            Some(Value::Array(m)) => {
-                return Err(format!("`loss_mask` has {} entries but `input_ids` has {}", m.len(), ids.len()))
-            }
+            Some(Value::Array(m)) => return Err(format!("`loss_mask` has {} entries but `input_ids` has {}", m.len(), ids.len())),
             Some(other) => return Err(format!("`loss_mask` must be an array, found {}", json_kind(other))),
         };
         Example { ids, loss_mask: mask }

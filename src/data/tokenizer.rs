@@ -30,8 +30,7 @@ impl ByteTokenizer {
     /// 263 special-or-byte ids rounded up to a multiple of 8.
     pub const VOCAB_SIZE: usize = 264;
     /// The special tokens, in id order starting at 256.
-    pub const SPECIALS: [&'static str; 7] =
-        ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"];
+    pub const SPECIALS: [&'static str; 7] = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>", "<|end|>"];
 
     /// The chat template of the byte tokenizer (Jinja, Hugging Face semantics).
     pub const CHAT_TEMPLATE: &'static str = concat!(
@@ -93,12 +92,7 @@ impl ByteTokenizer {
                     }
                 }
                 _ if (id as usize) < Self::VOCAB_SIZE => {}
-                _ => {
-                    return Err(Error::Tokenizer(format!(
-                        "token id {id} is outside the byte-level vocabulary of {}",
-                        Self::VOCAB_SIZE
-                    )))
-                }
+                _ => return Err(Error::Tokenizer(format!("token id {id} is outside the byte-level vocabulary of {}", Self::VOCAB_SIZE))),
             }
         }
         Ok(String::from_utf8_lossy(&bytes).into_owned())
@@ -193,8 +187,7 @@ fn template_from(value: &serde_json::Value, path: &Path) -> Result<Option<String
 impl HfTokenizer {
     fn load(dir: &Path, tokenizer_json: &Path) -> Result<HfTokenizer> {
         let json = std::fs::read_to_string(tokenizer_json).map_err(|e| Error::io(tokenizer_json, e))?;
-        let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes())
-            .map_err(|e| Error::file(tokenizer_json, format!("cannot load tokenizer: {e}")))?;
+        let inner = tokenizers::Tokenizer::from_bytes(json.as_bytes()).map_err(|e| Error::file(tokenizer_json, format!("cannot load tokenizer: {e}")))?;
 
         let cfg_path = dir.join("tokenizer_config.json");
         let config = if cfg_path.is_file() { Some(read_json(&cfg_path)?) } else { None };
@@ -234,10 +227,7 @@ impl HfTokenizer {
             pad = pad.or_else(|| special_token(&v, "pad_token"));
         }
         if eos.is_none() {
-            eos = ["<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>"]
-                .iter()
-                .find(|t| inner.token_to_id(t).is_some())
-                .map(|t| t.to_string());
+            eos = ["<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>"].iter().find(|t| inner.token_to_id(t).is_some()).map(|t| t.to_string());
         }
         // Special tokens that are not in the vocabulary are useless; drop them.
         for t in [&mut bos, &mut eos, &mut pad] {
@@ -286,9 +276,7 @@ impl Tokenizer {
         let v = read_json(path)?;
         match v.get("type").and_then(|t| t.as_str()) {
             Some("byte-level") => Ok(Tokenizer::Bytes(ByteTokenizer)),
-            Some(other) => {
-                Err(Error::file(path, format!("unknown tokenizer type `{other}` (expected \"byte-level\")")))
-            }
+            Some(other) => Err(Error::file(path, format!("unknown tokenizer type `{other}` (expected \"byte-level\")"))),
             None => Err(Error::file(path, "expected {\"type\": \"byte-level\"}")),
         }
     }
@@ -302,22 +290,10 @@ impl Tokenizer {
     /// names).
     pub fn from_hf(inner: tokenizers::Tokenizer) -> Result<Tokenizer> {
         let json = inner.to_string(false).map_err(tok_err)?;
-        let eos = ["<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>"]
-            .iter()
-            .find(|t| inner.token_to_id(t).is_some())
-            .map(|t| t.to_string());
+        let eos = ["<|endoftext|>", "</s>", "<eos>", "<|end_of_text|>"].iter().find(|t| inner.token_to_id(t).is_some()).map(|t| t.to_string());
         let max_id = inner.get_vocab(true).values().copied().max().map_or(0, |m| m as usize + 1);
         let vocab_size = inner.get_vocab_size(true).max(max_id);
-        Ok(Tokenizer::Hf(Box::new(HfTokenizer {
-            inner,
-            json,
-            config: None,
-            chat_template: None,
-            bos: None,
-            eos,
-            pad: None,
-            vocab_size,
-        })))
+        Ok(Tokenizer::Hf(Box::new(HfTokenizer { inner, json, config: None, chat_template: None, bos: None, eos, pad: None, vocab_size })))
     }
 
     /// Whether this is the built-in byte tokenizer.
@@ -359,10 +335,7 @@ impl Tokenizer {
             Tokenizer::Bytes(b) => b.decode(ids, skip_special),
             Tokenizer::Hf(h) => {
                 if let Some(&bad) = ids.iter().find(|&&id| id as usize >= h.vocab_size) {
-                    return Err(Error::Tokenizer(format!(
-                        "token id {bad} is outside the vocabulary of {}",
-                        h.vocab_size
-                    )));
+                    return Err(Error::Tokenizer(format!("token id {bad} is outside the vocabulary of {}", h.vocab_size)));
                 }
                 h.inner.decode(ids, skip_special).map_err(tok_err)
             }
@@ -514,10 +487,7 @@ impl Tokenizer {
                 set("pad_token", &h.pad);
                 // The template in use wins over whatever the old config had (it may have come
                 // from chat_template.jinja or set_chat_template).
-                let unchanged = cfg
-                    .get("chat_template")
-                    .and_then(|v| template_from(v, dir).ok())
-                    .is_some_and(|t| t == h.chat_template);
+                let unchanged = cfg.get("chat_template").and_then(|v| template_from(v, dir).ok()).is_some_and(|t| t == h.chat_template);
                 match &h.chat_template {
                     _ if unchanged => {}
                     Some(t) => {

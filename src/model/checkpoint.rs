@@ -47,10 +47,7 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Resu
     let parsed = files
         .iter()
         .zip(&maps)
-        .map(|(path, map)| {
-            SafeTensors::deserialize(map)
-                .map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}")))
-        })
+        .map(|(path, map)| SafeTensors::deserialize(map).map_err(|e| Error::file(path, format!("not a valid safetensors file: {e}"))))
         .collect::<Result<Vec<_>>>()?;
 
     // Every tensor of every file; the first file naming a tensor wins.
@@ -82,10 +79,7 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Resu
             }
         };
         if values.len() != spec.numel() {
-            return Err(Error::file(
-                dir,
-                format!("tensor `{}`: read {} values, expected {}", spec.name, values.len(), spec.numel()),
-            ));
+            return Err(Error::file(dir, format!("tensor `{}`: read {} values, expected {}", spec.name, values.len(), spec.numel())));
         }
         out.push(values);
     }
@@ -126,12 +120,7 @@ impl<'a> Tensors<'a> {
 /// Tied embeddings write no `lm_head.weight`, as `transformers` does.
 pub fn save_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, weights: &[Vec<f32>]) -> Result<()> {
     if weights.len() != layout.specs.len() {
-        return Err(Error::invalid(format!(
-            "cannot save to {}: {} weight tensors given, the layout has {}",
-            dir.display(),
-            weights.len(),
-            layout.specs.len()
-        )));
+        return Err(Error::invalid(format!("cannot save to {}: {} weight tensors given, the layout has {}", dir.display(), weights.len(), layout.specs.len())));
     }
     let mut tensors: Vec<(String, F32View<'_>)> = Vec::new();
     for (spec, w) in layout.specs.iter().zip(weights) {
@@ -151,14 +140,12 @@ pub fn save_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, weights
     fsutil::create_dir_all(dir)?;
     let path = dir.join(WEIGHTS_FILE);
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(tensors, Some(metadata))
-        .map_err(|e| Error::file(&path, format!("cannot serialize: {e}")))?;
+    let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| Error::file(&path, format!("cannot serialize: {e}")))?;
     fsutil::atomic_write(&path, &bytes)?;
     drop(bytes);
 
     let config_path = dir.join(CONFIG_FILE);
-    let mut json = serde_json::to_string_pretty(&cfg.to_hf_json())
-        .map_err(|e| Error::file(&config_path, format!("cannot serialize: {e}")))?;
+    let mut json = serde_json::to_string_pretty(&cfg.to_hf_json()).map_err(|e| Error::file(&config_path, format!("cannot serialize: {e}")))?;
     json.push('\n');
     fsutil::atomic_write(&config_path, json.as_bytes())
 }
@@ -190,23 +177,14 @@ fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     let index_path = dir.join(INDEX_FILE);
     if !index_path.is_file() {
-        return Err(Error::file(
-            dir,
-            format!("no checkpoint: neither {WEIGHTS_FILE} nor {INDEX_FILE} is in this folder"),
-        ));
+        return Err(Error::file(dir, format!("no checkpoint: neither {WEIGHTS_FILE} nor {INDEX_FILE} is in this folder")));
     }
     let text = std::fs::read_to_string(&index_path).map_err(|e| Error::io(&index_path, e))?;
-    let value: Value =
-        serde_json::from_str(&text).map_err(|e| Error::file(&index_path, format!("invalid JSON: {e}")))?;
-    let map = value
-        .get("weight_map")
-        .and_then(Value::as_object)
-        .ok_or_else(|| Error::file(&index_path, "missing `weight_map` object"))?;
+    let value: Value = serde_json::from_str(&text).map_err(|e| Error::file(&index_path, format!("invalid JSON: {e}")))?;
+    let map = value.get("weight_map").and_then(Value::as_object).ok_or_else(|| Error::file(&index_path, "missing `weight_map` object"))?;
     let mut shards: Vec<PathBuf> = Vec::new();
     for (tensor, shard) in map {
-        let shard = shard.as_str().ok_or_else(|| {
-            Error::file(&index_path, format!("weight_map entry `{tensor}` is not a file name"))
-        })?;
+        let shard = shard.as_str().ok_or_else(|| Error::file(&index_path, format!("weight_map entry `{tensor}` is not a file name")))?;
         let shard_path = Path::new(shard);
         if shard_path.is_absolute() || shard_path.components().any(|c| c == std::path::Component::ParentDir) {
             return Err(Error::file(&index_path, format!("shard `{shard}` lies outside the checkpoint folder")));
@@ -233,10 +211,7 @@ fn map_file(path: &Path) -> Result<Mmap> {
 }
 
 fn file_list(files: &[PathBuf]) -> String {
-    let names: Vec<String> = files
-        .iter()
-        .map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned()))
-        .collect();
+    let names: Vec<String> = files.iter().map(|p| p.file_name().map_or_else(|| p.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
     names.join(", ")
 }
 
@@ -253,13 +228,7 @@ fn decode(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
         Dtype::F32 => DType::F32,
         Dtype::F16 => DType::F16,
         Dtype::BF16 => DType::BF16,
-        other => {
-            return Err(Error::tensor(
-                path,
-                name,
-                format!("dtype {other:?} is not supported (expected F32, F16 or BF16)"),
-            ))
-        }
+        other => return Err(Error::tensor(path, name, format!("dtype {other:?} is not supported (expected F32, F16 or BF16)"))),
     };
     Ok(tensor::to_f32(view.data(), dtype))
 }

@@ -73,11 +73,7 @@ impl ModelConfig {
     /// Interprets a Hugging Face config object; the error string names the offending key.
     pub fn from_hf_json(value: &Value) -> std::result::Result<Self, String> {
         let obj = value.as_object().ok_or("expected a JSON object")?;
-        let model_type = obj
-            .get("model_type")
-            .and_then(Value::as_str)
-            .ok_or("missing `model_type`")?
-            .to_string();
+        let model_type = obj.get("model_type").and_then(Value::as_str).ok_or("missing `model_type`")?.to_string();
         let need = |key: &str| get_usize(obj, key).ok_or_else(|| format!("missing or invalid `{key}`"));
         let cfg = match model_type.as_str() {
             "gpt2" => {
@@ -130,10 +126,7 @@ impl ModelConfig {
                         return Err(format!("unsupported rope_parameters.rope_type `{ty}` (rlhf implements plain RoPE)"));
                     }
                 }
-                let rope_theta = rope_params
-                    .and_then(|rp| get_f32(rp, "rope_theta"))
-                    .or_else(|| get_f32(obj, "rope_theta"))
-                    .unwrap_or(10000.0);
+                let rope_theta = rope_params.and_then(|rp| get_f32(rp, "rope_theta")).or_else(|| get_f32(obj, "rope_theta")).unwrap_or(10000.0);
                 let hidden = need("hidden_size")?;
                 let heads = need("num_attention_heads")?;
                 let kv_heads = get_usize(obj, "num_key_value_heads").unwrap_or(heads);
@@ -168,11 +161,7 @@ impl ModelConfig {
                     raw: value.clone(),
                 }
             }
-            other => {
-                return Err(format!(
-                    "unsupported model_type `{other}` (rlhf supports gpt2, llama and qwen2)"
-                ))
-            }
+            other => return Err(format!("unsupported model_type `{other}` (rlhf supports gpt2, llama and qwen2)")),
         };
         if cfg.vocab_size == 0 || cfg.hidden_size == 0 || cfg.n_layers == 0 {
             return Err("vocab_size, hidden size and number of layers must be positive".into());
@@ -262,12 +251,7 @@ impl ModelConfig {
             "llama-small" => llama("llama", 4, 256, 8, 4, 688, 512, false),
             "qwen2-tiny" => llama("qwen2", 2, 64, 4, 2, 176, 256, true),
             "qwen2-0.5b" => llama("qwen2", 24, 896, 14, 2, 4864, 4096, true),
-            other => {
-                return Err(Error::invalid(format!(
-                    "unknown preset `{other}`; presets: {}",
-                    PRESETS.join(", ")
-                )))
-            }
+            other => return Err(Error::invalid(format!("unknown preset `{other}`; presets: {}", PRESETS.join(", ")))),
         };
         let mut cfg = Self::from_hf_json(&value).map_err(Error::invalid)?;
         if cfg.family == Family::Llama && cfg.model_type == "qwen2" {
@@ -283,15 +267,5 @@ impl ModelConfig {
 }
 
 /// Names accepted by [`ModelConfig::preset`].
-pub const PRESETS: &[&str] = &[
-    "gpt2-tiny",
-    "gpt2-small",
-    "gpt2-124m",
-    "gpt2-350m",
-    "gpt2-774m",
-    "gpt2-1558m",
-    "llama-tiny",
-    "llama-small",
-    "qwen2-tiny",
-    "qwen2-0.5b",
-];
+pub const PRESETS: &[&str] =
+    &["gpt2-tiny", "gpt2-small", "gpt2-124m", "gpt2-350m", "gpt2-774m", "gpt2-1558m", "llama-tiny", "llama-small", "qwen2-tiny", "qwen2-0.5b"];

@@ -183,7 +183,18 @@ struct Linear {
 impl Linear {
     /// `y (+)= x @ W` with x `[n, k_in]`, y `[n, k_out]`.
     #[allow(clippy::too_many_arguments)]
-    fn fwd<B: Backend>(self, be: &B, y: &mut B::Buf, x: &B::Buf, w: &B::Buf, bias: Option<&B::Buf>, n: usize, k_in: usize, k_out: usize, accumulate: bool) -> Result<()> {
+    fn fwd<B: Backend>(
+        self,
+        be: &B,
+        y: &mut B::Buf,
+        x: &B::Buf,
+        w: &B::Buf,
+        bias: Option<&B::Buf>,
+        n: usize,
+        k_in: usize,
+        k_out: usize,
+        accumulate: bool,
+    ) -> Result<()> {
         be.matmul(y, x, w, MatmulParams::new(n, k_out, k_in, false, !self.in_out).accumulate(accumulate))?;
         if let Some(b) = bias {
             be.bias_add(y, b, BiasParams { n: n as u32, c: k_out as u32 })?;
@@ -193,7 +204,19 @@ impl Linear {
 
     /// `dx (+)= dy @ W^T`, `dW += x^T dy` (in W's storage), `db += colsum(dy)`.
     #[allow(clippy::too_many_arguments)]
-    fn bwd<B: Backend>(self, be: &B, dx: Option<(&mut B::Buf, bool)>, dw: &mut B::Buf, db: Option<&mut B::Buf>, dy: &B::Buf, x: &B::Buf, w: &B::Buf, n: usize, k_in: usize, k_out: usize) -> Result<()> {
+    fn bwd<B: Backend>(
+        self,
+        be: &B,
+        dx: Option<(&mut B::Buf, bool)>,
+        dw: &mut B::Buf,
+        db: Option<&mut B::Buf>,
+        dy: &B::Buf,
+        x: &B::Buf,
+        w: &B::Buf,
+        n: usize,
+        k_in: usize,
+        k_out: usize,
+    ) -> Result<()> {
         if let Some((dx, acc)) = dx {
             be.matmul(dx, dy, w, MatmulParams::new(n, k_in, k_out, false, self.in_out).accumulate(acc))?;
         }
@@ -252,7 +275,18 @@ impl Decoder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn norm_fwd<B: Backend>(&self, be: &B, out: &mut B::Buf, mean: &mut B::Buf, rstd: &mut B::Buf, x: &B::Buf, w: &[B::Buf], wi: usize, bi: Option<usize>, n: usize) -> Result<()> {
+    fn norm_fwd<B: Backend>(
+        &self,
+        be: &B,
+        out: &mut B::Buf,
+        mean: &mut B::Buf,
+        rstd: &mut B::Buf,
+        x: &B::Buf,
+        w: &[B::Buf],
+        wi: usize,
+        bi: Option<usize>,
+        n: usize,
+    ) -> Result<()> {
         match self.cfg.family {
             Family::Gpt2 => be.layernorm_fwd(out, mean, rstd, x, &w[wi], &w[bi.expect("layernorm bias")], self.norm_params(n)),
             Family::Llama => be.rmsnorm_fwd(out, rstd, x, &w[wi], self.norm_params(n)),
@@ -260,7 +294,20 @@ impl Decoder {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn norm_bwd<B: Backend>(&self, be: &B, dx: &mut B::Buf, grads: &mut [B::Buf], dy: &B::Buf, x: &B::Buf, mean: &B::Buf, rstd: &B::Buf, w: &[B::Buf], wi: usize, bi: Option<usize>, n: usize) -> Result<()> {
+    fn norm_bwd<B: Backend>(
+        &self,
+        be: &B,
+        dx: &mut B::Buf,
+        grads: &mut [B::Buf],
+        dy: &B::Buf,
+        x: &B::Buf,
+        mean: &B::Buf,
+        rstd: &B::Buf,
+        w: &[B::Buf],
+        wi: usize,
+        bi: Option<usize>,
+        n: usize,
+    ) -> Result<()> {
         match self.cfg.family {
             Family::Gpt2 => {
                 let (dw, db) = pair_mut(grads, wi, bi.expect("layernorm bias"));
@@ -291,10 +338,7 @@ impl Decoder {
             return Err(crate::Error::invalid(format!("token id {bad} is outside the model's vocabulary of {}", self.dims.v)));
         }
         if shape.t > self.cfg.max_positions {
-            return Err(crate::Error::invalid(format!(
-                "sequence length {} exceeds the model's maximum of {} positions",
-                shape.t, self.cfg.max_positions
-            )));
+            return Err(crate::Error::invalid(format!("sequence length {} exceeds the model's maximum of {} positions", shape.t, self.cfg.max_positions)));
         }
         be.write_ids(&mut acts.tokens, tokens)?;
         let positions: Vec<i32> = (0..n).map(|i| (i % shape.t) as i32).collect();
@@ -318,7 +362,18 @@ impl Decoder {
     /// One block's forward from `x` (the residual stream entering it) into `y`; attention reads
     /// keys and values from `qkv` itself (training) or from a KV cache (decode), as `attn` says.
     #[allow(clippy::too_many_arguments)]
-    fn block_fwd<B: Backend>(&self, be: &B, w: &[B::Buf], lp: &LayerParams, a: &mut LayerActs<B::Buf>, x: &B::Buf, y: &mut B::Buf, positions: &B::Ids, n: usize, attn: AttnSource<'_, B>) -> Result<()> {
+    fn block_fwd<B: Backend>(
+        &self,
+        be: &B,
+        w: &[B::Buf],
+        lp: &LayerParams,
+        a: &mut LayerActs<B::Buf>,
+        x: &B::Buf,
+        y: &mut B::Buf,
+        positions: &B::Ids,
+        n: usize,
+        attn: AttnSource<'_, B>,
+    ) -> Result<()> {
         let d = self.dims;
         let lin = self.linear();
         let el = |k: usize| ElementwiseParams::new(k);
@@ -333,7 +388,20 @@ impl Decoder {
                 be.attention_fwd(&mut a.att, &mut a.att_lse, &a.qkv, &a.qkv, &a.qkv, p)?;
             }
             AttnSource::Cache { cache, b, t, pos0, t_max } => {
-                be.kv_cache_write(cache, &a.qkv, KvCacheParams { b: b as u32, t: t as u32, pos0: pos0 as u32, t_max: t_max as u32, nh: d.nh as u32, nkv: d.nkv as u32, hd: d.hd as u32, _pad: 0 })?;
+                be.kv_cache_write(
+                    cache,
+                    &a.qkv,
+                    KvCacheParams {
+                        b: b as u32,
+                        t: t as u32,
+                        pos0: pos0 as u32,
+                        t_max: t_max as u32,
+                        nh: d.nh as u32,
+                        nkv: d.nkv as u32,
+                        hd: d.hd as u32,
+                        _pad: 0,
+                    },
+                )?;
                 let kv_row = 2 * d.nkv * d.hd;
                 let p = AttentionParams {
                     b: b as u32,
@@ -441,7 +509,12 @@ impl Decoder {
         let c = d.c as u32;
         be.embedding_bwd(&mut grads[self.layout.wte], &s.d_res, &acts.tokens, EmbeddingParams { n: n as u32, c, accumulate: 0, vocab: d.v as u32 })?;
         if let Some(wpe) = self.layout.wpe {
-            be.embedding_bwd(&mut grads[wpe], &s.d_res, &acts.positions, EmbeddingParams { n: n as u32, c, accumulate: 0, vocab: self.cfg.max_positions as u32 })?;
+            be.embedding_bwd(
+                &mut grads[wpe],
+                &s.d_res,
+                &acts.positions,
+                EmbeddingParams { n: n as u32, c, accumulate: 0, vocab: self.cfg.max_positions as u32 },
+            )?;
         }
         Ok(())
     }
@@ -450,7 +523,17 @@ impl Decoder {
     /// `acts.tokens` when `tokens` is `None`, e.g. written there by the `sample` op) at positions
     /// `cache.len ..`, keys/values appended to `cache`. Leaves in `acts.logits` the logits of the
     /// last new token of each sequence (`[b, V]`).
-    pub fn forward_cached<B: Backend>(&self, be: &B, w: &[B::Buf], acts: &mut Activations<B>, cache: &mut KvCache<B>, tokens: Option<&[i32]>, b: usize, t: usize) -> Result<()> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_cached<B: Backend>(
+        &self,
+        be: &B,
+        w: &[B::Buf],
+        acts: &mut Activations<B>,
+        cache: &mut KvCache<B>,
+        tokens: Option<&[i32]>,
+        b: usize,
+        t: usize,
+    ) -> Result<()> {
         let n = b * t;
         let d = self.dims;
         let pos0 = cache.len;

@@ -67,11 +67,7 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         return Err(Error::invalid("the dataset has no examples"));
     }
     if tokenizer.vocab_size() > model.cfg().vocab_size {
-        return Err(Error::invalid(format!(
-            "the tokenizer has {} tokens but the model's vocabulary is {}",
-            tokenizer.vocab_size(),
-            model.cfg().vocab_size
-        )));
+        return Err(Error::invalid(format!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), model.cfg().vocab_size)));
     }
     let seq_len = cfg.seq_len.min(model.cfg().max_positions);
     let pad = tokenizer.pad_or_default();
@@ -89,7 +85,9 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         let batches: Vec<_> = (0..cfg.grad_accum).map(|_| batcher.next_batch(cfg.batch_size, seq_len)).collect();
         let supervised: usize = batches.iter().map(|b| b.n_supervised).sum();
         if supervised == 0 {
-            return Err(Error::invalid(format!("step {step}: the batch has no supervised tokens (are completions empty or truncated away by --seq-len {seq_len}?)")));
+            return Err(Error::invalid(format!(
+                "step {step}: the batch has no supervised tokens (are completions empty or truncated away by --seq-len {seq_len}?)"
+            )));
         }
         trainer.zero_grad(be)?;
         let mut step_tokens = 0;
@@ -121,7 +119,14 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         }))?;
         progress.update(step, &format!("loss {:.4}", stats.loss));
         if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == cfg.steps || step == 1) {
-            eprintln!("sft step {step}/{} loss {:.4} grad_norm {:.3} lr {:.2e} {:.0} tok/s", cfg.steps, stats.loss, stats.grad_norm, lr, tokens as f64 / elapsed.max(1e-9));
+            eprintln!(
+                "sft step {step}/{} loss {:.4} grad_norm {:.3} lr {:.2e} {:.0} tok/s",
+                cfg.steps,
+                stats.loss,
+                stats.grad_norm,
+                lr,
+                tokens as f64 / elapsed.max(1e-9)
+            );
         }
     }
     progress.finish();

@@ -127,7 +127,11 @@ pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], out: &[f32], lse: &[f32], q
         }
         let k_view = |tr: bool| {
             let ptr = qkv[at(0, k_off, kvh)..].as_ptr();
-            if tr { transposed_view(ptr, row) } else { row_view(ptr, row) }
+            if tr {
+                transposed_view(ptr, row)
+            } else {
+                row_view(ptr, row)
+            }
         };
         let v_ptr = qkv[at(0, v_off, kvh)..].as_ptr();
         for h in kvh * group..(kvh + 1) * group {

@@ -13,22 +13,18 @@ use rayon::prelude::*;
 
 pub fn layernorm_fwd(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], p: NormParams) {
     let (n, c) = (p.n as usize, p.c as usize);
-    out[..n * c]
-        .par_chunks_mut(c)
-        .zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut()))
-        .enumerate()
-        .for_each(|(i, (o, (m, r)))| {
-            let x = &inp[i * c..(i + 1) * c];
-            let mu = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
-            let var = x.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / c as f64;
-            let rs = 1.0 / (var + p.eps as f64).sqrt();
-            let (mu, rs) = (mu as f32, rs as f32);
-            for j in 0..c {
-                o[j] = (x[j] - mu) * rs * weight[j] + bias[j];
-            }
-            *m = mu;
-            *r = rs;
-        });
+    out[..n * c].par_chunks_mut(c).zip(mean[..n].par_iter_mut().zip(rstd[..n].par_iter_mut())).enumerate().for_each(|(i, (o, (m, r)))| {
+        let x = &inp[i * c..(i + 1) * c];
+        let mu = x.iter().map(|&v| v as f64).sum::<f64>() / c as f64;
+        let var = x.iter().map(|&v| (v as f64 - mu).powi(2)).sum::<f64>() / c as f64;
+        let rs = 1.0 / (var + p.eps as f64).sqrt();
+        let (mu, rs) = (mu as f32, rs as f32);
+        for j in 0..c {
+            o[j] = (x[j] - mu) * rs * weight[j] + bias[j];
+        }
+        *m = mu;
+        *r = rs;
+    });
 }
 
 /// Sum over rows of `f(row)[j]` for every column j, in row order, parallel over column blocks.
@@ -49,7 +45,17 @@ fn column_sums(dst: &mut [f32], n: usize, c: usize, f: impl Fn(usize, usize) -> 
 }
 
 #[allow(clippy::too_many_arguments)]
-pub fn layernorm_bwd(dinp: &mut [f32], dweight: &mut [f32], dbias: &mut [f32], dout: &[f32], inp: &[f32], mean: &[f32], rstd: &[f32], weight: &[f32], p: NormParams) {
+pub fn layernorm_bwd(
+    dinp: &mut [f32],
+    dweight: &mut [f32],
+    dbias: &mut [f32],
+    dout: &[f32],
+    inp: &[f32],
+    mean: &[f32],
+    rstd: &[f32],
+    weight: &[f32],
+    p: NormParams,
+) {
     let (n, c) = (p.n as usize, p.c as usize);
     dinp[..n * c].par_chunks_mut(c).enumerate().for_each(|(i, dx)| {
         let x = &inp[i * c..(i + 1) * c];

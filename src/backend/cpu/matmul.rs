@@ -35,12 +35,24 @@ pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], p: MatmulParams) {
         // SAFETY: the asserts above bound every index the strides can reach.
         unsafe {
             gemm::gemm(
-                m, n, k,
-                out.as_mut_ptr(), 1, n as isize, read_dst,
-                a.as_ptr(), a_cs, a_rs,
-                b.as_ptr(), b_cs, b_rs,
-                1.0, p.alpha,
-                false, false, false,
+                m,
+                n,
+                k,
+                out.as_mut_ptr(),
+                1,
+                n as isize,
+                read_dst,
+                a.as_ptr(),
+                a_cs,
+                a_rs,
+                b.as_ptr(),
+                b_cs,
+                b_rs,
+                1.0,
+                p.alpha,
+                false,
+                false,
+                false,
                 par,
             );
         }

@@ -128,12 +128,32 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
-    fn layernorm_fwd(&self, out: &mut Vec<f32>, mean: &mut Vec<f32>, rstd: &mut Vec<f32>, inp: &Vec<f32>, weight: &Vec<f32>, bias: &Vec<f32>, p: NormParams) -> Result<()> {
+    fn layernorm_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        mean: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        p: NormParams,
+    ) -> Result<()> {
         let _t = profile::OpTimer::start("layernorm_fwd");
         layernorm::layernorm_fwd(out, mean, rstd, inp, weight, bias, p);
         Ok(())
     }
-    fn layernorm_bwd(&self, dinp: &mut Vec<f32>, dweight: &mut Vec<f32>, dbias: &mut Vec<f32>, dout: &Vec<f32>, inp: &Vec<f32>, mean: &Vec<f32>, rstd: &Vec<f32>, weight: &Vec<f32>, p: NormParams) -> Result<()> {
+    fn layernorm_bwd(
+        &self,
+        dinp: &mut Vec<f32>,
+        dweight: &mut Vec<f32>,
+        dbias: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        inp: &Vec<f32>,
+        mean: &Vec<f32>,
+        rstd: &Vec<f32>,
+        weight: &Vec<f32>,
+        p: NormParams,
+    ) -> Result<()> {
         let _t = profile::OpTimer::start("layernorm_bwd");
         layernorm::layernorm_bwd(dinp, dweight, dbias, dout, inp, mean, rstd, weight, p);
         Ok(())
@@ -143,7 +163,16 @@ impl Backend for CpuBackend {
         layernorm::rmsnorm_fwd(out, rstd, inp, weight, p);
         Ok(())
     }
-    fn rmsnorm_bwd(&self, dinp: &mut Vec<f32>, dweight: &mut Vec<f32>, dout: &Vec<f32>, inp: &Vec<f32>, rstd: &Vec<f32>, weight: &Vec<f32>, p: NormParams) -> Result<()> {
+    fn rmsnorm_bwd(
+        &self,
+        dinp: &mut Vec<f32>,
+        dweight: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        inp: &Vec<f32>,
+        rstd: &Vec<f32>,
+        weight: &Vec<f32>,
+        p: NormParams,
+    ) -> Result<()> {
         let _t = profile::OpTimer::start("rmsnorm_bwd");
         layernorm::rmsnorm_bwd(dinp, dweight, dout, inp, rstd, weight, p);
         Ok(())
@@ -231,7 +260,15 @@ impl Backend for CpuBackend {
         cross_entropy::cross_entropy_fwd(losses, lse, logits, targets, p);
         Ok(())
     }
-    fn cross_entropy_bwd(&self, dlogits: &mut Vec<f32>, dlosses: &Vec<f32>, logits: &Vec<f32>, lse: &Vec<f32>, targets: &Vec<i32>, p: CrossEntropyParams) -> Result<()> {
+    fn cross_entropy_bwd(
+        &self,
+        dlogits: &mut Vec<f32>,
+        dlosses: &Vec<f32>,
+        logits: &Vec<f32>,
+        lse: &Vec<f32>,
+        targets: &Vec<i32>,
+        p: CrossEntropyParams,
+    ) -> Result<()> {
         let _t = profile::OpTimer::start("cross_entropy_bwd");
         cross_entropy::cross_entropy_bwd(dlogits, dlosses, logits, lse, targets, p);
         Ok(())

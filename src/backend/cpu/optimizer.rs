@@ -27,11 +27,8 @@ pub fn clip_grad(x: &mut [f32], norm_sq: &[f32], p: ClipParams) {
 
 pub fn adamw(param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], p: AdamWParams) {
     let n = p.n as usize;
-    param[..n]
-        .par_chunks_mut(CHUNK)
-        .zip(m[..n].par_chunks_mut(CHUNK).zip(v[..n].par_chunks_mut(CHUNK)))
-        .zip(grad[..n].par_chunks(CHUNK))
-        .for_each(|((w, (m, v)), g)| {
+    param[..n].par_chunks_mut(CHUNK).zip(m[..n].par_chunks_mut(CHUNK).zip(v[..n].par_chunks_mut(CHUNK))).zip(grad[..n].par_chunks(CHUNK)).for_each(
+        |((w, (m, v)), g)| {
             for i in 0..w.len() {
                 m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * g[i];
                 v[i] = p.beta2 * v[i] + (1.0 - p.beta2) * g[i] * g[i];
@@ -39,5 +36,6 @@ pub fn adamw(param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], p: A
                 let vhat = v[i] / p.bias_correction2;
                 w[i] -= p.lr * (mhat / (vhat.sqrt() + p.eps) + p.weight_decay * w[i]);
             }
-        });
+        },
+    );
 }
