@@ -15,16 +15,17 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let cfg = ModelConfig::preset(&a.model, a.vocab)?;
     let (b, t) = (a.batch_size, a.seq_len.min(cfg.max_positions));
     anyhow::ensure!(b > 0 && t > 1 && a.steps > 0, "--batch-size, --seq-len (> 1) and --steps must be positive");
+    anyhow::ensure!(b.checked_mul(t).is_some(), "--batch-size {b} x --seq-len {t} is too large");
     let mut model = Model::init(be, cfg.clone(), 0)?;
+    let n_params = cfg.num_params() as f64;
+    let flops_per_token = 6.0 * n_params + 6.0 * (cfg.n_layers * cfg.hidden_size * t) as f64;
+
+    // training: forward + backward + AdamW (buffers first: they fail cleanly when too large)
+    let mut trainer = LmTrainer::new(be, &model, b, b * t, AdamWConfig::default())?;
     let mut rng = Rng::new(1);
     let inputs: Vec<i32> = (0..b * t).map(|_| rng.below(a.vocab as u64) as i32).collect();
     let targets: Vec<i32> = (0..b * t).map(|_| rng.below(a.vocab as u64) as i32).collect();
     let batch = Batch { b, t, inputs: inputs.clone(), targets: targets.clone(), positions: (0..b * t).map(|i| (i % t) as i32).collect(), n_supervised: b * t };
-    let n_params = cfg.num_params() as f64;
-    let flops_per_token = 6.0 * n_params + 6.0 * (cfg.n_layers * cfg.hidden_size * t) as f64;
-
-    // training: forward + backward + AdamW
-    let mut trainer = LmTrainer::new(be, &model, b, b * t, AdamWConfig::default())?;
     let mut train_times = Vec::new();
     for i in 0..=a.steps {
         if i == 1 && a.profile {

@@ -73,13 +73,13 @@ pub struct TrainArgs {
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
     /// Peak learning rate
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1e-4)]
     pub lr: f32,
     /// Linear warm-up steps
     #[arg(long, default_value_t = 0)]
     pub warmup: usize,
     /// Final learning rate of the cosine decay, as a fraction of --lr
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     pub min_lr_ratio: f32,
     /// Sequences per micro-batch
     #[arg(long, default_value_t = 8)]
@@ -90,14 +90,14 @@ pub struct TrainArgs {
     /// Maximum tokens per sequence (longer examples are truncated)
     #[arg(long, default_value_t = 512)]
     pub seq_len: usize,
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     pub weight_decay: f32,
     /// Global gradient-norm clipping (0 = off)
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub max_grad_norm: f32,
-    #[arg(long, default_value_t = 0.9)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
     pub beta1: f32,
-    #[arg(long, default_value_t = 0.95)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.95)]
     pub beta2: f32,
     #[arg(long, default_value_t = 1234)]
     pub seed: u64,
@@ -148,12 +148,12 @@ pub struct GenerateArgs {
     #[arg(long, default_value_t = 64)]
     pub max_new_tokens: usize,
     /// 0 = greedy
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub temperature: f32,
     /// 0 = off
     #[arg(long, default_value_t = 0)]
     pub top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub top_p: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -200,7 +200,13 @@ pub struct DemoArgs {
     pub common: Common,
 }
 
+/// The most CPU threads `--threads` may ask for.
+const MAX_THREADS: usize = 1024;
+
 fn setup_threads(common: &Common) -> Result<()> {
+    if common.threads > MAX_THREADS {
+        bail!("--threads {}: at most {MAX_THREADS} (0 = one per core)", common.threads);
+    }
     if common.threads > 0 {
         rayon::ThreadPoolBuilder::new().num_threads(common.threads).build_global().context("configuring the CPU thread pool")?;
     }
@@ -297,9 +303,14 @@ fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
 }
 
 fn cmd_logprobs<B: Backend>(be: &B, a: &LogprobsArgs) -> Result<()> {
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
     let model = Model::load(be, &a.model)?;
-    let tok = Tokenizer::load(&a.model).ok();
-    let seqs = rlhf::data::score_input::read_score_inputs(&a.input, tok.as_ref(), model.cfg().vocab_size)?;
+    // `input_ids` lines need no tokenizer; a tokenizer that is there but broken is an error
+    let has_tokenizer = a.model.join("tokenizer.json").is_file() || a.model.join(rlhf::data::tokenizer::BYTE_TOKENIZER_FILE).is_file();
+    let tok = if has_tokenizer { Some(Tokenizer::load(&a.model)?) } else { None };
+    let seqs = rlhf::data::score_input::read_score_inputs(&a.input, tok.as_ref(), model.cfg().vocab_size, model.cfg().max_positions)?;
     let logprobs = rlhf::model::scoring::token_logprobs(be, &model, &seqs, a.batch_size)?;
     let mut out = std::io::stdout().lock();
     use std::io::Write;
@@ -321,6 +332,9 @@ fn cmd_generate<B: Backend>(be: &B, a: &GenerateArgs) -> Result<()> {
     } else {
         tok.encode(&a.prompt, true)?
     };
+    if prompt_ids.is_empty() {
+        bail!("--prompt {:?} encodes to no tokens; give some text to continue", a.prompt);
+    }
     let mut stop_ids = Vec::new();
     if !a.ignore_eos {
         stop_ids.extend(tok.stop_ids());

@@ -193,3 +193,123 @@ fn bad_flags() {
     let out = rlhf(&["sft", "--init", "gpt2-tiny", "--data", "/no/such/data.jsonl", "--out", "o"]);
     assert_fails_with(&out, &["/no/such/data.jsonl"]);
 }
+
+#[test]
+fn io_errors_name_the_path_once() {
+    let out = rlhf(&["sft", "--init", "gpt2-tiny", "--data", "/no/such/data.jsonl", "--out", "o"]);
+    assert_fails_with(&out, &["/no/such/data.jsonl"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.matches("os error 2").count(), 1, "{stderr}");
+    let out = rlhf(&["generate", "--model", "/nonexistent/model", "--prompt", "hi"]);
+    assert_fails_with(&out, &["/nonexistent/model", "no such folder"]);
+}
+
+#[test]
+fn sft_rejects_nonsense_numbers_before_loading() {
+    let base = ["sft", "--init", "gpt2-tiny", "--data", "/no/such/data.jsonl", "--out", "o"];
+    for (flag, value, needle) in [
+        ("--lr", "-1", "--lr"),
+        ("--beta2", "nan", "--beta2"),
+        ("--beta1", "1.5", "--beta1"),
+        ("--weight-decay", "-5", "--weight-decay"),
+        ("--max-grad-norm", "nan", "--max-grad-norm"),
+        ("--min-lr-ratio", "2", "--min-lr-ratio"),
+        ("--batch-size", "18446744073709551615", "--batch-size"),
+        ("--grad-accum", "18446744073709551615", "--grad-accum"),
+        ("--threads", "100000", "--threads"),
+    ] {
+        let mut args = base.to_vec();
+        args.extend([flag, value]);
+        assert_fails_with(&rlhf(&args), &[needle]);
+    }
+}
+
+#[test]
+fn sft_out_that_is_a_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, "{\"text\": \"hello\"}\n").unwrap();
+    let out = rlhf(&["sft", "--init", "gpt2-tiny", "--data", s(&data), "--out", s(&data), "--steps", "1"]);
+    assert_fails_with(&out, &["data.jsonl", "--out"]);
+    assert_eq!(std::fs::read_to_string(&data).unwrap(), "{\"text\": \"hello\"}\n");
+}
+
+#[test]
+fn sft_drops_examples_truncated_to_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    let long = format!("{{\"prompt\": \"{}\", \"completion\": \"world\"}}\n", "hello ".repeat(50));
+    std::fs::write(&data, &long).unwrap();
+    let (model, out_dir) = (fixture("gpt2"), dir.path().join("o"));
+    let args = ["sft", "--model", s(&model), "--data", s(&data), "--out", s(&out_dir), "--steps", "2", "--batch-size", "1", "--seq-len", "16"];
+    assert_fails_with(&rlhf(&args), &["--seq-len 16"]);
+    // with one usable example the run goes on without the others
+    std::fs::write(&data, long + "{\"text\": \"the cat sat\"}\n").unwrap();
+    let out = rlhf(&args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("skipping 1 of 2 examples"));
+}
+
+#[test]
+fn logprobs_bad_inputs() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("in.jsonl");
+    // a byte-order mark is accepted, as for sft
+    std::fs::write(&input, "\u{feff}{\"input_ids\": [1, 2, 3]}\n").unwrap();
+    let out = rlhf(&["logprobs", "--model", s(&fixture("gpt2")), "--input", s(&input)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = rlhf(&["logprobs", "--model", s(&fixture("gpt2")), "--input", s(&input), "--batch-size", "0"]);
+    assert_fails_with(&out, &["--batch-size"]);
+    // longer than the context (64 for the gpt2 fixture): the line is named
+    let ids: Vec<u32> = (1..=65).collect();
+    std::fs::write(&input, format!("{{\"input_ids\": [1, 2]}}\n{}\n", serde_json::json!({ "input_ids": ids }))).unwrap();
+    let out = rlhf(&["logprobs", "--model", s(&fixture("gpt2")), "--input", s(&input)]);
+    assert_fails_with(&out, &["in.jsonl:2", "64"]);
+    // a broken tokenizer is reported, not taken for a missing one
+    let model = dir.path().join("model");
+    copy_dir(&fixture("gpt2"), &model);
+    std::fs::write(model.join("tokenizer.json"), "garbage").unwrap();
+    std::fs::write(&input, "{\"text\": \"hello\"}\n").unwrap();
+    let out = rlhf(&["logprobs", "--model", s(&model), "--input", s(&input)]);
+    assert_fails_with(&out, &["tokenizer.json"]);
+    // a tokenizer whose ids go beyond the model's vocabulary
+    let mut tj: Value = serde_json::from_str(&std::fs::read_to_string(fixture("gpt2").join("tokenizer.json")).unwrap()).unwrap();
+    tj["added_tokens"].as_array_mut().unwrap().push(
+        serde_json::json!({"id": 500, "content": "<|extra|>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}),
+    );
+    tj["model"]["vocab"]["<|extra|>"] = serde_json::json!(500);
+    std::fs::write(model.join("tokenizer.json"), tj.to_string()).unwrap();
+    std::fs::write(&input, "{\"text\": \"hello <|extra|>\"}\n").unwrap();
+    let out = rlhf(&["logprobs", "--model", s(&model), "--input", s(&input)]);
+    assert_fails_with(&out, &["in.jsonl:1", "500"]);
+}
+
+#[test]
+fn generate_edge_flags() {
+    let gpt2 = fixture("gpt2");
+    // more new tokens than fit: stops at the context instead of overflowing
+    let out = rlhf(&["generate", "--model", s(&gpt2), "--prompt", "hi", "--max-new-tokens", "18446744073709551615", "--ignore-eos", "--temperature", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = rlhf(&["generate", "--model", s(&gpt2), "--prompt", "hi", "--temperature", "-1"]);
+    assert_fails_with(&out, &["--temperature"]);
+    let out = rlhf(&["generate", "--model", s(&gpt2), "--prompt", ""]);
+    assert_fails_with(&out, &["--prompt"]);
+    let out = rlhf(&["generate", "--model", s(&gpt2), "--prompt", "hi", "--threads", "100000"]);
+    assert_fails_with(&out, &["--threads"]);
+}
+
+#[test]
+fn absurd_sizes_are_errors_not_aborts() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&fixture("gpt2"), dir.path());
+    let path = dir.path().join("config.json");
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    cfg["n_layer"] = serde_json::json!(1_000_000_000_000u64);
+    std::fs::write(&path, cfg.to_string()).unwrap();
+    let out = rlhf(&["generate", "--model", s(dir.path()), "--prompt", "hi"]);
+    assert_fails_with(&out, &["config.json", "number of layers"]);
+    let out = rlhf(&["bench", "--model", "gpt2-tiny", "--vocab", "10000000000", "--steps", "1"]);
+    assert_fails_with(&out, &["vocab_size"]);
+    let out = rlhf(&["bench", "--model", "gpt2-tiny", "--batch-size", "18446744073709551615", "--steps", "1"]);
+    assert_fails_with(&out, &["--batch-size"]);
+}

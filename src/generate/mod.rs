@@ -48,7 +48,7 @@ pub fn generate<B: Backend>(be: &B, model: &Model<B>, prompt: &[u32], cfg: &Gene
     if prompt.len() >= max_pos {
         return Err(Error::invalid(format!("the prompt has {} tokens; the model's context is {max_pos}", prompt.len())));
     }
-    let t_max = (prompt.len() + cfg.max_new_tokens).min(max_pos);
+    let t_max = prompt.len().saturating_add(cfg.max_new_tokens).min(max_pos);
     let dec = &model.decoder;
     let mut acts = Activations::new(be, model.cfg(), 1, prompt.len())?;
     let mut cache = KvCache::new(be, model.cfg(), 1, t_max)?;

@@ -67,7 +67,8 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Resu
                 decode(path, key, view)?
             }
             HfSource::ConcatRows(parts) => {
-                let mut values = Vec::with_capacity(spec.numel());
+                // no capacity up front: the shapes of the parts are not checked yet
+                let mut values = Vec::new();
                 for (name, rows) in parts {
                     let (path, key, view) = tensors.find(name)?;
                     let mut want = spec.shape.clone();

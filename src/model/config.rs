@@ -64,6 +64,10 @@ fn first_token_id(v: Option<&Value>) -> Option<u32> {
 impl ModelConfig {
     /// Reads `<dir>/config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
+        if !dir.is_dir() {
+            let what = if dir.exists() { "is not a folder" } else { "no such folder" };
+            return Err(Error::file(dir, format!("cannot load a model: {what}")));
+        }
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| Error::io(&path, e))?;
         let value: Value = serde_json::from_str(&text).map_err(|e| Error::file(&path, format!("invalid JSON: {e}")))?;
@@ -166,6 +170,21 @@ impl ModelConfig {
         if cfg.vocab_size == 0 || cfg.hidden_size == 0 || cfg.n_layers == 0 {
             return Err("vocab_size, hidden size and number of layers must be positive".into());
         }
+        // Kernels take sizes as u32; a number beyond these is a typo, not a model.
+        let limits = [
+            ("vocab_size", cfg.vocab_size, u32::MAX as usize),
+            ("hidden size", cfg.hidden_size, u32::MAX as usize),
+            ("intermediate size", cfg.intermediate_size, u32::MAX as usize),
+            ("number of attention heads", cfg.n_heads, u32::MAX as usize),
+            ("head_dim", cfg.head_dim, u32::MAX as usize),
+            ("maximum positions", cfg.max_positions, u32::MAX as usize),
+            ("number of layers", cfg.n_layers, MAX_LAYERS),
+        ];
+        for (what, value, max) in limits {
+            if value > max {
+                return Err(format!("{what} {value} is larger than rlhf supports (at most {max})"));
+            }
+        }
         Ok(cfg)
     }
 
@@ -265,6 +284,9 @@ impl ModelConfig {
         crate::model::params::ParamLayout::new(self).num_params()
     }
 }
+
+/// The most transformer blocks a configuration may declare.
+pub const MAX_LAYERS: usize = 65536;
 
 /// Names accepted by [`ModelConfig::preset`].
 pub const PRESETS: &[&str] =

@@ -112,10 +112,20 @@ impl Dims {
     }
 }
 
+/// Errors when buffers for `n` tokens would not even have an addressable size.
+fn check_token_capacity(d: &Dims, n: usize) -> Result<()> {
+    let widest = d.v.max(d.inter).max(d.qkv).max(d.c);
+    if n.checked_mul(widest).and_then(|x| x.checked_mul(4)).is_none() {
+        return Err(crate::Error::invalid(format!("{n} tokens per batch are too many for a model {widest} wide (lower the batch size or sequence length)")));
+    }
+    Ok(())
+}
+
 impl<B: Backend> Activations<B> {
     pub fn new(be: &B, cfg: &ModelConfig, max_batch: usize, max_tokens: usize) -> Result<Self> {
         let d = Dims::new(cfg);
         let n = max_tokens;
+        check_token_capacity(&d, n)?;
         let llama = cfg.family == Family::Llama;
         let mut layers = Vec::with_capacity(d.layers);
         for _ in 0..d.layers {
@@ -160,6 +170,7 @@ impl<B: Backend> GradScratch<B> {
     pub fn new(be: &B, cfg: &ModelConfig, max_tokens: usize) -> Result<Self> {
         let d = Dims::new(cfg);
         let n = max_tokens;
+        check_token_capacity(&d, n)?;
         Ok(GradScratch {
             d_res: be.alloc(n * d.c)?,
             d_tmp: be.alloc(n * d.c)?,

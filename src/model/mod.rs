@@ -68,16 +68,21 @@ impl<B: Backend> Model<B> {
             .enumerate()
             .map(|(i, spec)| {
                 let n = spec.numel();
+                let mut v = Vec::new();
+                v.try_reserve_exact(n).map_err(|_| {
+                    crate::Error::invalid(format!("cannot allocate tensor `{}` of shape {:?}: the model is too large for this machine", spec.name, spec.shape))
+                })?;
                 if norms.contains(&i) {
-                    vec![1.0; n]
+                    v.resize(n, 1.0);
                 } else if spec.shape.len() == 1 {
-                    vec![0.0; n]
+                    v.resize(n, 0.0);
                 } else {
                     let std = if resid.contains(&i) { 0.02 * scale_resid } else { 0.02 };
-                    (0..n).map(|_| rng.normal() * std).collect()
+                    v.extend((0..n).map(|_| rng.normal() * std));
                 }
+                Ok(v)
             })
-            .collect();
+            .collect::<Result<_>>()?;
         Self::from_host(be, cfg, &host)
     }
 

@@ -46,6 +46,30 @@ impl SftConfig {
         if !(self.lr > 0.0 && self.lr.is_finite()) {
             return Err(Error::invalid(format!("--lr must be a positive number, got {}", self.lr)));
         }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(Error::invalid(format!("--min-lr-ratio must be in [0, 1], got {}", self.min_lr_ratio)));
+        }
+        let o = &self.optim;
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
+            return Err(Error::invalid(format!("--weight-decay must be >= 0, got {}", o.weight_decay)));
+        }
+        if !(o.max_grad_norm >= 0.0 && o.max_grad_norm.is_finite()) {
+            return Err(Error::invalid(format!("--max-grad-norm must be >= 0 (0 = off), got {}", o.max_grad_norm)));
+        }
+        for (flag, beta) in [("--beta1", o.beta1), ("--beta2", o.beta2)] {
+            if !(0.0..1.0).contains(&beta) {
+                return Err(Error::invalid(format!("{flag} must be in [0, 1), got {beta}")));
+            }
+        }
+        if self.batch_size.checked_mul(self.seq_len).and_then(|n| n.checked_mul(self.grad_accum)).is_none() {
+            return Err(Error::invalid(format!(
+                "--batch-size {} x --seq-len {} x --grad-accum {} is too large",
+                self.batch_size, self.seq_len, self.grad_accum
+            )));
+        }
+        if self.out.exists() && !self.out.is_dir() {
+            return Err(Error::file(&self.out, "--out must be a folder, and this is a file"));
+        }
         Ok(())
     }
 }
@@ -70,6 +94,20 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         return Err(Error::invalid(format!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), model.cfg().vocab_size)));
     }
     let seq_len = cfg.seq_len.min(model.cfg().max_positions);
+    // An example whose supervised tokens all lie beyond `seq_len` would be truncated to nothing
+    // to train on; drop it now rather than fail on an empty batch in the middle of the run.
+    let n_examples = examples.len();
+    let examples: Vec<Example> = examples.into_iter().filter(|ex| ex.loss_mask.iter().take(seq_len + 1).skip(1).any(|&m| m)).collect();
+    if examples.is_empty() {
+        return Err(Error::invalid(format!(
+            "no example has a supervised token within the first {seq_len} tokens (--seq-len {}, model context {}); raise --seq-len or shorten the prompts",
+            cfg.seq_len,
+            model.cfg().max_positions
+        )));
+    }
+    if examples.len() < n_examples {
+        eprintln!("sft: skipping {} of {n_examples} examples whose supervised tokens all lie beyond the first {seq_len} tokens", n_examples - examples.len());
+    }
     let pad = tokenizer.pad_or_default();
     let mut batcher = Batcher::new(examples, cfg.seed, pad)?;
     let mut trainer = LmTrainer::new(be, model, cfg.batch_size, cfg.batch_size * seq_len, cfg.optim)?;
@@ -82,7 +120,9 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
     let mut last_loss = f32::NAN;
     for step in 1..=cfg.steps {
         let step_start = Instant::now();
-        let batches: Vec<_> = (0..cfg.grad_accum).map(|_| batcher.next_batch(cfg.batch_size, seq_len)).collect();
+        let mut batches = Vec::new();
+        batches.try_reserve_exact(cfg.grad_accum).map_err(|_| Error::invalid(format!("--grad-accum {} is too large", cfg.grad_accum)))?;
+        batches.extend((0..cfg.grad_accum).map(|_| batcher.next_batch(cfg.batch_size, seq_len)));
         let supervised: usize = batches.iter().map(|b| b.n_supervised).sum();
         if supervised == 0 {
             return Err(Error::invalid(format!(
@@ -97,8 +137,8 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         }
         let lr = schedule.at(step);
         let stats = trainer.step(be, model, lr)?;
-        if !stats.loss.is_finite() {
-            return Err(Error::invalid(format!("step {step}: the loss is not finite ({}); lower --lr", stats.loss)));
+        if !stats.loss.is_finite() || !stats.grad_norm.is_finite() {
+            return Err(Error::invalid(format!("step {step}: the loss ({}) or the gradient norm ({}) is not finite; lower --lr", stats.loss, stats.grad_norm)));
         }
         tokens += step_tokens;
         let elapsed = start.elapsed().as_secs_f64();

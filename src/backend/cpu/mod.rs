@@ -31,6 +31,17 @@ impl CpuBackend {
     }
 }
 
+/// A buffer of `len` copies of `value`; a size the host cannot allocate is an error, not an abort.
+fn try_vec<T: Clone>(len: usize, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).map_err(|_| Error::Backend {
+        backend: "cpu",
+        msg: format!("cannot allocate a buffer of {len} values ({:.1} GiB)", (len as f64) * std::mem::size_of::<T>() as f64 / (1u64 << 30) as f64),
+    })?;
+    v.resize(len, value);
+    Ok(v)
+}
+
 fn check(ok: bool, op: &str, what: &str) -> Result<()> {
     if ok {
         Ok(())
@@ -52,7 +63,7 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
-        Ok(vec![0.0; len])
+        try_vec(len, 0.0)
     }
     fn upload(&self, data: &[f32]) -> Result<Vec<f32>> {
         Ok(data.to_vec())
@@ -69,7 +80,7 @@ impl Backend for CpuBackend {
         buf.len()
     }
     fn alloc_ids(&self, len: usize) -> Result<Vec<i32>> {
-        Ok(vec![0; len])
+        try_vec(len, 0)
     }
     fn upload_ids(&self, data: &[i32]) -> Result<Vec<i32>> {
         Ok(data.to_vec())
