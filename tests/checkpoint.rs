@@ -330,3 +330,21 @@ fn hf_config_round_trips_every_preset() {
         assert_eq!(back.to_hf_json(), cfg.to_hf_json(), "{name}");
     }
 }
+
+#[test]
+fn nonsensical_config_values_are_rejected() {
+    let base = rlhf::model::ModelConfig::preset("llama-tiny", 100).unwrap().to_hf_json();
+    for (key, value, needle) in [
+        ("rms_norm_eps", serde_json::json!(-1.0), "epsilon"),
+        ("head_dim", serde_json::json!(0), "head_dim"),
+        ("rope_theta", serde_json::json!(-5.0), "rope_theta"),
+    ] {
+        let mut cfg = base.clone();
+        cfg[key] = value;
+        if key == "rope_theta" {
+            cfg.as_object_mut().unwrap().remove("rope_parameters");
+        }
+        let err = rlhf::model::ModelConfig::from_hf_json(&cfg).unwrap_err();
+        assert!(err.contains(needle), "{key}: {err}");
+    }
+}

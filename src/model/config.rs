@@ -170,6 +170,15 @@ impl ModelConfig {
         if cfg.vocab_size == 0 || cfg.hidden_size == 0 || cfg.n_layers == 0 {
             return Err("vocab_size, hidden size and number of layers must be positive".into());
         }
+        if cfg.head_dim == 0 || cfg.intermediate_size == 0 || cfg.max_positions == 0 {
+            return Err("head_dim, the MLP width and the number of positions must be positive".into());
+        }
+        if !(cfg.norm_eps.is_finite() && cfg.norm_eps > 0.0) {
+            return Err(format!("the norm epsilon must be a positive number, got {}", cfg.norm_eps));
+        }
+        if cfg.family == Family::Llama && !(cfg.rope_theta.is_finite() && cfg.rope_theta > 1.0) {
+            return Err(format!("rope_theta must be a number above 1, got {}", cfg.rope_theta));
+        }
         // Kernels take sizes as u32; a number beyond these is a typo, not a model.
         let limits = [
             ("vocab_size", cfg.vocab_size, u32::MAX as usize),

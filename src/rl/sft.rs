@@ -94,6 +94,9 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         return Err(Error::invalid(format!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), model.cfg().vocab_size)));
     }
     let seq_len = cfg.seq_len.min(model.cfg().max_positions);
+    if seq_len < cfg.seq_len {
+        eprintln!("sft: --seq-len {} is longer than the model's context; using {seq_len}", cfg.seq_len);
+    }
     // An example whose supervised tokens all lie beyond `seq_len` would be truncated to nothing
     // to train on; drop it now rather than fail on an empty batch in the middle of the run.
     let n_examples = examples.len();
