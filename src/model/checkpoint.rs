@@ -37,6 +37,7 @@ pub fn has_checkpoint(dir: &Path) -> bool {
 }
 
 /// Loads the weights of `dir` into one row-major `f32` buffer per `layout.specs` entry, in order.
+/// An `optional` entry missing from the files comes back empty.
 pub fn load_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Result<Vec<Vec<f32>>> {
     if !dir.is_dir() {
         let what = if dir.exists() { "is not a folder" } else { "no such folder" };
@@ -61,6 +62,10 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Resu
     let mut out = Vec::with_capacity(layout.specs.len());
     for spec in &layout.specs {
         let values = match &spec.hf {
+            HfSource::Single(name) if spec.optional && !tensors.has(name) => {
+                out.push(Vec::new());
+                continue;
+            }
             HfSource::Single(name) => {
                 let (path, key, view) = tensors.find(name)?;
                 check_shape(path, key, view.shape(), &spec.shape)?;
@@ -96,6 +101,10 @@ struct Tensors<'a> {
 }
 
 impl<'a> Tensors<'a> {
+    fn has(&self, name: &str) -> bool {
+        self.find(name).is_ok()
+    }
+
     /// The file, the name as stored and the tensor for a layout name, trying GPT-2 names with and
     /// without the `transformer.` prefix.
     fn find(&self, name: &str) -> Result<(&'a Path, &str, &TensorView<'a>)> {

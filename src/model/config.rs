@@ -41,6 +41,9 @@ pub struct ModelConfig {
     pub mlp_bias: bool,
     pub bos_token_id: Option<u32>,
     pub eos_token_id: Option<u32>,
+    /// a scalar `score` head (`*ForSequenceClassification` with one label, a reward model) in
+    /// place of the LM head
+    pub score_head: bool,
     /// the original config.json, so that keys we do not interpret survive a save
     pub raw: Value,
 }
@@ -51,6 +54,13 @@ fn get_usize(obj: &Map<String, Value>, key: &str) -> Option<usize> {
 
 fn get_f32(obj: &Map<String, Value>, key: &str) -> Option<f32> {
     obj.get(key).and_then(Value::as_f64).map(|v| v as f32)
+}
+
+/// Whether `architectures` names a sequence-classification model (a reward model).
+fn has_score_head(obj: &Map<String, Value>) -> bool {
+    obj.get("architectures")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|v| v.as_str().is_some_and(|s| s.ends_with("ForSequenceClassification"))))
 }
 
 fn first_token_id(v: Option<&Value>) -> Option<u32> {
@@ -109,6 +119,7 @@ impl ModelConfig {
                     mlp_bias: true,
                     bos_token_id: first_token_id(obj.get("bos_token_id")),
                     eos_token_id: first_token_id(obj.get("eos_token_id")),
+                    score_head: has_score_head(obj),
                     raw: value.clone(),
                 }
             }
@@ -161,6 +172,7 @@ impl ModelConfig {
                     mlp_bias: !is_qwen && obj.get("mlp_bias").and_then(Value::as_bool).unwrap_or(false),
                     bos_token_id: first_token_id(obj.get("bos_token_id")),
                     eos_token_id: first_token_id(obj.get("eos_token_id")),
+                    score_head: has_score_head(obj),
                     model_type,
                     raw: value.clone(),
                 }
@@ -216,7 +228,7 @@ impl ModelConfig {
         }
         match self.family {
             Family::Gpt2 => {
-                set("architectures", json!(["GPT2LMHeadModel"]));
+                set("architectures", json!([if self.score_head { "GPT2ForSequenceClassification" } else { "GPT2LMHeadModel" }]));
                 set("n_embd", json!(self.hidden_size));
                 set("n_layer", json!(self.n_layers));
                 set("n_head", json!(self.n_heads));
@@ -226,7 +238,8 @@ impl ModelConfig {
                 set("activation_function", json!("gelu_new"));
             }
             Family::Llama => {
-                let arch = if self.model_type == "qwen2" { "Qwen2ForCausalLM" } else { "LlamaForCausalLM" };
+                let family = if self.model_type == "qwen2" { "Qwen2" } else { "Llama" };
+                let arch = format!("{family}{}", if self.score_head { "ForSequenceClassification" } else { "ForCausalLM" });
                 set("architectures", json!([arch]));
                 set("hidden_size", json!(self.hidden_size));
                 set("num_hidden_layers", json!(self.n_layers));
@@ -245,6 +258,21 @@ impl ModelConfig {
                     set("attention_bias", json!(self.qkv_bias));
                     set("mlp_bias", json!(self.mlp_bias));
                 }
+            }
+        }
+        if self.score_head {
+            // one label: a scalar score read at the last non-padding token (`pad_token_id`)
+            obj.insert("num_labels".into(), json!(1));
+            obj.insert("id2label".into(), json!({"0": "LABEL_0"}));
+            obj.insert("label2id".into(), json!({"LABEL_0": 0}));
+            if obj.get("pad_token_id").is_none_or(Value::is_null) {
+                if let Some(e) = self.eos_token_id {
+                    obj.insert("pad_token_id".into(), json!(e));
+                }
+            }
+        } else {
+            for key in ["num_labels", "id2label", "label2id"] {
+                obj.remove(key);
             }
         }
         Value::Object(obj)

@@ -450,10 +450,9 @@ impl Decoder {
         lin.fwd(be, y, &a.act, &w[lp.proj_w], opt(w, lp.proj_b), n, d.inter, d.c, true)
     }
 
-    /// Full forward over `shape` tokens already set with [`Decoder::set_inputs`]: fills the
-    /// activations, the logits and, where targets are set, the per-token losses
-    /// (`-log p(target | prefix)`).
-    pub fn forward<B: Backend>(&self, be: &B, w: &[B::Buf], acts: &mut Activations<B>, shape: Shape) -> Result<()> {
+    /// The trunk's forward over `shape` tokens already set with [`Decoder::set_inputs`]:
+    /// embeddings, blocks and the final norm, leaving the final hidden states in `acts.lnf`.
+    pub fn forward_hidden<B: Backend>(&self, be: &B, w: &[B::Buf], acts: &mut Activations<B>, shape: Shape) -> Result<()> {
         let n = shape.n();
         let d = self.dims;
         {
@@ -464,7 +463,15 @@ impl Decoder {
             let (lo, hi) = acts.res.split_at_mut(l + 1);
             self.block_fwd(be, w, lp, &mut acts.layers[l], &lo[l], &mut hi[0], &acts.positions, n, AttnSource::Fused(shape))?;
         }
-        self.norm_fwd(be, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.res[d.layers], w, self.layout.lnf_w, self.layout.lnf_b, n)?;
+        self.norm_fwd(be, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.res[d.layers], w, self.layout.lnf_w, self.layout.lnf_b, n)
+    }
+
+    /// Full forward: [`Decoder::forward_hidden`], the logits and, where targets are set, the
+    /// per-token losses (`-log p(target | prefix)`).
+    pub fn forward<B: Backend>(&self, be: &B, w: &[B::Buf], acts: &mut Activations<B>, shape: Shape) -> Result<()> {
+        let n = shape.n();
+        let d = self.dims;
+        self.forward_hidden(be, w, acts, shape)?;
         be.matmul(&mut acts.logits, &acts.lnf, &w[self.lm_head()], MatmulParams::new(n, d.v, d.c, false, true))?;
         be.cross_entropy_fwd(&mut acts.losses, &mut acts.lse, &acts.logits, &acts.targets, CrossEntropyParams { n: n as u32, v: d.v as u32 })
     }
@@ -474,13 +481,21 @@ impl Decoder {
     pub fn backward<B: Backend>(&self, be: &B, w: &[B::Buf], grads: &mut [B::Buf], acts: &Activations<B>, s: &mut GradScratch<B>, shape: Shape) -> Result<()> {
         let n = shape.n();
         let d = self.dims;
-        let lin = self.linear();
-        let el = |k: usize| ElementwiseParams::new(k);
         be.cross_entropy_bwd(&mut s.d_logits, &acts.loss_weights, &acts.logits, &acts.lse, &acts.targets, CrossEntropyParams { n: n as u32, v: d.v as u32 })?;
         // logits = lnf @ E^T: d_lnf = d_logits @ E, dE += d_logits^T @ lnf
         let head = self.lm_head();
         be.matmul(&mut s.d_ln, &s.d_logits, &w[head], MatmulParams::new(n, d.c, d.v, false, false))?;
         be.matmul(&mut grads[head], &s.d_logits, &acts.lnf, MatmulParams::new(d.v, d.c, n, true, false).accumulate(true))?;
+        self.backward_hidden(be, w, grads, acts, s, shape)
+    }
+
+    /// Backward of [`Decoder::forward_hidden`] from the gradient with respect to the final
+    /// hidden states, which the caller leaves in `s.d_ln` (overwritten on the way).
+    pub fn backward_hidden<B: Backend>(&self, be: &B, w: &[B::Buf], grads: &mut [B::Buf], acts: &Activations<B>, s: &mut GradScratch<B>, shape: Shape) -> Result<()> {
+        let n = shape.n();
+        let d = self.dims;
+        let lin = self.linear();
+        let el = |k: usize| ElementwiseParams::new(k);
         self.norm_bwd(be, &mut s.d_res, grads, &s.d_ln, &acts.res[d.layers], &acts.lnf_mean, &acts.lnf_rstd, w, self.layout.lnf_w, self.layout.lnf_b, n)?;
 
         for (l, lp) in self.layout.layers.iter().enumerate().rev() {

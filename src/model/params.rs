@@ -36,6 +36,9 @@ pub struct ParamSpec {
     /// AdamW weight decay applies to matrices, not to norms and biases
     pub decay: bool,
     pub hf: HfSource,
+    /// may be missing from a checkpoint (the score head of a reward model started from a causal
+    /// LM); the loader then returns it empty and the caller initialises it
+    pub optional: bool,
 }
 
 impl ParamSpec {
@@ -71,8 +74,10 @@ pub struct ParamLayout {
     pub layers: Vec<LayerParams>,
     pub lnf_w: usize,
     pub lnf_b: Option<usize>,
-    /// `None` when the LM head is tied to `wte`
+    /// `None` when the LM head is tied to `wte`, or for a reward model
     pub lm_head: Option<usize>,
+    /// the reward model's `score` head `[1, C]` (`cfg.score_head`)
+    pub score: Option<usize>,
     /// true for GPT-2's Conv1D `[in, out]` storage, false for Linear `[out, in]`
     pub weights_in_out: bool,
 }
@@ -83,7 +88,7 @@ struct Builder {
 
 impl Builder {
     fn push(&mut self, name: String, shape: Vec<usize>, decay: bool) -> usize {
-        self.specs.push(ParamSpec { hf: HfSource::Single(name.clone()), name, shape, decay });
+        self.specs.push(ParamSpec { hf: HfSource::Single(name.clone()), name, shape, decay, optional: false });
         self.specs.len() - 1
     }
     fn push_concat(&mut self, parts: Vec<(String, usize)>, cols: Option<usize>, decay: bool) -> usize {
@@ -92,8 +97,21 @@ impl Builder {
             Some(c) => vec![rows, c],
             None => vec![rows],
         };
-        self.specs.push(ParamSpec { name: parts[0].0.clone(), shape, decay, hf: HfSource::ConcatRows(parts) });
+        self.specs.push(ParamSpec { name: parts[0].0.clone(), shape, decay, hf: HfSource::ConcatRows(parts), optional: false });
         self.specs.len() - 1
+    }
+}
+
+impl Builder {
+    /// The untied LM head, or the reward model's score head.
+    fn head(&mut self, cfg: &ModelConfig) -> (Option<usize>, Option<usize>) {
+        if cfg.score_head {
+            let i = self.push("score.weight".into(), vec![1, cfg.hidden_size], true);
+            self.specs[i].optional = true;
+            (None, Some(i))
+        } else {
+            ((!cfg.tie_embeddings).then(|| self.push("lm_head.weight".into(), vec![cfg.vocab_size, cfg.hidden_size], true)), None)
+        }
     }
 }
 
@@ -128,8 +146,8 @@ impl ParamLayout {
                 }
                 let lnf_w = b.push(format!("{p}ln_f.weight"), vec![c], false);
                 let lnf_b = Some(b.push(format!("{p}ln_f.bias"), vec![c], false));
-                let lm_head = (!cfg.tie_embeddings).then(|| b.push("lm_head.weight".into(), vec![v, c], true));
-                ParamLayout { specs: b.specs, wte, wpe: Some(wpe), layers, lnf_w, lnf_b, lm_head, weights_in_out: true }
+                let (lm_head, score) = b.head(cfg);
+                ParamLayout { specs: b.specs, wte, wpe: Some(wpe), layers, lnf_w, lnf_b, lm_head, score, weights_in_out: true }
             }
             Family::Llama => {
                 let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
@@ -174,8 +192,8 @@ impl ParamLayout {
                     });
                 }
                 let lnf_w = b.push("model.norm.weight".into(), vec![c], false);
-                let lm_head = (!cfg.tie_embeddings).then(|| b.push("lm_head.weight".into(), vec![v, c], true));
-                ParamLayout { specs: b.specs, wte, wpe: None, layers, lnf_w, lnf_b: None, lm_head, weights_in_out: false }
+                let (lm_head, score) = b.head(cfg);
+                ParamLayout { specs: b.specs, wte, wpe: None, layers, lnf_w, lnf_b: None, lm_head, score, weights_in_out: false }
             }
         }
     }
