@@ -238,6 +238,18 @@ pub struct ClipParams {
     pub max_norm: f32,
 }
 
+/// Pairwise ranking loss of reward-model scores (InstructGPT): group g holds the scores
+/// `scores[starts[g] .. starts[g + 1]]` of K >= 2 completions of one prompt, best first; each of
+/// its K(K-1)/2 pairs (i better than j) costs `-log sigmoid(s_i - s_j - margins[g])`, the group's
+/// loss is the mean over its pairs, and every group's loss is weighted by `scale` (1 / groups of
+/// the optimiser step gives the mean).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct RankingParams {
+    pub n_groups: u32,
+    pub scale: f32,
+}
+
 /// A compute backend: device-resident buffers and every op of the engine.
 ///
 /// `Buf` holds f32 values, `Ids` holds i32 token ids and positions. Buffers are created and read
@@ -377,6 +389,12 @@ pub trait Backend: Send + Sync {
     fn sum_squares(&self, acc: &mut Self::Buf, x: &Self::Buf, p: ElementwiseParams) -> Result<()>;
     /// See [`ClipParams`]; reads the accumulated squared norm from the device.
     fn clip_grad(&self, x: &mut Self::Buf, norm_sq: &Self::Buf, p: ClipParams) -> Result<()>;
+    // ---- reward model --------------------------------------------------------------------------
+    /// See [`RankingParams`]. `dscores` (overwritten) is the gradient of the weighted loss;
+    /// `stats` accumulates `[weighted loss, correctly ordered pairs, pairs, sum of s_i - s_j]`.
+    #[allow(clippy::too_many_arguments)]
+    fn ranking_loss(&self, dscores: &mut Self::Buf, stats: &mut Self::Buf, scores: &Self::Buf, starts: &Self::Ids, margins: &Self::Buf, p: RankingParams) -> Result<()>;
+
     /// See [`AdamWParams`].
     fn adamw(&self, param: &mut Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, grad: &Self::Buf, p: AdamWParams) -> Result<()>;
 }
@@ -413,4 +431,5 @@ pub const OP_NAMES: &[&str] = &[
     "sum_squares",
     "clip_grad",
     "adamw",
+    "ranking_loss",
 ];

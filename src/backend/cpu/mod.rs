@@ -12,6 +12,7 @@ pub mod layernorm;
 pub mod matmul;
 pub mod optimizer;
 pub mod profile;
+pub mod reward;
 pub mod rope;
 pub mod sample;
 pub mod simd;
@@ -298,6 +299,15 @@ impl Backend for CpuBackend {
     fn clip_grad(&self, x: &mut Vec<f32>, norm_sq: &Vec<f32>, p: ClipParams) -> Result<()> {
         let _t = profile::OpTimer::start("clip_grad");
         optimizer::clip_grad(x, norm_sq, p);
+        Ok(())
+    }
+    fn ranking_loss(&self, dscores: &mut Vec<f32>, stats: &mut Vec<f32>, scores: &Vec<f32>, starts: &Vec<i32>, margins: &Vec<f32>, p: RankingParams) -> Result<()> {
+        let _t = profile::OpTimer::start("ranking_loss");
+        let g = p.n_groups as usize;
+        check(starts.len() > g && margins.len() >= g && stats.len() >= 4, "ranking_loss", "starts needs n_groups + 1 entries, margins n_groups, stats 4")?;
+        let ok = starts[..=g].windows(2).all(|w| w[0] >= 0 && w[1] - w[0] >= 2) && (starts[g] as usize) <= scores.len().min(dscores.len());
+        check(ok, "ranking_loss", "every group needs at least 2 scores inside the buffers")?;
+        reward::ranking_loss(dscores, stats, scores, starts, margins, p);
         Ok(())
     }
     fn adamw(&self, param: &mut Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, grad: &Vec<f32>, p: AdamWParams) -> Result<()> {
