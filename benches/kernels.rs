@@ -1,5 +1,6 @@
 //! Criterion benches of the CPU backend: matmul (the shapes a GPT-2 small block uses, with the
-//! transposes its backward needs), attention forward and backward, and a whole training step.
+//! transposes its backward needs), attention forward and backward, the fused log-prob gather against
+//! materialised logits, and a whole training step.
 //! Run: `cargo bench --bench kernels`.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
@@ -56,6 +57,49 @@ fn attention(c: &mut Criterion) {
     g.finish();
 }
 
+/// The fused LM-head log-prob gather (chunks of `LOGPROB_CHUNK` vocabulary rows) against the
+/// materialised baseline: the `[n, v]` logits by one matmul, then cross-entropy (forward), and
+/// cross-entropy backward plus the two matmuls of the head (backward).
+fn logprob_gather(c: &mut Criterion) {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(3);
+    let mut g = c.benchmark_group("logprob_gather");
+    g.sample_size(10);
+    let (n, ch, v) = (256, 768, 50257);
+    let h = randv(&mut rng, n * ch);
+    let w: Vec<f32> = randv(&mut rng, v * ch).iter().map(|x| x * 0.05).collect();
+    let targets: Vec<i32> = (0..n).map(|_| rng.below(v as u64) as i32).collect();
+    let p = LogprobParams::new(n, ch, v);
+    let (mut logp, mut ent, mut lse) = (vec![0.0; n], vec![0.0; n], vec![0.0; n]);
+    let (mut dh, mut dw) = (vec![0.0; n * ch], vec![0.0; v * ch]);
+    let ones = vec![1.0; n];
+    let mut logits = vec![0.0; n * v];
+    let mut dlogits = vec![0.0; n * v];
+    let label = format!("n{n} c{ch} v{v}");
+    g.throughput(Throughput::Elements(n as u64));
+    g.bench_function(BenchmarkId::new("fused fwd", &label), |bench| {
+        bench.iter(|| be.logprob_gather_fwd(&mut logp, &mut ent, &mut lse, &h, &targets, &w, p).unwrap())
+    });
+    g.bench_function(BenchmarkId::new("fused bwd", &label), |bench| {
+        bench.iter(|| be.logprob_gather_bwd(&mut dh, &mut dw, &ones, &ones, &h, &targets, &lse, &ent, &w, p).unwrap())
+    });
+    let ce = CrossEntropyParams { n: n as u32, v: v as u32 };
+    g.bench_function(BenchmarkId::new("materialised fwd", &label), |bench| {
+        bench.iter(|| {
+            be.matmul(&mut logits, &h, &w, MatmulParams::new(n, v, ch, false, true)).unwrap();
+            be.cross_entropy_fwd(&mut logp, &mut lse, &logits, &targets, ce).unwrap();
+        })
+    });
+    g.bench_function(BenchmarkId::new("materialised bwd", &label), |bench| {
+        bench.iter(|| {
+            be.cross_entropy_bwd(&mut dlogits, &ones, &logits, &lse, &targets, ce).unwrap();
+            be.matmul(&mut dh, &dlogits, &w, MatmulParams::new(n, ch, v, false, false)).unwrap();
+            be.matmul(&mut dw, &dlogits, &h, MatmulParams::new(v, ch, n, true, false).accumulate(true)).unwrap();
+        })
+    });
+    g.finish();
+}
+
 fn train_step(c: &mut Criterion) {
     let be = CpuBackend::new();
     let mut g = c.benchmark_group("train_step");
@@ -82,5 +126,5 @@ fn train_step(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, matmul, attention, train_step);
+criterion_group!(benches, matmul, attention, logprob_gather, train_step);
 criterion_main!(benches);

@@ -1,7 +1,7 @@
 //! Every op of the op list on the CPU backend: the forward against a naive reference written out
 //! here, and every backward against central finite differences of `L = sum(out * r)` for a random
-//! `r`. `OP_CHECKS` maps each op to the test that covers it; a test fails if an op of
-//! `rlhf::backend::ops::OP_NAMES` is missing there.
+//! `r`. `OP_CHECKS` maps each op to the test that covers it (here, or in `tests/rl_ops.rs` for the
+//! fused RL ops); a test fails if an op of `rlhf::backend::ops::OP_NAMES` is missing there.
 
 use rlhf::backend::ops::*;
 use rlhf::backend::CpuBackend;
@@ -35,6 +35,13 @@ const OP_CHECKS: &[(&str, &str)] = &[
     ("cross_entropy_fwd", "cross_entropy_grad"),
     ("cross_entropy_bwd", "cross_entropy_grad"),
     ("sample", "sample_greedy_topk_topp"),
+    // the fused RL ops are checked in tests/rl_ops.rs
+    ("logprob_gather_fwd", "logprob_gather_matches_naive"),
+    ("logprob_gather_bwd", "logprob_gather_grad"),
+    ("kl_penalty_fwd", "kl_penalty_grad"),
+    ("kl_penalty_bwd", "kl_penalty_grad"),
+    ("ppo_loss_fwd_bwd", "ppo_loss_grad"),
+    ("ranking_loss", "ranking_loss_by_hand_and_grad"),
     ("sum_squares", "optimizer_ops"),
     ("clip_grad", "optimizer_ops"),
     ("adamw", "optimizer_ops"),
@@ -45,9 +52,10 @@ fn every_op_has_a_check() {
     for op in OP_NAMES {
         assert!(OP_CHECKS.iter().any(|(name, _)| name == op), "op `{op}` has no check in tests/ops.rs");
     }
-    let src = include_str!("ops.rs");
+    let sources = [include_str!("ops.rs"), include_str!("rl_ops.rs")];
     for (op, test) in OP_CHECKS {
-        assert!(src.contains(&format!("fn {test}()")), "check `{test}` for `{op}` does not exist");
+        let f = format!("fn {test}()");
+        assert!(sources.iter().any(|src| src.contains(&f)), "check `{test}` for `{op}` does not exist in tests/ops.rs or tests/rl_ops.rs");
     }
 }
 

@@ -250,6 +250,148 @@ pub struct RankingParams {
     pub scale: f32,
 }
 
+/// Default number of vocabulary rows of the LM head streamed per chunk by `logprob_gather_*`.
+pub const LOGPROB_CHUNK: usize = 4096;
+
+/// Log-probability of a chosen token and entropy of the next-token distribution, straight from
+/// the final hidden states `h [n, c]` and the LM head (or tied embedding) `w [v, c]`, with
+/// `z = (h @ w^T) / temperature` and `p = softmax(z)`:
+/// `logp[i] = z[i, targets[i]] - lse[i]`, `entropy[i] = -sum_j p_ij log p_ij`, `lse[i] = logsumexp_j z_ij`.
+/// The vocabulary is streamed `chunk` rows of `w` at a time (online log-sum-exp), so the `[n, v]`
+/// logits never exist; a row whose target is negative has no outputs (all three are 0) and no
+/// gradient. `temperature` must be positive (the sampling temperature, so that the log-probs are
+/// those of the distribution that was sampled).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct LogprobParams {
+    pub n: u32,
+    pub c: u32,
+    pub v: u32,
+    /// vocabulary rows of `w` per streamed chunk (e.g. [`LOGPROB_CHUNK`]); sets the scratch size
+    pub chunk: u32,
+    pub temperature: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
+}
+
+impl LogprobParams {
+    /// `n` rows of `c` channels, a vocabulary of `v`, temperature 1, chunks of [`LOGPROB_CHUNK`].
+    pub fn new(n: usize, c: usize, v: usize) -> Self {
+        LogprobParams { n: n as u32, c: c as u32, v: v as u32, chunk: LOGPROB_CHUNK as u32, temperature: 1.0, ..Default::default() }
+    }
+    pub fn temperature(mut self, t: f32) -> Self {
+        self.temperature = t;
+        self
+    }
+    pub fn chunk(mut self, chunk: usize) -> Self {
+        self.chunk = chunk as u32;
+        self
+    }
+}
+
+/// Per-token KL between the policy and a frozen reference at the sampled tokens, from their
+/// log-probs: `r = logp - ref_logp`, and with `estimator` 1: `k1 = r`, 2: `k2 = r^2 / 2`,
+/// 3: `k3 = exp(-r) - 1 + r` (unbiased for KL(policy || reference) and never negative).
+/// `kl[i] = mask[i] * k(r_i)`; where `mask[i] == 0` the output and the gradient are 0 whatever
+/// the log-probs hold (padding may be garbage).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct KlParams {
+    pub n: u32,
+    /// 1, 2 or 3 (k1, k2, k3)
+    pub estimator: u32,
+}
+
+/// Slots of the `stats` buffer of [`Backend::ppo_loss_fwd_bwd`], each a weighted sum over the
+/// masked tokens with the same aggregation weights as the loss (token mean: each masked token
+/// weighs 1 / masked tokens; sequence mean: 1 / (sequences * that sequence's masked tokens)).
+pub mod ppo_stat {
+    /// the clipped surrogate (dual clip included)
+    pub const POLICY_LOSS: usize = 0;
+    /// the (clipped) value loss, before `vf_coef`
+    pub const VALUE_LOSS: usize = 1;
+    /// the mean entropy (the `entropy` input), before `ent_coef`
+    pub const ENTROPY: usize = 2;
+    /// fraction of tokens where the clipped surrogate is the larger (its gradient is zero)
+    pub const CLIPFRAC: usize = 3;
+    /// `k3` estimate of KL(old || new): `(ratio - 1) - log(ratio)`
+    pub const APPROX_KL: usize = 4;
+    /// the KL-to-reference term (chosen estimator), before `kl_coef`
+    pub const KL: usize = 5;
+    /// `policy + vf_coef * value - ent_coef * entropy + kl_coef * kl`: the loss whose gradient the op writes
+    pub const TOTAL_LOSS: usize = 6;
+    /// fraction of tokens where the clipped value loss is the larger
+    pub const VALUE_CLIPFRAC: usize = 7;
+    /// fraction of tokens where the dual clip bounds the loss (A < 0)
+    pub const DUAL_CLIPFRAC: usize = 8;
+    /// the sum of the aggregation weights: 1 for a whole batch with any masked token, 0 for none
+    pub const WEIGHT: usize = 9;
+    /// number of slots
+    pub const COUNT: usize = 10;
+    /// slot names, for logging
+    pub const NAMES: [&str; COUNT] =
+        ["policy_loss", "value_loss", "entropy", "clipfrac", "approx_kl", "kl", "total_loss", "value_clipfrac", "dual_clipfrac", "weight"];
+}
+
+/// PPO's clipped losses over `n` tokens, forward and backward in one op. Per token, with
+/// `ratio = exp(logp - old_logp)` and advantage `A`:
+/// `pg = max(-A ratio, -A clip(ratio, 1 - clip_low, 1 + clip_high))`, and with the dual clip
+/// (`dual_clip = c > 1`) `pg = min(pg, -c A)` where `A < 0`;
+/// value loss (when values are given) `vl = 0.5 max((V - R)^2, (V_old + clip(V - V_old, -eps_v, eps_v) - R)^2)`
+/// (`value_clip = eps_v`; 0 turns the clipping off: `vl = 0.5 (V - R)^2`);
+/// KL in the loss (when `ref_logp` is given) `kl = k(logp - ref_logp)` with `kl_estimator` 1/2/3
+/// as in [`KlParams`];
+/// `loss_i = pg + vf_coef vl - ent_coef entropy + kl_coef kl`.
+/// Aggregation: `loss = sum_i w_i loss_i` with `mask` weights `m_i` (0/1):
+/// 0 (token mean) `w_i = m_i / sum_j m_j`; 1 (sequence mean of token means, rows `[b, t]`)
+/// `w_i = m_i / (S * sum_{j in seq(i)} m_j)` with S the number of sequences with a masked token.
+/// `denom > 0` replaces `sum_j m_j` (mode 0) or S (mode 1), so that micro-batches of one
+/// minibatch can share its denominator. All-masked input gives zero loss and zero gradients.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct PpoParams {
+    pub n: u32,
+    /// tokens per sequence (rows `[n / t, t]`); used by aggregation 1
+    pub t: u32,
+    /// 0: token mean over the batch, 1: mean over sequences of per-sequence token means
+    pub aggregation: u32,
+    /// 1, 2 or 3: the estimator of the KL-in-loss term
+    pub kl_estimator: u32,
+    pub clip_low: f32,
+    pub clip_high: f32,
+    /// dual-clip constant c (> 1 on; 0 off)
+    pub dual_clip: f32,
+    /// eps_v of the value clipping (0 off)
+    pub value_clip: f32,
+    pub vf_coef: f32,
+    pub ent_coef: f32,
+    pub kl_coef: f32,
+    /// 0: this call's denominator; > 0: use this one (see above)
+    pub denom: f32,
+}
+
+impl PpoParams {
+    /// Token-mean PPO with clip 0.2 on both sides, no dual clip, value clip 0.2, vf_coef 0.5,
+    /// no entropy bonus, no KL in the loss (k3 if one is set).
+    pub fn new(n: usize) -> Self {
+        PpoParams {
+            n: n as u32,
+            t: n as u32,
+            aggregation: 0,
+            kl_estimator: 3,
+            clip_low: 0.2,
+            clip_high: 0.2,
+            dual_clip: 0.0,
+            value_clip: 0.2,
+            vf_coef: 0.5,
+            ent_coef: 0.0,
+            kl_coef: 0.0,
+            denom: 0.0,
+        }
+    }
+}
+
 /// A compute backend: device-resident buffers and every op of the engine.
 ///
 /// `Buf` holds f32 values, `Ids` holds i32 token ids and positions. Buffers are created and read
@@ -384,6 +526,69 @@ pub trait Backend: Send + Sync {
     /// See [`SampleParams`]; writes one token id per row.
     fn sample(&self, out: &mut Self::Ids, logits: &Self::Buf, p: SampleParams) -> Result<()>;
 
+    // ---- fused RL ops --------------------------------------------------------------------------
+    /// See [`LogprobParams`]: `logp [n]`, `entropy [n]` and the saved `lse [n]` from
+    /// `h [n, c]`, `targets [n]` and `w [v, c]`, streaming `w` in chunks.
+    #[allow(clippy::too_many_arguments)]
+    fn logprob_gather_fwd(
+        &self,
+        logp: &mut Self::Buf,
+        entropy: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        h: &Self::Buf,
+        targets: &Self::Ids,
+        w: &Self::Buf,
+        p: LogprobParams,
+    ) -> Result<()>;
+    /// Backward of `logprob_gather_fwd` from upstream `dlogp [n]` and `dentropy [n]`, recomputing
+    /// each chunk's logits: with `lp = z - lse`, `p = exp(lp)`, `H = entropy`,
+    /// `dz_ij = dlogp_i (onehot_ij - p_ij) - dentropy_i p_ij (lp_ij + H_i)`, `dlogits = dz / temperature`;
+    /// `dh = dlogits @ w` (overwritten), `dw += dlogits^T @ h` (accumulated).
+    #[allow(clippy::too_many_arguments)]
+    fn logprob_gather_bwd(
+        &self,
+        dh: &mut Self::Buf,
+        dw: &mut Self::Buf,
+        dlogp: &Self::Buf,
+        dentropy: &Self::Buf,
+        h: &Self::Buf,
+        targets: &Self::Ids,
+        lse: &Self::Buf,
+        entropy: &Self::Buf,
+        w: &Self::Buf,
+        p: LogprobParams,
+    ) -> Result<()>;
+    /// See [`KlParams`]: `kl[i] = mask[i] * k(logp[i] - ref_logp[i])`.
+    fn kl_penalty_fwd(&self, kl: &mut Self::Buf, logp: &Self::Buf, ref_logp: &Self::Buf, mask: &Self::Buf, p: KlParams) -> Result<()>;
+    /// `dlogp[i] = dkl[i] * mask[i] * k'(r_i)` (overwritten) with `k1' = 1`, `k2' = r`,
+    /// `k3' = 1 - exp(-r)`; the reference is frozen and gets no gradient.
+    #[allow(clippy::too_many_arguments)]
+    fn kl_penalty_bwd(&self, dlogp: &mut Self::Buf, dkl: &Self::Buf, logp: &Self::Buf, ref_logp: &Self::Buf, mask: &Self::Buf, p: KlParams) -> Result<()>;
+    /// See [`PpoParams`]. Writes the gradients of the aggregated loss with respect to `logp`,
+    /// the values and the entropy (`[n]` each, overwritten) and adds the [`ppo_stat`] sums to
+    /// `stats [ppo_stat::COUNT]` (accumulated, so micro-batches sum into one buffer: fill it with
+    /// 0 first). `values`, `old_values`, `returns` and `dvalues` come all together or not at all
+    /// (no value loss); `entropy` with `dentropy` (no entropy bonus without them); `ref_logp`
+    /// enables the KL-in-loss term.
+    #[allow(clippy::too_many_arguments)]
+    fn ppo_loss_fwd_bwd(
+        &self,
+        dlogp: &mut Self::Buf,
+        dvalues: Option<&mut Self::Buf>,
+        dentropy: Option<&mut Self::Buf>,
+        stats: &mut Self::Buf,
+        logp: &Self::Buf,
+        old_logp: &Self::Buf,
+        advantages: &Self::Buf,
+        mask: &Self::Buf,
+        values: Option<&Self::Buf>,
+        old_values: Option<&Self::Buf>,
+        returns: Option<&Self::Buf>,
+        entropy: Option<&Self::Buf>,
+        ref_logp: Option<&Self::Buf>,
+        p: PpoParams,
+    ) -> Result<()>;
+
     // ---- optimiser -----------------------------------------------------------------------------
     /// `acc[0] += sum_i x[i]^2` (the global gradient norm, accumulated over tensors on the device)
     fn sum_squares(&self, acc: &mut Self::Buf, x: &Self::Buf, p: ElementwiseParams) -> Result<()>;
@@ -393,7 +598,15 @@ pub trait Backend: Send + Sync {
     /// See [`RankingParams`]. `dscores` (overwritten) is the gradient of the weighted loss;
     /// `stats` accumulates `[weighted loss, correctly ordered pairs, pairs, sum of s_i - s_j]`.
     #[allow(clippy::too_many_arguments)]
-    fn ranking_loss(&self, dscores: &mut Self::Buf, stats: &mut Self::Buf, scores: &Self::Buf, starts: &Self::Ids, margins: &Self::Buf, p: RankingParams) -> Result<()>;
+    fn ranking_loss(
+        &self,
+        dscores: &mut Self::Buf,
+        stats: &mut Self::Buf,
+        scores: &Self::Buf,
+        starts: &Self::Ids,
+        margins: &Self::Buf,
+        p: RankingParams,
+    ) -> Result<()>;
 
     /// See [`AdamWParams`].
     fn adamw(&self, param: &mut Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, grad: &Self::Buf, p: AdamWParams) -> Result<()>;
@@ -428,6 +641,11 @@ pub const OP_NAMES: &[&str] = &[
     "cross_entropy_fwd",
     "cross_entropy_bwd",
     "sample",
+    "logprob_gather_fwd",
+    "logprob_gather_bwd",
+    "kl_penalty_fwd",
+    "kl_penalty_bwd",
+    "ppo_loss_fwd_bwd",
     "sum_squares",
     "clip_grad",
     "adamw",

@@ -58,9 +58,7 @@ fn get_f32(obj: &Map<String, Value>, key: &str) -> Option<f32> {
 
 /// Whether `architectures` names a sequence-classification model (a reward model).
 fn has_score_head(obj: &Map<String, Value>) -> bool {
-    obj.get("architectures")
-        .and_then(Value::as_array)
-        .is_some_and(|a| a.iter().any(|v| v.as_str().is_some_and(|s| s.ends_with("ForSequenceClassification"))))
+    obj.get("architectures").and_then(Value::as_array).is_some_and(|a| a.iter().any(|v| v.as_str().is_some_and(|s| s.ends_with("ForSequenceClassification"))))
 }
 
 fn first_token_id(v: Option<&Value>) -> Option<u32> {

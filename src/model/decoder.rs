@@ -491,7 +491,15 @@ impl Decoder {
 
     /// Backward of [`Decoder::forward_hidden`] from the gradient with respect to the final
     /// hidden states, which the caller leaves in `s.d_ln` (overwritten on the way).
-    pub fn backward_hidden<B: Backend>(&self, be: &B, w: &[B::Buf], grads: &mut [B::Buf], acts: &Activations<B>, s: &mut GradScratch<B>, shape: Shape) -> Result<()> {
+    pub fn backward_hidden<B: Backend>(
+        &self,
+        be: &B,
+        w: &[B::Buf],
+        grads: &mut [B::Buf],
+        acts: &Activations<B>,
+        s: &mut GradScratch<B>,
+        shape: Shape,
+    ) -> Result<()> {
         let n = shape.n();
         let d = self.dims;
         let lin = self.linear();

@@ -13,6 +13,7 @@ pub mod matmul;
 pub mod optimizer;
 pub mod profile;
 pub mod reward;
+pub mod rl_losses;
 pub mod rope;
 pub mod sample;
 pub mod simd;
@@ -49,6 +50,17 @@ fn check(ok: bool, op: &str, what: &str) -> Result<()> {
     } else {
         Err(Error::Backend { backend: "cpu", msg: format!("{op}: {what}") })
     }
+}
+
+/// Shapes, temperature, chunk and targets of `logprob_gather_*`.
+fn check_logprob(op: &str, h: &[f32], targets: &[i32], w: &[f32], p: LogprobParams) -> Result<()> {
+    let (n, c, v) = (p.n as usize, p.c as usize, p.v as usize);
+    check(p.temperature > 0.0 && p.temperature.is_finite(), op, "temperature must be positive")?;
+    check(p.chunk > 0 && v > 0, op, "chunk and vocabulary must be positive")?;
+    check(h.len() >= n * c && targets.len() >= n, op, "h or targets shorter than n rows")?;
+    check(w.len() >= v * c, op, "w smaller than [v, c]")?;
+    let bad = targets[..n].iter().find(|&&t| t >= p.v as i32);
+    check(bad.is_none(), op, &format!("target {:?} outside the vocabulary of {}", bad, p.v))
 }
 
 impl Backend for CpuBackend {
@@ -291,6 +303,110 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn logprob_gather_fwd(
+        &self,
+        logp: &mut Vec<f32>,
+        entropy: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        h: &Vec<f32>,
+        targets: &Vec<i32>,
+        w: &Vec<f32>,
+        p: LogprobParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("logprob_gather_fwd");
+        let op = "logprob_gather_fwd";
+        check_logprob(op, h, targets, w, p)?;
+        let n = p.n as usize;
+        check(logp.len() >= n && entropy.len() >= n && lse.len() >= n, op, "output shorter than n")?;
+        rl_losses::logprob_gather_fwd(logp, entropy, lse, h, targets, w, p);
+        Ok(())
+    }
+    fn logprob_gather_bwd(
+        &self,
+        dh: &mut Vec<f32>,
+        dw: &mut Vec<f32>,
+        dlogp: &Vec<f32>,
+        dentropy: &Vec<f32>,
+        h: &Vec<f32>,
+        targets: &Vec<i32>,
+        lse: &Vec<f32>,
+        entropy: &Vec<f32>,
+        w: &Vec<f32>,
+        p: LogprobParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("logprob_gather_bwd");
+        let op = "logprob_gather_bwd";
+        check_logprob(op, h, targets, w, p)?;
+        let (n, c, v) = (p.n as usize, p.c as usize, p.v as usize);
+        check(dh.len() >= n * c && dw.len() >= v * c, op, "dh or dw smaller than h or w")?;
+        check(dlogp.len() >= n && dentropy.len() >= n && lse.len() >= n && entropy.len() >= n, op, "dlogp, dentropy, lse or entropy shorter than n")?;
+        rl_losses::logprob_gather_bwd(dh, dw, dlogp, dentropy, h, targets, lse, entropy, w, p);
+        Ok(())
+    }
+    fn kl_penalty_fwd(&self, kl: &mut Vec<f32>, logp: &Vec<f32>, ref_logp: &Vec<f32>, mask: &Vec<f32>, p: KlParams) -> Result<()> {
+        let _t = profile::OpTimer::start("kl_penalty_fwd");
+        let n = p.n as usize;
+        check((1..=3).contains(&p.estimator), "kl_penalty_fwd", "estimator must be 1, 2 or 3")?;
+        check([kl.len(), logp.len(), ref_logp.len(), mask.len()].iter().all(|&l| l >= n), "kl_penalty_fwd", "buffer shorter than n")?;
+        rl_losses::kl_penalty_fwd(kl, logp, ref_logp, mask, p);
+        Ok(())
+    }
+    fn kl_penalty_bwd(&self, dlogp: &mut Vec<f32>, dkl: &Vec<f32>, logp: &Vec<f32>, ref_logp: &Vec<f32>, mask: &Vec<f32>, p: KlParams) -> Result<()> {
+        let _t = profile::OpTimer::start("kl_penalty_bwd");
+        let n = p.n as usize;
+        check((1..=3).contains(&p.estimator), "kl_penalty_bwd", "estimator must be 1, 2 or 3")?;
+        check([dlogp.len(), dkl.len(), logp.len(), ref_logp.len(), mask.len()].iter().all(|&l| l >= n), "kl_penalty_bwd", "buffer shorter than n")?;
+        rl_losses::kl_penalty_bwd(dlogp, dkl, logp, ref_logp, mask, p);
+        Ok(())
+    }
+    fn ppo_loss_fwd_bwd(
+        &self,
+        dlogp: &mut Vec<f32>,
+        dvalues: Option<&mut Vec<f32>>,
+        dentropy: Option<&mut Vec<f32>>,
+        stats: &mut Vec<f32>,
+        logp: &Vec<f32>,
+        old_logp: &Vec<f32>,
+        advantages: &Vec<f32>,
+        mask: &Vec<f32>,
+        values: Option<&Vec<f32>>,
+        old_values: Option<&Vec<f32>>,
+        returns: Option<&Vec<f32>>,
+        entropy: Option<&Vec<f32>>,
+        ref_logp: Option<&Vec<f32>>,
+        p: PpoParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("ppo_loss_fwd_bwd");
+        let op = "ppo_loss_fwd_bwd";
+        let n = p.n as usize;
+        check(p.aggregation <= 1, op, "aggregation must be 0 (token mean) or 1 (sequence mean)")?;
+        check(p.aggregation == 0 || (p.t > 0 && n % p.t as usize == 0), op, "sequence-mean aggregation needs t > 0 dividing n")?;
+        check(p.clip_low >= 0.0 && p.clip_low < 1.0 && p.clip_high >= 0.0, op, "clip range must satisfy 0 <= clip_low < 1, clip_high >= 0")?;
+        check(p.value_clip >= 0.0 && p.dual_clip >= 0.0 && p.denom >= 0.0, op, "value_clip, dual_clip and denom must be >= 0")?;
+        check(ref_logp.is_none() || (1..=3).contains(&p.kl_estimator), op, "kl_estimator must be 1, 2 or 3")?;
+        check(stats.len() >= ppo_stat::COUNT, op, "stats shorter than ppo_stat::COUNT")?;
+        check([logp, old_logp, advantages, mask].iter().all(|b| b.len() >= n) && dlogp.len() >= n, op, "buffer shorter than n")?;
+        let some = [values.is_some(), old_values.is_some(), returns.is_some(), dvalues.is_some()];
+        check(some.iter().all(|&s| s == some[0]), op, "values, old_values, returns and dvalues go together")?;
+        check(entropy.is_some() == dentropy.is_some(), op, "entropy and dentropy go together")?;
+        let long = |b: &Option<&Vec<f32>>| b.is_none_or(|b| b.len() >= n);
+        check([values, old_values, returns, entropy, ref_logp].iter().all(long), op, "optional input shorter than n")?;
+        check(dvalues.as_ref().is_none_or(|b| b.len() >= n) && dentropy.as_ref().is_none_or(|b| b.len() >= n), op, "optional output shorter than n")?;
+        let values = match (values, old_values, returns) {
+            (Some(values), Some(old_values), Some(returns)) => Some(rl_losses::ValueInputs { values, old_values, returns }),
+            _ => None,
+        };
+        let extras = rl_losses::PpoExtras {
+            dvalues: dvalues.map(|d| d.as_mut_slice()),
+            dentropy: dentropy.map(|d| d.as_mut_slice()),
+            values,
+            entropy: entropy.map(|e| e.as_slice()),
+            ref_logp: ref_logp.map(|r| r.as_slice()),
+        };
+        rl_losses::ppo_loss_fwd_bwd(dlogp, stats, logp, old_logp, advantages, mask, extras, p);
+        Ok(())
+    }
+
     fn sum_squares(&self, acc: &mut Vec<f32>, x: &Vec<f32>, p: ElementwiseParams) -> Result<()> {
         let _t = profile::OpTimer::start("sum_squares");
         optimizer::sum_squares(acc, &x[..p.n as usize]);
@@ -301,7 +417,15 @@ impl Backend for CpuBackend {
         optimizer::clip_grad(x, norm_sq, p);
         Ok(())
     }
-    fn ranking_loss(&self, dscores: &mut Vec<f32>, stats: &mut Vec<f32>, scores: &Vec<f32>, starts: &Vec<i32>, margins: &Vec<f32>, p: RankingParams) -> Result<()> {
+    fn ranking_loss(
+        &self,
+        dscores: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+        scores: &Vec<f32>,
+        starts: &Vec<i32>,
+        margins: &Vec<f32>,
+        p: RankingParams,
+    ) -> Result<()> {
         let _t = profile::OpTimer::start("ranking_loss");
         let g = p.n_groups as usize;
         check(starts.len() > g && margins.len() >= g && stats.len() >= 4, "ranking_loss", "starts needs n_groups + 1 entries, margins n_groups, stats 4")?;
