@@ -25,6 +25,10 @@ pub enum Command {
     Demo(DemoArgs),
     /// Supervised fine-tuning on JSONL data
     Sft(SftArgs),
+    /// Train a reward model on preference pairs or rankings
+    Rm(RmArgs),
+    /// Print a reward model's score of each input line
+    Score(ScoreArgs),
     /// Print the log-probability of every token (after the first) of each input line
     Logprobs(LogprobsArgs),
     /// Sample a continuation of a prompt with a KV cache
@@ -118,6 +122,73 @@ pub struct SftArgs {
     pub out: PathBuf,
     #[command(flatten)]
     pub train: TrainArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Start from this folder: an SFT model (a score head is added) or a reward model
+    #[arg(long, conflicts_with = "init")]
+    pub model: Option<PathBuf>,
+    /// Build a fresh model from a preset instead
+    #[arg(long)]
+    pub init: Option<String>,
+    /// Tokenizer folder for --init (default: the built-in byte-level tokenizer)
+    #[arg(long, requires = "init")]
+    pub tokenizer: Option<PathBuf>,
+    /// JSONL with {"prompt", "chosen", "rejected"} or {"prompt", "ranked": [best, ..., worst]} lines
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: reward model (HF *ForSequenceClassification layout + tokenizer) and metrics.jsonl
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 200)]
+    pub steps: usize,
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 0)]
+    pub warmup: usize,
+    #[arg(long, default_value_t = 0.1, allow_negative_numbers = true)]
+    pub min_lr_ratio: f32,
+    /// Prompts per optimiser step (each with all of its completions)
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    /// Longest sequence (prompt + completion); longer completions are cut
+    #[arg(long, default_value_t = 512)]
+    pub seq_len: usize,
+    /// Extra score gap required of every pair
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub margin: f32,
+    /// Fraction of prompts held out to measure pairwise accuracy
+    #[arg(long, default_value_t = 0.1)]
+    pub eval_fraction: f32,
+    /// Evaluate every N steps (0 = at the end only)
+    #[arg(long, default_value_t = 50)]
+    pub eval_every: usize,
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub weight_decay: f32,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub max_grad_norm: f32,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Reward-model folder (as `rlhf rm` saves it)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL with `input_ids` or `text` per line (prompt and completion together)
+    #[arg(long)]
+    pub input: PathBuf,
+    /// Sequences per forward
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
     #[command(flatten)]
     pub common: Common,
 }
@@ -232,6 +303,8 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(a) => with_backend!(&a.common, |be| crate::demo::run_demo(&be, &a.out, a.steps, a.seed)),
         Command::Sft(a) => with_backend!(&a.common, |be| cmd_sft(&be, &a)),
+        Command::Rm(a) => with_backend!(&a.common, |be| cmd_rm(&be, &a)),
+        Command::Score(a) => with_backend!(&a.common, |be| cmd_score(&be, &a)),
         Command::Logprobs(a) => with_backend!(&a.common, |be| cmd_logprobs(&be, &a)),
         Command::Generate(a) => with_backend!(&a.common, |be| cmd_generate(&be, &a)),
         Command::Info => cmd_info(),
@@ -299,6 +372,92 @@ fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
         summary.tokens_per_sec,
         a.out.display()
     );
+    Ok(())
+}
+
+fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
+    let cfg = rlhf::rl::reward::RmConfig {
+        out: a.out.clone(),
+        steps: a.steps,
+        lr: a.lr,
+        min_lr_ratio: a.min_lr_ratio,
+        warmup: a.warmup,
+        batch_size: a.batch_size,
+        seq_len: a.seq_len,
+        seed: a.seed,
+        optim: AdamWConfig { weight_decay: a.weight_decay, max_grad_norm: a.max_grad_norm, ..AdamWConfig::default() },
+        margin: a.margin,
+        eval_fraction: a.eval_fraction,
+        eval_every: a.eval_every,
+        log_every: a.log_every,
+    };
+    cfg.validate()?;
+    if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite()) || !(a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
+        bail!("--weight-decay and --max-grad-norm must be non-negative numbers");
+    }
+    if a.out.exists() && !a.out.is_dir() {
+        bail!("--out must be a folder: {} is a file", a.out.display());
+    }
+    let (mut model, tok) = match (&a.model, &a.init) {
+        (Some(dir), None) => (Model::load_reward(be, dir, a.seed)?, Tokenizer::load(dir)?),
+        (None, Some(preset)) => {
+            let tok = match &a.tokenizer {
+                Some(dir) => Tokenizer::load(dir)?,
+                None => Tokenizer::byte_level(),
+            };
+            let mut mcfg = ModelConfig::preset(preset, tok.vocab_size())?;
+            mcfg.score_head = true;
+            (Model::init(be, mcfg, a.seed)?, tok)
+        }
+        _ => bail!("give either --model DIR or --init PRESET (presets: {})", PRESETS.join(", ")),
+    };
+    let seq_len = a.seq_len.min(model.cfg().max_positions);
+    let groups = rlhf::data::preference::load_preference_jsonl(&a.data, &tok, seq_len)?;
+    let pairs: usize = groups.iter().map(|g| g.n_pairs()).sum();
+    eprintln!(
+        "rm: {} prompts ({pairs} pairs) from {}, model {} ({:.2}M parameters), backend {}",
+        groups.len(),
+        a.data.display(),
+        model.cfg().model_type,
+        model.cfg().num_params() as f64 / 1e6,
+        be.name()
+    );
+    let s = rlhf::rl::reward::run_rm(be, &mut model, &tok, groups, &cfg)?;
+    let acc = |e: &Option<rlhf::rl::reward::RankingStats>| e.map_or("-".to_string(), |e| format!("{:.3} ({} pairs)", e.accuracy, e.pairs));
+    println!(
+        "rm done: loss {:.4} -> {:.4}; held-out pairwise accuracy {} before, {} after; {} train / {} held-out prompts; {:.0} tokens/s; reward model and metrics.jsonl in {}",
+        s.first_loss,
+        s.last_loss,
+        acc(&s.eval_before),
+        acc(&s.eval),
+        s.train_groups,
+        s.eval_groups,
+        s.tokens_per_sec,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_score<B: Backend>(be: &B, a: &ScoreArgs) -> Result<()> {
+    if a.batch_size == 0 {
+        bail!("--batch-size must be at least 1");
+    }
+    let cfg = ModelConfig::load(&a.model)?;
+    if !cfg.score_head {
+        bail!("{}: config.json does not describe a reward model (architectures *ForSequenceClassification); train one with `rlhf rm`", a.model.display());
+    }
+    let model = Model::load_reward(be, &a.model, 0)?;
+    let tok = Tokenizer::load(&a.model).ok();
+    let seqs = rlhf::data::score_input::read_score_inputs(&a.input, tok.as_ref(), model.cfg().vocab_size, model.cfg().max_positions)?;
+    let longest = seqs.iter().map(Vec::len).max().unwrap_or(2);
+    let mut scorer = rlhf::rl::reward::RewardTrainer::new(be, &model, a.batch_size, longest, AdamWConfig::default())?;
+    let pad = tok.as_ref().map_or(0, |t| t.pad_or_default());
+    let scores = scorer.score(be, &model, &seqs, pad)?;
+    let mut out = std::io::stdout().lock();
+    use std::io::Write;
+    for (ids, score) in seqs.iter().zip(scores) {
+        writeln!(out, "{}", serde_json::json!({ "input_ids": ids, "score": score }))?;
+    }
     Ok(())
 }
 

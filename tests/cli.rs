@@ -313,3 +313,60 @@ fn absurd_sizes_are_errors_not_aborts() {
     let out = rlhf(&["bench", "--model", "gpt2-tiny", "--batch-size", "18446744073709551615", "--steps", "1"]);
     assert_fails_with(&out, &["--batch-size"]);
 }
+
+#[test]
+fn rm_and_score_commands() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("prefs.jsonl");
+    let mut lines = String::new();
+    for i in 0..8 {
+        lines.push_str(&format!("{{\"prompt\": \"q{i}:\", \"chosen\": \" yes\", \"rejected\": \" no\"}}\n"));
+    }
+    lines.push_str("{\"prompt\": \"rank:\", \"ranked\": [\" best\", \" ok\", \" worst\"]}\n");
+    std::fs::write(&data, lines).unwrap();
+    let out_dir = dir.path().join("rm");
+    let out = rlhf(&[
+        "rm",
+        "--model",
+        s(&fixture("qwen2")),
+        "--data",
+        s(&data),
+        "--out",
+        s(&out_dir),
+        "--steps",
+        "2",
+        "--batch-size",
+        "3",
+        "--seq-len",
+        "32",
+        "--eval-fraction",
+        "0.3",
+    ]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("held-out pairwise accuracy"), "{stdout}");
+    let rows: Vec<Value> = std::fs::read_to_string(out_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for key in ["loss", "accuracy", "grad_norm", "lr", "tokens", "tokens_per_sec", "elapsed_s"] {
+        assert!(rows[1][key].is_number(), "rm metrics lack {key}");
+    }
+    assert!(rows[1]["eval_accuracy"].is_number());
+    let input = dir.path().join("score.jsonl");
+    std::fs::write(&input, "{\"text\": \"q1: yes\"}\n{\"input_ids\": [3, 4, 5]}\n").unwrap();
+    let out = rlhf(&["score", "--model", s(&out_dir), "--input", s(&input)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let scores: Vec<Value> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(scores.len(), 2);
+    assert!(scores[0]["score"].is_number());
+    // a causal LM is not a reward model
+    let out = rlhf(&["score", "--model", s(&fixture("gpt2")), "--input", s(&input)]);
+    assert_fails_with(&out, &["reward model"]);
+    // a ranking with one completion, and a prompt longer than the context, name their line
+    std::fs::write(&data, "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"p\", \"ranked\": [\"a\"]}\n").unwrap();
+    let out = rlhf(&["rm", "--model", s(&fixture("gpt2")), "--data", s(&data), "--out", s(&out_dir), "--steps", "1"]);
+    assert_fails_with(&out, &["prefs.jsonl:2", "at least 2"]);
+    let long = "x".repeat(100);
+    std::fs::write(&data, format!("{{\"prompt\": \"{long}\", \"chosen\": \"a\", \"rejected\": \"b\"}}\n")).unwrap();
+    let out = rlhf(&["rm", "--model", s(&fixture("gpt2")), "--data", s(&data), "--out", s(&out_dir), "--steps", "1"]);
+    assert_fails_with(&out, &["prefs.jsonl:1", "no room"]);
+}

@@ -11,6 +11,7 @@ pub mod batch;
 pub mod builtin;
 pub mod chat;
 pub mod jsonl;
+pub mod preference;
 pub mod rng;
 pub mod score_input;
 pub mod tokenizer;

@@ -314,6 +314,12 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// The padding id `transformers` uses to find a sequence's last real token in a
+    /// sequence-classification model: `pad_token_id`, else `eos_token_id`.
+    pub fn pad_token_id(&self) -> Option<u32> {
+        first_token_id(self.raw.get("pad_token_id")).or(self.eos_token_id)
+    }
+
     /// Total number of parameters (tied embeddings counted once).
     pub fn num_params(&self) -> usize {
         crate::model::params::ParamLayout::new(self).num_params()

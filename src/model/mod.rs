@@ -54,6 +54,23 @@ impl<B: Backend> Model<B> {
         Self::from_host(be, cfg, &host)
     }
 
+    /// Reads a folder as a reward model (a scalar `score` head on the trunk): a reward-model
+    /// checkpoint as it is, or a causal LM (an SFT model) whose LM head is dropped and whose score
+    /// head starts as normal(0, 0.02) drawn from `seed`.
+    pub fn load_reward(be: &B, dir: &Path, seed: u64) -> Result<Self> {
+        let mut cfg = ModelConfig::load(dir)?;
+        cfg.score_head = true;
+        let layout = ParamLayout::new(&cfg);
+        let mut host = checkpoint::load_weights(dir, &cfg, &layout)?;
+        if let Some(i) = layout.score {
+            if host[i].is_empty() {
+                let mut rng = Rng::new(seed);
+                host[i] = (0..layout.specs[i].numel()).map(|_| rng.normal() * 0.02).collect();
+            }
+        }
+        Self::from_host(be, cfg, &host)
+    }
+
     /// A fresh model: normal(0, 0.02) matrices and embeddings, residual output projections scaled
     /// by 1/sqrt(2 L) (GPT-2), zero biases, unit norm weights.
     pub fn init(be: &B, cfg: ModelConfig, seed: u64) -> Result<Self> {

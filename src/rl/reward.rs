@@ -1,0 +1,361 @@
+//! Reward-model training (`rlhf rm`) and scoring. The reward model is the decoder with a scalar
+//! `score` head read at the last token of each sequence (what `AutoModelForSequenceClassification`
+//! does with one label). Its loss is InstructGPT's: for each prompt with K ranked completions (a
+//! chosen/rejected pair is K = 2), one forward per completion, all K(K-1)/2 pairs in
+//! `-log sigmoid(r_better - r_worse - margin)`, averaged per prompt, then over prompts.
+//! Held-out prompts give the pairwise accuracy.
+
+use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, MatmulParams, RankingParams};
+use crate::data::preference::PreferenceGroup;
+use crate::data::rng::Rng;
+use crate::data::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+use crate::model::{Activations, GradScratch, Model, Shape};
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::{LrSchedule, MetricsWriter, Progress};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct RmConfig {
+    pub out: PathBuf,
+    pub steps: usize,
+    pub lr: f32,
+    pub min_lr_ratio: f32,
+    pub warmup: usize,
+    /// prompts (groups of completions) per optimiser step
+    pub batch_size: usize,
+    pub seq_len: usize,
+    pub seed: u64,
+    pub optim: AdamWConfig,
+    /// added to every pair's required score gap (on top of a line's own `margin`)
+    pub margin: f32,
+    /// fraction of the prompts held out for evaluation
+    pub eval_fraction: f32,
+    /// evaluate every N steps (and at the end); 0 = only at the end
+    pub eval_every: usize,
+    pub log_every: usize,
+}
+
+impl RmConfig {
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.batch_size == 0 {
+            return Err(Error::invalid("--steps and --batch-size must be at least 1"));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::invalid(format!("--lr must be a positive number, got {}", self.lr)));
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return Err(Error::invalid(format!("--eval-fraction must be in [0, 1), got {}", self.eval_fraction)));
+        }
+        if !self.margin.is_finite() {
+            return Err(Error::invalid("--margin must be a number"));
+        }
+        if self.seq_len < 2 {
+            return Err(Error::invalid("--seq-len must be at least 2"));
+        }
+        Ok(())
+    }
+}
+
+/// What a ranking pass reports.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct RankingStats {
+    /// mean over prompts of the mean pairwise loss
+    pub loss: f32,
+    /// fraction of pairs the scores order correctly
+    pub accuracy: f32,
+    /// mean score gap (better minus worse) over pairs
+    pub mean_gap: f32,
+    pub pairs: usize,
+}
+
+/// Buffers for scoring and training a reward model on batches of up to `max_seqs` sequences of up
+/// to `max_len` tokens, reused across steps.
+pub struct RewardTrainer<B: Backend> {
+    acts: Activations<B>,
+    scratch: GradScratch<B>,
+    grads: Vec<B::Buf>,
+    opt: AdamW<B>,
+    scores: B::Buf,
+    dscores: B::Buf,
+    d_last: B::Buf,
+    stats: B::Buf,
+    starts: B::Ids,
+    margins: B::Buf,
+    max_seqs: usize,
+    max_len: usize,
+}
+
+/// One padded batch of sequences and where each ends.
+struct SeqBatch {
+    shape: Shape,
+    inputs: Vec<i32>,
+    last_rows: Vec<i32>,
+}
+
+/// Pads `seqs` into one batch. The score of a sequence is read at its last token that is not
+/// `score_pad` (the model's `pad_token_id`, as `transformers` reads it), or its last token.
+fn pack(seqs: &[&[u32]], pad: u32, score_pad: Option<u32>) -> SeqBatch {
+    let t = seqs.iter().map(|s| s.len()).max().unwrap_or(1).max(1);
+    let mut inputs = vec![pad as i32; seqs.len() * t];
+    let mut last_rows = Vec::with_capacity(seqs.len());
+    for (i, s) in seqs.iter().enumerate() {
+        for (j, &id) in s.iter().enumerate() {
+            inputs[i * t + j] = id as i32;
+        }
+        let last = s.iter().rposition(|&id| Some(id) != score_pad).unwrap_or(s.len().max(1) - 1);
+        last_rows.push((i * t + last) as i32);
+    }
+    SeqBatch { shape: Shape { b: seqs.len(), t }, inputs, last_rows }
+}
+
+impl<B: Backend> RewardTrainer<B> {
+    pub fn new(be: &B, model: &Model<B>, max_seqs: usize, max_len: usize, optim: AdamWConfig) -> Result<Self> {
+        if model.layout().score.is_none() {
+            return Err(Error::invalid("the model has no score head (load it as a reward model)"));
+        }
+        let c = model.cfg().hidden_size;
+        Ok(RewardTrainer {
+            acts: Activations::new(be, model.cfg(), max_seqs, max_seqs * max_len)?,
+            scratch: GradScratch::new(be, model.cfg(), max_seqs * max_len)?,
+            grads: model.zeros_like(be)?,
+            opt: AdamW::new(be, model.layout(), optim)?,
+            scores: be.alloc(max_seqs)?,
+            dscores: be.alloc(max_seqs)?,
+            d_last: be.alloc(max_seqs * c)?,
+            stats: be.alloc(4)?,
+            starts: be.alloc_ids(max_seqs + 1)?,
+            margins: be.alloc(max_seqs)?,
+            max_seqs,
+            max_len,
+        })
+    }
+
+    /// Forward of the trunk and the score head; leaves `[b]` scores in `self.scores`.
+    fn forward_scores(&mut self, be: &B, model: &Model<B>, batch: &SeqBatch) -> Result<()> {
+        let (b, c) = (batch.shape.b, model.cfg().hidden_size);
+        if b > self.max_seqs || batch.shape.t > self.max_len {
+            return Err(Error::invalid(format!("{b} sequences of {} tokens exceed the reward model's buffers", batch.shape.t)));
+        }
+        let dec = &model.decoder;
+        dec.set_inputs(be, &mut self.acts, batch.shape, &batch.inputs, None)?;
+        dec.forward_hidden(be, &model.weights, &mut self.acts, batch.shape)?;
+        be.write_ids(&mut self.acts.last_rows, &batch.last_rows)?;
+        let gather = EmbeddingParams { n: b as u32, c: c as u32, accumulate: 0, vocab: batch.shape.n() as u32 };
+        be.embedding_fwd(&mut self.acts.last_hidden, &self.acts.last_rows, &self.acts.lnf, gather)?;
+        let score = model.layout().score.expect("checked in new");
+        be.matmul(&mut self.scores, &self.acts.last_hidden, &model.weights[score], MatmulParams::new(b, 1, c, false, true))
+    }
+
+    /// Scores of whole sequences (the reward of each), in batches of at most `max_seqs`.
+    pub fn score(&mut self, be: &B, model: &Model<B>, seqs: &[Vec<u32>], pad: u32) -> Result<Vec<f32>> {
+        let mut out = Vec::with_capacity(seqs.len());
+        for chunk in seqs.chunks(self.max_seqs) {
+            let refs: Vec<&[u32]> = chunk.iter().map(|s| s.as_slice()).collect();
+            let batch = pack(&refs, pad, model.cfg().pad_token_id());
+            self.forward_scores(be, model, &batch)?;
+            out.extend_from_slice(&be.download(&self.scores)?[..chunk.len()]);
+        }
+        Ok(out)
+    }
+
+    /// The ranking loss over `groups`, weighted by `scale` per group; with `train`, also the
+    /// backward into the parameter gradients.
+    fn ranking_pass(&mut self, be: &B, model: &Model<B>, groups: &[&PreferenceGroup], extra_margin: f32, scale: f32, pad: u32, train: bool) -> Result<()> {
+        let seqs: Vec<&[u32]> = groups.iter().flat_map(|g| g.sequences.iter().map(|s| s.as_slice())).collect();
+        let batch = pack(&seqs, pad, model.cfg().pad_token_id());
+        self.forward_scores(be, model, &batch)?;
+        let mut starts = vec![0i32];
+        for g in groups {
+            starts.push(starts[starts.len() - 1] + g.sequences.len() as i32);
+        }
+        let margins: Vec<f32> = groups.iter().map(|g| g.margin + extra_margin).collect();
+        be.write_ids(&mut self.starts, &starts)?;
+        be.write(&mut self.margins, &margins)?;
+        let p = RankingParams { n_groups: groups.len() as u32, scale };
+        be.ranking_loss(&mut self.dscores, &mut self.stats, &self.scores, &self.starts, &self.margins, p)?;
+        if !train {
+            return Ok(());
+        }
+        let (b, c, n) = (batch.shape.b, model.cfg().hidden_size, batch.shape.n());
+        let score = model.layout().score.expect("checked in new");
+        // scores = last_hidden @ w^T: d_last = dscores @ w, dw += dscores^T @ last_hidden
+        be.matmul(&mut self.d_last, &self.dscores, &model.weights[score], MatmulParams::new(b, c, 1, false, false))?;
+        be.matmul(&mut self.grads[score], &self.dscores, &self.acts.last_hidden, MatmulParams::new(1, c, b, true, false).accumulate(true))?;
+        // only the last token of each sequence feeds the score
+        be.fill(&mut self.scratch.d_ln, 0.0, ElementwiseParams::new(n * c))?;
+        let scatter = EmbeddingParams { n: b as u32, c: c as u32, accumulate: 0, vocab: n as u32 };
+        be.embedding_bwd(&mut self.scratch.d_ln, &self.d_last, &self.acts.last_rows, scatter)?;
+        model.decoder.backward_hidden(be, &model.weights, &mut self.grads, &self.acts, &mut self.scratch, batch.shape)
+    }
+
+    fn read_stats(&mut self, be: &B) -> Result<RankingStats> {
+        let s = be.download(&self.stats)?;
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4))?;
+        let pairs = s[2].round() as usize;
+        Ok(RankingStats { loss: s[0], accuracy: s[1] / s[2].max(1.0), mean_gap: s[3] / s[2].max(1.0), pairs })
+    }
+
+    /// Loss, accuracy and score gap over `groups` without training.
+    pub fn evaluate(&mut self, be: &B, model: &Model<B>, groups: &[PreferenceGroup], extra_margin: f32, pad: u32) -> Result<RankingStats> {
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4))?;
+        let mut i = 0;
+        while i < groups.len() {
+            let mut take = Vec::new();
+            let mut n_seqs = 0;
+            while i < groups.len() && n_seqs + groups[i].sequences.len() <= self.max_seqs {
+                n_seqs += groups[i].sequences.len();
+                take.push(&groups[i]);
+                i += 1;
+            }
+            if take.is_empty() {
+                return Err(Error::invalid(format!("line {}: {} completions exceed the batch buffers", groups[i].line, groups[i].sequences.len())));
+            }
+            self.ranking_pass(be, model, &take, extra_margin, 1.0 / groups.len() as f32, pad, false)?;
+        }
+        self.read_stats(be)
+    }
+
+    /// The loss of `groups` (mean over prompts) and its gradient, left in [`Self::grads`].
+    pub fn loss_and_grads(&mut self, be: &B, model: &Model<B>, groups: &[&PreferenceGroup], extra_margin: f32, pad: u32) -> Result<RankingStats> {
+        for g in self.grads.iter_mut() {
+            let n = be.len(g);
+            be.fill(g, 0.0, ElementwiseParams::new(n))?;
+        }
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4))?;
+        self.ranking_pass(be, model, groups, extra_margin, 1.0 / groups.len() as f32, pad, true)?;
+        self.read_stats(be)
+    }
+
+    /// The parameter gradients of the last [`Self::loss_and_grads`].
+    pub fn grads(&self) -> &[B::Buf] {
+        &self.grads
+    }
+
+    /// One optimiser step on `groups`; returns the batch's stats and the gradient norm.
+    pub fn train_step(
+        &mut self,
+        be: &B,
+        model: &mut Model<B>,
+        groups: &[&PreferenceGroup],
+        extra_margin: f32,
+        lr: f32,
+        pad: u32,
+    ) -> Result<(RankingStats, f32)> {
+        let stats = self.loss_and_grads(be, model, groups, extra_margin, pad)?;
+        let grad_norm = self.opt.step(be, &mut model.weights, &mut self.grads, lr)?;
+        Ok((stats, grad_norm))
+    }
+}
+
+/// What `rlhf rm` reports at the end.
+#[derive(Clone, Debug)]
+pub struct RmSummary {
+    pub first_loss: f32,
+    pub last_loss: f32,
+    pub eval: Option<RankingStats>,
+    pub eval_before: Option<RankingStats>,
+    pub train_groups: usize,
+    pub eval_groups: usize,
+    pub tokens_per_sec: f64,
+    pub elapsed_s: f64,
+}
+
+/// Splits off `fraction` of the groups (a seeded shuffle) for evaluation.
+pub fn split_eval(mut groups: Vec<PreferenceGroup>, fraction: f32, seed: u64) -> (Vec<PreferenceGroup>, Vec<PreferenceGroup>) {
+    let n_eval = ((groups.len() as f64) * fraction as f64).round() as usize;
+    if n_eval == 0 || n_eval >= groups.len() {
+        return (groups, Vec::new());
+    }
+    Rng::new(seed ^ 0xE7A1).shuffle(&mut groups);
+    let eval = groups.split_off(groups.len() - n_eval);
+    (groups, eval)
+}
+
+/// Trains `model` (which has a score head) on `groups` and saves it with `tokenizer` into `cfg.out`.
+pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, groups: Vec<PreferenceGroup>, cfg: &RmConfig) -> Result<RmSummary> {
+    cfg.validate()?;
+    if tokenizer.vocab_size() > model.cfg().vocab_size {
+        return Err(Error::invalid(format!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), model.cfg().vocab_size)));
+    }
+    let (train, eval) = split_eval(groups, cfg.eval_fraction, cfg.seed);
+    if train.is_empty() {
+        return Err(Error::invalid("no training prompts left after the evaluation split"));
+    }
+    let pad = tokenizer.pad_or_default();
+    // transformers needs a pad id to find the scored token in batches; record the one used here
+    if model.cfg().pad_token_id().is_none() {
+        model.decoder.cfg.raw["pad_token_id"] = json!(pad);
+    }
+    let max_k = train.iter().chain(&eval).map(|g| g.sequences.len()).max().unwrap_or(2);
+    let max_len = train.iter().chain(&eval).flat_map(|g| g.sequences.iter().map(Vec::len)).max().unwrap_or(2);
+    let mut trainer = RewardTrainer::new(be, model, cfg.batch_size.max(1) * max_k, max_len, cfg.optim)?;
+    let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
+    let mut metrics = MetricsWriter::create(&cfg.out)?;
+    let progress = Progress::new("rm", cfg.steps);
+    let eval_before = if eval.is_empty() { None } else { Some(trainer.evaluate(be, model, &eval, cfg.margin, pad)?) };
+    let mut order: Vec<usize> = (0..train.len()).collect();
+    let mut rng = Rng::new(cfg.seed);
+    rng.shuffle(&mut order);
+    let mut cursor = 0;
+    let start = Instant::now();
+    let (mut tokens, mut first_loss, mut last_loss) = (0usize, f32::NAN, f32::NAN);
+    let mut last_eval = None;
+    for step in 1..=cfg.steps {
+        let step_start = Instant::now();
+        let mut batch = Vec::with_capacity(cfg.batch_size);
+        for _ in 0..cfg.batch_size.min(train.len()) {
+            if cursor == order.len() {
+                rng.shuffle(&mut order);
+                cursor = 0;
+            }
+            batch.push(&train[order[cursor]]);
+            cursor += 1;
+        }
+        let step_tokens: usize = batch.iter().flat_map(|g| g.sequences.iter().map(Vec::len)).sum();
+        let lr = schedule.at(step);
+        let (stats, grad_norm) = trainer.train_step(be, model, &batch, cfg.margin, lr, pad)?;
+        if !stats.loss.is_finite() {
+            return Err(Error::invalid(format!("step {step}: the loss is not finite ({}); lower --lr", stats.loss)));
+        }
+        tokens += step_tokens;
+        if step == 1 {
+            first_loss = stats.loss;
+        }
+        last_loss = stats.loss;
+        let mut record = json!({
+            "step": step, "loss": stats.loss, "accuracy": stats.accuracy, "score_gap": stats.mean_gap,
+            "grad_norm": grad_norm, "lr": lr, "tokens": tokens,
+            "tokens_per_sec": step_tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
+            "elapsed_s": start.elapsed().as_secs_f64(),
+        });
+        let eval_now = !eval.is_empty() && (step == cfg.steps || (cfg.eval_every > 0 && step % cfg.eval_every == 0));
+        if eval_now {
+            let e = trainer.evaluate(be, model, &eval, cfg.margin, pad)?;
+            record["eval_loss"] = json!(e.loss);
+            record["eval_accuracy"] = json!(e.accuracy);
+            last_eval = Some(e);
+        }
+        metrics.write(&record)?;
+        progress.update(step, &format!("loss {:.4} acc {:.2}", stats.loss, stats.accuracy));
+        if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == cfg.steps || step == 1) {
+            eprintln!("rm step {step}/{} loss {:.4} acc {:.3} grad_norm {:.3} lr {:.2e}", cfg.steps, stats.loss, stats.accuracy, grad_norm, lr);
+        }
+    }
+    progress.finish();
+    model.save(be, &cfg.out)?;
+    tokenizer.save(&cfg.out)?;
+    let elapsed_s = start.elapsed().as_secs_f64();
+    Ok(RmSummary {
+        first_loss,
+        last_loss,
+        eval: last_eval,
+        eval_before,
+        train_groups: train.len(),
+        eval_groups: eval.len(),
+        tokens_per_sec: tokens as f64 / elapsed_s.max(1e-9),
+        elapsed_s,
+    })
+}
