@@ -392,7 +392,7 @@ fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
         log_every: a.log_every,
     };
     cfg.validate()?;
-    if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite()) || !(a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
+    if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite() && a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
         bail!("--weight-decay and --max-grad-norm must be non-negative numbers");
     }
     if a.out.exists() && !a.out.is_dir() {

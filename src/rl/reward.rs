@@ -163,6 +163,7 @@ impl<B: Backend> RewardTrainer<B> {
 
     /// The ranking loss over `groups`, weighted by `scale` per group; with `train`, also the
     /// backward into the parameter gradients.
+    #[allow(clippy::too_many_arguments)]
     fn ranking_pass(&mut self, be: &B, model: &Model<B>, groups: &[&PreferenceGroup], extra_margin: f32, scale: f32, pad: u32, train: bool) -> Result<()> {
         let seqs: Vec<&[u32]> = groups.iter().flat_map(|g| g.sequences.iter().map(|s| s.as_slice())).collect();
         let batch = pack(&seqs, pad, model.cfg().pad_token_id());
