@@ -1,7 +1,8 @@
 //! Every op of the op list on the CPU backend: the forward against a naive reference written out
 //! here, and every backward against central finite differences of `L = sum(out * r)` for a random
-//! `r`. `OP_CHECKS` maps each op to the test that covers it (here, or in `tests/rl_ops.rs` for the
-//! fused RL ops); a test fails if an op of `rlhf::backend::ops::OP_NAMES` is missing there.
+//! `r`. `OP_CHECKS` maps each op to the test that covers it (here, in `tests/rl_ops.rs` for the
+//! fused RL ops, or in `tests/ppo_math.rs` for GAE and whitening); a test fails if an op of
+//! `rlhf::backend::ops::OP_NAMES` is missing there.
 
 use rlhf::backend::ops::*;
 use rlhf::backend::CpuBackend;
@@ -42,6 +43,9 @@ const OP_CHECKS: &[(&str, &str)] = &[
     ("kl_penalty_bwd", "kl_penalty_grad"),
     ("ppo_loss_fwd_bwd", "ppo_loss_grad"),
     ("ranking_loss", "ranking_loss_by_hand_and_grad"),
+    // PPO's advantage math is checked in tests/ppo_math.rs
+    ("gae", "gae_hand_worked"),
+    ("masked_whiten", "masked_whiten_mean_zero_std_one"),
     ("sum_squares", "optimizer_ops"),
     ("clip_grad", "optimizer_ops"),
     ("adamw", "optimizer_ops"),
@@ -52,10 +56,10 @@ fn every_op_has_a_check() {
     for op in OP_NAMES {
         assert!(OP_CHECKS.iter().any(|(name, _)| name == op), "op `{op}` has no check in tests/ops.rs");
     }
-    let sources = [include_str!("ops.rs"), include_str!("rl_ops.rs")];
+    let sources = [include_str!("ops.rs"), include_str!("rl_ops.rs"), include_str!("ppo_math.rs")];
     for (op, test) in OP_CHECKS {
         let f = format!("fn {test}()");
-        assert!(sources.iter().any(|src| src.contains(&f)), "check `{test}` for `{op}` does not exist in tests/ops.rs or tests/rl_ops.rs");
+        assert!(sources.iter().any(|src| src.contains(&f)), "check `{test}` for `{op}` does not exist in tests/ops.rs, tests/rl_ops.rs or tests/ppo_math.rs");
     }
 }
 

@@ -1,5 +1,8 @@
 //! Training commands: supervised fine-tuning and reward models (PPO, DPO and GRPO build on the
-//! same op list and training steps).
+//! same op list and training steps), and PPO's host-side pieces: the KL coefficient controller
+//! and running reward statistics.
 
+pub mod kl_controller;
 pub mod reward;
+pub mod running_stats;
 pub mod sft;

@@ -4,6 +4,7 @@
 //! `shaders/*.wgsl`.
 
 pub mod activation;
+pub mod advantage;
 pub mod attention;
 pub mod cross_entropy;
 pub mod elementwise;
@@ -404,6 +405,27 @@ impl Backend for CpuBackend {
             ref_logp: ref_logp.map(|r| r.as_slice()),
         };
         rl_losses::ppo_loss_fwd_bwd(dlogp, stats, logp, old_logp, advantages, mask, extras, p);
+        Ok(())
+    }
+
+    fn gae(&self, advantages: &mut Vec<f32>, returns: &mut Vec<f32>, rewards: &Vec<f32>, values: &Vec<f32>, mask: &Vec<f32>, p: GaeParams) -> Result<()> {
+        let _t = profile::OpTimer::start("gae");
+        let op = "gae";
+        let n = p.b as usize * p.t as usize;
+        check([advantages.len(), returns.len(), rewards.len(), values.len(), mask.len()].iter().all(|&l| l >= n), op, "buffer shorter than b * t")?;
+        check(p.gamma.is_finite() && p.gamma >= 0.0 && p.lambda.is_finite() && p.lambda >= 0.0, op, "gamma and lambda must be finite and >= 0")?;
+        advantage::gae(advantages, returns, rewards, values, mask, p);
+        Ok(())
+    }
+    fn masked_whiten(&self, x: &mut Vec<f32>, stats: &mut Vec<f32>, mask: &Vec<f32>, p: WhitenParams) -> Result<()> {
+        let _t = profile::OpTimer::start("masked_whiten");
+        let op = "masked_whiten";
+        let n = p.n as usize;
+        check(x.len() >= n && mask.len() >= n, op, "x or mask shorter than n")?;
+        check(stats.len() >= whiten_stat::LEN, op, "stats shorter than whiten_stat::LEN")?;
+        check(p.shift_mean <= 1 && p.unbiased <= 1, op, "shift_mean and unbiased must be 0 or 1")?;
+        check(p.eps > 0.0 && p.eps.is_finite(), op, "eps must be positive")?;
+        advantage::masked_whiten(x, stats, mask, p);
         Ok(())
     }
 

@@ -1,0 +1,79 @@
+//! Advantages for PPO: generalised advantage estimation and masked whitening.
+//!
+//! `gae` — `rewards`, `values`, `mask` `[b, t]` (mask 1 on response tokens) to `advantages`,
+//! `returns` `[b, t]`. Row by row (rows in parallel, each row a sequential reverse scan):
+//!   `delta_t = r_t + gamma V_{t+1} - V_t`,  `A_t = delta_t + gamma lambda A_{t+1}`,
+//!   `returns_t = A_t + V_t`,
+//! with `V_{t+1} = A_{t+1} = 0` after the last response token (a masked position resets the scan,
+//! so each run of response tokens is one episode that ends without bootstrap). Masked positions
+//! get 0 in both outputs and their inputs are never read.
+//!
+//! `masked_whiten` — `x [n]` in place over the entries `m` where `mask [n] != 0`:
+//!   `mean = sum_m x / |m|`, `var = sum_m (x - mean)^2 / (|m| - unbiased)`,
+//!   `x = (x - mean) / sqrt(var + eps) (+ mean when shift_mean == 0)`, 0 where `mask == 0`;
+//!   `stats = [mean, sqrt(var), |m|]`.
+//! Two passes (mean, then centred squares, no cancellation) in f64; each pass sums fixed blocks of
+//! `WHITEN_BLOCK` entries in parallel and then the block sums in block order, so the result does
+//! not depend on the thread count.
+
+use crate::backend::ops::{whiten_stat, GaeParams, WhitenParams};
+use rayon::prelude::*;
+
+/// Entries per block of the whitening reductions (fixed, so the summation order is too).
+pub const WHITEN_BLOCK: usize = 4096;
+
+pub fn gae(advantages: &mut [f32], returns: &mut [f32], rewards: &[f32], values: &[f32], mask: &[f32], p: GaeParams) {
+    let (b, t) = (p.b as usize, p.t as usize);
+    if b == 0 || t == 0 {
+        return;
+    }
+    let n = b * t;
+    let gl = p.gamma * p.lambda;
+    advantages[..n].par_chunks_mut(t).zip(returns[..n].par_chunks_mut(t)).enumerate().for_each(|(row, (adv, ret))| {
+        let base = row * t;
+        let (r, v, m) = (&rewards[base..base + t], &values[base..base + t], &mask[base..base + t]);
+        let (mut next_v, mut next_a) = (0f32, 0f32);
+        for i in (0..t).rev() {
+            if m[i] == 0.0 {
+                adv[i] = 0.0;
+                ret[i] = 0.0;
+                next_v = 0.0;
+                next_a = 0.0;
+                continue;
+            }
+            let delta = r[i] + p.gamma * next_v - v[i];
+            let a = delta + gl * next_a;
+            adv[i] = a;
+            ret[i] = a + v[i];
+            next_v = v[i];
+            next_a = a;
+        }
+    });
+}
+
+/// Sum over fixed blocks of `f(block of x, block of mask)`, block sums added in block order.
+fn block_sum(x: &[f32], mask: &[f32], f: impl Fn(&[f32], &[f32]) -> f64 + Sync) -> f64 {
+    let partial: Vec<f64> = x.par_chunks(WHITEN_BLOCK).zip(mask.par_chunks(WHITEN_BLOCK)).map(|(xb, mb)| f(xb, mb)).collect();
+    partial.iter().sum()
+}
+
+pub fn masked_whiten(x: &mut [f32], stats: &mut [f32], mask: &[f32], p: WhitenParams) {
+    let n = p.n as usize;
+    let (x, mask) = (&mut x[..n], &mask[..n]);
+    let count = block_sum(x, mask, |_, mb| mb.iter().filter(|&&m| m != 0.0).count() as f64);
+    let sum = block_sum(x, mask, |xb, mb| xb.iter().zip(mb).filter(|(_, &m)| m != 0.0).map(|(&v, _)| v as f64).sum());
+    let mean = if count > 0.0 { sum / count } else { 0.0 };
+    let sq = block_sum(x, mask, |xb, mb| xb.iter().zip(mb).filter(|(_, &m)| m != 0.0).map(|(&v, _)| (v as f64 - mean).powi(2)).sum());
+    let dof = count - if p.unbiased != 0 { 1.0 } else { 0.0 };
+    let var = if dof > 0.0 { sq / dof } else { 0.0 };
+    let rstd = 1.0 / (var + p.eps as f64).sqrt();
+    let back = if p.shift_mean != 0 { 0.0 } else { mean };
+    x.par_chunks_mut(WHITEN_BLOCK).zip(mask.par_chunks(WHITEN_BLOCK)).for_each(|(xb, mb)| {
+        for (v, &m) in xb.iter_mut().zip(mb) {
+            *v = if m != 0.0 { ((*v as f64 - mean) * rstd + back) as f32 } else { 0.0 };
+        }
+    });
+    stats[whiten_stat::MEAN] = mean as f32;
+    stats[whiten_stat::STD] = var.sqrt() as f32;
+    stats[whiten_stat::COUNT] = count as f32;
+}
