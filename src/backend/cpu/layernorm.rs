@@ -8,6 +8,7 @@
 //! Row statistics are accumulated in f64 on the CPU; parameter gradients are reduced per column
 //! in row order, so results do not depend on the thread count.
 
+use super::simd::multiversion;
 use crate::backend::ops::NormParams;
 use rayon::prelude::*;
 
@@ -27,21 +28,45 @@ pub fn layernorm_fwd(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &
     });
 }
 
-/// Sum over rows of `f(row)[j]` for every column j, in row order, parallel over column blocks.
-fn column_sums(dst: &mut [f32], n: usize, c: usize, f: impl Fn(usize, usize) -> f32 + Sync) {
-    const BLOCK: usize = 64;
-    dst[..c].par_chunks_mut(BLOCK).enumerate().for_each(|(blk, d)| {
-        let j0 = blk * BLOCK;
-        let mut acc = vec![0f64; d.len()];
-        for i in 0..n {
-            for (jj, a) in acc.iter_mut().enumerate() {
-                *a += f(i, j0 + jj) as f64;
+/// Columns per task of the parameter-gradient reductions.
+const COL_BLOCK: usize = 64;
+
+multiversion! {
+    /// `dw[j] += sum_i dy[i, j] * xhat[i, j]` and `db[j] += sum_i dy[i, j]` over the columns
+    /// `j0 .. j0 + dw.len()`, rows in order (f32 lanes, so the inner loop vectorises), with
+    /// `xhat = (x - mean) * rstd` (RMSNorm: no mean).
+    pub fn norm_param_grads_block(dw: &mut [f32], db: Option<&mut [f32]>, dy: &[f32], x: &[f32], mean: Option<&[f32]>, rstd: &[f32], c: usize, j0: usize) {
+        let w = dw.len();
+        let mut acc_w = [0f32; COL_BLOCK];
+        let mut acc_b = [0f32; COL_BLOCK];
+        for (i, &rs) in rstd.iter().enumerate() {
+            let mu = mean.map_or(0.0, |m| m[i]);
+            let dyr = &dy[i * c + j0..i * c + j0 + w];
+            let xr = &x[i * c + j0..i * c + j0 + w];
+            for jj in 0..w {
+                acc_w[jj] += dyr[jj] * ((xr[jj] - mu) * rs);
+                acc_b[jj] += dyr[jj];
             }
         }
-        for (d, a) in d.iter_mut().zip(acc) {
-            *d += a as f32;
+        dw.iter_mut().zip(&acc_w).for_each(|(d, a)| *d += a);
+        if let Some(db) = db {
+            db.iter_mut().zip(&acc_b).for_each(|(d, a)| *d += a);
         }
-    });
+    }
+}
+
+/// Parameter gradients of a norm over `[n, c]`, parallel over column blocks.
+#[allow(clippy::too_many_arguments)]
+fn norm_param_grads(dw: &mut [f32], db: Option<&mut [f32]>, dy: &[f32], x: &[f32], mean: Option<&[f32]>, rstd: &[f32], n: usize, c: usize) {
+    let rstd = &rstd[..n];
+    match db {
+        Some(db) => dw[..c]
+            .par_chunks_mut(COL_BLOCK)
+            .zip(db[..c].par_chunks_mut(COL_BLOCK))
+            .enumerate()
+            .for_each(|(blk, (w, b))| norm_param_grads_block(w, Some(b), dy, x, mean, rstd, c, blk * COL_BLOCK)),
+        None => dw[..c].par_chunks_mut(COL_BLOCK).enumerate().for_each(|(blk, w)| norm_param_grads_block(w, None, dy, x, mean, rstd, c, blk * COL_BLOCK)),
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -76,8 +101,7 @@ pub fn layernorm_bwd(
             dx[j] = rs * (dy[j] * weight[j] - mg - xhat * mgx);
         }
     });
-    column_sums(dweight, n, c, |i, j| dout[i * c + j] * (inp[i * c + j] - mean[i]) * rstd[i]);
-    column_sums(dbias, n, c, |i, j| dout[i * c + j]);
+    norm_param_grads(dweight, Some(dbias), dout, inp, Some(mean), rstd, n, c);
 }
 
 pub fn rmsnorm_fwd(out: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], p: NormParams) {
@@ -109,5 +133,5 @@ pub fn rmsnorm_bwd(dinp: &mut [f32], dweight: &mut [f32], dout: &[f32], inp: &[f
             dx[j] = rs * (dy[j] * weight[j] - x[j] * rs * mgx);
         }
     });
-    column_sums(dweight, n, c, |i, j| dout[i * c + j] * inp[i * c + j] * rstd[i]);
+    norm_param_grads(dweight, None, dout, inp, None, rstd, n, c);
 }
