@@ -128,15 +128,9 @@ pub struct SftArgs {
 
 #[derive(Args, Debug)]
 pub struct RmArgs {
-    /// Start from this folder: an SFT model (a score head is added) or a reward model
-    #[arg(long, conflicts_with = "init")]
-    pub model: Option<PathBuf>,
-    /// Build a fresh model from a preset instead
-    #[arg(long)]
-    pub init: Option<String>,
-    /// Tokenizer folder for --init (default: the built-in byte-level tokenizer)
-    #[arg(long, requires = "init")]
-    pub tokenizer: Option<PathBuf>,
+    /// The starting point: an SFT model folder (a score head is added), a reward model, or a preset
+    #[command(flatten)]
+    pub source: ModelSource,
     /// JSONL with {"prompt", "chosen", "rejected"} or {"prompt", "ranked": [best, ..., worst]} lines
     #[arg(long)]
     pub data: PathBuf,
@@ -312,12 +306,13 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// The model and tokenizer a training command starts from.
-pub fn load_source<B: Backend>(be: &B, src: &ModelSource, seed: u64) -> Result<(Model<B>, Tokenizer)> {
+/// The model and tokenizer a training command starts from; `reward` gives the model a scalar
+/// score head (a reward model) in place of the LM head.
+pub fn load_source<B: Backend>(be: &B, src: &ModelSource, seed: u64, reward: bool) -> Result<(Model<B>, Tokenizer)> {
     match (&src.model, &src.init) {
         (Some(dir), None) => {
             let tok = Tokenizer::load(dir)?;
-            let model = Model::load(be, dir)?;
+            let model = if reward { Model::load_reward(be, dir, seed)? } else { Model::load(be, dir)? };
             Ok((model, tok))
         }
         (None, Some(preset)) => {
@@ -325,7 +320,8 @@ pub fn load_source<B: Backend>(be: &B, src: &ModelSource, seed: u64) -> Result<(
                 Some(dir) => Tokenizer::load(dir)?,
                 None => Tokenizer::byte_level(),
             };
-            let cfg = ModelConfig::preset(preset, tok.vocab_size())?;
+            let mut cfg = ModelConfig::preset(preset, tok.vocab_size())?;
+            cfg.score_head = reward;
             let model = Model::init(be, cfg, seed)?;
             Ok((model, tok))
         }
@@ -352,7 +348,7 @@ fn train_config(t: &TrainArgs, out: &Path) -> SftConfig {
 fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
     let cfg = train_config(&a.train, &a.out);
     cfg.validate()?;
-    let (mut model, tok) = load_source(be, &a.source, a.train.seed)?;
+    let (mut model, tok) = load_source(be, &a.source, a.train.seed, false)?;
     let examples = rlhf::data::jsonl::load_sft_jsonl(&a.data, &tok)?;
     eprintln!(
         "sft: {} examples from {}, model {} ({:.2}M parameters), backend {}",
@@ -398,19 +394,7 @@ fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
     if a.out.exists() && !a.out.is_dir() {
         bail!("--out must be a folder: {} is a file", a.out.display());
     }
-    let (mut model, tok) = match (&a.model, &a.init) {
-        (Some(dir), None) => (Model::load_reward(be, dir, a.seed)?, Tokenizer::load(dir)?),
-        (None, Some(preset)) => {
-            let tok = match &a.tokenizer {
-                Some(dir) => Tokenizer::load(dir)?,
-                None => Tokenizer::byte_level(),
-            };
-            let mut mcfg = ModelConfig::preset(preset, tok.vocab_size())?;
-            mcfg.score_head = true;
-            (Model::init(be, mcfg, a.seed)?, tok)
-        }
-        _ => bail!("give either --model DIR or --init PRESET (presets: {})", PRESETS.join(", ")),
-    };
+    let (mut model, tok) = load_source(be, &a.source, a.seed, true)?;
     let seq_len = a.seq_len.min(model.cfg().max_positions);
     let groups = rlhf::data::preference::load_preference_jsonl(&a.data, &tok, seq_len)?;
     let pairs: usize = groups.iter().map(|g| g.n_pairs()).sum();

@@ -8,6 +8,9 @@ use rlhf::backend::ops::*;
 use rlhf::backend::CpuBackend;
 use rlhf::data::rng::Rng;
 
+mod common;
+use common::{dot, fd_check, randv};
+
 /// op name -> the test function covering it (forward reference and/or finite differences).
 const OP_CHECKS: &[(&str, &str)] = &[
     ("fill", "elementwise_ops"),
@@ -61,34 +64,6 @@ fn every_op_has_a_check() {
         let f = format!("fn {test}()");
         assert!(sources.iter().any(|src| src.contains(&f)), "check `{test}` for `{op}` does not exist in tests/ops.rs, tests/rl_ops.rs or tests/ppo_math.rs");
     }
-}
-
-fn randv(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.normal() * scale).collect()
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
-}
-
-/// Central differences of `loss` at `x` compared with `grad` on up to 48 coordinates.
-fn fd_check(name: &str, x: &[f32], grad: &[f32], loss: impl Fn(&[f32]) -> f64) {
-    assert_eq!(x.len(), grad.len(), "{name}: gradient length");
-    let eps = 1e-2f32;
-    let step = (x.len() / 48).max(1);
-    let mut worst = 0f64;
-    for i in (0..x.len()).step_by(step) {
-        let mut xp = x.to_vec();
-        xp[i] += eps;
-        let lp = loss(&xp);
-        xp[i] -= 2.0 * eps;
-        let lm = loss(&xp);
-        let num = (lp - lm) / (2.0 * eps as f64);
-        let err = (num - grad[i] as f64).abs() / (1e-2 + num.abs().max(grad[i].abs() as f64));
-        worst = worst.max(err);
-        assert!(err < 2e-2, "{name}[{i}]: finite difference {num:.6} vs analytic {:.6}", grad[i]);
-    }
-    assert!(worst.is_finite());
 }
 
 #[test]

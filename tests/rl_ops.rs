@@ -15,6 +15,9 @@ use rlhf::data::rng::Rng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
+mod common;
+use common::{dot, fd_check, randv};
+
 /// Counts the bytes live on the current thread while armed (thread-local, so tests running in
 /// parallel do not disturb each other) and remembers the peak.
 struct CountingAlloc;
@@ -67,31 +70,6 @@ fn peak_bytes(f: impl FnOnce()) -> usize {
     f();
     ARMED.with(|a| a.set(false));
     PEAK.with(|p| p.get()) as usize
-}
-
-fn randv(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
-    (0..n).map(|_| rng.normal() * scale).collect()
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
-}
-
-/// Central differences of `loss` at `x` compared with `grad` on up to 48 coordinates.
-fn fd_check(name: &str, x: &[f32], grad: &[f32], loss: impl Fn(&[f32]) -> f64) {
-    assert_eq!(x.len(), grad.len(), "{name}: gradient length");
-    let eps = 1e-2f32;
-    let step = (x.len() / 48).max(1);
-    for i in (0..x.len()).step_by(step) {
-        let mut xp = x.to_vec();
-        xp[i] += eps;
-        let lp = loss(&xp);
-        xp[i] -= 2.0 * eps;
-        let lm = loss(&xp);
-        let num = (lp - lm) / (2.0 * eps as f64);
-        let err = (num - grad[i] as f64).abs() / (1e-2 + num.abs().max(grad[i].abs() as f64));
-        assert!(err < 2e-2, "{name}[{i}]: finite difference {num:.6} vs analytic {:.6}", grad[i]);
-    }
 }
 
 fn close(name: &str, got: &[f32], want: &[f64], tol: f64) {
