@@ -3,6 +3,7 @@
 //! and running reward statistics.
 
 pub mod kl_controller;
+pub mod ppo_update;
 pub mod reward;
 pub mod running_stats;
 pub mod sft;

@@ -1,0 +1,279 @@
+//! PPO's training phase on the device: given rollouts (token sequences, the response mask, the
+//! log-probs recorded when sampling, advantages and returns), one optimiser step of the policy and,
+//! when there is one, of the value model (InstructGPT initialises it from the reward model: the
+//! decoder with a scalar `score` head, read at every token).
+//!
+//! Policy: `forward_hidden` -> `logprob_gather_fwd` (log-prob of each response token and the
+//! entropy, streamed over the vocabulary) -> `ppo_loss_fwd_bwd` (clipped surrogate, value loss,
+//! entropy bonus, optional KL-in-loss; gradients per token) -> `logprob_gather_bwd` -> the decoder's
+//! `backward_hidden`. Value model: `forward_hidden` -> per-token values `h @ w_score^T` -> the same
+//! loss op's value gradient -> `backward_hidden`. Gradients accumulate over micro-batches; the
+//! loss op's statistics are read back once per optimiser step.
+
+use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, LogprobParams, MatmulParams, PpoParams};
+use crate::error::{Error, Result};
+use crate::model::{Activations, GradScratch, Model, Shape};
+use crate::train::optimizer::{AdamW, AdamWConfig};
+
+/// One micro-batch of rollouts, `[b, t]` row-major: position i predicts token `targets[i]`
+/// (`-1` outside the response). Per-token arrays are aligned with the targets.
+#[derive(Clone, Debug)]
+pub struct PpoBatch {
+    pub b: usize,
+    pub t: usize,
+    pub inputs: Vec<i32>,
+    pub targets: Vec<i32>,
+    /// log-probs of the targets when they were sampled
+    pub old_logp: Vec<f32>,
+    pub advantages: Vec<f32>,
+    /// value targets (advantages + values), for the value model
+    pub returns: Vec<f32>,
+    /// the value model's values when sampling, for value clipping
+    pub old_values: Vec<f32>,
+    /// the reference model's log-probs, for a KL term in the loss
+    pub ref_logp: Option<Vec<f32>>,
+}
+
+impl PpoBatch {
+    fn check(&self) -> Result<()> {
+        let n = self.b * self.t;
+        let lens = [self.inputs.len(), self.targets.len(), self.old_logp.len(), self.advantages.len(), self.returns.len(), self.old_values.len()];
+        if lens.iter().any(|&l| l != n) || self.ref_logp.as_ref().is_some_and(|r| r.len() != n) {
+            return Err(Error::invalid(format!("PPO batch arrays must hold b * t = {n} values each")));
+        }
+        Ok(())
+    }
+
+    fn mask(&self) -> Vec<f32> {
+        self.targets.iter().map(|&t| if t >= 0 { 1.0 } else { 0.0 }).collect()
+    }
+}
+
+/// The loss op's statistics for one optimiser step (means over its response tokens).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PpoStats {
+    pub policy_loss: f32,
+    pub value_loss: f32,
+    pub entropy: f32,
+    pub clipfrac: f32,
+    pub approx_kl: f32,
+    pub kl: f32,
+    pub total_loss: f32,
+    pub value_clipfrac: f32,
+    pub policy_grad_norm: f32,
+    pub value_grad_norm: f32,
+}
+
+/// Buffers of one model being trained (activations, gradients, optimiser).
+struct Trainee<B: Backend> {
+    acts: Activations<B>,
+    scratch: GradScratch<B>,
+    grads: Vec<B::Buf>,
+    opt: AdamW<B>,
+}
+
+impl<B: Backend> Trainee<B> {
+    fn new(be: &B, model: &Model<B>, max_seqs: usize, max_tokens: usize, optim: AdamWConfig) -> Result<Self> {
+        Ok(Trainee {
+            acts: Activations::new(be, model.cfg(), max_seqs, max_tokens)?,
+            scratch: GradScratch::new(be, model.cfg(), max_tokens)?,
+            grads: model.zeros_like(be)?,
+            opt: AdamW::new(be, model.layout(), optim)?,
+        })
+    }
+
+    fn zero_grad(&mut self, be: &B) -> Result<()> {
+        for g in self.grads.iter_mut() {
+            let n = be.len(g);
+            be.fill(g, 0.0, ElementwiseParams::new(n))?;
+        }
+        Ok(())
+    }
+}
+
+/// PPO's update of a policy (and optionally a value model) on micro-batches of up to
+/// `max_seqs` x `max_len` tokens.
+pub struct PpoUpdate<B: Backend> {
+    policy: Trainee<B>,
+    value: Option<Trainee<B>>,
+    max_tokens: usize,
+    // per-token device buffers
+    logp: B::Buf,
+    entropy: B::Buf,
+    lse: B::Buf,
+    dlogp: B::Buf,
+    dentropy: B::Buf,
+    old_logp: B::Buf,
+    advantages: B::Buf,
+    mask: B::Buf,
+    ref_logp: B::Buf,
+    values: B::Buf,
+    old_values: B::Buf,
+    returns: B::Buf,
+    dvalues: B::Buf,
+    stats: B::Buf,
+    /// temperature the rollouts were sampled at (the log-probs are those of that distribution)
+    pub temperature: f32,
+}
+
+impl<B: Backend> PpoUpdate<B> {
+    pub fn new(be: &B, policy: &Model<B>, value: Option<&Model<B>>, max_seqs: usize, max_len: usize, optim: AdamWConfig) -> Result<Self> {
+        if let Some(v) = value {
+            if v.layout().score.is_none() {
+                return Err(Error::invalid("the value model needs a score head (load it as a reward model)"));
+            }
+        }
+        let n = max_seqs * max_len;
+        Ok(PpoUpdate {
+            policy: Trainee::new(be, policy, max_seqs, n, optim)?,
+            value: value.map(|v| Trainee::new(be, v, max_seqs, n, optim)).transpose()?,
+            max_tokens: n,
+            logp: be.alloc(n)?,
+            entropy: be.alloc(n)?,
+            lse: be.alloc(n)?,
+            dlogp: be.alloc(n)?,
+            dentropy: be.alloc(n)?,
+            old_logp: be.alloc(n)?,
+            advantages: be.alloc(n)?,
+            mask: be.alloc(n)?,
+            ref_logp: be.alloc(n)?,
+            values: be.alloc(n)?,
+            old_values: be.alloc(n)?,
+            returns: be.alloc(n)?,
+            dvalues: be.alloc(n)?,
+            stats: be.alloc(ppo_stat::COUNT)?,
+            temperature: 1.0,
+        })
+    }
+
+    /// Clears gradients and statistics before the micro-batches of an optimiser step.
+    pub fn zero_grad(&mut self, be: &B) -> Result<()> {
+        self.policy.zero_grad(be)?;
+        if let Some(v) = self.value.as_mut() {
+            v.zero_grad(be)?;
+        }
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(ppo_stat::COUNT))
+    }
+
+    /// Forward, loss and backward of one micro-batch; `p.denom` should carry the step's token
+    /// count (or sequence count) when an optimiser step spans several micro-batches.
+    pub fn accumulate(&mut self, be: &B, policy: &Model<B>, value: Option<&Model<B>>, batch: &PpoBatch, mut p: PpoParams) -> Result<()> {
+        batch.check()?;
+        let shape = Shape { b: batch.b, t: batch.t };
+        let n = shape.n();
+        if n > self.max_tokens {
+            return Err(Error::invalid(format!("a PPO micro-batch of {n} tokens exceeds the {} allocated", self.max_tokens)));
+        }
+        if value.is_some() != self.value.is_some() {
+            return Err(Error::invalid("give the value model to both PpoUpdate::new and accumulate, or to neither"));
+        }
+        p.n = n as u32;
+        p.t = batch.t as u32;
+        be.write(&mut self.old_logp, &batch.old_logp)?;
+        be.write(&mut self.advantages, &batch.advantages)?;
+        be.write(&mut self.mask, &batch.mask())?;
+        if let Some(r) = &batch.ref_logp {
+            be.write(&mut self.ref_logp, r)?;
+        }
+
+        // policy forward: log-probs and entropy of the response tokens
+        let c = policy.cfg().hidden_size;
+        let lp = LogprobParams::new(n, c, policy.cfg().vocab_size).temperature(self.temperature);
+        let head = policy.layout().lm_head.unwrap_or(policy.layout().wte);
+        let pt = &mut self.policy;
+        policy.decoder.set_inputs(be, &mut pt.acts, shape, &batch.inputs, Some(&batch.targets))?;
+        policy.decoder.forward_hidden(be, &policy.weights, &mut pt.acts, shape)?;
+        be.logprob_gather_fwd(&mut self.logp, &mut self.entropy, &mut self.lse, &pt.acts.lnf, &pt.acts.targets, &policy.weights[head], lp)?;
+
+        // value forward: one value per position
+        if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
+            be.write(&mut self.returns, &batch.returns)?;
+            be.write(&mut self.old_values, &batch.old_values)?;
+            vm.decoder.set_inputs(be, &mut vt.acts, shape, &batch.inputs, None)?;
+            vm.decoder.forward_hidden(be, &vm.weights, &mut vt.acts, shape)?;
+            let score = vm.layout().score.expect("checked in new");
+            be.matmul(&mut self.values, &vt.acts.lnf, &vm.weights[score], MatmulParams::new(n, 1, vm.cfg().hidden_size, false, true))?;
+        }
+
+        let has_value = value.is_some();
+        let has_entropy = p.ent_coef != 0.0;
+        be.ppo_loss_fwd_bwd(
+            &mut self.dlogp,
+            if has_value { Some(&mut self.dvalues) } else { None },
+            if has_entropy { Some(&mut self.dentropy) } else { None },
+            &mut self.stats,
+            &self.logp,
+            &self.old_logp,
+            &self.advantages,
+            &self.mask,
+            has_value.then_some(&self.values),
+            has_value.then_some(&self.old_values),
+            has_value.then_some(&self.returns),
+            has_entropy.then_some(&self.entropy),
+            batch.ref_logp.as_ref().map(|_| &self.ref_logp),
+            p,
+        )?;
+        if !has_entropy {
+            be.fill(&mut self.dentropy, 0.0, ElementwiseParams::new(n))?;
+        }
+
+        // policy backward
+        let pt = &mut self.policy;
+        be.logprob_gather_bwd(
+            &mut pt.scratch.d_ln,
+            &mut pt.grads[head],
+            &self.dlogp,
+            &self.dentropy,
+            &pt.acts.lnf,
+            &pt.acts.targets,
+            &self.lse,
+            &self.entropy,
+            &policy.weights[head],
+            lp,
+        )?;
+        policy.decoder.backward_hidden(be, &policy.weights, &mut pt.grads, &pt.acts, &mut pt.scratch, shape)?;
+
+        // value backward: values = h @ w^T, so d_h = dvalues w and dw += dvalues^T h
+        if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
+            let score = vm.layout().score.expect("checked in new");
+            let vc = vm.cfg().hidden_size;
+            be.matmul(&mut vt.scratch.d_ln, &self.dvalues, &vm.weights[score], MatmulParams::new(n, vc, 1, false, false))?;
+            be.matmul(&mut vt.grads[score], &self.dvalues, &vt.acts.lnf, MatmulParams::new(1, vc, n, true, false).accumulate(true))?;
+            vm.decoder.backward_hidden(be, &vm.weights, &mut vt.grads, &vt.acts, &mut vt.scratch, shape)?;
+        }
+        Ok(())
+    }
+
+    /// Reads the accumulated statistics without stepping (one read-back).
+    pub fn stats(&self, be: &B) -> Result<PpoStats> {
+        let s = be.download(&self.stats)?;
+        let w = s[ppo_stat::WEIGHT].max(1e-12);
+        Ok(PpoStats {
+            policy_loss: s[ppo_stat::POLICY_LOSS] / w,
+            value_loss: s[ppo_stat::VALUE_LOSS] / w,
+            entropy: s[ppo_stat::ENTROPY] / w,
+            clipfrac: s[ppo_stat::CLIPFRAC] / w,
+            approx_kl: s[ppo_stat::APPROX_KL] / w,
+            kl: s[ppo_stat::KL] / w,
+            total_loss: s[ppo_stat::TOTAL_LOSS] / w,
+            value_clipfrac: s[ppo_stat::VALUE_CLIPFRAC] / w,
+            policy_grad_norm: 0.0,
+            value_grad_norm: 0.0,
+        })
+    }
+
+    /// The policy's (and value model's) parameter gradients accumulated so far.
+    pub fn grads(&self) -> (&[B::Buf], Option<&[B::Buf]>) {
+        (&self.policy.grads, self.value.as_ref().map(|v| v.grads.as_slice()))
+    }
+
+    /// Clips and applies the accumulated gradients; returns the step's statistics.
+    pub fn step(&mut self, be: &B, policy: &mut Model<B>, value: Option<&mut Model<B>>, lr: f32, value_lr: f32) -> Result<PpoStats> {
+        let mut stats = self.stats(be)?;
+        stats.policy_grad_norm = self.policy.opt.step(be, &mut policy.weights, &mut self.policy.grads, lr)?;
+        if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
+            stats.value_grad_norm = vt.opt.step(be, &mut vm.weights, &mut vt.grads, value_lr)?;
+        }
+        Ok(stats)
+    }
+}
