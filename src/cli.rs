@@ -21,7 +21,7 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Train a tiny model from scratch on the built-in corpus and sample from it (no files needed)
+    /// The whole pipeline (SFT -> reward model -> PPO) on a built-in task, no files needed
     Demo(DemoArgs),
     /// Supervised fine-tuning on JSONL data
     Sft(SftArgs),
@@ -256,11 +256,11 @@ pub struct DemoArgs {
     /// Output folder
     #[arg(long, default_value = "runs/demo")]
     pub out: PathBuf,
-    /// SFT steps
-    #[arg(long, default_value_t = 800)]
-    pub steps: usize,
     #[arg(long, default_value_t = 7)]
     pub seed: u64,
+    /// A shorter run (fewer steps per stage), as the tests run it
+    #[arg(long)]
+    pub quick: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -295,7 +295,7 @@ macro_rules! with_backend {
 
 pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo(a) => with_backend!(&a.common, |be| crate::demo::run_demo(&be, &a.out, a.steps, a.seed)),
+        Command::Demo(a) => with_backend!(&a.common, |be| crate::demo::run_demo(&be, &a.out, a.seed, a.quick)),
         Command::Sft(a) => with_backend!(&a.common, |be| cmd_sft(&be, &a)),
         Command::Rm(a) => with_backend!(&a.common, |be| cmd_rm(&be, &a)),
         Command::Score(a) => with_backend!(&a.common, |be| cmd_score(&be, &a)),

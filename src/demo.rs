@@ -1,60 +1,48 @@
-//! `rlhf demo`: the embedded default. With no files, trains a tiny GPT-2-shaped model from scratch
-//! on the built-in corpus with the built-in byte-level tokenizer (SFT), saves it as a Hugging Face
-//! checkpoint, and samples from it — a whole run on the CPU backend in about a minute.
+//! `rlhf demo`: the embedded default. With no files and no flags it runs the whole InstructGPT
+//! pipeline on the built-in task (an oracle that likes kind words stands in for human judgment):
+//! SFT on imperfect demonstrations, a reward model on oracle-labelled comparisons with label noise,
+//! then PPO against the reward model with a KL penalty to the SFT model. It prints a table per
+//! stage and writes checkpoints, metrics, `summary.json` and SVG plots under `--out`.
 
 use anyhow::Result;
 use rlhf::backend::Backend;
-use rlhf::data::builtin::builtin_examples;
-use rlhf::data::tokenizer::Tokenizer;
-use rlhf::generate::{generate, GenerateConfig};
-use rlhf::model::{Model, ModelConfig};
-use rlhf::rl::sft::{run_sft, SftConfig};
-use rlhf::train::AdamWConfig;
+use rlhf::rl::pipeline::{run_pipeline, DemoConfig};
 use std::path::Path;
 
-pub fn run_demo<B: Backend>(be: &B, out: &Path, steps: usize, seed: u64) -> Result<()> {
-    let tok = Tokenizer::byte_level();
-    let examples = builtin_examples(&tok, 2000, seed)?;
-    let cfg = ModelConfig::preset("gpt2-tiny", tok.vocab_size())?;
-    let mut model = Model::init(be, cfg, seed)?;
+pub fn run_demo<B: Backend>(be: &B, out: &Path, seed: u64, quick: bool) -> Result<()> {
+    let cfg = if quick { DemoConfig::quick(out, seed) } else { DemoConfig::full(out, seed) };
     println!(
-        "rlhf demo: SFT of a {:.2}M-parameter GPT-2 (2 layers, hidden 64) from scratch on {} built-in lines, backend {}",
-        model.cfg().num_params() as f64 / 1e6,
-        examples.len(),
+        "rlhf demo: SFT -> reward model -> PPO on the built-in task (oracle: (kind - rude words) / words), {} model, backend {}",
+        cfg.preset,
         be.name()
     );
-    let sft = SftConfig {
-        out: out.join("sft"),
-        steps,
-        lr: 3e-3,
-        min_lr_ratio: 0.1,
-        warmup: 20,
-        batch_size: 16,
-        grad_accum: 1,
-        seq_len: 96,
-        seed,
-        optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
-        log_every: 50,
-    };
-    let summary = run_sft(be, &mut model, &tok, examples, &sft)?;
+    let s = run_pipeline(be, &cfg)?;
+    let opt = |x: Option<f32>, prec: usize| x.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     println!();
-    println!("| stage | steps | loss (first -> last) | tokens | tokens/s | seconds |");
-    println!("|-------|------:|----------------------|-------:|---------:|--------:|");
-    println!(
-        "| sft   | {steps:5} | {:.3} -> {:.3}       | {:6} | {:8.0} | {:7.1} |",
-        summary.first_loss, summary.last_loss, summary.tokens, summary.tokens_per_sec, summary.elapsed_s
-    );
-    println!();
-    println!("samples (greedy and temperature 0.8, alternating):");
-    for (i, prompt) in ["3 plus 4 is", "Count: 4 5", "The letter after", "Mia likes"].iter().enumerate() {
-        let ids = tok.encode(prompt, true)?;
-        let temperature = if i % 2 == 0 { 0.0 } else { 0.8 };
-        let gen = GenerateConfig { max_new_tokens: 48, temperature, top_k: 0, top_p: 0.95, seed, stop_ids: tok.stop_ids() };
-        let new = generate(be, &model, &ids, &gen)?;
-        let text = tok.decode_with(&new, true)?;
-        println!("  {prompt}{}", text.replace('\n', " "));
+    println!("| stage        | oracle score | RM score | KL to SFT | RM accuracy | tokens/s | seconds |");
+    println!("|--------------|-------------:|---------:|----------:|------------:|---------:|--------:|");
+    for r in &s.rows {
+        let oracle = if r.oracle.is_finite() { format!("{:.3}", r.oracle) } else { "-".into() };
+        println!(
+            "| {:12} | {:>12} | {:>8} | {:>9} | {:>11} | {:8.0} | {:7.1} |",
+            r.stage,
+            oracle,
+            opt(r.rm_score, 3),
+            opt(r.kl_to_sft, 2),
+            opt(r.rm_accuracy, 3),
+            r.tokens_per_sec,
+            r.seconds
+        );
     }
     println!();
-    println!("checkpoint (Hugging Face layout) and metrics.jsonl in {}", out.join("sft").display());
+    println!("oracle score: mean over 64 held-out prompts of (kind - rude words) / words of a sampled answer (temperature 1);");
+    println!("KL to SFT: mean over those answers of the summed per-token log-ratio to the SFT model; RM accuracy: held-out comparisons.");
+    println!();
+    println!("answers (SFT -> PPO):");
+    for (prompt, sft, ppo) in &s.samples {
+        println!("  {:28} {:28} -> {}", prompt.replace('\n', " "), sft.trim(), ppo.trim());
+    }
+    println!();
+    println!("checkpoints and metrics.jsonl in {0}/{{sft,rm,ppo}}; summary.json and plots (ppo_reward.svg, ppo_oracle.svg, ppo_kl.svg) in {0}", out.display());
     Ok(())
 }

@@ -2,7 +2,10 @@
 //! same op list and training steps), and PPO's host-side pieces: the KL coefficient controller
 //! and running reward statistics.
 
+pub mod demo_task;
 pub mod kl_controller;
+pub mod pipeline;
+pub mod ppo;
 pub mod ppo_update;
 pub mod reward;
 pub mod running_stats;

@@ -1,0 +1,280 @@
+//! The whole InstructGPT pipeline on the built-in task ([`crate::rl::demo_task`]), as `rlhf demo`
+//! runs it: SFT on imperfect demonstrations, a reward model on oracle-labelled (noisy)
+//! comparisons, PPO against the reward model with a KL penalty to the SFT model; each stage
+//! evaluated with the oracle. Writes every stage's checkpoint and metrics under `out`, plus
+//! `summary.json` and SVG plots of PPO's reward, oracle score and KL per step.
+
+use crate::backend::ops::Backend;
+use crate::data::jsonl::prompt_completion_example;
+use crate::data::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerateConfig};
+use crate::model::scoring::token_logprobs;
+use crate::model::{Model, ModelConfig};
+use crate::rl::demo_task;
+use crate::rl::ppo::{run_ppo, PpoConfig, PpoModels, PpoStepReport};
+use crate::rl::reward::{run_rm, RmConfig};
+use crate::rl::sft::{run_sft, SftConfig};
+use crate::train::AdamWConfig;
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct DemoConfig {
+    pub out: PathBuf,
+    pub seed: u64,
+    pub preset: String,
+    pub sft_steps: usize,
+    pub rm_steps: usize,
+    pub rm_pairs: usize,
+    pub label_noise: f32,
+    pub ppo_steps: usize,
+    pub rollout_batch: usize,
+    pub eval_prompts: usize,
+    pub kl_coef: f32,
+}
+
+impl DemoConfig {
+    /// The full demo (a few minutes on 2 CPU cores).
+    pub fn full(out: &Path, seed: u64) -> Self {
+        DemoConfig {
+            out: out.to_path_buf(),
+            seed,
+            preset: "gpt2-tiny".into(),
+            sft_steps: 600,
+            rm_steps: 200,
+            rm_pairs: 600,
+            label_noise: 0.1,
+            ppo_steps: 60,
+            rollout_batch: 16,
+            eval_prompts: 64,
+            kl_coef: 0.2,
+        }
+    }
+
+    /// A shortened run for tests.
+    pub fn quick(out: &Path, seed: u64) -> Self {
+        DemoConfig { sft_steps: 400, rm_steps: 100, rm_pairs: 300, ppo_steps: 25, eval_prompts: 48, ..Self::full(out, seed) }
+    }
+}
+
+/// One stage's row of the table.
+#[derive(Clone, Debug, Default)]
+pub struct StageRow {
+    pub stage: String,
+    pub oracle: f32,
+    pub rm_score: Option<f32>,
+    pub kl_to_sft: Option<f32>,
+    pub rm_accuracy: Option<f32>,
+    pub tokens_per_sec: f64,
+    pub seconds: f64,
+}
+
+#[derive(Clone, Debug)]
+pub struct DemoSummary {
+    pub rows: Vec<StageRow>,
+    pub ppo: Vec<PpoStepReport>,
+    pub samples: Vec<(String, String, String)>,
+}
+
+/// Samples one answer per prompt; returns (answers' token ids, mean oracle score, mean KL to
+/// `reference` summed over each answer's tokens, when given).
+fn evaluate<B: Backend>(be: &B, policy: &Model<B>, reference: Option<&Model<B>>, tok: &Tokenizer, prompts: &[Vec<u32>], seed: u64) -> Result<(Vec<Vec<u32>>, f32, Option<f32>)> {
+    let mut answers = Vec::with_capacity(prompts.len());
+    let mut oracle = 0.0;
+    for (i, p) in prompts.iter().enumerate() {
+        let gen = GenerateConfig { max_new_tokens: 24, temperature: 1.0, top_k: 0, top_p: 1.0, seed: seed + i as u64, stop_ids: tok.stop_ids() };
+        let a = generate(be, policy, p, &gen)?;
+        oracle += demo_task::oracle_score(&tok.decode_with(&a, true)?);
+        answers.push(a);
+    }
+    let kl = match reference {
+        None => None,
+        Some(r) => {
+            let seqs: Vec<Vec<u32>> = prompts.iter().zip(&answers).map(|(p, a)| p.iter().chain(a).copied().collect()).collect();
+            let lp = token_logprobs(be, policy, &seqs, 16)?;
+            let lr = token_logprobs(be, r, &seqs, 16)?;
+            let mut total = 0.0;
+            for ((p, a), (x, y)) in prompts.iter().zip(&answers).zip(lp.iter().zip(&lr)) {
+                let from = p.len() - 1;
+                total += x[from..from + a.len()].iter().zip(&y[from..from + a.len()]).map(|(a, b)| a - b).sum::<f32>();
+            }
+            Some(total / prompts.len() as f32)
+        }
+    };
+    Ok((answers, oracle / prompts.len() as f32, kl))
+}
+
+fn svg_plot(title: &str, ys: &[f32], color: &str) -> String {
+    let (w, h, pad) = (480.0f32, 240.0f32, 36.0f32);
+    let (lo, hi) = ys.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, u), &y| (l.min(y), u.max(y)));
+    let (lo, hi) = if (hi - lo).abs() < 1e-9 { (lo - 1.0, hi + 1.0) } else { (lo, hi) };
+    let n = ys.len().max(2) - 1;
+    let pts: Vec<String> = ys
+        .iter()
+        .enumerate()
+        .map(|(i, &y)| format!("{:.1},{:.1}", pad + (w - 2.0 * pad) * i as f32 / n as f32, h - pad - (h - 2.0 * pad) * (y - lo) / (hi - lo)))
+        .collect();
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{pad}\" y=\"20\">{title}</text>\n\
+         <line x1=\"{pad}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#888\"/>\n\
+         <line x1=\"{pad}\" y1=\"{pad}\" x2=\"{pad}\" y2=\"{y0}\" stroke=\"#888\"/>\n\
+         <text x=\"2\" y=\"{pad}\">{hi:.2}</text><text x=\"2\" y=\"{y0}\">{lo:.2}</text>\n\
+         <text x=\"{x1}\" y=\"{yl}\" text-anchor=\"end\">PPO step {steps}</text>\n\
+         <polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"2\" points=\"{points}\"/>\n</svg>\n",
+        y0 = h - pad,
+        x1 = w - pad,
+        yl = h - 8.0,
+        steps = ys.len(),
+        points = pts.join(" ")
+    )
+}
+
+/// Runs the pipeline; prints progress lines to stderr.
+pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary> {
+    let tok = Tokenizer::byte_level();
+    let out = &cfg.out;
+    crate::fsutil::create_dir_all(out)?;
+    let eval_prompts: Vec<Vec<u32>> = demo_task::prompts(cfg.eval_prompts, cfg.seed ^ 0xE7).iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
+    let mut rows = Vec::new();
+
+    // ---- SFT on imperfect demonstrations ----
+    let demos = demo_task::demonstrations(2000, cfg.seed);
+    let examples = demos.iter().map(|(p, c)| prompt_completion_example(&tok, p, c)).collect::<Result<Vec<_>>>()?;
+    let mut sft_model = Model::init(be, ModelConfig::preset(&cfg.preset, tok.vocab_size())?, cfg.seed)?;
+    let sft_cfg = SftConfig {
+        out: out.join("sft"),
+        steps: cfg.sft_steps,
+        lr: 3e-3,
+        min_lr_ratio: 0.1,
+        warmup: 20,
+        batch_size: 32,
+        grad_accum: 1,
+        seq_len: 64,
+        seed: cfg.seed,
+        optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
+        log_every: 100,
+    };
+    eprintln!("demo: 1/3 SFT on {} imperfect demonstrations", examples.len());
+    let sft = run_sft(be, &mut sft_model, &tok, examples, &sft_cfg)?;
+    let t = Instant::now();
+    let (_, sft_oracle, _) = evaluate(be, &sft_model, None, &tok, &eval_prompts, cfg.seed)?;
+    rows.push(StageRow { stage: "sft".into(), oracle: sft_oracle, rm_score: None, kl_to_sft: Some(0.0), rm_accuracy: None, tokens_per_sec: sft.tokens_per_sec, seconds: sft.elapsed_s + t.elapsed().as_secs_f64() });
+
+    // ---- reward model on oracle-labelled comparisons ----
+    eprintln!("demo: 2/3 reward model on {} oracle-labelled comparisons ({}% label noise)", cfg.rm_pairs, (cfg.label_noise * 100.0).round());
+    let groups = demo_task::preference_groups(&tok, cfg.rm_pairs, cfg.label_noise, cfg.seed ^ 0x5EED)?;
+    let mut rm = Model::load_reward(be, &out.join("sft"), cfg.seed)?;
+    let rm_cfg = RmConfig {
+        out: out.join("rm"),
+        steps: cfg.rm_steps,
+        lr: 1e-3,
+        min_lr_ratio: 0.1,
+        warmup: 10,
+        batch_size: 16,
+        seq_len: 64,
+        seed: cfg.seed,
+        optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
+        margin: 0.0,
+        eval_fraction: 0.2,
+        eval_every: 50,
+        log_every: 50,
+    };
+    let rm_summary = run_rm(be, &mut rm, &tok, groups, &rm_cfg)?;
+    let rm_acc = rm_summary.eval.map(|e| e.accuracy);
+    rows.push(StageRow {
+        stage: "reward model".into(),
+        oracle: f32::NAN,
+        rm_score: None,
+        kl_to_sft: None,
+        rm_accuracy: rm_acc,
+        tokens_per_sec: rm_summary.tokens_per_sec,
+        seconds: rm_summary.elapsed_s,
+    });
+
+    // ---- PPO against the reward model ----
+    eprintln!("demo: 3/3 PPO against the reward model (KL coefficient {} to the SFT model)", cfg.kl_coef);
+    let mut policy = Model::load(be, &out.join("sft"))?;
+    let reference = Model::load(be, &out.join("sft"))?;
+    let reward = Model::load_reward(be, &out.join("rm"), 0)?;
+    let mut value = Model::load_reward(be, &out.join("rm"), 0)?;
+    let train_prompts: Vec<Vec<u32>> = demo_task::prompts(512, cfg.seed ^ 0x9).iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
+    let ppo_cfg = PpoConfig {
+        out: out.join("ppo"),
+        steps: cfg.ppo_steps,
+        rollout_batch: cfg.rollout_batch,
+        mini_batch: 8,
+        ppo_epochs: 4,
+        max_new_tokens: 24,
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        lr: 1e-3,
+        value_lr: 1e-3,
+        optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
+        kl_coef: cfg.kl_coef,
+        kl_target: None,
+        kl_in_loss: None,
+        gamma: 1.0,
+        lambda: 0.95,
+        clip: 0.2,
+        value_clip: 0.2,
+        vf_coef: 0.5,
+        ent_coef: 0.0,
+        whiten_advantages: true,
+        reward_norm: false,
+        seed: cfg.seed,
+        log_every: 10,
+    };
+    let oracle = |_: &[u32], r: &[u32]| tok.decode_with(r, true).map(|s| demo_task::oracle_score(&s)).unwrap_or(0.0);
+    let t = Instant::now();
+    let reports = run_ppo(be, PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: &mut value }, &tok, &train_prompts, &ppo_cfg, Some(&oracle))?;
+    let ppo_s = t.elapsed().as_secs_f64();
+    let (answers, ppo_oracle, kl) = evaluate(be, &policy, Some(&reference), &tok, &eval_prompts, cfg.seed)?;
+    let mut rm_scorer = crate::rl::reward::RewardTrainer::new(be, &reward, 16, 64, AdamWConfig::default())?;
+    let score_of = |policy_answers: &[Vec<u32>], scorer: &mut crate::rl::reward::RewardTrainer<B>| -> Result<f32> {
+        let seqs: Vec<Vec<u32>> = eval_prompts.iter().zip(policy_answers).map(|(p, a)| p.iter().chain(a).copied().collect()).collect();
+        let s = scorer.score(be, &reward, &seqs, tok.pad_or_default())?;
+        Ok(s.iter().sum::<f32>() / s.len().max(1) as f32)
+    };
+    let (sft_answers, _, _) = evaluate(be, &sft_model, None, &tok, &eval_prompts, cfg.seed)?;
+    rows[0].rm_score = Some(score_of(&sft_answers, &mut rm_scorer)?);
+    let ppo_tokens: f64 = reports.iter().map(|r| (r.response_len as f64) * cfg.rollout_batch as f64).sum();
+    rows.push(StageRow {
+        stage: "ppo".into(),
+        oracle: ppo_oracle,
+        rm_score: Some(score_of(&answers, &mut rm_scorer)?),
+        kl_to_sft: kl,
+        rm_accuracy: None,
+        tokens_per_sec: ppo_tokens / ppo_s.max(1e-9),
+        seconds: ppo_s,
+    });
+
+    // ---- outputs ----
+    let samples = eval_prompts
+        .iter()
+        .zip(&sft_answers)
+        .zip(&answers)
+        .take(4)
+        .map(|((p, s), a)| Ok((tok.decode_with(p, true)?, tok.decode_with(s, true)?, tok.decode_with(a, true)?)))
+        .collect::<Result<Vec<_>>>()?;
+    let nan_to_null = |x: f32| if x.is_finite() { json!(x) } else { json!(null) };
+    let summary = json!({
+        "task": "built-in: kind vs rude words, oracle = (kind - rude) / words",
+        "stages": rows.iter().map(|r| json!({
+            "stage": r.stage, "oracle_score": nan_to_null(r.oracle), "rm_score": r.rm_score, "kl_to_sft": r.kl_to_sft,
+            "rm_accuracy": r.rm_accuracy, "tokens_per_sec": r.tokens_per_sec, "seconds": r.seconds,
+        })).collect::<Vec<_>>(),
+        "ppo_steps": reports.iter().map(|r| json!({"step": r.step, "rm_score": r.score_mean, "oracle_score": r.oracle, "kl_k1": r.kl_k1})).collect::<Vec<_>>(),
+    });
+    let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::invalid(e.to_string()))?;
+    crate::fsutil::atomic_write(&out.join("summary.json"), text.as_bytes())?;
+    let series = |f: &dyn Fn(&PpoStepReport) -> f32| reports.iter().map(f).collect::<Vec<f32>>();
+    crate::fsutil::atomic_write(&out.join("ppo_reward.svg"), svg_plot("reward-model score per PPO step", &series(&|r| r.score_mean), "#1f77b4").as_bytes())?;
+    crate::fsutil::atomic_write(&out.join("ppo_oracle.svg"), svg_plot("oracle score per PPO step", &series(&|r| r.oracle.unwrap_or(0.0)), "#2ca02c").as_bytes())?;
+    crate::fsutil::atomic_write(&out.join("ppo_kl.svg"), svg_plot("KL to the SFT model (k1, per sequence) per PPO step", &series(&|r| r.kl_k1), "#d62728").as_bytes())?;
+    Ok(DemoSummary { rows, ppo: reports, samples })
+}

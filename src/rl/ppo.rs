@@ -1,0 +1,410 @@
+//! PPO against a reward model with a per-token KL penalty to a frozen reference (InstructGPT).
+//! Each step: rollout (sample responses to a batch of prompts) -> scoring (reference log-probs,
+//! values, reward-model scores, and the policy's own log-probs under the training forward) ->
+//! advantages (per-token reward `-beta * KL_t`, plus the score on the last response token; GAE;
+//! whitening) -> training (`ppo_epochs` passes over minibatches with the fused PPO loss) -> the KL
+//! controller's update. Metrics go to `<out>/metrics.jsonl` with the time each phase took.
+
+use crate::backend::ops::{Backend, GaeParams, LogprobParams, MatmulParams, PpoParams, WhitenParams};
+use crate::data::rng::Rng;
+use crate::data::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+use crate::generate::{generate, GenerateConfig};
+use crate::model::{Activations, Model, Shape};
+use crate::rl::kl_controller::KlController;
+use crate::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate};
+use crate::rl::reward::RewardTrainer;
+use crate::rl::running_stats::RunningMoments;
+use crate::train::{AdamWConfig, MetricsWriter, Progress};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct PpoConfig {
+    pub out: PathBuf,
+    pub steps: usize,
+    /// prompts per step
+    pub rollout_batch: usize,
+    /// sequences per optimiser step within an epoch
+    pub mini_batch: usize,
+    pub ppo_epochs: usize,
+    pub max_new_tokens: usize,
+    pub temperature: f32,
+    pub top_k: usize,
+    pub top_p: f32,
+    pub lr: f32,
+    pub value_lr: f32,
+    pub optim: AdamWConfig,
+    /// initial (or fixed) KL coefficient
+    pub kl_coef: f32,
+    /// adaptive KL controller: target KL per sequence and horizon (None: fixed beta)
+    pub kl_target: Option<(f32, f32)>,
+    /// put the KL in the loss (with this estimator 1/2/3) instead of the reward
+    pub kl_in_loss: Option<u32>,
+    pub gamma: f32,
+    pub lambda: f32,
+    pub clip: f32,
+    pub value_clip: f32,
+    pub vf_coef: f32,
+    pub ent_coef: f32,
+    pub whiten_advantages: bool,
+    /// normalise reward-model scores with running moments
+    pub reward_norm: bool,
+    pub seed: u64,
+    pub log_every: usize,
+}
+
+impl PpoConfig {
+    pub fn validate(&self) -> Result<()> {
+        let positive = [("--steps", self.steps), ("--rollout-batch", self.rollout_batch), ("--mini-batch", self.mini_batch), ("--ppo-epochs", self.ppo_epochs), ("--max-new-tokens", self.max_new_tokens)];
+        for (flag, v) in positive {
+            if v == 0 {
+                return Err(Error::invalid(format!("{flag} must be at least 1")));
+            }
+        }
+        for (flag, v) in [("--lr", self.lr), ("--value-lr", self.value_lr)] {
+            if !(v > 0.0 && v.is_finite()) {
+                return Err(Error::invalid(format!("{flag} must be a positive number, got {v}")));
+            }
+        }
+        for (flag, v) in [("--kl-coef", self.kl_coef), ("--clip", self.clip), ("--value-clip", self.value_clip), ("--vf-coef", self.vf_coef), ("--ent-coef", self.ent_coef)] {
+            if !(v >= 0.0 && v.is_finite()) {
+                return Err(Error::invalid(format!("{flag} must be a non-negative number, got {v}")));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.gamma) || !(0.0..=1.0).contains(&self.lambda) {
+            return Err(Error::invalid("--gamma and --lambda must be in [0, 1]"));
+        }
+        if let Some(e) = self.kl_in_loss {
+            if !(1..=3).contains(&e) {
+                return Err(Error::invalid("--kl-estimator must be 1, 2 or 3"));
+            }
+        }
+        if self.temperature <= 0.0 {
+            return Err(Error::invalid("--temperature must be positive for PPO (the policy's log-probs are those of the sampled distribution)"));
+        }
+        GenerateConfig { temperature: self.temperature, top_p: self.top_p, ..GenerateConfig::default() }.validate()
+    }
+}
+
+/// One step's record (also written to metrics.jsonl).
+#[derive(Clone, Debug, Default)]
+pub struct PpoStepReport {
+    pub step: usize,
+    pub score_mean: f32,
+    pub score_std: f32,
+    pub kl_k1: f32,
+    pub kl_k3: f32,
+    pub beta: f32,
+    pub response_len: f32,
+    pub stats: PpoStats,
+    pub explained_variance: f32,
+    pub oracle: Option<f32>,
+    pub rollout_s: f64,
+    pub scoring_s: f64,
+    pub training_s: f64,
+}
+
+/// Forward-only passes used in scoring: per-position log-probs of given targets, and values.
+struct Scorer<B: Backend> {
+    acts: Activations<B>,
+    logp: B::Buf,
+    entropy: B::Buf,
+    lse: B::Buf,
+    values: B::Buf,
+}
+
+impl<B: Backend> Scorer<B> {
+    fn new(be: &B, model: &Model<B>, max_seqs: usize, max_len: usize) -> Result<Self> {
+        let n = max_seqs * max_len;
+        Ok(Scorer { acts: Activations::new(be, model.cfg(), max_seqs, n)?, logp: be.alloc(n)?, entropy: be.alloc(n)?, lse: be.alloc(n)?, values: be.alloc(n)? })
+    }
+
+    fn logprobs(&mut self, be: &B, model: &Model<B>, shape: Shape, inputs: &[i32], targets: &[i32], temperature: f32) -> Result<Vec<f32>> {
+        model.decoder.set_inputs(be, &mut self.acts, shape, inputs, Some(targets))?;
+        model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
+        let head = model.layout().lm_head.unwrap_or(model.layout().wte);
+        let p = LogprobParams::new(shape.n(), model.cfg().hidden_size, model.cfg().vocab_size).temperature(temperature);
+        be.logprob_gather_fwd(&mut self.logp, &mut self.entropy, &mut self.lse, &self.acts.lnf, &self.acts.targets, &model.weights[head], p)?;
+        Ok(be.download(&self.logp)?[..shape.n()].to_vec())
+    }
+
+    fn values(&mut self, be: &B, model: &Model<B>, shape: Shape, inputs: &[i32]) -> Result<Vec<f32>> {
+        model.decoder.set_inputs(be, &mut self.acts, shape, inputs, None)?;
+        model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
+        let score = model.layout().score.ok_or_else(|| Error::invalid("the value model has no score head"))?;
+        be.matmul(&mut self.values, &self.acts.lnf, &model.weights[score], MatmulParams::new(shape.n(), 1, model.cfg().hidden_size, false, true))?;
+        Ok(be.download(&self.values)?[..shape.n()].to_vec())
+    }
+}
+
+/// The models PPO works with. The reference is the frozen SFT model; the value model is
+/// initialised from the reward model (InstructGPT).
+pub struct PpoModels<'a, B: Backend> {
+    pub policy: &'a mut Model<B>,
+    pub reference: &'a Model<B>,
+    pub reward: &'a Model<B>,
+    pub value: &'a mut Model<B>,
+}
+
+fn mean_std(xs: &[f32]) -> (f32, f32) {
+    let n = xs.len().max(1) as f64;
+    let m = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let v = xs.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / n;
+    (m as f32, v.sqrt() as f32)
+}
+
+/// Runs PPO; `oracle` (when given) scores each response for reporting only. Saves the policy
+/// (with `tokenizer`) into `cfg.out` at the end and returns every step's report.
+pub fn run_ppo<B: Backend>(
+    be: &B,
+    models: PpoModels<'_, B>,
+    tokenizer: &Tokenizer,
+    prompts: &[Vec<u32>],
+    cfg: &PpoConfig,
+    oracle: Option<&dyn Fn(&[u32], &[u32]) -> f32>,
+) -> Result<Vec<PpoStepReport>> {
+    cfg.validate()?;
+    if prompts.is_empty() {
+        return Err(Error::invalid("no prompts"));
+    }
+    let PpoModels { policy, reference, reward, value } = models;
+    let vocab = policy.cfg().vocab_size;
+    if reference.cfg().vocab_size != vocab || reward.cfg().vocab_size != vocab || value.cfg().vocab_size != vocab {
+        return Err(Error::invalid(format!(
+            "the policy, reference, reward and value models must share a vocabulary (sizes {}, {}, {}, {})",
+            vocab,
+            reference.cfg().vocab_size,
+            reward.cfg().vocab_size,
+            value.cfg().vocab_size
+        )));
+    }
+    let context = policy.cfg().max_positions.min(reward.cfg().max_positions).min(value.cfg().max_positions);
+    let longest_prompt = prompts.iter().map(Vec::len).max().unwrap_or(0);
+    if longest_prompt + 1 >= context {
+        return Err(Error::invalid(format!("a prompt of {longest_prompt} tokens leaves no room for a response in the context of {context}")));
+    }
+    let max_len = (longest_prompt + cfg.max_new_tokens).min(context);
+    let b = cfg.rollout_batch;
+    let pad = tokenizer.pad_or_default();
+    let mut scorer = Scorer::new(be, policy, b, max_len)?;
+    let mut rm_scorer = RewardTrainer::new(be, reward, b, max_len, AdamWConfig::default())?;
+    let mut update = PpoUpdate::new(be, policy, Some(value), cfg.mini_batch.min(b), max_len, cfg.optim)?;
+    update.temperature = cfg.temperature.max(1e-6);
+    let mut kl_ctl = match cfg.kl_target {
+        Some((target, horizon)) => KlController::adaptive(cfg.kl_coef as f64, target as f64, horizon as f64)?,
+        None => KlController::fixed(cfg.kl_coef as f64)?,
+    };
+    let mut reward_moments = RunningMoments::new();
+    let mut metrics = MetricsWriter::create(&cfg.out)?;
+    let progress = Progress::new("ppo", cfg.steps);
+    let mut rng = Rng::new(cfg.seed);
+    let mut order: Vec<usize> = (0..prompts.len()).collect();
+    rng.shuffle(&mut order);
+    let mut cursor = 0;
+    let mut reports = Vec::with_capacity(cfg.steps);
+    let (mut gae_adv, mut gae_ret, mut gae_rew, mut gae_val, mut gae_mask, mut wstats) =
+        (be.alloc(b * max_len)?, be.alloc(b * max_len)?, be.alloc(b * max_len)?, be.alloc(b * max_len)?, be.alloc(b * max_len)?, be.alloc(4)?);
+    let stop_ids: Vec<u32> = tokenizer.stop_ids();
+    let start = Instant::now();
+    for step in 1..=cfg.steps {
+        // ---- rollout ----
+        let t0 = Instant::now();
+        let mut batch_prompts = Vec::with_capacity(b);
+        for _ in 0..b {
+            if cursor == order.len() {
+                rng.shuffle(&mut order);
+                cursor = 0;
+            }
+            batch_prompts.push(&prompts[order[cursor]]);
+            cursor += 1;
+        }
+        let mut responses = Vec::with_capacity(b);
+        for (i, p) in batch_prompts.iter().enumerate() {
+            let gen = GenerateConfig {
+                max_new_tokens: cfg.max_new_tokens.min(max_len - p.len()),
+                temperature: cfg.temperature,
+                top_k: cfg.top_k,
+                top_p: cfg.top_p,
+                seed: cfg.seed ^ ((step as u64) << 20) ^ i as u64,
+                stop_ids: stop_ids.clone(),
+            };
+            responses.push(generate(be, policy, p, &gen)?);
+        }
+        let rollout_s = t0.elapsed().as_secs_f64();
+        let rollout_tokens: usize = responses.iter().map(Vec::len).sum();
+
+        // ---- scoring ----
+        let t1 = Instant::now();
+        let seqs: Vec<Vec<u32>> = batch_prompts.iter().zip(&responses).map(|(p, r)| p.iter().chain(r.iter()).copied().collect()).collect();
+        let t = seqs.iter().map(Vec::len).max().unwrap_or(2).max(2) - 1;
+        let shape = Shape { b, t };
+        let (mut inputs, mut targets) = (vec![pad as i32; b * t], vec![-1i32; b * t]);
+        let mut last_pos = vec![0usize; b];
+        for (s, (seq, p)) in seqs.iter().zip(&batch_prompts).enumerate() {
+            for i in 0..seq.len() - 1 {
+                inputs[s * t + i] = seq[i] as i32;
+                if i + 1 >= p.len() {
+                    targets[s * t + i] = seq[i + 1] as i32;
+                }
+            }
+            last_pos[s] = seq.len().saturating_sub(2).max(p.len().saturating_sub(1));
+        }
+        let old_logp = scorer.logprobs(be, policy, shape, &inputs, &targets, update.temperature)?;
+        let ref_logp = scorer.logprobs(be, reference, shape, &inputs, &targets, update.temperature)?;
+        let values = scorer.values(be, value, shape, &inputs)?;
+        let raw_scores = rm_scorer.score(be, reward, &seqs, pad)?;
+        let scores: Vec<f32> = if cfg.reward_norm {
+            reward_moments.update(&raw_scores);
+            let (m, s) = (reward_moments.mean() as f32, reward_moments.std().max(1e-6) as f32);
+            raw_scores.iter().map(|x| (x - m) / s).collect()
+        } else {
+            raw_scores.clone()
+        };
+        let scoring_s = t1.elapsed().as_secs_f64();
+
+        // ---- advantages ----
+        let beta = kl_ctl.beta() as f32;
+        let mask: Vec<f32> = targets.iter().map(|&x| if x >= 0 { 1.0 } else { 0.0 }).collect();
+        let mut rewards = vec![0f32; b * t];
+        let (mut kl1_seq, mut kl3_seq) = (vec![0f32; b], vec![0f32; b]);
+        for s in 0..b {
+            for i in 0..t {
+                let k = s * t + i;
+                if mask[k] > 0.0 {
+                    let r = old_logp[k] - ref_logp[k];
+                    kl1_seq[s] += r;
+                    kl3_seq[s] += (-r).exp() - 1.0 + r;
+                    if cfg.kl_in_loss.is_none() {
+                        rewards[k] = -beta * r;
+                    }
+                }
+            }
+            if mask[s * t + last_pos[s]] > 0.0 {
+                rewards[s * t + last_pos[s]] += scores[s];
+            }
+        }
+        be.write(&mut gae_rew, &rewards)?;
+        be.write(&mut gae_val, &values)?;
+        be.write(&mut gae_mask, &mask)?;
+        be.gae(&mut gae_adv, &mut gae_ret, &gae_rew, &gae_val, &gae_mask, GaeParams::new(b, t, cfg.gamma, cfg.lambda))?;
+        let returns = be.download(&gae_ret)?[..b * t].to_vec();
+        if cfg.whiten_advantages {
+            be.masked_whiten(&mut gae_adv, &mut wstats, &gae_mask, WhitenParams::new(b * t))?;
+        }
+        let advantages = be.download(&gae_adv)?[..b * t].to_vec();
+        let explained_variance = {
+            let (mut rv, mut dv, mut cnt) = (Vec::new(), Vec::new(), 0usize);
+            for k in 0..b * t {
+                if mask[k] > 0.0 {
+                    rv.push(returns[k]);
+                    dv.push(returns[k] - values[k]);
+                    cnt += 1;
+                }
+            }
+            let (_, rs) = mean_std(&rv);
+            let (_, ds) = mean_std(&dv);
+            if cnt > 1 && rs > 0.0 { 1.0 - (ds * ds) / (rs * rs) } else { 0.0 }
+        };
+
+        // ---- training ----
+        let t2 = Instant::now();
+        let mut epoch_stats = Vec::new();
+        let mut seq_order: Vec<usize> = (0..b).collect();
+        let mut p = PpoParams::new(0);
+        p.clip_low = cfg.clip;
+        p.clip_high = cfg.clip;
+        p.value_clip = cfg.value_clip;
+        p.vf_coef = cfg.vf_coef;
+        p.ent_coef = cfg.ent_coef;
+        if let Some(est) = cfg.kl_in_loss {
+            p.kl_coef = beta;
+            p.kl_estimator = est;
+        }
+        for _ in 0..cfg.ppo_epochs {
+            rng.shuffle(&mut seq_order);
+            for mb in seq_order.chunks(cfg.mini_batch) {
+                let gather = |src: &[f32]| mb.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<f32>>();
+                let gather_i = |src: &[i32]| mb.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<i32>>();
+                let batch = PpoBatch {
+                    b: mb.len(),
+                    t,
+                    inputs: gather_i(&inputs),
+                    targets: gather_i(&targets),
+                    old_logp: gather(&old_logp),
+                    advantages: gather(&advantages),
+                    returns: gather(&returns),
+                    old_values: gather(&values),
+                    ref_logp: cfg.kl_in_loss.map(|_| gather(&ref_logp)),
+                };
+                update.zero_grad(be)?;
+                update.accumulate(be, policy, Some(value), &batch, p)?;
+                epoch_stats.push(update.step(be, policy, Some(value), cfg.lr, cfg.value_lr)?);
+            }
+        }
+        let training_s = t2.elapsed().as_secs_f64();
+        let n_mb = epoch_stats.len().max(1) as f32;
+        let avg = |f: &dyn Fn(&PpoStats) -> f32| epoch_stats.iter().map(f).sum::<f32>() / n_mb;
+        let stats = PpoStats {
+            policy_loss: avg(&|s| s.policy_loss),
+            value_loss: avg(&|s| s.value_loss),
+            entropy: avg(&|s| s.entropy),
+            clipfrac: avg(&|s| s.clipfrac),
+            approx_kl: avg(&|s| s.approx_kl),
+            kl: avg(&|s| s.kl),
+            total_loss: avg(&|s| s.total_loss),
+            value_clipfrac: avg(&|s| s.value_clipfrac),
+            policy_grad_norm: avg(&|s| s.policy_grad_norm),
+            value_grad_norm: avg(&|s| s.value_grad_norm),
+        };
+        let (kl1, _) = mean_std(&kl1_seq);
+        let (kl3, _) = mean_std(&kl3_seq);
+        kl_ctl.update(kl1 as f64, b as u64);
+        let (score_mean, score_std) = mean_std(&raw_scores);
+        let response_len = rollout_tokens as f32 / b as f32;
+        let oracle_mean = oracle.map(|f| batch_prompts.iter().zip(&responses).map(|(p, r)| f(p, r)).sum::<f32>() / b as f32);
+        let scored_tokens = (b * t) as f64;
+        let report = PpoStepReport {
+            step,
+            score_mean,
+            score_std,
+            kl_k1: kl1,
+            kl_k3: kl3,
+            beta,
+            response_len,
+            stats,
+            explained_variance,
+            oracle: oracle_mean,
+            rollout_s,
+            scoring_s,
+            training_s,
+        };
+        let mut rec = json!({
+            "step": step, "reward_mean": score_mean, "reward_std": score_std, "rm_score": score_mean,
+            "kl_k1": kl1, "kl_k3": kl3, "beta": beta,
+            "policy_loss": stats.policy_loss, "value_loss": stats.value_loss, "clipfrac": stats.clipfrac,
+            "approx_kl": stats.approx_kl, "entropy": stats.entropy, "explained_variance": explained_variance,
+            "response_len": response_len, "policy_grad_norm": stats.policy_grad_norm, "value_grad_norm": stats.value_grad_norm,
+            "lr": cfg.lr,
+            "rollout_s": rollout_s, "scoring_s": scoring_s, "training_s": training_s,
+            "rollout_tokens_per_sec": rollout_tokens as f64 / rollout_s.max(1e-9),
+            "scoring_tokens_per_sec": 3.0 * scored_tokens / scoring_s.max(1e-9),
+            "training_tokens_per_sec": cfg.ppo_epochs as f64 * scored_tokens / training_s.max(1e-9),
+            "elapsed_s": start.elapsed().as_secs_f64(),
+        });
+        if let Some(o) = oracle_mean {
+            rec["oracle_score"] = json!(o);
+        }
+        metrics.write(&rec)?;
+        progress.update(step, &format!("score {score_mean:.3} kl {kl1:.3}"));
+        if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == 1 || step == cfg.steps) {
+            eprintln!("ppo step {step}/{} rm score {score_mean:.3} kl {kl1:.3} beta {beta:.3} clipfrac {:.3} len {response_len:.1}", cfg.steps, stats.clipfrac);
+        }
+        reports.push(report);
+    }
+    progress.finish();
+    policy.save(be, &cfg.out)?;
+    tokenizer.save(&cfg.out)?;
+    Ok(reports)
+}

@@ -1,0 +1,24 @@
+//! The shortened demo: SFT, then a reward model that beats chance on held-out comparisons, then
+//! PPO that raises the oracle score over the SFT model while the KL to it stays bounded.
+
+use rlhf::backend::CpuBackend;
+use rlhf::rl::pipeline::{run_pipeline, DemoConfig};
+
+#[test]
+fn shortened_demo_reaches_the_demo_conclusion() {
+    let be = CpuBackend::new();
+    let dir = tempfile::tempdir().unwrap();
+    let summary = run_pipeline(&be, &DemoConfig::quick(dir.path(), 7)).unwrap();
+    let (sft, rm, ppo) = (&summary.rows[0], &summary.rows[1], &summary.rows[2]);
+    eprintln!("{:#?}", summary.rows);
+    eprintln!("{:#?}", summary.samples);
+    for r in &summary.ppo { eprintln!("step {} rm {:.3} oracle {:?} kl {:.3} len {:.1} clip {:.3} ev {:.3}", r.step, r.score_mean, r.oracle, r.kl_k1, r.response_len, r.stats.clipfrac, r.explained_variance); }
+    let acc = rm.rm_accuracy.unwrap();
+    assert!(acc > 0.7, "reward model held-out accuracy {acc}");
+    assert!(ppo.oracle > sft.oracle + 0.15, "oracle: sft {} -> ppo {}", sft.oracle, ppo.oracle);
+    let kl = ppo.kl_to_sft.unwrap();
+    assert!(kl.is_finite() && kl < 10.0, "KL to the SFT model {kl}");
+    for f in ["summary.json", "ppo_reward.svg", "ppo_oracle.svg", "ppo_kl.svg", "sft/model.safetensors", "rm/model.safetensors", "ppo/model.safetensors", "ppo/metrics.jsonl"] {
+        assert!(dir.path().join(f).exists(), "{f} missing");
+    }
+}
