@@ -27,6 +27,8 @@ pub enum Command {
     Sft(SftArgs),
     /// Train a reward model on preference pairs or rankings
     Rm(RmArgs),
+    /// PPO against a reward model with a per-token KL penalty to the frozen SFT model
+    Ppo(PpoArgs),
     /// Print a reward model's score of each input line
     Score(ScoreArgs),
     /// Print the log-probability of every token (after the first) of each input line
@@ -173,6 +175,87 @@ pub struct RmArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct PpoArgs {
+    /// The policy to train (an SFT model folder); also the frozen reference unless --reference
+    #[arg(long)]
+    pub policy: PathBuf,
+    /// The frozen reference for the KL penalty (default: --policy)
+    #[arg(long)]
+    pub reference: Option<PathBuf>,
+    /// The reward model (as `rlhf rm` saves it)
+    #[arg(long)]
+    pub reward_model: PathBuf,
+    /// The value model's starting point (default: the reward model, as in InstructGPT)
+    #[arg(long)]
+    pub value_model: Option<PathBuf>,
+    /// JSONL with {"prompt": "..."} or {"messages": [...]} lines
+    #[arg(long)]
+    pub prompts: PathBuf,
+    /// Output folder: the trained policy (HF layout + tokenizer) and metrics.jsonl
+    #[arg(long)]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 100)]
+    pub steps: usize,
+    /// Prompts sampled per step
+    #[arg(long, default_value_t = 16)]
+    pub rollout_batch: usize,
+    /// Sequences per optimiser step inside an epoch
+    #[arg(long, default_value_t = 8)]
+    pub mini_batch: usize,
+    #[arg(long, default_value_t = 4)]
+    pub ppo_epochs: usize,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+    #[arg(long, default_value_t = 1e-6, allow_negative_numbers = true)]
+    pub lr: f32,
+    #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
+    pub value_lr: f32,
+    /// KL coefficient beta (initial value with --kl-target)
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
+    pub kl_coef: f32,
+    /// Adaptive KL controller: target KL per sequence (with --kl-horizon)
+    #[arg(long)]
+    pub kl_target: Option<f32>,
+    #[arg(long, default_value_t = 10000.0)]
+    pub kl_horizon: f32,
+    /// Put the KL in the loss with this estimator (1, 2 or 3) instead of in the reward
+    #[arg(long)]
+    pub kl_in_loss: Option<u32>,
+    #[arg(long, default_value_t = 1.0)]
+    pub gamma: f32,
+    #[arg(long, default_value_t = 0.95)]
+    pub lambda: f32,
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    pub clip: f32,
+    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
+    pub value_clip: f32,
+    #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
+    pub vf_coef: f32,
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub ent_coef: f32,
+    /// Do not whiten advantages
+    #[arg(long)]
+    pub no_whiten: bool,
+    /// Normalise reward-model scores with running moments
+    #[arg(long)]
+    pub reward_norm: bool,
+    #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
+    pub max_grad_norm: f32,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: usize,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+#[derive(Args, Debug)]
 pub struct ScoreArgs {
     /// Reward-model folder (as `rlhf rm` saves it)
     #[arg(long)]
@@ -298,6 +381,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => with_backend!(&a.common, |be| crate::demo::run_demo(&be, &a.out, a.seed, a.quick)),
         Command::Sft(a) => with_backend!(&a.common, |be| cmd_sft(&be, &a)),
         Command::Rm(a) => with_backend!(&a.common, |be| cmd_rm(&be, &a)),
+        Command::Ppo(a) => with_backend!(&a.common, |be| cmd_ppo(&be, &a)),
         Command::Score(a) => with_backend!(&a.common, |be| cmd_score(&be, &a)),
         Command::Logprobs(a) => with_backend!(&a.common, |be| cmd_logprobs(&be, &a)),
         Command::Generate(a) => with_backend!(&a.common, |be| cmd_generate(&be, &a)),
@@ -417,6 +501,82 @@ fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
         s.train_groups,
         s.eval_groups,
         s.tokens_per_sec,
+        a.out.display()
+    );
+    Ok(())
+}
+
+fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
+    let cfg = rlhf::rl::ppo::PpoConfig {
+        out: a.out.clone(),
+        steps: a.steps,
+        rollout_batch: a.rollout_batch,
+        mini_batch: a.mini_batch,
+        ppo_epochs: a.ppo_epochs,
+        max_new_tokens: a.max_new_tokens,
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        lr: a.lr,
+        value_lr: a.value_lr,
+        optim: AdamWConfig { weight_decay: 0.0, max_grad_norm: a.max_grad_norm, ..AdamWConfig::default() },
+        kl_coef: a.kl_coef,
+        kl_target: a.kl_target.map(|t| (t, a.kl_horizon)),
+        kl_in_loss: a.kl_in_loss,
+        gamma: a.gamma,
+        lambda: a.lambda,
+        clip: a.clip,
+        value_clip: a.value_clip,
+        vf_coef: a.vf_coef,
+        ent_coef: a.ent_coef,
+        whiten_advantages: !a.no_whiten,
+        reward_norm: a.reward_norm,
+        seed: a.seed,
+        log_every: a.log_every,
+    };
+    cfg.validate()?;
+    if !(a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
+        bail!("--max-grad-norm must be a non-negative number");
+    }
+    if a.out.exists() && !a.out.is_dir() {
+        bail!("--out must be a folder: {} is a file", a.out.display());
+    }
+    let tok = Tokenizer::load(&a.policy)?;
+    let reward_tok = Tokenizer::load(&a.reward_model)?;
+    if reward_tok.vocab_size() != tok.vocab_size() || reward_tok.eos_id() != tok.eos_id() {
+        bail!(
+            "the reward model's tokenizer ({} tokens) differs from the policy's ({} tokens): PPO needs one tokenizer",
+            reward_tok.vocab_size(),
+            tok.vocab_size()
+        );
+    }
+    let mut policy = Model::load(be, &a.policy)?;
+    let reference = Model::load(be, a.reference.as_ref().unwrap_or(&a.policy))?;
+    if !ModelConfig::load(&a.reward_model)?.score_head {
+        bail!(
+            "{}: config.json does not describe a reward model (architectures *ForSequenceClassification); train one with `rlhf rm`",
+            a.reward_model.display()
+        );
+    }
+    let reward = Model::load_reward(be, &a.reward_model, a.seed)?;
+    let mut value = Model::load_reward(be, a.value_model.as_ref().unwrap_or(&a.reward_model), a.seed)?;
+    let prompts = rlhf::data::jsonl::load_prompts_jsonl(&a.prompts, &tok)?;
+    eprintln!(
+        "ppo: {} prompts from {}, policy {} ({:.2}M parameters), backend {}",
+        prompts.len(),
+        a.prompts.display(),
+        policy.cfg().model_type,
+        policy.cfg().num_params() as f64 / 1e6,
+        be.name()
+    );
+    let models = rlhf::rl::ppo::PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: &mut value };
+    let reports = rlhf::rl::ppo::run_ppo(be, models, &tok, &prompts, &cfg, None)?;
+    let (first, last) = (reports.first(), reports.last());
+    println!(
+        "ppo done: reward-model score {:.3} -> {:.3}, KL to the reference {:.3} (last step); policy and metrics.jsonl in {}",
+        first.map_or(f32::NAN, |r| r.score_mean),
+        last.map_or(f32::NAN, |r| r.score_mean),
+        last.map_or(f32::NAN, |r| r.kl_k1),
         a.out.display()
     );
     Ok(())

@@ -11,11 +11,7 @@ use std::path::Path;
 
 pub fn run_demo<B: Backend>(be: &B, out: &Path, seed: u64, quick: bool) -> Result<()> {
     let cfg = if quick { DemoConfig::quick(out, seed) } else { DemoConfig::full(out, seed) };
-    println!(
-        "rlhf demo: SFT -> reward model -> PPO on the built-in task (oracle: (kind - rude words) / words), {} model, backend {}",
-        cfg.preset,
-        be.name()
-    );
+    println!("rlhf demo: SFT -> reward model -> PPO on the built-in task (oracle: (kind - rude words) / words), {} model, backend {}", cfg.preset, be.name());
     let s = run_pipeline(be, &cfg)?;
     let opt = |x: Option<f32>, prec: usize| x.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     println!();

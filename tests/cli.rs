@@ -370,3 +370,61 @@ fn rm_and_score_commands() {
     let out = rlhf(&["rm", "--model", s(&fixture("gpt2")), "--data", s(&data), "--out", s(&out_dir), "--steps", "1"]);
     assert_fails_with(&out, &["prefs.jsonl:1", "no room"]);
 }
+
+#[test]
+fn ppo_command_trains_and_rejects_mismatched_models() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefs = dir.path().join("prefs.jsonl");
+    std::fs::write(&prefs, (0..6).map(|i| format!("{{\"prompt\": \"q{i}:\", \"chosen\": \" yes\", \"rejected\": \" no\"}}\n")).collect::<String>()).unwrap();
+    let rm_dir = dir.path().join("rm");
+    let out = rlhf(&["rm", "--model", s(&fixture("gpt2")), "--data", s(&prefs), "--out", s(&rm_dir), "--steps", "2", "--eval-fraction", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"hello\"}\n{\"messages\": [{\"role\": \"user\", \"content\": \"hi\"}]}\n").unwrap();
+    let ppo_dir = dir.path().join("ppo");
+    let gpt2 = fixture("gpt2");
+    let args = ["ppo", "--policy", s(&gpt2), "--reward-model", s(&rm_dir), "--prompts", s(&prompts), "--out", s(&ppo_dir)];
+    let out = rlhf(&[&args[..], &["--steps", "2", "--rollout-batch", "2", "--mini-batch", "1", "--max-new-tokens", "6", "--lr", "1e-4"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<Value> = std::fs::read_to_string(ppo_dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for key in [
+        "reward_mean",
+        "reward_std",
+        "rm_score",
+        "kl_k1",
+        "kl_k3",
+        "beta",
+        "policy_loss",
+        "value_loss",
+        "clipfrac",
+        "approx_kl",
+        "entropy",
+        "explained_variance",
+        "response_len",
+        "rollout_s",
+        "scoring_s",
+        "training_s",
+        "rollout_tokens_per_sec",
+        "scoring_tokens_per_sec",
+        "training_tokens_per_sec",
+    ] {
+        assert!(rows[1][key].is_number(), "ppo metrics lack {key}: {}", rows[1]);
+    }
+    assert!(ppo_dir.join("model.safetensors").exists());
+    // a causal LM is not a reward model
+    let out = rlhf(&[&args[..3], &["--reward-model", s(&gpt2), "--prompts", s(&prompts), "--out", s(&ppo_dir)]].concat());
+    assert_fails_with(&out, &["reward model"]);
+    // a reward model with another tokenizer
+    let byte_rm = dir.path().join("byte_rm");
+    let out = rlhf(&["rm", "--init", "gpt2-tiny", "--data", s(&prefs), "--out", s(&byte_rm), "--steps", "1", "--eval-fraction", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = rlhf(&["ppo", "--policy", s(&gpt2), "--reward-model", s(&byte_rm), "--prompts", s(&prompts), "--out", s(&ppo_dir)]);
+    assert_fails_with(&out, &["tokenizer"]);
+    // greedy sampling cannot be trained on, and a bad prompts line is named
+    let out = rlhf(&[&args[..], &["--temperature", "0"]].concat());
+    assert_fails_with(&out, &["--temperature"]);
+    std::fs::write(&prompts, "{\"prompt\": \"fine\"}\n{\"question\": \"no\"}\n").unwrap();
+    let out = rlhf(&args);
+    assert_fails_with(&out, &["prompts.jsonl:2"]);
+}

@@ -12,13 +12,27 @@ fn shortened_demo_reaches_the_demo_conclusion() {
     let (sft, rm, ppo) = (&summary.rows[0], &summary.rows[1], &summary.rows[2]);
     eprintln!("{:#?}", summary.rows);
     eprintln!("{:#?}", summary.samples);
-    for r in &summary.ppo { eprintln!("step {} rm {:.3} oracle {:?} kl {:.3} len {:.1} clip {:.3} ev {:.3}", r.step, r.score_mean, r.oracle, r.kl_k1, r.response_len, r.stats.clipfrac, r.explained_variance); }
+    for r in &summary.ppo {
+        eprintln!(
+            "step {} rm {:.3} oracle {:?} kl {:.3} len {:.1} clip {:.3} ev {:.3}",
+            r.step, r.score_mean, r.oracle, r.kl_k1, r.response_len, r.stats.clipfrac, r.explained_variance
+        );
+    }
     let acc = rm.rm_accuracy.unwrap();
     assert!(acc > 0.7, "reward model held-out accuracy {acc}");
     assert!(ppo.oracle > sft.oracle + 0.15, "oracle: sft {} -> ppo {}", sft.oracle, ppo.oracle);
     let kl = ppo.kl_to_sft.unwrap();
     assert!(kl.is_finite() && kl < 10.0, "KL to the SFT model {kl}");
-    for f in ["summary.json", "ppo_reward.svg", "ppo_oracle.svg", "ppo_kl.svg", "sft/model.safetensors", "rm/model.safetensors", "ppo/model.safetensors", "ppo/metrics.jsonl"] {
+    for f in [
+        "summary.json",
+        "ppo_reward.svg",
+        "ppo_oracle.svg",
+        "ppo_kl.svg",
+        "sft/model.safetensors",
+        "rm/model.safetensors",
+        "ppo/model.safetensors",
+        "ppo/metrics.jsonl",
+    ] {
         assert!(dir.path().join(f).exists(), "{f} missing");
     }
 }

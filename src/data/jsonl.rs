@@ -248,3 +248,28 @@ pub fn load_sft_jsonl(path: &Path, tok: &Tokenizer) -> Result<Vec<Example>> {
     }
     Ok(out)
 }
+
+/// Prompts for RL: `{"prompt": "..."}` lines (tokenised with the tokenizer's special tokens) or
+/// `{"messages": [...]}` lines (rendered with the chat template and its generation prompt).
+pub fn load_prompts_jsonl(path: &Path, tok: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+    let mut out = Vec::new();
+    for (line, obj) in read_jsonl_objects(path)? {
+        let ids = if let Some(p) = obj.get("prompt") {
+            let p = p.as_str().ok_or_else(|| Error::line(path, line, "`prompt` must be a string"))?;
+            tok.encode(p, true).map_err(|e| Error::line(path, line, e.to_string()))?
+        } else if let Some(m) = obj.get("messages") {
+            let messages = parse_messages(m).map_err(|e| Error::line(path, line, e))?;
+            crate::data::chat::encode_chat_prompt(tok, &messages).map_err(|e| Error::line(path, line, e.to_string()))?
+        } else {
+            return Err(Error::line(path, line, "expected `prompt` or `messages`"));
+        };
+        if ids.is_empty() {
+            return Err(Error::line(path, line, "the prompt is empty"));
+        }
+        out.push(ids);
+    }
+    if out.is_empty() {
+        return Err(Error::file(path, "no prompts"));
+    }
+    Ok(out)
+}

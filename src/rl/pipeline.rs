@@ -80,7 +80,14 @@ pub struct DemoSummary {
 
 /// Samples one answer per prompt; returns (answers' token ids, mean oracle score, mean KL to
 /// `reference` summed over each answer's tokens, when given).
-fn evaluate<B: Backend>(be: &B, policy: &Model<B>, reference: Option<&Model<B>>, tok: &Tokenizer, prompts: &[Vec<u32>], seed: u64) -> Result<(Vec<Vec<u32>>, f32, Option<f32>)> {
+fn evaluate<B: Backend>(
+    be: &B,
+    policy: &Model<B>,
+    reference: Option<&Model<B>>,
+    tok: &Tokenizer,
+    prompts: &[Vec<u32>],
+    seed: u64,
+) -> Result<(Vec<Vec<u32>>, f32, Option<f32>)> {
     let mut answers = Vec::with_capacity(prompts.len());
     let mut oracle = 0.0;
     for (i, p) in prompts.iter().enumerate() {
@@ -162,7 +169,15 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
     let sft = run_sft(be, &mut sft_model, &tok, examples, &sft_cfg)?;
     let t = Instant::now();
     let (_, sft_oracle, _) = evaluate(be, &sft_model, None, &tok, &eval_prompts, cfg.seed)?;
-    rows.push(StageRow { stage: "sft".into(), oracle: sft_oracle, rm_score: None, kl_to_sft: Some(0.0), rm_accuracy: None, tokens_per_sec: sft.tokens_per_sec, seconds: sft.elapsed_s + t.elapsed().as_secs_f64() });
+    rows.push(StageRow {
+        stage: "sft".into(),
+        oracle: sft_oracle,
+        rm_score: None,
+        kl_to_sft: Some(0.0),
+        rm_accuracy: None,
+        tokens_per_sec: sft.tokens_per_sec,
+        seconds: sft.elapsed_s + t.elapsed().as_secs_f64(),
+    });
 
     // ---- reward model on oracle-labelled comparisons ----
     eprintln!("demo: 2/3 reward model on {} oracle-labelled comparisons ({}% label noise)", cfg.rm_pairs, (cfg.label_noise * 100.0).round());
@@ -231,7 +246,14 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
     };
     let oracle = |_: &[u32], r: &[u32]| tok.decode_with(r, true).map(|s| demo_task::oracle_score(&s)).unwrap_or(0.0);
     let t = Instant::now();
-    let reports = run_ppo(be, PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: &mut value }, &tok, &train_prompts, &ppo_cfg, Some(&oracle))?;
+    let reports = run_ppo(
+        be,
+        PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: &mut value },
+        &tok,
+        &train_prompts,
+        &ppo_cfg,
+        Some(&oracle),
+    )?;
     let ppo_s = t.elapsed().as_secs_f64();
     let (answers, ppo_oracle, kl) = evaluate(be, &policy, Some(&reference), &tok, &eval_prompts, cfg.seed)?;
     let mut rm_scorer = crate::rl::reward::RewardTrainer::new(be, &reward, 16, 64, AdamWConfig::default())?;
@@ -274,7 +296,13 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
     crate::fsutil::atomic_write(&out.join("summary.json"), text.as_bytes())?;
     let series = |f: &dyn Fn(&PpoStepReport) -> f32| reports.iter().map(f).collect::<Vec<f32>>();
     crate::fsutil::atomic_write(&out.join("ppo_reward.svg"), svg_plot("reward-model score per PPO step", &series(&|r| r.score_mean), "#1f77b4").as_bytes())?;
-    crate::fsutil::atomic_write(&out.join("ppo_oracle.svg"), svg_plot("oracle score per PPO step", &series(&|r| r.oracle.unwrap_or(0.0)), "#2ca02c").as_bytes())?;
-    crate::fsutil::atomic_write(&out.join("ppo_kl.svg"), svg_plot("KL to the SFT model (k1, per sequence) per PPO step", &series(&|r| r.kl_k1), "#d62728").as_bytes())?;
+    crate::fsutil::atomic_write(
+        &out.join("ppo_oracle.svg"),
+        svg_plot("oracle score per PPO step", &series(&|r| r.oracle.unwrap_or(0.0)), "#2ca02c").as_bytes(),
+    )?;
+    crate::fsutil::atomic_write(
+        &out.join("ppo_kl.svg"),
+        svg_plot("KL to the SFT model (k1, per sequence) per PPO step", &series(&|r| r.kl_k1), "#d62728").as_bytes(),
+    )?;
     Ok(DemoSummary { rows, ppo: reports, samples })
 }

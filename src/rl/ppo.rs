@@ -57,7 +57,13 @@ pub struct PpoConfig {
 
 impl PpoConfig {
     pub fn validate(&self) -> Result<()> {
-        let positive = [("--steps", self.steps), ("--rollout-batch", self.rollout_batch), ("--mini-batch", self.mini_batch), ("--ppo-epochs", self.ppo_epochs), ("--max-new-tokens", self.max_new_tokens)];
+        let positive = [
+            ("--steps", self.steps),
+            ("--rollout-batch", self.rollout_batch),
+            ("--mini-batch", self.mini_batch),
+            ("--ppo-epochs", self.ppo_epochs),
+            ("--max-new-tokens", self.max_new_tokens),
+        ];
         for (flag, v) in positive {
             if v == 0 {
                 return Err(Error::invalid(format!("{flag} must be at least 1")));
@@ -68,7 +74,9 @@ impl PpoConfig {
                 return Err(Error::invalid(format!("{flag} must be a positive number, got {v}")));
             }
         }
-        for (flag, v) in [("--kl-coef", self.kl_coef), ("--clip", self.clip), ("--value-clip", self.value_clip), ("--vf-coef", self.vf_coef), ("--ent-coef", self.ent_coef)] {
+        for (flag, v) in
+            [("--kl-coef", self.kl_coef), ("--clip", self.clip), ("--value-clip", self.value_clip), ("--vf-coef", self.vf_coef), ("--ent-coef", self.ent_coef)]
+        {
             if !(v >= 0.0 && v.is_finite()) {
                 return Err(Error::invalid(format!("{flag} must be a non-negative number, got {v}")));
             }
@@ -305,7 +313,11 @@ pub fn run_ppo<B: Backend>(
             }
             let (_, rs) = mean_std(&rv);
             let (_, ds) = mean_std(&dv);
-            if cnt > 1 && rs > 0.0 { 1.0 - (ds * ds) / (rs * rs) } else { 0.0 }
+            if cnt > 1 && rs > 0.0 {
+                1.0 - (ds * ds) / (rs * rs)
+            } else {
+                0.0
+            }
         };
 
         // ---- training ----
