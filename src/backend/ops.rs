@@ -190,6 +190,58 @@ pub struct KvCacheParams {
     pub _pad: u32,
 }
 
+/// Row scatter: `out[rows[i] * dst_row + j] = inp[i * src_row + src_off + j]` for `i < n`,
+/// `j < width`. The rollout engine writes the keys and values of new tokens into their slots'
+/// cache rows with it (`src_off` skips the query heads of the fused projection) and files each
+/// step's per-token values (e.g. log-probs) under their sequences.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct ScatterParams {
+    pub n: u32,
+    pub width: u32,
+    pub src_row: u32,
+    pub src_off: u32,
+    pub dst_row: u32,
+    /// rows of `out` (every `rows[i]` must be below it)
+    pub dst_rows: u32,
+}
+
+impl ScatterParams {
+    /// The key/value heads of `n` fused-projection rows `[n, (nh + 2 nkv) hd]` into cache rows
+    /// `[_, 2 nkv hd]` (a slot cache `[S, t_max, 2 nkv hd]` has `S * t_max` rows).
+    pub fn kv(n: usize, nh: usize, nkv: usize, hd: usize, cache_rows: usize) -> Self {
+        ScatterParams {
+            n: n as u32,
+            width: (2 * nkv * hd) as u32,
+            src_row: ((nh + 2 * nkv) * hd) as u32,
+            src_off: (nh * hd) as u32,
+            dst_row: (2 * nkv * hd) as u32,
+            dst_rows: cache_rows as u32,
+        }
+    }
+}
+
+/// Decode attention over a slot cache `[S, t_max, 2 nkv hd]` (keys then values of each
+/// position): query i (row i of `q`, heads from `q_off`, `q_row` elements per row) belongs to the
+/// token in cache row `rows[i]`, of slot `s = rows[i] / t_max` at position `pos = rows[i] % t_max`,
+/// and attends to that slot's keys `0 ..= pos`. Output `[n, nh hd]`, saved `lse [n, nh]`.
+/// On the CPU the scores, softmax and value sums of a row use the same arithmetic, in the same
+/// order, as the row of `attention_fwd` at that position, so decode and training agree bit for bit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct AttentionDecodeParams {
+    pub n: u32,
+    pub t_max: u32,
+    pub slots: u32,
+    pub nh: u32,
+    pub nkv: u32,
+    pub hd: u32,
+    pub scale: f32,
+    pub q_row: u32,
+    pub q_off: u32,
+    pub _pad: u32,
+}
+
 /// Softmax cross-entropy over `[n, v]` logits. A negative target marks a row without loss.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -580,6 +632,19 @@ pub trait Backend: Send + Sync {
     fn attention_bwd(&self, dqkv: &mut Self::Buf, dout: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, qkv: &Self::Buf, p: AttentionParams) -> Result<()>;
     /// See [`KvCacheParams`].
     fn kv_cache_write(&self, cache: &mut Self::Buf, qkv: &Self::Buf, p: KvCacheParams) -> Result<()>;
+    /// See [`ScatterParams`]: `out[rows[i]] = inp[i]` row-wise.
+    fn scatter_rows(&self, out: &mut Self::Buf, inp: &Self::Buf, rows: &Self::Ids, p: ScatterParams) -> Result<()>;
+    /// See [`AttentionDecodeParams`]: one query per row against its slot's cached keys.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_decode_fwd(
+        &self,
+        out: &mut Self::Buf,
+        lse: &mut Self::Buf,
+        q: &Self::Buf,
+        cache: &Self::Buf,
+        rows: &Self::Ids,
+        p: AttentionDecodeParams,
+    ) -> Result<()>;
 
     // ---- loss and sampling ---------------------------------------------------------------------
     /// `losses[i] = logsumexp(logits[i]) - logits[i, targets[i]]` (0 where targets[i] < 0);
@@ -720,6 +785,8 @@ pub const OP_NAMES: &[&str] = &[
     "attention_fwd",
     "attention_bwd",
     "kv_cache_write",
+    "scatter_rows",
+    "attention_decode_fwd",
     "cross_entropy_fwd",
     "cross_entropy_bwd",
     "sample",

@@ -6,6 +6,9 @@ use crate::backend::ops::{Backend, SampleParams};
 use crate::error::{Error, Result};
 use crate::model::{Activations, KvCache, Model};
 
+pub mod rollout;
+pub use rollout::{rollout, FinishReason, Rollout, RolloutConfig, RolloutOutput, RolloutStats};
+
 #[derive(Clone, Debug)]
 pub struct GenerateConfig {
     pub max_new_tokens: usize,

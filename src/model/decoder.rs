@@ -398,6 +398,27 @@ impl Decoder {
                 let p = AttentionParams::fused(shape.b, shape.t, d.nh, d.nkv, d.hd);
                 be.attention_fwd(&mut a.att, &mut a.att_lse, &a.qkv, &a.qkv, &a.qkv, p)?;
             }
+            AttnSource::Prefill { shape, cache, rows, cache_rows } => {
+                be.scatter_rows(cache, &a.qkv, rows, ScatterParams::kv(n, d.nh, d.nkv, d.hd, cache_rows))?;
+                let p = AttentionParams::fused(shape.b, shape.t, d.nh, d.nkv, d.hd);
+                be.attention_fwd(&mut a.att, &mut a.att_lse, &a.qkv, &a.qkv, &a.qkv, p)?;
+            }
+            AttnSource::Decode { cache, rows, slots, t_max } => {
+                be.scatter_rows(cache, &a.qkv, rows, ScatterParams::kv(n, d.nh, d.nkv, d.hd, slots * t_max))?;
+                let p = AttentionDecodeParams {
+                    n: n as u32,
+                    t_max: t_max as u32,
+                    slots: slots as u32,
+                    nh: d.nh as u32,
+                    nkv: d.nkv as u32,
+                    hd: d.hd as u32,
+                    scale: 1.0 / (d.hd as f32).sqrt(),
+                    q_row: d.qkv as u32,
+                    q_off: 0,
+                    _pad: 0,
+                };
+                be.attention_decode_fwd(&mut a.att, &mut a.att_lse, &a.qkv, cache, rows, p)?;
+            }
             AttnSource::Cache { cache, b, t, pos0, t_max } => {
                 be.kv_cache_write(
                     cache,
@@ -606,6 +627,85 @@ impl Decoder {
     }
 }
 
+impl Decoder {
+    /// Rollout prefill: the training forward over `shape` prompts (padded on the right, set with
+    /// [`Decoder::set_inputs`]) that also writes the keys and values of token i to cache row
+    /// `rows[i]` of `cache`, then the logits of row `last[j]` (the last real token of prompt j)
+    /// into `acts.logits` (`[b, V]`). Rows of padding must point at cache rows that are written
+    /// again before they are read (e.g. their slot's later positions).
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_prefill<B: Backend>(
+        &self,
+        be: &B,
+        w: &[B::Buf],
+        acts: &mut Activations<B>,
+        cache: &mut SlotCache<B>,
+        rows: &B::Ids,
+        shape: Shape,
+        last: &[i32],
+    ) -> Result<()> {
+        let n = shape.n();
+        let d = self.dims;
+        if last.len() > acts.capacity_batch || last.iter().any(|&r| r < 0 || r as usize >= n) {
+            return Err(crate::Error::invalid(format!("prefill: {} last rows for {n} tokens and a batch capacity of {}", last.len(), acts.capacity_batch)));
+        }
+        let cache_rows = cache.slots * cache.t_max;
+        {
+            let (res0, _) = acts.res.split_at_mut(1);
+            self.embed(be, w, &mut res0[0], &acts.tokens, &acts.positions, n)?;
+        }
+        for (l, lp) in self.layout.layers.iter().enumerate() {
+            let (lo, hi) = acts.res.split_at_mut(l + 1);
+            let src = AttnSource::Prefill { shape, cache: &mut cache.layers[l], rows, cache_rows };
+            self.block_fwd(be, w, lp, &mut acts.layers[l], &lo[l], &mut hi[0], &acts.positions, n, src)?;
+        }
+        self.norm_fwd(be, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.res[d.layers], w, self.layout.lnf_w, self.layout.lnf_b, n)?;
+        let b = last.len();
+        be.write_ids(&mut acts.last_rows, last)?;
+        be.embedding_fwd(&mut acts.last_hidden, &acts.last_rows, &acts.lnf, EmbeddingParams { n: b as u32, c: d.c as u32, accumulate: 0, vocab: n as u32 })?;
+        be.matmul(&mut acts.logits, &acts.last_hidden, &w[self.lm_head()], MatmulParams::new(b, d.v, d.c, false, true))
+    }
+
+    /// Rollout decode step: `n` tokens, one per active slot, already in `acts.tokens` with their
+    /// positions in `acts.positions`; token i's keys/values go to cache row `rows[i]`
+    /// (`slot * t_max + position`) and it attends to its slot's rows up to there. Leaves the
+    /// logits `[n, V]` in `acts.logits`.
+    pub fn forward_decode<B: Backend>(&self, be: &B, w: &[B::Buf], acts: &mut Activations<B>, cache: &mut SlotCache<B>, rows: &B::Ids, n: usize) -> Result<()> {
+        let d = self.dims;
+        if n > acts.capacity_tokens || n > cache.slots {
+            return Err(crate::Error::invalid(format!("decode: {n} rows exceed the activation capacity or the {} slots", cache.slots)));
+        }
+        {
+            let (res0, _) = acts.res.split_at_mut(1);
+            self.embed(be, w, &mut res0[0], &acts.tokens, &acts.positions, n)?;
+        }
+        for (l, lp) in self.layout.layers.iter().enumerate() {
+            let (lo, hi) = acts.res.split_at_mut(l + 1);
+            let src = AttnSource::Decode { cache: &mut cache.layers[l], rows, slots: cache.slots, t_max: cache.t_max };
+            self.block_fwd(be, w, lp, &mut acts.layers[l], &lo[l], &mut hi[0], &acts.positions, n, src)?;
+        }
+        self.norm_fwd(be, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.res[d.layers], w, self.layout.lnf_w, self.layout.lnf_b, n)?;
+        be.matmul(&mut acts.logits, &acts.lnf, &w[self.lm_head()], MatmulParams::new(n, d.v, d.c, false, true))
+    }
+}
+
+/// The rollout engine's KV cache: per layer `[slots, t_max, 2 NKV HD]`, each slot its own region.
+pub struct SlotCache<B: Backend> {
+    pub layers: Vec<B::Buf>,
+    pub slots: usize,
+    pub t_max: usize,
+}
+
+impl<B: Backend> SlotCache<B> {
+    pub fn new(be: &B, cfg: &ModelConfig, slots: usize, t_max: usize) -> Result<Self> {
+        let per = slots
+            .checked_mul(t_max)
+            .and_then(|x| x.checked_mul(2 * cfg.n_kv_heads * cfg.head_dim))
+            .ok_or_else(|| crate::Error::invalid(format!("a KV cache of {slots} slots x {t_max} positions is too large")))?;
+        Ok(SlotCache { layers: (0..cfg.n_layers).map(|_| be.alloc(per)).collect::<Result<_>>()?, slots, t_max })
+    }
+}
+
 /// A per-layer key/value cache `[B, t_max, 2 NKV HD]` (keys then values of each position).
 pub struct KvCache<B: Backend> {
     pub layers: Vec<B::Buf>,
@@ -622,7 +722,27 @@ impl<B: Backend> KvCache<B> {
 
 enum AttnSource<'a, B: Backend> {
     Fused(Shape),
-    Cache { cache: &'a mut B::Buf, b: usize, t: usize, pos0: usize, t_max: usize },
+    /// training layout, and the keys/values of token i also written to cache row `rows[i]`
+    Prefill {
+        shape: Shape,
+        cache: &'a mut B::Buf,
+        rows: &'a B::Ids,
+        cache_rows: usize,
+    },
+    /// one token per row, its keys/values written to cache row `rows[i]`, attending to its slot
+    Decode {
+        cache: &'a mut B::Buf,
+        rows: &'a B::Ids,
+        slots: usize,
+        t_max: usize,
+    },
+    Cache {
+        cache: &'a mut B::Buf,
+        b: usize,
+        t: usize,
+        pos0: usize,
+        t_max: usize,
+    },
 }
 
 fn split_wb<T>(grads: &mut [T], w: usize, b: Option<usize>) -> (&mut T, Option<&mut T>) {

@@ -7,7 +7,7 @@ pub mod params;
 pub mod scoring;
 
 pub use config::{Family, ModelConfig};
-pub use decoder::{Activations, Decoder, GradScratch, KvCache, Shape};
+pub use decoder::{Activations, Decoder, GradScratch, KvCache, Shape, SlotCache};
 pub use params::ParamLayout;
 
 use crate::backend::Backend;

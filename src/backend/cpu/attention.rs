@@ -14,8 +14,8 @@
 //! (sequence, head, query block); backward tasks own one key/value head of one sequence, so every
 //! gradient element has one writer and a fixed summation order.
 
-use crate::backend::cpu::matmul::{gemm_view, View};
-use crate::backend::ops::{AttentionParams, KvCacheParams};
+use crate::backend::cpu::matmul::{gemm_view, View, MIN_SMALL_ROWS};
+use crate::backend::ops::{AttentionDecodeParams, AttentionParams, KvCacheParams, ScatterParams};
 use rayon::prelude::*;
 
 /// Queries per block.
@@ -62,8 +62,8 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: 
     let out_ptr = SharedMut(out.as_mut_ptr());
     let lse_ptr = SharedMut(lse.as_mut_ptr());
     (0..bsz * nh * n_blocks).into_par_iter().for_each_init(
-        || vec![0f32; QB * tk],
-        |scores, task| {
+        || Scratch::new(QB, tk, hd),
+        |scratch, task| {
             let blk = task % n_blocks;
             let h = (task / n_blocks) % nh;
             let b = task / (n_blocks * nh);
@@ -77,28 +77,208 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: 
             // SAFETY: views stay inside q, k, v (checked above); the output rows and lse entries of
             // (b, h, block) belong to this task alone.
             unsafe {
-                gemm_view(qb, n_keys, hd, scores.as_mut_ptr(), n_keys as isize, false, row_view(q_ptr, q_row), transposed_view(k_ptr, kv_row), p.scale);
-            }
-            for i in 0..qb {
-                let visible = (p.q_pos0 as usize + i0 + i + 1).min(tk);
-                let row = &mut scores[i * n_keys..(i + 1) * n_keys];
-                let max = row[..visible].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0f32;
-                for s in row[..visible].iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let inv = 1.0 / sum;
-                row[..visible].iter_mut().for_each(|s| *s *= inv);
-                row[visible..].fill(0.0);
-                unsafe { *lse_ptr.ptr().add((b * nh + h) * tq + i0 + i) = max + sum.ln() };
-            }
-            unsafe {
                 let dst = out_ptr.ptr().add((b * tq + i0) * out_row + h * hd);
-                gemm_view(qb, hd, n_keys, dst, out_row as isize, false, row_view(scores.as_ptr(), n_keys), row_view(v_ptr, kv_row), 1.0);
+                let lse_dst = lse_ptr.ptr().add((b * nh + h) * tq + i0);
+                attend_block(
+                    scratch,
+                    Block { qb, n_keys, visible0: p.q_pos0 as usize + i0 + 1, hd, scale: p.scale },
+                    q_ptr,
+                    q_row,
+                    k_ptr,
+                    v_ptr,
+                    kv_row,
+                    dst,
+                    out_row,
+                    lse_dst,
+                    1,
+                );
             }
         },
     );
+}
+
+/// Keys per value-sum chunk: the sum over keys runs chunk by chunk in this fixed order, so a row's
+/// result does not depend on how many keys its block holds (training) or only its own (decode).
+const KEY_CHUNK: usize = 256;
+
+/// Per-task scratch of the attention forward: the score tile and, for one-query blocks (which
+/// run as two identical rows so that `gemm` takes its general path), the padded operands.
+struct Scratch {
+    scores: Vec<f32>,
+    q8: Vec<f32>,
+    out2: Vec<f32>,
+    probs3: Vec<f32>,
+    v3: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(qb: usize, keys: usize, hd: usize) -> Self {
+        let m = qb.max(MIN_SMALL_ROWS);
+        Scratch { scores: vec![0f32; m * keys], q8: vec![0f32; m * hd], out2: vec![0f32; m * hd], probs3: vec![0f32; m * 3], v3: vec![0f32; 3 * hd] }
+    }
+}
+
+/// One block's shape: `qb` queries, the first seeing `visible0` keys and each next one more
+/// (capped at `n_keys`), head size `hd`.
+#[derive(Clone, Copy)]
+struct Block {
+    qb: usize,
+    n_keys: usize,
+    visible0: usize,
+    hd: usize,
+    scale: f32,
+}
+
+/// The attention of one block of queries of one head: scores `scale Q K^T` (one `gemm` tile),
+/// a max-shifted softmax per row summed in key order, and `P V` summed over keys in
+/// [`KEY_CHUNK`]s. Shared by `attention_fwd` and `attention_decode_fwd` so that a row computes
+/// the same bits in both. A block of fewer than `MIN_SMALL_ROWS` queries runs padded with copies of its last
+/// query (`gemm` takes other kernels, with other summation orders, for so few rows); chunks of fewer than three keys
+/// are zero-padded to three for the same reason.
+///
+/// # Safety
+/// `q` (qb rows, stride q_row), `k`, `v` (n_keys rows, stride kv_row), `dst` (qb rows, stride
+/// dst_rs) and `lse` (qb entries, stride lse_stride) must be valid; `dst` must not alias the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_block(
+    s: &mut Scratch,
+    blk: Block,
+    q: *const f32,
+    q_row: usize,
+    k: *const f32,
+    v: *const f32,
+    kv_row: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    lse: *mut f32,
+    lse_stride: usize,
+) {
+    let Block { qb, n_keys, visible0, hd, scale } = blk;
+    let m = qb.max(MIN_SMALL_ROWS);
+    if s.scores.len() < m * n_keys {
+        s.scores.resize(m * n_keys, 0.0);
+    }
+    if s.probs3.len() < m * 3 {
+        s.probs3.resize(m * 3, 0.0);
+    }
+    if s.out2.len() < m * hd {
+        s.out2.resize(m * hd, 0.0);
+        s.q8.resize(m * hd, 0.0);
+    }
+    if s.v3.len() < 3 * hd {
+        s.v3.resize(3 * hd, 0.0);
+    }
+    let small = qb < m;
+    let q_view = if small {
+        // the block's queries, the last one repeated up to m rows
+        for i in 0..m {
+            std::ptr::copy_nonoverlapping(q.add(i.min(qb - 1) * q_row), s.q8.as_mut_ptr().add(i * hd), hd);
+        }
+        row_view(s.q8.as_ptr(), hd)
+    } else {
+        row_view(q, q_row)
+    };
+    gemm_view(m, n_keys, hd, s.scores.as_mut_ptr(), n_keys as isize, false, q_view, transposed_view(k, kv_row), scale);
+    for i in 0..m {
+        let visible = (visible0 + i.min(qb - 1)).min(n_keys);
+        let row = &mut s.scores[i * n_keys..(i + 1) * n_keys];
+        let max = row[..visible].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let mut sum = 0f32;
+        for x in row[..visible].iter_mut() {
+            *x = (*x - max).exp();
+            sum += *x;
+        }
+        let inv = 1.0 / sum;
+        row[..visible].iter_mut().for_each(|x| *x *= inv);
+        row[visible..].fill(0.0);
+        if i < qb {
+            *lse.add(i * lse_stride) = max + sum.ln();
+        }
+    }
+    let (out, out_rs) = if small { (s.out2.as_mut_ptr(), hd) } else { (dst, dst_rs) };
+    for c0 in (0..n_keys).step_by(KEY_CHUNK) {
+        let kk = KEY_CHUNK.min(n_keys - c0);
+        let acc = c0 > 0;
+        if kk >= 3 {
+            gemm_view(m, hd, kk, out, out_rs as isize, acc, row_view(s.scores.as_ptr().add(c0), n_keys), row_view(v.add(c0 * kv_row), kv_row), 1.0);
+        } else {
+            s.probs3[..m * 3].fill(0.0);
+            s.v3[..3 * hd].fill(0.0);
+            for i in 0..m {
+                for j in 0..kk {
+                    s.probs3[i * 3 + j] = s.scores[i * n_keys + c0 + j];
+                }
+            }
+            for j in 0..kk {
+                std::ptr::copy_nonoverlapping(v.add((c0 + j) * kv_row), s.v3.as_mut_ptr().add(j * hd), hd);
+            }
+            gemm_view(m, hd, 3, out, out_rs as isize, acc, row_view(s.probs3.as_ptr(), 3), row_view(s.v3.as_ptr(), hd), 1.0);
+        }
+    }
+    if small {
+        for i in 0..qb {
+            std::ptr::copy_nonoverlapping(s.out2.as_ptr().add(i * hd), dst.add(i * dst_rs), hd);
+        }
+    }
+}
+
+/// See `AttentionDecodeParams`: one query per row against its own slot's keys `0 ..= pos`,
+/// through the same per-block arithmetic as `attention_fwd`.
+pub fn attention_decode_fwd(out: &mut [f32], lse: &mut [f32], q: &[f32], cache: &[f32], rows: &[i32], p: AttentionDecodeParams) {
+    let (n, t_max, nh, nkv, hd) = (p.n as usize, p.t_max as usize, p.nh as usize, p.nkv as usize, p.hd as usize);
+    let group = nh / nkv;
+    let out_row = nh * hd;
+    let kv_row = 2 * nkv * hd;
+    let q_row = p.q_row as usize;
+    if n == 0 {
+        return;
+    }
+    assert!(out.len() >= n * out_row && lse.len() >= n * nh, "attention_decode_fwd: output too small");
+    assert!(q.len() >= (n - 1) * q_row + p.q_off as usize + out_row, "attention_decode_fwd: q too small");
+    assert!(cache.len() >= p.slots as usize * t_max * kv_row, "attention_decode_fwd: cache too small");
+    assert!(rows[..n].iter().all(|&r| r >= 0 && (r as usize) < p.slots as usize * t_max), "attention_decode_fwd: cache row out of range");
+    let out_ptr = SharedMut(out.as_mut_ptr());
+    let lse_ptr = SharedMut(lse.as_mut_ptr());
+    (0..n * nh).into_par_iter().for_each_init(
+        || Scratch::new(1, 0, hd),
+        |scratch, task| {
+            let (i, h) = (task / nh, task % nh);
+            let r = rows[i] as usize;
+            let (slot, pos) = (r / t_max, r % t_max);
+            let kvh = h / group;
+            let base = slot * t_max * kv_row;
+            let q_ptr = q[i * q_row + p.q_off as usize + h * hd..].as_ptr();
+            let k_ptr = cache[base + kvh * hd..].as_ptr();
+            let v_ptr = cache[base + (nkv + kvh) * hd..].as_ptr();
+            // SAFETY: rows and sizes checked above; output row i, head h belongs to this task.
+            unsafe {
+                let dst = out_ptr.ptr().add(i * out_row + h * hd);
+                let lse_dst = lse_ptr.ptr().add(i * nh + h);
+                attend_block(
+                    scratch,
+                    Block { qb: 1, n_keys: pos + 1, visible0: pos + 1, hd, scale: p.scale },
+                    q_ptr,
+                    q_row,
+                    k_ptr,
+                    v_ptr,
+                    kv_row,
+                    dst,
+                    out_row,
+                    lse_dst,
+                    1,
+                );
+            }
+        },
+    );
+}
+
+/// See `ScatterParams`.
+pub fn scatter_rows(out: &mut [f32], inp: &[f32], rows: &[i32], p: ScatterParams) {
+    let (w, sr, so, dr) = (p.width as usize, p.src_row as usize, p.src_off as usize, p.dst_row as usize);
+    for (i, &r) in rows[..p.n as usize].iter().enumerate() {
+        let r = r as usize;
+        out[r * dr..r * dr + w].copy_from_slice(&inp[i * sr + so..i * sr + so + w]);
+    }
 }
 
 pub fn attention_bwd(dqkv: &mut [f32], dout: &[f32], out: &[f32], lse: &[f32], qkv: &[f32], p: AttentionParams) {

@@ -18,8 +18,42 @@ fn strides(transposed: bool, cols_of_op: usize, rows_of_op: usize) -> (isize, is
     }
 }
 
+/// The fewest rows a single (untransposed-`a`) product runs with: `gemm` takes a matrix-vector
+/// path for one row, other kernels for a few rows of a narrow product, and, when both `m` and `n` are at most 64, blocks `k` by 512 instead of by
+/// its cache-derived depth. Either would sum a row's dot products in another order than a large
+/// product does, so smaller products run zero-padded to this many rows: a row of the output is
+/// then the same bits whatever the other rows are (batch invariance, which makes rollout
+/// log-probs equal training log-probs).
+/// Rows below which `gemm` runs narrow (`n <= 64`) products with other kernels (measured: up to 4
+/// rows differ from larger products in the last bits).
+pub const MIN_SMALL_ROWS: usize = 8;
+
+fn min_rows(n: usize, k: usize) -> usize {
+    if n <= 64 && k > 512 {
+        65
+    } else if n <= 64 {
+        MIN_SMALL_ROWS
+    } else {
+        2
+    }
+}
+
 pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], p: MatmulParams) {
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let batch = p.batch.max(1) as usize;
+    let rows = min_rows(n, k);
+    if batch == 1 && p.trans_a == 0 && m > 0 && m < rows && k > 0 {
+        // zero-padded copy of a (and of out when accumulating), product, first m rows back
+        let mut a_pad = vec![0f32; rows * k];
+        a_pad[..m * k].copy_from_slice(&a[..m * k]);
+        let mut o_pad = vec![0f32; rows * n];
+        if p.accumulate != 0 {
+            o_pad[..m * n].copy_from_slice(&out[..m * n]);
+        }
+        matmul(&mut o_pad, &a_pad, b, MatmulParams { m: rows as u32, ..p });
+        out[..m * n].copy_from_slice(&o_pad[..m * n]);
+        return;
+    }
     let batch = p.batch.max(1) as usize;
     let (a_rs, a_cs) = strides(p.trans_a != 0, k, m);
     let (b_rs, b_cs) = strides(p.trans_b != 0, n, k);

@@ -278,6 +278,35 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn scatter_rows(&self, out: &mut Vec<f32>, inp: &Vec<f32>, rows: &Vec<i32>, p: ScatterParams) -> Result<()> {
+        let _t = profile::OpTimer::start("scatter_rows");
+        let (n, w) = (p.n as usize, p.width as usize);
+        check(rows.len() >= n, "scatter_rows", "fewer rows than n")?;
+        check(w <= p.dst_row as usize && out.len() >= p.dst_rows as usize * p.dst_row as usize, "scatter_rows", "out smaller than dst_rows x dst_row")?;
+        check(n == 0 || inp.len() >= (n - 1) * p.src_row as usize + p.src_off as usize + w, "scatter_rows", "input smaller than n rows")?;
+        let bad = rows[..n].iter().find(|&&r| r < 0 || r as u32 >= p.dst_rows);
+        check(bad.is_none(), "scatter_rows", &format!("row {bad:?} outside the {} rows of out", p.dst_rows))?;
+        attention::scatter_rows(out, inp, rows, p);
+        Ok(())
+    }
+    fn attention_decode_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        cache: &Vec<f32>,
+        rows: &Vec<i32>,
+        p: AttentionDecodeParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("attention_decode_fwd");
+        check(p.nkv > 0 && p.nh % p.nkv == 0, "attention_decode_fwd", "nh must be a multiple of nkv")?;
+        check(p.t_max > 0 && rows.len() >= p.n as usize, "attention_decode_fwd", "t_max must be positive and rows hold n entries")?;
+        let bad = rows[..p.n as usize].iter().find(|&&r| r < 0 || r as u64 >= p.slots as u64 * p.t_max as u64);
+        check(bad.is_none(), "attention_decode_fwd", &format!("cache row {bad:?} outside the {} x {} cache", p.slots, p.t_max))?;
+        attention::attention_decode_fwd(out, lse, q, cache, rows, p);
+        Ok(())
+    }
+
     fn cross_entropy_fwd(&self, losses: &mut Vec<f32>, lse: &mut Vec<f32>, logits: &Vec<f32>, targets: &Vec<i32>, p: CrossEntropyParams) -> Result<()> {
         let _t = profile::OpTimer::start("cross_entropy_fwd");
         let bad = targets[..p.n as usize].iter().find(|&&t| t >= p.v as i32);
