@@ -49,7 +49,7 @@ impl DemoConfig {
             ppo_steps: 60,
             rollout_batch: 16,
             eval_prompts: 64,
-            kl_coef: 0.2,
+            kl_coef: 0.5,
         }
     }
 

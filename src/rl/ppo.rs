@@ -9,7 +9,7 @@ use crate::backend::ops::{Backend, GaeParams, LogprobParams, MatmulParams, PpoPa
 use crate::data::rng::Rng;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
-use crate::generate::{generate, GenerateConfig};
+use crate::generate::{rollout, GenerateConfig, RolloutConfig};
 use crate::model::{Activations, Model, Shape};
 use crate::rl::kl_controller::KlController;
 use crate::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate};
@@ -228,18 +228,19 @@ pub fn run_ppo<B: Backend>(
             batch_prompts.push(&prompts[order[cursor]]);
             cursor += 1;
         }
-        let mut responses = Vec::with_capacity(b);
-        for (i, p) in batch_prompts.iter().enumerate() {
-            let gen = GenerateConfig {
-                max_new_tokens: cfg.max_new_tokens.min(max_len - p.len()),
-                temperature: cfg.temperature,
-                top_k: cfg.top_k,
-                top_p: cfg.top_p,
-                seed: cfg.seed ^ ((step as u64) << 20) ^ i as u64,
-                stop_ids: stop_ids.clone(),
-            };
-            responses.push(generate(be, policy, p, &gen)?);
-        }
+        // continuous batching over `rollout_batch` KV-cache slots
+        let longest = batch_prompts.iter().map(|p| p.len()).max().unwrap_or(0);
+        let gen = GenerateConfig {
+            max_new_tokens: cfg.max_new_tokens.min(max_len - longest),
+            temperature: cfg.temperature,
+            top_k: cfg.top_k,
+            top_p: cfg.top_p,
+            seed: cfg.seed ^ ((step as u64) << 20),
+            stop_ids: stop_ids.clone(),
+        };
+        let prompt_batch: Vec<Vec<u32>> = batch_prompts.iter().map(|p| p.to_vec()).collect();
+        let rolled = rollout(be, policy, &prompt_batch, &RolloutConfig { slots: b, gen })?;
+        let responses: Vec<Vec<u32>> = rolled.outputs.into_iter().map(|o| o.response).collect();
         let rollout_s = t0.elapsed().as_secs_f64();
         let rollout_tokens: usize = responses.iter().map(Vec::len).sum();
 
