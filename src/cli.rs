@@ -245,6 +245,18 @@ pub struct PpoArgs {
     /// Normalise reward-model scores with running moments
     #[arg(long)]
     pub reward_norm: bool,
+    /// Token budget of one micro-batch (0 = a whole minibatch at once)
+    #[arg(long, default_value_t = 0)]
+    pub micro_batch_tokens: usize,
+    /// PPO-ptx: pretraining/SFT data (JSONL, as `rlhf sft` reads it) mixed into the policy's loss
+    #[arg(long)]
+    pub ptx_data: Option<PathBuf>,
+    /// PPO-ptx: coefficient of the language-modelling loss
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    pub ptx_coef: f32,
+    /// PPO-ptx: sequences of pretraining data per optimiser step
+    #[arg(long, default_value_t = 4)]
+    pub ptx_batch_size: usize,
     #[arg(long, default_value_t = 1.0, allow_negative_numbers = true)]
     pub max_grad_norm: f32,
     #[arg(long, default_value_t = 1234)]
@@ -531,6 +543,9 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         ent_coef: a.ent_coef,
         whiten_advantages: !a.no_whiten,
         reward_norm: a.reward_norm,
+        micro_batch_tokens: a.micro_batch_tokens,
+        ptx_coef: a.ptx_coef,
+        ptx_batch_size: a.ptx_batch_size,
         seed: a.seed,
         log_every: a.log_every,
     };
@@ -561,6 +576,16 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
     let reward = Model::load_reward(be, &a.reward_model, a.seed)?;
     let mut value = Model::load_reward(be, a.value_model.as_ref().unwrap_or(&a.reward_model), a.seed)?;
     let prompts = rlhf::data::jsonl::load_prompts_jsonl(&a.prompts, &tok)?;
+    let ptx = match &a.ptx_data {
+        Some(path) => {
+            if !(a.ptx_coef > 0.0 && a.ptx_coef.is_finite()) {
+                bail!("--ptx-data needs a positive --ptx-coef");
+            }
+            Some(rlhf::data::jsonl::load_sft_jsonl(path, &tok)?)
+        }
+        None if a.ptx_coef != 0.0 => bail!("--ptx-coef needs --ptx-data"),
+        None => None,
+    };
     eprintln!(
         "ppo: {} prompts from {}, policy {} ({:.2}M parameters), backend {}",
         prompts.len(),
@@ -570,7 +595,7 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         be.name()
     );
     let models = rlhf::rl::ppo::PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: &mut value };
-    let reports = rlhf::rl::ppo::run_ppo(be, models, &tok, &prompts, &cfg, None)?;
+    let reports = rlhf::rl::ppo::run_ppo(be, models, &tok, &prompts, &cfg, ptx, None)?;
     let (first, last) = (reports.first(), reports.last());
     println!(
         "ppo done: reward-model score {:.3} -> {:.3}, KL to the reference {:.3} (last step); policy and metrics.jsonl in {}",

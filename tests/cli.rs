@@ -412,6 +412,17 @@ fn ppo_command_trains_and_rejects_mismatched_models() {
         assert!(rows[1][key].is_number(), "ppo metrics lack {key}: {}", rows[1]);
     }
     assert!(ppo_dir.join("model.safetensors").exists());
+    // PPO-ptx on SFT data, and micro-batches sized by a token budget
+    let ptx = dir.path().join("ptx.jsonl");
+    std::fs::write(&ptx, "{\"text\": \"the cat sat on the mat\"}\n{\"prompt\": \"a\", \"completion\": \" b\"}\n").unwrap();
+    let ptx_dir = dir.path().join("ppo_ptx");
+    let ptx_args = ["--out", s(&ptx_dir), "--steps", "1", "--rollout-batch", "2", "--mini-batch", "2", "--max-new-tokens", "4", "--micro-batch-tokens", "8"];
+    let out = rlhf(&[&args[..7], &ptx_args[..], &["--ptx-data", s(&ptx), "--ptx-coef", "0.5"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let row: Value = serde_json::from_str(std::fs::read_to_string(ptx_dir.join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    assert!(row["ptx_loss"].as_f64().unwrap() > 0.0, "{row}");
+    let out = rlhf(&[&args[..7], &ptx_args[..], &["--ptx-coef", "0.5"]].concat());
+    assert_fails_with(&out, &["--ptx-data"]);
     // a causal LM is not a reward model
     let out = rlhf(&[&args[..3], &["--reward-model", s(&gpt2), "--prompts", s(&prompts), "--out", s(&ppo_dir)]].concat());
     assert_fails_with(&out, &["reward model"]);

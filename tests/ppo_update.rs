@@ -135,3 +135,76 @@ fn updates_follow_the_advantages() {
     // later epochs on the same rollouts move away from the sampling policy: the clip engages
     assert!(stats[2].approx_kl > stats[0].approx_kl);
 }
+
+fn policy_grads(upd: &PpoUpdate<CpuBackend>, be: &CpuBackend) -> Vec<Vec<f32>> {
+    upd.grads().0.iter().map(|g| be.download(g).unwrap()).collect()
+}
+
+fn split(b: &PpoBatch, rows: std::ops::Range<usize>) -> PpoBatch {
+    let t = b.t;
+    let f = |v: &Vec<f32>| v[rows.start * t..rows.end * t].to_vec();
+    let i = |v: &Vec<i32>| v[rows.start * t..rows.end * t].to_vec();
+    PpoBatch {
+        b: rows.len(),
+        t,
+        inputs: i(&b.inputs),
+        targets: i(&b.targets),
+        old_logp: f(&b.old_logp),
+        advantages: f(&b.advantages),
+        returns: f(&b.returns),
+        old_values: f(&b.old_values),
+        ref_logp: b.ref_logp.as_ref().map(f),
+    }
+}
+
+#[test]
+fn micro_batches_with_a_shared_denominator_add_up_to_the_minibatch() {
+    let be = CpuBackend::new();
+    let policy = model(&be, "qwen2-tiny", false, 8);
+    let value = model(&be, "qwen2-tiny", true, 9);
+    let whole = batch(&policy, &be, &[0.8, -0.4], 10);
+    let mut upd = PpoUpdate::new(&be, &policy, Some(&value), 2, 8, AdamWConfig::default()).unwrap();
+    upd.zero_grad(&be).unwrap();
+    upd.accumulate(&be, &policy, Some(&value), &whole, params()).unwrap();
+    let (g_whole, s_whole) = (policy_grads(&upd, &be), upd.stats(&be).unwrap());
+    let response_tokens = whole.targets.iter().filter(|&&t| t >= 0).count();
+    let p = PpoParams { denom: response_tokens as f32, ..params() };
+    upd.zero_grad(&be).unwrap();
+    upd.accumulate(&be, &policy, Some(&value), &split(&whole, 0..1), p).unwrap();
+    upd.accumulate(&be, &policy, Some(&value), &split(&whole, 1..2), p).unwrap();
+    let (g_micro, s_micro) = (policy_grads(&upd, &be), upd.stats(&be).unwrap());
+    assert!((s_whole.total_loss - s_micro.total_loss).abs() < 1e-5, "{} vs {}", s_whole.total_loss, s_micro.total_loss);
+    for (a, b) in g_whole.iter().zip(&g_micro) {
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-6 + 1e-4 * x.abs(), "{x} vs {y}");
+        }
+    }
+}
+
+#[test]
+fn ptx_adds_the_language_modelling_gradient() {
+    use rlhf::data::batch::Batch;
+    use rlhf::data::jsonl::Example;
+    use rlhf::train::lm::LmTrainer;
+    let be = CpuBackend::new();
+    let policy = model(&be, "gpt2-tiny", false, 11);
+    let b = batch(&policy, &be, &[0.5, 0.5], 12);
+    let ptx = Batch::from_examples(&[Example::all_supervised(vec![3, 9, 27, 81, 50, 7]), Example::all_supervised(vec![1, 2, 3, 4])], 16, 0);
+    let coef = 0.3;
+    let mut upd = PpoUpdate::new(&be, &policy, None, 2, 8, AdamWConfig::default()).unwrap();
+    upd.zero_grad(&be).unwrap();
+    upd.accumulate(&be, &policy, None, &b, params()).unwrap();
+    let g_ppo = policy_grads(&upd, &be);
+    upd.accumulate_ptx(&be, &policy, &ptx, coef).unwrap();
+    let g_both = policy_grads(&upd, &be);
+    let mut lm = LmTrainer::new(&be, &policy, 2, 16, AdamWConfig::default()).unwrap();
+    lm.zero_grad(&be).unwrap();
+    lm.accumulate(&be, &policy, &ptx, 1.0 / ptx.n_supervised as f32).unwrap();
+    let lm_loss = lm.peek(&be).unwrap().loss;
+    assert!((upd.ptx_loss(&be).unwrap() - lm_loss).abs() < 1e-5, "ptx loss is the LM loss");
+    for ((both, ppo), lm) in g_both.iter().zip(&g_ppo).zip(&lm.grads) {
+        for ((x, y), z) in both.iter().zip(ppo).zip(lm) {
+            assert!((x - (y + coef * z)).abs() < 1e-6 + 1e-4 * x.abs(), "{x} vs {y} + {coef} * {z}");
+        }
+    }
+}

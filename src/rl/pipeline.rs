@@ -241,6 +241,9 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
         ent_coef: 0.0,
         whiten_advantages: true,
         reward_norm: false,
+        micro_batch_tokens: 0,
+        ptx_coef: 0.0,
+        ptx_batch_size: 0,
         seed: cfg.seed,
         log_every: 10,
     };
@@ -252,6 +255,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
         &tok,
         &train_prompts,
         &ppo_cfg,
+        None,
         Some(&oracle),
     )?;
     let ppo_s = t.elapsed().as_secs_f64();

@@ -6,6 +6,8 @@
 //! controller's update. Metrics go to `<out>/metrics.jsonl` with the time each phase took.
 
 use crate::backend::ops::{Backend, GaeParams, LogprobParams, MatmulParams, PpoParams, WhitenParams};
+use crate::data::batch::Batcher;
+use crate::data::jsonl::Example;
 use crate::data::rng::Rng;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
@@ -51,6 +53,13 @@ pub struct PpoConfig {
     pub whiten_advantages: bool,
     /// normalise reward-model scores with running moments
     pub reward_norm: bool,
+    /// token budget of one micro-batch (padded tokens); a minibatch is split into micro-batches
+    /// that fit it and their gradients add up to the minibatch's (0: the whole minibatch at once)
+    pub micro_batch_tokens: usize,
+    /// PPO-ptx: coefficient of the language-modelling loss on the pretraining/SFT data
+    pub ptx_coef: f32,
+    /// PPO-ptx: sequences of pretraining data per optimiser step
+    pub ptx_batch_size: usize,
     pub seed: u64,
     pub log_every: usize,
 }
@@ -171,9 +180,17 @@ pub fn run_ppo<B: Backend>(
     tokenizer: &Tokenizer,
     prompts: &[Vec<u32>],
     cfg: &PpoConfig,
+    ptx: Option<Vec<Example>>,
     oracle: Option<&dyn Fn(&[u32], &[u32]) -> f32>,
 ) -> Result<Vec<PpoStepReport>> {
     cfg.validate()?;
+    if ptx.is_some() && !(cfg.ptx_coef > 0.0 && cfg.ptx_batch_size > 0) {
+        return Err(Error::invalid("pretraining data for PPO-ptx needs --ptx-coef > 0 and --ptx-batch-size >= 1"));
+    }
+    let mut ptx_batcher = match ptx {
+        Some(examples) => Some(Batcher::new(examples, cfg.seed ^ 0x97, tokenizer.pad_or_default())?),
+        None => None,
+    };
     if prompts.is_empty() {
         return Err(Error::invalid("no prompts"));
     }
@@ -198,7 +215,8 @@ pub fn run_ppo<B: Backend>(
     let pad = tokenizer.pad_or_default();
     let mut scorer = Scorer::new(be, policy, b, max_len)?;
     let mut rm_scorer = RewardTrainer::new(be, reward, b, max_len, AdamWConfig::default())?;
-    let mut update = PpoUpdate::new(be, policy, Some(value), cfg.mini_batch.min(b), max_len, cfg.optim)?;
+    let mb_seqs = cfg.mini_batch.min(b).max(cfg.ptx_batch_size * usize::from(ptx_batcher.is_some()));
+    let mut update = PpoUpdate::new(be, policy, Some(value), mb_seqs, max_len, cfg.optim)?;
     update.temperature = cfg.temperature.max(1e-6);
     let mut kl_ctl = match cfg.kl_target {
         Some((target, horizon)) => KlController::adaptive(cfg.kl_coef as f64, target as f64, horizon as f64)?,
@@ -338,21 +356,32 @@ pub fn run_ppo<B: Backend>(
         for _ in 0..cfg.ppo_epochs {
             rng.shuffle(&mut seq_order);
             for mb in seq_order.chunks(cfg.mini_batch) {
-                let gather = |src: &[f32]| mb.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<f32>>();
-                let gather_i = |src: &[i32]| mb.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<i32>>();
-                let batch = PpoBatch {
-                    b: mb.len(),
-                    t,
-                    inputs: gather_i(&inputs),
-                    targets: gather_i(&targets),
-                    old_logp: gather(&old_logp),
-                    advantages: gather(&advantages),
-                    returns: gather(&returns),
-                    old_values: gather(&values),
-                    ref_logp: cfg.kl_in_loss.map(|_| gather(&ref_logp)),
-                };
+                // the minibatch's response tokens: the token mean's denominator shared by its micro-batches
+                let tokens_in_mb: usize = mb.iter().map(|&s| mask[s * t..(s + 1) * t].iter().filter(|&&m| m > 0.0).count()).sum();
+                let mut pm = p;
+                pm.denom = tokens_in_mb.max(1) as f32;
+                let per_micro = if cfg.micro_batch_tokens == 0 { mb.len() } else { (cfg.micro_batch_tokens / t).clamp(1, mb.len()) };
                 update.zero_grad(be)?;
-                update.accumulate(be, policy, Some(value), &batch, p)?;
+                for micro in mb.chunks(per_micro) {
+                    let gather = |src: &[f32]| micro.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<f32>>();
+                    let gather_i = |src: &[i32]| micro.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<i32>>();
+                    let batch = PpoBatch {
+                        b: micro.len(),
+                        t,
+                        inputs: gather_i(&inputs),
+                        targets: gather_i(&targets),
+                        old_logp: gather(&old_logp),
+                        advantages: gather(&advantages),
+                        returns: gather(&returns),
+                        old_values: gather(&values),
+                        ref_logp: cfg.kl_in_loss.map(|_| gather(&ref_logp)),
+                    };
+                    update.accumulate(be, policy, Some(value), &batch, pm)?;
+                }
+                if let Some(batcher) = ptx_batcher.as_mut() {
+                    let ptx_batch = batcher.next_batch(cfg.ptx_batch_size, max_len);
+                    update.accumulate_ptx(be, policy, &ptx_batch, cfg.ptx_coef)?;
+                }
                 epoch_stats.push(update.step(be, policy, Some(value), cfg.lr, cfg.value_lr)?);
             }
         }
@@ -370,6 +399,7 @@ pub fn run_ppo<B: Backend>(
             value_clipfrac: avg(&|s| s.value_clipfrac),
             policy_grad_norm: avg(&|s| s.policy_grad_norm),
             value_grad_norm: avg(&|s| s.value_grad_norm),
+            ptx_loss: avg(&|s| s.ptx_loss),
         };
         let (kl1, _) = mean_std(&kl1_seq);
         let (kl3, _) = mean_std(&kl3_seq);
@@ -398,7 +428,7 @@ pub fn run_ppo<B: Backend>(
             "kl_k1": kl1, "kl_k3": kl3, "beta": beta,
             "policy_loss": stats.policy_loss, "value_loss": stats.value_loss, "clipfrac": stats.clipfrac,
             "approx_kl": stats.approx_kl, "entropy": stats.entropy, "explained_variance": explained_variance,
-            "response_len": response_len, "policy_grad_norm": stats.policy_grad_norm, "value_grad_norm": stats.value_grad_norm,
+            "response_len": response_len, "policy_grad_norm": stats.policy_grad_norm, "ptx_loss": stats.ptx_loss, "value_grad_norm": stats.value_grad_norm,
             "lr": cfg.lr,
             "rollout_s": rollout_s, "scoring_s": scoring_s, "training_s": training_s,
             "rollout_tokens_per_sec": rollout_tokens as f64 / rollout_s.max(1e-9),

@@ -11,6 +11,7 @@
 //! loss op's statistics are read back once per optimiser step.
 
 use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, LogprobParams, MatmulParams, PpoParams};
+use crate::data::batch::Batch;
 use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
 use crate::train::optimizer::{AdamW, AdamWConfig};
@@ -62,6 +63,8 @@ pub struct PpoStats {
     pub value_clipfrac: f32,
     pub policy_grad_norm: f32,
     pub value_grad_norm: f32,
+    /// PPO-ptx: the language-modelling loss of the pretraining batches (0 without ptx)
+    pub ptx_loss: f32,
 }
 
 /// Buffers of one model being trained (activations, gradients, optimiser).
@@ -112,6 +115,8 @@ pub struct PpoUpdate<B: Backend> {
     returns: B::Buf,
     dvalues: B::Buf,
     stats: B::Buf,
+    ptx_loss: B::Buf,
+    ptx_coef: f32,
     /// temperature the rollouts were sampled at (the log-probs are those of that distribution)
     pub temperature: f32,
 }
@@ -142,6 +147,8 @@ impl<B: Backend> PpoUpdate<B> {
             returns: be.alloc(n)?,
             dvalues: be.alloc(n)?,
             stats: be.alloc(ppo_stat::COUNT)?,
+            ptx_loss: be.alloc(1)?,
+            ptx_coef: 0.0,
             temperature: 1.0,
         })
     }
@@ -152,6 +159,7 @@ impl<B: Backend> PpoUpdate<B> {
         if let Some(v) = self.value.as_mut() {
             v.zero_grad(be)?;
         }
+        be.fill(&mut self.ptx_loss, 0.0, ElementwiseParams::new(1))?;
         be.fill(&mut self.stats, 0.0, ElementwiseParams::new(ppo_stat::COUNT))
     }
 
@@ -244,6 +252,36 @@ impl<B: Backend> PpoUpdate<B> {
         Ok(())
     }
 
+    /// PPO-ptx (InstructGPT): adds `coef` times the mean language-modelling loss of a
+    /// pretraining/SFT batch to the policy's gradient (`loss = ppo + coef * lm`). The loss is
+    /// accumulated on the device and read by [`Self::ptx_loss`].
+    pub fn accumulate_ptx(&mut self, be: &B, policy: &Model<B>, batch: &Batch, coef: f32) -> Result<()> {
+        let shape = Shape { b: batch.b, t: batch.t };
+        let n = shape.n();
+        if n > self.max_tokens {
+            return Err(Error::invalid(format!("a ptx batch of {n} tokens exceeds the {} allocated", self.max_tokens)));
+        }
+        if batch.n_supervised == 0 {
+            return Ok(());
+        }
+        let w = coef / batch.n_supervised as f32;
+        let pt = &mut self.policy;
+        policy.decoder.set_inputs(be, &mut pt.acts, shape, &batch.inputs, Some(&batch.targets))?;
+        let weights: Vec<f32> = batch.targets.iter().map(|&t| if t >= 0 { w } else { 0.0 }).collect();
+        be.write(&mut pt.acts.loss_weights, &weights)?;
+        policy.decoder.forward(be, &policy.weights, &mut pt.acts, shape)?;
+        // ptx_loss += losses . weights / coef (the plain LM loss, for logging)
+        be.matmul(&mut self.ptx_loss, &pt.acts.losses, &pt.acts.loss_weights, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
+        self.ptx_coef = coef;
+        policy.decoder.backward(be, &policy.weights, &mut pt.grads, &pt.acts, &mut pt.scratch, shape)
+    }
+
+    /// The language-modelling loss accumulated by [`Self::accumulate_ptx`] since `zero_grad`.
+    pub fn ptx_loss(&self, be: &B) -> Result<f32> {
+        let v = be.download(&self.ptx_loss)?[0];
+        Ok(if self.ptx_coef > 0.0 { v / self.ptx_coef } else { 0.0 })
+    }
+
     /// Reads the accumulated statistics without stepping (one read-back).
     pub fn stats(&self, be: &B) -> Result<PpoStats> {
         let s = be.download(&self.stats)?;
@@ -259,6 +297,7 @@ impl<B: Backend> PpoUpdate<B> {
             value_clipfrac: s[ppo_stat::VALUE_CLIPFRAC] / w,
             policy_grad_norm: 0.0,
             value_grad_norm: 0.0,
+            ptx_loss: self.ptx_loss(be)?,
         })
     }
 
