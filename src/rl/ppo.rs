@@ -106,7 +106,7 @@ impl PpoConfig {
 }
 
 /// A known true score of (prompt, response), for reporting only (the demo task's oracle).
-pub type OracleFn = dyn Fn(&[u32], &[u32]) -> f32;
+pub type OracleFn<'a> = dyn Fn(&[u32], &[u32]) -> f32 + 'a;
 
 /// One step's record (also written to metrics.jsonl).
 #[derive(Clone, Debug, Default)]
@@ -184,7 +184,7 @@ pub fn run_ppo<B: Backend>(
     prompts: &[Vec<u32>],
     cfg: &PpoConfig,
     ptx: Option<Vec<Example>>,
-    oracle: Option<&OracleFn>,
+    oracle: Option<&OracleFn<'_>>,
 ) -> Result<Vec<PpoStepReport>> {
     cfg.validate()?;
     if ptx.is_some() && !(cfg.ptx_coef > 0.0 && cfg.ptx_batch_size > 0) {
