@@ -186,8 +186,11 @@ pub struct PpoArgs {
     #[arg(long)]
     pub reward_model: PathBuf,
     /// The value model's starting point (default: the reward model, as in InstructGPT)
-    #[arg(long)]
+    #[arg(long, conflicts_with = "value_head")]
     pub value_model: Option<PathBuf>,
+    /// Use a value head on the policy's own trunk instead of a separate value model
+    #[arg(long)]
+    pub value_head: bool,
     /// JSONL with {"prompt": "..."} or {"messages": [...]} lines
     #[arg(long)]
     pub prompts: PathBuf,
@@ -574,7 +577,7 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         );
     }
     let reward = Model::load_reward(be, &a.reward_model, a.seed)?;
-    let mut value = Model::load_reward(be, a.value_model.as_ref().unwrap_or(&a.reward_model), a.seed)?;
+    let mut value = if a.value_head { None } else { Some(Model::load_reward(be, a.value_model.as_ref().unwrap_or(&a.reward_model), a.seed)?) };
     let prompts = rlhf::data::jsonl::load_prompts_jsonl(&a.prompts, &tok)?;
     let ptx = match &a.ptx_data {
         Some(path) => {
@@ -594,7 +597,7 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         policy.cfg().num_params() as f64 / 1e6,
         be.name()
     );
-    let models = rlhf::rl::ppo::PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: &mut value };
+    let models = rlhf::rl::ppo::PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: value.as_mut() };
     let reports = rlhf::rl::ppo::run_ppo(be, models, &tok, &prompts, &cfg, ptx, None)?;
     let (first, last) = (reports.first(), reports.last());
     println!(

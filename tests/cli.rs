@@ -417,7 +417,7 @@ fn ppo_command_trains_and_rejects_mismatched_models() {
     std::fs::write(&ptx, "{\"text\": \"the cat sat on the mat\"}\n{\"prompt\": \"a\", \"completion\": \" b\"}\n").unwrap();
     let ptx_dir = dir.path().join("ppo_ptx");
     let ptx_args = ["--out", s(&ptx_dir), "--steps", "1", "--rollout-batch", "2", "--mini-batch", "2", "--max-new-tokens", "4", "--micro-batch-tokens", "8"];
-    let out = rlhf(&[&args[..7], &ptx_args[..], &["--ptx-data", s(&ptx), "--ptx-coef", "0.5"]].concat());
+    let out = rlhf(&[&args[..7], &ptx_args[..], &["--ptx-data", s(&ptx), "--ptx-coef", "0.5", "--value-head"]].concat());
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let row: Value = serde_json::from_str(std::fs::read_to_string(ptx_dir.join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
     assert!(row["ptx_loss"].as_f64().unwrap() > 0.0, "{row}");

@@ -208,3 +208,54 @@ fn ptx_adds_the_language_modelling_gradient() {
         }
     }
 }
+
+#[test]
+fn value_head_on_the_policy_trunk_matches_finite_differences() {
+    use rlhf::rl::ppo_update::ValueHead;
+    let be = CpuBackend::new();
+    let mut policy = model(&be, "llama-tiny", false, 13);
+    let b = batch(&policy, &be, &[0.9, -1.1], 14);
+    let mut upd = PpoUpdate::new(&be, &policy, None, 2, 8, AdamWConfig::default()).unwrap();
+    let mut head = ValueHead::new(&be, policy.cfg().hidden_size, 15).unwrap();
+    for w in head.weight.iter_mut() {
+        *w *= 20.0; // values of order one, so the value loss matters
+    }
+    upd.value_head = Some(head);
+    let p = PpoParams { vf_coef: 1.0, ..params() };
+    upd.zero_grad(&be).unwrap();
+    upd.accumulate(&be, &policy, None, &b, p).unwrap();
+    let pg = policy_grads(&upd, &be);
+    let hg = be.download(upd.value_head.as_ref().unwrap().grad()).unwrap();
+    assert!(upd.stats(&be).unwrap().value_loss > 0.0);
+    let eps = 1e-2f32;
+    let loss = |upd: &mut PpoUpdate<CpuBackend>, pol: &Model<CpuBackend>| {
+        upd.zero_grad(&be).unwrap();
+        upd.accumulate(&be, pol, None, &b, p).unwrap();
+        upd.stats(&be).unwrap().total_loss as f64
+    };
+    let check = |name: &str, num: f64, ana: f64| {
+        let err = (num - ana).abs() / (1e-3 + num.abs().max(ana.abs()));
+        assert!(err < 5e-2, "{name}: finite difference {num:.6} vs analytic {ana:.6}");
+    };
+    for j in [0, 7, 20, 41] {
+        let orig = upd.value_head.as_ref().unwrap().weight[j];
+        upd.value_head.as_mut().unwrap().weight[j] = orig + eps;
+        let lp = loss(&mut upd, &policy);
+        upd.value_head.as_mut().unwrap().weight[j] = orig - eps;
+        let lm = loss(&mut upd, &policy);
+        upd.value_head.as_mut().unwrap().weight[j] = orig;
+        check(&format!("head[{j}]"), (lp - lm) / (2.0 * eps as f64), hg[j] as f64);
+    }
+    let idx = policy.layout().layers[1].proj_w;
+    let cands: Vec<usize> = (0..policy.weights[idx].len()).filter(|&j| pg[idx][j].abs() > 1e-5).collect();
+    assert!(!cands.is_empty());
+    for &j in cands.iter().step_by((cands.len() / 4).max(1)).take(4) {
+        let orig = policy.weights[idx][j];
+        policy.weights[idx][j] = orig + eps;
+        let lp = loss(&mut upd, &policy);
+        policy.weights[idx][j] = orig - eps;
+        let lm = loss(&mut upd, &policy);
+        policy.weights[idx][j] = orig;
+        check(&format!("trunk proj[{j}]"), (lp - lm) / (2.0 * eps as f64), pg[idx][j] as f64);
+    }
+}

@@ -251,7 +251,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
     let t = Instant::now();
     let reports = run_ppo(
         be,
-        PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: &mut value },
+        PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: Some(&mut value) },
         &tok,
         &train_prompts,
         &ppo_cfg,

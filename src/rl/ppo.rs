@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::generate::{rollout, GenerateConfig, RolloutConfig};
 use crate::model::{Activations, Model, Shape};
 use crate::rl::kl_controller::KlController;
-use crate::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate};
+use crate::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate, ValueHead};
 use crate::rl::reward::RewardTrainer;
 use crate::rl::running_stats::RunningMoments;
 use crate::train::{AdamWConfig, MetricsWriter, Progress};
@@ -150,6 +150,14 @@ impl<B: Backend> Scorer<B> {
         Ok(be.download(&self.logp)?[..shape.n()].to_vec())
     }
 
+    /// Values from a head on `model`'s own trunk.
+    fn values_with_head(&mut self, be: &B, model: &Model<B>, head: &B::Buf, shape: Shape, inputs: &[i32]) -> Result<Vec<f32>> {
+        model.decoder.set_inputs(be, &mut self.acts, shape, inputs, None)?;
+        model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
+        be.matmul(&mut self.values, &self.acts.lnf, head, MatmulParams::new(shape.n(), 1, model.cfg().hidden_size, false, true))?;
+        Ok(be.download(&self.values)?[..shape.n()].to_vec())
+    }
+
     fn values(&mut self, be: &B, model: &Model<B>, shape: Shape, inputs: &[i32]) -> Result<Vec<f32>> {
         model.decoder.set_inputs(be, &mut self.acts, shape, inputs, None)?;
         model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
@@ -160,12 +168,13 @@ impl<B: Backend> Scorer<B> {
 }
 
 /// The models PPO works with. The reference is the frozen SFT model; the value model is
-/// initialised from the reward model (InstructGPT).
+/// initialised from the reward model (InstructGPT), or replaced by a value head on the policy.
 pub struct PpoModels<'a, B: Backend> {
     pub policy: &'a mut Model<B>,
     pub reference: &'a Model<B>,
     pub reward: &'a Model<B>,
-    pub value: &'a mut Model<B>,
+    /// a separate value model, or `None` for a value head on the policy's trunk
+    pub value: Option<&'a mut Model<B>>,
 }
 
 fn mean_std(xs: &[f32]) -> (f32, f32) {
@@ -197,18 +206,19 @@ pub fn run_ppo<B: Backend>(
     if prompts.is_empty() {
         return Err(Error::invalid("no prompts"));
     }
-    let PpoModels { policy, reference, reward, value } = models;
+    let PpoModels { policy, reference, reward, mut value } = models;
     let vocab = policy.cfg().vocab_size;
-    if reference.cfg().vocab_size != vocab || reward.cfg().vocab_size != vocab || value.cfg().vocab_size != vocab {
+    let value_vocab = value.as_ref().map_or(vocab, |v| v.cfg().vocab_size);
+    if reference.cfg().vocab_size != vocab || reward.cfg().vocab_size != vocab || value_vocab != vocab {
         return Err(Error::invalid(format!(
             "the policy, reference, reward and value models must share a vocabulary (sizes {}, {}, {}, {})",
             vocab,
             reference.cfg().vocab_size,
             reward.cfg().vocab_size,
-            value.cfg().vocab_size
+            value_vocab
         )));
     }
-    let context = policy.cfg().max_positions.min(reward.cfg().max_positions).min(value.cfg().max_positions);
+    let context = policy.cfg().max_positions.min(reward.cfg().max_positions).min(value.as_ref().map_or(usize::MAX, |v| v.cfg().max_positions));
     let longest_prompt = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if longest_prompt + 1 >= context {
         return Err(Error::invalid(format!("a prompt of {longest_prompt} tokens leaves no room for a response in the context of {context}")));
@@ -219,7 +229,10 @@ pub fn run_ppo<B: Backend>(
     let mut scorer = Scorer::new(be, policy, b, max_len)?;
     let mut rm_scorer = RewardTrainer::new(be, reward, b, max_len, AdamWConfig::default())?;
     let mb_seqs = cfg.mini_batch.min(b).max(cfg.ptx_batch_size * usize::from(ptx_batcher.is_some()));
-    let mut update = PpoUpdate::new(be, policy, Some(value), mb_seqs, max_len, cfg.optim)?;
+    let mut update = PpoUpdate::new(be, policy, value.as_deref(), mb_seqs, max_len, cfg.optim)?;
+    if value.is_none() {
+        update.value_head = Some(ValueHead::new(be, policy.cfg().hidden_size, cfg.seed ^ 0x7A1)?);
+    }
     update.temperature = cfg.temperature.max(1e-6);
     let mut kl_ctl = match cfg.kl_target {
         Some((target, horizon)) => KlController::adaptive(cfg.kl_coef as f64, target as f64, horizon as f64)?,
@@ -283,7 +296,11 @@ pub fn run_ppo<B: Backend>(
         }
         let old_logp = scorer.logprobs(be, policy, shape, &inputs, &targets, update.temperature)?;
         let ref_logp = scorer.logprobs(be, reference, shape, &inputs, &targets, update.temperature)?;
-        let values = scorer.values(be, value, shape, &inputs)?;
+        let values = match (value.as_deref(), update.value_head.as_ref()) {
+            (Some(v), _) => scorer.values(be, v, shape, &inputs)?,
+            (None, Some(head)) => scorer.values_with_head(be, policy, &head.weight, shape, &inputs)?,
+            (None, None) => return Err(Error::invalid("PPO needs a value model or a value head")),
+        };
         let raw_scores = rm_scorer.score(be, reward, &seqs, pad)?;
         let scores: Vec<f32> = if cfg.reward_norm {
             reward_moments.update(&raw_scores);
@@ -379,13 +396,13 @@ pub fn run_ppo<B: Backend>(
                         old_values: gather(&values),
                         ref_logp: cfg.kl_in_loss.map(|_| gather(&ref_logp)),
                     };
-                    update.accumulate(be, policy, Some(value), &batch, pm)?;
+                    update.accumulate(be, policy, value.as_deref(), &batch, pm)?;
                 }
                 if let Some(batcher) = ptx_batcher.as_mut() {
                     let ptx_batch = batcher.next_batch(cfg.ptx_batch_size, max_len);
                     update.accumulate_ptx(be, policy, &ptx_batch, cfg.ptx_coef)?;
                 }
-                epoch_stats.push(update.step(be, policy, Some(value), cfg.lr, cfg.value_lr)?);
+                epoch_stats.push(update.step(be, policy, value.as_deref_mut(), cfg.lr, cfg.value_lr)?);
             }
         }
         let training_s = t2.elapsed().as_secs_f64();

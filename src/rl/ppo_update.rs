@@ -94,11 +94,64 @@ impl<B: Backend> Trainee<B> {
     }
 }
 
+/// A value head on the policy's own trunk (`values = h_policy @ w^T`, `w [1, C]`), the option
+/// to a separate value model: the value loss's gradient flows into the policy's trunk as well.
+/// It has its own AdamW moments; it is training state only (not part of the saved policy).
+pub struct ValueHead<B: Backend> {
+    pub weight: B::Buf,
+    grad: B::Buf,
+    m: B::Buf,
+    v: B::Buf,
+    norm_sq: B::Buf,
+    step: usize,
+}
+
+impl<B: Backend> ValueHead<B> {
+    /// A head of `c` weights drawn from normal(0, 0.02).
+    pub fn new(be: &B, c: usize, seed: u64) -> Result<Self> {
+        let mut rng = crate::data::rng::Rng::new(seed);
+        let w: Vec<f32> = (0..c).map(|_| rng.normal() * 0.02).collect();
+        Ok(ValueHead { weight: be.upload(&w)?, grad: be.alloc(c)?, m: be.alloc(c)?, v: be.alloc(c)?, norm_sq: be.alloc(1)?, step: 0 })
+    }
+
+    /// The gradient accumulated since the last `zero_grad`.
+    pub fn grad(&self) -> &B::Buf {
+        &self.grad
+    }
+
+    /// Clipped AdamW step (no weight decay); returns the head's gradient norm.
+    fn step(&mut self, be: &B, lr: f32, optim: &AdamWConfig) -> Result<f32> {
+        let n = be.len(&self.weight);
+        be.fill(&mut self.norm_sq, 0.0, ElementwiseParams::new(1))?;
+        be.sum_squares(&mut self.norm_sq, &self.grad, ElementwiseParams::new(n))?;
+        if optim.max_grad_norm > 0.0 {
+            be.clip_grad(&mut self.grad, &self.norm_sq, crate::backend::ops::ClipParams { n: n as u32, max_norm: optim.max_grad_norm })?;
+        }
+        self.step += 1;
+        let t = self.step as i32;
+        let p = crate::backend::ops::AdamWParams {
+            n: n as u32,
+            lr,
+            beta1: optim.beta1,
+            beta2: optim.beta2,
+            eps: optim.eps,
+            weight_decay: 0.0,
+            bias_correction1: 1.0 - optim.beta1.powi(t),
+            bias_correction2: 1.0 - optim.beta2.powi(t),
+        };
+        be.adamw(&mut self.weight, &mut self.m, &mut self.v, &self.grad, p)?;
+        Ok(be.download(&self.norm_sq)?[0].sqrt())
+    }
+}
+
 /// PPO's update of a policy (and optionally a value model) on micro-batches of up to
 /// `max_seqs` x `max_len` tokens.
 pub struct PpoUpdate<B: Backend> {
     policy: Trainee<B>,
     value: Option<Trainee<B>>,
+    /// the value head on the policy's trunk, when there is no separate value model
+    pub value_head: Option<ValueHead<B>>,
+    optim: AdamWConfig,
     max_tokens: usize,
     // per-token device buffers
     logp: B::Buf,
@@ -132,6 +185,8 @@ impl<B: Backend> PpoUpdate<B> {
         Ok(PpoUpdate {
             policy: Trainee::new(be, policy, max_seqs, n, optim)?,
             value: value.map(|v| Trainee::new(be, v, max_seqs, n, optim)).transpose()?,
+            value_head: None,
+            optim,
             max_tokens: n,
             logp: be.alloc(n)?,
             entropy: be.alloc(n)?,
@@ -159,6 +214,10 @@ impl<B: Backend> PpoUpdate<B> {
         if let Some(v) = self.value.as_mut() {
             v.zero_grad(be)?;
         }
+        if let Some(h) = self.value_head.as_mut() {
+            let n = be.len(&h.grad);
+            be.fill(&mut h.grad, 0.0, ElementwiseParams::new(n))?;
+        }
         be.fill(&mut self.ptx_loss, 0.0, ElementwiseParams::new(1))?;
         be.fill(&mut self.stats, 0.0, ElementwiseParams::new(ppo_stat::COUNT))
     }
@@ -174,6 +233,9 @@ impl<B: Backend> PpoUpdate<B> {
         }
         if value.is_some() != self.value.is_some() {
             return Err(Error::invalid("give the value model to both PpoUpdate::new and accumulate, or to neither"));
+        }
+        if value.is_some() && self.value_head.is_some() {
+            return Err(Error::invalid("a separate value model and a value head on the policy exclude each other"));
         }
         p.n = n as u32;
         p.t = batch.t as u32;
@@ -202,8 +264,13 @@ impl<B: Backend> PpoUpdate<B> {
             let score = vm.layout().score.expect("checked in new");
             be.matmul(&mut self.values, &vt.acts.lnf, &vm.weights[score], MatmulParams::new(n, 1, vm.cfg().hidden_size, false, true))?;
         }
+        if let Some(h) = self.value_head.as_ref() {
+            be.write(&mut self.returns, &batch.returns)?;
+            be.write(&mut self.old_values, &batch.old_values)?;
+            be.matmul(&mut self.values, &self.policy.acts.lnf, &h.weight, MatmulParams::new(n, 1, c, false, true))?;
+        }
 
-        let has_value = value.is_some();
+        let has_value = value.is_some() || self.value_head.is_some();
         let has_entropy = p.ent_coef != 0.0;
         be.ppo_loss_fwd_bwd(
             &mut self.dlogp,
@@ -239,6 +306,11 @@ impl<B: Backend> PpoUpdate<B> {
             &policy.weights[head],
             lp,
         )?;
+        // a value head on the trunk: d_h += dvalues w, dw += dvalues^T h
+        if let Some(h) = self.value_head.as_mut() {
+            be.matmul(&mut pt.scratch.d_ln, &self.dvalues, &h.weight, MatmulParams::new(n, c, 1, false, false).accumulate(true))?;
+            be.matmul(&mut h.grad, &self.dvalues, &pt.acts.lnf, MatmulParams::new(1, c, n, true, false).accumulate(true))?;
+        }
         policy.decoder.backward_hidden(be, &policy.weights, &mut pt.grads, &pt.acts, &mut pt.scratch, shape)?;
 
         // value backward: values = h @ w^T, so d_h = dvalues w and dw += dvalues^T h
@@ -312,6 +384,9 @@ impl<B: Backend> PpoUpdate<B> {
         stats.policy_grad_norm = self.policy.opt.step(be, &mut policy.weights, &mut self.policy.grads, lr)?;
         if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
             stats.value_grad_norm = vt.opt.step(be, &mut vm.weights, &mut vt.grads, value_lr)?;
+        }
+        if let Some(h) = self.value_head.as_mut() {
+            stats.value_grad_norm = h.step(be, value_lr, &self.optim)?;
         }
         Ok(stats)
     }
