@@ -56,6 +56,15 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
             fwd_times.push(start.elapsed().as_secs_f64());
         }
     }
+    // rollout: continuous batching of `b` prompts of 16 tokens, 32 new tokens each (no stop)
+    let prompt_len = 16.min(cfg.max_positions / 2).max(1);
+    let new_tokens = 32.min(cfg.max_positions - prompt_len);
+    let prompts: Vec<Vec<u32>> = (0..b).map(|i| (0..prompt_len).map(|j| ((i * 31 + j * 7) % a.vocab) as u32).collect()).collect();
+    let gen = rlhf::generate::GenerateConfig { max_new_tokens: new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, stop_ids: Vec::new() };
+    let rcfg = rlhf::generate::RolloutConfig { slots: b, gen };
+    let _ = rlhf::generate::rollout(be, &model, &prompts, &rcfg)?; // warm-up
+    let ro = rlhf::generate::rollout(be, &model, &prompts, &rcfg)?.stats;
+
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
@@ -77,6 +86,16 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     println!("|------------------------|--------:|---------:|--------:|");
     println!("| train (fwd+bwd+AdamW)  | {:7.1} | {:8.0} | {:7.2} |", tr * 1e3, tokens / tr, tokens * flops_per_token / tr / 1e9);
     println!("| forward (scoring)      | {:7.1} | {:8.0} | {:7.2} |", fw * 1e3, tokens / fw, tokens * flops_per_token / 3.0 / fw / 1e9);
+    println!(
+        "| rollout prefill        | {:7.1} | {:8.0} |         |  ({b} prompts x {prompt_len} tokens)",
+        ro.prefill_secs * 1e3,
+        ro.prefill_tokens_per_sec()
+    );
+    println!(
+        "| rollout decode         | {:7.1} | {:8.0} |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step)",
+        ro.decode_secs * 1e3 / ro.decode_steps.max(1) as f64,
+        ro.decode_tokens_per_sec()
+    );
     if a.profile {
         let ops = rlhf::backend::cpu::profile::snapshot();
         let total: f64 = ops.iter().map(|o| o.2).sum();
