@@ -86,11 +86,7 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     println!("|------------------------|--------:|---------:|--------:|");
     println!("| train (fwd+bwd+AdamW)  | {:7.1} | {:8.0} | {:7.2} |", tr * 1e3, tokens / tr, tokens * flops_per_token / tr / 1e9);
     println!("| forward (scoring)      | {:7.1} | {:8.0} | {:7.2} |", fw * 1e3, tokens / fw, tokens * flops_per_token / 3.0 / fw / 1e9);
-    println!(
-        "| rollout prefill        | {:7.1} | {:8.0} |         |  ({b} prompts x {prompt_len} tokens)",
-        ro.prefill_secs * 1e3,
-        ro.prefill_tokens_per_sec()
-    );
+    println!("| rollout prefill        | {:7.1} | {:8.0} |         |  ({b} prompts x {prompt_len} tokens)", ro.prefill_secs * 1e3, ro.prefill_tokens_per_sec());
     println!(
         "| rollout decode         | {:7.1} | {:8.0} |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step)",
         ro.decode_secs * 1e3 / ro.decode_steps.max(1) as f64,

@@ -74,7 +74,10 @@ fn generate_and_info_and_bench_run() {
     let out = rlhf(&["bench", "--model", "gpt2-tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "1"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("train (fwd+bwd+AdamW)") && stdout.contains("rollout decode") && stdout.contains("tokens/s") && stdout.contains("batch 2 x seq 16"), "{stdout}");
+    assert!(
+        stdout.contains("train (fwd+bwd+AdamW)") && stdout.contains("rollout decode") && stdout.contains("tokens/s") && stdout.contains("batch 2 x seq 16"),
+        "{stdout}"
+    );
 }
 
 #[test]

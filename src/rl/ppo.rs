@@ -5,7 +5,7 @@
 //! whitening) -> training (`ppo_epochs` passes over minibatches with the fused PPO loss) -> the KL
 //! controller's update. Metrics go to `<out>/metrics.jsonl` with the time each phase took.
 
-use crate::backend::ops::{Backend, GaeParams, LogprobParams, MatmulParams, PpoParams, WhitenParams};
+use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, GaeParams, KlParams, LogprobParams, MatmulParams, PpoParams, WhitenParams};
 use crate::data::batch::Batcher;
 use crate::data::jsonl::Example;
 use crate::data::rng::Rng;
@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 use crate::generate::{rollout, GenerateConfig, RolloutConfig};
 use crate::model::{Activations, Model, Shape};
 use crate::rl::kl_controller::KlController;
-use crate::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate, ValueHead};
+use crate::rl::ppo_update::{PpoStats, PpoUpdate, StepTensors, ValueHead};
 use crate::rl::reward::RewardTrainer;
 use crate::rl::running_stats::RunningMoments;
 use crate::train::{AdamWConfig, MetricsWriter, Progress};
@@ -129,41 +129,68 @@ pub struct PpoStepReport {
 /// Forward-only passes used in scoring: per-position log-probs of given targets, and values.
 struct Scorer<B: Backend> {
     acts: Activations<B>,
-    logp: B::Buf,
     entropy: B::Buf,
     lse: B::Buf,
-    values: B::Buf,
+}
+
+/// Per-step device scratch of the advantage phase, allocated once.
+struct StepScratch<B: Backend> {
+    mask: B::Buf,
+    rewards: B::Buf,
+    kl1: B::Buf,
+    kl3: B::Buf,
+    tmp: B::Buf,
+    ones: B::Buf,
+    scores: B::Buf,
+    sums: B::Buf,
+    wstats: B::Buf,
+    last_pos: B::Ids,
+}
+
+impl<B: Backend> StepScratch<B> {
+    fn new(be: &B, b: usize, max_len: usize) -> Result<Self> {
+        let n = b * max_len;
+        Ok(StepScratch {
+            mask: be.alloc(n)?,
+            rewards: be.alloc(n)?,
+            kl1: be.alloc(n)?,
+            kl3: be.alloc(n)?,
+            tmp: be.alloc(n)?,
+            ones: be.alloc(n)?,
+            scores: be.alloc(b)?,
+            sums: be.alloc(2)?,
+            wstats: be.alloc(crate::backend::ops::whiten_stat::LEN)?,
+            last_pos: be.alloc_ids(b)?,
+        })
+    }
 }
 
 impl<B: Backend> Scorer<B> {
     fn new(be: &B, model: &Model<B>, max_seqs: usize, max_len: usize) -> Result<Self> {
         let n = max_seqs * max_len;
-        Ok(Scorer { acts: Activations::new(be, model.cfg(), max_seqs, n)?, logp: be.alloc(n)?, entropy: be.alloc(n)?, lse: be.alloc(n)?, values: be.alloc(n)? })
+        Ok(Scorer { acts: Activations::new(be, model.cfg(), max_seqs, n)?, entropy: be.alloc(n)?, lse: be.alloc(n)? })
     }
 
-    fn logprobs(&mut self, be: &B, model: &Model<B>, shape: Shape, inputs: &[i32], targets: &[i32], temperature: f32) -> Result<Vec<f32>> {
+    /// Log-probs of `targets` (per position) into `out` on the device.
+    #[allow(clippy::too_many_arguments)]
+    fn logprobs_into(&mut self, be: &B, model: &Model<B>, shape: Shape, inputs: &[i32], targets: &[i32], temperature: f32, out: &mut B::Buf) -> Result<()> {
         model.decoder.set_inputs(be, &mut self.acts, shape, inputs, Some(targets))?;
         model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
         let head = model.layout().lm_head.unwrap_or(model.layout().wte);
         let p = LogprobParams::new(shape.n(), model.cfg().hidden_size, model.cfg().vocab_size).temperature(temperature);
-        be.logprob_gather_fwd(&mut self.logp, &mut self.entropy, &mut self.lse, &self.acts.lnf, &self.acts.targets, &model.weights[head], p)?;
-        Ok(be.download(&self.logp)?[..shape.n()].to_vec())
+        be.logprob_gather_fwd(out, &mut self.entropy, &mut self.lse, &self.acts.lnf, &self.acts.targets, &model.weights[head], p)
     }
 
-    /// Values from a head on `model`'s own trunk.
-    fn values_with_head(&mut self, be: &B, model: &Model<B>, head: &B::Buf, shape: Shape, inputs: &[i32]) -> Result<Vec<f32>> {
+    /// Values (per position) into `out` on the device, from `model`'s score head or from `head`
+    /// applied to `model`'s trunk.
+    fn values_into(&mut self, be: &B, model: &Model<B>, head: Option<&B::Buf>, shape: Shape, inputs: &[i32], out: &mut B::Buf) -> Result<()> {
         model.decoder.set_inputs(be, &mut self.acts, shape, inputs, None)?;
         model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
-        be.matmul(&mut self.values, &self.acts.lnf, head, MatmulParams::new(shape.n(), 1, model.cfg().hidden_size, false, true))?;
-        Ok(be.download(&self.values)?[..shape.n()].to_vec())
-    }
-
-    fn values(&mut self, be: &B, model: &Model<B>, shape: Shape, inputs: &[i32]) -> Result<Vec<f32>> {
-        model.decoder.set_inputs(be, &mut self.acts, shape, inputs, None)?;
-        model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
-        let score = model.layout().score.ok_or_else(|| Error::invalid("the value model has no score head"))?;
-        be.matmul(&mut self.values, &self.acts.lnf, &model.weights[score], MatmulParams::new(shape.n(), 1, model.cfg().hidden_size, false, true))?;
-        Ok(be.download(&self.values)?[..shape.n()].to_vec())
+        let w = match head {
+            Some(h) => h,
+            None => &model.weights[model.layout().score.ok_or_else(|| Error::invalid("the value model has no score head"))?],
+        };
+        be.matmul(out, &self.acts.lnf, w, MatmulParams::new(shape.n(), 1, model.cfg().hidden_size, false, true))
     }
 }
 
@@ -246,8 +273,8 @@ pub fn run_ppo<B: Backend>(
     rng.shuffle(&mut order);
     let mut cursor = 0;
     let mut reports = Vec::with_capacity(cfg.steps);
-    let (mut gae_adv, mut gae_ret, mut gae_rew, mut gae_val, mut gae_mask, mut wstats) =
-        (be.alloc(b * max_len)?, be.alloc(b * max_len)?, be.alloc(b * max_len)?, be.alloc(b * max_len)?, be.alloc(b * max_len)?, be.alloc(4)?);
+    let mut step_t = StepTensors::new(be, b, max_len, cfg.kl_in_loss.is_some())?;
+    let mut dev = StepScratch::new(be, b, max_len)?;
     let stop_ids: Vec<u32> = tokenizer.stop_ids();
     let start = Instant::now();
     for step in 1..=cfg.steps {
@@ -278,13 +305,14 @@ pub fn run_ppo<B: Backend>(
         let rollout_s = t0.elapsed().as_secs_f64();
         let rollout_tokens: usize = responses.iter().map(Vec::len).sum();
 
-        // ---- scoring ----
+        // ---- scoring (everything stays on the device; a few scalars come back for logging) ----
         let t1 = Instant::now();
         let seqs: Vec<Vec<u32>> = batch_prompts.iter().zip(&responses).map(|(p, r)| p.iter().chain(r.iter()).copied().collect()).collect();
         let t = seqs.iter().map(Vec::len).max().unwrap_or(2).max(2) - 1;
+        let n = b * t;
         let shape = Shape { b, t };
-        let (mut inputs, mut targets) = (vec![pad as i32; b * t], vec![-1i32; b * t]);
-        let mut last_pos = vec![0usize; b];
+        let (mut inputs, mut targets) = (vec![pad as i32; n], vec![-1i32; n]);
+        let mut last_pos = vec![0i32; b];
         for (s, (seq, p)) in seqs.iter().zip(&batch_prompts).enumerate() {
             for i in 0..seq.len() - 1 {
                 inputs[s * t + i] = seq[i] as i32;
@@ -292,16 +320,23 @@ pub fn run_ppo<B: Backend>(
                     targets[s * t + i] = seq[i + 1] as i32;
                 }
             }
-            last_pos[s] = seq.len().saturating_sub(2).max(p.len().saturating_sub(1));
+            last_pos[s] = (s * t + seq.len().saturating_sub(2).max(p.len().saturating_sub(1))) as i32;
         }
-        let old_logp = scorer.logprobs(be, policy, shape, &inputs, &targets, update.temperature)?;
-        let ref_logp = scorer.logprobs(be, reference, shape, &inputs, &targets, update.temperature)?;
-        let values = match (value.as_deref(), update.value_head.as_ref()) {
-            (Some(v), _) => scorer.values(be, v, shape, &inputs)?,
-            (None, Some(head)) => scorer.values_with_head(be, policy, &head.weight, shape, &inputs)?,
+        let mask: Vec<f32> = targets.iter().map(|&x| if x >= 0 { 1.0 } else { 0.0 }).collect();
+        be.write(&mut dev.mask, &mask)?;
+        be.write_ids(&mut dev.last_pos, &last_pos)?;
+        step_t.b = b;
+        step_t.t = t;
+        scorer.logprobs_into(be, policy, shape, &inputs, &targets, update.temperature, &mut step_t.old_logp)?;
+        scorer.logprobs_into(be, reference, shape, &inputs, &targets, update.temperature, &mut step_t.ref_logp)?;
+        match (value.as_deref(), update.value_head.as_ref()) {
+            (Some(v), _) => scorer.values_into(be, v, None, shape, &inputs, &mut step_t.values)?,
+            (None, Some(head)) => scorer.values_into(be, policy, Some(&head.weight), shape, &inputs, &mut step_t.values)?,
             (None, None) => return Err(Error::invalid("PPO needs a value model or a value head")),
-        };
-        let raw_scores = rm_scorer.score(be, reward, &seqs, pad)?;
+        }
+        let scores_dev = rm_scorer.score_on_device(be, reward, &seqs, pad)?;
+        // the b scores come back for logging (and running normalisation)
+        let raw_scores = be.download(scores_dev)?[..b].to_vec();
         let scores: Vec<f32> = if cfg.reward_norm {
             reward_moments.update(&raw_scores);
             let (m, s) = (reward_moments.mean() as f32, reward_moments.std().max(1e-6) as f32);
@@ -309,55 +344,43 @@ pub fn run_ppo<B: Backend>(
         } else {
             raw_scores.clone()
         };
+        be.write(&mut dev.scores, &scores)?;
         let scoring_s = t1.elapsed().as_secs_f64();
 
-        // ---- advantages ----
+        // ---- advantages: reward_t = -beta k1_t (+ score at the last response token), GAE, whitening ----
         let beta = kl_ctl.beta() as f32;
-        let mask: Vec<f32> = targets.iter().map(|&x| if x >= 0 { 1.0 } else { 0.0 }).collect();
-        let mut rewards = vec![0f32; b * t];
-        let (mut kl1_seq, mut kl3_seq) = (vec![0f32; b], vec![0f32; b]);
-        for s in 0..b {
-            for i in 0..t {
-                let k = s * t + i;
-                if mask[k] > 0.0 {
-                    let r = old_logp[k] - ref_logp[k];
-                    kl1_seq[s] += r;
-                    kl3_seq[s] += (-r).exp() - 1.0 + r;
-                    if cfg.kl_in_loss.is_none() {
-                        rewards[k] = -beta * r;
-                    }
-                }
-            }
-            if mask[s * t + last_pos[s]] > 0.0 {
-                rewards[s * t + last_pos[s]] += scores[s];
-            }
+        let el = ElementwiseParams::new(n);
+        be.kl_penalty_fwd(&mut dev.kl1, &step_t.old_logp, &step_t.ref_logp, &dev.mask, KlParams { n: n as u32, estimator: 1 })?;
+        be.kl_penalty_fwd(&mut dev.kl3, &step_t.old_logp, &step_t.ref_logp, &dev.mask, KlParams { n: n as u32, estimator: 3 })?;
+        if cfg.kl_in_loss.is_none() {
+            be.copy(&mut dev.rewards, &dev.kl1, el)?;
+            be.scale_inplace(&mut dev.rewards, -beta, el)?;
+        } else {
+            be.fill(&mut dev.rewards, 0.0, el)?;
         }
-        be.write(&mut gae_rew, &rewards)?;
-        be.write(&mut gae_val, &values)?;
-        be.write(&mut gae_mask, &mask)?;
-        be.gae(&mut gae_adv, &mut gae_ret, &gae_rew, &gae_val, &gae_mask, GaeParams::new(b, t, cfg.gamma, cfg.lambda))?;
-        let returns = be.download(&gae_ret)?[..b * t].to_vec();
+        // rewards[last_pos[s]] += scores[s]: a scatter-add of b one-wide rows
+        be.embedding_bwd(&mut dev.rewards, &dev.scores, &dev.last_pos, EmbeddingParams { n: b as u32, c: 1, accumulate: 0, vocab: n as u32 })?;
+        be.gae(&mut step_t.advantages, &mut step_t.returns, &dev.rewards, &step_t.values, &dev.mask, GaeParams::new(b, t, cfg.gamma, cfg.lambda))?;
         if cfg.whiten_advantages {
-            be.masked_whiten(&mut gae_adv, &mut wstats, &gae_mask, WhitenParams::new(b * t))?;
+            be.masked_whiten(&mut step_t.advantages, &mut dev.wstats, &dev.mask, WhitenParams::new(n))?;
         }
-        let advantages = be.download(&gae_adv)?[..b * t].to_vec();
-        let explained_variance = {
-            let (mut rv, mut dv, mut cnt) = (Vec::new(), Vec::new(), 0usize);
-            for k in 0..b * t {
-                if mask[k] > 0.0 {
-                    rv.push(returns[k]);
-                    dv.push(returns[k] - values[k]);
-                    cnt += 1;
-                }
-            }
-            let (_, rs) = mean_std(&rv);
-            let (_, ds) = mean_std(&dv);
-            if cnt > 1 && rs > 0.0 {
-                1.0 - (ds * ds) / (rs * rs)
-            } else {
-                0.0
-            }
-        };
+        // logging scalars: summed KL (k1, k3) and the spread of returns and of returns - values
+        be.fill(&mut dev.ones, 1.0, el)?;
+        be.fill(&mut dev.sums, 0.0, ElementwiseParams::new(2))?;
+        be.matmul(&mut dev.sums, &dev.kl1, &dev.ones, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
+        be.copy(&mut dev.tmp, &step_t.returns, el)?;
+        be.masked_whiten(&mut dev.tmp, &mut dev.wstats, &dev.mask, WhitenParams::new(n))?;
+        let ret_std = be.download(&dev.wstats)?[crate::backend::ops::whiten_stat::STD];
+        be.copy(&mut dev.tmp, &step_t.values, el)?;
+        be.scale_inplace(&mut dev.tmp, -1.0, el)?;
+        be.add_inplace(&mut dev.tmp, &step_t.returns, el)?;
+        be.masked_whiten(&mut dev.tmp, &mut dev.wstats, &dev.mask, WhitenParams::new(n))?;
+        let diff_std = be.download(&dev.wstats)?[crate::backend::ops::whiten_stat::STD];
+        let explained_variance = if ret_std > 0.0 { 1.0 - (diff_std * diff_std) / (ret_std * ret_std) } else { 0.0 };
+        let kl1_total = be.download(&dev.sums)?[0];
+        be.fill(&mut dev.sums, 0.0, ElementwiseParams::new(2))?;
+        be.matmul(&mut dev.sums, &dev.kl3, &dev.ones, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
+        let kl3_total = be.download(&dev.sums)?[0];
 
         // ---- training ----
         let t2 = Instant::now();
@@ -383,20 +406,8 @@ pub fn run_ppo<B: Backend>(
                 let per_micro = if cfg.micro_batch_tokens == 0 { mb.len() } else { (cfg.micro_batch_tokens / t).clamp(1, mb.len()) };
                 update.zero_grad(be)?;
                 for micro in mb.chunks(per_micro) {
-                    let gather = |src: &[f32]| micro.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<f32>>();
-                    let gather_i = |src: &[i32]| micro.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<i32>>();
-                    let batch = PpoBatch {
-                        b: micro.len(),
-                        t,
-                        inputs: gather_i(&inputs),
-                        targets: gather_i(&targets),
-                        old_logp: gather(&old_logp),
-                        advantages: gather(&advantages),
-                        returns: gather(&returns),
-                        old_values: gather(&values),
-                        ref_logp: cfg.kl_in_loss.map(|_| gather(&ref_logp)),
-                    };
-                    update.accumulate(be, policy, value.as_deref(), &batch, pm)?;
+                    let rows_i = |src: &[i32]| micro.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<i32>>();
+                    update.accumulate_rows(be, policy, value.as_deref(), &step_t, micro, &rows_i(&inputs), &rows_i(&targets), pm)?;
                 }
                 if let Some(batcher) = ptx_batcher.as_mut() {
                     let ptx_batch = batcher.next_batch(cfg.ptx_batch_size, max_len);
@@ -421,8 +432,7 @@ pub fn run_ppo<B: Backend>(
             value_grad_norm: avg(&|s| s.value_grad_norm),
             ptx_loss: avg(&|s| s.ptx_loss),
         };
-        let (kl1, _) = mean_std(&kl1_seq);
-        let (kl3, _) = mean_std(&kl3_seq);
+        let (kl1, kl3) = (kl1_total / b as f32, kl3_total / b as f32);
         kl_ctl.update(kl1 as f64, b as u64);
         let (score_mean, score_std) = mean_std(&raw_scores);
         let response_len = rollout_tokens as f32 / b as f32;

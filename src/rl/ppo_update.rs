@@ -10,7 +10,7 @@
 //! loss op's value gradient -> `backward_hidden`. Gradients accumulate over micro-batches; the
 //! loss op's statistics are read back once per optimiser step.
 
-use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, LogprobParams, MatmulParams, PpoParams};
+use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, EmbeddingParams, LogprobParams, MatmulParams, PpoParams};
 use crate::data::batch::Batch;
 use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
@@ -44,9 +44,41 @@ impl PpoBatch {
         }
         Ok(())
     }
+}
 
-    fn mask(&self) -> Vec<f32> {
-        self.targets.iter().map(|&t| if t >= 0 { 1.0 } else { 0.0 }).collect()
+/// Token ids of a micro-batch (host; uploaded, never read back).
+struct SeqIds<'a> {
+    inputs: &'a [i32],
+    targets: &'a [i32],
+}
+
+/// One PPO step's per-token tensors `[b, t]` on the device, filled by the scoring and advantage
+/// phases and gathered row by row into micro-batches by [`PpoUpdate::accumulate_rows`].
+pub struct StepTensors<B: Backend> {
+    pub b: usize,
+    pub t: usize,
+    pub old_logp: B::Buf,
+    pub ref_logp: B::Buf,
+    pub values: B::Buf,
+    pub advantages: B::Buf,
+    pub returns: B::Buf,
+    /// whether the loss carries the KL to the reference (`ref_logp` is gathered)
+    pub kl_in_loss: bool,
+}
+
+impl<B: Backend> StepTensors<B> {
+    pub fn new(be: &B, max_b: usize, max_t: usize, kl_in_loss: bool) -> Result<Self> {
+        let n = max_b * max_t;
+        Ok(StepTensors {
+            b: 0,
+            t: 0,
+            old_logp: be.alloc(n)?,
+            ref_logp: be.alloc(n)?,
+            values: be.alloc(n)?,
+            advantages: be.alloc(n)?,
+            returns: be.alloc(n)?,
+            kl_in_loss,
+        })
     }
 }
 
@@ -153,6 +185,8 @@ pub struct PpoUpdate<B: Backend> {
     pub value_head: Option<ValueHead<B>>,
     optim: AdamWConfig,
     max_tokens: usize,
+    max_seqs: usize,
+    rows: B::Ids,
     // per-token device buffers
     logp: B::Buf,
     entropy: B::Buf,
@@ -188,6 +222,8 @@ impl<B: Backend> PpoUpdate<B> {
             value_head: None,
             optim,
             max_tokens: n,
+            max_seqs,
+            rows: be.alloc_ids(max_seqs)?,
             logp: be.alloc(n)?,
             entropy: be.alloc(n)?,
             lse: be.alloc(n)?,
@@ -222,14 +258,57 @@ impl<B: Backend> PpoUpdate<B> {
         be.fill(&mut self.stats, 0.0, ElementwiseParams::new(ppo_stat::COUNT))
     }
 
-    /// Forward, loss and backward of one micro-batch; `p.denom` should carry the step's token
-    /// count (or sequence count) when an optimiser step spans several micro-batches.
-    pub fn accumulate(&mut self, be: &B, policy: &Model<B>, value: Option<&Model<B>>, batch: &PpoBatch, mut p: PpoParams) -> Result<()> {
+    /// Forward, loss and backward of one micro-batch given on the host; `p.denom` should carry the
+    /// step's token count (or sequence count) when an optimiser step spans several micro-batches.
+    pub fn accumulate(&mut self, be: &B, policy: &Model<B>, value: Option<&Model<B>>, batch: &PpoBatch, p: PpoParams) -> Result<()> {
         batch.check()?;
-        let shape = Shape { b: batch.b, t: batch.t };
-        let n = shape.n();
-        if n > self.max_tokens {
-            return Err(Error::invalid(format!("a PPO micro-batch of {n} tokens exceeds the {} allocated", self.max_tokens)));
+        self.check_shape(batch.b, batch.t, value)?;
+        be.write(&mut self.old_logp, &batch.old_logp)?;
+        be.write(&mut self.advantages, &batch.advantages)?;
+        if let Some(r) = &batch.ref_logp {
+            be.write(&mut self.ref_logp, r)?;
+        }
+        be.write(&mut self.returns, &batch.returns)?;
+        be.write(&mut self.old_values, &batch.old_values)?;
+        self.compute(be, policy, value, batch.b, batch.t, &batch.inputs, &batch.targets, batch.ref_logp.is_some(), p)
+    }
+
+    /// As [`Self::accumulate`], with the per-token arrays gathered on the device: the micro-batch
+    /// is the rows `rows` of the step's `[B, t]` buffers in `step` (nothing is read back).
+    #[allow(clippy::too_many_arguments)]
+    pub fn accumulate_rows(
+        &mut self,
+        be: &B,
+        policy: &Model<B>,
+        value: Option<&Model<B>>,
+        step: &StepTensors<B>,
+        rows: &[usize],
+        inputs: &[i32],
+        targets: &[i32],
+        p: PpoParams,
+    ) -> Result<()> {
+        let (b, t) = (rows.len(), step.t);
+        self.check_shape(b, t, value)?;
+        if inputs.len() != b * t || targets.len() != b * t || rows.iter().any(|&r| r >= step.b) {
+            return Err(Error::invalid("PPO micro-batch rows or token arrays do not match the step"));
+        }
+        let ids: Vec<i32> = rows.iter().map(|&r| r as i32).collect();
+        be.write_ids(&mut self.rows, &ids)?;
+        let g = EmbeddingParams { n: b as u32, c: t as u32, accumulate: 0, vocab: step.b as u32 };
+        be.embedding_fwd(&mut self.old_logp, &self.rows, &step.old_logp, g)?;
+        be.embedding_fwd(&mut self.advantages, &self.rows, &step.advantages, g)?;
+        be.embedding_fwd(&mut self.returns, &self.rows, &step.returns, g)?;
+        be.embedding_fwd(&mut self.old_values, &self.rows, &step.values, g)?;
+        if step.kl_in_loss {
+            be.embedding_fwd(&mut self.ref_logp, &self.rows, &step.ref_logp, g)?;
+        }
+        self.compute(be, policy, value, b, t, inputs, targets, step.kl_in_loss, p)
+    }
+
+    fn check_shape(&self, b: usize, t: usize, value: Option<&Model<B>>) -> Result<()> {
+        let n = b * t;
+        if n > self.max_tokens || b > self.max_seqs {
+            return Err(Error::invalid(format!("a PPO micro-batch of {b} x {t} tokens exceeds the {} allocated", self.max_tokens)));
         }
         if value.is_some() != self.value.is_some() {
             return Err(Error::invalid("give the value model to both PpoUpdate::new and accumulate, or to neither"));
@@ -237,36 +316,48 @@ impl<B: Backend> PpoUpdate<B> {
         if value.is_some() && self.value_head.is_some() {
             return Err(Error::invalid("a separate value model and a value head on the policy exclude each other"));
         }
+        Ok(())
+    }
+
+    /// Forward, loss and backward once the per-token inputs are in place.
+    #[allow(clippy::too_many_arguments)]
+    fn compute(
+        &mut self,
+        be: &B,
+        policy: &Model<B>,
+        value: Option<&Model<B>>,
+        b: usize,
+        t: usize,
+        inputs: &[i32],
+        targets: &[i32],
+        use_ref: bool,
+        mut p: PpoParams,
+    ) -> Result<()> {
+        let shape = Shape { b, t };
+        let n = shape.n();
         p.n = n as u32;
-        p.t = batch.t as u32;
-        be.write(&mut self.old_logp, &batch.old_logp)?;
-        be.write(&mut self.advantages, &batch.advantages)?;
-        be.write(&mut self.mask, &batch.mask())?;
-        if let Some(r) = &batch.ref_logp {
-            be.write(&mut self.ref_logp, r)?;
-        }
+        p.t = t as u32;
+        let mask: Vec<f32> = targets.iter().map(|&x| if x >= 0 { 1.0 } else { 0.0 }).collect();
+        be.write(&mut self.mask, &mask)?;
+        let batch = SeqIds { inputs, targets };
 
         // policy forward: log-probs and entropy of the response tokens
         let c = policy.cfg().hidden_size;
         let lp = LogprobParams::new(n, c, policy.cfg().vocab_size).temperature(self.temperature);
         let head = policy.layout().lm_head.unwrap_or(policy.layout().wte);
         let pt = &mut self.policy;
-        policy.decoder.set_inputs(be, &mut pt.acts, shape, &batch.inputs, Some(&batch.targets))?;
+        policy.decoder.set_inputs(be, &mut pt.acts, shape, batch.inputs, Some(batch.targets))?;
         policy.decoder.forward_hidden(be, &policy.weights, &mut pt.acts, shape)?;
         be.logprob_gather_fwd(&mut self.logp, &mut self.entropy, &mut self.lse, &pt.acts.lnf, &pt.acts.targets, &policy.weights[head], lp)?;
 
         // value forward: one value per position
         if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
-            be.write(&mut self.returns, &batch.returns)?;
-            be.write(&mut self.old_values, &batch.old_values)?;
-            vm.decoder.set_inputs(be, &mut vt.acts, shape, &batch.inputs, None)?;
+            vm.decoder.set_inputs(be, &mut vt.acts, shape, batch.inputs, None)?;
             vm.decoder.forward_hidden(be, &vm.weights, &mut vt.acts, shape)?;
             let score = vm.layout().score.expect("checked in new");
             be.matmul(&mut self.values, &vt.acts.lnf, &vm.weights[score], MatmulParams::new(n, 1, vm.cfg().hidden_size, false, true))?;
         }
         if let Some(h) = self.value_head.as_ref() {
-            be.write(&mut self.returns, &batch.returns)?;
-            be.write(&mut self.old_values, &batch.old_values)?;
             be.matmul(&mut self.values, &self.policy.acts.lnf, &h.weight, MatmulParams::new(n, 1, c, false, true))?;
         }
 
@@ -285,7 +376,7 @@ impl<B: Backend> PpoUpdate<B> {
             has_value.then_some(&self.old_values),
             has_value.then_some(&self.returns),
             has_entropy.then_some(&self.entropy),
-            batch.ref_logp.as_ref().map(|_| &self.ref_logp),
+            use_ref.then_some(&self.ref_logp),
             p,
         )?;
         if !has_entropy {

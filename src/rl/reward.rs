@@ -161,6 +161,17 @@ impl<B: Backend> RewardTrainer<B> {
         Ok(out)
     }
 
+    /// Scores of at most `max_seqs` sequences, left on the device (valid until the next call).
+    pub fn score_on_device(&mut self, be: &B, model: &Model<B>, seqs: &[Vec<u32>], pad: u32) -> Result<&B::Buf> {
+        if seqs.len() > self.max_seqs {
+            return Err(Error::invalid(format!("{} sequences exceed the reward model's {} slots", seqs.len(), self.max_seqs)));
+        }
+        let refs: Vec<&[u32]> = seqs.iter().map(|s| s.as_slice()).collect();
+        let batch = pack(&refs, pad, model.cfg().pad_token_id());
+        self.forward_scores(be, model, &batch)?;
+        Ok(&self.scores)
+    }
+
     /// The ranking loss over `groups`, weighted by `scale` per group; with `train`, also the
     /// backward into the parameter gradients.
     #[allow(clippy::too_many_arguments)]
