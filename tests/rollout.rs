@@ -21,18 +21,10 @@ fn prompts(n: usize) -> Vec<Vec<u32>> {
     (0..n).map(|i| (0..(3 + 5 * i % 17)).map(|j| ((i * 31 + j * 7 + 5) % 380) as u32).collect()).collect()
 }
 
-/// The recorded log-probs equal `token_logprobs` of prompt + response (to 1e-5; bit for bit in
-/// the ignored test below, which does not hold yet).
+/// The recorded log-probs equal `token_logprobs` of prompt + response, bit for bit (the CPU
+/// backend's forward is batch-invariant).
 fn assert_logprobs_match(be: &CpuBackend, model: &Model<CpuBackend>, out: &[rlhf::generate::RolloutOutput], name: &str) {
-    let seqs: Vec<Vec<u32>> = out.iter().map(|o| o.prompt.iter().chain(&o.response).copied().collect()).collect();
-    let want = token_logprobs(be, model, &seqs, 3).unwrap();
-    for (o, w) in out.iter().zip(&want) {
-        let w = &w[o.prompt.len() - 1..];
-        assert_eq!(o.logprobs.len(), o.response.len());
-        for (g, w) in o.logprobs.iter().zip(w) {
-            assert!((g - w).abs() <= 1e-5, "{name}: rollout log-prob {g} vs training {w}");
-        }
-    }
+    assert_logprobs_bits(be, model, out, name);
 }
 
 /// The recorded log-probs equal `token_logprobs` of prompt + response, bit for bit.
@@ -140,18 +132,42 @@ fn context_end_and_bad_prompts() {
     assert!(rollout(&be, &model, &[vec![1]], &RolloutConfig { slots: 0, gen }).is_err());
 }
 
-/// Principle 6 (bit-for-bit equality). Not yet true on the CPU: the training forward itself is
-/// not batch-invariant for these small widths (a sequence's log-probs change in the last bits
-/// when a longer sequence shares its batch), see the report in the commit message.
+/// Principle 6 (bit-for-bit equality), for any number of slots.
 #[test]
-#[ignore]
 fn rollout_logprobs_equal_training_bits() {
     let be = CpuBackend::new();
     for name in MODELS {
         let model = load(name);
         let ps = prompts(6);
-        let gen = GenerateConfig { max_new_tokens: 12, temperature: 1.0, seed: 7, ..Default::default() };
-        let r = rollout(&be, &model, &ps, &RolloutConfig { slots: 4, gen }).unwrap();
-        assert_logprobs_bits(&be, &model, &r.outputs, name);
+        for slots in [1, 2, 4, 6] {
+            let gen = GenerateConfig { max_new_tokens: 12, temperature: 1.0, seed: 7, ..Default::default() };
+            let r = rollout(&be, &model, &ps, &RolloutConfig { slots, gen }).unwrap();
+            assert_logprobs_bits(&be, &model, &r.outputs, &format!("{name} slots {slots}"));
+        }
+    }
+}
+
+/// The training forward is batch-invariant: a sequence's log-probs are the same bits scored
+/// alone, in a batch with longer (and shorter) sequences, at any position in the batch, and with
+/// any scoring batch size.
+#[test]
+fn training_logprobs_batch_invariant() {
+    let be = CpuBackend::new();
+    for name in MODELS {
+        let model = load(name);
+        let max_pos = model.cfg().max_positions;
+        let seq = |len: usize, salt: usize| -> Vec<u32> { (0..len).map(|j| ((salt * 37 + j * 11 + 3) % 380) as u32).collect() };
+        let short = seq(5, 1);
+        let alone = token_logprobs(&be, &model, std::slice::from_ref(&short), 1).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let mut batch = vec![seq(max_pos, 2), seq(17, 3), short.clone(), seq(2, 4), seq(max_pos / 2 + 3, 5)];
+        for bs in [1, 2, 3, 5] {
+            for _ in 0..batch.len() {
+                let got = token_logprobs(&be, &model, &batch, bs).unwrap();
+                let at = batch.iter().position(|s| *s == short).unwrap();
+                assert_eq!(bits(&got[at]), bits(&alone[0]), "{name}: batch size {bs}, position {at}");
+                batch.rotate_left(1);
+            }
+        }
     }
 }

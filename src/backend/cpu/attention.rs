@@ -8,13 +8,21 @@
 //!   `dq_i = scale sum_j ds_ij k_j`, `dk_j = scale sum_i ds_ij q_i`, `dv_j = sum_i p_ij dout_i`,
 //! summed over the query heads that share a key/value head.
 //!
-//! The CPU version works on blocks of `QB` queries: the block's scores against the keys it can
-//! see are one small matmul (strided views straight into the fused projection), softmax runs on
-//! that `[QB, keys]` tile, and the output or gradients are more matmuls. Forward tasks are
-//! (sequence, head, query block); backward tasks own one key/value head of one sequence, so every
-//! gradient element has one writer and a fixed summation order.
+//! The CPU forward is one per-query routine, [`attend_query`], shared by `attention_fwd`
+//! (training, prefill, scoring) and `attention_decode_fwd` (one query per cache row): scores are
+//! fixed-order dot products over `hd` (eight lanes, then a fixed reduction tree), the softmax's
+//! max, exponentials and sum run over the visible keys in key order (the sum again in eight lanes
+//! and a fixed tree), and the value sum runs key by key, each output element its own chain. No
+//! step depends on how many queries, keys beyond the visible ones, sequences or cache slots are
+//! processed together, so a query's output and `lse` are the same bits in a batch of any
+//! composition, at any position in it, with any padding, and in decode (batch invariance: rollout
+//! log-probs equal training log-probs, DESIGN principle 6). Forward tasks are (sequence, head,
+//! block of `QB` queries). The backward works on blocks of `QB` queries with `gemm` tiles (scores
+//! recomputed, probabilities from the saved `lse`); its tasks own one key/value head of one
+//! sequence, so every gradient element has one writer and a fixed summation order.
 
-use crate::backend::cpu::matmul::{gemm_view, View, MIN_SMALL_ROWS};
+use crate::backend::cpu::matmul::{gemm_view, View};
+use crate::backend::cpu::simd;
 use crate::backend::ops::{AttentionDecodeParams, AttentionParams, KvCacheParams, ScatterParams};
 use rayon::prelude::*;
 
@@ -62,8 +70,8 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: 
     let out_ptr = SharedMut(out.as_mut_ptr());
     let lse_ptr = SharedMut(lse.as_mut_ptr());
     (0..bsz * nh * n_blocks).into_par_iter().for_each_init(
-        || Scratch::new(QB, tk, hd),
-        |scratch, task| {
+        || vec![0f32; tk],
+        |scores, task| {
             let blk = task % n_blocks;
             let h = (task / n_blocks) % nh;
             let b = task / (n_blocks * nh);
@@ -71,159 +79,177 @@ pub fn attention_fwd(out: &mut [f32], lse: &mut [f32], q: &[f32], k: &[f32], v: 
             let i0 = blk * QB;
             let qb = QB.min(tq - i0);
             let n_keys = (p.q_pos0 as usize + i0 + qb).min(tk);
-            let q_ptr = q[b * p.q_batch as usize + i0 * q_row + p.q_off as usize + h * hd..].as_ptr();
-            let k_ptr = k[b * p.kv_batch as usize + p.k_off as usize + kvh * hd..].as_ptr();
-            let v_ptr = v[b * p.kv_batch as usize + p.v_off as usize + kvh * hd..].as_ptr();
-            // SAFETY: views stay inside q, k, v (checked above); the output rows and lse entries of
-            // (b, h, block) belong to this task alone.
-            unsafe {
-                let dst = out_ptr.ptr().add((b * tq + i0) * out_row + h * hd);
-                let lse_dst = lse_ptr.ptr().add((b * nh + h) * tq + i0);
-                attend_block(
-                    scratch,
-                    Block { qb, n_keys, visible0: p.q_pos0 as usize + i0 + 1, hd, scale: p.scale },
-                    q_ptr,
-                    q_row,
-                    k_ptr,
-                    v_ptr,
-                    kv_row,
-                    dst,
-                    out_row,
-                    lse_dst,
-                    1,
-                );
+            let keys = &k[b * p.kv_batch as usize + p.k_off as usize + kvh * hd..][..(n_keys - 1) * kv_row + hd];
+            let values = &v[b * p.kv_batch as usize + p.v_off as usize + kvh * hd..][..(n_keys - 1) * kv_row + hd];
+            for i in i0..i0 + qb {
+                let visible = (p.q_pos0 as usize + i + 1).min(tk);
+                let qi = &q[b * p.q_batch as usize + i * q_row + p.q_off as usize + h * hd..][..hd];
+                // SAFETY: output row (b, i), head h and its lse entry belong to this task alone.
+                let (dst, l) = unsafe {
+                    (std::slice::from_raw_parts_mut(out_ptr.ptr().add((b * tq + i) * out_row + h * hd), hd), &mut *lse_ptr.ptr().add((b * nh + h) * tq + i))
+                };
+                attend_query(qi, keys, values, kv_row, visible, p.scale, scores, dst, l);
             }
         },
     );
 }
 
-/// Keys per value-sum chunk: the sum over keys runs chunk by chunk in this fixed order, so a row's
-/// result does not depend on how many keys its block holds (training) or only its own (decode).
-const KEY_CHUNK: usize = 256;
+/// Lanes of the fixed-order reductions.
+const LANES: usize = 8;
 
-/// Per-task scratch of the attention forward: the score tile and, for one-query blocks (which
-/// run as two identical rows so that `gemm` takes its general path), the padded operands.
-struct Scratch {
-    scores: Vec<f32>,
-    q8: Vec<f32>,
-    out2: Vec<f32>,
-    probs3: Vec<f32>,
-    v3: Vec<f32>,
-}
-
-impl Scratch {
-    fn new(qb: usize, keys: usize, hd: usize) -> Self {
-        let m = qb.max(MIN_SMALL_ROWS);
-        Scratch { scores: vec![0f32; m * keys], q8: vec![0f32; m * hd], out2: vec![0f32; m * hd], probs3: vec![0f32; m * 3], v3: vec![0f32; 3 * hd] }
+/// `scale * (q . k)` in a fixed order: [`LANES`] lanes over `i mod 8` (each an FMA chain in index
+/// order), the lanes combined by a fixed tree, then the tail (an FMA chain in index order) added.
+/// FMA is exact fused arithmetic in hardware and in software, so every build gives these bits.
+#[inline(always)]
+fn dot_fixed(q: &[f32], k: &[f32], scale: f32) -> f32 {
+    let k = &k[..q.len()];
+    let mut acc = [0f32; LANES];
+    let (qc, kc) = (q.chunks_exact(LANES), k.chunks_exact(LANES));
+    let tail = qc.remainder().iter().zip(kc.remainder()).fold(0.0, |s: f32, (x, y)| x.mul_add(*y, s));
+    for (x, y) in qc.zip(kc) {
+        for l in 0..LANES {
+            acc[l] = x[l].mul_add(y[l], acc[l]);
+        }
     }
+    scale * (tree8(acc) + tail)
 }
 
-/// One block's shape: `qb` queries, the first seeing `visible0` keys and each next one more
-/// (capped at `n_keys`), head size `hd`.
-#[derive(Clone, Copy)]
-struct Block {
-    qb: usize,
-    n_keys: usize,
-    visible0: usize,
-    hd: usize,
-    scale: f32,
+/// `sum_i x_i` in the fixed order of [`dot_fixed`] (lanes, tree, tail).
+#[inline(always)]
+fn sum_fixed(x: &[f32]) -> f32 {
+    let mut acc = [0f32; LANES];
+    let c = x.chunks_exact(LANES);
+    let t = c.remainder();
+    for x in c {
+        for l in 0..LANES {
+            acc[l] += x[l];
+        }
+    }
+    tree8(acc) + t.iter().fold(0.0, |s, x| s + x)
 }
 
-/// The attention of one block of queries of one head: scores `scale Q K^T` (one `gemm` tile),
-/// a max-shifted softmax per row summed in key order, and `P V` summed over keys in
-/// [`KEY_CHUNK`]s. Shared by `attention_fwd` and `attention_decode_fwd` so that a row computes
-/// the same bits in both. A block of fewer than `MIN_SMALL_ROWS` queries runs padded with copies of its last
-/// query (`gemm` takes other kernels, with other summation orders, for so few rows); chunks of fewer than three keys
-/// are zero-padded to three for the same reason.
-///
-/// # Safety
-/// `q` (qb rows, stride q_row), `k`, `v` (n_keys rows, stride kv_row), `dst` (qb rows, stride
-/// dst_rs) and `lse` (qb entries, stride lse_stride) must be valid; `dst` must not alias the inputs.
+#[inline(always)]
+fn tree8(a: [f32; LANES]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+/// `out[d0 .. d0 + W] = sum_j e_j v_j[d0 .. d0 + W]`, each element an FMA chain in key order
+/// (`W` accumulators stay in registers).
+#[inline(always)]
+fn value_chunk<const W: usize>(e: &[f32], v: &[f32], kv_row: usize, d0: usize, out: &mut [f32]) {
+    let mut acc = [0f32; W];
+    for (j, &ej) in e.iter().enumerate() {
+        let vj = &v[j * kv_row + d0..j * kv_row + d0 + W];
+        for l in 0..W {
+            acc[l] = ej.mul_add(vj[l], acc[l]);
+        }
+    }
+    out[d0..d0 + W].copy_from_slice(&acc);
+}
+
+/// The attention of one query `q` (`hd` values) over the first `visible` keys and values (rows
+/// of stride `kv_row`): `s_j = scale * (q . k_j)` ([`dot_fixed`]), `m = max_j s_j`,
+/// `e_j = exp(s_j - m)`, `sum = sum_j e_j` ([`sum_fixed`]), `out = (sum_j e_j v_j) * (1 / sum)`
+/// with each element of the value sum an FMA chain in key order, `lse = m + ln(sum)`.
+/// Everything depends on this query's inputs only, which is what makes the attention
+/// batch-invariant (see the header).
 #[allow(clippy::too_many_arguments)]
-unsafe fn attend_block(
-    s: &mut Scratch,
-    blk: Block,
-    q: *const f32,
-    q_row: usize,
-    k: *const f32,
-    v: *const f32,
+pub fn attend_query(q: &[f32], k: &[f32], v: &[f32], kv_row: usize, visible: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32], lse: &mut f32) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features `attend_avx2` was compiled for.
+            return unsafe { attend_avx2(q, k, v, kv_row, visible, scale, scores, out, lse) };
+        }
+    }
+    attend(dot_fixed, q, k, v, kv_row, visible, scale, scores, out, lse)
+}
+
+/// [`attend`] compiled with AVX2 + FMA, its dot products through [`dot_avx2`].
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+unsafe fn attend_avx2(q: &[f32], k: &[f32], v: &[f32], kv_row: usize, visible: usize, scale: f32, scores: &mut Vec<f32>, out: &mut [f32], lse: &mut f32) {
+    attend(|q, k, s| unsafe { dot_avx2(q, k, s) }, q, k, v, kv_row, visible, scale, scores, out, lse)
+}
+
+/// The body of [`attend_query`], generic over the dot product (which must compute
+/// [`dot_fixed`]'s bits).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn attend(
+    dot: impl Fn(&[f32], &[f32], f32) -> f32,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
     kv_row: usize,
-    dst: *mut f32,
-    dst_rs: usize,
-    lse: *mut f32,
-    lse_stride: usize,
+    visible: usize,
+    scale: f32,
+    scores: &mut Vec<f32>,
+    out: &mut [f32],
+    lse: &mut f32,
 ) {
-    let Block { qb, n_keys, visible0, hd, scale } = blk;
-    let m = qb.max(MIN_SMALL_ROWS);
-    if s.scores.len() < m * n_keys {
-        s.scores.resize(m * n_keys, 0.0);
+    let hd = q.len();
+    if scores.len() < visible {
+        scores.resize(visible, 0.0);
     }
-    if s.probs3.len() < m * 3 {
-        s.probs3.resize(m * 3, 0.0);
+    let s = &mut scores[..visible];
+    for (j, sj) in s.iter_mut().enumerate() {
+        *sj = dot(q, &k[j * kv_row..j * kv_row + hd], scale);
     }
-    if s.out2.len() < m * hd {
-        s.out2.resize(m * hd, 0.0);
-        s.q8.resize(m * hd, 0.0);
+    let max = s.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for sj in s.iter_mut() {
+        *sj = simd::exp(*sj - max);
     }
-    if s.v3.len() < 3 * hd {
-        s.v3.resize(3 * hd, 0.0);
-    }
-    let small = qb < m;
-    let q_view = if small {
-        // the block's queries, the last one repeated up to m rows
-        for i in 0..m {
-            std::ptr::copy_nonoverlapping(q.add(i.min(qb - 1) * q_row), s.q8.as_mut_ptr().add(i * hd), hd);
+    let sum = sum_fixed(s);
+    let mut d0 = 0;
+    while d0 < hd {
+        match hd - d0 {
+            64.. => value_chunk::<64>(s, v, kv_row, d0, out),
+            32.. => value_chunk::<32>(s, v, kv_row, d0, out),
+            16.. => value_chunk::<16>(s, v, kv_row, d0, out),
+            8.. => value_chunk::<8>(s, v, kv_row, d0, out),
+            _ => value_chunk::<1>(s, v, kv_row, d0, out),
         }
-        row_view(s.q8.as_ptr(), hd)
-    } else {
-        row_view(q, q_row)
-    };
-    gemm_view(m, n_keys, hd, s.scores.as_mut_ptr(), n_keys as isize, false, q_view, transposed_view(k, kv_row), scale);
-    for i in 0..m {
-        let visible = (visible0 + i.min(qb - 1)).min(n_keys);
-        let row = &mut s.scores[i * n_keys..(i + 1) * n_keys];
-        let max = row[..visible].iter().copied().fold(f32::NEG_INFINITY, f32::max);
-        let mut sum = 0f32;
-        for x in row[..visible].iter_mut() {
-            *x = (*x - max).exp();
-            sum += *x;
-        }
-        let inv = 1.0 / sum;
-        row[..visible].iter_mut().for_each(|x| *x *= inv);
-        row[visible..].fill(0.0);
-        if i < qb {
-            *lse.add(i * lse_stride) = max + sum.ln();
-        }
+        d0 += match hd - d0 {
+            64.. => 64,
+            32.. => 32,
+            16.. => 16,
+            8.. => 8,
+            _ => 1,
+        };
     }
-    let (out, out_rs) = if small { (s.out2.as_mut_ptr(), hd) } else { (dst, dst_rs) };
-    for c0 in (0..n_keys).step_by(KEY_CHUNK) {
-        let kk = KEY_CHUNK.min(n_keys - c0);
-        let acc = c0 > 0;
-        if kk >= 3 {
-            gemm_view(m, hd, kk, out, out_rs as isize, acc, row_view(s.scores.as_ptr().add(c0), n_keys), row_view(v.add(c0 * kv_row), kv_row), 1.0);
-        } else {
-            s.probs3[..m * 3].fill(0.0);
-            s.v3[..3 * hd].fill(0.0);
-            for i in 0..m {
-                for j in 0..kk {
-                    s.probs3[i * 3 + j] = s.scores[i * n_keys + c0 + j];
-                }
-            }
-            for j in 0..kk {
-                std::ptr::copy_nonoverlapping(v.add((c0 + j) * kv_row), s.v3.as_mut_ptr().add(j * hd), hd);
-            }
-            gemm_view(m, hd, 3, out, out_rs as isize, acc, row_view(s.probs3.as_ptr(), 3), row_view(s.v3.as_ptr(), hd), 1.0);
-        }
+    let inv = 1.0 / sum;
+    out[..hd].iter_mut().for_each(|o| *o *= inv);
+    *lse = max + sum.ln();
+}
+
+/// [`dot_fixed`] with AVX2 + FMA intrinsics: one 8-lane FMA chain, the same tree.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn dot_avx2(q: &[f32], k: &[f32], scale: f32) -> f32 {
+    use std::arch::x86_64::*;
+    let hd = q.len();
+    let k = &k[..hd];
+    let full = hd / LANES * LANES;
+    let mut acc = _mm256_setzero_ps();
+    let mut c = 0;
+    while c < full {
+        // SAFETY: c + 8 <= full <= hd, the length of both slices.
+        acc = unsafe { _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(c)), _mm256_loadu_ps(k.as_ptr().add(c)), acc) };
+        c += LANES;
     }
-    if small {
-        for i in 0..qb {
-            std::ptr::copy_nonoverlapping(s.out2.as_ptr().add(i * hd), dst.add(i * dst_rs), hd);
-        }
-    }
+    let tail = q[full..].iter().zip(&k[full..]).fold(0.0, |s: f32, (x, y)| x.mul_add(*y, s));
+    // [a0 + a4, a1 + a5, a2 + a6, a3 + a7], then [(a0 + a4) + (a2 + a6), (a1 + a5) + (a3 + a7)], then their sum
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_movehdup_ps(s2));
+    scale * (_mm_cvtss_f32(s1) + tail)
 }
 
 /// See `AttentionDecodeParams`: one query per row against its own slot's keys `0 ..= pos`,
-/// through the same per-block arithmetic as `attention_fwd`.
+/// through [`attend_query`], the routine `attention_fwd` runs for each of its queries.
 pub fn attention_decode_fwd(out: &mut [f32], lse: &mut [f32], q: &[f32], cache: &[f32], rows: &[i32], p: AttentionDecodeParams) {
     let (n, t_max, nh, nkv, hd) = (p.n as usize, p.t_max as usize, p.nh as usize, p.nkv as usize, p.hd as usize);
     let group = nh / nkv;
@@ -237,36 +263,18 @@ pub fn attention_decode_fwd(out: &mut [f32], lse: &mut [f32], q: &[f32], cache: 
     assert!(q.len() >= (n - 1) * q_row + p.q_off as usize + out_row, "attention_decode_fwd: q too small");
     assert!(cache.len() >= p.slots as usize * t_max * kv_row, "attention_decode_fwd: cache too small");
     assert!(rows[..n].iter().all(|&r| r >= 0 && (r as usize) < p.slots as usize * t_max), "attention_decode_fwd: cache row out of range");
-    let out_ptr = SharedMut(out.as_mut_ptr());
-    let lse_ptr = SharedMut(lse.as_mut_ptr());
-    (0..n * nh).into_par_iter().for_each_init(
-        || Scratch::new(1, 0, hd),
-        |scratch, task| {
-            let (i, h) = (task / nh, task % nh);
+    out[..n * out_row].par_chunks_mut(out_row).zip(lse[..n * nh].par_chunks_mut(nh)).enumerate().for_each_init(
+        || vec![0f32; t_max],
+        |scores, (i, (dst, l))| {
             let r = rows[i] as usize;
             let (slot, pos) = (r / t_max, r % t_max);
-            let kvh = h / group;
             let base = slot * t_max * kv_row;
-            let q_ptr = q[i * q_row + p.q_off as usize + h * hd..].as_ptr();
-            let k_ptr = cache[base + kvh * hd..].as_ptr();
-            let v_ptr = cache[base + (nkv + kvh) * hd..].as_ptr();
-            // SAFETY: rows and sizes checked above; output row i, head h belongs to this task.
-            unsafe {
-                let dst = out_ptr.ptr().add(i * out_row + h * hd);
-                let lse_dst = lse_ptr.ptr().add(i * nh + h);
-                attend_block(
-                    scratch,
-                    Block { qb: 1, n_keys: pos + 1, visible0: pos + 1, hd, scale: p.scale },
-                    q_ptr,
-                    q_row,
-                    k_ptr,
-                    v_ptr,
-                    kv_row,
-                    dst,
-                    out_row,
-                    lse_dst,
-                    1,
-                );
+            for h in 0..nh {
+                let kvh = h / group;
+                let qi = &q[i * q_row + p.q_off as usize + h * hd..][..hd];
+                let keys = &cache[base + kvh * hd..][..pos * kv_row + hd];
+                let values = &cache[base + (nkv + kvh) * hd..][..pos * kv_row + hd];
+                attend_query(qi, keys, values, kv_row, pos + 1, p.scale, scores, &mut dst[h * hd..(h + 1) * hd], &mut l[h]);
             }
         },
     );

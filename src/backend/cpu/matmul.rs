@@ -3,6 +3,13 @@
 //! `gemm` crate (packed, SIMD micro-kernels, rayon). A linear layer's backward is two more calls:
 //! `dx = dy @ W` and `dW += dy^T @ x` (with the transposes that match W's storage).
 //! Bias: `out[i, j] += bias[j]`; backward `dbias[j] += sum_i dout[i, j]` reduced per column.
+//!
+//! Batch invariance: row `i` of an (untransposed-`a`) product is the same bits whatever the number
+//! of rows, the row's position among them and the thread count, because products too small for
+//! `gemm`'s general kernel run zero-padded to the fewest rows that take it (see [`min_rows`]). The
+//! training forward and the rollout engine's prefill/decode steps therefore agree bit for bit
+//! (DESIGN principle 6); `tests/ops.rs` (`matmul_rows_batch_invariant`) guards this against
+//! `gemm` changes.
 
 use crate::backend::ops::{BiasParams, MatmulParams};
 use gemm::Parallelism;
@@ -18,30 +25,33 @@ fn strides(transposed: bool, cols_of_op: usize, rows_of_op: usize) -> (isize, is
     }
 }
 
-/// The fewest rows a single (untransposed-`a`) product runs with: `gemm` takes a matrix-vector
-/// path for one row, other kernels for a few rows of a narrow product, and, when both `m` and `n` are at most 64, blocks `k` by 512 instead of by
-/// its cache-derived depth. Either would sum a row's dot products in another order than a large
-/// product does, so smaller products run zero-padded to this many rows: a row of the output is
-/// then the same bits whatever the other rows are (batch invariance, which makes rollout
-/// log-probs equal training log-probs).
-/// Rows below which `gemm` runs narrow (`n <= 64`) products with other kernels (measured: up to 4
-/// rows differ from larger products in the last bits).
-pub const MIN_SMALL_ROWS: usize = 8;
-
-fn min_rows(n: usize, k: usize) -> usize {
-    if n <= 64 && k > 512 {
-        65
-    } else if n <= 64 {
-        MIN_SMALL_ROWS
-    } else {
-        2
+/// The fewest rows a single (untransposed-`a`) product of width `n` and depth `k` runs with, so
+/// that every output row is the same bits whatever the number of rows (batch invariance). From
+/// `gemm` 0.19's dispatch (`gemm-common/src/gemm.rs`), the only choices that depend on `m` are:
+/// - `m * n <= 256` with unit-stride `a` rows and a unit row stride of `b` (`trans_b`, or `n == 1`):
+///   "horizontal" kernels that reduce each dot product across SIMD lanes;
+/// - `m <= 1`: a matrix-vector kernel;
+/// - `m <= 64 && n <= 64`: depth blocked by 512 instead of `kernel_params`' even split of `k`
+///   (the same when `k <= 512`).
+///
+/// Everything else runs the packed micro-kernel, which accumulates each output element over `k`
+/// with one FMA chain per depth block (the blocks depend on `k`, `n` and the cache sizes only),
+/// so a row's bits do not depend on `m`, on the row's position or on the threads.
+fn min_rows(n: usize, k: usize, unit_b_rows: bool) -> usize {
+    let mut rows = 2;
+    if unit_b_rows {
+        rows = rows.max(256 / n.max(1) + 1);
     }
+    if n <= 64 && k > 512 {
+        rows = rows.max(65);
+    }
+    rows
 }
 
 pub fn matmul(out: &mut [f32], a: &[f32], b: &[f32], p: MatmulParams) {
     let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
     let batch = p.batch.max(1) as usize;
-    let rows = min_rows(n, k);
+    let rows = min_rows(n, k, p.trans_b != 0 || n == 1);
     if batch == 1 && p.trans_a == 0 && m > 0 && m < rows && k > 0 {
         // zero-padded copy of a (and of out when accumulating), product, first m rows back
         let mut a_pad = vec![0f32; rows * k];
