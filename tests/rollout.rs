@@ -171,3 +171,27 @@ fn training_logprobs_batch_invariant() {
         }
     }
 }
+
+#[test]
+fn an_engine_reuses_and_grows_its_buffers_across_calls() {
+    use rlhf::generate::RolloutEngine;
+    let be = CpuBackend::new();
+    let model = load("llama");
+    let cfg = |max_new: usize, slots: usize| RolloutConfig {
+        slots,
+        gen: GenerateConfig { max_new_tokens: max_new, temperature: 1.0, seed: 3, ..GenerateConfig::default() },
+    };
+    let small: Vec<Vec<u32>> = prompts(3).into_iter().map(|p| p[..2].to_vec()).collect();
+    let large = prompts(6);
+    let mut engine = RolloutEngine::new();
+    // big first (buffers sized for it), then smaller calls reuse them, then a bigger one grows them
+    for (ps, max_new, slots) in [(&large, 8, 4), (&small, 3, 2), (&small, 9, 3), (&large, 12, 5), (&small, 3, 2)] {
+        let fresh = rollout(&be, &model, ps, &cfg(max_new, slots)).unwrap();
+        let reused = engine.run(&be, &model, ps, &cfg(max_new, slots)).unwrap();
+        for (a, b) in fresh.outputs.iter().zip(&reused.outputs) {
+            assert_eq!(a.response, b.response);
+            assert_eq!(a.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
+        }
+        assert_logprobs_bits(&be, &model, &reused.outputs, "engine");
+    }
+}

@@ -100,8 +100,81 @@ struct Seq {
     response: Vec<u32>,
 }
 
-/// Samples up to `cfg.gen.max_new_tokens` tokens after each prompt with `cfg.slots` slots.
+/// Samples up to `cfg.gen.max_new_tokens` tokens after each prompt with `cfg.slots` slots
+/// (a one-off [`RolloutEngine`]).
 pub fn rollout<B: Backend>(be: &B, model: &Model<B>, prompts: &[Vec<u32>], cfg: &RolloutConfig) -> Result<Rollout> {
+    RolloutEngine::new().run(be, model, prompts, cfg)
+}
+
+/// The engine's device buffers: activations for a prefill of `slots` prompts of up to
+/// `cap / slots` tokens, the per-slot KV cache laid out with `t_max` positions per slot, and the
+/// recorded log-probs with `max_new` rows per slot.
+struct EngineBuffers<B: Backend> {
+    model_dims: (usize, usize, usize, usize),
+    slots: usize,
+    cap: usize,
+    t_max: usize,
+    max_new: usize,
+    acts: Activations<B>,
+    cache: SlotCache<B>,
+    rows: B::Ids,
+    store_rows: B::Ids,
+    sampled: B::Ids,
+    store: B::Buf,
+}
+
+/// A rollout engine that keeps its buffers (activations, KV cache, recorded log-probs) from one
+/// call to the next — PPO calls it every step — and grows them only when a call needs more.
+pub struct RolloutEngine<B: Backend> {
+    bufs: Option<EngineBuffers<B>>,
+}
+
+impl<B: Backend> Default for RolloutEngine<B> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<B: Backend> RolloutEngine<B> {
+    pub fn new() -> Self {
+        RolloutEngine { bufs: None }
+    }
+
+    /// Buffers for `slots` x `cap` prefill tokens, `t_max` cache positions and `max_new` recorded
+    /// tokens per slot, reused when the current ones are large enough.
+    fn buffers(&mut self, be: &B, model: &Model<B>, slots: usize, cap: usize, t_max: usize, max_new: usize) -> Result<&mut EngineBuffers<B>> {
+        let mcfg = model.cfg();
+        let dims = (mcfg.n_layers, mcfg.hidden_size, mcfg.vocab_size, mcfg.n_kv_heads * mcfg.head_dim);
+        let fits = self.bufs.as_ref().is_some_and(|b| b.model_dims == dims && b.slots >= slots && b.cap >= cap && b.t_max >= t_max && b.max_new >= max_new);
+        if !fits {
+            let old = self.bufs.take();
+            let keep = |f: fn(&EngineBuffers<B>) -> usize, want: usize| old.as_ref().filter(|b| b.model_dims == dims).map_or(want, |b| f(b).max(want));
+            let (slots, cap, t_max, max_new) = (keep(|b| b.slots, slots), keep(|b| b.cap, cap), keep(|b| b.t_max, t_max), keep(|b| b.max_new, max_new));
+            drop(old);
+            self.bufs = Some(EngineBuffers {
+                model_dims: dims,
+                slots,
+                cap,
+                t_max,
+                max_new,
+                acts: Activations::new(be, mcfg, slots, cap)?,
+                cache: SlotCache::new(be, mcfg, slots, t_max)?,
+                rows: be.alloc_ids(cap)?,
+                store_rows: be.alloc_ids(slots)?,
+                sampled: be.alloc_ids(slots)?,
+                store: be.alloc(slots * max_new)?,
+            });
+        }
+        Ok(self.bufs.as_mut().expect("allocated above"))
+    }
+
+    /// Samples up to `cfg.gen.max_new_tokens` tokens after each prompt with `cfg.slots` slots.
+    pub fn run(&mut self, be: &B, model: &Model<B>, prompts: &[Vec<u32>], cfg: &RolloutConfig) -> Result<Rollout> {
+        run_engine(self, be, model, prompts, cfg)
+    }
+}
+
+fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B>, prompts: &[Vec<u32>], cfg: &RolloutConfig) -> Result<Rollout> {
     let g = &cfg.gen;
     g.validate()?;
     if cfg.slots == 0 {
@@ -141,13 +214,12 @@ pub fn rollout<B: Backend>(be: &B, model: &Model<B>, prompts: &[Vec<u32>], cfg: 
     let dec = &model.decoder;
     let w = &model.weights;
     let cap = (s * max_prompt).max(s);
-    let mut acts = Activations::new(be, mcfg, s, cap)?;
-    let mut cache = SlotCache::new(be, mcfg, s, t_max)?;
-    let mut rows = be.alloc_ids(cap)?;
-    let mut store_rows = be.alloc_ids(s)?;
-    let mut sampled = be.alloc_ids(s)?;
-    // -log p of response token k of the sequence in slot i at row i * max_new + k
-    let mut store = be.alloc(s * max_new)?;
+    let bufs = engine.buffers(be, model, s, cap, t_max, max_new)?;
+    // the buffers may be larger than this call needs: the cache keeps `bufs.t_max` positions per
+    // slot, the record `bufs.max_new` rows per slot
+    let (t_max, stride) = (bufs.t_max, bufs.max_new);
+    let EngineBuffers { acts, cache, rows, store_rows, sampled, store, .. } = bufs;
+    // -log p of response token k of the sequence in slot i at row i * stride + k
     let mut step = 0u32;
     let sample_params = |n: usize, step: u32| SampleParams {
         n: n as u32,
@@ -196,11 +268,11 @@ pub fn rollout<B: Backend>(be: &B, model: &Model<B>, prompts: &[Vec<u32>], cfg: 
                 fresh.push((slot, bi));
             }
             let shape = Shape { b, t };
-            dec.set_inputs(be, &mut acts, shape, &tokens, None)?;
-            be.write_ids(&mut rows, &cache_rows)?;
-            dec.forward_prefill(be, w, &mut acts, &mut cache, &rows, shape, &last)?;
-            let srows: Vec<i32> = admit.iter().map(|&(slot, _)| (slot * max_new) as i32).collect();
-            sample_and_record(be, &mut acts, &mut sampled, &mut store, &mut store_rows, &srows, sample_params(b, step), vocab)?;
+            dec.set_inputs(be, acts, shape, &tokens, None)?;
+            be.write_ids(rows, &cache_rows)?;
+            dec.forward_prefill(be, w, acts, cache, rows, shape, &last)?;
+            let srows: Vec<i32> = admit.iter().map(|&(slot, _)| (slot * stride) as i32).collect();
+            sample_and_record(be, acts, sampled, store, store_rows, &srows, sample_params(b, step), vocab)?;
             step += 1;
             let ids = be.download_ids(&sampled)?;
             for &(slot, bi) in &fresh {
@@ -222,7 +294,7 @@ pub fn rollout<B: Backend>(be: &B, model: &Model<B>, prompts: &[Vec<u32>], cfg: 
             for (slot, reason) in finished {
                 if let Some(seq) = slots[slot].take() {
                     let k = seq.response.len();
-                    let logprobs = neg[slot * max_new..slot * max_new + k].iter().map(|l| -l).collect();
+                    let logprobs = neg[slot * stride..slot * stride + k].iter().map(|l| -l).collect();
                     outputs[seq.prompt] = Some(RolloutOutput { prompt: prompts[seq.prompt].clone(), response: seq.response, logprobs, finish: reason });
                     done += 1;
                 }
@@ -247,13 +319,13 @@ pub fn rollout<B: Backend>(be: &B, model: &Model<B>, prompts: &[Vec<u32>], cfg: 
             tokens.push(*seq.response.last().expect("a sampled token") as i32);
             positions.push(seq.len as i32);
             crow.push((i * t_max + seq.len) as i32);
-            srows.push((i * max_new + seq.response.len()) as i32);
+            srows.push((i * stride + seq.response.len()) as i32);
         }
         be.write_ids(&mut acts.tokens, &tokens)?;
         be.write_ids(&mut acts.positions, &positions)?;
-        be.write_ids(&mut rows, &crow)?;
-        dec.forward_decode(be, w, &mut acts, &mut cache, &rows, n)?;
-        sample_and_record(be, &mut acts, &mut sampled, &mut store, &mut store_rows, &srows, sample_params(n, step), vocab)?;
+        be.write_ids(rows, &crow)?;
+        dec.forward_decode(be, w, acts, cache, rows, n)?;
+        sample_and_record(be, acts, sampled, store, store_rows, &srows, sample_params(n, step), vocab)?;
         step += 1;
         let ids = be.download_ids(&sampled)?;
         for (r, &i) in active.iter().enumerate() {

@@ -11,7 +11,7 @@ use crate::data::jsonl::Example;
 use crate::data::rng::Rng;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
-use crate::generate::{rollout, GenerateConfig, RolloutConfig};
+use crate::generate::{GenerateConfig, RolloutConfig, RolloutEngine};
 use crate::model::{Activations, Model, Shape};
 use crate::rl::kl_controller::KlController;
 use crate::rl::ppo_update::{PpoStats, PpoUpdate, StepTensors, ValueHead};
@@ -274,6 +274,7 @@ pub fn run_ppo<B: Backend>(
     let mut cursor = 0;
     let mut reports = Vec::with_capacity(cfg.steps);
     let mut step_t = StepTensors::new(be, b, max_len, cfg.kl_in_loss.is_some())?;
+    let mut engine = RolloutEngine::new();
     let mut dev = StepScratch::new(be, b, max_len)?;
     let stop_ids: Vec<u32> = tokenizer.stop_ids();
     let start = Instant::now();
@@ -300,7 +301,7 @@ pub fn run_ppo<B: Backend>(
             stop_ids: stop_ids.clone(),
         };
         let prompt_batch: Vec<Vec<u32>> = batch_prompts.iter().map(|p| p.to_vec()).collect();
-        let rolled = rollout(be, policy, &prompt_batch, &RolloutConfig { slots: b, gen })?;
+        let rolled = engine.run(be, policy, &prompt_batch, &RolloutConfig { slots: b, gen })?;
         let responses: Vec<Vec<u32>> = rolled.outputs.into_iter().map(|o| o.response).collect();
         let rollout_s = t0.elapsed().as_secs_f64();
         let rollout_tokens: usize = responses.iter().map(Vec::len).sum();
