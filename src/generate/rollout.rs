@@ -274,7 +274,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
             let srows: Vec<i32> = admit.iter().map(|&(slot, _)| (slot * stride) as i32).collect();
             sample_and_record(be, acts, sampled, store, store_rows, &srows, sample_params(b, step), vocab)?;
             step += 1;
-            let ids = be.download_ids(&sampled)?;
+            let ids = be.download_ids(sampled)?;
             for &(slot, bi) in &fresh {
                 if let Some(seq) = slots[slot].as_mut() {
                     seq.response.push(ids[bi] as u32);
@@ -290,7 +290,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
             })
             .collect();
         if !finished.is_empty() {
-            let neg = be.download(&store)?;
+            let neg = be.download(store)?;
             for (slot, reason) in finished {
                 if let Some(seq) = slots[slot].take() {
                     let k = seq.response.len();
@@ -327,7 +327,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
         dec.forward_decode(be, w, acts, cache, rows, n)?;
         sample_and_record(be, acts, sampled, store, store_rows, &srows, sample_params(n, step), vocab)?;
         step += 1;
-        let ids = be.download_ids(&sampled)?;
+        let ids = be.download_ids(sampled)?;
         for (r, &i) in active.iter().enumerate() {
             if let Some(seq) = slots[i].as_mut() {
                 seq.len += 1;
