@@ -578,7 +578,7 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
     }
     let reward = Model::load_reward(be, &a.reward_model, a.seed)?;
     let mut value = if a.value_head { None } else { Some(Model::load_reward(be, a.value_model.as_ref().unwrap_or(&a.reward_model), a.seed)?) };
-    let prompts = rlhf::data::jsonl::load_prompts_jsonl(&a.prompts, &tok)?;
+    let prompts = rlhf::data::jsonl::load_prompts_jsonl(&a.prompts, &tok, policy.cfg().max_positions.min(reward.cfg().max_positions))?;
     let ptx = match &a.ptx_data {
         Some(path) => {
             if !(a.ptx_coef > 0.0 && a.ptx_coef.is_finite()) {

@@ -441,4 +441,8 @@ fn ppo_command_trains_and_rejects_mismatched_models() {
     std::fs::write(&prompts, "{\"prompt\": \"fine\"}\n{\"question\": \"no\"}\n").unwrap();
     let out = rlhf(&args);
     assert_fails_with(&out, &["prompts.jsonl:2"]);
+    // a prompt longer than the context (64 positions for the fixture)
+    std::fs::write(&prompts, format!("{{\"prompt\": \"{}\"}}\n", "word ".repeat(100))).unwrap();
+    let out = rlhf(&args);
+    assert_fails_with(&out, &["prompts.jsonl:1", "no room"]);
 }

@@ -250,8 +250,9 @@ pub fn load_sft_jsonl(path: &Path, tok: &Tokenizer) -> Result<Vec<Example>> {
 }
 
 /// Prompts for RL: `{"prompt": "..."}` lines (tokenised with the tokenizer's special tokens) or
-/// `{"messages": [...]}` lines (rendered with the chat template and its generation prompt).
-pub fn load_prompts_jsonl(path: &Path, tok: &Tokenizer) -> Result<Vec<Vec<u32>>> {
+/// `{"messages": [...]}` lines (rendered with the chat template and its generation prompt). A
+/// prompt of `context` tokens or more (no room for a response) is an error naming its line.
+pub fn load_prompts_jsonl(path: &Path, tok: &Tokenizer, context: usize) -> Result<Vec<Vec<u32>>> {
     let mut out = Vec::new();
     for (line, obj) in read_jsonl_objects(path)? {
         let ids = if let Some(p) = obj.get("prompt") {
@@ -265,6 +266,13 @@ pub fn load_prompts_jsonl(path: &Path, tok: &Tokenizer) -> Result<Vec<Vec<u32>>>
         };
         if ids.is_empty() {
             return Err(Error::line(path, line, "the prompt is empty"));
+        }
+        if ids.len() + 1 >= context {
+            return Err(Error::line(
+                path,
+                line,
+                format!("the prompt has {} tokens, leaving no room for a response in the model's context of {context}", ids.len()),
+            ));
         }
         out.push(ids);
     }
