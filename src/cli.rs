@@ -30,7 +30,7 @@ pub enum Command {
     /// PPO against a reward model with a per-token KL penalty to the frozen SFT model
     Ppo(PpoArgs),
     /// Print a reward model's score of each input line
-    Score(ScoreArgs),
+    Score(LogprobsArgs),
     /// Print the log-probability of every token (after the first) of each input line
     Logprobs(LogprobsArgs),
     /// Sample a continuation of a prompt with a KV cache
@@ -271,25 +271,11 @@ pub struct PpoArgs {
 }
 
 #[derive(Args, Debug)]
-pub struct ScoreArgs {
-    /// Reward-model folder (as `rlhf rm` saves it)
-    #[arg(long)]
-    pub model: PathBuf,
-    /// JSONL with `input_ids` or `text` per line (prompt and completion together)
-    #[arg(long)]
-    pub input: PathBuf,
-    /// Sequences per forward
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    #[command(flatten)]
-    pub common: Common,
-}
-
-#[derive(Args, Debug)]
 pub struct LogprobsArgs {
+    /// Model folder (for `score`, a reward model as `rlhf rm` saves it)
     #[arg(long)]
     pub model: PathBuf,
-    /// JSONL with `input_ids` or `text` per line
+    /// JSONL with `input_ids` or `text` per line (for `score`, prompt and completion together)
     #[arg(long)]
     pub input: PathBuf,
     /// Sequences per forward
@@ -610,7 +596,7 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
     Ok(())
 }
 
-fn cmd_score<B: Backend>(be: &B, a: &ScoreArgs) -> Result<()> {
+fn cmd_score<B: Backend>(be: &B, a: &LogprobsArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }

@@ -21,6 +21,7 @@
 //! recomputed, probabilities from the saved `lse`); its tasks own one key/value head of one
 //! sequence, so every gradient element has one writer and a fixed summation order.
 
+use super::SharedMut;
 use crate::backend::cpu::matmul::{gemm_view, View};
 use crate::backend::cpu::simd;
 use crate::backend::ops::{AttentionDecodeParams, AttentionParams, KvCacheParams, ScatterParams};
@@ -28,19 +29,6 @@ use rayon::prelude::*;
 
 /// Queries per block.
 const QB: usize = 64;
-
-/// A raw pointer that may cross threads; each task writes a disjoint set of elements.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// Going through a method makes closures capture the whole (Send + Sync) wrapper.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
 
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     a.iter().zip(b).map(|(x, y)| x * y).sum()

@@ -22,6 +22,21 @@ pub mod simd;
 use crate::backend::ops::*;
 use crate::error::{Error, Result};
 
+/// A raw pointer that may cross threads, for kernels whose parallel tasks each write a disjoint
+/// set of elements of one output.
+#[derive(Clone, Copy)]
+pub(crate) struct SharedMut(pub(crate) *mut f32);
+// SAFETY: users guarantee that tasks write disjoint elements and outlive no borrow.
+unsafe impl Send for SharedMut {}
+unsafe impl Sync for SharedMut {}
+
+impl SharedMut {
+    /// Going through a method makes closures capture the whole (Send + Sync) wrapper.
+    pub(crate) fn ptr(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// The CPU backend. `threads` is the size of rayon's pool (0 = one per core).
 #[derive(Debug, Default)]
 pub struct CpuBackend {

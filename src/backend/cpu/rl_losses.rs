@@ -42,6 +42,7 @@
 
 use super::matmul::{gemm_view, View};
 use super::simd::{self, multiversion};
+use super::SharedMut;
 use crate::backend::ops::{ppo_stat, KlParams, LogprobParams, PpoParams};
 use rayon::prelude::*;
 
@@ -52,19 +53,6 @@ pub const ROW_BLOCK: usize = 256;
 
 /// Tokens per reduction block of `ppo_loss_fwd_bwd` (token-mean aggregation).
 const PPO_BLOCK: usize = 1024;
-
-/// A raw pointer that may cross threads; each task writes a disjoint set of elements.
-#[derive(Clone, Copy)]
-struct SharedMut(*mut f32);
-unsafe impl Send for SharedMut {}
-unsafe impl Sync for SharedMut {}
-
-impl SharedMut {
-    /// Going through a method makes closures capture the whole (Send + Sync) wrapper.
-    fn ptr(self) -> *mut f32 {
-        self.0
-    }
-}
 
 /// Floats of one z tile: `min(n, ROW_BLOCK)` rows of `min(chunk, v)` logits.
 fn tile_floats(n: usize, v: usize, chunk: usize) -> usize {
