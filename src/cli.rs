@@ -456,6 +456,14 @@ fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
     Ok(())
 }
 
+/// An output folder that is an existing file is refused before any work starts.
+fn check_out_dir(out: &Path) -> Result<()> {
+    if out.exists() && !out.is_dir() {
+        bail!("--out must be a folder: {} is a file", out.display());
+    }
+    Ok(())
+}
+
 fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
     let cfg = rlhf::rl::reward::RmConfig {
         out: a.out.clone(),
@@ -476,9 +484,7 @@ fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
     if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite() && a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
         bail!("--weight-decay and --max-grad-norm must be non-negative numbers");
     }
-    if a.out.exists() && !a.out.is_dir() {
-        bail!("--out must be a folder: {} is a file", a.out.display());
-    }
+    check_out_dir(&a.out)?;
     let (mut model, tok) = load_source(be, &a.source, a.seed, true)?;
     let seq_len = a.seq_len.min(model.cfg().max_positions);
     let groups = rlhf::data::preference::load_preference_jsonl(&a.data, &tok, seq_len)?;
@@ -542,9 +548,7 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
     if !(a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
         bail!("--max-grad-norm must be a non-negative number");
     }
-    if a.out.exists() && !a.out.is_dir() {
-        bail!("--out must be a folder: {} is a file", a.out.display());
-    }
+    check_out_dir(&a.out)?;
     let tok = Tokenizer::load(&a.policy)?;
     let reward_tok = Tokenizer::load(&a.reward_model)?;
     if reward_tok.vocab_size() != tok.vocab_size() || reward_tok.eos_id() != tok.eos_id() {
@@ -608,7 +612,7 @@ fn cmd_score<B: Backend>(be: &B, a: &LogprobsArgs) -> Result<()> {
     let tok = Tokenizer::load(&a.model).ok();
     let seqs = rlhf::data::score_input::read_score_inputs(&a.input, tok.as_ref(), model.cfg().vocab_size, model.cfg().max_positions)?;
     let longest = seqs.iter().map(Vec::len).max().unwrap_or(2);
-    let mut scorer = rlhf::rl::reward::RewardTrainer::new(be, &model, a.batch_size, longest, AdamWConfig::default())?;
+    let mut scorer = rlhf::rl::reward::RewardTrainer::scorer(be, &model, a.batch_size, longest)?;
     let pad = tok.as_ref().map_or(0, |t| t.pad_or_default());
     let scores = scorer.score(be, &model, &seqs, pad)?;
     let mut out = std::io::stdout().lock();

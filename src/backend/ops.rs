@@ -1,6 +1,6 @@
 //! THE op list. Every kernel op of `rlhf` is named once here, forward and backward, as a method of
 //! the [`Backend`] trait; every backend (`cpu`, later `cuda` and `wgpu`) implements all of them,
-//! so a missing op is a build error, never a run-time "not implemented".
+//! so a missing op is a build error, never a failure at run time.
 //!
 //! Conventions (the same in Rust, CUDA C and WGSL):
 //! - argument order: outputs, what is saved for backward, inputs, weights, then one params struct

@@ -53,7 +53,7 @@ pub fn generate<B: Backend>(be: &B, model: &Model<B>, prompt: &[u32], cfg: &Gene
     }
     let t_max = prompt.len().saturating_add(cfg.max_new_tokens).min(max_pos);
     let dec = &model.decoder;
-    let mut acts = Activations::new(be, model.cfg(), 1, prompt.len())?;
+    let mut acts = Activations::with_logit_rows(be, model.cfg(), 1, prompt.len(), 1)?;
     let mut cache = KvCache::new(be, model.cfg(), 1, t_max)?;
     let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     dec.forward_cached(be, &model.weights, &mut acts, &mut cache, Some(&ids), 1, prompt.len())?;

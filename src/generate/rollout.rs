@@ -157,7 +157,7 @@ impl<B: Backend> RolloutEngine<B> {
                 cap,
                 t_max,
                 max_new,
-                acts: Activations::new(be, mcfg, slots, cap)?,
+                acts: Activations::with_logit_rows(be, mcfg, slots, cap, slots)?,
                 cache: SlotCache::new(be, mcfg, slots, t_max)?,
                 rows: be.alloc_ids(cap)?,
                 store_rows: be.alloc_ids(slots)?,

@@ -122,7 +122,15 @@ fn check_token_capacity(d: &Dims, n: usize) -> Result<()> {
 }
 
 impl<B: Backend> Activations<B> {
+    /// Activations for `max_tokens` tokens with logits for all of them (`[max_tokens, V]`).
     pub fn new(be: &B, cfg: &ModelConfig, max_batch: usize, max_tokens: usize) -> Result<Self> {
+        Self::with_logit_rows(be, cfg, max_batch, max_tokens, max_tokens)
+    }
+
+    /// As [`Activations::new`], with room for `logit_rows` rows of logits only: 0 for passes that
+    /// stop at the final hidden states (reward models, values, the streamed log-prob gather),
+    /// the number of sequences for generation, which needs the last token's logits.
+    pub fn with_logit_rows(be: &B, cfg: &ModelConfig, max_batch: usize, max_tokens: usize, logit_rows: usize) -> Result<Self> {
         let d = Dims::new(cfg);
         let n = max_tokens;
         check_token_capacity(&d, n)?;
@@ -156,7 +164,7 @@ impl<B: Backend> Activations<B> {
             lnf: be.alloc(n * d.c)?,
             lnf_mean: be.alloc(n)?,
             lnf_rstd: be.alloc(n)?,
-            logits: be.alloc(n * d.v)?,
+            logits: be.alloc(logit_rows.min(n) * d.v)?,
             lse: be.alloc(n)?,
             losses: be.alloc(n)?,
             loss_weights: be.alloc(n)?,
@@ -164,10 +172,26 @@ impl<B: Backend> Activations<B> {
             last_rows: be.alloc_ids(max_batch)?,
         })
     }
+
+    /// Grows the logits buffer to `rows` rows if it is smaller (PPO-ptx on a buffer set built
+    /// without logits).
+    pub fn ensure_logit_rows(&mut self, be: &B, rows: usize, vocab: usize) -> Result<()> {
+        if be.len(&self.logits) < rows * vocab {
+            self.logits = be.alloc(rows * vocab)?;
+        }
+        Ok(())
+    }
 }
 
 impl<B: Backend> GradScratch<B> {
+    /// Activation gradients for `max_tokens` tokens, with logits gradients for all of them.
     pub fn new(be: &B, cfg: &ModelConfig, max_tokens: usize) -> Result<Self> {
+        Self::with_logit_rows(be, cfg, max_tokens, max_tokens)
+    }
+
+    /// As [`GradScratch::new`] with `logit_rows` rows of logits gradients (0 for backward passes
+    /// that start at the final hidden states).
+    pub fn with_logit_rows(be: &B, cfg: &ModelConfig, max_tokens: usize, logit_rows: usize) -> Result<Self> {
         let d = Dims::new(cfg);
         let n = max_tokens;
         check_token_capacity(&d, n)?;
@@ -180,8 +204,16 @@ impl<B: Backend> GradScratch<B> {
             d_fc: be.alloc(n * d.inter)?,
             d_up: be.alloc(n * d.inter)?,
             d_act: be.alloc(n * d.inter)?,
-            d_logits: be.alloc(n * d.v)?,
+            d_logits: be.alloc(logit_rows.min(n) * d.v)?,
         })
+    }
+
+    /// Grows the logits-gradient buffer to `rows` rows if it is smaller.
+    pub fn ensure_logit_rows(&mut self, be: &B, rows: usize, vocab: usize) -> Result<()> {
+        if be.len(&self.d_logits) < rows * vocab {
+            self.d_logits = be.alloc(rows * vocab)?;
+        }
+        Ok(())
     }
 }
 
@@ -492,6 +524,9 @@ impl Decoder {
     pub fn forward<B: Backend>(&self, be: &B, w: &[B::Buf], acts: &mut Activations<B>, shape: Shape) -> Result<()> {
         let n = shape.n();
         let d = self.dims;
+        if be.len(&acts.logits) < n * d.v {
+            return Err(crate::Error::invalid("these activations were built without room for the logits of every token"));
+        }
         self.forward_hidden(be, w, acts, shape)?;
         be.matmul(&mut acts.logits, &acts.lnf, &w[self.lm_head()], MatmulParams::new(n, d.v, d.c, false, true))?;
         be.cross_entropy_fwd(&mut acts.losses, &mut acts.lse, &acts.logits, &acts.targets, CrossEntropyParams { n: n as u32, v: d.v as u32 })
@@ -502,6 +537,9 @@ impl Decoder {
     pub fn backward<B: Backend>(&self, be: &B, w: &[B::Buf], grads: &mut [B::Buf], acts: &Activations<B>, s: &mut GradScratch<B>, shape: Shape) -> Result<()> {
         let n = shape.n();
         let d = self.dims;
+        if be.len(&s.d_logits) < n * d.v {
+            return Err(crate::Error::invalid("this gradient scratch was built without room for the logits of every token"));
+        }
         be.cross_entropy_bwd(&mut s.d_logits, &acts.loss_weights, &acts.logits, &acts.lse, &acts.targets, CrossEntropyParams { n: n as u32, v: d.v as u32 })?;
         // logits = lnf @ E^T: d_lnf = d_logits @ E, dE += d_logits^T @ lnf
         let head = self.lm_head();

@@ -260,7 +260,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
     )?;
     let ppo_s = t.elapsed().as_secs_f64();
     let (answers, ppo_oracle, kl) = evaluate(be, &policy, Some(&reference), &tok, &eval_prompts, cfg.seed)?;
-    let mut rm_scorer = crate::rl::reward::RewardTrainer::new(be, &reward, 16, 64, AdamWConfig::default())?;
+    let mut rm_scorer = crate::rl::reward::RewardTrainer::scorer(be, &reward, 16, 64)?;
     let score_of = |policy_answers: &[Vec<u32>], scorer: &mut crate::rl::reward::RewardTrainer<B>| -> Result<f32> {
         let seqs: Vec<Vec<u32>> = eval_prompts.iter().zip(policy_answers).map(|(p, a)| p.iter().chain(a).copied().collect()).collect();
         let s = scorer.score(be, &reward, &seqs, tok.pad_or_default())?;

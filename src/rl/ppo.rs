@@ -168,7 +168,7 @@ impl<B: Backend> StepScratch<B> {
 impl<B: Backend> Scorer<B> {
     fn new(be: &B, model: &Model<B>, max_seqs: usize, max_len: usize) -> Result<Self> {
         let n = max_seqs * max_len;
-        Ok(Scorer { acts: Activations::new(be, model.cfg(), max_seqs, n)?, entropy: be.alloc(n)?, lse: be.alloc(n)? })
+        Ok(Scorer { acts: Activations::with_logit_rows(be, model.cfg(), max_seqs, n, 0)?, entropy: be.alloc(n)?, lse: be.alloc(n)? })
     }
 
     /// Log-probs of `targets` (per position) into `out` on the device.
@@ -254,7 +254,7 @@ pub fn run_ppo<B: Backend>(
     let b = cfg.rollout_batch;
     let pad = tokenizer.pad_or_default();
     let mut scorer = Scorer::new(be, policy, b, max_len)?;
-    let mut rm_scorer = RewardTrainer::new(be, reward, b, max_len, AdamWConfig::default())?;
+    let mut rm_scorer = RewardTrainer::scorer(be, reward, b, max_len)?;
     let mb_seqs = cfg.mini_batch.min(b).max(cfg.ptx_batch_size * usize::from(ptx_batcher.is_some()));
     let mut update = PpoUpdate::new(be, policy, value.as_deref(), mb_seqs, max_len, cfg.optim)?;
     if value.is_none() {

@@ -110,8 +110,8 @@ struct Trainee<B: Backend> {
 impl<B: Backend> Trainee<B> {
     fn new(be: &B, model: &Model<B>, max_seqs: usize, max_tokens: usize, optim: AdamWConfig) -> Result<Self> {
         Ok(Trainee {
-            acts: Activations::new(be, model.cfg(), max_seqs, max_tokens)?,
-            scratch: GradScratch::new(be, model.cfg(), max_tokens)?,
+            acts: Activations::with_logit_rows(be, model.cfg(), max_seqs, max_tokens, 0)?,
+            scratch: GradScratch::with_logit_rows(be, model.cfg(), max_tokens, 0)?,
             grads: model.zeros_like(be)?,
             opt: AdamW::new(be, model.layout(), optim)?,
         })
@@ -429,6 +429,10 @@ impl<B: Backend> PpoUpdate<B> {
         }
         let w = coef / batch.n_supervised as f32;
         let pt = &mut self.policy;
+        // the PPO passes need no logits; the language-modelling loss does
+        let v = policy.cfg().vocab_size;
+        pt.acts.ensure_logit_rows(be, n, v)?;
+        pt.scratch.ensure_logit_rows(be, n, v)?;
         policy.decoder.set_inputs(be, &mut pt.acts, shape, &batch.inputs, Some(&batch.targets))?;
         let weights: Vec<f32> = batch.targets.iter().map(|&t| if t >= 0 { w } else { 0.0 }).collect();
         be.write(&mut pt.acts.loss_weights, &weights)?;

@@ -75,9 +75,8 @@ pub struct RankingStats {
 /// to `max_len` tokens, reused across steps.
 pub struct RewardTrainer<B: Backend> {
     acts: Activations<B>,
-    scratch: GradScratch<B>,
-    grads: Vec<B::Buf>,
-    opt: AdamW<B>,
+    /// gradients, activation-gradient scratch and optimiser (absent in a scoring-only instance)
+    train: Option<TrainState<B>>,
     scores: B::Buf,
     dscores: B::Buf,
     d_last: B::Buf,
@@ -111,17 +110,33 @@ fn pack(seqs: &[&[u32]], pad: u32, score_pad: Option<u32>) -> SeqBatch {
     SeqBatch { shape: Shape { b: seqs.len(), t }, inputs, last_rows }
 }
 
+struct TrainState<B: Backend> {
+    scratch: GradScratch<B>,
+    grads: Vec<B::Buf>,
+    opt: AdamW<B>,
+}
+
 impl<B: Backend> RewardTrainer<B> {
+    /// Buffers to train `model` (and score with it).
     pub fn new(be: &B, model: &Model<B>, max_seqs: usize, max_len: usize, optim: AdamWConfig) -> Result<Self> {
+        let mut t = Self::scorer(be, model, max_seqs, max_len)?;
+        t.train = Some(TrainState {
+            scratch: GradScratch::with_logit_rows(be, model.cfg(), max_seqs * max_len, 0)?,
+            grads: model.zeros_like(be)?,
+            opt: AdamW::new(be, model.layout(), optim)?,
+        });
+        Ok(t)
+    }
+
+    /// Buffers to score with `model` only (no gradients or optimiser state).
+    pub fn scorer(be: &B, model: &Model<B>, max_seqs: usize, max_len: usize) -> Result<Self> {
         if model.layout().score.is_none() {
             return Err(Error::invalid("the model has no score head (load it as a reward model)"));
         }
         let c = model.cfg().hidden_size;
         Ok(RewardTrainer {
-            acts: Activations::new(be, model.cfg(), max_seqs, max_seqs * max_len)?,
-            scratch: GradScratch::new(be, model.cfg(), max_seqs * max_len)?,
-            grads: model.zeros_like(be)?,
-            opt: AdamW::new(be, model.layout(), optim)?,
+            acts: Activations::with_logit_rows(be, model.cfg(), max_seqs, max_seqs * max_len, 0)?,
+            train: None,
             scores: be.alloc(max_seqs)?,
             dscores: be.alloc(max_seqs)?,
             d_last: be.alloc(max_seqs * c)?,
@@ -193,14 +208,15 @@ impl<B: Backend> RewardTrainer<B> {
         }
         let (b, c, n) = (batch.shape.b, model.cfg().hidden_size, batch.shape.n());
         let score = model.layout().score.expect("checked in new");
+        let st = self.train.as_mut().ok_or_else(|| Error::invalid("this reward-model instance scores only"))?;
         // scores = last_hidden @ w^T: d_last = dscores @ w, dw += dscores^T @ last_hidden
         be.matmul(&mut self.d_last, &self.dscores, &model.weights[score], MatmulParams::new(b, c, 1, false, false))?;
-        be.matmul(&mut self.grads[score], &self.dscores, &self.acts.last_hidden, MatmulParams::new(1, c, b, true, false).accumulate(true))?;
+        be.matmul(&mut st.grads[score], &self.dscores, &self.acts.last_hidden, MatmulParams::new(1, c, b, true, false).accumulate(true))?;
         // only the last token of each sequence feeds the score
-        be.fill(&mut self.scratch.d_ln, 0.0, ElementwiseParams::new(n * c))?;
+        be.fill(&mut st.scratch.d_ln, 0.0, ElementwiseParams::new(n * c))?;
         let scatter = EmbeddingParams { n: b as u32, c: c as u32, accumulate: 0, vocab: n as u32 };
-        be.embedding_bwd(&mut self.scratch.d_ln, &self.d_last, &self.acts.last_rows, scatter)?;
-        model.decoder.backward_hidden(be, &model.weights, &mut self.grads, &self.acts, &mut self.scratch, batch.shape)
+        be.embedding_bwd(&mut st.scratch.d_ln, &self.d_last, &self.acts.last_rows, scatter)?;
+        model.decoder.backward_hidden(be, &model.weights, &mut st.grads, &self.acts, &mut st.scratch, batch.shape)
     }
 
     fn read_stats(&mut self, be: &B) -> Result<RankingStats> {
@@ -232,7 +248,8 @@ impl<B: Backend> RewardTrainer<B> {
 
     /// The loss of `groups` (mean over prompts) and its gradient, left in [`Self::grads`].
     pub fn loss_and_grads(&mut self, be: &B, model: &Model<B>, groups: &[&PreferenceGroup], extra_margin: f32, pad: u32) -> Result<RankingStats> {
-        for g in self.grads.iter_mut() {
+        let st = self.train.as_mut().ok_or_else(|| Error::invalid("this reward-model instance scores only"))?;
+        for g in st.grads.iter_mut() {
             let n = be.len(g);
             be.fill(g, 0.0, ElementwiseParams::new(n))?;
         }
@@ -243,7 +260,7 @@ impl<B: Backend> RewardTrainer<B> {
 
     /// The parameter gradients of the last [`Self::loss_and_grads`].
     pub fn grads(&self) -> &[B::Buf] {
-        &self.grads
+        self.train.as_ref().map_or(&[], |t| t.grads.as_slice())
     }
 
     /// One optimiser step on `groups`; returns the batch's stats and the gradient norm.
@@ -257,7 +274,8 @@ impl<B: Backend> RewardTrainer<B> {
         pad: u32,
     ) -> Result<(RankingStats, f32)> {
         let stats = self.loss_and_grads(be, model, groups, extra_margin, pad)?;
-        let grad_norm = self.opt.step(be, &mut model.weights, &mut self.grads, lr)?;
+        let st = self.train.as_mut().expect("loss_and_grads checked");
+        let grad_norm = st.opt.step(be, &mut model.weights, &mut st.grads, lr)?;
         Ok((stats, grad_norm))
     }
 }
