@@ -1,0 +1,120 @@
+//! Every op of the op list on the wgpu backend against the CPU backend (the reference), with the
+//! tolerance stated in each test. One module per op family, the names of `shaders/`; each module
+//! lists its ops and the tests covering them in `CHECKS`, and `every_op_has_a_wgsl_entry_and_parity_test`
+//! fails when an op of `OP_NAMES` lacks a WGSL entry point or a parity test.
+//!
+//! Without an adapter every test prints that it skipped (straight to stderr, so it shows even
+//! when the harness captures output); with `CI=true` a missing adapter fails instead.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod activation;
+mod advantage;
+mod attention;
+mod cross_entropy;
+mod elementwise;
+mod embedding;
+mod layernorm;
+mod logprob_gather;
+mod matmul;
+mod optimizer;
+mod reward;
+mod rl_losses;
+mod rope;
+mod sample;
+
+use rlhf::backend::ops::{Backend, OP_NAMES};
+use rlhf::backend::{CpuBackend, WgpuBackend};
+use std::io::Write;
+use std::sync::OnceLock;
+
+/// The process-wide wgpu backend (pipelines compile once per test binary), or `None` after a
+/// visible skip message. Panics in CI (`CI=true`) when there is no adapter.
+pub fn gpu() -> Option<&'static WgpuBackend> {
+    static GPU: OnceLock<Option<WgpuBackend>> = OnceLock::new();
+    GPU.get_or_init(|| match WgpuBackend::new() {
+        Ok(be) => {
+            let _ = writeln!(std::io::stderr(), "wgpu tests on {}", be.device_description());
+            Some(be)
+        }
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("CI=true but no wgpu adapter: {e}");
+            }
+            let _ = writeln!(std::io::stderr(), "SKIPPED wgpu op tests: {e}");
+            None
+        }
+    })
+    .as_ref()
+}
+
+pub fn cpu() -> CpuBackend {
+    CpuBackend::new()
+}
+
+/// `max |got - want| <= atol + rtol * |want|` element-wise, with the worst element in the message.
+#[track_caller]
+pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0.0f32);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let excess = (g - w).abs() - (atol + rtol * w.abs());
+        if !(excess <= worst.1) || g.is_nan() != w.is_nan() {
+            worst = (i, if excess.is_nan() { f32::INFINITY } else { excess });
+        }
+    }
+    let (i, excess) = worst;
+    assert!(excess <= 0.0, "{what}[{i}]: wgpu {} vs cpu {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+}
+
+/// Uploads `data` to both backends.
+pub fn both(g: &WgpuBackend, data: &[f32]) -> (Vec<f32>, rlhf::backend::wgpu::GpuBuf) {
+    (data.to_vec(), g.upload(data).unwrap())
+}
+
+#[test]
+fn every_op_has_a_wgsl_entry_and_parity_test() {
+    let checks: Vec<(&str, &str)> = [
+        activation::CHECKS,
+        advantage::CHECKS,
+        attention::CHECKS,
+        cross_entropy::CHECKS,
+        elementwise::CHECKS,
+        embedding::CHECKS,
+        layernorm::CHECKS,
+        logprob_gather::CHECKS,
+        matmul::CHECKS,
+        optimizer::CHECKS,
+        reward::CHECKS,
+        rl_losses::CHECKS,
+        rope::CHECKS,
+        sample::CHECKS,
+    ]
+    .concat();
+    let sources = [
+        include_str!("activation.rs"),
+        include_str!("advantage.rs"),
+        include_str!("attention.rs"),
+        include_str!("cross_entropy.rs"),
+        include_str!("elementwise.rs"),
+        include_str!("embedding.rs"),
+        include_str!("layernorm.rs"),
+        include_str!("logprob_gather.rs"),
+        include_str!("matmul.rs"),
+        include_str!("optimizer.rs"),
+        include_str!("reward.rs"),
+        include_str!("rl_losses.rs"),
+        include_str!("rope.rs"),
+        include_str!("sample.rs"),
+    ];
+    let entries = WgpuBackend::entry_points();
+    for op in OP_NAMES {
+        assert!(entries.contains(op), "op `{op}` has no WGSL entry point in shaders/");
+        assert!(checks.iter().any(|(name, _)| name == op), "op `{op}` has no wgpu parity test in tests/wgpu_ops/");
+    }
+    for (op, test) in &checks {
+        let f = format!("fn {test}()");
+        assert!(sources.iter().any(|s| s.contains(&f)), "parity test `{test}` for `{op}` does not exist in tests/wgpu_ops/");
+    }
+}

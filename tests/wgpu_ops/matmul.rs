@@ -1,0 +1,3 @@
+//! Parity tests of the `matmul` family (to be written).
+
+pub const CHECKS: &[(&str, &str)] = &[];

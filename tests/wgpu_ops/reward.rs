@@ -1,0 +1,3 @@
+//! Parity tests of the `reward` family (to be written).
+
+pub const CHECKS: &[(&str, &str)] = &[];
