@@ -16,6 +16,7 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let (b, t) = (a.batch_size, a.seq_len.min(cfg.max_positions));
     anyhow::ensure!(b > 0 && t > 1 && a.steps > 0, "--batch-size, --seq-len (> 1) and --steps must be positive");
     anyhow::ensure!(b.checked_mul(t).is_some(), "--batch-size {b} x --seq-len {t} is too large");
+    anyhow::ensure!(!a.profile || be.name() == "cpu", "--profile times the CPU backend's ops; run it with --backend cpu");
     let mut model = Model::init(be, cfg.clone(), 0)?;
     let n_params = cfg.num_params() as f64;
     let flops_per_token = 6.0 * n_params + 6.0 * (cfg.n_layers * cfg.hidden_size * t) as f64;
@@ -56,6 +57,20 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
             fwd_times.push(start.elapsed().as_secs_f64());
         }
     }
+    // one matmul of the MLP's up-projection shape: [b t, C] @ [C, 4C]
+    let (mm, mn, mk) = (b * t, 4 * cfg.hidden_size, cfg.hidden_size);
+    let (ma, mb) = (be.upload(&vec![0.01; mm * mk])?, be.upload(&vec![0.02; mk * mn])?);
+    let mut mout = be.alloc(mm * mn)?;
+    let mut mm_times = Vec::new();
+    for i in 0..=a.steps.max(3) {
+        let start = Instant::now();
+        be.matmul(&mut mout, &ma, &mb, rlhf::backend::ops::MatmulParams::new(mm, mn, mk, false, false))?;
+        be.synchronize()?;
+        if i > 0 {
+            mm_times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    drop((ma, mb, mout));
     // rollout: continuous batching of `b` prompts of 16 tokens, 32 new tokens each (no stop)
     let prompt_len = 16.min(cfg.max_positions / 2).max(1);
     let new_tokens = 32.min(cfg.max_positions - prompt_len);
@@ -69,7 +84,7 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let (tr, fw) = (median(&mut train_times), median(&mut fwd_times));
+    let (tr, fw, mmt) = (median(&mut train_times), median(&mut fwd_times), median(&mut mm_times));
     let tokens = (b * t) as f64;
     println!("rlhf bench: backend {} ({})", be.name(), be.device_description());
     println!(
@@ -86,6 +101,7 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     println!("|------------------------|--------:|---------:|--------:|");
     println!("| train (fwd+bwd+AdamW)  | {:7.1} | {:8.0} | {:7.2} |", tr * 1e3, tokens / tr, tokens * flops_per_token / tr / 1e9);
     println!("| forward (scoring)      | {:7.1} | {:8.0} | {:7.2} |", fw * 1e3, tokens / fw, tokens * flops_per_token / 3.0 / fw / 1e9);
+    println!("| matmul {:>15} | {:7.2} |          | {:7.2} |", format!("{mm}x{mn}x{mk}"), mmt * 1e3, 2.0 * (mm * mn * mk) as f64 / mmt / 1e9);
     println!("| rollout prefill        | {:7.1} | {:8.0} |         |  ({b} prompts x {prompt_len} tokens)", ro.prefill_secs * 1e3, ro.prefill_tokens_per_sec());
     println!(
         "| rollout decode         | {:7.1} | {:8.0} |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step)",

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rlhf::backend::{Backend, CpuBackend};
+use rlhf::backend::{Backend, CpuBackend, WgpuBackend};
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::generate::{generate, GenerateConfig};
 use rlhf::model::config::PRESETS;
@@ -362,17 +362,27 @@ fn setup_threads(common: &Common) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` with the backend `--backend` names.
+/// Runs `f` with the backend `--backend` names. `auto` picks a discrete GPU through wgpu when
+/// there is one (cuda is not part of this build), else the CPU.
 macro_rules! with_backend {
     ($common:expr, |$be:ident| $body:expr) => {{
         setup_threads($common)?;
-        match $common.backend {
+        let kind = match $common.backend {
+            BackendKind::Auto if WgpuBackend::discrete_adapter_present() => BackendKind::Wgpu,
+            BackendKind::Auto => BackendKind::Cpu,
+            k => k,
+        };
+        match kind {
             BackendKind::Cpu | BackendKind::Auto => {
                 let $be = CpuBackend::new();
                 $body
             }
-            BackendKind::Cuda => bail!("backend cuda: this build has no CUDA backend yet; use --backend cpu (see `rlhf info`)"),
-            BackendKind::Wgpu => bail!("backend wgpu: this build has no wgpu backend yet; use --backend cpu (see `rlhf info`)"),
+            BackendKind::Cuda => bail!("backend cuda: this build has no CUDA backend yet; use --backend wgpu or cpu (see `rlhf info`)"),
+            BackendKind::Wgpu => {
+                let $be = WgpuBackend::new().context("--backend wgpu")?;
+                eprintln!("backend: {}", $be.device_description());
+                $body
+            }
         }
     }};
 }
@@ -674,7 +684,15 @@ fn cmd_info() -> Result<()> {
     println!("backends:");
     println!("  cpu   available  {}", cpu.device_description());
     println!("  cuda  not built  (the CUDA backend is not part of this build)");
-    println!("  wgpu  not built  (the wgpu backend is not part of this build)");
+    let adapters = rlhf::backend::wgpu::adapters();
+    if adapters.is_empty() {
+        println!("  wgpu  no adapter (no Vulkan, Metal or DX12 driver found; on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)");
+    } else {
+        println!("  wgpu  available  {} adapter(s), the first is used (RLHF_WGPU_ADAPTER=<name part> picks another):", adapters.len());
+        for a in &adapters {
+            println!("        - {}", rlhf::backend::wgpu::describe_adapter(a));
+        }
+    }
     println!("presets: {}", PRESETS.join(", "));
     Ok(())
 }

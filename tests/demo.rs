@@ -1,14 +1,29 @@
 //! The shortened demo: SFT, then a reward model that beats chance on held-out comparisons, then
 //! PPO that raises the oracle score over the SFT model while the KL to it stays bounded.
+//! The same run on the wgpu backend reaches the same conclusion (skipped without an adapter,
+//! except in CI).
 
-use rlhf::backend::CpuBackend;
+mod common;
+
+use rlhf::backend::{Backend, CpuBackend};
 use rlhf::rl::pipeline::{run_pipeline, DemoConfig};
 
 #[test]
 fn shortened_demo_reaches_the_demo_conclusion() {
-    let be = CpuBackend::new();
+    check_demo(&CpuBackend::new());
+}
+
+#[test]
+fn shortened_demo_on_wgpu_reaches_the_demo_conclusion() {
+    if let Some(g) = common::wgpu_or_skip("shortened demo on wgpu") {
+        check_demo(&g);
+    }
+}
+
+fn check_demo<B: Backend>(be: &B) {
     let dir = tempfile::tempdir().unwrap();
-    let summary = run_pipeline(&be, &DemoConfig::quick(dir.path(), 7)).unwrap();
+    let summary = run_pipeline(be, &DemoConfig::quick(dir.path(), 7)).unwrap();
+    eprintln!("backend {}", be.name());
     let (sft, rm, ppo) = (&summary.rows[0], &summary.rows[1], &summary.rows[2]);
     eprintln!("{:#?}", summary.rows);
     eprintln!("{:#?}", summary.samples);
@@ -19,8 +34,8 @@ fn shortened_demo_reaches_the_demo_conclusion() {
         );
     }
     let acc = rm.rm_accuracy.unwrap();
-    assert!(acc > 0.7, "reward model held-out accuracy {acc}");
-    assert!(ppo.oracle > sft.oracle + 0.15, "oracle: sft {} -> ppo {}", sft.oracle, ppo.oracle);
+    assert!(acc > 0.7, "{}: reward model held-out accuracy {acc}", be.name());
+    assert!(ppo.oracle > sft.oracle + 0.15, "{}: oracle: sft {} -> ppo {}", be.name(), sft.oracle, ppo.oracle);
     let kl = ppo.kl_to_sft.unwrap();
     assert!(kl.is_finite() && kl > 0.0 && kl < 15.0, "KL to the SFT model {kl}");
     for f in [

@@ -18,7 +18,7 @@ use crate::train::optimizer::{AdamW, AdamWConfig};
 
 /// One micro-batch of rollouts, `[b, t]` row-major: position i predicts token `targets[i]`
 /// (`-1` outside the response). Per-token arrays are aligned with the targets.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PpoBatch {
     pub b: usize,
     pub t: usize,

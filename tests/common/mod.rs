@@ -28,3 +28,20 @@ pub fn fd_check(name: &str, x: &[f32], grad: &[f32], loss: impl Fn(&[f32]) -> f6
         assert!(err < 2e-2, "{name}[{i}]: finite difference {num:.6} vs analytic {:.6}", grad[i]);
     }
 }
+
+/// The wgpu backend for whole-model tests, or `None` after a skip message written straight to
+/// stderr (visible even when the harness captures output). With `CI=true` a missing adapter
+/// panics: CI must not skip the GPU tests silently.
+pub fn wgpu_or_skip(what: &str) -> Option<rlhf::backend::WgpuBackend> {
+    use std::io::Write;
+    match rlhf::backend::WgpuBackend::new() {
+        Ok(be) => Some(be),
+        Err(e) => {
+            if std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") {
+                panic!("{what}: CI=true but no wgpu adapter: {e}");
+            }
+            let _ = writeln!(std::io::stderr(), "SKIPPED {what}: {e}");
+            None
+        }
+    }
+}

@@ -103,7 +103,6 @@ struct State {
 pub struct Context {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
-    pub(crate) info: wgpu::AdapterInfo,
     pub(crate) limits: wgpu::Limits,
     pub(crate) subgroups: bool,
     pub(crate) description: String,
@@ -161,7 +160,6 @@ impl Context {
         Ok(Context {
             device,
             queue,
-            info,
             limits,
             subgroups,
             description,

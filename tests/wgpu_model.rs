@@ -1,0 +1,266 @@
+//! Whole models on the wgpu backend: the transformers fixtures' log-probs through
+//! `rlhf logprobs --backend wgpu`, one SFT step's loss and gradient norm, greedy generation, a PPO
+//! step against the CPU backend, and every command run with `--backend wgpu`.
+//!
+//! Tolerances (f32 everywhere; the GPU sums in another order than the CPU): log-probs 1e-4
+//! absolute against transformers (as on the CPU); loss and gradient norm 2e-4 relative; a PPO
+//! step's losses and statistics 1e-3 relative (or 1e-5 absolute for values near 0) and the
+//! log-probs after the step 2e-4 absolute against the CPU backend.
+//! Without an adapter these tests print that they skipped; with `CI=true` they fail instead.
+
+mod common;
+
+use rlhf::backend::ops::PpoParams;
+use rlhf::backend::{Backend, CpuBackend};
+use rlhf::data::batch::Batch;
+use rlhf::data::rng::Rng;
+use rlhf::generate::{generate, GenerateConfig};
+use rlhf::model::scoring::token_logprobs;
+use rlhf::model::{Model, ModelConfig};
+use rlhf::rl::ppo_update::{PpoBatch, PpoUpdate, PpoStats};
+use rlhf::train::lm::LmTrainer;
+use rlhf::train::AdamWConfig;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const MODELS: &[&str] = &["gpt2", "llama", "qwen2"];
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn reference(name: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
+}
+
+fn ids_of(v: &Value) -> Vec<u32> {
+    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+}
+
+fn rel(a: f64, b: f64) -> f64 {
+    (a - b).abs() / b.abs().max(1e-12)
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn rlhf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().expect("running rlhf")
+}
+
+#[track_caller]
+fn ok(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && !stderr.contains("panicked"), "rlhf failed: {stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[test]
+fn logprobs_command_on_wgpu_matches_transformers() {
+    if common::wgpu_or_skip("logprobs --backend wgpu").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for name in MODELS {
+        let r = reference(name);
+        let input = dir.path().join(format!("{name}.jsonl"));
+        let lines: Vec<String> = r["input_ids"].as_array().unwrap().iter().map(|ids| serde_json::json!({ "input_ids": ids }).to_string()).collect();
+        std::fs::write(&input, lines.join("\n") + "\n").unwrap();
+        let stdout = ok(&rlhf(&["logprobs", "--backend", "wgpu", "--model", s(&fixture(name)), "--input", s(&input)]));
+        let rows: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(rows.len(), r["input_ids"].as_array().unwrap().len(), "{name}: one output line per input line");
+        let mut worst = 0f64;
+        for (row, want) in rows.iter().zip(r["logprobs"].as_array().unwrap()) {
+            let got = row["logprobs"].as_array().unwrap();
+            assert_eq!(got.len(), want.as_array().unwrap().len());
+            for (a, b) in got.iter().zip(want.as_array().unwrap()) {
+                worst = worst.max((a.as_f64().unwrap() - b.as_f64().unwrap()).abs());
+            }
+        }
+        assert!(worst < 1e-4, "{name}: max |logprob(wgpu) - transformers| = {worst}");
+    }
+}
+
+fn loss_and_grad_norm<B: Backend>(be: &B, name: &str, prompt_mask: usize) -> (f32, f32) {
+    let r = reference(name);
+    let model = Model::load(be, &fixture(name)).unwrap();
+    let seqs: Vec<Vec<u32>> = r["input_ids"].as_array().unwrap().iter().map(ids_of).collect();
+    let (b, t) = (seqs.len(), seqs[0].len() - 1);
+    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
+    for sq in &seqs {
+        for i in 0..t {
+            inputs.push(sq[i] as i32);
+            targets.push(if i + 1 < prompt_mask { -1 } else { sq[i + 1] as i32 });
+        }
+    }
+    let n_supervised = targets.iter().filter(|&&x| x >= 0).count();
+    let batch = Batch { b, t, inputs, targets, positions: (0..b * t).map(|i| (i % t) as i32).collect(), n_supervised };
+    let mut trainer = LmTrainer::new(be, &model, b, b * t, AdamWConfig::default()).unwrap();
+    trainer.zero_grad(be).unwrap();
+    trainer.accumulate(be, &model, &batch, 1.0 / n_supervised as f32).unwrap();
+    let stats = trainer.peek(be).unwrap();
+    (stats.loss, stats.grad_norm)
+}
+
+#[test]
+fn sft_step_on_wgpu_matches_transformers() {
+    let Some(g) = common::wgpu_or_skip("SFT step on wgpu") else { return };
+    for name in MODELS {
+        let r = reference(name);
+        let k = r["prompt_mask_len"].as_u64().unwrap() as usize;
+        for (mask, loss_key, norm_key) in [(0, "loss", "grad_norm"), (k, "masked_loss", "masked_grad_norm")] {
+            let (loss, norm) = loss_and_grad_norm(&g, name, mask);
+            let (want_loss, want_norm) = (r[loss_key].as_f64().unwrap(), r[norm_key].as_f64().unwrap());
+            assert!(rel(loss as f64, want_loss) < 2e-4, "{name}: {loss_key} {loss} vs transformers {want_loss}");
+            assert!(rel(norm as f64, want_norm) < 2e-4, "{name}: {norm_key} {norm} vs transformers {want_norm}");
+        }
+    }
+}
+
+#[test]
+fn greedy_generation_on_wgpu_matches_transformers() {
+    let Some(g) = common::wgpu_or_skip("greedy generation on wgpu") else { return };
+    for name in MODELS {
+        let r = reference(name);
+        let model = Model::load(&g, &fixture(name)).unwrap();
+        let prompt = ids_of(&r["greedy"]["prompt"]);
+        let want = ids_of(&r["greedy"]["tokens"]);
+        let cfg = GenerateConfig { max_new_tokens: want.len(), temperature: 0.0, ..GenerateConfig::default() };
+        assert_eq!(generate(&g, &model, &prompt, &cfg).unwrap(), want, "{name}: greedy tokens on wgpu");
+    }
+}
+
+/// A PPO minibatch of two sequences (responses of 4 and 3 tokens) whose old log-probs sit near
+/// the current ones, so that some ratios clip and some do not.
+fn ppo_batch(current: &[Vec<f32>], seqs: &[Vec<u32>], prompt_lens: &[usize]) -> PpoBatch {
+    let t = seqs[0].len() - 1;
+    let mut rng = Rng::new(9);
+    let mut b = PpoBatch { b: seqs.len(), t, ..PpoBatch::default() };
+    let mut ref_logp = Vec::new();
+    for (si, (seq, &pl)) in seqs.iter().zip(prompt_lens).enumerate() {
+        for i in 0..t {
+            b.inputs.push(seq[i] as i32);
+            b.targets.push(if i + 1 >= pl { seq[i + 1] as i32 } else { -1 });
+            b.old_logp.push(current[si][i] + (rng.next_f32() - 0.5) * 0.6);
+            b.advantages.push(if si == 0 { 1.2 } else { -0.8 });
+            b.returns.push(rng.normal());
+            b.old_values.push(rng.normal() * 0.1);
+            ref_logp.push(current[si][i] + (rng.next_f32() - 0.5) * 0.4);
+        }
+    }
+    b.ref_logp = Some(ref_logp);
+    b
+}
+
+fn ppo_step<B: Backend>(be: &B, policy_host: &(ModelConfig, Vec<Vec<f32>>), value_host: &(ModelConfig, Vec<Vec<f32>>)) -> (PpoStats, PpoStats, Vec<Vec<f32>>) {
+    let mut policy = Model::from_host(be, policy_host.0.clone(), &policy_host.1).unwrap();
+    let mut value = Model::from_host(be, value_host.0.clone(), &value_host.1).unwrap();
+    let seqs = vec![vec![5u32, 17, 3, 40, 41, 8, 9, 11], vec![2, 2, 60, 61, 70, 71, 72, 73]];
+    let prompt_lens = [4, 5];
+    let current = token_logprobs(be, &policy, &seqs, 2).unwrap();
+    let batch = ppo_batch(&current, &seqs, &prompt_lens);
+    let p = PpoParams { ent_coef: 0.01, kl_coef: 0.1, dual_clip: 3.0, ..PpoParams::new(0) };
+    let mut upd = PpoUpdate::new(be, &policy, Some(&value), 2, 8, AdamWConfig::default()).unwrap();
+    upd.zero_grad(be).unwrap();
+    upd.accumulate(be, &policy, Some(&value), &batch, p).unwrap();
+    let before = upd.stats(be).unwrap();
+    let after = upd.step(be, &mut policy, Some(&mut value), 1e-3, 1e-3).unwrap();
+    let logp = token_logprobs(be, &policy, &seqs, 2).unwrap();
+    (before, after, logp)
+}
+
+#[test]
+fn ppo_step_on_wgpu_matches_cpu() {
+    let Some(g) = common::wgpu_or_skip("PPO step on wgpu") else { return };
+    let cpu = CpuBackend::new();
+    for preset in ["gpt2-tiny", "llama-tiny"] {
+        let host = |reward: bool, seed: u64| {
+            let mut cfg = ModelConfig::preset(preset, 96).unwrap();
+            cfg.score_head = reward;
+            let m = Model::init(&cpu, cfg.clone(), seed).unwrap();
+            let mut w = m.to_host(&cpu).unwrap();
+            let mut rng = Rng::new(seed + 7);
+            w.iter_mut().flatten().for_each(|x| *x += rng.normal() * 0.05);
+            (cfg, w)
+        };
+        let (policy, value) = (host(false, 1), host(true, 2));
+        let (c_before, c_after, c_logp) = ppo_step(&cpu, &policy, &value);
+        let (g_before, g_after, g_logp) = ppo_step(&g, &policy, &value);
+        let close = |what: &str, a: f32, b: f32| {
+            assert!((a - b).abs() <= 1e-5 || rel(a as f64, b as f64) < 1e-3, "{preset} {what}: wgpu {a} vs cpu {b}");
+        };
+        for (name, c, w) in [("before", &c_before, &g_before), ("after", &c_after, &g_after)] {
+            close(&format!("{name} total_loss"), w.total_loss, c.total_loss);
+            close(&format!("{name} policy_loss"), w.policy_loss, c.policy_loss);
+            close(&format!("{name} value_loss"), w.value_loss, c.value_loss);
+            close(&format!("{name} entropy"), w.entropy, c.entropy);
+            close(&format!("{name} clipfrac"), w.clipfrac, c.clipfrac);
+            close(&format!("{name} approx_kl"), w.approx_kl, c.approx_kl);
+        }
+        close("policy grad norm", g_after.policy_grad_norm, c_after.policy_grad_norm);
+        for (a, b) in g_logp.iter().flatten().zip(c_logp.iter().flatten()) {
+            assert!((a - b).abs() < 2e-4, "{preset}: log-prob after the PPO step: wgpu {a} vs cpu {b}");
+        }
+    }
+}
+
+/// sft -> rm -> ppo -> generate -> score -> bench, every one with `--backend wgpu`.
+#[test]
+fn every_command_runs_on_wgpu() {
+    if common::wgpu_or_skip("commands with --backend wgpu").is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"hello \", \"completion\": \"world\"}\n{\"text\": \"the cat sat on the mat\"}\n").unwrap();
+    let sft = dir.path().join("sft");
+    let gpt2 = fixture("gpt2");
+    let out = ok(&rlhf(&["sft", "--backend", "wgpu", "--model", s(&gpt2), "--data", s(&data), "--out", s(&sft), "--steps", "2", "--batch-size", "2"]));
+    assert!(sft.join("model.safetensors").exists(), "sft saved nothing: {out}");
+    let prefs = dir.path().join("prefs.jsonl");
+    std::fs::write(&prefs, (0..6).map(|i| format!("{{\"prompt\": \"q{i}:\", \"chosen\": \" yes\", \"rejected\": \" no\"}}\n")).collect::<String>()).unwrap();
+    let rm = dir.path().join("rm");
+    ok(&rlhf(&["rm", "--backend", "wgpu", "--model", s(&gpt2), "--data", s(&prefs), "--out", s(&rm), "--steps", "2", "--eval-fraction", "0"]));
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"hello\"}\n{\"prompt\": \"the cat\"}\n").unwrap();
+    let ppo = dir.path().join("ppo");
+    ok(&rlhf(&[
+        "ppo",
+        "--backend",
+        "wgpu",
+        "--policy",
+        s(&sft),
+        "--reward-model",
+        s(&rm),
+        "--prompts",
+        s(&prompts),
+        "--out",
+        s(&ppo),
+        "--steps",
+        "2",
+        "--rollout-batch",
+        "2",
+        "--mini-batch",
+        "1",
+        "--max-new-tokens",
+        "6",
+    ]));
+    let rows: Vec<Value> = std::fs::read_to_string(ppo.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(rows.len(), 2);
+    for key in ["reward_mean", "kl_k1", "policy_loss", "value_loss", "entropy", "approx_kl"] {
+        let v = rows[1][key].as_f64().unwrap_or(f64::NAN);
+        assert!(v.is_finite(), "ppo on wgpu: {key} = {v}");
+    }
+    let text = ok(&rlhf(&["generate", "--backend", "wgpu", "--model", s(&ppo), "--prompt", "hello", "--max-new-tokens", "4", "--temperature", "0"]));
+    assert!(text.starts_with("hello"), "{text}");
+    let input = dir.path().join("score.jsonl");
+    std::fs::write(&input, "{\"text\": \"q1: yes\"}\n").unwrap();
+    let scores = ok(&rlhf(&["score", "--backend", "wgpu", "--model", s(&rm), "--input", s(&input)]));
+    let cpu_scores = ok(&rlhf(&["score", "--model", s(&rm), "--input", s(&input)]));
+    let score = |t: &str| serde_json::from_str::<Value>(t.trim()).unwrap()["score"].as_f64().unwrap();
+    assert!((score(&scores) - score(&cpu_scores)).abs() < 1e-4, "score wgpu {scores} vs cpu {cpu_scores}");
+    let bench = ok(&rlhf(&["bench", "--backend", "wgpu", "--model", "gpt2-tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "1"]));
+    assert!(bench.contains("backend wgpu") && bench.contains("train (fwd+bwd+AdamW)"), "{bench}");
+}
