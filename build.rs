@@ -46,11 +46,7 @@ fn main() {
         let path = format!("shaders/{family}.wgsl");
         for (k, (prelude, prelude_src)) in preludes.iter().enumerate() {
             let full = format!("{src}\n{prelude_src}");
-            let caps = if *prelude == "prelude_subgroup" {
-                Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER
-            } else {
-                Capabilities::empty()
-            };
+            let caps = if *prelude == "prelude_subgroup" { Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER } else { Capabilities::empty() };
             let module = match naga::front::wgsl::parse_str(&full) {
                 Ok(m) => m,
                 Err(e) => {

@@ -17,7 +17,7 @@ use rlhf::data::rng::Rng;
 use rlhf::generate::{generate, GenerateConfig};
 use rlhf::model::scoring::token_logprobs;
 use rlhf::model::{Model, ModelConfig};
-use rlhf::rl::ppo_update::{PpoBatch, PpoUpdate, PpoStats};
+use rlhf::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate};
 use rlhf::train::lm::LmTrainer;
 use rlhf::train::AdamWConfig;
 use serde_json::Value;

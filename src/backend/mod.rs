@@ -5,6 +5,6 @@ pub mod cpu;
 pub mod ops;
 pub mod wgpu;
 
+pub use self::wgpu::WgpuBackend;
 pub use cpu::CpuBackend;
 pub use ops::Backend;
-pub use self::wgpu::WgpuBackend;

@@ -175,7 +175,18 @@ impl Backend for WgpuBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn layernorm_bwd(&self, dinp: &mut GpuBuf, dweight: &mut GpuBuf, dbias: &mut GpuBuf, dout: &GpuBuf, inp: &GpuBuf, mean: &GpuBuf, rstd: &GpuBuf, weight: &GpuBuf, p: NormParams) -> Result<()> {
+    fn layernorm_bwd(
+        &self,
+        dinp: &mut GpuBuf,
+        dweight: &mut GpuBuf,
+        dbias: &mut GpuBuf,
+        dout: &GpuBuf,
+        inp: &GpuBuf,
+        mean: &GpuBuf,
+        rstd: &GpuBuf,
+        weight: &GpuBuf,
+        p: NormParams,
+    ) -> Result<()> {
         layernorm::layernorm_bwd(&self.ctx, dinp, dweight, dbias, dout, inp, mean, rstd, weight, p)
     }
 
@@ -262,12 +273,33 @@ impl Backend for WgpuBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn logprob_gather_fwd(&self, logp: &mut GpuBuf, entropy: &mut GpuBuf, lse: &mut GpuBuf, h: &GpuBuf, targets: &GpuBuf, w: &GpuBuf, p: LogprobParams) -> Result<()> {
+    fn logprob_gather_fwd(
+        &self,
+        logp: &mut GpuBuf,
+        entropy: &mut GpuBuf,
+        lse: &mut GpuBuf,
+        h: &GpuBuf,
+        targets: &GpuBuf,
+        w: &GpuBuf,
+        p: LogprobParams,
+    ) -> Result<()> {
         logprob_gather::logprob_gather_fwd(&self.ctx, logp, entropy, lse, h, targets, w, p)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn logprob_gather_bwd(&self, dh: &mut GpuBuf, dw: &mut GpuBuf, dlogp: &GpuBuf, dentropy: &GpuBuf, h: &GpuBuf, targets: &GpuBuf, lse: &GpuBuf, entropy: &GpuBuf, w: &GpuBuf, p: LogprobParams) -> Result<()> {
+    fn logprob_gather_bwd(
+        &self,
+        dh: &mut GpuBuf,
+        dw: &mut GpuBuf,
+        dlogp: &GpuBuf,
+        dentropy: &GpuBuf,
+        h: &GpuBuf,
+        targets: &GpuBuf,
+        lse: &GpuBuf,
+        entropy: &GpuBuf,
+        w: &GpuBuf,
+        p: LogprobParams,
+    ) -> Result<()> {
         logprob_gather::logprob_gather_bwd(&self.ctx, dh, dw, dlogp, dentropy, h, targets, lse, entropy, w, p)
     }
 
@@ -281,8 +313,40 @@ impl Backend for WgpuBackend {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn ppo_loss_fwd_bwd(&self, dlogp: &mut GpuBuf, dvalues: Option<&mut GpuBuf>, dentropy: Option<&mut GpuBuf>, stats: &mut GpuBuf, logp: &GpuBuf, old_logp: &GpuBuf, advantages: &GpuBuf, mask: &GpuBuf, values: Option<&GpuBuf>, old_values: Option<&GpuBuf>, returns: Option<&GpuBuf>, entropy: Option<&GpuBuf>, ref_logp: Option<&GpuBuf>, p: PpoParams) -> Result<()> {
-        rl_losses::ppo_loss_fwd_bwd(&self.ctx, dlogp, dvalues.map(|b| &*b), dentropy.map(|b| &*b), stats, logp, old_logp, advantages, mask, values, old_values, returns, entropy, ref_logp, p)
+    fn ppo_loss_fwd_bwd(
+        &self,
+        dlogp: &mut GpuBuf,
+        dvalues: Option<&mut GpuBuf>,
+        dentropy: Option<&mut GpuBuf>,
+        stats: &mut GpuBuf,
+        logp: &GpuBuf,
+        old_logp: &GpuBuf,
+        advantages: &GpuBuf,
+        mask: &GpuBuf,
+        values: Option<&GpuBuf>,
+        old_values: Option<&GpuBuf>,
+        returns: Option<&GpuBuf>,
+        entropy: Option<&GpuBuf>,
+        ref_logp: Option<&GpuBuf>,
+        p: PpoParams,
+    ) -> Result<()> {
+        rl_losses::ppo_loss_fwd_bwd(
+            &self.ctx,
+            dlogp,
+            dvalues.map(|b| &*b),
+            dentropy.map(|b| &*b),
+            stats,
+            logp,
+            old_logp,
+            advantages,
+            mask,
+            values,
+            old_values,
+            returns,
+            entropy,
+            ref_logp,
+            p,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
