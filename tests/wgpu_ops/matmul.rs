@@ -1,3 +1,116 @@
-//! Parity tests of the `matmul` family (to be written).
+//! matmul (all four storage transposes, both tilings, batched with strides and a broadcast
+//! operand, accumulate, alpha), bias_add and bias_bwd against the CPU backend.
+//!
+//! Tolerance of a product of depth k with N(0, 1) entries: `|gpu - cpu| <= 2e-6 sqrt(k) (1 + |cpu|)`
+//! (both sum k fp32 products, in different orders: the GPU one fma chain per output, the CPU
+//! gemm's blocked micro-kernel; the results are O(sqrt k)). bias_add is exact; bias_bwd sums n
+//! values per column in a different order than the CPU: `1e-6 sqrt(n) (1 + |cpu|)`.
 
-pub const CHECKS: &[(&str, &str)] = &[];
+use crate::{assert_close, both, cpu, gpu};
+use rlhf::backend::ops::*;
+use rlhf::data::rng::Rng;
+
+pub const CHECKS: &[(&str, &str)] = &[("matmul", "matmul_parity"), ("bias_add", "bias_parity"), ("bias_bwd", "bias_parity")];
+
+fn tol(k: usize) -> f32 {
+    2e-6 * (k.max(1) as f32).sqrt()
+}
+
+/// One product on both backends (out starts as `init`), compared.
+fn check(what: &str, rng: &mut Rng, p: MatmulParams, a_len: usize, b_len: usize, out_len: usize) {
+    let g = gpu().unwrap();
+    let c = cpu();
+    let a = crate::common::randv(rng, a_len, 1.0);
+    let b = crate::common::randv(rng, b_len, 1.0);
+    let init = crate::common::randv(rng, out_len, 1.0);
+    let (ca, ga) = both(g, &a);
+    let (cb, gb) = both(g, &b);
+    let (mut cout, mut gout) = both(g, &init);
+    c.matmul(&mut cout, &ca, &cb, p).unwrap();
+    g.matmul(&mut gout, &ga, &gb, p).unwrap();
+    let t = tol(p.k as usize);
+    assert_close(&format!("{what} {p:?}"), &g.download(&gout).unwrap(), &cout, t, t);
+}
+
+#[test]
+fn matmul_parity() {
+    let Some(g) = gpu() else { return };
+    let mut rng = Rng::new(21);
+    // (m, n, k): tiny, awkward, aligned, over a tile edge, larger; (1040, 1300, 40) and the
+    // batched ones run the 128 x 128 tiling, the rest the 64 x 64 one.
+    let shapes = [(1, 1, 1), (37, 53, 71), (64, 64, 64), (130, 257, 96), (3, 700, 5), (256, 512, 384), (1040, 1300, 40)];
+    for &(m, n, k) in &shapes {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let p = MatmulParams::new(m, n, k, ta, tb);
+            check("plain", &mut rng, p, m * k, k * n, m * n);
+            if (m, n, k) == (130, 257, 96) || (m, n, k) == (37, 53, 71) {
+                let mut q = p.accumulate(true);
+                q.alpha = -0.37;
+                check("accumulate alpha", &mut rng, q, m * k, k * n, m * n);
+                let mut q = p;
+                q.alpha = 2.5;
+                check("alpha", &mut rng, q, m * k, k * n, m * n);
+            }
+        }
+    }
+    // k = 0: overwrite with zeros / leave alone
+    check("k=0", &mut rng, MatmulParams::new(5, 7, 0, false, false), 1, 1, 35);
+    check("k=0 accumulate", &mut rng, MatmulParams::new(5, 7, 0, false, true).accumulate(true), 1, 1, 35);
+
+    // batched with padded strides, a broadcast operand, accumulate; small and big tilings
+    for &(batch, m, n, k) in &[(3usize, 37usize, 53usize, 71usize), (120, 33, 17, 20), (2, 300, 200, 24)] {
+        for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+            let (sa, sb, so) = (m * k + 5, k * n + 3, m * n + 7);
+            let p = MatmulParams::new(m, n, k, ta, tb).batched(batch, sa, sb, so);
+            check("batched", &mut rng, p, sa * batch, sb * batch, so * batch);
+            let p = MatmulParams::new(m, n, k, ta, tb).batched(batch, sa, 0, so).accumulate(true);
+            check("batched broadcast b", &mut rng, p, sa * batch, k * n, so * batch);
+            let p = MatmulParams::new(m, n, k, ta, tb).batched(batch, 0, sb, so);
+            check("batched broadcast a", &mut rng, p, m * k, sb * batch, so * batch);
+        }
+    }
+
+    // batch invariance: every row of a product has the same bits whatever m is and whichever
+    // tiling ran (m = 1 and m = 300 take the 64 x 64 tiling, m = 1500 the 128 x 128 one)
+    let (n, k) = (1100, 70);
+    let a = crate::common::randv(&mut rng, 1500 * k, 1.0);
+    let b = crate::common::randv(&mut rng, k * n, 1.0);
+    let ga = g.upload(&a).unwrap();
+    let gb = g.upload(&b).unwrap();
+    let mut rows = Vec::new();
+    for m in [1usize, 300, 1500] {
+        let mut out = g.alloc(m * n).unwrap();
+        g.matmul(&mut out, &ga, &gb, MatmulParams::new(m, n, k, false, false)).unwrap();
+        rows.push(g.download(&out).unwrap()[..n].to_vec());
+    }
+    assert!(rows[0] == rows[1] && rows[1] == rows[2], "matmul: row 0 depends on m or on the tiling");
+
+    // shape errors, not panics
+    let mut small = g.alloc(10).unwrap();
+    assert!(g.matmul(&mut small, &ga, &gb, MatmulParams::new(4, 4, 4, false, false)).is_err());
+    let mut out = g.alloc(64).unwrap();
+    assert!(g.matmul(&mut out, &ga, &gb, MatmulParams::new(4, 4, 4, false, false).batched(2, 16, 16, 8)).is_err());
+}
+
+#[test]
+fn bias_parity() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(22);
+    for &(n, ch) in &[(1usize, 1usize), (37, 77), (1000, 768), (70_000, 3), (5, 2051)] {
+        let p = BiasParams { n: n as u32, c: ch as u32 };
+        let x = crate::common::randv(&mut rng, n * ch, 1.0);
+        let bias = crate::common::randv(&mut rng, ch, 1.0);
+        let (cbias, gbias) = both(g, &bias);
+        let (mut cx, mut gx) = both(g, &x);
+        c.bias_add(&mut cx, &cbias, p).unwrap();
+        g.bias_add(&mut gx, &gbias, p).unwrap();
+        assert_close(&format!("bias_add {n}x{ch}"), &g.download(&gx).unwrap(), &cx, 0.0, 0.0);
+        // dbias accumulates into a nonzero buffer
+        let (mut cd, mut gd) = both(g, &bias);
+        c.bias_bwd(&mut cd, &cx, p).unwrap();
+        g.bias_bwd(&mut gd, &gx, p).unwrap();
+        let t = 1e-6 * (n as f32).sqrt();
+        assert_close(&format!("bias_bwd {n}x{ch}"), &g.download(&gd).unwrap(), &cd, t, t);
+    }
+}
