@@ -5,9 +5,10 @@
 //!   port of the hash is checked bit for bit (and the tie walk with it);
 //! - temperature with top-k and top-p over many rows and steps, on logits with distinct values
 //!   and on quantised logits full of exact ties: exact, except that rows where a running mass
-//!   lies within 1e-5 (relative, computed in f64) of top_p * total or of u * mass are skipped
-//!   (the backends sum in different orders; such near-ties are legitimately ambiguous). The test
-//!   asserts that few rows are skipped.
+//!   lies within the CPU's rounding error (1e-6 + 1.2e-7 per summed term, relative; computed in
+//!   f64) of top_p * total or of u * mass are skipped: the CPU sums sequentially in f32, the GPU
+//!   in trees, and such near-ties are legitimately ambiguous (where they differed, the GPU's
+//!   token was the exact f64 walk's). The test asserts that fewer than 10% of rows are skipped.
 
 use crate::{cpu, gpu};
 use rlhf::backend::cpu::sample::uniform;
