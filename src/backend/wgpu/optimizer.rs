@@ -1,24 +1,64 @@
-//! Launchers of the `optimizer` family (`shaders/optimizer.wgsl`): shapes checked on the host, then one
-//! or more dispatches. Not yet implemented.
-
-#![allow(unused_variables)]
+//! Launchers of the `optimizer` family (`shaders/optimizer.wgsl`): the gradient-norm reduction
+//! (one workgroup for small tensors; per-chunk partials into a scratch buffer and one final
+//! workgroup for large ones, deterministic either way), clipping by a norm that stays on the
+//! device, and the element-wise AdamW step.
 
 use super::buffer::GpuBuf;
 use super::context::{err, Context};
 use crate::backend::ops::*;
 use crate::error::Result;
+use bytemuck::{Pod, Zeroable};
 
-#[allow(clippy::too_many_arguments)]
+/// Elements below which `sum_squares` runs as one workgroup.
+const SINGLE_MAX: usize = 1 << 16;
+/// Elements per workgroup of the partial pass (at least), and most partials.
+const CHUNK_MIN: usize = 1 << 14;
+const PARTS_MAX: usize = 1024;
+
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct SumLaunch {
+    p: ElementwiseParams,
+    chunk: u32,
+    parts: u32,
+}
+
 pub fn sum_squares(ctx: &Context, acc: &GpuBuf, x: &GpuBuf, p: ElementwiseParams) -> Result<()> {
-    Err(err("sum_squares: not implemented on wgpu yet"))
+    let n = p.n as usize;
+    if acc.len < 1 || x.len < n {
+        return Err(err(format!("sum_squares: acc needs 1 value and x {n} (they hold {} and {})", acc.len, x.len)));
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    if n <= SINGLE_MAX {
+        let lp = SumLaunch { p, chunk: 0, parts: 0 };
+        return ctx.dispatch("sum_squares", bytemuck::bytes_of(&lp), &[acc, x], [1, 1, 1]);
+    }
+    let parts = n.div_ceil(CHUNK_MIN).min(PARTS_MAX);
+    let chunk = n.div_ceil(parts);
+    let parts = n.div_ceil(chunk);
+    let lp = SumLaunch { p, chunk: chunk as u32, parts: parts as u32 };
+    let partial = ctx.alloc(parts)?;
+    ctx.dispatch("sum_squares_partial", bytemuck::bytes_of(&lp), &[&partial, x], [parts as u32, 1, 1])?;
+    ctx.dispatch("sum_squares_final", bytemuck::bytes_of(&lp), &[acc, x, &partial], [1, 1, 1])
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn clip_grad(ctx: &Context, x: &GpuBuf, norm_sq: &GpuBuf, p: ClipParams) -> Result<()> {
-    Err(err("clip_grad: not implemented on wgpu yet"))
+    let n = p.n as usize;
+    if x.len < n || norm_sq.len < 1 {
+        return Err(err(format!("clip_grad: x needs {n} values and norm_sq 1 (they hold {} and {})", x.len, norm_sq.len)));
+    }
+    if x.id == norm_sq.id {
+        return Err(err("clip_grad: x and norm_sq must be different buffers"));
+    }
+    ctx.dispatch("clip_grad", bytemuck::bytes_of(&p), &[x, norm_sq], ctx.grid_1d(n, 256))
 }
 
-#[allow(clippy::too_many_arguments)]
 pub fn adamw(ctx: &Context, param: &GpuBuf, m: &GpuBuf, v: &GpuBuf, grad: &GpuBuf, p: AdamWParams) -> Result<()> {
-    Err(err("adamw: not implemented on wgpu yet"))
+    let n = p.n as usize;
+    if [param, m, v, grad].iter().any(|b| b.len < n) {
+        return Err(err(format!("adamw: buffer shorter than n = {n}")));
+    }
+    ctx.dispatch("adamw", bytemuck::bytes_of(&p), &[param, m, v, grad], ctx.grid_1d(n, 256))
 }

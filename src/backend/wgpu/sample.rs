@@ -1,14 +1,21 @@
-//! Launchers of the `sample` family (`shaders/sample.wgsl`): shapes checked on the host, then one
-//! or more dispatches. Not yet implemented.
-
-#![allow(unused_variables)]
+//! Launcher of `sample` (`shaders/sample.wgsl`): one workgroup per row; greedy argmax, or the
+//! CPU backend's temperature / top-k / top-p draw with the same counter-based uniform, done
+//! without sorting (a 16-way search on the logit order finds each cut, an ordered scan resolves
+//! ties by index). The tokens match the CPU backend's except where a running probability mass lies
+//! within rounding of top_p or of the drawn uniform (f32 tree sums here, sequential sums there).
 
 use super::buffer::GpuBuf;
 use super::context::{err, Context};
 use crate::backend::ops::*;
 use crate::error::Result;
 
-#[allow(clippy::too_many_arguments)]
 pub fn sample(ctx: &Context, out: &GpuBuf, logits: &GpuBuf, p: SampleParams) -> Result<()> {
-    Err(err("sample: not implemented on wgpu yet"))
+    let (n, v) = (p.n as usize, p.v as usize);
+    if v == 0 && n > 0 {
+        return Err(err("sample: empty vocabulary"));
+    }
+    if out.len < n || logits.len < n * v {
+        return Err(err(format!("sample: out needs {n} values and logits {} (they hold {} and {})", n * v, out.len, logits.len)));
+    }
+    ctx.dispatch("sample", bytemuck::bytes_of(&p), &[out, logits], ctx.grid_1d(n, 1))
 }
