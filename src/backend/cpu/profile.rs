@@ -1,6 +1,7 @@
-//! Per-op wall-clock accounting for the CPU backend (`rlhf bench --profile`): each op adds its
-//! elapsed time to a table keyed by the op's name. Off by default; switching it on costs one
-//! `Instant::now()` pair per op.
+//! Per-op wall-clock accounting (`rlhf bench --profile`): each op adds its elapsed time to a table
+//! keyed by the op's name. Off by default; switching it on costs one `Instant::now()` pair per op
+//! on the CPU. The wgpu backend records each dispatch under its entry point's name, waiting for
+//! the device after every dispatch while profiling is on.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -12,6 +13,19 @@ static TABLE: Mutex<BTreeMap<&'static str, (u64, f64)>> = Mutex::new(BTreeMap::n
 
 pub fn enable(on: bool) {
     ENABLED.store(on, Ordering::Relaxed);
+}
+
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Relaxed)
+}
+
+/// Adds one call of `secs` seconds to `name`.
+pub fn record(name: &'static str, secs: f64) {
+    if let Ok(mut t) = TABLE.lock() {
+        let e = t.entry(name).or_insert((0, 0.0));
+        e.0 += 1;
+        e.1 += secs;
+    }
 }
 
 pub fn reset() {

@@ -341,6 +341,7 @@ impl Context {
         if groups.iter().any(|&g| g > max) {
             return Err(err(format!("{name}: grid {groups:?} exceeds {max} workgroups per dimension")));
         }
+        let timer = crate::backend::cpu::profile::enabled().then(std::time::Instant::now);
         let mut st = self.state();
         let pipe = self.pipeline(&mut st, name)?;
         let index = self.entries[pipe.entry.name].0;
@@ -395,6 +396,11 @@ impl Context {
         pass.set_pipeline(&pipe.pipeline);
         pass.set_bind_group(0, &bg, &[offset as u32]);
         pass.dispatch_workgroups(groups[0], groups[1], groups[2]);
+        if let Some(t0) = timer {
+            drop(st);
+            self.synchronize()?;
+            crate::backend::cpu::profile::record(pipe.entry.name, t0.elapsed().as_secs_f64());
+        }
         Ok(())
     }
 
