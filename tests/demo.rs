@@ -13,11 +13,11 @@ fn shortened_demo_reaches_the_demo_conclusion() {
     check_demo(&CpuBackend::new());
 }
 
-/// Ignored by default: on Mesa's software Vulkan driver (what CI has) the 525 training steps of
-/// the shortened demo take about 20 minutes, most of it in barrier-heavy row kernels sized for
+/// Ignored by default: on Mesa's software Vulkan driver (what CI has) the shortened demo runs for
+/// well over 20 minutes (SFT alone: ~100 of 400 steps in 5 minutes), most of it in barrier-heavy row kernels sized for
 /// real GPUs. Run it with `cargo test --release --test demo -- --ignored` on a GPU.
 #[test]
-#[ignore = "20 minutes on a software Vulkan driver; run with --ignored on a GPU"]
+#[ignore = "over 20 minutes on a software Vulkan driver; run with --ignored on a GPU"]
 fn shortened_demo_on_wgpu_reaches_the_demo_conclusion() {
     if let Some(g) = common::wgpu_or_skip("shortened demo on wgpu") {
         check_demo(&g);
