@@ -100,7 +100,7 @@ pub fn attention_bwd(ctx: &Context, dqkv: &GpuBuf, dout: &GpuBuf, out: &GpuBuf, 
     check_len(OP, "dout", dout, bsz * t * nh * hd)?;
     check_len(OP, "out", out, bsz * t * nh * hd)?;
     check_len(OP, "lse", lse, bsz * nh * t)?;
-    let delta = ctx.alloc(bsz * nh * t)?;
+    let delta = ctx.scratch("attention_bwd.delta", bsz * nh * t)?;
     let params = params_with(&p, &[]);
     let bufs = [dqkv, dout, out, lse, qkv, &delta];
     ctx.dispatch("attention_bwd", &params, &bufs, ctx.grid_1d(bsz * nh * t, 256))?;

@@ -100,6 +100,33 @@ struct State {
     modules: HashMap<&'static str, wgpu::ShaderModule>,
 }
 
+/// A scratch buffer lent by [`Context::scratch`]; returned to the context when dropped. Its
+/// contents are whatever the previous borrower left: ops write every element they read.
+pub struct Scratch<'a> {
+    ctx: &'a Context,
+    key: &'static str,
+    buf: Option<GpuBuf>,
+}
+
+impl std::ops::Deref for Scratch<'_> {
+    type Target = GpuBuf;
+    fn deref(&self) -> &GpuBuf {
+        self.buf.as_ref().expect("scratch buffer present until drop")
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        if let Some(buf) = self.buf.take() {
+            let mut cache = self.ctx.scratch.lock().unwrap_or_else(|p| p.into_inner());
+            let keep = cache.get(self.key).is_none_or(|old| old.len < buf.len);
+            if keep {
+                cache.insert(self.key, buf);
+            }
+        }
+    }
+}
+
 pub struct Context {
     pub(crate) device: wgpu::Device,
     pub(crate) queue: wgpu::Queue,
@@ -109,6 +136,7 @@ pub struct Context {
     arena: wgpu::Buffer,
     entries: HashMap<&'static str, (usize, &'static ShaderEntry)>,
     state: Mutex<State>,
+    scratch: Mutex<HashMap<&'static str, GpuBuf>>,
     dropped: Arc<Mutex<Vec<u64>>>,
     error: Arc<Mutex<Option<String>>>,
 }
@@ -166,6 +194,7 @@ impl Context {
             arena,
             entries,
             state: Mutex::new(State::default()),
+            scratch: Mutex::new(HashMap::new()),
             dropped: Arc::new(Mutex::new(Vec::new())),
             error,
         })
@@ -202,6 +231,18 @@ impl Context {
             mapped_at_creation: false,
         });
         Ok(GpuBuf::new(buffer, len, self.dropped.clone()))
+    }
+
+    /// A scratch buffer of at least `len` values for one op call, reused across calls (so its
+    /// bind groups are too) instead of allocated each time; not zeroed. A second borrower of the
+    /// same `key` while the first holds it (another thread) gets a fresh buffer.
+    pub fn scratch(&self, key: &'static str, len: usize) -> Result<Scratch<'_>> {
+        let cached = self.scratch.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+        let buf = match cached {
+            Some(buf) if buf.len >= len => buf,
+            _ => self.alloc(len)?,
+        };
+        Ok(Scratch { ctx: self, key, buf: Some(buf) })
     }
 
     /// Overwrites the start of `buf` with `bytes`, after every dispatch recorded so far.

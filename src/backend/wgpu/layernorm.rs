@@ -79,7 +79,7 @@ fn param_grads(
     if n == 0 || c == 0 {
         return Ok(());
     }
-    let scratch = ctx.alloc(2 * lp.chunks as usize * c)?;
+    let scratch = ctx.scratch("norm_dw.partials", 2 * lp.chunks as usize * c)?;
     let bytes = bytemuck::bytes_of(&lp);
     let cols = c.div_ceil(256) as u32;
     ctx.dispatch("norm_dw_partial", bytes, &[&scratch, dout, inp, mean.unwrap_or(rstd), rstd], [cols, lp.chunks, 1])?;

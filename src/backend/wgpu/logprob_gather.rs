@@ -32,6 +32,13 @@ struct LogprobUniform {
     _pad: u32,
 }
 
+impl LogprobUniform {
+    /// The uniform of rows `r0 .. r0 + rows` against vocabulary rows `j0 .. j0 + w_rows`.
+    fn chunk(p: LogprobParams, r0: usize, rows: usize, j0: usize, w_rows: usize, last: bool, inv_t: f32) -> Self {
+        LogprobUniform { p, r0: r0 as u32, rows: rows as u32, j0: j0 as u32, cw: w_rows as u32, first: (j0 == 0) as u32, last: last as u32, inv_t, _pad: 0 }
+    }
+}
+
 /// The host-side checks of the CPU backend (targets live on the device and are not range-checked
 /// here: a target `>= v` matches no chunk, its logp is `-lse`).
 fn check(op: &str, h: &GpuBuf, targets: &GpuBuf, w: &GpuBuf, p: LogprobParams) -> Result<()> {
@@ -89,24 +96,14 @@ pub fn logprob_gather_fwd(
     }
     let (cw, pass_rows) = blocking(ctx, p);
     let inv_t = 1.0 / p.temperature;
-    let scratch = ctx.alloc(pass_rows * cw)?;
-    let stats = ctx.alloc(pass_rows * 3)?;
+    let scratch = ctx.scratch("logprob_gather.logits", pass_rows * cw)?;
+    let stats = ctx.scratch("logprob_gather.stats", pass_rows * 3)?;
     for r0 in (0..n).step_by(pass_rows) {
         let rows = pass_rows.min(n - r0);
         for j0 in (0..v).step_by(cw) {
             let w_rows = cw.min(v - j0);
             chunk_logits(ctx, &scratch, h, w, c, r0, rows, j0, w_rows, inv_t)?;
-            let u = LogprobUniform {
-                p,
-                r0: r0 as u32,
-                rows: rows as u32,
-                j0: j0 as u32,
-                cw: w_rows as u32,
-                first: (j0 == 0) as u32,
-                last: (j0 + cw >= v) as u32,
-                inv_t,
-                _pad: 0,
-            };
+            let u = LogprobUniform::chunk(p, r0, rows, j0, w_rows, j0 + cw >= v, inv_t);
             ctx.dispatch("logprob_gather_fwd", bytemuck::bytes_of(&u), &[logp, entropy, lse, h, targets, w, &scratch, &stats], ctx.grid_1d(rows * 256, 256))?;
         }
     }
@@ -141,23 +138,13 @@ pub fn logprob_gather_bwd(
     }
     let (cw, pass_rows) = blocking(ctx, p);
     let inv_t = 1.0 / p.temperature;
-    let scratch = ctx.alloc(pass_rows * cw)?;
+    let scratch = ctx.scratch("logprob_gather.logits", pass_rows * cw)?;
     for r0 in (0..n).step_by(pass_rows) {
         let rows = pass_rows.min(n - r0);
         for j0 in (0..v).step_by(cw) {
             let w_rows = cw.min(v - j0);
             chunk_logits(ctx, &scratch, h, w, c, r0, rows, j0, w_rows, inv_t)?;
-            let u = LogprobUniform {
-                p,
-                r0: r0 as u32,
-                rows: rows as u32,
-                j0: j0 as u32,
-                cw: w_rows as u32,
-                first: (j0 == 0) as u32,
-                last: (j0 + cw >= v) as u32,
-                inv_t,
-                _pad: 0,
-            };
+            let u = LogprobUniform::chunk(p, r0, rows, j0, w_rows, j0 + cw >= v, inv_t);
             let bufs = [dh, dw, dlogp, dentropy, h, targets, lse, entropy, w, &scratch];
             ctx.dispatch("logprob_gather_bwd", bytemuck::bytes_of(&u), &bufs, ctx.grid_1d(rows * w_rows, 256))?;
             // dh[r0..] (+)= dlogits @ w[j0..]: the first chunk overwrites

@@ -39,7 +39,7 @@ pub fn sum_squares(ctx: &Context, acc: &GpuBuf, x: &GpuBuf, p: ElementwiseParams
     let chunk = n.div_ceil(parts);
     let parts = n.div_ceil(chunk);
     let lp = SumLaunch { p, chunk: chunk as u32, parts: parts as u32 };
-    let partial = ctx.alloc(parts)?;
+    let partial = ctx.scratch("sum_squares.partials", parts)?;
     ctx.dispatch("sum_squares_partial", bytemuck::bytes_of(&lp), &[&partial, x], [parts as u32, 1, 1])?;
     ctx.dispatch("sum_squares_final", bytemuck::bytes_of(&lp), &[acc, x, &partial], [1, 1, 1])
 }
