@@ -17,6 +17,32 @@ use std::path::{Path, PathBuf};
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
+    /// Read flags from a TOML file (keys are the flag names; flags on the command line override
+    /// them); training commands write the resolved configuration to <out>/run.toml
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+impl Cli {
+    /// The clap command with every subcommand accepting a flag more than once (the last one
+    /// wins), so that command-line flags override a `--config` file's.
+    pub fn command_with_overrides() -> clap::Command {
+        let mut cmd = <Cli as clap::CommandFactory>::command().args_override_self(true);
+        let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
+        for name in names {
+            cmd = cmd.mut_subcommand(name, |s| s.args_override_self(true));
+        }
+        cmd
+    }
+
+    /// Parses `args` after expanding `--config`; returns the command line and its matches.
+    pub fn parse_with_config(args: Vec<std::ffi::OsString>) -> Result<(Cli, clap::ArgMatches)> {
+        let cmd = Self::command_with_overrides();
+        let args = rlhf::config::expand_config_args(&cmd, args)?;
+        let matches = cmd.get_matches_from(args);
+        let cli = <Cli as clap::FromArgMatches>::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+        Ok((cli, matches))
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,6 +136,29 @@ pub struct TrainArgs {
     /// Print a progress line every N steps when stderr is not a terminal
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// Checkpoints, resume and the divergence guard, common to the training commands.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Save a checkpoint of the whole run state (weights, optimiser, RNG, data position) into
+    /// <out>/checkpoints every N steps; one is always saved at the end (0 = only then)
+    #[arg(long, default_value_t = 0)]
+    pub save_every: usize,
+    /// Continue a run: its output folder (the latest checkpoint) or a checkpoint folder
+    #[arg(long, value_name = "DIR")]
+    pub resume: Option<PathBuf>,
+    /// Steps in a row with a non-finite loss or gradient that are skipped before the run stops
+    #[arg(long, default_value_t = rlhf::train::resume::DEFAULT_MAX_BAD_STEPS)]
+    pub max_bad_steps: usize,
+}
+
+impl RunArgs {
+    pub fn control(&self) -> rlhf::train::resume::RunControl {
+        rlhf::train::resume::RunControl { save_every: self.save_every, resume: self.resume.clone(), max_bad_steps: self.max_bad_steps }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -170,6 +219,8 @@ pub struct RmArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -266,6 +317,8 @@ pub struct PpoArgs {
     pub seed: u64,
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
+    #[command(flatten)]
+    pub run: RunArgs,
     #[command(flatten)]
     pub common: Common,
 }
@@ -387,7 +440,26 @@ macro_rules! with_backend {
     }};
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// The output folder of a command that has one.
+fn out_dir(command: &Command) -> Option<&Path> {
+    match command {
+        Command::Demo(a) => Some(&a.out),
+        Command::Sft(a) => Some(&a.out),
+        Command::Rm(a) => Some(&a.out),
+        Command::Ppo(a) => Some(&a.out),
+        _ => None,
+    }
+}
+
+/// Runs a parsed command line; `matches` (from [`Cli::parse_with_config`]) gives the resolved
+/// configuration written into the output folder of a training command.
+pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
+    if let (Some(out), Some((name, sub_matches))) = (out_dir(&cli.command), matches.subcommand()) {
+        check_out_dir(out)?;
+        let cmd = Cli::command_with_overrides();
+        let sub = cmd.find_subcommand(name).expect("a parsed subcommand exists");
+        rlhf::config::write_resolved(out, sub, sub_matches)?;
+    }
     match cli.command {
         Command::Demo(a) => with_backend!(&a.common, |be| crate::demo::run_demo(&be, &a.out, a.seed, a.quick)),
         Command::Sft(a) => with_backend!(&a.common, |be| cmd_sft(&be, &a)),
@@ -437,6 +509,7 @@ fn train_config(t: &TrainArgs, out: &Path) -> SftConfig {
         seed: t.seed,
         optim: AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: 1e-8, weight_decay: t.weight_decay, max_grad_norm: t.max_grad_norm },
         log_every: t.log_every,
+        control: t.run.control(),
     }
 }
 
@@ -489,6 +562,7 @@ fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
         eval_fraction: a.eval_fraction,
         eval_every: a.eval_every,
         log_every: a.log_every,
+        control: a.run.control(),
     };
     cfg.validate()?;
     if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite() && a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
@@ -553,6 +627,7 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         ptx_batch_size: a.ptx_batch_size,
         seed: a.seed,
         log_every: a.log_every,
+        control: a.run.control(),
     };
     cfg.validate()?;
     if !(a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {

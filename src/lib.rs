@@ -8,6 +8,7 @@
 //! - [`rl`]: the training commands (SFT today).
 
 pub mod backend;
+pub mod config;
 pub mod data;
 pub mod error;
 pub mod fsutil;

@@ -5,12 +5,10 @@ mod bench;
 mod cli;
 mod demo;
 
-use clap::Parser;
-
 fn main() {
     quiet_mesa_runtime_dir();
-    let cli = cli::Cli::parse();
-    if let Err(err) = cli::run(cli) {
+    let result = cli::Cli::parse_with_config(std::env::args_os().collect()).and_then(|(cli, matches)| cli::run(cli, &matches));
+    if let Err(err) = result {
         eprintln!("error: {err:#}");
         std::process::exit(1);
     }

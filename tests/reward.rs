@@ -129,6 +129,7 @@ fn reward_model_learns_a_preference_and_round_trips() {
         eval_fraction: 0.25,
         eval_every: 0,
         log_every: 0,
+        control: Default::default(),
     };
     let summary = run_rm(&be, &mut model, &tok, synthetic_groups(&tok, 240, 9), &rm).unwrap();
     let before = summary.eval_before.unwrap();

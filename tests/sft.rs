@@ -37,6 +37,7 @@ fn config(out: &std::path::Path, steps: usize) -> SftConfig {
         seed: 11,
         optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
         log_every: 0,
+        control: Default::default(),
     }
 }
 

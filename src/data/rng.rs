@@ -5,7 +5,7 @@
 
 /// SplitMix64: 64 bits of state, one add and a few multiply/xor-shifts per draw. Good enough
 /// statistically for shuffling, initialisation and sampling; not for cryptography.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Rng {
     state: u64,
     /// The second value of the last Box-Muller pair, returned by the next `normal()`.

@@ -244,9 +244,9 @@ fn decode(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
 }
 
 /// A borrowed f32 tensor for `safetensors::serialize`.
-struct F32View<'a> {
-    shape: Vec<usize>,
-    data: &'a [f32],
+pub(crate) struct F32View<'a> {
+    pub(crate) shape: Vec<usize>,
+    pub(crate) data: &'a [f32],
 }
 
 impl View for F32View<'_> {

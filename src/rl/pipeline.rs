@@ -164,6 +164,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
         seed: cfg.seed,
         optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
         log_every: 100,
+        control: Default::default(),
     };
     eprintln!("demo: 1/3 SFT on {} imperfect demonstrations", examples.len());
     let sft = run_sft(be, &mut sft_model, &tok, examples, &sft_cfg)?;
@@ -197,6 +198,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
         eval_fraction: 0.2,
         eval_every: 50,
         log_every: 50,
+        control: Default::default(),
     };
     let rm_summary = run_rm(be, &mut rm, &tok, groups, &rm_cfg)?;
     let rm_acc = rm_summary.eval.map(|e| e.accuracy);
@@ -246,6 +248,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
         ptx_batch_size: 0,
         seed: cfg.seed,
         log_every: 10,
+        control: Default::default(),
     };
     let oracle = |_: &[u32], r: &[u32]| tok.decode_with(r, true).map(|s| demo_task::oracle_score(&s)).unwrap_or(0.0);
     let t = Instant::now();

@@ -17,7 +17,8 @@ use crate::rl::kl_controller::KlController;
 use crate::rl::ppo_update::{PpoStats, PpoUpdate, StepTensors, ValueHead};
 use crate::rl::reward::RewardTrainer;
 use crate::rl::running_stats::RunningMoments;
-use crate::train::{AdamWConfig, MetricsWriter, Progress};
+use crate::train::resume::{latest_checkpoint, Checkpoint, RunControl, StateWriter};
+use crate::train::{AdamWConfig, DivergenceGuard, MetricsWriter, Progress};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -62,6 +63,8 @@ pub struct PpoConfig {
     pub ptx_batch_size: usize,
     pub seed: u64,
     pub log_every: usize,
+    /// checkpoints, resume and the divergence guard
+    pub control: RunControl,
 }
 
 impl PpoConfig {
@@ -109,7 +112,7 @@ impl PpoConfig {
 pub type OracleFn<'a> = dyn Fn(&[u32], &[u32]) -> f32 + 'a;
 
 /// One step's record (also written to metrics.jsonl).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PpoStepReport {
     pub step: usize,
     pub score_mean: f32,
@@ -124,6 +127,23 @@ pub struct PpoStepReport {
     pub rollout_s: f64,
     pub scoring_s: f64,
     pub training_s: f64,
+}
+
+/// The host state of a PPO run that a checkpoint keeps (besides weights and optimiser state).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct PpoRunState {
+    step: usize,
+    rng: Rng,
+    /// the current epoch's order of prompts, and the next one's index in it
+    order: Vec<usize>,
+    cursor: usize,
+    kl_ctl: KlController,
+    reward_moments: RunningMoments,
+    /// PPO-ptx: pretraining examples consumed
+    ptx_position: Option<u64>,
+    /// every step's report so far (the run's return value)
+    reports: Vec<PpoStepReport>,
+    guard: DivergenceGuard,
 }
 
 /// Forward-only passes used in scoring: per-position log-probs of given targets, and values.
@@ -261,34 +281,67 @@ pub fn run_ppo<B: Backend>(
         update.value_head = Some(ValueHead::new(be, policy.cfg().hidden_size, cfg.seed ^ 0x7A1)?);
     }
     update.temperature = cfg.temperature.max(1e-6);
-    let mut kl_ctl = match cfg.kl_target {
-        Some((target, horizon)) => KlController::adaptive(cfg.kl_coef as f64, target as f64, horizon as f64)?,
-        None => KlController::fixed(cfg.kl_coef as f64)?,
+    let fingerprint = json!({
+        "seed": cfg.seed, "rollout_batch": cfg.rollout_batch, "mini_batch": cfg.mini_batch, "ppo_epochs": cfg.ppo_epochs,
+        "max_new_tokens": cfg.max_new_tokens, "value_model": value.is_some(),
+    });
+    let (mut run, mut metrics) = match &cfg.control.resume {
+        Some(path) => {
+            let ck = Checkpoint::load(path, "ppo")?;
+            ck.check_fingerprint(&fingerprint)?;
+            let mut run: PpoRunState = ck.value("run")?;
+            run.guard.max_bad_steps = cfg.control.max_bad_steps;
+            ck.restore_bufs(be, "policy", &mut policy.weights)?;
+            if let Some(v) = value.as_deref_mut() {
+                ck.restore_bufs(be, "value", &mut v.weights)?;
+            }
+            update.restore_state(be, &ck)?;
+            if let (Some(b), Some(pos)) = (ptx_batcher.as_mut(), run.ptx_position) {
+                b.seek(pos);
+            }
+            eprintln!("ppo: resuming after step {} from {}", run.step, ck.dir.display());
+            let metrics = MetricsWriter::resume(&cfg.out, &ck.run_dir().unwrap_or(cfg.out.clone()).join("metrics.jsonl"), run.step)?;
+            (run, metrics)
+        }
+        None => {
+            let kl_ctl = match cfg.kl_target {
+                Some((target, horizon)) => KlController::adaptive(cfg.kl_coef as f64, target as f64, horizon as f64)?,
+                None => KlController::fixed(cfg.kl_coef as f64)?,
+            };
+            let mut rng = Rng::new(cfg.seed);
+            let mut order: Vec<usize> = (0..prompts.len()).collect();
+            rng.shuffle(&mut order);
+            let run = PpoRunState {
+                step: 0,
+                rng,
+                order,
+                cursor: 0,
+                kl_ctl,
+                reward_moments: RunningMoments::new(),
+                ptx_position: None,
+                reports: Vec::with_capacity(cfg.steps),
+                guard: DivergenceGuard::new(cfg.control.max_bad_steps),
+            };
+            (run, MetricsWriter::create(&cfg.out)?)
+        }
     };
-    let mut reward_moments = RunningMoments::new();
-    let mut metrics = MetricsWriter::create(&cfg.out)?;
     let progress = Progress::new("ppo", cfg.steps);
-    let mut rng = Rng::new(cfg.seed);
-    let mut order: Vec<usize> = (0..prompts.len()).collect();
-    rng.shuffle(&mut order);
-    let mut cursor = 0;
-    let mut reports = Vec::with_capacity(cfg.steps);
     let mut step_t = StepTensors::new(be, b, max_len, cfg.kl_in_loss.is_some())?;
     let mut engine = RolloutEngine::new();
     let mut dev = StepScratch::new(be, b, max_len)?;
     let stop_ids: Vec<u32> = tokenizer.stop_ids();
     let start = Instant::now();
-    for step in 1..=cfg.steps {
+    for step in run.step + 1..=cfg.steps {
         // ---- rollout ----
         let t0 = Instant::now();
         let mut batch_prompts = Vec::with_capacity(b);
         for _ in 0..b {
-            if cursor == order.len() {
-                rng.shuffle(&mut order);
-                cursor = 0;
+            if run.cursor == run.order.len() {
+                run.rng.shuffle(&mut run.order);
+                run.cursor = 0;
             }
-            batch_prompts.push(&prompts[order[cursor]]);
-            cursor += 1;
+            batch_prompts.push(&prompts[run.order[run.cursor]]);
+            run.cursor += 1;
         }
         // continuous batching over `rollout_batch` KV-cache slots
         let longest = batch_prompts.iter().map(|p| p.len()).max().unwrap_or(0);
@@ -339,8 +392,8 @@ pub fn run_ppo<B: Backend>(
         // the b scores come back for logging (and running normalisation)
         let raw_scores = be.download(scores_dev)?[..b].to_vec();
         let scores: Vec<f32> = if cfg.reward_norm {
-            reward_moments.update(&raw_scores);
-            let (m, s) = (reward_moments.mean() as f32, reward_moments.std().max(1e-6) as f32);
+            run.reward_moments.update(&raw_scores);
+            let (m, s) = (run.reward_moments.mean() as f32, run.reward_moments.std().max(1e-6) as f32);
             raw_scores.iter().map(|x| (x - m) / s).collect()
         } else {
             raw_scores.clone()
@@ -349,7 +402,7 @@ pub fn run_ppo<B: Backend>(
         let scoring_s = t1.elapsed().as_secs_f64();
 
         // ---- advantages: reward_t = -beta k1_t (+ score at the last response token), GAE, whitening ----
-        let beta = kl_ctl.beta() as f32;
+        let beta = run.kl_ctl.beta() as f32;
         let el = ElementwiseParams::new(n);
         be.kl_penalty_fwd(&mut dev.kl1, &step_t.old_logp, &step_t.ref_logp, &dev.mask, KlParams { n: n as u32, estimator: 1 })?;
         be.kl_penalty_fwd(&mut dev.kl3, &step_t.old_logp, &step_t.ref_logp, &dev.mask, KlParams { n: n as u32, estimator: 3 })?;
@@ -386,6 +439,7 @@ pub fn run_ppo<B: Backend>(
         // ---- training ----
         let t2 = Instant::now();
         let mut epoch_stats = Vec::new();
+        let mut skipped_updates = 0usize;
         let mut seq_order: Vec<usize> = (0..b).collect();
         let mut p = PpoParams::new(0);
         p.clip_low = cfg.clip;
@@ -398,7 +452,7 @@ pub fn run_ppo<B: Backend>(
             p.kl_estimator = est;
         }
         for _ in 0..cfg.ppo_epochs {
-            rng.shuffle(&mut seq_order);
+            run.rng.shuffle(&mut seq_order);
             for mb in seq_order.chunks(cfg.mini_batch) {
                 // the minibatch's response tokens: the token mean's denominator shared by its micro-batches
                 let tokens_in_mb: usize = mb.iter().map(|&s| mask[s * t..(s + 1) * t].iter().filter(|&&m| m > 0.0).count()).sum();
@@ -414,7 +468,12 @@ pub fn run_ppo<B: Backend>(
                     let ptx_batch = batcher.next_batch(cfg.ptx_batch_size, max_len);
                     update.accumulate_ptx(be, policy, &ptx_batch, cfg.ptx_coef)?;
                 }
-                epoch_stats.push(update.step(be, policy, value.as_deref_mut(), cfg.lr, cfg.value_lr)?);
+                let st = update.step(be, policy, value.as_deref_mut(), cfg.lr, cfg.value_lr)?;
+                let grad_norm = if st.value_grad_norm.is_finite() { st.policy_grad_norm } else { f32::NAN };
+                if run.guard.check("ppo", step, st.total_loss, grad_norm, latest_checkpoint(&cfg.out))? {
+                    skipped_updates += 1;
+                }
+                epoch_stats.push(st);
             }
         }
         let training_s = t2.elapsed().as_secs_f64();
@@ -434,7 +493,7 @@ pub fn run_ppo<B: Backend>(
             ptx_loss: avg(&|s| s.ptx_loss),
         };
         let (kl1, kl3) = (kl1_total / b as f32, kl3_total / b as f32);
-        kl_ctl.update(kl1 as f64, b as u64);
+        run.kl_ctl.update(kl1 as f64, b as u64);
         let (score_mean, score_std) = mean_std(&raw_scores);
         let response_len = rollout_tokens as f32 / b as f32;
         let oracle_mean = oracle.map(|f| batch_prompts.iter().zip(&responses).map(|(p, r)| f(p, r)).sum::<f32>() / b as f32);
@@ -465,7 +524,7 @@ pub fn run_ppo<B: Backend>(
             "rollout_tokens_per_sec": rollout_tokens as f64 / rollout_s.max(1e-9),
             "scoring_tokens_per_sec": 3.0 * scored_tokens / scoring_s.max(1e-9),
             "training_tokens_per_sec": cfg.ppo_epochs as f64 * scored_tokens / training_s.max(1e-9),
-            "elapsed_s": start.elapsed().as_secs_f64(),
+            "elapsed_s": start.elapsed().as_secs_f64(), "skipped_updates": skipped_updates,
         });
         if let Some(o) = oracle_mean {
             rec["oracle_score"] = json!(o);
@@ -475,10 +534,23 @@ pub fn run_ppo<B: Backend>(
         if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == 1 || step == cfg.steps) {
             eprintln!("ppo step {step}/{} rm score {score_mean:.3} kl {kl1:.3} beta {beta:.3} clipfrac {:.3} len {response_len:.1}", cfg.steps, stats.clipfrac);
         }
-        reports.push(report);
+        run.reports.push(report);
+        if cfg.control.due(step, cfg.steps) {
+            run.step = step;
+            run.ptx_position = ptx_batcher.as_ref().map(|b| b.position());
+            let mut w = StateWriter::new();
+            w.bufs(be, "policy", &policy.weights)?;
+            if let Some(v) = value.as_deref() {
+                w.bufs(be, "value", &v.weights)?;
+            }
+            update.save_state(be, &mut w)?;
+            w.value("run", &run)?;
+            w.value("fingerprint", &fingerprint)?;
+            w.save(&cfg.out, "ppo", step)?;
+        }
     }
     progress.finish();
     policy.save(be, &cfg.out)?;
     tokenizer.save(&cfg.out)?;
-    Ok(reports)
+    Ok(run.reports)
 }

@@ -15,6 +15,7 @@ use crate::data::batch::Batch;
 use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
 use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::resume::{Checkpoint, StateWriter};
 
 /// One micro-batch of rollouts, `[b, t]` row-major: position i predicts token `targets[i]`
 /// (`-1` outside the response). Per-token arrays are aligned with the targets.
@@ -83,7 +84,7 @@ impl<B: Backend> StepTensors<B> {
 }
 
 /// The loss op's statistics for one optimiser step (means over its response tokens).
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PpoStats {
     pub policy_loss: f32,
     pub value_loss: f32,
@@ -151,11 +152,16 @@ impl<B: Backend> ValueHead<B> {
         &self.grad
     }
 
-    /// Clipped AdamW step (no weight decay); returns the head's gradient norm.
+    /// Clipped AdamW step (no weight decay); returns the head's gradient norm. A non-finite
+    /// norm updates nothing (as [`AdamW::step`]).
     fn step(&mut self, be: &B, lr: f32, optim: &AdamWConfig) -> Result<f32> {
         let n = be.len(&self.weight);
         be.fill(&mut self.norm_sq, 0.0, ElementwiseParams::new(1))?;
         be.sum_squares(&mut self.norm_sq, &self.grad, ElementwiseParams::new(n))?;
+        let norm = be.download(&self.norm_sq)?[0].sqrt();
+        if !norm.is_finite() {
+            return Ok(norm);
+        }
         if optim.max_grad_norm > 0.0 {
             be.clip_grad(&mut self.grad, &self.norm_sq, crate::backend::ops::ClipParams { n: n as u32, max_norm: optim.max_grad_norm })?;
         }
@@ -172,7 +178,22 @@ impl<B: Backend> ValueHead<B> {
             bias_correction2: 1.0 - optim.beta2.powi(t),
         };
         be.adamw(&mut self.weight, &mut self.m, &mut self.v, &self.grad, p)?;
-        Ok(be.download(&self.norm_sq)?[0].sqrt())
+        Ok(norm)
+    }
+
+    fn save_state(&self, be: &B, w: &mut StateWriter) -> Result<()> {
+        w.bufs(be, "value_head", std::slice::from_ref(&self.weight))?;
+        w.bufs(be, "value_head.m", std::slice::from_ref(&self.m))?;
+        w.bufs(be, "value_head.v", std::slice::from_ref(&self.v))?;
+        w.value("value_head.step", &self.step)
+    }
+
+    fn restore_state(&mut self, be: &B, ck: &Checkpoint) -> Result<()> {
+        ck.restore_bufs(be, "value_head", std::slice::from_mut(&mut self.weight))?;
+        ck.restore_bufs(be, "value_head.m", std::slice::from_mut(&mut self.m))?;
+        ck.restore_bufs(be, "value_head.v", std::slice::from_mut(&mut self.v))?;
+        self.step = ck.value("value_head.step")?;
+        Ok(())
     }
 }
 
@@ -473,9 +494,41 @@ impl<B: Backend> PpoUpdate<B> {
         (&self.policy.grads, self.value.as_ref().map(|v| v.grads.as_slice()))
     }
 
-    /// Clips and applies the accumulated gradients; returns the step's statistics.
+    /// Adds the optimiser state (policy and value moments, the value head) to a checkpoint;
+    /// the models' weights are saved by the caller.
+    pub fn save_state(&self, be: &B, w: &mut StateWriter) -> Result<()> {
+        self.policy.opt.save_state(be, w, "policy_adamw")?;
+        if let Some(v) = &self.value {
+            v.opt.save_state(be, w, "value_adamw")?;
+        }
+        match &self.value_head {
+            Some(h) => h.save_state(be, w),
+            None => Ok(()),
+        }
+    }
+
+    /// Restores what [`Self::save_state`] saved.
+    pub fn restore_state(&mut self, be: &B, ck: &Checkpoint) -> Result<()> {
+        self.policy.opt.restore_state(be, ck, "policy_adamw")?;
+        if let Some(v) = self.value.as_mut() {
+            v.opt.restore_state(be, ck, "value_adamw")?;
+        }
+        match self.value_head.as_mut() {
+            Some(h) => h.restore_state(be, ck),
+            None => Ok(()),
+        }
+    }
+
+    /// Clips and applies the accumulated gradients; returns the step's statistics. A step
+    /// whose loss is not finite updates nothing and reports non-finite gradient norms (the
+    /// divergence guard skips it); each optimiser also skips a non-finite gradient of its own.
     pub fn step(&mut self, be: &B, policy: &mut Model<B>, value: Option<&mut Model<B>>, lr: f32, value_lr: f32) -> Result<PpoStats> {
         let mut stats = self.stats(be)?;
+        if !stats.total_loss.is_finite() {
+            stats.policy_grad_norm = f32::NAN;
+            stats.value_grad_norm = f32::NAN;
+            return Ok(stats);
+        }
         stats.policy_grad_norm = self.policy.opt.step(be, &mut policy.weights, &mut self.policy.grads, lr)?;
         if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
             stats.value_grad_norm = vt.opt.step(be, &mut vm.weights, &mut vt.grads, value_lr)?;

@@ -12,7 +12,8 @@ use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::{LrSchedule, MetricsWriter, Progress};
+use crate::train::resume::{latest_checkpoint, Checkpoint, RunControl, StateWriter};
+use crate::train::{DivergenceGuard, LrSchedule, MetricsWriter, Progress};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -36,6 +37,8 @@ pub struct RmConfig {
     /// evaluate every N steps (and at the end); 0 = only at the end
     pub eval_every: usize,
     pub log_every: usize,
+    /// checkpoints, resume and the divergence guard
+    pub control: RunControl,
 }
 
 impl RmConfig {
@@ -60,7 +63,7 @@ impl RmConfig {
 }
 
 /// What a ranking pass reports.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct RankingStats {
     /// mean over prompts of the mean pairwise loss
     pub loss: f32,
@@ -275,8 +278,19 @@ impl<B: Backend> RewardTrainer<B> {
     ) -> Result<(RankingStats, f32)> {
         let stats = self.loss_and_grads(be, model, groups, extra_margin, pad)?;
         let st = self.train.as_mut().expect("loss_and_grads checked");
-        let grad_norm = st.opt.step(be, &mut model.weights, &mut st.grads, lr)?;
+        let grad_norm = if stats.loss.is_finite() {
+            st.opt.step(be, &mut model.weights, &mut st.grads, lr)?
+        } else {
+            // a non-finite loss updates nothing (the divergence guard skips the step)
+            st.opt.enqueue_grad_norm(be, &st.grads)?;
+            st.opt.grad_norm_sq(be)?.sqrt()
+        };
         Ok((stats, grad_norm))
+    }
+
+    /// The optimiser of a training instance (for checkpoints).
+    pub fn optimizer_mut(&mut self) -> Option<&mut AdamW<B>> {
+        self.train.as_mut().map(|t| &mut t.opt)
     }
 }
 
@@ -304,6 +318,22 @@ pub fn split_eval(mut groups: Vec<PreferenceGroup>, fraction: f32, seed: u64) ->
     (groups, eval)
 }
 
+/// The host state of a reward-model run that a checkpoint keeps (besides weights and moments).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct RmRunState {
+    step: usize,
+    rng: Rng,
+    /// the current epoch's order of training prompts, and the next one's index in it
+    order: Vec<usize>,
+    cursor: usize,
+    tokens: usize,
+    first_loss: Option<f32>,
+    last_loss: Option<f32>,
+    eval_before: Option<RankingStats>,
+    last_eval: Option<RankingStats>,
+    guard: DivergenceGuard,
+}
+
 /// Trains `model` (which has a score head) on `groups` and saves it with `tokenizer` into `cfg.out`.
 pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, groups: Vec<PreferenceGroup>, cfg: &RmConfig) -> Result<RmSummary> {
     cfg.validate()?;
@@ -323,55 +353,88 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
     let max_len = train.iter().chain(&eval).flat_map(|g| g.sequences.iter().map(Vec::len)).max().unwrap_or(2);
     let mut trainer = RewardTrainer::new(be, model, cfg.batch_size.max(1) * max_k, max_len, cfg.optim)?;
     let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
-    let mut metrics = MetricsWriter::create(&cfg.out)?;
+    let fingerprint = json!({ "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "eval_fraction": cfg.eval_fraction });
+    let (mut run, mut metrics) = match &cfg.control.resume {
+        Some(path) => {
+            let ck = Checkpoint::load(path, "rm")?;
+            ck.check_fingerprint(&fingerprint)?;
+            let mut run: RmRunState = ck.value("run")?;
+            run.guard.max_bad_steps = cfg.control.max_bad_steps;
+            ck.restore_bufs(be, "weights", &mut model.weights)?;
+            trainer.optimizer_mut().expect("a training instance").restore_state(be, &ck, "adamw")?;
+            eprintln!("rm: resuming after step {} from {}", run.step, ck.dir.display());
+            let metrics = MetricsWriter::resume(&cfg.out, &ck.run_dir().unwrap_or(cfg.out.clone()).join("metrics.jsonl"), run.step)?;
+            (run, metrics)
+        }
+        None => {
+            let eval_before = if eval.is_empty() { None } else { Some(trainer.evaluate(be, model, &eval, cfg.margin, pad)?) };
+            let mut order: Vec<usize> = (0..train.len()).collect();
+            let mut rng = Rng::new(cfg.seed);
+            rng.shuffle(&mut order);
+            let run = RmRunState {
+                step: 0,
+                rng,
+                order,
+                cursor: 0,
+                tokens: 0,
+                first_loss: None,
+                last_loss: None,
+                eval_before,
+                last_eval: None,
+                guard: DivergenceGuard::new(cfg.control.max_bad_steps),
+            };
+            (run, MetricsWriter::create(&cfg.out)?)
+        }
+    };
     let progress = Progress::new("rm", cfg.steps);
-    let eval_before = if eval.is_empty() { None } else { Some(trainer.evaluate(be, model, &eval, cfg.margin, pad)?) };
-    let mut order: Vec<usize> = (0..train.len()).collect();
-    let mut rng = Rng::new(cfg.seed);
-    rng.shuffle(&mut order);
-    let mut cursor = 0;
     let start = Instant::now();
-    let (mut tokens, mut first_loss, mut last_loss) = (0usize, f32::NAN, f32::NAN);
-    let mut last_eval = None;
-    for step in 1..=cfg.steps {
+    let tokens_at_start = run.tokens;
+    for step in run.step + 1..=cfg.steps {
         let step_start = Instant::now();
         let mut batch = Vec::with_capacity(cfg.batch_size);
         for _ in 0..cfg.batch_size.min(train.len()) {
-            if cursor == order.len() {
-                rng.shuffle(&mut order);
-                cursor = 0;
+            if run.cursor == run.order.len() {
+                run.rng.shuffle(&mut run.order);
+                run.cursor = 0;
             }
-            batch.push(&train[order[cursor]]);
-            cursor += 1;
+            batch.push(&train[run.order[run.cursor]]);
+            run.cursor += 1;
         }
         let step_tokens: usize = batch.iter().flat_map(|g| g.sequences.iter().map(Vec::len)).sum();
         let lr = schedule.at(step);
         let (stats, grad_norm) = trainer.train_step(be, model, &batch, cfg.margin, lr, pad)?;
-        if !stats.loss.is_finite() {
-            return Err(Error::invalid(format!("step {step}: the loss is not finite ({}); lower --lr", stats.loss)));
-        }
-        tokens += step_tokens;
+        let skipped = run.guard.check("rm", step, stats.loss, grad_norm, latest_checkpoint(&cfg.out))?;
+        run.tokens += step_tokens;
         if step == 1 {
-            first_loss = stats.loss;
+            run.first_loss = Some(stats.loss);
         }
-        last_loss = stats.loss;
+        run.last_loss = Some(stats.loss);
         let mut record = json!({
             "step": step, "loss": stats.loss, "accuracy": stats.accuracy, "score_gap": stats.mean_gap,
-            "grad_norm": grad_norm, "lr": lr, "tokens": tokens,
+            "grad_norm": grad_norm, "lr": lr, "tokens": run.tokens,
             "tokens_per_sec": step_tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
-            "elapsed_s": start.elapsed().as_secs_f64(),
+            "elapsed_s": start.elapsed().as_secs_f64(), "skipped": skipped,
         });
         let eval_now = !eval.is_empty() && (step == cfg.steps || (cfg.eval_every > 0 && step % cfg.eval_every == 0));
         if eval_now {
             let e = trainer.evaluate(be, model, &eval, cfg.margin, pad)?;
             record["eval_loss"] = json!(e.loss);
             record["eval_accuracy"] = json!(e.accuracy);
-            last_eval = Some(e);
+            run.last_eval = Some(e);
         }
         metrics.write(&record)?;
         progress.update(step, &format!("loss {:.4} acc {:.2}", stats.loss, stats.accuracy));
         if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == cfg.steps || step == 1) {
             eprintln!("rm step {step}/{} loss {:.4} acc {:.3} grad_norm {:.3} lr {:.2e}", cfg.steps, stats.loss, stats.accuracy, grad_norm, lr);
+        }
+        if cfg.control.due(step, cfg.steps) {
+            run.step = step;
+            let mut w = StateWriter::new();
+            w.bufs(be, "weights", &model.weights)?;
+            trainer.optimizer_mut().expect("a training instance").save_state(be, &mut w, "adamw")?;
+            w.value("run", &run)?;
+            w.value("fingerprint", &fingerprint)?;
+            w.save(&cfg.out, "rm", step)?;
         }
     }
     progress.finish();
@@ -379,13 +442,13 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
     tokenizer.save(&cfg.out)?;
     let elapsed_s = start.elapsed().as_secs_f64();
     Ok(RmSummary {
-        first_loss,
-        last_loss,
-        eval: last_eval,
-        eval_before,
+        first_loss: run.first_loss.unwrap_or(f32::NAN),
+        last_loss: run.last_loss.unwrap_or(f32::NAN),
+        eval: run.last_eval,
+        eval_before: run.eval_before,
         train_groups: train.len(),
         eval_groups: eval.len(),
-        tokens_per_sec: tokens as f64 / elapsed_s.max(1e-9),
+        tokens_per_sec: (run.tokens - tokens_at_start) as f64 / elapsed_s.max(1e-9),
         elapsed_s,
     })
 }

@@ -11,7 +11,8 @@ use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::train::lm::LmTrainer;
-use crate::train::{AdamWConfig, LrSchedule, MetricsWriter, Progress};
+use crate::train::resume::{latest_checkpoint, Checkpoint, RunControl, StateWriter};
+use crate::train::{AdamWConfig, DivergenceGuard, LrSchedule, MetricsWriter, Progress};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -30,6 +31,8 @@ pub struct SftConfig {
     pub optim: AdamWConfig,
     /// print a plain progress line every `log_every` steps (0 = never)
     pub log_every: usize,
+    /// checkpoints, resume and the divergence guard
+    pub control: RunControl,
 }
 
 impl SftConfig {
@@ -84,6 +87,24 @@ pub struct SftSummary {
     pub elapsed_s: f64,
 }
 
+/// The host state of an SFT run that a checkpoint keeps (besides weights and AdamW moments).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct SftRunState {
+    /// optimiser steps done
+    step: usize,
+    /// examples consumed ([`Batcher::position`])
+    data_position: u64,
+    tokens: usize,
+    first_loss: Option<f32>,
+    last_loss: Option<f32>,
+    guard: DivergenceGuard,
+}
+
+/// The settings a resumed run must share with the one it continues to be the same run.
+fn fingerprint(cfg: &SftConfig) -> serde_json::Value {
+    json!({ "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seq_len": cfg.seq_len })
+}
+
 /// Trains `model` on `examples` and saves it with `tokenizer` into `cfg.out`.
 pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, examples: Vec<Example>, cfg: &SftConfig) -> Result<SftSummary> {
     cfg.validate()?;
@@ -115,13 +136,29 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
     let mut batcher = Batcher::new(examples, cfg.seed, pad)?;
     let mut trainer = LmTrainer::new(be, model, cfg.batch_size, cfg.batch_size * seq_len, cfg.optim)?;
     let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
-    let mut metrics = MetricsWriter::create(&cfg.out)?;
+    let mut run =
+        SftRunState { step: 0, data_position: 0, tokens: 0, first_loss: None, last_loss: None, guard: DivergenceGuard::new(cfg.control.max_bad_steps) };
+    let mut metrics = match &cfg.control.resume {
+        Some(path) => {
+            let ck = Checkpoint::load(path, "sft")?;
+            run = ck.value("run")?;
+            run.guard.max_bad_steps = cfg.control.max_bad_steps;
+            ck.check_fingerprint(&fingerprint(cfg))?;
+            ck.restore_bufs(be, "weights", &mut model.weights)?;
+            trainer.opt.restore_state(be, &ck, "adamw")?;
+            batcher.seek(run.data_position);
+            eprintln!("sft: resuming after step {} from {}", run.step, ck.dir.display());
+            MetricsWriter::resume(&cfg.out, &ck.run_dir().unwrap_or(cfg.out.clone()).join("metrics.jsonl"), run.step)?
+        }
+        None => MetricsWriter::create(&cfg.out)?,
+    };
     let progress = Progress::new("sft", cfg.steps);
     let start = Instant::now();
-    let mut tokens = 0usize;
-    let mut first_loss = f32::NAN;
-    let mut last_loss = f32::NAN;
-    for step in 1..=cfg.steps {
+    let mut tokens = run.tokens;
+    let tokens_at_start = tokens;
+    let mut first_loss = run.first_loss.unwrap_or(f32::NAN);
+    let mut last_loss = run.last_loss.unwrap_or(f32::NAN);
+    for step in run.step + 1..=cfg.steps {
         let step_start = Instant::now();
         let mut batches = Vec::new();
         batches.try_reserve_exact(cfg.grad_accum).map_err(|_| Error::invalid(format!("--grad-accum {} is too large", cfg.grad_accum)))?;
@@ -140,9 +177,7 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         }
         let lr = schedule.at(step);
         let stats = trainer.step(be, model, lr)?;
-        if !stats.loss.is_finite() || !stats.grad_norm.is_finite() {
-            return Err(Error::invalid(format!("step {step}: the loss ({}) or the gradient norm ({}) is not finite; lower --lr", stats.loss, stats.grad_norm)));
-        }
+        let skipped = run.guard.check("sft", step, stats.loss, stats.grad_norm, latest_checkpoint(&cfg.out))?;
         tokens += step_tokens;
         let elapsed = start.elapsed().as_secs_f64();
         let step_secs = step_start.elapsed().as_secs_f64();
@@ -159,6 +194,7 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
             "supervised_tokens": supervised,
             "tokens_per_sec": step_tokens as f64 / step_secs.max(1e-9),
             "elapsed_s": elapsed,
+            "skipped": skipped,
         }))?;
         progress.update(step, &format!("loss {:.4}", stats.loss));
         if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == cfg.steps || step == 1) {
@@ -171,10 +207,26 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
                 tokens as f64 / elapsed.max(1e-9)
             );
         }
+        if cfg.control.due(step, cfg.steps) {
+            run = SftRunState {
+                step,
+                data_position: batcher.position(),
+                tokens,
+                first_loss: first_loss.is_finite().then_some(first_loss),
+                last_loss: last_loss.is_finite().then_some(last_loss),
+                guard: run.guard,
+            };
+            let mut w = StateWriter::new();
+            w.bufs(be, "weights", &model.weights)?;
+            trainer.opt.save_state(be, &mut w, "adamw")?;
+            w.value("run", &run)?;
+            w.value("fingerprint", &fingerprint(cfg))?;
+            w.save(&cfg.out, "sft", step)?;
+        }
     }
     progress.finish();
     model.save(be, &cfg.out)?;
     tokenizer.save(&cfg.out)?;
     let elapsed_s = start.elapsed().as_secs_f64();
-    Ok(SftSummary { first_loss, last_loss, tokens, tokens_per_sec: tokens as f64 / elapsed_s.max(1e-9), elapsed_s })
+    Ok(SftSummary { first_loss, last_loss, tokens, tokens_per_sec: (tokens - tokens_at_start) as f64 / elapsed_s.max(1e-9), elapsed_s })
 }

@@ -61,10 +61,14 @@ impl<B: Backend> LmTrainer<B> {
         dec.backward(be, &model.weights, &mut self.grads, &self.acts, &mut self.scratch, shape)
     }
 
-    /// Clips, updates the weights, and reads back the step's loss and gradient norm.
+    /// Clips, updates the weights, and reads back the step's loss and gradient norm. A step
+    /// whose loss or gradient norm is not finite updates nothing (see [`AdamW::step`]).
     pub fn step(&mut self, be: &B, model: &mut Model<B>, lr: f32) -> Result<StepStats> {
-        let grad_norm = self.opt.step(be, &mut model.weights, &mut self.grads, lr)?;
         let loss = be.download(&self.loss_acc)?[0];
+        if !loss.is_finite() {
+            return self.peek(be);
+        }
+        let grad_norm = self.opt.step(be, &mut model.weights, &mut self.grads, lr)?;
         Ok(StepStats { loss, grad_norm })
     }
 

@@ -1,11 +1,14 @@
-//! Optimiser, learning-rate schedule, metrics and progress.
+//! Optimiser, learning-rate schedule, metrics, progress, the divergence guard and exact resume.
 
+pub mod guard;
 pub mod lm;
 pub mod metrics;
 pub mod optimizer;
 pub mod progress;
+pub mod resume;
 pub mod schedule;
 
+pub use guard::DivergenceGuard;
 pub use metrics::MetricsWriter;
 pub use optimizer::{AdamW, AdamWConfig};
 pub use progress::Progress;

@@ -6,6 +6,7 @@
 use crate::backend::ops::{AdamWParams, Backend, ClipParams, ElementwiseParams};
 use crate::error::Result;
 use crate::model::ParamLayout;
+use crate::train::resume::{Checkpoint, StateWriter};
 
 #[derive(Clone, Copy, Debug)]
 pub struct AdamWConfig {
@@ -48,9 +49,16 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Clips and applies one update with learning rate `lr`; returns the global gradient norm
-    /// before clipping (the step's one read-back).
+    /// before clipping (the step's one read-back). When that norm is not finite (a NaN or an
+    /// infinity anywhere in the gradients) nothing is updated — weights, moments and the step
+    /// count stay as they were — and the non-finite norm is returned: the divergence guard
+    /// ([`crate::train::DivergenceGuard`]) counts the step as skipped.
     pub fn step(&mut self, be: &B, weights: &mut [B::Buf], grads: &mut [B::Buf], lr: f32) -> Result<f32> {
         self.enqueue_grad_norm(be, grads)?;
+        let norm = self.grad_norm_sq(be)?.sqrt();
+        if !norm.is_finite() {
+            return Ok(norm);
+        }
         if self.cfg.max_grad_norm > 0.0 {
             for g in grads.iter_mut() {
                 let n = be.len(g) as u32;
@@ -72,11 +80,26 @@ impl<B: Backend> AdamW<B> {
             };
             be.adamw(w, m, v, g, p)?;
         }
-        Ok(be.download(&self.norm_sq)?[0].sqrt())
+        Ok(norm)
     }
 }
 
 impl<B: Backend> AdamW<B> {
+    /// Adds the moments (`<prefix>.m.i`, `<prefix>.v.i`) and the step count to a checkpoint.
+    pub fn save_state(&self, be: &B, w: &mut StateWriter, prefix: &str) -> Result<()> {
+        w.bufs(be, &format!("{prefix}.m"), &self.m)?;
+        w.bufs(be, &format!("{prefix}.v"), &self.v)?;
+        w.value(&format!("{prefix}.step"), &self.step)
+    }
+
+    /// Restores what [`Self::save_state`] saved.
+    pub fn restore_state(&mut self, be: &B, ck: &Checkpoint, prefix: &str) -> Result<()> {
+        ck.restore_bufs(be, &format!("{prefix}.m"), &mut self.m)?;
+        ck.restore_bufs(be, &format!("{prefix}.v"), &mut self.v)?;
+        self.step = ck.value(&format!("{prefix}.step"))?;
+        Ok(())
+    }
+
     /// Reads back the squared norm computed by the last `enqueue_grad_norm`.
     pub fn grad_norm_sq(&self, be: &B) -> Result<f32> {
         Ok(be.download(&self.norm_sq)?[0])
