@@ -125,3 +125,37 @@ fn gradient_accumulation_equals_the_full_batch() {
         }
     }
 }
+
+/// A batch that makes the loss and gradients NaN (here: a NaN token weight) is skipped by the
+/// optimiser — weights, moments and step count untouched — and the next finite batch trains as
+/// if the bad one had never been fed.
+#[test]
+fn a_nan_producing_batch_updates_nothing_and_training_goes_on() {
+    let be = CpuBackend::new();
+    let tok = Tokenizer::byte_level();
+    let model0 = Model::init(&be, ModelConfig::preset("gpt2-tiny", tok.vocab_size()).unwrap(), 5).unwrap();
+    let ex = corpus_examples(&tok, 4);
+    let batch = Batch::from_examples(&ex, 48, 0);
+    let w = 1.0 / batch.n_supervised as f32;
+    let run = |feed_nan: bool| {
+        let mut model = Model::from_host(&be, model0.cfg().clone(), &model0.to_host(&be).unwrap()).unwrap();
+        let mut tr = LmTrainer::new(&be, &model, 4, 4 * 48, AdamWConfig::default()).unwrap();
+        if feed_nan {
+            let before = model.to_host(&be).unwrap();
+            tr.zero_grad(&be).unwrap();
+            tr.accumulate(&be, &model, &batch, f32::NAN).unwrap();
+            let stats = tr.step(&be, &mut model, 1e-3).unwrap();
+            assert!(!stats.loss.is_finite() && !stats.grad_norm.is_finite(), "{stats:?}");
+            assert_eq!(model.to_host(&be).unwrap(), before, "a non-finite step changed the weights");
+            assert_eq!(tr.opt.step, 0, "a non-finite step counted as an optimiser step");
+            let mut guard = rlhf::train::DivergenceGuard::new(3);
+            assert!(guard.check("sft", 1, stats.loss, stats.grad_norm, None).unwrap());
+        }
+        tr.zero_grad(&be).unwrap();
+        tr.accumulate(&be, &model, &batch, w).unwrap();
+        let stats = tr.step(&be, &mut model, 1e-3).unwrap();
+        assert!(stats.loss.is_finite());
+        model.to_host(&be).unwrap()
+    };
+    assert_eq!(run(true), run(false), "the step after a skipped one differs from a clean run's");
+}

@@ -535,7 +535,8 @@ pub fn run_ppo<B: Backend>(
             eprintln!("ppo step {step}/{} rm score {score_mean:.3} kl {kl1:.3} beta {beta:.3} clipfrac {:.3} len {response_len:.1}", cfg.steps, stats.clipfrac);
         }
         run.reports.push(report);
-        if cfg.control.due(step, cfg.steps) {
+        // a step with a skipped update saves nothing: the last checkpoint stays the last good one
+        if cfg.control.due(step, cfg.steps) && skipped_updates == 0 {
             run.step = step;
             run.ptx_position = ptx_batcher.as_ref().map(|b| b.position());
             let mut w = StateWriter::new();

@@ -427,7 +427,8 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
         if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == cfg.steps || step == 1) {
             eprintln!("rm step {step}/{} loss {:.4} acc {:.3} grad_norm {:.3} lr {:.2e}", cfg.steps, stats.loss, stats.accuracy, grad_norm, lr);
         }
-        if cfg.control.due(step, cfg.steps) {
+        // a skipped step saves nothing: the last checkpoint stays the last good one
+        if cfg.control.due(step, cfg.steps) && !skipped {
             run.step = step;
             let mut w = StateWriter::new();
             w.bufs(be, "weights", &model.weights)?;

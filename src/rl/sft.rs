@@ -207,7 +207,8 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
                 tokens as f64 / elapsed.max(1e-9)
             );
         }
-        if cfg.control.due(step, cfg.steps) {
+        // a skipped step saves nothing: the last checkpoint stays the last good one
+        if cfg.control.due(step, cfg.steps) && !skipped {
             run = SftRunState {
                 step,
                 data_position: batcher.position(),
