@@ -80,7 +80,7 @@ pub struct DemoSummary {
 
 /// Samples one answer per prompt; returns (answers' token ids, mean oracle score, mean KL to
 /// `reference` summed over each answer's tokens, when given).
-fn evaluate<B: Backend>(
+pub fn evaluate<B: Backend>(
     be: &B,
     policy: &Model<B>,
     reference: Option<&Model<B>>,
