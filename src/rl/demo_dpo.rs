@@ -24,11 +24,11 @@ pub struct DpoStage<B: Backend> {
 /// The stage's settings: `quick` is the shortened run of the tests.
 pub fn demo_dpo_config(out: &Path, seed: u64, quick: bool) -> DpoConfig {
     let mut cfg = DpoConfig::new(out.to_path_buf(), if quick { 60 } else { 150 }, 16);
-    cfg.lr = 5e-4;
+    cfg.lr = 2e-4;
     cfg.warmup = 5;
     cfg.seq_len = 64;
     cfg.seed = seed;
-    cfg.beta = 0.1;
+    cfg.beta = 0.3;
     cfg.eval_fraction = 0.1;
     cfg.log_every = 20;
     cfg
