@@ -382,3 +382,35 @@ fn dpo_command_trains_and_rejects_bad_input() {
     std::fs::write(&data, format!("{}\nnot json\n", lines[0])).unwrap();
     assert_fails_with(&with(&[]), &["prefs.jsonl:2"]);
 }
+
+/// One DPO micro-batch (forward, loss op, backward) on wgpu against the CPU: the statistics and
+/// the parameter gradients agree (skipped without an adapter, except in CI).
+#[test]
+fn one_dpo_step_on_wgpu_matches_the_cpu() {
+    let Some(g) = common::wgpu_or_skip("one DPO step on wgpu") else { return };
+    let be = CpuBackend::new();
+    let tok = Tokenizer::byte_level();
+    let model = tiny(&be, "llama-tiny", &tok, 12);
+    let gmodel = Model::from_host(&g, model.cfg().clone(), &model.to_host(&be).unwrap()).unwrap();
+    let pairs = pairs_from_groups(&demo_task::preference_groups(&tok, 4, 0.0, 5).unwrap()).unwrap();
+    let ptrs: Vec<&DpoPair> = pairs.iter().collect();
+    let refs: Vec<[f32; 2]> = (0..pairs.len()).map(|i| [-40.0 - i as f32, -38.0]).collect();
+    let cfg = DpoConfig::new("unused".into(), 1, pairs.len());
+    let max_t = pairs.iter().map(|p| p.chosen.len().max(p.rejected.len())).max().unwrap();
+    let mut ct = DpoTrainer::new(&be, &model, pairs.len(), max_t, 0).unwrap();
+    let mut gt = DpoTrainer::new(&g, &gmodel, pairs.len(), max_t, 0).unwrap();
+    ct.zero_grad(&be).unwrap();
+    gt.zero_grad(&g).unwrap();
+    let p = cfg.op_params(pairs.len(), 0, 1.0 / pairs.len() as f32);
+    ct.accumulate(&be, &model, &ptrs, &refs, p, true).unwrap();
+    gt.accumulate(&g, &gmodel, &ptrs, &refs, p, true).unwrap();
+    let (cs, gs) = (ct.stats(&be).unwrap(), gt.stats(&g).unwrap());
+    assert!((cs.loss - gs.loss).abs() < 1e-4 && (cs.margin - gs.margin).abs() < 1e-3, "cpu {cs:?} vs wgpu {gs:?}");
+    assert_eq!(cs.reward_accuracy, gs.reward_accuracy);
+    for (i, (c, w)) in ct.grads().iter().zip(gt.grads()).enumerate() {
+        let (c, w) = (be.download(c).unwrap(), g.download(w).unwrap());
+        let scale = c.iter().fold(0f32, |m, x| m.max(x.abs())).max(1e-6);
+        let worst = c.iter().zip(&w).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(worst <= 2e-3 * scale + 1e-6, "gradient {i}: max |wgpu - cpu| {worst} vs max |cpu| {scale}");
+    }
+}
