@@ -131,7 +131,7 @@ fn dlogp_matches_finite_differences_for_every_loss() {
     let mut rng = Rng::new(17);
     let logp: Vec<f32> = randv(&mut rng, 2 * pairs * t, 1.0).iter().map(|x| -x.abs() - 0.5).collect();
     // ragged completions: row k starts at a different prompt length and ends early
-    let mask: Vec<f32> = (0..2 * pairs * t).map(|i| ((i % t) >= 1 + (i / t) % 2 && (i % t) < t - (i / t) % 3 / 2) as u8 as f32).collect();
+    let mask: Vec<f32> = (0..2 * pairs * t).map(|i| ((i % t) > (i / t) % 2 && (i % t) < t - (i / t) % 3 / 2) as u8 as f32).collect();
     let refs: Vec<f32> = randv(&mut rng, 2 * pairs, 2.0).iter().map(|x| x - 4.0).collect();
     let cases = [
         ("sigmoid", preference_loss::SIGMOID, false, 0.5, 0.0, 0.0),

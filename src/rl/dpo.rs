@@ -316,13 +316,8 @@ impl<B: Backend> DpoTrainer<B> {
             let logp = be.download(&self.logp)?;
             let t = batch.t;
             let sum = |k: usize| -> f32 {
-                let mut s = 0f64;
-                for j in k * t..(k + 1) * t {
-                    if batch.targets[j] >= 0 {
-                        s += logp[j] as f64;
-                    }
-                }
-                s as f32
+                let row = k * t..(k + 1) * t;
+                logp[row.clone()].iter().zip(&batch.targets[row]).filter(|(_, &x)| x >= 0).fold(0f64, |s, (&l, _)| s + l as f64) as f32
             };
             out.extend((0..chunk.len()).map(|i| [sum(i), sum(chunk.len() + i)]));
         }

@@ -21,7 +21,7 @@ fn preference_loss_parity() {
     for &(pairs, t) in &[(1usize, 4usize), (5, 17), (300, 9)] {
         let n = 2 * pairs * t;
         let logp: Vec<f32> = (0..n).map(|_| -rng.next_f32() * 3.0 - 0.01).collect();
-        let mask: Vec<f32> = (0..n).map(|i| ((i % t) >= 1 + rng.below(2) as usize) as u8 as f32).collect();
+        let mask: Vec<f32> = (0..n).map(|i| ((i % t) > rng.below(2) as usize) as u8 as f32).collect();
         let refs: Vec<f32> = (0..2 * pairs).map(|_| -rng.next_f32() * 10.0).collect();
         for (loss_type, norm, eps) in
             [(preference_loss::SIGMOID, 0, 0.0), (preference_loss::SIGMOID, 0, 0.2), (preference_loss::IPO, 1, 0.0), (preference_loss::SIMPO, 1, 0.1)]
