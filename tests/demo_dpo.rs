@@ -8,9 +8,8 @@ use rlhf::data::tokenizer::Tokenizer;
 use rlhf::model::{Model, ModelConfig};
 use rlhf::rl::demo_dpo::run_dpo_stage;
 use rlhf::rl::demo_task;
-use rlhf::rl::pipeline::evaluate;
-use rlhf::rl::sft::{run_sft, SftConfig};
-use rlhf::train::AdamWConfig;
+use rlhf::rl::pipeline::{demo_sft_config, evaluate};
+use rlhf::rl::sft::run_sft;
 
 #[test]
 fn dpo_stage_raises_the_oracle_score_over_sft() {
@@ -22,19 +21,7 @@ fn dpo_stage_raises_the_oracle_score_over_sft() {
     let demos = demo_task::demonstrations(2000, seed);
     let examples = demos.iter().map(|(p, c)| prompt_completion_example(&tok, p, c)).collect::<rlhf::Result<Vec<_>>>().unwrap();
     let mut sft = Model::init(&be, ModelConfig::preset("gpt2-tiny", tok.vocab_size()).unwrap(), seed).unwrap();
-    let sft_cfg = SftConfig {
-        out: dir.path().join("sft"),
-        steps: 400,
-        lr: 3e-3,
-        min_lr_ratio: 0.1,
-        warmup: 20,
-        batch_size: 32,
-        grad_accum: 1,
-        seq_len: 64,
-        seed,
-        optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
-        log_every: 0,
-    };
+    let sft_cfg = demo_sft_config(&dir.path().join("sft"), 400, seed);
     run_sft(&be, &mut sft, &tok, examples, &sft_cfg).unwrap();
     let t = std::time::Instant::now();
     let stage = run_dpo_stage(&be, &dir.path().join("sft"), &tok, &dir.path().join("dpo"), seed, true).unwrap();
