@@ -1,8 +1,8 @@
 //! Every op of the op list on the CPU backend: the forward against a naive reference written out
 //! here, and every backward against central finite differences of `L = sum(out * r)` for a random
 //! `r`. `OP_CHECKS` maps each op to the test that covers it (here, in `tests/rl_ops.rs` for the
-//! fused RL ops, or in `tests/ppo_math.rs` for GAE and whitening); a test fails if an op of
-//! `rlhf::backend::ops::OP_NAMES` is missing there.
+//! fused RL ops, in `tests/ppo_math.rs` for GAE and whitening, or in `tests/dpo.rs` for the
+//! preference losses); a test fails if an op of `rlhf::backend::ops::OP_NAMES` is missing there.
 
 use rlhf::backend::ops::*;
 use rlhf::backend::CpuBackend;
@@ -54,6 +54,7 @@ const OP_CHECKS: &[(&str, &str)] = &[
     ("sum_squares", "optimizer_ops"),
     ("clip_grad", "optimizer_ops"),
     ("adamw", "optimizer_ops"),
+    ("preference_loss_fwd_bwd", "dlogp_matches_finite_differences_for_every_loss"),
 ];
 
 #[test]
@@ -61,10 +62,13 @@ fn every_op_has_a_check() {
     for op in OP_NAMES {
         assert!(OP_CHECKS.iter().any(|(name, _)| name == op), "op `{op}` has no check in tests/ops.rs");
     }
-    let sources = [include_str!("ops.rs"), include_str!("rl_ops.rs"), include_str!("ppo_math.rs")];
+    let sources = [include_str!("ops.rs"), include_str!("rl_ops.rs"), include_str!("ppo_math.rs"), include_str!("dpo.rs")];
     for (op, test) in OP_CHECKS {
         let f = format!("fn {test}()");
-        assert!(sources.iter().any(|src| src.contains(&f)), "check `{test}` for `{op}` does not exist in tests/ops.rs, tests/rl_ops.rs or tests/ppo_math.rs");
+        assert!(
+            sources.iter().any(|src| src.contains(&f)),
+            "check `{test}` for `{op}` does not exist in tests/ops.rs, tests/rl_ops.rs, tests/ppo_math.rs or tests/dpo.rs"
+        );
     }
 }
 

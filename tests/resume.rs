@@ -117,7 +117,7 @@ fn sft_killed_mid_step_resumes_to_the_same_metrics_and_weights() {
 }
 
 #[test]
-fn rm_and_ppo_killed_mid_step_resume_to_the_same_metrics_and_weights() {
+fn rm_dpo_and_ppo_killed_mid_step_resume_to_the_same_metrics_and_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let data = write_sft_data(t);
@@ -136,6 +136,10 @@ fn rm_and_ppo_killed_mid_step_resume_to_the_same_metrics_and_weights() {
     let rm_args = strs(&["rm", "--model", sft.to_str().unwrap(), "--data", prefs.to_str().unwrap(), "--steps", "20", "--batch-size", "4", "--seq-len", "48"]);
     let rm_args = with(rm_args, &["--lr", "1e-3", "--eval-every", "5", "--save-every", "5", "--log-every", "0"]);
     check_kill_and_resume("rm", rm_args, t, 12);
+
+    let dpo_args = strs(&["dpo", "--model", sft.to_str().unwrap(), "--data", prefs.to_str().unwrap(), "--steps", "20", "--batch-size", "4", "--seq-len", "48"]);
+    let dpo_args = with(dpo_args, &["--lr", "1e-4", "--eval-fraction", "0.1", "--save-every", "3", "--log-every", "0"]);
+    check_kill_and_resume("dpo", dpo_args, t, 8);
 
     let rm = t.join("rm-a");
     for value in [&["--value-model", rm.to_str().unwrap()][..], &["--value-head"][..]] {

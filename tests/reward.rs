@@ -20,7 +20,7 @@ fn group(tok: &Tokenizer, prompt: &str, completions: &[&str], margin: f32) -> Pr
             ids
         })
         .collect();
-    PreferenceGroup { line: 0, sequences, margin }
+    PreferenceGroup { line: 0, sequences, prompt_len: p.len(), margin }
 }
 
 fn reward_model(be: &CpuBackend, preset: &str, tok: &Tokenizer, seed: u64) -> Model<CpuBackend> {

@@ -16,6 +16,8 @@ pub struct PreferenceGroup {
     /// 1-based line of the JSONL file
     pub line: usize,
     pub sequences: Vec<Vec<u32>>,
+    /// tokens of the prompt at the start of every sequence (the completions follow it)
+    pub prompt_len: usize,
     /// added to the required score gap of every pair of the group
     pub margin: f32,
 }
@@ -69,7 +71,7 @@ pub fn load_preference_jsonl(path: &Path, tok: &Tokenizer, seq_len: usize) -> Re
             }
             sequences.push(ids);
         }
-        groups.push(PreferenceGroup { line, sequences, margin });
+        groups.push(PreferenceGroup { line, sequences, prompt_len: prompt_ids.len(), margin });
     }
     if groups.is_empty() {
         return Err(Error::file(path, "no preference examples"));

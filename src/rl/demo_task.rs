@@ -86,7 +86,7 @@ pub fn preference_groups(tok: &Tokenizer, n: usize, noise: f32, seed: u64) -> Re
                 Ok(ids)
             })
             .collect::<Result<Vec<_>>>()?;
-        out.push(PreferenceGroup { line: i + 1, sequences, margin: 0.0 });
+        out.push(PreferenceGroup { line: i + 1, sequences, prompt_len: prompt_ids.len(), margin: 0.0 });
     }
     Ok(out)
 }

@@ -80,7 +80,7 @@ pub struct DemoSummary {
 
 /// Samples one answer per prompt; returns (answers' token ids, mean oracle score, mean KL to
 /// `reference` summed over each answer's tokens, when given).
-fn evaluate<B: Backend>(
+pub fn evaluate<B: Backend>(
     be: &B,
     policy: &Model<B>,
     reference: Option<&Model<B>>,
@@ -140,6 +140,24 @@ fn svg_plot(title: &str, ys: &[f32], color: &str) -> String {
     )
 }
 
+/// The demo's SFT settings (also the starting point of the DPO stage, `rl/demo_dpo.rs`).
+pub fn demo_sft_config(out: &Path, steps: usize, seed: u64) -> SftConfig {
+    SftConfig {
+        out: out.to_path_buf(),
+        steps,
+        lr: 3e-3,
+        min_lr_ratio: 0.1,
+        warmup: 20,
+        batch_size: 32,
+        grad_accum: 1,
+        seq_len: 64,
+        seed,
+        optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
+        log_every: 100,
+        control: Default::default(),
+    }
+}
+
 /// Runs the pipeline; prints progress lines to stderr.
 pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary> {
     let tok = Tokenizer::byte_level();
@@ -152,20 +170,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
     let demos = demo_task::demonstrations(2000, cfg.seed);
     let examples = demos.iter().map(|(p, c)| prompt_completion_example(&tok, p, c)).collect::<Result<Vec<_>>>()?;
     let mut sft_model = Model::init(be, ModelConfig::preset(&cfg.preset, tok.vocab_size())?, cfg.seed)?;
-    let sft_cfg = SftConfig {
-        out: out.join("sft"),
-        steps: cfg.sft_steps,
-        lr: 3e-3,
-        min_lr_ratio: 0.1,
-        warmup: 20,
-        batch_size: 32,
-        grad_accum: 1,
-        seq_len: 64,
-        seed: cfg.seed,
-        optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
-        log_every: 100,
-        control: Default::default(),
-    };
+    let sft_cfg = demo_sft_config(&out.join("sft"), cfg.sft_steps, cfg.seed);
     eprintln!("demo: 1/3 SFT on {} imperfect demonstrations", examples.len());
     let sft = run_sft(be, &mut sft_model, &tok, examples, &sft_cfg)?;
     let t = Instant::now();

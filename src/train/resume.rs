@@ -80,6 +80,11 @@ impl StateWriter {
         Ok(())
     }
 
+    /// A host tensor stored as it is (e.g. cached reference log-probs).
+    pub fn tensor(&mut self, name: &str, data: Vec<f32>) {
+        self.tensors.push((name.to_string(), data));
+    }
+
     /// A host value stored in `state.json` under `key`.
     pub fn value(&mut self, key: &str, v: &impl Serialize) -> Result<()> {
         let v = serde_json::to_value(v).map_err(|e| Error::invalid(format!("checkpoint value {key}: {e}")))?;
@@ -224,6 +229,12 @@ impl Checkpoint {
             return Err(Error::tensor(&path, format!("{prefix}.{}", bufs.len()), "is one tensor more than this run has (a different model?)"));
         }
         Ok(())
+    }
+
+    /// The host tensor stored under `name` with [`StateWriter::tensor`].
+    pub fn tensor(&self, name: &str) -> Result<&[f32]> {
+        let path = self.dir.join(STATE_TENSORS);
+        self.tensors.get(name).map(Vec::as_slice).ok_or_else(|| Error::tensor(&path, name, "missing from the checkpoint"))
     }
 
     /// The host value stored under `key`.

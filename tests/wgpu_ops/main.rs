@@ -19,6 +19,7 @@ mod layernorm;
 mod logprob_gather;
 mod matmul;
 mod optimizer;
+mod preference;
 mod reward;
 mod rl_losses;
 mod rope;
@@ -86,6 +87,7 @@ fn every_op_has_a_wgsl_entry_and_parity_test() {
         logprob_gather::CHECKS,
         matmul::CHECKS,
         optimizer::CHECKS,
+        preference::CHECKS,
         reward::CHECKS,
         rl_losses::CHECKS,
         rope::CHECKS,
@@ -103,6 +105,7 @@ fn every_op_has_a_wgsl_entry_and_parity_test() {
         include_str!("logprob_gather.rs"),
         include_str!("matmul.rs"),
         include_str!("optimizer.rs"),
+        include_str!("preference.rs"),
         include_str!("reward.rs"),
         include_str!("rl_losses.rs"),
         include_str!("rope.rs"),

@@ -12,6 +12,7 @@ pub mod embedding;
 pub mod layernorm;
 pub mod matmul;
 pub mod optimizer;
+pub mod preference;
 pub mod profile;
 pub mod reward;
 pub mod rl_losses;
@@ -498,6 +499,27 @@ impl Backend for CpuBackend {
         let ok = starts[..=g].windows(2).all(|w| w[0] >= 0 && w[1] - w[0] >= 2) && (starts[g] as usize) <= scores.len().min(dscores.len());
         check(ok, "ranking_loss", "every group needs at least 2 scores inside the buffers")?;
         reward::ranking_loss(dscores, stats, scores, starts, margins, p);
+        Ok(())
+    }
+    fn preference_loss_fwd_bwd(
+        &self,
+        dlogp: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+        logp: &Vec<f32>,
+        mask: &Vec<f32>,
+        ref_sums: &Vec<f32>,
+        p: PreferenceParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("preference_loss_fwd_bwd");
+        let op = "preference_loss_fwd_bwd";
+        if let Err(what) = p.validate() {
+            return check(false, op, what);
+        }
+        let n = 2 * p.pairs as usize * p.t as usize;
+        check([dlogp.len(), logp.len(), mask.len()].iter().all(|&l| l >= n), op, "dlogp, logp or mask shorter than 2 pairs x t")?;
+        check(ref_sums.len() >= 2 * p.pairs as usize, op, "ref_sums shorter than 2 pairs")?;
+        check(stats.len() >= preference_stat::COUNT, op, "stats shorter than preference_stat::COUNT")?;
+        preference::preference_loss_fwd_bwd(dlogp, stats, logp, mask, ref_sums, p);
         Ok(())
     }
     fn adamw(&self, param: &mut Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, grad: &Vec<f32>, p: AdamWParams) -> Result<()> {

@@ -18,6 +18,7 @@ pub mod layernorm;
 pub mod logprob_gather;
 pub mod matmul;
 pub mod optimizer;
+pub mod preference;
 pub mod reward;
 pub mod rl_losses;
 pub mod rope;
@@ -369,6 +370,19 @@ impl Backend for WgpuBackend {
     #[allow(clippy::too_many_arguments)]
     fn ranking_loss(&self, dscores: &mut GpuBuf, stats: &mut GpuBuf, scores: &GpuBuf, starts: &GpuBuf, margins: &GpuBuf, p: RankingParams) -> Result<()> {
         reward::ranking_loss(&self.ctx, dscores, stats, scores, starts, margins, p)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn preference_loss_fwd_bwd(
+        &self,
+        dlogp: &mut GpuBuf,
+        stats: &mut GpuBuf,
+        logp: &GpuBuf,
+        mask: &GpuBuf,
+        ref_sums: &GpuBuf,
+        p: PreferenceParams,
+    ) -> Result<()> {
+        preference::preference_loss_fwd_bwd(&self.ctx, dlogp, stats, logp, mask, ref_sums, p)
     }
 
     fn adamw(&self, param: &mut GpuBuf, m: &mut GpuBuf, v: &mut GpuBuf, grad: &GpuBuf, p: AdamWParams) -> Result<()> {

@@ -1,0 +1,681 @@
+//! Direct preference optimisation (`rlhf dpo`): DPO (sigmoid loss), conservative DPO (label
+//! smoothing), IPO and SimPO on `{"prompt", "chosen", "rejected"}` data, as TRL's `DPOTrainer`
+//! (and `CPOTrainer` for SimPO) define them. A ranking `{"prompt", "ranked": [best, ...]}`
+//! becomes K - 1 pairs: the best completion against each of the others.
+//!
+//! One micro-batch of P pairs is 2P sequences (chosen rows, then rejected rows) through the
+//! training forward, `logprob_gather_fwd` (per-token log-probs straight from the LM head),
+//! `preference_loss_fwd_bwd` (loss, implicit rewards and `dlogp` on the device), then
+//! `logprob_gather_bwd` and the decoder's backward; the completion mask covers exactly the
+//! completion tokens and the end token, never the prompt. Nothing per token is read back: the
+//! step reads the loss op's 6 statistics and the gradient norm.
+//!
+//! The reference model (default: the policy's initial weights) scores every pair ONCE, before the
+//! first step, through the same forward and gather; its summed completion log-probs are kept on
+//! the host (and in `<out>/ref_logps.json`), uploaded per micro-batch, and the reference model is
+//! dropped before training. SimPO has no reference and skips this.
+
+use crate::backend::ops::{preference_loss, preference_stat, Backend, ElementwiseParams, LogprobParams, PreferenceParams};
+use crate::data::preference::PreferenceGroup;
+use crate::data::rng::Rng;
+use crate::data::tokenizer::Tokenizer;
+use crate::error::{Error, Result};
+use crate::model::{Activations, GradScratch, Model, Shape};
+use crate::rl::reward::split_eval;
+use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::resume::{latest_checkpoint, Checkpoint, RunControl, StateWriter};
+use crate::train::{DivergenceGuard, LrSchedule, MetricsWriter, Progress};
+use serde_json::json;
+use std::path::PathBuf;
+use std::time::Instant;
+
+/// The loss of `rlhf dpo --loss`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DpoLoss {
+    /// `-log sigmoid(beta h)` on summed log-probs (DPO)
+    Sigmoid,
+    /// `(h - 1/(2 beta))^2` on per-token mean log-probs (IPO, as TRL computes it)
+    Ipo,
+    /// DPO with label smoothing eps: `-(1-eps) log sigmoid(beta h) - eps log sigmoid(-beta h)`
+    Cdpo,
+    /// reference-free, length-normalised: `-log sigmoid(beta (a_c - a_r) - gamma)`
+    Simpo,
+}
+
+impl DpoLoss {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "sigmoid" | "dpo" => Ok(DpoLoss::Sigmoid),
+            "ipo" => Ok(DpoLoss::Ipo),
+            "cdpo" => Ok(DpoLoss::Cdpo),
+            "simpo" => Ok(DpoLoss::Simpo),
+            _ => Err(Error::invalid(format!("--loss {s}: expected sigmoid, ipo, cdpo or simpo"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            DpoLoss::Sigmoid => "sigmoid",
+            DpoLoss::Ipo => "ipo",
+            DpoLoss::Cdpo => "cdpo",
+            DpoLoss::Simpo => "simpo",
+        }
+    }
+    /// The op's loss type and whether log-probs are per-token means.
+    fn op_type(self) -> (u32, bool) {
+        match self {
+            DpoLoss::Sigmoid | DpoLoss::Cdpo => (preference_loss::SIGMOID, false),
+            DpoLoss::Ipo => (preference_loss::IPO, true),
+            DpoLoss::Simpo => (preference_loss::SIMPO, true),
+        }
+    }
+    fn uses_reference(self) -> bool {
+        self != DpoLoss::Simpo
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct DpoConfig {
+    pub out: PathBuf,
+    pub steps: usize,
+    pub lr: f32,
+    pub min_lr_ratio: f32,
+    pub warmup: usize,
+    /// pairs per micro-batch
+    pub batch_size: usize,
+    /// micro-batches per optimiser step
+    pub grad_accum: usize,
+    pub seq_len: usize,
+    pub seed: u64,
+    pub optim: AdamWConfig,
+    pub loss: DpoLoss,
+    pub beta: f32,
+    pub label_smoothing: f32,
+    pub simpo_gamma: f32,
+    /// fraction of the prompts held out to measure the implicit reward accuracy
+    pub eval_fraction: f32,
+    pub log_every: usize,
+    /// checkpoints, resume and the divergence guard
+    pub control: RunControl,
+}
+
+impl DpoConfig {
+    /// TRL's defaults (beta 0.1, sigmoid loss) with `steps` steps of `batch_size` pairs.
+    pub fn new(out: PathBuf, steps: usize, batch_size: usize) -> Self {
+        DpoConfig {
+            out,
+            steps,
+            lr: 1e-4,
+            min_lr_ratio: 0.1,
+            warmup: 0,
+            batch_size,
+            grad_accum: 1,
+            seq_len: 512,
+            seed: 1234,
+            optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
+            loss: DpoLoss::Sigmoid,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            simpo_gamma: 0.5,
+            eval_fraction: 0.0,
+            log_every: 10,
+            control: RunControl::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
+            return Err(Error::invalid("--steps, --batch-size and --grad-accum must be at least 1"));
+        }
+        if !(self.lr > 0.0 && self.lr.is_finite()) {
+            return Err(Error::invalid(format!("--lr must be a positive number, got {}", self.lr)));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return Err(Error::invalid(format!("--min-lr-ratio must be in [0, 1], got {}", self.min_lr_ratio)));
+        }
+        if self.seq_len < 2 {
+            return Err(Error::invalid("--seq-len must be at least 2"));
+        }
+        if !(self.beta > 0.0 && self.beta.is_finite()) {
+            return Err(Error::invalid(format!("--beta must be a positive number, got {}", self.beta)));
+        }
+        if !(0.0..0.5).contains(&self.label_smoothing) {
+            return Err(Error::invalid(format!("--label-smoothing must be in [0, 0.5), got {}", self.label_smoothing)));
+        }
+        if self.loss == DpoLoss::Ipo && self.label_smoothing > 0.0 {
+            return Err(Error::invalid("--label-smoothing applies to the sigmoid, cdpo and simpo losses, not ipo"));
+        }
+        if self.loss == DpoLoss::Cdpo && self.label_smoothing == 0.0 {
+            return Err(Error::invalid("--loss cdpo needs --label-smoothing > 0 (the probability that a label is flipped)"));
+        }
+        if !self.simpo_gamma.is_finite() {
+            return Err(Error::invalid("--simpo-gamma must be a number"));
+        }
+        if !(0.0..1.0).contains(&self.eval_fraction) {
+            return Err(Error::invalid(format!("--eval-fraction must be in [0, 1), got {}", self.eval_fraction)));
+        }
+        let o = &self.optim;
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite() && o.max_grad_norm >= 0.0 && o.max_grad_norm.is_finite()) {
+            return Err(Error::invalid("--weight-decay and --max-grad-norm must be non-negative numbers"));
+        }
+        if self.out.exists() && !self.out.is_dir() {
+            return Err(Error::file(&self.out, "--out must be a folder, and this is a file"));
+        }
+        Ok(())
+    }
+
+    /// The loss op's params for `pairs` pairs of `t` tokens, gradient weight `scale`.
+    pub fn op_params(&self, pairs: usize, t: usize, scale: f32) -> PreferenceParams {
+        let (loss_type, norm) = self.loss.op_type();
+        PreferenceParams {
+            pairs: pairs as u32,
+            t: t as u32,
+            loss_type,
+            length_norm: norm as u32,
+            beta: self.beta,
+            label_smoothing: self.label_smoothing,
+            simpo_gamma: if self.loss == DpoLoss::Simpo { self.simpo_gamma } else { 0.0 },
+            scale,
+        }
+    }
+}
+
+/// One preference pair: two full sequences sharing a prompt of `prompt_len` tokens.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DpoPair {
+    /// 1-based line of the data file
+    pub line: usize,
+    pub prompt_len: usize,
+    pub chosen: Vec<u32>,
+    pub rejected: Vec<u32>,
+}
+
+/// Pairs of the groups: a pair is itself, a ranking of K gives its best completion against each of
+/// the K - 1 others. A completion with no token after the prompt is an error naming the line.
+pub fn pairs_from_groups(groups: &[PreferenceGroup]) -> Result<Vec<DpoPair>> {
+    let mut pairs = Vec::new();
+    for g in groups {
+        if g.sequences.len() < 2 {
+            return Err(Error::invalid(format!("line {}: a preference needs at least 2 completions", g.line)));
+        }
+        if let Some(k) = g.sequences.iter().position(|s| s.len() <= g.prompt_len) {
+            return Err(Error::invalid(format!("line {}: completion {} has no token after the prompt (empty, and no end token)", g.line, k + 1)));
+        }
+        for worse in &g.sequences[1..] {
+            pairs.push(DpoPair { line: g.line, prompt_len: g.prompt_len, chosen: g.sequences[0].clone(), rejected: worse.clone() });
+        }
+    }
+    Ok(pairs)
+}
+
+/// A micro-batch of pairs as `[2P, t]` model inputs and targets: rows `0 .. P` the chosen
+/// sequences, `P .. 2P` the rejected ones; position j predicts token j + 1, and the target is -1
+/// (no log-prob, mask 0) unless token j + 1 belongs to the completion.
+#[derive(Clone, Debug)]
+pub struct PairBatch {
+    pub pairs: usize,
+    pub t: usize,
+    pub inputs: Vec<i32>,
+    pub targets: Vec<i32>,
+    /// tokens of the sequences (for tokens/s)
+    pub tokens: usize,
+}
+
+impl PairBatch {
+    pub fn new(pairs: &[&DpoPair], pad: u32) -> Self {
+        let rows: Vec<(&[u32], usize)> =
+            pairs.iter().map(|p| (p.chosen.as_slice(), p.prompt_len)).chain(pairs.iter().map(|p| (p.rejected.as_slice(), p.prompt_len))).collect();
+        let t = rows.iter().map(|(s, _)| s.len()).max().unwrap_or(2).max(2) - 1;
+        let mut inputs = vec![pad as i32; rows.len() * t];
+        let mut targets = vec![-1i32; rows.len() * t];
+        for (k, (s, pl)) in rows.iter().enumerate() {
+            for j in 0..s.len() - 1 {
+                inputs[k * t + j] = s[j] as i32;
+                if j + 1 >= *pl {
+                    targets[k * t + j] = s[j + 1] as i32;
+                }
+            }
+        }
+        PairBatch { pairs: pairs.len(), t, inputs, targets, tokens: rows.iter().map(|(s, _)| s.len()).sum() }
+    }
+
+    /// 1 where a row's position has a completion target.
+    pub fn mask(&self) -> Vec<f32> {
+        self.targets.iter().map(|&x| if x >= 0 { 1.0 } else { 0.0 }).collect()
+    }
+}
+
+/// Means over pairs of the loss op's statistics.
+#[derive(Clone, Copy, Debug, Default, serde::Serialize, serde::Deserialize)]
+pub struct DpoStats {
+    pub loss: f32,
+    /// fraction of pairs whose chosen implicit reward is above the rejected one
+    pub reward_accuracy: f32,
+    pub chosen_reward: f32,
+    pub rejected_reward: f32,
+    pub margin: f32,
+    pub pairs: usize,
+}
+
+/// Device buffers to score pairs and train on them, sized for `max_pairs` pairs of `max_t` tokens.
+pub struct DpoTrainer<B: Backend> {
+    acts: Activations<B>,
+    scratch: GradScratch<B>,
+    grads: Vec<B::Buf>,
+    max_pairs: usize,
+    max_t: usize,
+    logp: B::Buf,
+    entropy: B::Buf,
+    lse: B::Buf,
+    dlogp: B::Buf,
+    dentropy: B::Buf,
+    mask: B::Buf,
+    ref_sums: B::Buf,
+    stats: B::Buf,
+    pad: u32,
+}
+
+impl<B: Backend> DpoTrainer<B> {
+    pub fn new(be: &B, model: &Model<B>, max_pairs: usize, max_t: usize, pad: u32) -> Result<Self> {
+        let (rows, n) = (2 * max_pairs, 2 * max_pairs * max_t);
+        Ok(DpoTrainer {
+            acts: Activations::with_logit_rows(be, model.cfg(), rows, n, 0)?,
+            scratch: GradScratch::with_logit_rows(be, model.cfg(), n, 0)?,
+            grads: model.zeros_like(be)?,
+            max_pairs,
+            max_t,
+            logp: be.alloc(n)?,
+            entropy: be.alloc(n)?,
+            lse: be.alloc(n)?,
+            dlogp: be.alloc(n)?,
+            dentropy: be.alloc(n)?,
+            mask: be.alloc(n)?,
+            ref_sums: be.alloc(rows)?,
+            stats: be.alloc(preference_stat::COUNT)?,
+            pad,
+        })
+    }
+
+    /// The forward of a batch up to the per-token log-probs (left in `self.logp`).
+    fn forward_logps(&mut self, be: &B, model: &Model<B>, batch: &PairBatch) -> Result<LogprobParams> {
+        if batch.pairs > self.max_pairs || batch.t > self.max_t {
+            return Err(Error::invalid(format!("{} pairs of {} tokens exceed the DPO buffers ({} x {})", batch.pairs, batch.t, self.max_pairs, self.max_t)));
+        }
+        let shape = Shape { b: 2 * batch.pairs, t: batch.t };
+        let lp = LogprobParams::new(shape.n(), model.cfg().hidden_size, model.cfg().vocab_size);
+        let head = model.layout().lm_head.unwrap_or(model.layout().wte);
+        model.decoder.set_inputs(be, &mut self.acts, shape, &batch.inputs, Some(&batch.targets))?;
+        model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
+        be.logprob_gather_fwd(&mut self.logp, &mut self.entropy, &mut self.lse, &self.acts.lnf, &self.acts.targets, &model.weights[head], lp)?;
+        be.write(&mut self.mask, &batch.mask())?;
+        Ok(lp)
+    }
+
+    /// Summed completion log-probs `[chosen, rejected]` of each pair under `model` (forward only;
+    /// reads the per-token log-probs back). Sums run in f64 in token order, as the loss op's.
+    pub fn sequence_logps(&mut self, be: &B, model: &Model<B>, pairs: &[&DpoPair]) -> Result<Vec<[f32; 2]>> {
+        let mut out = Vec::with_capacity(pairs.len());
+        for chunk in pairs.chunks(self.max_pairs) {
+            let batch = PairBatch::new(chunk, self.pad);
+            self.forward_logps(be, model, &batch)?;
+            let logp = be.download(&self.logp)?;
+            let t = batch.t;
+            let sum = |k: usize| -> f32 {
+                let row = k * t..(k + 1) * t;
+                logp[row.clone()].iter().zip(&batch.targets[row]).filter(|(_, &x)| x >= 0).fold(0f64, |s, (&l, _)| s + l as f64) as f32
+            };
+            out.extend((0..chunk.len()).map(|i| [sum(i), sum(chunk.len() + i)]));
+        }
+        Ok(out)
+    }
+
+    /// Clears the parameter gradients and the statistics.
+    pub fn zero_grad(&mut self, be: &B) -> Result<()> {
+        for g in self.grads.iter_mut() {
+            let n = be.len(g);
+            be.fill(g, 0.0, ElementwiseParams::new(n))?;
+        }
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(preference_stat::COUNT))
+    }
+
+    /// Loss of one micro-batch (`refs[i]` the reference sums of pair i) into the statistics and,
+    /// with `train`, its gradient (weighted by `p.scale`) into the parameter gradients.
+    pub fn accumulate(&mut self, be: &B, model: &Model<B>, pairs: &[&DpoPair], refs: &[[f32; 2]], mut p: PreferenceParams, train: bool) -> Result<usize> {
+        if refs.len() != pairs.len() {
+            return Err(Error::invalid("one pair of reference sums per pair"));
+        }
+        let batch = PairBatch::new(pairs, self.pad);
+        let lp = self.forward_logps(be, model, &batch)?;
+        let ref_rows: Vec<f32> = refs.iter().map(|r| r[0]).chain(refs.iter().map(|r| r[1])).collect();
+        be.write(&mut self.ref_sums, &ref_rows)?;
+        p.pairs = batch.pairs as u32;
+        p.t = batch.t as u32;
+        be.preference_loss_fwd_bwd(&mut self.dlogp, &mut self.stats, &self.logp, &self.mask, &self.ref_sums, p)?;
+        if !train {
+            return Ok(batch.tokens);
+        }
+        let shape = Shape { b: 2 * batch.pairs, t: batch.t };
+        let head = model.layout().lm_head.unwrap_or(model.layout().wte);
+        be.fill(&mut self.dentropy, 0.0, ElementwiseParams::new(shape.n()))?;
+        be.logprob_gather_bwd(
+            &mut self.scratch.d_ln,
+            &mut self.grads[head],
+            &self.dlogp,
+            &self.dentropy,
+            &self.acts.lnf,
+            &self.acts.targets,
+            &self.lse,
+            &self.entropy,
+            &model.weights[head],
+            lp,
+        )?;
+        model.decoder.backward_hidden(be, &model.weights, &mut self.grads, &self.acts, &mut self.scratch, shape)?;
+        Ok(batch.tokens)
+    }
+
+    /// The statistics accumulated since `zero_grad`, as means over pairs (one read-back).
+    pub fn stats(&self, be: &B) -> Result<DpoStats> {
+        let s = be.download(&self.stats)?;
+        let n = s[preference_stat::PAIRS].max(1.0);
+        Ok(DpoStats {
+            loss: s[preference_stat::LOSS] / n,
+            reward_accuracy: s[preference_stat::CORRECT] / n,
+            chosen_reward: s[preference_stat::CHOSEN_REWARD] / n,
+            rejected_reward: s[preference_stat::REJECTED_REWARD] / n,
+            margin: s[preference_stat::MARGIN] / n,
+            pairs: s[preference_stat::PAIRS].round() as usize,
+        })
+    }
+
+    /// The parameter gradients accumulated since `zero_grad`.
+    pub fn grads(&self) -> &[B::Buf] {
+        &self.grads
+    }
+
+    /// Loss and implicit rewards of `pairs` without training.
+    pub fn evaluate(&mut self, be: &B, model: &Model<B>, pairs: &[&DpoPair], refs: &[[f32; 2]], cfg: &DpoConfig) -> Result<DpoStats> {
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(preference_stat::COUNT))?;
+        for (chunk, r) in pairs.chunks(self.max_pairs).zip(refs.chunks(self.max_pairs)) {
+            self.accumulate(be, model, chunk, r, cfg.op_params(chunk.len(), 0, 0.0), false)?;
+        }
+        self.stats(be)
+    }
+}
+
+/// Everything that changes from step to step besides the weights: the step, the epoch and its
+/// shuffled order of pairs with the position in it, the RNG that shuffles, and the optimiser.
+pub struct DpoState<B: Backend> {
+    pub step: usize,
+    pub epoch: usize,
+    pub order: Vec<usize>,
+    pub cursor: usize,
+    pub rng: Rng,
+    pub opt: AdamW<B>,
+}
+
+impl<B: Backend> DpoState<B> {
+    pub fn new(be: &B, model: &Model<B>, n_pairs: usize, seed: u64, optim: AdamWConfig) -> Result<Self> {
+        let mut rng = Rng::new(seed);
+        let mut order: Vec<usize> = (0..n_pairs).collect();
+        rng.shuffle(&mut order);
+        Ok(DpoState { step: 0, epoch: 0, order, cursor: 0, rng, opt: AdamW::new(be, model.layout(), optim)? })
+    }
+
+    /// The next `k` pair indices; a new epoch reshuffles the order.
+    pub fn next_pairs(&mut self, k: usize) -> Vec<usize> {
+        (0..k)
+            .map(|_| {
+                if self.cursor == self.order.len() {
+                    self.rng.shuffle(&mut self.order);
+                    self.cursor = 0;
+                    self.epoch += 1;
+                }
+                self.cursor += 1;
+                self.order[self.cursor - 1]
+            })
+            .collect()
+    }
+}
+
+/// The host state of a DPO run that a checkpoint keeps (besides weights, AdamW moments and the
+/// cached reference log-probs).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+struct DpoRunState {
+    step: usize,
+    epoch: usize,
+    order: Vec<usize>,
+    cursor: usize,
+    rng: Rng,
+    tokens: usize,
+    first: DpoStats,
+    last: DpoStats,
+    eval_before: Option<DpoStats>,
+    guard: DivergenceGuard,
+}
+
+/// The reference sums of every pair, computed once. `reference` None: the policy as it is now.
+/// Returns the sums and the number of sequences the reference scored.
+pub fn reference_logps<B: Backend>(be: &B, trainer: &mut DpoTrainer<B>, reference: &Model<B>, pairs: &[DpoPair]) -> Result<(Vec<[f32; 2]>, usize)> {
+    let refs: Vec<&DpoPair> = pairs.iter().collect();
+    Ok((trainer.sequence_logps(be, reference, &refs)?, 2 * pairs.len()))
+}
+
+/// What `rlhf dpo` reports at the end.
+#[derive(Clone, Debug)]
+pub struct DpoSummary {
+    pub first: DpoStats,
+    pub last: DpoStats,
+    pub eval_before: Option<DpoStats>,
+    pub eval_after: Option<DpoStats>,
+    pub train_pairs: usize,
+    pub eval_pairs: usize,
+    /// sequences the reference model scored (2 per pair, once: not per epoch)
+    pub reference_sequences: usize,
+    pub epochs: usize,
+    pub tokens_per_sec: f64,
+    pub elapsed_s: f64,
+}
+
+fn stats_json(s: &DpoStats) -> serde_json::Value {
+    json!({"loss": s.loss, "reward_accuracy": s.reward_accuracy, "chosen_reward": s.chosen_reward, "rejected_reward": s.rejected_reward, "margin": s.margin})
+}
+
+/// Trains `model` with the DPO-family loss of `cfg` on `groups` and saves it with `tokenizer` into
+/// `cfg.out`. `reference` (consumed, and freed before training) scores the pairs once; None uses
+/// the policy's initial weights.
+pub fn run_dpo<B: Backend>(
+    be: &B,
+    model: &mut Model<B>,
+    reference: Option<Model<B>>,
+    tokenizer: &Tokenizer,
+    groups: Vec<PreferenceGroup>,
+    cfg: &DpoConfig,
+) -> Result<DpoSummary> {
+    cfg.validate()?;
+    if tokenizer.vocab_size() > model.cfg().vocab_size {
+        return Err(Error::invalid(format!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), model.cfg().vocab_size)));
+    }
+    if let Some(r) = &reference {
+        if r.cfg().vocab_size != model.cfg().vocab_size {
+            return Err(Error::invalid(format!("--ref-model has a vocabulary of {}, the policy {}", r.cfg().vocab_size, model.cfg().vocab_size)));
+        }
+    }
+    let (train_groups, eval_groups) = split_eval(groups, cfg.eval_fraction, cfg.seed);
+    let train = pairs_from_groups(&train_groups)?;
+    let eval = pairs_from_groups(&eval_groups)?;
+    if train.is_empty() {
+        return Err(Error::invalid("no training pairs left after the evaluation split"));
+    }
+    let longest = train.iter().chain(&eval).map(|p| p.chosen.len().max(p.rejected.len())).max().unwrap_or(2);
+    if longest > model.cfg().max_positions {
+        return Err(Error::invalid(format!("a sequence has {longest} tokens; the model's context is {} (lower --seq-len)", model.cfg().max_positions)));
+    }
+    let mut trainer = DpoTrainer::new(be, model, cfg.batch_size, longest.max(2) - 1, tokenizer.pad_or_default())?;
+    crate::fsutil::create_dir_all(&cfg.out)?;
+
+    let fingerprint = json!({
+        "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seq_len": cfg.seq_len,
+        "loss": cfg.loss.name(), "eval_fraction": cfg.eval_fraction, "pairs": train.len() + eval.len(),
+    });
+    let resume = match &cfg.control.resume {
+        Some(path) => {
+            let ck = Checkpoint::load(path, "dpo")?;
+            ck.check_fingerprint(&fingerprint)?;
+            Some(ck)
+        }
+        None => None,
+    };
+
+    // ---- reference log-probs: once per pair (a resumed run reads them from its checkpoint),
+    // then the reference is freed ----
+    let all: Vec<DpoPair> = train.iter().chain(&eval).cloned().collect();
+    let (refs, reference_sequences) = if let Some(ck) = &resume {
+        let flat = ck.tensor("ref_logps")?;
+        if flat.len() != 2 * all.len() {
+            return Err(Error::tensor(
+                ck.dir.join(crate::train::resume::STATE_TENSORS),
+                "ref_logps",
+                format!("has {} values for {} pairs", flat.len(), all.len()),
+            ));
+        }
+        (flat.chunks_exact(2).map(|c| [c[0], c[1]]).collect(), 0)
+    } else if cfg.loss.uses_reference() {
+        let r = match &reference {
+            Some(r) => reference_logps(be, &mut trainer, r, &all)?,
+            None => reference_logps(be, &mut trainer, model, &all)?,
+        };
+        let lines: Vec<_> = all.iter().zip(&r.0).map(|(p, s)| json!({"line": p.line, "chosen": s[0], "rejected": s[1]})).collect();
+        let text = serde_json::to_string(&lines).map_err(|e| Error::invalid(e.to_string()))?;
+        crate::fsutil::atomic_write(&cfg.out.join("ref_logps.json"), text.as_bytes())?;
+        r
+    } else {
+        (vec![[0.0; 2]; all.len()], 0)
+    };
+    drop(reference);
+    let (train_refs, eval_refs) = refs.split_at(train.len());
+
+    let eval_ptrs: Vec<&DpoPair> = eval.iter().collect();
+    let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
+    let mut state = DpoState::new(be, model, train.len(), cfg.seed, cfg.optim)?;
+    let (mut run, mut metrics) = match &resume {
+        Some(ck) => {
+            let mut run: DpoRunState = ck.value("run")?;
+            run.guard.max_bad_steps = cfg.control.max_bad_steps;
+            ck.restore_bufs(be, "weights", &mut model.weights)?;
+            state.opt.restore_state(be, ck, "adamw")?;
+            (state.step, state.epoch, state.cursor) = (run.step, run.epoch, run.cursor);
+            (state.order, state.rng) = (run.order.clone(), run.rng.clone());
+            eprintln!("dpo: resuming after step {} from {}", run.step, ck.dir.display());
+            let metrics = MetricsWriter::resume(&cfg.out, &ck.run_dir().unwrap_or(cfg.out.clone()).join("metrics.jsonl"), run.step)?;
+            (run, metrics)
+        }
+        None => {
+            let eval_before = if eval.is_empty() { None } else { Some(trainer.evaluate(be, model, &eval_ptrs, eval_refs, cfg)?) };
+            let run = DpoRunState {
+                step: 0,
+                epoch: 0,
+                order: Vec::new(),
+                cursor: 0,
+                rng: state.rng.clone(),
+                tokens: 0,
+                first: DpoStats::default(),
+                last: DpoStats::default(),
+                eval_before,
+                guard: DivergenceGuard::new(cfg.control.max_bad_steps),
+            };
+            (run, MetricsWriter::create(&cfg.out)?)
+        }
+    };
+    drop(resume);
+    let progress = Progress::new("dpo", cfg.steps);
+    let start = Instant::now();
+    let tokens_at_start = run.tokens;
+    let (mut tokens, mut first, mut last, eval_before) = (run.tokens, run.first, run.last, run.eval_before);
+    let step_pairs = cfg.batch_size * cfg.grad_accum;
+    let mut eval_after = None;
+    while state.step < cfg.steps {
+        state.step += 1;
+        let step = state.step;
+        let step_start = Instant::now();
+        let idx = state.next_pairs(step_pairs);
+        trainer.zero_grad(be)?;
+        let mut step_tokens = 0;
+        for micro in idx.chunks(cfg.batch_size) {
+            let pairs: Vec<&DpoPair> = micro.iter().map(|&i| &train[i]).collect();
+            let refs: Vec<[f32; 2]> = micro.iter().map(|&i| train_refs[i]).collect();
+            step_tokens += trainer.accumulate(be, model, &pairs, &refs, cfg.op_params(pairs.len(), 0, 1.0 / step_pairs as f32), true)?;
+        }
+        let stats = trainer.stats(be)?;
+        let lr = schedule.at(step);
+        let grad_norm = if stats.loss.is_finite() {
+            state.opt.step(be, &mut model.weights, &mut trainer.grads, lr)?
+        } else {
+            // a non-finite loss updates nothing (the divergence guard skips the step)
+            state.opt.enqueue_grad_norm(be, &trainer.grads)?;
+            state.opt.grad_norm_sq(be)?.sqrt()
+        };
+        let skipped = run.guard.check("dpo", step, stats.loss, grad_norm, latest_checkpoint(&cfg.out))?;
+        tokens += step_tokens;
+        if step == 1 {
+            first = stats;
+        }
+        last = stats;
+        let mut record = json!({
+            "step": step, "epoch": state.epoch, "loss": stats.loss, "reward_accuracy": stats.reward_accuracy,
+            "chosen_reward": stats.chosen_reward, "rejected_reward": stats.rejected_reward, "margin": stats.margin,
+            "grad_norm": grad_norm, "lr": lr, "tokens": tokens,
+            "tokens_per_sec": step_tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
+            "elapsed_s": start.elapsed().as_secs_f64(), "skipped": skipped,
+        });
+        if step == cfg.steps && !eval.is_empty() {
+            let e = trainer.evaluate(be, model, &eval_ptrs, eval_refs, cfg)?;
+            record["eval"] = stats_json(&e);
+            eval_after = Some(e);
+        }
+        metrics.write(&record)?;
+        progress.update(step, &format!("loss {:.4} acc {:.2} margin {:.3}", stats.loss, stats.reward_accuracy, stats.margin));
+        if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == cfg.steps || step == 1) {
+            eprintln!(
+                "dpo step {step}/{} loss {:.4} acc {:.3} chosen {:.3} rejected {:.3} margin {:.3} grad_norm {:.3} lr {:.2e}",
+                cfg.steps, stats.loss, stats.reward_accuracy, stats.chosen_reward, stats.rejected_reward, stats.margin, grad_norm, lr
+            );
+        }
+        // a skipped step saves nothing: the last checkpoint stays the last good one
+        if cfg.control.due(step, cfg.steps) && !skipped {
+            run = DpoRunState {
+                step,
+                epoch: state.epoch,
+                order: state.order.clone(),
+                cursor: state.cursor,
+                rng: state.rng.clone(),
+                tokens,
+                first,
+                last,
+                eval_before,
+                guard: run.guard,
+            };
+            let mut w = StateWriter::new();
+            w.bufs(be, "weights", &model.weights)?;
+            state.opt.save_state(be, &mut w, "adamw")?;
+            w.tensor("ref_logps", refs.iter().flat_map(|r| r.iter().copied()).collect());
+            w.value("run", &run)?;
+            w.value("fingerprint", &fingerprint)?;
+            w.save(&cfg.out, "dpo", step)?;
+        }
+    }
+    progress.finish();
+    model.save(be, &cfg.out)?;
+    tokenizer.save(&cfg.out)?;
+    let elapsed_s = start.elapsed().as_secs_f64();
+    Ok(DpoSummary {
+        first,
+        last,
+        eval_before,
+        eval_after,
+        train_pairs: train.len(),
+        eval_pairs: eval.len(),
+        reference_sequences,
+        epochs: state.epoch + 1,
+        tokens_per_sec: (tokens - tokens_at_start) as f64 / elapsed_s.max(1e-9),
+        elapsed_s,
+    })
+}
