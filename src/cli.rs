@@ -29,6 +29,8 @@ pub enum Command {
     Rm(RmArgs),
     /// PPO against a reward model with a per-token KL penalty to the frozen SFT model
     Ppo(PpoArgs),
+    /// Critic-free RL (GRPO, RLOO, REINFORCE++) with a reward model or a built-in reward function
+    Grpo(crate::cli_grpo::GrpoArgs),
     /// Print a reward model's score of each input line
     Score(LogprobsArgs),
     /// Print the log-probability of every token (after the first) of each input line
@@ -393,6 +395,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Sft(a) => with_backend!(&a.common, |be| cmd_sft(&be, &a)),
         Command::Rm(a) => with_backend!(&a.common, |be| cmd_rm(&be, &a)),
         Command::Ppo(a) => with_backend!(&a.common, |be| cmd_ppo(&be, &a)),
+        Command::Grpo(a) => with_backend!(&a.common, |be| crate::cli_grpo::cmd_grpo(&be, &a)),
         Command::Score(a) => with_backend!(&a.common, |be| cmd_score(&be, &a)),
         Command::Logprobs(a) => with_backend!(&a.common, |be| cmd_logprobs(&be, &a)),
         Command::Generate(a) => with_backend!(&a.common, |be| cmd_generate(&be, &a)),
@@ -467,7 +470,7 @@ fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
 }
 
 /// An output folder that is an existing file is refused before any work starts.
-fn check_out_dir(out: &Path) -> Result<()> {
+pub(crate) fn check_out_dir(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("--out must be a folder: {} is a file", out.display());
     }
