@@ -8,7 +8,7 @@ use rlhf::backend::ops::{ppo_stat, Backend, PpoParams};
 use rlhf::backend::CpuBackend;
 use rlhf::data::jsonl::prompt_completion_example;
 use rlhf::data::tokenizer::Tokenizer;
-use rlhf::generate::{GenerateConfig, RolloutConfig, RolloutEngine};
+use rlhf::generate::{generate, GenerateConfig, RolloutConfig, RolloutEngine};
 use rlhf::model::scoring::token_logprobs;
 use rlhf::model::{Model, ModelConfig};
 use rlhf::rl::advantage_estimators::{grpo_advantages, reinforce_pp_advantages, rloo_advantages, sequence_advantages, Estimator};
@@ -226,7 +226,7 @@ fn grpo_raises_the_oracle_score_over_sft() {
     sft_policy(&be, &tok, &dir.path().join("sft"), 300);
     let cfg = demo_grpo_config(&dir.path().join("grpo"), 7, 30);
     let t = std::time::Instant::now();
-    let (_, reports) = run_grpo_stage(&be, &dir.path().join("sft"), &tok, &cfg).unwrap();
+    let (policy, reports) = run_grpo_stage(&be, &dir.path().join("sft"), &tok, &cfg).unwrap();
     let secs = t.elapsed().as_secs_f64();
     for r in &reports {
         eprintln!(
@@ -246,7 +246,26 @@ fn grpo_raises_the_oracle_score_over_sft() {
     let mean = |rs: &[rlhf::rl::grpo::GrpoStepReport]| rs.iter().map(|r| r.oracle.unwrap()).sum::<f32>() / rs.len() as f32;
     let (first, last) = (mean(&reports[..5]), mean(&reports[reports.len() - 5..]));
     assert!(last > first + 0.15, "oracle score of the samples: first 5 steps {first:.3}, last 5 steps {last:.3}");
-    assert!(reports.iter().all(|r| r.kl.is_finite() && r.kl < 15.0));
+    assert!(reports.iter().all(|r| r.kl.is_finite() && r.kl >= 0.0), "k3 KL is never negative");
+    let late_kl = reports[reports.len() - 5..].iter().map(|r| r.kl).sum::<f32>() / 5.0;
+    assert!(late_kl > 0.0 && late_kl < 15.0, "KL to the SFT model per sequence {late_kl}");
+    // held-out prompts: the trained policy's answers beat the SFT model's
+    let sft = Model::load(&be, &dir.path().join("sft")).unwrap();
+    let held_out: Vec<Vec<u32>> = demo_task::prompts(32, 0xE7).iter().map(|p| tok.encode(p, true).unwrap()).collect();
+    let eval = |m: &Model<CpuBackend>| {
+        let total: f32 = held_out
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let gen = GenerateConfig { max_new_tokens: 24, temperature: 1.0, seed: i as u64, stop_ids: tok.stop_ids(), ..Default::default() };
+                demo_task::oracle_score(&tok.decode_with(&generate(&be, m, p, &gen).unwrap(), true).unwrap())
+            })
+            .sum();
+        total / held_out.len() as f32
+    };
+    let (sft_score, grpo_score) = (eval(&sft), eval(&policy));
+    eprintln!("held-out oracle score: sft {sft_score:.3}, grpo {grpo_score:.3}");
+    assert!(grpo_score > sft_score + 0.15, "held-out oracle score: sft {sft_score:.3}, grpo {grpo_score:.3}");
     assert!(dir.path().join("grpo/model.safetensors").exists() && dir.path().join("grpo/metrics.jsonl").exists());
 }
 

@@ -27,7 +27,7 @@ pub fn demo_grpo_config(out: &Path, seed: u64, steps: usize) -> GrpoConfig {
         temperature: 1.0,
         top_k: 0,
         top_p: 1.0,
-        lr: 1e-3,
+        lr: 5e-4,
         warmup: 0,
         min_lr_ratio: 1.0,
         optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
