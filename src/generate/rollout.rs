@@ -226,7 +226,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     if max_new == 0 || prompts.is_empty() {
         let outputs = prompts
             .iter()
-            .flat_map(|p| std::iter::repeat(p).take(group))
+            .flat_map(|p| std::iter::repeat_n(p, group))
             .map(|p| RolloutOutput { prompt: p.clone(), response: Vec::new(), logprobs: Vec::new(), finish: FinishReason::MaxNewTokens })
             .collect();
         return Ok(Rollout { outputs, stats });

@@ -350,7 +350,7 @@ pub fn run_grpo<B: Backend>(
 
         // ---- scoring: old and reference log-probs, KL, rewards ----
         let t1 = Instant::now();
-        let seq_prompt: Vec<usize> = picked.iter().flat_map(|&i| std::iter::repeat(i).take(n_group)).collect();
+        let seq_prompt: Vec<usize> = picked.iter().flat_map(|&i| std::iter::repeat_n(i, n_group)).collect();
         let prompt_refs: Vec<&[u32]> = seq_prompt.iter().map(|&i| prompts[i].as_slice()).collect();
         let responses: Vec<Vec<u32>> = rolled.outputs.iter().map(|o| o.response.clone()).collect();
         let PackedRollouts { seqs, t, inputs, targets, mask, last_pos } = pack_rollouts(&prompt_refs, &responses, pad);
