@@ -308,7 +308,8 @@ fn command_runs_each_estimator_and_reward_source() {
     let runs: [(&str, &[&str]); 4] = [
         ("grpo", &["--reward-fn", "exact-match", "--kl-estimator", "k2", "--loss-agg", "constant"]),
         ("grpo", &["--reward-fn", "oracle", "--no-std-scale", "--loss-agg", "seq-mean"]),
-        ("rloo", &["--reward-model", rm.to_str().unwrap(), "--kl-in", "reward"]),
+        // temperature 0.8: the old log-probs come from the training forward, not the rollout
+        ("rloo", &["--reward-model", rm.to_str().unwrap(), "--kl-in", "reward", "--temperature", "0.8", "--micro-batch-tokens", "16"]),
         ("reinforce++", &["--reward-model", rm.to_str().unwrap(), "--kl-in", "reward", "--epochs", "2", "--mini-batch", "3"]),
     ];
     for (i, (est, extra)) in runs.iter().enumerate() {
