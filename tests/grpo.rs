@@ -4,6 +4,8 @@
 //! hand values and finite differences, the exact-match reward, GRPO raising the built-in task's
 //! oracle score over the SFT model, and the command with each estimator and its flag errors.
 
+mod common;
+
 use rlhf::backend::ops::{ppo_stat, Backend, PpoParams};
 use rlhf::backend::CpuBackend;
 use rlhf::data::jsonl::prompt_completion_example;
@@ -61,6 +63,52 @@ fn grouped_rollout_shares_the_prefill_and_keeps_training_logprobs() {
             assert_eq!(got, want, "{name}: grouped rollout log-probs {:?} vs training {:?}", o.logprobs, w);
         }
     }
+}
+
+/// On wgpu (skipped without an adapter): the grouped rollout's log-probs match the training
+/// forward's on the same backend, and the command runs a step.
+#[test]
+fn grouped_rollout_and_command_on_wgpu() {
+    let Some(be) = common::wgpu_or_skip("grouped rollout on wgpu") else { return };
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/gpt2");
+    let model = Model::load(&be, &dir).unwrap();
+    let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 13], vec![7, 1, 2, 3, 4, 200], vec![300]];
+    let gen = GenerateConfig { max_new_tokens: 5, temperature: 1.0, seed: 3, ..Default::default() };
+    let r = RolloutEngine::new().run_grouped(&be, &model, &prompts, 2, &RolloutConfig { slots: 4, gen }).unwrap();
+    assert_eq!(r.outputs.len(), 6);
+    assert_eq!(r.stats.prefill_tokens, 10);
+    let seqs: Vec<Vec<u32>> = r.outputs.iter().map(|o| o.prompt.iter().chain(&o.response).copied().collect()).collect();
+    let want = token_logprobs(&be, &model, &seqs, 4).unwrap();
+    for (o, w) in r.outputs.iter().zip(&want) {
+        let w = &w[o.prompt.len() - 1..];
+        assert!(close(&o.logprobs, w, 1e-3), "wgpu grouped rollout log-probs {:?} vs training {:?}", o.logprobs, w);
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let (policy, _, prompts) = cli_fixture(tmp.path());
+    let out = tmp.path().join("out");
+    let o = rlhf(&[
+        "grpo",
+        "--backend",
+        "wgpu",
+        "--model",
+        policy.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--reward-fn",
+        "oracle",
+        "--group-size",
+        "2",
+        "--prompts-per-step",
+        "2",
+        "--steps",
+        "1",
+        "--max-new-tokens",
+        "4",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(out.join("model.safetensors").exists());
 }
 
 #[test]
