@@ -84,6 +84,12 @@ pub fn rloo_advantages(rewards: &[f32], group: usize) -> Result<Vec<f32>> {
     Ok(out)
 }
 
+/// The sequence rewards with the KL in the reward: `r_s - beta sum_t KL_{s,t}` (`seq_kl` holds the
+/// per-sequence sums).
+pub fn kl_penalised(scores: &[f32], seq_kl: &[f32], beta: f32) -> Vec<f32> {
+    scores.iter().zip(seq_kl).map(|(r, k)| r - beta * k).collect()
+}
+
 /// Sequence advantages for the group estimators (GRPO, RLOO); `None` for REINFORCE++, whose
 /// advantages are per token.
 pub fn sequence_advantages(est: Estimator, rewards: &[f32], group: usize) -> Result<Option<Vec<f32>>> {
@@ -135,6 +141,11 @@ mod tests {
         assert_eq!(Estimator::parse("grpo", false).unwrap(), Estimator::Grpo { std_scale: false });
         assert_eq!(Estimator::parse("reinforce++", true).unwrap(), Estimator::ReinforcePp);
         assert!(Estimator::parse("ppo", true).unwrap_err().to_string().contains("--estimator"));
+    }
+
+    #[test]
+    fn kl_in_the_reward_lowers_it() {
+        assert_eq!(kl_penalised(&[1.0, 2.0], &[0.5, -1.0], 0.2), vec![0.9, 2.2]);
     }
 
     #[test]

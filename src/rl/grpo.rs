@@ -16,7 +16,7 @@ use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateConfig, RolloutConfig, RolloutEngine};
 use crate::model::{Model, Shape};
-use crate::rl::advantage_estimators::{broadcast_to_tokens, sequence_advantages, Estimator};
+use crate::rl::advantage_estimators::{broadcast_to_tokens, kl_penalised, sequence_advantages, Estimator};
 use crate::rl::ppo::{mean_std, OracleFn, Scorer};
 use crate::rl::ppo_update::{PpoStats, PpoUpdate, StepTensors};
 use crate::rl::reward::RewardTrainer;
@@ -384,7 +384,7 @@ pub fn run_grpo<B: Backend>(
 
         // ---- advantages ----
         let kl_in_reward = cfg.kl_in == KlPlacement::Reward && beta > 0.0;
-        let seq_rewards: Vec<f32> = if kl_in_reward { scores.iter().zip(&seq_kl).map(|(r, k)| r - beta * k).collect() } else { scores.clone() };
+        let seq_rewards = if kl_in_reward { kl_penalised(&scores, &seq_kl, beta) } else { scores.clone() };
         match sequence_advantages(cfg.estimator, &seq_rewards, n_group)? {
             Some(adv) => be.write(&mut step_t.advantages, &broadcast_to_tokens(&adv, &mask, t))?,
             None => {
