@@ -57,6 +57,8 @@ pub enum Command {
     Ppo(PpoArgs),
     /// Direct preference optimisation (DPO, cDPO, IPO, SimPO) on preference pairs
     Dpo(DpoArgs),
+    /// Critic-free RL (GRPO, RLOO, REINFORCE++) with a reward model or a built-in reward function
+    Grpo(crate::cli_grpo::GrpoArgs),
     /// Print a reward model's score of each input line
     Score(LogprobsArgs),
     /// Print the log-probability of every token (after the first) of each input line
@@ -485,6 +487,7 @@ fn out_dir(command: &Command) -> Option<&Path> {
         Command::Rm(a) => Some(&a.out),
         Command::Ppo(a) => Some(&a.out),
         Command::Dpo(a) => Some(&a.out),
+        Command::Grpo(a) => Some(&a.out),
         _ => None,
     }
 }
@@ -504,6 +507,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Rm(a) => with_backend!(&a.common, |be| cmd_rm(&be, &a)),
         Command::Ppo(a) => with_backend!(&a.common, |be| cmd_ppo(&be, &a)),
         Command::Dpo(a) => with_backend!(&a.common, |be| cmd_dpo(&be, &a)),
+        Command::Grpo(a) => with_backend!(&a.common, |be| crate::cli_grpo::cmd_grpo(&be, &a)),
         Command::Score(a) => with_backend!(&a.common, |be| cmd_score(&be, &a)),
         Command::Logprobs(a) => with_backend!(&a.common, |be| cmd_logprobs(&be, &a)),
         Command::Generate(a) => with_backend!(&a.common, |be| cmd_generate(&be, &a)),
@@ -579,7 +583,7 @@ fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
 }
 
 /// An output folder that is an existing file is refused before any work starts.
-fn check_out_dir(out: &Path) -> Result<()> {
+pub(crate) fn check_out_dir(out: &Path) -> Result<()> {
     if out.exists() && !out.is_dir() {
         bail!("--out must be a folder: {} is a file", out.display());
     }

@@ -3,6 +3,7 @@
 
 mod bench;
 mod cli;
+mod cli_grpo;
 mod demo;
 
 fn main() {

@@ -127,6 +127,10 @@ fn every_example_config_runs() {
     assert_eq!(metric_lines(Path::new(&rm)), 3);
     run("ppo.toml", &["--policy", &sft, "--reward-model", &rm, "--out", &ppo, "--steps", "2", "--rollout-batch", "4"]);
     assert_eq!(metric_lines(Path::new(&ppo)), 2);
+    run("dpo.toml", &["--model", &sft, "--out", &t("dpo"), "--steps", "2"]);
+    assert_eq!(metric_lines(&tmp.path().join("dpo")), 2);
+    run("grpo.toml", &["--model", &sft, "--reward-model", &rm, "--out", &t("grpo"), "--steps", "2", "--prompts-per-step", "2", "--group-size", "2"]);
+    assert_eq!(metric_lines(&tmp.path().join("grpo")), 2);
     let g = run("generate.toml", &["--model", &sft]);
     assert!(String::from_utf8_lossy(&g.stdout).starts_with("Q: describe the cat."));
     let l = run("logprobs.toml", &["--model", &sft]);

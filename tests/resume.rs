@@ -117,7 +117,7 @@ fn sft_killed_mid_step_resumes_to_the_same_metrics_and_weights() {
 }
 
 #[test]
-fn rm_dpo_and_ppo_killed_mid_step_resume_to_the_same_metrics_and_weights() {
+fn rm_dpo_ppo_and_grpo_killed_mid_step_resume_to_the_same_metrics_and_weights() {
     let tmp = tempfile::tempdir().unwrap();
     let t = tmp.path();
     let data = write_sft_data(t);
@@ -151,6 +151,11 @@ fn rm_dpo_and_ppo_killed_mid_step_resume_to_the_same_metrics_and_weights() {
         std::fs::create_dir_all(&dir).unwrap();
         check_kill_and_resume("ppo", args, &dir, 5);
     }
+
+    let args = strs(&["grpo", "--model", sft.to_str().unwrap(), "--reward-model", rm.to_str().unwrap(), "--prompts", prompts.to_str().unwrap()]);
+    let args = with(args, &["--steps", "8", "--prompts-per-step", "2", "--group-size", "4", "--mini-batch", "4", "--max-new-tokens", "12"]);
+    let args = with(args, &["--lr", "1e-4", "--save-every", "2", "--log-every", "0"]);
+    check_kill_and_resume("grpo", args, t, 5);
 }
 
 #[test]

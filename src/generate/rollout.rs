@@ -14,6 +14,13 @@
 //! backend these equal, bit for bit, what [`crate::model::scoring::token_logprobs`] computes for
 //! prompt + response with the training forward (the CPU ops are batch-invariant per row).
 //!
+//! Grouped mode ([`RolloutEngine::run_grouped`], GRPO/RLOO): `n` samples per prompt that share
+//! the prompt's prefill. A group enters `n` free slots at once; its prompt is prefilled once (into
+//! the first slot's rows), the keys and values the prefill left in each layer's fused projection
+//! are scattered into the other `n - 1` slots' rows, the prefill's last hidden row is read `n`
+//! times so the logits have `n` equal rows, and the `n` first tokens are drawn from them with
+//! distinct uniforms (one per row). Decoding then goes on per slot as usual.
+//!
 //! Host traffic per step: the sampled ids of the active slots (to detect stop ids and manage
 //! slots) and the next step's tokens, positions and cache rows, a few integers per slot.
 //! Draws: the uniform of a row is keyed by (seed, sampling call, row), so a rollout is
@@ -94,6 +101,8 @@ pub struct Rollout {
 
 /// A sequence in a slot.
 struct Seq {
+    /// the index of its output (prompt index x group size + sample index)
+    out: usize,
     prompt: usize,
     /// positions written to the slot's cache (prompt + fed response tokens)
     len: usize,
@@ -121,6 +130,8 @@ struct EngineBuffers<B: Backend> {
     store_rows: B::Ids,
     sampled: B::Ids,
     store: B::Buf,
+    /// cache rows of the `k`-th copy of a grouped prefill (`cap` each), grown on demand
+    copy_rows: Vec<B::Ids>,
 }
 
 /// A rollout engine that keeps its buffers (activations, KV cache, recorded log-probs) from one
@@ -163,6 +174,7 @@ impl<B: Backend> RolloutEngine<B> {
                 store_rows: be.alloc_ids(slots)?,
                 sampled: be.alloc_ids(slots)?,
                 store: be.alloc(slots * max_new)?,
+                copy_rows: Vec::new(),
             });
         }
         Ok(self.bufs.as_mut().expect("allocated above"))
@@ -170,16 +182,27 @@ impl<B: Backend> RolloutEngine<B> {
 
     /// Samples up to `cfg.gen.max_new_tokens` tokens after each prompt with `cfg.slots` slots.
     pub fn run(&mut self, be: &B, model: &Model<B>, prompts: &[Vec<u32>], cfg: &RolloutConfig) -> Result<Rollout> {
-        run_engine(self, be, model, prompts, cfg)
+        run_engine(self, be, model, prompts, 1, cfg)
+    }
+
+    /// `group` samples per prompt sharing the prompt's prefill (see the module comment); outputs
+    /// are prompt-major: output `p * group + k` is prompt `p`'s `k`-th sample. Needs
+    /// `cfg.slots >= group`.
+    pub fn run_grouped(&mut self, be: &B, model: &Model<B>, prompts: &[Vec<u32>], group: usize, cfg: &RolloutConfig) -> Result<Rollout> {
+        run_engine(self, be, model, prompts, group, cfg)
     }
 }
 
-fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B>, prompts: &[Vec<u32>], cfg: &RolloutConfig) -> Result<Rollout> {
+fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B>, prompts: &[Vec<u32>], group: usize, cfg: &RolloutConfig) -> Result<Rollout> {
     let g = &cfg.gen;
     g.validate()?;
     if cfg.slots == 0 {
         return Err(Error::invalid("the rollout needs at least one slot"));
     }
+    if group == 0 || cfg.slots < group {
+        return Err(Error::invalid(format!("a grouped rollout of {group} samples per prompt needs at least that many slots (got {})", cfg.slots)));
+    }
+    let total = prompts.len() * group;
     let mcfg = model.cfg();
     let max_pos = mcfg.max_positions;
     let vocab = mcfg.vocab_size;
@@ -203,11 +226,12 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     if max_new == 0 || prompts.is_empty() {
         let outputs = prompts
             .iter()
+            .flat_map(|p| std::iter::repeat_n(p, group))
             .map(|p| RolloutOutput { prompt: p.clone(), response: Vec::new(), logprobs: Vec::new(), finish: FinishReason::MaxNewTokens })
             .collect();
         return Ok(Rollout { outputs, stats });
     }
-    let s = cfg.slots.min(prompts.len());
+    let s = cfg.slots.min(total);
     let max_prompt = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
     // the last sampled token is never fed, so positions stay below prompt + max_new - 1
     let t_max = (max_prompt + max_new).min(max_pos);
@@ -218,7 +242,10 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     // the buffers may be larger than this call needs: the cache keeps `bufs.t_max` positions per
     // slot, the record `bufs.max_new` rows per slot
     let (t_max, stride) = (bufs.t_max, bufs.max_new);
-    let EngineBuffers { acts, cache, rows, store_rows, sampled, store, .. } = bufs;
+    while bufs.copy_rows.len() + 1 < group {
+        bufs.copy_rows.push(be.alloc_ids(bufs.cap)?);
+    }
+    let EngineBuffers { acts, cache, rows, store_rows, sampled, store, copy_rows, .. } = bufs;
     // -log p of response token k of the sequence in slot i at row i * stride + k
     let mut step = 0u32;
     let sample_params = |n: usize, step: u32| SampleParams {
@@ -232,15 +259,17 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
         step,
     };
 
-    let mut outputs: Vec<Option<RolloutOutput>> = vec![None; prompts.len()];
+    let mut outputs: Vec<Option<RolloutOutput>> = vec![None; total];
     let mut slots: Vec<Option<Seq>> = (0..s).map(|_| None).collect();
     let mut used = vec![false; s];
     let mut next = 0usize;
     let mut done = 0usize;
-    while done < prompts.len() {
-        // ---- admit queued prompts into free slots: one batched prefill --------------------------
+    while done < total {
+        // ---- admit queued prompts (whole groups) into free slots: one batched prefill -----------
         let free: Vec<usize> = (0..s).filter(|&i| slots[i].is_none()).collect();
-        let admit: Vec<(usize, usize)> = free.into_iter().zip(next..prompts.len()).collect();
+        // (first slot of the group, prompt); the group's slots are `free[bi * group..][..group]`
+        let admit: Vec<(usize, usize)> = free.chunks_exact(group).map(|c| c[0]).zip(next..prompts.len()).collect();
+        let group_slots = |bi: usize| &free[bi * group..(bi + 1) * group];
         next += admit.len();
         // (slot, row of its newly sampled token in this call's `sampled`)
         let mut fresh: Vec<(usize, usize)> = Vec::new();
@@ -250,7 +279,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
             let t = admit.iter().map(|&(_, p)| prompts[p].len()).max().unwrap_or(1);
             let mut tokens = vec![0i32; b * t];
             let mut cache_rows = vec![0i32; b * t];
-            let mut last = Vec::with_capacity(b);
+            let mut last = Vec::with_capacity(b * group);
             for (bi, &(slot, p)) in admit.iter().enumerate() {
                 let pr = &prompts[p];
                 for i in 0..t {
@@ -258,21 +287,25 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
                     // padding writes the slot's later rows, which decode overwrites before reading
                     cache_rows[bi * t + i] = (slot * t_max + i) as i32;
                 }
-                last.push((bi * t + pr.len() - 1) as i32);
                 stats.prefill_tokens += pr.len();
-                if used[slot] {
-                    stats.slot_reuses += 1;
+                for (k, &gs) in group_slots(bi).iter().enumerate() {
+                    // every sample of the group reads the prompt's last hidden row
+                    last.push((bi * t + pr.len() - 1) as i32);
+                    if used[gs] {
+                        stats.slot_reuses += 1;
+                    }
+                    used[gs] = true;
+                    slots[gs] = Some(Seq { out: p * group + k, prompt: p, len: pr.len(), response: Vec::new() });
+                    fresh.push((gs, bi * group + k));
                 }
-                used[slot] = true;
-                slots[slot] = Some(Seq { prompt: p, len: pr.len(), response: Vec::new() });
-                fresh.push((slot, bi));
             }
             let shape = Shape { b, t };
             dec.set_inputs(be, acts, shape, &tokens, None)?;
             be.write_ids(rows, &cache_rows)?;
             dec.forward_prefill(be, w, acts, cache, rows, shape, &last)?;
-            let srows: Vec<i32> = admit.iter().map(|&(slot, _)| (slot * stride) as i32).collect();
-            sample_and_record(be, acts, sampled, store, store_rows, &srows, sample_params(b, step), vocab)?;
+            copy_group_kv(be, mcfg, acts, cache, copy_rows, shape, t_max, &(0..b).map(group_slots).collect::<Vec<_>>())?;
+            let srows: Vec<i32> = fresh.iter().map(|&(slot, _)| (slot * stride) as i32).collect();
+            sample_and_record(be, acts, sampled, store, store_rows, &srows, sample_params(b * group, step), vocab)?;
             step += 1;
             let ids = be.download_ids(sampled)?;
             for &(slot, bi) in &fresh {
@@ -295,7 +328,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
                 if let Some(seq) = slots[slot].take() {
                     let k = seq.response.len();
                     let logprobs = neg[slot * stride..slot * stride + k].iter().map(|l| -l).collect();
-                    outputs[seq.prompt] = Some(RolloutOutput { prompt: prompts[seq.prompt].clone(), response: seq.response, logprobs, finish: reason });
+                    outputs[seq.out] = Some(RolloutOutput { prompt: prompts[seq.prompt].clone(), response: seq.response, logprobs, finish: reason });
                     done += 1;
                 }
             }
@@ -340,6 +373,32 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     }
     let outputs = outputs.into_iter().map(|o| o.ok_or_else(|| Error::invalid("rollout ended with an unfinished prompt"))).collect::<Result<_>>()?;
     Ok(Rollout { outputs, stats })
+}
+
+/// Grouped prefill: copies the keys and values of the `shape.b` prefilled prompts (still in each
+/// layer's fused projection `qkv`, rows `[b, t]`) from their first slot into the other slots of
+/// their group (`groups[bi]`, the first of which the prefill wrote), one scatter per copy and layer.
+#[allow(clippy::too_many_arguments)]
+fn copy_group_kv<B: Backend>(
+    be: &B,
+    mcfg: &crate::model::ModelConfig,
+    acts: &Activations<B>,
+    cache: &mut SlotCache<B>,
+    copy_rows: &mut [B::Ids],
+    shape: Shape,
+    t_max: usize,
+    groups: &[&[usize]],
+) -> Result<()> {
+    let group = groups.first().map_or(1, |g| g.len());
+    let p = ScatterParams::kv(shape.n(), mcfg.n_heads, mcfg.n_kv_heads, mcfg.head_dim, cache.slots * cache.t_max);
+    for (k, ids) in copy_rows.iter_mut().enumerate().take(group.saturating_sub(1)) {
+        let rows: Vec<i32> = groups.iter().flat_map(|g| (0..shape.t).map(move |i| (g[k + 1] * t_max + i) as i32)).collect();
+        be.write_ids(ids, &rows)?;
+        for (l, layer) in cache.layers.iter_mut().enumerate() {
+            be.scatter_rows(layer, &acts.layers[l].qkv, ids, p)?;
+        }
+    }
+    Ok(())
 }
 
 /// Samples one token per row of `acts.logits` into `sampled`, and files `-log p` of each (at

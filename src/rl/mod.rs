@@ -1,14 +1,20 @@
-//! Training commands: supervised fine-tuning, reward models, PPO and the DPO family (GRPO builds
-//! on the same op list and training steps), and PPO's host-side pieces: the KL coefficient controller
-//! and running reward statistics.
+//! Training commands: supervised fine-tuning, reward models, PPO, the DPO family and the
+//! critic-free estimators (GRPO/RLOO/REINFORCE++: advantages from groups of samples per prompt in
+//! `advantage_estimators`, rewards from a reward model or a built-in function in `reward_fns`),
+//! and PPO's host-side pieces: the KL coefficient controller and running reward statistics.
 
+pub mod advantage_estimators;
 pub mod demo_dpo;
+pub mod demo_grpo;
 pub mod demo_task;
 pub mod dpo;
+pub mod grpo;
 pub mod kl_controller;
 pub mod pipeline;
 pub mod ppo;
 pub mod ppo_update;
 pub mod reward;
+pub mod reward_fns;
+pub mod rollout_batch;
 pub mod running_stats;
 pub mod sft;

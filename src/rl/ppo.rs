@@ -16,6 +16,7 @@ use crate::model::{Activations, Model, Shape};
 use crate::rl::kl_controller::KlController;
 use crate::rl::ppo_update::{PpoStats, PpoUpdate, StepTensors, ValueHead};
 use crate::rl::reward::RewardTrainer;
+use crate::rl::rollout_batch::{pack_rollouts, PackedRollouts};
 use crate::rl::running_stats::RunningMoments;
 use crate::train::resume::{latest_checkpoint, Checkpoint, RunControl, StateWriter};
 use crate::train::{AdamWConfig, DivergenceGuard, MetricsWriter, Progress};
@@ -147,7 +148,7 @@ struct PpoRunState {
 }
 
 /// Forward-only passes used in scoring: per-position log-probs of given targets, and values.
-struct Scorer<B: Backend> {
+pub(crate) struct Scorer<B: Backend> {
     acts: Activations<B>,
     entropy: B::Buf,
     lse: B::Buf,
@@ -186,14 +187,23 @@ impl<B: Backend> StepScratch<B> {
 }
 
 impl<B: Backend> Scorer<B> {
-    fn new(be: &B, model: &Model<B>, max_seqs: usize, max_len: usize) -> Result<Self> {
+    pub(crate) fn new(be: &B, model: &Model<B>, max_seqs: usize, max_len: usize) -> Result<Self> {
         let n = max_seqs * max_len;
         Ok(Scorer { acts: Activations::with_logit_rows(be, model.cfg(), max_seqs, n, 0)?, entropy: be.alloc(n)?, lse: be.alloc(n)? })
     }
 
     /// Log-probs of `targets` (per position) into `out` on the device.
     #[allow(clippy::too_many_arguments)]
-    fn logprobs_into(&mut self, be: &B, model: &Model<B>, shape: Shape, inputs: &[i32], targets: &[i32], temperature: f32, out: &mut B::Buf) -> Result<()> {
+    pub(crate) fn logprobs_into(
+        &mut self,
+        be: &B,
+        model: &Model<B>,
+        shape: Shape,
+        inputs: &[i32],
+        targets: &[i32],
+        temperature: f32,
+        out: &mut B::Buf,
+    ) -> Result<()> {
         model.decoder.set_inputs(be, &mut self.acts, shape, inputs, Some(targets))?;
         model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
         let head = model.layout().lm_head.unwrap_or(model.layout().wte);
@@ -224,7 +234,7 @@ pub struct PpoModels<'a, B: Backend> {
     pub value: Option<&'a mut Model<B>>,
 }
 
-fn mean_std(xs: &[f32]) -> (f32, f32) {
+pub(crate) fn mean_std(xs: &[f32]) -> (f32, f32) {
     let n = xs.len().max(1) as f64;
     let m = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
     let v = xs.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / n;
@@ -361,22 +371,10 @@ pub fn run_ppo<B: Backend>(
 
         // ---- scoring (everything stays on the device; a few scalars come back for logging) ----
         let t1 = Instant::now();
-        let seqs: Vec<Vec<u32>> = batch_prompts.iter().zip(&responses).map(|(p, r)| p.iter().chain(r.iter()).copied().collect()).collect();
-        let t = seqs.iter().map(Vec::len).max().unwrap_or(2).max(2) - 1;
+        let prompt_refs: Vec<&[u32]> = batch_prompts.iter().map(|p| p.as_slice()).collect();
+        let PackedRollouts { seqs, t, inputs, targets, mask, last_pos } = pack_rollouts(&prompt_refs, &responses, pad);
         let n = b * t;
         let shape = Shape { b, t };
-        let (mut inputs, mut targets) = (vec![pad as i32; n], vec![-1i32; n]);
-        let mut last_pos = vec![0i32; b];
-        for (s, (seq, p)) in seqs.iter().zip(&batch_prompts).enumerate() {
-            for i in 0..seq.len() - 1 {
-                inputs[s * t + i] = seq[i] as i32;
-                if i + 1 >= p.len() {
-                    targets[s * t + i] = seq[i + 1] as i32;
-                }
-            }
-            last_pos[s] = (s * t + seq.len().saturating_sub(2).max(p.len().saturating_sub(1))) as i32;
-        }
-        let mask: Vec<f32> = targets.iter().map(|&x| if x >= 0 { 1.0 } else { 0.0 }).collect();
         be.write(&mut dev.mask, &mask)?;
         be.write_ids(&mut dev.last_pos, &last_pos)?;
         step_t.b = b;
