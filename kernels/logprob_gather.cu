@@ -9,7 +9,7 @@
 //   logprob_gather_fwd: merges the chunks of each row in chunk order (online log-sum-exp):
 //     M = max(m, m'), a = e^(m - M), a' = e^(m' - M), s <- a s + a' s',
 //     u <- a (u + (m - M) s) + a' (u' + (m' - M) s'); lse = M + ln s, H = ln s - u / s,
-//     logp -= lse; rows with a negative target get 0 in all three. 1-D over n, block 256.
+//     logp -= lse; rows with a negative target get 0 in all three. 1-D grid-stride over n, block 256.
 // So the [n, v] logits never exist: scratch is one [n, chunk] tile plus 3 floats per (row, chunk).
 // Saved for backward: lse [n] and the entropy output.
 // Backward, per chunk: the host recomputes the tile (sgemm), logprob_gather_bwd turns it in place
@@ -48,25 +48,25 @@ extern "C" __global__ void logprob_chunk_stats(float* __restrict__ partial, floa
 
 extern "C" __global__ void logprob_gather_fwd(float* __restrict__ logp, float* __restrict__ entropy, float* __restrict__ lse, const float* __restrict__ partial,
                                               const int* __restrict__ targets, u32 n_chunks, LogprobParams p) {
-    const unsigned long long i = gtid();
-    if (i >= p.n) return;
-    if (targets[i] < 0) {
-        logp[i] = entropy[i] = lse[i] = 0.0f;
-        return;
+    for (unsigned long long i = gtid(); i < p.n; i += gstride()) {
+        if (targets[i] < 0) {
+            logp[i] = entropy[i] = lse[i] = 0.0f;
+            continue;
+        }
+        float m = partial[i * 3], s = partial[i * 3 + 1], u = partial[i * 3 + 2];
+        for (u32 c = 1; c < n_chunks; c++) {
+            const float* q = partial + ((unsigned long long)c * p.n + i) * 3;
+            const float big = fmaxf(m, q[0]);
+            const float a = expf(m - big), b = expf(q[0] - big);
+            u = a * (u + (m - big) * s) + b * (q[2] + (q[0] - big) * q[1]);
+            s = a * s + b * q[1];
+            m = big;
+        }
+        const float l = m + logf(s);
+        lse[i] = l;
+        entropy[i] = logf(s) - u / s;
+        logp[i] -= l;
     }
-    float m = partial[i * 3], s = partial[i * 3 + 1], u = partial[i * 3 + 2];
-    for (u32 c = 1; c < n_chunks; c++) {
-        const float* q = partial + ((unsigned long long)c * p.n + i) * 3;
-        const float big = fmaxf(m, q[0]);
-        const float a = expf(m - big), b = expf(q[0] - big);
-        u = a * (u + (m - big) * s) + b * (q[2] + (q[0] - big) * q[1]);
-        s = a * s + b * q[1];
-        m = big;
-    }
-    const float l = m + logf(s);
-    lse[i] = l;
-    entropy[i] = logf(s) - u / s;
-    logp[i] -= l;
 }
 
 extern "C" __global__ void logprob_gather_bwd(float* __restrict__ tile, const float* __restrict__ dlogp, const float* __restrict__ dentropy,
