@@ -81,7 +81,7 @@ fn spills(report: &str) -> Vec<(String, u64, u64)> {
         } else if line.contains("spill stores") {
             let num = |key: &str| -> u64 {
                 let before = line.split(key).next().unwrap_or("");
-                before.split_whitespace().rev().nth(1).and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
+                before.split_whitespace().next_back().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
             };
             if let Some(name) = current.take() {
                 out.push((name, num("bytes spill stores"), num("bytes spill loads")));
