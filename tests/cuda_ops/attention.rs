@@ -34,8 +34,8 @@ fn run<B: Backend>(be: &B, (b, t, nh, nkv, hd): (usize, usize, usize, usize, usi
 #[test]
 fn attention_parity() {
     let Some(_) = crate::gpu() else { return };
-    crate::compare(&CASES[..], (2e-5, 2e-5), |be, c| run(be, c)[..2].to_vec(), |be, c| run(be, c)[..2].to_vec());
-    crate::compare(&CASES[..], (5e-5, 2e-4), |be, c| run(be, c)[2..].to_vec(), |be, c| run(be, c)[2..].to_vec());
+    crate::compare(CASES, (2e-5, 2e-5), |be, c| run(be, c)[..2].to_vec(), |be, c| run(be, c)[..2].to_vec());
+    crate::compare(CASES, (5e-5, 2e-4), |be, c| run(be, c)[2..].to_vec(), |be, c| run(be, c)[2..].to_vec());
 }
 
 /// The cached layout: t new queries at positions pos0 .. attending to a cache [b, t_max, 2 nkv hd]

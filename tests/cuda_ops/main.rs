@@ -9,7 +9,6 @@
 //! that it skipped, on stderr; CI has no GPU, so these skip there too.
 
 #[path = "../common/mod.rs"]
-#[allow(dead_code)]
 mod common;
 
 mod activation;

@@ -109,7 +109,7 @@ fn write_slice<T: DeviceRepr>(ctx: &Context, buf: &mut CudaSlice<T>, data: &[T])
 }
 
 fn download_slice<T: DeviceRepr>(ctx: &Context, buf: &CudaSlice<T>) -> Result<Vec<T>> {
-    if buf.len() == 0 {
+    if buf.is_empty() {
         return Ok(Vec::new());
     }
     let v = ctx.stream.clone_dtoh(buf).map_err(|e| err(format!("download of {} values: {e:?}", buf.len())))?;
