@@ -12,6 +12,7 @@ pub const CHECKS: &[(&str, &str)] = &[
     ("kv_cache_write", "kv_cache_parity"),
     ("scatter_rows", "kv_cache_parity"),
     ("attention_decode_fwd", "attention_decode_parity"),
+    ("attention_decode_fwd", "decode_matches_training_forward_bitwise"),
 ];
 
 /// (b, t, nh, nkv, hd): GQA groups of 1, 2 and 4, t across tile boundaries, head dims 8 .. 128.
@@ -114,4 +115,45 @@ fn run_decode<B: Backend>(be: &B, (slots, t_max, n, nh, nkv, hd): (usize, usize,
 #[test]
 fn attention_decode_parity() {
     parity!(&[(3, 20, 5, 4, 2, 16), (2, 100, 7, 2, 1, 64), (1, 8, 1, 12, 12, 128), (4, 70, 9, 9, 3, 24)], (2e-5, 2e-5), run_decode);
+}
+
+/// Rollout = training: decode attention of the token at position i (its keys and values in the
+/// slot cache) gives the same bits as row i of the training forward over the whole sequence.
+#[test]
+fn decode_matches_training_forward_bitwise() {
+    let Some(g) = crate::gpu() else { return };
+    let (t, nh, nkv, hd, t_max) = (45, 4, 2, 64, 64);
+    let row = (nh + 2 * nkv) * hd;
+    let mut rng = Rng::new(97);
+    let qkv = g.upload(&crate::common::randv(&mut rng, t * row, 1.5)).unwrap();
+    let (mut out, mut lse) = (g.alloc(t * nh * hd).unwrap(), g.alloc(nh * t).unwrap());
+    g.attention_fwd(&mut out, &mut lse, &qkv, &qkv, &qkv, AttentionParams::fused(1, t, nh, nkv, hd)).unwrap();
+    let mut cache = g.alloc(t_max * 2 * nkv * hd).unwrap();
+    g.kv_cache_write(
+        &mut cache,
+        &qkv,
+        KvCacheParams { b: 1, t: t as u32, pos0: 0, t_max: t_max as u32, nh: nh as u32, nkv: nkv as u32, hd: hd as u32, _pad: 0 },
+    )
+    .unwrap();
+    let rows = g.upload_ids(&(0..t as i32).collect::<Vec<_>>()).unwrap();
+    let p = AttentionDecodeParams {
+        n: t as u32,
+        t_max: t_max as u32,
+        slots: 1,
+        nh: nh as u32,
+        nkv: nkv as u32,
+        hd: hd as u32,
+        scale: 1.0 / (hd as f32).sqrt(),
+        q_row: row as u32,
+        q_off: 0,
+        _pad: 0,
+    };
+    let (mut dout, mut dlse) = (g.alloc(t * nh * hd).unwrap(), g.alloc(t * nh).unwrap());
+    g.attention_decode_fwd(&mut dout, &mut dlse, &qkv, &cache, &rows, p).unwrap();
+    let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    assert_eq!(bits(dl(g, &dout)), bits(dl(g, &out)), "decode and training attention outputs differ");
+    // lse: training [nh, t], decode [t, nh]
+    let (tl, dlv) = (dl(g, &lse), dl(g, &dlse));
+    let transposed: Vec<f32> = (0..t).flat_map(|i| (0..nh).map(move |h| (h, i))).map(|(h, i)| tl[h * t + i]).collect();
+    assert_eq!(bits(dlv), bits(transposed), "decode and training lse differ");
 }

@@ -74,7 +74,9 @@ pub enum Scratch {
 pub struct Context {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
-    /// `None` when libcublas cannot be loaded: `matmul` then runs the SIMT kernel of matmul.cu.
+    /// `None` when libcublas cannot be loaded or `RLHF_CUDA_MATMUL=simt`: `matmul` then runs the
+    /// SIMT kernel of matmul.cu, whose every output is one FMA chain over k in order, so a row's
+    /// bits do not depend on how many rows are multiplied together (rollout = training, bit for bit).
     pub blas: Option<CudaBlas>,
     pub arch: String,
     pub description: String,
@@ -84,18 +86,18 @@ pub struct Context {
 }
 
 impl Context {
-    /// Opens device `ordinal` (after [`availability`] has passed).
-    pub fn new(ordinal: usize) -> Result<Self> {
+    /// Opens device `ordinal` (after [`availability`] has passed); `simt` forces the SIMT matmul.
+    pub fn new(ordinal: usize, simt: bool) -> Result<Self> {
         availability().map_err(err)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| err(format!("device {ordinal}: {e:?}")))?;
         // SAFETY: every op runs on the one stream below, so cross-stream events are not needed.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| err(format!("creating a stream: {e:?}")))?;
         // SAFETY: only dlopens libcublas.
-        let blas = if unsafe { cudarc::cublas::sys::is_culib_present() } { CudaBlas::new(stream.clone()).ok() } else { None };
+        let blas = if !simt && unsafe { cudarc::cublas::sys::is_culib_present() } { CudaBlas::new(stream.clone()).ok() } else { None };
         let (major, minor) = ctx.compute_capability().map_err(|e| err(format!("compute capability: {e:?}")))?;
         let nvrtc = kernels::nvrtc_version().map_or("?".to_string(), |(a, b)| format!("{a}.{b}"));
-        let description = format!("cuda: {} [NVRTC {nvrtc}, {}]", describe(&ctx), if blas.is_some() { "cuBLAS" } else { "no cuBLAS: SIMT matmul" });
+        let description = format!("cuda: {} [NVRTC {nvrtc}, {}]", describe(&ctx), if blas.is_some() { "cuBLAS" } else { "SIMT matmul, batch-invariant" });
         Ok(Context {
             ctx,
             stream,

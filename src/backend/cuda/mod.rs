@@ -74,13 +74,25 @@ pub struct CudaBackend {
 }
 
 impl CudaBackend {
-    /// Opens device `RLHF_CUDA_DEVICE` (default 0); a clear error without libcuda, NVRTC or a device.
+    /// Opens device `RLHF_CUDA_DEVICE` (default 0) with the matmul `RLHF_CUDA_MATMUL` names
+    /// (`cublas`, the default, or `simt`); a clear error without libcuda, NVRTC or a device.
     pub fn new() -> Result<Self> {
+        let invalid = crate::error::Error::invalid;
         let ordinal = match std::env::var("RLHF_CUDA_DEVICE") {
-            Ok(s) => s.trim().parse().map_err(|_| crate::error::Error::invalid(format!("RLHF_CUDA_DEVICE={s}: not a device number")))?,
+            Ok(s) => s.trim().parse().map_err(|_| invalid(format!("RLHF_CUDA_DEVICE={s}: not a device number")))?,
             Err(_) => 0,
         };
-        Ok(CudaBackend { ctx: Context::new(ordinal)? })
+        let simt = match std::env::var("RLHF_CUDA_MATMUL").as_deref() {
+            Ok("simt") => true,
+            Ok("cublas") | Err(_) => false,
+            Ok(other) => return Err(invalid(format!("RLHF_CUDA_MATMUL={other}: expected `cublas` (the default) or `simt`"))),
+        };
+        Self::with_matmul(ordinal, simt)
+    }
+
+    /// Device `ordinal`, with the batch-invariant SIMT matmul when `simt` (else cuBLAS when it loads).
+    pub fn with_matmul(ordinal: usize, simt: bool) -> Result<Self> {
+        Ok(CudaBackend { ctx: Context::new(ordinal, simt)? })
     }
 
     /// Whether a usable CUDA device exists (what `--backend auto` looks for).
