@@ -110,6 +110,9 @@ pub fn scatter_rows(ctx: &Context, out: &mut Buf, inp: &Buf, rows: &Ids, p: Scat
     if n == 0 || w == 0 {
         return Ok(());
     }
+    if p.dst_rows == 0 {
+        return Err(err(format!("scatter_rows: {n} rows into a destination of 0 rows")));
+    }
     need(
         "scatter_rows",
         &[
