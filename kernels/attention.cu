@@ -36,6 +36,51 @@ __device__ __forceinline__ float dot_row(const float* __restrict__ a, const floa
     return s;
 }
 
+// rows j0 .. j0 + ATT_KT of a strided operand (row r at src + r * src_row) into a shared tile with
+// `stride` floats per row; rows at or past `last` are zero. The whole block takes part.
+__device__ __forceinline__ void load_tile(float* __restrict__ dst, u32 stride, const float* __restrict__ src, unsigned long long src_row, u32 j0, u32 last,
+                                          u32 hd) {
+    for (u32 e = threadIdx.x; e < ATT_KT * hd; e += blockDim.x) {
+        const u32 r = e / hd, d = e % hd, j = j0 + r;
+        dst[r * stride + d] = j < last ? src[(unsigned long long)j * src_row + d] : 0.0f;
+    }
+}
+
+// One online-softmax step of a warp over 32 keys (lane l holds score s of key l, NEG_INF when the
+// key is not visible): updates the running max m and sum l, rescales acc, returns e^(s - m).
+__device__ __forceinline__ float softmax_step(float s, bool visible, float& m, float& l, float* acc) {
+    const float m_new = fmaxf(m, warp_max(s));
+    const float e = visible ? __expf(s - m_new) : 0.0f;
+    const float corr = __expf(m - m_new);
+    l = l * corr + warp_sum(e);
+#pragma unroll
+    for (int r = 0; r < ATT_HD_REG; r++) acc[r] *= corr;
+    m = m_new;
+    return e;
+}
+
+// acc[d] += sum_{jj < nj} e_jj v_jj[d] for the lane's elements d = lane + 32 r, with e_jj the
+// weight held by lane jj and v_jj = v + jj * v_row (in key order: a fixed FMA chain per element).
+__device__ __forceinline__ void accumulate_rows(float* acc, float e, const float* __restrict__ v, unsigned long long v_row, u32 nj, u32 lane, u32 hd) {
+    for (u32 jj = 0; jj < nj; jj++) {
+        const float pj = __shfl_sync(FULL_MASK, e, jj);
+#pragma unroll
+        for (int r = 0; r < ATT_HD_REG; r++) {
+            const u32 d = lane + 32 * r;
+            if (d < hd) acc[r] = fmaf(pj, v[jj * v_row + d], acc[r]);
+        }
+    }
+}
+
+// out[d] = acc[d] * scale for the lane's elements
+__device__ __forceinline__ void store_row(float* __restrict__ out, const float* acc, float scale, u32 lane, u32 hd) {
+#pragma unroll
+    for (int r = 0; r < ATT_HD_REG; r++) {
+        const u32 d = lane + 32 * r;
+        if (d < hd) out[d] = acc[r] * scale;
+    }
+}
+
 extern "C" __global__ void attention_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q, const float* __restrict__ k,
                                          const float* __restrict__ v, AttentionParams p) {
     extern __shared__ float sm[];
@@ -59,41 +104,17 @@ extern "C" __global__ void attention_fwd(float* __restrict__ out, float* __restr
     for (int r = 0; r < ATT_HD_REG; r++) acc[r] = 0.0f;
     for (u32 j0 = 0; j0 < last; j0 += ATT_KT) {
         __syncthreads();
-        for (u32 e = threadIdx.x; e < ATT_KT * hd; e += blockDim.x) {
-            const u32 r = e / hd, d = e % hd, j = j0 + r;
-            const bool in = j < last;
-            Ks[r * hp + d] = in ? kb[(unsigned long long)j * p.kv_row + d] : 0.0f;
-            Vs[r * hd + d] = in ? vb[(unsigned long long)j * p.kv_row + d] : 0.0f;
-        }
+        load_tile(Ks, hp, kb, p.kv_row, j0, last, hd);
+        load_tile(Vs, hd, vb, p.kv_row, j0, last, hd);
         __syncthreads();
         if (j0 >= visible) continue;  // warp-uniform
         const u32 j = j0 + lane;
         const float s = j < visible ? p.scale * dot_row(Qs, Ks + lane * hp, hd) : NEG_INF;
-        const float m_new = fmaxf(m, warp_max(s));
-        const float e = j < visible ? __expf(s - m_new) : 0.0f;
-        const float corr = __expf(m - m_new);
-        l = l * corr + warp_sum(e);
-#pragma unroll
-        for (int r = 0; r < ATT_HD_REG; r++) acc[r] *= corr;
-        const u32 nj = min((u32)ATT_KT, visible - j0);
-        for (u32 jj = 0; jj < nj; jj++) {
-            const float pj = __shfl_sync(FULL_MASK, e, jj);
-#pragma unroll
-            for (int r = 0; r < ATT_HD_REG; r++) {
-                const u32 d = lane + 32 * r;
-                if (d < hd) acc[r] = fmaf(pj, Vs[jj * hd + d], acc[r]);
-            }
-        }
-        m = m_new;
+        const float e = softmax_step(s, j < visible, m, l, acc);
+        accumulate_rows(acc, e, Vs, hd, min((u32)ATT_KT, visible - j0), lane, hd);
     }
     if (!active) return;
-    float* o = out + ((unsigned long long)b * p.tq + i) * p.nh * hd + h * hd;
-    const float inv = 1.0f / l;
-#pragma unroll
-    for (int r = 0; r < ATT_HD_REG; r++) {
-        const u32 d = lane + 32 * r;
-        if (d < hd) o[d] = acc[r] * inv;
-    }
+    store_row(out + ((unsigned long long)b * p.tq + i) * p.nh * hd + h * hd, acc, 1.0f / l, lane, hd);
     if (lane == 0) lse[((unsigned long long)b * p.nh + h) * p.tq + i] = m + logf(l);
 }
 
@@ -146,12 +167,8 @@ extern "C" __global__ void attention_bwd(float* __restrict__ dqkv, const float* 
     for (int r = 0; r < ATT_HD_REG; r++) acc[r] = 0.0f;
     for (u32 j0 = 0; j0 < last; j0 += ATT_KT) {
         __syncthreads();
-        for (u32 e = threadIdx.x; e < ATT_KT * hd; e += blockDim.x) {
-            const u32 r = e / hd, d = e % hd, j = j0 + r;
-            const bool in = j < last;
-            Ks[r * hp + d] = in ? kb[(unsigned long long)j * p.q_row + d] : 0.0f;
-            Vs[r * hp + d] = in ? vb[(unsigned long long)j * p.q_row + d] : 0.0f;
-        }
+        load_tile(Ks, hp, kb, p.q_row, j0, last, hd);
+        load_tile(Vs, hp, vb, p.q_row, j0, last, hd);
         __syncthreads();
         if (j0 >= visible) continue;
         const u32 j = j0 + lane;
@@ -160,23 +177,10 @@ extern "C" __global__ void attention_bwd(float* __restrict__ dqkv, const float* 
             const float pr = __expf(p.scale * dot_row(Qs, Ks + lane * hp, hd) - l_i);
             ds = pr * (dot_row(Gs, Vs + lane * hp, hd) - d_i);
         }
-        const u32 nj = min((u32)ATT_KT, visible - j0);
-        for (u32 jj = 0; jj < nj; jj++) {
-            const float s = __shfl_sync(FULL_MASK, ds, jj);
-#pragma unroll
-            for (int r = 0; r < ATT_HD_REG; r++) {
-                const u32 d = lane + 32 * r;
-                if (d < hd) acc[r] = fmaf(s, Ks[jj * hp + d], acc[r]);
-            }
-        }
+        accumulate_rows(acc, ds, Ks, hp, min((u32)ATT_KT, visible - j0), lane, hd);
     }
     if (!active) return;
-    float* dq = dqkv + base + (unsigned long long)i * p.q_row + p.q_off + h * hd;
-#pragma unroll
-    for (int r = 0; r < ATT_HD_REG; r++) {
-        const u32 d = lane + 32 * r;
-        if (d < hd) dq[d] = p.scale * acc[r];
-    }
+    store_row(dqkv + base + (unsigned long long)i * p.q_row + p.q_off + h * hd, acc, p.scale, lane, hd);
 }
 
 // dk, dv: one warp per key, query tiles (of every query head of the group) in shared memory.
@@ -208,12 +212,8 @@ extern "C" __global__ void attention_bwd_dkv(float* __restrict__ dqkv, const flo
     for (u32 h = kvh * group; h < (kvh + 1) * group; h++) {
         for (u32 i0 = j_first; i0 < t; i0 += ATT_KT) {
             __syncthreads();
-            for (u32 e = threadIdx.x; e < ATT_KT * hd; e += blockDim.x) {
-                const u32 r = e / hd, d = e % hd, i = i0 + r;
-                const bool in = i < t;
-                Qs[r * hp + d] = in ? qkv[base + (unsigned long long)i * p.q_row + p.q_off + h * hd + d] : 0.0f;
-                Gs[r * hp + d] = in ? dout[((unsigned long long)b * t + i) * p.nh * hd + h * hd + d] : 0.0f;
-            }
+            load_tile(Qs, hp, qkv + base + p.q_off + h * hd, p.q_row, i0, t, hd);
+            load_tile(Gs, hp, dout + (unsigned long long)b * t * p.nh * hd + h * hd, (unsigned long long)p.nh * hd, i0, t, hd);
             if (threadIdx.x < ATT_KT) {
                 const u32 i = i0 + threadIdx.x;
                 const unsigned long long at = ((unsigned long long)b * p.nh + h) * t + i;
@@ -301,30 +301,9 @@ extern "C" __global__ void attention_decode_fwd(float* __restrict__ out, float* 
     for (u32 j0 = 0; j0 < visible; j0 += 32) {
         const u32 j = j0 + lane;
         const float s = j < visible ? p.scale * dot_row(Qs, kb + (unsigned long long)j * kv_row, hd) : NEG_INF;
-        const float m_new = fmaxf(m, warp_max(s));
-        const float e = j < visible ? __expf(s - m_new) : 0.0f;
-        const float corr = __expf(m - m_new);
-        l = l * corr + warp_sum(e);
-#pragma unroll
-        for (int r = 0; r < ATT_HD_REG; r++) acc[r] *= corr;
-        const u32 nj = min(32u, visible - j0);
-        for (u32 jj = 0; jj < nj; jj++) {
-            const float pj = __shfl_sync(FULL_MASK, e, jj);
-            const float* vr = vb + (unsigned long long)(j0 + jj) * kv_row;
-#pragma unroll
-            for (int r = 0; r < ATT_HD_REG; r++) {
-                const u32 d = lane + 32 * r;
-                if (d < hd) acc[r] = fmaf(pj, vr[d], acc[r]);
-            }
-        }
-        m = m_new;
+        const float e = softmax_step(s, j < visible, m, l, acc);
+        accumulate_rows(acc, e, vb + (unsigned long long)j0 * kv_row, kv_row, min(32u, visible - j0), lane, hd);
     }
-    float* o = out + (unsigned long long)i * p.nh * hd + h * hd;
-    const float inv = 1.0f / l;
-#pragma unroll
-    for (int r = 0; r < ATT_HD_REG; r++) {
-        const u32 d = lane + 32 * r;
-        if (d < hd) o[d] = acc[r] * inv;
-    }
+    store_row(out + (unsigned long long)i * p.nh * hd + h * hd, acc, 1.0f / l, lane, hd);
     if (lane == 0) lse[(unsigned long long)i * p.nh + h] = m + logf(l);
 }

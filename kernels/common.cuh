@@ -48,13 +48,8 @@ struct PpoParams {
 #define FULL_MASK 0xffffffffu
 #define NEG_INF (-__int_as_float(0x7f800000))
 
-__device__ __forceinline__ float warp_sum(float x) {
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(FULL_MASK, x, o);
-    return x;
-}
-
-__device__ __forceinline__ double warp_sum_d(double x) {
+template <typename T>
+__device__ __forceinline__ T warp_sum(T x) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(FULL_MASK, x, o);
     return x;
@@ -66,36 +61,22 @@ __device__ __forceinline__ float warp_max(float x) {
     return x;
 }
 
-// Sum over the block; `scratch` holds 32 floats of shared memory. Every thread gets the result.
-__device__ __forceinline__ float block_sum(float x, float* scratch) {
+// Reduction of x over the block with `op` (the warp-level reduction); `scratch` holds 32 values of
+// shared memory, `identity` fills the missing warps. Every thread gets the result.
+template <typename T, typename W>
+__device__ __forceinline__ T block_reduce(T x, T* scratch, T identity, W op) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    x = warp_sum(x);
+    x = op(x);
     __syncthreads();
     if (lane == 0) scratch[warp] = x;
     __syncthreads();
-    x = lane < warps ? scratch[lane] : 0.0f;
-    return warp_sum(x);
+    x = lane < warps ? scratch[lane] : identity;
+    return op(x);
 }
 
-__device__ __forceinline__ double block_sum_d(double x, double* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    x = warp_sum_d(x);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = x;
-    __syncthreads();
-    x = lane < warps ? scratch[lane] : 0.0;
-    return warp_sum_d(x);
-}
-
-__device__ __forceinline__ float block_max(float x, float* scratch) {
-    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
-    x = warp_max(x);
-    __syncthreads();
-    if (lane == 0) scratch[warp] = x;
-    __syncthreads();
-    x = lane < warps ? scratch[lane] : NEG_INF;
-    return warp_max(x);
-}
+__device__ __forceinline__ float block_sum(float x, float* scratch) { return block_reduce(x, scratch, 0.0f, warp_sum<float>); }
+__device__ __forceinline__ double block_sum_d(double x, double* scratch) { return block_reduce(x, scratch, 0.0, warp_sum<double>); }
+__device__ __forceinline__ float block_max(float x, float* scratch) { return block_reduce(x, scratch, NEG_INF, warp_max); }
 
 // Global thread index and grid-wide stride of a 1-D launch.
 __device__ __forceinline__ unsigned long long gtid() { return (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; }

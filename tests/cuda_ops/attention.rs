@@ -87,6 +87,23 @@ fn kv_cache_parity() {
     parity!(&[(2, 3, 25, 40, 4, 2, 16), (1, 1, 140, 160, 4, 1, 64), (2, 37, 5, 50, 2, 2, 8)], (2e-5, 2e-5), run_cache);
 }
 
+/// Decode attention of `n` queries (rows of `q_row`, heads from 0) over `slots` caches of `t_max`.
+fn decode_params(n: usize, t_max: usize, slots: usize, nh: usize, nkv: usize, hd: usize, q_row: usize) -> AttentionDecodeParams {
+    let u = |x: usize| x as u32;
+    AttentionDecodeParams {
+        n: u(n),
+        t_max: u(t_max),
+        slots: u(slots),
+        nh: u(nh),
+        nkv: u(nkv),
+        hd: u(hd),
+        scale: 1.0 / (hd as f32).sqrt(),
+        q_row: u(q_row),
+        q_off: 0,
+        _pad: 0,
+    }
+}
+
 fn run_decode<B: Backend>(be: &B, (slots, t_max, n, nh, nkv, hd): (usize, usize, usize, usize, usize, usize)) -> Outputs {
     let mut rng = Rng::new(23);
     let kv_row = 2 * nkv * hd;
@@ -95,18 +112,7 @@ fn run_decode<B: Backend>(be: &B, (slots, t_max, n, nh, nkv, hd): (usize, usize,
     let q = be.upload(&crate::common::randv(&mut rng, n * q_row, 1.5)).unwrap();
     let rows: Vec<i32> = (0..n).map(|_| rng.below((slots * t_max) as u64) as i32).collect();
     let rows = be.upload_ids(&rows).unwrap();
-    let p = AttentionDecodeParams {
-        n: n as u32,
-        t_max: t_max as u32,
-        slots: slots as u32,
-        nh: nh as u32,
-        nkv: nkv as u32,
-        hd: hd as u32,
-        scale: 1.0 / (hd as f32).sqrt(),
-        q_row: q_row as u32,
-        q_off: 0,
-        _pad: 0,
-    };
+    let p = decode_params(n, t_max, slots, nh, nkv, hd, q_row);
     let (mut out, mut lse) = (be.alloc(n * nh * hd).unwrap(), be.alloc(n * nh).unwrap());
     be.attention_decode_fwd(&mut out, &mut lse, &q, &cache, &rows, p).unwrap();
     vec![("out", dl(be, &out)), ("lse", dl(be, &lse))]
@@ -136,18 +142,7 @@ fn decode_matches_training_forward_bitwise() {
     )
     .unwrap();
     let rows = g.upload_ids(&(0..t as i32).collect::<Vec<_>>()).unwrap();
-    let p = AttentionDecodeParams {
-        n: t as u32,
-        t_max: t_max as u32,
-        slots: 1,
-        nh: nh as u32,
-        nkv: nkv as u32,
-        hd: hd as u32,
-        scale: 1.0 / (hd as f32).sqrt(),
-        q_row: row as u32,
-        q_off: 0,
-        _pad: 0,
-    };
+    let p = decode_params(t, t_max, 1, nh, nkv, hd, row);
     let (mut dout, mut dlse) = (g.alloc(t * nh * hd).unwrap(), g.alloc(t * nh).unwrap());
     g.attention_decode_fwd(&mut dout, &mut dlse, &qkv, &cache, &rows, p).unwrap();
     let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
