@@ -219,3 +219,69 @@ fn compile_errors_name_the_file_and_line() {
     let log = log.to_string_lossy();
     assert!(log.contains("kernels/broken.cu(2)") && log.contains("undefined_name"), "{log}");
 }
+
+/// `(kernel, number of parameters)` of every `extern "C" __global__` kernel.
+fn kernel_arities() -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for (_, src) in FAMILIES {
+        for name in kernels::entry_points(src) {
+            let at = src.find(&format!("void {name}(")).unwrap() + name.len() + 6;
+            let params = &src[at..at + src[at..].find(')').unwrap()];
+            out.push((name.to_string(), params.split(',').count()));
+        }
+    }
+    out
+}
+
+/// Top-level comma-separated pieces of `s`.
+fn split_args(s: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut out) = (0i32, 0, Vec::new());
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if !s[start..].trim().is_empty() {
+        out.push(s[start..].trim());
+    }
+    out
+}
+
+#[test]
+fn every_launch_passes_as_many_arguments_as_its_kernel_takes() {
+    let arities = kernel_arities();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/backend/cuda");
+    let mut launches = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let src = std::fs::read_to_string(&path).unwrap();
+        let mut rest = src.as_str();
+        while let Some(at) = rest.find("launch!(ctx,") {
+            rest = &rest[at + "launch!(".len()..];
+            let (mut depth, mut end) = (1, 0);
+            for (i, ch) in rest.char_indices() {
+                depth += match ch {
+                    '(' => 1,
+                    ')' => -1,
+                    _ => 0,
+                };
+                if depth == 0 {
+                    end = i;
+                    break;
+                }
+            }
+            let args = split_args(&rest[..end]);
+            let name = args[2].trim_matches('"');
+            let (_, want) = arities.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("{}: launch of unknown kernel `{name}`", path.display()));
+            assert_eq!(args.len() - 4, *want, "{}: `{name}` launched with {} arguments, the kernel takes {want}", path.display(), args.len() - 4);
+            launches += 1;
+        }
+    }
+    assert!(launches >= 40, "found only {launches} launches");
+}
