@@ -36,12 +36,12 @@ __device__ float uniform_draw(unsigned long long seed, u32 step, u32 row) {
 // Weight of element j: 1 (mode 0, counting for top-k) or q_j restricted to the cut `c`.
 struct Weights {
     const float* row;
-    float max, inv_t;
+    float max, temperature;
     int counting;
     Pivot c;
     __device__ __forceinline__ float at(u32 j, u32 key) const {
         if (!included(c, key, j)) return 0.0f;
-        return counting ? 1.0f : __expf((row[j] - max) * inv_t);
+        return counting ? 1.0f : expf((row[j] - max) / temperature);
     }
 };
 
@@ -116,7 +116,7 @@ extern "C" __global__ void sample(int* __restrict__ out, const float* __restrict
         return;
     }
     const Pivot all = {0u, 0xFFFFFFFFu};
-    Weights w = {row, sv[0], 1.0f / p.temperature, 1, all};
+    Weights w = {row, sv[0], p.temperature, 1, all};
     Pivot kcut = all;
     if (p.top_k != 0 && p.top_k < p.v) kcut = find(w, p.v, (float)p.top_k, 1, all, scratch);
     w.counting = 0;
