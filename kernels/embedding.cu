@@ -2,9 +2,10 @@
 // (accumulate 1 adds learned positions on top of tokens). Backward: dtable[ids[i], :] += dout[i, :]
 // (a parameter gradient: accumulates). Saved for backward: only the ids.
 // embedding_fwd launch: grid n (one block per token row), block 256, threads over channels.
-// embedding_bwd launch: grid ceil(c / 256), block 256: thread j owns column j of the whole table
-// and walks the tokens in order, so every element has one writer and a fixed summation order
-// (deterministic, no atomics); loads of dout rows are coalesced across the block.
+// embedding_bwd launch: grid (ceil(c / 256), S), block 256, S = min(64, vocab) vocabulary slices:
+// thread (j, s) owns column j of the table rows whose id % S == s and walks the tokens in order,
+// so every element has one writer and the CPU's summation order (token order; deterministic, no
+// atomics); each dout row is read by one block row only, loads coalesced across the block.
 #include "common.cuh"
 
 extern "C" __global__ void embedding_fwd(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ table, EmbeddingParams p) {
@@ -22,7 +23,7 @@ extern "C" __global__ void embedding_bwd(float* __restrict__ dtable, const float
     if (j >= p.c) return;
     for (u32 i = 0; i < p.n; i++) {
         const int id = ids[i];
-        if (id < 0 || (u32)id >= p.vocab) continue;
+        if (id < 0 || (u32)id >= p.vocab || (u32)id % gridDim.y != blockIdx.y) continue;
         dtable[(unsigned long long)id * p.c + j] += dout[(unsigned long long)i * p.c + j];
     }
 }

@@ -1,5 +1,6 @@
 //! Launchers of kernels/embedding.cu: the gather (one block of 256 per token row) and its
-//! backward (one thread per table column walking the tokens in order: deterministic, no atomics).
+//! backward (one thread per table column and vocabulary slice, walking the tokens in order:
+//! deterministic, no atomics).
 
 use super::context::{launch, linear, per_row, Context};
 use super::need;
@@ -25,6 +26,6 @@ pub fn embedding_bwd(ctx: &Context, dtable: &mut Buf, dout: &Buf, ids: &CudaSlic
         return Ok(());
     }
     let mut cfg = linear(c, 256);
-    cfg.grid_dim.0 = c.div_ceil(256) as u32;
+    cfg.grid_dim = (c.div_ceil(256) as u32, p.vocab.clamp(1, 64), 1);
     launch!(ctx, "embedding", "embedding_bwd", cfg, dtable, dout, ids, &p)
 }
