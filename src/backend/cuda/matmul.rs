@@ -64,6 +64,9 @@ pub fn gemm(ctx: &Context, out: &mut CudaViewMut<'_, f32>, a: &CudaView<'_, f32>
     match &ctx.blas {
         Some(blas) => {
             let cfg = cublas_config(&p);
+            // cuBLAS runs in the calling thread's current context: make it ours (cudarc's
+            // launches and copies do this themselves)
+            ctx.ctx.bind_to_thread().map_err(|e| err(format!("binding the CUDA context: {e:?}")))?;
             // SAFETY: the operands hold every matrix of the batch (checked above).
             unsafe { blas.gemm_strided_batched(cfg, b, a, out) }.map_err(|e| err(format!("cuBLAS sgemm {}x{}x{}: {e:?}", p.m, p.n, p.k)))
         }
