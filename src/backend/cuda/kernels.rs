@@ -88,9 +88,9 @@ pub fn entry_points(src: &str) -> Vec<&str> {
     names
 }
 
-/// NVRTC options for `arch` (e.g. `compute_90`): C++17, fast single-precision division and
-/// square roots off (parity with the CPU), plus `RLHF_CUDA_INCLUDE` as an include path when set
-/// (the CUDA runtime headers, for `cuda_bf16.h`).
+/// NVRTC options for `arch` (e.g. `compute_90`): C++17 and otherwise NVRTC's defaults (precise
+/// division and square roots, no flush-to-zero: parity with the CPU), plus `RLHF_CUDA_INCLUDE` as
+/// an include path when set (the CUDA runtime headers; the f32 kernels include none).
 pub fn compile_options(family: &str, arch: &str) -> CompileOptions {
     let mut options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
     if let Ok(dir) = std::env::var("RLHF_CUDA_INCLUDE") {
