@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rlhf::backend::{Backend, CpuBackend, WgpuBackend};
+use rlhf::backend::{Backend, CpuBackend, CudaBackend, WgpuBackend};
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::generate::{generate, GenerateConfig};
 use rlhf::model::config::PRESETS;
@@ -454,12 +454,13 @@ fn setup_threads(common: &Common) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` with the backend `--backend` names. `auto` picks a discrete GPU through wgpu when
-/// there is one (cuda is not part of this build), else the CPU.
+/// Runs `f` with the backend `--backend` names. `auto` picks a CUDA device when libcuda, NVRTC and
+/// a device are there, else a discrete GPU through wgpu, else the CPU.
 macro_rules! with_backend {
     ($common:expr, |$be:ident| $body:expr) => {{
         setup_threads($common)?;
         let kind = match $common.backend {
+            BackendKind::Auto if CudaBackend::device_present() => BackendKind::Cuda,
             BackendKind::Auto if WgpuBackend::discrete_adapter_present() => BackendKind::Wgpu,
             BackendKind::Auto => BackendKind::Cpu,
             k => k,
@@ -469,7 +470,11 @@ macro_rules! with_backend {
                 let $be = CpuBackend::new();
                 $body
             }
-            BackendKind::Cuda => bail!("backend cuda: this build has no CUDA backend yet; use --backend wgpu or cpu (see `rlhf info`)"),
+            BackendKind::Cuda => {
+                let $be = CudaBackend::new().context("--backend cuda (see `rlhf info`)")?;
+                eprintln!("backend: {}", $be.device_description());
+                $body
+            }
             BackendKind::Wgpu => {
                 let $be = WgpuBackend::new().context("--backend wgpu")?;
                 eprintln!("backend: {}", $be.device_description());
@@ -858,7 +863,16 @@ fn cmd_info() -> Result<()> {
     println!("rlhf {}", env!("CARGO_PKG_VERSION"));
     println!("backends:");
     println!("  cpu   available  {}", cpu.device_description());
-    println!("  cuda  not built  (the CUDA backend is not part of this build)");
+    match rlhf::backend::cuda::availability().and_then(|()| rlhf::backend::cuda::devices()) {
+        Ok(devices) if !devices.is_empty() => {
+            println!("  cuda  available  {} device(s), RLHF_CUDA_DEVICE=<n> picks one (default 0):", devices.len());
+            for d in &devices {
+                println!("        - {d}");
+            }
+        }
+        Ok(_) => println!("  cuda  no device  (libcuda and NVRTC found, but no CUDA device)"),
+        Err(why) => println!("  cuda  unavailable  ({why})"),
+    }
     let adapters = rlhf::backend::wgpu::adapters();
     if adapters.is_empty() {
         println!("  wgpu  no adapter (no Vulkan, Metal or DX12 driver found; on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)");

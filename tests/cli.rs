@@ -446,3 +446,15 @@ fn ppo_command_trains_and_rejects_mismatched_models() {
     let out = rlhf(&args);
     assert_fails_with(&out, &["prompts.jsonl:1", "no room"]);
 }
+
+#[test]
+fn backend_cuda_says_why_it_is_unavailable() {
+    let info = rlhf(&["info"]);
+    let info = String::from_utf8_lossy(&info.stdout).into_owned();
+    assert!(info.contains("  cuda  "), "{info}");
+    let Err(why) = rlhf::backend::cuda::availability() else { return };
+    assert!(info.contains(&why), "{info}");
+    let out = rlhf(&["bench", "--backend", "cuda", "--model", "gpt2-tiny", "--batch-size", "1", "--seq-len", "8", "--steps", "1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("--backend cuda") && stderr.contains(&why) && !stderr.contains("panicked"), "{stderr}");
+}

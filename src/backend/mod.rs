@@ -1,10 +1,13 @@
-//! Backends: `cpu` (the reference and the embedded default) and `wgpu` (WGSL on any Vulkan, Metal
-//! or DX12 GPU), with `cuda` to come, all implementing the same op list ([`ops::Backend`]).
+//! Backends: `cpu` (the reference and the embedded default), `cuda` (CUDA C kernels through NVRTC
+//! and cudarc on NVIDIA GPUs) and `wgpu` (WGSL on any Vulkan, Metal or DX12 GPU), all implementing
+//! the same op list ([`ops::Backend`]).
 
 pub mod cpu;
+pub mod cuda;
 pub mod ops;
 pub mod wgpu;
 
 pub use self::wgpu::WgpuBackend;
 pub use cpu::CpuBackend;
+pub use cuda::CudaBackend;
 pub use ops::Backend;

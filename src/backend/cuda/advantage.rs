@@ -1,0 +1,37 @@
+//! Launchers of kernels/advantage.cu: GAE (one thread per row, blocks of 128) and masked
+//! whitening (one block of 1024: f64 reductions in a fixed order, no host synchronisation).
+
+use super::context::{launch, Context};
+use super::need;
+use crate::backend::ops::{whiten_stat, GaeParams, WhitenParams};
+use crate::error::Result;
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+type Buf = CudaSlice<f32>;
+
+#[allow(clippy::too_many_arguments)]
+pub fn gae(ctx: &Context, advantages: &mut Buf, returns: &mut Buf, rewards: &Buf, values: &Buf, mask: &Buf, p: GaeParams) -> Result<()> {
+    let n = p.b as usize * p.t as usize;
+    need(
+        "gae",
+        &[
+            ("advantages", advantages.len(), n),
+            ("returns", returns.len(), n),
+            ("rewards", rewards.len(), n),
+            ("values", values.len(), n),
+            ("mask", mask.len(), n),
+        ],
+    )?;
+    if n == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig { grid_dim: (p.b.div_ceil(128), 1, 1), block_dim: (128, 1, 1), shared_mem_bytes: 0 };
+    launch!(ctx, "advantage", "gae", cfg, advantages, returns, rewards, values, mask, &p)
+}
+
+pub fn masked_whiten(ctx: &Context, x: &mut Buf, stats: &mut Buf, mask: &Buf, p: WhitenParams) -> Result<()> {
+    let n = p.n as usize;
+    need("masked_whiten", &[("x", x.len(), n), ("stats", stats.len(), whiten_stat::LEN), ("mask", mask.len(), n)])?;
+    let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };
+    launch!(ctx, "advantage", "masked_whiten", cfg, x, stats, mask, &p)
+}

@@ -1,0 +1,146 @@
+//! Launchers of kernels/attention.cu (flash-style attention forward and backward, KV cache writes,
+//! row scatter, decode attention). Blocks of 256 threads (8 warps); dynamic
+//! shared memory sized from the head dimension as in the kernel file's header. The kernels keep
+//! ATT_HD_REG = 4 values per lane, so head dimensions up to 128 are supported (a clear error above).
+
+use super::context::{launch, linear, Context, Scratch};
+use super::kernels::err;
+use super::need;
+use crate::backend::ops::{AttentionDecodeParams, AttentionParams, KvCacheParams, ScatterParams};
+use crate::error::Result;
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+type Buf = CudaSlice<f32>;
+type Ids = CudaSlice<i32>;
+
+const WARPS: u32 = 8;
+const KT: u32 = 32;
+const MAX_HD: u32 = 128;
+
+fn check_heads(op: &str, hd: u32, nh: u32, nkv: u32) -> Result<()> {
+    if hd == 0 || hd > MAX_HD {
+        return Err(err(format!("{op}: head dimension {hd} unsupported on cuda (1 ..= {MAX_HD})")));
+    }
+    if nkv == 0 || nh % nkv != 0 {
+        return Err(err(format!("{op}: {nh} query heads are not a multiple of {nkv} key/value heads")));
+    }
+    Ok(())
+}
+
+fn cfg(grid: (u32, u32, u32), smem_floats: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: grid, block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: smem_floats * 4 }
+}
+
+/// Elements of a strided q/k/v operand that the last sequence reaches.
+fn strided_extent(b: u32, batch: u32, t: u32, row: u32, off: u32, width: u32) -> usize {
+    if b == 0 || t == 0 {
+        return 0;
+    }
+    (b as usize - 1) * batch as usize + (t as usize - 1) * row as usize + off as usize + width as usize
+}
+
+pub fn attention_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf, k: &Buf, v: &Buf, p: AttentionParams) -> Result<()> {
+    check_heads("attention_fwd", p.hd, p.nh, p.nkv)?;
+    let (b, tq, nh, hd) = (p.b as usize, p.tq as usize, p.nh as usize, p.hd as usize);
+    need(
+        "attention_fwd",
+        &[
+            ("out", out.len(), b * tq * nh * hd),
+            ("lse", lse.len(), b * nh * tq),
+            ("q", q.len(), strided_extent(p.b, p.q_batch, p.tq, p.q_row, p.q_off, p.nh * p.hd)),
+            ("k", k.len(), strided_extent(p.b, p.kv_batch, p.tk, p.kv_row, p.k_off, p.nkv * p.hd)),
+            ("v", v.len(), strided_extent(p.b, p.kv_batch, p.tk, p.kv_row, p.v_off, p.nkv * p.hd)),
+        ],
+    )?;
+    if b * tq == 0 || p.tk == 0 {
+        return Ok(());
+    }
+    let smem = KT * (p.hd + 1) + KT * p.hd + WARPS * p.hd;
+    launch!(ctx, "attention", "attention_fwd", cfg((p.tq.div_ceil(WARPS), p.nh, p.b), smem), out, lse, q, k, v, &p)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention_bwd(ctx: &Context, dqkv: &mut Buf, dout: &Buf, out: &Buf, lse: &Buf, qkv: &Buf, p: AttentionParams) -> Result<()> {
+    check_heads("attention_bwd", p.hd, p.nh, p.nkv)?;
+    if p.tq != p.tk || p.q_pos0 != 0 || p.q_row != p.kv_row || p.q_batch != p.kv_batch {
+        return Err(err("attention_bwd: only the training layout (one fused qkv buffer, tq = tk, q_pos0 = 0) has a backward"));
+    }
+    let (b, t, nh, hd) = (p.b as usize, p.tq as usize, p.nh as usize, p.hd as usize);
+    let rows = b * t * p.q_row as usize;
+    need(
+        "attention_bwd",
+        &[
+            ("dqkv", dqkv.len(), rows),
+            ("dout", dout.len(), b * t * nh * hd),
+            ("out", out.len(), b * t * nh * hd),
+            ("lse", lse.len(), b * nh * t),
+            ("qkv", qkv.len(), rows),
+        ],
+    )?;
+    if b * t == 0 {
+        return Ok(());
+    }
+    ctx.with_scratch(Scratch::AttentionDelta, b * nh * t, |delta| {
+        let warps = (b * t * nh) as u32;
+        let dcfg = LaunchConfig { grid_dim: (warps.div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
+        launch!(ctx, "attention", "attention_bwd_delta", dcfg, &mut *delta, dout, out, &p)?;
+        let smem = 2 * KT * (p.hd + 1) + 2 * WARPS * p.hd;
+        let grid = p.tq.div_ceil(WARPS);
+        launch!(ctx, "attention", "attention_bwd", cfg((grid, p.nh, p.b), smem), &mut *dqkv, dout, lse, &*delta, qkv, &p)?;
+        launch!(ctx, "attention", "attention_bwd_dkv", cfg((grid, p.nkv, p.b), smem + 2 * KT), &mut *dqkv, dout, lse, &*delta, qkv, &p)
+    })
+}
+
+pub fn kv_cache_write(ctx: &Context, cache: &mut Buf, qkv: &Buf, p: KvCacheParams) -> Result<()> {
+    let kv = 2 * p.nkv as usize * p.hd as usize;
+    let row = p.nh as usize * p.hd as usize + kv;
+    let (b, t) = (p.b as usize, p.t as usize);
+    if p.pos0 as usize + t > p.t_max as usize {
+        return Err(err(format!("kv_cache_write: positions {} .. {} beyond the cache's {}", p.pos0, p.pos0 as usize + t, p.t_max)));
+    }
+    need("kv_cache_write", &[("cache", cache.len(), b * p.t_max as usize * kv), ("qkv", qkv.len(), b * t * row)])?;
+    if b * t * kv == 0 {
+        return Ok(());
+    }
+    launch!(ctx, "attention", "kv_cache_write", linear(b * t * kv, 256), cache, qkv, &p)
+}
+
+pub fn scatter_rows(ctx: &Context, out: &mut Buf, inp: &Buf, rows: &Ids, p: ScatterParams) -> Result<()> {
+    let (n, w) = (p.n as usize, p.width as usize);
+    if n == 0 || w == 0 {
+        return Ok(());
+    }
+    if p.dst_rows == 0 {
+        return Err(err(format!("scatter_rows: {n} rows into a destination of 0 rows")));
+    }
+    need(
+        "scatter_rows",
+        &[
+            ("out", out.len(), (p.dst_rows as usize - 1) * p.dst_row as usize + w),
+            ("inp", inp.len(), (n - 1) * p.src_row as usize + p.src_off as usize + w),
+            ("rows", rows.len(), n),
+        ],
+    )?;
+    launch!(ctx, "attention", "scatter_rows", linear(n * w, 256), out, inp, rows, &p)
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn attention_decode_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf, cache: &Buf, rows: &Ids, p: AttentionDecodeParams) -> Result<()> {
+    check_heads("attention_decode_fwd", p.hd, p.nh, p.nkv)?;
+    let (n, nh, hd) = (p.n as usize, p.nh as usize, p.hd as usize);
+    if n == 0 {
+        return Ok(());
+    }
+    need(
+        "attention_decode_fwd",
+        &[
+            ("out", out.len(), n * nh * hd),
+            ("lse", lse.len(), n * nh),
+            ("q", q.len(), (n - 1) * p.q_row as usize + p.q_off as usize + nh * hd),
+            ("cache", cache.len(), p.slots as usize * p.t_max as usize * 2 * p.nkv as usize * hd),
+            ("rows", rows.len(), n),
+        ],
+    )?;
+    let c = LaunchConfig { grid_dim: (p.n, p.nh.div_ceil(WARPS), 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: WARPS * p.hd * 4 };
+    launch!(ctx, "attention", "attention_decode_fwd", c, out, lse, q, cache, rows, &p)
+}

@@ -1,0 +1,228 @@
+//! The CUDA device side of the backend: availability checks, the context and its one stream,
+//! cuBLAS, lazy NVRTC compilation with an on-disk PTX cache, kernel launches and scratch buffers.
+//!
+//! Loading: nothing touches cudarc's driver API before [`availability`] has checked that libcuda
+//! can be loaded (cudarc panics otherwise). A family of kernels (`kernels/<family>.cu`) is compiled
+//! by NVRTC the first time one of its kernels runs, for the device's `compute_XY` (falling back to
+//! compute_90, then compute_80, when this NVRTC does not know the device's architecture), and the
+//! PTX is stored in `$RLHF_CUDA_CACHE` (default `${XDG_CACHE_HOME:-~/.cache}/rlhf/cuda`) under a
+//! key hashing the source, the architecture and the NVRTC version; modules and functions are loaded
+//! once per process. All work goes to one stream in program order with cudarc's event tracking
+//! off (one stream needs no cross-stream events), so nothing synchronises the host except
+//! `download` and `synchronize`.
+
+use super::kernels::{self, err};
+use crate::error::Result;
+use cudarc::cublas::CudaBlas;
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig};
+use cudarc::nvrtc::Ptx;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Why CUDA cannot be used on this machine, or `Ok` when the driver and NVRTC libraries load.
+pub fn availability() -> std::result::Result<(), String> {
+    // SAFETY: only tries to dlopen the driver library.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("libcuda.so (the NVIDIA driver) not found: no NVIDIA GPU driver on this machine".into());
+    }
+    if !kernels::nvrtc_present() {
+        return Err(
+            "libnvrtc.so.12 (NVRTC) not found: install the CUDA toolkit or `pip install nvidia-cuda-nvrtc-cu12` and add its lib/ to LD_LIBRARY_PATH".into()
+        );
+    }
+    Ok(())
+}
+
+/// One line per CUDA device (name, compute capability, memory), or why there is none.
+pub fn devices() -> std::result::Result<Vec<String>, String> {
+    // SAFETY: checks the library before cudarc touches it.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err("libcuda.so (the NVIDIA driver) not found".into());
+    }
+    let count = CudaContext::device_count().map_err(|e| format!("cuInit / device count: {e:?}"))?;
+    (0..count.max(0) as usize).map(|i| CudaContext::new(i).map_err(|e| format!("device {i}: {e:?}")).map(|ctx| describe(&ctx))).collect()
+}
+
+fn describe(ctx: &CudaContext) -> String {
+    let name = ctx.name().unwrap_or_else(|_| "unknown device".into());
+    let (major, minor) = ctx.compute_capability().unwrap_or((0, 0));
+    let mem = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
+    format!("{name} (sm_{major}{minor}, {mem:.1} GiB)")
+}
+
+fn cache_dir() -> Option<PathBuf> {
+    if let Ok(dir) = std::env::var("RLHF_CUDA_CACHE") {
+        return Some(PathBuf::from(dir));
+    }
+    let base = std::env::var("XDG_CACHE_HOME").map(PathBuf::from).ok().or_else(|| std::env::var("HOME").ok().map(|h| PathBuf::from(h).join(".cache")))?;
+    Some(base.join("rlhf").join("cuda"))
+}
+
+/// Named scratch buffers (grown on demand, reused across calls: the stream orders their uses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Scratch {
+    AttentionDelta,
+    LogprobTile,
+    LogprobPartial,
+    SumSquares,
+    PpoScale,
+    PpoPartial,
+}
+
+/// The device, its stream, cuBLAS and the loaded kernels.
+pub struct Context {
+    pub ctx: Arc<CudaContext>,
+    pub stream: Arc<CudaStream>,
+    /// `None` when libcublas cannot be loaded or `RLHF_CUDA_MATMUL=simt`: `matmul` then runs the
+    /// SIMT kernel of matmul.cu, whose every output is one FMA chain over k in order, so a row's
+    /// bits do not depend on how many rows are multiplied together (rollout = training, bit for bit).
+    pub blas: Option<CudaBlas>,
+    pub arch: String,
+    pub description: String,
+    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    scratch: Mutex<HashMap<Scratch, CudaSlice<f32>>>,
+}
+
+impl Context {
+    /// Opens device `ordinal` (after [`availability`] has passed); `simt` forces the SIMT matmul.
+    pub fn new(ordinal: usize, simt: bool) -> Result<Self> {
+        availability().map_err(err)?;
+        let ctx = CudaContext::new(ordinal).map_err(|e| err(format!("device {ordinal}: {e:?}")))?;
+        // SAFETY: every op runs on the one stream below, so cross-stream events are not needed.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream().map_err(|e| err(format!("creating a stream: {e:?}")))?;
+        // SAFETY: only dlopens libcublas.
+        let blas = if !simt && unsafe { cudarc::cublas::sys::is_culib_present() } { CudaBlas::new(stream.clone()).ok() } else { None };
+        let (major, minor) = ctx.compute_capability().map_err(|e| err(format!("compute capability: {e:?}")))?;
+        let nvrtc = kernels::nvrtc_version().map_or("?".to_string(), |(a, b)| format!("{a}.{b}"));
+        let description = format!("cuda: {} [NVRTC {nvrtc}, {}]", describe(&ctx), if blas.is_some() { "cuBLAS" } else { "SIMT matmul, batch-invariant" });
+        Ok(Context {
+            ctx,
+            stream,
+            blas,
+            arch: format!("compute_{major}{minor}"),
+            description,
+            modules: Mutex::new(HashMap::new()),
+            functions: Mutex::new(HashMap::new()),
+            scratch: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// PTX of a family for this device: from the disk cache, else compiled (and cached).
+    fn ptx(&self, family: &str) -> Result<String> {
+        let src = kernels::full_source(family, kernels::family_source(family)?);
+        let nvrtc = format!("{:?}", kernels::nvrtc_version());
+        let mut first_err = None;
+        for arch in [self.arch.as_str(), "compute_90", "compute_80"] {
+            let key = kernels::fnv1a(&[src.as_bytes(), arch.as_bytes(), nvrtc.as_bytes()]);
+            let path = cache_dir().map(|d| d.join(format!("{family}-{arch}-{key:016x}.ptx")));
+            if let Some(ptx) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
+                return Ok(ptx);
+            }
+            match kernels::compile(family, arch) {
+                Ok(ptx) => {
+                    if let Some(p) = path {
+                        // a cache that cannot be written only costs a recompilation next time
+                        let _ = p.parent().map(std::fs::create_dir_all);
+                        let _ = std::fs::write(&p, &ptx);
+                    }
+                    return Ok(ptx);
+                }
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        Err(first_err.unwrap_or_else(|| err("no architecture to compile for")))
+    }
+
+    /// The kernel `name` of `kernels/<family>.cu`, compiling and loading the family on first use.
+    pub fn function(&self, family: &'static str, name: &'static str) -> Result<CudaFunction> {
+        if let Some(f) = self.functions.lock().map_err(|_| err("function table poisoned"))?.get(name) {
+            return Ok(f.clone());
+        }
+        let module = {
+            let mut modules = self.modules.lock().map_err(|_| err("module table poisoned"))?;
+            match modules.get(family) {
+                Some(m) => m.clone(),
+                None => {
+                    let ptx = self.ptx(family)?;
+                    let m = self.ctx.load_module(Ptx::from_src(ptx)).map_err(|e| err(format!("loading kernels/{family}.cu: {e:?}")))?;
+                    modules.insert(family, m.clone());
+                    m
+                }
+            }
+        };
+        let f = module.load_function(name).map_err(|e| err(format!("kernels/{family}.cu has no kernel `{name}`: {e:?}")))?;
+        self.functions.lock().map_err(|_| err("function table poisoned"))?.insert(name, f.clone());
+        Ok(f)
+    }
+
+    /// Runs `f` with scratch buffer `which` of at least `len` floats (grown when too small).
+    pub fn with_scratch<R>(&self, which: Scratch, len: usize, f: impl FnOnce(&mut CudaSlice<f32>) -> Result<R>) -> Result<R> {
+        let mut map = self.scratch.lock().map_err(|_| err("scratch table poisoned"))?;
+        let grow = map.get(&which).is_none_or(|b| b.len() < len.max(1));
+        if grow {
+            let buf = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| err(format!("scratch of {len} floats: {e:?}")))?;
+            map.insert(which, buf);
+        }
+        f(map.get_mut(&which).expect("inserted above"))
+    }
+
+    /// Two scratch buffers at once.
+    pub fn with_scratch2<R>(
+        &self,
+        a: (Scratch, usize),
+        b: (Scratch, usize),
+        f: impl FnOnce(&mut CudaSlice<f32>, &mut CudaSlice<f32>) -> Result<R>,
+    ) -> Result<R> {
+        let mut map = self.scratch.lock().map_err(|_| err("scratch table poisoned"))?;
+        for (which, len) in [a, b] {
+            if map.get(&which).is_none_or(|buf| buf.len() < len.max(1)) {
+                let buf = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| err(format!("scratch of {len} floats: {e:?}")))?;
+                map.insert(which, buf);
+            }
+        }
+        let mut x = map.remove(&a.0).expect("inserted above");
+        let mut y = map.remove(&b.0).expect("inserted above");
+        let r = f(&mut x, &mut y);
+        map.insert(a.0, x);
+        map.insert(b.0, y);
+        r
+    }
+}
+
+/// 1-D launch of `threads`-wide blocks covering `items` work items (at most 65535 blocks: the
+/// kernels loop grid-stride).
+pub fn linear(items: usize, threads: u32) -> LaunchConfig {
+    let blocks = items.div_ceil(threads as usize).clamp(1, 65535) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Element-wise launch: one thread per 4 elements (float4), blocks of 256.
+pub fn elementwise(n: usize) -> LaunchConfig {
+    linear(n.div_ceil(4), 256)
+}
+
+/// One block of `threads` per row.
+pub fn per_row(rows: usize, threads: u32) -> LaunchConfig {
+    LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
+}
+
+/// Launches `$name` of `kernels/$family.cu` with the given arguments (references, living until
+/// the launch returns) on the context's stream.
+macro_rules! launch {
+    ($ctx:expr, $family:literal, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let ctx: &$crate::backend::cuda::context::Context = $ctx;
+        let f = ctx.function($family, $name)?;
+        let mut b = ctx.stream.launch_builder(&f);
+        $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )+
+        // SAFETY: the argument list matches the kernel's signature in kernels/$family.cu (outputs,
+        // saved, inputs, weights, params by value), and the launchers check every buffer length
+        // against the params before launching.
+        unsafe { b.launch($cfg) }.map(|_| ()).map_err(|e| $crate::backend::cuda::kernels::err(format!("{}: {e:?}", $name)))
+    }};
+}
+pub(crate) use launch;

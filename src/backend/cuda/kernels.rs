@@ -1,0 +1,130 @@
+//! The CUDA C of `kernels/`, embedded in the binary, and its compilation to PTX with NVRTC (through
+//! cudarc, the same path at run time and in `tests/cuda_compile.rs`).
+//!
+//! Each family file `kernels/<family>.cu` starts with `#include "common.cuh"`; [`full_source`]
+//! replaces that line by the header's text between `#line` directives, so NVRTC needs no header
+//! list or include path and its messages still name `common.cuh` or the family file and the right
+//! line. NVRTC is loaded dynamically: check [`nvrtc_present`] before anything else here, since
+//! cudarc panics when the library is missing.
+
+use crate::error::{Error, Result};
+use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
+
+/// `kernels/common.cuh`: the params structs of `ops.rs` and the warp/block reductions.
+pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
+
+/// Every op family (`kernels/<family>.cu`) with its source.
+pub const FAMILIES: &[(&str, &str)] = &[
+    ("activation", include_str!("../../../kernels/activation.cu")),
+    ("advantage", include_str!("../../../kernels/advantage.cu")),
+    ("attention", include_str!("../../../kernels/attention.cu")),
+    ("cross_entropy", include_str!("../../../kernels/cross_entropy.cu")),
+    ("elementwise", include_str!("../../../kernels/elementwise.cu")),
+    ("embedding", include_str!("../../../kernels/embedding.cu")),
+    ("layernorm", include_str!("../../../kernels/layernorm.cu")),
+    ("logprob_gather", include_str!("../../../kernels/logprob_gather.cu")),
+    ("matmul", include_str!("../../../kernels/matmul.cu")),
+    ("optimizer", include_str!("../../../kernels/optimizer.cu")),
+    ("preference", include_str!("../../../kernels/preference.cu")),
+    ("reward", include_str!("../../../kernels/reward.cu")),
+    ("rl_losses", include_str!("../../../kernels/rl_losses.cu")),
+    ("rope", include_str!("../../../kernels/rope.cu")),
+    ("sample", include_str!("../../../kernels/sample.cu")),
+];
+
+const INCLUDE_LINE: &str = "#include \"common.cuh\"";
+
+pub(crate) fn err(msg: impl Into<String>) -> Error {
+    Error::Backend { backend: "cuda", msg: msg.into() }
+}
+
+/// Whether the NVRTC library (`libnvrtc.so.12`, or `nvrtc64_*.dll`) can be loaded.
+pub fn nvrtc_present() -> bool {
+    // SAFETY: only tries to dlopen the library names cudarc knows.
+    unsafe { cudarc::nvrtc::sys::is_culib_present() }
+}
+
+/// NVRTC's `(major, minor)` version, `None` without NVRTC.
+pub fn nvrtc_version() -> Option<(i32, i32)> {
+    if !nvrtc_present() {
+        return None;
+    }
+    let (mut major, mut minor) = (0, 0);
+    // SAFETY: NVRTC is present (checked above); the pointers are valid for the call.
+    let status = unsafe { cudarc::nvrtc::sys::nvrtcVersion(&mut major, &mut minor) };
+    (status == cudarc::nvrtc::sys::nvrtcResult::NVRTC_SUCCESS).then_some((major, minor))
+}
+
+/// The source of a family, by name.
+pub fn family_source(family: &str) -> Result<&'static str> {
+    FAMILIES.iter().find(|(f, _)| *f == family).map(|(_, s)| *s).ok_or_else(|| err(format!("no kernel family `{family}` in kernels/")))
+}
+
+/// `src` (the text of `kernels/<family>.cu`) with `common.cuh` pasted in place of its include line.
+pub fn full_source(family: &str, src: &str) -> String {
+    let mut out = String::with_capacity(src.len() + COMMON.len() + 128);
+    for (i, line) in src.lines().enumerate() {
+        if line.trim() == INCLUDE_LINE {
+            out.push_str("#line 1 \"common.cuh\"\n");
+            out.push_str(COMMON);
+            out.push_str(&format!("\n#line {} \"kernels/{family}.cu\"\n", i + 2));
+        } else {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// The `extern "C" __global__` entry points of a source, in order.
+pub fn entry_points(src: &str) -> Vec<&str> {
+    let mut names = Vec::new();
+    let mut rest = src;
+    while let Some(at) = rest.find("extern \"C\" __global__ void ") {
+        rest = &rest[at + "extern \"C\" __global__ void ".len()..];
+        if let Some(end) = rest.find('(') {
+            names.push(rest[..end].trim());
+        }
+    }
+    names
+}
+
+/// NVRTC options for `arch` (e.g. `compute_90`): C++17 and otherwise NVRTC's defaults (precise
+/// division and square roots, no flush-to-zero: parity with the CPU), plus `RLHF_CUDA_INCLUDE` as
+/// an include path when set (the CUDA runtime headers; the f32 kernels include none).
+pub fn compile_options(family: &str, arch: &str) -> CompileOptions {
+    let mut options = vec![format!("--gpu-architecture={arch}"), "--std=c++17".to_string()];
+    if let Ok(dir) = std::env::var("RLHF_CUDA_INCLUDE") {
+        options.push(format!("--include-path={dir}"));
+    }
+    CompileOptions { options, name: Some(format!("kernels/{family}.cu")), ..Default::default() }
+}
+
+/// Compiles one family to PTX for `arch`. Errors carry NVRTC's log (file:line: message).
+pub fn compile(family: &str, arch: &str) -> Result<String> {
+    if !nvrtc_present() {
+        return Err(err(
+            "NVRTC (libnvrtc.so.12) not found: install the CUDA toolkit or `pip install nvidia-cuda-nvrtc-cu12` and put its lib/ on LD_LIBRARY_PATH",
+        ));
+    }
+    let src = full_source(family, family_source(family)?);
+    let ptx = compile_ptx_with_opts(&src, compile_options(family, arch)).map_err(|e| match e {
+        CompileError::CompileError { log, .. } => err(format!("kernels/{family}.cu for {arch}:\n{}", log.to_string_lossy())),
+        other => err(format!("kernels/{family}.cu for {arch}: {other:?}")),
+    })?;
+    Ok(ptx.to_src())
+}
+
+/// FNV-1a 64 of the given parts (the PTX cache key: sources, arch, NVRTC version).
+pub fn fnv1a(parts: &[&[u8]]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in *part {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h
+}

@@ -1,0 +1,155 @@
+//! Matmul through cuBLAS (`sgemm_strided_batched`) with row-major operands, and the bias ops.
+//! Row-major `C [m, n] = alpha op(A) op(B) (+ C)` is column-major `C^T = op(B)^T op(A)^T`: cuBLAS
+//! gets B as its first operand (`n x k`, transposed when `trans_b`, leading dimension `k` when
+//! transposed else `n`), A as its second (`k x m`, leading dimension `m` when `trans_a` else `k`),
+//! and C with leading dimension `n`; `beta` is 1 when accumulating. Without libcublas the tiled
+//! SIMT kernel `matmul` of kernels/matmul.cu runs instead (same params struct).
+//! Launch configurations: see kernels/matmul.cu.
+
+use super::context::{launch, linear, Context};
+use super::kernels::err;
+use crate::backend::ops::{BiasParams, MatmulParams};
+use crate::error::Result;
+use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
+use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
+
+/// Elements each operand needs: the last batch's matrix must fit.
+fn extent(stride: u32, batch: u32, size: usize) -> usize {
+    (batch.max(1) as usize - 1) * stride as usize + size
+}
+
+/// Checks that `out`, `a`, `b` (of the given lengths) hold every matrix `p` reads or writes.
+pub fn check(p: &MatmulParams, out: usize, a: usize, b: usize) -> Result<()> {
+    let (m, n, k) = (p.m as usize, p.n as usize, p.k as usize);
+    let need = [("out", out, extent(p.stride_out, p.batch, m * n)), ("a", a, extent(p.stride_a, p.batch, m * k)), ("b", b, extent(p.stride_b, p.batch, k * n))];
+    for (name, have, want) in need {
+        if have < want {
+            return Err(err(format!("matmul: `{name}` holds {have} values, {m}x{n}x{k} x{} needs {want}", p.batch)));
+        }
+    }
+    Ok(())
+}
+
+/// The cuBLAS call computing row-major `out (+)= alpha op(a) op(b)`: column-major
+/// `out^T = op(b)^T op(a)^T`, so cuBLAS's first operand is `b` and its second `a` (see the header).
+pub fn cublas_config(p: &MatmulParams) -> StridedBatchedConfig<f32> {
+    let (m, n, k) = (p.m as i32, p.n as i32, p.k as i32);
+    StridedBatchedConfig {
+        gemm: GemmConfig {
+            transa: if p.trans_b != 0 { CUBLAS_OP_T } else { CUBLAS_OP_N },
+            transb: if p.trans_a != 0 { CUBLAS_OP_T } else { CUBLAS_OP_N },
+            m: n,
+            n: m,
+            k,
+            alpha: p.alpha,
+            lda: if p.trans_b != 0 { k } else { n },
+            ldb: if p.trans_a != 0 { m } else { k },
+            beta: if p.accumulate != 0 { 1.0 } else { 0.0 },
+            ldc: n,
+        },
+        batch_size: p.batch as i32,
+        stride_a: p.stride_b as i64,
+        stride_b: p.stride_a as i64,
+        stride_c: p.stride_out as i64,
+    }
+}
+
+/// `out (+)= alpha op(a) op(b)` on views (the log-prob gather multiplies vocabulary chunks).
+pub fn gemm(ctx: &Context, out: &mut CudaViewMut<'_, f32>, a: &CudaView<'_, f32>, b: &CudaView<'_, f32>, p: MatmulParams) -> Result<()> {
+    check(&p, out.len(), a.len(), b.len())?;
+    if p.m == 0 || p.n == 0 || p.batch == 0 {
+        return Ok(());
+    }
+    match &ctx.blas {
+        Some(blas) => {
+            let cfg = cublas_config(&p);
+            // cuBLAS runs in the calling thread's current context: make it ours (cudarc's
+            // launches and copies do this themselves)
+            ctx.ctx.bind_to_thread().map_err(|e| err(format!("binding the CUDA context: {e:?}")))?;
+            // SAFETY: the operands hold every matrix of the batch (checked above).
+            unsafe { blas.gemm_strided_batched(cfg, b, a, out) }.map_err(|e| err(format!("cuBLAS sgemm {}x{}x{}: {e:?}", p.m, p.n, p.k)))
+        }
+        None => {
+            let cfg = LaunchConfig { grid_dim: (p.n.div_ceil(32), p.m.div_ceil(32), p.batch), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+            launch!(ctx, "matmul", "matmul", cfg, out, a, b, &p)
+        }
+    }
+}
+
+pub fn matmul(ctx: &Context, out: &mut CudaSlice<f32>, a: &CudaSlice<f32>, b: &CudaSlice<f32>, p: MatmulParams) -> Result<()> {
+    gemm(ctx, &mut out.as_view_mut(), &a.as_view(), &b.as_view(), p)
+}
+
+pub fn bias_add(ctx: &Context, out: &mut CudaSlice<f32>, bias: &CudaSlice<f32>, p: BiasParams) -> Result<()> {
+    let (n, c) = (p.n as usize, p.c as usize);
+    if out.len() < n * c || bias.len() < c {
+        return Err(err(format!("bias_add: out holds {}, bias {}; [{n}, {c}] needs {} and {c}", out.len(), bias.len(), n * c)));
+    }
+    if n * c == 0 {
+        return Ok(());
+    }
+    launch!(ctx, "matmul", "bias_add", linear(n * c, 256), out, bias, &p)
+}
+
+pub fn bias_bwd(ctx: &Context, dbias: &mut CudaSlice<f32>, dout: &CudaSlice<f32>, p: BiasParams) -> Result<()> {
+    let (n, c) = (p.n as usize, p.c as usize);
+    if dout.len() < n * c || dbias.len() < c {
+        return Err(err(format!("bias_bwd: dout holds {}, dbias {}; [{n}, {c}] needs {} and {c}", dout.len(), dbias.len(), n * c)));
+    }
+    if c == 0 {
+        return Ok(());
+    }
+    let cfg = LaunchConfig { grid_dim: (p.c.div_ceil(32), 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
+    launch!(ctx, "matmul", "bias_bwd", cfg, dbias, dout, &p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::ops::Backend;
+    use cudarc::cublas::sys::cublasOperation_t;
+
+    /// cuBLAS's `sgemm_strided_batched` semantics (column-major) on host slices.
+    fn col_major_gemm(cfg: &StridedBatchedConfig<f32>, a: &[f32], b: &[f32], c: &mut [f32]) {
+        let g = &cfg.gemm;
+        let at = |x: &[f32], op: cublasOperation_t, ld: i32, row: i32, col: i32| match op {
+            CUBLAS_OP_N => x[(row + col * ld) as usize],
+            _ => x[(col + row * ld) as usize],
+        };
+        for z in 0..cfg.batch_size as i64 {
+            let (a, b) = (&a[(z * cfg.stride_a) as usize..], &b[(z * cfg.stride_b) as usize..]);
+            let c = &mut c[(z * cfg.stride_c) as usize..];
+            for j in 0..g.n {
+                for i in 0..g.m {
+                    let dot: f32 = (0..g.k).map(|l| at(a, g.transa, g.lda, i, l) * at(b, g.transb, g.ldb, l, j)).sum();
+                    let dst = &mut c[(i + j * g.ldc) as usize];
+                    *dst = g.alpha * dot + g.beta * *dst;
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_cublas_call_computes_the_row_major_product() {
+        let cpu = crate::backend::CpuBackend::new();
+        let mut rng = crate::data::rng::Rng::new(5);
+        for (m, n, k, batch, ta, tb, acc) in
+            [(3, 5, 4, 1, false, false, false), (4, 3, 6, 2, true, false, true), (5, 2, 3, 3, false, true, false), (2, 7, 5, 2, true, true, true)]
+        {
+            let mut p = MatmulParams::new(m, n, k, ta, tb).accumulate(acc).batched(batch, m * k, 0, m * n);
+            p.alpha = 0.5;
+            let a: Vec<f32> = (0..batch * m * k).map(|_| rng.normal()).collect();
+            let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
+            let c0: Vec<f32> = (0..batch * m * n).map(|_| rng.normal()).collect();
+            let mut want = cpu.upload(&c0).unwrap();
+            cpu.matmul(&mut want, &cpu.upload(&a).unwrap(), &cpu.upload(&b).unwrap(), p).unwrap();
+            let want = cpu.download(&want).unwrap();
+            let mut got = c0.clone();
+            col_major_gemm(&cublas_config(&p), &b, &a, &mut got);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!((g - w).abs() < 1e-5, "{m}x{n}x{k} batch {batch} ta {ta} tb {tb} acc {acc}: [{i}] {g} vs {w}");
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! Launchers of kernels/optimizer.cu: the global gradient norm (two launches, f64 partial sums of
+//! at most 1024 blocks in a scratch buffer), clipping from the device-resident norm, AdamW.
+
+use super::context::{elementwise, launch, Context, Scratch};
+use super::need;
+use crate::backend::ops::{AdamWParams, ClipParams, ElementwiseParams};
+use crate::error::Result;
+use cudarc::driver::{CudaSlice, LaunchConfig};
+
+type Buf = CudaSlice<f32>;
+
+const MAX_BLOCKS: usize = 1024;
+
+pub fn sum_squares(ctx: &Context, acc: &mut Buf, x: &Buf, p: ElementwiseParams) -> Result<()> {
+    let n = p.n as usize;
+    need("sum_squares", &[("acc", acc.len(), 1), ("x", x.len(), n)])?;
+    if n == 0 {
+        return Ok(());
+    }
+    let blocks = n.div_ceil(256).clamp(1, MAX_BLOCKS) as u32;
+    // the partials are f64: 2 floats each
+    ctx.with_scratch(Scratch::SumSquares, 2 * MAX_BLOCKS, |partial| {
+        let cfg = LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        launch!(ctx, "optimizer", "sum_squares", cfg, &mut *partial, x, &p)?;
+        let fin = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        launch!(ctx, "optimizer", "sum_squares_final", fin, acc, &*partial, &blocks)
+    })
+}
+
+pub fn clip_grad(ctx: &Context, x: &mut Buf, norm_sq: &Buf, p: ClipParams) -> Result<()> {
+    let n = p.n as usize;
+    need("clip_grad", &[("x", x.len(), n), ("norm_sq", norm_sq.len(), 1)])?;
+    if n == 0 {
+        return Ok(());
+    }
+    launch!(ctx, "optimizer", "clip_grad", elementwise(n), x, norm_sq, &p)
+}
+
+pub fn adamw(ctx: &Context, param: &mut Buf, m: &mut Buf, v: &mut Buf, grad: &Buf, p: AdamWParams) -> Result<()> {
+    let n = p.n as usize;
+    need("adamw", &[("param", param.len(), n), ("m", m.len(), n), ("v", v.len(), n), ("grad", grad.len(), n)])?;
+    if n == 0 {
+        return Ok(());
+    }
+    launch!(ctx, "optimizer", "adamw", elementwise(n), param, m, v, grad, &p)
+}

@@ -1,0 +1,287 @@
+//! The CUDA kernels without a GPU: every `kernels/*.cu` compiles with NVRTC (through cudarc, the
+//! code path the backend uses at run time) for compute_80 and compute_90, `ptxas -arch=sm_90 -v`
+//! reports no register spills, every op of the op list has a `__global__` kernel, and the params
+//! structs of `kernels/common.cuh` have the fields of `src/backend/ops.rs` in the same order.
+//!
+//! NVRTC comes from the `nvidia-cuda-nvrtc-cu12` wheel in CI (`.ci/run` puts it on
+//! `LD_LIBRARY_PATH`) and ptxas from `nvidia-cuda-nvcc-cu12` (`RLHF_PTXAS`, else `ptxas` on PATH).
+//! Without them the tests print a SKIPPED line on stderr, unless `CI=true`: then they fail.
+
+use rlhf::backend::cuda::kernels::{self, COMMON, FAMILIES};
+use rlhf::backend::ops::OP_NAMES;
+use std::io::Write;
+use std::process::Command;
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Whether NVRTC is there; prints the skip (or panics in CI) when it is not.
+fn nvrtc_or_skip(test: &str) -> bool {
+    if kernels::nvrtc_present() {
+        return true;
+    }
+    let why = "libnvrtc.so.12 not found (pip install nvidia-cuda-nvrtc-cu12 and put nvidia/cuda_nvrtc/lib on LD_LIBRARY_PATH, or run .ci/run)";
+    assert!(!ci(), "CI=true but {why}");
+    let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why}");
+    false
+}
+
+fn ptxas() -> Option<String> {
+    if let Ok(p) = std::env::var("RLHF_PTXAS") {
+        return Some(p);
+    }
+    Command::new("ptxas").arg("--version").output().ok().filter(|o| o.status.success()).map(|_| "ptxas".to_string())
+}
+
+#[test]
+fn every_kernel_file_compiles_for_compute_80_and_90() {
+    if !nvrtc_or_skip("every_kernel_file_compiles_for_compute_80_and_90") {
+        return;
+    }
+    let _ = writeln!(std::io::stderr(), "NVRTC {:?}", kernels::nvrtc_version());
+    for (family, src) in FAMILIES {
+        for arch in ["compute_80", "compute_90"] {
+            let ptx = kernels::compile(family, arch).unwrap_or_else(|e| panic!("{e}"));
+            let target = format!(".target sm_{}", &arch["compute_".len()..]);
+            assert!(ptx.contains(&target), "kernels/{family}.cu: PTX for {arch} lacks `{target}`");
+            for entry in kernels::entry_points(src) {
+                assert!(ptx.contains(&format!(".entry {entry}(")), "kernels/{family}.cu: no `.entry {entry}` in the PTX for {arch}");
+            }
+        }
+    }
+}
+
+/// Kernels that must be in ptxas's report and must not spill (the hot loops of a training step).
+const HOT: &[&str] = &[
+    "matmul",
+    "attention_fwd",
+    "attention_bwd",
+    "attention_bwd_dkv",
+    "attention_decode_fwd",
+    "logprob_chunk_stats",
+    "logprob_gather_bwd",
+    "layernorm_fwd",
+    "layernorm_bwd",
+    "rmsnorm_fwd",
+    "rmsnorm_bwd",
+    "norm_dw",
+    "adamw",
+    "cross_entropy_fwd",
+    "sample",
+];
+
+/// `(kernel, spill store bytes, spill load bytes)` from `ptxas -v` output.
+fn spills(report: &str) -> Vec<(String, u64, u64)> {
+    let mut out = Vec::new();
+    let mut current: Option<String> = None;
+    for line in report.lines() {
+        if let Some(rest) = line.split("Function properties for ").nth(1) {
+            current = Some(rest.trim().to_string());
+        } else if line.contains("spill stores") {
+            let num = |key: &str| -> u64 {
+                let before = line.split(key).next().unwrap_or("");
+                before.split_whitespace().next_back().and_then(|n| n.parse().ok()).unwrap_or(u64::MAX)
+            };
+            if let Some(name) = current.take() {
+                out.push((name, num("bytes spill stores"), num("bytes spill loads")));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn spill_parser_reads_ptxas_reports() {
+    let report = "ptxas info    : Function properties for attention_fwd\n    0 bytes stack frame, 8 bytes spill stores, 12 bytes spill loads\n\
+                  ptxas info    : Function properties for adamw\n    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads\n";
+    assert_eq!(spills(report), vec![("attention_fwd".to_string(), 8, 12), ("adamw".to_string(), 0, 0)]);
+}
+
+#[test]
+fn no_register_spills_on_sm_90() {
+    if !nvrtc_or_skip("no_register_spills_on_sm_90") {
+        return;
+    }
+    let Some(ptxas) = ptxas() else {
+        let why = "ptxas not found (pip install nvidia-cuda-nvcc-cu12 and set RLHF_PTXAS, or run .ci/run)";
+        assert!(!ci(), "CI=true but {why}");
+        let _ = writeln!(std::io::stderr(), "SKIPPED no_register_spills_on_sm_90: {why}");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut all = Vec::new();
+    for (family, _) in FAMILIES {
+        let ptx = kernels::compile(family, "compute_90").unwrap_or_else(|e| panic!("{e}"));
+        let path = dir.path().join(format!("{family}.ptx"));
+        std::fs::write(&path, ptx).unwrap();
+        let out = Command::new(&ptxas).args(["-arch=sm_90", "-v"]).arg(&path).arg("-o").arg(dir.path().join(format!("{family}.cubin"))).output().unwrap();
+        let report = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "ptxas failed on kernels/{family}.cu:\n{report}");
+        all.extend(spills(&report));
+    }
+    for hot in HOT {
+        assert!(all.iter().any(|(name, _, _)| name == hot), "kernel `{hot}` missing from the ptxas reports");
+    }
+    let spilling: Vec<_> = all.iter().filter(|(_, st, ld)| *st > 0 || *ld > 0).collect();
+    assert!(spilling.is_empty(), "register spills (kernel, store bytes, load bytes): {spilling:?}");
+}
+
+#[test]
+fn every_op_has_a_cuda_kernel() {
+    let entries: Vec<&str> = FAMILIES.iter().flat_map(|(_, src)| kernels::entry_points(src)).collect();
+    for op in OP_NAMES {
+        assert!(entries.contains(op), "op `{op}` has no `extern \"C\" __global__` kernel in kernels/");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for e in &entries {
+        assert!(seen.insert(*e), "kernel `{e}` is defined twice in kernels/");
+    }
+}
+
+#[test]
+fn kernel_files_mirror_the_wgsl_families() {
+    let mut wgsl: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".wgsl").map(str::to_string))
+        .filter(|n| !n.starts_with("prelude"))
+        .collect();
+    wgsl.sort();
+    let mut cuda: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(".cu").map(str::to_string))
+        .collect();
+    cuda.sort();
+    assert_eq!(cuda, wgsl, "kernels/*.cu and shaders/*.wgsl name different op families");
+    let embedded: Vec<&str> = FAMILIES.iter().map(|(f, _)| *f).collect();
+    assert_eq!(embedded, cuda.iter().map(String::as_str).collect::<Vec<_>>(), "kernels::FAMILIES does not list kernels/*.cu");
+}
+
+/// Field names of `struct Name { ... }` in C (`u32 a, b; float c;`).
+fn c_fields(src: &str, name: &str) -> Option<Vec<String>> {
+    let start = src.find(&format!("struct {name} {{"))?;
+    let body = &src[start..][..src[start..].find("};")?];
+    let body = &body[body.find('{')? + 1..];
+    let mut fields = Vec::new();
+    for decl in body.split(';').map(str::trim).filter(|d| !d.is_empty()) {
+        let decl = decl.split_once(char::is_whitespace).map_or(decl, |(_ty, rest)| rest);
+        fields.extend(decl.split(',').map(|f| f.trim().to_string()));
+    }
+    Some(fields)
+}
+
+/// Field names of `pub struct Name { pub a: u32, ... }` in Rust.
+fn rust_fields(src: &str, name: &str) -> Option<Vec<String>> {
+    let start = src.find(&format!("pub struct {name} {{"))?;
+    let body = &src[start..][..src[start..].find("\n}")?];
+    Some(body.lines().filter_map(|l| l.trim().strip_prefix("pub ")?.split_once(':').map(|(f, _)| f.trim().to_string())).collect())
+}
+
+#[test]
+fn params_structs_match_ops_rs() {
+    let ops = include_str!("../src/backend/ops.rs");
+    let mut n = 0;
+    for line in ops.lines() {
+        let Some(name) = line.strip_prefix("pub struct ").and_then(|r| r.strip_suffix(" {")) else { continue };
+        if !name.ends_with("Params") {
+            continue;
+        }
+        let rust = rust_fields(ops, name).unwrap();
+        let c = c_fields(COMMON, name).unwrap_or_else(|| panic!("kernels/common.cuh has no struct {name}"));
+        assert_eq!(c, rust, "struct {name}: kernels/common.cuh and src/backend/ops.rs disagree");
+        n += 1;
+    }
+    assert!(n >= 20, "found only {n} params structs in ops.rs");
+}
+
+#[test]
+fn full_source_pastes_the_header_and_keeps_line_numbers() {
+    let src = kernels::family_source("elementwise").unwrap();
+    let full = kernels::full_source("elementwise", src);
+    assert!(!full.contains("#include \"common.cuh\""));
+    assert!(full.contains("struct ElementwiseParams"));
+    let include_line = src.lines().position(|l| l.trim() == "#include \"common.cuh\"").unwrap() + 1;
+    assert!(full.contains(&format!("#line {} \"kernels/elementwise.cu\"", include_line + 1)));
+    assert_eq!(kernels::entry_points(src), ["fill", "copy", "add", "add_inplace", "scale_inplace"]);
+}
+
+#[test]
+fn compile_errors_name_the_file_and_line() {
+    if !nvrtc_or_skip("compile_errors_name_the_file_and_line") {
+        return;
+    }
+    let opts = kernels::compile_options("broken", "compute_80");
+    let src = kernels::full_source("broken", "#include \"common.cuh\"\nextern \"C\" __global__ void broken(float* x) { x[0] = undefined_name; }\n");
+    let e = cudarc::nvrtc::compile_ptx_with_opts(src, opts).unwrap_err();
+    let cudarc::nvrtc::CompileError::CompileError { log, .. } = e else { panic!("not a compile error: {e:?}") };
+    let log = log.to_string_lossy();
+    assert!(log.contains("kernels/broken.cu(2)") && log.contains("undefined_name"), "{log}");
+}
+
+/// `(kernel, number of parameters)` of every `extern "C" __global__` kernel.
+fn kernel_arities() -> Vec<(String, usize)> {
+    let mut out = Vec::new();
+    for (_, src) in FAMILIES {
+        for name in kernels::entry_points(src) {
+            let at = src.find(&format!("void {name}(")).unwrap() + name.len() + 6;
+            let params = &src[at..at + src[at..].find(')').unwrap()];
+            out.push((name.to_string(), params.split(',').count()));
+        }
+    }
+    out
+}
+
+/// Top-level comma-separated pieces of `s`.
+fn split_args(s: &str) -> Vec<&str> {
+    let (mut depth, mut start, mut out) = (0i32, 0, Vec::new());
+    for (i, ch) in s.char_indices() {
+        match ch {
+            '(' | '[' | '{' => depth += 1,
+            ')' | ']' | '}' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push(s[start..i].trim());
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    if !s[start..].trim().is_empty() {
+        out.push(s[start..].trim());
+    }
+    out
+}
+
+#[test]
+fn every_launch_passes_as_many_arguments_as_its_kernel_takes() {
+    let arities = kernel_arities();
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/src/backend/cuda");
+    let mut launches = 0;
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let src = std::fs::read_to_string(&path).unwrap();
+        let mut rest = src.as_str();
+        while let Some(at) = rest.find("launch!(ctx,") {
+            rest = &rest[at + "launch!(".len()..];
+            let (mut depth, mut end) = (1, 0);
+            for (i, ch) in rest.char_indices() {
+                depth += match ch {
+                    '(' => 1,
+                    ')' => -1,
+                    _ => 0,
+                };
+                if depth == 0 {
+                    end = i;
+                    break;
+                }
+            }
+            let args = split_args(&rest[..end]);
+            let name = args[2].trim_matches('"');
+            let (_, want) = arities.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("{}: launch of unknown kernel `{name}`", path.display()));
+            assert_eq!(args.len() - 4, *want, "{}: `{name}` launched with {} arguments, the kernel takes {want}", path.display(), args.len() - 4);
+            launches += 1;
+        }
+    }
+    assert!(launches >= 40, "found only {launches} launches");
+}

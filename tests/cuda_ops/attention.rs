@@ -1,0 +1,154 @@
+//! attention_fwd (fused and cached layouts), attention_bwd, kv_cache_write, scatter_rows,
+//! attention_decode_fwd against the CPU backend. Forward within 2e-5 absolute + 2e-5 relative
+//! (online softmax, another summation order); backward within 5e-5 + 2e-4; copies exact.
+
+use crate::{dl, parity, Outputs};
+use rlhf::backend::ops::*;
+use rlhf::data::rng::Rng;
+
+pub const CHECKS: &[(&str, &str)] = &[
+    ("attention_fwd", "attention_parity"),
+    ("attention_bwd", "attention_parity"),
+    ("kv_cache_write", "kv_cache_parity"),
+    ("scatter_rows", "kv_cache_parity"),
+    ("attention_decode_fwd", "attention_decode_parity"),
+    ("attention_decode_fwd", "decode_matches_training_forward_bitwise"),
+];
+
+/// (b, t, nh, nkv, hd): GQA groups of 1, 2 and 4, t across tile boundaries, head dims 8 .. 128.
+const CASES: &[(usize, usize, usize, usize, usize)] =
+    &[(1, 1, 4, 2, 8), (2, 7, 4, 2, 16), (2, 33, 4, 1, 64), (1, 130, 4, 2, 64), (1, 47, 2, 1, 128), (3, 20, 6, 3, 24)];
+
+fn run<B: Backend>(be: &B, (b, t, nh, nkv, hd): (usize, usize, usize, usize, usize)) -> Outputs {
+    let mut rng = Rng::new((b * 1000 + t * 10 + hd) as u64);
+    let row = (nh + 2 * nkv) * hd;
+    let qkv = be.upload(&crate::common::randv(&mut rng, b * t * row, 1.5)).unwrap();
+    let p = AttentionParams::fused(b, t, nh, nkv, hd);
+    let (mut out, mut lse) = (be.alloc(b * t * nh * hd).unwrap(), be.alloc(b * nh * t).unwrap());
+    be.attention_fwd(&mut out, &mut lse, &qkv, &qkv, &qkv, p).unwrap();
+    let dout = be.upload(&crate::common::randv(&mut rng, b * t * nh * hd, 1.0)).unwrap();
+    let mut dqkv = be.upload(&vec![5.0; b * t * row]).unwrap();
+    be.attention_bwd(&mut dqkv, &dout, &out, &lse, &qkv, p).unwrap();
+    vec![("out", dl(be, &out)), ("lse", dl(be, &lse)), ("dqkv", dl(be, &dqkv))]
+}
+
+#[test]
+fn attention_parity() {
+    let Some(_) = crate::gpu() else { return };
+    crate::compare(CASES, (2e-5, 2e-5), |be, c| run(be, c)[..2].to_vec(), |be, c| run(be, c)[..2].to_vec());
+    crate::compare(CASES, (5e-5, 2e-4), |be, c| run(be, c)[2..].to_vec(), |be, c| run(be, c)[2..].to_vec());
+}
+
+/// The cached layout: t new queries at positions pos0 .. attending to a cache [b, t_max, 2 nkv hd]
+/// written with kv_cache_write; and the same keys scattered with scatter_rows.
+fn run_cache<B: Backend>(be: &B, (b, t, pos0, t_max, nh, nkv, hd): (usize, usize, usize, usize, usize, usize, usize)) -> Outputs {
+    let mut rng = Rng::new(91);
+    let row = (nh + 2 * nkv) * hd;
+    let kv_row = 2 * nkv * hd;
+    let mut cache = be.upload(&crate::common::randv(&mut rng, b * t_max * kv_row, 1.0)).unwrap();
+    let qkv = be.upload(&crate::common::randv(&mut rng, b * t * row, 1.5)).unwrap();
+    be.kv_cache_write(
+        &mut cache,
+        &qkv,
+        KvCacheParams { b: b as u32, t: t as u32, pos0: pos0 as u32, t_max: t_max as u32, nh: nh as u32, nkv: nkv as u32, hd: hd as u32, _pad: 0 },
+    )
+    .unwrap();
+    let written = dl(be, &cache);
+    let p = AttentionParams {
+        b: b as u32,
+        tq: t as u32,
+        tk: (pos0 + t) as u32,
+        nh: nh as u32,
+        nkv: nkv as u32,
+        hd: hd as u32,
+        q_pos0: pos0 as u32,
+        scale: 1.0 / (hd as f32).sqrt(),
+        q_row: row as u32,
+        q_batch: (t * row) as u32,
+        q_off: 0,
+        kv_row: kv_row as u32,
+        kv_batch: (t_max * kv_row) as u32,
+        k_off: 0,
+        v_off: (nkv * hd) as u32,
+        _pad: 0,
+    };
+    let (mut out, mut lse) = (be.alloc(b * t * nh * hd).unwrap(), be.alloc(b * nh * t).unwrap());
+    be.attention_fwd(&mut out, &mut lse, &qkv, &cache, &cache, p).unwrap();
+    // scatter the same rows in reverse slot order into a fresh cache
+    let rows: Vec<i32> = (0..b * t).map(|i| ((b - 1 - i / t) * t_max + pos0 + i % t) as i32).collect();
+    let rows = be.upload_ids(&rows).unwrap();
+    let mut cache2 = be.alloc(b * t_max * kv_row).unwrap();
+    be.scatter_rows(&mut cache2, &qkv, &rows, ScatterParams::kv(b * t, nh, nkv, hd, b * t_max)).unwrap();
+    vec![("kv_cache_write", written), ("out", dl(be, &out)), ("lse", dl(be, &lse)), ("scatter_rows", dl(be, &cache2))]
+}
+
+#[test]
+fn kv_cache_parity() {
+    parity!(&[(2, 3, 25, 40, 4, 2, 16), (1, 1, 140, 160, 4, 1, 64), (2, 37, 5, 50, 2, 2, 8)], (2e-5, 2e-5), run_cache);
+}
+
+/// Decode attention of `n` queries (rows of `q_row`, heads from 0) over `slots` caches of `t_max`.
+fn decode_params(n: usize, t_max: usize, slots: usize, nh: usize, nkv: usize, hd: usize, q_row: usize) -> AttentionDecodeParams {
+    let u = |x: usize| x as u32;
+    AttentionDecodeParams {
+        n: u(n),
+        t_max: u(t_max),
+        slots: u(slots),
+        nh: u(nh),
+        nkv: u(nkv),
+        hd: u(hd),
+        scale: 1.0 / (hd as f32).sqrt(),
+        q_row: u(q_row),
+        q_off: 0,
+        _pad: 0,
+    }
+}
+
+fn run_decode<B: Backend>(be: &B, (slots, t_max, n, nh, nkv, hd): (usize, usize, usize, usize, usize, usize)) -> Outputs {
+    let mut rng = Rng::new(23);
+    let kv_row = 2 * nkv * hd;
+    let q_row = (nh + 2 * nkv) * hd;
+    let cache = be.upload(&crate::common::randv(&mut rng, slots * t_max * kv_row, 1.0)).unwrap();
+    let q = be.upload(&crate::common::randv(&mut rng, n * q_row, 1.5)).unwrap();
+    let rows: Vec<i32> = (0..n).map(|_| rng.below((slots * t_max) as u64) as i32).collect();
+    let rows = be.upload_ids(&rows).unwrap();
+    let p = decode_params(n, t_max, slots, nh, nkv, hd, q_row);
+    let (mut out, mut lse) = (be.alloc(n * nh * hd).unwrap(), be.alloc(n * nh).unwrap());
+    be.attention_decode_fwd(&mut out, &mut lse, &q, &cache, &rows, p).unwrap();
+    vec![("out", dl(be, &out)), ("lse", dl(be, &lse))]
+}
+
+#[test]
+fn attention_decode_parity() {
+    parity!(&[(3, 20, 5, 4, 2, 16), (2, 100, 7, 2, 1, 64), (1, 8, 1, 12, 12, 128), (4, 70, 9, 9, 3, 24)], (2e-5, 2e-5), run_decode);
+}
+
+/// Rollout = training: decode attention of the token at position i (its keys and values in the
+/// slot cache) gives the same bits as row i of the training forward over the whole sequence.
+#[test]
+fn decode_matches_training_forward_bitwise() {
+    let Some(g) = crate::gpu() else { return };
+    let (t, nh, nkv, hd, t_max) = (45, 4, 2, 64, 64);
+    let row = (nh + 2 * nkv) * hd;
+    let mut rng = Rng::new(97);
+    let qkv = g.upload(&crate::common::randv(&mut rng, t * row, 1.5)).unwrap();
+    let (mut out, mut lse) = (g.alloc(t * nh * hd).unwrap(), g.alloc(nh * t).unwrap());
+    g.attention_fwd(&mut out, &mut lse, &qkv, &qkv, &qkv, AttentionParams::fused(1, t, nh, nkv, hd)).unwrap();
+    let mut cache = g.alloc(t_max * 2 * nkv * hd).unwrap();
+    g.kv_cache_write(
+        &mut cache,
+        &qkv,
+        KvCacheParams { b: 1, t: t as u32, pos0: 0, t_max: t_max as u32, nh: nh as u32, nkv: nkv as u32, hd: hd as u32, _pad: 0 },
+    )
+    .unwrap();
+    let rows = g.upload_ids(&(0..t as i32).collect::<Vec<_>>()).unwrap();
+    let p = decode_params(t, t_max, 1, nh, nkv, hd, row);
+    let (mut dout, mut dlse) = (g.alloc(t * nh * hd).unwrap(), g.alloc(t * nh).unwrap());
+    g.attention_decode_fwd(&mut dout, &mut dlse, &qkv, &cache, &rows, p).unwrap();
+    let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+    assert_eq!(bits(dl(g, &dout)), bits(dl(g, &out)), "decode and training attention outputs differ");
+    // lse: training [nh, t], decode [t, nh]
+    let (tl, dlv) = (dl(g, &lse), dl(g, &dlse));
+    let transposed: Vec<f32> = (0..t).flat_map(|i| (0..nh).map(move |h| (h, i))).map(|(h, i)| tl[h * t + i]).collect();
+    assert_eq!(bits(dlv), bits(transposed), "decode and training lse differ");
+}
