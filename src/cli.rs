@@ -72,6 +72,30 @@ pub enum Command {
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodArg {
+    /// reward model, then PPO against it (InstructGPT)
+    Ppo,
+    /// DPO on preference pairs (no reward model)
+    Dpo,
+    /// GRPO with the task's oracle as a verifiable reward
+    Grpo,
+    /// all three, side by side
+    All,
+}
+
+impl MethodArg {
+    pub fn methods(self) -> Vec<rlhf::rl::pipeline::DemoMethod> {
+        use rlhf::rl::pipeline::DemoMethod;
+        match self {
+            MethodArg::Ppo => vec![DemoMethod::Ppo],
+            MethodArg::Dpo => vec![DemoMethod::Dpo],
+            MethodArg::Grpo => vec![DemoMethod::Grpo],
+            MethodArg::All => DemoMethod::ALL.to_vec(),
+        }
+    }
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
     /// cuda if a device is found, then a GPU through wgpu, then cpu
     Auto,
@@ -437,6 +461,9 @@ pub struct DemoArgs {
     /// A shorter run (fewer steps per stage), as the tests run it
     #[arg(long)]
     pub quick: bool,
+    /// The methods trained from the SFT model and compared side by side
+    #[arg(long, value_enum, default_value = "all")]
+    pub method: MethodArg,
     #[command(flatten)]
     pub common: Common,
 }
@@ -507,7 +534,7 @@ pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         rlhf::config::write_resolved(out, sub, sub_matches)?;
     }
     match cli.command {
-        Command::Demo(a) => with_backend!(&a.common, |be| crate::demo::run_demo(&be, &a.out, a.seed, a.quick)),
+        Command::Demo(a) => with_backend!(&a.common, |be| crate::demo::run_demo(&be, &a.out, a.seed, a.quick, a.method.methods())),
         Command::Sft(a) => with_backend!(&a.common, |be| cmd_sft(&be, &a)),
         Command::Rm(a) => with_backend!(&a.common, |be| cmd_rm(&be, &a)),
         Command::Ppo(a) => with_backend!(&a.common, |be| cmd_ppo(&be, &a)),

@@ -1,17 +1,25 @@
-//! `rlhf demo`: the embedded default. With no files and no flags it runs the whole InstructGPT
-//! pipeline on the built-in task (an oracle that likes kind words stands in for human judgment):
-//! SFT on imperfect demonstrations, a reward model on oracle-labelled comparisons with label noise,
-//! then PPO against the reward model with a KL penalty to the SFT model. It prints a table per
-//! stage and writes checkpoints, metrics, `summary.json` and SVG plots under `--out`.
+//! `rlhf demo`: the embedded default. With no files and no flags it runs the whole RLHF pipeline
+//! on the built-in task (an oracle that likes kind words stands in for human judgment): SFT on
+//! imperfect demonstrations, then each method of `--method` from the SFT model — PPO against a
+//! reward model trained on oracle-labelled comparisons with label noise (InstructGPT), DPO on such
+//! comparisons, GRPO with the oracle as a verifiable reward — and prints them side by side. It
+//! writes checkpoints, metrics, `summary.json` and SVG plots under `--out`.
 
 use anyhow::Result;
 use rlhf::backend::Backend;
-use rlhf::rl::pipeline::{run_pipeline, DemoConfig};
+use rlhf::rl::pipeline::{run_pipeline, DemoConfig, DemoMethod};
 use std::path::Path;
 
-pub fn run_demo<B: Backend>(be: &B, out: &Path, seed: u64, quick: bool) -> Result<()> {
-    let cfg = if quick { DemoConfig::quick(out, seed) } else { DemoConfig::full(out, seed) };
-    println!("rlhf demo: SFT -> reward model -> PPO on the built-in task (oracle: (kind - rude words) / words), {} model, backend {}", cfg.preset, be.name());
+pub fn run_demo<B: Backend>(be: &B, out: &Path, seed: u64, quick: bool, methods: Vec<DemoMethod>) -> Result<()> {
+    let mut cfg = if quick { DemoConfig::quick(out, seed) } else { DemoConfig::full(out, seed) };
+    cfg.methods = methods;
+    let names: Vec<&str> = cfg.methods.iter().map(|m| m.name()).collect();
+    println!(
+        "rlhf demo: SFT, then {} on the built-in task (oracle: (kind - rude words) / words), {} model, backend {}",
+        names.join(", "),
+        cfg.preset,
+        be.name()
+    );
     let s = run_pipeline(be, &cfg)?;
     let opt = |x: Option<f32>, prec: usize| x.map_or("-".to_string(), |v| format!("{v:.prec$}"));
     println!();
@@ -31,14 +39,25 @@ pub fn run_demo<B: Backend>(be: &B, out: &Path, seed: u64, quick: bool) -> Resul
         );
     }
     println!();
-    println!("oracle score: mean over 64 held-out prompts of (kind - rude words) / words of a sampled answer (temperature 1);");
-    println!("KL to SFT: mean over those answers of the summed per-token log-ratio to the SFT model; RM accuracy: held-out comparisons.");
+    println!("oracle score: mean over {} held-out prompts of (kind - rude words) / words of a sampled answer (temperature 1);", cfg.eval_prompts);
+    println!("KL to SFT: mean over those answers of the summed per-token log-ratio to the SFT model; RM accuracy: held-out comparisons;");
+    println!("tokens/s: tokens trained on (SFT, RM, DPO) or sampled (PPO, GRPO) per second of the stage's wall time (seconds).");
     println!();
-    println!("answers (SFT -> PPO):");
-    for (prompt, sft, ppo) in &s.samples {
-        println!("  {:28} {:28} -> {}", prompt.replace('\n', " "), sft.trim(), ppo.trim());
+    println!("answers (SFT -> {}):", names.join(" | "));
+    for (prompt, answers) in &s.samples {
+        let cols: Vec<String> = answers.iter().map(|(_, a)| format!("{:24}", a.trim())).collect();
+        println!("  {:28} {}", prompt.replace('\n', " "), cols.join(" ").trim_end());
     }
     println!();
-    println!("checkpoints and metrics.jsonl in {0}/{{sft,rm,ppo}}; summary.json and plots (ppo_reward.svg, ppo_oracle.svg, ppo_kl.svg) in {0}", out.display());
+    let mut plots = Vec::new();
+    if !s.ppo.is_empty() {
+        plots.extend(["ppo_reward.svg", "ppo_oracle.svg", "ppo_kl.svg"]);
+    }
+    if !s.grpo.is_empty() {
+        plots.push("grpo_oracle.svg");
+    }
+    let stages: Vec<&str> =
+        std::iter::once("sft").chain(s.rows.iter().skip(1).map(|r| if r.stage == "reward model" { "rm" } else { r.stage.as_str() })).collect();
+    println!("checkpoints and metrics.jsonl in {0}/{{{1}}}; summary.json and plots ({2}) in {0}", out.display(), stages.join(","), plots.join(", "));
     Ok(())
 }
