@@ -15,7 +15,7 @@ fn cross_entropy_parity() {
     let Some(g) = gpu() else { return };
     let c = cpu();
     let mut rng = Rng::new(51);
-    for &(n, v) in &[(1usize, 1usize), (5, 7), (37, 64), (9, 1000), (4, 5003), (300, 33)] {
+    for &(n, v) in &[(1usize, 1usize), (5, 7), (37, 64), (9, 1000), (4, 5003), (300, 33), (70, 1024), (3, 1025)] {
         let what = |s: &str| format!("{s} n={n} v={v}");
         let p = CrossEntropyParams { n: n as u32, v: v as u32 };
         let (cl, gl) = both(g, &crate::common::randv(&mut rng, n * v, 3.0));
