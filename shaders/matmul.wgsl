@@ -16,12 +16,8 @@
 //     in double-buffered workgroup memory (16 KiB), with the next K tile loaded into registers
 //     while the current one is multiplied (one barrier per K tile);
 //   - `matmul_small*`: 64 x 64 tiles, 4 x 4 outputs per invocation, K tiles of 16 (the same
-//     16 KiB), for products whose 128 x 128 grid would leave a large GPU mostly idle;
-//   - `matmul_direct*`: for small products (at most 2^19 outputs, k <= 1024): one invocation per
-//     4 x 4 block of outputs (64 per workgroup, blocks along n first; grid [x, y] folded, z the
-//     batch) reading its operands straight from global memory, no workgroup memory and no
-//     barriers (which a CPU driver emulates slowly).
-//   Every output element is one fma chain over k = 0, 1, ... in order, in all three kernels: a row of
+//     16 KiB), for products whose 128 x 128 grid would leave a large GPU mostly idle.
+//   Every output element is one fma chain over k = 0, 1, ... in order, in both tilings: a row of
 //   the result has the same bits whatever m is, whichever tiling runs (batch invariance).
 //   Edges (m, n, k not multiples of the tile) load zeros and skip the stores.
 //
@@ -362,77 +358,6 @@ fn matmul_small_tn(@builtin(local_invocation_index) lid: u32, @builtin(workgroup
 @compute @workgroup_size(256)
 fn matmul_small_tt(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
     mm_small(true, true, lid, wid);
-}
-
-// ---- direct: one invocation per 4 x 4 block, operands from global memory -----------------------
-
-// op(a)[row, kk] and op(b)[kk, col], zero outside the matrices.
-fn ga(ta: bool, base: u32, row: u32, kk: u32) -> f32 {
-    if (row >= p.m) {
-        return 0.0;
-    }
-    if (ta) {
-        return mm_a[base + kk * p.m + row];
-    }
-    return mm_a[base + row * p.k + kk];
-}
-
-fn gb4(tb: bool, base: u32, kk: u32, col0: u32) -> vec4<f32> {
-    var v = vec4<f32>(0.0);
-    for (var c = 0u; c < 4u; c = c + 1u) {
-        let col = col0 + c;
-        if (col < p.n && tb) {
-            v[c] = mm_b[base + col * p.k + kk];
-        } else if (col < p.n) {
-            v[c] = mm_b[base + kk * p.n + col];
-        }
-    }
-    return v;
-}
-
-fn mm_direct(ta: bool, tb: bool, gid: vec3<u32>, nwg: vec3<u32>) {
-    let e = flat_index(gid, nwg, 64u);
-    let nb = (p.n + 3u) / 4u;
-    if (e >= nb * ((p.m + 3u) / 4u)) {
-        return;
-    }
-    let row0 = (e / nb) * 4u;
-    let col0 = (e % nb) * 4u;
-    let a_base = p.a_off + gid.z * p.stride_a;
-    let b_base = p.b_off + gid.z * p.stride_b;
-    var acc: array<vec4<f32>, 4>;
-    for (var kk = 0u; kk < p.k; kk = kk + 1u) {
-        let b0 = gb4(tb, b_base, kk, col0);
-        acc[0] = fma(vec4<f32>(ga(ta, a_base, row0, kk)), b0, acc[0]);
-        acc[1] = fma(vec4<f32>(ga(ta, a_base, row0 + 1u, kk)), b0, acc[1]);
-        acc[2] = fma(vec4<f32>(ga(ta, a_base, row0 + 2u, kk)), b0, acc[2]);
-        acc[3] = fma(vec4<f32>(ga(ta, a_base, row0 + 3u, kk)), b0, acc[3]);
-    }
-    let obase = p.out_off + gid.z * p.stride_out;
-    store4(obase, row0, col0, acc[0]);
-    store4(obase, row0 + 1u, col0, acc[1]);
-    store4(obase, row0 + 2u, col0, acc[2]);
-    store4(obase, row0 + 3u, col0, acc[3]);
-}
-
-@compute @workgroup_size(64)
-fn matmul_direct(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    mm_direct(false, false, gid, nwg);
-}
-
-@compute @workgroup_size(64)
-fn matmul_direct_nt(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    mm_direct(false, true, gid, nwg);
-}
-
-@compute @workgroup_size(64)
-fn matmul_direct_tn(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    mm_direct(true, false, gid, nwg);
-}
-
-@compute @workgroup_size(64)
-fn matmul_direct_tt(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    mm_direct(true, true, gid, nwg);
 }
 
 // ---- bias ---------------------------------------------------------------------------------------

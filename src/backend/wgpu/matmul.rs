@@ -4,10 +4,8 @@
 //! `matmul` picks one of eight entry points: the storage layout ((trans_a, trans_b) = nn, nt, tn,
 //! tt, so that global loads stay coalesced) times the tiling: 128 x 128 output tiles (8 x 8 per
 //! invocation) when that grid has at least [`BIG_MIN_TILES`] workgroups, else 64 x 64 tiles (4 x 4
-//! per invocation) so that small products still spread over the GPU, and for products of at most
-//! [`DIRECT_MAX_OUT`] outputs with k <= [`DIRECT_MAX_K`] the direct kernels (one invocation per
-//! 4 x 4 block, operands from global memory, no barriers). All three sum each output over k in
-//! the same order, so the choice never changes a result. Batches run along the z grid
+//! per invocation) so that small products still spread over the GPU. Both tilings sum each output
+//! over k in the same order, so the choice never changes a result. Batches run along the z grid
 //! dimension. [`matmul_offsets`] is the same product on matrices that start at element offsets of
 //! their buffers (used by `logprob_gather` on blocks of rows of the LM head).
 
@@ -21,10 +19,6 @@ use bytemuck::{Pod, Zeroable};
 /// number of streaming multiprocessors of a large GPU; below it, the 64 x 64 tiling's 4x more
 /// workgroups keep more of the GPU busy).
 const BIG_MIN_TILES: usize = 96;
-
-/// Largest product (outputs over the batch) and depth of the direct kernels.
-pub const DIRECT_MAX_OUT: usize = 1 << 19;
-pub const DIRECT_MAX_K: usize = 1024;
 
 /// The uniform of the matmul entry points: the op's params, then the element offsets.
 #[repr(C)]
@@ -66,17 +60,6 @@ pub(crate) fn matmul_offsets(ctx: &Context, out: &GpuBuf, a: &GpuBuf, b: &GpuBuf
     if offsets.iter().any(|&o| o > u32::MAX as usize) {
         return Err(err("matmul: offset beyond 2^32 elements"));
     }
-    let u = MatmulUniform { p: MatmulParams { batch: batch as u32, ..p }, a_off: a_off as u32, b_off: b_off as u32, out_off: out_off as u32, _pad: 0 };
-    if m * n * batch <= DIRECT_MAX_OUT && k <= DIRECT_MAX_K && batch <= ctx.limits.max_compute_workgroups_per_dimension as usize {
-        let name = match (p.trans_a != 0, p.trans_b != 0) {
-            (false, false) => "matmul_direct",
-            (false, true) => "matmul_direct_nt",
-            (true, false) => "matmul_direct_tn",
-            (true, true) => "matmul_direct_tt",
-        };
-        let [x, y, _] = ctx.grid_1d(m.div_ceil(4) * n.div_ceil(4), 64);
-        return ctx.dispatch(name, bytemuck::bytes_of(&u), &[out, a, b], [x, y, batch as u32]);
-    }
     let big = m.div_ceil(128) * n.div_ceil(128) * batch >= BIG_MIN_TILES;
     let name = match (big, p.trans_a != 0, p.trans_b != 0) {
         (true, false, false) => "matmul",
@@ -89,6 +72,7 @@ pub(crate) fn matmul_offsets(ctx: &Context, out: &GpuBuf, a: &GpuBuf, b: &GpuBuf
         (false, true, true) => "matmul_small_tt",
     };
     let tile = if big { 128 } else { 64 };
+    let u = MatmulUniform { p: MatmulParams { batch: batch as u32, ..p }, a_off: a_off as u32, b_off: b_off as u32, out_off: out_off as u32, _pad: 0 };
     let grid = [n.div_ceil(tile), m.div_ceil(tile), batch];
     let max = ctx.limits.max_compute_workgroups_per_dimension as usize;
     if grid.iter().any(|&g| g > max) {
