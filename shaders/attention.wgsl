@@ -22,6 +22,11 @@
 //                                                          summed over the heads of the group)
 // Every element of the q, k and v parts of dqkv is written (overwritten) exactly once.
 //
+// Small heads and short sequences (hd <= SMALL_HD = 64, tq <= 256: gpt2-tiny's hd 16, T 64) take
+// `attention_fwd_small`, `attention_bwd_dq_small` and `attention_bwd_dkv_small` instead of the
+// tiled kernels: one invocation per query (key) with no workgroup memory and no barriers, which
+// suits drivers that emulate barriers (a CPU driver) and heads too narrow to fill a workgroup.
+//
 // Decode (AttentionDecodeParams): query i (row i of q) belongs to cache row rows[i] of a slot
 // cache [S, t_max, 2 nkv hd] (keys then values per position) and attends to its slot's keys
 // 0 ..= pos; a workgroup per (row, head) reduces over the keys in chunks of 256 with an online
@@ -470,6 +475,165 @@ fn attention_bwd_dkv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
                 dqkv[vo + 16u * c] = dv[c];
             }
         }
+    }
+}
+
+// ---- small-head variants (chosen by the launcher for hd <= SMALL_HD and t <= SMALL_T) ----------
+// One invocation per query (forward, dq) or per key (dk/dv), 64 per workgroup, 1-D grids folded
+// into x and y; no workgroup memory and no barriers. The invocation keeps its own head rows and
+// accumulators in private arrays of SMALL_HD and loops over the keys (queries) it sees in order.
+// The math is that of the tiled kernels; the forward takes two passes over the keys (the maximum
+// score, then the exponentials and the output), so it needs no rescaling.
+const SMALL_HD: u32 = 64u;
+
+// Forward: invocation (b nh + h) tq + i.
+@compute @workgroup_size(64)
+fn attention_fwd_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_index(gid, nwg, 64u);
+    if (e >= pa.b * pa.nh * pa.tq) {
+        return;
+    }
+    let hd = pa.hd;
+    let i = e % pa.tq;
+    let bh = e / pa.tq;
+    let h = bh % pa.nh;
+    let b = bh / pa.nh;
+    let kvh = h / (pa.nh / pa.nkv);
+    let q_base = b * pa.q_batch + i * pa.q_row + pa.q_off + h * hd;
+    let k_base = b * pa.kv_batch + pa.k_off + kvh * hd;
+    let v_base = b * pa.kv_batch + pa.v_off + kvh * hd;
+    var q: array<f32, 64>;
+    var acc: array<f32, 64>;
+    for (var d = 0u; d < hd; d = d + 1u) {
+        q[d] = q_in[q_base + d];
+        acc[d] = 0.0;
+    }
+    // keys visible to query i: j <= q_pos0 + i and j < tk (key 0 always)
+    let n_keys = min(pa.tk, pa.q_pos0 + i + 1u);
+    var m = NEG;
+    for (var j = 0u; j < n_keys; j = j + 1u) {
+        var s = 0.0;
+        for (var d = 0u; d < hd; d = d + 1u) {
+            s = fma(q[d], k_in[k_base + j * pa.kv_row + d], s);
+        }
+        m = max(m, pa.scale * s);
+    }
+    var l = 0.0;
+    for (var j = 0u; j < n_keys; j = j + 1u) {
+        var s = 0.0;
+        for (var d = 0u; d < hd; d = d + 1u) {
+            s = fma(q[d], k_in[k_base + j * pa.kv_row + d], s);
+        }
+        let pj = exp(pa.scale * s - m);
+        l = l + pj;
+        for (var d = 0u; d < hd; d = d + 1u) {
+            acc[d] = fma(pj, v_in[v_base + j * pa.kv_row + d], acc[d]);
+        }
+    }
+    let inv = 1.0 / l;
+    let o = (b * pa.tq + i) * pa.nh * hd + h * hd;
+    for (var d = 0u; d < hd; d = d + 1u) {
+        att_out[o + d] = acc[d] * inv;
+    }
+    att_lse[e] = m + log(l);
+}
+
+// dq: invocation (b nh + h) t + i (after pass 1 has written D).
+@compute @workgroup_size(64)
+fn attention_bwd_dq_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_index(gid, nwg, 64u);
+    let t = pa.tq;
+    if (e >= pa.b * pa.nh * t) {
+        return;
+    }
+    let hd = pa.hd;
+    let i = e % t;
+    let bh = e / t;
+    let h = bh % pa.nh;
+    let b = bh / pa.nh;
+    let kvh = h / (pa.nh / pa.nkv);
+    let base = b * t * pa.q_row;
+    let qo = base + i * pa.q_row + pa.q_off + h * hd;
+    let go = (b * t + i) * pa.nh * hd + h * hd;
+    var q: array<f32, 64>;
+    var g: array<f32, 64>;
+    var dq: array<f32, 64>;
+    for (var d = 0u; d < hd; d = d + 1u) {
+        q[d] = qkv[qo + d];
+        g[d] = dout[go + d];
+        dq[d] = 0.0;
+    }
+    let lse_i = fwd_lse[e];
+    let d_i = delta[e];
+    for (var j = 0u; j <= i; j = j + 1u) {
+        let ko = base + j * pa.q_row + pa.k_off + kvh * hd;
+        let vo = base + j * pa.q_row + pa.v_off + kvh * hd;
+        var s = 0.0;
+        var dp = 0.0;
+        for (var d = 0u; d < hd; d = d + 1u) {
+            s = fma(q[d], qkv[ko + d], s);
+            dp = fma(g[d], qkv[vo + d], dp);
+        }
+        let ds = exp(pa.scale * s - lse_i) * (dp - d_i);
+        for (var d = 0u; d < hd; d = d + 1u) {
+            dq[d] = fma(ds, qkv[ko + d], dq[d]);
+        }
+    }
+    for (var d = 0u; d < hd; d = d + 1u) {
+        dqkv[qo + d] = pa.scale * dq[d];
+    }
+}
+
+// dk, dv: invocation (b nkv + kvh) t + j, over the query heads of its group and queries i >= j.
+@compute @workgroup_size(64)
+fn attention_bwd_dkv_small(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let e = flat_index(gid, nwg, 64u);
+    let t = pa.tq;
+    if (e >= pa.b * pa.nkv * t) {
+        return;
+    }
+    let hd = pa.hd;
+    let j = e % t;
+    let bk = e / t;
+    let kvh = bk % pa.nkv;
+    let b = bk / pa.nkv;
+    let group = pa.nh / pa.nkv;
+    let base = b * t * pa.q_row;
+    let ko = base + j * pa.q_row + pa.k_off + kvh * hd;
+    let vo = base + j * pa.q_row + pa.v_off + kvh * hd;
+    var k: array<f32, 64>;
+    var v: array<f32, 64>;
+    var dk: array<f32, 64>;
+    var dv: array<f32, 64>;
+    for (var d = 0u; d < hd; d = d + 1u) {
+        k[d] = qkv[ko + d];
+        v[d] = qkv[vo + d];
+        dk[d] = 0.0;
+        dv[d] = 0.0;
+    }
+    for (var hh = 0u; hh < group; hh = hh + 1u) {
+        let h = kvh * group + hh;
+        let row = (b * pa.nh + h) * t;
+        for (var i = j; i < t; i = i + 1u) {
+            let qo = base + i * pa.q_row + pa.q_off + h * hd;
+            let go = (b * t + i) * pa.nh * hd + h * hd;
+            var s = 0.0;
+            var dp = 0.0;
+            for (var d = 0u; d < hd; d = d + 1u) {
+                s = fma(qkv[qo + d], k[d], s);
+                dp = fma(dout[go + d], v[d], dp);
+            }
+            let pij = exp(pa.scale * s - fwd_lse[row + i]);
+            let ds = pij * (dp - delta[row + i]);
+            for (var d = 0u; d < hd; d = d + 1u) {
+                dv[d] = fma(pij, dout[go + d], dv[d]);
+                dk[d] = fma(ds, qkv[qo + d], dk[d]);
+            }
+        }
+    }
+    for (var d = 0u; d < hd; d = d + 1u) {
+        dqkv[ko + d] = pa.scale * dk[d];
+        dqkv[vo + d] = dv[d];
     }
 }
 

@@ -11,6 +11,14 @@
 //   and its invocations add the rows of the tokens of its class. Each dtable element is
 //   therefore updated by one invocation, in token order: the same additions, in the same order,
 //   as the CPU backend (bit-identical results). Out-of-range ids are skipped.
+//   For n <= CHAIN_MAX_N tokens the launcher takes a cheaper path of two passes instead, linking
+//   the tokens of each id into a chain (no barriers, no integer division):
+//   embedding_bwd_links: one invocation per token i scans all n ids and writes, into a u32
+//     scratch [2 n], links[i] = the next token after i with the same id (n if none) and
+//     links[n + i] = 1 if i is the first token of its id (0 otherwise, and for out-of-range ids);
+//   embedding_bwd_chain: one invocation per (token i, column j), active when i is the first token
+//     of its id: acc = dtable[id, j], then acc += dout[t, j] along the chain in token order, then
+//     dtable[id, j] = acc. The same additions in the same order as above (bit-identical).
 // Nothing is saved for backward but the ids.
 
 struct Params {
@@ -79,4 +87,69 @@ fn embedding_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
             }
         }
     }
+}
+
+// ---- embedding_bwd, chain path: links (scratch, ids), then chain (dtable, dout, ids, scratch) ----
+@group(0) @binding(1) var<storage, read_write> l_links: array<u32>;
+@group(0) @binding(2) var<storage, read> l_ids: array<i32>;
+
+@compute @workgroup_size(64)
+fn embedding_bwd_links(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 64u);
+    let n = p.n;
+    if (i >= n) {
+        return;
+    }
+    let id = l_ids[i];
+    var next = n;
+    var first = 1u;
+    if (id < 0 || u32(id) >= p.vocab) {
+        first = 0u;
+    } else {
+        for (var t = 0u; t < i; t = t + 1u) {
+            if (l_ids[t] == id) {
+                first = 0u;
+                break;
+            }
+        }
+        for (var t = i + 1u; t < n; t = t + 1u) {
+            if (l_ids[t] == id) {
+                next = t;
+                break;
+            }
+        }
+    }
+    l_links[i] = next;
+    l_links[n + i] = first;
+}
+
+@group(0) @binding(1) var<storage, read_write> ch_dtable: array<f32>;
+@group(0) @binding(2) var<storage, read> ch_dout: array<f32>;
+@group(0) @binding(3) var<storage, read> ch_ids: array<i32>;
+@group(0) @binding(4) var<storage, read> ch_links: array<u32>;
+
+@compute @workgroup_size(64)
+fn embedding_bwd_chain(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let idx = flat_index(gid, nwg, 64u);
+    let n = p.n;
+    let c = p.c;
+    if (idx >= n * c) {
+        return;
+    }
+    let i = idx / c;
+    let j = idx - i * c;
+    if (ch_links[n + i] == 0u) {
+        return;
+    }
+    let dst = u32(ch_ids[i]) * c + j;
+    var acc = ch_dtable[dst];
+    var t = i;
+    loop {
+        acc = acc + ch_dout[t * c + j];
+        t = ch_links[t];
+        if (t >= n) {
+            break;
+        }
+    }
+    ch_dtable[dst] = acc;
 }

@@ -10,7 +10,10 @@
 //
 // Row kernels (forward, dinp): one workgroup of 256 per row (rows folded into x and y of the
 // grid), statistics with the prelude's wg_sum in f32 (two passes: mean, then the centred
-// variance). Parameter gradients, deterministic without atomics: `norm_dw_partial` sums
+// variance). Small-row variants (`*_rows`, chosen by the launcher for c <= SMALL_C = 256): one
+// invocation per row, 64 rows per workgroup (rows as a 1-D grid folded into x and y), sequential
+// f32 sums over the row in column order, no workgroup barriers; the same two-pass statistics.
+// Both variants are batch-invariant (a row's result depends on that row only). Parameter gradients, deterministic without atomics: `norm_dw_partial` sums
 // `rows_per_chunk` consecutive rows per (column, chunk) in row order into a scratch
 // [chunks, 2, c] (dweight part, dbias part), then `norm_dw_final` adds the chunk partials in
 // chunk order to dweight (and dbias). Both recompute xhat from inp, mean and rstd.
@@ -41,33 +44,61 @@ fn row_of(wid: vec3<u32>, nwg: vec3<u32>) -> u32 {
     return wid.x + wid.y * nwg.x;
 }
 
+// The per-row loops below visit columns j0, j0 + step, ... < c: (lid, WG) in the workgroup-per-row
+// kernels (their partial sums then go through wg_sum), (0, 1) in the one-invocation-per-row
+// `*_rows` kernels (the whole row in column order).
+
+fn lf_sum(base: u32, j0: u32, step: u32) -> f32 {
+    var s = 0.0;
+    for (var j = j0; j < p.c; j = j + step) {
+        s = s + lf_inp[base + j];
+    }
+    return s;
+}
+
+fn lf_centred_sq(base: u32, j0: u32, step: u32, mu: f32) -> f32 {
+    var v = 0.0;
+    for (var j = j0; j < p.c; j = j + step) {
+        let d = lf_inp[base + j] - mu;
+        v = v + d * d;
+    }
+    return v;
+}
+
+fn lf_write(base: u32, j0: u32, step: u32, mu: f32, rs: f32) {
+    for (var j = j0; j < p.c; j = j + step) {
+        lf_out[base + j] = (lf_inp[base + j] - mu) * rs * lf_weight[j] + lf_bias[j];
+    }
+}
+
 @compute @workgroup_size(256)
 fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = row_of(wid, nwg);
     if (row >= p.n) {
         return;
     }
-    let c = p.c;
-    let base = row * c;
-    var s = 0.0;
-    for (var j = lid; j < c; j = j + WG) {
-        s = s + lf_inp[base + j];
-    }
-    let mu = wg_sum(s, lid) / f32(c);
-    var v = 0.0;
-    for (var j = lid; j < c; j = j + WG) {
-        let d = lf_inp[base + j] - mu;
-        v = v + d * d;
-    }
-    let var_ = wg_sum(v, lid) / f32(c);
-    let rs = 1.0 / sqrt(var_ + p.eps);
-    for (var j = lid; j < c; j = j + WG) {
-        lf_out[base + j] = (lf_inp[base + j] - mu) * rs * lf_weight[j] + lf_bias[j];
-    }
+    let base = row * p.c;
+    let mu = wg_sum(lf_sum(base, lid, WG), lid) / f32(p.c);
+    let rs = 1.0 / sqrt(wg_sum(lf_centred_sq(base, lid, WG, mu), lid) / f32(p.c) + p.eps);
+    lf_write(base, lid, WG, mu, rs);
     if (lid == 0u) {
         lf_mean[row] = mu;
         lf_rstd[row] = rs;
     }
+}
+
+@compute @workgroup_size(64)
+fn layernorm_fwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = flat_index(gid, nwg, 64u);
+    if (row >= p.n) {
+        return;
+    }
+    let base = row * p.c;
+    let mu = lf_sum(base, 0u, 1u) / f32(p.c);
+    let rs = 1.0 / sqrt(lf_centred_sq(base, 0u, 1u, mu) / f32(p.c) + p.eps);
+    lf_write(base, 0u, 1u, mu, rs);
+    lf_mean[row] = mu;
+    lf_rstd[row] = rs;
 }
 
 // ---- layernorm_bwd: dinp, dweight, dbias, dout, inp, mean, rstd, weight (dinp only here) ----
@@ -78,30 +109,52 @@ fn layernorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(7) var<storage, read> lb_rstd: array<f32>;
 @group(0) @binding(8) var<storage, read> lb_weight: array<f32>;
 
+// (sum g, sum g xhat) over the visited columns
+fn lb_sums(base: u32, j0: u32, step: u32, mu: f32, rs: f32) -> vec2<f32> {
+    var sg = 0.0;
+    var sgx = 0.0;
+    for (var j = j0; j < p.c; j = j + step) {
+        let xhat = (lb_inp[base + j] - mu) * rs;
+        let g = lb_dout[base + j] * lb_weight[j];
+        sg = sg + g;
+        sgx = sgx + g * xhat;
+    }
+    return vec2<f32>(sg, sgx);
+}
+
+fn lb_write(base: u32, j0: u32, step: u32, mu: f32, rs: f32, mg: f32, mgx: f32) {
+    for (var j = j0; j < p.c; j = j + step) {
+        let xhat = (lb_inp[base + j] - mu) * rs;
+        lb_dinp[base + j] = rs * (lb_dout[base + j] * lb_weight[j] - mg - xhat * mgx);
+    }
+}
+
 @compute @workgroup_size(256)
 fn layernorm_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = row_of(wid, nwg);
     if (row >= p.n) {
         return;
     }
-    let c = p.c;
-    let base = row * c;
+    let base = row * p.c;
     let mu = lb_mean[row];
     let rs = lb_rstd[row];
-    var sg = 0.0;
-    var sgx = 0.0;
-    for (var j = lid; j < c; j = j + WG) {
-        let xhat = (lb_inp[base + j] - mu) * rs;
-        let g = lb_dout[base + j] * lb_weight[j];
-        sg = sg + g;
-        sgx = sgx + g * xhat;
+    let s = lb_sums(base, lid, WG, mu, rs);
+    let mg = wg_sum(s.x, lid) / f32(p.c);
+    let mgx = wg_sum(s.y, lid) / f32(p.c);
+    lb_write(base, lid, WG, mu, rs, mg, mgx);
+}
+
+@compute @workgroup_size(64)
+fn layernorm_bwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = flat_index(gid, nwg, 64u);
+    if (row >= p.n) {
+        return;
     }
-    let mg = wg_sum(sg, lid) / f32(c);
-    let mgx = wg_sum(sgx, lid) / f32(c);
-    for (var j = lid; j < c; j = j + WG) {
-        let xhat = (lb_inp[base + j] - mu) * rs;
-        lb_dinp[base + j] = rs * (lb_dout[base + j] * lb_weight[j] - mg - xhat * mgx);
-    }
+    let base = row * p.c;
+    let mu = lb_mean[row];
+    let rs = lb_rstd[row];
+    let s = lb_sums(base, 0u, 1u, mu, rs) / f32(p.c);
+    lb_write(base, 0u, 1u, mu, rs, s.x, s.y);
 }
 
 // ---- rmsnorm_fwd: out, rstd, inp, weight ----
@@ -110,27 +163,45 @@ fn layernorm_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups)
 @group(0) @binding(3) var<storage, read> rf_inp: array<f32>;
 @group(0) @binding(4) var<storage, read> rf_weight: array<f32>;
 
+fn rf_sq(base: u32, j0: u32, step: u32) -> f32 {
+    var s = 0.0;
+    for (var j = j0; j < p.c; j = j + step) {
+        let x = rf_inp[base + j];
+        s = s + x * x;
+    }
+    return s;
+}
+
+fn rf_write(base: u32, j0: u32, step: u32, rs: f32) {
+    for (var j = j0; j < p.c; j = j + step) {
+        rf_out[base + j] = rf_inp[base + j] * rs * rf_weight[j];
+    }
+}
+
 @compute @workgroup_size(256)
 fn rmsnorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = row_of(wid, nwg);
     if (row >= p.n) {
         return;
     }
-    let c = p.c;
-    let base = row * c;
-    var s = 0.0;
-    for (var j = lid; j < c; j = j + WG) {
-        let x = rf_inp[base + j];
-        s = s + x * x;
-    }
-    let ms = wg_sum(s, lid) / f32(c);
-    let rs = 1.0 / sqrt(ms + p.eps);
-    for (var j = lid; j < c; j = j + WG) {
-        rf_out[base + j] = rf_inp[base + j] * rs * rf_weight[j];
-    }
+    let base = row * p.c;
+    let rs = 1.0 / sqrt(wg_sum(rf_sq(base, lid, WG), lid) / f32(p.c) + p.eps);
+    rf_write(base, lid, WG, rs);
     if (lid == 0u) {
         rf_rstd[row] = rs;
     }
+}
+
+@compute @workgroup_size(64)
+fn rmsnorm_fwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = flat_index(gid, nwg, 64u);
+    if (row >= p.n) {
+        return;
+    }
+    let base = row * p.c;
+    let rs = 1.0 / sqrt(rf_sq(base, 0u, 1u) / f32(p.c) + p.eps);
+    rf_write(base, 0u, 1u, rs);
+    rf_rstd[row] = rs;
 }
 
 // ---- rmsnorm_bwd: dinp, dweight, dout, inp, rstd, weight (dinp only here) ----
@@ -140,25 +211,42 @@ fn rmsnorm_fwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
 @group(0) @binding(5) var<storage, read> rb_rstd: array<f32>;
 @group(0) @binding(6) var<storage, read> rb_weight: array<f32>;
 
+// sum g xhat over the visited columns
+fn rb_sum(base: u32, j0: u32, step: u32, rs: f32) -> f32 {
+    var sgx = 0.0;
+    for (var j = j0; j < p.c; j = j + step) {
+        sgx = sgx + rb_dout[base + j] * rb_weight[j] * rb_inp[base + j] * rs;
+    }
+    return sgx;
+}
+
+fn rb_write(base: u32, j0: u32, step: u32, rs: f32, mgx: f32) {
+    for (var j = j0; j < p.c; j = j + step) {
+        let x = rb_inp[base + j];
+        rb_dinp[base + j] = rs * (rb_dout[base + j] * rb_weight[j] - x * rs * mgx);
+    }
+}
+
 @compute @workgroup_size(256)
 fn rmsnorm_bwd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row = row_of(wid, nwg);
     if (row >= p.n) {
         return;
     }
-    let c = p.c;
-    let base = row * c;
+    let base = row * p.c;
     let rs = rb_rstd[row];
-    var sgx = 0.0;
-    for (var j = lid; j < c; j = j + WG) {
-        let x = rb_inp[base + j];
-        sgx = sgx + rb_dout[base + j] * rb_weight[j] * x * rs;
+    rb_write(base, lid, WG, rs, wg_sum(rb_sum(base, lid, WG, rs), lid) / f32(p.c));
+}
+
+@compute @workgroup_size(64)
+fn rmsnorm_bwd_rows(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let row = flat_index(gid, nwg, 64u);
+    if (row >= p.n) {
+        return;
     }
-    let mgx = wg_sum(sgx, lid) / f32(c);
-    for (var j = lid; j < c; j = j + WG) {
-        let x = rb_inp[base + j];
-        rb_dinp[base + j] = rs * (rb_dout[base + j] * rb_weight[j] - x * rs * mgx);
-    }
+    let base = row * p.c;
+    let rs = rb_rstd[row];
+    rb_write(base, 0u, 1u, rs, rb_sum(base, 0u, 1u, rs) / f32(p.c));
 }
 
 // ---- parameter gradients (both norms) ----

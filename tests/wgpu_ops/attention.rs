@@ -22,9 +22,19 @@ const FWD_TOL: (f32, f32) = (1e-5, 1e-5);
 const BWD_TOL: (f32, f32) = (3e-5, 1e-4);
 
 /// (b, t, nh, nkv, hd): GQA groups of 1, 2 and 4, t not a multiple of any block (1, 7, 33, 130),
-/// head dims 8 .. 128.
-const CASES: &[(usize, usize, usize, usize, usize)] =
-    &[(1, 1, 4, 2, 8), (2, 7, 4, 2, 16), (2, 33, 4, 1, 64), (1, 130, 4, 2, 64), (2, 130, 2, 2, 8), (1, 47, 2, 1, 128), (3, 20, 6, 3, 24)];
+/// head dims 8 .. 128; the one-invocation-per-row kernels (hd <= SMALL_HD, t <= SMALL_T) and the
+/// tiled ones (hd > SMALL_HD or t > SMALL_T).
+const CASES: &[(usize, usize, usize, usize, usize)] = &[
+    (1, 1, 4, 2, 8),
+    (2, 7, 4, 2, 16),
+    (2, 33, 4, 1, 64),
+    (1, 130, 4, 2, 64),
+    (2, 130, 2, 2, 8),
+    (1, 47, 2, 1, 128),
+    (3, 20, 6, 3, 24),
+    (1, 40, 4, 2, 80),
+    (1, 300, 2, 1, 16),
+];
 
 fn randv(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     crate::common::randv(rng, n, scale)
@@ -88,8 +98,9 @@ fn attention_fwd_parity() {
     // q, k, v from three buffers of different layouts, head 0 at an offset; tk > q_pos0 + tq
     // (the last keys are visible to no query and must be ignored) and tk < q_pos0 + tq (the
     // last queries see every key)
-    for (tq, tk, q_pos0) in [(19, 40, 9), (19, 12, 9)] {
-        let (b, nh, nkv, hd) = (2, 4, 2, 32);
+    // (head dims of the small and the tiled kernels)
+    for (tq, tk, q_pos0, hd) in [(19, 40, 9, 32), (19, 12, 9, 32), (19, 40, 9, 72), (19, 12, 9, 72)] {
+        let (b, nh, nkv) = (2, 4, 2);
         let (q_row, q_off) = (nh * hd + 5, 3);
         let (kv_row, k_off, v_off) = (nkv * hd + 7, 2, 4);
         let p = AttentionParams {
@@ -117,8 +128,8 @@ fn attention_fwd_parity() {
         let (mut cl, mut gl) = both(g, &vec![0.0; b * nh * tq]);
         c.attention_fwd(&mut co, &mut cl, &cq, &ck, &cv, p).unwrap();
         g.attention_fwd(&mut go, &mut gl, &gq, &gk, &gv, p).unwrap();
-        assert_close(&format!("strided tk {tk} out"), &g.download(&go).unwrap(), &co, FWD_TOL.0, FWD_TOL.1);
-        assert_close(&format!("strided tk {tk} lse"), &g.download(&gl).unwrap(), &cl, FWD_TOL.0, FWD_TOL.1);
+        assert_close(&format!("strided tk {tk} hd {hd} out"), &g.download(&go).unwrap(), &co, FWD_TOL.0, FWD_TOL.1);
+        assert_close(&format!("strided tk {tk} hd {hd} lse"), &g.download(&gl).unwrap(), &cl, FWD_TOL.0, FWD_TOL.1);
     }
 
     // unsupported shapes are errors, not panics or garbage

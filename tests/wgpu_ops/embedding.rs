@@ -5,6 +5,7 @@
 
 use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
+use rlhf::backend::wgpu::embedding::CHAIN_MAX_N;
 use rlhf::data::rng::Rng;
 
 pub const CHECKS: &[(&str, &str)] = &[("embedding_fwd", "embedding_parity"), ("embedding_bwd", "embedding_parity")];
@@ -15,8 +16,10 @@ fn embedding_parity() {
     let c = cpu();
     let mut rng = Rng::new(31);
     // (tokens, channels, vocabulary): small vocabularies give many duplicate ids; vocab < 64
-    // and > 64 id classes; c = 1, odd, and past one workgroup of columns
-    for &(n, ch, vocab) in &[(1, 1, 1), (7, 7, 5), (300, 64, 50), (2000, 64, 300), (257, 768, 97), (100, 1000, 3), (600, 3, 70000)] {
+    // and > 64 id classes; c = 1, odd, and past one workgroup of columns; the backward's chain
+    // path (n <= CHAIN_MAX_N) and its id-class path (n = CHAIN_MAX_N + 1)
+    let big = CHAIN_MAX_N as usize + 1;
+    for &(n, ch, vocab) in &[(1, 1, 1), (7, 7, 5), (300, 64, 50), (2000, 64, 300), (257, 768, 97), (100, 1000, 3), (600, 3, 70000), (big, 3, 5)] {
         let what = |s: &str| format!("{s} n={n} c={ch} vocab={vocab}");
         let ids: Vec<i32> = (0..n).map(|_| rng.below(vocab as u64) as i32).collect();
         let gids = g.upload_ids(&ids).unwrap();

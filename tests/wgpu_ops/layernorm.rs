@@ -13,8 +13,9 @@ pub const CHECKS: &[(&str, &str)] =
     &[("layernorm_fwd", "layernorm_parity"), ("layernorm_bwd", "layernorm_parity"), ("rmsnorm_fwd", "rmsnorm_parity"), ("rmsnorm_bwd", "rmsnorm_parity")];
 
 /// (rows, channels): c = 1, odd, a multiple of the workgroup's stride or not, rows spanning one
-/// or many chunks of the parameter-gradient pass.
-const SHAPES: &[(usize, usize)] = &[(1, 1), (3, 1), (5, 7), (33, 64), (300, 768), (17, 1000), (4, 1031), (2500, 64), (70, 3)];
+/// or many chunks of the parameter-gradient pass; c <= SMALL_C (one invocation per row, rows
+/// past one workgroup of 64) and c > SMALL_C (one workgroup per row), both sides of the bound.
+const SHAPES: &[(usize, usize)] = &[(1, 1), (3, 1), (5, 7), (33, 64), (300, 768), (17, 1000), (4, 1031), (2500, 64), (70, 3), (130, 256), (9, 257)];
 
 fn randv(rng: &mut Rng, n: usize, scale: f32, shift: f32) -> Vec<f32> {
     (0..n).map(|_| shift + scale * rng.normal()).collect()

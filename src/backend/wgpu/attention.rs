@@ -6,6 +6,9 @@
 //! - `attention_bwd`: three dispatches: `attention_bwd` (D_i = dout_i . out_i into a scratch
 //!   `[B, NH, T]`), `attention_bwd_dq` (per block of 16 queries, over key tiles of 8) and
 //!   `attention_bwd_dkv` (per block of 16 keys, over the group's query heads and query tiles of 8).
+//! - Heads of at most `SMALL_HD` dims and sequences of at most `SMALL_T` queries take the
+//!   `*_small` variants of the forward, dq and dk/dv kernels: one invocation per query (per key
+//!   for dk/dv), 64 per workgroup, no workgroup memory or barriers.
 //! - `attention_decode_fwd`: one workgroup per (row, head), chunks of 256 keys.
 //! - `kv_cache_write`, `scatter_rows`: one invocation per copied value.
 
@@ -23,6 +26,9 @@ const BWD_ROWS: u32 = 16;
 /// Workgroup memory of every attention kernel (tiles of 4128 + 2064 + 544 f32, plus the
 /// prelude's 256-value reduction buffer and two u32 of the decode kernel).
 const WORKGROUP_BYTES: u32 = (4128 + 2064 + 544 + 256 + 2) * 4;
+/// Largest head dimension and query count of the one-invocation-per-row variants.
+pub const SMALL_HD: u32 = 64;
+pub const SMALL_T: u32 = 256;
 /// Largest grid dimension WebGPU guarantees.
 const MAX_GRID: u32 = 65535;
 
@@ -74,8 +80,11 @@ pub fn attention_fwd(ctx: &Context, out: &GpuBuf, lse: &GpuBuf, q: &GpuBuf, k: &
     check_len(OP, "q", q, (bsz - 1) * p.q_batch as usize + (tq - 1) * p.q_row as usize + p.q_off as usize + nh * hd)?;
     check_len(OP, "k", k, last_kv(p.k_off))?;
     check_len(OP, "v", v, last_kv(p.v_off))?;
-    let groups = [p.tq.div_ceil(FWD_BQ), p.nh, p.b];
-    ctx.dispatch(OP, &params_with(&p, &[]), &[out, lse, q, k, v], groups)
+    let bufs = [out, lse, q, k, v];
+    if p.hd <= SMALL_HD && p.tq <= SMALL_T {
+        return ctx.dispatch("attention_fwd_small", &params_with(&p, &[]), &bufs, ctx.grid_1d(bsz * nh * tq, 64));
+    }
+    ctx.dispatch(OP, &params_with(&p, &[]), &bufs, [p.tq.div_ceil(FWD_BQ), p.nh, p.b])
 }
 
 pub fn attention_bwd(ctx: &Context, dqkv: &GpuBuf, dout: &GpuBuf, out: &GpuBuf, lse: &GpuBuf, qkv: &GpuBuf, p: AttentionParams) -> Result<()> {
@@ -104,6 +113,10 @@ pub fn attention_bwd(ctx: &Context, dqkv: &GpuBuf, dout: &GpuBuf, out: &GpuBuf, 
     let params = params_with(&p, &[]);
     let bufs = [dqkv, dout, out, lse, qkv, &delta];
     ctx.dispatch("attention_bwd", &params, &bufs, ctx.grid_1d(bsz * nh * t, 256))?;
+    if p.hd <= SMALL_HD && p.tq <= SMALL_T {
+        ctx.dispatch("attention_bwd_dq_small", &params, &bufs, ctx.grid_1d(bsz * nh * t, 64))?;
+        return ctx.dispatch("attention_bwd_dkv_small", &params, &bufs, ctx.grid_1d(bsz * nkv * t, 64));
+    }
     ctx.dispatch("attention_bwd_dq", &params, &bufs, [p.tq.div_ceil(BWD_ROWS), p.nh, p.b])?;
     ctx.dispatch("attention_bwd_dkv", &params, &bufs, [p.tq.div_ceil(BWD_ROWS), p.nkv, p.b])
 }

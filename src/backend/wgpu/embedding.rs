@@ -1,7 +1,10 @@
 //! Launchers of the `embedding` family (`shaders/embedding.wgsl`). Forward: one invocation per
 //! output element. Backward: workgroups own (column block, id class) pairs and walk the ids in
 //! token order, so every `dtable` element is updated by one invocation in token order
-//! (deterministic, bit-identical to the CPU backend, no atomics).
+//! (deterministic, bit-identical to the CPU backend, no atomics). Up to `CHAIN_MAX_N` tokens the
+//! backward links the tokens of each id into a chain instead (`embedding_bwd_links`, O(n^2)
+//! compares) and walks each chain once per column (`embedding_bwd_chain`): the same additions in
+//! the same order, without the class kernel's barriers and per-token divisions.
 //!
 //! The CPU backend rejects ids outside the vocabulary; here the ids stay on the device (reading
 //! them back would stall the step), so only the shapes are checked: the kernels give such a
@@ -15,6 +18,9 @@ use bytemuck::{Pod, Zeroable};
 
 /// Id classes of the backward pass (workgroups along y per column block).
 const CLASSES: u32 = 64;
+
+/// Largest token count of the chain path of the backward pass (its link pass costs n^2 compares).
+pub const CHAIN_MAX_N: u32 = 16384;
 
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
@@ -50,6 +56,12 @@ pub fn embedding_bwd(ctx: &Context, dtable: &GpuBuf, dout: &GpuBuf, ids: &GpuBuf
     check("embedding_bwd", p, &[("dtable", dtable, vocab * c), ("dout", dout, n * c), ("ids", ids, n)])?;
     if n == 0 || c == 0 {
         return Ok(());
+    }
+    if p.n <= CHAIN_MAX_N {
+        let lp = EmbeddingLaunch { p, classes: 1 };
+        let links = ctx.scratch("embedding_bwd.links", 2 * n)?;
+        ctx.dispatch("embedding_bwd_links", bytemuck::bytes_of(&lp), &[&links, ids], ctx.grid_1d(n, 64))?;
+        return ctx.dispatch("embedding_bwd_chain", bytemuck::bytes_of(&lp), &[dtable, dout, ids, &links], ctx.grid_1d(n * c, 64));
     }
     let classes = CLASSES.min(p.vocab).max(1);
     let lp = EmbeddingLaunch { p, classes };

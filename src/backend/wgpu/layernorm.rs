@@ -1,5 +1,7 @@
 //! Launchers of the `layernorm` family (`shaders/layernorm.wgsl`): LayerNorm and RMSNorm over
-//! the rows of `[n, c]`. Forward and `dinp`: one workgroup of 256 per row. Parameter gradients:
+//! the rows of `[n, c]`. Forward and `dinp`: one workgroup of 256 per row, or for rows of at most
+//! `SMALL_C` channels the `*_rows` variants (one invocation per row, 64 rows per workgroup, no
+//! barriers: a 256-wide workgroup would leave most invocations idle). Parameter gradients:
 //! a block-partial pass (`norm_dw_partial`, rows in order within a chunk of rows, one invocation
 //! per (column, chunk)) into a scratch buffer, then `norm_dw_final[_rms]` adds the chunks in order
 //! to `dweight` (and `dbias`): deterministic, no atomics.
@@ -50,9 +52,18 @@ fn check(op: &str, p: NormParams, rows: &[(&str, &GpuBuf, usize)]) -> Result<()>
     Ok(())
 }
 
-/// One workgroup per row, folded into x and y.
-fn row_grid(ctx: &Context, n: usize) -> [u32; 3] {
-    ctx.grid_1d(n, 1)
+/// Rows of at most this many channels take the one-invocation-per-row variants.
+pub const SMALL_C: u32 = 256;
+
+/// The entry point for rows of `p.c` channels and its grid: `general` with one workgroup per row,
+/// or `small` with one invocation per row in workgroups of 64 (both 1-D grids folded into x and y).
+fn row_kernel(ctx: &Context, p: NormParams, general: &'static str, small: &'static str) -> (&'static str, [u32; 3]) {
+    let n = p.n as usize;
+    if p.c <= SMALL_C {
+        (small, ctx.grid_1d(n, 64))
+    } else {
+        (general, ctx.grid_1d(n, 1))
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -60,7 +71,8 @@ pub fn layernorm_fwd(ctx: &Context, out: &GpuBuf, mean: &GpuBuf, rstd: &GpuBuf, 
     let (n, c) = (p.n as usize, p.c as usize);
     check("layernorm_fwd", p, &[("out", out, n * c), ("mean", mean, n), ("rstd", rstd, n), ("inp", inp, n * c), ("weight", weight, c), ("bias", bias, c)])?;
     let lp = launch_params(p, true);
-    ctx.dispatch("layernorm_fwd", bytemuck::bytes_of(&lp), &[out, mean, rstd, inp, weight, bias], row_grid(ctx, n))
+    let (entry, grid) = row_kernel(ctx, p, "layernorm_fwd", "layernorm_fwd_rows");
+    ctx.dispatch(entry, bytemuck::bytes_of(&lp), &[out, mean, rstd, inp, weight, bias], grid)
 }
 
 /// `dweight (+ dbias) += column sums` through the chunked scratch.
@@ -118,7 +130,8 @@ pub fn layernorm_bwd(
         ],
     )?;
     let lp = launch_params(p, true);
-    ctx.dispatch("layernorm_bwd", bytemuck::bytes_of(&lp), &[dinp, dweight, dbias, dout, inp, mean, rstd, weight], row_grid(ctx, n))?;
+    let (entry, grid) = row_kernel(ctx, p, "layernorm_bwd", "layernorm_bwd_rows");
+    ctx.dispatch(entry, bytemuck::bytes_of(&lp), &[dinp, dweight, dbias, dout, inp, mean, rstd, weight], grid)?;
     param_grads(ctx, dweight, Some(dbias), dout, inp, Some(mean), rstd, lp)
 }
 
@@ -127,7 +140,8 @@ pub fn rmsnorm_fwd(ctx: &Context, out: &GpuBuf, rstd: &GpuBuf, inp: &GpuBuf, wei
     let (n, c) = (p.n as usize, p.c as usize);
     check("rmsnorm_fwd", p, &[("out", out, n * c), ("rstd", rstd, n), ("inp", inp, n * c), ("weight", weight, c)])?;
     let lp = launch_params(p, false);
-    ctx.dispatch("rmsnorm_fwd", bytemuck::bytes_of(&lp), &[out, rstd, inp, weight], row_grid(ctx, n))
+    let (entry, grid) = row_kernel(ctx, p, "rmsnorm_fwd", "rmsnorm_fwd_rows");
+    ctx.dispatch(entry, bytemuck::bytes_of(&lp), &[out, rstd, inp, weight], grid)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -139,6 +153,7 @@ pub fn rmsnorm_bwd(ctx: &Context, dinp: &GpuBuf, dweight: &GpuBuf, dout: &GpuBuf
         &[("dinp", dinp, n * c), ("dweight", dweight, c), ("dout", dout, n * c), ("inp", inp, n * c), ("rstd", rstd, n), ("weight", weight, c)],
     )?;
     let lp = launch_params(p, false);
-    ctx.dispatch("rmsnorm_bwd", bytemuck::bytes_of(&lp), &[dinp, dweight, dout, inp, rstd, weight], row_grid(ctx, n))?;
+    let (entry, grid) = row_kernel(ctx, p, "rmsnorm_bwd", "rmsnorm_bwd_rows");
+    ctx.dispatch(entry, bytemuck::bytes_of(&lp), &[dinp, dweight, dout, inp, rstd, weight], grid)?;
     param_grads(ctx, dweight, None, dout, inp, None, rstd, lp)
 }
