@@ -518,8 +518,7 @@ pub fn run_dpo<B: Backend>(
     });
     let resume = match &cfg.control.resume {
         Some(path) => {
-            let ck = Checkpoint::load(path, "dpo")?;
-            ck.check_fingerprint(&fingerprint)?;
+            let ck = Checkpoint::resume(path, "dpo", &fingerprint)?;
             Some(ck)
         }
         None => None,
@@ -564,8 +563,7 @@ pub fn run_dpo<B: Backend>(
             state.opt.restore_state(be, ck, "adamw")?;
             (state.step, state.epoch, state.cursor) = (run.step, run.epoch, run.cursor);
             (state.order, state.rng) = (run.order.clone(), run.rng.clone());
-            eprintln!("dpo: resuming after step {} from {}", run.step, ck.dir.display());
-            let metrics = MetricsWriter::resume(&cfg.out, &ck.run_dir().unwrap_or(cfg.out.clone()).join("metrics.jsonl"), run.step)?;
+            let metrics = ck.continue_metrics(&cfg.out)?;
             (run, metrics)
         }
         None => {
@@ -606,13 +604,7 @@ pub fn run_dpo<B: Backend>(
         }
         let stats = trainer.stats(be)?;
         let lr = schedule.at(step);
-        let grad_norm = if stats.loss.is_finite() {
-            state.opt.step(be, &mut model.weights, &mut trainer.grads, lr)?
-        } else {
-            // a non-finite loss updates nothing (the divergence guard skips the step)
-            state.opt.enqueue_grad_norm(be, &trainer.grads)?;
-            state.opt.grad_norm_sq(be)?.sqrt()
-        };
+        let grad_norm = state.opt.step_unless_loss_nan(be, &mut model.weights, &mut trainer.grads, lr, stats.loss)?;
         let skipped = run.guard.check("dpo", step, stats.loss, grad_norm, latest_checkpoint(&cfg.out))?;
         tokens += step_tokens;
         if step == 1 {
@@ -657,9 +649,7 @@ pub fn run_dpo<B: Backend>(
             w.bufs(be, "weights", &model.weights)?;
             state.opt.save_state(be, &mut w, "adamw")?;
             w.tensor("ref_logps", refs.iter().flat_map(|r| r.iter().copied()).collect());
-            w.value("run", &run)?;
-            w.value("fingerprint", &fingerprint)?;
-            w.save(&cfg.out, "dpo", step)?;
+            w.save_run(&cfg.out, "dpo", step, &run, &fingerprint)?;
         }
     }
     progress.finish();

@@ -344,16 +344,14 @@ pub fn run_grpo<B: Backend>(
     let mut reports = Vec::with_capacity(cfg.steps);
     let mut metrics = match &cfg.control.resume {
         Some(path) => {
-            let ck = Checkpoint::load(path, "grpo")?;
-            ck.check_fingerprint(&fingerprint)?;
+            let ck = Checkpoint::resume(path, "grpo", &fingerprint)?;
             let run: GrpoRunState = ck.value("run")?;
             ck.restore_bufs(be, "policy", &mut policy.weights)?;
             state.update.restore_state(be, &ck)?;
             (state.step, state.order, state.cursor, state.rng) = (run.step, run.order, run.cursor, run.rng);
             (reports, guard) = (run.reports, run.guard);
             guard.max_bad_steps = cfg.control.max_bad_steps;
-            eprintln!("grpo: resuming after step {} from {}", state.step, ck.dir.display());
-            MetricsWriter::resume(&cfg.out, &ck.run_dir().unwrap_or(cfg.out.clone()).join("metrics.jsonl"), state.step)?
+            ck.continue_metrics(&cfg.out)?
         }
         None => MetricsWriter::create(&cfg.out)?,
     };
@@ -528,9 +526,7 @@ pub fn run_grpo<B: Backend>(
             let mut w = StateWriter::new();
             w.bufs(be, "policy", &policy.weights)?;
             state.update.save_state(be, &mut w)?;
-            w.value("run", &run)?;
-            w.value("fingerprint", &fingerprint)?;
-            w.save(&cfg.out, "grpo", step)?;
+            w.save_run(&cfg.out, "grpo", step, &run, &fingerprint)?;
         }
     }
     progress.finish();

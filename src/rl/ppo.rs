@@ -297,8 +297,7 @@ pub fn run_ppo<B: Backend>(
     });
     let (mut run, mut metrics) = match &cfg.control.resume {
         Some(path) => {
-            let ck = Checkpoint::load(path, "ppo")?;
-            ck.check_fingerprint(&fingerprint)?;
+            let ck = Checkpoint::resume(path, "ppo", &fingerprint)?;
             let mut run: PpoRunState = ck.value("run")?;
             run.guard.max_bad_steps = cfg.control.max_bad_steps;
             ck.restore_bufs(be, "policy", &mut policy.weights)?;
@@ -309,8 +308,7 @@ pub fn run_ppo<B: Backend>(
             if let (Some(b), Some(pos)) = (ptx_batcher.as_mut(), run.ptx_position) {
                 b.seek(pos);
             }
-            eprintln!("ppo: resuming after step {} from {}", run.step, ck.dir.display());
-            let metrics = MetricsWriter::resume(&cfg.out, &ck.run_dir().unwrap_or(cfg.out.clone()).join("metrics.jsonl"), run.step)?;
+            let metrics = ck.continue_metrics(&cfg.out)?;
             (run, metrics)
         }
         None => {
@@ -543,9 +541,7 @@ pub fn run_ppo<B: Backend>(
                 w.bufs(be, "value", &v.weights)?;
             }
             update.save_state(be, &mut w)?;
-            w.value("run", &run)?;
-            w.value("fingerprint", &fingerprint)?;
-            w.save(&cfg.out, "ppo", step)?;
+            w.save_run(&cfg.out, "ppo", step, &run, &fingerprint)?;
         }
     }
     progress.finish();

@@ -278,13 +278,7 @@ impl<B: Backend> RewardTrainer<B> {
     ) -> Result<(RankingStats, f32)> {
         let stats = self.loss_and_grads(be, model, groups, extra_margin, pad)?;
         let st = self.train.as_mut().expect("loss_and_grads checked");
-        let grad_norm = if stats.loss.is_finite() {
-            st.opt.step(be, &mut model.weights, &mut st.grads, lr)?
-        } else {
-            // a non-finite loss updates nothing (the divergence guard skips the step)
-            st.opt.enqueue_grad_norm(be, &st.grads)?;
-            st.opt.grad_norm_sq(be)?.sqrt()
-        };
+        let grad_norm = st.opt.step_unless_loss_nan(be, &mut model.weights, &mut st.grads, lr, stats.loss)?;
         Ok((stats, grad_norm))
     }
 
@@ -356,14 +350,12 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
     let fingerprint = json!({ "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "eval_fraction": cfg.eval_fraction });
     let (mut run, mut metrics) = match &cfg.control.resume {
         Some(path) => {
-            let ck = Checkpoint::load(path, "rm")?;
-            ck.check_fingerprint(&fingerprint)?;
+            let ck = Checkpoint::resume(path, "rm", &fingerprint)?;
             let mut run: RmRunState = ck.value("run")?;
             run.guard.max_bad_steps = cfg.control.max_bad_steps;
             ck.restore_bufs(be, "weights", &mut model.weights)?;
             trainer.optimizer_mut().expect("a training instance").restore_state(be, &ck, "adamw")?;
-            eprintln!("rm: resuming after step {} from {}", run.step, ck.dir.display());
-            let metrics = MetricsWriter::resume(&cfg.out, &ck.run_dir().unwrap_or(cfg.out.clone()).join("metrics.jsonl"), run.step)?;
+            let metrics = ck.continue_metrics(&cfg.out)?;
             (run, metrics)
         }
         None => {
@@ -433,9 +425,7 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
             let mut w = StateWriter::new();
             w.bufs(be, "weights", &model.weights)?;
             trainer.optimizer_mut().expect("a training instance").save_state(be, &mut w, "adamw")?;
-            w.value("run", &run)?;
-            w.value("fingerprint", &fingerprint)?;
-            w.save(&cfg.out, "rm", step)?;
+            w.save_run(&cfg.out, "rm", step, &run, &fingerprint)?;
         }
     }
     progress.finish();

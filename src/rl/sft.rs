@@ -140,15 +140,13 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         SftRunState { step: 0, data_position: 0, tokens: 0, first_loss: None, last_loss: None, guard: DivergenceGuard::new(cfg.control.max_bad_steps) };
     let mut metrics = match &cfg.control.resume {
         Some(path) => {
-            let ck = Checkpoint::load(path, "sft")?;
+            let ck = Checkpoint::resume(path, "sft", &fingerprint(cfg))?;
             run = ck.value("run")?;
             run.guard.max_bad_steps = cfg.control.max_bad_steps;
-            ck.check_fingerprint(&fingerprint(cfg))?;
             ck.restore_bufs(be, "weights", &mut model.weights)?;
             trainer.opt.restore_state(be, &ck, "adamw")?;
             batcher.seek(run.data_position);
-            eprintln!("sft: resuming after step {} from {}", run.step, ck.dir.display());
-            MetricsWriter::resume(&cfg.out, &ck.run_dir().unwrap_or(cfg.out.clone()).join("metrics.jsonl"), run.step)?
+            ck.continue_metrics(&cfg.out)?
         }
         None => MetricsWriter::create(&cfg.out)?,
     };
@@ -220,9 +218,7 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
             let mut w = StateWriter::new();
             w.bufs(be, "weights", &model.weights)?;
             trainer.opt.save_state(be, &mut w, "adamw")?;
-            w.value("run", &run)?;
-            w.value("fingerprint", &fingerprint(cfg))?;
-            w.save(&cfg.out, "sft", step)?;
+            w.save_run(&cfg.out, "sft", step, &run, &fingerprint(cfg))?;
         }
     }
     progress.finish();

@@ -85,6 +85,16 @@ impl<B: Backend> AdamW<B> {
 }
 
 impl<B: Backend> AdamW<B> {
+    /// [`Self::step`] for a step whose `loss` the caller has read back: a non-finite loss
+    /// updates nothing either (the gradient norm is still measured and returned, for logging).
+    pub fn step_unless_loss_nan(&mut self, be: &B, weights: &mut [B::Buf], grads: &mut [B::Buf], lr: f32, loss: f32) -> Result<f32> {
+        if loss.is_finite() {
+            return self.step(be, weights, grads, lr);
+        }
+        self.enqueue_grad_norm(be, grads)?;
+        Ok(self.grad_norm_sq(be)?.sqrt())
+    }
+
     /// Adds the moments (`<prefix>.m.i`, `<prefix>.v.i`) and the step count to a checkpoint.
     pub fn save_state(&self, be: &B, w: &mut StateWriter, prefix: &str) -> Result<()> {
         w.bufs(be, &format!("{prefix}.m"), &self.m)?;

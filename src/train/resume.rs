@@ -18,6 +18,7 @@ use crate::backend::ops::Backend;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::checkpoint::F32View;
+use crate::train::MetricsWriter;
 use safetensors::SafeTensors;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -90,6 +91,14 @@ impl StateWriter {
         let v = serde_json::to_value(v).map_err(|e| Error::invalid(format!("checkpoint value {key}: {e}")))?;
         self.scalars.insert(key.to_string(), v);
         Ok(())
+    }
+
+    /// Adds a command's host state (`run`) and its fingerprint (see
+    /// [`Checkpoint::check_fingerprint`]) and saves (see [`Self::save`]).
+    pub fn save_run(mut self, run_dir: &Path, command: &str, step: usize, run: &impl Serialize, fingerprint: &Value) -> Result<PathBuf> {
+        self.value("run", run)?;
+        self.value("fingerprint", fingerprint)?;
+        self.save(run_dir, command, step)
     }
 
     /// Writes the checkpoint of `command` after `step` into `<run_dir>/checkpoints/` (see the
@@ -211,6 +220,22 @@ impl Checkpoint {
             tensors.insert(name.to_string(), crate::tensor::to_f32(view.data(), crate::tensor::DType::F32));
         }
         Ok(Checkpoint { dir, step, state, tensors })
+    }
+
+    /// The checkpoint of a `command` run that `--resume path` names, after checking that the
+    /// settings a resumed run must share (its `fingerprint`) are this run's; says so on stderr.
+    pub fn resume(path: &Path, command: &str, fingerprint: &Value) -> Result<Checkpoint> {
+        let ck = Self::load(path, command)?;
+        ck.check_fingerprint(fingerprint)?;
+        eprintln!("{command}: resuming after step {} from {}", ck.step, ck.dir.display());
+        Ok(ck)
+    }
+
+    /// The metrics of the resumed run, continued in `<out>/metrics.jsonl` from this checkpoint's
+    /// run folder (see [`MetricsWriter::resume`]).
+    pub fn continue_metrics(&self, out: &Path) -> Result<MetricsWriter> {
+        let from = self.run_dir().unwrap_or_else(|| out.to_path_buf()).join("metrics.jsonl");
+        MetricsWriter::resume(out, &from, self.step)
     }
 
     /// Uploads tensors `<prefix>.i` into `bufs`, checking that every one is there with the
