@@ -168,6 +168,23 @@ pub struct TrainArgs {
     pub run: RunArgs,
 }
 
+/// How the RL commands (ppo, grpo) sample their rollouts.
+#[derive(Args, Debug, Clone)]
+pub struct RolloutSamplingArgs {
+    /// Longest response
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    /// Sampling temperature (the log-probs trained on are those of this distribution)
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    /// Keep the k most likely tokens (0 = off)
+    #[arg(long, default_value_t = 0)]
+    pub top_k: usize,
+    /// Keep the smallest set of tokens with this much probability (1 = off)
+    #[arg(long, default_value_t = 1.0)]
+    pub top_p: f32,
+}
+
 /// Checkpoints, resume and the divergence guard, common to the training commands.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
@@ -286,14 +303,8 @@ pub struct PpoArgs {
     pub mini_batch: usize,
     #[arg(long, default_value_t = 4)]
     pub ppo_epochs: usize,
-    #[arg(long, default_value_t = 64)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
+    #[command(flatten)]
+    pub sampling: RolloutSamplingArgs,
     #[arg(long, default_value_t = 1e-6, allow_negative_numbers = true)]
     pub lr: f32,
     #[arg(long, default_value_t = 1e-5, allow_negative_numbers = true)]
@@ -679,10 +690,10 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         rollout_batch: a.rollout_batch,
         mini_batch: a.mini_batch,
         ppo_epochs: a.ppo_epochs,
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
+        max_new_tokens: a.sampling.max_new_tokens,
+        temperature: a.sampling.temperature,
+        top_k: a.sampling.top_k,
+        top_p: a.sampling.top_p,
         lr: a.lr,
         value_lr: a.value_lr,
         optim: AdamWConfig { weight_decay: 0.0, max_grad_norm: a.max_grad_norm, ..AdamWConfig::default() },

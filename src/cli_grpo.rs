@@ -53,14 +53,8 @@ pub struct GrpoArgs {
     /// Passes over each step's samples
     #[arg(long, default_value_t = 1)]
     pub epochs: usize,
-    #[arg(long, default_value_t = 64)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub temperature: f32,
-    #[arg(long, default_value_t = 0)]
-    pub top_k: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub top_p: f32,
+    #[command(flatten)]
+    pub sampling: crate::cli::RolloutSamplingArgs,
     #[arg(long, default_value_t = 1e-6, allow_negative_numbers = true)]
     pub lr: f32,
     /// Linear warm-up steps
@@ -134,10 +128,10 @@ pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
         estimator,
         mini_batch: a.mini_batch,
         epochs: a.epochs,
-        max_new_tokens: a.max_new_tokens,
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
+        max_new_tokens: a.sampling.max_new_tokens,
+        temperature: a.sampling.temperature,
+        top_k: a.sampling.top_k,
+        top_p: a.sampling.top_p,
         lr: a.lr,
         warmup: a.warmup,
         min_lr_ratio: a.min_lr_ratio,
