@@ -45,3 +45,33 @@ pub fn wgpu_or_skip(what: &str) -> Option<rlhf::backend::WgpuBackend> {
         }
     }
 }
+
+/// `max |got - want| <= atol + rtol * |want|` element-wise (a NaN matches only a NaN), with the
+/// worst element and the `backend` in the message; the comparison of every op parity suite.
+#[track_caller]
+pub fn assert_close_on(backend: &str, what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let mut worst = (0usize, 0.0f32);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let excess = (g - w).abs() - (atol + rtol * w.abs());
+        if excess.is_nan() || excess > worst.1 || g.is_nan() != w.is_nan() {
+            worst = (i, if excess.is_nan() { f32::INFINITY } else { excess });
+        }
+    }
+    let (i, excess) = worst;
+    assert!(excess <= 0.0, "{what}[{i}]: {backend} {} vs cpu {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+}
+
+/// Fails when an op of the op list has no entry point among `entries` (`where_` names the
+/// kernel folder), no `(op, test)` row in `checks`, or a named test that none of `sources` (the
+/// suite's module files) defines.
+pub fn assert_every_op_covered(backend: &str, where_: &str, entries: &[&str], checks: &[(&str, &str)], sources: &[&str]) {
+    for op in rlhf::backend::ops::OP_NAMES {
+        assert!(entries.contains(op), "op `{op}` has no {backend} entry point in {where_}");
+        assert!(checks.iter().any(|(name, _)| name == op), "op `{op}` has no {backend} parity test");
+    }
+    for (op, test) in checks {
+        let f = format!("fn {test}()");
+        assert!(sources.iter().any(|s| s.contains(&f)), "{backend} parity test `{test}` for `{op}` does not exist");
+    }
+}

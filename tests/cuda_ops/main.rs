@@ -27,7 +27,7 @@ mod rl_losses;
 mod rope;
 mod sample;
 
-use rlhf::backend::ops::{Backend, OP_NAMES};
+use rlhf::backend::ops::Backend;
 use rlhf::backend::CudaBackend;
 use std::io::Write;
 use std::sync::OnceLock;
@@ -51,16 +51,7 @@ pub fn gpu() -> Option<&'static CudaBackend> {
 /// `max |got - want| <= atol + rtol * |want|` element-wise, with the worst element in the message.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0usize, 0.0f32);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let excess = (g - w).abs() - (atol + rtol * w.abs());
-        if excess.is_nan() || excess > worst.1 || g.is_nan() != w.is_nan() {
-            worst = (i, if excess.is_nan() { f32::INFINITY } else { excess });
-        }
-    }
-    let (i, excess) = worst;
-    assert!(excess <= 0.0, "{what}[{i}]: cuda {} vs cpu {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+    common::assert_close_on("cuda", what, got, want, atol, rtol)
 }
 
 /// Named outputs of one run.
@@ -141,12 +132,5 @@ fn every_op_has_a_cuda_kernel_and_parity_test() {
         include_str!("sample.rs"),
     ];
     let entries: Vec<&str> = rlhf::backend::cuda::kernels::FAMILIES.iter().flat_map(|(_, s)| rlhf::backend::cuda::kernels::entry_points(s)).collect();
-    for op in OP_NAMES {
-        assert!(entries.contains(op), "op `{op}` has no CUDA kernel in kernels/");
-        assert!(checks.iter().any(|(name, _)| name == op), "op `{op}` has no cuda parity test in tests/cuda_ops/");
-    }
-    for (op, test) in &checks {
-        let f = format!("fn {test}()");
-        assert!(sources.iter().any(|s| s.contains(&f)), "parity test `{test}` for `{op}` does not exist in tests/cuda_ops/");
-    }
+    common::assert_every_op_covered("cuda", "kernels/", &entries, &checks, &sources);
 }

@@ -25,7 +25,7 @@ mod rl_losses;
 mod rope;
 mod sample;
 
-use rlhf::backend::ops::{Backend, OP_NAMES};
+use rlhf::backend::ops::Backend;
 use rlhf::backend::{CpuBackend, WgpuBackend};
 use std::io::Write;
 use std::sync::OnceLock;
@@ -57,16 +57,7 @@ pub fn cpu() -> CpuBackend {
 /// `max |got - want| <= atol + rtol * |want|` element-wise, with the worst element in the message.
 #[track_caller]
 pub fn assert_close(what: &str, got: &[f32], want: &[f32], atol: f32, rtol: f32) {
-    assert_eq!(got.len(), want.len(), "{what}: length");
-    let mut worst = (0usize, 0.0f32);
-    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-        let excess = (g - w).abs() - (atol + rtol * w.abs());
-        if excess.is_nan() || excess > worst.1 || g.is_nan() != w.is_nan() {
-            worst = (i, if excess.is_nan() { f32::INFINITY } else { excess });
-        }
-    }
-    let (i, excess) = worst;
-    assert!(excess <= 0.0, "{what}[{i}]: wgpu {} vs cpu {} (atol {atol}, rtol {rtol})", got[i], want[i]);
+    common::assert_close_on("wgpu", what, got, want, atol, rtol)
 }
 
 /// Uploads `data` to both backends.
@@ -112,12 +103,5 @@ fn every_op_has_a_wgsl_entry_and_parity_test() {
         include_str!("sample.rs"),
     ];
     let entries = WgpuBackend::entry_points();
-    for op in OP_NAMES {
-        assert!(entries.contains(op), "op `{op}` has no WGSL entry point in shaders/");
-        assert!(checks.iter().any(|(name, _)| name == op), "op `{op}` has no wgpu parity test in tests/wgpu_ops/");
-    }
-    for (op, test) in &checks {
-        let f = format!("fn {test}()");
-        assert!(sources.iter().any(|s| s.contains(&f)), "parity test `{test}` for `{op}` does not exist in tests/wgpu_ops/");
-    }
+    common::assert_every_op_covered("wgpu", "shaders/", &entries, &checks, &sources);
 }
