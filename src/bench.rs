@@ -1,5 +1,9 @@
-//! `rlhf bench`: training and forward tokens/s of a preset model on one backend, with the shape
-//! and the achieved FLOP rate (6N + 6 L C T FLOPs per trained token, a third of that forward).
+//! `rlhf bench`: training and forward tokens/s of a preset model on one backend, with the shape,
+//! the achieved FLOP rate (6N + 6 L C T FLOPs per trained token, a third of that forward) and,
+//! when the device's peak is known (`--peak-tflops`, or a GPU in [`known_peak`]), the model FLOPs
+//! utilisation (MFU). `--decode-batches` adds the decode sweep against the memory roofline
+//! ([`crate::bench_decode`]), `--kernels` the fused RL kernels against the copy bandwidth
+//! ([`crate::bench_kernels`]).
 
 use crate::cli::BenchArgs;
 use anyhow::Result;
@@ -11,10 +15,28 @@ use rlhf::train::lm::LmTrainer;
 use rlhf::train::AdamWConfig;
 use std::time::Instant;
 
+/// Dense bf16 tensor-core peak (TFLOP/s) of GPUs recognised by name, the denominator MFU is
+/// conventionally quoted against: H100 SXM and H200 989.4, H100 PCIe 756.
+pub fn known_peak(device: &str) -> Option<(f64, &'static str)> {
+    let d = device.to_ascii_uppercase();
+    if d.contains("H200") {
+        Some((989.4, "H200 dense bf16"))
+    } else if d.contains("H100") && d.contains("PCIE") {
+        Some((756.0, "H100 PCIe dense bf16"))
+    } else if d.contains("H100") {
+        Some((989.4, "H100 SXM dense bf16"))
+    } else {
+        None
+    }
+}
+
 pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let cfg = ModelConfig::preset(&a.model, a.vocab)?;
     let (b, t) = (a.batch_size, a.seq_len.min(cfg.max_positions));
     anyhow::ensure!(b > 0 && t > 1 && a.steps > 0, "--batch-size, --seq-len (> 1) and --steps must be positive");
+    anyhow::ensure!(a.peak_tflops.is_none_or(|p| p > 0.0 && p.is_finite()), "--peak-tflops must be a positive number");
+    anyhow::ensure!(!a.decode_batches.contains(&0), "--decode-batches: every slot count must be positive");
+    anyhow::ensure!(a.decode_tokens > 0 && a.kernel_tokens > 0, "--decode-tokens and --kernel-tokens must be positive");
     anyhow::ensure!(b.checked_mul(t).is_some(), "--batch-size {b} x --seq-len {t} is too large");
     let mut model = Model::init(be, cfg.clone(), 0)?;
     let n_params = cfg.num_params() as f64;
@@ -96,17 +118,37 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         a.vocab,
         a.steps
     );
-    println!("| phase                  | ms/step | tokens/s | GFLOP/s |");
-    println!("|------------------------|--------:|---------:|--------:|");
-    println!("| train (fwd+bwd+AdamW)  | {:7.1} | {:8.0} | {:7.2} |", tr * 1e3, tokens / tr, tokens * flops_per_token / tr / 1e9);
-    println!("| forward (scoring)      | {:7.1} | {:8.0} | {:7.2} |", fw * 1e3, tokens / fw, tokens * flops_per_token / 3.0 / fw / 1e9);
-    println!("| matmul {:>15} | {:7.2} |          | {:7.2} |", format!("{mm}x{mn}x{mk}"), mmt * 1e3, 2.0 * (mm * mn * mk) as f64 / mmt / 1e9);
-    println!("| rollout prefill        | {:7.1} | {:8.0} |         |  ({b} prompts x {prompt_len} tokens)", ro.prefill_secs * 1e3, ro.prefill_tokens_per_sec());
+    let peak = a.peak_tflops.map(|p| (p, "--peak-tflops")).or_else(|| known_peak(&be.device_description()));
+    let mfu = |flops_per_sec: f64| peak.map_or("      -".to_string(), |(p, _)| format!("{:6.2}%", 100.0 * flops_per_sec / (p * 1e12)));
+    if let Some((p, source)) = peak {
+        println!("MFU against {p} TFLOP/s ({source})");
+    }
+    let (train_rate, fwd_rate) = (tokens * flops_per_token / tr, tokens * flops_per_token / 3.0 / fw);
+    println!("| phase                  | ms/step | tokens/s | GFLOP/s |     MFU |");
+    println!("|------------------------|--------:|---------:|--------:|--------:|");
+    println!("| train (fwd+bwd+AdamW)  | {:7.1} | {:8.0} | {:7.2} | {} |", tr * 1e3, tokens / tr, train_rate / 1e9, mfu(train_rate));
+    println!("| forward (scoring)      | {:7.1} | {:8.0} | {:7.2} | {} |", fw * 1e3, tokens / fw, fwd_rate / 1e9, mfu(fwd_rate));
+    let mm_rate = 2.0 * (mm * mn * mk) as f64 / mmt;
+    println!("| matmul {:>15} | {:7.2} |          | {:7.2} | {} |", format!("{mm}x{mn}x{mk}"), mmt * 1e3, mm_rate / 1e9, mfu(mm_rate));
     println!(
-        "| rollout decode         | {:7.1} | {:8.0} |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step)",
+        "| rollout prefill        | {:7.1} | {:8.0} |         |         |  ({b} prompts x {prompt_len} tokens)",
+        ro.prefill_secs * 1e3,
+        ro.prefill_tokens_per_sec()
+    );
+    println!(
+        "| rollout decode         | {:7.1} | {:8.0} |         |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step)",
         ro.decode_secs * 1e3 / ro.decode_steps.max(1) as f64,
         ro.decode_tokens_per_sec()
     );
+    if !a.decode_batches.is_empty() || a.kernels {
+        let bandwidth = crate::bench_kernels::copy_bandwidth(be, a.steps)?;
+        if !a.decode_batches.is_empty() {
+            crate::bench_decode::run_decode_bench(be, &model, &cfg, &a.decode_batches, a.decode_tokens, bandwidth)?;
+        }
+        if a.kernels {
+            crate::bench_kernels::run_kernel_bench(be, a.kernel_tokens, b * t, cfg.hidden_size, a.vocab, a.steps, bandwidth)?;
+        }
+    }
     if a.profile {
         let ops = rlhf::backend::cpu::profile::snapshot();
         let total: f64 = ops.iter().map(|o| o.2).sum();

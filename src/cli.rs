@@ -458,6 +458,22 @@ pub struct BenchArgs {
     /// Also print where a training step's time goes, op by op (cpu backend)
     #[arg(long)]
     pub profile: bool,
+    /// Peak FLOP/s of the device in TFLOP/s for the MFU column (default: the dense bf16 tensor
+    /// peak of a known GPU, e.g. 989 for H100 SXM / H200; none on other devices)
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    /// Also measure rollout decode at these slot counts against the memory roofline (e.g. 1,64,256)
+    #[arg(long, value_delimiter = ',')]
+    pub decode_batches: Vec<usize>,
+    /// New tokens per sequence in the --decode-batches sweep
+    #[arg(long, default_value_t = 128)]
+    pub decode_tokens: usize,
+    /// Also time the fused RL kernels (KL, PPO loss, log-prob gather) in GB/s against the copy bandwidth
+    #[arg(long)]
+    pub kernels: bool,
+    /// Tokens per call of the per-token kernels timed by --kernels
+    #[arg(long, default_value_t = 1 << 22)]
+    pub kernel_tokens: usize,
     #[command(flatten)]
     pub common: Common,
 }

@@ -2,6 +2,8 @@
 //! non-zero exit code.
 
 mod bench;
+mod bench_decode;
+mod bench_kernels;
 mod cli;
 mod cli_grpo;
 mod demo;

@@ -46,6 +46,20 @@ pub fn wgpu_or_skip(what: &str) -> Option<rlhf::backend::WgpuBackend> {
     }
 }
 
+/// The CUDA backend for whole-model tests, or `None` after a skip message written straight to
+/// stderr. CI has no GPU, so these tests skip there (the kernels are compiled by
+/// tests/cuda_compile.rs, where a missing NVRTC fails with `CI=true`).
+pub fn cuda_or_skip(what: &str) -> Option<rlhf::backend::CudaBackend> {
+    use std::io::Write;
+    match rlhf::backend::CudaBackend::new() {
+        Ok(be) => Some(be),
+        Err(e) => {
+            let _ = writeln!(std::io::stderr(), "SKIPPED {what}: {e}");
+            None
+        }
+    }
+}
+
 /// `max |got - want| <= atol + rtol * |want|` element-wise (a NaN matches only a NaN), with the
 /// worst element and the `backend` in the message; the comparison of every op parity suite.
 #[track_caller]

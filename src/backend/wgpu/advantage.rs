@@ -51,9 +51,10 @@ pub fn masked_whiten(ctx: &Context, x: &GpuBuf, stats: &GpuBuf, mask: &GpuBuf, p
     // n == 0 still writes the stats (mean 0, std 0, count 0), as the CPU does
     let n_wg = n.div_ceil(WH_CHUNK).max(1);
     let params = params_with(&WhitenUniform { p, n_wg: n_wg as u32, _pad: [0; 3] }, &[]);
-    // scratch: [mean, rstd, shift, count] [(count, hi, lo) per chunk] [(hi, lo) per chunk]
-    let scratch = ctx.alloc(4 + 5 * n_wg)?;
-    let bufs = [x, stats, mask, &scratch];
+    // scratch (lent by the context, every value written before it is read): [mean, rstd, shift,
+    // count] [(count, hi, lo) per chunk] [(hi, lo) per chunk]
+    let scratch = ctx.scratch("masked_whiten.partials", 4 + 5 * n_wg)?;
+    let bufs = [x, stats, mask, &*scratch];
     let chunks = ctx.grid_1d(n_wg * 256, 256);
     ctx.dispatch("masked_whiten_sum", &params, &bufs, chunks)?;
     ctx.dispatch("masked_whiten_mean", &params, &bufs, [1, 1, 1])?;

@@ -1,12 +1,14 @@
-//! Whole models on the wgpu backend: the transformers fixtures' log-probs through
-//! `rlhf logprobs --backend wgpu`, one SFT step's loss and gradient norm, greedy generation, a PPO
-//! step against the CPU backend, and every command run with `--backend wgpu`.
+//! Whole models on the GPU backends (`wgpu::*` and `cuda::*`, the same checks for both): the
+//! transformers fixtures' log-probs through `rlhf logprobs --backend <gpu>`, one SFT step's loss
+//! and gradient norm, greedy generation, a PPO step against the CPU backend, and every command
+//! run with `--backend <gpu>`.
 //!
 //! Tolerances (f32 everywhere; the GPU sums in another order than the CPU): log-probs 1e-4
 //! absolute against transformers (as on the CPU); loss and gradient norm 2e-4 relative; a PPO
 //! step's losses and statistics 1e-3 relative (or 1e-5 absolute for values near 0) and the
 //! log-probs after the step 2e-4 absolute against the CPU backend.
-//! Without an adapter these tests print that they skipped; with `CI=true` they fail instead.
+//! Without a wgpu adapter the wgpu tests print that they skipped, and fail with `CI=true`; without
+//! a CUDA device (CI has none) the cuda tests print that they skipped.
 
 mod common;
 
@@ -57,18 +59,14 @@ fn ok(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-#[test]
-fn logprobs_command_on_wgpu_matches_transformers() {
-    if common::wgpu_or_skip("logprobs --backend wgpu").is_none() {
-        return;
-    }
+fn logprobs_command_matches_transformers(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     for name in MODELS {
         let r = reference(name);
         let input = dir.path().join(format!("{name}.jsonl"));
         let lines: Vec<String> = r["input_ids"].as_array().unwrap().iter().map(|ids| serde_json::json!({ "input_ids": ids }).to_string()).collect();
         std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-        let stdout = ok(&rlhf(&["logprobs", "--backend", "wgpu", "--model", s(&fixture(name)), "--input", s(&input)]));
+        let stdout = ok(&rlhf(&["logprobs", "--backend", backend, "--model", s(&fixture(name)), "--input", s(&input)]));
         let rows: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(rows.len(), r["input_ids"].as_array().unwrap().len(), "{name}: one output line per input line");
         let mut worst = 0f64;
@@ -79,7 +77,7 @@ fn logprobs_command_on_wgpu_matches_transformers() {
                 worst = worst.max((a.as_f64().unwrap() - b.as_f64().unwrap()).abs());
             }
         }
-        assert!(worst < 1e-4, "{name}: max |logprob(wgpu) - transformers| = {worst}");
+        assert!(worst < 1e-4, "{name}: max |logprob({backend}) - transformers| = {worst}");
     }
 }
 
@@ -104,31 +102,27 @@ fn loss_and_grad_norm<B: Backend>(be: &B, name: &str, prompt_mask: usize) -> (f3
     (stats.loss, stats.grad_norm)
 }
 
-#[test]
-fn sft_step_on_wgpu_matches_transformers() {
-    let Some(g) = common::wgpu_or_skip("SFT step on wgpu") else { return };
+fn sft_step_matches_transformers<B: Backend>(g: &B) {
     for name in MODELS {
         let r = reference(name);
         let k = r["prompt_mask_len"].as_u64().unwrap() as usize;
         for (mask, loss_key, norm_key) in [(0, "loss", "grad_norm"), (k, "masked_loss", "masked_grad_norm")] {
-            let (loss, norm) = loss_and_grad_norm(&g, name, mask);
+            let (loss, norm) = loss_and_grad_norm(g, name, mask);
             let (want_loss, want_norm) = (r[loss_key].as_f64().unwrap(), r[norm_key].as_f64().unwrap());
-            assert!(rel(loss as f64, want_loss) < 2e-4, "{name}: {loss_key} {loss} vs transformers {want_loss}");
-            assert!(rel(norm as f64, want_norm) < 2e-4, "{name}: {norm_key} {norm} vs transformers {want_norm}");
+            assert!(rel(loss as f64, want_loss) < 2e-4, "{name} on {}: {loss_key} {loss} vs transformers {want_loss}", g.name());
+            assert!(rel(norm as f64, want_norm) < 2e-4, "{name} on {}: {norm_key} {norm} vs transformers {want_norm}", g.name());
         }
     }
 }
 
-#[test]
-fn greedy_generation_on_wgpu_matches_transformers() {
-    let Some(g) = common::wgpu_or_skip("greedy generation on wgpu") else { return };
+fn greedy_generation_matches_transformers<B: Backend>(g: &B) {
     for name in MODELS {
         let r = reference(name);
-        let model = Model::load(&g, &fixture(name)).unwrap();
+        let model = Model::load(g, &fixture(name)).unwrap();
         let prompt = ids_of(&r["greedy"]["prompt"]);
         let want = ids_of(&r["greedy"]["tokens"]);
         let cfg = GenerateConfig { max_new_tokens: want.len(), temperature: 0.0, ..GenerateConfig::default() };
-        assert_eq!(generate(&g, &model, &prompt, &cfg).unwrap(), want, "{name}: greedy tokens on wgpu");
+        assert_eq!(generate(g, &model, &prompt, &cfg).unwrap(), want, "{name}: greedy tokens on {}", g.name());
     }
 }
 
@@ -171,9 +165,8 @@ fn ppo_step<B: Backend>(be: &B, policy_host: &(ModelConfig, Vec<Vec<f32>>), valu
     (before, after, logp)
 }
 
-#[test]
-fn ppo_step_on_wgpu_matches_cpu() {
-    let Some(g) = common::wgpu_or_skip("PPO step on wgpu") else { return };
+fn ppo_step_matches_cpu<B: Backend>(g: &B) {
+    let gpu = g.name();
     let cpu = CpuBackend::new();
     for preset in ["gpt2-tiny", "llama-tiny"] {
         let host = |reward: bool, seed: u64| {
@@ -187,9 +180,9 @@ fn ppo_step_on_wgpu_matches_cpu() {
         };
         let (policy, value) = (host(false, 1), host(true, 2));
         let (c_before, c_after, c_logp) = ppo_step(&cpu, &policy, &value);
-        let (g_before, g_after, g_logp) = ppo_step(&g, &policy, &value);
+        let (g_before, g_after, g_logp) = ppo_step(g, &policy, &value);
         let close = |what: &str, a: f32, b: f32| {
-            assert!((a - b).abs() <= 1e-5 || rel(a as f64, b as f64) < 1e-3, "{preset} {what}: wgpu {a} vs cpu {b}");
+            assert!((a - b).abs() <= 1e-5 || rel(a as f64, b as f64) < 1e-3, "{preset} {what}: {gpu} {a} vs cpu {b}");
         };
         for (name, c, w) in [("before", &c_before, &g_before), ("after", &c_after, &g_after)] {
             close(&format!("{name} total_loss"), w.total_loss, c.total_loss);
@@ -201,35 +194,31 @@ fn ppo_step_on_wgpu_matches_cpu() {
         }
         close("policy grad norm", g_after.policy_grad_norm, c_after.policy_grad_norm);
         for (a, b) in g_logp.iter().flatten().zip(c_logp.iter().flatten()) {
-            assert!((a - b).abs() < 2e-4, "{preset}: log-prob after the PPO step: wgpu {a} vs cpu {b}");
+            assert!((a - b).abs() < 2e-4, "{preset}: log-prob after the PPO step: {gpu} {a} vs cpu {b}");
         }
     }
 }
 
-/// sft -> rm -> ppo -> generate -> score -> bench, every one with `--backend wgpu`.
-#[test]
-fn every_command_runs_on_wgpu() {
-    if common::wgpu_or_skip("commands with --backend wgpu").is_none() {
-        return;
-    }
+/// sft -> rm -> ppo -> generate -> score -> bench, every one with `--backend <backend>`.
+fn every_command_runs(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data.jsonl");
     std::fs::write(&data, "{\"prompt\": \"hello \", \"completion\": \"world\"}\n{\"text\": \"the cat sat on the mat\"}\n").unwrap();
     let sft = dir.path().join("sft");
     let gpt2 = fixture("gpt2");
-    let out = ok(&rlhf(&["sft", "--backend", "wgpu", "--model", s(&gpt2), "--data", s(&data), "--out", s(&sft), "--steps", "2", "--batch-size", "2"]));
+    let out = ok(&rlhf(&["sft", "--backend", backend, "--model", s(&gpt2), "--data", s(&data), "--out", s(&sft), "--steps", "2", "--batch-size", "2"]));
     assert!(sft.join("model.safetensors").exists(), "sft saved nothing: {out}");
     let prefs = dir.path().join("prefs.jsonl");
     std::fs::write(&prefs, (0..6).map(|i| format!("{{\"prompt\": \"q{i}:\", \"chosen\": \" yes\", \"rejected\": \" no\"}}\n")).collect::<String>()).unwrap();
     let rm = dir.path().join("rm");
-    ok(&rlhf(&["rm", "--backend", "wgpu", "--model", s(&gpt2), "--data", s(&prefs), "--out", s(&rm), "--steps", "2", "--eval-fraction", "0"]));
+    ok(&rlhf(&["rm", "--backend", backend, "--model", s(&gpt2), "--data", s(&prefs), "--out", s(&rm), "--steps", "2", "--eval-fraction", "0"]));
     let prompts = dir.path().join("prompts.jsonl");
     std::fs::write(&prompts, "{\"prompt\": \"hello\"}\n{\"prompt\": \"the cat\"}\n").unwrap();
     let ppo = dir.path().join("ppo");
     ok(&rlhf(&[
         "ppo",
         "--backend",
-        "wgpu",
+        backend,
         "--policy",
         s(&sft),
         "--reward-model",
@@ -251,16 +240,63 @@ fn every_command_runs_on_wgpu() {
     assert_eq!(rows.len(), 2);
     for key in ["reward_mean", "kl_k1", "policy_loss", "value_loss", "entropy", "approx_kl"] {
         let v = rows[1][key].as_f64().unwrap_or(f64::NAN);
-        assert!(v.is_finite(), "ppo on wgpu: {key} = {v}");
+        assert!(v.is_finite(), "ppo on {backend}: {key} = {v}");
     }
-    let text = ok(&rlhf(&["generate", "--backend", "wgpu", "--model", s(&ppo), "--prompt", "hello", "--max-new-tokens", "4", "--temperature", "0"]));
+    let text = ok(&rlhf(&["generate", "--backend", backend, "--model", s(&ppo), "--prompt", "hello", "--max-new-tokens", "4", "--temperature", "0"]));
     assert!(text.starts_with("hello"), "{text}");
     let input = dir.path().join("score.jsonl");
     std::fs::write(&input, "{\"text\": \"q1: yes\"}\n").unwrap();
-    let scores = ok(&rlhf(&["score", "--backend", "wgpu", "--model", s(&rm), "--input", s(&input)]));
+    let scores = ok(&rlhf(&["score", "--backend", backend, "--model", s(&rm), "--input", s(&input)]));
     let cpu_scores = ok(&rlhf(&["score", "--model", s(&rm), "--input", s(&input)]));
     let score = |t: &str| serde_json::from_str::<Value>(t.trim()).unwrap()["score"].as_f64().unwrap();
-    assert!((score(&scores) - score(&cpu_scores)).abs() < 1e-4, "score wgpu {scores} vs cpu {cpu_scores}");
-    let bench = ok(&rlhf(&["bench", "--backend", "wgpu", "--model", "gpt2-tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "1"]));
-    assert!(bench.contains("backend wgpu") && bench.contains("train (fwd+bwd+AdamW)"), "{bench}");
+    assert!((score(&scores) - score(&cpu_scores)).abs() < 1e-4, "score {backend} {scores} vs cpu {cpu_scores}");
+    let bench = ok(&rlhf(&["bench", "--backend", backend, "--model", "gpt2-tiny", "--batch-size", "2", "--seq-len", "16", "--steps", "1"]));
+    assert!(bench.contains(&format!("backend {backend}")) && bench.contains("train (fwd+bwd+AdamW)"), "{bench}");
 }
+
+/// The checks above as `#[test]`s of module `$m`, on the backend `$get` opens (or skips).
+macro_rules! gpu_model_tests {
+    ($m:ident, $name:literal, $get:path) => {
+        mod $m {
+            use super::*;
+
+            #[test]
+            fn logprobs_command_matches_transformers() {
+                if $get(concat!("logprobs --backend ", $name)).is_some() {
+                    super::logprobs_command_matches_transformers($name);
+                }
+            }
+
+            #[test]
+            fn sft_step_matches_transformers() {
+                if let Some(g) = $get(concat!("SFT step on ", $name)) {
+                    super::sft_step_matches_transformers(&g);
+                }
+            }
+
+            #[test]
+            fn greedy_generation_matches_transformers() {
+                if let Some(g) = $get(concat!("greedy generation on ", $name)) {
+                    super::greedy_generation_matches_transformers(&g);
+                }
+            }
+
+            #[test]
+            fn ppo_step_matches_cpu() {
+                if let Some(g) = $get(concat!("PPO step on ", $name)) {
+                    super::ppo_step_matches_cpu(&g);
+                }
+            }
+
+            #[test]
+            fn every_command_runs() {
+                if $get(concat!("commands with --backend ", $name)).is_some() {
+                    super::every_command_runs($name);
+                }
+            }
+        }
+    };
+}
+
+gpu_model_tests!(wgpu, "wgpu", common::wgpu_or_skip);
+gpu_model_tests!(cuda, "cuda", common::cuda_or_skip);

@@ -1,0 +1,118 @@
+#!/usr/bin/env bash
+# The GPU checks and benchmarks of the CUDA and wgpu backends in one pass, for a machine with an
+# NVIDIA GPU but no Rust toolchain (binaries are built elsewhere and carried over).
+#
+#   bash benches/gpu_session.sh prepare     # where cargo is: builds, strips and copies into .gpu/
+#   bash benches/gpu_session.sh run [OUT]   # on the GPU machine, from the repository root
+#
+# `prepare` builds the release binary and the two GPU test binaries (tests/cuda_ops: every op
+# against the CPU; tests/gpu_model.rs: fixtures, SFT step, PPO step, every command) and puts
+# stripped copies (~25 MB) into .gpu/ (ignored by git).
+# `run` finds NVRTC and cuBLAS (the CUDA toolkit, or the nvidia-* Python wheels next to PyTorch),
+# runs the parity suites, then `rlhf bench` on GPT-2 124M (B=16, T=1024) with the decode sweep
+# at 1/64/256 slots and the fused-kernel table, PyTorch's torch.compile baseline on the same
+# shape (tests/fixtures/bench_pytorch.py), and `rlhf bench --backend wgpu` when a Vulkan driver
+# is there. Every step's output goes to OUT (default ./gpu-out) in session.log, and summary.txt
+# lists each step's exit status and time; a failing step does not stop the others.
+# Budget: about 6-8 minutes on an H100.
+set -u
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+
+prepare() {
+    set -e
+    cargo build --release --bin rlhf --test cuda_ops --test gpu_model
+    mkdir -p .gpu
+    grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
+    cp target/release/rlhf .gpu/rlhf
+    for t in cuda_ops gpu_model; do
+        # the newest test executable of that name (cargo appends a hash)
+        exe=$(ls -t target/release/deps/"$t"-* | grep -v '\.d$' | head -1)
+        cp "$exe" .gpu/"$t"
+    done
+    strip .gpu/rlhf .gpu/cuda_ops .gpu/gpu_model
+    # the test binaries look for the repository and the rlhf binary where they were built
+    echo "$root" >.gpu/built_at
+    du -sh .gpu
+}
+
+# Makes libnvrtc.so / libcublas.so / libcublasLt.so loadable under the names the backend asks for.
+find_cuda_libs() {
+    local dir=/tmp/rlhf-cuda-libs lib found
+    mkdir -p "$dir"
+    for lib in nvrtc cublas cublasLt; do
+        found=$(ls /usr/local/cuda/lib64/lib"$lib".so.* 2>/dev/null | head -1)
+        if [ -z "$found" ]; then
+            found=$(python3 - "$lib" <<'EOF' 2>/dev/null
+import glob, os, site, sys
+roots = site.getsitepackages() + [site.getusersitepackages()]
+hits = [h for r in roots for h in glob.glob(os.path.join(r, "nvidia", "**", f"lib{sys.argv[1]}.so.*"), recursive=True)]
+print(sorted(hits)[-1] if hits else "")
+EOF
+)
+        fi
+        [ -n "$found" ] && ln -sf "$found" "$dir/lib$lib.so" && echo "lib$lib: $found"
+    done
+    export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
+    if [ -d /usr/local/cuda/include ]; then
+        export RLHF_CUDA_INCLUDE=/usr/local/cuda/include
+    fi
+}
+
+step() { # step NAME CMD...: runs CMD, appends its output to $out/session.log, records the status
+    local name=$1 log=/tmp/rlhf-gpu-step.log
+    shift
+    echo "== $name: $*" | tee -a "$out/summary.txt"
+    local t0=$SECONDS
+    "$@" >"$log" 2>&1
+    local rc=$?
+    echo "   rc=$rc in $((SECONDS - t0)) s" | tee -a "$out/summary.txt"
+    { echo "===== $name (rc=$rc): $*"; cat "$log"; } >>"$out/session.log"
+    tail -25 "$log"
+}
+
+run() {
+    out=${1:-$root/gpu-out}
+    mkdir -p "$out"
+    rm -f "$out/session.log"
+    [ -x .gpu/rlhf ] || { echo "no .gpu/rlhf: run 'bash benches/gpu_session.sh prepare' where cargo is, and carry .gpu" >&2; exit 2; }
+    built_at=$(cat .gpu/built_at)
+    if [ "$built_at" != "$root" ] && [ ! -e "$built_at" ]; then
+        mkdir -p "$(dirname "$built_at")" && ln -s "$root" "$built_at"
+    fi
+    mkdir -p "$built_at/target/release" && cp .gpu/rlhf "$built_at/target/release/rlhf"
+    find_cuda_libs
+    { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1; } >"$out/summary.txt"
+    cat "$out/summary.txt"
+    local rlhf=.gpu/rlhf bench=(bench --model gpt2-124m --vocab 50257 --batch-size 16 --seq-len 1024 --steps 5)
+    step info $rlhf info
+    step cuda_ops .gpu/cuda_ops --test-threads=1
+    step gpu_model_cuda .gpu/gpu_model cuda:: --test-threads=1
+    step bench_cuda $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256 --kernels
+    step bench_pytorch env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype bf16 --compile --attn sdpa \
+        --layers 12 --hidden 768 --heads 12 --vocab 50257 --batch 16 --seq 1024 --steps 10 --warmup 5
+    step bench_pytorch_f32 env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype f32 --compile --attn sdpa \
+        --layers 12 --hidden 768 --heads 12 --vocab 50257 --batch 16 --seq 1024 --steps 10 --warmup 5
+    if ls .gl/*.deb >/dev/null 2>&1; then
+        for f in .gl/*.deb; do dpkg -x "$f" /; done
+        ldconfig
+    fi
+    # a GPU adapter through Vulkan (not a CPU driver such as lavapipe)
+    if $rlhf info 2>&1 | grep -i "vulkan" | grep -qvi "(cpu"; then
+        step bench_wgpu env RLHF_WGPU_ADAPTER=NVIDIA $rlhf "${bench[@]}" --backend wgpu
+        step gpu_model_wgpu env RLHF_WGPU_ADAPTER=NVIDIA .gpu/gpu_model wgpu:: --test-threads=1
+    else
+        echo "== bench_wgpu: skipped (no Vulkan adapter; see the device notes on carrying the loader)" | tee -a "$out/summary.txt"
+    fi
+    echo "logs in $out"
+}
+
+case "${1:-}" in
+prepare) prepare ;;
+run) run "${2:-}" ;;
+*)
+    echo "usage: bash benches/gpu_session.sh prepare | run [OUT]" >&2
+    exit 2
+    ;;
+esac
