@@ -1,7 +1,8 @@
-//! `AdamW::step` on the CPU backend: the fused clip-and-update gives exactly (bit for bit) the
+//! `AdamW::step`: on the CPU backend the fused clip-and-update gives exactly (bit for bit) the
 //! result of the former two passes (gradients scaled in place by `min(1, max / (norm + 1e-6))`,
 //! then the unclipped update), leaves the gradients alone, and a NaN or infinite gradient leaves
-//! weights, moments and the step count untouched while reporting the non-finite norm.
+//! weights, moments and the step count untouched while reporting the non-finite norm; on wgpu the
+//! same steps match the CPU and the skip happens on the device.
 
 use rlhf::backend::ops::{AdamWParams, Backend, ElementwiseParams};
 use rlhf::backend::CpuBackend;
@@ -93,4 +94,44 @@ fn a_non_finite_gradient_updates_nothing() {
         assert_eq!(opt.step, 2);
         assert_ne!(bits(&model.weights), w0);
     }
+}
+
+/// The same steps on wgpu (lavapipe in CI): clipped steps match the CPU within 1e-6 + 1e-5
+/// relative, a NaN gradient skips on the device with the step count held on the host, and the
+/// step after it matches the CPU's as well.
+#[test]
+fn wgpu_steps_match_the_cpu_and_skip_on_the_device() {
+    let Some(g) = common::wgpu_or_skip("AdamW::step on wgpu") else { return };
+    let (c, cpu_model, mut grads) = setup(5, 0.01);
+    let cfg = cpu_model.cfg().clone();
+    let mut gpu_model = Model::from_host(&g, cfg.clone(), &cpu_model.weights).unwrap();
+    let mut cpu_model = Model::from_host(&c, cfg, &cpu_model.weights).unwrap();
+    let mut copt = AdamW::new(&c, cpu_model.layout(), AdamWConfig::default()).unwrap();
+    let mut gopt = AdamW::new(&g, gpu_model.layout(), AdamWConfig::default()).unwrap();
+    for (k, bad) in [(0, None), (1, Some(f32::NAN)), (2, None)] {
+        if let Some(b) = bad {
+            grads[1][3] = b;
+        } else {
+            grads[1][3] = 0.01 * k as f32;
+        }
+        let ggrads: Vec<_> = grads.iter().map(|x| g.upload(x).unwrap()).collect();
+        let before = gpu_model.to_host(&g).unwrap();
+        let cn = copt.step(&c, &mut cpu_model.weights, &grads, 1e-2).unwrap();
+        let gn = gopt.step(&g, &mut gpu_model.weights, &ggrads, 1e-2).unwrap();
+        let after = gpu_model.to_host(&g).unwrap();
+        assert_eq!(copt.step, gopt.step, "step {k}: step counts");
+        if bad.is_some() {
+            assert!(gn.is_nan() && cn.is_nan(), "step {k}: norms {cn} (cpu) {gn} (wgpu)");
+            assert_eq!(bits(&after), bits(&before), "step {k}: wgpu weights changed on a NaN gradient");
+            continue;
+        }
+        assert!((gn - cn).abs() <= 1e-5 * cn, "step {k}: norms {cn} (cpu) {gn} (wgpu)");
+        assert!(cn > 1.0, "the gradient norm {cn} should be clipped");
+        for (i, (a, b)) in after.iter().zip(&cpu_model.weights).enumerate() {
+            for (x, y) in a.iter().zip(b) {
+                assert!((x - y).abs() <= 1e-6 + 1e-5 * y.abs(), "step {k}, tensor {i}: {x} (wgpu) vs {y} (cpu)");
+            }
+        }
+    }
+    assert_eq!(gopt.step, 2);
 }
