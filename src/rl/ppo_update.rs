@@ -14,7 +14,7 @@ use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, EmbeddingParams,
 use crate::data::batch::Batch;
 use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
-use crate::train::optimizer::{adamw_step, AdamW, AdamWConfig, AdamWTensors};
+use crate::train::optimizer::{enqueue_adamw_step, finish_adamw_step, AdamW, AdamWConfig, AdamWTensors};
 use crate::train::resume::{Checkpoint, StateWriter};
 
 /// One micro-batch of rollouts, `[b, t]` row-major: position i predicts token `targets[i]`
@@ -152,9 +152,9 @@ impl<B: Backend> ValueHead<B> {
         &self.grad
     }
 
-    /// Clipped AdamW step (no weight decay); returns the head's gradient norm. A non-finite
-    /// norm updates nothing (as [`AdamW::step`], through the same fused path).
-    fn step(&mut self, be: &B, lr: f32, optim: &AdamWConfig) -> Result<f32> {
+    /// Enqueues a clipped AdamW step (no weight decay) through the same fused path as
+    /// [`AdamW::enqueue_step`]; [`Self::finish_step`] reads its norm back.
+    fn enqueue_step(&mut self, be: &B, lr: f32, optim: &AdamWConfig) -> Result<()> {
         let t = AdamWTensors {
             weights: std::slice::from_mut(&mut self.weight),
             grads: std::slice::from_ref(&self.grad),
@@ -162,7 +162,12 @@ impl<B: Backend> ValueHead<B> {
             v: std::slice::from_mut(&mut self.v),
             decay: &[false],
         };
-        adamw_step(be, optim, &mut self.norm_sq, &mut self.step, t, lr)
+        enqueue_adamw_step(be, optim, &mut self.norm_sq, self.step, t, lr)
+    }
+
+    /// The head's gradient norm; a non-finite one updated nothing (as [`AdamW::finish_step`]).
+    fn finish_step(&mut self, be: &B) -> Result<f32> {
+        finish_adamw_step(be, &self.norm_sq, &mut self.step)
     }
 
     fn save_state(&self, be: &B, w: &mut StateWriter) -> Result<()> {
@@ -513,12 +518,22 @@ impl<B: Backend> PpoUpdate<B> {
             stats.value_grad_norm = f32::NAN;
             return Ok(stats);
         }
-        stats.policy_grad_norm = self.policy.opt.step(be, &mut policy.weights, &self.policy.grads, lr)?;
+        // every update is enqueued before the first norm is read back: one wait for the host
+        self.policy.opt.enqueue_step(be, &mut policy.weights, &self.policy.grads, lr)?;
+        let mut value_opt = None;
         if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
-            stats.value_grad_norm = vt.opt.step(be, &mut vm.weights, &vt.grads, value_lr)?;
+            vt.opt.enqueue_step(be, &mut vm.weights, &vt.grads, value_lr)?;
+            value_opt = Some(&mut vt.opt);
         }
         if let Some(h) = self.value_head.as_mut() {
-            stats.value_grad_norm = h.step(be, value_lr, &self.optim)?;
+            h.enqueue_step(be, value_lr, &self.optim)?;
+        }
+        stats.policy_grad_norm = self.policy.opt.finish_step(be)?;
+        if let Some(opt) = value_opt {
+            stats.value_grad_norm = opt.finish_step(be)?;
+        }
+        if let Some(h) = self.value_head.as_mut() {
+            stats.value_grad_norm = h.finish_step(be)?;
         }
         Ok(stats)
     }

@@ -4,7 +4,8 @@
 //! for tensors the layout marks as norms or biases. A non-finite norm makes `adamw` write nothing,
 //! on the device, so the whole step is enqueued without waiting for the backward; the one value
 //! read back, after the update is enqueued, is the squared norm (for logging, and for the host to
-//! know whether the step counted).
+//! know whether the step counted). `enqueue_step` / `finish_step` split a step in those two halves
+//! so that a caller training several models (PPO's policy and value) waits once for all of them.
 
 use crate::backend::ops::{AdamWParams, Backend, ElementwiseParams};
 use crate::error::Result;
@@ -36,13 +37,12 @@ pub struct AdamWTensors<'a, B: Backend> {
     pub decay: &'a [bool],
 }
 
-/// One AdamW step over `t` at optimiser step `*step + 1`: enqueues the global norm into `norm_sq`
-/// and the fused clip + update of every tensor, then reads the squared norm back. When it is not
-/// finite the device updated nothing and `*step` stays; otherwise `*step` advances. Returns the
-/// gradient norm before clipping.
-pub fn adamw_step<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &mut B::Buf, step: &mut usize, t: AdamWTensors<'_, B>, lr: f32) -> Result<f32> {
+/// Enqueues one AdamW step over `t` at optimiser step `step + 1`: the global norm into `norm_sq`
+/// and the fused clip + update of every tensor, with no read-back; [`finish_adamw_step`] then
+/// reads the norm back (and must come before the next step is enqueued).
+pub fn enqueue_adamw_step<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &mut B::Buf, step: usize, t: AdamWTensors<'_, B>, lr: f32) -> Result<()> {
     enqueue_norm(be, norm_sq, t.grads)?;
-    let k = (*step + 1) as i32;
+    let k = (step + 1) as i32;
     let tensors = t.weights.iter_mut().zip(t.grads).zip(t.m.iter_mut().zip(t.v.iter_mut())).zip(t.decay);
     for (((w, g), (m, v)), &decay) in tensors {
         let p = AdamWParams {
@@ -59,6 +59,13 @@ pub fn adamw_step<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &mut B::Buf, s
         };
         be.adamw(w, m, v, g, norm_sq, p)?;
     }
+    Ok(())
+}
+
+/// Reads back the squared norm of the step [`enqueue_adamw_step`] enqueued. When it is not finite
+/// the device updated nothing and `*step` stays; otherwise `*step` advances. Returns the gradient
+/// norm before clipping.
+pub fn finish_adamw_step<B: Backend>(be: &B, norm_sq: &B::Buf, step: &mut usize) -> Result<f32> {
     let nsq = be.download(norm_sq)?[0];
     if nsq.is_finite() {
         *step += 1;
@@ -102,8 +109,21 @@ impl<B: Backend> AdamW<B> {
     /// returned: the divergence guard ([`crate::train::DivergenceGuard`]) counts the step as
     /// skipped. The gradients are not modified (clipping is applied inside the update).
     pub fn step(&mut self, be: &B, weights: &mut [B::Buf], grads: &[B::Buf], lr: f32) -> Result<f32> {
+        self.enqueue_step(be, weights, grads, lr)?;
+        self.finish_step(be)
+    }
+
+    /// The first half of [`Self::step`]: enqueues the norm and the update, reads nothing back (to
+    /// enqueue the steps of several models before one wait).
+    pub fn enqueue_step(&mut self, be: &B, weights: &mut [B::Buf], grads: &[B::Buf], lr: f32) -> Result<()> {
         let t = AdamWTensors { weights, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay };
-        adamw_step(be, &self.cfg, &mut self.norm_sq, &mut self.step, t, lr)
+        enqueue_adamw_step(be, &self.cfg, &mut self.norm_sq, self.step, t, lr)
+    }
+
+    /// The second half of [`Self::step`]: reads the norm back, counts the step if it is finite and
+    /// returns the norm.
+    pub fn finish_step(&mut self, be: &B) -> Result<f32> {
+        finish_adamw_step(be, &self.norm_sq, &mut self.step)
     }
 }
 
