@@ -140,11 +140,24 @@ fn fused_and_memory_bound(c: &mut Criterion) {
     let np = 16 << 20 >> (s / 2);
     let grad = be.upload(&randv(&mut rng, np, 1e-3)).unwrap();
     let (mut param, mut m, mut vv) = (be.upload(&randv(&mut rng, np, 1.0)).unwrap(), be.alloc(np).unwrap(), be.alloc(np).unwrap());
-    let ap = AdamWParams { n: np as u32, lr: 1e-4, beta1: 0.9, beta2: 0.95, eps: 1e-8, weight_decay: 0.1, bias_correction1: 0.1, bias_correction2: 0.05 };
+    // a squared norm of 4 with a threshold of 1: clipping active, as in most training steps
+    let norm_sq = be.upload(&[4.0]).unwrap();
+    let ap = AdamWParams {
+        n: np as u32,
+        lr: 1e-4,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        bias_correction1: 0.1,
+        bias_correction2: 0.05,
+        max_grad_norm: 1.0,
+        ..Default::default()
+    };
     g.throughput(Throughput::Bytes((7 * np * 4) as u64));
     g.bench_function(BenchmarkId::new("adamw bytes", format!("{np} params")), |bench| {
         bench.iter(|| {
-            be.adamw(&mut param, &mut m, &mut vv, &grad, ap).unwrap();
+            be.adamw(&mut param, &mut m, &mut vv, &grad, &norm_sq, ap).unwrap();
             be.synchronize().unwrap();
         })
     });

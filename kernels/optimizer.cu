@@ -3,10 +3,12 @@
 //   grid-stride, f64 per-thread sums, block tree) writes partial[blockIdx.x]; sum_squares_final
 //   (one block of 1024... launched with 256 threads) adds partial[0 .. G] in a fixed order and
 //   adds the total to acc[0]. The host owns the partial buffer (1024 doubles as 2048 floats).
-// clip_grad: x *= min(1, max_norm / (sqrt(norm_sq[0]) + 1e-6)), read on the device (no host sync).
-// adamw: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
+// adamw (global-norm clipping fused in): norm_sq [1] is read on the device (no host sync); when it
+//   is not finite nothing is written (the step is skipped); otherwise g = grad * s with
+//   s = min(1, max_grad_norm / (sqrt(norm_sq) + 1e-6)) when max_grad_norm > 0, else s = 1 (grad is
+//   only read), and m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
 //   p -= lr (m / bc1 / (sqrt(v / bc2) + eps) + wd p). float4 loads and stores.
-// Launch for clip_grad and adamw: 1-D, block 256, grid ceil(ceil(n / 4) / 256).
+// Launch for adamw: 1-D, block 256, grid ceil(ceil(n / 4) / 256).
 #include "common.cuh"
 
 extern "C" __global__ void sum_squares(double* __restrict__ partial, const float* __restrict__ x, ElementwiseParams p) {
@@ -28,18 +30,6 @@ extern "C" __global__ void sum_squares_final(float* __restrict__ acc, const doub
     if (threadIdx.x == 0) acc[0] += (float)s;
 }
 
-extern "C" __global__ void clip_grad(float* __restrict__ x, const float* __restrict__ norm_sq, ClipParams p) {
-    const float s = fminf(p.max_norm / (sqrtf(norm_sq[0]) + 1e-6f), 1.0f);
-    if (s >= 1.0f) return;
-    const unsigned long long n = p.n, n4 = n / 4;
-    for (unsigned long long q = gtid(); q < n4; q += gstride()) {
-        float4 v = reinterpret_cast<float4*>(x)[q];
-        v.x *= s; v.y *= s; v.z *= s; v.w *= s;
-        reinterpret_cast<float4*>(x)[q] = v;
-    }
-    for (unsigned long long i = n4 * 4 + gtid(); i < n; i += gstride()) x[i] *= s;
-}
-
 __device__ __forceinline__ void adamw_one(float& w, float& m, float& v, float g, const AdamWParams& p) {
     m = p.beta1 * m + (1.0f - p.beta1) * g;
     v = p.beta2 * v + (1.0f - p.beta2) * g * g;
@@ -47,18 +37,22 @@ __device__ __forceinline__ void adamw_one(float& w, float& m, float& v, float g,
     w -= p.lr * (mhat / (sqrtf(vhat) + p.eps) + p.weight_decay * w);
 }
 
-extern "C" __global__ void adamw(float* __restrict__ param, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ grad, AdamWParams p) {
+extern "C" __global__ void adamw(float* __restrict__ param, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ grad,
+                                 const float* __restrict__ norm_sq, AdamWParams p) {
+    const float nsq = norm_sq[0];
+    if ((__float_as_uint(nsq) & 0x7f800000u) == 0x7f800000u) return;  // exponent all ones: inf or NaN
+    const float s = p.max_grad_norm > 0.0f ? fminf(p.max_grad_norm / (sqrtf(nsq) + 1e-6f), 1.0f) : 1.0f;
     const unsigned long long n = p.n, n4 = n / 4;
     for (unsigned long long q = gtid(); q < n4; q += gstride()) {
         float4 w = reinterpret_cast<float4*>(param)[q], mm = reinterpret_cast<float4*>(m)[q], vv = reinterpret_cast<float4*>(v)[q];
         const float4 g = reinterpret_cast<const float4*>(grad)[q];
-        adamw_one(w.x, mm.x, vv.x, g.x, p);
-        adamw_one(w.y, mm.y, vv.y, g.y, p);
-        adamw_one(w.z, mm.z, vv.z, g.z, p);
-        adamw_one(w.w, mm.w, vv.w, g.w, p);
+        adamw_one(w.x, mm.x, vv.x, g.x * s, p);
+        adamw_one(w.y, mm.y, vv.y, g.y * s, p);
+        adamw_one(w.z, mm.z, vv.z, g.z * s, p);
+        adamw_one(w.w, mm.w, vv.w, g.w * s, p);
         reinterpret_cast<float4*>(param)[q] = w;
         reinterpret_cast<float4*>(m)[q] = mm;
         reinterpret_cast<float4*>(v)[q] = vv;
     }
-    for (unsigned long long i = n4 * 4 + gtid(); i < n; i += gstride()) adamw_one(param[i], m[i], v[i], grad[i], p);
+    for (unsigned long long i = n4 * 4 + gtid(); i < n; i += gstride()) adamw_one(param[i], m[i], v[i], grad[i] * s, p);
 }

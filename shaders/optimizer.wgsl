@@ -5,10 +5,12 @@
 //   large n: `sum_squares_partial` (workgroup g sums the contiguous chunk g of `chunk` elements
 //   into partial[g]), then `sum_squares_final` (one workgroup) adds the partials to acc[0].
 //   f32 accumulation (the CPU backend sums in f64).
-// clip_grad: x *= min(1, max_norm / (sqrt(norm_sq[0]) + 1e-6)), norm_sq read on the device;
-//   nothing is written when the factor is 1. One invocation per element.
-// adamw: m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
-//   p -= lr (m / bc1 / (sqrt(v / bc2) + eps) + wd p). One invocation per element.
+// adamw (global-norm clipping fused in): norm_sq [1] is read on the device; when it is not finite
+//   (tested on its bits: WGSL may assume floats are finite) nothing is written (the step is
+//   skipped); otherwise g = grad * s with s = min(1, max_grad_norm / (sqrt(norm_sq) + 1e-6)) when
+//   max_grad_norm > 0, else s = 1 (grad itself is only read), and
+//   m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2, p -= lr (m / bc1 / (sqrt(v / bc2) + eps) + wd p).
+//   One invocation per element.
 // Nothing is saved: m and v are the optimiser state, updated in place.
 
 // ---- sum_squares (binding 1 acc, 2 x) and its two-stage variant ----
@@ -69,29 +71,7 @@ fn sum_squares_final(@builtin(local_invocation_index) lid: u32) {
     }
 }
 
-// ---- clip_grad: x, norm_sq ----
-struct ClipParams {
-    n: u32,
-    max_norm: f32,
-}
-
-@group(0) @binding(0) var<uniform> pc: ClipParams;
-@group(0) @binding(1) var<storage, read_write> cg_x: array<f32>;
-@group(0) @binding(2) var<storage, read> cg_norm_sq: array<f32>;
-
-@compute @workgroup_size(256)
-fn clip_grad(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
-    let i = flat_index(gid, nwg, 256u);
-    if (i >= pc.n) {
-        return;
-    }
-    let s = min(pc.max_norm / (sqrt(cg_norm_sq[0]) + 1e-6), 1.0);
-    if (s < 1.0) {
-        cg_x[i] = cg_x[i] * s;
-    }
-}
-
-// ---- adamw: param, m, v, grad ----
+// ---- adamw: param, m, v, grad, norm_sq ----
 struct AdamWParams {
     n: u32,
     lr: f32,
@@ -101,6 +81,10 @@ struct AdamWParams {
     weight_decay: f32,
     bias_correction1: f32,
     bias_correction2: f32,
+    max_grad_norm: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 @group(0) @binding(0) var<uniform> pa: AdamWParams;
@@ -108,14 +92,21 @@ struct AdamWParams {
 @group(0) @binding(2) var<storage, read_write> aw_m: array<f32>;
 @group(0) @binding(3) var<storage, read_write> aw_v: array<f32>;
 @group(0) @binding(4) var<storage, read> aw_grad: array<f32>;
+@group(0) @binding(5) var<storage, read> aw_norm_sq: array<f32>;
 
 @compute @workgroup_size(256)
 fn adamw(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let i = flat_index(gid, nwg, 256u);
-    if (i >= pa.n) {
+    let norm_sq = aw_norm_sq[0];
+    // exponent all ones: an infinity or a NaN
+    if (i >= pa.n || (bitcast<u32>(norm_sq) & 0x7f800000u) == 0x7f800000u) {
         return;
     }
-    let g = aw_grad[i];
+    var s = 1.0;
+    if (pa.max_grad_norm > 0.0) {
+        s = min(pa.max_grad_norm / (sqrt(norm_sq) + 1e-6), 1.0);
+    }
+    let g = aw_grad[i] * s;
     let m = pa.beta1 * aw_m[i] + (1.0 - pa.beta1) * g;
     let v = pa.beta2 * aw_v[i] + (1.0 - pa.beta2) * g * g;
     aw_m[i] = m;

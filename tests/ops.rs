@@ -9,7 +9,7 @@ use rlhf::backend::CpuBackend;
 use rlhf::data::rng::Rng;
 
 mod common;
-use common::{dot, fd_check, randv};
+use common::{adamw_params, dot, fd_check, randv};
 
 /// op name -> the test function covering it (forward reference and/or finite differences).
 const OP_CHECKS: &[(&str, &str)] = &[
@@ -52,7 +52,6 @@ const OP_CHECKS: &[(&str, &str)] = &[
     ("gae", "gae_hand_worked"),
     ("masked_whiten", "masked_whiten_mean_zero_std_one"),
     ("sum_squares", "optimizer_ops"),
-    ("clip_grad", "optimizer_ops"),
     ("adamw", "optimizer_ops"),
     ("preference_loss_fwd_bwd", "dlogp_matches_finite_differences_for_every_loss"),
 ];
@@ -591,47 +590,120 @@ fn optimizer_ops() {
     be.sum_squares(&mut acc, &g, ElementwiseParams::new(n)).unwrap();
     let want: f64 = 2.0 * g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
     assert!((acc[0] as f64 - want).abs() < 1e-3);
-    // clipping to a norm of 1
-    let mut x = g.clone();
+    // two AdamW steps against the formula (no clipping: a threshold far above the norm, then none)
     let mut nsq = vec![0.0];
-    be.sum_squares(&mut nsq, &x, ElementwiseParams::new(n)).unwrap();
-    be.clip_grad(&mut x, &nsq, ClipParams { n: n as u32, max_norm: 1.0 }).unwrap();
-    let norm: f64 = x.iter().map(|v| (*v as f64).powi(2)).sum::<f64>().sqrt();
-    assert!((norm - 1.0).abs() < 1e-4);
-    // a norm already below the limit is left alone
-    let mut y = g.clone();
-    be.clip_grad(&mut y, &nsq, ClipParams { n: n as u32, max_norm: 1e9 }).unwrap();
-    assert_eq!(y, g);
-    // two AdamW steps against the formula
+    be.sum_squares(&mut nsq, &g, ElementwiseParams::new(n)).unwrap();
     let mut w = randv(&mut rng, n, 1.0);
     let w0 = w.clone();
     let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
-    let (lr, b1, b2, eps, wd) = (0.01f32, 0.9f32, 0.95f32, 1e-8f32, 0.1f32);
     let (mut rm, mut rv, mut rw) = (vec![0f64; n], vec![0f64; n], w0.iter().map(|&x| x as f64).collect::<Vec<_>>());
-    for step in 1..=2 {
-        let p = AdamWParams {
-            n: n as u32,
-            lr,
-            beta1: b1,
-            beta2: b2,
-            eps,
-            weight_decay: wd,
-            bias_correction1: 1.0 - b1.powi(step),
-            bias_correction2: 1.0 - b2.powi(step),
-        };
-        be.adamw(&mut w, &mut m, &mut v, &g, p).unwrap();
+    for (step, max_grad_norm) in [(1, 1e9f32), (2, 0.0)] {
+        let p = adamw_params(n, step, max_grad_norm);
+        let (lr, b1, b2, eps, wd) = (p.lr as f64, p.beta1 as f64, p.beta2 as f64, p.eps as f64, p.weight_decay as f64);
+        be.adamw(&mut w, &mut m, &mut v, &g, &nsq, p).unwrap();
         for i in 0..n {
             let gi = g[i] as f64;
-            rm[i] = b1 as f64 * rm[i] + (1.0 - b1 as f64) * gi;
-            rv[i] = b2 as f64 * rv[i] + (1.0 - b2 as f64) * gi * gi;
-            let mh = rm[i] / (1.0 - (b1 as f64).powi(step));
-            let vh = rv[i] / (1.0 - (b2 as f64).powi(step));
-            rw[i] -= lr as f64 * (mh / (vh.sqrt() + eps as f64) + wd as f64 * rw[i]);
+            rm[i] = b1 * rm[i] + (1.0 - b1) * gi;
+            rv[i] = b2 * rv[i] + (1.0 - b2) * gi * gi;
+            let mh = rm[i] / (1.0 - b1.powi(step));
+            let vh = rv[i] / (1.0 - b2.powi(step));
+            rw[i] -= lr * (mh / (vh.sqrt() + eps) + wd * rw[i]);
         }
     }
     for i in 0..n {
         assert!((w[i] as f64 - rw[i]).abs() < 1e-5, "adamw[{i}]");
     }
+}
+
+/// One AdamW step worked by hand (b1 = b2 = 1/2, bias corrections 1, eps and weight decay 0,
+/// lr 0.1) from w = [1, -2], m = [0.2, 0.4], v = [0.14, 0.64]: for the gradient [0.6, 0.8],
+/// m = [0.4, 0.6], v = [0.25, 0.64], w -= 0.1 m / sqrt(v) = [0.08, 0.075]. The gradient [3, 4]
+/// (norm 5) clipped to norm 1 is [0.6, 0.8] (factor 1 / (5 + 1e-6)) and gives the same step.
+#[test]
+fn adamw_clips_by_the_device_norm_by_hand() {
+    let be = CpuBackend::new();
+    let run = |grad: &[f32], norm_sq: f32, max_grad_norm: f32| {
+        let (mut w, mut m, mut v) = (vec![1.0f32, -2.0], vec![0.2f32, 0.4], vec![0.14f32, 0.64]);
+        let g = grad.to_vec();
+        let p = AdamWParams {
+            n: 2,
+            lr: 0.1,
+            beta1: 0.5,
+            beta2: 0.5,
+            eps: 0.0,
+            weight_decay: 0.0,
+            bias_correction1: 1.0,
+            bias_correction2: 1.0,
+            max_grad_norm,
+            ..Default::default()
+        };
+        be.adamw(&mut w, &mut m, &mut v, &g, &vec![norm_sq], p).unwrap();
+        assert_eq!(g, grad, "adamw modified the gradient");
+        (w, m, v)
+    };
+    let close = |what: &str, got: &[f32], want: &[f32]| {
+        for (a, b) in got.iter().zip(want) {
+            assert!((a - b).abs() < 2e-6, "{what}: {got:?} vs {want:?}");
+        }
+    };
+    // clipping active: [3, 4] at norm 5 down to norm 1
+    let (w, m, v) = run(&[3.0, 4.0], 25.0, 1.0);
+    close("clipped w", &w, &[0.92, -2.075]);
+    close("clipped m", &m, &[0.4, 0.6]);
+    close("clipped v", &v, &[0.25, 0.64]);
+    // clipping inactive: the norm (1) is under the threshold (2), or the threshold is off (0)
+    for max_grad_norm in [2.0, 0.0] {
+        let (w, m, v) = run(&[0.6, 0.8], 1.0, max_grad_norm);
+        close("unclipped w", &w, &[0.92, -2.075]);
+        close("unclipped m", &m, &[0.4, 0.6]);
+        close("unclipped v", &v, &[0.25, 0.64]);
+    }
+    // [3, 4] unclipped (threshold off, or above the norm): m = [0.1 + 1.5, 0.2 + 2], v = [0.07 + 4.5, 0.32 + 8]
+    for max_grad_norm in [0.0, 5.5] {
+        let (_, m, v) = run(&[3.0, 4.0], 25.0, max_grad_norm);
+        close("[3, 4] unclipped m", &m, &[1.6, 2.2]);
+        close("[3, 4] unclipped v", &v, &[4.57, 8.32]);
+    }
+}
+
+/// A squared norm that is NaN or infinite makes `adamw` write nothing, clipping on or off.
+#[test]
+fn adamw_skips_a_non_finite_norm_bit_for_bit() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(14);
+    let n = 40_000; // more than one chunk
+    let (w0, m0, g) = (randv(&mut rng, n, 1.0), randv(&mut rng, n, 0.1), randv(&mut rng, n, 1.0));
+    let v0: Vec<f32> = randv(&mut rng, n, 0.1).iter().map(|x| x * x).collect();
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for norm_sq in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        for max_grad_norm in [1.0, 0.0] {
+            let (mut w, mut m, mut v) = (w0.clone(), m0.clone(), v0.clone());
+            let p = adamw_params(n, 1, max_grad_norm);
+            be.adamw(&mut w, &mut m, &mut v, &g, &vec![norm_sq], p).unwrap();
+            let what = format!("norm_sq {norm_sq} max_grad_norm {max_grad_norm}");
+            assert_eq!(bits(&w), bits(&w0), "{what}: param changed");
+            assert_eq!(bits(&m), bits(&m0), "{what}: m changed");
+            assert_eq!(bits(&v), bits(&v0), "{what}: v changed");
+        }
+    }
+    // the same call with a finite norm does update (the test above can fail)
+    let (mut w, mut m, mut v) = (w0.clone(), m0.clone(), v0.clone());
+    let p = adamw_params(n, 1, 1.0);
+    be.adamw(&mut w, &mut m, &mut v, &g, &vec![4.0], p).unwrap();
+    assert_ne!(bits(&w), bits(&w0));
+}
+
+/// Short buffers are an error naming the op, not a panic.
+#[test]
+fn adamw_rejects_short_buffers() {
+    let be = CpuBackend::new();
+    let p = AdamWParams { n: 3, lr: 0.1, beta1: 0.9, beta2: 0.95, eps: 1e-8, bias_correction1: 0.1, bias_correction2: 0.05, ..Default::default() };
+    let (mut w, mut m, mut v, g) = (vec![0.0; 3], vec![0.0; 3], vec![0.0; 2], vec![0.0; 3]);
+    let e = be.adamw(&mut w, &mut m, &mut v, &g, &vec![1.0], p).unwrap_err().to_string();
+    assert!(e.contains("adamw") && e.contains("shorter"), "{e}");
+    let mut v = vec![0.0; 3];
+    let e = be.adamw(&mut w, &mut m, &mut v, &g, &vec![], p).unwrap_err().to_string();
+    assert!(e.contains("adamw") && e.contains("norm_sq"), "{e}");
 }
 
 #[test]

@@ -267,8 +267,13 @@ pub struct SampleParams {
     pub step: u32,
 }
 
-/// One AdamW step with decoupled weight decay: `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`,
-/// `p -= lr * (m / bc1 / (sqrt(v / bc2) + eps) + weight_decay * p)` with `bc = 1 - beta^step`.
+/// One AdamW step with decoupled weight decay and global-norm clipping, reading the squared
+/// global gradient norm `norm_sq[0]` (accumulated by `sum_squares`) on the device:
+/// - `norm_sq[0]` not finite (NaN or an infinity): nothing is written (the step is skipped);
+/// - otherwise the gradient used is `g * s` with `s = min(1, max_grad_norm / (sqrt(norm_sq[0]) + 1e-6))`
+///   when `max_grad_norm > 0`, else `s = 1`; the gradient buffer itself is not modified;
+/// - `m = b1 m + (1-b1) g s`, `v = b2 v + (1-b2) (g s)^2`,
+///   `p -= lr * (m / bc1 / (sqrt(v / bc2) + eps) + weight_decay * p)` with `bc = 1 - beta^step`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct AdamWParams {
@@ -280,14 +285,11 @@ pub struct AdamWParams {
     pub weight_decay: f32,
     pub bias_correction1: f32,
     pub bias_correction2: f32,
-}
-
-/// Global-norm clipping: `x *= min(1, max_norm / (sqrt(norm_sq[0]) + 1e-6))`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
-pub struct ClipParams {
-    pub n: u32,
-    pub max_norm: f32,
+    /// global-norm clipping threshold; 0 (or less) disables clipping
+    pub max_grad_norm: f32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
 
 /// Pairwise ranking loss of reward-model scores (InstructGPT): group g holds the scores
@@ -847,8 +849,6 @@ pub trait Backend: Send + Sync {
     // ---- optimiser -----------------------------------------------------------------------------
     /// `acc[0] += sum_i x[i]^2` (the global gradient norm, accumulated over tensors on the device)
     fn sum_squares(&self, acc: &mut Self::Buf, x: &Self::Buf, p: ElementwiseParams) -> Result<()>;
-    /// See [`ClipParams`]; reads the accumulated squared norm from the device.
-    fn clip_grad(&self, x: &mut Self::Buf, norm_sq: &Self::Buf, p: ClipParams) -> Result<()>;
     // ---- reward model --------------------------------------------------------------------------
     /// See [`RankingParams`]. `dscores` (overwritten) is the gradient of the weighted loss;
     /// `stats` accumulates `[weighted loss, correctly ordered pairs, pairs, sum of s_i - s_j]`.
@@ -879,8 +879,10 @@ pub trait Backend: Send + Sync {
         p: PreferenceParams,
     ) -> Result<()>;
 
-    /// See [`AdamWParams`].
-    fn adamw(&self, param: &mut Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, grad: &Self::Buf, p: AdamWParams) -> Result<()>;
+    /// See [`AdamWParams`]: updates `param`, `m` and `v` (`[n]` each) from `grad [n]` (read only:
+    /// the clipping factor is applied on the fly) and the squared global norm `norm_sq [1]`; a
+    /// non-finite `norm_sq[0]` leaves everything untouched, so the host needs no read-back before it.
+    fn adamw(&self, param: &mut Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, grad: &Self::Buf, norm_sq: &Self::Buf, p: AdamWParams) -> Result<()>;
 }
 
 /// Every op of the list, by the name it has in all backends (CPU function, CUDA kernel, WGSL entry
@@ -922,7 +924,6 @@ pub const OP_NAMES: &[&str] = &[
     "gae",
     "masked_whiten",
     "sum_squares",
-    "clip_grad",
     "adamw",
     "ranking_loss",
     "preference_loss_fwd_bwd",

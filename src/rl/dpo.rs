@@ -604,7 +604,7 @@ pub fn run_dpo<B: Backend>(
         }
         let stats = trainer.stats(be)?;
         let lr = schedule.at(step);
-        let grad_norm = state.opt.step_unless_loss_nan(be, &mut model.weights, &mut trainer.grads, lr, stats.loss)?;
+        let grad_norm = state.opt.step_unless_loss_nan(be, &mut model.weights, &trainer.grads, lr, stats.loss)?;
         let skipped = run.guard.check("dpo", step, stats.loss, grad_norm, latest_checkpoint(&cfg.out))?;
         tokens += step_tokens;
         if step == 1 {

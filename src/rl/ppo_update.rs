@@ -14,7 +14,7 @@ use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, EmbeddingParams,
 use crate::data::batch::Batch;
 use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
-use crate::train::optimizer::{AdamW, AdamWConfig};
+use crate::train::optimizer::{enqueue_adamw_step, finish_adamw_step, AdamW, AdamWConfig, AdamWTensors};
 use crate::train::resume::{Checkpoint, StateWriter};
 
 /// One micro-batch of rollouts, `[b, t]` row-major: position i predicts token `targets[i]`
@@ -152,33 +152,22 @@ impl<B: Backend> ValueHead<B> {
         &self.grad
     }
 
-    /// Clipped AdamW step (no weight decay); returns the head's gradient norm. A non-finite
-    /// norm updates nothing (as [`AdamW::step`]).
-    fn step(&mut self, be: &B, lr: f32, optim: &AdamWConfig) -> Result<f32> {
-        let n = be.len(&self.weight);
-        be.fill(&mut self.norm_sq, 0.0, ElementwiseParams::new(1))?;
-        be.sum_squares(&mut self.norm_sq, &self.grad, ElementwiseParams::new(n))?;
-        let norm = be.download(&self.norm_sq)?[0].sqrt();
-        if !norm.is_finite() {
-            return Ok(norm);
-        }
-        if optim.max_grad_norm > 0.0 {
-            be.clip_grad(&mut self.grad, &self.norm_sq, crate::backend::ops::ClipParams { n: n as u32, max_norm: optim.max_grad_norm })?;
-        }
-        self.step += 1;
-        let t = self.step as i32;
-        let p = crate::backend::ops::AdamWParams {
-            n: n as u32,
-            lr,
-            beta1: optim.beta1,
-            beta2: optim.beta2,
-            eps: optim.eps,
-            weight_decay: 0.0,
-            bias_correction1: 1.0 - optim.beta1.powi(t),
-            bias_correction2: 1.0 - optim.beta2.powi(t),
+    /// Enqueues a clipped AdamW step (no weight decay) through the same fused path as
+    /// [`AdamW::enqueue_step`]; [`Self::finish_step`] reads its norm back.
+    fn enqueue_step(&mut self, be: &B, lr: f32, optim: &AdamWConfig) -> Result<()> {
+        let t = AdamWTensors {
+            weights: std::slice::from_mut(&mut self.weight),
+            grads: std::slice::from_ref(&self.grad),
+            m: std::slice::from_mut(&mut self.m),
+            v: std::slice::from_mut(&mut self.v),
+            decay: &[false],
         };
-        be.adamw(&mut self.weight, &mut self.m, &mut self.v, &self.grad, p)?;
-        Ok(norm)
+        enqueue_adamw_step(be, optim, &mut self.norm_sq, self.step, t, lr)
+    }
+
+    /// The head's gradient norm; a non-finite one updated nothing (as [`AdamW::finish_step`]).
+    fn finish_step(&mut self, be: &B) -> Result<f32> {
+        finish_adamw_step(be, &self.norm_sq, &mut self.step)
     }
 
     fn save_state(&self, be: &B, w: &mut StateWriter) -> Result<()> {
@@ -529,12 +518,22 @@ impl<B: Backend> PpoUpdate<B> {
             stats.value_grad_norm = f32::NAN;
             return Ok(stats);
         }
-        stats.policy_grad_norm = self.policy.opt.step(be, &mut policy.weights, &mut self.policy.grads, lr)?;
+        // every update is enqueued before the first norm is read back: one wait for the host
+        self.policy.opt.enqueue_step(be, &mut policy.weights, &self.policy.grads, lr)?;
+        let mut value_opt = None;
         if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
-            stats.value_grad_norm = vt.opt.step(be, &mut vm.weights, &mut vt.grads, value_lr)?;
+            vt.opt.enqueue_step(be, &mut vm.weights, &vt.grads, value_lr)?;
+            value_opt = Some(&mut vt.opt);
         }
         if let Some(h) = self.value_head.as_mut() {
-            stats.value_grad_norm = h.step(be, value_lr, &self.optim)?;
+            h.enqueue_step(be, value_lr, &self.optim)?;
+        }
+        stats.policy_grad_norm = self.policy.opt.finish_step(be)?;
+        if let Some(opt) = value_opt {
+            stats.value_grad_norm = opt.finish_step(be)?;
+        }
+        if let Some(h) = self.value_head.as_mut() {
+            stats.value_grad_norm = h.finish_step(be)?;
         }
         Ok(stats)
     }

@@ -278,7 +278,7 @@ impl<B: Backend> RewardTrainer<B> {
     ) -> Result<(RankingStats, f32)> {
         let stats = self.loss_and_grads(be, model, groups, extra_margin, pad)?;
         let st = self.train.as_mut().expect("loss_and_grads checked");
-        let grad_norm = st.opt.step_unless_loss_nan(be, &mut model.weights, &mut st.grads, lr, stats.loss)?;
+        let grad_norm = st.opt.step_unless_loss_nan(be, &mut model.weights, &st.grads, lr, stats.loss)?;
         Ok((stats, grad_norm))
     }
 

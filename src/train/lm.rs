@@ -65,7 +65,7 @@ impl<B: Backend> LmTrainer<B> {
     /// whose loss or gradient norm is not finite updates nothing (see [`AdamW::step`]).
     pub fn step(&mut self, be: &B, model: &mut Model<B>, lr: f32) -> Result<StepStats> {
         let loss = be.download(&self.loss_acc)?[0];
-        let grad_norm = self.opt.step_unless_loss_nan(be, &mut model.weights, &mut self.grads, lr, loss)?;
+        let grad_norm = self.opt.step_unless_loss_nan(be, &mut model.weights, &self.grads, lr, loss)?;
         Ok(StepStats { loss, grad_norm })
     }
 

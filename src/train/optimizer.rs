@@ -1,9 +1,13 @@
 //! AdamW over a parameter list, on the device: the global gradient norm is accumulated on the
-//! device (`sum_squares`), gradients are clipped there (`clip_grad`) and updated with decoupled
-//! weight decay (`adamw`) skipped for tensors the layout marks as norms or biases. The one value
-//! read back per step is the squared norm, for logging.
+//! device (`sum_squares`), then `adamw` updates each tensor with the gradient clipped to
+//! `max_grad_norm` on the fly (the gradients are only read) and decoupled weight decay, skipped
+//! for tensors the layout marks as norms or biases. A non-finite norm makes `adamw` write nothing,
+//! on the device, so the whole step is enqueued without waiting for the backward; the one value
+//! read back, after the update is enqueued, is the squared norm (for logging, and for the host to
+//! know whether the step counted). `enqueue_step` / `finish_step` split a step in those two halves
+//! so that a caller training several models (PPO's policy and value) waits once for all of them.
 
-use crate::backend::ops::{AdamWParams, Backend, ClipParams, ElementwiseParams};
+use crate::backend::ops::{AdamWParams, Backend, ElementwiseParams};
 use crate::error::Result;
 use crate::model::ParamLayout;
 use crate::train::resume::{Checkpoint, StateWriter};
@@ -24,6 +28,60 @@ impl Default for AdamWConfig {
     }
 }
 
+/// The tensors of one AdamW step: weights, their gradients and moments, and whether each decays.
+pub struct AdamWTensors<'a, B: Backend> {
+    pub weights: &'a mut [B::Buf],
+    pub grads: &'a [B::Buf],
+    pub m: &'a mut [B::Buf],
+    pub v: &'a mut [B::Buf],
+    pub decay: &'a [bool],
+}
+
+/// Enqueues one AdamW step over `t` at optimiser step `step + 1`: the global norm into `norm_sq`
+/// and the fused clip + update of every tensor, with no read-back; [`finish_adamw_step`] then
+/// reads the norm back (and must come before the next step is enqueued).
+pub fn enqueue_adamw_step<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &mut B::Buf, step: usize, t: AdamWTensors<'_, B>, lr: f32) -> Result<()> {
+    enqueue_norm(be, norm_sq, t.grads)?;
+    let k = (step + 1) as i32;
+    let tensors = t.weights.iter_mut().zip(t.grads).zip(t.m.iter_mut().zip(t.v.iter_mut())).zip(t.decay);
+    for (((w, g), (m, v)), &decay) in tensors {
+        let p = AdamWParams {
+            n: be.len(w) as u32,
+            lr,
+            beta1: cfg.beta1,
+            beta2: cfg.beta2,
+            eps: cfg.eps,
+            weight_decay: if decay { cfg.weight_decay } else { 0.0 },
+            bias_correction1: 1.0 - cfg.beta1.powi(k),
+            bias_correction2: 1.0 - cfg.beta2.powi(k),
+            max_grad_norm: cfg.max_grad_norm,
+            ..Default::default()
+        };
+        be.adamw(w, m, v, g, norm_sq, p)?;
+    }
+    Ok(())
+}
+
+/// Reads back the squared norm of the step [`enqueue_adamw_step`] enqueued. When it is not finite
+/// the device updated nothing and `*step` stays; otherwise `*step` advances. Returns the gradient
+/// norm before clipping.
+pub fn finish_adamw_step<B: Backend>(be: &B, norm_sq: &B::Buf, step: &mut usize) -> Result<f32> {
+    let nsq = be.download(norm_sq)?[0];
+    if nsq.is_finite() {
+        *step += 1;
+    }
+    Ok(nsq.sqrt())
+}
+
+/// Enqueues `norm_sq[0] = sum of the squares of every gradient` (no read-back).
+fn enqueue_norm<B: Backend>(be: &B, norm_sq: &mut B::Buf, grads: &[B::Buf]) -> Result<()> {
+    be.fill(norm_sq, 0.0, ElementwiseParams::new(1))?;
+    for g in grads {
+        be.sum_squares(norm_sq, g, ElementwiseParams::new(be.len(g)))?;
+    }
+    Ok(())
+}
+
 pub struct AdamW<B: Backend> {
     pub cfg: AdamWConfig,
     pub m: Vec<B::Buf>,
@@ -41,53 +99,38 @@ impl<B: Backend> AdamW<B> {
 
     /// Enqueues the global norm of `grads` on the device (no read-back).
     pub fn enqueue_grad_norm(&mut self, be: &B, grads: &[B::Buf]) -> Result<()> {
-        be.fill(&mut self.norm_sq, 0.0, ElementwiseParams::new(1))?;
-        for g in grads {
-            be.sum_squares(&mut self.norm_sq, g, ElementwiseParams::new(be.len(g)))?;
-        }
-        Ok(())
+        enqueue_norm(be, &mut self.norm_sq, grads)
     }
 
     /// Clips and applies one update with learning rate `lr`; returns the global gradient norm
-    /// before clipping (the step's one read-back). When that norm is not finite (a NaN or an
-    /// infinity anywhere in the gradients) nothing is updated — weights, moments and the step
-    /// count stay as they were — and the non-finite norm is returned: the divergence guard
-    /// ([`crate::train::DivergenceGuard`]) counts the step as skipped.
-    pub fn step(&mut self, be: &B, weights: &mut [B::Buf], grads: &mut [B::Buf], lr: f32) -> Result<f32> {
-        self.enqueue_grad_norm(be, grads)?;
-        let norm = self.grad_norm_sq(be)?.sqrt();
-        if !norm.is_finite() {
-            return Ok(norm);
-        }
-        if self.cfg.max_grad_norm > 0.0 {
-            for g in grads.iter_mut() {
-                let n = be.len(g) as u32;
-                be.clip_grad(g, &self.norm_sq, ClipParams { n, max_norm: self.cfg.max_grad_norm })?;
-            }
-        }
-        self.step += 1;
-        let t = self.step as i32;
-        for (i, ((w, g), (m, v))) in weights.iter_mut().zip(grads.iter()).zip(self.m.iter_mut().zip(self.v.iter_mut())).enumerate() {
-            let p = AdamWParams {
-                n: be.len(w) as u32,
-                lr,
-                beta1: self.cfg.beta1,
-                beta2: self.cfg.beta2,
-                eps: self.cfg.eps,
-                weight_decay: if self.decay[i] { self.cfg.weight_decay } else { 0.0 },
-                bias_correction1: 1.0 - self.cfg.beta1.powi(t),
-                bias_correction2: 1.0 - self.cfg.beta2.powi(t),
-            };
-            be.adamw(w, m, v, g, p)?;
-        }
-        Ok(norm)
+    /// before clipping (the step's one read-back, after the update is enqueued). When that norm is
+    /// not finite (a NaN or an infinity anywhere in the gradients) the device updates nothing —
+    /// weights, moments and the step count stay as they were — and the non-finite norm is
+    /// returned: the divergence guard ([`crate::train::DivergenceGuard`]) counts the step as
+    /// skipped. The gradients are not modified (clipping is applied inside the update).
+    pub fn step(&mut self, be: &B, weights: &mut [B::Buf], grads: &[B::Buf], lr: f32) -> Result<f32> {
+        self.enqueue_step(be, weights, grads, lr)?;
+        self.finish_step(be)
+    }
+
+    /// The first half of [`Self::step`]: enqueues the norm and the update, reads nothing back (to
+    /// enqueue the steps of several models before one wait).
+    pub fn enqueue_step(&mut self, be: &B, weights: &mut [B::Buf], grads: &[B::Buf], lr: f32) -> Result<()> {
+        let t = AdamWTensors { weights, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay };
+        enqueue_adamw_step(be, &self.cfg, &mut self.norm_sq, self.step, t, lr)
+    }
+
+    /// The second half of [`Self::step`]: reads the norm back, counts the step if it is finite and
+    /// returns the norm.
+    pub fn finish_step(&mut self, be: &B) -> Result<f32> {
+        finish_adamw_step(be, &self.norm_sq, &mut self.step)
     }
 }
 
 impl<B: Backend> AdamW<B> {
     /// [`Self::step`] for a step whose `loss` the caller has read back: a non-finite loss
     /// updates nothing either (the gradient norm is still measured and returned, for logging).
-    pub fn step_unless_loss_nan(&mut self, be: &B, weights: &mut [B::Buf], grads: &mut [B::Buf], lr: f32, loss: f32) -> Result<f32> {
+    pub fn step_unless_loss_nan(&mut self, be: &B, weights: &mut [B::Buf], grads: &[B::Buf], lr: f32, loss: f32) -> Result<f32> {
         if loss.is_finite() {
             return self.step(be, weights, grads, lr);
         }

@@ -7,6 +7,24 @@ pub fn randv(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() * scale).collect()
 }
 
+/// AdamW op parameters for the op tests: lr 3e-3, betas 0.9 and 0.95, eps 1e-8, weight decay 0.1,
+/// the bias corrections of (1-based) step `step`, clipping threshold `max_grad_norm` (0 = off).
+pub fn adamw_params(n: usize, step: i32, max_grad_norm: f32) -> rlhf::backend::ops::AdamWParams {
+    let (beta1, beta2) = (0.9f32, 0.95f32);
+    rlhf::backend::ops::AdamWParams {
+        n: n as u32,
+        lr: 3e-3,
+        beta1,
+        beta2,
+        eps: 1e-8,
+        weight_decay: 0.1,
+        bias_correction1: 1.0 - beta1.powi(step),
+        bias_correction2: 1.0 - beta2.powi(step),
+        max_grad_norm,
+        ..Default::default()
+    }
+}
+
 pub fn dot(a: &[f32], b: &[f32]) -> f64 {
     a.iter().zip(b).map(|(x, y)| *x as f64 * *y as f64).sum()
 }

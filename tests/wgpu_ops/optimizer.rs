@@ -1,16 +1,16 @@
-//! sum_squares, clip_grad and adamw against the CPU backend.
+//! sum_squares and adamw (clipping fused in) against the CPU backend.
 //!
 //! Tolerances: sum_squares 2e-6 relative (f32 tree sums on the GPU, f64 on the CPU; accumulated
-//! onto a nonzero value, over several tensors, both single-workgroup and two-stage sizes);
-//! clip_grad 1e-6 relative (the factor's sqrt and division may differ by an ulp); adamw over
-//! 6 steps 1e-6 absolute + 1e-5 relative on the parameters, 1e-6 of the largest value + 1e-5
-//! relative on the moments.
+//! onto a nonzero value, over several tensors, both single-workgroup and two-stage sizes); adamw
+//! over 6 steps (clipping active, inactive and off) 1e-6 absolute + 1e-5 relative on the
+//! parameters, 1e-6 of the largest value + 1e-5 relative on the moments; a NaN or infinite
+//! squared norm leaves parameters and moments unchanged bit for bit.
 
 use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("sum_squares", "sum_squares_parity"), ("clip_grad", "clip_grad_parity"), ("adamw", "adamw_parity")];
+pub const CHECKS: &[(&str, &str)] = &[("sum_squares", "sum_squares_parity"), ("adamw", "adamw_parity")];
 
 #[test]
 fn sum_squares_parity() {
@@ -36,22 +36,9 @@ fn sum_squares_parity() {
     }
 }
 
-#[test]
-fn clip_grad_parity() {
-    let Some(g) = gpu() else { return };
-    let c = cpu();
-    let mut rng = Rng::new(62);
-    for &(n, norm_sq, max_norm) in &[(1usize, 4.0f32, 1.0f32), (1000, 100.0, 1.0), (70_001, 0.25, 1.0), (70_001, 1e6, 0.5), (5, 0.0, 1.0)] {
-        let (cx, gx) = both(g, &crate::common::randv(&mut rng, n, 1.0));
-        let (mut cx, mut gx) = (cx, gx);
-        let (cn, gn) = both(g, &[norm_sq]);
-        let p = ClipParams { n: n as u32, max_norm };
-        c.clip_grad(&mut cx, &cn, p).unwrap();
-        g.clip_grad(&mut gx, &gn, p).unwrap();
-        assert_close(&format!("clip_grad n={n} norm_sq={norm_sq} max_norm={max_norm}"), &g.download(&gx).unwrap(), &cx, 0.0, 1e-6);
-    }
-}
-
+/// Six steps per size; the squared norm of step k's gradient is measured on the CPU and the
+/// threshold picks clipping active (steps 1-2: threshold 1e-3, far under the norm), inactive
+/// (3-4: 1e9) and off (5-6: 0).
 #[test]
 fn adamw_parity() {
     let Some(g) = gpu() else { return };
@@ -61,26 +48,35 @@ fn adamw_parity() {
         let (mut cp, mut gp) = both(g, &crate::common::randv(&mut rng, n, 1.0));
         let (mut cm, mut gm) = both(g, &vec![0.0; n]);
         let (mut cv, mut gv) = both(g, &vec![0.0; n]);
-        let (b1, b2) = (0.9f32, 0.95f32);
         for step in 1..=6 {
-            let (cg, gg) = both(g, &crate::common::randv(&mut rng, n, 0.01 * step as f32));
-            let p = AdamWParams {
-                n: n as u32,
-                lr: 3e-3,
-                beta1: b1,
-                beta2: b2,
-                eps: 1e-8,
-                weight_decay: 0.1,
-                bias_correction1: 1.0 - b1.powi(step),
-                bias_correction2: 1.0 - b2.powi(step),
-            };
-            c.adamw(&mut cp, &mut cm, &mut cv, &cg, p).unwrap();
-            g.adamw(&mut gp, &mut gm, &mut gv, &gg, p).unwrap();
+            let grad = crate::common::randv(&mut rng, n, 0.01 * step as f32);
+            let (cg, gg) = both(g, &grad);
+            let norm_sq = grad.iter().map(|x| x * x).sum::<f32>();
+            let (cn, gn) = both(g, &[norm_sq]);
+            let p = crate::common::adamw_params(n, step, [1e-3, 1e9, 0.0][(step as usize - 1) / 2]);
+            c.adamw(&mut cp, &mut cm, &mut cv, &cg, &cn, p).unwrap();
+            g.adamw(&mut gp, &mut gm, &mut gv, &gg, &gn, p).unwrap();
+            assert_eq!(g.download(&gg).unwrap(), grad, "adamw n={n} modified the gradient");
         }
         // the moments to 1e-6 of their largest value + 1e-5 relative
         let scale = |w: &[f32]| 1e-6 * w.iter().fold(0f32, |m, x| m.max(x.abs()));
         assert_close(&format!("adamw n={n} m"), &g.download(&gm).unwrap(), &cm, scale(&cm), 1e-5);
         assert_close(&format!("adamw n={n} v"), &g.download(&gv).unwrap(), &cv, scale(&cv), 1e-5);
         assert_close(&format!("adamw n={n} param"), &g.download(&gp).unwrap(), &cp, 1e-6, 1e-5);
+        // a non-finite squared norm: nothing changes, bit for bit
+        let (p0, m0, v0) = (g.download(&gp).unwrap(), g.download(&gm).unwrap(), g.download(&gv).unwrap());
+        let gg = g.upload(&crate::common::randv(&mut rng, n, 1.0)).unwrap();
+        for bad in [f32::NAN, f32::INFINITY] {
+            for max_grad_norm in [1.0, 0.0] {
+                let gn = g.upload(&[bad]).unwrap();
+                let p = crate::common::adamw_params(n, 1, max_grad_norm);
+                g.adamw(&mut gp, &mut gm, &mut gv, &gg, &gn, p).unwrap();
+                let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
+                let what = format!("adamw n={n} norm_sq={bad} max_grad_norm={max_grad_norm}");
+                assert_eq!(bits(g.download(&gp).unwrap()), bits(p0.clone()), "{what}: param changed");
+                assert_eq!(bits(g.download(&gm).unwrap()), bits(m0.clone()), "{what}: m changed");
+                assert_eq!(bits(g.download(&gv).unwrap()), bits(v0.clone()), "{what}: v changed");
+            }
+        }
     }
 }

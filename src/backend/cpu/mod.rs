@@ -479,11 +479,6 @@ impl Backend for CpuBackend {
         optimizer::sum_squares(acc, &x[..p.n as usize]);
         Ok(())
     }
-    fn clip_grad(&self, x: &mut Vec<f32>, norm_sq: &Vec<f32>, p: ClipParams) -> Result<()> {
-        let _t = profile::OpTimer::start("clip_grad");
-        optimizer::clip_grad(x, norm_sq, p);
-        Ok(())
-    }
     fn ranking_loss(
         &self,
         dscores: &mut Vec<f32>,
@@ -522,9 +517,12 @@ impl Backend for CpuBackend {
         preference::preference_loss_fwd_bwd(dlogp, stats, logp, mask, ref_sums, p);
         Ok(())
     }
-    fn adamw(&self, param: &mut Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, grad: &Vec<f32>, p: AdamWParams) -> Result<()> {
+    fn adamw(&self, param: &mut Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, grad: &Vec<f32>, norm_sq: &Vec<f32>, p: AdamWParams) -> Result<()> {
         let _t = profile::OpTimer::start("adamw");
-        optimizer::adamw(param, m, v, grad, p);
+        let n = p.n as usize;
+        check([param.len(), m.len(), v.len(), grad.len()].iter().all(|&l| l >= n), "adamw", "param, m, v or grad shorter than n")?;
+        check(!norm_sq.is_empty(), "adamw", "norm_sq needs 1 value")?;
+        optimizer::adamw(param, m, v, grad, norm_sq, p);
         Ok(())
     }
 }

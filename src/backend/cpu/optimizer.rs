@@ -1,10 +1,12 @@
 //! Optimiser ops, element-wise over one parameter tensor `[n]`.
 //! sum_squares: `acc[0] += sum x^2` (f64 partial sums in a fixed chunk order).
-//! clip_grad: `x *= min(1, max_norm / (sqrt(norm_sq[0]) + 1e-6))`.
-//! adamw: `m = b1 m + (1-b1) g`, `v = b2 v + (1-b2) g^2`,
+//! adamw (clipping fused in): skipped entirely when `norm_sq[0]` is not finite; otherwise with
+//!        `s = min(1, max_norm / (sqrt(norm_sq[0]) + 1e-6))` when `max_norm > 0` (else 1) and the
+//!        gradient `g s` (the gradient buffer is only read):
+//!        `m = b1 m + (1-b1) g s`, `v = b2 v + (1-b2) (g s)^2`,
 //!        `p -= lr (m/bc1 / (sqrt(v/bc2) + eps) + wd p)` (decoupled weight decay).
 
-use crate::backend::ops::{AdamWParams, ClipParams};
+use crate::backend::ops::AdamWParams;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -14,24 +16,25 @@ pub fn sum_squares(acc: &mut [f32], x: &[f32]) {
     acc[0] += partial.iter().sum::<f64>() as f32;
 }
 
-pub fn clip_factor(norm_sq: f32, max_norm: f32) -> f32 {
-    (max_norm / (norm_sq.sqrt() + 1e-6)).min(1.0)
-}
-
-pub fn clip_grad(x: &mut [f32], norm_sq: &[f32], p: ClipParams) {
-    let s = clip_factor(norm_sq[0], p.max_norm);
-    if s < 1.0 {
-        x[..p.n as usize].par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v *= s));
+/// The factor AdamW multiplies the gradient by, or `None` when the squared norm is not finite
+/// (the step is skipped).
+pub fn grad_scale(norm_sq: f32, max_norm: f32) -> Option<f32> {
+    if !norm_sq.is_finite() {
+        return None;
     }
+    let s = (max_norm / (norm_sq.sqrt() + 1e-6)).min(1.0);
+    Some(if max_norm > 0.0 && s < 1.0 { s } else { 1.0 })
 }
 
-pub fn adamw(param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], p: AdamWParams) {
+pub fn adamw(param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], norm_sq: &[f32], p: AdamWParams) {
+    let Some(s) = grad_scale(norm_sq[0], p.max_grad_norm) else { return };
     let n = p.n as usize;
     param[..n].par_chunks_mut(CHUNK).zip(m[..n].par_chunks_mut(CHUNK).zip(v[..n].par_chunks_mut(CHUNK))).zip(grad[..n].par_chunks(CHUNK)).for_each(
         |((w, (m, v)), g)| {
             for i in 0..w.len() {
-                m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * g[i];
-                v[i] = p.beta2 * v[i] + (1.0 - p.beta2) * g[i] * g[i];
+                let g = g[i] * s;
+                m[i] = p.beta1 * m[i] + (1.0 - p.beta1) * g;
+                v[i] = p.beta2 * v[i] + (1.0 - p.beta2) * g * g;
                 let mhat = m[i] / p.bias_correction1;
                 let vhat = v[i] / p.bias_correction2;
                 w[i] -= p.lr * (mhat / (vhat.sqrt() + p.eps) + p.weight_decay * w[i]);

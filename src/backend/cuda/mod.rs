@@ -51,7 +51,6 @@ unsafe impl DeviceRepr for AttentionDecodeParams {}
 unsafe impl DeviceRepr for CrossEntropyParams {}
 unsafe impl DeviceRepr for SampleParams {}
 unsafe impl DeviceRepr for AdamWParams {}
-unsafe impl DeviceRepr for ClipParams {}
 unsafe impl DeviceRepr for RankingParams {}
 unsafe impl DeviceRepr for GaeParams {}
 unsafe impl DeviceRepr for WhitenParams {}
@@ -378,9 +377,6 @@ impl Backend for CudaBackend {
     fn sum_squares(&self, acc: &mut Self::Buf, x: &Self::Buf, p: ElementwiseParams) -> Result<()> {
         optimizer::sum_squares(&self.ctx, acc, x, p)
     }
-    fn clip_grad(&self, x: &mut Self::Buf, norm_sq: &Self::Buf, p: ClipParams) -> Result<()> {
-        optimizer::clip_grad(&self.ctx, x, norm_sq, p)
-    }
     fn ranking_loss(
         &self,
         dscores: &mut Self::Buf,
@@ -392,8 +388,8 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         reward::ranking_loss(&self.ctx, dscores, stats, scores, starts, margins, p)
     }
-    fn adamw(&self, param: &mut Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, grad: &Self::Buf, p: AdamWParams) -> Result<()> {
-        optimizer::adamw(&self.ctx, param, m, v, grad, p)
+    fn adamw(&self, param: &mut Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, grad: &Self::Buf, norm_sq: &Self::Buf, p: AdamWParams) -> Result<()> {
+        optimizer::adamw(&self.ctx, param, m, v, grad, norm_sq, p)
     }
     fn preference_loss_fwd_bwd(
         &self,

@@ -1,9 +1,10 @@
 //! Launchers of kernels/optimizer.cu: the global gradient norm (two launches, f64 partial sums of
-//! at most 1024 blocks in a scratch buffer), clipping from the device-resident norm, AdamW.
+//! at most 1024 blocks in a scratch buffer) and AdamW, which clips by (or skips on) that norm on
+//! the device.
 
 use super::context::{elementwise, launch, Context, Scratch};
 use super::need;
-use crate::backend::ops::{AdamWParams, ClipParams, ElementwiseParams};
+use crate::backend::ops::{AdamWParams, ElementwiseParams};
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
@@ -27,20 +28,11 @@ pub fn sum_squares(ctx: &Context, acc: &mut Buf, x: &Buf, p: ElementwiseParams) 
     })
 }
 
-pub fn clip_grad(ctx: &Context, x: &mut Buf, norm_sq: &Buf, p: ClipParams) -> Result<()> {
+pub fn adamw(ctx: &Context, param: &mut Buf, m: &mut Buf, v: &mut Buf, grad: &Buf, norm_sq: &Buf, p: AdamWParams) -> Result<()> {
     let n = p.n as usize;
-    need("clip_grad", &[("x", x.len(), n), ("norm_sq", norm_sq.len(), 1)])?;
+    need("adamw", &[("param", param.len(), n), ("m", m.len(), n), ("v", v.len(), n), ("grad", grad.len(), n), ("norm_sq", norm_sq.len(), 1)])?;
     if n == 0 {
         return Ok(());
     }
-    launch!(ctx, "optimizer", "clip_grad", elementwise(n), x, norm_sq, &p)
-}
-
-pub fn adamw(ctx: &Context, param: &mut Buf, m: &mut Buf, v: &mut Buf, grad: &Buf, p: AdamWParams) -> Result<()> {
-    let n = p.n as usize;
-    need("adamw", &[("param", param.len(), n), ("m", m.len(), n), ("v", v.len(), n), ("grad", grad.len(), n)])?;
-    if n == 0 {
-        return Ok(());
-    }
-    launch!(ctx, "optimizer", "adamw", elementwise(n), param, m, v, grad, &p)
+    launch!(ctx, "optimizer", "adamw", elementwise(n), param, m, v, grad, norm_sq, &p)
 }

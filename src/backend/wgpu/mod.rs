@@ -363,10 +363,6 @@ impl Backend for WgpuBackend {
         optimizer::sum_squares(&self.ctx, acc, x, p)
     }
 
-    fn clip_grad(&self, x: &mut GpuBuf, norm_sq: &GpuBuf, p: ClipParams) -> Result<()> {
-        optimizer::clip_grad(&self.ctx, x, norm_sq, p)
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn ranking_loss(&self, dscores: &mut GpuBuf, stats: &mut GpuBuf, scores: &GpuBuf, starts: &GpuBuf, margins: &GpuBuf, p: RankingParams) -> Result<()> {
         reward::ranking_loss(&self.ctx, dscores, stats, scores, starts, margins, p)
@@ -385,7 +381,7 @@ impl Backend for WgpuBackend {
         preference::preference_loss_fwd_bwd(&self.ctx, dlogp, stats, logp, mask, ref_sums, p)
     }
 
-    fn adamw(&self, param: &mut GpuBuf, m: &mut GpuBuf, v: &mut GpuBuf, grad: &GpuBuf, p: AdamWParams) -> Result<()> {
-        optimizer::adamw(&self.ctx, param, m, v, grad, p)
+    fn adamw(&self, param: &mut GpuBuf, m: &mut GpuBuf, v: &mut GpuBuf, grad: &GpuBuf, norm_sq: &GpuBuf, p: AdamWParams) -> Result<()> {
+        optimizer::adamw(&self.ctx, param, m, v, grad, norm_sq, p)
     }
 }

@@ -1,7 +1,7 @@
 //! Launchers of the `optimizer` family (`shaders/optimizer.wgsl`): the gradient-norm reduction
 //! (one workgroup for small tensors; per-chunk partials into a scratch buffer and one final
-//! workgroup for large ones, deterministic either way), clipping by a norm that stays on the
-//! device, and the element-wise AdamW step.
+//! workgroup for large ones, deterministic either way) and the element-wise AdamW step, which
+//! clips by (or skips on) a norm that stays on the device.
 
 use super::buffer::GpuBuf;
 use super::context::{err, Context};
@@ -44,21 +44,13 @@ pub fn sum_squares(ctx: &Context, acc: &GpuBuf, x: &GpuBuf, p: ElementwiseParams
     ctx.dispatch("sum_squares_final", bytemuck::bytes_of(&lp), &[acc, x, &partial], [1, 1, 1])
 }
 
-pub fn clip_grad(ctx: &Context, x: &GpuBuf, norm_sq: &GpuBuf, p: ClipParams) -> Result<()> {
+pub fn adamw(ctx: &Context, param: &GpuBuf, m: &GpuBuf, v: &GpuBuf, grad: &GpuBuf, norm_sq: &GpuBuf, p: AdamWParams) -> Result<()> {
     let n = p.n as usize;
-    if x.len < n || norm_sq.len < 1 {
-        return Err(err(format!("clip_grad: x needs {n} values and norm_sq 1 (they hold {} and {})", x.len, norm_sq.len)));
+    if [param, m, v, grad].iter().any(|b| b.len < n) || norm_sq.len < 1 {
+        return Err(err(format!("adamw: param, m, v and grad need n = {n} values and norm_sq 1")));
     }
-    if x.id == norm_sq.id {
-        return Err(err("clip_grad: x and norm_sq must be different buffers"));
+    if [param, m, v].iter().any(|b| b.id == norm_sq.id) {
+        return Err(err("adamw: norm_sq must not be param, m or v"));
     }
-    ctx.dispatch("clip_grad", bytemuck::bytes_of(&p), &[x, norm_sq], ctx.grid_1d(n, 256))
-}
-
-pub fn adamw(ctx: &Context, param: &GpuBuf, m: &GpuBuf, v: &GpuBuf, grad: &GpuBuf, p: AdamWParams) -> Result<()> {
-    let n = p.n as usize;
-    if [param, m, v, grad].iter().any(|b| b.len < n) {
-        return Err(err(format!("adamw: buffer shorter than n = {n}")));
-    }
-    ctx.dispatch("adamw", bytemuck::bytes_of(&p), &[param, m, v, grad], ctx.grid_1d(n, 256))
+    ctx.dispatch("adamw", bytemuck::bytes_of(&p), &[param, m, v, grad, norm_sq], ctx.grid_1d(n, 256))
 }
