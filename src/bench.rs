@@ -75,9 +75,16 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let new_tokens = 32.min(cfg.max_positions - prompt_len);
     let prompts: Vec<Vec<u32>> = (0..b).map(|i| (0..prompt_len).map(|j| ((i * 31 + j * 7) % a.vocab) as u32).collect()).collect();
     let gen = rlhf::generate::GenerateConfig { max_new_tokens: new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, stop_ids: Vec::new() };
-    let rcfg = rlhf::generate::RolloutConfig { slots: b, gen };
-    let _ = rlhf::generate::rollout(be, &model, &prompts, &rcfg)?; // warm-up
-    let ro = rlhf::generate::rollout(be, &model, &prompts, &rcfg)?.stats;
+    let sync_every = a.sync.get(be.name());
+    anyhow::ensure!(sync_every > 0, "--sync-every must be at least 1");
+    let rollout_stats = |k: usize| -> Result<rlhf::generate::RolloutStats> {
+        let rcfg = rlhf::generate::RolloutConfig { slots: b, gen: gen.clone(), sync_every: k };
+        let _ = rlhf::generate::rollout(be, &model, &prompts, &rcfg)?; // warm-up
+        Ok(rlhf::generate::rollout(be, &model, &prompts, &rcfg)?.stats)
+    };
+    // decode with K steps between read-backs, and the one-read-back-per-step baseline
+    let ro = rollout_stats(sync_every)?;
+    let baseline = if sync_every == 1 { None } else { Some(rollout_stats(1)?) };
 
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -102,11 +109,16 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     println!("| forward (scoring)      | {:7.1} | {:8.0} | {:7.2} |", fw * 1e3, tokens / fw, tokens * flops_per_token / 3.0 / fw / 1e9);
     println!("| matmul {:>15} | {:7.2} |          | {:7.2} |", format!("{mm}x{mn}x{mk}"), mmt * 1e3, 2.0 * (mm * mn * mk) as f64 / mmt / 1e9);
     println!("| rollout prefill        | {:7.1} | {:8.0} |         |  ({b} prompts x {prompt_len} tokens)", ro.prefill_secs * 1e3, ro.prefill_tokens_per_sec());
-    println!(
-        "| rollout decode         | {:7.1} | {:8.0} |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step)",
-        ro.decode_secs * 1e3 / ro.decode_steps.max(1) as f64,
-        ro.decode_tokens_per_sec()
-    );
+    for (k, r) in [(sync_every, Some(&ro)), (1, baseline.as_ref())] {
+        let Some(r) = r else { continue };
+        println!(
+            "| rollout decode, K {k:<4} | {:7.1} | {:8.0} |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step; {} read-backs, {} idle slot-steps)",
+            r.decode_secs * 1e3 / r.decode_steps.max(1) as f64,
+            r.decode_tokens_per_sec(),
+            r.decode_syncs,
+            r.idle_slot_steps
+        );
+    }
     if a.profile {
         let ops = rlhf::backend::cpu::profile::snapshot();
         let total: f64 = ops.iter().map(|o| o.2).sum();

@@ -37,6 +37,8 @@ pub struct PpoConfig {
     pub temperature: f32,
     pub top_k: usize,
     pub top_p: f32,
+    /// decode steps between read-backs of the rollout engine (see `RolloutConfig::sync_every`)
+    pub sync_every: usize,
     pub lr: f32,
     pub value_lr: f32,
     pub optim: AdamWConfig,
@@ -76,6 +78,7 @@ impl PpoConfig {
             ("--mini-batch", self.mini_batch),
             ("--ppo-epochs", self.ppo_epochs),
             ("--max-new-tokens", self.max_new_tokens),
+            ("--sync-every", self.sync_every),
         ];
         for (flag, v) in positive {
             if v == 0 {
@@ -293,7 +296,7 @@ pub fn run_ppo<B: Backend>(
     update.temperature = cfg.temperature.max(1e-6);
     let fingerprint = json!({
         "seed": cfg.seed, "rollout_batch": cfg.rollout_batch, "mini_batch": cfg.mini_batch, "ppo_epochs": cfg.ppo_epochs,
-        "max_new_tokens": cfg.max_new_tokens, "value_model": value.is_some(),
+        "max_new_tokens": cfg.max_new_tokens, "sync_every": cfg.sync_every, "value_model": value.is_some(),
     });
     let (mut run, mut metrics) = match &cfg.control.resume {
         Some(path) => {
@@ -362,7 +365,7 @@ pub fn run_ppo<B: Backend>(
             stop_ids: stop_ids.clone(),
         };
         let prompt_batch: Vec<Vec<u32>> = batch_prompts.iter().map(|p| p.to_vec()).collect();
-        let rolled = engine.run(be, policy, &prompt_batch, &RolloutConfig { slots: b, gen })?;
+        let rolled = engine.run(be, policy, &prompt_batch, &RolloutConfig { slots: b, gen, sync_every: cfg.sync_every })?;
         let responses: Vec<Vec<u32>> = rolled.outputs.into_iter().map(|o| o.response).collect();
         let rollout_s = t0.elapsed().as_secs_f64();
         let rollout_tokens: usize = responses.iter().map(Vec::len).sum();
