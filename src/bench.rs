@@ -1,5 +1,7 @@
 //! `rlhf bench`: training and forward tokens/s of a preset model on one backend, with the shape
-//! and the achieved FLOP rate (6N + 6 L C T FLOPs per trained token, a third of that forward).
+//! and the achieved FLOP rate (6N + 6 L C T FLOPs per trained token, a third of that forward),
+//! and the rollout engine's prefill and decode: decode with `--sync-every` K steps between
+//! read-backs next to the K = 1 baseline, timed alternately in the same run (median of `--steps`).
 
 use crate::cli::BenchArgs;
 use anyhow::Result;
@@ -79,12 +81,30 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     anyhow::ensure!(sync_every > 0, "--sync-every must be at least 1");
     let rollout_stats = |k: usize| -> Result<rlhf::generate::RolloutStats> {
         let rcfg = rlhf::generate::RolloutConfig { slots: b, gen: gen.clone(), sync_every: k };
-        let _ = rlhf::generate::rollout(be, &model, &prompts, &rcfg)?; // warm-up
         Ok(rlhf::generate::rollout(be, &model, &prompts, &rcfg)?.stats)
     };
-    // decode with K steps between read-backs, and the one-read-back-per-step baseline
-    let ro = rollout_stats(sync_every)?;
-    let baseline = if sync_every == 1 { None } else { Some(rollout_stats(1)?) };
+    // decode with K steps between read-backs and the one-read-back-per-step baseline, alternating
+    // (after a warm-up of each), the run with the median ms per decode step of each
+    let ks: Vec<usize> = if sync_every == 1 { vec![1] } else { vec![sync_every, 1] };
+    let mut runs: Vec<Vec<rlhf::generate::RolloutStats>> = vec![Vec::new(); ks.len()];
+    for i in 0..=a.steps {
+        for (runs, &k) in runs.iter_mut().zip(&ks) {
+            let r = rollout_stats(k)?;
+            if i > 0 {
+                runs.push(r);
+            }
+        }
+    }
+    let per_step = |r: &rlhf::generate::RolloutStats| r.decode_secs / r.decode_steps.max(1) as f64;
+    let decode: Vec<(usize, rlhf::generate::RolloutStats)> = ks
+        .iter()
+        .zip(runs)
+        .map(|(&k, mut v)| {
+            v.sort_by(|x, y| per_step(x).total_cmp(&per_step(y)));
+            (k, v.swap_remove(v.len() / 2))
+        })
+        .collect();
+    let ro = &decode[0].1;
 
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -109,11 +129,10 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     println!("| forward (scoring)      | {:7.1} | {:8.0} | {:7.2} |", fw * 1e3, tokens / fw, tokens * flops_per_token / 3.0 / fw / 1e9);
     println!("| matmul {:>15} | {:7.2} |          | {:7.2} |", format!("{mm}x{mn}x{mk}"), mmt * 1e3, 2.0 * (mm * mn * mk) as f64 / mmt / 1e9);
     println!("| rollout prefill        | {:7.1} | {:8.0} |         |  ({b} prompts x {prompt_len} tokens)", ro.prefill_secs * 1e3, ro.prefill_tokens_per_sec());
-    for (k, r) in [(sync_every, Some(&ro)), (1, baseline.as_ref())] {
-        let Some(r) = r else { continue };
+    for (k, r) in &decode {
         println!(
             "| rollout decode, K {k:<4} | {:7.1} | {:8.0} |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step; {} read-backs, {} idle slot-steps)",
-            r.decode_secs * 1e3 / r.decode_steps.max(1) as f64,
+            per_step(r) * 1e3,
             r.decode_tokens_per_sec(),
             r.decode_syncs,
             r.idle_slot_steps
