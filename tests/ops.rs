@@ -2,7 +2,8 @@
 //! here, and every backward against central finite differences of `L = sum(out * r)` for a random
 //! `r`. `OP_CHECKS` maps each op to the test that covers it (here, in `tests/rl_ops.rs` for the
 //! fused RL ops, in `tests/ppo_math.rs` for GAE and whitening, in `tests/dpo.rs` for the
-//! preference losses, or in `tests/decode_advance.rs` for the rollout engine's bookkeeping); a test fails if an op of `rlhf::backend::ops::OP_NAMES` is missing there.
+//! preference losses, or in `tests/decode_advance.rs` for the rollout engine's bookkeeping); a
+//! test fails if an op of `rlhf::backend::ops::OP_NAMES` is missing there.
 
 use rlhf::backend::ops::*;
 use rlhf::backend::CpuBackend;
