@@ -506,6 +506,7 @@ pub fn run_grpo<B: Backend>(
             "rollout_s": rollout_s, "scoring_s": scoring_s, "training_s": training_s,
             "rollout_tokens_per_sec": report.rollout_tokens_per_sec,
             "prefill_tokens": rolled.stats.prefill_tokens,
+            "decode_syncs": rolled.stats.decode_syncs, "idle_slot_steps": rolled.stats.idle_slot_steps,
             "train_tokens_per_sec": report.train_tokens_per_sec,
             "elapsed_s": start.elapsed().as_secs_f64(), "skipped_updates": skipped_updates,
         });

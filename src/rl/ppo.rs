@@ -366,6 +366,7 @@ pub fn run_ppo<B: Backend>(
         };
         let prompt_batch: Vec<Vec<u32>> = batch_prompts.iter().map(|p| p.to_vec()).collect();
         let rolled = engine.run(be, policy, &prompt_batch, &RolloutConfig { slots: b, gen, sync_every: cfg.sync_every })?;
+        let (decode_syncs, idle_slot_steps) = (rolled.stats.decode_syncs, rolled.stats.idle_slot_steps);
         let responses: Vec<Vec<u32>> = rolled.outputs.into_iter().map(|o| o.response).collect();
         let rollout_s = t0.elapsed().as_secs_f64();
         let rollout_tokens: usize = responses.iter().map(Vec::len).sum();
@@ -521,6 +522,7 @@ pub fn run_ppo<B: Backend>(
             "lr": cfg.lr,
             "rollout_s": rollout_s, "scoring_s": scoring_s, "training_s": training_s,
             "rollout_tokens_per_sec": rollout_tokens as f64 / rollout_s.max(1e-9),
+            "decode_syncs": decode_syncs, "idle_slot_steps": idle_slot_steps,
             "scoring_tokens_per_sec": 3.0 * scored_tokens / scoring_s.max(1e-9),
             "training_tokens_per_sec": cfg.ppo_epochs as f64 * scored_tokens / training_s.max(1e-9),
             "elapsed_s": start.elapsed().as_secs_f64(), "skipped_updates": skipped_updates,
