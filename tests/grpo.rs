@@ -421,6 +421,7 @@ fn command_flag_errors_are_clear() {
     assert_fails_with(&with(&["--reward-fn", "oracle", "--kl-in", "value"]), &["--kl-in"]);
     assert_fails_with(&with(&["--reward-fn", "oracle", "--kl-estimator", "k4"]), &["--kl-estimator"]);
     assert_fails_with(&with(&["--reward-fn", "oracle", "--loss-agg", "sum"]), &["--loss-agg"]);
+    assert_fails_with(&with(&["--reward-fn", "oracle", "--sync-every", "0"]), &["--sync-every"]);
     assert_fails_with(&with(&["--reward-fn", "oracle", "--estimator", "rloo", "--no-std-scale"]), &["--no-std-scale"]);
     assert_fails_with(&with(&["--reward-model", policy.to_str().unwrap()]), &["reward model"]);
     assert_fails_with(&with(&["--reward-model", rm.to_str().unwrap(), "--reward-fn", "oracle"]), &["--reward-fn"]);
