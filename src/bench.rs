@@ -1,7 +1,9 @@
 //! `rlhf bench`: training and forward tokens/s of a preset model on one backend, with the shape,
 //! the achieved FLOP rate (6N + 6 L C T FLOPs per trained token, a third of that forward) and,
 //! when the device's peak is known (`--peak-tflops`, or a GPU in [`known_peak`]), the model FLOPs
-//! utilisation (MFU). `--decode-batches` adds the decode sweep against the memory roofline
+//! utilisation (MFU); the rollout engine's prefill and decode: decode with `--sync-every` K steps
+//! between read-backs next to the K = 1 baseline, timed alternately in the same run (median of
+//! `--steps`). `--decode-batches` adds the decode sweep against the memory roofline
 //! ([`crate::bench_decode`]), `--kernels` the fused RL kernels against the copy bandwidth
 //! ([`crate::bench_kernels`]).
 
@@ -97,9 +99,34 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let new_tokens = 32.min(cfg.max_positions - prompt_len);
     let prompts: Vec<Vec<u32>> = (0..b).map(|i| (0..prompt_len).map(|j| ((i * 31 + j * 7) % a.vocab) as u32).collect()).collect();
     let gen = rlhf::generate::GenerateConfig { max_new_tokens: new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, stop_ids: Vec::new() };
-    let rcfg = rlhf::generate::RolloutConfig { slots: b, gen };
-    let _ = rlhf::generate::rollout(be, &model, &prompts, &rcfg)?; // warm-up
-    let ro = rlhf::generate::rollout(be, &model, &prompts, &rcfg)?.stats;
+    let sync_every = a.sync.get(be.name());
+    anyhow::ensure!(sync_every > 0, "--sync-every must be at least 1");
+    let rollout_stats = |k: usize| -> Result<rlhf::generate::RolloutStats> {
+        let rcfg = rlhf::generate::RolloutConfig { slots: b, gen: gen.clone(), sync_every: k };
+        Ok(rlhf::generate::rollout(be, &model, &prompts, &rcfg)?.stats)
+    };
+    // decode with K steps between read-backs and the one-read-back-per-step baseline, alternating
+    // (after a warm-up of each), the run with the median ms per decode step of each
+    let ks: Vec<usize> = if sync_every == 1 { vec![1] } else { vec![sync_every, 1] };
+    let mut runs: Vec<Vec<rlhf::generate::RolloutStats>> = vec![Vec::new(); ks.len()];
+    for i in 0..=a.steps {
+        for (runs, &k) in runs.iter_mut().zip(&ks) {
+            let r = rollout_stats(k)?;
+            if i > 0 {
+                runs.push(r);
+            }
+        }
+    }
+    let per_step = |r: &rlhf::generate::RolloutStats| r.decode_secs / r.decode_steps.max(1) as f64;
+    let decode: Vec<(usize, rlhf::generate::RolloutStats)> = ks
+        .iter()
+        .zip(runs)
+        .map(|(&k, mut v)| {
+            v.sort_by(|x, y| per_step(x).total_cmp(&per_step(y)));
+            (k, v.swap_remove(v.len() / 2))
+        })
+        .collect();
+    let ro = &decode[0].1;
 
     let median = |v: &mut Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -135,15 +162,19 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         ro.prefill_secs * 1e3,
         ro.prefill_tokens_per_sec()
     );
-    println!(
-        "| rollout decode         | {:7.1} | {:8.0} |         |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step)",
-        ro.decode_secs * 1e3 / ro.decode_steps.max(1) as f64,
-        ro.decode_tokens_per_sec()
-    );
+    for (k, r) in &decode {
+        println!(
+            "| rollout decode, K {k:<4} | {:7.1} | {:8.0} |         |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step; {} read-backs, {} idle slot-steps)",
+            per_step(r) * 1e3,
+            r.decode_tokens_per_sec(),
+            r.decode_syncs,
+            r.idle_slot_steps
+        );
+    }
     if !a.decode_batches.is_empty() || a.kernels {
         let bandwidth = crate::bench_kernels::copy_bandwidth(be, a.steps)?;
         if !a.decode_batches.is_empty() {
-            crate::bench_decode::run_decode_bench(be, &model, &cfg, &a.decode_batches, a.decode_tokens, bandwidth)?;
+            crate::bench_decode::run_decode_bench(be, &model, &cfg, &a.decode_batches, a.decode_tokens, sync_every, bandwidth)?;
         }
         if a.kernels {
             crate::bench_kernels::run_kernel_bench(be, a.kernel_tokens, b * t, cfg.hidden_size, a.vocab, a.steps, bandwidth)?;

@@ -14,7 +14,16 @@ use rlhf::generate::{GenerateConfig, RolloutConfig, RolloutEngine};
 use rlhf::model::{Model, ModelConfig};
 
 /// Measures and prints the decode table for each batch size in `batches`.
-pub fn run_decode_bench<B: Backend>(be: &B, model: &Model<B>, cfg: &ModelConfig, batches: &[usize], new_tokens: usize, bandwidth: f64) -> Result<()> {
+#[allow(clippy::too_many_arguments)]
+pub fn run_decode_bench<B: Backend>(
+    be: &B,
+    model: &Model<B>,
+    cfg: &ModelConfig,
+    batches: &[usize],
+    new_tokens: usize,
+    sync_every: usize,
+    bandwidth: f64,
+) -> Result<()> {
     let prompt_len = 16.min(cfg.max_positions / 2).max(1);
     let new_tokens = new_tokens.min(cfg.max_positions - prompt_len).max(1);
     let weight_bytes = 4.0 * cfg.num_params() as f64;
@@ -22,7 +31,7 @@ pub fn run_decode_bench<B: Backend>(be: &B, model: &Model<B>, cfg: &ModelConfig,
     let mean_pos = prompt_len as f64 + new_tokens as f64 / 2.0;
     println!();
     println!(
-        "rollout decode on {} (prompts of {prompt_len} tokens, {new_tokens} new tokens each, no stop ids; roofline at {:.1} GB/s copy bandwidth)",
+        "rollout decode on {} (prompts of {prompt_len} tokens, {new_tokens} new tokens each, no stop ids, {sync_every} decode steps per read-back; roofline at {:.1} GB/s copy bandwidth)",
         be.name(),
         bandwidth / 1e9
     );
@@ -32,7 +41,7 @@ pub fn run_decode_bench<B: Backend>(be: &B, model: &Model<B>, cfg: &ModelConfig,
     for &s in batches {
         let prompts: Vec<Vec<u32>> = (0..s).map(|i| (0..prompt_len).map(|j| ((i * 31 + j * 7) % cfg.vocab_size) as u32).collect()).collect();
         let gen = GenerateConfig { max_new_tokens: new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, stop_ids: Vec::new() };
-        let rcfg = RolloutConfig { slots: s, gen };
+        let rcfg = RolloutConfig { slots: s, gen, sync_every };
         engine.run(be, model, &prompts, &rcfg)?; // warm-up: buffers, pipelines, kernel compilation
         let st = engine.run(be, model, &prompts, &rcfg)?.stats;
         let step_secs = st.decode_secs / st.decode_steps.max(1) as f64;

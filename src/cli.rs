@@ -5,7 +5,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rlhf::backend::{Backend, CpuBackend, CudaBackend, WgpuBackend};
 use rlhf::data::tokenizer::Tokenizer;
-use rlhf::generate::{generate, GenerateConfig};
+use rlhf::generate::{rollout, GenerateConfig, RolloutConfig};
 use rlhf::model::config::PRESETS;
 use rlhf::model::{Model, ModelConfig};
 use rlhf::rl::sft::{run_sft, SftConfig};
@@ -183,6 +183,30 @@ pub struct RolloutSamplingArgs {
     /// Keep the smallest set of tokens with this much probability (1 = off)
     #[arg(long, default_value_t = 1.0)]
     pub top_p: f32,
+    #[command(flatten)]
+    pub sync: SyncEveryArg,
+}
+
+impl RolloutSamplingArgs {
+    pub fn sync_every(&self, backend: &str) -> usize {
+        self.sync.get(backend)
+    }
+}
+
+/// How many decode steps the rollout engine runs on the device between two read-backs.
+#[derive(Args, Debug, Clone)]
+pub struct SyncEveryArg {
+    /// Decode steps run back to back on the device between two read-backs of the rollout state
+    /// (default: 1 on cpu, 8 on cuda and wgpu)
+    #[arg(long, value_name = "K")]
+    pub sync_every: Option<usize>,
+}
+
+impl SyncEveryArg {
+    /// The flag, or the backend's default.
+    pub fn get(&self, backend: &str) -> usize {
+        self.sync_every.unwrap_or_else(|| rlhf::generate::default_sync_every(backend))
+    }
 }
 
 /// Checkpoints, resume and the divergence guard, common to the training commands.
@@ -437,6 +461,8 @@ pub struct GenerateArgs {
     #[arg(long)]
     pub ignore_eos: bool,
     #[command(flatten)]
+    pub sync: SyncEveryArg,
+    #[command(flatten)]
     pub common: Common,
 }
 
@@ -474,6 +500,9 @@ pub struct BenchArgs {
     /// Tokens per call of the per-token kernels timed by --kernels
     #[arg(long, default_value_t = 1 << 22)]
     pub kernel_tokens: usize,
+    /// Rollout decode steps between read-backs (the K = 1 baseline is printed next to it)
+    #[command(flatten)]
+    pub sync: SyncEveryArg,
     #[command(flatten)]
     pub common: Common,
 }
@@ -710,6 +739,7 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         temperature: a.sampling.temperature,
         top_k: a.sampling.top_k,
         top_p: a.sampling.top_p,
+        sync_every: a.sampling.sync_every(be.name()),
         lr: a.lr,
         value_lr: a.value_lr,
         optim: AdamWConfig { weight_decay: 0.0, max_grad_norm: a.max_grad_norm, ..AdamWConfig::default() },
@@ -906,7 +936,9 @@ fn cmd_generate<B: Backend>(be: &B, a: &GenerateArgs) -> Result<()> {
         stop_ids.extend(model.cfg().eos_token_id);
     }
     let cfg = GenerateConfig { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, stop_ids };
-    let new = generate(be, &model, &prompt_ids, &cfg)?;
+    // the rollout engine with one slot: the same draws as `generate`, read back every K steps
+    let rcfg = RolloutConfig { slots: 1, gen: cfg, sync_every: a.sync.get(be.name()) };
+    let new = rollout(be, &model, &[prompt_ids], &rcfg)?.outputs.into_iter().next().map(|o| o.response).unwrap_or_default();
     let text = tok.decode_with(&new, true)?;
     println!("{}{}", if a.chat { "" } else { a.prompt.as_str() }, text);
     Ok(())

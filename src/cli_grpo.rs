@@ -106,8 +106,8 @@ fn kl_estimator(name: Option<&str>, kl_in: KlPlacement) -> Result<u32> {
     })
 }
 
-/// The configuration the flags describe (flag errors before any model is loaded).
-pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
+/// The configuration the flags describe for `backend` (flag errors before any model is loaded).
+pub fn grpo_config(a: &GrpoArgs, backend: &str) -> Result<GrpoConfig> {
     let kl_in = match a.kl_in.as_str() {
         "loss" => KlPlacement::Loss,
         "reward" => KlPlacement::Reward,
@@ -132,6 +132,7 @@ pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
         temperature: a.sampling.temperature,
         top_k: a.sampling.top_k,
         top_p: a.sampling.top_p,
+        sync_every: a.sampling.sync_every(backend),
         lr: a.lr,
         warmup: a.warmup,
         min_lr_ratio: a.min_lr_ratio,
@@ -151,7 +152,7 @@ pub fn grpo_config(a: &GrpoArgs) -> Result<GrpoConfig> {
 }
 
 pub fn cmd_grpo<B: Backend>(be: &B, a: &GrpoArgs) -> Result<()> {
-    let cfg = grpo_config(a)?;
+    let cfg = grpo_config(a, be.name())?;
     let reward_fn = match (&a.reward_model, &a.reward_fn) {
         (None, None) => bail!("give a reward source: --reward-model DIR or --reward-fn oracle|exact-match"),
         (_, Some(name)) => Some(RewardFnKind::parse(name)?),

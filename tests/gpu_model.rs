@@ -1,12 +1,13 @@
 //! Whole models on the GPU backends (`wgpu::*` and `cuda::*`, the same checks for both): the
 //! transformers fixtures' log-probs through `rlhf logprobs --backend <gpu>`, one SFT step's loss
-//! and gradient norm, greedy generation, a PPO step against the CPU backend, and every command
-//! run with `--backend <gpu>`.
+//! and gradient norm, greedy generation, the rollout engine with several decode steps between
+//! read-backs, a PPO step against the CPU backend, and every command run with `--backend <gpu>`.
 //!
 //! Tolerances (f32 everywhere; the GPU sums in another order than the CPU): log-probs 1e-4
 //! absolute against transformers (as on the CPU); loss and gradient norm 2e-4 relative; a PPO
 //! step's losses and statistics 1e-3 relative (or 1e-5 absolute for values near 0) and the
-//! log-probs after the step 2e-4 absolute against the CPU backend.
+//! log-probs after the step 2e-4 absolute against the CPU backend; rollout log-probs 1e-3
+//! absolute against the training forward (as in tests/grpo.rs).
 //! Without a wgpu adapter the wgpu tests print that they skipped, and fail with `CI=true`; without
 //! a CUDA device (CI has none) the cuda tests print that they skipped.
 
@@ -16,7 +17,7 @@ use rlhf::backend::ops::PpoParams;
 use rlhf::backend::{Backend, CpuBackend};
 use rlhf::data::batch::Batch;
 use rlhf::data::rng::Rng;
-use rlhf::generate::{generate, GenerateConfig};
+use rlhf::generate::{generate, rollout, GenerateConfig, RolloutConfig};
 use rlhf::model::scoring::token_logprobs;
 use rlhf::model::{Model, ModelConfig};
 use rlhf::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate};
@@ -123,6 +124,40 @@ fn greedy_generation_matches_transformers<B: Backend>(g: &B) {
         let want = ids_of(&r["greedy"]["tokens"]);
         let cfg = GenerateConfig { max_new_tokens: want.len(), temperature: 0.0, ..GenerateConfig::default() };
         assert_eq!(generate(g, &model, &prompt, &cfg).unwrap(), want, "{name}: greedy tokens on {}", g.name());
+    }
+}
+
+/// The rollout engine on wgpu with the GPU default of K decode steps between read-backs (the
+/// bookkeeping in `decode_advance` on the device): greedy tokens equal those of K = 1, with fewer
+/// read-backs and idle slot-steps where sequences stop early, and the recorded log-probs of sampled
+/// responses match the training forward.
+fn rollout_with_chunks_of_decode_steps<B: Backend>(g: &B) {
+    let k = rlhf::generate::default_sync_every(g.name());
+    assert!(k > 1, "the GPU default of --sync-every is {k}");
+    for name in MODELS {
+        let model = Model::load(g, &fixture(name)).unwrap();
+        let prompts: Vec<Vec<u32>> = (0..5).map(|i| (0..(2 + 3 * i)).map(|j| ((i * 31 + j * 7 + 5) % 380) as u32).collect()).collect();
+        let greedy = GenerateConfig { max_new_tokens: 10, temperature: 0.0, ..GenerateConfig::default() };
+        let free = rollout(g, &model, &prompts, &RolloutConfig { slots: 3, gen: greedy.clone(), sync_every: 1 }).unwrap();
+        // the first prompt stops at its third token
+        let stop = free.outputs[0].response[2];
+        let gen = GenerateConfig { stop_ids: vec![stop], ..greedy };
+        let one = rollout(g, &model, &prompts, &RolloutConfig { slots: 3, gen: gen.clone(), sync_every: 1 }).unwrap();
+        let many = rollout(g, &model, &prompts, &RolloutConfig { slots: 3, gen, sync_every: k }).unwrap();
+        for (a, b) in one.outputs.iter().zip(&many.outputs) {
+            assert_eq!(a.response, b.response, "{name} on {}: greedy tokens with K = 1 and K = {k}", g.name());
+            assert_eq!(a.finish, b.finish);
+        }
+        assert!(many.stats.decode_syncs < one.stats.decode_syncs && many.stats.idle_slot_steps > 0, "{name}: {:?} vs {:?}", many.stats, one.stats);
+        let sampled = GenerateConfig { max_new_tokens: 9, temperature: 1.0, seed: 5, stop_ids: vec![stop], ..GenerateConfig::default() };
+        let r = rollout(g, &model, &prompts, &RolloutConfig { slots: 3, gen: sampled, sync_every: k }).unwrap();
+        let seqs: Vec<Vec<u32>> = r.outputs.iter().map(|o| o.prompt.iter().chain(&o.response).copied().collect()).collect();
+        let want = token_logprobs(g, &model, &seqs, 3).unwrap();
+        for (o, w) in r.outputs.iter().zip(&want) {
+            let w = &w[o.prompt.len() - 1..];
+            assert_eq!(o.logprobs.len(), w.len());
+            assert!(o.logprobs.iter().zip(w).all(|(a, b)| (a - b).abs() <= 1e-3), "{name}: rollout log-probs {:?} vs training {:?}", o.logprobs, w);
+        }
     }
 }
 
@@ -278,6 +313,13 @@ macro_rules! gpu_model_tests {
             fn greedy_generation_matches_transformers() {
                 if let Some(g) = $get(concat!("greedy generation on ", $name)) {
                     super::greedy_generation_matches_transformers(&g);
+                }
+            }
+
+            #[test]
+            fn rollout_with_chunks_of_decode_steps() {
+                if let Some(g) = $get(concat!("rollout with chunks of decode steps on ", $name)) {
+                    super::rollout_with_chunks_of_decode_steps(&g);
                 }
             }
 

@@ -41,26 +41,30 @@ fn grouped_rollout_shares_the_prefill_and_keeps_training_logprobs() {
         let model = fixture_model(name);
         let prompts: Vec<Vec<u32>> = (0..5).map(|i| (0..(3 + 4 * i % 11)).map(|j| ((i * 37 + j * 11 + 3) % 380) as u32).collect()).collect();
         let group = 3;
-        let gen = GenerateConfig { max_new_tokens: 7, temperature: 1.0, seed: 11, ..Default::default() };
-        // 7 slots: groups of 3 enter as slots free up (continuous batching with whole groups)
-        let r = RolloutEngine::new().run_grouped(&be, &model, &prompts, group, &RolloutConfig { slots: 7, gen }).unwrap();
-        assert_eq!(r.outputs.len(), prompts.len() * group);
-        assert_eq!(r.stats.prefill_tokens, prompts.iter().map(Vec::len).sum::<usize>(), "{name}: each prompt is prefilled once");
-        assert!(r.stats.slot_reuses > 0, "{name}: {:?}", r.stats);
-        for (p, g) in prompts.iter().zip(r.outputs.chunks(group)) {
-            assert!(g.iter().all(|o| &o.prompt == p));
-            let distinct: std::collections::HashSet<&Vec<u32>> = g.iter().map(|o| &o.response).collect();
-            assert!(distinct.len() > 1, "{name}: the samples of a group are all equal: {:?}", g.iter().map(|o| &o.response).collect::<Vec<_>>());
-        }
-        // the recorded log-probs equal the training forward's, bit for bit (the copied KV rows are
-        // the prefill's own)
-        let seqs: Vec<Vec<u32>> = r.outputs.iter().map(|o| o.prompt.iter().chain(&o.response).copied().collect()).collect();
-        let want = token_logprobs(&be, &model, &seqs, 4).unwrap();
-        for (o, w) in r.outputs.iter().zip(&want) {
-            let w = &w[o.prompt.len() - 1..];
-            let got: Vec<u32> = o.logprobs.iter().map(|x| x.to_bits()).collect();
-            let want: Vec<u32> = w.iter().map(|x| x.to_bits()).collect();
-            assert_eq!(got, want, "{name}: grouped rollout log-probs {:?} vs training {:?}", o.logprobs, w);
+        // a stop id that some samples draw, so that slots free up at different steps
+        let gen = GenerateConfig { max_new_tokens: 7, temperature: 1.0, seed: 11, stop_ids: vec![5, 77, 200], ..Default::default() };
+        // 7 slots: groups of 3 enter as slots free up (continuous batching with whole groups);
+        // K = 1 and K = 3 decode steps between read-backs
+        for sync_every in [1, 3] {
+            let r = RolloutEngine::new().run_grouped(&be, &model, &prompts, group, &RolloutConfig { slots: 7, gen: gen.clone(), sync_every }).unwrap();
+            assert_eq!(r.outputs.len(), prompts.len() * group);
+            assert_eq!(r.stats.prefill_tokens, prompts.iter().map(Vec::len).sum::<usize>(), "{name}: each prompt is prefilled once");
+            assert!(r.stats.slot_reuses > 0, "{name}: {:?}", r.stats);
+            for (p, g) in prompts.iter().zip(r.outputs.chunks(group)) {
+                assert!(g.iter().all(|o| &o.prompt == p));
+                let distinct: std::collections::HashSet<&Vec<u32>> = g.iter().map(|o| &o.response).collect();
+                assert!(distinct.len() > 1, "{name}: the samples of a group are all equal: {:?}", g.iter().map(|o| &o.response).collect::<Vec<_>>());
+            }
+            // the recorded log-probs equal the training forward's, bit for bit (the copied KV rows are
+            // the prefill's own)
+            let seqs: Vec<Vec<u32>> = r.outputs.iter().map(|o| o.prompt.iter().chain(&o.response).copied().collect()).collect();
+            let want = token_logprobs(&be, &model, &seqs, 4).unwrap();
+            for (o, w) in r.outputs.iter().zip(&want) {
+                let w = &w[o.prompt.len() - 1..];
+                let got: Vec<u32> = o.logprobs.iter().map(|x| x.to_bits()).collect();
+                let want: Vec<u32> = w.iter().map(|x| x.to_bits()).collect();
+                assert_eq!(got, want, "{name} K {sync_every}: grouped rollout log-probs {:?} vs training {:?}", o.logprobs, w);
+            }
         }
     }
 }
@@ -74,7 +78,7 @@ fn grouped_rollout_and_command_on_wgpu() {
     let model = Model::load(&be, &dir).unwrap();
     let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 13], vec![7, 1, 2, 3, 4, 200], vec![300]];
     let gen = GenerateConfig { max_new_tokens: 5, temperature: 1.0, seed: 3, ..Default::default() };
-    let r = RolloutEngine::new().run_grouped(&be, &model, &prompts, 2, &RolloutConfig { slots: 4, gen }).unwrap();
+    let r = RolloutEngine::new().run_grouped(&be, &model, &prompts, 2, &RolloutConfig { slots: 4, gen, sync_every: 4 }).unwrap();
     assert_eq!(r.outputs.len(), 6);
     assert_eq!(r.stats.prefill_tokens, 10);
     let seqs: Vec<Vec<u32>> = r.outputs.iter().map(|o| o.prompt.iter().chain(&o.response).copied().collect()).collect();
@@ -115,7 +119,7 @@ fn grouped_rollout_and_command_on_wgpu() {
 fn grouped_rollout_needs_a_slot_per_sample() {
     let be = CpuBackend::new();
     let model = fixture_model("gpt2");
-    let err = RolloutEngine::new().run_grouped(&be, &model, &[vec![1, 2]], 4, &RolloutConfig { slots: 3, gen: GenerateConfig::default() }).unwrap_err();
+    let err = RolloutEngine::new().run_grouped(&be, &model, &[vec![1, 2]], 4, &RolloutConfig { slots: 3, ..Default::default() }).unwrap_err();
     assert!(err.to_string().contains("at least that many slots"), "{err}");
 }
 
@@ -417,6 +421,7 @@ fn command_flag_errors_are_clear() {
     assert_fails_with(&with(&["--reward-fn", "oracle", "--kl-in", "value"]), &["--kl-in"]);
     assert_fails_with(&with(&["--reward-fn", "oracle", "--kl-estimator", "k4"]), &["--kl-estimator"]);
     assert_fails_with(&with(&["--reward-fn", "oracle", "--loss-agg", "sum"]), &["--loss-agg"]);
+    assert_fails_with(&with(&["--reward-fn", "oracle", "--sync-every", "0"]), &["--sync-every"]);
     assert_fails_with(&with(&["--reward-fn", "oracle", "--estimator", "rloo", "--no-std-scale"]), &["--no-std-scale"]);
     assert_fails_with(&with(&["--reward-model", policy.to_str().unwrap()]), &["reward model"]);
     assert_fails_with(&with(&["--reward-model", rm.to_str().unwrap(), "--reward-fn", "oracle"]), &["--reward-fn"]);

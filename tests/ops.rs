@@ -1,8 +1,9 @@
 //! Every op of the op list on the CPU backend: the forward against a naive reference written out
 //! here, and every backward against central finite differences of `L = sum(out * r)` for a random
 //! `r`. `OP_CHECKS` maps each op to the test that covers it (here, in `tests/rl_ops.rs` for the
-//! fused RL ops, in `tests/ppo_math.rs` for GAE and whitening, or in `tests/dpo.rs` for the
-//! preference losses); a test fails if an op of `rlhf::backend::ops::OP_NAMES` is missing there.
+//! fused RL ops, in `tests/ppo_math.rs` for GAE and whitening, in `tests/dpo.rs` for the
+//! preference losses, or in `tests/decode_advance.rs` for the rollout engine's bookkeeping); a
+//! test fails if an op of `rlhf::backend::ops::OP_NAMES` is missing there.
 
 use rlhf::backend::ops::*;
 use rlhf::backend::CpuBackend;
@@ -41,6 +42,8 @@ const OP_CHECKS: &[(&str, &str)] = &[
     ("cross_entropy_fwd", "cross_entropy_grad"),
     ("cross_entropy_bwd", "cross_entropy_grad"),
     ("sample", "sample_greedy_topk_topp"),
+    // the rollout engine's bookkeeping is checked in tests/decode_advance.rs
+    ("decode_advance", "decode_advance_by_hand"),
     // the fused RL ops are checked in tests/rl_ops.rs
     ("logprob_gather_fwd", "logprob_gather_matches_naive"),
     ("logprob_gather_bwd", "logprob_gather_grad"),
@@ -61,12 +64,12 @@ fn every_op_has_a_check() {
     for op in OP_NAMES {
         assert!(OP_CHECKS.iter().any(|(name, _)| name == op), "op `{op}` has no check in tests/ops.rs");
     }
-    let sources = [include_str!("ops.rs"), include_str!("rl_ops.rs"), include_str!("ppo_math.rs"), include_str!("dpo.rs")];
+    let sources = [include_str!("ops.rs"), include_str!("rl_ops.rs"), include_str!("ppo_math.rs"), include_str!("dpo.rs"), include_str!("decode_advance.rs")];
     for (op, test) in OP_CHECKS {
         let f = format!("fn {test}()");
         assert!(
             sources.iter().any(|src| src.contains(&f)),
-            "check `{test}` for `{op}` does not exist in tests/ops.rs, tests/rl_ops.rs, tests/ppo_math.rs or tests/dpo.rs"
+            "check `{test}` for `{op}` does not exist in tests/ops.rs, tests/rl_ops.rs, tests/ppo_math.rs, tests/dpo.rs or tests/decode_advance.rs"
         );
     }
 }

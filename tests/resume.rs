@@ -154,7 +154,8 @@ fn rm_dpo_ppo_and_grpo_killed_mid_step_resume_to_the_same_metrics_and_weights() 
 
     let args = strs(&["grpo", "--model", sft.to_str().unwrap(), "--reward-model", rm.to_str().unwrap(), "--prompts", prompts.to_str().unwrap()]);
     let args = with(args, &["--steps", "8", "--prompts-per-step", "2", "--group-size", "4", "--mini-batch", "4", "--max-new-tokens", "12"]);
-    let args = with(args, &["--lr", "1e-4", "--save-every", "2", "--log-every", "0"]);
+    // three decode steps between read-backs: a rollout with K > 1 is reproducible too
+    let args = with(args, &["--lr", "1e-4", "--save-every", "2", "--log-every", "0", "--sync-every", "3"]);
     check_kill_and_resume("grpo", args, t, 5);
 }
 

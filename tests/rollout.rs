@@ -1,6 +1,8 @@
 //! The rollout engine on the CPU backend: greedy rollouts equal `generate` token for token, the
 //! recorded log-probs equal the training forward's (`token_logprobs`) bit for bit, slots are
-//! reused, stop ids and `max_new_tokens` are honoured, and bad prompts are clear errors.
+//! reused, stop ids and `max_new_tokens` are honoured, and bad prompts are clear errors — each
+//! with one read-back per decode step (K = 1) and with several decode steps run on the device
+//! between read-backs (K > 1), where finished slots idle without changing their records.
 
 use std::path::PathBuf;
 
@@ -10,6 +12,13 @@ use rlhf::model::scoring::token_logprobs;
 use rlhf::model::Model;
 
 const MODELS: [&str; 3] = ["gpt2", "llama", "qwen2"];
+
+/// Decode steps between read-backs the tests run with: every step, and chunks of 4.
+const SYNCS: [usize; 2] = [1, 4];
+
+fn rc(slots: usize, gen: GenerateConfig, sync_every: usize) -> RolloutConfig {
+    RolloutConfig { slots, gen, sync_every }
+}
 
 fn load(name: &str) -> Model<CpuBackend> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name);
@@ -47,16 +56,18 @@ fn greedy_rollout_equals_generate_and_training_logprobs() {
         let model = load(name);
         let ps = prompts(7);
         let gen = GenerateConfig { max_new_tokens: 9, temperature: 0.0, ..Default::default() };
-        let r = rollout(&be, &model, &ps, &RolloutConfig { slots: 3, gen: gen.clone() }).unwrap();
-        assert!(r.stats.slot_reuses >= 4, "{name}: slots were not reused: {:?}", r.stats);
-        assert!(r.stats.decode_tokens > 0 && r.stats.prefill_tokens == ps.iter().map(|p| p.len()).sum::<usize>());
-        for (p, o) in ps.iter().zip(&r.outputs) {
-            assert_eq!(&o.prompt, p);
-            let want = generate(&be, &model, p, &gen).unwrap();
-            assert_eq!(o.response, want, "{name}: greedy rollout differs from generate");
-            assert_eq!(o.finish, FinishReason::MaxNewTokens);
+        for k in SYNCS {
+            let r = rollout(&be, &model, &ps, &rc(3, gen.clone(), k)).unwrap();
+            assert!(r.stats.slot_reuses >= 4, "{name}: slots were not reused: {:?}", r.stats);
+            assert!(r.stats.decode_tokens > 0 && r.stats.prefill_tokens == ps.iter().map(|p| p.len()).sum::<usize>());
+            for (p, o) in ps.iter().zip(&r.outputs) {
+                assert_eq!(&o.prompt, p);
+                let want = generate(&be, &model, p, &gen).unwrap();
+                assert_eq!(o.response, want, "{name} K {k}: greedy rollout differs from generate");
+                assert_eq!(o.finish, FinishReason::MaxNewTokens);
+            }
+            assert_logprobs_match(&be, &model, &r.outputs, name);
         }
-        assert_logprobs_match(&be, &model, &r.outputs, name);
     }
 }
 
@@ -67,18 +78,20 @@ fn sampled_rollout_logprobs_equal_training_bit_for_bit() {
         let model = load(name);
         let ps = prompts(6);
         let gen = GenerateConfig { max_new_tokens: 12, temperature: 1.0, seed: 7, ..Default::default() };
-        let cfg = RolloutConfig { slots: 4, gen };
-        let r = rollout(&be, &model, &ps, &cfg).unwrap();
-        assert_logprobs_match(&be, &model, &r.outputs, name);
-        // reproducible
-        let again = rollout(&be, &model, &ps, &cfg).unwrap();
-        for (a, b) in r.outputs.iter().zip(&again.outputs) {
-            assert_eq!(a.response, b.response);
+        for k in SYNCS {
+            let cfg = rc(4, gen.clone(), k);
+            let r = rollout(&be, &model, &ps, &cfg).unwrap();
+            assert_logprobs_match(&be, &model, &r.outputs, name);
+            // reproducible for the same prompts, slots, seed and K
+            let again = rollout(&be, &model, &ps, &cfg).unwrap();
+            for (a, b) in r.outputs.iter().zip(&again.outputs) {
+                assert_eq!(a.response, b.response);
+            }
+            // top-k / top-p sampling also records temperature-1 log-probs of the training forward
+            let gen = GenerateConfig { max_new_tokens: 6, temperature: 0.7, top_k: 20, top_p: 0.9, seed: 3, ..Default::default() };
+            let r = rollout(&be, &model, &ps, &rc(2, gen, k)).unwrap();
+            assert_logprobs_match(&be, &model, &r.outputs, name);
         }
-        // top-k / top-p sampling also records temperature-1 log-probs of the training forward
-        let gen = GenerateConfig { max_new_tokens: 6, temperature: 0.7, top_k: 20, top_p: 0.9, seed: 3, ..Default::default() };
-        let r = rollout(&be, &model, &ps, &RolloutConfig { slots: 2, gen }).unwrap();
-        assert_logprobs_match(&be, &model, &r.outputs, name);
     }
 }
 
@@ -88,27 +101,36 @@ fn stop_ids_and_max_new_tokens_are_honoured() {
     let model = load("gpt2");
     let ps = prompts(5);
     let gen = GenerateConfig { max_new_tokens: 10, temperature: 0.0, ..Default::default() };
-    let free = rollout(&be, &model, &ps, &RolloutConfig { slots: 2, gen: gen.clone() }).unwrap();
+    let free = rollout(&be, &model, &ps, &rc(2, gen.clone(), 1)).unwrap();
     // stop at the third greedy token of the first prompt
     let stop = free.outputs[0].response[2];
     let gen = GenerateConfig { stop_ids: vec![stop], ..gen };
-    let r = rollout(&be, &model, &ps, &RolloutConfig { slots: 2, gen }).unwrap();
-    for (o, f) in r.outputs.iter().zip(&free.outputs) {
-        let cut = f.response.iter().position(|&t| t == stop);
-        match cut {
-            Some(c) => {
-                assert_eq!(o.response, f.response[..=c]);
-                assert_eq!(o.finish, FinishReason::Stop);
-            }
-            None => {
-                assert_eq!(o.response, f.response);
-                assert_eq!(o.finish, FinishReason::MaxNewTokens);
-            }
+    for k in SYNCS {
+        let r = rollout(&be, &model, &ps, &rc(2, gen.clone(), k)).unwrap();
+        // the first prompt's slot finishes two decode steps in: with K = 4 it idles for the rest of
+        // its chunk (greedy tokens do not depend on the schedule, so the outputs are the same)
+        if k > 1 {
+            assert!(r.stats.idle_slot_steps >= 2 && r.stats.decode_syncs < r.stats.decode_steps, "{:?}", r.stats);
+        } else {
+            assert_eq!((r.stats.idle_slot_steps, r.stats.decode_syncs), (0, r.stats.decode_steps), "{:?}", r.stats);
         }
-        assert!(o.response.len() <= 10);
+        for (o, f) in r.outputs.iter().zip(&free.outputs) {
+            let cut = f.response.iter().position(|&t| t == stop);
+            match cut {
+                Some(c) => {
+                    assert_eq!(o.response, f.response[..=c]);
+                    assert_eq!(o.finish, FinishReason::Stop);
+                }
+                None => {
+                    assert_eq!(o.response, f.response);
+                    assert_eq!(o.finish, FinishReason::MaxNewTokens);
+                }
+            }
+            assert!(o.response.len() <= 10);
+        }
+        assert!(r.outputs[0].response.len() <= 3);
+        assert_logprobs_match(&be, &model, &r.outputs, "gpt2 stop");
     }
-    assert!(r.outputs[0].response.len() <= 3);
-    assert_logprobs_match(&be, &model, &r.outputs, "gpt2 stop");
 }
 
 #[test]
@@ -119,17 +141,22 @@ fn context_end_and_bad_prompts() {
     // a prompt that leaves room for 3 tokens ends at the context
     let long: Vec<u32> = (0..max_pos - 3).map(|i| (i % 300) as u32 + 1).collect();
     let gen = GenerateConfig { max_new_tokens: 50, temperature: 1.0, seed: 1, ..Default::default() };
-    let r = rollout(&be, &model, &[long.clone(), vec![1, 2, 3]], &RolloutConfig { slots: 1, gen: gen.clone() }).unwrap();
-    assert_eq!(r.outputs[0].finish, FinishReason::ContextEnd);
-    assert_eq!(r.outputs[0].prompt.len() + r.outputs[0].response.len(), max_pos);
-    assert_logprobs_match(&be, &model, &r.outputs, "llama context");
+    for k in SYNCS {
+        let r = rollout(&be, &model, &[long.clone(), vec![1, 2, 3]], &rc(1, gen.clone(), k)).unwrap();
+        assert_eq!(r.outputs[0].finish, FinishReason::ContextEnd);
+        assert_eq!(r.outputs[0].prompt.len() + r.outputs[0].response.len(), max_pos);
+        assert_eq!(r.outputs[1].finish, FinishReason::MaxNewTokens);
+        assert_logprobs_match(&be, &model, &r.outputs, "llama context");
+    }
     // too long, empty, out of vocabulary, no slots: errors that say why
     let too_long: Vec<u32> = vec![1; max_pos];
-    let e = rollout(&be, &model, &[vec![1, 2], too_long], &RolloutConfig { slots: 2, gen: gen.clone() }).unwrap_err();
+    let e = rollout(&be, &model, &[vec![1, 2], too_long], &rc(2, gen.clone(), 1)).unwrap_err();
     assert!(e.to_string().contains("prompt 2") && e.to_string().contains("context"), "{e}");
-    assert!(rollout(&be, &model, &[vec![]], &RolloutConfig { slots: 2, gen: gen.clone() }).is_err());
-    assert!(rollout(&be, &model, &[vec![100_000]], &RolloutConfig { slots: 2, gen: gen.clone() }).is_err());
-    assert!(rollout(&be, &model, &[vec![1]], &RolloutConfig { slots: 0, gen }).is_err());
+    assert!(rollout(&be, &model, &[vec![]], &rc(2, gen.clone(), 1)).is_err());
+    assert!(rollout(&be, &model, &[vec![100_000]], &rc(2, gen.clone(), 1)).is_err());
+    assert!(rollout(&be, &model, &[vec![1]], &rc(0, gen.clone(), 1)).is_err());
+    let e = rollout(&be, &model, &[vec![1]], &rc(1, gen, 0)).unwrap_err();
+    assert!(e.to_string().contains("--sync-every"), "{e}");
 }
 
 /// Principle 6 (bit-for-bit equality), for any number of slots.
@@ -140,9 +167,12 @@ fn rollout_logprobs_equal_training_bits() {
         let model = load(name);
         let ps = prompts(6);
         for slots in [1, 2, 4, 6] {
-            let gen = GenerateConfig { max_new_tokens: 12, temperature: 1.0, seed: 7, ..Default::default() };
-            let r = rollout(&be, &model, &ps, &RolloutConfig { slots, gen }).unwrap();
-            assert_logprobs_bits(&be, &model, &r.outputs, &format!("{name} slots {slots}"));
+            for k in [1, 3, 8] {
+                // stop ids make slots finish (and idle, for K > 1) at different steps
+                let gen = GenerateConfig { max_new_tokens: 12, temperature: 1.0, seed: 7, stop_ids: vec![3, 50, 120, 240], ..Default::default() };
+                let r = rollout(&be, &model, &ps, &rc(slots, gen, k)).unwrap();
+                assert_logprobs_bits(&be, &model, &r.outputs, &format!("{name} slots {slots} K {k}"));
+            }
         }
     }
 }
@@ -179,7 +209,8 @@ fn an_engine_reuses_and_grows_its_buffers_across_calls() {
     let model = load("llama");
     let cfg = |max_new: usize, slots: usize| RolloutConfig {
         slots,
-        gen: GenerateConfig { max_new_tokens: max_new, temperature: 1.0, seed: 3, ..GenerateConfig::default() },
+        gen: GenerateConfig { max_new_tokens: max_new, temperature: 1.0, seed: 3, stop_ids: vec![7, 99], ..GenerateConfig::default() },
+        sync_every: 1 + max_new % 4,
     };
     let small: Vec<Vec<u32>> = prompts(3).into_iter().map(|p| p[..2].to_vec()).collect();
     let large = prompts(6);
@@ -193,5 +224,30 @@ fn an_engine_reuses_and_grows_its_buffers_across_calls() {
             assert_eq!(a.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>());
         }
         assert_logprobs_bits(&be, &model, &reused.outputs, "engine");
+    }
+}
+
+/// When no slot finishes before the others (no stop ids, every prompt in its own slot, none near
+/// the context), chunks of K steps run the same schedule as K = 1: the same tokens and log-prob
+/// bits, no idle slot-steps, and one read-back per chunk instead of one per step.
+#[test]
+fn chunks_without_early_finishes_change_nothing_but_the_read_backs() {
+    let be = CpuBackend::new();
+    let model = load("qwen2");
+    let ps = prompts(4);
+    let gen = GenerateConfig { max_new_tokens: 11, temperature: 1.0, seed: 5, ..Default::default() };
+    let one = rollout(&be, &model, &ps, &rc(4, gen.clone(), 1)).unwrap();
+    assert_eq!((one.stats.decode_steps, one.stats.decode_syncs), (10, 10), "{:?}", one.stats);
+    for k in [2, 4, 16] {
+        let r = rollout(&be, &model, &ps, &rc(4, gen.clone(), k)).unwrap();
+        for (a, b) in one.outputs.iter().zip(&r.outputs) {
+            assert_eq!(a.response, b.response, "K {k}");
+            assert_eq!(a.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), b.logprobs.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "K {k}");
+        }
+        // 10 decode steps in chunks of K (the last one cut to what the slots can still take)
+        assert_eq!(r.stats.decode_steps, 10, "K {k}: {:?}", r.stats);
+        assert_eq!(r.stats.decode_syncs, 10usize.div_ceil(k), "K {k}: {:?}", r.stats);
+        assert_eq!(r.stats.idle_slot_steps, 0, "K {k}: {:?}", r.stats);
+        assert_eq!(r.stats.decode_tokens, one.stats.decode_tokens);
     }
 }

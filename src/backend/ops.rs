@@ -267,6 +267,73 @@ pub struct SampleParams {
     pub step: u32,
 }
 
+/// One step of the rollout engine's bookkeeping on the device, so that decode steps can follow
+/// one another without a read-back. Row r < n of the step belongs to slot `s = cache_rows[r] / t_max`
+/// (the cache row its token was written to, as in [`AttentionDecodeParams`]); the slot's state is
+/// `state[4 s ..][..4] = [len, resp_len, finish, last]`: positions in its cache (prompt + fed
+/// response tokens), response tokens sampled, [`decode_finish`] code, last sampled token.
+/// For a running slot (`finish == 0`) with `id = sampled[r]`:
+/// `history[s * stride + resp_len] = id`, `resp_len += 1`, `len += 1`, `last = id`, then
+/// `finish` = STOP if `id` is in `stop_ids[..n_stop]`, else MAX_NEW if `resp_len >= max_new`,
+/// else CONTEXT if `len + 1 >= max_len` (prompt + response fill the context), else 0; and the next
+/// step's inputs of row r: `tokens[r] = id`, `positions[r] = len`, `cache_rows[r] = s * t_max + len`,
+/// `record_rows[r] = s * stride + resp_len`, or `dump_row` once the slot has finished.
+/// A finished slot (`finish != 0` on entry) is left alone (state, history, tokens, positions and
+/// cache row frozen) except that `record_rows[r] = dump_row`: its row keeps decoding its last
+/// token at the frozen position into its own (dead) cache row, and its `-log p` lands in the
+/// dump row. Rows whose slot lies outside `slots` or whose history is full are skipped.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct DecodeAdvanceParams {
+    /// rows of this step
+    pub n: u32,
+    /// slots in `state` (4 values each) and `history` (`stride` each)
+    pub slots: u32,
+    /// cache positions per slot
+    pub t_max: u32,
+    /// history entries (and recorded log-prob rows) per slot: the longest response possible
+    pub stride: u32,
+    /// `max_new_tokens`
+    pub max_new: u32,
+    /// the model's context (max positions)
+    pub max_len: u32,
+    /// stop ids in `stop_ids`
+    pub n_stop: u32,
+    /// the record row of finished slots (outside every slot's rows)
+    pub dump_row: u32,
+}
+
+impl DecodeAdvanceParams {
+    /// The least length of each buffer of [`Backend::decode_advance`], in its argument order.
+    pub fn min_lens(&self) -> [(&'static str, usize); 8] {
+        let (n, slots) = (self.n as usize, self.slots as usize);
+        [
+            ("state", slots * decode_finish::STATE),
+            ("history", slots * self.stride as usize),
+            ("tokens", n),
+            ("positions", n),
+            ("cache_rows", n),
+            ("record_rows", n),
+            ("sampled", n),
+            ("stop_ids", self.n_stop as usize),
+        ]
+    }
+}
+
+/// The `finish` codes of [`DecodeAdvanceParams`]'s slot state, and the state's layout.
+pub mod decode_finish {
+    /// still decoding
+    pub const RUNNING: i32 = 0;
+    /// the last token is a stop id
+    pub const STOP: i32 = 1;
+    /// the response reached `max_new_tokens`
+    pub const MAX_NEW: i32 = 2;
+    /// prompt + response fill the model's context
+    pub const CONTEXT: i32 = 3;
+    /// values per slot in the state buffer: `[len, resp_len, finish, last]`
+    pub const STATE: usize = 4;
+}
+
 /// One AdamW step with decoupled weight decay and global-norm clipping, reading the squared
 /// global gradient norm `norm_sq[0]` (accumulated by `sum_squares`) on the device:
 /// - `norm_sq[0]` not finite (NaN or an infinity): nothing is written (the step is skipped);
@@ -773,6 +840,21 @@ pub trait Backend: Send + Sync {
     ) -> Result<()>;
     /// See [`SampleParams`]; writes one token id per row.
     fn sample(&self, out: &mut Self::Ids, logits: &Self::Buf, p: SampleParams) -> Result<()>;
+    /// See [`DecodeAdvanceParams`]: appends `sampled` to the slots' histories, updates their
+    /// state and writes the next decode step's inputs, all on the device.
+    #[allow(clippy::too_many_arguments)]
+    fn decode_advance(
+        &self,
+        state: &mut Self::Ids,
+        history: &mut Self::Ids,
+        tokens: &mut Self::Ids,
+        positions: &mut Self::Ids,
+        cache_rows: &mut Self::Ids,
+        record_rows: &mut Self::Ids,
+        sampled: &Self::Ids,
+        stop_ids: &Self::Ids,
+        p: DecodeAdvanceParams,
+    ) -> Result<()>;
 
     // ---- fused RL ops --------------------------------------------------------------------------
     /// See [`LogprobParams`]: `logp [n]`, `entropy [n]` and the saved `lse [n]` from
@@ -916,6 +998,7 @@ pub const OP_NAMES: &[&str] = &[
     "cross_entropy_fwd",
     "cross_entropy_bwd",
     "sample",
+    "decode_advance",
     "logprob_gather_fwd",
     "logprob_gather_bwd",
     "kl_penalty_fwd",

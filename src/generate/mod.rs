@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 use crate::model::{Activations, KvCache, Model};
 
 pub mod rollout;
-pub use rollout::{rollout, FinishReason, Rollout, RolloutConfig, RolloutEngine, RolloutOutput, RolloutStats};
+pub use rollout::{default_sync_every, rollout, FinishReason, Rollout, RolloutConfig, RolloutEngine, RolloutOutput, RolloutStats};
 
 #[derive(Clone, Debug)]
 pub struct GenerateConfig {

@@ -21,14 +21,32 @@
 //! times so the logits have `n` equal rows, and the `n` first tokens are drawn from them with
 //! distinct uniforms (one per row). Decoding then goes on per slot as usual.
 //!
-//! Host traffic per step: the sampled ids of the active slots (to detect stop ids and manage
-//! slots) and the next step's tokens, positions and cache rows, a few integers per slot.
+//! Multi-step decoding: the bookkeeping of a step runs on the device too. After sampling, the
+//! `decode_advance` op appends each row's token to its slot's history (`[slots, max_new]` ids),
+//! updates the slot's state (`[len, resp_len, finish, last]`: a stop id, `max_new_tokens` or the
+//! context end sets `finish`) and writes the next step's tokens, positions, cache rows and record
+//! rows, so `sync_every` (`K`) decode steps run back to back with no host traffic: forward ->
+//! sample -> record -log p -> advance -> the next forward reads what the device wrote. A finished
+//! slot's row keeps its frozen inputs (its last token at its last position, written into its own
+//! cache row past the sequence) and files its -log p into a dump row, so the rest of the chunk
+//! changes none of its recorded tokens or log-probs; it idles for up to K - 1 steps
+//! (`RolloutStats::idle_slot_steps`), and a chunk is cut short when no slot can run longer.
+//!
+//! Host traffic: per chunk of K decode steps one read-back of the slot state (4 integers per
+//! slot), plus the histories and the recorded -log p when a sequence finished; the decode inputs
+//! are written by the host only when the batch changed (a slot retired or a prompt came in).
+//! A prefill (the first token too goes through `decode_advance`) reads the state back once.
+//! K = 1 (the CPU's default, where a read-back is free) runs exactly the schedule of one read-back
+//! per step. A K-step chunk is a fixed sequence of launches on fixed buffers, so it can become one
+//! CUDA graph; capturing it is the next step (not done yet: the sampling `step` key would have
+//! to move into a device buffer).
 //! Draws: the uniform of a row is keyed by (seed, sampling call, row), so a rollout is
-//! reproducible for the same prompts, slots and seed.
+//! reproducible for the same prompts, slots, seed and K.
 
 use std::time::Instant;
 
-use crate::backend::ops::{Backend, CrossEntropyParams, SampleParams, ScatterParams};
+use crate::backend::ops::decode_finish::{self, STATE};
+use crate::backend::ops::{Backend, CrossEntropyParams, DecodeAdvanceParams, SampleParams, ScatterParams};
 use crate::error::{Error, Result};
 use crate::generate::GenerateConfig;
 use crate::model::{Activations, Model, Shape, SlotCache};
@@ -40,11 +58,28 @@ pub struct RolloutConfig {
     pub slots: usize,
     /// sampling, `max_new_tokens` and stop ids
     pub gen: GenerateConfig,
+    /// decode steps run back to back on the device between two read-backs of the slot state (`K`,
+    /// at least 1); a slot that finishes inside such a chunk idles until its end
+    pub sync_every: usize,
 }
 
 impl Default for RolloutConfig {
     fn default() -> Self {
-        RolloutConfig { slots: 8, gen: GenerateConfig::default() }
+        RolloutConfig { slots: 8, gen: GenerateConfig::default(), sync_every: 1 }
+    }
+}
+
+/// Decode steps between read-backs on a GPU backend (`--sync-every`'s default there; see
+/// docs/benchmarks.md for the measurement behind it).
+pub const GPU_SYNC_EVERY: usize = 8;
+
+/// The default `sync_every` of a backend: 1 on the CPU (its read-back is free, and a finished slot
+/// would idle for nothing), [`GPU_SYNC_EVERY`] on the GPU backends.
+pub fn default_sync_every(backend: &str) -> usize {
+    if backend == "cpu" {
+        1
+    } else {
+        GPU_SYNC_EVERY
     }
 }
 
@@ -75,10 +110,15 @@ pub struct RolloutStats {
     /// prompt tokens prefilled (padding not counted)
     pub prefill_tokens: usize,
     pub prefill_secs: f64,
-    /// tokens fed through decode steps
+    /// tokens sampled by decode steps for running sequences
     pub decode_tokens: usize,
     pub decode_secs: f64,
     pub decode_steps: usize,
+    /// read-backs of the slot state after a chunk of up to `sync_every` decode steps
+    pub decode_syncs: usize,
+    /// rows of decode steps spent on a slot whose sequence had already finished in its chunk
+    /// (wasted compute of `sync_every > 1`)
+    pub idle_slot_steps: usize,
     /// prompts that entered a slot another sequence had used before
     pub slot_reuses: usize,
 }
@@ -99,14 +139,11 @@ pub struct Rollout {
     pub stats: RolloutStats,
 }
 
-/// A sequence in a slot.
+/// A sequence in a slot (its length, tokens and state live on the device, see `decode_advance`).
 struct Seq {
     /// the index of its output (prompt index x group size + sample index)
     out: usize,
     prompt: usize,
-    /// positions written to the slot's cache (prompt + fed response tokens)
-    len: usize,
-    response: Vec<u32>,
 }
 
 /// Samples up to `cfg.gen.max_new_tokens` tokens after each prompt with `cfg.slots` slots
@@ -116,8 +153,9 @@ pub fn rollout<B: Backend>(be: &B, model: &Model<B>, prompts: &[Vec<u32>], cfg: 
 }
 
 /// The engine's device buffers: activations for a prefill of `slots` prompts of up to
-/// `cap / slots` tokens, the per-slot KV cache laid out with `t_max` positions per slot, and the
-/// recorded log-probs with `max_new` rows per slot.
+/// `cap / slots` tokens, the per-slot KV cache laid out with `t_max` positions per slot, the
+/// recorded log-probs and sampled ids with `max_new` rows per slot (the log-probs with one more,
+/// the dump row of finished slots), and the slot state of `decode_advance`.
 struct EngineBuffers<B: Backend> {
     model_dims: (usize, usize, usize, usize),
     slots: usize,
@@ -130,6 +168,8 @@ struct EngineBuffers<B: Backend> {
     store_rows: B::Ids,
     sampled: B::Ids,
     store: B::Buf,
+    history: B::Ids,
+    state: B::Ids,
     /// cache rows of the `k`-th copy of a grouped prefill (`cap` each), grown on demand
     copy_rows: Vec<B::Ids>,
 }
@@ -173,7 +213,9 @@ impl<B: Backend> RolloutEngine<B> {
                 rows: be.alloc_ids(cap)?,
                 store_rows: be.alloc_ids(slots)?,
                 sampled: be.alloc_ids(slots)?,
-                store: be.alloc(slots * max_new)?,
+                store: be.alloc(slots * max_new + 1)?,
+                history: be.alloc_ids(slots * max_new)?,
+                state: be.alloc_ids(slots * STATE)?,
                 copy_rows: Vec::new(),
             });
         }
@@ -198,6 +240,9 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     g.validate()?;
     if cfg.slots == 0 {
         return Err(Error::invalid("the rollout needs at least one slot"));
+    }
+    if cfg.sync_every == 0 {
+        return Err(Error::invalid("--sync-every must be at least 1 (decode steps between two read-backs)"));
     }
     if group == 0 || cfg.slots < group {
         return Err(Error::invalid(format!("a grouped rollout of {group} samples per prompt needs at least that many slots (got {})", cfg.slots)));
@@ -233,20 +278,38 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     }
     let s = cfg.slots.min(total);
     let max_prompt = prompts.iter().map(|p| p.len()).max().unwrap_or(1);
+    let min_prompt = prompts.iter().map(|p| p.len()).min().unwrap_or(1);
+    // a response never reaches max_pos tokens (the context ends first), so this changes no finish
+    // reason; `longest` is the longest response possible (the history and record rows per slot)
+    let max_new = max_new.min(max_pos);
+    let longest = max_new.min(max_pos - min_prompt);
     // the last sampled token is never fed, so positions stay below prompt + max_new - 1
     let t_max = (max_prompt + max_new).min(max_pos);
     let dec = &model.decoder;
     let w = &model.weights;
     let cap = (s * max_prompt).max(s);
-    let bufs = engine.buffers(be, model, s, cap, t_max, max_new)?;
+    let bufs = engine.buffers(be, model, s, cap, t_max, longest)?;
     // the buffers may be larger than this call needs: the cache keeps `bufs.t_max` positions per
-    // slot, the record `bufs.max_new` rows per slot
-    let (t_max, stride) = (bufs.t_max, bufs.max_new);
+    // slot, the record and the history `bufs.max_new` rows per slot (plus the dump row)
+    let (t_max, stride, all_slots) = (bufs.t_max, bufs.max_new, bufs.slots);
     while bufs.copy_rows.len() + 1 < group {
         bufs.copy_rows.push(be.alloc_ids(bufs.cap)?);
     }
-    let EngineBuffers { acts, cache, rows, store_rows, sampled, store, copy_rows, .. } = bufs;
-    // -log p of response token k of the sequence in slot i at row i * stride + k
+    let EngineBuffers { acts, cache, rows, store_rows, sampled, store, copy_rows, state, history, .. } = bufs;
+    // stop ids above i32::MAX cannot be sampled (they are outside any vocabulary): they wrap to
+    // negative values, which no sampled id matches
+    let stop: Vec<i32> = g.stop_ids.iter().map(|&t| t as i32).collect();
+    let stop_buf = be.upload_ids(if stop.is_empty() { &[-1] } else { &stop })?;
+    let advance = |n: usize| DecodeAdvanceParams {
+        n: n as u32,
+        slots: all_slots as u32,
+        t_max: t_max as u32,
+        stride: stride as u32,
+        max_new: max_new as u32,
+        max_len: max_pos as u32,
+        n_stop: stop.len() as u32,
+        dump_row: (all_slots * stride) as u32,
+    };
     let mut step = 0u32;
     let sample_params = |n: usize, step: u32| SampleParams {
         n: n as u32,
@@ -261,6 +324,12 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
 
     let mut outputs: Vec<Option<RolloutOutput>> = vec![None; total];
     let mut slots: Vec<Option<Seq>> = (0..s).map(|_| None).collect();
+    // the device's slot state as of the last read-back (nothing changes it between a read-back
+    // and the next decode_advance): `[len, resp_len, finish, last]` per slot
+    let mut host_state = vec![0i32; all_slots * STATE];
+    // the slots that the device's per-row decode inputs (tokens, positions, cache and record rows)
+    // belong to, when the last decode_advance wrote them for a decode batch
+    let mut device_batch: Option<Vec<usize>> = None;
     let mut used = vec![false; s];
     let mut next = 0usize;
     let mut done = 0usize;
@@ -271,8 +340,6 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
         let admit: Vec<(usize, usize)> = free.chunks_exact(group).map(|c| c[0]).zip(next..prompts.len()).collect();
         let group_slots = |bi: usize| &free[bi * group..(bi + 1) * group];
         next += admit.len();
-        // (slot, row of its newly sampled token in this call's `sampled`)
-        let mut fresh: Vec<(usize, usize)> = Vec::new();
         if !admit.is_empty() {
             let t0 = Instant::now();
             let b = admit.len();
@@ -280,6 +347,11 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
             let mut tokens = vec![0i32; b * t];
             let mut cache_rows = vec![0i32; b * t];
             let mut last = Vec::with_capacity(b * group);
+            // per sampled row of the prefill: its slot (row order: prompt-major, then sample)
+            let mut fresh: Vec<usize> = Vec::with_capacity(b * group);
+            // the cache row of each prompt's last token in each of its slots (decode_advance finds the
+            // slot from it and moves it one position on)
+            let mut fresh_rows: Vec<i32> = Vec::with_capacity(b * group);
             for (bi, &(slot, p)) in admit.iter().enumerate() {
                 let pr = &prompts[p];
                 for i in 0..t {
@@ -295,8 +367,11 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
                         stats.slot_reuses += 1;
                     }
                     used[gs] = true;
-                    slots[gs] = Some(Seq { out: p * group + k, prompt: p, len: pr.len(), response: Vec::new() });
-                    fresh.push((gs, bi * group + k));
+                    slots[gs] = Some(Seq { out: p * group + k, prompt: p });
+                    // before its first token: the prompt minus its last token fed, nothing sampled
+                    host_state[gs * STATE..][..STATE].copy_from_slice(&[pr.len() as i32 - 1, 0, decode_finish::RUNNING, 0]);
+                    fresh.push(gs);
+                    fresh_rows.push((gs * t_max + pr.len() - 1) as i32);
                 }
             }
             let shape = Shape { b, t };
@@ -304,71 +379,76 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
             be.write_ids(rows, &cache_rows)?;
             dec.forward_prefill(be, w, acts, cache, rows, shape, &last)?;
             copy_group_kv(be, mcfg, acts, cache, copy_rows, shape, t_max, &(0..b).map(group_slots).collect::<Vec<_>>())?;
-            let srows: Vec<i32> = fresh.iter().map(|&(slot, _)| (slot * stride) as i32).collect();
-            sample_and_record(be, acts, sampled, store, store_rows, &srows, sample_params(b * group, step), vocab)?;
+            let srows: Vec<i32> = fresh.iter().map(|&slot| (slot * stride) as i32).collect();
+            be.write_ids(store_rows, &srows)?;
+            sample_and_record(be, acts, sampled, store, store_rows, sample_params(b * group, step), vocab)?;
             step += 1;
-            let ids = be.download_ids(sampled)?;
-            for &(slot, bi) in &fresh {
-                if let Some(seq) = slots[slot].as_mut() {
-                    seq.response.push(ids[bi] as u32);
-                }
-            }
+            // the first tokens go through the same bookkeeping as every decode step
+            be.write_ids(state, &host_state)?;
+            be.write_ids(rows, &fresh_rows)?;
+            be.decode_advance(state, history, &mut acts.tokens, &mut acts.positions, rows, store_rows, sampled, &stop_buf, advance(fresh.len()))?;
+            host_state = be.download_ids(state)?;
+            device_batch = None;
             stats.prefill_secs += t0.elapsed().as_secs_f64();
         }
         // ---- retire finished sequences ---------------------------------------------------------
-        let finished: Vec<(usize, FinishReason)> = (0..s)
-            .filter_map(|i| {
-                let seq = slots[i].as_ref()?;
-                finish_reason(seq, prompts[seq.prompt].len(), g, max_pos).map(|r| (i, r))
-            })
-            .collect();
+        let finished: Vec<usize> = (0..s).filter(|&i| slots[i].is_some() && host_state[i * STATE + 2] != decode_finish::RUNNING).collect();
         if !finished.is_empty() {
             let neg = be.download(store)?;
-            for (slot, reason) in finished {
+            let ids = be.download_ids(history)?;
+            for slot in finished {
                 if let Some(seq) = slots[slot].take() {
-                    let k = seq.response.len();
-                    let logprobs = neg[slot * stride..slot * stride + k].iter().map(|l| -l).collect();
-                    outputs[seq.out] = Some(RolloutOutput { prompt: prompts[seq.prompt].clone(), response: seq.response, logprobs, finish: reason });
+                    let st = &host_state[slot * STATE..][..STATE];
+                    let (k, r0) = (st[1] as usize, slot * stride);
+                    let response = ids[r0..r0 + k].iter().map(|&t| t as u32).collect();
+                    let logprobs = neg[r0..r0 + k].iter().map(|l| -l).collect();
+                    let finish = finish_reason(st[2])?;
+                    outputs[seq.out] = Some(RolloutOutput { prompt: prompts[seq.prompt].clone(), response, logprobs, finish });
                     done += 1;
                 }
             }
             if next < prompts.len() {
-                continue; // refill the freed slots before the next decode step
+                continue; // refill the freed slots before the next decode steps
             }
         }
-        // ---- one decode step over the active slots ---------------------------------------------
+        // ---- up to `sync_every` decode steps over the active slots, without a read-back --------
         let active: Vec<usize> = (0..s).filter(|&i| slots[i].is_some()).collect();
         if active.is_empty() {
             continue;
         }
         let t0 = Instant::now();
         let n = active.len();
-        let mut tokens = Vec::with_capacity(n);
-        let mut positions = Vec::with_capacity(n);
-        let mut crow = Vec::with_capacity(n);
-        let mut srows = Vec::with_capacity(n);
-        for &i in &active {
-            let seq = slots[i].as_ref().expect("active slot");
-            tokens.push(*seq.response.last().expect("a sampled token") as i32);
-            positions.push(seq.len as i32);
-            crow.push((i * t_max + seq.len) as i32);
-            srows.push((i * stride + seq.response.len()) as i32);
+        let st = |i: usize| &host_state[i * STATE..][..STATE];
+        if device_batch.as_deref() != Some(&active[..]) {
+            // the batch changed since the last decode step: its inputs from the slot state
+            let tokens: Vec<i32> = active.iter().map(|&i| st(i)[3]).collect();
+            let positions: Vec<i32> = active.iter().map(|&i| st(i)[0]).collect();
+            let crow: Vec<i32> = active.iter().map(|&i| (i * t_max) as i32 + st(i)[0]).collect();
+            let srows: Vec<i32> = active.iter().map(|&i| (i * stride) as i32 + st(i)[1]).collect();
+            be.write_ids(&mut acts.tokens, &tokens)?;
+            be.write_ids(&mut acts.positions, &positions)?;
+            be.write_ids(rows, &crow)?;
+            be.write_ids(store_rows, &srows)?;
         }
-        be.write_ids(&mut acts.tokens, &tokens)?;
-        be.write_ids(&mut acts.positions, &positions)?;
-        be.write_ids(rows, &crow)?;
-        dec.forward_decode(be, w, acts, cache, rows, n)?;
-        sample_and_record(be, acts, sampled, store, store_rows, &srows, sample_params(n, step), vocab)?;
-        step += 1;
-        let ids = be.download_ids(sampled)?;
-        for (r, &i) in active.iter().enumerate() {
-            if let Some(seq) = slots[i].as_mut() {
-                seq.len += 1;
-                seq.response.push(ids[r] as u32);
-            }
+        // no more steps than the longest-running slot can still take (max_new_tokens, context)
+        let left = |i: usize| (max_new.saturating_sub(st(i)[1] as usize)).min((max_pos - 1).saturating_sub(st(i)[0] as usize));
+        let steps = active.iter().map(|&i| left(i)).max().unwrap_or(1).clamp(1, cfg.sync_every);
+        let before: Vec<i32> = active.iter().map(|&i| st(i)[1]).collect();
+        for _ in 0..steps {
+            dec.forward_decode(be, w, acts, cache, rows, n)?;
+            sample_and_record(be, acts, sampled, store, store_rows, sample_params(n, step), vocab)?;
+            be.decode_advance(state, history, &mut acts.tokens, &mut acts.positions, rows, store_rows, sampled, &stop_buf, advance(n))?;
+            step += 1;
         }
-        stats.decode_tokens += n;
-        stats.decode_steps += 1;
+        host_state = be.download_ids(state)?;
+        device_batch = Some(active.clone());
+        for (&i, &b0) in active.iter().zip(&before) {
+            let grew = (host_state[i * STATE + 1] - b0).max(0) as usize;
+            stats.decode_tokens += grew;
+            stats.idle_slot_steps += steps - grew.min(steps);
+        }
+        stats.decode_steps += steps;
+        stats.decode_syncs += 1;
         stats.decode_secs += t0.elapsed().as_secs_f64();
     }
     let outputs = outputs.into_iter().map(|o| o.ok_or_else(|| Error::invalid("rollout ended with an unfinished prompt"))).collect::<Result<_>>()?;
@@ -402,35 +482,30 @@ fn copy_group_kv<B: Backend>(
 }
 
 /// Samples one token per row of `acts.logits` into `sampled`, and files `-log p` of each (at
-/// temperature 1) into `store` at the rows `srows`.
-#[allow(clippy::too_many_arguments)]
+/// temperature 1) into `store` at the rows `store_rows` (written by the host for a prefill, by
+/// `decode_advance` between decode steps).
 fn sample_and_record<B: Backend>(
     be: &B,
     acts: &mut Activations<B>,
     sampled: &mut B::Ids,
     store: &mut B::Buf,
-    store_rows: &mut B::Ids,
-    srows: &[i32],
+    store_rows: &B::Ids,
     p: SampleParams,
     vocab: usize,
 ) -> Result<()> {
     let n = p.n as usize;
     be.sample(sampled, &acts.logits, p)?;
     be.cross_entropy_fwd(&mut acts.losses, &mut acts.lse, &acts.logits, sampled, CrossEntropyParams { n: n as u32, v: vocab as u32 })?;
-    be.write_ids(store_rows, srows)?;
     let store_len = be.len(store);
     be.scatter_rows(store, &acts.losses, store_rows, ScatterParams { n: n as u32, width: 1, src_row: 1, src_off: 0, dst_row: 1, dst_rows: store_len as u32 })
 }
 
-fn finish_reason(seq: &Seq, prompt_len: usize, g: &GenerateConfig, max_pos: usize) -> Option<FinishReason> {
-    let last = *seq.response.last()?;
-    if g.stop_ids.contains(&last) {
-        Some(FinishReason::Stop)
-    } else if seq.response.len() >= g.max_new_tokens {
-        Some(FinishReason::MaxNewTokens)
-    } else if prompt_len + seq.response.len() >= max_pos {
-        Some(FinishReason::ContextEnd)
-    } else {
-        None
+/// The reason of a `decode_advance` finish code.
+fn finish_reason(code: i32) -> Result<FinishReason> {
+    match code {
+        decode_finish::STOP => Ok(FinishReason::Stop),
+        decode_finish::MAX_NEW => Ok(FinishReason::MaxNewTokens),
+        decode_finish::CONTEXT => Ok(FinishReason::ContextEnd),
+        other => Err(Error::invalid(format!("rollout: a finished slot has the unknown finish code {other}"))),
     }
 }

@@ -27,6 +27,7 @@ pub fn demo_grpo_config(out: &Path, seed: u64, steps: usize) -> GrpoConfig {
         temperature: 1.0,
         top_k: 0,
         top_p: 1.0,
+        sync_every: 1,
         lr: 5e-4,
         warmup: 0,
         min_lr_ratio: 1.0,

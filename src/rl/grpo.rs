@@ -87,6 +87,8 @@ pub struct GrpoConfig {
     pub temperature: f32,
     pub top_k: usize,
     pub top_p: f32,
+    /// decode steps between read-backs of the rollout engine (see `RolloutConfig::sync_every`)
+    pub sync_every: usize,
     pub lr: f32,
     /// linear warm-up steps, then cosine decay to `min_lr_ratio x lr` (1: constant)
     pub warmup: usize,
@@ -114,6 +116,7 @@ impl GrpoConfig {
             ("--mini-batch", self.mini_batch),
             ("--epochs", self.epochs),
             ("--max-new-tokens", self.max_new_tokens),
+            ("--sync-every", self.sync_every),
         ] {
             if v == 0 {
                 return Err(Error::invalid(format!("{flag} must be at least 1")));
@@ -338,7 +341,7 @@ pub fn run_grpo<B: Backend>(
     let mut engine = RolloutEngine::new();
     let fingerprint = json!({
         "seed": cfg.seed, "prompts_per_step": cfg.prompts_per_step, "group_size": cfg.group_size, "estimator": cfg.estimator.name(),
-        "mini_batch": cfg.mini_batch, "epochs": cfg.epochs, "max_new_tokens": cfg.max_new_tokens,
+        "mini_batch": cfg.mini_batch, "epochs": cfg.epochs, "max_new_tokens": cfg.max_new_tokens, "sync_every": cfg.sync_every,
     });
     let mut guard = DivergenceGuard::new(cfg.control.max_bad_steps);
     let mut reports = Vec::with_capacity(cfg.steps);
@@ -375,7 +378,7 @@ pub fn run_grpo<B: Backend>(
             seed: cfg.seed ^ ((step as u64) << 20),
             stop_ids: stop_ids.clone(),
         };
-        let rolled = engine.run_grouped(be, policy, &batch_prompts, n_group, &RolloutConfig { slots: b, gen })?;
+        let rolled = engine.run_grouped(be, policy, &batch_prompts, n_group, &RolloutConfig { slots: b, gen, sync_every: cfg.sync_every })?;
         let rollout_s = t0.elapsed().as_secs_f64();
         let rollout_tokens: usize = rolled.outputs.iter().map(|o| o.response.len()).sum();
 
@@ -503,6 +506,7 @@ pub fn run_grpo<B: Backend>(
             "rollout_s": rollout_s, "scoring_s": scoring_s, "training_s": training_s,
             "rollout_tokens_per_sec": report.rollout_tokens_per_sec,
             "prefill_tokens": rolled.stats.prefill_tokens,
+            "decode_syncs": rolled.stats.decode_syncs, "idle_slot_steps": rolled.stats.idle_slot_steps,
             "train_tokens_per_sec": report.train_tokens_per_sec,
             "elapsed_s": start.elapsed().as_secs_f64(), "skipped_updates": skipped_updates,
         });

@@ -220,6 +220,7 @@ fn run_demo_ppo<B: Backend>(
         temperature: 1.0,
         top_k: 0,
         top_p: 1.0,
+        sync_every: crate::generate::default_sync_every(be.name()),
         lr: 1e-3,
         value_lr: 1e-3,
         optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
@@ -343,7 +344,10 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
             }
             DemoMethod::Grpo => {
                 eprintln!("demo: method {}/{n_methods}: GRPO with the oracle as a verifiable reward (KL k3 in the loss)", k + 1);
-                let gcfg = demo_grpo_config(&out.join("grpo"), cfg.seed, cfg.grpo_steps);
+                let gcfg = crate::rl::grpo::GrpoConfig {
+                    sync_every: crate::generate::default_sync_every(be.name()),
+                    ..demo_grpo_config(&out.join("grpo"), cfg.seed, cfg.grpo_steps)
+                };
                 let (policy, reports) = run_grpo_stage(be, &sft_dir, &tok, &gcfg)?;
                 let per_step = (gcfg.prompts_per_step * gcfg.group_size) as f64;
                 let tokens: f64 = reports.iter().map(|r| r.response_len as f64 * per_step).sum();

@@ -37,6 +37,8 @@ pub struct PpoConfig {
     pub temperature: f32,
     pub top_k: usize,
     pub top_p: f32,
+    /// decode steps between read-backs of the rollout engine (see `RolloutConfig::sync_every`)
+    pub sync_every: usize,
     pub lr: f32,
     pub value_lr: f32,
     pub optim: AdamWConfig,
@@ -76,6 +78,7 @@ impl PpoConfig {
             ("--mini-batch", self.mini_batch),
             ("--ppo-epochs", self.ppo_epochs),
             ("--max-new-tokens", self.max_new_tokens),
+            ("--sync-every", self.sync_every),
         ];
         for (flag, v) in positive {
             if v == 0 {
@@ -293,7 +296,7 @@ pub fn run_ppo<B: Backend>(
     update.temperature = cfg.temperature.max(1e-6);
     let fingerprint = json!({
         "seed": cfg.seed, "rollout_batch": cfg.rollout_batch, "mini_batch": cfg.mini_batch, "ppo_epochs": cfg.ppo_epochs,
-        "max_new_tokens": cfg.max_new_tokens, "value_model": value.is_some(),
+        "max_new_tokens": cfg.max_new_tokens, "sync_every": cfg.sync_every, "value_model": value.is_some(),
     });
     let (mut run, mut metrics) = match &cfg.control.resume {
         Some(path) => {
@@ -362,7 +365,8 @@ pub fn run_ppo<B: Backend>(
             stop_ids: stop_ids.clone(),
         };
         let prompt_batch: Vec<Vec<u32>> = batch_prompts.iter().map(|p| p.to_vec()).collect();
-        let rolled = engine.run(be, policy, &prompt_batch, &RolloutConfig { slots: b, gen })?;
+        let rolled = engine.run(be, policy, &prompt_batch, &RolloutConfig { slots: b, gen, sync_every: cfg.sync_every })?;
+        let (decode_syncs, idle_slot_steps) = (rolled.stats.decode_syncs, rolled.stats.idle_slot_steps);
         let responses: Vec<Vec<u32>> = rolled.outputs.into_iter().map(|o| o.response).collect();
         let rollout_s = t0.elapsed().as_secs_f64();
         let rollout_tokens: usize = responses.iter().map(Vec::len).sum();
@@ -518,6 +522,7 @@ pub fn run_ppo<B: Backend>(
             "lr": cfg.lr,
             "rollout_s": rollout_s, "scoring_s": scoring_s, "training_s": training_s,
             "rollout_tokens_per_sec": rollout_tokens as f64 / rollout_s.max(1e-9),
+            "decode_syncs": decode_syncs, "idle_slot_steps": idle_slot_steps,
             "scoring_tokens_per_sec": 3.0 * scored_tokens / scoring_s.max(1e-9),
             "training_tokens_per_sec": cfg.ppo_epochs as f64 * scored_tokens / training_s.max(1e-9),
             "elapsed_s": start.elapsed().as_secs_f64(), "skipped_updates": skipped_updates,

@@ -107,3 +107,59 @@ pub fn assert_every_op_covered(backend: &str, where_: &str, entries: &[&str], ch
         assert!(sources.iter().any(|s| s.contains(&f)), "{backend} parity test `{test}` for `{op}` does not exist");
     }
 }
+
+/// `decode_advance` over `steps` decode steps of `n` rows drawn from `slots` slots (rows in
+/// shuffled slot order, a fifth of the slots finished before the first step, random lengths and
+/// sampled ids that hit the stop ids, `max_new_tokens` and the context end): every buffer the op
+/// writes after every step, as f32 for the parity suites (compared exactly).
+pub fn decode_advance_steps<B: rlhf::backend::ops::Backend>(be: &B, (slots, n, steps, seed): (usize, usize, usize, u64)) -> Vec<(&'static str, Vec<f32>)> {
+    use rlhf::backend::ops::{decode_finish as fin, DecodeAdvanceParams};
+    let mut rng = Rng::new(seed);
+    let (t_max, stride) = (16usize, 8usize);
+    let p = DecodeAdvanceParams {
+        n: n as u32,
+        slots: slots as u32,
+        t_max: t_max as u32,
+        stride: stride as u32,
+        max_new: 6,
+        max_len: 14,
+        n_stop: 3,
+        dump_row: (slots * stride) as u32,
+    };
+    let mut order: Vec<i32> = (0..slots as i32).collect();
+    rng.shuffle(&mut order);
+    let mut state = vec![0i32; slots * fin::STATE];
+    for s in 0..slots {
+        let len = 2 + rng.below(10) as i32;
+        let resp = 1 + rng.below(4) as i32;
+        let finish = if rng.below(5) == 0 { 1 + rng.below(3) as i32 } else { fin::RUNNING };
+        state[s * fin::STATE..][..fin::STATE].copy_from_slice(&[len, resp, finish, rng.below(20) as i32]);
+    }
+    let rows = &order[..n];
+    let st = |s: i32| &state[s as usize * fin::STATE..][..fin::STATE];
+    let cache_rows: Vec<i32> = rows.iter().map(|&s| s * t_max as i32 + st(s)[0]).collect();
+    let record_rows: Vec<i32> = rows.iter().map(|&s| s * stride as i32 + st(s)[1]).collect();
+    let tokens: Vec<i32> = rows.iter().map(|&s| st(s)[3]).collect();
+    let positions: Vec<i32> = rows.iter().map(|&s| st(s)[0]).collect();
+    let history: Vec<i32> = (0..slots * stride).map(|i| -(i as i32) - 1).collect();
+    let (mut state_b, mut history_b) = (be.upload_ids(&state).unwrap(), be.upload_ids(&history).unwrap());
+    let (mut tokens_b, mut positions_b) = (be.upload_ids(&tokens).unwrap(), be.upload_ids(&positions).unwrap());
+    let (mut cache_b, mut record_b) = (be.upload_ids(&cache_rows).unwrap(), be.upload_ids(&record_rows).unwrap());
+    let stops = be.upload_ids(&[3, 7, 11]).unwrap();
+    let ids = |b: &B::Ids| be.download_ids(b).unwrap().into_iter().map(|x| x as f32).collect::<Vec<f32>>();
+    let mut out = Vec::new();
+    for _ in 0..steps {
+        let sampled: Vec<i32> = (0..n).map(|_| rng.below(20) as i32).collect();
+        let sampled = be.upload_ids(&sampled).unwrap();
+        be.decode_advance(&mut state_b, &mut history_b, &mut tokens_b, &mut positions_b, &mut cache_b, &mut record_b, &sampled, &stops, p).unwrap();
+        out.extend([
+            ("state", ids(&state_b)),
+            ("history", ids(&history_b)),
+            ("tokens", ids(&tokens_b)),
+            ("positions", ids(&positions_b)),
+            ("cache_rows", ids(&cache_b)),
+            ("record_rows", ids(&record_b)),
+        ]);
+    }
+    out
+}

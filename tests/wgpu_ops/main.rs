@@ -13,6 +13,7 @@ mod activation;
 mod advantage;
 mod attention;
 mod cross_entropy;
+mod decode;
 mod elementwise;
 mod embedding;
 mod layernorm;
@@ -72,6 +73,7 @@ fn every_op_has_a_wgsl_entry_and_parity_test() {
         advantage::CHECKS,
         attention::CHECKS,
         cross_entropy::CHECKS,
+        decode::CHECKS,
         elementwise::CHECKS,
         embedding::CHECKS,
         layernorm::CHECKS,
@@ -90,6 +92,7 @@ fn every_op_has_a_wgsl_entry_and_parity_test() {
         include_str!("advantage.rs"),
         include_str!("attention.rs"),
         include_str!("cross_entropy.rs"),
+        include_str!("decode.rs"),
         include_str!("elementwise.rs"),
         include_str!("embedding.rs"),
         include_str!("layernorm.rs"),

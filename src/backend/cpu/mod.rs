@@ -7,6 +7,7 @@ pub mod activation;
 pub mod advantage;
 pub mod attention;
 pub mod cross_entropy;
+pub mod decode;
 pub mod elementwise;
 pub mod embedding;
 pub mod layernorm;
@@ -347,6 +348,29 @@ impl Backend for CpuBackend {
         let _t = profile::OpTimer::start("sample");
         sample::sample(out, logits, p);
         Ok(())
+    }
+    fn decode_advance(
+        &self,
+        state: &mut Vec<i32>,
+        history: &mut Vec<i32>,
+        tokens: &mut Vec<i32>,
+        positions: &mut Vec<i32>,
+        cache_rows: &mut Vec<i32>,
+        record_rows: &mut Vec<i32>,
+        sampled: &Vec<i32>,
+        stop_ids: &Vec<i32>,
+        p: DecodeAdvanceParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("decode_advance");
+        const OP: &str = "decode_advance";
+        let lens = [state.len(), history.len(), tokens.len(), positions.len(), cache_rows.len(), record_rows.len(), sampled.len(), stop_ids.len()];
+        for (have, (what, want)) in lens.into_iter().zip(p.min_lens()) {
+            check(have >= want, OP, &format!("{what} holds {have} values, needs {want}"))?;
+        }
+        decode::decode_advance(state, history, tokens, positions, cache_rows, record_rows, sampled, stop_ids, p).map_err(|r| Error::Backend {
+            backend: "cpu",
+            msg: format!("{OP}: row {r}: cache row {} is outside the {} slots of {} positions, or its slot's history is full", cache_rows[r], p.slots, p.t_max),
+        })
     }
 
     fn logprob_gather_fwd(

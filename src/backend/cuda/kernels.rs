@@ -19,6 +19,7 @@ pub const FAMILIES: &[(&str, &str)] = &[
     ("advantage", include_str!("../../../kernels/advantage.cu")),
     ("attention", include_str!("../../../kernels/attention.cu")),
     ("cross_entropy", include_str!("../../../kernels/cross_entropy.cu")),
+    ("decode", include_str!("../../../kernels/decode.cu")),
     ("elementwise", include_str!("../../../kernels/elementwise.cu")),
     ("embedding", include_str!("../../../kernels/embedding.cu")),
     ("layernorm", include_str!("../../../kernels/layernorm.cu")),

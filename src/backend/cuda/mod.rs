@@ -16,6 +16,7 @@ pub mod advantage;
 pub mod attention;
 pub mod context;
 pub mod cross_entropy;
+pub mod decode;
 pub mod elementwise;
 pub mod embedding;
 pub mod kernels;
@@ -50,6 +51,7 @@ unsafe impl DeviceRepr for ScatterParams {}
 unsafe impl DeviceRepr for AttentionDecodeParams {}
 unsafe impl DeviceRepr for CrossEntropyParams {}
 unsafe impl DeviceRepr for SampleParams {}
+unsafe impl DeviceRepr for DecodeAdvanceParams {}
 unsafe impl DeviceRepr for AdamWParams {}
 unsafe impl DeviceRepr for RankingParams {}
 unsafe impl DeviceRepr for GaeParams {}
@@ -311,6 +313,22 @@ impl Backend for CudaBackend {
     }
     fn sample(&self, out: &mut Self::Ids, logits: &Self::Buf, p: SampleParams) -> Result<()> {
         sample::sample(&self.ctx, out, logits, p)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decode_advance(
+        &self,
+        state: &mut Self::Ids,
+        history: &mut Self::Ids,
+        tokens: &mut Self::Ids,
+        positions: &mut Self::Ids,
+        cache_rows: &mut Self::Ids,
+        record_rows: &mut Self::Ids,
+        sampled: &Self::Ids,
+        stop_ids: &Self::Ids,
+        p: DecodeAdvanceParams,
+    ) -> Result<()> {
+        decode::decode_advance(&self.ctx, state, history, tokens, positions, cache_rows, record_rows, sampled, stop_ids, p)
     }
 
     fn logprob_gather_fwd(

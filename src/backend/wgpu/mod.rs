@@ -12,6 +12,7 @@ pub mod attention;
 pub mod buffer;
 pub mod context;
 pub mod cross_entropy;
+pub mod decode;
 pub mod elementwise;
 pub mod embedding;
 pub mod layernorm;
@@ -271,6 +272,22 @@ impl Backend for WgpuBackend {
 
     fn sample(&self, out: &mut GpuBuf, logits: &GpuBuf, p: SampleParams) -> Result<()> {
         sample::sample(&self.ctx, out, logits, p)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn decode_advance(
+        &self,
+        state: &mut GpuBuf,
+        history: &mut GpuBuf,
+        tokens: &mut GpuBuf,
+        positions: &mut GpuBuf,
+        cache_rows: &mut GpuBuf,
+        record_rows: &mut GpuBuf,
+        sampled: &GpuBuf,
+        stop_ids: &GpuBuf,
+        p: DecodeAdvanceParams,
+    ) -> Result<()> {
+        decode::decode_advance(&self.ctx, state, history, tokens, positions, cache_rows, record_rows, sampled, stop_ids, p)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -1,0 +1,59 @@
+//! `decode_advance`: the rollout engine's per-step bookkeeping (see `DecodeAdvanceParams`), the
+//! reference of `kernels/decode.cu` and `shaders/decode.wgsl`. Per row r of a decode step, the
+//! slot `s = cache_rows[r] / t_max` takes the sampled id into its history and state
+//! `[len, resp_len, finish, last]`, decides whether it has finished (stop id, max_new_tokens,
+//! context) and writes the next step's token, position, cache row and record row; a finished
+//! slot's row keeps its frozen inputs and records into the dump row.
+
+use crate::backend::ops::{decode_finish, DecodeAdvanceParams};
+
+/// Rows in order (a slot appears at most once per step). A row whose slot is outside the state or
+/// whose history is full stops the op with `Err(row)` (the GPU kernels skip such rows).
+#[allow(clippy::too_many_arguments)]
+pub fn decode_advance(
+    state: &mut [i32],
+    history: &mut [i32],
+    tokens: &mut [i32],
+    positions: &mut [i32],
+    cache_rows: &mut [i32],
+    record_rows: &mut [i32],
+    sampled: &[i32],
+    stop_ids: &[i32],
+    p: DecodeAdvanceParams,
+) -> Result<(), usize> {
+    let stops = &stop_ids[..p.n_stop as usize];
+    let (t_max, stride) = (p.t_max as i64, p.stride as i64);
+    for r in 0..p.n as usize {
+        let row = cache_rows[r] as i64;
+        if row < 0 || t_max == 0 || row / t_max >= p.slots as i64 {
+            return Err(r);
+        }
+        let s = row / t_max;
+        let st = &mut state[s as usize * decode_finish::STATE..][..decode_finish::STATE];
+        if st[2] != decode_finish::RUNNING {
+            record_rows[r] = p.dump_row as i32;
+            continue;
+        }
+        if st[1] < 0 || st[1] as i64 >= stride {
+            return Err(r);
+        }
+        let id = sampled[r];
+        history[(s * stride) as usize + st[1] as usize] = id;
+        let (len, resp) = (st[0] + 1, st[1] + 1);
+        let finish = if stops.contains(&id) {
+            decode_finish::STOP
+        } else if resp as u32 >= p.max_new {
+            decode_finish::MAX_NEW
+        } else if (len + 1) as u32 >= p.max_len {
+            decode_finish::CONTEXT
+        } else {
+            decode_finish::RUNNING
+        };
+        st.copy_from_slice(&[len, resp, finish, id]);
+        tokens[r] = id;
+        positions[r] = len;
+        cache_rows[r] = (s * t_max) as i32 + len;
+        record_rows[r] = if finish == decode_finish::RUNNING { (s * stride) as i32 + resp } else { p.dump_row as i32 };
+    }
+    Ok(())
+}
