@@ -200,6 +200,15 @@ mod tests {
     }
 
     #[test]
+    fn each_reduced_precision_has_its_fast_compute_type() {
+        use cublasComputeType_t::*;
+        assert_eq!(compute_type(MatmulPrecision::F32), None);
+        assert_eq!(compute_type(MatmulPrecision::Tf32), Some(CUBLAS_COMPUTE_32F_FAST_TF32));
+        assert_eq!(compute_type(MatmulPrecision::Bf16), Some(CUBLAS_COMPUTE_32F_FAST_16BF));
+        assert_eq!(compute_type(MatmulPrecision::F16), Some(CUBLAS_COMPUTE_32F_FAST_16F));
+    }
+
+    #[test]
     fn the_cublas_call_computes_the_row_major_product() {
         let cpu = crate::backend::CpuBackend::new();
         let mut rng = crate::data::rng::Rng::new(5);
