@@ -170,6 +170,28 @@ fn matmul_precision_flag_on_wgpu() {
     let out = rlhf(&[&bench[..], &["f16"]].concat());
     let stdout = ok(&out);
     assert!(stdout.contains("matmul precision f16") && String::from_utf8_lossy(&out.stderr).contains("[matmul f16]"), "{stdout}");
+
+    // `rlhf sft` in f16 and in f32 from the same checkpoint and data: the logged losses agree
+    // within the 2e-3 of sft_steps_with_f16_matmuls_track_f32, and the run.toml records f16
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"hello \", \"completion\": \"world\"}\n{\"text\": \"the cat sat on the mat\"}\n").unwrap();
+    let gpt2 = fixture("gpt2");
+    let losses = |precision: &str| {
+        let run = dir.path().join(precision);
+        let args = ["sft", "--backend", "wgpu", "--model", s(&gpt2), "--data", s(&data), "--out", s(&run), "--steps", "4", "--batch-size", "2"];
+        ok(&rlhf(&[&args[..], &["--lr", "1e-3", "--matmul-precision", precision]].concat()));
+        let toml = std::fs::read_to_string(run.join("run.toml")).unwrap();
+        assert!(toml.contains(&format!("matmul_precision = \"{precision}\"")), "{toml}");
+        let rows = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+        rows.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64().unwrap()).collect::<Vec<f64>>()
+    };
+    let (l16, l32) = (losses("f16"), losses("f32"));
+    assert_eq!(l16.len(), 4);
+    for (a, b) in l16.iter().zip(&l32) {
+        assert!(rel(*a, *b) < 2e-3, "rlhf sft losses: f16 {l16:?} vs f32 {l32:?}");
+    }
+    assert!(l16[3] < l16[0] && l16 != l32, "rlhf sft in f16: the loss does not decrease, or equals f32's: {l16:?}");
 }
 
 #[test]
