@@ -6,10 +6,12 @@
 //! invocation) when that grid has at least [`BIG_MIN_TILES`] workgroups, else 64 x 64 tiles (4 x 4
 //! per invocation) so that small products still spread over the GPU. Both tilings sum each output
 //! over k in the same order, so the choice never changes a result. Batches run along the z grid
-//! dimension. With `--matmul-precision f16` (`Context::matmul_precision`) the same choice is made
-//! among the `_f16` entry points of `shaders/matmul_f16.wgsl` (operands rounded to f16, sums in
-//! f32), for `logprob_gather`'s chunk products too. [`matmul_offsets`] is the same product on matrices that start at element offsets of
+//! dimension. [`matmul_offsets`] is the same product on matrices that start at element offsets of
 //! their buffers (used by `logprob_gather` on blocks of rows of the LM head).
+//!
+//! With `--matmul-precision f16` (`Context::matmul_precision`) the same choice is made among the
+//! `_f16` entry points of `shaders/matmul_f16.wgsl` (operands rounded to f16, sums in f32), for
+//! `logprob_gather`'s chunk products too.
 
 use super::buffer::GpuBuf;
 use super::context::{err, Context};
