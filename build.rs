@@ -5,6 +5,12 @@
 //! appended after it so that naga's line numbers are those of the family file. Both combinations
 //! are parsed and validated here; an invalid shader fails `cargo build` with naga's located message.
 //!
+//! A family `<base>_f16.wgsl` (`matmul_f16.wgsl`) opens with `enable f16;` and is compiled
+//! followed by `<base>.wgsl`, whose functions and bindings it uses (its table lists only its own
+//! entry points). It is validated with naga's `SHADER_FLOAT16` capability and its entry points are
+//! marked `shader_f16: true`: the backend compiles it only on an adapter with `SHADER_F16` (a
+//! module with `enable f16;` fails to create a pipeline elsewhere).
+//!
 //! The generated `$OUT_DIR/shaders.rs` holds the sources and, for every `@compute` entry point,
 //! its workgroup size and the bindings it uses (group 0; binding 0 the params uniform, 1.. the
 //! storage buffers in the argument order of the CPU function), so that the backend builds its
@@ -41,12 +47,29 @@ fn main() {
     let mut failures = Vec::new();
     let mut entries = String::new();
     let mut sources = String::new();
+    // the entry points of each family compiled so far (a `_f16` family comes after its base)
+    let mut names: std::collections::HashMap<&str, Vec<String>> = std::collections::HashMap::new();
     for family in &families {
-        let src = read(family);
+        let own = read(family);
         let path = format!("shaders/{family}.wgsl");
+        let shader_f16 = own.lines().any(|l| l.trim() == "enable f16;");
+        let base = family.strip_suffix("_f16").filter(|b| families.iter().any(|f| f == b));
+        if shader_f16 != base.is_some() {
+            failures.push(format!("{path}: `enable f16;` goes in a family `<base>_f16.wgsl` next to `<base>.wgsl`, and only there"));
+            continue;
+        }
+        let src = match base {
+            Some(b) => format!("{own}\n{}", read(b)),
+            None => own,
+        };
+        let inherited: Vec<String> = base.and_then(|b| names.get(b)).cloned().unwrap_or_default();
+        let mut mine = Vec::new();
         for (k, (prelude, prelude_src)) in preludes.iter().enumerate() {
             let full = format!("{src}\n{prelude_src}");
-            let caps = if *prelude == "prelude_subgroup" { Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER } else { Capabilities::empty() };
+            let mut caps = if *prelude == "prelude_subgroup" { Capabilities::SUBGROUP | Capabilities::SUBGROUP_BARRIER } else { Capabilities::empty() };
+            if shader_f16 {
+                caps |= Capabilities::SHADER_FLOAT16;
+            }
             let module = match naga::front::wgsl::parse_str(&full) {
                 Ok(m) => m,
                 Err(e) => {
@@ -65,9 +88,10 @@ fn main() {
                 continue; // the entry table comes from the plain variant
             }
             for (i, ep) in module.entry_points.iter().enumerate() {
-                if ep.stage != naga::ShaderStage::Compute {
+                if ep.stage != naga::ShaderStage::Compute || inherited.contains(&ep.name) {
                     continue;
                 }
+                mine.push(ep.name.clone());
                 let fi = info.get_entry_point(i);
                 let mut bindings = Vec::new();
                 for (handle, var) in module.global_variables.iter() {
@@ -97,15 +121,19 @@ fn main() {
                 let [x, y, z] = ep.workgroup_size;
                 writeln!(
                     entries,
-                    "    ShaderEntry {{ family: {family:?}, name: {:?}, workgroup: [{x}, {y}, {z}], bindings: &[{}] }},",
+                    "    ShaderEntry {{ family: {family:?}, name: {:?}, workgroup: [{x}, {y}, {z}], bindings: &[{}], shader_f16: {shader_f16} }},",
                     ep.name,
                     list.join(", ")
                 )
                 .unwrap();
             }
         }
-        let abs = dir.join(format!("{family}.wgsl"));
-        writeln!(sources, "    ({family:?}, include_str!({:?})),", abs.display().to_string()).unwrap();
+        names.insert(family, mine);
+        let abs = |f: &str| dir.join(format!("{f}.wgsl")).display().to_string();
+        match base {
+            Some(b) => writeln!(sources, "    ({family:?}, concat!(include_str!({:?}), \"\\n\", include_str!({:?}))),", abs(family), abs(b)).unwrap(),
+            None => writeln!(sources, "    ({family:?}, include_str!({:?})),", abs(family)).unwrap(),
+        }
     }
     if !failures.is_empty() {
         for f in &failures {

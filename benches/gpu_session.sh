@@ -10,7 +10,8 @@
 # stripped copies (~25 MB) into .gpu/ (ignored by git).
 # `run` finds NVRTC and cuBLAS (the CUDA toolkit, or the nvidia-* Python wheels next to PyTorch),
 # runs the parity suites, then `rlhf bench` on GPT-2 124M (B=16, T=1024) with the decode sweep
-# at 1/64/256 slots and the fused-kernel table, PyTorch's torch.compile baseline on the same
+# at 1/64/256 slots and the fused-kernel table (f32, then with bf16 and tf32 tensor-core matmuls:
+# --matmul-precision), PyTorch's torch.compile baseline on the same
 # shape (tests/fixtures/bench_pytorch.py), and `rlhf bench --backend wgpu` when a Vulkan driver
 # is there. Every step's output goes to OUT (default ./gpu-out) in session.log, and summary.txt
 # lists each step's exit status and time; a failing step does not stop the others.
@@ -90,6 +91,8 @@ run() {
     step cuda_ops .gpu/cuda_ops --test-threads=1
     step gpu_model_cuda .gpu/gpu_model cuda:: --test-threads=1
     step bench_cuda $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256 --kernels
+    step bench_cuda_bf16 $rlhf "${bench[@]}" --backend cuda --matmul-precision bf16
+    step bench_cuda_tf32 $rlhf "${bench[@]}" --backend cuda --matmul-precision tf32
     step bench_pytorch env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype bf16 --compile --attn sdpa \
         --layers 12 --hidden 768 --heads 12 --vocab 50257 --batch 16 --seq 1024 --steps 10 --warmup 5
     step bench_pytorch_f32 env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype f32 --compile --attn sdpa \

@@ -1,5 +1,5 @@
 //! Criterion benches of the wgpu backend's WGSL kernels: matmul (a GPT-2 small block's shapes and
-//! the transposes its backward needs, in FLOP/s), attention forward and backward, the fused
+//! the transposes its backward needs, in FLOP/s, with f32 and, given shader-f16, f16 operands), attention forward and backward, the fused
 //! log-prob gather, LayerNorm and AdamW (in bytes/s), and a whole training step (tokens/s).
 //! Every iteration waits for the device. Without an adapter the benches print that they skipped.
 //! On a software adapter (Mesa lavapipe) the shapes shrink: its timings are not GPU performance.
@@ -43,9 +43,21 @@ fn randv(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     (0..n).map(|_| rng.normal() * scale).collect()
 }
 
+/// A second backend with `--matmul-precision f16`, when the adapter has shader-f16.
+fn gpu_f16() -> Option<&'static WgpuBackend> {
+    static GPU: OnceLock<Option<WgpuBackend>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        gpu()?;
+        WgpuBackend::with_matmul_precision(MatmulPrecision::F16).map_err(|e| eprintln!("SKIPPED wgpu f16 matmul benches: {e}")).ok()
+    })
+    .as_ref()
+}
+
+/// The matmul shapes in f32 (`flop`) and, on an adapter with shader-f16, with f16 operands
+/// (`flop f16`, shaders/matmul_f16.wgsl), so that the two compare in one run.
 fn matmul(c: &mut Criterion) {
-    let Some(be) = gpu() else { return };
-    let s = shrink(be);
+    let Some(be32) = gpu() else { return };
+    let s = shrink(be32);
     let mut rng = Rng::new(0);
     let mut g = c.benchmark_group("wgpu matmul");
     g.sample_size(10);
@@ -57,16 +69,19 @@ fn matmul(c: &mut Criterion) {
         (4096, 4096, 4096, false, false, "square"),
     ] {
         let (m, n, k) = ((m / s).max(1), (n / s).max(1), (k / s).max(1));
-        let a = be.upload(&randv(&mut rng, m * k, 1.0)).unwrap();
-        let b = be.upload(&randv(&mut rng, k * n, 1.0)).unwrap();
-        let mut out = be.alloc(m * n).unwrap();
-        g.throughput(Throughput::Elements((2 * m * n * k) as u64));
-        g.bench_function(BenchmarkId::new("flop", format!("{label} {m}x{n}x{k}")), |bench| {
-            bench.iter(|| {
-                be.matmul(&mut out, &a, &b, MatmulParams::new(m, n, k, ta, tb)).unwrap();
-                be.synchronize().unwrap();
-            })
-        });
+        let (a, b) = (randv(&mut rng, m * k, 1.0), randv(&mut rng, k * n, 1.0));
+        for (be, id) in [(Some(be32), "flop"), (gpu_f16(), "flop f16")] {
+            let Some(be) = be else { continue };
+            let (a, b) = (be.upload(&a).unwrap(), be.upload(&b).unwrap());
+            let mut out = be.alloc(m * n).unwrap();
+            g.throughput(Throughput::Elements((2 * m * n * k) as u64));
+            g.bench_function(BenchmarkId::new(id, format!("{label} {m}x{n}x{k}")), |bench| {
+                bench.iter(|| {
+                    be.matmul(&mut out, &a, &b, MatmulParams::new(m, n, k, ta, tb)).unwrap();
+                    be.synchronize().unwrap();
+                })
+            });
+        }
     }
     g.finish();
 }

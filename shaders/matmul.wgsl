@@ -61,9 +61,10 @@ struct BiasParams {
 @group(0) @binding(2) var<storage, read> mm_a: array<f32>;
 @group(0) @binding(3) var<storage, read> mm_b: array<f32>;
 
-// Two K-tile buffers of 256 vec4 each: [k][m/4] (a) and [k][n/4] (b).
-var<workgroup> sa: array<vec4<f32>, 512>;
-var<workgroup> sb: array<vec4<f32>, 512>;
+// The K-tile buffers: a at [0, 512) (two buffers of 256 vec4: [k][m/4]), b at [SB, SB + 512)
+// ([k][n/4]).
+const SB: u32 = 512u;
+var<workgroup> ss: array<vec4<f32>, 1024>;
 
 // ---- tile loads ---------------------------------------------------------------------------------
 // An operand tile is `bmn` rows (along m for a, n for b) by `bk` columns (along k), 1024 values:
@@ -130,40 +131,31 @@ fn load_b(kc: bool, bmn: u32, bk: u32, r0: u32, k0: u32, t: u32, base: u32) -> v
     return v;
 }
 
-// Stores what load_a / load_b returned for invocation t into K-tile buffer `buf` (0 or 256).
-fn put_a(kc: bool, bmn: u32, bk: u32, buf: u32, t: u32, v: vec4<f32>) {
+// Where invocation t's loaded vec4 goes in a K tile of `bmn / 4` vec4 per k: (x, 4) stores the
+// whole vec4 at x (the operand is stored [k][m] / [k][n]); (x, c) with c < 4 scatters its four
+// values (consecutive k) to component c of x, x + bmn / 4, x + 2 bmn / 4, x + 3 bmn / 4.
+// Shared with matmul_f16.wgsl.
+fn stage_slot(kc: bool, bmn: u32, bk: u32, t: u32) -> vec2<u32> {
     let row = bmn / 4u;
     if (kc) {
         let g = bk / 4u;
         let i = t / g;
-        let kk = (t % g) * 4u;
-        let at = buf + kk * row + i / 4u;
-        let c = i % 4u;
-        sa[at][c] = v.x;
-        sa[at + row][c] = v.y;
-        sa[at + 2u * row][c] = v.z;
-        sa[at + 3u * row][c] = v.w;
-    } else {
-        let g = bmn / 4u;
-        sa[buf + (t / g) * row + t % g] = v;
+        return vec2<u32>((t % g) * 4u * row + i / 4u, i % 4u);
     }
+    let g = bmn / 4u;
+    return vec2<u32>((t / g) * row + t % g, 4u);
 }
 
-fn put_b(kc: bool, bmn: u32, bk: u32, buf: u32, t: u32, v: vec4<f32>) {
-    let row = bmn / 4u;
-    if (kc) {
-        let g = bk / 4u;
-        let i = t / g;
-        let kk = (t % g) * 4u;
-        let at = buf + kk * row + i / 4u;
-        let c = i % 4u;
-        sb[at][c] = v.x;
-        sb[at + row][c] = v.y;
-        sb[at + 2u * row][c] = v.z;
-        sb[at + 3u * row][c] = v.w;
-    } else {
-        let g = bmn / 4u;
-        sb[buf + (t / g) * row + t % g] = v;
+// Stores what load_a / load_b returned for invocation t at ss[base + stage_slot(..)]: base is the
+// K-tile buffer (0 or 256) of a, or SB + that of b.
+fn put(kc: bool, bmn: u32, bk: u32, base: u32, t: u32, v: vec4<f32>) {
+    let s = stage_slot(kc, bmn, bk, t);
+    if (s.y == 4u) {
+        ss[base + s.x] = v;
+        return;
+    }
+    for (var j = 0u; j < 4u; j = j + 1u) {
+        ss[base + s.x + j * (bmn / 4u)][s.y] = v[j];
     }
 }
 
@@ -196,6 +188,65 @@ fn store4(obase: u32, row: u32, col0: u32, acc: vec4<f32>) {
     }
 }
 
+// ---- register blocks (shared with matmul_f16.wgsl) ----------------------------------------------
+// The 128 x 128 tiling's 8 x 8 block of one invocation: acc[2 i + h] holds row
+// (i < 4 ? r + i : r + 60 + i), columns c + h * 64 .. + 4, for r = row0 + ty * 4, c = col0 + tx * 4.
+
+// One k step: acc += [a0, a1] (the block's rows) x [b0, b1] (its columns), one fma per output.
+fn fma_8x8(acc: ptr<function, array<vec4<f32>, 16>>, a0: vec4<f32>, a1: vec4<f32>, b0: vec4<f32>, b1: vec4<f32>) {
+    (*acc)[0] = fma(vec4<f32>(a0.x), b0, (*acc)[0]);
+    (*acc)[1] = fma(vec4<f32>(a0.x), b1, (*acc)[1]);
+    (*acc)[2] = fma(vec4<f32>(a0.y), b0, (*acc)[2]);
+    (*acc)[3] = fma(vec4<f32>(a0.y), b1, (*acc)[3]);
+    (*acc)[4] = fma(vec4<f32>(a0.z), b0, (*acc)[4]);
+    (*acc)[5] = fma(vec4<f32>(a0.z), b1, (*acc)[5]);
+    (*acc)[6] = fma(vec4<f32>(a0.w), b0, (*acc)[6]);
+    (*acc)[7] = fma(vec4<f32>(a0.w), b1, (*acc)[7]);
+    (*acc)[8] = fma(vec4<f32>(a1.x), b0, (*acc)[8]);
+    (*acc)[9] = fma(vec4<f32>(a1.x), b1, (*acc)[9]);
+    (*acc)[10] = fma(vec4<f32>(a1.y), b0, (*acc)[10]);
+    (*acc)[11] = fma(vec4<f32>(a1.y), b1, (*acc)[11]);
+    (*acc)[12] = fma(vec4<f32>(a1.z), b0, (*acc)[12]);
+    (*acc)[13] = fma(vec4<f32>(a1.z), b1, (*acc)[13]);
+    (*acc)[14] = fma(vec4<f32>(a1.w), b0, (*acc)[14]);
+    (*acc)[15] = fma(vec4<f32>(a1.w), b1, (*acc)[15]);
+}
+
+// Stores the 8 x 8 block (constant indices only: acc stays in registers).
+fn store_8x8(acc: ptr<function, array<vec4<f32>, 16>>, obase: u32, r: u32, c: u32) {
+    store4(obase, r, c, (*acc)[0]);
+    store4(obase, r, c + 64u, (*acc)[1]);
+    store4(obase, r + 1u, c, (*acc)[2]);
+    store4(obase, r + 1u, c + 64u, (*acc)[3]);
+    store4(obase, r + 2u, c, (*acc)[4]);
+    store4(obase, r + 2u, c + 64u, (*acc)[5]);
+    store4(obase, r + 3u, c, (*acc)[6]);
+    store4(obase, r + 3u, c + 64u, (*acc)[7]);
+    store4(obase, r + 64u, c, (*acc)[8]);
+    store4(obase, r + 64u, c + 64u, (*acc)[9]);
+    store4(obase, r + 65u, c, (*acc)[10]);
+    store4(obase, r + 65u, c + 64u, (*acc)[11]);
+    store4(obase, r + 66u, c, (*acc)[12]);
+    store4(obase, r + 66u, c + 64u, (*acc)[13]);
+    store4(obase, r + 67u, c, (*acc)[14]);
+    store4(obase, r + 67u, c + 64u, (*acc)[15]);
+}
+
+// The 64 x 64 tiling's 4 x 4 block: acc[i] holds row r + i, columns c .. c + 4.
+fn fma_4x4(acc: ptr<function, array<vec4<f32>, 4>>, a0: vec4<f32>, b0: vec4<f32>) {
+    (*acc)[0] = fma(vec4<f32>(a0.x), b0, (*acc)[0]);
+    (*acc)[1] = fma(vec4<f32>(a0.y), b0, (*acc)[1]);
+    (*acc)[2] = fma(vec4<f32>(a0.z), b0, (*acc)[2]);
+    (*acc)[3] = fma(vec4<f32>(a0.w), b0, (*acc)[3]);
+}
+
+fn store_4x4(acc: ptr<function, array<vec4<f32>, 4>>, obase: u32, r: u32, c: u32) {
+    store4(obase, r, c, (*acc)[0]);
+    store4(obase, r + 1u, c, (*acc)[1]);
+    store4(obase, r + 2u, c, (*acc)[2]);
+    store4(obase, r + 3u, c, (*acc)[3]);
+}
+
 // ---- 128 x 128 tiles, 8 x 8 per invocation, K tiles of 8 ----------------------------------------
 
 fn mm_big(ta: bool, tb: bool, lid: u32, wid: vec3<u32>) {
@@ -205,13 +256,13 @@ fn mm_big(ta: bool, tb: bool, lid: u32, wid: vec3<u32>) {
     let b_base = p.b_off + wid.z * p.stride_b;
     let tx = lid % 16u;
     let ty = lid / 16u;
-    // acc[2 i + h]: row (i < 4 ? ty*4 + i : 64 + ty*4 + i - 4), columns h*64 + tx*4 .. + 4
+    // acc: the 8 x 8 block of fma_8x8
     var acc: array<vec4<f32>, 16>;
     let ntiles = (p.k + 7u) / 8u;
     var ra = load_a(!ta, 128u, 8u, row0, 0u, lid, a_base);
     var rb = load_b(tb, 128u, 8u, col0, 0u, lid, b_base);
-    put_a(!ta, 128u, 8u, 0u, lid, ra);
-    put_b(tb, 128u, 8u, 0u, lid, rb);
+    put(!ta, 128u, 8u, 0u, lid, ra);
+    put(tb, 128u, 8u, SB, lid, rb);
     workgroupBarrier();
     for (var t = 0u; t < ntiles; t = t + 1u) {
         let cur = (t & 1u) * 256u;
@@ -222,54 +273,15 @@ fn mm_big(ta: bool, tb: bool, lid: u32, wid: vec3<u32>) {
         }
         for (var kk = 0u; kk < 8u; kk = kk + 1u) {
             let o = cur + kk * 32u;
-            let a0 = sa[o + ty];
-            let a1 = sa[o + 16u + ty];
-            let b0 = sb[o + tx];
-            let b1 = sb[o + 16u + tx];
-            acc[0] = fma(vec4<f32>(a0.x), b0, acc[0]);
-            acc[1] = fma(vec4<f32>(a0.x), b1, acc[1]);
-            acc[2] = fma(vec4<f32>(a0.y), b0, acc[2]);
-            acc[3] = fma(vec4<f32>(a0.y), b1, acc[3]);
-            acc[4] = fma(vec4<f32>(a0.z), b0, acc[4]);
-            acc[5] = fma(vec4<f32>(a0.z), b1, acc[5]);
-            acc[6] = fma(vec4<f32>(a0.w), b0, acc[6]);
-            acc[7] = fma(vec4<f32>(a0.w), b1, acc[7]);
-            acc[8] = fma(vec4<f32>(a1.x), b0, acc[8]);
-            acc[9] = fma(vec4<f32>(a1.x), b1, acc[9]);
-            acc[10] = fma(vec4<f32>(a1.y), b0, acc[10]);
-            acc[11] = fma(vec4<f32>(a1.y), b1, acc[11]);
-            acc[12] = fma(vec4<f32>(a1.z), b0, acc[12]);
-            acc[13] = fma(vec4<f32>(a1.z), b1, acc[13]);
-            acc[14] = fma(vec4<f32>(a1.w), b0, acc[14]);
-            acc[15] = fma(vec4<f32>(a1.w), b1, acc[15]);
+            fma_8x8(&acc, ss[o + ty], ss[o + 16u + ty], ss[SB + o + tx], ss[SB + o + 16u + tx]);
         }
         if (more) {
-            put_a(!ta, 128u, 8u, 256u - cur, lid, ra);
-            put_b(tb, 128u, 8u, 256u - cur, lid, rb);
+            put(!ta, 128u, 8u, 256u - cur, lid, ra);
+            put(tb, 128u, 8u, SB + 256u - cur, lid, rb);
         }
         workgroupBarrier();
     }
-    let obase = p.out_off + wid.z * p.stride_out;
-    let c0 = col0 + tx * 4u;
-    let c1 = col0 + 64u + tx * 4u;
-    // constant indices only: acc stays in registers
-    let r = row0 + ty * 4u;
-    store4(obase, r, c0, acc[0]);
-    store4(obase, r, c1, acc[1]);
-    store4(obase, r + 1u, c0, acc[2]);
-    store4(obase, r + 1u, c1, acc[3]);
-    store4(obase, r + 2u, c0, acc[4]);
-    store4(obase, r + 2u, c1, acc[5]);
-    store4(obase, r + 3u, c0, acc[6]);
-    store4(obase, r + 3u, c1, acc[7]);
-    store4(obase, r + 64u, c0, acc[8]);
-    store4(obase, r + 64u, c1, acc[9]);
-    store4(obase, r + 65u, c0, acc[10]);
-    store4(obase, r + 65u, c1, acc[11]);
-    store4(obase, r + 66u, c0, acc[12]);
-    store4(obase, r + 66u, c1, acc[13]);
-    store4(obase, r + 67u, c0, acc[14]);
-    store4(obase, r + 67u, c1, acc[15]);
+    store_8x8(&acc, p.out_off + wid.z * p.stride_out, row0 + ty * 4u, col0 + tx * 4u);
 }
 
 // ---- 64 x 64 tiles, 4 x 4 per invocation, K tiles of 16 -----------------------------------------
@@ -281,13 +293,13 @@ fn mm_small(ta: bool, tb: bool, lid: u32, wid: vec3<u32>) {
     let b_base = p.b_off + wid.z * p.stride_b;
     let tx = lid % 16u;
     let ty = lid / 16u;
-    // acc[i]: row ty*4 + i, columns tx*4 .. + 4
+    // acc: the 4 x 4 block of fma_4x4
     var acc: array<vec4<f32>, 4>;
     let ntiles = (p.k + 15u) / 16u;
     var ra = load_a(!ta, 64u, 16u, row0, 0u, lid, a_base);
     var rb = load_b(tb, 64u, 16u, col0, 0u, lid, b_base);
-    put_a(!ta, 64u, 16u, 0u, lid, ra);
-    put_b(tb, 64u, 16u, 0u, lid, rb);
+    put(!ta, 64u, 16u, 0u, lid, ra);
+    put(tb, 64u, 16u, SB, lid, rb);
     workgroupBarrier();
     for (var t = 0u; t < ntiles; t = t + 1u) {
         let cur = (t & 1u) * 256u;
@@ -298,26 +310,15 @@ fn mm_small(ta: bool, tb: bool, lid: u32, wid: vec3<u32>) {
         }
         for (var kk = 0u; kk < 16u; kk = kk + 1u) {
             let o = cur + kk * 16u;
-            let a0 = sa[o + ty];
-            let b0 = sb[o + tx];
-            acc[0] = fma(vec4<f32>(a0.x), b0, acc[0]);
-            acc[1] = fma(vec4<f32>(a0.y), b0, acc[1]);
-            acc[2] = fma(vec4<f32>(a0.z), b0, acc[2]);
-            acc[3] = fma(vec4<f32>(a0.w), b0, acc[3]);
+            fma_4x4(&acc, ss[o + ty], ss[SB + o + tx]);
         }
         if (more) {
-            put_a(!ta, 64u, 16u, 256u - cur, lid, ra);
-            put_b(tb, 64u, 16u, 256u - cur, lid, rb);
+            put(!ta, 64u, 16u, 256u - cur, lid, ra);
+            put(tb, 64u, 16u, SB + 256u - cur, lid, rb);
         }
         workgroupBarrier();
     }
-    let obase = p.out_off + wid.z * p.stride_out;
-    let c0 = col0 + tx * 4u;
-    let r = row0 + ty * 4u;
-    store4(obase, r, c0, acc[0]);
-    store4(obase, r + 1u, c0, acc[1]);
-    store4(obase, r + 2u, c0, acc[2]);
-    store4(obase, r + 3u, c0, acc[3]);
+    store_4x4(&acc, p.out_off + wid.z * p.stride_out, row0 + ty * 4u, col0 + tx * 4u);
 }
 
 @compute @workgroup_size(256)

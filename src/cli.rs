@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rlhf::backend::{Backend, CpuBackend, CudaBackend, WgpuBackend};
+use rlhf::backend::{Backend, CpuBackend, CudaBackend, MatmulPrecision, WgpuBackend};
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::generate::{rollout, GenerateConfig, RolloutConfig};
 use rlhf::model::config::PRESETS;
@@ -109,6 +109,10 @@ pub struct Common {
     /// Compute backend
     #[arg(long, value_enum, default_value = "cpu")]
     pub backend: BackendKind,
+    /// Precision of matmul operands, accumulated in f32: f32 (every backend), f16 (wgpu with
+    /// shader-f16, cuda), tf32 or bf16 (cuda)
+    #[arg(long, value_enum, default_value = "f32")]
+    pub matmul_precision: MatmulPrecision,
     /// CPU threads (0 = one per core)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -537,8 +541,16 @@ fn setup_threads(common: &Common) -> Result<()> {
     Ok(())
 }
 
-/// Runs `f` with the backend `--backend` names. `auto` picks a CUDA device when libcuda, NVRTC and
-/// a device are there, else a discrete GPU through wgpu, else the CPU.
+/// The backend opened by `open` with `--matmul-precision` set (a precision it cannot compute is
+/// an error naming the flag and the backend).
+fn with_precision<B: Backend>(mut be: B, common: &Common) -> Result<B> {
+    be.set_matmul_precision(common.matmul_precision)?;
+    Ok(be)
+}
+
+/// Runs `f` with the backend `--backend` names, its matmuls in `--matmul-precision`. `auto` picks
+/// a CUDA device when libcuda, NVRTC and a device are there, else a discrete GPU through wgpu,
+/// else the CPU.
 macro_rules! with_backend {
     ($common:expr, |$be:ident| $body:expr) => {{
         setup_threads($common)?;
@@ -550,16 +562,16 @@ macro_rules! with_backend {
         };
         match kind {
             BackendKind::Cpu | BackendKind::Auto => {
-                let $be = CpuBackend::new();
+                let $be = with_precision(CpuBackend::new(), $common)?;
                 $body
             }
             BackendKind::Cuda => {
-                let $be = CudaBackend::new().context("--backend cuda (see `rlhf info`)")?;
+                let $be = with_precision(CudaBackend::new().context("--backend cuda (see `rlhf info`)")?, $common)?;
                 eprintln!("backend: {}", $be.device_description());
                 $body
             }
             BackendKind::Wgpu => {
-                let $be = WgpuBackend::new().context("--backend wgpu")?;
+                let $be = with_precision(WgpuBackend::new().context("--backend wgpu")?, $common)?;
                 eprintln!("backend: {}", $be.device_description());
                 $body
             }

@@ -458,3 +458,31 @@ fn backend_cuda_says_why_it_is_unavailable() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("--backend cuda") && stderr.contains(&why) && !stderr.contains("panicked"), "{stderr}");
 }
+
+/// `--matmul-precision`: the cpu backend takes only f32 (an error naming the flag and the backend,
+/// from the command line or from a `--config` file's `matmul_precision` key); an unknown value is
+/// clap's error naming the flag; the resolved run.toml records the value.
+#[test]
+fn matmul_precision_flag_and_config_key() {
+    let bench = ["bench", "--model", "gpt2-tiny", "--batch-size", "1", "--seq-len", "8", "--steps", "1"];
+    let out = rlhf(&[&bench[..], &["--matmul-precision", "f16"]].concat());
+    assert_fails_with(&out, &["--matmul-precision f16", "cpu"]);
+    let out = rlhf(&[&bench[..], &["--matmul-precision", "fp8"]].concat());
+    assert_fails_with(&out, &["--matmul-precision", "fp8"]);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("run.toml");
+    std::fs::write(&cfg, "matmul_precision = \"bf16\"\n").unwrap();
+    let out = rlhf(&[&bench[..], &["--config", s(&cfg)]].concat());
+    assert_fails_with(&out, &["--matmul-precision bf16", "cpu"]);
+    // the command line overrides the file
+    let out = rlhf(&[&bench[..], &["--config", s(&cfg), "--matmul-precision", "f32"]].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("matmul precision f32"));
+    let data = dir.path().join("data.jsonl");
+    std::fs::write(&data, "{\"text\": \"the cat sat on the mat\"}\n").unwrap();
+    let run = dir.path().join("sft");
+    let out = rlhf(&["sft", "--init", "gpt2-tiny", "--data", s(&data), "--out", s(&run), "--steps", "1", "--batch-size", "1", "--seq-len", "16"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let resolved = std::fs::read_to_string(run.join("run.toml")).unwrap();
+    assert!(resolved.contains("matmul_precision = \"f32\""), "{resolved}");
+}

@@ -5,9 +5,11 @@
 pub mod cpu;
 pub mod cuda;
 pub mod ops;
+pub mod precision;
 pub mod wgpu;
 
 pub use self::wgpu::WgpuBackend;
 pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 pub use ops::Backend;
+pub use precision::MatmulPrecision;

@@ -11,6 +11,7 @@
 //! - every params struct is `#[repr(C)]` plain data so that GPU backends can pass it as a uniform;
 //! - matrices are row-major; `[B, T, C]` means B sequences of T tokens of C channels.
 
+pub use super::precision::MatmulPrecision;
 use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
 
@@ -706,6 +707,15 @@ pub trait Backend: Send + Sync {
     fn name(&self) -> &'static str;
     /// A one-line description of the device.
     fn device_description(&self) -> String;
+    /// The precision matmul operands are rounded to (`--matmul-precision`; f32 unless set).
+    fn matmul_precision(&self) -> MatmulPrecision {
+        MatmulPrecision::F32
+    }
+    /// Sets the precision of the matmul operands of every later `matmul` (accumulation stays
+    /// f32); a precision this backend or device cannot compute is an error naming the flag.
+    fn set_matmul_precision(&mut self, p: MatmulPrecision) -> Result<()> {
+        super::precision::only_f32(self.name(), p)
+    }
 
     // ---- memory ------------------------------------------------------------------------------
     /// A zero-filled buffer of `len` f32 values.

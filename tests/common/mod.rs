@@ -163,3 +163,38 @@ pub fn decode_advance_steps<B: rlhf::backend::ops::Backend>(be: &B, (slots, n, s
     }
     out
 }
+
+/// The per-element bound on `|got - cpu|` of a matmul whose operands were rounded to `bits` bits
+/// of mantissa (`MatmulPrecision::mantissa_bits`) and summed in f32, against the CPU's f32 result
+/// `want`. Rounding an operand to either neighbour (WGSL and cuBLAS do not promise nearest) is a
+/// relative error u = 2^-bits, so a product a_h b_h is within (2u + u^2) |a| |b| of a b; the two
+/// f32 sums of depth k (one per backend, in different orders) add k 2^-24 each, relative to
+/// S = sum_l |a_il| |b_lj| (`abs_product`: the CPU product of |a| and |b|); operands below the
+/// format's normal range lose at most 2^-25 absolute each (2e-7 k with N(0, 1) entries); the final
+/// alpha * acc (+ out) rounds once more (2^-22 |want|). So per element:
+/// `(2u + u^2 + 2.1 k 2^-24) |alpha| S + 2e-7 k |alpha| + 2^-22 |want|`.
+pub fn rounded_matmul_bound(bits: u32, k: usize, alpha: f32, abs_product: &[f32], want: &[f32]) -> Vec<f32> {
+    let u = 2f32.powi(-(bits as i32));
+    let rel = 2.0 * u + u * u + 2.1 * k as f32 * 2f32.powi(-24);
+    abs_product.iter().zip(want).map(|(s, w)| (rel * s + 2e-7 * k as f32) * alpha.abs() + 2f32.powi(-22) * w.abs()).collect()
+}
+
+/// `|got - want| <= bound` element-wise (a NaN fails), with the worst element in the message.
+#[track_caller]
+pub fn assert_within_on(backend: &str, what: &str, got: &[f32], want: &[f32], bound: &[f32]) {
+    assert_eq!(got.len(), want.len(), "{what}: length");
+    let worst = got.iter().zip(want).zip(bound).enumerate().map(|(i, ((g, w), b))| (i, (g - w).abs() / b)).fold((0, 0.0f32), |a, x| {
+        if x.1 > a.1 || x.1.is_nan() {
+            x
+        } else {
+            a
+        }
+    });
+    let i = worst.0;
+    assert!(worst.1 <= 1.0, "{what}[{i}]: {backend} {} vs cpu {} (bound {})", got[i], want[i], bound[i]);
+}
+
+/// Mean of `|x - y|`.
+pub fn mean_abs_diff(x: &[f32], y: &[f32]) -> f64 {
+    x.iter().zip(y).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / x.len().max(1) as f64
+}

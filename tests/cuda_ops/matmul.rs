@@ -1,28 +1,43 @@
 //! matmul (every transpose, batched with broadcast strides, accumulate, alpha) through cuBLAS and
 //! through the SIMT kernel, bias_add and bias_bwd: within 1e-4 absolute + 1e-4 relative (another
-//! summation order over k). The SIMT matmul is batch-invariant: a row's bits do not depend on
+//! summation order over k); cuBLAS with tf32 / bf16 / f16 operands within the bound stated at
+//! `matmul_fast_precisions_parity`. The SIMT matmul is batch-invariant: a row's bits do not depend on
 //! how many rows are multiplied with it.
 
 use crate::{dl, parity, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] =
-    &[("matmul", "matmul_parity"), ("matmul", "simt_matmul_parity_and_batch_invariance"), ("bias_add", "bias_parity"), ("bias_bwd", "bias_parity")];
+pub const CHECKS: &[(&str, &str)] = &[
+    ("matmul", "matmul_parity"),
+    ("matmul", "simt_matmul_parity_and_batch_invariance"),
+    ("matmul", "matmul_fast_precisions_parity"),
+    ("bias_add", "bias_parity"),
+    ("bias_bwd", "bias_parity"),
+];
 
-fn run<B: Backend>(be: &B, (m, n, k, batch, ta, tb, acc): (usize, usize, usize, usize, bool, bool, bool)) -> Outputs {
+type Case = (usize, usize, usize, usize, bool, bool, bool);
+
+/// A case's a, b, initial out and params: a broadcast over the batch (stride 0) when batch > 1,
+/// b batched, alpha 0.5.
+fn inputs((m, n, k, batch, ta, tb, acc): Case) -> (Vec<f32>, Vec<f32>, Vec<f32>, MatmulParams) {
     let mut rng = Rng::new((m * 31 + n * 7 + k) as u64);
-    // a broadcast over the batch (stride 0) when batch > 1, b batched
-    let a = be.upload(&crate::common::randv(&mut rng, m * k, 1.0)).unwrap();
-    let b = be.upload(&crate::common::randv(&mut rng, batch * k * n, 1.0)).unwrap();
-    let mut out = be.upload(&crate::common::randv(&mut rng, batch * m * n, 1.0)).unwrap();
+    let a = crate::common::randv(&mut rng, m * k, 1.0);
+    let b = crate::common::randv(&mut rng, batch * k * n, 1.0);
+    let out = crate::common::randv(&mut rng, batch * m * n, 1.0);
     let mut p = MatmulParams::new(m, n, k, ta, tb).accumulate(acc).batched(batch, 0, k * n, m * n);
     p.alpha = 0.5;
-    be.matmul(&mut out, &a, &b, p).unwrap();
+    (a, b, out, p)
+}
+
+fn run<B: Backend>(be: &B, case: Case) -> Outputs {
+    let (a, b, out, p) = inputs(case);
+    let mut out = be.upload(&out).unwrap();
+    be.matmul(&mut out, &be.upload(&a).unwrap(), &be.upload(&b).unwrap(), p).unwrap();
     vec![("out", dl(be, &out))]
 }
 
-const CASES: &[(usize, usize, usize, usize, bool, bool, bool)] = &[
+const CASES: &[Case] = &[
     (1, 1, 1, 1, false, false, false),
     (17, 33, 65, 1, false, false, false),
     (64, 48, 40, 3, true, false, true),
@@ -58,6 +73,46 @@ fn simt_matmul_parity_and_batch_invariance() {
     let all = dl(&g, &all);
     let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&dl(&g, &one)), bits(&all[5 * n..6 * n]), "SIMT matmul row depends on the batch");
+}
+
+/// `--matmul-precision tf32 | bf16 | f16` (cuBLAS `GemmStridedBatchedEx`, f32 A/B/C, compute
+/// type `_FAST_TF32 | _FAST_16BF | _FAST_16F`) against the CPU's f32 product, per element within
+/// tests/common `rounded_matmul_bound` with the format's stored mantissa bits (tf32 10, bf16 7,
+/// f16 10): `(2u + u^2 + 2.1 k 2^-24) |alpha| sum_l |a_il||b_lj| + 2e-7 k |alpha| + 2^-22 |cpu|`,
+/// u = 2^-bits (operands rounded to either neighbour, sums in f32 in any order). Each mode must
+/// also really round: its mean error at least 4x that of the f32 sgemm path. The SIMT matmul
+/// refuses every precision but f32.
+#[test]
+fn matmul_fast_precisions_parity() {
+    let Some(f32_be) = crate::gpu() else { return };
+    let cpu = rlhf::backend::CpuBackend::new();
+    for prec in [MatmulPrecision::Tf32, MatmulPrecision::Bf16, MatmulPrecision::F16] {
+        let mut g = rlhf::backend::CudaBackend::with_matmul(0, false).unwrap();
+        if let Err(e) = g.set_matmul_precision(prec) {
+            let _ = std::io::Write::write_fmt(&mut std::io::stderr(), format_args!("SKIPPED cuda {prec} matmul (no cuBLAS?): {e}\n"));
+            return;
+        }
+        assert_eq!(g.matmul_precision(), prec);
+        assert!(g.device_description().contains(&format!("[matmul {prec}]")));
+        let (mut err_fast, mut err_f32) = (0.0, 0.0);
+        for &case in CASES {
+            let (a, b, out0, p) = inputs(case);
+            let want = &run(&cpu, case)[0].1;
+            let abs = |x: &[f32]| x.iter().map(|v| v.abs()).collect::<Vec<_>>();
+            let mut s = vec![0.0; out0.len()];
+            cpu.matmul(&mut s, &abs(&a), &abs(&b), MatmulParams { alpha: 1.0, accumulate: 0, ..p }).unwrap();
+            let bound = crate::common::rounded_matmul_bound(prec.mantissa_bits(), p.k as usize, p.alpha, &s, want);
+            let got = &run(&g, case)[0].1;
+            crate::common::assert_within_on("cuda", &format!("{prec} {case:?}"), got, want, &bound);
+            err_fast += crate::common::mean_abs_diff(got, want);
+            err_f32 += crate::common::mean_abs_diff(&run(f32_be, case)[0].1, want);
+        }
+        assert!(err_fast > 4.0 * err_f32, "{prec}: mean error {err_fast} vs f32's {err_f32}: the operands were not rounded");
+    }
+    let mut simt = rlhf::backend::CudaBackend::with_matmul(0, true).unwrap();
+    let e = simt.set_matmul_precision(MatmulPrecision::F16).unwrap_err().to_string();
+    assert!(e.contains("--matmul-precision f16") && e.contains("SIMT"), "{e}");
+    assert!(simt.set_matmul_precision(MatmulPrecision::F32).is_ok());
 }
 
 fn run_bias<B: Backend>(be: &B, (n, c): (usize, usize)) -> Outputs {

@@ -1,7 +1,8 @@
 //! Every op of the op list on the wgpu backend against the CPU backend (the reference), with the
 //! tolerance stated in each test. One module per op family, the names of `shaders/`; each module
 //! lists its ops and the tests covering them in `CHECKS`, and `every_op_has_a_wgsl_entry_and_parity_test`
-//! fails when an op of `OP_NAMES` lacks a WGSL entry point or a parity test.
+//! fails when an op of `OP_NAMES` lacks a WGSL entry point or a parity test, or an `_f16` entry
+//! point (`--matmul-precision f16`) lacks one in `matmul_f16::F16_CHECKS`.
 //!
 //! Without an adapter every test prints that it skipped (straight to stderr, so it shows even
 //! when the harness captures output); with `CI=true` a missing adapter fails instead.
@@ -19,6 +20,7 @@ mod embedding;
 mod layernorm;
 mod logprob_gather;
 mod matmul;
+mod matmul_f16;
 mod optimizer;
 mod preference;
 mod reward;
@@ -46,6 +48,23 @@ pub fn gpu() -> Option<&'static WgpuBackend> {
             }
             let _ = writeln!(std::io::stderr(), "SKIPPED wgpu op tests: {e}");
             None
+        }
+    })
+    .as_ref()
+}
+
+/// A second wgpu backend with `--matmul-precision f16`, or `None` after a visible skip message
+/// (no adapter, or one without shader-f16).
+pub fn gpu_f16() -> Option<&'static WgpuBackend> {
+    static GPU: OnceLock<Option<WgpuBackend>> = OnceLock::new();
+    GPU.get_or_init(|| {
+        gpu()?;
+        match WgpuBackend::with_matmul_precision(rlhf::backend::MatmulPrecision::F16) {
+            Ok(be) => Some(be),
+            Err(e) => {
+                let _ = writeln!(std::io::stderr(), "SKIPPED wgpu f16 matmul tests: {e}");
+                None
+            }
         }
     })
     .as_ref()
@@ -107,4 +126,16 @@ fn every_op_has_a_wgsl_entry_and_parity_test() {
     ];
     let entries = WgpuBackend::entry_points();
     common::assert_every_op_covered("wgpu", "shaders/", &entries, &checks, &sources);
+
+    // every f16 variant (suffix `_f16`) of an entry point has a parity test that exists
+    let f16: Vec<&str> = entries.iter().copied().filter(|e| e.ends_with("_f16")).collect();
+    assert!(!f16.is_empty(), "no `_f16` entry points in shaders/");
+    for e in &f16 {
+        assert!(entries.contains(&e.trim_end_matches("_f16")), "f16 entry point `{e}` is not a variant of an entry point");
+        assert!(matmul_f16::F16_CHECKS.iter().any(|(name, _)| name == e), "f16 entry point `{e}` has no parity test in F16_CHECKS");
+    }
+    for (e, test) in matmul_f16::F16_CHECKS {
+        assert!(f16.contains(e), "F16_CHECKS names `{e}`, which is no f16 entry point");
+        assert!(include_str!("matmul_f16.rs").contains(&format!("fn {test}()")), "f16 parity test `{test}` for `{e}` does not exist");
+    }
 }

@@ -70,20 +70,9 @@ fn matmul_parity() {
         }
     }
 
-    // batch invariance: every row of a product has the same bits whatever m is and whichever
-    // tiling ran (m = 1 and m = 300 take the 64 x 64 tiling, m = 1500 the 128 x 128 one)
-    let (n, k) = (1100, 70);
-    let a = crate::common::randv(&mut rng, 1500 * k, 1.0);
-    let b = crate::common::randv(&mut rng, k * n, 1.0);
-    let ga = g.upload(&a).unwrap();
-    let gb = g.upload(&b).unwrap();
-    let mut rows = Vec::new();
-    for m in [1usize, 300, 1500] {
-        let mut out = g.alloc(m * n).unwrap();
-        g.matmul(&mut out, &ga, &gb, MatmulParams::new(m, n, k, false, false)).unwrap();
-        rows.push(g.download(&out).unwrap()[..n].to_vec());
-    }
-    assert!(rows[0] == rows[1] && rows[1] == rows[2], "matmul: row 0 depends on m or on the tiling");
+    assert_batch_invariant(g, &mut rng, "matmul");
+    let (a, b) = (crate::common::randv(&mut rng, 64, 1.0), crate::common::randv(&mut rng, 64, 1.0));
+    let (ga, gb) = (g.upload(&a).unwrap(), g.upload(&b).unwrap());
 
     // shape errors, not panics
     let mut small = g.alloc(10).unwrap();
@@ -113,4 +102,21 @@ fn bias_parity() {
         let t = 1e-6 * (n as f32).sqrt();
         assert_close(&format!("bias_bwd {n}x{ch}"), &g.download(&gd).unwrap(), &cd, t, t);
     }
+}
+
+/// Batch invariance: row 0 of a product has the same bits whatever m is and whichever tiling ran
+/// (m = 1 and m = 300 take the 64 x 64 tiling, m = 1500 the 128 x 128 one), on `g` in its precision.
+pub fn assert_batch_invariant(g: &rlhf::backend::WgpuBackend, rng: &mut Rng, what: &str) {
+    let (n, k) = (1100, 70);
+    let a = crate::common::randv(rng, 1500 * k, 1.0);
+    let b = crate::common::randv(rng, k * n, 1.0);
+    let ga = g.upload(&a).unwrap();
+    let gb = g.upload(&b).unwrap();
+    let mut rows = Vec::new();
+    for m in [1usize, 300, 1500] {
+        let mut out = g.alloc(m * n).unwrap();
+        g.matmul(&mut out, &ga, &gb, MatmulParams::new(m, n, k, false, false)).unwrap();
+        rows.push(g.download(&out).unwrap()[..n].to_vec());
+    }
+    assert!(rows[0] == rows[1] && rows[1] == rows[2], "{what}: row 0 depends on m or on the tiling");
 }

@@ -12,6 +12,7 @@
 //! `download` and `synchronize`.
 
 use super::kernels::{self, err};
+use crate::backend::precision::MatmulPrecision;
 use crate::error::Result;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig};
@@ -78,6 +79,9 @@ pub struct Context {
     /// SIMT kernel of matmul.cu, whose every output is one FMA chain over k in order, so a row's
     /// bits do not depend on how many rows are multiplied together (rollout = training, bit for bit).
     pub blas: Option<CudaBlas>,
+    /// The precision of matmul operands: f32 (`sgemm`), or tf32 / bf16 / f16 through
+    /// `cublasGemmStridedBatchedEx`'s fast compute types (cuBLAS only).
+    pub matmul_precision: MatmulPrecision,
     pub arch: String,
     pub description: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -102,12 +106,22 @@ impl Context {
             ctx,
             stream,
             blas,
+            matmul_precision: MatmulPrecision::F32,
             arch: format!("compute_{major}{minor}"),
             description,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             scratch: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// Sets the precision of matmul operands: any with cuBLAS, f32 only with the SIMT matmul.
+    pub fn set_matmul_precision(&mut self, p: MatmulPrecision) -> Result<()> {
+        if p != MatmulPrecision::F32 && self.blas.is_none() {
+            return Err(p.unsupported("cuda", "the SIMT matmul (RLHF_CUDA_MATMUL=simt, or no libcublas) computes in f32 only; use f32 or cuBLAS"));
+        }
+        self.matmul_precision = p;
+        Ok(())
     }
 
     /// PTX of a family for this device: from the disk cache, else compiled (and cached).

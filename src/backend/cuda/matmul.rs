@@ -4,15 +4,21 @@
 //! transposed else `n`), A as its second (`k x m`, leading dimension `m` when `trans_a` else `k`),
 //! and C with leading dimension `n`; `beta` is 1 when accumulating. Without libcublas the tiled
 //! SIMT kernel `matmul` of kernels/matmul.cu runs instead (same params struct).
+//! With `--matmul-precision tf32 | bf16 | f16` the same call goes through
+//! `cublasGemmStridedBatchedEx` with f32 A, B and C and the compute type
+//! `CUBLAS_COMPUTE_32F_FAST_TF32 | _FAST_16BF | _FAST_16F`: cuBLAS rounds the operands to that
+//! type (tensor cores) and accumulates in f32. The SIMT kernel is f32 only.
 //! Launch configurations: see kernels/matmul.cu.
 
 use super::context::{launch, linear, Context};
 use super::kernels::err;
 use crate::backend::ops::{BiasParams, MatmulParams};
+use crate::backend::precision::MatmulPrecision;
 use crate::error::Result;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
-use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, LaunchConfig};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
+use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
 
 /// Elements each operand needs: the last batch's matrix must fit.
 fn extent(stride: u32, batch: u32, size: usize) -> usize {
@@ -61,8 +67,8 @@ pub fn gemm(ctx: &Context, out: &mut CudaViewMut<'_, f32>, a: &CudaView<'_, f32>
     if p.m == 0 || p.n == 0 || p.batch == 0 {
         return Ok(());
     }
-    match &ctx.blas {
-        Some(blas) => {
+    match (&ctx.blas, compute_type(ctx.matmul_precision)) {
+        (Some(blas), None) => {
             let cfg = cublas_config(&p);
             // cuBLAS runs in the calling thread's current context: make it ours (cudarc's
             // launches and copies do this themselves)
@@ -70,11 +76,74 @@ pub fn gemm(ctx: &Context, out: &mut CudaViewMut<'_, f32>, a: &CudaView<'_, f32>
             // SAFETY: the operands hold every matrix of the batch (checked above).
             unsafe { blas.gemm_strided_batched(cfg, b, a, out) }.map_err(|e| err(format!("cuBLAS sgemm {}x{}x{}: {e:?}", p.m, p.n, p.k)))
         }
-        None => {
+        (Some(blas), Some(compute)) => gemm_fast(ctx, blas, out, a, b, &p, compute),
+        (None, None) => {
             let cfg = LaunchConfig { grid_dim: (p.n.div_ceil(32), p.m.div_ceil(32), p.batch), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
             launch!(ctx, "matmul", "matmul", cfg, out, a, b, &p)
         }
+        (None, Some(_)) => Err(err(format!("matmul precision {} needs cuBLAS; the SIMT matmul is f32 only", ctx.matmul_precision))),
     }
+}
+
+/// The cuBLAS compute type of a reduced operand precision (`None` for f32: plain `sgemm`).
+pub fn compute_type(p: MatmulPrecision) -> Option<cublasComputeType_t> {
+    match p {
+        MatmulPrecision::F32 => None,
+        MatmulPrecision::Tf32 => Some(cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32),
+        MatmulPrecision::Bf16 => Some(cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16BF),
+        MatmulPrecision::F16 => Some(cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_16F),
+    }
+}
+
+/// [`cublas_config`]'s product through `cublasGemmStridedBatchedEx` with f32 A, B, C and the
+/// reduced-precision compute type `compute`.
+fn gemm_fast(
+    ctx: &Context,
+    blas: &CudaBlas,
+    out: &mut CudaViewMut<'_, f32>,
+    a: &CudaView<'_, f32>,
+    b: &CudaView<'_, f32>,
+    p: &MatmulParams,
+    compute: cublasComputeType_t,
+) -> Result<()> {
+    let cfg = cublas_config(p);
+    let g = &cfg.gemm;
+    ctx.ctx.bind_to_thread().map_err(|e| err(format!("binding the CUDA context: {e:?}")))?;
+    let (b_ptr, _b_rec) = b.device_ptr(&ctx.stream);
+    let (a_ptr, _a_rec) = a.device_ptr(&ctx.stream);
+    let (out_ptr, _out_rec) = out.device_ptr_mut(&ctx.stream);
+    let f32_t = cudaDataType_t::CUDA_R_32F;
+    // SAFETY: the operands hold every matrix of the batch (checked by `gemm`), the pointers are
+    // live device allocations of the context's stream (on which the handle runs), and alpha /
+    // beta are host f32 values (cuBLAS's default pointer mode) that outlive the call.
+    unsafe {
+        cudarc::cublas::result::gemm_strided_batched_ex(
+            *blas.handle(),
+            g.transa,
+            g.transb,
+            g.m,
+            g.n,
+            g.k,
+            (&g.alpha) as *const f32 as *const _,
+            b_ptr as *const _,
+            f32_t,
+            g.lda,
+            cfg.stride_a,
+            a_ptr as *const _,
+            f32_t,
+            g.ldb,
+            cfg.stride_b,
+            (&g.beta) as *const f32 as *const _,
+            out_ptr as *mut _,
+            f32_t,
+            g.ldc,
+            cfg.stride_c,
+            cfg.batch_size,
+            compute,
+            cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+        )
+    }
+    .map_err(|e| err(format!("cuBLAS GemmStridedBatchedEx ({}) {}x{}x{}: {e:?}", ctx.matmul_precision, p.m, p.n, p.k)))
 }
 
 pub fn matmul(ctx: &Context, out: &mut CudaSlice<f32>, a: &CudaSlice<f32>, b: &CudaSlice<f32>, p: MatmulParams) -> Result<()> {
@@ -128,6 +197,15 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn each_reduced_precision_has_its_fast_compute_type() {
+        use cublasComputeType_t::*;
+        assert_eq!(compute_type(MatmulPrecision::F32), None);
+        assert_eq!(compute_type(MatmulPrecision::Tf32), Some(CUBLAS_COMPUTE_32F_FAST_TF32));
+        assert_eq!(compute_type(MatmulPrecision::Bf16), Some(CUBLAS_COMPUTE_32F_FAST_16BF));
+        assert_eq!(compute_type(MatmulPrecision::F16), Some(CUBLAS_COMPUTE_32F_FAST_16F));
     }
 
     #[test]

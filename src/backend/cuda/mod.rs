@@ -145,7 +145,18 @@ impl Backend for CudaBackend {
         "cuda"
     }
     fn device_description(&self) -> String {
-        self.ctx.description.clone()
+        match self.ctx.matmul_precision {
+            MatmulPrecision::F32 => self.ctx.description.clone(),
+            p => format!("{} [matmul {p}]", self.ctx.description),
+        }
+    }
+    fn matmul_precision(&self) -> MatmulPrecision {
+        self.ctx.matmul_precision
+    }
+    /// Any precision through cuBLAS (tf32 / bf16 / f16 operands with f32 accumulation); f32 only
+    /// with the SIMT matmul.
+    fn set_matmul_precision(&mut self, p: MatmulPrecision) -> Result<()> {
+        self.ctx.set_matmul_precision(p)
     }
 
     fn alloc(&self, len: usize) -> Result<Self::Buf> {

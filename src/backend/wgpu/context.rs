@@ -2,7 +2,10 @@
 //! command recording that keeps a training step on the GPU.
 //!
 //! - Pipelines are created once per entry point (at first use) from the family's WGSL with the
-//!   prelude that fits the adapter (subgroup reductions when it has `SUBGROUP`).
+//!   prelude that fits the adapter (subgroup reductions when it has `SUBGROUP`). The f16 family
+//!   (`matmul_f16.wgsl`) is compiled only when the device has `SHADER_F16`; setting
+//!   `RLHF_WGPU_NO_SHADER_F16=1` opens the device without it (to test the fallback), as
+//!   `RLHF_WGPU_NO_SUBGROUPS=1` does for subgroups.
 //! - Every dispatch's params struct goes into one uniform arena at a 256-byte-aligned dynamic
 //!   offset, so a bind group depends only on the storage buffers it binds: bind groups are cached
 //!   by (entry point, buffer ids) and reused across steps; a dropped buffer evicts its groups.
@@ -12,6 +15,7 @@
 
 use super::buffer::GpuBuf;
 use super::shaders::{Access, ShaderEntry, ENTRIES, FAMILIES, PRELUDE_PLAIN, PRELUDE_SUBGROUP};
+use crate::backend::precision::MatmulPrecision;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -21,6 +25,8 @@ use std::sync::{Arc, Mutex};
 const SLOT: u64 = 256;
 /// Dispatches recorded before a batch is submitted.
 const ARENA_SLOTS: usize = 1024;
+/// Set, this environment variable opens the device without `SHADER_F16` even when offered.
+pub const NO_SHADER_F16: &str = "RLHF_WGPU_NO_SHADER_F16";
 
 pub(crate) fn err(msg: impl Into<String>) -> Error {
     Error::Backend { backend: "wgpu", msg: msg.into() }
@@ -132,6 +138,11 @@ pub struct Context {
     pub(crate) queue: wgpu::Queue,
     pub(crate) limits: wgpu::Limits,
     pub(crate) subgroups: bool,
+    /// The device was opened with `SHADER_F16` (the f16 matmul family can run).
+    pub(crate) shader_f16: bool,
+    /// The precision of matmul operands (`matmul` picks the f16 entry points for `F16`).
+    pub(crate) matmul_precision: MatmulPrecision,
+    pub(crate) adapter_name: String,
     pub(crate) description: String,
     arena: wgpu::Buffer,
     entries: HashMap<&'static str, (usize, &'static ShaderEntry)>,
@@ -152,7 +163,8 @@ impl Context {
         if subgroups {
             features |= wgpu::Features::SUBGROUP;
         }
-        if offered.contains(wgpu::Features::SHADER_F16) {
+        let shader_f16 = offered.contains(wgpu::Features::SHADER_F16) && std::env::var_os(NO_SHADER_F16).is_none();
+        if shader_f16 {
             features |= wgpu::Features::SHADER_F16;
         }
         let limits = adapter.limits();
@@ -190,6 +202,9 @@ impl Context {
             queue,
             limits,
             subgroups,
+            shader_f16,
+            matmul_precision: MatmulPrecision::F32,
+            adapter_name: info.name.clone(),
             description,
             arena,
             entries,
@@ -198,6 +213,28 @@ impl Context {
             dropped: Arc::new(Mutex::new(Vec::new())),
             error,
         })
+    }
+
+    /// Sets the precision of matmul operands: f32, or f16 when the device has shader-f16.
+    pub fn set_matmul_precision(&mut self, p: MatmulPrecision) -> Result<()> {
+        match p {
+            MatmulPrecision::F32 => {}
+            MatmulPrecision::F16 if self.shader_f16 => {}
+            MatmulPrecision::F16 => {
+                let why = if std::env::var_os(NO_SHADER_F16).is_some() { format!(" ({NO_SHADER_F16} is set)") } else { String::new() };
+                return Err(p.unsupported("wgpu", format!("the adapter {} lacks shader-f16 (wgpu's SHADER_F16 feature){why}; use f32", self.adapter_name)));
+            }
+            MatmulPrecision::Tf32 | MatmulPrecision::Bf16 => {
+                return Err(p.unsupported("wgpu", "WGSL has no tf32 or bf16 type; the wgpu backend takes f32 or f16 (with shader-f16)"));
+            }
+        }
+        self.matmul_precision = p;
+        Ok(())
+    }
+
+    /// The entry points whose pipelines exist (those dispatched at least once).
+    pub fn compiled_entry_points(&self) -> Vec<&'static str> {
+        self.state().pipelines.keys().copied().collect()
     }
 
     fn check_error(&self) -> Result<()> {
@@ -319,6 +356,9 @@ impl Context {
         let &(_, entry) = self.entries.get(name).ok_or_else(|| err(format!("no WGSL entry point `{name}` in shaders/")))?;
         if let Some(p) = st.pipelines.get(entry.name) {
             return Ok(p.clone());
+        }
+        if entry.shader_f16 && !self.shader_f16 {
+            return Err(err(format!("`{name}` needs shader-f16, which the device was opened without")));
         }
         if !st.modules.contains_key(entry.family) {
             let src = FAMILIES.iter().find(|(f, _)| *f == entry.family).map(|(_, s)| *s).unwrap_or_default();

@@ -8,10 +8,15 @@
 //! over k in the same order, so the choice never changes a result. Batches run along the z grid
 //! dimension. [`matmul_offsets`] is the same product on matrices that start at element offsets of
 //! their buffers (used by `logprob_gather` on blocks of rows of the LM head).
+//!
+//! With `--matmul-precision f16` (`Context::matmul_precision`) the same choice is made among the
+//! `_f16` entry points of `shaders/matmul_f16.wgsl` (operands rounded to f16, sums in f32), for
+//! `logprob_gather`'s chunk products too.
 
 use super::buffer::GpuBuf;
 use super::context::{err, Context};
 use crate::backend::ops::*;
+use crate::backend::precision::MatmulPrecision;
 use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
 
@@ -19,6 +24,13 @@ use bytemuck::{Pod, Zeroable};
 /// number of streaming multiprocessors of a large GPU; below it, the 64 x 64 tiling's 4x more
 /// workgroups keep more of the GPU busy).
 const BIG_MIN_TILES: usize = 96;
+
+/// The entry points by [precision][4 tiling + 2 trans_a + trans_b]: f32 operands
+/// (`matmul.wgsl`), then f16 (`matmul_f16.wgsl`); the 64 x 64 tiling, then the 128 x 128 one.
+const ENTRY_POINTS: [[&str; 8]; 2] = [
+    ["matmul_small", "matmul_small_nt", "matmul_small_tn", "matmul_small_tt", "matmul", "matmul_nt", "matmul_tn", "matmul_tt"],
+    ["matmul_small_f16", "matmul_small_nt_f16", "matmul_small_tn_f16", "matmul_small_tt_f16", "matmul_f16", "matmul_nt_f16", "matmul_tn_f16", "matmul_tt_f16"],
+];
 
 /// The uniform of the matmul entry points: the op's params, then the element offsets.
 #[repr(C)]
@@ -61,16 +73,8 @@ pub(crate) fn matmul_offsets(ctx: &Context, out: &GpuBuf, a: &GpuBuf, b: &GpuBuf
         return Err(err("matmul: offset beyond 2^32 elements"));
     }
     let big = m.div_ceil(128) * n.div_ceil(128) * batch >= BIG_MIN_TILES;
-    let name = match (big, p.trans_a != 0, p.trans_b != 0) {
-        (true, false, false) => "matmul",
-        (true, false, true) => "matmul_nt",
-        (true, true, false) => "matmul_tn",
-        (true, true, true) => "matmul_tt",
-        (false, false, false) => "matmul_small",
-        (false, false, true) => "matmul_small_nt",
-        (false, true, false) => "matmul_small_tn",
-        (false, true, true) => "matmul_small_tt",
-    };
+    let layout = 2 * (p.trans_a != 0) as usize + (p.trans_b != 0) as usize;
+    let name = ENTRY_POINTS[(ctx.matmul_precision == MatmulPrecision::F16) as usize][4 * big as usize + layout];
     let tile = if big { 128 } else { 64 };
     let u = MatmulUniform { p: MatmulParams { batch: batch as u32, ..p }, a_off: a_off as u32, b_off: b_off as u32, out_off: out_off as u32, _pad: 0 };
     let grid = [n.div_ceil(tile), m.div_ceil(tile), batch];

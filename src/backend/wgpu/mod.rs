@@ -42,6 +42,8 @@ pub mod shaders {
         pub name: &'static str,
         pub workgroup: [u32; 3],
         pub bindings: &'static [(u32, Access)],
+        /// The family enables `f16` (compiled only when the adapter has `SHADER_F16`).
+        pub shader_f16: bool,
     }
     include!(concat!(env!("OUT_DIR"), "/shaders.rs"));
 }
@@ -95,6 +97,25 @@ impl WgpuBackend {
     pub fn entry_points() -> Vec<&'static str> {
         shaders::ENTRIES.iter().map(|e| e.name).collect()
     }
+
+    /// The backend with matmul operands in precision `p` (see [`Backend::set_matmul_precision`]).
+    pub fn with_matmul_precision(p: MatmulPrecision) -> Result<Self> {
+        let mut be = Self::new()?;
+        be.set_matmul_precision(p)?;
+        Ok(be)
+    }
+
+    /// [`Backend::matmul`] on the matrices that start `offsets` = (a, b, out) elements into `a`,
+    /// `b` and `out` (what `logprob_gather` runs on blocks of rows of the LM head).
+    pub fn matmul_at(&self, out: &mut GpuBuf, a: &GpuBuf, b: &GpuBuf, p: MatmulParams, offsets: (usize, usize, usize)) -> Result<()> {
+        matmul::matmul_offsets(&self.ctx, out, a, b, p, offsets.0, offsets.1, offsets.2)
+    }
+
+    /// The entry points dispatched so far on this backend (tests check that every f16 entry
+    /// point ran).
+    pub fn dispatched_entry_points(&self) -> Vec<&'static str> {
+        self.ctx.compiled_entry_points()
+    }
 }
 
 impl Backend for WgpuBackend {
@@ -105,7 +126,19 @@ impl Backend for WgpuBackend {
         "wgpu"
     }
     fn device_description(&self) -> String {
-        format!("wgpu: {}{}", self.ctx.description, if self.ctx.subgroups { " [subgroup reductions]" } else { "" })
+        let precision = match self.ctx.matmul_precision {
+            MatmulPrecision::F32 => String::new(),
+            p => format!(" [matmul {p}]"),
+        };
+        format!("wgpu: {}{}{precision}", self.ctx.description, if self.ctx.subgroups { " [subgroup reductions]" } else { "" })
+    }
+    fn matmul_precision(&self) -> MatmulPrecision {
+        self.ctx.matmul_precision
+    }
+    /// f32, or f16 on an adapter with shader-f16 (`shaders/matmul_f16.wgsl`); tf32 and bf16 are
+    /// errors (WGSL has no such types).
+    fn set_matmul_precision(&mut self, p: MatmulPrecision) -> Result<()> {
+        self.ctx.set_matmul_precision(p)
     }
 
     fn alloc(&self, len: usize) -> Result<GpuBuf> {
