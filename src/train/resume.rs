@@ -165,6 +165,10 @@ fn prune(root: &Path, current: &str) {
     }
 }
 
+/// Fingerprint keys added after checkpoints were first written, with the setting an older
+/// checkpoint's run had: `sync_every` 1 (the rollout engine read back after every decode step).
+pub const FINGERPRINT_DEFAULTS: &[(&str, u64)] = &[("sync_every", 1)];
+
 /// A checkpoint read back.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -271,15 +275,18 @@ impl Checkpoint {
 
     /// Checks that the settings a run must share with the one it continues (saved with
     /// `value("fingerprint", ..)`, an object of flag names) equal `now`'s.
+    /// A key that checkpoints written before it existed lack is read as the value their runs had
+    /// ([`FINGERPRINT_DEFAULTS`]), so those runs still resume with the equivalent setting.
     pub fn check_fingerprint(&self, now: &Value) -> Result<()> {
         let saved: Value = self.value("fingerprint")?;
         for (key, value) in now.as_object().into_iter().flatten() {
-            if saved.get(key) != Some(value) {
+            let legacy = || FINGERPRINT_DEFAULTS.iter().find(|(k, _)| k == key).map(|&(_, v)| Value::from(v));
+            let had = saved.get(key).cloned().or_else(legacy).unwrap_or(Value::Null);
+            if &had != value {
                 return Err(Error::invalid(format!(
-                    "--resume {}: the checkpoint's run used --{} {}, this one {value}; resume with the same settings",
+                    "--resume {}: the checkpoint's run used --{} {had}, this one {value}; resume with the same settings",
                     self.dir.display(),
                     key.replace('_', "-"),
-                    saved.get(key).unwrap_or(&Value::Null)
                 )));
             }
         }
@@ -296,4 +303,30 @@ impl Checkpoint {
 /// The newest complete checkpoint of the run in `out`, if any (for error messages).
 pub fn latest_checkpoint(out: &Path) -> Option<PathBuf> {
     Checkpoint::locate(out).ok().filter(|d| d.starts_with(out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// A checkpoint written before `sync_every` joined the fingerprint resumes with
+    /// `--sync-every 1` (what its run did) and is refused with any other value; a key the saved
+    /// fingerprint has is compared as saved.
+    #[test]
+    fn a_fingerprint_key_older_checkpoints_lack_reads_as_their_setting() {
+        let tmp = tempfile::tempdir().unwrap();
+        let old = json!({"batch_size": 4});
+        let dir = StateWriter::new().save_run(tmp.path(), "ppo", 3, &json!({}), &old).unwrap();
+        let ck = Checkpoint::load(&dir, "ppo").unwrap();
+        ck.check_fingerprint(&json!({"batch_size": 4, "sync_every": 1})).unwrap();
+        let err = ck.check_fingerprint(&json!({"batch_size": 4, "sync_every": 8})).unwrap_err().to_string();
+        assert!(err.contains("--sync-every 1") && err.contains("this one 8"), "{err}");
+        let new = json!({"batch_size": 4, "sync_every": 8});
+        let dir = StateWriter::new().save_run(&tmp.path().join("new"), "ppo", 3, &json!({}), &new).unwrap();
+        let ck = Checkpoint::load(&dir, "ppo").unwrap();
+        ck.check_fingerprint(&new).unwrap();
+        assert!(ck.check_fingerprint(&json!({"batch_size": 4, "sync_every": 1})).is_err());
+        assert!(ck.check_fingerprint(&json!({"batch_size": 5, "sync_every": 8})).is_err());
+    }
 }
