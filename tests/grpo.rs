@@ -17,9 +17,9 @@ use rlhf::rl::advantage_estimators::{grpo_advantages, reinforce_pp_advantages, r
 use rlhf::rl::demo_grpo::{demo_grpo_config, run_grpo_stage};
 use rlhf::rl::demo_task;
 use rlhf::rl::grpo::{reinforce_pp_on_device, LossAgg};
+use rlhf::rl::pipeline::demo_sft_config;
 use rlhf::rl::reward_fns::{exact_match, normalize_answer};
-use rlhf::rl::sft::{run_sft, SftConfig};
-use rlhf::train::AdamWConfig;
+use rlhf::rl::sft::run_sft;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
@@ -254,20 +254,7 @@ fn sft_policy(be: &CpuBackend, tok: &Tokenizer, dir: &Path, steps: usize) {
     let demos = demo_task::demonstrations(1000, 7);
     let examples = demos.iter().map(|(p, c)| prompt_completion_example(tok, p, c)).collect::<rlhf::Result<Vec<_>>>().unwrap();
     let mut model = Model::init(be, ModelConfig::preset("gpt2-tiny", tok.vocab_size()).unwrap(), 7).unwrap();
-    let cfg = SftConfig {
-        out: dir.to_path_buf(),
-        steps,
-        lr: 3e-3,
-        min_lr_ratio: 0.1,
-        warmup: 20,
-        batch_size: 32,
-        grad_accum: 1,
-        seq_len: 64,
-        seed: 7,
-        optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
-        log_every: 100,
-        control: Default::default(),
-    };
+    let cfg = demo_sft_config(dir, steps, 7);
     run_sft(be, &mut model, tok, examples, &cfg).unwrap();
 }
 

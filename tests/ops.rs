@@ -462,24 +462,7 @@ fn attention_cached_matches_full() {
         }
         let kp = KvCacheParams { b: b as u32, t: chunk as u32, pos0: pos0 as u32, t_max: t_max as u32, nh: nh as u32, nkv: nkv as u32, hd: hd as u32, _pad: 0 };
         be.kv_cache_write(&mut cache, &part, kp).unwrap();
-        let p = AttentionParams {
-            b: b as u32,
-            tq: chunk as u32,
-            tk: (pos0 + chunk) as u32,
-            nh: nh as u32,
-            nkv: nkv as u32,
-            hd: hd as u32,
-            q_pos0: pos0 as u32,
-            scale: 1.0 / (hd as f32).sqrt(),
-            q_row: row as u32,
-            q_batch: (chunk * row) as u32,
-            q_off: 0,
-            kv_row: kv as u32,
-            kv_batch: (t_max * kv) as u32,
-            k_off: 0,
-            v_off: (nkv * hd) as u32,
-            _pad: 0,
-        };
+        let p = AttentionParams::cached(b, chunk, pos0, t_max, nh, nkv, hd);
         let (mut out, mut lse) = (vec![0.0; b * chunk * nh * hd], vec![0.0; b * nh * chunk]);
         be.attention_fwd(&mut out, &mut lse, &part, &cache, &cache, p).unwrap();
         for bi in 0..b {

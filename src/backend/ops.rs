@@ -174,6 +174,22 @@ impl AttentionParams {
             _pad: 0,
         }
     }
+
+    /// Cached layout: `t` new queries at positions `pos0 ..` read from the fused projection
+    /// `[B, t, (nh + 2 nkv) hd]`, keys and values from a cache `[B, t_max, 2 nkv hd]` (see
+    /// [`KvCacheParams`]) holding positions `0 .. pos0 + t`.
+    pub fn cached(b: usize, t: usize, pos0: usize, t_max: usize, nh: usize, nkv: usize, hd: usize) -> Self {
+        let kv_row = 2 * nkv * hd;
+        AttentionParams {
+            tk: (pos0 + t) as u32,
+            q_pos0: pos0 as u32,
+            kv_row: kv_row as u32,
+            kv_batch: (t_max * kv_row) as u32,
+            k_off: 0,
+            v_off: (nkv * hd) as u32,
+            ..AttentionParams::fused(b, t, nh, nkv, hd)
+        }
+    }
 }
 
 /// Copies the key and value heads of `t` new tokens from the fused projection

@@ -466,25 +466,7 @@ impl Decoder {
                         _pad: 0,
                     },
                 )?;
-                let kv_row = 2 * d.nkv * d.hd;
-                let p = AttentionParams {
-                    b: b as u32,
-                    tq: t as u32,
-                    tk: (pos0 + t) as u32,
-                    nh: d.nh as u32,
-                    nkv: d.nkv as u32,
-                    hd: d.hd as u32,
-                    q_pos0: pos0 as u32,
-                    scale: 1.0 / (d.hd as f32).sqrt(),
-                    q_row: d.qkv as u32,
-                    q_batch: (t * d.qkv) as u32,
-                    q_off: 0,
-                    kv_row: kv_row as u32,
-                    kv_batch: (t_max * kv_row) as u32,
-                    k_off: 0,
-                    v_off: (d.nkv * d.hd) as u32,
-                    _pad: 0,
-                };
+                let p = AttentionParams::cached(b, t, pos0, t_max, d.nh, d.nkv, d.hd);
                 be.attention_fwd(&mut a.att, &mut a.att_lse, &a.qkv, cache, cache, p)?;
             }
         }

@@ -54,24 +54,7 @@ fn run_cache<B: Backend>(be: &B, (b, t, pos0, t_max, nh, nkv, hd): (usize, usize
     )
     .unwrap();
     let written = dl(be, &cache);
-    let p = AttentionParams {
-        b: b as u32,
-        tq: t as u32,
-        tk: (pos0 + t) as u32,
-        nh: nh as u32,
-        nkv: nkv as u32,
-        hd: hd as u32,
-        q_pos0: pos0 as u32,
-        scale: 1.0 / (hd as f32).sqrt(),
-        q_row: row as u32,
-        q_batch: (t * row) as u32,
-        q_off: 0,
-        kv_row: kv_row as u32,
-        kv_batch: (t_max * kv_row) as u32,
-        k_off: 0,
-        v_off: (nkv * hd) as u32,
-        _pad: 0,
-    };
+    let p = AttentionParams::cached(b, t, pos0, t_max, nh, nkv, hd);
     let (mut out, mut lse) = (be.alloc(b * t * nh * hd).unwrap(), be.alloc(b * nh * t).unwrap());
     be.attention_fwd(&mut out, &mut lse, &qkv, &cache, &cache, p).unwrap();
     // scatter the same rows in reverse slot order into a fresh cache

@@ -69,24 +69,7 @@ fn attention_fwd_parity() {
         let kv_row = 2 * nkv * hd;
         let (cq, gq) = both(g, &randv(&mut rng, b * t * row, 1.5));
         let (ccache, gcache) = both(g, &randv(&mut rng, b * t_max * kv_row, 1.5));
-        let p = AttentionParams {
-            b: b as u32,
-            tq: t as u32,
-            tk: (pos0 + t) as u32,
-            nh: nh as u32,
-            nkv: nkv as u32,
-            hd: hd as u32,
-            q_pos0: pos0 as u32,
-            scale: 1.0 / (hd as f32).sqrt(),
-            q_row: row as u32,
-            q_batch: (t * row) as u32,
-            q_off: 0,
-            kv_row: kv_row as u32,
-            kv_batch: (t_max * kv_row) as u32,
-            k_off: 0,
-            v_off: (nkv * hd) as u32,
-            _pad: 0,
-        };
+        let p = AttentionParams::cached(b, t, pos0, t_max, nh, nkv, hd);
         let (mut co, mut go) = both(g, &vec![0.0; b * t * nh * hd]);
         let (mut cl, mut gl) = both(g, &vec![0.0; b * nh * t]);
         c.attention_fwd(&mut co, &mut cl, &cq, &ccache, &ccache, p).unwrap();
