@@ -198,3 +198,21 @@ pub fn assert_within_on(backend: &str, what: &str, got: &[f32], want: &[f32], bo
 pub fn mean_abs_diff(x: &[f32], y: &[f32]) -> f64 {
     x.iter().zip(y).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / x.len().max(1) as f64
 }
+
+/// Declares a parity suite's op-family modules (`tests/<suite>/<family>.rs`, the family names of
+/// `kernels/` and `shaders/`) from one list, with `family_checks()`, every module's `CHECKS`, and
+/// `family_sources()`, the modules' sources, for [`assert_every_op_covered`].
+#[allow(unused_macros)]
+macro_rules! op_family_suites {
+    ($($family:ident),* $(,)?) => {
+        $(mod $family;)*
+
+        fn family_checks() -> Vec<(&'static str, &'static str)> {
+            [$($family::CHECKS),*].concat()
+        }
+
+        fn family_sources() -> Vec<&'static str> {
+            vec![$(include_str!(concat!(stringify!($family), ".rs"))),*]
+        }
+    };
+}

@@ -9,24 +9,27 @@
 //! that it skipped, on stderr; CI has no GPU, so these skip there too.
 
 #[path = "../common/mod.rs"]
+#[macro_use]
 mod common;
 
-mod activation;
-mod advantage;
-mod attention;
-mod cross_entropy;
-mod decode;
-mod elementwise;
-mod embedding;
-mod layernorm;
-mod logprob_gather;
-mod matmul;
-mod optimizer;
-mod preference;
-mod reward;
-mod rl_losses;
-mod rope;
-mod sample;
+op_family_suites!(
+    activation,
+    advantage,
+    attention,
+    cross_entropy,
+    decode,
+    elementwise,
+    embedding,
+    layernorm,
+    logprob_gather,
+    matmul,
+    optimizer,
+    preference,
+    reward,
+    rl_losses,
+    rope,
+    sample,
+);
 
 use rlhf::backend::ops::Backend;
 use rlhf::backend::CudaBackend;
@@ -97,43 +100,7 @@ macro_rules! parity {
 
 #[test]
 fn every_op_has_a_cuda_kernel_and_parity_test() {
-    let checks: Vec<(&str, &str)> = [
-        activation::CHECKS,
-        advantage::CHECKS,
-        attention::CHECKS,
-        cross_entropy::CHECKS,
-        decode::CHECKS,
-        elementwise::CHECKS,
-        embedding::CHECKS,
-        layernorm::CHECKS,
-        logprob_gather::CHECKS,
-        matmul::CHECKS,
-        optimizer::CHECKS,
-        preference::CHECKS,
-        reward::CHECKS,
-        rl_losses::CHECKS,
-        rope::CHECKS,
-        sample::CHECKS,
-    ]
-    .concat();
-    let sources = [
-        include_str!("activation.rs"),
-        include_str!("advantage.rs"),
-        include_str!("attention.rs"),
-        include_str!("cross_entropy.rs"),
-        include_str!("decode.rs"),
-        include_str!("elementwise.rs"),
-        include_str!("embedding.rs"),
-        include_str!("layernorm.rs"),
-        include_str!("logprob_gather.rs"),
-        include_str!("matmul.rs"),
-        include_str!("optimizer.rs"),
-        include_str!("preference.rs"),
-        include_str!("reward.rs"),
-        include_str!("rl_losses.rs"),
-        include_str!("rope.rs"),
-        include_str!("sample.rs"),
-    ];
+    let (checks, sources) = (family_checks(), family_sources());
     let entries: Vec<&str> = rlhf::backend::cuda::kernels::FAMILIES.iter().flat_map(|(_, s)| rlhf::backend::cuda::kernels::entry_points(s)).collect();
     common::assert_every_op_covered("cuda", "kernels/", &entries, &checks, &sources);
 }
