@@ -6,6 +6,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod ops;
 pub mod precision;
+pub mod storage;
 pub mod wgpu;
 
 pub use self::wgpu::WgpuBackend;
@@ -13,3 +14,4 @@ pub use cpu::CpuBackend;
 pub use cuda::CudaBackend;
 pub use ops::Backend;
 pub use precision::MatmulPrecision;
+pub use storage::{Dtype, Precision, Storage};

@@ -12,6 +12,7 @@
 //! - matrices are row-major; `[B, T, C]` means B sequences of T tokens of C channels.
 
 pub use super::precision::MatmulPrecision;
+pub use super::storage::{Dtype, Storage};
 use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
 
@@ -713,8 +714,26 @@ impl PreferenceParams {
 
 /// A compute backend: device-resident buffers and every op of the engine.
 ///
-/// `Buf` holds f32 values, `Ids` holds i32 token ids and positions. Buffers are created and read
-/// back only through the backend. Ops are enqueued in program order; `synchronize` waits for them.
+/// `Buf` holds f32 or bf16 values ([`Dtype`]), `Ids` holds i32 token ids and positions. Buffers
+/// are created and read back only through the backend (as f32). Ops are enqueued in program
+/// order; `synchronize` waits for them.
+///
+/// Buffer types (`--precision`, see storage.rs): in each op the buffers below marked f32 are f32
+/// in every mode, and all its other buffers are compute-typed and share one type `T` (f32 or
+/// bf16), which picks the kernel; values are read as f32, computed in f32 and rounded to `T` when
+/// written. Exceptions: `copy` converts between any two types, `fill`, `scale_inplace`, `rope_*`
+/// take a buffer of either type, `matmul` may write an f32 `out` from `T` operands, and
+/// `sum_squares` and `adamw` read a `grad`/`x` of either type.
+///
+/// | op | f32 in every mode |
+/// |----|-------------------|
+/// | `layernorm_*`, `rmsnorm_*` | `mean`, `rstd` |
+/// | `attention_fwd`, `attention_bwd`, `attention_decode_fwd` | `lse` |
+/// | `cross_entropy_*` | `losses`, `dlosses`, `lse` |
+/// | `logprob_gather_*` | `logp`, `entropy`, `lse`, `dlogp`, `dentropy` |
+/// | `sum_squares` | `acc` |
+/// | `adamw` | `param` (the master weights), `m`, `v`, `norm_sq` |
+/// | `kl_penalty_*`, `ppo_loss_fwd_bwd`, `gae`, `masked_whiten`, `ranking_loss`, `preference_loss_fwd_bwd` | every buffer |
 pub trait Backend: Send + Sync {
     type Buf: Send + Sync;
     type Ids: Send + Sync;
@@ -733,13 +752,38 @@ pub trait Backend: Send + Sync {
         super::precision::only_f32(self.name(), p)
     }
 
+    // ---- storage precision (`--precision`, see storage.rs) ------------------------------------
+    /// The element type of [`Storage::Compute`] buffers (f32 unless set).
+    fn compute_dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    /// The compute type `--precision auto` picks on this device.
+    fn preferred_compute_dtype(&self) -> Dtype {
+        Dtype::F32
+    }
+    /// Sets the type of later [`Storage::Compute`] allocations; a type this backend or device
+    /// cannot store is an error naming the flag.
+    fn set_compute_dtype(&mut self, d: Dtype) -> Result<()> {
+        super::storage::only_f32(self.name(), d)
+    }
+    /// A zero-filled buffer of `len` values of the type `s` stands for.
+    fn alloc_as(&self, len: usize, s: Storage) -> Result<Self::Buf> {
+        let _ = s;
+        self.alloc(len)
+    }
+    /// The element type of `buf`.
+    fn dtype(&self, buf: &Self::Buf) -> Dtype {
+        let _ = buf;
+        Dtype::F32
+    }
+
     // ---- memory ------------------------------------------------------------------------------
     /// A zero-filled buffer of `len` f32 values.
     fn alloc(&self, len: usize) -> Result<Self::Buf>;
     fn upload(&self, data: &[f32]) -> Result<Self::Buf>;
-    /// Overwrites the first `data.len()` values of `buf`.
+    /// Overwrites the first `data.len()` values of `buf` (rounded to bf16 in a bf16 buffer).
     fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()>;
-    /// Reads the whole buffer back (waits for pending ops).
+    /// Reads the whole buffer back as f32 (waits for pending ops).
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
     fn len(&self, buf: &Self::Buf) -> usize;
     fn alloc_ids(&self, len: usize) -> Result<Self::Ids>;
