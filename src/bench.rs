@@ -134,7 +134,7 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     };
     let (tr, fw, mmt) = (median(&mut train_times), median(&mut fwd_times), median(&mut mm_times));
     let tokens = (b * t) as f64;
-    println!("rlhf bench: backend {} ({}), matmul precision {}", be.name(), be.device_description(), be.matmul_precision());
+    println!("rlhf bench: backend {} ({}), storage {}, matmul precision {}", be.name(), be.device_description(), be.compute_dtype(), be.matmul_precision());
     println!(
         "model {} ({:.2}M parameters: {} layers, hidden {}, {} heads, vocab {}), batch {b} x seq {t}, median of {} steps",
         a.model,

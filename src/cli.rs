@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use rlhf::backend::{Backend, CpuBackend, CudaBackend, MatmulPrecision, WgpuBackend};
+use rlhf::backend::{Backend, CpuBackend, CudaBackend, MatmulPrecision, Precision, WgpuBackend};
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::generate::{rollout, GenerateConfig, RolloutConfig};
 use rlhf::model::config::PRESETS;
@@ -113,6 +113,11 @@ pub struct Common {
     /// shader-f16, cuda), tf32 or bf16 (cuda)
     #[arg(long, value_enum, default_value = "f32")]
     pub matmul_precision: MatmulPrecision,
+    /// Storage precision of weights, activations, gradients and the KV cache: auto (bf16 on
+    /// CUDA GPUs of sm_80 and newer, else f32), f32, or bf16 (f32 master weights, optimiser state
+    /// and accumulation)
+    #[arg(long, value_enum, default_value = "auto")]
+    pub precision: Precision,
     /// CPU threads (0 = one per core)
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
@@ -541,9 +546,10 @@ fn setup_threads(common: &Common) -> Result<()> {
     Ok(())
 }
 
-/// The backend opened by `open` with `--matmul-precision` set (a precision it cannot compute is
-/// an error naming the flag and the backend).
+/// The backend opened by `open` with `--precision` and `--matmul-precision` set (a precision it
+/// cannot store or compute is an error naming the flag and the backend).
 fn with_precision<B: Backend>(mut be: B, common: &Common) -> Result<B> {
+    be.set_compute_dtype(common.precision.resolve(be.preferred_compute_dtype()))?;
     be.set_matmul_precision(common.matmul_precision)?;
     Ok(be)
 }
@@ -788,14 +794,14 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         );
     }
     let mut policy = Model::load(be, &a.policy)?;
-    let reference = Model::load(be, a.reference.as_ref().unwrap_or(&a.policy))?;
+    let reference = Model::load(be, a.reference.as_ref().unwrap_or(&a.policy))?.into_frozen();
     if !ModelConfig::load(&a.reward_model)?.score_head {
         bail!(
             "{}: config.json does not describe a reward model (architectures *ForSequenceClassification); train one with `rlhf rm`",
             a.reward_model.display()
         );
     }
-    let reward = Model::load_reward(be, &a.reward_model, a.seed)?;
+    let reward = Model::load_reward(be, &a.reward_model, a.seed)?.into_frozen();
     let mut value = if a.value_head { None } else { Some(Model::load_reward(be, a.value_model.as_ref().unwrap_or(&a.reward_model), a.seed)?) };
     let prompts = rlhf::data::jsonl::load_prompts_jsonl(&a.prompts, &tok, policy.cfg().max_positions.min(reward.cfg().max_positions))?;
     let ptx = match &a.ptx_data {
@@ -894,7 +900,7 @@ fn cmd_score<B: Backend>(be: &B, a: &LogprobsArgs) -> Result<()> {
     if !cfg.score_head {
         bail!("{}: config.json does not describe a reward model (architectures *ForSequenceClassification); train one with `rlhf rm`", a.model.display());
     }
-    let model = Model::load_reward(be, &a.model, 0)?;
+    let model = Model::load_reward(be, &a.model, 0)?.into_frozen();
     let tok = Tokenizer::load(&a.model).ok();
     let seqs = rlhf::data::score_input::read_score_inputs(&a.input, tok.as_ref(), model.cfg().vocab_size, model.cfg().max_positions)?;
     let longest = seqs.iter().map(Vec::len).max().unwrap_or(2);
@@ -913,7 +919,7 @@ fn cmd_logprobs<B: Backend>(be: &B, a: &LogprobsArgs) -> Result<()> {
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    let model = Model::load(be, &a.model)?;
+    let model = Model::load(be, &a.model)?.into_frozen();
     // `input_ids` lines need no tokenizer; a tokenizer that is there but broken is an error
     let has_tokenizer = a.model.join("tokenizer.json").is_file() || a.model.join(rlhf::data::tokenizer::BYTE_TOKENIZER_FILE).is_file();
     let tok = if has_tokenizer { Some(Tokenizer::load(&a.model)?) } else { None };
@@ -930,7 +936,7 @@ fn cmd_logprobs<B: Backend>(be: &B, a: &LogprobsArgs) -> Result<()> {
 }
 
 fn cmd_generate<B: Backend>(be: &B, a: &GenerateArgs) -> Result<()> {
-    let model = Model::load(be, &a.model)?;
+    let model = Model::load(be, &a.model)?.into_frozen();
     let tok = Tokenizer::load(&a.model)?;
     let prompt_ids = if a.chat {
         let messages = vec![rlhf::data::chat::Message { role: "user".into(), content: a.prompt.clone() }];

@@ -161,7 +161,7 @@ pub fn cmd_grpo<B: Backend>(be: &B, a: &GrpoArgs) -> Result<()> {
     check_out_dir(&a.out)?;
     let tok = Tokenizer::load(&a.model)?;
     let mut policy = Model::load(be, &a.model)?;
-    let reference = Model::load(be, a.ref_model.as_ref().unwrap_or(&a.model))?;
+    let reference = Model::load(be, a.ref_model.as_ref().unwrap_or(&a.model))?.into_frozen();
     let reward_model = match &a.reward_model {
         Some(dir) => {
             if !ModelConfig::load(dir)?.score_head {
@@ -175,7 +175,7 @@ pub fn cmd_grpo<B: Backend>(be: &B, a: &GrpoArgs) -> Result<()> {
                     tok.vocab_size()
                 );
             }
-            Some(Model::load_reward(be, dir, a.seed)?)
+            Some(Model::load_reward(be, dir, a.seed)?.into_frozen())
         }
         None => None,
     };

@@ -63,7 +63,7 @@ fn fused_clipping_equals_clip_then_update_bit_for_bit() {
         let cfg = AdamWConfig { max_grad_norm, ..AdamWConfig::default() };
         let (want, want_norm) = two_pass_reference(&be, &model, &grads, cfg, 1e-3);
         let mut opt = AdamW::new(&be, model.layout(), cfg).unwrap();
-        let norm = opt.step(&be, &mut model.weights, &grads, 1e-3).unwrap();
+        let norm = opt.step(&be, model.params_mut(), &grads, 1e-3).unwrap();
         let what = format!("grad scale {grad_scale}, max_grad_norm {max_grad_norm}");
         assert_eq!(norm.to_bits(), want_norm.to_bits(), "{what}: returned norm");
         assert_eq!(bits(&model.weights), bits(&want), "{what}: weights differ from clip-then-update");
@@ -79,10 +79,10 @@ fn a_non_finite_gradient_updates_nothing() {
         let (be, mut model, mut grads) = setup(4, 0.01);
         let mut opt = AdamW::new(&be, model.layout(), AdamWConfig::default()).unwrap();
         // one good step so the moments are not zero
-        assert!(opt.step(&be, &mut model.weights, &grads, 1e-3).unwrap().is_finite());
+        assert!(opt.step(&be, model.params_mut(), &grads, 1e-3).unwrap().is_finite());
         let (w0, m0, v0) = (bits(&model.weights), bits(&opt.m), bits(&opt.v));
         grads[2][5] = bad;
-        let norm = opt.step(&be, &mut model.weights, &grads, 1e-3).unwrap();
+        let norm = opt.step(&be, model.params_mut(), &grads, 1e-3).unwrap();
         assert!(!norm.is_finite(), "gradient entry {bad}: norm {norm}");
         assert_eq!(bits(&model.weights), w0, "gradient entry {bad}: weights changed");
         assert_eq!(bits(&opt.m), m0, "gradient entry {bad}: m changed");
@@ -90,7 +90,7 @@ fn a_non_finite_gradient_updates_nothing() {
         assert_eq!(opt.step, 1, "gradient entry {bad}: a skipped step was counted");
         // and the next finite step is step 2
         grads[2][5] = 0.0;
-        assert!(opt.step(&be, &mut model.weights, &grads, 1e-3).unwrap().is_finite());
+        assert!(opt.step(&be, model.params_mut(), &grads, 1e-3).unwrap().is_finite());
         assert_eq!(opt.step, 2);
         assert_ne!(bits(&model.weights), w0);
     }
@@ -116,8 +116,8 @@ fn wgpu_steps_match_the_cpu_and_skip_on_the_device() {
         }
         let ggrads: Vec<_> = grads.iter().map(|x| g.upload(x).unwrap()).collect();
         let before = gpu_model.to_host(&g).unwrap();
-        let cn = copt.step(&c, &mut cpu_model.weights, &grads, 1e-2).unwrap();
-        let gn = gopt.step(&g, &mut gpu_model.weights, &ggrads, 1e-2).unwrap();
+        let cn = copt.step(&c, cpu_model.params_mut(), &grads, 1e-2).unwrap();
+        let gn = gopt.step(&g, gpu_model.params_mut(), &ggrads, 1e-2).unwrap();
         let after = gpu_model.to_host(&g).unwrap();
         assert_eq!(copt.step, gopt.step, "step {k}: step counts");
         if bad.is_some() {

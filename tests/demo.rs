@@ -1,7 +1,7 @@
 //! The shortened demo: SFT, then a reward model that beats chance on held-out comparisons, then
 //! PPO that raises the oracle score over the SFT model while the KL to it stays bounded.
 //! The same run on the wgpu backend reaches the same conclusion (skipped without an adapter,
-//! except in CI).
+//! except in CI), and so does the bf16 storage mode (on its CPU reference).
 
 mod common;
 
@@ -20,6 +20,13 @@ fn shortened_demo_on_wgpu_reaches_the_demo_conclusion() {
     if let Some(g) = common::wgpu_or_skip("shortened demo on wgpu") {
         check_demo(&g);
     }
+}
+
+/// In the bf16 storage mode, on its CPU reference: bf16 weights, activations, gradients and KV
+/// cache with f32 master weights and optimiser state reach the same conclusion as f32.
+#[test]
+fn shortened_demo_in_bf16_reaches_the_demo_conclusion() {
+    check_demo(&rlhf::backend::bf16_reference::Bf16Reference::new());
 }
 
 fn check_demo<B: Backend>(be: &B) {

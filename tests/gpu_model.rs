@@ -15,9 +15,10 @@
 
 mod common;
 
+use common::fixtures::{fixture, fixture_batch, ids_of, reference, rel, MODELS};
+
 use rlhf::backend::ops::PpoParams;
 use rlhf::backend::{Backend, CpuBackend, MatmulPrecision};
-use rlhf::data::batch::Batch;
 use rlhf::data::rng::Rng;
 use rlhf::generate::{generate, rollout, GenerateConfig, RolloutConfig};
 use rlhf::model::scoring::token_logprobs;
@@ -26,26 +27,8 @@ use rlhf::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate};
 use rlhf::train::lm::LmTrainer;
 use rlhf::train::AdamWConfig;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
-
-const MODELS: &[&str] = &["gpt2", "llama", "qwen2"];
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
-}
-
-fn reference(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("reference.json")).unwrap()).unwrap()
-}
-
-fn ids_of(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
-}
-
-fn rel(a: f64, b: f64) -> f64 {
-    (a - b).abs() / b.abs().max(1e-12)
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().unwrap()
@@ -85,21 +68,6 @@ fn logprobs_command_matches_transformers(backend: &str) {
 }
 
 /// The fixture's sequences as one batch, targets before `prompt_mask` masked.
-fn fixture_batch(name: &str, prompt_mask: usize) -> Batch {
-    let r = reference(name);
-    let seqs: Vec<Vec<u32>> = r["input_ids"].as_array().unwrap().iter().map(ids_of).collect();
-    let (b, t) = (seqs.len(), seqs[0].len() - 1);
-    let (mut inputs, mut targets) = (Vec::new(), Vec::new());
-    for sq in &seqs {
-        for i in 0..t {
-            inputs.push(sq[i] as i32);
-            targets.push(if i + 1 < prompt_mask { -1 } else { sq[i + 1] as i32 });
-        }
-    }
-    let n_supervised = targets.iter().filter(|&&x| x >= 0).count();
-    Batch { b, t, inputs, targets, positions: (0..b * t).map(|i| (i % t) as i32).collect(), n_supervised }
-}
-
 fn loss_and_grad_norm<B: Backend>(be: &B, name: &str, prompt_mask: usize) -> (f32, f32) {
     let model = Model::load(be, &fixture(name)).unwrap();
     let batch = fixture_batch(name, prompt_mask);

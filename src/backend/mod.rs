@@ -2,6 +2,7 @@
 //! and cudarc on NVIDIA GPUs) and `wgpu` (WGSL on any Vulkan, Metal or DX12 GPU), all implementing
 //! the same op list ([`ops::Backend`]).
 
+pub mod bf16_reference;
 pub mod cpu;
 pub mod cuda;
 pub mod ops;

@@ -138,19 +138,19 @@ impl<B: Backend> Activations<B> {
         let mut layers = Vec::with_capacity(d.layers);
         for _ in 0..d.layers {
             layers.push(LayerActs {
-                ln1: be.alloc(n * d.c)?,
+                ln1: be.alloc_as(n * d.c, Storage::Compute)?,
                 ln1_mean: be.alloc(n)?,
                 ln1_rstd: be.alloc(n)?,
-                qkv: be.alloc(n * d.qkv)?,
-                att: be.alloc(n * d.att)?,
+                qkv: be.alloc_as(n * d.qkv, Storage::Compute)?,
+                att: be.alloc_as(n * d.att, Storage::Compute)?,
                 att_lse: be.alloc(n * d.nh)?,
-                res_mid: be.alloc(n * d.c)?,
-                ln2: be.alloc(n * d.c)?,
+                res_mid: be.alloc_as(n * d.c, Storage::Compute)?,
+                ln2: be.alloc_as(n * d.c, Storage::Compute)?,
                 ln2_mean: be.alloc(n)?,
                 ln2_rstd: be.alloc(n)?,
-                fc: be.alloc(n * d.inter)?,
-                up: be.alloc(if llama { n * d.inter } else { 0 })?,
-                act: be.alloc(n * d.inter)?,
+                fc: be.alloc_as(n * d.inter, Storage::Compute)?,
+                up: be.alloc_as(if llama { n * d.inter } else { 0 }, Storage::Compute)?,
+                act: be.alloc_as(n * d.inter, Storage::Compute)?,
             });
         }
         Ok(Activations {
@@ -159,16 +159,16 @@ impl<B: Backend> Activations<B> {
             tokens: be.alloc_ids(n)?,
             positions: be.alloc_ids(n)?,
             targets: be.alloc_ids(n)?,
-            res: (0..=d.layers).map(|_| be.alloc(n * d.c)).collect::<Result<_>>()?,
+            res: (0..=d.layers).map(|_| be.alloc_as(n * d.c, Storage::Compute)).collect::<Result<_>>()?,
             layers,
-            lnf: be.alloc(n * d.c)?,
+            lnf: be.alloc_as(n * d.c, Storage::Compute)?,
             lnf_mean: be.alloc(n)?,
             lnf_rstd: be.alloc(n)?,
-            logits: be.alloc(logit_rows.min(n) * d.v)?,
+            logits: be.alloc_as(logit_rows.min(n) * d.v, Storage::Compute)?,
             lse: be.alloc(n)?,
             losses: be.alloc(n)?,
             loss_weights: be.alloc(n)?,
-            last_hidden: be.alloc(max_batch * d.c)?,
+            last_hidden: be.alloc_as(max_batch * d.c, Storage::Compute)?,
             last_rows: be.alloc_ids(max_batch)?,
         })
     }
@@ -177,7 +177,7 @@ impl<B: Backend> Activations<B> {
     /// without logits).
     pub fn ensure_logit_rows(&mut self, be: &B, rows: usize, vocab: usize) -> Result<()> {
         if be.len(&self.logits) < rows * vocab {
-            self.logits = be.alloc(rows * vocab)?;
+            self.logits = be.alloc_as(rows * vocab, Storage::Compute)?;
         }
         Ok(())
     }
@@ -196,22 +196,22 @@ impl<B: Backend> GradScratch<B> {
         let n = max_tokens;
         check_token_capacity(&d, n)?;
         Ok(GradScratch {
-            d_res: be.alloc(n * d.c)?,
-            d_tmp: be.alloc(n * d.c)?,
-            d_ln: be.alloc(n * d.c)?,
-            d_qkv: be.alloc(n * d.qkv)?,
-            d_att: be.alloc(n * d.att)?,
-            d_fc: be.alloc(n * d.inter)?,
-            d_up: be.alloc(n * d.inter)?,
-            d_act: be.alloc(n * d.inter)?,
-            d_logits: be.alloc(logit_rows.min(n) * d.v)?,
+            d_res: be.alloc_as(n * d.c, Storage::Compute)?,
+            d_tmp: be.alloc_as(n * d.c, Storage::Compute)?,
+            d_ln: be.alloc_as(n * d.c, Storage::Compute)?,
+            d_qkv: be.alloc_as(n * d.qkv, Storage::Compute)?,
+            d_att: be.alloc_as(n * d.att, Storage::Compute)?,
+            d_fc: be.alloc_as(n * d.inter, Storage::Compute)?,
+            d_up: be.alloc_as(n * d.inter, Storage::Compute)?,
+            d_act: be.alloc_as(n * d.inter, Storage::Compute)?,
+            d_logits: be.alloc_as(logit_rows.min(n) * d.v, Storage::Compute)?,
         })
     }
 
     /// Grows the logits-gradient buffer to `rows` rows if it is smaller.
     pub fn ensure_logit_rows(&mut self, be: &B, rows: usize, vocab: usize) -> Result<()> {
         if be.len(&self.d_logits) < rows * vocab {
-            self.d_logits = be.alloc(rows * vocab)?;
+            self.d_logits = be.alloc_as(rows * vocab, Storage::Compute)?;
         }
         Ok(())
     }
@@ -722,7 +722,7 @@ impl<B: Backend> SlotCache<B> {
             .checked_mul(t_max)
             .and_then(|x| x.checked_mul(2 * cfg.n_kv_heads * cfg.head_dim))
             .ok_or_else(|| crate::Error::invalid(format!("a KV cache of {slots} slots x {t_max} positions is too large")))?;
-        Ok(SlotCache { layers: (0..cfg.n_layers).map(|_| be.alloc(per)).collect::<Result<_>>()?, slots, t_max })
+        Ok(SlotCache { layers: (0..cfg.n_layers).map(|_| be.alloc_as(per, Storage::Compute)).collect::<Result<_>>()?, slots, t_max })
     }
 }
 
@@ -736,7 +736,7 @@ pub struct KvCache<B: Backend> {
 impl<B: Backend> KvCache<B> {
     pub fn new(be: &B, cfg: &ModelConfig, b: usize, t_max: usize) -> Result<Self> {
         let per = b * t_max * 2 * cfg.n_kv_heads * cfg.head_dim;
-        Ok(KvCache { layers: (0..cfg.n_layers).map(|_| be.alloc(per)).collect::<Result<_>>()?, t_max, len: 0 })
+        Ok(KvCache { layers: (0..cfg.n_layers).map(|_| be.alloc_as(per, Storage::Compute)).collect::<Result<_>>()?, t_max, len: 0 })
     }
 }
 

@@ -10,15 +10,31 @@ pub use config::{Family, ModelConfig};
 pub use decoder::{Activations, Decoder, GradScratch, KvCache, Shape, SlotCache};
 pub use params::ParamLayout;
 
-use crate::backend::Backend;
+use crate::backend::ops::{ElementwiseParams, Storage};
+use crate::backend::{Backend, Dtype};
 use crate::data::rng::Rng;
 use crate::error::Result;
+use crate::train::resume::{Checkpoint, StateWriter};
 use std::path::Path;
 
 /// A decoder and its weights, resident on a backend.
+///
+/// `weights` are what the ops read, in the backend's compute type ([`Storage::Compute`]). When
+/// that type is not f32 (`--precision bf16`), `master` holds the f32 master weights the optimiser
+/// updates (and checkpoints save), and `weights` is their rounded copy, refreshed after every
+/// update; in f32 mode `master` is empty and the weights are their own master. A frozen model
+/// (a reference or reward model) drops its master copy ([`Model::into_frozen`]).
 pub struct Model<B: Backend> {
     pub decoder: Decoder,
     pub weights: Vec<B::Buf>,
+    pub master: Vec<B::Buf>,
+}
+
+/// The weights an optimiser step writes: the compute weights and, in a reduced-precision mode,
+/// their f32 master copy (empty in f32 mode).
+pub struct ParamsMut<'a, B: Backend> {
+    pub weights: &'a mut [B::Buf],
+    pub master: &'a mut [B::Buf],
 }
 
 impl<B: Backend> Model<B> {
@@ -36,14 +52,54 @@ impl<B: Backend> Model<B> {
         if host.len() != decoder.layout.specs.len() {
             return Err(crate::Error::invalid(format!("expected {} weight tensors, got {}", decoder.layout.specs.len(), host.len())));
         }
-        let mut weights = Vec::with_capacity(host.len());
         for (spec, h) in decoder.layout.specs.iter().zip(host) {
             if h.len() != spec.numel() {
                 return Err(crate::Error::invalid(format!("tensor `{}` has {} values, expected {:?}", spec.name, h.len(), spec.shape)));
             }
-            weights.push(be.upload(h)?);
         }
-        Ok(Model { decoder, weights })
+        let (weights, master) = upload_weights(be, host)?;
+        Ok(Model { decoder, weights, master })
+    }
+
+    /// The f32 weights: the master copy in a reduced-precision mode, else the weights.
+    pub fn master_weights(&self) -> &[B::Buf] {
+        if self.master.is_empty() {
+            &self.weights
+        } else {
+            &self.master
+        }
+    }
+
+    /// What an optimiser step writes.
+    pub fn params_mut(&mut self) -> ParamsMut<'_, B> {
+        ParamsMut { weights: &mut self.weights, master: &mut self.master }
+    }
+
+    /// Rewrites the compute weights from the master weights (after those were restored or
+    /// updated); nothing to do in f32 mode.
+    pub fn refresh_compute_weights(&mut self, be: &B) -> Result<()> {
+        refresh_compute_weights(be, &mut self.weights, &self.master)
+    }
+
+    /// The model without its master weights, for a model that is never trained (a reference or
+    /// reward model): in bf16 mode it then holds bf16 weights only.
+    pub fn into_frozen(mut self) -> Self {
+        self.master = Vec::new();
+        self
+    }
+
+    /// Adds the (master) weights to a checkpoint as `<name>.i`.
+    pub fn save_state(&self, be: &B, w: &mut StateWriter, name: &str) -> Result<()> {
+        w.bufs(be, name, self.master_weights())
+    }
+
+    /// Restores what [`Self::save_state`] saved, and the compute weights from it.
+    pub fn restore_state(&mut self, be: &B, ck: &Checkpoint, name: &str) -> Result<()> {
+        if self.master.is_empty() {
+            return ck.restore_bufs(be, name, &mut self.weights);
+        }
+        ck.restore_bufs(be, name, &mut self.master)?;
+        self.refresh_compute_weights(be)
     }
 
     /// Reads a Hugging Face folder (config.json + safetensors).
@@ -103,9 +159,9 @@ impl<B: Backend> Model<B> {
         Self::from_host(be, cfg, &host)
     }
 
-    /// Downloads the weights to host vectors in layout order.
+    /// Downloads the (master) weights to host vectors in layout order.
     pub fn to_host(&self, be: &B) -> Result<Vec<Vec<f32>>> {
-        self.weights.iter().map(|w| be.download(w)).collect()
+        self.master_weights().iter().map(|w| be.download(w)).collect()
     }
 
     /// Writes config.json and model.safetensors (Hugging Face layout) into `dir`.
@@ -114,8 +170,32 @@ impl<B: Backend> Model<B> {
         checkpoint::save_weights(dir, &self.decoder.cfg, &self.decoder.layout, &host)
     }
 
-    /// Zero-filled buffers shaped like the weights (gradients, optimiser moments).
-    pub fn zeros_like(&self, be: &B) -> Result<Vec<B::Buf>> {
-        self.decoder.layout.specs.iter().map(|s| be.alloc(s.numel())).collect()
+    /// Zero-filled gradient buffers shaped like the weights (in the compute type).
+    pub fn grads_like(&self, be: &B) -> Result<Vec<B::Buf>> {
+        self.decoder.layout.specs.iter().map(|s| be.alloc_as(s.numel(), Storage::Compute)).collect()
     }
+}
+
+/// Compute weights and their f32 master copy (empty in f32 mode).
+pub type WeightsAndMaster<B> = (Vec<<B as Backend>::Buf>, Vec<<B as Backend>::Buf>);
+
+/// Uploads host tensors as (compute weights, f32 master weights): in f32 mode the uploaded
+/// tensors themselves and no master; otherwise the f32 upload becomes the master and the compute
+/// weights its copy rounded to the compute type.
+pub fn upload_weights<B: Backend>(be: &B, host: &[Vec<f32>]) -> Result<WeightsAndMaster<B>> {
+    let uploaded = host.iter().map(|h| be.upload(h)).collect::<Result<Vec<_>>>()?;
+    if be.compute_dtype() == Dtype::F32 {
+        return Ok((uploaded, Vec::new()));
+    }
+    let mut compute = uploaded.iter().map(|m| be.alloc_as(be.len(m), Storage::Compute)).collect::<Result<Vec<_>>>()?;
+    refresh_compute_weights(be, &mut compute, &uploaded)?;
+    Ok((compute, uploaded))
+}
+
+/// `weights[i] = master[i]` rounded to the compute type (nothing when `master` is empty).
+pub fn refresh_compute_weights<B: Backend>(be: &B, weights: &mut [B::Buf], master: &[B::Buf]) -> Result<()> {
+    for (w, m) in weights.iter_mut().zip(master) {
+        be.copy(w, m, ElementwiseParams::new(be.len(m)))?;
+    }
+    Ok(())
 }

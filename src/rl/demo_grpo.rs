@@ -48,7 +48,7 @@ pub fn demo_grpo_config(out: &Path, seed: u64, steps: usize) -> GrpoConfig {
 /// with the oracle as the reward; saves the policy into `cfg.out`.
 pub fn run_grpo_stage<B: Backend>(be: &B, sft_dir: &Path, tok: &Tokenizer, cfg: &GrpoConfig) -> Result<(Model<B>, Vec<GrpoStepReport>)> {
     let mut policy = Model::load(be, sft_dir)?;
-    let reference = Model::load(be, sft_dir)?;
+    let reference = Model::load(be, sft_dir)?.into_frozen();
     let prompts: Vec<Vec<u32>> = demo_task::prompts(512, cfg.seed ^ 0x9).iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
     let score = |r: &[u32]| tok.decode_with(r, true).map(|s| demo_task::oracle_score(&s)).unwrap_or(0.0);
     let reward = |_: usize, r: &[u32]| score(r);

@@ -280,7 +280,7 @@ impl<B: Backend> DpoTrainer<B> {
         Ok(DpoTrainer {
             acts: Activations::with_logit_rows(be, model.cfg(), rows, n, 0)?,
             scratch: GradScratch::with_logit_rows(be, model.cfg(), n, 0)?,
-            grads: model.zeros_like(be)?,
+            grads: model.grads_like(be)?,
             max_pairs,
             max_t,
             logp: be.alloc(n)?,
@@ -559,7 +559,7 @@ pub fn run_dpo<B: Backend>(
         Some(ck) => {
             let mut run: DpoRunState = ck.value("run")?;
             run.guard.max_bad_steps = cfg.control.max_bad_steps;
-            ck.restore_bufs(be, "weights", &mut model.weights)?;
+            model.restore_state(be, ck, "weights")?;
             state.opt.restore_state(be, ck, "adamw")?;
             (state.step, state.epoch, state.cursor) = (run.step, run.epoch, run.cursor);
             (state.order, state.rng) = (run.order.clone(), run.rng.clone());
@@ -604,7 +604,7 @@ pub fn run_dpo<B: Backend>(
         }
         let stats = trainer.stats(be)?;
         let lr = schedule.at(step);
-        let grad_norm = state.opt.step_unless_loss_nan(be, &mut model.weights, &trainer.grads, lr, stats.loss)?;
+        let grad_norm = state.opt.step_unless_loss_nan(be, model.params_mut(), &trainer.grads, lr, stats.loss)?;
         let skipped = run.guard.check("dpo", step, stats.loss, grad_norm, latest_checkpoint(&cfg.out))?;
         tokens += step_tokens;
         if step == 1 {
@@ -646,7 +646,7 @@ pub fn run_dpo<B: Backend>(
                 guard: run.guard,
             };
             let mut w = StateWriter::new();
-            w.bufs(be, "weights", &model.weights)?;
+            model.save_state(be, &mut w, "weights")?;
             state.opt.save_state(be, &mut w, "adamw")?;
             w.tensor("ref_logps", refs.iter().flat_map(|r| r.iter().copied()).collect());
             w.save_run(&cfg.out, "dpo", step, &run, &fingerprint)?;

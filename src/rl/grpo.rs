@@ -349,7 +349,7 @@ pub fn run_grpo<B: Backend>(
         Some(path) => {
             let ck = Checkpoint::resume(path, "grpo", &fingerprint)?;
             let run: GrpoRunState = ck.value("run")?;
-            ck.restore_bufs(be, "policy", &mut policy.weights)?;
+            policy.restore_state(be, &ck, "policy")?;
             state.update.restore_state(be, &ck)?;
             (state.step, state.order, state.cursor, state.rng) = (run.step, run.order, run.cursor, run.rng);
             (reports, guard) = (run.reports, run.guard);
@@ -528,7 +528,7 @@ pub fn run_grpo<B: Backend>(
             let run =
                 GrpoRunState { step, order: state.order.clone(), cursor: state.cursor, rng: state.rng.clone(), reports: reports.clone(), guard: guard.clone() };
             let mut w = StateWriter::new();
-            w.bufs(be, "policy", &policy.weights)?;
+            policy.save_state(be, &mut w, "policy")?;
             state.update.save_state(be, &mut w)?;
             w.save_run(&cfg.out, "grpo", step, &run, &fingerprint)?;
         }

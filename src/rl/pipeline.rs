@@ -309,7 +309,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
             tokens_per_sec: rm_summary.tokens_per_sec,
             seconds: rm_summary.elapsed_s,
         });
-        Some(Model::load_reward(be, &out.join("rm"), 0)?)
+        Some(Model::load_reward(be, &out.join("rm"), 0)?.into_frozen())
     } else {
         None
     };
@@ -323,7 +323,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
     rows[0].rm_score = score_of(&sft_answers)?;
 
     // ---- each method from the SFT model, evaluated on the same held-out prompts ----
-    let reference = Model::load(be, &sft_dir)?;
+    let reference = Model::load(be, &sft_dir)?.into_frozen();
     let (mut ppo_reports, mut grpo_reports) = (Vec::new(), Vec::new());
     let mut method_answers = Vec::new();
     for (k, &method) in cfg.methods.iter().enumerate() {

@@ -303,9 +303,9 @@ pub fn run_ppo<B: Backend>(
             let ck = Checkpoint::resume(path, "ppo", &fingerprint)?;
             let mut run: PpoRunState = ck.value("run")?;
             run.guard.max_bad_steps = cfg.control.max_bad_steps;
-            ck.restore_bufs(be, "policy", &mut policy.weights)?;
+            policy.restore_state(be, &ck, "policy")?;
             if let Some(v) = value.as_deref_mut() {
-                ck.restore_bufs(be, "value", &mut v.weights)?;
+                v.restore_state(be, &ck, "value")?;
             }
             update.restore_state(be, &ck)?;
             if let (Some(b), Some(pos)) = (ptx_batcher.as_mut(), run.ptx_position) {
@@ -541,9 +541,9 @@ pub fn run_ppo<B: Backend>(
             run.step = step;
             run.ptx_position = ptx_batcher.as_ref().map(|b| b.position());
             let mut w = StateWriter::new();
-            w.bufs(be, "policy", &policy.weights)?;
+            policy.save_state(be, &mut w, "policy")?;
             if let Some(v) = value.as_deref() {
-                w.bufs(be, "value", &v.weights)?;
+                v.save_state(be, &mut w, "value")?;
             }
             update.save_state(be, &mut w)?;
             w.save_run(&cfg.out, "ppo", step, &run, &fingerprint)?;

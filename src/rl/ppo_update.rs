@@ -10,10 +10,10 @@
 //! loss op's value gradient -> `backward_hidden`. Gradients accumulate over micro-batches; the
 //! loss op's statistics are read back once per optimiser step.
 
-use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, EmbeddingParams, LogprobParams, MatmulParams, PpoParams};
+use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, EmbeddingParams, LogprobParams, MatmulParams, PpoParams, Storage};
 use crate::data::batch::Batch;
 use crate::error::{Error, Result};
-use crate::model::{Activations, GradScratch, Model, Shape};
+use crate::model::{refresh_compute_weights, upload_weights, Activations, GradScratch, Model, ParamsMut, Shape};
 use crate::train::optimizer::{enqueue_adamw_step, finish_adamw_step, AdamW, AdamWConfig, AdamWTensors};
 use crate::train::resume::{Checkpoint, StateWriter};
 
@@ -113,7 +113,7 @@ impl<B: Backend> Trainee<B> {
         Ok(Trainee {
             acts: Activations::with_logit_rows(be, model.cfg(), max_seqs, max_tokens, 0)?,
             scratch: GradScratch::with_logit_rows(be, model.cfg(), max_tokens, 0)?,
-            grads: model.zeros_like(be)?,
+            grads: model.grads_like(be)?,
             opt: AdamW::new(be, model.layout(), optim)?,
         })
     }
@@ -131,7 +131,9 @@ impl<B: Backend> Trainee<B> {
 /// to a separate value model: the value loss's gradient flows into the policy's trunk as well.
 /// It has its own AdamW moments; it is training state only (not part of the saved policy).
 pub struct ValueHead<B: Backend> {
+    /// `[1, C]` in the compute type; `master` its f32 copy in a reduced-precision mode (else empty)
     pub weight: B::Buf,
+    master: Vec<B::Buf>,
     grad: B::Buf,
     m: B::Buf,
     v: B::Buf,
@@ -144,7 +146,10 @@ impl<B: Backend> ValueHead<B> {
     pub fn new(be: &B, c: usize, seed: u64) -> Result<Self> {
         let mut rng = crate::data::rng::Rng::new(seed);
         let w: Vec<f32> = (0..c).map(|_| rng.normal() * 0.02).collect();
-        Ok(ValueHead { weight: be.upload(&w)?, grad: be.alloc(c)?, m: be.alloc(c)?, v: be.alloc(c)?, norm_sq: be.alloc(1)?, step: 0 })
+        let (mut weight, master) = upload_weights(be, &[w])?;
+        let weight = weight.pop().expect("one tensor uploaded");
+        let grad = be.alloc_as(c, Storage::Compute)?;
+        Ok(ValueHead { weight, master, grad, m: be.alloc(c)?, v: be.alloc(c)?, norm_sq: be.alloc(1)?, step: 0 })
     }
 
     /// The gradient accumulated since the last `zero_grad`.
@@ -156,7 +161,7 @@ impl<B: Backend> ValueHead<B> {
     /// [`AdamW::enqueue_step`]; [`Self::finish_step`] reads its norm back.
     fn enqueue_step(&mut self, be: &B, lr: f32, optim: &AdamWConfig) -> Result<()> {
         let t = AdamWTensors {
-            weights: std::slice::from_mut(&mut self.weight),
+            params: ParamsMut { weights: std::slice::from_mut(&mut self.weight), master: &mut self.master },
             grads: std::slice::from_ref(&self.grad),
             m: std::slice::from_mut(&mut self.m),
             v: std::slice::from_mut(&mut self.v),
@@ -171,14 +176,20 @@ impl<B: Backend> ValueHead<B> {
     }
 
     fn save_state(&self, be: &B, w: &mut StateWriter) -> Result<()> {
-        w.bufs(be, "value_head", std::slice::from_ref(&self.weight))?;
+        let f32_weight = if self.master.is_empty() { std::slice::from_ref(&self.weight) } else { &self.master[..] };
+        w.bufs(be, "value_head", f32_weight)?;
         w.bufs(be, "value_head.m", std::slice::from_ref(&self.m))?;
         w.bufs(be, "value_head.v", std::slice::from_ref(&self.v))?;
         w.value("value_head.step", &self.step)
     }
 
     fn restore_state(&mut self, be: &B, ck: &Checkpoint) -> Result<()> {
-        ck.restore_bufs(be, "value_head", std::slice::from_mut(&mut self.weight))?;
+        if self.master.is_empty() {
+            ck.restore_bufs(be, "value_head", std::slice::from_mut(&mut self.weight))?;
+        } else {
+            ck.restore_bufs(be, "value_head", &mut self.master)?;
+            refresh_compute_weights(be, std::slice::from_mut(&mut self.weight), &self.master)?;
+        }
         ck.restore_bufs(be, "value_head.m", std::slice::from_mut(&mut self.m))?;
         ck.restore_bufs(be, "value_head.v", std::slice::from_mut(&mut self.v))?;
         self.step = ck.value("value_head.step")?;
@@ -211,6 +222,8 @@ pub struct PpoUpdate<B: Backend> {
     old_values: B::Buf,
     returns: B::Buf,
     dvalues: B::Buf,
+    /// `dvalues` in the compute type, for the value head's backward matmuls
+    dvalues_c: B::Buf,
     stats: B::Buf,
     ptx_loss: B::Buf,
     ptx_coef: f32,
@@ -247,6 +260,7 @@ impl<B: Backend> PpoUpdate<B> {
             old_values: be.alloc(n)?,
             returns: be.alloc(n)?,
             dvalues: be.alloc(n)?,
+            dvalues_c: be.alloc_as(n, Storage::Compute)?,
             stats: be.alloc(ppo_stat::COUNT)?,
             ptx_loss: be.alloc(1)?,
             ptx_coef: 0.0,
@@ -392,6 +406,9 @@ impl<B: Backend> PpoUpdate<B> {
         if !has_entropy {
             be.fill(&mut self.dentropy, 0.0, ElementwiseParams::new(n))?;
         }
+        if has_value {
+            be.copy(&mut self.dvalues_c, &self.dvalues, ElementwiseParams::new(n))?;
+        }
 
         // policy backward
         let pt = &mut self.policy;
@@ -409,8 +426,8 @@ impl<B: Backend> PpoUpdate<B> {
         )?;
         // a value head on the trunk: d_h += dvalues w, dw += dvalues^T h
         if let Some(h) = self.value_head.as_mut() {
-            be.matmul(&mut pt.scratch.d_ln, &self.dvalues, &h.weight, MatmulParams::new(n, c, 1, false, false).accumulate(true))?;
-            be.matmul(&mut h.grad, &self.dvalues, &pt.acts.lnf, MatmulParams::new(1, c, n, true, false).accumulate(true))?;
+            be.matmul(&mut pt.scratch.d_ln, &self.dvalues_c, &h.weight, MatmulParams::new(n, c, 1, false, false).accumulate(true))?;
+            be.matmul(&mut h.grad, &self.dvalues_c, &pt.acts.lnf, MatmulParams::new(1, c, n, true, false).accumulate(true))?;
         }
         policy.decoder.backward_hidden(be, &policy.weights, &mut pt.grads, &pt.acts, &mut pt.scratch, shape)?;
 
@@ -418,8 +435,8 @@ impl<B: Backend> PpoUpdate<B> {
         if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
             let score = vm.layout().score.expect("checked in new");
             let vc = vm.cfg().hidden_size;
-            be.matmul(&mut vt.scratch.d_ln, &self.dvalues, &vm.weights[score], MatmulParams::new(n, vc, 1, false, false))?;
-            be.matmul(&mut vt.grads[score], &self.dvalues, &vt.acts.lnf, MatmulParams::new(1, vc, n, true, false).accumulate(true))?;
+            be.matmul(&mut vt.scratch.d_ln, &self.dvalues_c, &vm.weights[score], MatmulParams::new(n, vc, 1, false, false))?;
+            be.matmul(&mut vt.grads[score], &self.dvalues_c, &vt.acts.lnf, MatmulParams::new(1, vc, n, true, false).accumulate(true))?;
             vm.decoder.backward_hidden(be, &vm.weights, &mut vt.grads, &vt.acts, &mut vt.scratch, shape)?;
         }
         Ok(())
@@ -519,10 +536,10 @@ impl<B: Backend> PpoUpdate<B> {
             return Ok(stats);
         }
         // every update is enqueued before the first norm is read back: one wait for the host
-        self.policy.opt.enqueue_step(be, &mut policy.weights, &self.policy.grads, lr)?;
+        self.policy.opt.enqueue_step(be, policy.params_mut(), &self.policy.grads, lr)?;
         let mut value_opt = None;
         if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
-            vt.opt.enqueue_step(be, &mut vm.weights, &vt.grads, value_lr)?;
+            vt.opt.enqueue_step(be, vm.params_mut(), &vt.grads, value_lr)?;
             value_opt = Some(&mut vt.opt);
         }
         if let Some(h) = self.value_head.as_mut() {

@@ -5,7 +5,7 @@
 //! `-log sigmoid(r_better - r_worse - margin)`, averaged per prompt, then over prompts.
 //! Held-out prompts give the pairwise accuracy.
 
-use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, MatmulParams, RankingParams};
+use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, MatmulParams, RankingParams, Storage};
 use crate::data::preference::PreferenceGroup;
 use crate::data::rng::Rng;
 use crate::data::tokenizer::Tokenizer;
@@ -82,6 +82,8 @@ pub struct RewardTrainer<B: Backend> {
     train: Option<TrainState<B>>,
     scores: B::Buf,
     dscores: B::Buf,
+    /// `dscores` in the compute type, for the score head's backward matmuls
+    dscores_c: B::Buf,
     d_last: B::Buf,
     stats: B::Buf,
     starts: B::Ids,
@@ -125,7 +127,7 @@ impl<B: Backend> RewardTrainer<B> {
         let mut t = Self::scorer(be, model, max_seqs, max_len)?;
         t.train = Some(TrainState {
             scratch: GradScratch::with_logit_rows(be, model.cfg(), max_seqs * max_len, 0)?,
-            grads: model.zeros_like(be)?,
+            grads: model.grads_like(be)?,
             opt: AdamW::new(be, model.layout(), optim)?,
         });
         Ok(t)
@@ -142,7 +144,8 @@ impl<B: Backend> RewardTrainer<B> {
             train: None,
             scores: be.alloc(max_seqs)?,
             dscores: be.alloc(max_seqs)?,
-            d_last: be.alloc(max_seqs * c)?,
+            dscores_c: be.alloc_as(max_seqs, Storage::Compute)?,
+            d_last: be.alloc_as(max_seqs * c, Storage::Compute)?,
             stats: be.alloc(4)?,
             starts: be.alloc_ids(max_seqs + 1)?,
             margins: be.alloc(max_seqs)?,
@@ -213,8 +216,9 @@ impl<B: Backend> RewardTrainer<B> {
         let score = model.layout().score.expect("checked in new");
         let st = self.train.as_mut().ok_or_else(|| Error::invalid("this reward-model instance scores only"))?;
         // scores = last_hidden @ w^T: d_last = dscores @ w, dw += dscores^T @ last_hidden
-        be.matmul(&mut self.d_last, &self.dscores, &model.weights[score], MatmulParams::new(b, c, 1, false, false))?;
-        be.matmul(&mut st.grads[score], &self.dscores, &self.acts.last_hidden, MatmulParams::new(1, c, b, true, false).accumulate(true))?;
+        be.copy(&mut self.dscores_c, &self.dscores, ElementwiseParams::new(b))?;
+        be.matmul(&mut self.d_last, &self.dscores_c, &model.weights[score], MatmulParams::new(b, c, 1, false, false))?;
+        be.matmul(&mut st.grads[score], &self.dscores_c, &self.acts.last_hidden, MatmulParams::new(1, c, b, true, false).accumulate(true))?;
         // only the last token of each sequence feeds the score
         be.fill(&mut st.scratch.d_ln, 0.0, ElementwiseParams::new(n * c))?;
         let scatter = EmbeddingParams { n: b as u32, c: c as u32, accumulate: 0, vocab: n as u32 };
@@ -278,7 +282,7 @@ impl<B: Backend> RewardTrainer<B> {
     ) -> Result<(RankingStats, f32)> {
         let stats = self.loss_and_grads(be, model, groups, extra_margin, pad)?;
         let st = self.train.as_mut().expect("loss_and_grads checked");
-        let grad_norm = st.opt.step_unless_loss_nan(be, &mut model.weights, &st.grads, lr, stats.loss)?;
+        let grad_norm = st.opt.step_unless_loss_nan(be, model.params_mut(), &st.grads, lr, stats.loss)?;
         Ok((stats, grad_norm))
     }
 
@@ -353,7 +357,7 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
             let ck = Checkpoint::resume(path, "rm", &fingerprint)?;
             let mut run: RmRunState = ck.value("run")?;
             run.guard.max_bad_steps = cfg.control.max_bad_steps;
-            ck.restore_bufs(be, "weights", &mut model.weights)?;
+            model.restore_state(be, &ck, "weights")?;
             trainer.optimizer_mut().expect("a training instance").restore_state(be, &ck, "adamw")?;
             let metrics = ck.continue_metrics(&cfg.out)?;
             (run, metrics)
@@ -423,7 +427,7 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
         if cfg.control.due(step, cfg.steps) && !skipped {
             run.step = step;
             let mut w = StateWriter::new();
-            w.bufs(be, "weights", &model.weights)?;
+            model.save_state(be, &mut w, "weights")?;
             trainer.optimizer_mut().expect("a training instance").save_state(be, &mut w, "adamw")?;
             w.save_run(&cfg.out, "rm", step, &run, &fingerprint)?;
         }

@@ -143,7 +143,7 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
             let ck = Checkpoint::resume(path, "sft", &fingerprint(cfg))?;
             run = ck.value("run")?;
             run.guard.max_bad_steps = cfg.control.max_bad_steps;
-            ck.restore_bufs(be, "weights", &mut model.weights)?;
+            model.restore_state(be, &ck, "weights")?;
             trainer.opt.restore_state(be, &ck, "adamw")?;
             batcher.seek(run.data_position);
             ck.continue_metrics(&cfg.out)?
@@ -216,7 +216,7 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
                 guard: run.guard,
             };
             let mut w = StateWriter::new();
-            w.bufs(be, "weights", &model.weights)?;
+            model.save_state(be, &mut w, "weights")?;
             trainer.opt.save_state(be, &mut w, "adamw")?;
             w.save_run(&cfg.out, "sft", step, &run, &fingerprint(cfg))?;
         }

@@ -31,7 +31,7 @@ impl<B: Backend> LmTrainer<B> {
         Ok(LmTrainer {
             acts: Activations::new(be, model.cfg(), max_batch, max_tokens)?,
             scratch: GradScratch::new(be, model.cfg(), max_tokens)?,
-            grads: model.zeros_like(be)?,
+            grads: model.grads_like(be)?,
             opt: AdamW::new(be, model.layout(), opt)?,
             loss_acc: be.alloc(1)?,
         })
@@ -65,7 +65,7 @@ impl<B: Backend> LmTrainer<B> {
     /// whose loss or gradient norm is not finite updates nothing (see [`AdamW::step`]).
     pub fn step(&mut self, be: &B, model: &mut Model<B>, lr: f32) -> Result<StepStats> {
         let loss = be.download(&self.loss_acc)?[0];
-        let grad_norm = self.opt.step_unless_loss_nan(be, &mut model.weights, &self.grads, lr, loss)?;
+        let grad_norm = self.opt.step_unless_loss_nan(be, model.params_mut(), &self.grads, lr, loss)?;
         Ok(StepStats { loss, grad_norm })
     }
 

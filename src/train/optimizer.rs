@@ -6,10 +6,12 @@
 //! read back, after the update is enqueued, is the squared norm (for logging, and for the host to
 //! know whether the step counted). `enqueue_step` / `finish_step` split a step in those two halves
 //! so that a caller training several models (PPO's policy and value) waits once for all of them.
+//! In a reduced-precision mode (`--precision bf16`) the update goes to the f32 master weights,
+//! whose rounded copy then replaces the compute weights; moments are f32 in every mode.
 
 use crate::backend::ops::{AdamWParams, Backend, ElementwiseParams};
 use crate::error::Result;
-use crate::model::ParamLayout;
+use crate::model::{ParamLayout, ParamsMut};
 use crate::train::resume::{Checkpoint, StateWriter};
 
 #[derive(Clone, Copy, Debug)]
@@ -28,9 +30,10 @@ impl Default for AdamWConfig {
     }
 }
 
-/// The tensors of one AdamW step: weights, their gradients and moments, and whether each decays.
+/// The tensors of one AdamW step: weights (and their f32 master copy in a reduced-precision
+/// mode), their gradients and moments, and whether each decays.
 pub struct AdamWTensors<'a, B: Backend> {
-    pub weights: &'a mut [B::Buf],
+    pub params: ParamsMut<'a, B>,
     pub grads: &'a [B::Buf],
     pub m: &'a mut [B::Buf],
     pub v: &'a mut [B::Buf],
@@ -43,10 +46,12 @@ pub struct AdamWTensors<'a, B: Backend> {
 pub fn enqueue_adamw_step<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &mut B::Buf, step: usize, t: AdamWTensors<'_, B>, lr: f32) -> Result<()> {
     enqueue_norm(be, norm_sq, t.grads)?;
     let k = (step + 1) as i32;
-    let tensors = t.weights.iter_mut().zip(t.grads).zip(t.m.iter_mut().zip(t.v.iter_mut())).zip(t.decay);
-    for (((w, g), (m, v)), &decay) in tensors {
+    let (weights, master) = (t.params.weights, t.params.master);
+    let tensors = weights.iter_mut().enumerate().zip(t.grads).zip(t.m.iter_mut().zip(t.v.iter_mut())).zip(t.decay);
+    for ((((i, w), g), (m, v)), &decay) in tensors {
+        let n = be.len(w);
         let p = AdamWParams {
-            n: be.len(w) as u32,
+            n: n as u32,
             lr,
             beta1: cfg.beta1,
             beta2: cfg.beta2,
@@ -57,7 +62,13 @@ pub fn enqueue_adamw_step<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &mut B
             max_grad_norm: cfg.max_grad_norm,
             ..Default::default()
         };
-        be.adamw(w, m, v, g, norm_sq, p)?;
+        match master.get_mut(i) {
+            None => be.adamw(w, m, v, g, norm_sq, p)?,
+            Some(master) => {
+                be.adamw(master, m, v, g, norm_sq, p)?;
+                be.copy(w, master, ElementwiseParams::new(n))?;
+            }
+        }
     }
     Ok(())
 }
@@ -108,15 +119,15 @@ impl<B: Backend> AdamW<B> {
     /// weights, moments and the step count stay as they were — and the non-finite norm is
     /// returned: the divergence guard ([`crate::train::DivergenceGuard`]) counts the step as
     /// skipped. The gradients are not modified (clipping is applied inside the update).
-    pub fn step(&mut self, be: &B, weights: &mut [B::Buf], grads: &[B::Buf], lr: f32) -> Result<f32> {
-        self.enqueue_step(be, weights, grads, lr)?;
+    pub fn step(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32) -> Result<f32> {
+        self.enqueue_step(be, params, grads, lr)?;
         self.finish_step(be)
     }
 
     /// The first half of [`Self::step`]: enqueues the norm and the update, reads nothing back (to
     /// enqueue the steps of several models before one wait).
-    pub fn enqueue_step(&mut self, be: &B, weights: &mut [B::Buf], grads: &[B::Buf], lr: f32) -> Result<()> {
-        let t = AdamWTensors { weights, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay };
+    pub fn enqueue_step(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32) -> Result<()> {
+        let t = AdamWTensors { params, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay };
         enqueue_adamw_step(be, &self.cfg, &mut self.norm_sq, self.step, t, lr)
     }
 
@@ -130,9 +141,9 @@ impl<B: Backend> AdamW<B> {
 impl<B: Backend> AdamW<B> {
     /// [`Self::step`] for a step whose `loss` the caller has read back: a non-finite loss
     /// updates nothing either (the gradient norm is still measured and returned, for logging).
-    pub fn step_unless_loss_nan(&mut self, be: &B, weights: &mut [B::Buf], grads: &[B::Buf], lr: f32, loss: f32) -> Result<f32> {
+    pub fn step_unless_loss_nan(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32, loss: f32) -> Result<f32> {
         if loss.is_finite() {
-            return self.step(be, weights, grads, lr);
+            return self.step(be, params, grads, lr);
         }
         self.enqueue_grad_norm(be, grads)?;
         Ok(self.grad_norm_sq(be)?.sqrt())

@@ -1,6 +1,8 @@
 //! Helpers shared by the op tests: seeded random vectors and central finite differences.
 #![allow(dead_code)]
 
+pub mod fixtures;
+
 use rlhf::data::rng::Rng;
 
 pub fn randv(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
