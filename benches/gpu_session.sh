@@ -5,13 +5,15 @@
 #   bash benches/gpu_session.sh prepare     # where cargo is: builds, strips and copies into .gpu/
 #   bash benches/gpu_session.sh run [OUT]   # on the GPU machine, from the repository root
 #
-# `prepare` builds the release binary and the two GPU test binaries (tests/cuda_ops: every op
-# against the CPU; tests/gpu_model.rs: fixtures, SFT step, PPO step, every command) and puts
-# stripped copies (~25 MB) into .gpu/ (ignored by git).
+# `prepare` builds the release binary and the three GPU test binaries (tests/cuda_ops: every op
+# against the CPU, in f32 and bf16; tests/gpu_model.rs: fixtures, SFT step, PPO step, every
+# command; tests/bf16_model.rs: whole models in bf16 storage against f32) and puts stripped
+# copies (~35 MB) into .gpu/ (ignored by git).
 # `run` finds NVRTC and cuBLAS (the CUDA toolkit, or the nvidia-* Python wheels next to PyTorch),
 # runs the parity suites, then `rlhf bench` on GPT-2 124M (B=16, T=1024) with the decode sweep
-# at 1/64/256 slots and the fused-kernel table (f32, then with bf16 and tf32 tensor-core matmuls:
-# --matmul-precision), PyTorch's torch.compile baseline on the same
+# at 1/64/256 slots and the fused-kernel table in the default bf16 storage (--precision auto),
+# then in f32 storage (plain, and with tf32 tensor-core matmuls), PyTorch's torch.compile
+# baseline (bf16 autocast, and f32) on the same
 # shape (tests/fixtures/bench_pytorch.py), and `rlhf bench --backend wgpu` when a Vulkan driver
 # is there. Every step's output goes to OUT (default ./gpu-out) in session.log, and summary.txt
 # lists each step's exit status and time; a failing step does not stop the others.
@@ -23,16 +25,16 @@ cd "$root"
 
 prepare() {
     set -e
-    cargo build --release --bin rlhf --test cuda_ops --test gpu_model
+    cargo build --release --bin rlhf --test cuda_ops --test gpu_model --test bf16_model
     mkdir -p .gpu
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
     cp target/release/rlhf .gpu/rlhf
-    for t in cuda_ops gpu_model; do
+    for t in cuda_ops gpu_model bf16_model; do
         # the newest test executable of that name (cargo appends a hash)
         exe=$(ls -t target/release/deps/"$t"-* | grep -v '\.d$' | head -1)
         cp "$exe" .gpu/"$t"
     done
-    strip .gpu/rlhf .gpu/cuda_ops .gpu/gpu_model
+    strip .gpu/rlhf .gpu/cuda_ops .gpu/gpu_model .gpu/bf16_model
     # the test binaries look for the repository and the rlhf binary where they were built
     echo "$root" >.gpu/built_at
     du -sh .gpu
@@ -90,9 +92,10 @@ run() {
     step info $rlhf info
     step cuda_ops .gpu/cuda_ops --test-threads=1
     step gpu_model_cuda .gpu/gpu_model cuda:: --test-threads=1
+    step bf16_model_cuda .gpu/bf16_model cuda:: --test-threads=1
     step bench_cuda $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256 --kernels
-    step bench_cuda_bf16 $rlhf "${bench[@]}" --backend cuda --matmul-precision bf16
-    step bench_cuda_tf32 $rlhf "${bench[@]}" --backend cuda --matmul-precision tf32
+    step bench_cuda_f32 $rlhf "${bench[@]}" --backend cuda --precision f32 --decode-batches 1,64,256
+    step bench_cuda_f32_tf32 $rlhf "${bench[@]}" --backend cuda --precision f32 --matmul-precision tf32
     step bench_pytorch env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype bf16 --compile --attn sdpa \
         --layers 12 --hidden 768 --heads 12 --vocab 50257 --batch 16 --seq 1024 --steps 10 --warmup 5
     step bench_pytorch_f32 env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype f32 --compile --attn sdpa \

@@ -26,6 +26,7 @@ use rlhf::rl::demo_task;
 use rlhf::rl::dpo::{run_dpo, DpoConfig};
 use rlhf::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate, ValueHead};
 use rlhf::train::lm::LmTrainer;
+use rlhf::train::resume::{Checkpoint, StateWriter};
 use rlhf::train::AdamWConfig;
 
 /// The loss before each of `steps` AdamW steps (lr 1e-3) on the fixture's batch, and the model.
@@ -69,6 +70,23 @@ fn sft_tracks_f32<B: Backend>(be: &B) {
         let host = model.to_host(be).unwrap();
         assert_eq!(host[0], be.download(&model.master[0]).unwrap(), "{name}: to_host returns the master weights");
     }
+}
+
+/// A checkpoint of a bf16 model holds the f32 master weights; restoring it into a fresh model
+/// gives back the master bit for bit and the compute weights as its rounding.
+fn checkpoint_keeps_the_master_weights<B: Backend>(be: &B) {
+    let (_, trained) = sft(be, "llama", 2);
+    let dir = tempfile::tempdir().unwrap();
+    let mut w = StateWriter::new();
+    trained.save_state(be, &mut w, "weights").unwrap();
+    let path = w.save(dir.path(), "sft", 2).unwrap();
+    let ck = Checkpoint::load(&path, "sft").unwrap();
+    let mut fresh = Model::load(be, &fixture("llama")).unwrap();
+    fresh.restore_state(be, &ck, "weights").unwrap();
+    let host = |bufs: &[B::Buf]| bufs.iter().map(|b| be.download(b).unwrap()).collect::<Vec<_>>();
+    assert_eq!(host(&fresh.master), host(&trained.master), "master weights after restore on {}", be.name());
+    assert_eq!(host(&fresh.weights), host(&trained.weights), "compute weights after restore on {}", be.name());
+    assert_ne!(host(&fresh.master), host(&fresh.weights), "the master is not bf16-rounded");
 }
 
 /// Log-probs of the fixtures' sequences in bf16 within 5e-2 absolute of transformers' (f32; seen
@@ -242,6 +260,13 @@ macro_rules! bf16_model_tests {
             fn ppo_step_tracks_f32() {
                 if let Some(be) = $get("bf16 PPO step") {
                     super::ppo_step_tracks_f32(&be);
+                }
+            }
+
+            #[test]
+            fn checkpoint_keeps_the_master_weights() {
+                if let Some(be) = $get("bf16 checkpoint") {
+                    super::checkpoint_keeps_the_master_weights(&be);
                 }
             }
 

@@ -5,7 +5,8 @@
 //! on wgpu also SFT steps with `--matmul-precision f16` against f32 (2e-3 relative on the loss,
 //! see the test) and the flag's errors.
 //!
-//! Tolerances (f32 everywhere; the GPU sums in another order than the CPU): log-probs 1e-4
+//! Tolerances (f32 everywhere, `--precision f32` where a command is compared; the GPU sums in
+//! another order than the CPU; bf16 storage has its own checks in tests/bf16_model.rs): log-probs 1e-4
 //! absolute against transformers (as on the CPU); loss and gradient norm 2e-4 relative; a PPO
 //! step's losses and statistics 1e-3 relative (or 1e-5 absolute for values near 0) and the
 //! log-probs after the step 2e-4 absolute against the CPU backend; rollout log-probs 1e-3
@@ -52,7 +53,7 @@ fn logprobs_command_matches_transformers(backend: &str) {
         let input = dir.path().join(format!("{name}.jsonl"));
         let lines: Vec<String> = r["input_ids"].as_array().unwrap().iter().map(|ids| serde_json::json!({ "input_ids": ids }).to_string()).collect();
         std::fs::write(&input, lines.join("\n") + "\n").unwrap();
-        let stdout = ok(&rlhf(&["logprobs", "--backend", backend, "--model", s(&fixture(name)), "--input", s(&input)]));
+        let stdout = ok(&rlhf(&["logprobs", "--backend", backend, "--precision", "f32", "--model", s(&fixture(name)), "--input", s(&input)]));
         let rows: Vec<Value> = stdout.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
         assert_eq!(rows.len(), r["input_ids"].as_array().unwrap().len(), "{name}: one output line per input line");
         let mut worst = 0f64;
@@ -293,7 +294,9 @@ fn ppo_step_matches_cpu<B: Backend>(g: &B) {
     }
 }
 
-/// sft -> rm -> ppo -> generate -> score -> bench, every one with `--backend <backend>`.
+/// sft -> rm -> ppo -> generate -> score -> bench, every one with `--backend <backend>` in its
+/// default precision (`auto`: bf16 storage on CUDA GPUs of sm_80 and newer), and the score once
+/// more in f32 against the CPU's.
 fn every_command_runs(backend: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data.jsonl");
@@ -340,7 +343,7 @@ fn every_command_runs(backend: &str) {
     assert!(text.starts_with("hello"), "{text}");
     let input = dir.path().join("score.jsonl");
     std::fs::write(&input, "{\"text\": \"q1: yes\"}\n").unwrap();
-    let scores = ok(&rlhf(&["score", "--backend", backend, "--model", s(&rm), "--input", s(&input)]));
+    let scores = ok(&rlhf(&["score", "--backend", backend, "--precision", "f32", "--model", s(&rm), "--input", s(&input)]));
     let cpu_scores = ok(&rlhf(&["score", "--model", s(&rm), "--input", s(&input)]));
     let score = |t: &str| serde_json::from_str::<Value>(t.trim()).unwrap()["score"].as_f64().unwrap();
     assert!((score(&scores) - score(&cpu_scores)).abs() < 1e-4, "score {backend} {scores} vs cpu {cpu_scores}");
