@@ -25,10 +25,15 @@ pub const MAX_GRAPHS: usize = 64;
 
 /// Whether `RLHF_CUDA_GRAPHS` (unset, `1` or `0`) allows graphs.
 pub fn enabled_by_env() -> Result<bool> {
-    match std::env::var("RLHF_CUDA_GRAPHS").as_deref() {
-        Err(_) | Ok("1") => Ok(true),
-        Ok("0") => Ok(false),
-        Ok(other) => {
+    parse_env(std::env::var("RLHF_CUDA_GRAPHS").ok().as_deref())
+}
+
+/// [`enabled_by_env`] of the variable's value (`None`: unset).
+fn parse_env(value: Option<&str>) -> Result<bool> {
+    match value {
+        None | Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(other) => {
             Err(crate::error::Error::invalid(format!("RLHF_CUDA_GRAPHS={other}: expected 1 (CUDA graphs for the rollout's decode chunks, the default) or 0")))
         }
     }
@@ -134,7 +139,43 @@ impl Graphs {
         self.capturing.store(false, Ordering::Relaxed);
         // always end the capture, so the stream takes plain launches again
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        if graph.is_err() {
+            end_open_capture(stream);
+        }
         ran.map_err(|e| e.to_string())?;
         graph.map_err(|e| format!("end / instantiate: {e:?}"))?.ok_or_else(|| "nothing was captured".to_string())
+    }
+}
+
+/// Ends a capture that is still open on `stream`, dropping what it recorded: cudarc's `end_capture`
+/// returns early, before ending it, when an error of an earlier asynchronous call is pending, and a
+/// stream left capturing would swallow every later launch.
+fn end_open_capture(stream: &CudaStream) {
+    use cudarc::driver::result::{graph, stream as raw};
+    use cudarc::driver::sys::CUstreamCaptureStatus;
+    // SAFETY: raw driver calls on our live stream, whose context the capture's launches made current
+    // on this thread; the graph they return is ours to destroy.
+    unsafe {
+        if raw::is_capturing(stream.cu_stream()).is_ok_and(|st| st != CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE) {
+            if let Ok(g) = raw::end_capture(stream.cu_stream()) {
+                if !g.is_null() {
+                    let _ = graph::destroy(g);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_env;
+
+    #[test]
+    fn rlhf_cuda_graphs_values() {
+        assert!(parse_env(None).unwrap());
+        assert!(parse_env(Some("1")).unwrap());
+        assert!(!parse_env(Some("0")).unwrap());
+        let e = parse_env(Some("off")).unwrap_err().to_string();
+        assert!(e.contains("RLHF_CUDA_GRAPHS=off") && e.contains("expected 1"), "{e}");
     }
 }
