@@ -10,7 +10,8 @@
 # stripped copies (~25 MB) into .gpu/ (ignored by git).
 # `run` finds NVRTC and cuBLAS (the CUDA toolkit, or the nvidia-* Python wheels next to PyTorch),
 # runs the parity suites, then `rlhf bench` on GPT-2 124M (B=16, T=1024) with the decode sweep
-# at 1/64/256 slots and the fused-kernel table (f32, then with bf16 and tf32 tensor-core matmuls:
+# at 1/64/256 slots and the fused-kernel table (f32, then without CUDA graphs for the decode
+# comparison: RLHF_CUDA_GRAPHS=0, then with bf16 and tf32 tensor-core matmuls:
 # --matmul-precision), PyTorch's torch.compile baseline on the same
 # shape (tests/fixtures/bench_pytorch.py), and `rlhf bench --backend wgpu` when a Vulkan driver
 # is there. Every step's output goes to OUT (default ./gpu-out) in session.log, and summary.txt
@@ -89,8 +90,9 @@ run() {
     local rlhf=.gpu/rlhf bench=(bench --model gpt2-124m --vocab 50257 --batch-size 16 --seq-len 1024 --steps 5)
     step info $rlhf info
     step cuda_ops .gpu/cuda_ops --test-threads=1
-    step gpu_model_cuda .gpu/gpu_model cuda:: --test-threads=1
+    step gpu_model_cuda .gpu/gpu_model cuda:: cuda_graphs:: --test-threads=1
     step bench_cuda $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256 --kernels
+    step bench_cuda_no_graphs env RLHF_CUDA_GRAPHS=0 $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256
     step bench_cuda_bf16 $rlhf "${bench[@]}" --backend cuda --matmul-precision bf16
     step bench_cuda_tf32 $rlhf "${bench[@]}" --backend cuda --matmul-precision tf32
     step bench_pytorch env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype bf16 --compile --attn sdpa \
