@@ -12,8 +12,9 @@
 # `run` finds NVRTC and cuBLAS (the CUDA toolkit, or the nvidia-* Python wheels next to PyTorch),
 # runs the parity suites, then `rlhf bench` on GPT-2 124M (B=16, T=1024) with the decode sweep
 # at 1/64/256 slots and the fused-kernel table in the default bf16 storage (--precision auto),
-# then in f32 storage (plain, and with tf32 tensor-core matmuls), PyTorch's torch.compile
-# baseline (bf16 autocast, and f32) on the same
+# the decode sweep again without CUDA graphs (RLHF_CUDA_GRAPHS=0), then in f32 storage (plain,
+# and with tf32 tensor-core matmuls), PyTorch's torch.compile baseline (bf16 autocast, and f32)
+# on the same
 # shape (tests/fixtures/bench_pytorch.py), and `rlhf bench --backend wgpu` when a Vulkan driver
 # is there. Every step's output goes to OUT (default ./gpu-out) in session.log, and summary.txt
 # lists each step's exit status and time; a failing step does not stop the others.
@@ -91,9 +92,10 @@ run() {
     local rlhf=.gpu/rlhf bench=(bench --model gpt2-124m --vocab 50257 --batch-size 16 --seq-len 1024 --steps 5)
     step info $rlhf info
     step cuda_ops .gpu/cuda_ops --test-threads=1
-    step gpu_model_cuda .gpu/gpu_model cuda:: --test-threads=1
+    step gpu_model_cuda .gpu/gpu_model cuda:: cuda_graphs:: --test-threads=1
     step bf16_model_cuda .gpu/bf16_model cuda:: --test-threads=1
     step bench_cuda $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256 --kernels
+    step bench_cuda_no_graphs env RLHF_CUDA_GRAPHS=0 $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256
     step bench_cuda_f32 $rlhf "${bench[@]}" --backend cuda --precision f32 --decode-batches 1,64,256
     step bench_cuda_f32_tf32 $rlhf "${bench[@]}" --backend cuda --precision f32 --matmul-precision tf32
     step bench_pytorch env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype bf16 --compile --attn sdpa \

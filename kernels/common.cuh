@@ -29,7 +29,7 @@ struct KvCacheParams { u32 b, t, pos0, t_max, nh, nkv, hd, _pad; };
 struct ScatterParams { u32 n, width, src_row, src_off, dst_row, dst_rows; };
 struct AttentionDecodeParams { u32 n, t_max, slots, nh, nkv, hd; float scale; u32 q_row, q_off, _pad; };
 struct CrossEntropyParams { u32 n, v; };
-struct SampleParams { u32 n, v; float temperature; u32 top_k; float top_p; u32 seed_lo, seed_hi, step; };
+struct SampleParams { u32 n, v; float temperature; u32 top_k; float top_p; u32 seed_lo, seed_hi, step_at; };
 struct DecodeAdvanceParams { u32 n, slots, t_max, stride, max_new, max_len, n_stop, dump_row; };
 struct AdamWParams { u32 n; float lr, beta1, beta2, eps, weight_decay, bias_correction1, bias_correction2, max_grad_norm; u32 _pad0, _pad1, _pad2; };
 struct RankingParams { u32 n_groups; float scale; };

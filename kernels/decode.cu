@@ -1,6 +1,6 @@
 // decode_advance: the rollout engine's bookkeeping of one decode step on the device
 // (DecodeAdvanceParams; the reference is src/backend/cpu/decode.rs), so that decode steps follow
-// one another without reading the sampled ids back (and, later, can be captured as a CUDA graph).
+// one another without reading the sampled ids back (and can be captured as a CUDA graph).
 //
 // Per row r < n (a slot appears at most once per step, so rows never race):
 //   s = cache_rows[r] / t_max, st = state[4 s ..] = [len, resp_len, finish, last]
@@ -11,7 +11,9 @@
 //             tokens[r] = id, positions[r] = len, cache_rows[r] = s t_max + len,
 //             record_rows[r] = s stride + resp_len, or dump_row once finished
 // A row whose slot is outside `slots` or whose history is full is skipped.
-// Shapes: state [slots, 4], history [slots, stride], the row buffers [n], stop_ids [n_stop].
+// The sampling step counter state[4 slots] (the step key of kernels/sample.cu) += 1, by thread 0
+// (no row touches it), so a chunk of decode steps is the same launches every step (a CUDA graph).
+// Shapes: state [slots, 4] + 1 (the counter), history [slots, stride], the row buffers [n], stop_ids [n_stop].
 // Nothing is saved for backward (integer bookkeeping, no gradient).
 // Launch: 1-D over n rows, block 64 (grid-stride).
 #include "common.cuh"
@@ -19,6 +21,7 @@
 extern "C" __global__ void decode_advance(int* __restrict__ state, int* __restrict__ history, int* __restrict__ tokens, int* __restrict__ positions,
                                           int* __restrict__ cache_rows, int* __restrict__ record_rows, const int* __restrict__ sampled,
                                           const int* __restrict__ stop_ids, DecodeAdvanceParams p) {
+    if (gtid() == 0) state[4ull * p.slots] += 1;
     if (p.t_max == 0) return;
     for (unsigned long long e = gtid(); e < p.n; e += gstride()) {
         const u32 r = (u32)e;

@@ -4,7 +4,8 @@
 // order "logit descending, index ascending" (f32 total order through `key_of`), weights
 // q_j = exp((x_j - max) / T); cut to the first top_k (0 = all), then to the shortest prefix whose
 // q-mass reaches top_p * total (top_p < 1), then walk the kept prefix until the running mass
-// exceeds u * mass, u = uniform(seed, step, row) (SplitMix64, as on the CPU).
+// exceeds u * mass, u = uniform(seed, step, row) (SplitMix64, as on the CPU), step = steps[step_at]
+// (a device counter, so the launch is the same every decode step).
 // Every cut is a prefix of the order, a pivot (key K, index I): included(j) = key_j > K ||
 // (key_j == K && j <= I). `find` locates the element at which the running weight first reaches
 // (>=) or exceeds (>) a goal: a bitwise binary search on the key (32 passes over the row, each a
@@ -78,7 +79,7 @@ __device__ Pivot find(const Weights& w, u32 v, float goal, int ge, Pivot fallbac
     return Pivot{k, jj};
 }
 
-extern "C" __global__ void sample(int* __restrict__ out, const float* __restrict__ logits, SampleParams p) {
+extern "C" __global__ void sample(int* __restrict__ out, const float* __restrict__ logits, const int* __restrict__ steps, SampleParams p) {
     __shared__ float scratch[32];
     __shared__ float sv[256];
     __shared__ u32 si[256];
@@ -128,7 +129,7 @@ extern "C" __global__ void sample(int* __restrict__ out, const float* __restrict
     }
     w.c = pcut;
     const float mass = masked_sum(w, p.v, 0u, 0, 0, 0u, scratch);
-    const float u = uniform_draw(((unsigned long long)p.seed_hi << 32) | p.seed_lo, p.step, i);
+    const float u = uniform_draw(((unsigned long long)p.seed_hi << 32) | p.seed_lo, (u32)steps[p.step_at], i);
     const Pivot pick = find(w, p.v, u * mass, 0, pcut, scratch);
     if (threadIdx.x == 0) out[i] = (int)(pick.idx == 0xFFFFFFFFu ? arg : pick.idx);
 }

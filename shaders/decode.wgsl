@@ -11,7 +11,9 @@
 //             tokens[r] = id, positions[r] = len, cache_rows[r] = s t_max + len,
 //             record_rows[r] = s stride + resp_len, or dump_row once finished
 // A row whose slot is outside `slots` or whose history is full is skipped.
-// Shapes: state [slots, 4], history [slots, stride], the row buffers [n], stop_ids [n_stop].
+// The sampling step counter state[4 slots] (the step key of sample.wgsl) += 1, by invocation 0
+// (no row touches it).
+// Shapes: state [slots, 4] + 1 (the counter), history [slots, stride], the row buffers [n], stop_ids [n_stop].
 // Nothing is saved for backward (integer bookkeeping, no gradient).
 
 struct DecodeAdvanceParams {
@@ -38,6 +40,9 @@ struct DecodeAdvanceParams {
 @compute @workgroup_size(64)
 fn decode_advance(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
     let r = flat_index(gid, nwg, 64u);
+    if (r == 0u && p.n > 0u) {
+        state[4u * p.slots] = state[4u * p.slots] + 1;
+    }
     if (r >= p.n || p.t_max == 0u) {
         return;
     }

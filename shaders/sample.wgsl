@@ -1,5 +1,6 @@
 // Next-token sampling from [n, v] logits: out[i] (i32) = the token drawn for row i.
-// One workgroup of 256 per row (rows folded into x and y). The uniform is SampleParams.
+// One workgroup of 256 per row (rows folded into x and y). The uniform is SampleParams; the
+// sampling step comes from the storage buffer steps[step_at].
 //
 // temperature <= 0: greedy, argmax with the lowest index on ties (NaN logits are skipped).
 // Otherwise the CPU backend's procedure (src/backend/cpu/sample.rs), without sorting:
@@ -29,12 +30,14 @@ struct Params {
     top_p: f32,
     seed_lo: u32,
     seed_hi: u32,
-    step: u32,
+    step_at: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
 @group(0) @binding(1) var<storage, read_write> out: array<i32>;
 @group(0) @binding(2) var<storage, read> logits: array<f32>;
+// the sampling step is steps[p.step_at], a counter on the device (decode_advance counts it up)
+@group(0) @binding(3) var<storage, read> steps: array<i32>;
 
 const MAXU: u32 = 0xFFFFFFFFu;
 const BIG: f32 = 3.402823e38;
@@ -85,7 +88,7 @@ fn xorshr(z: vec2<u32>, s: u32) -> vec2<u32> {
 // finalisation of seed ^ ((step << 32 | row) * golden) + golden.
 fn draw_uniform(row: u32) -> f32 {
     let golden = vec2<u32>(0x7F4A7C15u, 0x9E3779B9u);
-    var z = mul64(vec2<u32>(row, p.step), golden);
+    var z = mul64(vec2<u32>(row, u32(steps[p.step_at])), golden);
     z = vec2<u32>(p.seed_lo ^ z.x, p.seed_hi ^ z.y);
     z = add64(z, golden);
     z = mul64(xorshr(z, 30u), vec2<u32>(0x1CE4E5B9u, 0xBF58476Du));

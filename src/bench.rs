@@ -101,17 +101,19 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let gen = rlhf::generate::GenerateConfig { max_new_tokens: new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, stop_ids: Vec::new() };
     let sync_every = a.sync.get(be.name());
     anyhow::ensure!(sync_every > 0, "--sync-every must be at least 1");
-    let rollout_stats = |k: usize| -> Result<rlhf::generate::RolloutStats> {
+    let rollout_stats = |engine: &mut rlhf::generate::RolloutEngine<B>, k: usize| -> Result<rlhf::generate::RolloutStats> {
         let rcfg = rlhf::generate::RolloutConfig { slots: b, gen: gen.clone(), sync_every: k };
-        Ok(rlhf::generate::rollout(be, &model, &prompts, &rcfg)?.stats)
+        Ok(engine.run(be, &model, &prompts, &rcfg)?.stats)
     };
     // decode with K steps between read-backs and the one-read-back-per-step baseline, alternating
-    // (after a warm-up of each), the run with the median ms per decode step of each
+    // (after a warm-up of each), the run with the median ms per decode step of each; an engine per
+    // K that keeps its buffers (and its CUDA graphs) from run to run, as PPO's does
     let ks: Vec<usize> = if sync_every == 1 { vec![1] } else { vec![sync_every, 1] };
     let mut runs: Vec<Vec<rlhf::generate::RolloutStats>> = vec![Vec::new(); ks.len()];
+    let mut engines: Vec<rlhf::generate::RolloutEngine<B>> = ks.iter().map(|_| rlhf::generate::RolloutEngine::new()).collect();
     for i in 0..=a.steps {
-        for (runs, &k) in runs.iter_mut().zip(&ks) {
-            let r = rollout_stats(k)?;
+        for ((runs, &k), engine) in runs.iter_mut().zip(&ks).zip(&mut engines) {
+            let r = rollout_stats(engine, k)?;
             if i > 0 {
                 runs.push(r);
             }
@@ -164,11 +166,12 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     );
     for (k, r) in &decode {
         println!(
-            "| rollout decode, K {k:<4} | {:7.1} | {:8.0} |         |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step; {} read-backs, {} idle slot-steps)",
+            "| rollout decode, K {k:<4} | {:7.1} | {:8.0} |         |         |  ({b} slots, {new_tokens} new tokens each; ms per decode step; {} read-backs, {} idle slot-steps, {} graph chunks)",
             per_step(r) * 1e3,
             r.decode_tokens_per_sec(),
             r.decode_syncs,
-            r.idle_slot_steps
+            r.idle_slot_steps,
+            r.graph_replays
         );
     }
     if !a.decode_batches.is_empty() || a.kernels {

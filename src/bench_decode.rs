@@ -6,7 +6,8 @@
 //! tokens each, the mean position over the decode is about `P + N / 2`, so a step moves at least
 //! `weights + S * 2 L NKV HD (P + N / 2)` f32 values; at the measured copy bandwidth that takes
 //! `bytes / bandwidth` seconds, and the roofline is `S` tokens per that time. Small batches are
-//! bound by the weights (the roofline grows with `S`), large ones by the KV cache.
+//! bound by the weights (the roofline grows with `S`), large ones by the KV cache. "graph chunks"
+//! is how many of the measured run's decode chunks ran as a replayed CUDA graph, of all chunks.
 
 use anyhow::Result;
 use rlhf::backend::Backend;
@@ -35,8 +36,8 @@ pub fn run_decode_bench<B: Backend>(
         be.name(),
         bandwidth / 1e9
     );
-    println!("| slots | ms/step | tokens/s | MB/step | roofline tokens/s | % of roofline |");
-    println!("|------:|--------:|---------:|--------:|------------------:|--------------:|");
+    println!("| slots | ms/step | tokens/s | MB/step | roofline tokens/s | % of roofline | graph chunks |");
+    println!("|------:|--------:|---------:|--------:|------------------:|--------------:|-------------:|");
     let mut engine = RolloutEngine::new();
     for &s in batches {
         let prompts: Vec<Vec<u32>> = (0..s).map(|i| (0..prompt_len).map(|j| ((i * 31 + j * 7) % cfg.vocab_size) as u32).collect()).collect();
@@ -48,7 +49,13 @@ pub fn run_decode_bench<B: Backend>(
         let bytes = weight_bytes + s as f64 * kv_per_position * mean_pos;
         let roofline = s as f64 * bandwidth / bytes;
         let achieved = st.decode_tokens_per_sec();
-        println!("| {s:5} | {:7.2} | {achieved:8.0} | {:7.1} | {roofline:17.0} | {:12.1}% |", step_secs * 1e3, bytes / 1e6, 100.0 * achieved / roofline);
+        let graphs = format!("{} / {}", st.graph_replays, st.decode_syncs);
+        println!(
+            "| {s:5} | {:7.2} | {achieved:8.0} | {:7.1} | {roofline:17.0} | {:12.1}% | {graphs:>12} |",
+            step_secs * 1e3,
+            bytes / 1e6,
+            100.0 * achieved / roofline
+        );
     }
     Ok(())
 }

@@ -1,7 +1,8 @@
 //! `decode_advance` on the CPU backend (the reference of the CUDA and WGSL kernels) against a
 //! hand-worked step: a stop id, `max_new_tokens`, the context end, a slot that goes on, and an
 //! already-finished slot; then a second step in which the finished slots idle (nothing of theirs
-//! changes) and the last running one stops; and the errors for rows outside the slots.
+//! changes) and the last running one stops; the sampling step counter after the slots' state counts
+//! the calls; and the errors for rows outside the slots.
 
 use rlhf::backend::ops::{decode_finish as fin, Backend, DecodeAdvanceParams};
 use rlhf::backend::CpuBackend;
@@ -26,7 +27,9 @@ fn advance(be: &CpuBackend, st: &mut Step, sampled: &[i32], p: DecodeAdvancePara
 
 /// Rows (in this order): slot 2, 0, 3, 1 (finished), 4.
 fn start() -> Step {
-    let mut state = vec![0; 5 * fin::STATE];
+    let mut state = vec![0; fin::state_len(5)];
+    // the sampling step counter
+    state[20] = 40;
     // [len, resp_len, finish, last]
     state[0..4].copy_from_slice(&[7, 3, fin::RUNNING, 4]);
     state[4..8].copy_from_slice(&[4, 2, fin::STOP, 9]);
@@ -49,7 +52,9 @@ fn decode_advance_by_hand() {
     let be = CpuBackend::new();
     let mut st = start();
     advance(&be, &mut st, &[9, 2, 6, 5, 7], P).unwrap();
-    let mut want_state = vec![0; 20];
+    let mut want_state = vec![0; 21];
+    // one call: the step counter moved on by one
+    want_state[20] = 41;
     // slot 0: 2 is its 4th token -> max_new_tokens
     want_state[0..4].copy_from_slice(&[8, 4, fin::MAX_NEW, 2]);
     // slot 1: finished before the step, untouched
@@ -78,6 +83,7 @@ fn decode_advance_by_hand() {
     let before = (st.history.clone(), st.tokens.clone(), st.positions.clone(), st.cache_rows.clone());
     advance(&be, &mut st, &[1, 1, 1, 1, 11], P).unwrap();
     want_state[16..20].copy_from_slice(&[5, 3, fin::STOP, 11]);
+    want_state[20] = 42;
     assert_eq!(st.state, want_state);
     want_history[4 * 5 + 2] = 11;
     assert_eq!(st.history, want_history);
@@ -105,6 +111,11 @@ fn decode_advance_rejects_rows_outside_the_slots() {
     let mut st = start();
     st.state.truncate(12);
     assert!(advance(&be, &mut st, &[0; 5], P).is_err());
+    // the slots' state without the step counter
+    let mut st = start();
+    st.state.truncate(20);
+    let e = advance(&be, &mut st, &[0; 5], P).unwrap_err().to_string();
+    assert!(e.contains("state holds 20 values, needs 21"), "{e}");
     let mut st = start();
     assert!(advance(&be, &mut st, &[0; 3], P).is_err());
 }

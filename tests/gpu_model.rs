@@ -11,6 +11,9 @@
 //! step's losses and statistics 1e-3 relative (or 1e-5 absolute for values near 0) and the
 //! log-probs after the step 2e-4 absolute against the CPU backend; rollout log-probs 1e-3
 //! absolute against the training forward (as in tests/grpo.rs).
+//! On cuda also the CUDA graphs of the rollout engine's decode chunks: the same tokens and log-prob
+//! bits as the plain launches (`RLHF_CUDA_GRAPHS=0`), and `Backend::replay` itself (a warm-up,
+//! then replays that run the recorded launches; a capture that fails falls back to plain launches).
 //! Without a wgpu adapter the wgpu tests print that they skipped, and fail with `CI=true`; without
 //! a CUDA device (CI has none) the cuda tests print that they skipped.
 
@@ -21,7 +24,7 @@ use common::fixtures::{fixture, fixture_batch, ids_of, reference, rel, MODELS};
 use rlhf::backend::ops::PpoParams;
 use rlhf::backend::{Backend, CpuBackend, MatmulPrecision};
 use rlhf::data::rng::Rng;
-use rlhf::generate::{generate, rollout, GenerateConfig, RolloutConfig};
+use rlhf::generate::{generate, rollout, GenerateConfig, RolloutConfig, RolloutEngine};
 use rlhf::model::scoring::token_logprobs;
 use rlhf::model::{Model, ModelConfig};
 use rlhf::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate};
@@ -404,3 +407,84 @@ macro_rules! gpu_model_tests {
 
 gpu_model_tests!(wgpu, "wgpu", common::wgpu_or_skip);
 gpu_model_tests!(cuda, "cuda", common::cuda_or_skip);
+
+/// CUDA graphs (cuda only; benches/gpu_session.sh runs `cuda_graphs::` beside `cuda::`).
+mod cuda_graphs {
+    use super::*;
+
+    /// The rollout engine with CUDA graphs (its decode chunks captured once per key, then replayed)
+    /// against the same engine with graphs off: the same tokens and log-prob bits, over two calls of
+    /// one engine (the second replays the first call's graphs), with replays only when graphs are on.
+    #[test]
+    fn give_the_plain_launches_results() {
+        let Some(g) = common::cuda_or_skip("CUDA graphs of the rollout's decode chunks") else { return };
+        for name in MODELS {
+            let model = Model::load(&g, &fixture(name)).unwrap();
+            let prompts: Vec<Vec<u32>> = (0..10).map(|i| (0..(2 + 3 * (i % 4))).map(|j| ((i * 31 + j * 7 + 5) % 380) as u32).collect()).collect();
+            let gen = GenerateConfig { max_new_tokens: 20, temperature: 1.0, seed: 11, stop_ids: vec![17, 250], ..GenerateConfig::default() };
+            let cfg = RolloutConfig { slots: 4, gen, sync_every: 4 };
+            let runs = |on: bool| {
+                g.set_graphs(on);
+                let mut engine = RolloutEngine::new();
+                let first = engine.run(&g, &model, &prompts, &cfg).unwrap();
+                let second = engine.run(&g, &model, &prompts, &cfg).unwrap();
+                [first, second]
+            };
+            let plain = runs(false);
+            let graphs = runs(true);
+            g.set_graphs(true);
+            for (p, r) in plain.iter().zip(&graphs) {
+                for (a, b) in p.outputs.iter().zip(&r.outputs) {
+                    assert_eq!(a.response, b.response, "{name}: tokens with and without graphs");
+                    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(bits(&a.logprobs), bits(&b.logprobs), "{name}: log-probs with and without graphs");
+                    assert_eq!(a.finish, b.finish);
+                }
+                assert_eq!(p.stats.graph_replays, 0, "{name}: {:?}", p.stats);
+                assert_eq!(p.stats.decode_syncs, r.stats.decode_syncs);
+            }
+            let (first, second) = (&graphs[0].stats, &graphs[1].stats);
+            assert!(first.graph_replays > 0 && second.graph_replays >= first.graph_replays, "{name}: {first:?} then {second:?}");
+            assert!(second.graph_replays <= second.decode_syncs);
+        }
+    }
+
+    /// `Backend::replay` on cuda: the first call of a key runs the launches plainly, later calls
+    /// replay a graph of them (which really runs them: the accumulator counts every call); a key whose
+    /// launches cannot be captured (a read-back inside) runs them plainly every time, with the same
+    /// effect; and with graphs off nothing is recorded.
+    #[test]
+    fn replay_records_once_and_replays() {
+        use rlhf::backend::ops::ElementwiseParams;
+        let Some(g) = common::cuda_or_skip("CUDA graph replay") else { return };
+        let n = 1000;
+        let p = ElementwiseParams::new(n);
+        let one = g.upload(&vec![1.0; n]).unwrap();
+        let mut acc = g.alloc(n).unwrap();
+        let key = 0x5eed_0001;
+        let mut got = Vec::new();
+        for _ in 0..5 {
+            got.push(g.replay(key, &mut || g.add_inplace(&mut acc, &one, p)).unwrap());
+        }
+        assert_eq!(got, [false, true, true, true, true]);
+        assert!(g.download(&acc).unwrap().iter().all(|&x| x == 5.0));
+        // a read-back cannot be captured: the key falls back to plain launches
+        let mut seen = Vec::new();
+        for _ in 0..3 {
+            let r = g.replay(key + 1, &mut || {
+                g.add_inplace(&mut acc, &one, p)?;
+                seen.push(g.download(&acc)?[0]);
+                Ok(())
+            });
+            assert!(!r.unwrap());
+        }
+        assert_eq!(seen, [6.0, 7.0, 8.0]);
+        // graphs off: the launches run every time, nothing replays
+        g.set_graphs(false);
+        for _ in 0..3 {
+            assert!(!g.replay(key, &mut || g.add_inplace(&mut acc, &one, p)).unwrap());
+        }
+        g.set_graphs(true);
+        assert!(g.download(&acc).unwrap().iter().all(|&x| x == 11.0));
+    }
+}

@@ -522,18 +522,20 @@ fn sample_greedy_topk_topp() {
         0.0, 3.0, 1.0, 3.0, -1.0, 2.0, // tie between 1 and 3: greedy takes 1
         5.0, 0.0, 0.0, 0.0, 0.0, 0.0,
     ];
-    let base = SampleParams { n: 2, v: v as u32, temperature: 0.0, top_k: 0, top_p: 1.0, seed_lo: 7, seed_hi: 0, step: 0 };
+    let base = SampleParams { n: 2, v: v as u32, temperature: 0.0, top_k: 0, top_p: 1.0, seed_lo: 7, seed_hi: 0, step_at: 0 };
+    // the sampling step, read from a buffer
+    let at = |step: u32| vec![step as i32];
     let mut out = vec![0; 2];
-    be.sample(&mut out, &logits, base).unwrap();
+    be.sample(&mut out, &logits, &at(0), base).unwrap();
     assert_eq!(out, vec![1, 0]);
     // top_k = 1 at any temperature is greedy
-    be.sample(&mut out, &logits, SampleParams { temperature: 1.0, top_k: 1, ..base }).unwrap();
+    be.sample(&mut out, &logits, &at(0), SampleParams { temperature: 1.0, top_k: 1, ..base }).unwrap();
     assert_eq!(out, vec![1, 0]);
     // frequencies follow softmax(logits / T); top_k = 2 keeps only tokens 1 and 3 in row 0
     let mut counts = vec![0usize; v];
     let draws = 4000;
     for step in 0..draws {
-        be.sample(&mut out, &logits, SampleParams { temperature: 1.0, top_k: 2, step, ..base }).unwrap();
+        be.sample(&mut out, &logits, &at(step), SampleParams { temperature: 1.0, top_k: 2, ..base }).unwrap();
         counts[out[0] as usize] += 1;
     }
     assert_eq!(counts[0] + counts[2] + counts[4] + counts[5], 0);
@@ -541,13 +543,13 @@ fn sample_greedy_topk_topp() {
     assert!((frac - 0.5).abs() < 0.04, "two equal logits should split evenly, got {frac}");
     // top_p = 0.5 on row 1 keeps only the dominant token
     for step in 0..200 {
-        be.sample(&mut out, &logits, SampleParams { temperature: 1.0, top_p: 0.5, step, ..base }).unwrap();
+        be.sample(&mut out, &logits, &at(step), SampleParams { temperature: 1.0, top_p: 0.5, ..base }).unwrap();
         assert_eq!(out[1], 0);
     }
     // unrestricted sampling at T=1 matches the softmax
     let mut counts = vec![0usize; v];
     for step in 0..draws {
-        be.sample(&mut out, &logits, SampleParams { temperature: 1.0, step, ..base }).unwrap();
+        be.sample(&mut out, &logits, &at(step), SampleParams { temperature: 1.0, ..base }).unwrap();
         counts[out[0] as usize] += 1;
     }
     let z: f64 = logits[..v].iter().map(|&x| (x as f64).exp()).sum();
@@ -559,10 +561,21 @@ fn sample_greedy_topk_topp() {
     // the same seed and step give the same draw
     let mut a = vec![0; 2];
     let mut b = vec![0; 2];
-    let p = SampleParams { temperature: 1.0, step: 3, ..base };
-    be.sample(&mut a, &logits, p).unwrap();
-    be.sample(&mut b, &logits, p).unwrap();
+    let p = SampleParams { temperature: 1.0, ..base };
+    be.sample(&mut a, &logits, &at(3), p).unwrap();
+    be.sample(&mut b, &logits, &at(3), p).unwrap();
     assert_eq!(a, b);
+    // the step is the one at `step_at`: on equal logits row r draws floor(u(seed, step, r) * v)
+    let (n, wide) = (32usize, 4096usize);
+    let flat = vec![0.5f32; n * wide];
+    let mut got = vec![0; n];
+    let p = SampleParams { n: n as u32, v: wide as u32, temperature: 1.0, step_at: 2, ..base };
+    be.sample(&mut got, &flat, &vec![3, 4, 99], p).unwrap();
+    let want: Vec<i32> = (0..n).map(|r| (rlhf::backend::cpu::sample::uniform(7, 99, r as u32) * wide as f32) as i32).collect();
+    assert_eq!(got, want);
+    // a step_at outside the buffer is an error, not a panic
+    let e = be.sample(&mut got, &flat, &vec![3], p).unwrap_err().to_string();
+    assert!(e.contains("sample") && e.contains("step_at 2"), "{e}");
 }
 
 #[test]

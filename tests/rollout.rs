@@ -251,3 +251,55 @@ fn chunks_without_early_finishes_change_nothing_but_the_read_backs() {
         assert_eq!(r.stats.decode_tokens, one.stats.decode_tokens);
     }
 }
+
+/// The default `Backend::replay` (CPU, wgpu) runs the launches every time and never reports a
+/// replay, an error of the launches comes back, and a CPU rollout counts no graph replays.
+#[test]
+fn the_default_replay_runs_the_launches_every_time() {
+    use rlhf::backend::Backend;
+    let be = CpuBackend::new();
+    let mut calls = 0;
+    for _ in 0..3 {
+        let replayed = be
+            .replay(42, &mut || {
+                calls += 1;
+                Ok(())
+            })
+            .unwrap();
+        assert!(!replayed);
+    }
+    assert_eq!(calls, 3);
+    let e = be.replay(42, &mut || Err(rlhf::Error::invalid("the launches failed"))).unwrap_err();
+    assert!(e.to_string().contains("the launches failed"), "{e}");
+    let gen = GenerateConfig { max_new_tokens: 9, temperature: 1.0, seed: 2, ..Default::default() };
+    let r = rollout(&be, &load("gpt2"), &prompts(3), &rc(2, gen, 4)).unwrap();
+    assert!(r.stats.decode_syncs > 2 && r.stats.graph_replays == 0, "{:?}", r.stats);
+}
+
+/// The replay key of a decode chunk changes with every input the launches bake in: the engine's
+/// buffer generation, the weights, the rows, the steps and the params of sample / decode_advance.
+#[test]
+fn the_chunk_key_changes_with_what_the_launches_bake_in() {
+    use rlhf::backend::ops::{Backend, DecodeAdvanceParams, SampleParams};
+    use rlhf::generate::chunk_key::chunk_key;
+    let be = CpuBackend::new();
+    let w = vec![be.alloc(4).unwrap(), be.alloc(4).unwrap()];
+    let other_w = vec![be.alloc(4).unwrap(), be.alloc(4).unwrap()];
+    let sp = SampleParams { n: 4, v: 50, temperature: 1.0, top_k: 0, top_p: 1.0, seed_lo: 1, seed_hi: 0, step_at: 16 };
+    let ap = DecodeAdvanceParams { n: 4, slots: 4, t_max: 32, stride: 8, max_new: 8, max_len: 64, n_stop: 1, dump_row: 32 };
+    let key = chunk_key(&be, 7, &w, 4, 8, &sp, &ap);
+    assert_eq!(key, chunk_key(&be, 7, &w, 4, 8, &sp, &ap));
+    let others = [
+        chunk_key(&be, 8, &w, 4, 8, &sp, &ap),
+        chunk_key(&be, 7, &other_w, 4, 8, &sp, &ap),
+        chunk_key(&be, 7, &w[..1], 4, 8, &sp, &ap),
+        chunk_key(&be, 7, &w, 3, 8, &sp, &ap),
+        chunk_key(&be, 7, &w, 4, 7, &sp, &ap),
+        chunk_key(&be, 7, &w, 4, 8, &SampleParams { temperature: 0.5, ..sp }, &ap),
+        chunk_key(&be, 7, &w, 4, 8, &SampleParams { seed_lo: 2, ..sp }, &ap),
+        chunk_key(&be, 7, &w, 4, 8, &sp, &DecodeAdvanceParams { max_new: 9, ..ap }),
+    ];
+    for (i, k) in others.iter().enumerate() {
+        assert_ne!(*k, key, "variant {i}");
+    }
+}

@@ -271,7 +271,10 @@ pub struct CrossEntropyParams {
 /// Next-token sampling from `[n, v]` logits. temperature 0 is greedy (argmax, lowest index on
 /// ties); otherwise softmax(logits / temperature) restricted to the top_k most likely tokens
 /// (0 = all) and then to the smallest set whose mass reaches top_p (1 = all). The uniform draw of
-/// row i is a counter-based hash of (seed, step, i), so every backend draws the same numbers.
+/// row i is a counter-based hash of (seed, step, i), so every backend draws the same numbers. The
+/// step is read on the device, `step = steps[step_at]` (as u32), so that a sequence of decode steps
+/// is the same launches every time: the rollout engine keeps it in its slot state, where
+/// [`Backend::decode_advance`] counts it up.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct SampleParams {
@@ -282,7 +285,8 @@ pub struct SampleParams {
     pub top_p: f32,
     pub seed_lo: u32,
     pub seed_hi: u32,
-    pub step: u32,
+    /// index of the sampling step in the `steps` buffer of [`Backend::sample`]
+    pub step_at: u32,
 }
 
 /// One step of the rollout engine's bookkeeping on the device, so that decode steps can follow
@@ -300,6 +304,8 @@ pub struct SampleParams {
 /// cache row frozen) except that `record_rows[r] = dump_row`: its row keeps decoding its last
 /// token at the frozen position into its own (dead) cache row, and its `-log p` lands in the
 /// dump row. Rows whose slot lies outside `slots` or whose history is full are skipped.
+/// After the slots' state comes the sampling step counter `state[4 slots]` (the `step` of
+/// [`SampleParams`]): every call with `n > 0` adds 1 to it, so the step key moves on without the host.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct DecodeAdvanceParams {
@@ -326,7 +332,7 @@ impl DecodeAdvanceParams {
     pub fn min_lens(&self) -> [(&'static str, usize); 8] {
         let (n, slots) = (self.n as usize, self.slots as usize);
         [
-            ("state", slots * decode_finish::STATE),
+            ("state", decode_finish::state_len(slots)),
             ("history", slots * self.stride as usize),
             ("tokens", n),
             ("positions", n),
@@ -350,6 +356,10 @@ pub mod decode_finish {
     pub const CONTEXT: i32 = 3;
     /// values per slot in the state buffer: `[len, resp_len, finish, last]`
     pub const STATE: usize = 4;
+    /// values in the state buffer of `slots` slots: [`STATE`] per slot, then the sampling step counter
+    pub const fn state_len(slots: usize) -> usize {
+        slots * STATE + 1
+    }
 }
 
 /// One AdamW step with decoupled weight decay and global-norm clipping, reading the squared
@@ -792,6 +802,26 @@ pub trait Backend: Send + Sync {
     fn download_ids(&self, buf: &Self::Ids) -> Result<Vec<i32>>;
     fn synchronize(&self) -> Result<()>;
 
+    // ---- recorded launch sequences (CUDA graphs) ------------------------------------------------
+    /// Runs the launches `f` makes, possibly as a recording: a backend that records (CUDA: a graph
+    /// captured from its stream) keeps the recording under `key` and later replays it *instead of
+    /// calling `f`*. So `f` must make the same launches on the same buffers with the same params
+    /// every time it is called with a key, with no host sync, read-back, upload or allocation
+    /// inside: `key` has to cover everything they depend on (buffer identities, shapes, params).
+    /// Returns whether the launches ran as a replayed recording. The default just calls `f`.
+    fn replay(&self, key: u64, f: &mut dyn FnMut() -> Result<()>) -> Result<bool> {
+        let _ = key;
+        f()?;
+        Ok(false)
+    }
+    /// A value that tells the device memory of `buf` apart from that of every other live buffer
+    /// (the device address on CUDA), for the keys of [`Backend::replay`]. Backends whose `replay`
+    /// never records need none: the default is 0.
+    fn buffer_key(&self, buf: &Self::Buf) -> u64 {
+        let _ = buf;
+        0
+    }
+
     // ---- element-wise --------------------------------------------------------------------------
     /// `out[i] = value`
     fn fill(&self, out: &mut Self::Buf, value: f32, p: ElementwiseParams) -> Result<()>;
@@ -908,10 +938,10 @@ pub trait Backend: Send + Sync {
         targets: &Self::Ids,
         p: CrossEntropyParams,
     ) -> Result<()>;
-    /// See [`SampleParams`]; writes one token id per row.
-    fn sample(&self, out: &mut Self::Ids, logits: &Self::Buf, p: SampleParams) -> Result<()>;
+    /// See [`SampleParams`]; writes one token id per row, drawn with the step `steps[p.step_at]`.
+    fn sample(&self, out: &mut Self::Ids, logits: &Self::Buf, steps: &Self::Ids, p: SampleParams) -> Result<()>;
     /// See [`DecodeAdvanceParams`]: appends `sampled` to the slots' histories, updates their
-    /// state and writes the next decode step's inputs, all on the device.
+    /// state, counts the sampling step up and writes the next decode step's inputs, all on the device.
     #[allow(clippy::too_many_arguments)]
     fn decode_advance(
         &self,

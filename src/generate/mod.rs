@@ -6,6 +6,7 @@ use crate::backend::ops::{Backend, SampleParams};
 use crate::error::{Error, Result};
 use crate::model::{Activations, KvCache, Model};
 
+pub mod chunk_key;
 pub mod rollout;
 pub use rollout::{default_sync_every, rollout, FinishReason, Rollout, RolloutConfig, RolloutEngine, RolloutOutput, RolloutStats};
 
@@ -58,7 +59,9 @@ pub fn generate<B: Backend>(be: &B, model: &Model<B>, prompt: &[u32], cfg: &Gene
     let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     dec.forward_cached(be, &model.weights, &mut acts, &mut cache, Some(&ids), 1, prompt.len())?;
     let mut out = Vec::new();
-    let params = |step: u32| SampleParams {
+    // the sampling step key, read by `sample` on the device
+    let mut steps = be.upload_ids(&[0])?;
+    let params = SampleParams {
         n: 1,
         v: model.cfg().vocab_size as u32,
         temperature: cfg.temperature,
@@ -66,10 +69,11 @@ pub fn generate<B: Backend>(be: &B, model: &Model<B>, prompt: &[u32], cfg: &Gene
         top_p: cfg.top_p,
         seed_lo: cfg.seed as u32,
         seed_hi: (cfg.seed >> 32) as u32,
-        step,
+        step_at: 0,
     };
     for step in 0..cfg.max_new_tokens {
-        be.sample(&mut acts.tokens, &acts.logits, params(step as u32))?;
+        be.write_ids(&mut steps, &[step as i32])?;
+        be.sample(&mut acts.tokens, &acts.logits, &steps, params)?;
         let id = be.download_ids(&acts.tokens)?[0] as u32;
         out.push(id);
         if cfg.stop_ids.contains(&id) || cache.len >= t_max {

@@ -37,9 +37,13 @@
 //! are written by the host only when the batch changed (a slot retired or a prompt came in).
 //! A prefill (the first token too goes through `decode_advance`) reads the state back once.
 //! K = 1 (the CPU's default, where a read-back is free) runs exactly the schedule of one read-back
-//! per step. A K-step chunk is a fixed sequence of launches on fixed buffers, so it can become one
-//! CUDA graph; capturing it is the next step (not done yet: the sampling `step` key would have
-//! to move into a device buffer).
+//! per step.
+//!
+//! Graphs: a K-step chunk is a fixed sequence of launches on fixed buffers (even the sampling step
+//! key is a counter in the slot state that `decode_advance` moves on), so the engine runs it
+//! through [`Backend::replay`] under a key of everything it depends on ([`super::chunk_key`]):
+//! on CUDA the chunk is captured as a graph once and then launched as one graph per chunk
+//! (`RolloutStats::graph_replays`); the CPU and wgpu backends just run it.
 //! Draws: the uniform of a row is keyed by (seed, sampling call, row), so a rollout is
 //! reproducible for the same prompts, slots, seed and K.
 
@@ -48,7 +52,7 @@ use std::time::Instant;
 use crate::backend::ops::decode_finish::{self, STATE};
 use crate::backend::ops::{Backend, CrossEntropyParams, DecodeAdvanceParams, SampleParams, ScatterParams};
 use crate::error::{Error, Result};
-use crate::generate::GenerateConfig;
+use crate::generate::{chunk_key, GenerateConfig};
 use crate::model::{Activations, Model, Shape, SlotCache};
 
 /// Options of [`rollout`].
@@ -121,6 +125,8 @@ pub struct RolloutStats {
     pub idle_slot_steps: usize,
     /// prompts that entered a slot another sequence had used before
     pub slot_reuses: usize,
+    /// decode chunks that ran as a replayed recording of their launches (a CUDA graph)
+    pub graph_replays: usize,
 }
 
 impl RolloutStats {
@@ -170,8 +176,14 @@ struct EngineBuffers<B: Backend> {
     store: B::Buf,
     history: B::Ids,
     state: B::Ids,
+    /// the stop ids of the current call (`stop_cap` of room)
+    stop: B::Ids,
+    stop_cap: usize,
     /// cache rows of the `k`-th copy of a grouped prefill (`cap` each), grown on demand
     copy_rows: Vec<B::Ids>,
+    /// unique in the process, renewed whenever a buffer of a decode chunk is reallocated (part of
+    /// the chunk's replay key)
+    generation: u64,
 }
 
 /// A rollout engine that keeps its buffers (activations, KV cache, recorded log-probs) from one
@@ -215,8 +227,11 @@ impl<B: Backend> RolloutEngine<B> {
                 sampled: be.alloc_ids(slots)?,
                 store: be.alloc(slots * max_new + 1)?,
                 history: be.alloc_ids(slots * max_new)?,
-                state: be.alloc_ids(slots * STATE)?,
+                state: be.alloc_ids(decode_finish::state_len(slots))?,
+                stop: be.alloc_ids(1)?,
+                stop_cap: 1,
                 copy_rows: Vec::new(),
+                generation: chunk_key::next_generation(),
             });
         }
         Ok(self.bufs.as_mut().expect("allocated above"))
@@ -295,11 +310,20 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     while bufs.copy_rows.len() + 1 < group {
         bufs.copy_rows.push(be.alloc_ids(bufs.cap)?);
     }
-    let EngineBuffers { acts, cache, rows, store_rows, sampled, store, copy_rows, state, history, .. } = bufs;
     // stop ids above i32::MAX cannot be sampled (they are outside any vocabulary): they wrap to
     // negative values, which no sampled id matches
     let stop: Vec<i32> = g.stop_ids.iter().map(|&t| t as i32).collect();
-    let stop_buf = be.upload_ids(if stop.is_empty() { &[-1] } else { &stop })?;
+    if stop.len() > bufs.stop_cap {
+        bufs.stop = be.alloc_ids(stop.len())?;
+        bufs.stop_cap = stop.len();
+        bufs.generation = chunk_key::next_generation();
+    }
+    if !stop.is_empty() {
+        be.write_ids(&mut bufs.stop, &stop)?;
+    }
+    let generation = bufs.generation;
+    let EngineBuffers { acts, cache, rows, store_rows, sampled, store, copy_rows, state, history, stop: stop_buf, .. } = bufs;
+    let stop_buf = &*stop_buf;
     let advance = |n: usize| DecodeAdvanceParams {
         n: n as u32,
         slots: all_slots as u32,
@@ -310,8 +334,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
         n_stop: stop.len() as u32,
         dump_row: (all_slots * stride) as u32,
     };
-    let mut step = 0u32;
-    let sample_params = |n: usize, step: u32| SampleParams {
+    let sample_params = |n: usize| SampleParams {
         n: n as u32,
         v: vocab as u32,
         temperature: g.temperature,
@@ -319,14 +342,16 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
         top_p: g.top_p,
         seed_lo: g.seed as u32,
         seed_hi: (g.seed >> 32) as u32,
-        step,
+        // the step counter after the slots' state, counted up by every decode_advance
+        step_at: (decode_finish::state_len(all_slots) - 1) as u32,
     };
 
     let mut outputs: Vec<Option<RolloutOutput>> = vec![None; total];
     let mut slots: Vec<Option<Seq>> = (0..s).map(|_| None).collect();
     // the device's slot state as of the last read-back (nothing changes it between a read-back
     // and the next decode_advance): `[len, resp_len, finish, last]` per slot
-    let mut host_state = vec![0i32; all_slots * STATE];
+    // (and the sampling step counter, 0 at the start of a call)
+    let mut host_state = vec![0i32; decode_finish::state_len(all_slots)];
     // the slots that the device's per-row decode inputs (tokens, positions, cache and record rows)
     // belong to, when the last decode_advance wrote them for a decode batch
     let mut device_batch: Option<Vec<usize>> = None;
@@ -381,12 +406,12 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
             copy_group_kv(be, mcfg, acts, cache, copy_rows, shape, t_max, &(0..b).map(group_slots).collect::<Vec<_>>())?;
             let srows: Vec<i32> = fresh.iter().map(|&slot| (slot * stride) as i32).collect();
             be.write_ids(store_rows, &srows)?;
-            sample_and_record(be, acts, sampled, store, store_rows, sample_params(b * group, step), vocab)?;
-            step += 1;
-            // the first tokens go through the same bookkeeping as every decode step
+            // the state before the sampling: it holds the step key the draws read
             be.write_ids(state, &host_state)?;
+            sample_and_record(be, acts, sampled, store, store_rows, state, sample_params(b * group), vocab)?;
+            // the first tokens go through the same bookkeeping as every decode step
             be.write_ids(rows, &fresh_rows)?;
-            be.decode_advance(state, history, &mut acts.tokens, &mut acts.positions, rows, store_rows, sampled, &stop_buf, advance(fresh.len()))?;
+            be.decode_advance(state, history, &mut acts.tokens, &mut acts.positions, rows, store_rows, sampled, stop_buf, advance(fresh.len()))?;
             host_state = be.download_ids(state)?;
             device_batch = None;
             stats.prefill_secs += t0.elapsed().as_secs_f64();
@@ -434,11 +459,19 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
         let left = |i: usize| (max_new.saturating_sub(st(i)[1] as usize)).min((max_pos - 1).saturating_sub(st(i)[0] as usize));
         let steps = active.iter().map(|&i| left(i)).max().unwrap_or(1).clamp(1, cfg.sync_every);
         let before: Vec<i32> = active.iter().map(|&i| st(i)[1]).collect();
-        for _ in 0..steps {
-            dec.forward_decode(be, w, acts, cache, rows, n)?;
-            sample_and_record(be, acts, sampled, store, store_rows, sample_params(n, step), vocab)?;
-            be.decode_advance(state, history, &mut acts.tokens, &mut acts.positions, rows, store_rows, sampled, &stop_buf, advance(n))?;
-            step += 1;
+        // the chunk: the same launches on the same buffers whenever n and steps repeat
+        let (sp, ap) = (sample_params(n), advance(n));
+        let key = chunk_key::chunk_key(be, generation, w, n, steps, &sp, &ap);
+        let mut chunk = || -> Result<()> {
+            for _ in 0..steps {
+                dec.forward_decode(be, w, acts, cache, rows, n)?;
+                sample_and_record(be, acts, sampled, store, store_rows, state, sp, vocab)?;
+                be.decode_advance(state, history, &mut acts.tokens, &mut acts.positions, rows, store_rows, sampled, stop_buf, ap)?;
+            }
+            Ok(())
+        };
+        if be.replay(key, &mut chunk)? {
+            stats.graph_replays += 1;
         }
         host_state = be.download_ids(state)?;
         device_batch = Some(active.clone());
@@ -481,20 +514,22 @@ fn copy_group_kv<B: Backend>(
     Ok(())
 }
 
-/// Samples one token per row of `acts.logits` into `sampled`, and files `-log p` of each (at
-/// temperature 1) into `store` at the rows `store_rows` (written by the host for a prefill, by
-/// `decode_advance` between decode steps).
+/// Samples one token per row of `acts.logits` into `sampled` (the step key from the slot state
+/// `state`), and files `-log p` of each (at temperature 1) into `store` at the rows `store_rows`
+/// (written by the host for a prefill, by `decode_advance` between decode steps).
+#[allow(clippy::too_many_arguments)]
 fn sample_and_record<B: Backend>(
     be: &B,
     acts: &mut Activations<B>,
     sampled: &mut B::Ids,
     store: &mut B::Buf,
     store_rows: &B::Ids,
+    state: &B::Ids,
     p: SampleParams,
     vocab: usize,
 ) -> Result<()> {
     let n = p.n as usize;
-    be.sample(sampled, &acts.logits, p)?;
+    be.sample(sampled, &acts.logits, state, p)?;
     be.cross_entropy_fwd(&mut acts.losses, &mut acts.lse, &acts.logits, sampled, CrossEntropyParams { n: n as u32, v: vocab as u32 })?;
     let store_len = be.len(store);
     be.scatter_rows(store, &acts.losses, store_rows, ScatterParams { n: n as u32, width: 1, src_row: 1, src_off: 0, dst_row: 1, dst_rows: store_len as u32 })

@@ -130,7 +130,9 @@ pub fn decode_advance_steps<B: rlhf::backend::ops::Backend>(be: &B, (slots, n, s
     };
     let mut order: Vec<i32> = (0..slots as i32).collect();
     rng.shuffle(&mut order);
-    let mut state = vec![0i32; slots * fin::STATE];
+    // the sampling step counter after the slots (each call adds 1) starts at 40
+    let mut state = vec![0i32; fin::state_len(slots)];
+    state[slots * fin::STATE] = 40;
     for s in 0..slots {
         let len = 2 + rng.below(10) as i32;
         let resp = 1 + rng.below(4) as i32;

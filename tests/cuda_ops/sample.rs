@@ -17,9 +17,11 @@ fn run<B: Backend>(be: &B, (n, v, temperature, top_k, top_p, step): (usize, usiz
         logits[3] = 10.0;
     }
     let logits = be.upload(&logits).unwrap();
-    let p = SampleParams { n: n as u32, v: v as u32, temperature, top_k, top_p, seed_lo: 1234, seed_hi: 5, step };
+    // the step sits at index 1 of its buffer
+    let steps = be.upload_ids(&[-7, step as i32]).unwrap();
+    let p = SampleParams { n: n as u32, v: v as u32, temperature, top_k, top_p, seed_lo: 1234, seed_hi: 5, step_at: 1 };
     let mut out = be.alloc_ids(n).unwrap();
-    be.sample(&mut out, &logits, p).unwrap();
+    be.sample(&mut out, &logits, &steps, p).unwrap();
     vec![("tokens", dl_ids(be, &out))]
 }
 

@@ -17,13 +17,16 @@ use rlhf::data::rng::Rng;
 
 pub const CHECKS: &[(&str, &str)] = &[("sample", "sample_parity")];
 
-fn run(g: &rlhf::backend::WgpuBackend, logits: &[f32], p: SampleParams) -> (Vec<i32>, Vec<i32>) {
+/// Both backends sample with the step `step` (at index 1 of the steps buffer).
+fn run(g: &rlhf::backend::WgpuBackend, logits: &[f32], step: u32, p: SampleParams) -> (Vec<i32>, Vec<i32>) {
     let c = cpu();
+    let steps = [-7, step as i32];
+    let p = SampleParams { step_at: 1, ..p };
     let mut cout = vec![-5i32; p.n as usize];
-    c.sample(&mut cout, &logits.to_vec(), p).unwrap();
+    c.sample(&mut cout, &logits.to_vec(), &steps.to_vec(), p).unwrap();
     let gl = g.upload(logits).unwrap();
     let mut gout = g.upload_ids(&vec![-5i32; p.n as usize]).unwrap();
-    g.sample(&mut gout, &gl, p).unwrap();
+    g.sample(&mut gout, &gl, &g.upload_ids(&steps).unwrap(), p).unwrap();
     (g.download_ids(&gout).unwrap(), cout)
 }
 
@@ -75,7 +78,7 @@ fn near_tie(row: &[f32], p: &SampleParams, u: f32) -> (bool, usize) {
 fn sample_parity() {
     let Some(g) = gpu() else { return };
     let mut rng = Rng::new(71);
-    let base = SampleParams { n: 0, v: 0, temperature: 0.0, top_k: 0, top_p: 1.0, seed_lo: 0x1234_5678, seed_hi: 0x9abc_def0, step: 0 };
+    let base = SampleParams { n: 0, v: 0, temperature: 0.0, top_k: 0, top_p: 1.0, seed_lo: 0x1234_5678, seed_hi: 0x9abc_def0, step_at: 0 };
 
     // greedy with ties: maxima repeated at several positions, constant rows, c = 1
     for &(n, v) in &[(1usize, 1usize), (5, 7), (40, 300), (9, 1000), (3, 5003)] {
@@ -94,7 +97,7 @@ fn sample_parity() {
             }
         }
         let p = SampleParams { n: n as u32, v: v as u32, ..base };
-        let (got, want) = run(g, &logits, p);
+        let (got, want) = run(g, &logits, 0, p);
         assert_eq!(got, want, "greedy n={n} v={v}");
     }
 
@@ -102,8 +105,8 @@ fn sample_parity() {
     let (n, v) = (64usize, 4096usize);
     let logits = vec![0.25f32; n * v];
     for step in 0..3 {
-        let p = SampleParams { n: n as u32, v: v as u32, temperature: 1.0, step, ..base };
-        let (got, want) = run(g, &logits, p);
+        let p = SampleParams { n: n as u32, v: v as u32, temperature: 1.0, ..base };
+        let (got, want) = run(g, &logits, step, p);
         assert_eq!(got, want, "equal logits, step {step}");
         let seed = (p.seed_hi as u64) << 32 | p.seed_lo as u64;
         for (r, &t) in got.iter().enumerate() {
@@ -133,11 +136,12 @@ fn sample_parity() {
             let c = config as usize;
             let top_k = [0u32, 1, 3, 40, v as u32 - 1, v as u32 + 5][c % 6];
             let top_p = [1.0f32, 0.95, 0.5, 0.0][(c + c / 2) % 4];
-            let p = SampleParams { n: n as u32, v: v as u32, temperature, top_k, top_p, step: 7 * config + v as u32, ..base };
-            let (got, want) = run(g, &logits, p);
+            let p = SampleParams { n: n as u32, v: v as u32, temperature, top_k, top_p, ..base };
+            let step = 7 * config + v as u32;
+            let (got, want) = run(g, &logits, step, p);
             let seed = (p.seed_hi as u64) << 32 | p.seed_lo as u64;
             for r in 0..n {
-                let u = uniform(seed, p.step, r as u32);
+                let u = uniform(seed, step, r as u32);
                 let (near, exact) = near_tie(&logits[r * v..(r + 1) * v], &p, u);
                 if near {
                     // the GPU's tree sums are the more accurate: report disagreements
@@ -148,7 +152,7 @@ fn sample_parity() {
                     continue;
                 }
                 compared += 1;
-                assert_eq!(got[r], want[r], "v={v} row {r} T={temperature} top_k={top_k} top_p={top_p} step={}", p.step);
+                assert_eq!(got[r], want[r], "v={v} row {r} T={temperature} top_k={top_k} top_p={top_p} step={step}");
             }
         }
     }

@@ -3,7 +3,8 @@
 //! slot `s = cache_rows[r] / t_max` takes the sampled id into its history and state
 //! `[len, resp_len, finish, last]`, decides whether it has finished (stop id, max_new_tokens,
 //! context) and writes the next step's token, position, cache row and record row; a finished
-//! slot's row keeps its frozen inputs and records into the dump row.
+//! slot's row keeps its frozen inputs and records into the dump row. Each call (with rows) also
+//! counts the sampling step `state[4 slots]` up by one.
 
 use crate::backend::ops::{decode_finish, DecodeAdvanceParams};
 
@@ -21,6 +22,12 @@ pub fn decode_advance(
     stop_ids: &[i32],
     p: DecodeAdvanceParams,
 ) -> Result<(), usize> {
+    if p.n == 0 {
+        return Ok(());
+    }
+    // the sampling step counter after the slots' state
+    let counter = decode_finish::state_len(p.slots as usize) - 1;
+    state[counter] = state[counter].wrapping_add(1);
     let stops = &stop_ids[..p.n_stop as usize];
     let (t_max, stride) = (p.t_max as i64, p.stride as i64);
     for r in 0..p.n as usize {

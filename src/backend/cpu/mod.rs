@@ -344,9 +344,19 @@ impl Backend for CpuBackend {
         cross_entropy::cross_entropy_bwd(dlogits, dlosses, logits, lse, targets, p);
         Ok(())
     }
-    fn sample(&self, out: &mut Vec<i32>, logits: &Vec<f32>, p: SampleParams) -> Result<()> {
+    fn buffer_key(&self, buf: &Vec<f32>) -> u64 {
+        buf.as_ptr() as u64
+    }
+    fn sample(&self, out: &mut Vec<i32>, logits: &Vec<f32>, steps: &Vec<i32>, p: SampleParams) -> Result<()> {
         let _t = profile::OpTimer::start("sample");
-        sample::sample(out, logits, p);
+        let (n, v) = (p.n as usize, p.v as usize);
+        check(
+            out.len() >= n && logits.len() >= n * v,
+            "sample",
+            &format!("out needs {n} values and logits {} (they hold {} and {})", n * v, out.len(), logits.len()),
+        )?;
+        check((p.step_at as usize) < steps.len(), "sample", &format!("step_at {} is outside the {} values of steps", p.step_at, steps.len()))?;
+        sample::sample(out, logits, steps[p.step_at as usize] as u32, p);
         Ok(())
     }
     fn decode_advance(

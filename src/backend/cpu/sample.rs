@@ -65,10 +65,11 @@ pub fn sample_row(row: &[f32], p: &SampleParams, u: f32) -> i32 {
     idx[keep - 1] as i32
 }
 
-pub fn sample(out: &mut [i32], logits: &[f32], p: SampleParams) {
+/// Samples rows `0..p.n` with the step key `step` (read from the op's `steps` buffer).
+pub fn sample(out: &mut [i32], logits: &[f32], step: u32, p: SampleParams) {
     let (n, v) = (p.n as usize, p.v as usize);
     let seed = (p.seed_hi as u64) << 32 | p.seed_lo as u64;
     out[..n].par_iter_mut().enumerate().for_each(|(i, o)| {
-        *o = sample_row(&logits[i * v..(i + 1) * v], &p, uniform(seed, p.step, i as u32));
+        *o = sample_row(&logits[i * v..(i + 1) * v], &p, uniform(seed, step, i as u32));
     });
 }

@@ -9,13 +9,15 @@
 //! key hashing the source, the architecture and the NVRTC version; modules and functions are loaded
 //! once per process. All work goes to one stream in program order with cudarc's event tracking
 //! off (one stream needs no cross-stream events), so nothing synchronises the host except
-//! `download` and `synchronize`.
+//! `download` and `synchronize`. cuBLAS gets a fixed workspace ([`BLAS_WORKSPACE`] bytes) so that
+//! its calls allocate nothing and can be captured into the CUDA graphs of [`Graphs`] (graphs.rs).
 
+use super::graphs::{self, Graphs};
 use super::kernels::{self, err};
 use crate::backend::precision::MatmulPrecision;
 use crate::error::Result;
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, LaunchConfig};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -71,6 +73,21 @@ pub enum Scratch {
     PpoPartial,
 }
 
+/// Bytes of cuBLAS's workspace (its recommendation for Hopper; older GPUs need less).
+pub const BLAS_WORKSPACE: usize = 32 << 20;
+
+/// Gives cuBLAS a workspace of [`BLAS_WORKSPACE`] bytes, returned to be kept as long as `blas`.
+fn blas_workspace(stream: &Arc<CudaStream>, blas: &CudaBlas) -> Result<CudaSlice<u8>> {
+    let ws = stream.alloc_zeros::<u8>(BLAS_WORKSPACE).map_err(|e| err(format!("cuBLAS workspace of {BLAS_WORKSPACE} bytes: {e:?}")))?;
+    let ptr = ws.device_ptr(stream).0;
+    // SAFETY: the handle is live and `ws` (kept beside it in the context) outlives every call on it.
+    let status = unsafe { cudarc::cublas::sys::cublasSetWorkspace_v2(*blas.handle(), ptr as *mut std::ffi::c_void, BLAS_WORKSPACE) };
+    if status != cudarc::cublas::sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS {
+        return Err(err(format!("cublasSetWorkspace: {status:?}")));
+    }
+    Ok(ws)
+}
+
 /// The device, its stream, cuBLAS and the loaded kernels.
 pub struct Context {
     pub ctx: Arc<CudaContext>,
@@ -79,6 +96,10 @@ pub struct Context {
     /// SIMT kernel of matmul.cu, whose every output is one FMA chain over k in order, so a row's
     /// bits do not depend on how many rows are multiplied together (rollout = training, bit for bit).
     pub blas: Option<CudaBlas>,
+    /// cuBLAS's fixed workspace (declared after `blas`, so it is freed after the handle)
+    _blas_workspace: Option<CudaSlice<u8>>,
+    /// The recorded launch sequences of `Backend::replay` (`RLHF_CUDA_GRAPHS=0`: none).
+    pub graphs: Graphs,
     /// The precision of matmul operands: f32 (`sgemm`), or tf32 / bf16 / f16 through
     /// `cublasGemmStridedBatchedEx`'s fast compute types (cuBLAS only).
     pub matmul_precision: MatmulPrecision,
@@ -99,6 +120,8 @@ impl Context {
         let stream = ctx.new_stream().map_err(|e| err(format!("creating a stream: {e:?}")))?;
         // SAFETY: only dlopens libcublas.
         let blas = if !simt && unsafe { cudarc::cublas::sys::is_culib_present() } { CudaBlas::new(stream.clone()).ok() } else { None };
+        let blas_workspace = blas.as_ref().map(|b| blas_workspace(&stream, b)).transpose()?;
+        let graphs = Graphs::new(graphs::enabled_by_env()?);
         let (major, minor) = ctx.compute_capability().map_err(|e| err(format!("compute capability: {e:?}")))?;
         let nvrtc = kernels::nvrtc_version().map_or("?".to_string(), |(a, b)| format!("{a}.{b}"));
         let description = format!("cuda: {} [NVRTC {nvrtc}, {}]", describe(&ctx), if blas.is_some() { "cuBLAS" } else { "SIMT matmul, batch-invariant" });
@@ -106,6 +129,8 @@ impl Context {
             ctx,
             stream,
             blas,
+            _blas_workspace: blas_workspace,
+            graphs,
             matmul_precision: MatmulPrecision::F32,
             arch: format!("compute_{major}{minor}"),
             description,
@@ -121,6 +146,8 @@ impl Context {
             return Err(p.unsupported("cuda", "the SIMT matmul (RLHF_CUDA_MATMUL=simt, or no libcublas) computes in f32 only; use f32 or cuBLAS"));
         }
         self.matmul_precision = p;
+        // recorded graphs baked in the old precision's cuBLAS calls
+        self.graphs.forget();
         Ok(())
     }
 
@@ -174,12 +201,23 @@ impl Context {
         Ok(f)
     }
 
+    /// A new scratch buffer of `len` floats. Not inside a graph capture (an allocation there would
+    /// break it: the capture fails and the launches run plainly); the graphs recorded so far use
+    /// the old buffers, so they are dropped.
+    fn grow_scratch(&self, len: usize) -> Result<CudaSlice<f32>> {
+        if self.graphs.capturing() {
+            return Err(err(format!("a scratch buffer of {len} floats would be allocated inside a CUDA graph capture")));
+        }
+        self.graphs.forget();
+        self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| err(format!("scratch of {len} floats: {e:?}")))
+    }
+
     /// Runs `f` with scratch buffer `which` of at least `len` floats (grown when too small).
     pub fn with_scratch<R>(&self, which: Scratch, len: usize, f: impl FnOnce(&mut CudaSlice<f32>) -> Result<R>) -> Result<R> {
         let mut map = self.scratch.lock().map_err(|_| err("scratch table poisoned"))?;
         let grow = map.get(&which).is_none_or(|b| b.len() < len.max(1));
         if grow {
-            let buf = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| err(format!("scratch of {len} floats: {e:?}")))?;
+            let buf = self.grow_scratch(len)?;
             map.insert(which, buf);
         }
         f(map.get_mut(&which).expect("inserted above"))
@@ -195,7 +233,7 @@ impl Context {
         let mut map = self.scratch.lock().map_err(|_| err("scratch table poisoned"))?;
         for (which, len) in [a, b] {
             if map.get(&which).is_none_or(|buf| buf.len() < len.max(1)) {
-                let buf = self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| err(format!("scratch of {len} floats: {e:?}")))?;
+                let buf = self.grow_scratch(len)?;
                 map.insert(which, buf);
             }
         }

@@ -19,6 +19,7 @@ pub mod cross_entropy;
 pub mod decode;
 pub mod elementwise;
 pub mod embedding;
+pub mod graphs;
 pub mod kernels;
 pub mod layernorm;
 pub mod logprob_gather;
@@ -34,7 +35,7 @@ pub use context::{availability, devices, Context};
 
 use crate::backend::ops::*;
 use crate::error::Result;
-use cudarc::driver::{CudaSlice, DeviceRepr};
+use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr};
 use kernels::err;
 
 // SAFETY: the params structs are `#[repr(C)]` plain data with the field order of kernels/common.cuh.
@@ -105,6 +106,11 @@ impl CudaBackend {
 
     pub fn context(&self) -> &Context {
         &self.ctx
+    }
+
+    /// Turns the CUDA graphs of `Backend::replay` on or off (`RLHF_CUDA_GRAPHS` sets the start).
+    pub fn set_graphs(&self, on: bool) {
+        self.ctx.graphs.set_enabled(on);
     }
 }
 
@@ -188,6 +194,13 @@ impl Backend for CudaBackend {
     }
     fn synchronize(&self) -> Result<()> {
         self.ctx.stream.synchronize().map_err(|e| err(format!("synchronize: {e:?}")))
+    }
+    /// A CUDA graph per key (graphs.rs): warm-up, capture, then one graph launch per call.
+    fn replay(&self, key: u64, f: &mut dyn FnMut() -> Result<()>) -> Result<bool> {
+        self.ctx.graphs.replay(&self.ctx.stream, key, f)
+    }
+    fn buffer_key(&self, buf: &Self::Buf) -> u64 {
+        buf.device_ptr(&self.ctx.stream).0
     }
 
     fn fill(&self, out: &mut Self::Buf, value: f32, p: ElementwiseParams) -> Result<()> {
@@ -322,8 +335,8 @@ impl Backend for CudaBackend {
     ) -> Result<()> {
         cross_entropy::cross_entropy_bwd(&self.ctx, dlogits, dlosses, logits, lse, targets, p)
     }
-    fn sample(&self, out: &mut Self::Ids, logits: &Self::Buf, p: SampleParams) -> Result<()> {
-        sample::sample(&self.ctx, out, logits, p)
+    fn sample(&self, out: &mut Self::Ids, logits: &Self::Buf, steps: &Self::Ids, p: SampleParams) -> Result<()> {
+        sample::sample(&self.ctx, out, logits, steps, p)
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -303,8 +303,8 @@ impl Backend for WgpuBackend {
         cross_entropy::cross_entropy_bwd(&self.ctx, dlogits, dlosses, logits, lse, targets, p)
     }
 
-    fn sample(&self, out: &mut GpuBuf, logits: &GpuBuf, p: SampleParams) -> Result<()> {
-        sample::sample(&self.ctx, out, logits, p)
+    fn sample(&self, out: &mut GpuBuf, logits: &GpuBuf, steps: &GpuBuf, p: SampleParams) -> Result<()> {
+        sample::sample(&self.ctx, out, logits, steps, p)
     }
 
     #[allow(clippy::too_many_arguments)]
