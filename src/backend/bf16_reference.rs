@@ -307,9 +307,9 @@ impl Backend for Bf16Reference {
         round_outputs(&mut [dlogits]);
         Ok(())
     }
-    fn sample(&self, out: &mut Vec<i32>, logits: &RefBuf, p: SampleParams) -> Result<()> {
+    fn sample(&self, out: &mut Vec<i32>, logits: &RefBuf, steps: &Vec<i32>, p: SampleParams) -> Result<()> {
         op_dtype(NAME, "sample", &[("logits", logits.dtype)], &[])?;
-        self.cpu.sample(out, &logits.data, p)?;
+        self.cpu.sample(out, &logits.data, steps, p)?;
         Ok(())
     }
     fn decode_advance(
