@@ -1,17 +1,19 @@
 //! Launcher of kernels/sample.cu: one block of 256 per row (greedy, or top-k / top-p sampling with
 //! the counter-based uniform of the CPU backend).
 
+use super::buffer::CudaBuf;
 use super::context::{launch, per_row, Context};
 use super::need;
 use crate::backend::ops::SampleParams;
 use crate::error::Result;
 use cudarc::driver::CudaSlice;
 
-pub fn sample(ctx: &Context, out: &mut CudaSlice<i32>, logits: &CudaSlice<f32>, p: SampleParams) -> Result<()> {
+pub fn sample(ctx: &Context, out: &mut CudaSlice<i32>, logits: &CudaBuf, p: SampleParams) -> Result<()> {
     let (n, v) = (p.n as usize, p.v as usize);
     need("sample", &[("out", out.len(), n), ("logits", logits.len(), n * v)])?;
     if n == 0 || v == 0 {
         return Ok(());
     }
-    launch!(ctx, "sample", "sample", per_row(n, 256), out, logits, &p)
+    let t = logits.dtype();
+    launch!(ctx, "sample", "sample"[t], per_row(n, 256), out, logits, &p)
 }
