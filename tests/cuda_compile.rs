@@ -332,8 +332,7 @@ fn every_launch_passes_as_many_arguments_as_its_kernel_takes() {
             };
             let bf16 = format!("{name}_bf16");
             for kernel in if typed { vec![name, bf16.as_str()] } else { vec![name] } {
-                let (_, want) =
-                    arities.iter().find(|(k, _)| k == kernel).unwrap_or_else(|| panic!("{}: launch of unknown kernel `{kernel}`", path.display()));
+                let (_, want) = arities.iter().find(|(k, _)| k == kernel).unwrap_or_else(|| panic!("{}: launch of unknown kernel `{kernel}`", path.display()));
                 assert_eq!(args.len() - 4, *want, "{}: `{kernel}` launched with {} arguments, the kernel takes {want}", path.display(), args.len() - 4);
             }
             launches += 1;

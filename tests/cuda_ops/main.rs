@@ -119,8 +119,32 @@ pub fn cout<B: Backend>(be: &B, b: &mut B::Buf) -> Vec<f32> {
     v
 }
 
-/// Runs `run` on the CPU reference and on CUDA in bf16 storage for every case (a bf16 run: see
-/// [`cin`], [`cout`]) and compares with `(atol, rtol)`.
+/// The outputs of `cpu_run` (the CPU reference) and `gpu_run` (on `g`, whose compute type must be
+/// bf16) for `case` in a bf16 run (see [`cin`], [`cout`]).
+pub fn bf16_runs_on<C: Copy>(
+    g: &CudaBackend,
+    case: C,
+    cpu_run: impl Fn(&rlhf::backend::CpuBackend, C) -> Outputs,
+    gpu_run: impl Fn(&CudaBackend, C) -> Outputs,
+) -> (Outputs, Outputs) {
+    assert_eq!(g.compute_dtype(), Dtype::Bf16);
+    BF16_RUN.with(|f| f.set(true));
+    let want = cpu_run(&rlhf::backend::CpuBackend::new(), case);
+    let got = gpu_run(g, case);
+    BF16_RUN.with(|f| f.set(false));
+    assert_eq!(want.len(), got.len());
+    (want, got)
+}
+
+/// The bf16 tolerance of an op whose f32 parity tolerance is `(atol, rtol)` (see the header):
+/// `(atol (1 + 2^-8), rtol (1 + 2^-8) + BF16_ULP)`.
+pub fn bf16_tol((atol, rtol): (f32, f32)) -> (f32, f32) {
+    let k = 1.0 + 1.0 / 256.0;
+    (atol * k, rtol * k + BF16_ULP)
+}
+
+/// Runs `run` on the CPU reference and on CUDA in bf16 storage for every case and compares with
+/// `(atol, rtol)` (usually [`bf16_tol`] of the op's f32 tolerance).
 pub fn compare_bf16<C: Copy + std::fmt::Debug>(
     cases: &[C],
     tol: (f32, f32),
@@ -128,18 +152,12 @@ pub fn compare_bf16<C: Copy + std::fmt::Debug>(
     gpu_run: impl Fn(&CudaBackend, C) -> Outputs,
 ) {
     let Some(g) = gpu_bf16() else { return };
-    assert_eq!(g.compute_dtype(), Dtype::Bf16);
-    let c = rlhf::backend::CpuBackend::new();
-    BF16_RUN.with(|f| f.set(true));
     for &case in cases {
-        let want = cpu_run(&c, case);
-        let got = gpu_run(g, case);
-        assert_eq!(want.len(), got.len());
+        let (want, got) = bf16_runs_on(g, case, &cpu_run, &gpu_run);
         for ((name, w), (_, x)) in want.iter().zip(&got) {
             assert_close(&format!("bf16 {case:?} {name}"), x, w, tol.0, tol.1);
         }
     }
-    BF16_RUN.with(|f| f.set(false));
 }
 
 /// `parity_bf16!(cases, tol, run)`: [`compare_bf16`] of a generic `run` (as `parity!`).
@@ -208,6 +226,9 @@ fn every_op_with_compute_buffers_has_a_bf16_parity_test() {
     let checks = family_checks();
     for op in common::ops_with_compute_buffers() {
         let bf16 = format!("{op}_bf16");
-        assert!(checks.iter().any(|(name, _)| *name == bf16), "op `{op}` has compute-typed buffers but no bf16 parity test (a `(\"{bf16}\", test)` entry in CHECKS)");
+        assert!(
+            checks.iter().any(|(name, _)| *name == bf16),
+            "op `{op}` has compute-typed buffers but no bf16 parity test (a `(\"{bf16}\", test)` entry in CHECKS)"
+        );
     }
 }
