@@ -38,6 +38,9 @@ pub fn cast(ctx: &Context, inp: DevPtr<'_>, out: DevPtr<'_>) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
+    if (inp.ptr | out.ptr) % 16 != 0 {
+        return Err(super::kernels::err(format!("copy: the cast kernels need 16-byte aligned buffers (inp {:#x}, out {:#x})", inp.ptr, out.ptr)));
+    }
     let p = ElementwiseParams::new(n);
     let cfg = ew(n, if inp.dtype == Dtype::Bf16 { Dtype::Bf16 } else { out.dtype });
     match (out.dtype, inp.dtype) {

@@ -114,7 +114,9 @@ pub fn logprob_gather_bwd(
     // bf16: dlogits are rounded to a bf16 tile for the bf16 products, and dh is summed over the
     // chunks in an f32 accumulator (after the tile in the same scratch), rounded once at the end
     let bf16 = ty == Dtype::Bf16;
-    let tile_len = n * chunk + if bf16 { n * c } else { 0 };
+    // the accumulator starts 256-byte aligned (the cast kernel reads it 16 bytes at a time)
+    let acc0 = (n * chunk).next_multiple_of(64);
+    let tile_len = if bf16 { acc0 + n * c } else { n * chunk };
     ctx.with_scratch2((Scratch::LogprobTile, tile_len), (Scratch::LogprobTileBf16, if bf16 { (n * chunk).div_ceil(2) } else { 1 }), |tile, tile16| {
         for j in 0..n_chunks {
             let j0 = j * chunk;
@@ -133,14 +135,14 @@ pub fn logprob_gather_bwd(
             let w_chunk = DevPtr::of(s, w, j0 * c..(j0 + cw) * c)?;
             // dh (+)= dlogits [n, cw] @ w_chunk [cw, c]
             let mp = MatmulParams::new(n, c, cw, false, false).accumulate(j > 0);
-            let dh_acc = if bf16 { DevPtr::scratch(s, tile, n * chunk..n * chunk + n * c)? } else { DevPtr::of_mut(s, dh, 0..n * c)? };
+            let dh_acc = if bf16 { DevPtr::scratch(s, tile, acc0..acc0 + n * c)? } else { DevPtr::of_mut(s, dh, 0..n * c)? };
             gemm(ctx, dh_acc, dlogits, w_chunk, mp)?;
             // dw[chunk] += dlogits^T [cw, n] @ h [n, c]
             let mp = MatmulParams::new(cw, c, n, true, false).accumulate(true);
             gemm(ctx, DevPtr::of_mut(s, dw, j0 * c..(j0 + cw) * c)?, dlogits, DevPtr::of(s, h, 0..n * c)?, mp)?;
         }
         if bf16 {
-            super::elementwise::cast(ctx, DevPtr::scratch(s, tile, n * chunk..n * chunk + n * c)?, DevPtr::of_mut(s, dh, 0..n * c)?)?;
+            super::elementwise::cast(ctx, DevPtr::scratch(s, tile, acc0..acc0 + n * c)?, DevPtr::of_mut(s, dh, 0..n * c)?)?;
         }
         Ok(())
     })
