@@ -134,39 +134,27 @@ impl Context {
         if p != MatmulPrecision::F32 && self.blas.is_none() {
             return Err(p.unsupported("cuda", "the SIMT matmul (RLHF_CUDA_MATMUL=simt, or no libcublas) computes in f32 only; use f32 or cuBLAS"));
         }
-        if self.compute_dtype == Dtype::Bf16 && !matches!(p, MatmulPrecision::F32 | MatmulPrecision::Bf16) {
-            return Err(
-                p.unsupported("cuda", "with --precision bf16 the matmul operands already are bf16 (f32 accumulation); use --matmul-precision f32 or bf16")
-            );
-        }
+        storage_allows(self.compute_dtype, p)?;
         self.matmul_precision = p;
         Ok(())
     }
 
     /// The compute type `--precision auto` picks: bf16 on sm_80 and newer, else f32.
     pub fn preferred_compute_dtype(&self) -> Dtype {
-        if self.sm.0 >= 8 {
+        if device_stores(Dtype::Bf16, &self.device_name, self.sm).is_ok() {
             Dtype::Bf16
         } else {
             Dtype::F32
         }
     }
 
-    /// Sets the type of `Storage::Compute` allocations: bf16 needs compute capability 8.0.
+    /// Sets the type of `Storage::Compute` allocations: bf16 needs compute capability 8.0, and
+    /// f32 or bf16 matmul operands (`--matmul-precision` is about f32 storage).
     pub fn set_compute_dtype(&mut self, d: Dtype) -> Result<()> {
-        if d == Dtype::Bf16 {
-            let (major, minor) = self.sm;
-            if major < 8 {
-                let why = format!(
-                    "{} is sm_{major}{minor}; bf16 storage needs compute capability 8.0 (sm_80) or newer (use --precision f32 or auto)",
-                    self.device_name
-                );
-                return Err(storage::unsupported("cuda", d, why));
-            }
-            if !matches!(self.matmul_precision, MatmulPrecision::F32 | MatmulPrecision::Bf16) {
-                let why = format!("--matmul-precision {} applies to f32 storage only (bf16 storage multiplies bf16 operands)", self.matmul_precision);
-                return Err(storage::unsupported("cuda", d, why));
-            }
+        device_stores(d, &self.device_name, self.sm)?;
+        if d == Dtype::Bf16 && storage_allows(d, self.matmul_precision).is_err() {
+            let why = format!("--matmul-precision {} applies to f32 storage only (bf16 storage multiplies bf16 operands)", self.matmul_precision);
+            return Err(storage::unsupported("cuda", d, why));
         }
         self.compute_dtype = d;
         Ok(())
@@ -256,6 +244,25 @@ impl Context {
     }
 }
 
+/// Whether device `name` of compute capability `(major, minor)` stores compute type `d`: bf16
+/// needs sm_80 (the error names the device and its sm).
+pub fn device_stores(d: Dtype, name: &str, (major, minor): (i32, i32)) -> Result<()> {
+    if d == Dtype::Bf16 && major < 8 {
+        let why = format!("{name} is sm_{major}{minor}; bf16 storage needs compute capability 8.0 (sm_80) or newer (use --precision f32 or auto)");
+        return Err(storage::unsupported("cuda", d, why));
+    }
+    Ok(())
+}
+
+/// Whether `--matmul-precision p` goes with compute storage `d`: any with f32 storage; with bf16
+/// storage the operands already are bf16, so only f32 and bf16 (which then mean the same).
+pub fn storage_allows(d: Dtype, p: MatmulPrecision) -> Result<()> {
+    if d == Dtype::Bf16 && !matches!(p, MatmulPrecision::F32 | MatmulPrecision::Bf16) {
+        return Err(p.unsupported("cuda", "with --precision bf16 the matmul operands already are bf16 (f32 accumulation); use --matmul-precision f32 or bf16"));
+    }
+    Ok(())
+}
+
 /// 1-D launch of `threads`-wide blocks covering `items` work items (at most 65535 blocks: the
 /// kernels loop grid-stride).
 pub fn linear(items: usize, threads: u32) -> LaunchConfig {
@@ -304,3 +311,29 @@ macro_rules! launch {
     }};
 }
 pub(crate) use launch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_storage_needs_sm_80_and_names_the_device() {
+        assert!(device_stores(Dtype::Bf16, "NVIDIA H100", (9, 0)).is_ok());
+        assert!(device_stores(Dtype::Bf16, "NVIDIA A100", (8, 0)).is_ok());
+        assert!(device_stores(Dtype::F32, "Tesla T4", (7, 5)).is_ok());
+        let e = device_stores(Dtype::Bf16, "Tesla T4", (7, 5)).unwrap_err().to_string();
+        assert!(e.contains("Tesla T4 is sm_75") && e.contains("--precision bf16") && e.contains("sm_80"), "{e}");
+    }
+
+    #[test]
+    fn matmul_precision_applies_to_f32_storage_only() {
+        for p in [MatmulPrecision::F32, MatmulPrecision::Tf32, MatmulPrecision::Bf16, MatmulPrecision::F16] {
+            assert!(storage_allows(Dtype::F32, p).is_ok());
+        }
+        assert!(storage_allows(Dtype::Bf16, MatmulPrecision::F32).is_ok());
+        assert!(storage_allows(Dtype::Bf16, MatmulPrecision::Bf16).is_ok());
+        let e = storage_allows(Dtype::Bf16, MatmulPrecision::Tf32).unwrap_err().to_string();
+        assert!(e.contains("--matmul-precision tf32") && e.contains("already are bf16"), "{e}");
+        assert!(storage_allows(Dtype::Bf16, MatmulPrecision::F16).is_err());
+    }
+}

@@ -82,7 +82,10 @@ pub fn gemm(ctx: &Context, out: DevPtr<'_>, a: DevPtr<'_>, b: DevPtr<'_>, p: Mat
     let bf16 = cudaDataType_t::CUDA_R_16BF;
     let f32_t = cudaDataType_t::CUDA_R_32F;
     let c_type = if out.dtype == Dtype::F32 { f32_t } else { bf16 };
-    match (&ctx.blas, t, compute_type(ctx.matmul_precision)) {
+    // --matmul-precision is about f32 storage: in the bf16 mode (where it can only be f32 or bf16)
+    // the bf16 operands multiply as they are and any f32 ones in full f32
+    let fast = if ctx.compute_dtype == Dtype::Bf16 { None } else { compute_type(ctx.matmul_precision) };
+    match (&ctx.blas, t, fast) {
         (Some(blas), Dtype::F32, None) => sgemm(ctx, blas, out, a, b, &p),
         (Some(blas), Dtype::F32, Some(compute)) => gemm_ex(ctx, blas, (out, f32_t), (a, b, f32_t), &p, compute),
         // bf16 storage: the operands already are bf16 (--matmul-precision does not apply)
