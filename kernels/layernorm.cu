@@ -6,7 +6,8 @@
 //   Backward: dx = rstd (g - xhat mean(g xhat)), dw += sum_rows dy xhat.
 // Row kernels (layernorm_fwd, layernorm_bwd, rmsnorm_fwd, rmsnorm_bwd: dx only): grid n (one block
 // per row), block 256, 32 floats of static shared memory for the block reductions; rows are read
-// with 16-byte loads in the statistics pass when c is a multiple of 4 (f32) or 8 (bf16).
+// with 16-byte loads in the statistics passes and the forward's output pass (x in, y out) when c
+// is a multiple of 4 (f32) or 8 (bf16); the backward and the weights are read element by element.
 // Storage: entries NAME (f32) and NAME_bf16 (inp, out, weight, bias and their gradients bf16;
 // mean and rstd f32 in both), one template each; bf16 is read as f32 and rounded once per store. Statistics are two-pass (mean, then centred squares) in f32
 // with f32 tree reductions (the CPU uses f64: agreement to ~1e-6 relative).
@@ -37,6 +38,23 @@ __device__ __forceinline__ float row_sum(const T* __restrict__ x, u32 c, F f, fl
     return block_sum(s, scratch);
 }
 
+// y[j] = f(j, x[j]) over the row, 16-byte loads and stores when c is a multiple of their group
+template <typename T, typename F>
+__device__ __forceinline__ void row_map(T* __restrict__ y, const T* __restrict__ x, u32 c, F f) {
+    constexpr int G = Elt<T>::PER16;
+    if (c % G == 0) {
+        for (u32 q = threadIdx.x; q < c / G; q += blockDim.x) {
+            float v[G];
+            load_group<T, G>(x, q, v);
+#pragma unroll
+            for (int e = 0; e < G; e++) v[e] = f(G * q + e, v[e]);
+            store_group<T, G>(y, q, v);
+        }
+    } else {
+        for (u32 j = threadIdx.x; j < c; j += blockDim.x) st(y, j, f(j, ld(x, j)));
+    }
+}
+
 template <typename T>
 __device__ __forceinline__ void layernorm_fwd_t(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd, const T* __restrict__ inp,
                                                 const T* __restrict__ weight, const T* __restrict__ bias, NormParams p) {
@@ -49,7 +67,7 @@ __device__ __forceinline__ void layernorm_fwd_t(T* __restrict__ out, float* __re
     const float var = row_sum(x, c, [mu](u32, float v) { return (v - mu) * (v - mu); }, scratch) / c;
     const float rs = rsqrtf(var + p.eps);
     T* y = out + i * c;
-    for (u32 j = threadIdx.x; j < c; j += blockDim.x) st(y, j, (ld(x, j) - mu) * rs * ld(weight, j) + ld(bias, j));
+    row_map(y, x, c, [&](u32 j, float v) { return (v - mu) * rs * ld(weight, j) + ld(bias, j); });
     if (threadIdx.x == 0) {
         mean[i] = mu;
         rstd[i] = rs;
@@ -106,7 +124,7 @@ __device__ __forceinline__ void rmsnorm_fwd_t(T* __restrict__ out, float* __rest
     const float ms = row_sum(x, c, [](u32, float v) { return v * v; }, scratch) / c;
     const float rs = rsqrtf(ms + p.eps);
     T* y = out + i * c;
-    for (u32 j = threadIdx.x; j < c; j += blockDim.x) st(y, j, ld(x, j) * rs * ld(weight, j));
+    row_map(y, x, c, [&](u32 j, float v) { return v * rs * ld(weight, j); });
     if (threadIdx.x == 0) rstd[i] = rs;
 }
 extern "C" __global__ void rmsnorm_fwd(float* __restrict__ out, float* __restrict__ rstd, const float* __restrict__ inp, const float* __restrict__ weight,
