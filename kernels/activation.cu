@@ -3,8 +3,9 @@
 //   dx = dy (0.5 (1 + t) + 0.5 x (1 - t^2) s (1 + 3 0.044715 x^2)).
 // SwiGLU: y = silu(g) u, silu(g) = g sigmoid(g); du = dy silu(g),
 //   dg = dy u sigmoid(g) (1 + g (1 - sigmoid(g))).
-// Launch: 1-D, block 256, grid ceil(ceil(n / 4) / 256); 4 elements per thread through float4
-// loads, a scalar tail for n % 4.
+// Entries NAME (f32 storage) and NAME_bf16 (bf16 storage, computed in f32) of one template each.
+// Launch: 1-D, block 256, grid ceil(ceil(n / G) / 256); G elements per thread through 16-byte
+// loads (G = 4 f32 or 8 bf16), a scalar tail for n % G.
 #include "common.cuh"
 
 #define GELU_S 0.7978845608f
@@ -20,30 +21,24 @@ __device__ __forceinline__ float gelu_grad(float g, float x) {
     return g * (0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * GELU_S * (1.0f + 3.0f * 0.044715f * x * x));
 }
 
-#define F4(ptr) reinterpret_cast<const float4*>(ptr)[q]
+template <typename T>
+__device__ __forceinline__ void gelu_fwd_t(T* out, const T* inp, ElementwiseParams p) { ew_map1(p.n, out, inp, [](float x) { return gelu_f(x); }); }
+extern "C" __global__ void gelu_fwd(float* __restrict__ out, const float* __restrict__ inp, ElementwiseParams p) { gelu_fwd_t(out, inp, p); }
+extern "C" __global__ void gelu_fwd_bf16(bf16* __restrict__ out, const bf16* __restrict__ inp, ElementwiseParams p) { gelu_fwd_t(out, inp, p); }
 
-extern "C" __global__ void gelu_fwd(float* __restrict__ out, const float* __restrict__ inp, ElementwiseParams p) {
-    ew_loop(p.n, [&](unsigned long long q) {
-            const float4 x = F4(inp);
-            reinterpret_cast<float4*>(out)[q] = make_float4(gelu_f(x.x), gelu_f(x.y), gelu_f(x.z), gelu_f(x.w));
-        }, [&](unsigned long long i) { out[i] = gelu_f(inp[i]); });
+template <typename T>
+__device__ __forceinline__ void gelu_bwd_t(T* dinp, const T* dout, const T* inp, ElementwiseParams p) {
+    ew_map2(p.n, dinp, dout, inp, [](float g, float x) { return gelu_grad(g, x); });
 }
-
-extern "C" __global__ void gelu_bwd(float* __restrict__ dinp, const float* __restrict__ dout, const float* __restrict__ inp, ElementwiseParams p) {
-    ew_loop(p.n, [&](unsigned long long q) {
-            const float4 g = F4(dout), x = F4(inp);
-            reinterpret_cast<float4*>(dinp)[q] = make_float4(gelu_grad(g.x, x.x), gelu_grad(g.y, x.y), gelu_grad(g.z, x.z), gelu_grad(g.w, x.w));
-        }, [&](unsigned long long i) { dinp[i] = gelu_grad(dout[i], inp[i]); });
-}
+extern "C" __global__ void gelu_bwd(float* __restrict__ dinp, const float* __restrict__ dout, const float* __restrict__ inp, ElementwiseParams p) { gelu_bwd_t(dinp, dout, inp, p); }
+extern "C" __global__ void gelu_bwd_bf16(bf16* __restrict__ dinp, const bf16* __restrict__ dout, const bf16* __restrict__ inp, ElementwiseParams p) { gelu_bwd_t(dinp, dout, inp, p); }
 
 __device__ __forceinline__ float swiglu_f(float g, float u) { return g * sigmoid_f(g) * u; }
 
-extern "C" __global__ void swiglu_fwd(float* __restrict__ out, const float* __restrict__ gate, const float* __restrict__ up, ElementwiseParams p) {
-    ew_loop(p.n, [&](unsigned long long q) {
-            const float4 g = F4(gate), u = F4(up);
-            reinterpret_cast<float4*>(out)[q] = make_float4(swiglu_f(g.x, u.x), swiglu_f(g.y, u.y), swiglu_f(g.z, u.z), swiglu_f(g.w, u.w));
-        }, [&](unsigned long long i) { out[i] = swiglu_f(gate[i], up[i]); });
-}
+template <typename T>
+__device__ __forceinline__ void swiglu_fwd_t(T* out, const T* gate, const T* up, ElementwiseParams p) { ew_map2(p.n, out, gate, up, [](float g, float u) { return swiglu_f(g, u); }); }
+extern "C" __global__ void swiglu_fwd(float* __restrict__ out, const float* __restrict__ gate, const float* __restrict__ up, ElementwiseParams p) { swiglu_fwd_t(out, gate, up, p); }
+extern "C" __global__ void swiglu_fwd_bf16(bf16* __restrict__ out, const bf16* __restrict__ gate, const bf16* __restrict__ up, ElementwiseParams p) { swiglu_fwd_t(out, gate, up, p); }
 
 __device__ __forceinline__ void swiglu_grad(float& dg, float& du, float dy, float g, float u) {
     const float s = sigmoid_f(g);
@@ -51,16 +46,30 @@ __device__ __forceinline__ void swiglu_grad(float& dg, float& du, float dy, floa
     dg = dy * u * s * (1.0f + g * (1.0f - s));
 }
 
+template <typename T>
+__device__ __forceinline__ void swiglu_bwd_t(T* dgate, T* dup, const T* dout, const T* gate, const T* up, ElementwiseParams p) {
+    constexpr int G = Elt<T>::PER16;
+    ew_loop_g<G>(p.n, [&](unsigned long long q) {
+            float dy[G], g[G], u[G], dg[G], du[G];
+            load_group<T, G>(dout, q, dy);
+            load_group<T, G>(gate, q, g);
+            load_group<T, G>(up, q, u);
+#pragma unroll
+            for (int e = 0; e < G; e++) swiglu_grad(dg[e], du[e], dy[e], g[e], u[e]);
+            store_group<T, G>(dgate, q, dg);
+            store_group<T, G>(dup, q, du);
+        }, [&](unsigned long long i) {
+            float dg, du;
+            swiglu_grad(dg, du, ld(dout, i), ld(gate, i), ld(up, i));
+            st(dgate, i, dg);
+            st(dup, i, du);
+        });
+}
 extern "C" __global__ void swiglu_bwd(float* __restrict__ dgate, float* __restrict__ dup, const float* __restrict__ dout, const float* __restrict__ gate,
                                       const float* __restrict__ up, ElementwiseParams p) {
-    ew_loop(p.n, [&](unsigned long long q) {
-            const float4 dy = F4(dout), g = F4(gate), u = F4(up);
-            float4 dg, du;
-            swiglu_grad(dg.x, du.x, dy.x, g.x, u.x);
-            swiglu_grad(dg.y, du.y, dy.y, g.y, u.y);
-            swiglu_grad(dg.z, du.z, dy.z, g.z, u.z);
-            swiglu_grad(dg.w, du.w, dy.w, g.w, u.w);
-            reinterpret_cast<float4*>(dgate)[q] = dg;
-            reinterpret_cast<float4*>(dup)[q] = du;
-        }, [&](unsigned long long i) { swiglu_grad(dgate[i], dup[i], dout[i], gate[i], up[i]); });
+    swiglu_bwd_t(dgate, dup, dout, gate, up, p);
+}
+extern "C" __global__ void swiglu_bwd_bf16(bf16* __restrict__ dgate, bf16* __restrict__ dup, const bf16* __restrict__ dout, const bf16* __restrict__ gate,
+                                           const bf16* __restrict__ up, ElementwiseParams p) {
+    swiglu_bwd_t(dgate, dup, dout, gate, up, p);
 }

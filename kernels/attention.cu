@@ -16,6 +16,10 @@
 // per row so that the 32 lanes reading 32 rows hit 32 banks. Every output element has one writer
 // and a fixed summation order: no atomics, deterministic.
 //
+// Storage: every kernel is a template over the type T of q/k/v/out/dout/dqkv/cache, entries NAME
+// (f32) and NAME_bf16; lse and the delta scratch are f32, tiles in shared memory are f32 (bf16
+// widened on load), every sum is f32 and outputs are rounded once on store.
+//
 // Launch configurations (block 256 = ATT_WARPS warps; dynamic shared memory in floats):
 //   attention_fwd:        grid (ceil(tq / 8), nh, b); 32 (hd + 1) + 32 hd + 8 hd.
 //   attention_bwd_delta:  grid ceil(b tq nh / 8); D [b, nh, tq] into the scratch `delta`.
@@ -30,19 +34,21 @@
 #define ATT_KT 32
 #define ATT_HD_REG 4
 
-__device__ __forceinline__ float dot_row(const float* __restrict__ a, const float* __restrict__ b, u32 hd) {
+template <typename T>
+__device__ __forceinline__ float dot_row(const float* __restrict__ a, const T* __restrict__ b, u32 hd) {
     float s = 0.0f;
-    for (u32 d = 0; d < hd; d++) s = fmaf(a[d], b[d], s);
+    for (u32 d = 0; d < hd; d++) s = fmaf(a[d], ld(b, d), s);
     return s;
 }
 
 // rows j0 .. j0 + ATT_KT of a strided operand (row r at src + r * src_row) into a shared tile with
 // `stride` floats per row; rows at or past `last` are zero. The whole block takes part.
-__device__ __forceinline__ void load_tile(float* __restrict__ dst, u32 stride, const float* __restrict__ src, unsigned long long src_row, u32 j0, u32 last,
+template <typename T>
+__device__ __forceinline__ void load_tile(float* __restrict__ dst, u32 stride, const T* __restrict__ src, unsigned long long src_row, u32 j0, u32 last,
                                           u32 hd) {
     for (u32 e = threadIdx.x; e < ATT_KT * hd; e += blockDim.x) {
         const u32 r = e / hd, d = e % hd, j = j0 + r;
-        dst[r * stride + d] = j < last ? src[(unsigned long long)j * src_row + d] : 0.0f;
+        dst[r * stride + d] = j < last ? ld(src, (unsigned long long)j * src_row + d) : 0.0f;
     }
 }
 
@@ -61,28 +67,31 @@ __device__ __forceinline__ float softmax_step(float s, bool visible, float& m, f
 
 // acc[d] += sum_{jj < nj} e_jj v_jj[d] for the lane's elements d = lane + 32 r, with e_jj the
 // weight held by lane jj and v_jj = v + jj * v_row (in key order: a fixed FMA chain per element).
-__device__ __forceinline__ void accumulate_rows(float* acc, float e, const float* __restrict__ v, unsigned long long v_row, u32 nj, u32 lane, u32 hd) {
+template <typename T>
+__device__ __forceinline__ void accumulate_rows(float* acc, float e, const T* __restrict__ v, unsigned long long v_row, u32 nj, u32 lane, u32 hd) {
     for (u32 jj = 0; jj < nj; jj++) {
         const float pj = __shfl_sync(FULL_MASK, e, jj);
 #pragma unroll
         for (int r = 0; r < ATT_HD_REG; r++) {
             const u32 d = lane + 32 * r;
-            if (d < hd) acc[r] = fmaf(pj, v[jj * v_row + d], acc[r]);
+            if (d < hd) acc[r] = fmaf(pj, ld(v, jj * v_row + d), acc[r]);
         }
     }
 }
 
 // out[d] = acc[d] * scale for the lane's elements
-__device__ __forceinline__ void store_row(float* __restrict__ out, const float* acc, float scale, u32 lane, u32 hd) {
+template <typename T>
+__device__ __forceinline__ void store_row(T* __restrict__ out, const float* acc, float scale, u32 lane, u32 hd) {
 #pragma unroll
     for (int r = 0; r < ATT_HD_REG; r++) {
         const u32 d = lane + 32 * r;
-        if (d < hd) out[d] = acc[r] * scale;
+        if (d < hd) st(out, d, acc[r] * scale);
     }
 }
 
-extern "C" __global__ void attention_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q, const float* __restrict__ k,
-                                         const float* __restrict__ v, AttentionParams p) {
+template <typename T>
+__device__ __forceinline__ void attention_fwd_t(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q, const T* __restrict__ k, const T* __restrict__ v,
+                                                AttentionParams p) {
     extern __shared__ float sm[];
     const u32 hd = p.hd, hp = hd + 1, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     float* Ks = sm;
@@ -92,13 +101,13 @@ extern "C" __global__ void attention_fwd(float* __restrict__ out, float* __restr
     const u32 i0 = blockIdx.x * ATT_WARPS, i = i0 + warp;
     const bool active = i < p.tq;
     if (active) {
-        const float* qrow = q + (unsigned long long)b * p.q_batch + (unsigned long long)i * p.q_row + p.q_off + h * hd;
-        for (u32 d = lane; d < hd; d += 32) Qs[d] = qrow[d];
+        const T* qrow = q + (unsigned long long)b * p.q_batch + (unsigned long long)i * p.q_row + p.q_off + h * hd;
+        for (u32 d = lane; d < hd; d += 32) Qs[d] = ld(qrow, d);
     }
     const u32 visible = active ? min(p.q_pos0 + i + 1, p.tk) : 0;
     const u32 last = min(p.q_pos0 + min(i0 + ATT_WARPS, p.tq), p.tk);
-    const float* kb = k + (unsigned long long)b * p.kv_batch + p.k_off + kvh * hd;
-    const float* vb = v + (unsigned long long)b * p.kv_batch + p.v_off + kvh * hd;
+    const T* kb = k + (unsigned long long)b * p.kv_batch + p.k_off + kvh * hd;
+    const T* vb = v + (unsigned long long)b * p.kv_batch + p.v_off + kvh * hd;
     float m = NEG_INF, l = 0.0f, acc[ATT_HD_REG];
 #pragma unroll
     for (int r = 0; r < ATT_HD_REG; r++) acc[r] = 0.0f;
@@ -119,24 +128,26 @@ extern "C" __global__ void attention_fwd(float* __restrict__ out, float* __restr
 }
 
 // D [b, nh, T] = dout . out per (sequence, query, head); one warp each.
-extern "C" __global__ void attention_bwd_delta(float* __restrict__ delta, const float* __restrict__ dout, const float* __restrict__ out, AttentionParams p) {
+template <typename T>
+__device__ __forceinline__ void attention_bwd_delta_t(float* __restrict__ delta, const T* __restrict__ dout, const T* __restrict__ out, AttentionParams p) {
     const unsigned long long w = ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const u32 lane = threadIdx.x & 31, hd = p.hd;
     if (w >= (unsigned long long)p.b * p.tq * p.nh) return;
     const u32 h = w % p.nh;
     const unsigned long long bi = w / p.nh;  // b * tq + i
     const u32 i = bi % p.tq, b = bi / p.tq;
-    const float* g = dout + bi * p.nh * hd + h * hd;
-    const float* o = out + bi * p.nh * hd + h * hd;
+    const T* g = dout + bi * p.nh * hd + h * hd;
+    const T* o = out + bi * p.nh * hd + h * hd;
     float s = 0.0f;
-    for (u32 d = lane; d < hd; d += 32) s = fmaf(g[d], o[d], s);
+    for (u32 d = lane; d < hd; d += 32) s = fmaf(ld(g, d), ld(o, d), s);
     s = warp_sum(s);
     if (lane == 0) delta[((unsigned long long)b * p.nh + h) * p.tq + i] = s;
 }
 
 // dq: one warp per query, key tiles in shared memory.
-extern "C" __global__ void attention_bwd(float* __restrict__ dqkv, const float* __restrict__ dout, const float* __restrict__ lse,
-                                         const float* __restrict__ delta, const float* __restrict__ qkv, AttentionParams p) {
+template <typename T>
+__device__ __forceinline__ void attention_bwd_t(T* __restrict__ dqkv, const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                                                const T* __restrict__ qkv, AttentionParams p) {
     extern __shared__ float sm[];
     const u32 hd = p.hd, hp = hd + 1, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = p.tq;
     float* Ks = sm;
@@ -149,19 +160,19 @@ extern "C" __global__ void attention_bwd(float* __restrict__ dqkv, const float* 
     const unsigned long long base = (unsigned long long)b * p.q_batch;
     float l_i = 0.0f, d_i = 0.0f;
     if (active) {
-        const float* qrow = qkv + base + (unsigned long long)i * p.q_row + p.q_off + h * hd;
-        const float* grow = dout + ((unsigned long long)b * t + i) * p.nh * hd + h * hd;
+        const T* qrow = qkv + base + (unsigned long long)i * p.q_row + p.q_off + h * hd;
+        const T* grow = dout + ((unsigned long long)b * t + i) * p.nh * hd + h * hd;
         for (u32 d = lane; d < hd; d += 32) {
-            Qs[d] = qrow[d];
-            Gs[d] = grow[d];
+            Qs[d] = ld(qrow, d);
+            Gs[d] = ld(grow, d);
         }
         l_i = lse[((unsigned long long)b * p.nh + h) * t + i];
         d_i = delta[((unsigned long long)b * p.nh + h) * t + i];
     }
     const u32 visible = active ? i + 1 : 0;
     const u32 last = min(i0 + ATT_WARPS, t);
-    const float* kb = qkv + base + p.k_off + kvh * hd;
-    const float* vb = qkv + base + p.v_off + kvh * hd;
+    const T* kb = qkv + base + p.k_off + kvh * hd;
+    const T* vb = qkv + base + p.v_off + kvh * hd;
     float acc[ATT_HD_REG];
 #pragma unroll
     for (int r = 0; r < ATT_HD_REG; r++) acc[r] = 0.0f;
@@ -184,8 +195,9 @@ extern "C" __global__ void attention_bwd(float* __restrict__ dqkv, const float* 
 }
 
 // dk, dv: one warp per key, query tiles (of every query head of the group) in shared memory.
-extern "C" __global__ void attention_bwd_dkv(float* __restrict__ dqkv, const float* __restrict__ dout, const float* __restrict__ lse,
-                                             const float* __restrict__ delta, const float* __restrict__ qkv, AttentionParams p) {
+template <typename T>
+__device__ __forceinline__ void attention_bwd_dkv_t(T* __restrict__ dqkv, const T* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                                                    const T* __restrict__ qkv, AttentionParams p) {
     extern __shared__ float sm[];
     const u32 hd = p.hd, hp = hd + 1, warp = threadIdx.x >> 5, lane = threadIdx.x & 31, t = p.tq;
     float* Qs = sm;
@@ -199,11 +211,11 @@ extern "C" __global__ void attention_bwd_dkv(float* __restrict__ dqkv, const flo
     const bool active = j < t;
     const unsigned long long base = (unsigned long long)b * p.q_batch;
     if (active) {
-        const float* krow = qkv + base + (unsigned long long)j * p.q_row + p.k_off + kvh * hd;
-        const float* vrow = qkv + base + (unsigned long long)j * p.q_row + p.v_off + kvh * hd;
+        const T* krow = qkv + base + (unsigned long long)j * p.q_row + p.k_off + kvh * hd;
+        const T* vrow = qkv + base + (unsigned long long)j * p.q_row + p.v_off + kvh * hd;
         for (u32 d = lane; d < hd; d += 32) {
-            ks[d] = krow[d];
-            vs[d] = vrow[d];
+            ks[d] = ld(krow, d);
+            vs[d] = ld(vrow, d);
         }
     }
     float dk[ATT_HD_REG], dv[ATT_HD_REG];
@@ -243,19 +255,20 @@ extern "C" __global__ void attention_bwd_dkv(float* __restrict__ dqkv, const flo
         }
     }
     if (!active) return;
-    float* dkr = dqkv + base + (unsigned long long)j * p.q_row + p.k_off + kvh * hd;
-    float* dvr = dqkv + base + (unsigned long long)j * p.q_row + p.v_off + kvh * hd;
+    T* dkr = dqkv + base + (unsigned long long)j * p.q_row + p.k_off + kvh * hd;
+    T* dvr = dqkv + base + (unsigned long long)j * p.q_row + p.v_off + kvh * hd;
 #pragma unroll
     for (int r = 0; r < ATT_HD_REG; r++) {
         const u32 d = lane + 32 * r;
         if (d < hd) {
-            dkr[d] = p.scale * dk[r];
-            dvr[d] = dv[r];
+            st(dkr, d, p.scale * dk[r]);
+            st(dvr, d, dv[r]);
         }
     }
 }
 
-extern "C" __global__ void kv_cache_write(float* __restrict__ cache, const float* __restrict__ qkv, KvCacheParams p) {
+template <typename T>
+__device__ __forceinline__ void kv_cache_write_t(T* __restrict__ cache, const T* __restrict__ qkv, KvCacheParams p) {
     const u32 kv = 2 * p.nkv * p.hd, row = p.nh * p.hd + kv, qw = p.nh * p.hd;
     const unsigned long long total = (unsigned long long)p.b * p.t * kv;
     for (unsigned long long e = gtid(); e < total; e += gstride()) {
@@ -266,7 +279,8 @@ extern "C" __global__ void kv_cache_write(float* __restrict__ cache, const float
     }
 }
 
-extern "C" __global__ void scatter_rows(float* __restrict__ out, const float* __restrict__ inp, const int* __restrict__ rows, ScatterParams p) {
+template <typename T>
+__device__ __forceinline__ void scatter_rows_t(T* __restrict__ out, const T* __restrict__ inp, const int* __restrict__ rows, ScatterParams p) {
     const unsigned long long total = (unsigned long long)p.n * p.width;
     for (unsigned long long e = gtid(); e < total; e += gstride()) {
         const u32 c = e % p.width;
@@ -279,8 +293,9 @@ extern "C" __global__ void scatter_rows(float* __restrict__ out, const float* __
 
 // One warp per (cache row i, head h): the query's slot s = rows[i] / t_max, position
 // pos = rows[i] % t_max, keys 0 ..= pos of slot s; 32 keys per step (lane l: key j0 + l).
-extern "C" __global__ void attention_decode_fwd(float* __restrict__ out, float* __restrict__ lse, const float* __restrict__ q, const float* __restrict__ cache,
-                                                const int* __restrict__ rows, AttentionDecodeParams p) {
+template <typename T>
+__device__ __forceinline__ void attention_decode_fwd_t(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q, const T* __restrict__ cache,
+                                                       const int* __restrict__ rows, AttentionDecodeParams p) {
     extern __shared__ float sm[];
     const u32 hd = p.hd, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const u32 i = blockIdx.x, h = blockIdx.y * ATT_WARPS + warp;
@@ -289,11 +304,11 @@ extern "C" __global__ void attention_decode_fwd(float* __restrict__ out, float* 
     const int row = rows[i];
     if (row < 0 || (u32)row >= p.slots * p.t_max) return;
     const u32 slot = row / p.t_max, pos = row % p.t_max, kvh = h / (p.nh / p.nkv), kv_row = 2 * p.nkv * hd;
-    const float* qrow = q + (unsigned long long)i * p.q_row + p.q_off + h * hd;
-    for (u32 d = lane; d < hd; d += 32) Qs[d] = qrow[d];
+    const T* qrow = q + (unsigned long long)i * p.q_row + p.q_off + h * hd;
+    for (u32 d = lane; d < hd; d += 32) Qs[d] = ld(qrow, d);
     __syncwarp();
-    const float* kb = cache + (unsigned long long)slot * p.t_max * kv_row + kvh * hd;
-    const float* vb = cache + (unsigned long long)slot * p.t_max * kv_row + (p.nkv + kvh) * hd;
+    const T* kb = cache + (unsigned long long)slot * p.t_max * kv_row + kvh * hd;
+    const T* vb = cache + (unsigned long long)slot * p.t_max * kv_row + (p.nkv + kvh) * hd;
     const u32 visible = pos + 1;
     float m = NEG_INF, l = 0.0f, acc[ATT_HD_REG];
 #pragma unroll
@@ -306,4 +321,44 @@ extern "C" __global__ void attention_decode_fwd(float* __restrict__ out, float* 
     }
     store_row(out + (unsigned long long)i * p.nh * hd + h * hd, acc, 1.0f / l, lane, hd);
     if (lane == 0) lse[(unsigned long long)i * p.nh + h] = m + logf(l);
+}
+
+// The entries: T = float (NAME) and T = bf16 (NAME_bf16); lse and delta are f32 in both.
+#define ATT_F32 float* __restrict__
+#define ATT_CF32 const float* __restrict__
+extern "C" __global__ void attention_fwd(ATT_F32 out, ATT_F32 lse, ATT_CF32 q, ATT_CF32 k, ATT_CF32 v, AttentionParams p) { attention_fwd_t(out, lse, q, k, v, p); }
+extern "C" __global__ void attention_fwd_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+                                              AttentionParams p) {
+    attention_fwd_t(out, lse, q, k, v, p);
+}
+extern "C" __global__ void attention_bwd_delta(ATT_F32 delta, ATT_CF32 dout, ATT_CF32 out, AttentionParams p) { attention_bwd_delta_t(delta, dout, out, p); }
+extern "C" __global__ void attention_bwd_delta_bf16(ATT_F32 delta, const bf16* __restrict__ dout, const bf16* __restrict__ out, AttentionParams p) {
+    attention_bwd_delta_t(delta, dout, out, p);
+}
+extern "C" __global__ void attention_bwd(ATT_F32 dqkv, ATT_CF32 dout, ATT_CF32 lse, ATT_CF32 delta, ATT_CF32 qkv, AttentionParams p) {
+    attention_bwd_t(dqkv, dout, lse, delta, qkv, p);
+}
+extern "C" __global__ void attention_bwd_bf16(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, ATT_CF32 lse, ATT_CF32 delta, const bf16* __restrict__ qkv,
+                                              AttentionParams p) {
+    attention_bwd_t(dqkv, dout, lse, delta, qkv, p);
+}
+extern "C" __global__ void attention_bwd_dkv(ATT_F32 dqkv, ATT_CF32 dout, ATT_CF32 lse, ATT_CF32 delta, ATT_CF32 qkv, AttentionParams p) {
+    attention_bwd_dkv_t(dqkv, dout, lse, delta, qkv, p);
+}
+extern "C" __global__ void attention_bwd_dkv_bf16(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, ATT_CF32 lse, ATT_CF32 delta, const bf16* __restrict__ qkv,
+                                                  AttentionParams p) {
+    attention_bwd_dkv_t(dqkv, dout, lse, delta, qkv, p);
+}
+extern "C" __global__ void kv_cache_write(ATT_F32 cache, ATT_CF32 qkv, KvCacheParams p) { kv_cache_write_t(cache, qkv, p); }
+extern "C" __global__ void kv_cache_write_bf16(bf16* __restrict__ cache, const bf16* __restrict__ qkv, KvCacheParams p) { kv_cache_write_t(cache, qkv, p); }
+extern "C" __global__ void scatter_rows(ATT_F32 out, ATT_CF32 inp, const int* __restrict__ rows, ScatterParams p) { scatter_rows_t(out, inp, rows, p); }
+extern "C" __global__ void scatter_rows_bf16(bf16* __restrict__ out, const bf16* __restrict__ inp, const int* __restrict__ rows, ScatterParams p) {
+    scatter_rows_t(out, inp, rows, p);
+}
+extern "C" __global__ void attention_decode_fwd(ATT_F32 out, ATT_F32 lse, ATT_CF32 q, ATT_CF32 cache, const int* __restrict__ rows, AttentionDecodeParams p) {
+    attention_decode_fwd_t(out, lse, q, cache, rows, p);
+}
+extern "C" __global__ void attention_decode_fwd_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ cache,
+                                                     const int* __restrict__ rows, AttentionDecodeParams p) {
+    attention_decode_fwd_t(out, lse, q, cache, rows, p);
 }

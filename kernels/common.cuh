@@ -6,6 +6,17 @@
 // result); `block_sum`/`block_max` reduce a whole block (blockDim.x a multiple of 32, <= 1024)
 // through 32 floats of shared memory passed by the caller, and return the result to every thread.
 // The combination order depends only on blockDim, so results are deterministic run to run.
+//
+// Storage types (`--precision`): a compute-typed buffer holds `float` or `bf16`. `bf16` is the
+// bits of a bfloat16 in an unsigned short (no cuda_bf16.h, so NVRTC needs no header): `ld` shifts
+// them into the high half of a float (exact), `st` rounds a float to nearest even (NaN kept quiet,
+// as the `half` crate on the host). Kernels read with `ld`, compute and accumulate in f32 and
+// write with `st`; a kernel body is a template over the storage type T, instantiated as the
+// `extern "C"` entry NAME (T = float) and NAME_bf16 (T = bf16). For float, `ld`/`st` are the
+// identity, so the f32 kernels compute exactly what they did before the templates.
+// `load_group` / `store_group` move G consecutive elements through 16-byte (uint4) accesses:
+// G = 4 floats or 8 bf16 per uint4 (`Elt<T>::PER16`); buffers are cudaMalloc'd (256-byte
+// aligned) and element-wise ops use them from offset 0, so groups are aligned.
 #pragma once
 
 typedef unsigned int u32;
@@ -79,15 +90,87 @@ __device__ __forceinline__ float block_sum(float x, float* scratch) { return blo
 __device__ __forceinline__ double block_sum_d(double x, double* scratch) { return block_reduce(x, scratch, 0.0, warp_sum<double>); }
 __device__ __forceinline__ float block_max(float x, float* scratch) { return block_reduce(x, scratch, NEG_INF, warp_max); }
 
+struct bf16 { unsigned short bits; };
+
+__device__ __forceinline__ float ld(float x) { return x; }
+__device__ __forceinline__ float ld(bf16 x) { return __uint_as_float((u32)x.bits << 16); }
+__device__ __forceinline__ unsigned short bf16_bits(float x) {
+    const u32 u = __float_as_uint(x);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (unsigned short)((u >> 16) | 0x40u);  // NaN stays NaN
+    return (unsigned short)((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);                 // nearest, ties to even
+}
+template <typename T> __device__ __forceinline__ T cvt(float x);
+template <> __device__ __forceinline__ float cvt<float>(float x) { return x; }
+template <> __device__ __forceinline__ bf16 cvt<bf16>(float x) { return bf16{bf16_bits(x)}; }
+// p[i] as f32, and p[i] = x rounded to T
+template <typename T> __device__ __forceinline__ float ld(const T* p, unsigned long long i) { return ld(p[i]); }
+template <typename T> __device__ __forceinline__ void st(T* p, unsigned long long i, float x) { p[i] = cvt<T>(x); }
+
+// The elements of one 16-byte word: unpack to f32 / pack from f32.
+template <typename T> struct Elt;
+template <> struct Elt<float> {
+    static constexpr int PER16 = 4;
+    static __device__ __forceinline__ void unpack(uint4 w, float* v) { v[0] = __uint_as_float(w.x); v[1] = __uint_as_float(w.y); v[2] = __uint_as_float(w.z); v[3] = __uint_as_float(w.w); }
+    static __device__ __forceinline__ uint4 pack(const float* v) { return make_uint4(__float_as_uint(v[0]), __float_as_uint(v[1]), __float_as_uint(v[2]), __float_as_uint(v[3])); }
+};
+template <> struct Elt<bf16> {
+    static constexpr int PER16 = 8;
+    static __device__ __forceinline__ void two(u32 w, float* v) { v[0] = __uint_as_float(w << 16); v[1] = __uint_as_float(w & 0xffff0000u); }
+    static __device__ __forceinline__ u32 join(float a, float b) { return (u32)bf16_bits(a) | ((u32)bf16_bits(b) << 16); }
+    static __device__ __forceinline__ void unpack(uint4 w, float* v) { two(w.x, v); two(w.y, v + 2); two(w.z, v + 4); two(w.w, v + 6); }
+    static __device__ __forceinline__ uint4 pack(const float* v) { return make_uint4(join(v[0], v[1]), join(v[2], v[3]), join(v[4], v[5]), join(v[6], v[7])); }
+};
+// v[0 .. G) = p[q G .. q G + G) as f32 (G a multiple of Elt<T>::PER16), and the store back.
+template <typename T, int G>
+__device__ __forceinline__ void load_group(const T* p, unsigned long long q, float* v) {
+    const uint4* src = reinterpret_cast<const uint4*>(p + q * G);
+#pragma unroll
+    for (int c = 0; c < G / Elt<T>::PER16; c++) Elt<T>::unpack(src[c], v + c * Elt<T>::PER16);
+}
+template <typename T, int G>
+__device__ __forceinline__ void store_group(T* p, unsigned long long q, const float* v) {
+    uint4* dst = reinterpret_cast<uint4*>(p + q * G);
+#pragma unroll
+    for (int c = 0; c < G / Elt<T>::PER16; c++) dst[c] = Elt<T>::pack(v + c * Elt<T>::PER16);
+}
+
 // Global thread index and grid-wide stride of a 1-D launch.
 __device__ __forceinline__ unsigned long long gtid() { return (unsigned long long)blockIdx.x * blockDim.x + threadIdx.x; }
 __device__ __forceinline__ unsigned long long gstride() { return (unsigned long long)gridDim.x * blockDim.x; }
 
-// Element-wise loop over [n]: `vec(q)` for every group of 4 (elements 4q .. 4q + 3, for float4
-// loads and stores), then `scalar(i)` for the n % 4 tail. Grid-stride over a 1-D launch.
+// Element-wise loop over [n]: `vec(q)` for every group of G (elements G q .. G q + G - 1, for
+// 16-byte loads and stores), then `scalar(i)` for the n % G tail. Grid-stride over a 1-D launch.
+template <int G, typename V, typename S>
+__device__ __forceinline__ void ew_loop_g(unsigned long long n, V vec, S scalar) {
+    const unsigned long long ng = n / G;
+    for (unsigned long long q = gtid(); q < ng; q += gstride()) vec(q);
+    for (unsigned long long i = ng * G + gtid(); i < n; i += gstride()) scalar(i);
+}
 template <typename V, typename S>
-__device__ __forceinline__ void ew_loop(unsigned long long n, V vec, S scalar) {
-    const unsigned long long n4 = n / 4;
-    for (unsigned long long q = gtid(); q < n4; q += gstride()) vec(q);
-    for (unsigned long long i = n4 * 4 + gtid(); i < n; i += gstride()) scalar(i);
+__device__ __forceinline__ void ew_loop(unsigned long long n, V vec, S scalar) { ew_loop_g<4>(n, vec, scalar); }
+
+// out[i] = f(a[i]) (ew_map1) and out[i] = f(a[i], b[i]) (ew_map2) over [n], storage type T,
+// computed in f32, in groups of Elt<T>::PER16 (out may be a or b: each element is read first).
+template <typename T, typename F>
+__device__ __forceinline__ void ew_map1(unsigned long long n, T* out, const T* a, F f) {
+    constexpr int G = Elt<T>::PER16;
+    ew_loop_g<G>(n, [&](unsigned long long q) {
+            float x[G];
+            load_group<T, G>(a, q, x);
+#pragma unroll
+            for (int e = 0; e < G; e++) x[e] = f(x[e]);
+            store_group<T, G>(out, q, x);
+        }, [&](unsigned long long i) { st(out, i, f(ld(a, i))); });
+}
+template <typename T, typename F>
+__device__ __forceinline__ void ew_map2(unsigned long long n, T* out, const T* a, const T* b, F f) {
+    constexpr int G = Elt<T>::PER16;
+    ew_loop_g<G>(n, [&](unsigned long long q) {
+            float x[G], y[G];
+            load_group<T, G>(a, q, x);
+            load_group<T, G>(b, q, y);
+#pragma unroll
+            for (int e = 0; e < G; e++) x[e] = f(x[e], y[e]);
+            store_group<T, G>(out, q, x);
+        }, [&](unsigned long long i) { st(out, i, f(ld(a, i), ld(b, i))); });
 }

@@ -6,24 +6,41 @@
 // thread (j, s) owns column j of the table rows whose id % S == s and walks the tokens in order,
 // so every element has one writer and the CPU's summation order (token order; deterministic, no
 // atomics); each dout row is read by one block row only, loads coalesced across the block.
+// Entries NAME (f32) and NAME_bf16 (bf16 out/table/dout/dtable, summed in f32, rounded per store).
 #include "common.cuh"
 
-extern "C" __global__ void embedding_fwd(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ table, EmbeddingParams p) {
+template <typename T>
+__device__ __forceinline__ void embedding_fwd_t(T* out, const int* ids, const T* table, EmbeddingParams p) {
     const unsigned long long i = blockIdx.x;
     if (i >= p.n) return;
     const long long id = ids[i];
     if (id < 0 || id >= (long long)p.vocab) return;
-    const float* src = table + id * p.c;
-    float* dst = out + i * p.c;
-    for (u32 j = threadIdx.x; j < p.c; j += blockDim.x) dst[j] = p.accumulate ? dst[j] + src[j] : src[j];
+    const T* src = table + id * p.c;
+    T* dst = out + i * p.c;
+    for (u32 j = threadIdx.x; j < p.c; j += blockDim.x) st(dst, j, p.accumulate ? ld(dst, j) + ld(src, j) : ld(src, j));
+}
+extern "C" __global__ void embedding_fwd(float* __restrict__ out, const int* __restrict__ ids, const float* __restrict__ table, EmbeddingParams p) {
+    embedding_fwd_t(out, ids, table, p);
+}
+extern "C" __global__ void embedding_fwd_bf16(bf16* __restrict__ out, const int* __restrict__ ids, const bf16* __restrict__ table, EmbeddingParams p) {
+    embedding_fwd_t(out, ids, table, p);
 }
 
-extern "C" __global__ void embedding_bwd(float* __restrict__ dtable, const float* __restrict__ dout, const int* __restrict__ ids, EmbeddingParams p) {
+// bf16: every token's addition is rounded to bf16 (as the CPU reference adding bf16 gradients row by row)
+template <typename T>
+__device__ __forceinline__ void embedding_bwd_t(T* dtable, const T* dout, const int* ids, EmbeddingParams p) {
     const u32 j = blockIdx.x * blockDim.x + threadIdx.x;
     if (j >= p.c) return;
     for (u32 i = 0; i < p.n; i++) {
         const int id = ids[i];
         if (id < 0 || (u32)id >= p.vocab || (u32)id % gridDim.y != blockIdx.y) continue;
-        dtable[(unsigned long long)id * p.c + j] += dout[(unsigned long long)i * p.c + j];
+        const unsigned long long at = (unsigned long long)id * p.c + j;
+        st(dtable, at, ld(dtable, at) + ld(dout, (unsigned long long)i * p.c + j));
     }
+}
+extern "C" __global__ void embedding_bwd(float* __restrict__ dtable, const float* __restrict__ dout, const int* __restrict__ ids, EmbeddingParams p) {
+    embedding_bwd_t(dtable, dout, ids, p);
+}
+extern "C" __global__ void embedding_bwd_bf16(bf16* __restrict__ dtable, const bf16* __restrict__ dout, const int* __restrict__ ids, EmbeddingParams p) {
+    embedding_bwd_t(dtable, dout, ids, p);
 }

@@ -6,7 +6,10 @@
 //   Backward: dx = rstd (g - xhat mean(g xhat)), dw += sum_rows dy xhat.
 // Row kernels (layernorm_fwd, layernorm_bwd, rmsnorm_fwd, rmsnorm_bwd: dx only): grid n (one block
 // per row), block 256, 32 floats of static shared memory for the block reductions; rows are read
-// with float4 loads when c % 4 == 0. Statistics are two-pass (mean, then centred squares) in f32
+// with 16-byte loads in the statistics passes and the forward's output pass (x in, y out) when c
+// is a multiple of 4 (f32) or 8 (bf16); the backward and the weights are read element by element.
+// Storage: entries NAME (f32) and NAME_bf16 (inp, out, weight, bias and their gradients bf16;
+// mean and rstd f32 in both), one template each; bf16 is read as f32 and rounded once per store. Statistics are two-pass (mean, then centred squares) in f32
 // with f32 tree reductions (the CPU uses f64: agreement to ~1e-6 relative).
 // Parameter gradients (norm_dw: dw and, for LayerNorm, db): grid ceil(c / 32), block (32, 8):
 // column j = blockIdx.x * 32 + threadIdx.x, the 8 thread rows take rows i = ty, ty + 8, ... and
@@ -15,88 +18,147 @@
 
 #define NORM_BLOCK 256
 
-// sum over the row of f(j, x_j), float4 loads when possible
-template <typename F>
-__device__ __forceinline__ float row_sum(const float* __restrict__ x, u32 c, F f, float* scratch) {
+// sum over the row of f(j, x_j), 16-byte loads when c is a multiple of their group (4 f32, 8 bf16)
+template <typename T, typename F>
+__device__ __forceinline__ float row_sum(const T* __restrict__ x, u32 c, F f, float* scratch) {
+    constexpr int G = Elt<T>::PER16;
     float s = 0.0f;
-    if ((c & 3) == 0) {
-        const float4* x4 = reinterpret_cast<const float4*>(x);
-        for (u32 q = threadIdx.x; q < c / 4; q += blockDim.x) {
-            const float4 v = x4[q];
-            s += f(4 * q, v.x) + f(4 * q + 1, v.y) + f(4 * q + 2, v.z) + f(4 * q + 3, v.w);
+    if (c % G == 0) {
+        for (u32 q = threadIdx.x; q < c / G; q += blockDim.x) {
+            float v[G];
+            load_group<T, G>(x, q, v);
+            float t = f(G * q, v[0]);
+#pragma unroll
+            for (int e = 1; e < G; e++) t += f(G * q + e, v[e]);
+            s += t;
         }
     } else {
-        for (u32 j = threadIdx.x; j < c; j += blockDim.x) s += f(j, x[j]);
+        for (u32 j = threadIdx.x; j < c; j += blockDim.x) s += f(j, ld(x, j));
     }
     return block_sum(s, scratch);
 }
 
-extern "C" __global__ void layernorm_fwd(float* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd, const float* __restrict__ inp,
-                                         const float* __restrict__ weight, const float* __restrict__ bias, NormParams p) {
+// y[j] = f(j, x[j]) over the row, 16-byte loads and stores when c is a multiple of their group
+template <typename T, typename F>
+__device__ __forceinline__ void row_map(T* __restrict__ y, const T* __restrict__ x, u32 c, F f) {
+    constexpr int G = Elt<T>::PER16;
+    if (c % G == 0) {
+        for (u32 q = threadIdx.x; q < c / G; q += blockDim.x) {
+            float v[G];
+            load_group<T, G>(x, q, v);
+#pragma unroll
+            for (int e = 0; e < G; e++) v[e] = f(G * q + e, v[e]);
+            store_group<T, G>(y, q, v);
+        }
+    } else {
+        for (u32 j = threadIdx.x; j < c; j += blockDim.x) st(y, j, f(j, ld(x, j)));
+    }
+}
+
+template <typename T>
+__device__ __forceinline__ void layernorm_fwd_t(T* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd, const T* __restrict__ inp,
+                                                const T* __restrict__ weight, const T* __restrict__ bias, NormParams p) {
     __shared__ float scratch[32];
     const unsigned long long i = blockIdx.x;
     if (i >= p.n) return;
     const u32 c = p.c;
-    const float* x = inp + i * c;
+    const T* x = inp + i * c;
     const float mu = row_sum(x, c, [](u32, float v) { return v; }, scratch) / c;
     const float var = row_sum(x, c, [mu](u32, float v) { return (v - mu) * (v - mu); }, scratch) / c;
     const float rs = rsqrtf(var + p.eps);
-    float* y = out + i * c;
-    for (u32 j = threadIdx.x; j < c; j += blockDim.x) y[j] = (x[j] - mu) * rs * weight[j] + bias[j];
+    T* y = out + i * c;
+    row_map(y, x, c, [&](u32 j, float v) { return (v - mu) * rs * ld(weight, j) + ld(bias, j); });
     if (threadIdx.x == 0) {
         mean[i] = mu;
         rstd[i] = rs;
     }
 }
+extern "C" __global__ void layernorm_fwd(float* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd, const float* __restrict__ inp,
+                                         const float* __restrict__ weight, const float* __restrict__ bias, NormParams p) {
+    layernorm_fwd_t(out, mean, rstd, inp, weight, bias, p);
+}
+extern "C" __global__ void layernorm_fwd_bf16(bf16* __restrict__ out, float* __restrict__ mean, float* __restrict__ rstd, const bf16* __restrict__ inp,
+                                              const bf16* __restrict__ weight, const bf16* __restrict__ bias, NormParams p) {
+    layernorm_fwd_t(out, mean, rstd, inp, weight, bias, p);
+}
 
 // dx of one row; `has_mean` 0 for RMSNorm (mean taken as 0 and mean(g) not subtracted)
-__device__ __forceinline__ void norm_dx_row(float* __restrict__ dx, const float* __restrict__ dy, const float* __restrict__ x, const float* __restrict__ weight,
-                                            float mu, float rs, bool has_mean, u32 c, float* scratch) {
+template <typename T>
+__device__ __forceinline__ void norm_dx_row(T* __restrict__ dx, const T* __restrict__ dy, const T* __restrict__ x, const T* __restrict__ weight, float mu, float rs,
+                                            bool has_mean, u32 c, float* scratch) {
     float sg = 0.0f, sgx = 0.0f;
     for (u32 j = threadIdx.x; j < c; j += blockDim.x) {
-        const float g = dy[j] * weight[j];
+        const float g = ld(dy, j) * ld(weight, j);
         sg += g;
-        sgx += g * (x[j] - mu) * rs;
+        sgx += g * (ld(x, j) - mu) * rs;
     }
     const float mg = has_mean ? block_sum(sg, scratch) / c : 0.0f;
     const float mgx = block_sum(sgx, scratch) / c;
-    for (u32 j = threadIdx.x; j < c; j += blockDim.x) dx[j] = rs * (dy[j] * weight[j] - mg - (x[j] - mu) * rs * mgx);
+    for (u32 j = threadIdx.x; j < c; j += blockDim.x) st(dx, j, rs * (ld(dy, j) * ld(weight, j) - mg - (ld(x, j) - mu) * rs * mgx));
 }
 
-extern "C" __global__ void layernorm_bwd(float* __restrict__ dinp, const float* __restrict__ dout, const float* __restrict__ inp, const float* __restrict__ mean,
-                                         const float* __restrict__ rstd, const float* __restrict__ weight, NormParams p) {
+template <typename T>
+__device__ __forceinline__ void layernorm_bwd_t(T* __restrict__ dinp, const T* __restrict__ dout, const T* __restrict__ inp, const float* __restrict__ mean,
+                                                const float* __restrict__ rstd, const T* __restrict__ weight, NormParams p) {
     __shared__ float scratch[32];
     const unsigned long long i = blockIdx.x;
     if (i >= p.n) return;
     norm_dx_row(dinp + i * p.c, dout + i * p.c, inp + i * p.c, weight, mean[i], rstd[i], true, p.c, scratch);
 }
+extern "C" __global__ void layernorm_bwd(float* __restrict__ dinp, const float* __restrict__ dout, const float* __restrict__ inp, const float* __restrict__ mean,
+                                         const float* __restrict__ rstd, const float* __restrict__ weight, NormParams p) {
+    layernorm_bwd_t(dinp, dout, inp, mean, rstd, weight, p);
+}
+extern "C" __global__ void layernorm_bwd_bf16(bf16* __restrict__ dinp, const bf16* __restrict__ dout, const bf16* __restrict__ inp, const float* __restrict__ mean,
+                                              const float* __restrict__ rstd, const bf16* __restrict__ weight, NormParams p) {
+    layernorm_bwd_t(dinp, dout, inp, mean, rstd, weight, p);
+}
 
-extern "C" __global__ void rmsnorm_fwd(float* __restrict__ out, float* __restrict__ rstd, const float* __restrict__ inp, const float* __restrict__ weight,
-                                       NormParams p) {
+template <typename T>
+__device__ __forceinline__ void rmsnorm_fwd_t(T* __restrict__ out, float* __restrict__ rstd, const T* __restrict__ inp, const T* __restrict__ weight, NormParams p) {
     __shared__ float scratch[32];
     const unsigned long long i = blockIdx.x;
     if (i >= p.n) return;
     const u32 c = p.c;
-    const float* x = inp + i * c;
+    const T* x = inp + i * c;
     const float ms = row_sum(x, c, [](u32, float v) { return v * v; }, scratch) / c;
     const float rs = rsqrtf(ms + p.eps);
-    float* y = out + i * c;
-    for (u32 j = threadIdx.x; j < c; j += blockDim.x) y[j] = x[j] * rs * weight[j];
+    T* y = out + i * c;
+    row_map(y, x, c, [&](u32 j, float v) { return v * rs * ld(weight, j); });
     if (threadIdx.x == 0) rstd[i] = rs;
 }
+extern "C" __global__ void rmsnorm_fwd(float* __restrict__ out, float* __restrict__ rstd, const float* __restrict__ inp, const float* __restrict__ weight,
+                                       NormParams p) {
+    rmsnorm_fwd_t(out, rstd, inp, weight, p);
+}
+extern "C" __global__ void rmsnorm_fwd_bf16(bf16* __restrict__ out, float* __restrict__ rstd, const bf16* __restrict__ inp, const bf16* __restrict__ weight,
+                                            NormParams p) {
+    rmsnorm_fwd_t(out, rstd, inp, weight, p);
+}
 
-extern "C" __global__ void rmsnorm_bwd(float* __restrict__ dinp, const float* __restrict__ dout, const float* __restrict__ inp, const float* __restrict__ rstd,
-                                       const float* __restrict__ weight, NormParams p) {
+template <typename T>
+__device__ __forceinline__ void rmsnorm_bwd_t(T* __restrict__ dinp, const T* __restrict__ dout, const T* __restrict__ inp, const float* __restrict__ rstd,
+                                              const T* __restrict__ weight, NormParams p) {
     __shared__ float scratch[32];
     const unsigned long long i = blockIdx.x;
     if (i >= p.n) return;
     norm_dx_row(dinp + i * p.c, dout + i * p.c, inp + i * p.c, weight, 0.0f, rstd[i], false, p.c, scratch);
 }
+extern "C" __global__ void rmsnorm_bwd(float* __restrict__ dinp, const float* __restrict__ dout, const float* __restrict__ inp, const float* __restrict__ rstd,
+                                       const float* __restrict__ weight, NormParams p) {
+    rmsnorm_bwd_t(dinp, dout, inp, rstd, weight, p);
+}
+extern "C" __global__ void rmsnorm_bwd_bf16(bf16* __restrict__ dinp, const bf16* __restrict__ dout, const bf16* __restrict__ inp, const float* __restrict__ rstd,
+                                            const bf16* __restrict__ weight, NormParams p) {
+    rmsnorm_bwd_t(dinp, dout, inp, rstd, weight, p);
+}
 
 // dw[j] += sum_i dy[i, j] xhat[i, j]; db[j] += sum_i dy[i, j] when `has_bias` (LayerNorm);
-// `mean` is read only when `has_bias` (RMSNorm has no mean).
-extern "C" __global__ void norm_dw(float* __restrict__ dw, float* __restrict__ db, const float* __restrict__ dout, const float* __restrict__ inp,
-                                   const float* __restrict__ mean, const float* __restrict__ rstd, int has_bias, NormParams p) {
+// `mean` is read only when `has_bias` (RMSNorm has no mean). The sums run in f32; each of dw and
+// db is rounded once when added (bf16).
+template <typename T>
+__device__ __forceinline__ void norm_dw_t(T* __restrict__ dw, T* __restrict__ db, const T* __restrict__ dout, const T* __restrict__ inp,
+                                          const float* __restrict__ mean, const float* __restrict__ rstd, int has_bias, NormParams p) {
     __shared__ float sw[8][33], sb[8][33];
     const u32 tx = threadIdx.x, ty = threadIdx.y;
     const u32 j = blockIdx.x * 32 + tx;
@@ -105,8 +167,8 @@ extern "C" __global__ void norm_dw(float* __restrict__ dw, float* __restrict__ d
         for (u32 i = ty; i < p.n; i += 8) {
             const unsigned long long at = (unsigned long long)i * p.c + j;
             const float mu = has_bias ? mean[i] : 0.0f;
-            const float g = dout[at];
-            aw += g * ((inp[at] - mu) * rstd[i]);
+            const float g = ld(dout, at);
+            aw += g * ((ld(inp, at) - mu) * rstd[i]);
             ab += g;
         }
     }
@@ -119,7 +181,15 @@ extern "C" __global__ void norm_dw(float* __restrict__ dw, float* __restrict__ d
             w += sw[r][tx];
             b += sb[r][tx];
         }
-        dw[j] += w;
-        if (has_bias) db[j] += b;
+        st(dw, j, ld(dw, j) + w);
+        if (has_bias) st(db, j, ld(db, j) + b);
     }
+}
+extern "C" __global__ void norm_dw(float* __restrict__ dw, float* __restrict__ db, const float* __restrict__ dout, const float* __restrict__ inp,
+                                   const float* __restrict__ mean, const float* __restrict__ rstd, int has_bias, NormParams p) {
+    norm_dw_t(dw, db, dout, inp, mean, rstd, has_bias, p);
+}
+extern "C" __global__ void norm_dw_bf16(bf16* __restrict__ dw, bf16* __restrict__ db, const bf16* __restrict__ dout, const bf16* __restrict__ inp,
+                                        const float* __restrict__ mean, const float* __restrict__ rstd, int has_bias, NormParams p) {
+    norm_dw_t(dw, db, dout, inp, mean, rstd, has_bias, p);
 }

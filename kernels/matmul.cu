@@ -8,30 +8,34 @@
 // bias_add: out[i, j] += bias[j] over [n, c]. Launch: 1-D over n c, block 256.
 // bias_bwd: dbias[j] += sum_i dout[i, j]. Launch: grid ceil(c / 32), block (32, 8), rows split
 //   over threadIdx.y and combined in a fixed order (deterministic, no atomics).
+// Storage: matmul (f32), matmul_bf16 (bf16 operands and out), matmul_bf16_out_f32 (bf16
+//   operands, f32 out), all accumulating in f32 (the operand tiles in shared memory are f32);
+//   bias_add / bias_bwd and their _bf16 entries (bf16 out, bias, dout, dbias; sums in f32).
 // Nothing is saved for backward (the backward of a matmul is two more matmuls).
 #include "common.cuh"
 
 #define MM_T 32
 
-extern "C" __global__ void matmul(float* __restrict__ out, const float* __restrict__ a, const float* __restrict__ b, MatmulParams p) {
+template <typename TO, typename TI>
+__device__ __forceinline__ void matmul_t(TO* __restrict__ out, const TI* __restrict__ a, const TI* __restrict__ b, MatmulParams p) {
     __shared__ float as[MM_T][MM_T + 1], bs[MM_T][MM_T + 1];
     const u32 tx = threadIdx.x, ty = threadIdx.y;
     const u32 col = blockIdx.x * MM_T + tx, row0 = blockIdx.y * MM_T;
     const unsigned long long z = blockIdx.z;
-    const float* A = a + z * p.stride_a;
-    const float* B = b + z * p.stride_b;
-    float* C = out + z * p.stride_out;
+    const TI* A = a + z * p.stride_a;
+    const TI* B = b + z * p.stride_b;
+    TO* C = out + z * p.stride_out;
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     for (u32 k0 = 0; k0 < p.k; k0 += MM_T) {
         for (u32 r = ty; r < MM_T; r += 8) {
             // as[r][tx] = op(a)[row0 + r, k0 + tx]; bs[r][tx] = op(b)[k0 + r, blockIdx.x * 32 + tx]
             const u32 ar = row0 + r, ak = k0 + tx;
             float va = 0.0f;
-            if (ar < p.m && ak < p.k) va = p.trans_a ? A[(unsigned long long)ak * p.m + ar] : A[(unsigned long long)ar * p.k + ak];
+            if (ar < p.m && ak < p.k) va = ld(A, p.trans_a ? (unsigned long long)ak * p.m + ar : (unsigned long long)ar * p.k + ak);
             as[r][tx] = va;
             const u32 bk = k0 + r, bc = blockIdx.x * MM_T + tx;
             float vb = 0.0f;
-            if (bk < p.k && bc < p.n) vb = p.trans_b ? B[(unsigned long long)bc * p.k + bk] : B[(unsigned long long)bk * p.n + bc];
+            if (bk < p.k && bc < p.n) vb = ld(B, p.trans_b ? (unsigned long long)bc * p.k + bk : (unsigned long long)bk * p.n + bc);
             bs[r][tx] = vb;
         }
         __syncthreads();
@@ -48,29 +52,39 @@ extern "C" __global__ void matmul(float* __restrict__ out, const float* __restri
     for (int q = 0; q < 4; q++) {
         const u32 r = row0 + ty + 8 * q;
         if (r < p.m) {
-            float* dst = C + (unsigned long long)r * p.n + col;
-            *dst = p.alpha * acc[q] + (p.accumulate ? *dst : 0.0f);
+            const unsigned long long at = (unsigned long long)r * p.n + col;
+            st(C, at, p.alpha * acc[q] + (p.accumulate ? ld(C, at) : 0.0f));
         }
     }
 }
 
-extern "C" __global__ void bias_add(float* __restrict__ out, const float* __restrict__ bias, BiasParams p) {
-    const unsigned long long total = (unsigned long long)p.n * p.c;
-    for (unsigned long long i = gtid(); i < total; i += gstride()) out[i] += bias[i % p.c];
-}
+extern "C" __global__ void matmul(float* __restrict__ out, const float* __restrict__ a, const float* __restrict__ b, MatmulParams p) { matmul_t(out, a, b, p); }
+extern "C" __global__ void matmul_bf16(bf16* __restrict__ out, const bf16* __restrict__ a, const bf16* __restrict__ b, MatmulParams p) { matmul_t(out, a, b, p); }
+extern "C" __global__ void matmul_bf16_out_f32(float* __restrict__ out, const bf16* __restrict__ a, const bf16* __restrict__ b, MatmulParams p) { matmul_t(out, a, b, p); }
 
-extern "C" __global__ void bias_bwd(float* __restrict__ dbias, const float* __restrict__ dout, BiasParams p) {
+template <typename T>
+__device__ __forceinline__ void bias_add_t(T* __restrict__ out, const T* __restrict__ bias, BiasParams p) {
+    const unsigned long long total = (unsigned long long)p.n * p.c;
+    for (unsigned long long i = gtid(); i < total; i += gstride()) st(out, i, ld(out, i) + ld(bias, i % p.c));
+}
+extern "C" __global__ void bias_add(float* __restrict__ out, const float* __restrict__ bias, BiasParams p) { bias_add_t(out, bias, p); }
+extern "C" __global__ void bias_add_bf16(bf16* __restrict__ out, const bf16* __restrict__ bias, BiasParams p) { bias_add_t(out, bias, p); }
+
+template <typename T>
+__device__ __forceinline__ void bias_bwd_t(T* __restrict__ dbias, const T* __restrict__ dout, BiasParams p) {
     __shared__ float s[8][33];
     const u32 tx = threadIdx.x, ty = threadIdx.y;
     const u32 j = blockIdx.x * 32 + tx;
     float acc = 0.0f;
     if (j < p.c)
-        for (u32 i = ty; i < p.n; i += 8) acc += dout[(unsigned long long)i * p.c + j];
+        for (u32 i = ty; i < p.n; i += 8) acc += ld(dout, (unsigned long long)i * p.c + j);
     s[ty][tx] = acc;
     __syncthreads();
     if (ty == 0 && j < p.c) {
         float t = 0.0f;
         for (int r = 0; r < 8; r++) t += s[r][tx];
-        dbias[j] += t;
+        st(dbias, j, ld(dbias, j) + t);
     }
 }
+extern "C" __global__ void bias_bwd(float* __restrict__ dbias, const float* __restrict__ dout, BiasParams p) { bias_bwd_t(dbias, dout, p); }
+extern "C" __global__ void bias_bwd_bf16(bf16* __restrict__ dbias, const bf16* __restrict__ dout, BiasParams p) { bias_bwd_t(dbias, dout, p); }

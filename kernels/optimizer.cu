@@ -8,19 +8,25 @@
 //   s = min(1, max_grad_norm / (sqrt(norm_sq) + 1e-6)) when max_grad_norm > 0, else s = 1 (grad is
 //   only read), and m = b1 m + (1 - b1) g, v = b2 v + (1 - b2) g^2,
 //   p -= lr (m / bc1 / (sqrt(v / bc2) + eps) + wd p). float4 loads and stores.
+// Storage: `x` of sum_squares and `grad` of adamw may be f32 (NAME) or bf16 (NAME_bf16, the
+//   gradients of bf16 compute buffers); acc, param (the f32 master weights), m, v, norm_sq are f32.
 // Launch for adamw: 1-D, block 256, grid ceil(ceil(n / 4) / 256).
 #include "common.cuh"
 
-extern "C" __global__ void sum_squares(double* __restrict__ partial, const float* __restrict__ x, ElementwiseParams p) {
+template <typename T>
+__device__ __forceinline__ void sum_squares_t(double* __restrict__ partial, const T* __restrict__ x, ElementwiseParams p) {
     __shared__ double scratch[32];
     double s = 0.0;
     for (unsigned long long i = gtid(); i < p.n; i += gstride()) {
-        const double v = x[i];
+        const double v = ld(x, i);
         s += v * v;
     }
     s = block_sum_d(s, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
+
+extern "C" __global__ void sum_squares(double* __restrict__ partial, const float* __restrict__ x, ElementwiseParams p) { sum_squares_t(partial, x, p); }
+extern "C" __global__ void sum_squares_bf16(double* __restrict__ partial, const bf16* __restrict__ x, ElementwiseParams p) { sum_squares_t(partial, x, p); }
 
 extern "C" __global__ void sum_squares_final(float* __restrict__ acc, const double* __restrict__ partial, u32 blocks) {
     __shared__ double scratch[32];
@@ -37,22 +43,45 @@ __device__ __forceinline__ void adamw_one(float& w, float& m, float& v, float g,
     w -= p.lr * (mhat / (sqrtf(vhat) + p.eps) + p.weight_decay * w);
 }
 
-extern "C" __global__ void adamw(float* __restrict__ param, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ grad,
-                                 const float* __restrict__ norm_sq, AdamWParams p) {
+// grad of type T, read in groups of G = 4 (one float4, or half a uint4 of bf16: 8-byte loads)
+template <typename T>
+__device__ __forceinline__ void load4(const T* g, unsigned long long q, float* v);
+template <> __device__ __forceinline__ void load4<float>(const float* g, unsigned long long q, float* v) {
+    const float4 x = reinterpret_cast<const float4*>(g)[q];
+    v[0] = x.x; v[1] = x.y; v[2] = x.z; v[3] = x.w;
+}
+template <> __device__ __forceinline__ void load4<bf16>(const bf16* g, unsigned long long q, float* v) {
+    const uint2 x = reinterpret_cast<const uint2*>(g)[q];
+    Elt<bf16>::two(x.x, v);
+    Elt<bf16>::two(x.y, v + 2);
+}
+
+template <typename T>
+__device__ __forceinline__ void adamw_t(float* __restrict__ param, float* __restrict__ m, float* __restrict__ v, const T* __restrict__ grad,
+                                        const float* __restrict__ norm_sq, AdamWParams p) {
     const float nsq = norm_sq[0];
     if ((__float_as_uint(nsq) & 0x7f800000u) == 0x7f800000u) return;  // exponent all ones: inf or NaN
     const float s = p.max_grad_norm > 0.0f ? fminf(p.max_grad_norm / (sqrtf(nsq) + 1e-6f), 1.0f) : 1.0f;
     const unsigned long long n = p.n, n4 = n / 4;
     for (unsigned long long q = gtid(); q < n4; q += gstride()) {
         float4 w = reinterpret_cast<float4*>(param)[q], mm = reinterpret_cast<float4*>(m)[q], vv = reinterpret_cast<float4*>(v)[q];
-        const float4 g = reinterpret_cast<const float4*>(grad)[q];
-        adamw_one(w.x, mm.x, vv.x, g.x * s, p);
-        adamw_one(w.y, mm.y, vv.y, g.y * s, p);
-        adamw_one(w.z, mm.z, vv.z, g.z * s, p);
-        adamw_one(w.w, mm.w, vv.w, g.w * s, p);
+        float g[4];
+        load4(grad, q, g);
+        adamw_one(w.x, mm.x, vv.x, g[0] * s, p);
+        adamw_one(w.y, mm.y, vv.y, g[1] * s, p);
+        adamw_one(w.z, mm.z, vv.z, g[2] * s, p);
+        adamw_one(w.w, mm.w, vv.w, g[3] * s, p);
         reinterpret_cast<float4*>(param)[q] = w;
         reinterpret_cast<float4*>(m)[q] = mm;
         reinterpret_cast<float4*>(v)[q] = vv;
     }
-    for (unsigned long long i = n4 * 4 + gtid(); i < n; i += gstride()) adamw_one(param[i], m[i], v[i], grad[i] * s, p);
+    for (unsigned long long i = n4 * 4 + gtid(); i < n; i += gstride()) adamw_one(param[i], m[i], v[i], ld(grad, i) * s, p);
+}
+extern "C" __global__ void adamw(float* __restrict__ param, float* __restrict__ m, float* __restrict__ v, const float* __restrict__ grad,
+                                 const float* __restrict__ norm_sq, AdamWParams p) {
+    adamw_t(param, m, v, grad, norm_sq, p);
+}
+extern "C" __global__ void adamw_bf16(float* __restrict__ param, float* __restrict__ m, float* __restrict__ v, const bf16* __restrict__ grad,
+                                      const float* __restrict__ norm_sq, AdamWParams p) {
+    adamw_t(param, m, v, grad, norm_sq, p);
 }

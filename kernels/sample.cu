@@ -13,6 +13,7 @@
 // a bitwise search on the index (ceil(log2(v + 1)) passes) gives I.
 // Differences to the CPU: masses are f32 tree sums rather than sequential sums in sorted order,
 // so a token can differ only when a running mass lies within rounding of a threshold.
+// Storage: `sample` reads f32 logits, `sample_bf16` bf16 ones (widened to f32, exactly).
 // Launch: grid n (one block per row), block 256, 32 floats of static shared memory.
 #include "common.cuh"
 
@@ -35,23 +36,25 @@ __device__ float uniform_draw(unsigned long long seed, u32 step, u32 row) {
 }
 
 // Weight of element j: 1 (mode 0, counting for top-k) or q_j restricted to the cut `c`.
+template <typename T>
 struct Weights {
-    const float* row;
+    const T* row;
     float max, temperature;
     int counting;
     Pivot c;
     __device__ __forceinline__ float at(u32 j, u32 key) const {
         if (!included(c, key, j)) return 0.0f;
-        return counting ? 1.0f : expf((row[j] - max) / temperature);
+        return counting ? 1.0f : expf((ld(row, j) - max) / temperature);
     }
 };
 
 // Sum of the weights of the elements with key > k0 (strict = 1) or key >= k0, or, when
 // tie_key_only, of the elements with key == k0 and index < idx_lim.
-__device__ float masked_sum(const Weights& w, u32 v, u32 k0, int strict, int tie_only, u32 idx_lim, float* scratch) {
+template <typename T>
+__device__ float masked_sum(const Weights<T>& w, u32 v, u32 k0, int strict, int tie_only, u32 idx_lim, float* scratch) {
     float s = 0.0f;
     for (u32 j = threadIdx.x; j < v; j += blockDim.x) {
-        const u32 key = key_of(w.row[j]);
+        const u32 key = key_of(ld(w.row, j));
         const bool in = tie_only ? (key == k0 && j < idx_lim) : (strict ? key > k0 : key >= k0);
         if (in) s += w.at(j, key);
     }
@@ -60,7 +63,8 @@ __device__ float masked_sum(const Weights& w, u32 v, u32 k0, int strict, int tie
 
 __device__ __forceinline__ bool reaches(float x, float goal, int ge) { return ge ? x >= goal : x > goal; }
 
-__device__ Pivot find(const Weights& w, u32 v, float goal, int ge, Pivot fallback, float* scratch) {
+template <typename T>
+__device__ Pivot find(const Weights<T>& w, u32 v, float goal, int ge, Pivot fallback, float* scratch) {
     if (!reaches(masked_sum(w, v, 0u, 0, 0, 0u, scratch), goal, ge)) return fallback;
     u32 k = 0;
     for (int bit = 31; bit >= 0; bit--) {
@@ -79,18 +83,19 @@ __device__ Pivot find(const Weights& w, u32 v, float goal, int ge, Pivot fallbac
     return Pivot{k, jj};
 }
 
-extern "C" __global__ void sample(int* __restrict__ out, const float* __restrict__ logits, const int* __restrict__ steps, SampleParams p) {
+template <typename T>
+__device__ __forceinline__ void sample_t(int* __restrict__ out, const T* __restrict__ logits, const int* __restrict__ steps, SampleParams p) {
     __shared__ float scratch[32];
     __shared__ float sv[256];
     __shared__ u32 si[256];
     const u32 i = blockIdx.x;
     if (i >= p.n) return;
-    const float* row = logits + (unsigned long long)i * p.v;
+    const T* row = logits + (unsigned long long)i * p.v;
     // argmax, lowest index on ties, NaN skipped
     float best = NEG_INF;
     u32 bi = 0xFFFFFFFFu;
     for (u32 j = threadIdx.x; j < p.v; j += blockDim.x) {
-        const float x = row[j];
+        const float x = ld(row, j);
         if (x == x && (bi == 0xFFFFFFFFu || x > best)) {
             best = x;
             bi = j;
@@ -117,7 +122,7 @@ extern "C" __global__ void sample(int* __restrict__ out, const float* __restrict
         return;
     }
     const Pivot all = {0u, 0xFFFFFFFFu};
-    Weights w = {row, sv[0], p.temperature, 1, all};
+    Weights<T> w = {row, sv[0], p.temperature, 1, all};
     Pivot kcut = all;
     if (p.top_k != 0 && p.top_k < p.v) kcut = find(w, p.v, (float)p.top_k, 1, all, scratch);
     w.counting = 0;
@@ -132,4 +137,11 @@ extern "C" __global__ void sample(int* __restrict__ out, const float* __restrict
     const float u = uniform_draw(((unsigned long long)p.seed_hi << 32) | p.seed_lo, (u32)steps[p.step_at], i);
     const Pivot pick = find(w, p.v, u * mass, 0, pcut, scratch);
     if (threadIdx.x == 0) out[i] = (int)(pick.idx == 0xFFFFFFFFu ? arg : pick.idx);
+}
+
+extern "C" __global__ void sample(int* __restrict__ out, const float* __restrict__ logits, const int* __restrict__ steps, SampleParams p) {
+    sample_t(out, logits, steps, p);
+}
+extern "C" __global__ void sample_bf16(int* __restrict__ out, const bf16* __restrict__ logits, const int* __restrict__ steps, SampleParams p) {
+    sample_t(out, logits, steps, p);
 }

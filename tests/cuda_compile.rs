@@ -1,11 +1,15 @@
 //! The CUDA kernels without a GPU: every `kernels/*.cu` compiles with NVRTC (through cudarc, the
 //! code path the backend uses at run time) for compute_80 and compute_90, `ptxas -arch=sm_90 -v`
-//! reports no register spills, every op of the op list has a `__global__` kernel, and the params
-//! structs of `kernels/common.cuh` have the fields of `src/backend/ops.rs` in the same order.
+//! reports no register spills, every op of the op list has a `__global__` kernel (and a `_bf16`
+//! one when it has compute-typed buffers), and the params structs of `kernels/common.cuh` have
+//! the fields of `src/backend/ops.rs` in the same order.
 //!
 //! NVRTC comes from the `nvidia-cuda-nvrtc-cu12` wheel in CI (`.ci/run` puts it on
 //! `LD_LIBRARY_PATH`) and ptxas from `nvidia-cuda-nvcc-cu12` (`RLHF_PTXAS`, else `ptxas` on PATH).
 //! Without them the tests print a SKIPPED line on stderr, unless `CI=true`: then they fail.
+
+#[path = "common/mod.rs"]
+mod common;
 
 use rlhf::backend::cuda::kernels::{self, COMMON, FAMILIES};
 use rlhf::backend::ops::OP_NAMES;
@@ -69,6 +73,19 @@ const HOT: &[&str] = &[
     "adamw",
     "cross_entropy_fwd",
     "sample",
+    "matmul_bf16",
+    "attention_fwd_bf16",
+    "attention_bwd_bf16",
+    "attention_bwd_dkv_bf16",
+    "attention_decode_fwd_bf16",
+    "layernorm_fwd_bf16",
+    "layernorm_bwd_bf16",
+    "rmsnorm_fwd_bf16",
+    "rmsnorm_bwd_bf16",
+    "norm_dw_bf16",
+    "adamw_bf16",
+    "cross_entropy_fwd_bf16",
+    "sample_bf16",
 ];
 
 /// `(kernel, spill store bytes, spill load bytes)` from `ptxas -v` output.
@@ -136,6 +153,31 @@ fn every_op_has_a_cuda_kernel() {
     let mut seen = std::collections::HashSet::new();
     for e in &entries {
         assert!(seen.insert(*e), "kernel `{e}` is defined twice in kernels/");
+    }
+}
+
+/// Ops whose compute-typed buffers reach no kernel of their own in bf16: the log-prob gather's
+/// `h`, `w`, `dh`, `dw` go through cuBLAS bf16 products into an f32 logits tile (read by the f32
+/// kernels) and through the cast kernels (src/backend/cuda/logprob_gather.rs).
+const BF16_THROUGH_CUBLAS: &[&str] = &["logprob_gather_fwd", "logprob_gather_bwd"];
+
+#[test]
+fn every_op_with_compute_buffers_has_a_bf16_kernel() {
+    let entries: Vec<&str> = FAMILIES.iter().flat_map(|(_, src)| kernels::entry_points(src)).collect();
+    let ops = common::ops_with_compute_buffers();
+    for must in ["matmul", "attention_fwd", "copy", "adamw", "sum_squares", "logprob_gather_bwd"] {
+        assert!(ops.contains(&must), "`{must}` not found among the ops with compute buffers: {ops:?}");
+    }
+    assert!(!ops.contains(&"gae") && !ops.contains(&"kl_penalty_bwd") && !ops.contains(&"decode_advance"), "{ops:?}");
+    for op in ops.iter().filter(|op| !BF16_THROUGH_CUBLAS.contains(op)) {
+        assert!(entries.contains(&format!("{op}_bf16").as_str()), "op `{op}` has compute buffers but no `{op}_bf16` kernel in kernels/");
+    }
+    for cast in ["copy_f32_to_bf16", "copy_bf16_to_f32", "matmul_bf16_out_f32"] {
+        assert!(entries.contains(&cast), "no `{cast}` kernel");
+    }
+    // no stray bf16 entry for an op whose buffers are all f32
+    for op in OP_NAMES.iter().filter(|op| !ops.contains(op)) {
+        assert!(!entries.contains(&format!("{op}_bf16").as_str()), "`{op}_bf16` exists but every buffer of `{op}` is f32");
     }
 }
 
@@ -209,7 +251,8 @@ fn full_source_pastes_the_header_and_keeps_line_numbers() {
     assert!(full.contains("struct ElementwiseParams"));
     let include_line = src.lines().position(|l| l.trim() == "#include \"common.cuh\"").unwrap() + 1;
     assert!(full.contains(&format!("#line {} \"kernels/elementwise.cu\"", include_line + 1)));
-    assert_eq!(kernels::entry_points(src), ["fill", "copy", "add", "add_inplace", "scale_inplace"]);
+    let entries = ["fill", "fill_bf16", "copy", "copy_bf16", "copy_f32_to_bf16", "copy_bf16_to_f32", "add", "add_bf16", "add_inplace", "add_inplace_bf16"];
+    assert_eq!(kernels::entry_points(src), [&entries[..], &["scale_inplace", "scale_inplace_bf16"]].concat());
 }
 
 #[test]
@@ -282,9 +325,16 @@ fn every_launch_passes_as_many_arguments_as_its_kernel_takes() {
                 }
             }
             let args = split_args(&rest[..end]);
-            let name = args[2].trim_matches('"');
-            let (_, want) = arities.iter().find(|(k, _)| k == name).unwrap_or_else(|| panic!("{}: launch of unknown kernel `{name}`", path.display()));
-            assert_eq!(args.len() - 4, *want, "{}: `{name}` launched with {} arguments, the kernel takes {want}", path.display(), args.len() - 4);
+            // `"name"[dtype]` launches `name` (f32) or `name_bf16`: both must exist with this arity
+            let (name, typed) = match args[2].split_once('[') {
+                Some((name, _)) => (name.trim_matches('"'), true),
+                None => (args[2].trim_matches('"'), false),
+            };
+            let bf16 = format!("{name}_bf16");
+            for kernel in if typed { vec![name, bf16.as_str()] } else { vec![name] } {
+                let (_, want) = arities.iter().find(|(k, _)| k == kernel).unwrap_or_else(|| panic!("{}: launch of unknown kernel `{kernel}`", path.display()));
+                assert_eq!(args.len() - 4, *want, "{}: `{kernel}` launched with {} arguments, the kernel takes {want}", path.display(), args.len() - 4);
+            }
             launches += 1;
         }
     }

@@ -220,3 +220,26 @@ macro_rules! op_family_suites {
         }
     };
 }
+
+/// The ops that have compute-typed buffers, from ops.rs: trait methods taking a `Self::Buf`, less
+/// those whose row of the buffer-type table says "every buffer" is f32.
+pub fn ops_with_compute_buffers() -> Vec<&'static str> {
+    let ops = include_str!("../../src/backend/ops.rs");
+    let all_f32: Vec<&str> = ops
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("/// | "))
+        .filter(|row| row.ends_with("| every buffer |"))
+        .flat_map(|row| row.split('|').next().unwrap_or("").split(',').map(|op| op.trim().trim_matches('`')))
+        .collect();
+    assert!(all_f32.contains(&"gae") && all_f32.contains(&"kl_penalty_*"), "the buffer-type table of ops.rs was not found: {all_f32:?}");
+    rlhf::backend::ops::OP_NAMES
+        .iter()
+        .copied()
+        .filter(|op| {
+            let at = ops.find(&format!("    fn {op}(")).unwrap_or_else(|| panic!("no `fn {op}` in ops.rs"));
+            let sig = &ops[at..at + ops[at..].find(") -> ").unwrap()];
+            let listed = all_f32.iter().any(|name| name.strip_suffix('*').map_or(name == op, |prefix| op.starts_with(prefix)));
+            sig.contains("Self::Buf") && !listed
+        })
+        .collect()
+}

@@ -1,8 +1,12 @@
 //! attention_fwd (fused and cached layouts), attention_bwd, kv_cache_write, scatter_rows,
 //! attention_decode_fwd against the CPU backend. Forward within 2e-5 absolute + 2e-5 relative
-//! (online softmax, another summation order); backward within 5e-5 + 2e-4; copies exact.
+//! (online softmax, another summation order); backward within 5e-5 + 2e-4; copies exact. In bf16
+//! storage (lse f32, the rest bf16) within `bf16_tol` of those, the backward fed with the
+//! reference forward's `out` and `lse` on both backends (identical inputs); decode attention of a
+//! position still equals the training forward's row bit for bit.
 
-use crate::{dl, parity, Outputs};
+use crate::{bf16_tol, calloc, cin, cout, dl, parity, parity_bf16, Outputs};
+use rlhf::backend::storage::round_bf16_slice;
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
@@ -13,6 +17,12 @@ pub const CHECKS: &[(&str, &str)] = &[
     ("scatter_rows", "kv_cache_parity"),
     ("attention_decode_fwd", "attention_decode_parity"),
     ("attention_decode_fwd", "decode_matches_training_forward_bitwise"),
+    ("attention_fwd_bf16", "attention_bf16_parity"),
+    ("attention_bwd_bf16", "attention_bf16_parity"),
+    ("kv_cache_write_bf16", "kv_cache_bf16_parity"),
+    ("scatter_rows_bf16", "kv_cache_bf16_parity"),
+    ("attention_decode_fwd_bf16", "attention_decode_bf16_parity"),
+    ("attention_decode_fwd_bf16", "decode_matches_training_forward_bitwise"),
 ];
 
 /// (b, t, nh, nkv, hd): GQA groups of 1, 2 and 4, t across tile boundaries, head dims 8 .. 128.
@@ -32,6 +42,33 @@ fn run<B: Backend>(be: &B, (b, t, nh, nkv, hd): (usize, usize, usize, usize, usi
     vec![("out", dl(be, &out)), ("lse", dl(be, &lse)), ("dqkv", dl(be, &dqkv))]
 }
 
+/// bf16: the forward on each backend; the backward from the CPU reference forward's `out` (rounded
+/// to bf16) and `lse`, so that both backends differentiate the same inputs.
+fn run_bf16<B: Backend>(be: &B, (b, t, nh, nkv, hd): (usize, usize, usize, usize, usize)) -> Outputs {
+    let mut rng = Rng::new((b * 1000 + t * 10 + hd) as u64);
+    let row = (nh + 2 * nkv) * hd;
+    let mut qkv0 = crate::common::randv(&mut rng, b * t * row, 1.5);
+    round_bf16_slice(&mut qkv0);
+    let qkv = cin(be, &qkv0);
+    let p = AttentionParams::fused(b, t, nh, nkv, hd);
+    let (mut out, mut lse) = (calloc(be, b * t * nh * hd), be.alloc(b * nh * t).unwrap());
+    be.attention_fwd(&mut out, &mut lse, &qkv, &qkv, &qkv, p).unwrap();
+    let cpu = rlhf::backend::CpuBackend::new();
+    let (mut ref_out, mut ref_lse) = (cpu.alloc(b * t * nh * hd).unwrap(), cpu.alloc(b * nh * t).unwrap());
+    cpu.attention_fwd(&mut ref_out, &mut ref_lse, &qkv0, &qkv0, &qkv0, p).unwrap();
+    let (out_in, lse_in) = (cin(be, &cpu.download(&ref_out).unwrap()), be.upload(&cpu.download(&ref_lse).unwrap()).unwrap());
+    let dout = cin(be, &crate::common::randv(&mut rng, b * t * nh * hd, 1.0));
+    let mut dqkv = cin(be, &vec![5.0; b * t * row]);
+    be.attention_bwd(&mut dqkv, &dout, &out_in, &lse_in, &qkv, p).unwrap();
+    vec![("out", cout(be, &mut out)), ("lse", dl(be, &lse)), ("dqkv", cout(be, &mut dqkv))]
+}
+
+#[test]
+fn attention_bf16_parity() {
+    crate::compare_bf16(CASES, bf16_tol((2e-5, 2e-5)), |be, c| run_bf16(be, c)[..2].to_vec(), |be, c| run_bf16(be, c)[..2].to_vec());
+    crate::compare_bf16(CASES, bf16_tol((5e-5, 2e-4)), |be, c| run_bf16(be, c)[2..].to_vec(), |be, c| run_bf16(be, c)[2..].to_vec());
+}
+
 #[test]
 fn attention_parity() {
     let Some(_) = crate::gpu() else { return };
@@ -45,29 +82,36 @@ fn run_cache<B: Backend>(be: &B, (b, t, pos0, t_max, nh, nkv, hd): (usize, usize
     let mut rng = Rng::new(91);
     let row = (nh + 2 * nkv) * hd;
     let kv_row = 2 * nkv * hd;
-    let mut cache = be.upload(&crate::common::randv(&mut rng, b * t_max * kv_row, 1.0)).unwrap();
-    let qkv = be.upload(&crate::common::randv(&mut rng, b * t * row, 1.5)).unwrap();
+    let mut cache = cin(be, &crate::common::randv(&mut rng, b * t_max * kv_row, 1.0));
+    let qkv = cin(be, &crate::common::randv(&mut rng, b * t * row, 1.5));
     be.kv_cache_write(
         &mut cache,
         &qkv,
         KvCacheParams { b: b as u32, t: t as u32, pos0: pos0 as u32, t_max: t_max as u32, nh: nh as u32, nkv: nkv as u32, hd: hd as u32, _pad: 0 },
     )
     .unwrap();
-    let written = dl(be, &cache);
+    let written = cout(be, &mut cache);
     let p = AttentionParams::cached(b, t, pos0, t_max, nh, nkv, hd);
-    let (mut out, mut lse) = (be.alloc(b * t * nh * hd).unwrap(), be.alloc(b * nh * t).unwrap());
+    let (mut out, mut lse) = (calloc(be, b * t * nh * hd), be.alloc(b * nh * t).unwrap());
     be.attention_fwd(&mut out, &mut lse, &qkv, &cache, &cache, p).unwrap();
     // scatter the same rows in reverse slot order into a fresh cache
     let rows: Vec<i32> = (0..b * t).map(|i| ((b - 1 - i / t) * t_max + pos0 + i % t) as i32).collect();
     let rows = be.upload_ids(&rows).unwrap();
-    let mut cache2 = be.alloc(b * t_max * kv_row).unwrap();
+    let mut cache2 = calloc(be, b * t_max * kv_row);
     be.scatter_rows(&mut cache2, &qkv, &rows, ScatterParams::kv(b * t, nh, nkv, hd, b * t_max)).unwrap();
-    vec![("kv_cache_write", written), ("out", dl(be, &out)), ("lse", dl(be, &lse)), ("scatter_rows", dl(be, &cache2))]
+    vec![("kv_cache_write", written), ("out", cout(be, &mut out)), ("lse", dl(be, &lse)), ("scatter_rows", cout(be, &mut cache2))]
+}
+
+const CACHE_CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[(2, 3, 25, 40, 4, 2, 16), (1, 1, 140, 160, 4, 1, 64), (2, 37, 5, 50, 2, 2, 8)];
+
+#[test]
+fn kv_cache_bf16_parity() {
+    parity_bf16!(CACHE_CASES, bf16_tol((2e-5, 2e-5)), run_cache);
 }
 
 #[test]
 fn kv_cache_parity() {
-    parity!(&[(2, 3, 25, 40, 4, 2, 16), (1, 1, 140, 160, 4, 1, 64), (2, 37, 5, 50, 2, 2, 8)], (2e-5, 2e-5), run_cache);
+    parity!(CACHE_CASES, (2e-5, 2e-5), run_cache);
 }
 
 /// Decode attention of `n` queries (rows of `q_row`, heads from 0) over `slots` caches of `t_max`.
@@ -91,33 +135,48 @@ fn run_decode<B: Backend>(be: &B, (slots, t_max, n, nh, nkv, hd): (usize, usize,
     let mut rng = Rng::new(23);
     let kv_row = 2 * nkv * hd;
     let q_row = (nh + 2 * nkv) * hd;
-    let cache = be.upload(&crate::common::randv(&mut rng, slots * t_max * kv_row, 1.0)).unwrap();
-    let q = be.upload(&crate::common::randv(&mut rng, n * q_row, 1.5)).unwrap();
+    let cache = cin(be, &crate::common::randv(&mut rng, slots * t_max * kv_row, 1.0));
+    let q = cin(be, &crate::common::randv(&mut rng, n * q_row, 1.5));
     let rows: Vec<i32> = (0..n).map(|_| rng.below((slots * t_max) as u64) as i32).collect();
     let rows = be.upload_ids(&rows).unwrap();
     let p = decode_params(n, t_max, slots, nh, nkv, hd, q_row);
-    let (mut out, mut lse) = (be.alloc(n * nh * hd).unwrap(), be.alloc(n * nh).unwrap());
+    let (mut out, mut lse) = (calloc(be, n * nh * hd), be.alloc(n * nh).unwrap());
     be.attention_decode_fwd(&mut out, &mut lse, &q, &cache, &rows, p).unwrap();
-    vec![("out", dl(be, &out)), ("lse", dl(be, &lse))]
+    vec![("out", cout(be, &mut out)), ("lse", dl(be, &lse))]
+}
+
+const DECODE_CASES: &[(usize, usize, usize, usize, usize, usize)] = &[(3, 20, 5, 4, 2, 16), (2, 100, 7, 2, 1, 64), (1, 8, 1, 12, 12, 128), (4, 70, 9, 9, 3, 24)];
+
+#[test]
+fn attention_decode_bf16_parity() {
+    parity_bf16!(DECODE_CASES, bf16_tol((2e-5, 2e-5)), run_decode);
 }
 
 #[test]
 fn attention_decode_parity() {
-    parity!(&[(3, 20, 5, 4, 2, 16), (2, 100, 7, 2, 1, 64), (1, 8, 1, 12, 12, 128), (4, 70, 9, 9, 3, 24)], (2e-5, 2e-5), run_decode);
+    parity!(DECODE_CASES, (2e-5, 2e-5), run_decode);
 }
 
 /// Rollout = training: decode attention of the token at position i (its keys and values in the
-/// slot cache) gives the same bits as row i of the training forward over the whole sequence.
+/// slot cache) gives the same bits as row i of the training forward over the whole sequence, in
+/// f32 and in bf16 storage.
 #[test]
 fn decode_matches_training_forward_bitwise() {
     let Some(g) = crate::gpu() else { return };
+    decode_matches_training(g);
+    if let Some(g) = crate::gpu_bf16() {
+        decode_matches_training(g);
+    }
+}
+
+fn decode_matches_training(g: &rlhf::backend::CudaBackend) {
     let (t, nh, nkv, hd, t_max) = (45, 4, 2, 64, 64);
     let row = (nh + 2 * nkv) * hd;
     let mut rng = Rng::new(97);
-    let qkv = g.upload(&crate::common::randv(&mut rng, t * row, 1.5)).unwrap();
-    let (mut out, mut lse) = (g.alloc(t * nh * hd).unwrap(), g.alloc(nh * t).unwrap());
+    let qkv = cin(g, &crate::common::randv(&mut rng, t * row, 1.5));
+    let (mut out, mut lse) = (calloc(g, t * nh * hd), g.alloc(nh * t).unwrap());
     g.attention_fwd(&mut out, &mut lse, &qkv, &qkv, &qkv, AttentionParams::fused(1, t, nh, nkv, hd)).unwrap();
-    let mut cache = g.alloc(t_max * 2 * nkv * hd).unwrap();
+    let mut cache = calloc(g, t_max * 2 * nkv * hd);
     g.kv_cache_write(
         &mut cache,
         &qkv,
@@ -126,7 +185,7 @@ fn decode_matches_training_forward_bitwise() {
     .unwrap();
     let rows = g.upload_ids(&(0..t as i32).collect::<Vec<_>>()).unwrap();
     let p = decode_params(t, t_max, 1, nh, nkv, hd, row);
-    let (mut dout, mut dlse) = (g.alloc(t * nh * hd).unwrap(), g.alloc(t * nh).unwrap());
+    let (mut dout, mut dlse) = (calloc(g, t * nh * hd), g.alloc(t * nh).unwrap());
     g.attention_decode_fwd(&mut dout, &mut dlse, &qkv, &cache, &rows, p).unwrap();
     let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
     assert_eq!(bits(dl(g, &dout)), bits(dl(g, &out)), "decode and training attention outputs differ");

@@ -2,9 +2,10 @@
 //! through the SIMT kernel, bias_add and bias_bwd: within 1e-4 absolute + 1e-4 relative (another
 //! summation order over k); cuBLAS with tf32 / bf16 / f16 operands within the bound stated at
 //! `matmul_fast_precisions_parity`. The SIMT matmul is batch-invariant: a row's bits do not depend on
-//! how many rows are multiplied with it.
+//! how many rows are multiplied with it. bf16 storage: see `matmul_bf16_parity`; bias ops within
+//! `bf16_tol` of their f32 tolerance.
 
-use crate::{dl, parity, Outputs};
+use crate::{bf16_tol, cin, cout, dl, parity, parity_bf16, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
@@ -14,6 +15,9 @@ pub const CHECKS: &[(&str, &str)] = &[
     ("matmul", "matmul_fast_precisions_parity"),
     ("bias_add", "bias_parity"),
     ("bias_bwd", "bias_parity"),
+    ("matmul_bf16", "matmul_bf16_parity"),
+    ("bias_add_bf16", "bias_bf16_parity"),
+    ("bias_bwd_bf16", "bias_bf16_parity"),
 ];
 
 type Case = (usize, usize, usize, usize, bool, bool, bool);
@@ -118,15 +122,79 @@ fn matmul_fast_precisions_parity() {
 fn run_bias<B: Backend>(be: &B, (n, c): (usize, usize)) -> Outputs {
     let mut rng = Rng::new(3);
     let p = BiasParams { n: n as u32, c: c as u32 };
-    let mut out = be.upload(&crate::common::randv(&mut rng, n * c, 1.0)).unwrap();
-    let bias = be.upload(&crate::common::randv(&mut rng, c, 1.0)).unwrap();
+    let mut out = cin(be, &crate::common::randv(&mut rng, n * c, 1.0));
+    let bias = cin(be, &crate::common::randv(&mut rng, c, 1.0));
     be.bias_add(&mut out, &bias, p).unwrap();
-    let mut db = be.upload(&crate::common::randv(&mut rng, c, 1.0)).unwrap();
-    be.bias_bwd(&mut db, &out, p).unwrap();
-    vec![("bias_add", dl(be, &out)), ("bias_bwd", dl(be, &db))]
+    let added = cout(be, &mut out);
+    let mut db = cin(be, &crate::common::randv(&mut rng, c, 1.0));
+    let dout = cin(be, &crate::common::randv(&mut rng, n * c, 1.0));
+    be.bias_bwd(&mut db, &dout, p).unwrap();
+    vec![("bias_add", added), ("bias_bwd", cout(be, &mut db))]
 }
 
 #[test]
 fn bias_parity() {
     parity!(&[(1, 1), (5, 33), (300, 770)], (2e-5, 2e-5), run_bias);
+}
+
+#[test]
+fn bias_bf16_parity() {
+    parity_bf16!(&[(1, 1), (5, 33), (300, 770)], bf16_tol((2e-5, 2e-5)), run_bias);
+}
+
+/// A case's product in the storage under test: bf16 operands and `out` (compute-typed), and the
+/// same product into an f32 `out` (allowed from compute operands).
+fn run_typed<B: Backend>(be: &B, case: Case) -> Outputs {
+    let (a, b, out0, p) = inputs(case);
+    let (a, b) = (cin(be, &a), cin(be, &b));
+    let mut out = cin(be, &out0);
+    be.matmul(&mut out, &a, &b, p).unwrap();
+    let mut out_f32 = be.upload(&out0).unwrap();
+    be.matmul(&mut out_f32, &a, &b, p).unwrap();
+    vec![("out", cout(be, &mut out)), ("out f32", dl(be, &out_f32))]
+}
+
+/// bf16 storage through cuBLAS (`GemmStridedBatchedEx`, CUDA_R_16BF A and B, C bf16 or f32,
+/// CUBLAS_COMPUTE_32F) and through the SIMT `matmul_bf16*` kernels, against the CPU's f32 product
+/// of the same bf16 operands. The products of bf16 values are exact in f32, so only the two f32
+/// sums differ: per element `rounded_matmul_bound` with no operand rounding (u = 2^-24) for the f32
+/// `out`, plus one bf16 ulp of the rounded `out` (`BF16_ULP` |want|, the bound scaled by 1 + 2^-8).
+#[test]
+fn matmul_bf16_parity() {
+    let Some(g) = crate::gpu_bf16() else { return };
+    let mut simt = rlhf::backend::CudaBackend::with_matmul(0, true).unwrap();
+    simt.set_compute_dtype(Dtype::Bf16).unwrap();
+    let cpu = rlhf::backend::CpuBackend::new();
+    for be in [g, &simt] {
+        for &case in CASES {
+            let (want, got) = crate::bf16_runs_on(be, case, run_typed, run_typed);
+            // |a| and |b| of the bf16 operands (the rounded inputs both backends used)
+            let (mut a, mut b, out0, p) = inputs(case);
+            rlhf::backend::storage::round_bf16_slice(&mut a);
+            rlhf::backend::storage::round_bf16_slice(&mut b);
+            let abs = |x: &[f32]| x.iter().map(|v| v.abs()).collect::<Vec<_>>();
+            let mut s = vec![0.0; out0.len()];
+            cpu.matmul(&mut s, &abs(&a), &abs(&b), MatmulParams { alpha: 1.0, accumulate: 0, ..p }).unwrap();
+            let what = format!("bf16 {} {case:?}", be.device_description());
+            let f32_bound = crate::common::rounded_matmul_bound(24, p.k as usize, p.alpha, &s, &want[1].1);
+            crate::common::assert_within_on("cuda", &format!("{what} out f32"), &got[1].1, &want[1].1, &f32_bound);
+            let k = 1.0 + 1.0 / 256.0;
+            let bound: Vec<f32> = crate::common::rounded_matmul_bound(24, p.k as usize, p.alpha, &s, &want[0].1)
+                .iter()
+                .zip(&want[0].1)
+                .map(|(b, w)| b * k + crate::BF16_ULP * w.abs())
+                .collect();
+            crate::common::assert_within_on("cuda", &format!("{what} out bf16"), &got[0].1, &want[0].1, &bound);
+        }
+    }
+    // --matmul-precision applies to f32 storage only
+    let e = simt.set_matmul_precision(MatmulPrecision::Tf32).unwrap_err().to_string();
+    assert!(e.contains("tf32"), "{e}");
+    let mut cublas = rlhf::backend::CudaBackend::with_matmul(0, false).unwrap();
+    cublas.set_compute_dtype(Dtype::Bf16).unwrap();
+    if cublas.device_description().contains("cuBLAS") {
+        assert!(cublas.set_matmul_precision(MatmulPrecision::Bf16).is_ok());
+        let e = cublas.set_matmul_precision(MatmulPrecision::F16).unwrap_err().to_string();
+        assert!(e.contains("already are bf16"), "{e}");
+    }
 }

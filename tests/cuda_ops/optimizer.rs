@@ -1,18 +1,26 @@
 //! sum_squares (accumulating over two tensors) and adamw with clipping active, inactive and off:
 //! within 1e-6 absolute + 1e-5 relative; a NaN or infinite squared norm leaves param, m and v as
-//! they were (asserted bit for bit on each backend).
+//! they were (asserted bit for bit on each backend). bf16 gradients (`x` of sum_squares and `grad`
+//! of adamw compute-typed, everything else f32): every output is f32, computed in f32 (f64 sums)
+//! from the same bf16 values on both backends, so the f32 tolerance holds unchanged.
 
-use crate::{dl, parity, Outputs};
+use crate::{cin, cout, dl, parity, parity_bf16, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("sum_squares", "optimizer_parity"), ("adamw", "optimizer_parity")];
+pub const CHECKS: &[(&str, &str)] =
+    &[("sum_squares", "optimizer_parity"), ("adamw", "optimizer_parity"), ("sum_squares_bf16", "optimizer_bf16_parity"), ("adamw_bf16", "optimizer_bf16_parity")];
+
+/// Cases `(n, max_grad_norm, non-finite norm)`: clipping active (0.5, 1.0 under norms of ~10 to
+/// ~140), inactive (1000), off (0), and skipped on NaN (even n) or +inf (odd n).
+const CASES: &[(usize, f32, bool)] =
+    &[(1, 1.0, false), (1001, 0.5, false), (300_001, 1000.0, false), (2_000_003, 1.0, false), (4099, 0.0, false), (4098, 1.0, true), (4099, 0.0, true)];
 
 fn run<B: Backend>(be: &B, (n, max_grad_norm, bad_norm): (usize, f32, bool)) -> Outputs {
     let mut rng = Rng::new(73);
     let p = ElementwiseParams::new(n);
-    let g = be.upload(&crate::common::randv(&mut rng, n, 0.1)).unwrap();
-    let g2 = be.upload(&crate::common::randv(&mut rng, 777, 0.1)).unwrap();
+    let mut g = cin(be, &crate::common::randv(&mut rng, n, 0.1));
+    let g2 = cin(be, &crate::common::randv(&mut rng, 777, 0.1));
     let mut acc = be.upload(&[0.25]).unwrap();
     be.sum_squares(&mut acc, &g, p).unwrap();
     be.sum_squares(&mut acc, &g2, ElementwiseParams::new(777)).unwrap();
@@ -33,14 +41,15 @@ fn run<B: Backend>(be: &B, (n, max_grad_norm, bad_norm): (usize, f32, bool)) -> 
             assert_eq!(bits(&dl(be, after)), bits(before), "n={n}: {name} changed although the squared norm is not finite");
         }
     }
-    vec![("norm_sq", norm), ("grad (unchanged)", dl(be, &g)), ("param", dl(be, &w)), ("m", dl(be, &m)), ("v", dl(be, &v))]
+    vec![("norm_sq", norm), ("grad (unchanged)", cout(be, &mut g)), ("param", dl(be, &w)), ("m", dl(be, &m)), ("v", dl(be, &v))]
 }
 
-/// Cases `(n, max_grad_norm, non-finite norm)`: clipping active (0.5, 1.0 under norms of ~10 to
-/// ~140), inactive (1000), off (0), and skipped on NaN (even n) or +inf (odd n).
 #[test]
 fn optimizer_parity() {
-    let cases =
-        [(1, 1.0, false), (1001, 0.5, false), (300_001, 1000.0, false), (2_000_003, 1.0, false), (4099, 0.0, false), (4098, 1.0, true), (4099, 0.0, true)];
-    parity!(&cases, (1e-6, 1e-5), run);
+    parity!(CASES, (1e-6, 1e-5), run);
+}
+
+#[test]
+fn optimizer_bf16_parity() {
+    parity_bf16!(CASES, (1e-6, 1e-5), run);
 }

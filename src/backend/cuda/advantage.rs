@@ -1,16 +1,18 @@
 //! Launchers of kernels/advantage.cu: GAE (one thread per row, blocks of 128) and masked
 //! whitening (one block of 1024: f64 reductions in a fixed order, no host synchronisation).
 
+use super::buffer::{types, CudaBuf};
 use super::context::{launch, Context};
 use super::need;
 use crate::backend::ops::{whiten_stat, GaeParams, WhitenParams};
 use crate::error::Result;
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
-type Buf = CudaSlice<f32>;
+type Buf = CudaBuf;
 
 #[allow(clippy::too_many_arguments)]
 pub fn gae(ctx: &Context, advantages: &mut Buf, returns: &mut Buf, rewards: &Buf, values: &Buf, mask: &Buf, p: GaeParams) -> Result<()> {
+    types("gae", &[], &[("advantages", advantages), ("returns", returns), ("rewards", rewards), ("values", values), ("mask", mask)])?;
     let n = p.b as usize * p.t as usize;
     need(
         "gae",
@@ -30,6 +32,7 @@ pub fn gae(ctx: &Context, advantages: &mut Buf, returns: &mut Buf, rewards: &Buf
 }
 
 pub fn masked_whiten(ctx: &Context, x: &mut Buf, stats: &mut Buf, mask: &Buf, p: WhitenParams) -> Result<()> {
+    types("masked_whiten", &[], &[("x", x), ("stats", stats), ("mask", mask)])?;
     let n = p.n as usize;
     need("masked_whiten", &[("x", x.len(), n), ("stats", stats.len(), whiten_stat::LEN), ("mask", mask.len(), n)])?;
     let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (1024, 1, 1), shared_mem_bytes: 0 };

@@ -3,6 +3,7 @@
 //! shared memory sized from the head dimension as in the kernel file's header. The kernels keep
 //! ATT_HD_REG = 4 values per lane, so head dimensions up to 128 are supported (a clear error above).
 
+use super::buffer::{types, CudaBuf};
 use super::context::{launch, linear, Context, Scratch};
 use super::kernels::err;
 use super::need;
@@ -10,7 +11,7 @@ use crate::backend::ops::{AttentionDecodeParams, AttentionParams, KvCacheParams,
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, LaunchConfig};
 
-type Buf = CudaSlice<f32>;
+type Buf = CudaBuf;
 type Ids = CudaSlice<i32>;
 
 const WARPS: u32 = 8;
@@ -41,6 +42,7 @@ fn strided_extent(b: u32, batch: u32, t: u32, row: u32, off: u32, width: u32) ->
 
 pub fn attention_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf, k: &Buf, v: &Buf, p: AttentionParams) -> Result<()> {
     check_heads("attention_fwd", p.hd, p.nh, p.nkv)?;
+    let t = types("attention_fwd", &[("out", out), ("q", q), ("k", k), ("v", v)], &[("lse", lse)])?;
     let (b, tq, nh, hd) = (p.b as usize, p.tq as usize, p.nh as usize, p.hd as usize);
     need(
         "attention_fwd",
@@ -56,7 +58,7 @@ pub fn attention_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf, k: &B
         return Ok(());
     }
     let smem = KT * (p.hd + 1) + KT * p.hd + WARPS * p.hd;
-    launch!(ctx, "attention", "attention_fwd", cfg((p.tq.div_ceil(WARPS), p.nh, p.b), smem), out, lse, q, k, v, &p)
+    launch!(ctx, "attention", "attention_fwd"[t], cfg((p.tq.div_ceil(WARPS), p.nh, p.b), smem), out, lse, q, k, v, &p)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -65,6 +67,7 @@ pub fn attention_bwd(ctx: &Context, dqkv: &mut Buf, dout: &Buf, out: &Buf, lse: 
     if p.tq != p.tk || p.q_pos0 != 0 || p.q_row != p.kv_row || p.q_batch != p.kv_batch {
         return Err(err("attention_bwd: only the training layout (one fused qkv buffer, tq = tk, q_pos0 = 0) has a backward"));
     }
+    let ty = types("attention_bwd", &[("dqkv", dqkv), ("dout", dout), ("out", out), ("qkv", qkv)], &[("lse", lse)])?;
     let (b, t, nh, hd) = (p.b as usize, p.tq as usize, p.nh as usize, p.hd as usize);
     let rows = b * t * p.q_row as usize;
     need(
@@ -83,15 +86,16 @@ pub fn attention_bwd(ctx: &Context, dqkv: &mut Buf, dout: &Buf, out: &Buf, lse: 
     ctx.with_scratch(Scratch::AttentionDelta, b * nh * t, |delta| {
         let warps = (b * t * nh) as u32;
         let dcfg = LaunchConfig { grid_dim: (warps.div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
-        launch!(ctx, "attention", "attention_bwd_delta", dcfg, &mut *delta, dout, out, &p)?;
+        launch!(ctx, "attention", "attention_bwd_delta"[ty], dcfg, &mut *delta, dout, out, &p)?;
         let smem = 2 * KT * (p.hd + 1) + 2 * WARPS * p.hd;
         let grid = p.tq.div_ceil(WARPS);
-        launch!(ctx, "attention", "attention_bwd", cfg((grid, p.nh, p.b), smem), &mut *dqkv, dout, lse, &*delta, qkv, &p)?;
-        launch!(ctx, "attention", "attention_bwd_dkv", cfg((grid, p.nkv, p.b), smem + 2 * KT), &mut *dqkv, dout, lse, &*delta, qkv, &p)
+        launch!(ctx, "attention", "attention_bwd"[ty], cfg((grid, p.nh, p.b), smem), &mut *dqkv, dout, lse, &*delta, qkv, &p)?;
+        launch!(ctx, "attention", "attention_bwd_dkv"[ty], cfg((grid, p.nkv, p.b), smem + 2 * KT), &mut *dqkv, dout, lse, &*delta, qkv, &p)
     })
 }
 
 pub fn kv_cache_write(ctx: &Context, cache: &mut Buf, qkv: &Buf, p: KvCacheParams) -> Result<()> {
+    let ty = types("kv_cache_write", &[("cache", cache), ("qkv", qkv)], &[])?;
     let kv = 2 * p.nkv as usize * p.hd as usize;
     let row = p.nh as usize * p.hd as usize + kv;
     let (b, t) = (p.b as usize, p.t as usize);
@@ -102,10 +106,11 @@ pub fn kv_cache_write(ctx: &Context, cache: &mut Buf, qkv: &Buf, p: KvCacheParam
     if b * t * kv == 0 {
         return Ok(());
     }
-    launch!(ctx, "attention", "kv_cache_write", linear(b * t * kv, 256), cache, qkv, &p)
+    launch!(ctx, "attention", "kv_cache_write"[ty], linear(b * t * kv, 256), cache, qkv, &p)
 }
 
 pub fn scatter_rows(ctx: &Context, out: &mut Buf, inp: &Buf, rows: &Ids, p: ScatterParams) -> Result<()> {
+    let ty = types("scatter_rows", &[("out", out), ("inp", inp)], &[])?;
     let (n, w) = (p.n as usize, p.width as usize);
     if n == 0 || w == 0 {
         return Ok(());
@@ -121,12 +126,13 @@ pub fn scatter_rows(ctx: &Context, out: &mut Buf, inp: &Buf, rows: &Ids, p: Scat
             ("rows", rows.len(), n),
         ],
     )?;
-    launch!(ctx, "attention", "scatter_rows", linear(n * w, 256), out, inp, rows, &p)
+    launch!(ctx, "attention", "scatter_rows"[ty], linear(n * w, 256), out, inp, rows, &p)
 }
 
 #[allow(clippy::too_many_arguments)]
 pub fn attention_decode_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf, cache: &Buf, rows: &Ids, p: AttentionDecodeParams) -> Result<()> {
     check_heads("attention_decode_fwd", p.hd, p.nh, p.nkv)?;
+    let ty = types("attention_decode_fwd", &[("out", out), ("q", q), ("cache", cache)], &[("lse", lse)])?;
     let (n, nh, hd) = (p.n as usize, p.nh as usize, p.hd as usize);
     if n == 0 {
         return Ok(());
@@ -142,5 +148,5 @@ pub fn attention_decode_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf
         ],
     )?;
     let c = LaunchConfig { grid_dim: (p.n, p.nh.div_ceil(WARPS), 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: WARPS * p.hd * 4 };
-    launch!(ctx, "attention", "attention_decode_fwd", c, out, lse, q, cache, rows, &p)
+    launch!(ctx, "attention", "attention_decode_fwd"[ty], c, out, lse, q, cache, rows, &p)
 }

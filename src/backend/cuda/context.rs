@@ -15,6 +15,7 @@
 use super::graphs::{self, Graphs};
 use super::kernels::{self, err};
 use crate::backend::precision::MatmulPrecision;
+use crate::backend::storage::{self, Dtype};
 use crate::error::Result;
 use cudarc::cublas::CudaBlas;
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, LaunchConfig};
@@ -71,6 +72,8 @@ pub enum Scratch {
     SumSquares,
     PpoScale,
     PpoPartial,
+    /// the bf16 copy of the log-prob tile (dlogits for the bf16 products of the backward)
+    LogprobTileBf16,
 }
 
 /// Bytes of cuBLAS's workspace (its recommendation for Hopper; older GPUs need less).
@@ -103,6 +106,11 @@ pub struct Context {
     /// The precision of matmul operands: f32 (`sgemm`), or tf32 / bf16 / f16 through
     /// `cublasGemmStridedBatchedEx`'s fast compute types (cuBLAS only).
     pub matmul_precision: MatmulPrecision,
+    /// The type of `Storage::Compute` allocations (`--precision`); f32 until set.
+    pub compute_dtype: Dtype,
+    /// The device's compute capability `(major, minor)` and name.
+    pub sm: (i32, i32),
+    pub device_name: String,
     pub arch: String,
     pub description: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
@@ -124,6 +132,7 @@ impl Context {
         let graphs = Graphs::new(graphs::enabled_by_env()?);
         let (major, minor) = ctx.compute_capability().map_err(|e| err(format!("compute capability: {e:?}")))?;
         let nvrtc = kernels::nvrtc_version().map_or("?".to_string(), |(a, b)| format!("{a}.{b}"));
+        let device_name = ctx.name().unwrap_or_else(|_| "unknown device".into());
         let description = format!("cuda: {} [NVRTC {nvrtc}, {}]", describe(&ctx), if blas.is_some() { "cuBLAS" } else { "SIMT matmul, batch-invariant" });
         Ok(Context {
             ctx,
@@ -132,6 +141,9 @@ impl Context {
             _blas_workspace: blas_workspace,
             graphs,
             matmul_precision: MatmulPrecision::F32,
+            compute_dtype: Dtype::F32,
+            sm: (major, minor),
+            device_name,
             arch: format!("compute_{major}{minor}"),
             description,
             modules: Mutex::new(HashMap::new()),
@@ -141,13 +153,37 @@ impl Context {
     }
 
     /// Sets the precision of matmul operands: any with cuBLAS, f32 only with the SIMT matmul.
+    /// It applies to f32 storage only: with bf16 storage the operands already are bf16, so only
+    /// f32 and bf16 (both meaning bf16 operands, f32 accumulation) are accepted there.
     pub fn set_matmul_precision(&mut self, p: MatmulPrecision) -> Result<()> {
         if p != MatmulPrecision::F32 && self.blas.is_none() {
             return Err(p.unsupported("cuda", "the SIMT matmul (RLHF_CUDA_MATMUL=simt, or no libcublas) computes in f32 only; use f32 or cuBLAS"));
         }
+        storage_allows(self.compute_dtype, p)?;
         self.matmul_precision = p;
         // recorded graphs baked in the old precision's cuBLAS calls
         self.graphs.forget();
+        Ok(())
+    }
+
+    /// The compute type `--precision auto` picks: bf16 on sm_80 and newer, else f32.
+    pub fn preferred_compute_dtype(&self) -> Dtype {
+        if device_stores(Dtype::Bf16, &self.device_name, self.sm).is_ok() {
+            Dtype::Bf16
+        } else {
+            Dtype::F32
+        }
+    }
+
+    /// Sets the type of `Storage::Compute` allocations: bf16 needs compute capability 8.0, and
+    /// f32 or bf16 matmul operands (`--matmul-precision` is about f32 storage).
+    pub fn set_compute_dtype(&mut self, d: Dtype) -> Result<()> {
+        device_stores(d, &self.device_name, self.sm)?;
+        if d == Dtype::Bf16 && storage_allows(d, self.matmul_precision).is_err() {
+            let why = format!("--matmul-precision {} applies to f32 storage only (bf16 storage multiplies bf16 operands)", self.matmul_precision);
+            return Err(storage::unsupported("cuda", d, why));
+        }
+        self.compute_dtype = d;
         Ok(())
     }
 
@@ -246,6 +282,25 @@ impl Context {
     }
 }
 
+/// Whether device `name` of compute capability `(major, minor)` stores compute type `d`: bf16
+/// needs sm_80 (the error names the device and its sm).
+pub fn device_stores(d: Dtype, name: &str, (major, minor): (i32, i32)) -> Result<()> {
+    if d == Dtype::Bf16 && major < 8 {
+        let why = format!("{name} is sm_{major}{minor}; bf16 storage needs compute capability 8.0 (sm_80) or newer (use --precision f32 or auto)");
+        return Err(storage::unsupported("cuda", d, why));
+    }
+    Ok(())
+}
+
+/// Whether `--matmul-precision p` goes with compute storage `d`: any with f32 storage; with bf16
+/// storage the operands already are bf16, so only f32 and bf16 (which then mean the same).
+pub fn storage_allows(d: Dtype, p: MatmulPrecision) -> Result<()> {
+    if d == Dtype::Bf16 && !matches!(p, MatmulPrecision::F32 | MatmulPrecision::Bf16) {
+        return Err(p.unsupported("cuda", "with --precision bf16 the matmul operands already are bf16 (f32 accumulation); use --matmul-precision f32 or bf16"));
+    }
+    Ok(())
+}
+
 /// 1-D launch of `threads`-wide blocks covering `items` work items (at most 65535 blocks: the
 /// kernels loop grid-stride).
 pub fn linear(items: usize, threads: u32) -> LaunchConfig {
@@ -258,15 +313,21 @@ pub fn elementwise(n: usize) -> LaunchConfig {
     linear(n.div_ceil(4), 256)
 }
 
+/// Element-wise launch over values of type `d`: one thread per 16 bytes (4 f32 or 8 bf16).
+pub fn elementwise_of(n: usize, d: Dtype) -> LaunchConfig {
+    linear(n.div_ceil(16 / d.size()), 256)
+}
+
 /// One block of `threads` per row.
 pub fn per_row(rows: usize, threads: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Launches `$name` of `kernels/$family.cu` with the given arguments (references, living until
-/// the launch returns) on the context's stream.
+/// the launch returns) on the context's stream. `"name"[dtype]` launches `name` for f32 and
+/// `name_bf16` for bf16 (the storage type the launcher got from `buffer::types`).
 macro_rules! launch {
-    ($ctx:expr, $family:literal, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+    (@named $ctx:expr, $family:literal, $name:expr, $cfg:expr, $($arg:expr),+) => {{
         let ctx: &$crate::backend::cuda::context::Context = $ctx;
         let f = ctx.function($family, $name)?;
         let mut b = ctx.stream.launch_builder(&f);
@@ -276,5 +337,41 @@ macro_rules! launch {
         // against the params before launching.
         unsafe { b.launch($cfg) }.map(|_| ()).map_err(|e| $crate::backend::cuda::kernels::err(format!("{}: {e:?}", $name)))
     }};
+    ($ctx:expr, $family:literal, $name:literal [$dtype:expr], $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        let name = match $dtype {
+            $crate::backend::storage::Dtype::F32 => $name,
+            $crate::backend::storage::Dtype::Bf16 => concat!($name, "_bf16"),
+        };
+        $crate::backend::cuda::context::launch!(@named $ctx, $family, name, $cfg, $($arg),+)
+    }};
+    ($ctx:expr, $family:literal, $name:literal, $cfg:expr, $($arg:expr),+ $(,)?) => {{
+        $crate::backend::cuda::context::launch!(@named $ctx, $family, $name, $cfg, $($arg),+)
+    }};
 }
 pub(crate) use launch;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bf16_storage_needs_sm_80_and_names_the_device() {
+        assert!(device_stores(Dtype::Bf16, "NVIDIA H100", (9, 0)).is_ok());
+        assert!(device_stores(Dtype::Bf16, "NVIDIA A100", (8, 0)).is_ok());
+        assert!(device_stores(Dtype::F32, "Tesla T4", (7, 5)).is_ok());
+        let e = device_stores(Dtype::Bf16, "Tesla T4", (7, 5)).unwrap_err().to_string();
+        assert!(e.contains("Tesla T4 is sm_75") && e.contains("--precision bf16") && e.contains("sm_80"), "{e}");
+    }
+
+    #[test]
+    fn matmul_precision_applies_to_f32_storage_only() {
+        for p in [MatmulPrecision::F32, MatmulPrecision::Tf32, MatmulPrecision::Bf16, MatmulPrecision::F16] {
+            assert!(storage_allows(Dtype::F32, p).is_ok());
+        }
+        assert!(storage_allows(Dtype::Bf16, MatmulPrecision::F32).is_ok());
+        assert!(storage_allows(Dtype::Bf16, MatmulPrecision::Bf16).is_ok());
+        let e = storage_allows(Dtype::Bf16, MatmulPrecision::Tf32).unwrap_err().to_string();
+        assert!(e.contains("--matmul-precision tf32") && e.contains("already are bf16"), "{e}");
+        assert!(storage_allows(Dtype::Bf16, MatmulPrecision::F16).is_err());
+    }
+}

@@ -2,30 +2,33 @@
 //! backward (one thread per table column and vocabulary slice, walking the tokens in order:
 //! deterministic, no atomics).
 
+use super::buffer::{types, CudaBuf};
 use super::context::{launch, linear, per_row, Context};
 use super::need;
 use crate::backend::ops::EmbeddingParams;
 use crate::error::Result;
 use cudarc::driver::CudaSlice;
 
-type Buf = CudaSlice<f32>;
+type Buf = CudaBuf;
 
 pub fn embedding_fwd(ctx: &Context, out: &mut Buf, ids: &CudaSlice<i32>, table: &Buf, p: EmbeddingParams) -> Result<()> {
     let (n, c, v) = (p.n as usize, p.c as usize, p.vocab as usize);
+    let t = types("embedding_fwd", &[("out", out), ("table", table)], &[])?;
     need("embedding_fwd", &[("out", out.len(), n * c), ("ids", ids.len(), n), ("table", table.len(), v * c)])?;
     if n * c == 0 {
         return Ok(());
     }
-    launch!(ctx, "embedding", "embedding_fwd", per_row(n, 256), out, ids, table, &p)
+    launch!(ctx, "embedding", "embedding_fwd"[t], per_row(n, 256), out, ids, table, &p)
 }
 
 pub fn embedding_bwd(ctx: &Context, dtable: &mut Buf, dout: &Buf, ids: &CudaSlice<i32>, p: EmbeddingParams) -> Result<()> {
     let (n, c, v) = (p.n as usize, p.c as usize, p.vocab as usize);
+    let t = types("embedding_bwd", &[("dtable", dtable), ("dout", dout)], &[])?;
     need("embedding_bwd", &[("dtable", dtable.len(), v * c), ("dout", dout.len(), n * c), ("ids", ids.len(), n)])?;
     if n * c == 0 {
         return Ok(());
     }
     let mut cfg = linear(c, 256);
     cfg.grid_dim = (c.div_ceil(256) as u32, p.vocab.clamp(1, 64), 1);
-    launch!(ctx, "embedding", "embedding_bwd", cfg, dtable, dout, ids, &p)
+    launch!(ctx, "embedding", "embedding_bwd"[t], cfg, dtable, dout, ids, &p)
 }

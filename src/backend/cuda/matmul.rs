@@ -7,18 +7,25 @@
 //! With `--matmul-precision tf32 | bf16 | f16` the same call goes through
 //! `cublasGemmStridedBatchedEx` with f32 A, B and C and the compute type
 //! `CUBLAS_COMPUTE_32F_FAST_TF32 | _FAST_16BF | _FAST_16F`: cuBLAS rounds the operands to that
-//! type (tensor cores) and accumulates in f32. The SIMT kernel is f32 only.
+//! type (tensor cores) and accumulates in f32. The SIMT kernel is f32 only there.
+//! bf16 storage (`--precision bf16`): A and B are bf16 buffers and the call is
+//! `cublasGemmStridedBatchedEx` with CUDA_R_16BF A and B, C bf16 or f32 (an f32 `out` is allowed),
+//! `CUBLAS_COMPUTE_32F` and f32 alpha / beta (beta 1 reads C when accumulating); the
+//! `--matmul-precision` flag does not apply (the operands already are bf16). The SIMT fallback has
+//! `matmul_bf16` and `matmul_bf16_out_f32` (f32 tiles and accumulation).
 //! Launch configurations: see kernels/matmul.cu.
 
+use super::buffer::{types, CudaBuf, DevPtr};
 use super::context::{launch, linear, Context};
 use super::kernels::err;
 use crate::backend::ops::{BiasParams, MatmulParams};
 use crate::backend::precision::MatmulPrecision;
+use crate::backend::storage::{op_dtype, Dtype};
 use crate::error::Result;
 use cudarc::cublas::sys::cublasOperation_t::{CUBLAS_OP_N, CUBLAS_OP_T};
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cudaDataType_t};
-use cudarc::cublas::{CudaBlas, Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{CudaSlice, CudaView, CudaViewMut, DevicePtr, DevicePtrMut, LaunchConfig};
+use cudarc::cublas::{CudaBlas, GemmConfig, StridedBatchedConfig};
+use cudarc::driver::LaunchConfig;
 
 /// Elements each operand needs: the last batch's matrix must fit.
 fn extent(stride: u32, batch: u32, size: usize) -> usize {
@@ -61,27 +68,37 @@ pub fn cublas_config(p: &MatmulParams) -> StridedBatchedConfig<f32> {
     }
 }
 
-/// `out (+)= alpha op(a) op(b)` on views (the log-prob gather multiplies vocabulary chunks).
-pub fn gemm(ctx: &Context, out: &mut CudaViewMut<'_, f32>, a: &CudaView<'_, f32>, b: &CudaView<'_, f32>, p: MatmulParams) -> Result<()> {
-    check(&p, out.len(), a.len(), b.len())?;
+/// `out (+)= alpha op(a) op(b)` on device pointers (whole buffers, or the vocabulary chunks of the
+/// log-prob gather). `a` and `b` share one type T; `out` is T or f32 (f32 accumulation always).
+pub fn gemm(ctx: &Context, out: DevPtr<'_>, a: DevPtr<'_>, b: DevPtr<'_>, p: MatmulParams) -> Result<()> {
+    let t = op_dtype("cuda", "matmul", &[("a", a.dtype), ("b", b.dtype)], &[])?;
+    if out.dtype != t && out.dtype != Dtype::F32 {
+        return Err(err(format!("matmul: `out` is {} but the operands `a`, `b` are {t} (out must be {t} or f32)", out.dtype)));
+    }
+    check(&p, out.len, a.len, b.len)?;
     if p.m == 0 || p.n == 0 || p.batch == 0 {
         return Ok(());
     }
-    match (&ctx.blas, compute_type(ctx.matmul_precision)) {
-        (Some(blas), None) => {
-            let cfg = cublas_config(&p);
-            // cuBLAS runs in the calling thread's current context: make it ours (cudarc's
-            // launches and copies do this themselves)
-            ctx.ctx.bind_to_thread().map_err(|e| err(format!("binding the CUDA context: {e:?}")))?;
-            // SAFETY: the operands hold every matrix of the batch (checked above).
-            unsafe { blas.gemm_strided_batched(cfg, b, a, out) }.map_err(|e| err(format!("cuBLAS sgemm {}x{}x{}: {e:?}", p.m, p.n, p.k)))
-        }
-        (Some(blas), Some(compute)) => gemm_fast(ctx, blas, out, a, b, &p, compute),
-        (None, None) => {
+    let bf16 = cudaDataType_t::CUDA_R_16BF;
+    let f32_t = cudaDataType_t::CUDA_R_32F;
+    let c_type = if out.dtype == Dtype::F32 { f32_t } else { bf16 };
+    // --matmul-precision is about f32 storage: in the bf16 mode (where it can only be f32 or bf16)
+    // the bf16 operands multiply as they are and any f32 ones in full f32
+    let fast = if ctx.compute_dtype == Dtype::Bf16 { None } else { compute_type(ctx.matmul_precision) };
+    match (&ctx.blas, t, fast) {
+        (Some(blas), Dtype::F32, None) => sgemm(ctx, blas, out, a, b, &p),
+        (Some(blas), Dtype::F32, Some(compute)) => gemm_ex(ctx, blas, (out, f32_t), (a, b, f32_t), &p, compute),
+        // bf16 storage: the operands already are bf16 (--matmul-precision does not apply)
+        (Some(blas), Dtype::Bf16, _) => gemm_ex(ctx, blas, (out, c_type), (a, b, bf16), &p, cublasComputeType_t::CUBLAS_COMPUTE_32F),
+        (None, _, Some(_)) if t == Dtype::F32 => Err(err(format!("matmul precision {} needs cuBLAS; the SIMT matmul is f32 only", ctx.matmul_precision))),
+        (None, _, _) => {
             let cfg = LaunchConfig { grid_dim: (p.n.div_ceil(32), p.m.div_ceil(32), p.batch), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-            launch!(ctx, "matmul", "matmul", cfg, out, a, b, &p)
+            match (out.dtype, t) {
+                (Dtype::F32, Dtype::F32) => launch!(ctx, "matmul", "matmul", cfg, &out.ptr, &a.ptr, &b.ptr, &p),
+                (Dtype::Bf16, _) => launch!(ctx, "matmul", "matmul_bf16", cfg, &out.ptr, &a.ptr, &b.ptr, &p),
+                (Dtype::F32, Dtype::Bf16) => launch!(ctx, "matmul", "matmul_bf16_out_f32", cfg, &out.ptr, &a.ptr, &b.ptr, &p),
+            }
         }
-        (None, Some(_)) => Err(err(format!("matmul precision {} needs cuBLAS; the SIMT matmul is f32 only", ctx.matmul_precision))),
     }
 }
 
@@ -95,27 +112,62 @@ pub fn compute_type(p: MatmulPrecision) -> Option<cublasComputeType_t> {
     }
 }
 
-/// [`cublas_config`]'s product through `cublasGemmStridedBatchedEx` with f32 A, B, C and the
-/// reduced-precision compute type `compute`.
-fn gemm_fast(
+fn bind(ctx: &Context) -> Result<()> {
+    // cuBLAS runs in the calling thread's current context: make it ours (cudarc's launches and
+    // copies do this themselves)
+    ctx.ctx.bind_to_thread().map_err(|e| err(format!("binding the CUDA context: {e:?}")))
+}
+
+/// [`cublas_config`]'s product of f32 operands with `cublasSgemmStridedBatched`.
+fn sgemm(ctx: &Context, blas: &CudaBlas, out: DevPtr<'_>, a: DevPtr<'_>, b: DevPtr<'_>, p: &MatmulParams) -> Result<()> {
+    let cfg = cublas_config(p);
+    let g = &cfg.gemm;
+    bind(ctx)?;
+    // SAFETY: the operands hold every matrix of the batch (checked by `gemm`), the pointers are
+    // live f32 device allocations borrowed for this call, used on the context's stream (the
+    // handle's), and alpha / beta are host values that outlive the call.
+    unsafe {
+        cudarc::cublas::result::sgemm_strided_batched(
+            *blas.handle(),
+            g.transa,
+            g.transb,
+            g.m,
+            g.n,
+            g.k,
+            &g.alpha,
+            b.ptr as *const f32,
+            g.lda,
+            cfg.stride_a,
+            a.ptr as *const f32,
+            g.ldb,
+            cfg.stride_b,
+            &g.beta,
+            out.ptr as *mut f32,
+            g.ldc,
+            cfg.stride_c,
+            cfg.batch_size,
+        )
+    }
+    .map_err(|e| err(format!("cuBLAS sgemm {}x{}x{}: {e:?}", p.m, p.n, p.k)))
+}
+
+/// [`cublas_config`]'s product through `cublasGemmStridedBatchedEx`: A and B of type `ab`, C of
+/// type `c`, f32 alpha / beta, compute type `compute` (f32 accumulation in every case).
+fn gemm_ex(
     ctx: &Context,
     blas: &CudaBlas,
-    out: &mut CudaViewMut<'_, f32>,
-    a: &CudaView<'_, f32>,
-    b: &CudaView<'_, f32>,
+    (out, c): (DevPtr<'_>, cudaDataType_t),
+    (a, b, ab): (DevPtr<'_>, DevPtr<'_>, cudaDataType_t),
     p: &MatmulParams,
     compute: cublasComputeType_t,
 ) -> Result<()> {
     let cfg = cublas_config(p);
     let g = &cfg.gemm;
-    ctx.ctx.bind_to_thread().map_err(|e| err(format!("binding the CUDA context: {e:?}")))?;
-    let (b_ptr, _b_rec) = b.device_ptr(&ctx.stream);
-    let (a_ptr, _a_rec) = a.device_ptr(&ctx.stream);
-    let (out_ptr, _out_rec) = out.device_ptr_mut(&ctx.stream);
-    let f32_t = cudaDataType_t::CUDA_R_32F;
-    // SAFETY: the operands hold every matrix of the batch (checked by `gemm`), the pointers are
-    // live device allocations of the context's stream (on which the handle runs), and alpha /
-    // beta are host f32 values (cuBLAS's default pointer mode) that outlive the call.
+    bind(ctx)?;
+    // SAFETY: the operands hold every matrix of the batch (checked by `gemm`) in the types named,
+    // the pointers are live device allocations borrowed for this call, used on the context's
+    // stream (on which the handle runs), and alpha / beta are host f32 values (cuBLAS's default
+    // pointer mode; f32 scalars go with every CUBLAS_COMPUTE_32F* type) that outlive the call.
     unsafe {
         cudarc::cublas::result::gemm_strided_batched_ex(
             *blas.handle(),
@@ -125,17 +177,17 @@ fn gemm_fast(
             g.n,
             g.k,
             (&g.alpha) as *const f32 as *const _,
-            b_ptr as *const _,
-            f32_t,
+            b.ptr as *const _,
+            ab,
             g.lda,
             cfg.stride_a,
-            a_ptr as *const _,
-            f32_t,
+            a.ptr as *const _,
+            ab,
             g.ldb,
             cfg.stride_b,
             (&g.beta) as *const f32 as *const _,
-            out_ptr as *mut _,
-            f32_t,
+            out.ptr as *mut _,
+            c,
             g.ldc,
             cfg.stride_c,
             cfg.batch_size,
@@ -143,14 +195,18 @@ fn gemm_fast(
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }
-    .map_err(|e| err(format!("cuBLAS GemmStridedBatchedEx ({}) {}x{}x{}: {e:?}", ctx.matmul_precision, p.m, p.n, p.k)))
+    .map_err(|e| err(format!("cuBLAS GemmStridedBatchedEx ({ab:?} operands, {c:?} out, {compute:?}) {}x{}x{}: {e:?}", p.m, p.n, p.k)))
 }
 
-pub fn matmul(ctx: &Context, out: &mut CudaSlice<f32>, a: &CudaSlice<f32>, b: &CudaSlice<f32>, p: MatmulParams) -> Result<()> {
-    gemm(ctx, &mut out.as_view_mut(), &a.as_view(), &b.as_view(), p)
+pub fn matmul(ctx: &Context, out: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf, p: MatmulParams) -> Result<()> {
+    let s = &ctx.stream;
+    let (a_len, b_len) = (a.len(), b.len());
+    let out_len = out.len();
+    gemm(ctx, DevPtr::of_mut(s, out, 0..out_len)?, DevPtr::of(s, a, 0..a_len)?, DevPtr::of(s, b, 0..b_len)?, p)
 }
 
-pub fn bias_add(ctx: &Context, out: &mut CudaSlice<f32>, bias: &CudaSlice<f32>, p: BiasParams) -> Result<()> {
+pub fn bias_add(ctx: &Context, out: &mut CudaBuf, bias: &CudaBuf, p: BiasParams) -> Result<()> {
+    let t = types("bias_add", &[("out", out), ("bias", bias)], &[])?;
     let (n, c) = (p.n as usize, p.c as usize);
     if out.len() < n * c || bias.len() < c {
         return Err(err(format!("bias_add: out holds {}, bias {}; [{n}, {c}] needs {} and {c}", out.len(), bias.len(), n * c)));
@@ -158,10 +214,11 @@ pub fn bias_add(ctx: &Context, out: &mut CudaSlice<f32>, bias: &CudaSlice<f32>, 
     if n * c == 0 {
         return Ok(());
     }
-    launch!(ctx, "matmul", "bias_add", linear(n * c, 256), out, bias, &p)
+    launch!(ctx, "matmul", "bias_add"[t], linear(n * c, 256), out, bias, &p)
 }
 
-pub fn bias_bwd(ctx: &Context, dbias: &mut CudaSlice<f32>, dout: &CudaSlice<f32>, p: BiasParams) -> Result<()> {
+pub fn bias_bwd(ctx: &Context, dbias: &mut CudaBuf, dout: &CudaBuf, p: BiasParams) -> Result<()> {
+    let t = types("bias_bwd", &[("dbias", dbias), ("dout", dout)], &[])?;
     let (n, c) = (p.n as usize, p.c as usize);
     if dout.len() < n * c || dbias.len() < c {
         return Err(err(format!("bias_bwd: dout holds {}, dbias {}; [{n}, {c}] needs {} and {c}", dout.len(), dbias.len(), n * c)));
@@ -170,7 +227,7 @@ pub fn bias_bwd(ctx: &Context, dbias: &mut CudaSlice<f32>, dout: &CudaSlice<f32>
         return Ok(());
     }
     let cfg = LaunchConfig { grid_dim: (p.c.div_ceil(32), 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-    launch!(ctx, "matmul", "bias_bwd", cfg, dbias, dout, &p)
+    launch!(ctx, "matmul", "bias_bwd"[t], cfg, dbias, dout, &p)
 }
 
 #[cfg(test)]

@@ -1,7 +1,9 @@
 //! The CUDA backend: every op of the op list as a hand-written CUDA C kernel (`kernels/`), compiled
 //! with NVRTC at first use for the device's architecture (PTX cached on disk), launched through
-//! cudarc on one stream; matmuls through cuBLAS. Buffers are `CudaSlice`s that stay on the device;
-//! only `download` and `synchronize` wait for the stream. One launcher file per op family.
+//! cudarc on one stream; matmuls through cuBLAS. Buffers are [`CudaBuf`]s (f32 or bf16
+//! `CudaSlice`s, see buffer.rs) that stay on the device; only `download` and `synchronize` wait
+//! for the stream. `--precision bf16` (sm_80 and newer) makes `Storage::Compute` buffers bf16;
+//! every op with compute buffers then runs its `_bf16` kernel (see kernels/README.md). One launcher file per op family.
 //!
 //! Without libcuda or NVRTC the crate still builds and runs: [`availability`] says why CUDA is
 //! unusable before anything touches cudarc's driver API (which panics without the library), and
@@ -14,6 +16,7 @@
 pub mod activation;
 pub mod advantage;
 pub mod attention;
+pub mod buffer;
 pub mod context;
 pub mod cross_entropy;
 pub mod decode;
@@ -31,11 +34,13 @@ pub mod rl_losses;
 pub mod rope;
 pub mod sample;
 
+pub use buffer::CudaBuf;
 pub use context::{availability, devices, Context};
 
 use crate::backend::ops::*;
+use crate::backend::storage::{from_bf16_bits, to_bf16_bits};
 use crate::error::Result;
-use cudarc::driver::{CudaSlice, DevicePtr, DeviceRepr};
+use cudarc::driver::{CudaSlice, DeviceRepr};
 use kernels::err;
 
 // SAFETY: the params structs are `#[repr(C)]` plain data with the field order of kernels/common.cuh.
@@ -144,17 +149,20 @@ fn alloc_slice<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(ctx: &Context, l
 }
 
 impl Backend for CudaBackend {
-    type Buf = CudaSlice<f32>;
+    type Buf = CudaBuf;
     type Ids = CudaSlice<i32>;
 
     fn name(&self) -> &'static str {
         "cuda"
     }
     fn device_description(&self) -> String {
-        match self.ctx.matmul_precision {
-            MatmulPrecision::F32 => self.ctx.description.clone(),
-            p => format!("{} [matmul {p}]", self.ctx.description),
+        let mut d = self.ctx.description.clone();
+        if self.ctx.compute_dtype == Dtype::Bf16 {
+            d.push_str(" [bf16 storage, f32 accumulation]");
+        } else if self.ctx.matmul_precision != MatmulPrecision::F32 {
+            d.push_str(&format!(" [matmul {}]", self.ctx.matmul_precision));
         }
+        d
     }
     fn matmul_precision(&self) -> MatmulPrecision {
         self.ctx.matmul_precision
@@ -165,17 +173,47 @@ impl Backend for CudaBackend {
         self.ctx.set_matmul_precision(p)
     }
 
+    fn compute_dtype(&self) -> Dtype {
+        self.ctx.compute_dtype
+    }
+    /// bf16 on compute capability 8.0 and newer, else f32.
+    fn preferred_compute_dtype(&self) -> Dtype {
+        self.ctx.preferred_compute_dtype()
+    }
+    fn set_compute_dtype(&mut self, d: Dtype) -> Result<()> {
+        self.ctx.set_compute_dtype(d)
+    }
+    fn alloc_as(&self, len: usize, s: Storage) -> Result<Self::Buf> {
+        match s {
+            Storage::F32 => self.alloc(len),
+            Storage::Compute => match self.ctx.compute_dtype {
+                Dtype::F32 => self.alloc(len),
+                Dtype::Bf16 => alloc_slice(&self.ctx, len).map(CudaBuf::Bf16),
+            },
+        }
+    }
+    fn dtype(&self, buf: &Self::Buf) -> Dtype {
+        buf.dtype()
+    }
+
     fn alloc(&self, len: usize) -> Result<Self::Buf> {
-        alloc_slice(&self.ctx, len)
+        alloc_slice(&self.ctx, len).map(CudaBuf::F32)
     }
     fn upload(&self, data: &[f32]) -> Result<Self::Buf> {
-        upload_slice(&self.ctx, data)
+        upload_slice(&self.ctx, data).map(CudaBuf::F32)
     }
+    /// Rounds to nearest even on the host when `buf` is bf16.
     fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()> {
-        write_slice(&self.ctx, buf, data)
+        match buf {
+            CudaBuf::F32(s) => write_slice(&self.ctx, s, data),
+            CudaBuf::Bf16(s) => write_slice(&self.ctx, s, &to_bf16_bits(data)),
+        }
     }
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>> {
-        download_slice(&self.ctx, buf)
+        match buf {
+            CudaBuf::F32(s) => download_slice(&self.ctx, s),
+            CudaBuf::Bf16(s) => download_slice(&self.ctx, s).map(|bits| from_bf16_bits(&bits)),
+        }
     }
     fn len(&self, buf: &Self::Buf) -> usize {
         buf.len()
@@ -200,7 +238,7 @@ impl Backend for CudaBackend {
         self.ctx.graphs.replay(&self.ctx.stream, key, f)
     }
     fn buffer_key(&self, buf: &Self::Buf) -> u64 {
-        buf.device_ptr(&self.ctx.stream).0
+        buf.ptr_at(&self.ctx.stream, 0)
     }
 
     fn fill(&self, out: &mut Self::Buf, value: f32, p: ElementwiseParams) -> Result<()> {

@@ -1,23 +1,25 @@
 //! Launcher of kernels/preference.cu: the DPO / cDPO / IPO / SimPO loss and its per-token gradient
 //! in one block of 256. Shapes and params are checked on the host as the CPU backend does.
 
+use super::buffer::{types, CudaBuf};
 use super::context::{launch, Context};
 use super::kernels::err;
 use super::need;
 use crate::backend::ops::{preference_stat, PreferenceParams};
 use crate::error::Result;
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
 pub fn preference_loss_fwd_bwd(
     ctx: &Context,
-    dlogp: &mut CudaSlice<f32>,
-    stats: &mut CudaSlice<f32>,
-    logp: &CudaSlice<f32>,
-    mask: &CudaSlice<f32>,
-    ref_sums: &CudaSlice<f32>,
+    dlogp: &mut CudaBuf,
+    stats: &mut CudaBuf,
+    logp: &CudaBuf,
+    mask: &CudaBuf,
+    ref_sums: &CudaBuf,
     p: PreferenceParams,
 ) -> Result<()> {
     p.validate().map_err(|what| err(format!("preference_loss_fwd_bwd: {what}")))?;
+    types("preference_loss_fwd_bwd", &[], &[("dlogp", dlogp), ("stats", stats), ("logp", logp), ("mask", mask), ("ref_sums", ref_sums)])?;
     let n = 2 * p.pairs as usize * p.t as usize;
     need(
         "preference_loss_fwd_bwd",

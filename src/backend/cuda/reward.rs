@@ -1,5 +1,6 @@
 //! Launcher of kernels/reward.cu: the reward model's pairwise ranking loss, one block of 256.
 
+use super::buffer::{types, CudaBuf};
 use super::context::{launch, Context};
 use super::kernels::err;
 use super::need;
@@ -10,13 +11,14 @@ use cudarc::driver::{CudaSlice, LaunchConfig};
 #[allow(clippy::too_many_arguments)]
 pub fn ranking_loss(
     ctx: &Context,
-    dscores: &mut CudaSlice<f32>,
-    stats: &mut CudaSlice<f32>,
-    scores: &CudaSlice<f32>,
+    dscores: &mut CudaBuf,
+    stats: &mut CudaBuf,
+    scores: &CudaBuf,
     starts: &CudaSlice<i32>,
-    margins: &CudaSlice<f32>,
+    margins: &CudaBuf,
     p: RankingParams,
 ) -> Result<()> {
+    types("ranking_loss", &[], &[("dscores", dscores), ("stats", stats), ("scores", scores), ("margins", margins)])?;
     let g = p.n_groups as usize;
     need("ranking_loss", &[("stats", stats.len(), 4), ("starts", starts.len(), g + 1), ("margins", margins.len(), g)])?;
     if g == 0 {

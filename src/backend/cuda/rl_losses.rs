@@ -1,14 +1,15 @@
 //! Launchers of kernels/rl_losses.cu: KL penalty (1-D, blocks of 256) and PPO's loss in three
 //! launches (aggregation scales, per-token gradients with per-block stat sums, ordered stat sum).
 
+use super::buffer::{types, CudaBuf};
 use super::context::{launch, linear, Context, Scratch};
 use super::kernels::err;
 use super::need;
 use crate::backend::ops::{ppo_stat, KlParams, PpoParams};
 use crate::error::Result;
-use cudarc::driver::{CudaSlice, LaunchConfig};
+use cudarc::driver::LaunchConfig;
 
-type Buf = CudaSlice<f32>;
+type Buf = CudaBuf;
 
 fn check_estimator(op: &str, e: u32) -> Result<()> {
     if !(1..=3).contains(&e) {
@@ -19,6 +20,7 @@ fn check_estimator(op: &str, e: u32) -> Result<()> {
 
 pub fn kl_penalty_fwd(ctx: &Context, kl: &mut Buf, logp: &Buf, ref_logp: &Buf, mask: &Buf, p: KlParams) -> Result<()> {
     check_estimator("kl_penalty_fwd", p.estimator)?;
+    types("kl_penalty_fwd", &[], &[("kl", kl), ("logp", logp), ("ref_logp", ref_logp), ("mask", mask)])?;
     let n = p.n as usize;
     need("kl_penalty_fwd", &[("kl", kl.len(), n), ("logp", logp.len(), n), ("ref_logp", ref_logp.len(), n), ("mask", mask.len(), n)])?;
     if n == 0 {
@@ -30,6 +32,7 @@ pub fn kl_penalty_fwd(ctx: &Context, kl: &mut Buf, logp: &Buf, ref_logp: &Buf, m
 #[allow(clippy::too_many_arguments)]
 pub fn kl_penalty_bwd(ctx: &Context, dlogp: &mut Buf, dkl: &Buf, logp: &Buf, ref_logp: &Buf, mask: &Buf, p: KlParams) -> Result<()> {
     check_estimator("kl_penalty_bwd", p.estimator)?;
+    types("kl_penalty_bwd", &[], &[("dlogp", dlogp), ("dkl", dkl), ("logp", logp), ("ref_logp", ref_logp), ("mask", mask)])?;
     let n = p.n as usize;
     need(
         "kl_penalty_bwd",
@@ -78,6 +81,11 @@ pub fn ppo_loss_fwd_bwd(
     if p.aggregation > 1 || (p.aggregation == 1 && (p.t == 0 || n % p.t as usize != 0)) {
         return Err(err(format!("ppo_loss_fwd_bwd: aggregation {} with {n} tokens in rows of {}", p.aggregation, p.t)));
     }
+    let mut f32s = vec![("dlogp", &*dlogp), ("stats", &*stats), ("logp", logp), ("old_logp", old_logp), ("advantages", advantages), ("mask", mask)];
+    let optional = [("values", o.values), ("old_values", o.old_values), ("returns", o.returns), ("entropy", o.entropy), ("ref_logp", o.ref_logp)];
+    f32s.extend(optional.into_iter().filter_map(|(name, b)| Some((name, b?))));
+    f32s.extend([("dvalues", o.dvalues.as_deref()), ("dentropy", o.dentropy.as_deref())].into_iter().filter_map(|(name, b)| Some((name, b?))));
+    types("ppo_loss_fwd_bwd", &[], &f32s)?;
     let len = |b: &Option<&Buf>| b.map_or(n, |b| b.len());
     let len_mut = |b: &Option<&mut Buf>| b.as_ref().map_or(n, |b| b.len());
     need(

@@ -1,5 +1,6 @@
 //! Launchers of kernels/rope.cu: one thread per rotated pair, blocks of 256.
 
+use super::buffer::CudaBuf;
 use super::context::{launch, linear, Context};
 use super::kernels::err;
 use super::need;
@@ -7,7 +8,7 @@ use crate::backend::ops::RopeParams;
 use crate::error::Result;
 use cudarc::driver::CudaSlice;
 
-type Buf = CudaSlice<f32>;
+type Buf = CudaBuf;
 type Ids = CudaSlice<i32>;
 
 fn rope(ctx: &Context, x: &mut Buf, positions: &Ids, p: RopeParams, bwd: bool) -> Result<()> {
@@ -20,10 +21,12 @@ fn rope(ctx: &Context, x: &mut Buf, positions: &Ids, p: RopeParams, bwd: bool) -
     if pairs == 0 {
         return Ok(());
     }
+    // either storage type: the buffer's own picks the kernel
+    let t = x.dtype();
     if bwd {
-        launch!(ctx, "rope", "rope_bwd", linear(pairs, 256), x, positions, &p)
+        launch!(ctx, "rope", "rope_bwd"[t], linear(pairs, 256), x, positions, &p)
     } else {
-        launch!(ctx, "rope", "rope_fwd", linear(pairs, 256), x, positions, &p)
+        launch!(ctx, "rope", "rope_fwd"[t], linear(pairs, 256), x, positions, &p)
     }
 }
 

@@ -2,17 +2,19 @@
 //! the counter-based uniform of the CPU backend, keyed by the step the device holds in
 //! `steps[p.step_at]`).
 
+use super::buffer::CudaBuf;
 use super::context::{launch, per_row, Context};
 use super::need;
 use crate::backend::ops::SampleParams;
 use crate::error::Result;
 use cudarc::driver::CudaSlice;
 
-pub fn sample(ctx: &Context, out: &mut CudaSlice<i32>, logits: &CudaSlice<f32>, steps: &CudaSlice<i32>, p: SampleParams) -> Result<()> {
+pub fn sample(ctx: &Context, out: &mut CudaSlice<i32>, logits: &CudaBuf, steps: &CudaSlice<i32>, p: SampleParams) -> Result<()> {
     let (n, v) = (p.n as usize, p.v as usize);
     need("sample", &[("out", out.len(), n), ("logits", logits.len(), n * v), ("steps", steps.len(), p.step_at as usize + 1)])?;
     if n == 0 || v == 0 {
         return Ok(());
     }
-    launch!(ctx, "sample", "sample", per_row(n, 256), out, logits, steps, &p)
+    let t = logits.dtype();
+    launch!(ctx, "sample", "sample"[t], per_row(n, 256), out, logits, steps, &p)
 }
