@@ -11,12 +11,11 @@
 
 mod common;
 
-use common::fixtures::{fixture, fixture_batch, ids_of, reference, rel, MODELS};
+use common::fixtures::{fixture, fixture_batch, ids_of, noisy_host_weights, ppo_batch, reference, rel, MODELS};
 use rlhf::backend::bf16_reference::Bf16Reference;
 use rlhf::backend::ops::PpoParams;
 use rlhf::backend::storage::round_bf16;
 use rlhf::backend::{Backend, CpuBackend, Dtype};
-use rlhf::data::rng::Rng;
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::generate::{rollout, GenerateConfig, RolloutConfig};
 use rlhf::model::scoring::token_logprobs;
@@ -108,27 +107,6 @@ fn logprobs_match_transformers<B: Backend>(be: &B) {
     }
 }
 
-/// A PPO minibatch whose old and reference log-probs sit near the current ones.
-fn ppo_batch(current: &[Vec<f32>], seqs: &[Vec<u32>], prompt_lens: &[usize]) -> PpoBatch {
-    let t = seqs[0].len() - 1;
-    let mut rng = Rng::new(9);
-    let mut b = PpoBatch { b: seqs.len(), t, ..PpoBatch::default() };
-    let mut ref_logp = Vec::new();
-    for (si, (seq, &pl)) in seqs.iter().zip(prompt_lens).enumerate() {
-        for i in 0..t {
-            b.inputs.push(seq[i] as i32);
-            b.targets.push(if i + 1 >= pl { seq[i + 1] as i32 } else { -1 });
-            b.old_logp.push(current[si][i] + (rng.next_f32() - 0.5) * 0.6);
-            b.advantages.push(if si == 0 { 1.2 } else { -0.8 });
-            b.returns.push(rng.normal());
-            b.old_values.push(rng.normal() * 0.1);
-            ref_logp.push(current[si][i] + (rng.next_f32() - 0.5) * 0.4);
-        }
-    }
-    b.ref_logp = Some(ref_logp);
-    b
-}
-
 /// One PPO step (policy, separate value model, or a value head on the policy) from the same
 /// host weights and the same batch (old log-probs from the f32 CPU model).
 fn ppo_step<B: Backend>(
@@ -159,16 +137,7 @@ fn ppo_step<B: Backend>(
 fn ppo_step_tracks_f32<B: Backend>(be: &B) {
     let cpu = CpuBackend::new();
     for preset in ["gpt2-tiny", "llama-tiny"] {
-        let host = |reward: bool, seed: u64| {
-            let mut cfg = ModelConfig::preset(preset, 96).unwrap();
-            cfg.score_head = reward;
-            let m = Model::init(&cpu, cfg.clone(), seed).unwrap();
-            let mut w = m.to_host(&cpu).unwrap();
-            let mut rng = Rng::new(seed + 7);
-            w.iter_mut().flatten().for_each(|x| *x += rng.normal() * 0.05);
-            (cfg, w)
-        };
-        let (policy, value) = (host(false, 1), host(true, 2));
+        let (policy, value) = (noisy_host_weights(preset, false, 1), noisy_host_weights(preset, true, 2));
         let seqs = vec![vec![5u32, 17, 3, 40, 41, 8, 9, 11], vec![2, 2, 60, 61, 70, 71, 72, 73]];
         let current = token_logprobs(&cpu, &Model::from_host(&cpu, policy.0.clone(), &policy.1).unwrap(), &seqs, 2).unwrap();
         let batch = ppo_batch(&current, &seqs, &[4, 5]);

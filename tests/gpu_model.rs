@@ -19,15 +19,14 @@
 
 mod common;
 
-use common::fixtures::{fixture, fixture_batch, ids_of, reference, rel, MODELS};
+use common::fixtures::{fixture, fixture_batch, ids_of, noisy_host_weights, ppo_batch, reference, rel, MODELS};
 
 use rlhf::backend::ops::PpoParams;
 use rlhf::backend::{Backend, CpuBackend, MatmulPrecision};
-use rlhf::data::rng::Rng;
 use rlhf::generate::{generate, rollout, GenerateConfig, RolloutConfig, RolloutEngine};
 use rlhf::model::scoring::token_logprobs;
 use rlhf::model::{Model, ModelConfig};
-use rlhf::rl::ppo_update::{PpoBatch, PpoStats, PpoUpdate};
+use rlhf::rl::ppo_update::{PpoStats, PpoUpdate};
 use rlhf::train::lm::LmTrainer;
 use rlhf::train::AdamWConfig;
 use serde_json::Value;
@@ -224,28 +223,6 @@ fn rollout_with_chunks_of_decode_steps<B: Backend>(g: &B) {
     }
 }
 
-/// A PPO minibatch of two sequences (responses of 4 and 3 tokens) whose old log-probs sit near
-/// the current ones, so that some ratios clip and some do not.
-fn ppo_batch(current: &[Vec<f32>], seqs: &[Vec<u32>], prompt_lens: &[usize]) -> PpoBatch {
-    let t = seqs[0].len() - 1;
-    let mut rng = Rng::new(9);
-    let mut b = PpoBatch { b: seqs.len(), t, ..PpoBatch::default() };
-    let mut ref_logp = Vec::new();
-    for (si, (seq, &pl)) in seqs.iter().zip(prompt_lens).enumerate() {
-        for i in 0..t {
-            b.inputs.push(seq[i] as i32);
-            b.targets.push(if i + 1 >= pl { seq[i + 1] as i32 } else { -1 });
-            b.old_logp.push(current[si][i] + (rng.next_f32() - 0.5) * 0.6);
-            b.advantages.push(if si == 0 { 1.2 } else { -0.8 });
-            b.returns.push(rng.normal());
-            b.old_values.push(rng.normal() * 0.1);
-            ref_logp.push(current[si][i] + (rng.next_f32() - 0.5) * 0.4);
-        }
-    }
-    b.ref_logp = Some(ref_logp);
-    b
-}
-
 fn ppo_step<B: Backend>(be: &B, policy_host: &(ModelConfig, Vec<Vec<f32>>), value_host: &(ModelConfig, Vec<Vec<f32>>)) -> (PpoStats, PpoStats, Vec<Vec<f32>>) {
     let mut policy = Model::from_host(be, policy_host.0.clone(), &policy_host.1).unwrap();
     let mut value = Model::from_host(be, value_host.0.clone(), &value_host.1).unwrap();
@@ -267,16 +244,7 @@ fn ppo_step_matches_cpu<B: Backend>(g: &B) {
     let gpu = g.name();
     let cpu = CpuBackend::new();
     for preset in ["gpt2-tiny", "llama-tiny"] {
-        let host = |reward: bool, seed: u64| {
-            let mut cfg = ModelConfig::preset(preset, 96).unwrap();
-            cfg.score_head = reward;
-            let m = Model::init(&cpu, cfg.clone(), seed).unwrap();
-            let mut w = m.to_host(&cpu).unwrap();
-            let mut rng = Rng::new(seed + 7);
-            w.iter_mut().flatten().for_each(|x| *x += rng.normal() * 0.05);
-            (cfg, w)
-        };
-        let (policy, value) = (host(false, 1), host(true, 2));
+        let (policy, value) = (noisy_host_weights(preset, false, 1), noisy_host_weights(preset, true, 2));
         let (c_before, c_after, c_logp) = ppo_step(&cpu, &policy, &value);
         let (g_before, g_after, g_logp) = ppo_step(g, &policy, &value);
         let close = |what: &str, a: f32, b: f32| {
