@@ -2,7 +2,8 @@
 //! result of the former two passes (gradients scaled in place by `min(1, max / (norm + 1e-6))`,
 //! then the unclipped update), leaves the gradients alone, and a NaN or infinite gradient leaves
 //! weights, moments and the step count untouched while reporting the non-finite norm; on wgpu the
-//! same steps match the CPU and the skip happens on the device.
+//! same steps match the CPU and the skip happens on the device. A step guarded by a loss on the
+//! device skips on a non-finite loss and is otherwise the same step, bit for bit.
 
 use rlhf::backend::ops::{AdamWParams, Backend, ElementwiseParams};
 use rlhf::backend::CpuBackend;
@@ -94,6 +95,45 @@ fn a_non_finite_gradient_updates_nothing() {
         assert_eq!(opt.step, 2);
         assert_ne!(bits(&model.weights), w0);
     }
+}
+
+/// A step guarded by a loss still on the device (`step_guarded_by_loss`, the SFT/DPO path): a
+/// finite loss changes no bit of the step; a NaN or infinite loss with finite gradients updates
+/// nothing, is not counted, and still reports the (finite) gradient norm.
+#[test]
+fn a_step_guarded_by_a_non_finite_loss_updates_nothing() {
+    let (be, mut model, grads) = setup(6, 0.01);
+    let mut plain_model = Model::from_host(&be, model.cfg().clone(), &model.weights).unwrap();
+    let mut opt = AdamW::new(&be, model.layout(), AdamWConfig::default()).unwrap();
+    let mut opt_plain = AdamW::new(&be, model.layout(), AdamWConfig::default()).unwrap();
+    let norm = opt.step_guarded_by_loss(&be, model.params_mut(), &grads, 1e-3, &vec![-2.5]).unwrap();
+    let plain = opt_plain.step(&be, plain_model.params_mut(), &grads, 1e-3).unwrap();
+    assert_eq!(norm.to_bits(), plain.to_bits());
+    assert_eq!(bits(&model.weights), bits(&plain_model.weights), "a finite loss changed the step");
+    assert_eq!(bits(&opt.m), bits(&opt_plain.m));
+    assert_eq!(opt.step, 1);
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let (w0, m0, v0) = (bits(&model.weights), bits(&opt.m), bits(&opt.v));
+        let norm = opt.step_guarded_by_loss(&be, model.params_mut(), &grads, 1e-3, &vec![bad, 1.0]).unwrap();
+        assert!(norm.is_finite() && norm > 0.0, "loss {bad}: norm {norm}");
+        assert_eq!(bits(&model.weights), w0, "loss {bad}: weights changed");
+        assert_eq!((bits(&opt.m), bits(&opt.v)), (m0, v0), "loss {bad}: moments changed");
+        assert_eq!(opt.step, 1, "loss {bad}: a skipped step was counted");
+    }
+    // on wgpu the NaN of `0 * loss` must survive the shaders too
+    let Some(g) = common::wgpu_or_skip("a guarded AdamW step on wgpu") else { return };
+    let mut gmodel = Model::from_host(&g, model.cfg().clone(), &model.to_host(&be).unwrap()).unwrap();
+    let ggrads: Vec<_> = grads.iter().map(|x| g.upload(x).unwrap()).collect();
+    let mut gopt = AdamW::new(&g, gmodel.layout(), AdamWConfig::default()).unwrap();
+    let w0 = gmodel.to_host(&g).unwrap();
+    for bad in [f32::NAN, f32::INFINITY] {
+        let norm = gopt.step_guarded_by_loss(&g, gmodel.params_mut(), &ggrads, 1e-3, &g.upload(&[bad]).unwrap()).unwrap();
+        assert!(norm.is_finite() && gopt.step == 0, "wgpu, loss {bad}: norm {norm}, step {}", gopt.step);
+        assert_eq!(bits(&gmodel.to_host(&g).unwrap()), bits(&w0), "wgpu, loss {bad}: weights changed");
+    }
+    gopt.step_guarded_by_loss(&g, gmodel.params_mut(), &ggrads, 1e-3, &g.upload(&[0.5]).unwrap()).unwrap();
+    assert_eq!(gopt.step, 1);
+    assert_ne!(bits(&gmodel.to_host(&g).unwrap()), bits(&w0));
 }
 
 /// The same steps on wgpu (lavapipe in CI): clipped steps match the CPU within 1e-6 + 1e-5

@@ -602,9 +602,12 @@ pub fn run_dpo<B: Backend>(
             let refs: Vec<[f32; 2]> = micro.iter().map(|&i| train_refs[i]).collect();
             step_tokens += trainer.accumulate(be, model, &pairs, &refs, cfg.op_params(pairs.len(), 0, 1.0 / step_pairs as f32), true)?;
         }
-        let stats = trainer.stats(be)?;
         let lr = schedule.at(step);
-        let grad_norm = state.opt.step_unless_loss_nan(be, model.params_mut(), &trainer.grads, lr, stats.loss)?;
+        // the loss sum (stats[LOSS], the buffer's first value) guards the update on the device;
+        // the stats are read after
+        const _: () = assert!(preference_stat::LOSS == 0);
+        let grad_norm = state.opt.step_guarded_by_loss(be, model.params_mut(), &trainer.grads, lr, &trainer.stats)?;
+        let stats = trainer.stats(be)?;
         let skipped = run.guard.check("dpo", step, stats.loss, grad_norm, latest_checkpoint(&cfg.out))?;
         tokens += step_tokens;
         if step == 1 {

@@ -62,10 +62,11 @@ impl<B: Backend> LmTrainer<B> {
     }
 
     /// Clips, updates the weights, and reads back the step's loss and gradient norm. A step
-    /// whose loss or gradient norm is not finite updates nothing (see [`AdamW::step`]).
+    /// whose loss or gradient norm is not finite updates nothing (decided on the device, see
+    /// [`AdamW::step_guarded_by_loss`]: nothing is read back before the update is enqueued).
     pub fn step(&mut self, be: &B, model: &mut Model<B>, lr: f32) -> Result<StepStats> {
+        let grad_norm = self.opt.step_guarded_by_loss(be, model.params_mut(), &self.grads, lr, &self.loss_acc)?;
         let loss = be.download(&self.loss_acc)?[0];
-        let grad_norm = self.opt.step_unless_loss_nan(be, model.params_mut(), &self.grads, lr, loss)?;
         Ok(StepStats { loss, grad_norm })
     }
 

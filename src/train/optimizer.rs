@@ -45,6 +45,12 @@ pub struct AdamWTensors<'a, B: Backend> {
 /// reads the norm back (and must come before the next step is enqueued).
 pub fn enqueue_adamw_step<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &mut B::Buf, step: usize, t: AdamWTensors<'_, B>, lr: f32) -> Result<()> {
     enqueue_norm(be, norm_sq, t.grads)?;
+    enqueue_update(be, cfg, norm_sq, step, t, lr)
+}
+
+/// The update half of [`enqueue_adamw_step`]: every tensor clipped by, and skipped on a
+/// non-finite, `norm_sq[0]`.
+fn enqueue_update<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &B::Buf, step: usize, t: AdamWTensors<'_, B>, lr: f32) -> Result<()> {
     let k = (step + 1) as i32;
     let (weights, master) = (t.params.weights, t.params.master);
     let tensors = weights.iter_mut().enumerate().zip(t.grads).zip(t.m.iter_mut().zip(t.v.iter_mut())).zip(t.decay);
@@ -100,12 +106,14 @@ pub struct AdamW<B: Backend> {
     pub step: usize,
     decay: Vec<bool>,
     norm_sq: B::Buf,
+    /// `norm_sq + 0 * loss` of a guarded step: the squared norm, or NaN when the loss is not finite
+    guard: B::Buf,
 }
 
 impl<B: Backend> AdamW<B> {
     pub fn new(be: &B, layout: &ParamLayout, cfg: AdamWConfig) -> Result<Self> {
         let alloc = || layout.specs.iter().map(|s| be.alloc(s.numel())).collect::<Result<Vec<_>>>();
-        Ok(AdamW { cfg, m: alloc()?, v: alloc()?, step: 0, decay: layout.specs.iter().map(|s| s.decay).collect(), norm_sq: be.alloc(1)? })
+        Ok(AdamW { cfg, m: alloc()?, v: alloc()?, step: 0, decay: layout.specs.iter().map(|s| s.decay).collect(), norm_sq: be.alloc(1)?, guard: be.alloc(1)? })
     }
 
     /// Enqueues the global norm of `grads` on the device (no read-back).
@@ -146,6 +154,25 @@ impl<B: Backend> AdamW<B> {
             return self.step(be, params, grads, lr);
         }
         self.enqueue_grad_norm(be, grads)?;
+        Ok(self.grad_norm_sq(be)?.sqrt())
+    }
+
+    /// [`Self::step_unless_loss_nan`] for a loss still on the device (`loss[0]`), without reading it
+    /// first: the update is clipped by the global norm and skipped on the device when the norm or
+    /// the loss is not finite (`0 * loss` added to the norm is NaN exactly then, and 0 otherwise, so
+    /// a finite loss changes no bit of the step). The one read-back comes after the update is
+    /// enqueued; returns the gradient norm (finite even when the loss made the step skip).
+    pub fn step_guarded_by_loss(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32, loss: &B::Buf) -> Result<f32> {
+        enqueue_norm(be, &mut self.norm_sq, grads)?;
+        let one = ElementwiseParams::new(1);
+        be.copy(&mut self.guard, loss, one)?;
+        be.scale_inplace(&mut self.guard, 0.0, one)?;
+        be.add_inplace(&mut self.guard, &self.norm_sq, one)?;
+        let t = AdamWTensors { params, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay };
+        enqueue_update(be, &self.cfg, &self.guard, self.step, t, lr)?;
+        if be.download(&self.guard)?[0].is_finite() {
+            self.step += 1;
+        }
         Ok(self.grad_norm_sq(be)?.sqrt())
     }
 
