@@ -255,14 +255,20 @@ impl<B: Backend> RewardTrainer<B> {
 
     /// The loss of `groups` (mean over prompts) and its gradient, left in [`Self::grads`].
     pub fn loss_and_grads(&mut self, be: &B, model: &Model<B>, groups: &[&PreferenceGroup], extra_margin: f32, pad: u32) -> Result<RankingStats> {
+        self.enqueue_loss_and_grads(be, model, groups, extra_margin, pad)?;
+        self.read_stats(be)
+    }
+
+    /// [`Self::loss_and_grads`] without the read-back: the stats stay on the device (the weighted
+    /// loss sum first).
+    fn enqueue_loss_and_grads(&mut self, be: &B, model: &Model<B>, groups: &[&PreferenceGroup], extra_margin: f32, pad: u32) -> Result<()> {
         let st = self.train.as_mut().ok_or_else(|| Error::invalid("this reward-model instance scores only"))?;
         for g in st.grads.iter_mut() {
             let n = be.len(g);
             be.fill(g, 0.0, ElementwiseParams::new(n))?;
         }
         be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4))?;
-        self.ranking_pass(be, model, groups, extra_margin, 1.0 / groups.len() as f32, pad, true)?;
-        self.read_stats(be)
+        self.ranking_pass(be, model, groups, extra_margin, 1.0 / groups.len() as f32, pad, true)
     }
 
     /// The parameter gradients of the last [`Self::loss_and_grads`].
@@ -280,10 +286,11 @@ impl<B: Backend> RewardTrainer<B> {
         lr: f32,
         pad: u32,
     ) -> Result<(RankingStats, f32)> {
-        let stats = self.loss_and_grads(be, model, groups, extra_margin, pad)?;
-        let st = self.train.as_mut().expect("loss_and_grads checked");
-        let grad_norm = st.opt.step_unless_loss_nan(be, model.params_mut(), &st.grads, lr, stats.loss)?;
-        Ok((stats, grad_norm))
+        self.enqueue_loss_and_grads(be, model, groups, extra_margin, pad)?;
+        let st = self.train.as_mut().expect("enqueue_loss_and_grads checked");
+        // the weighted loss sum (stats[0]) guards the update on the device; the stats are read after
+        let grad_norm = st.opt.step_guarded_by_loss(be, model.params_mut(), &st.grads, lr, &self.stats)?;
+        Ok((self.read_stats(be)?, grad_norm))
     }
 
     /// The optimiser of a training instance (for checkpoints).

@@ -147,18 +147,8 @@ impl<B: Backend> AdamW<B> {
 }
 
 impl<B: Backend> AdamW<B> {
-    /// [`Self::step`] for a step whose `loss` the caller has read back: a non-finite loss
-    /// updates nothing either (the gradient norm is still measured and returned, for logging).
-    pub fn step_unless_loss_nan(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32, loss: f32) -> Result<f32> {
-        if loss.is_finite() {
-            return self.step(be, params, grads, lr);
-        }
-        self.enqueue_grad_norm(be, grads)?;
-        Ok(self.grad_norm_sq(be)?.sqrt())
-    }
-
-    /// [`Self::step_unless_loss_nan`] for a loss still on the device (`loss[0]`), without reading it
-    /// first: the update is clipped by the global norm and skipped on the device when the norm or
+    /// [`Self::step`] that also updates nothing when the loss `loss[0]` (still on the device, not
+    /// read first) is not finite: the update is clipped by the global norm and skipped on the device when the norm or
     /// the loss is not finite (`0 * loss` added to the norm is NaN exactly then, and 0 otherwise, so
     /// a finite loss changes no bit of the step). The one read-back comes after the update is
     /// enqueued; returns the gradient norm (finite even when the loss made the step skip).
