@@ -205,9 +205,30 @@ pub fn mean_abs_diff(x: &[f32], y: &[f32]) -> f64 {
 
 /// Declares a parity suite's op-family modules (`tests/<suite>/<family>.rs`, the family names of
 /// `kernels/` and `shaders/`) from one list, with `family_checks()`, every module's `CHECKS`, and
-/// `family_sources()`, the modules' sources, for [`assert_every_op_covered`].
+/// `family_sources()`, the modules' sources, for [`assert_every_op_covered`]. Without arguments:
+/// every op family (what both backend suites declare).
 #[allow(unused_macros)]
 macro_rules! op_family_suites {
+    () => {
+        op_family_suites!(
+            activation,
+            advantage,
+            attention,
+            cross_entropy,
+            decode,
+            elementwise,
+            embedding,
+            layernorm,
+            logprob_gather,
+            matmul,
+            optimizer,
+            preference,
+            reward,
+            rl_losses,
+            rope,
+            sample,
+        );
+    };
     ($($family:ident),* $(,)?) => {
         $(mod $family;)*
 

@@ -22,24 +22,7 @@
 #[macro_use]
 mod common;
 
-op_family_suites!(
-    activation,
-    advantage,
-    attention,
-    cross_entropy,
-    decode,
-    elementwise,
-    embedding,
-    layernorm,
-    logprob_gather,
-    matmul,
-    optimizer,
-    preference,
-    reward,
-    rl_losses,
-    rope,
-    sample,
-);
+op_family_suites!();
 
 use rlhf::backend::ops::{Backend, Dtype, Storage};
 use rlhf::backend::storage::round_bf16_slice;

@@ -11,24 +11,7 @@
 #[macro_use]
 mod common;
 
-op_family_suites!(
-    activation,
-    advantage,
-    attention,
-    cross_entropy,
-    decode,
-    elementwise,
-    embedding,
-    layernorm,
-    logprob_gather,
-    matmul,
-    optimizer,
-    preference,
-    reward,
-    rl_losses,
-    rope,
-    sample,
-);
+op_family_suites!();
 mod matmul_f16;
 
 use rlhf::backend::ops::Backend;
