@@ -13,12 +13,13 @@
 # runs the parity suites, then `rlhf bench` on GPT-2 124M (B=16, T=1024) with the decode sweep
 # at 1/64/256 slots and the fused-kernel table in the default bf16 storage (--precision auto),
 # the decode sweep again without CUDA graphs (RLHF_CUDA_GRAPHS=0), then in f32 storage (plain,
-# and with tf32 tensor-core matmuls), PyTorch's torch.compile baseline (bf16 autocast, and f32)
-# on the same
-# shape (tests/fixtures/bench_pytorch.py), and `rlhf bench --backend wgpu` when a Vulkan driver
-# is there. Every step's output goes to OUT (default ./gpu-out) in session.log, and summary.txt
+# and with tf32 tensor-core matmuls), the demo's SFT -> RM -> PPO pipeline on the GPU with and
+# without streams for PPO's scoring phase (RLHF_CUDA_STREAMS=0; the mean scoring time per step of
+# each goes to the summary), PyTorch's torch.compile baseline (bf16 autocast, and f32) on the
+# same shape (tests/fixtures/bench_pytorch.py), and `rlhf bench --backend wgpu` when a Vulkan
+# driver is there. Every step's output goes to OUT (default ./gpu-out) in session.log, and summary.txt
 # lists each step's exit status and time; a failing step does not stop the others.
-# Budget: about 6-8 minutes on an H100.
+# Budget: about 7-9 minutes on an H100.
 set -u
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -76,6 +77,20 @@ step() { # step NAME CMD...: runs CMD, appends its output to $out/session.log, r
     tail -25 "$log"
 }
 
+scoring_times() { # scoring_times DEMO_OUT...: mean scoring_s of each demo's PPO and GRPO steps
+    python3 - "$@" <<'PY' || true
+import json, os, sys
+for d in sys.argv[1:]:
+    for stage in ("ppo", "grpo"):
+        path = os.path.join(d, stage, "metrics.jsonl")
+        if os.path.exists(path):
+            rows = [json.loads(l) for l in open(path) if l.strip()]
+            times = [r["scoring_s"] for r in rows[1:] if "scoring_s" in r]  # the first step compiles
+            if times:
+                print(f"   {path}: scoring {1e3 * sum(times) / len(times):.2f} ms/step over {len(times)} steps")
+PY
+}
+
 run() {
     out=${1:-$root/gpu-out}
     mkdir -p "$out"
@@ -92,12 +107,17 @@ run() {
     local rlhf=.gpu/rlhf bench=(bench --model gpt2-124m --vocab 50257 --batch-size 16 --seq-len 1024 --steps 5)
     step info $rlhf info
     step cuda_ops .gpu/cuda_ops --test-threads=1
-    step gpu_model_cuda .gpu/gpu_model cuda:: cuda_graphs:: --test-threads=1
+    step gpu_model_cuda .gpu/gpu_model cuda:: cuda_graphs:: cuda_streams:: --test-threads=1
     step bf16_model_cuda .gpu/bf16_model cuda:: --test-threads=1
     step bench_cuda $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256 --kernels
     step bench_cuda_no_graphs env RLHF_CUDA_GRAPHS=0 $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256
     step bench_cuda_f32 $rlhf "${bench[@]}" --backend cuda --precision f32 --decode-batches 1,64,256
     step bench_cuda_f32_tf32 $rlhf "${bench[@]}" --backend cuda --precision f32 --matmul-precision tf32
+    # the demo pipeline on the GPU, and PPO's scoring phase with and without streams of its own
+    # (RLHF_CUDA_STREAMS=0: everything on one stream)
+    step demo_cuda $rlhf demo --backend cuda --quick --out "$out/demo"
+    step demo_cuda_one_stream env RLHF_CUDA_STREAMS=0 $rlhf demo --backend cuda --quick --out "$out/demo-one-stream"
+    scoring_times "$out/demo" "$out/demo-one-stream" | tee -a "$out/summary.txt"
     step bench_pytorch env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype bf16 --compile --attn sdpa \
         --layers 12 --hidden 768 --heads 12 --vocab 50257 --batch 16 --seq 1024 --steps 10 --warmup 5
     step bench_pytorch_f32 env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype f32 --compile --attn sdpa \

@@ -14,6 +14,9 @@
 //! On cuda also the CUDA graphs of the rollout engine's decode chunks: the same tokens and log-prob
 //! bits as the plain launches (`RLHF_CUDA_GRAPHS=0`), and `Backend::replay` itself (a warm-up,
 //! then replays that run the recorded launches; a capture that fails falls back to plain launches).
+//! And the streams of `Backend::concurrently` (`cuda_streams::`): tasks on lanes of their own give
+//! the bits of the same tasks on one stream, and `rlhf ppo` / `rlhf grpo` (whose scoring phases
+//! overlap) log the same metrics with `RLHF_CUDA_STREAMS=0` and `1`.
 //! Without a wgpu adapter the wgpu tests print that they skipped, and fail with `CI=true`; without
 //! a CUDA device (CI has none) the cuda tests print that they skipped.
 
@@ -38,7 +41,11 @@ fn s(p: &Path) -> &str {
 }
 
 fn rlhf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().expect("running rlhf")
+    rlhf_with_env(args, &[])
+}
+
+fn rlhf_with_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).envs(env.iter().copied()).output().expect("running rlhf")
 }
 
 #[track_caller]
@@ -454,5 +461,106 @@ mod cuda_graphs {
         }
         g.set_graphs(true);
         assert!(g.download(&acc).unwrap().iter().all(|&x| x == 11.0));
+    }
+}
+
+/// The streams of `Backend::concurrently` (cuda only; benches/gpu_session.sh runs `cuda_streams::`).
+mod cuda_streams {
+    use super::*;
+    use rlhf::backend::ops::{ElementwiseParams, LogprobParams, MatmulParams};
+
+    /// One task's work: a chain of cuBLAS products through temporary buffers allocated, used and
+    /// dropped inside the task, then a log-prob gather (which uses the lane's scratch) with `w`
+    /// as the `[v, c]` head (`v == c`).
+    fn task_chain<B: Backend>(
+        be: &B,
+        x: &mut B::Buf,
+        w: &B::Buf,
+        ids: &B::Ids,
+        out: &mut [B::Buf; 3],
+        (n, c, v): (usize, usize, usize),
+    ) -> rlhf::error::Result<()> {
+        let [logp, entropy, lse] = out;
+        for _ in 0..4 {
+            let mut tmp = be.alloc(n * c)?;
+            be.matmul(&mut tmp, x, w, MatmulParams::new(n, c, c, false, false))?;
+            be.scale_inplace(&mut tmp, 0.05, ElementwiseParams::new(n * c))?;
+            be.copy(x, &tmp, ElementwiseParams::new(n * c))?;
+        }
+        be.logprob_gather_fwd(logp, entropy, lse, x, ids, w, LogprobParams::new(n, c, v))
+    }
+
+    /// Two tasks on lanes of their own against the same two tasks run in order on one stream: the
+    /// same bits in every output (each lane has its own cuBLAS handle and scratch, and the join
+    /// orders the read-back after both lanes).
+    #[test]
+    fn tasks_on_lanes_give_the_bits_of_one_stream() {
+        let Some(g) = common::cuda_or_skip("tasks on CUDA streams of their own") else { return };
+        let (n, c, v) = (256, 256, 256);
+        let data = |seed: u32, len: usize| (0..len).map(|i| (((i as u32).wrapping_mul(2654435761) ^ seed) % 1000) as f32 / 1000.0 - 0.5).collect::<Vec<f32>>();
+        let run = |on: bool| {
+            g.set_streams(on);
+            let (w1, w2) = (g.upload(&data(1, c * c)).unwrap(), g.upload(&data(2, c * c)).unwrap());
+            let (mut x1, mut x2) = (g.upload(&data(3, n * c)).unwrap(), g.upload(&data(4, n * c)).unwrap());
+            let ids = g.upload_ids(&(0..n as i32).map(|i| (i * 7) % v as i32).collect::<Vec<_>>()).unwrap();
+            let mut o1 = [g.alloc(n).unwrap(), g.alloc(n).unwrap(), g.alloc(n).unwrap()];
+            let mut o2 = [g.alloc(n).unwrap(), g.alloc(n).unwrap(), g.alloc(n).unwrap()];
+            let mut a = || task_chain(&g, &mut x1, &w1, &ids, &mut o1, (n, c, v));
+            let mut b = || task_chain(&g, &mut x2, &w2, &ids, &mut o2, (n, c, v));
+            g.concurrently(&mut [&mut a, &mut b]).unwrap();
+            let bits = |b: &<rlhf::backend::CudaBackend as Backend>::Buf| g.download(b).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            o1.iter().chain(&o2).chain([&x1, &x2]).map(bits).collect::<Vec<_>>()
+        };
+        let one_stream = run(false);
+        let lanes = run(true);
+        g.set_streams(true);
+        assert!(one_stream[0].iter().any(|&b| b != 0), "the tasks computed nothing");
+        for (i, (a, b)) in one_stream.iter().zip(&lanes).enumerate() {
+            assert_eq!(a, b, "output {i}: lanes vs one stream");
+        }
+    }
+
+    /// The metrics `rlhf <args>` logs in `out`/metrics.jsonl with `RLHF_CUDA_STREAMS=streams`.
+    fn logged(args: &[&str], out: &Path, streams: &str) -> Vec<Value> {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(["--out", s(out)]);
+        ok(&rlhf_with_env(&all, &[("RLHF_CUDA_STREAMS", streams), ("RLHF_CUDA_MATMUL", "simt")]));
+        std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    }
+
+    /// `rlhf ppo` and `rlhf grpo` with a reward model (whose scoring phases overlap the reward
+    /// model with the policy and reference passes) log the same numbers with streams on and off
+    /// (f32, the batch-invariant SIMT matmul: the same kernels in the same order per buffer).
+    #[test]
+    fn ppo_and_grpo_log_the_same_metrics_with_streams_on_and_off() {
+        if common::cuda_or_skip("PPO and GRPO with overlapping scoring phases").is_none() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let gpt2 = fixture("gpt2");
+        let prefs = dir.path().join("prefs.jsonl");
+        std::fs::write(&prefs, (0..6).map(|i| format!("{{\"prompt\": \"q{i}:\", \"chosen\": \" yes\", \"rejected\": \" no\"}}\n")).collect::<String>())
+            .unwrap();
+        let rm = dir.path().join("rm");
+        ok(&rlhf(&["rm", "--model", s(&gpt2), "--data", s(&prefs), "--out", s(&rm), "--steps", "2", "--eval-fraction", "0"]));
+        let prompts = dir.path().join("prompts.jsonl");
+        std::fs::write(&prompts, "{\"prompt\": \"hello\"}\n{\"prompt\": \"the cat\"}\n{\"prompt\": \"q1:\"}\n{\"prompt\": \"q2:\"}\n").unwrap();
+        let common_args =
+            ["--backend", "cuda", "--precision", "f32", "--reward-model", s(&rm), "--prompts", s(&prompts), "--steps", "2", "--max-new-tokens", "6"];
+        let ppo: Vec<&str> = ["ppo", "--policy", s(&gpt2)].into_iter().chain(common_args).chain(["--rollout-batch", "4", "--mini-batch", "2"]).collect();
+        let grpo: Vec<&str> = ["grpo", "--model", s(&gpt2)].into_iter().chain(common_args).chain(["--group-size", "2", "--prompts-per-step", "2"]).collect();
+        for (name, args, keys) in
+            [("ppo", &ppo, &["reward_mean", "kl_k1", "policy_loss", "value_loss", "entropy"][..]), ("grpo", &grpo, &["reward_mean", "kl", "policy_loss"][..])]
+        {
+            let one = logged(args, &dir.path().join(format!("{name}-one")), "0");
+            let lanes = logged(args, &dir.path().join(format!("{name}-lanes")), "1");
+            assert_eq!(one.len(), 2, "{name}: {one:?}");
+            for (a, b) in one.iter().zip(&lanes) {
+                for key in keys {
+                    assert!(a[key].as_f64().is_some(), "{name}: no {key} in {a}");
+                    assert_eq!(a[key], b[key], "{name} {key}: one stream vs lanes");
+                }
+            }
+        }
     }
 }

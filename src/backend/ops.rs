@@ -814,6 +814,16 @@ pub trait Backend: Send + Sync {
         f()?;
         Ok(false)
     }
+    /// Runs `tasks`, independent phases of work, possibly overlapping on the device (CUDA: each
+    /// on a stream of its own, forked from and joined back into the main stream without a host
+    /// wait; `RLHF_CUDA_STREAMS=0` turns that off). The results are those of running the tasks in
+    /// order, provided that no task writes a buffer another task reads or writes, and that no task
+    /// drops a buffer made before the call (each task may allocate, use and drop its own).
+    /// Regions do not nest, and `replay` inside a task runs plainly. Stops at the first task that
+    /// fails. The default runs them in order.
+    fn concurrently(&self, tasks: &mut [&mut dyn FnMut() -> Result<()>]) -> Result<()> {
+        tasks.iter_mut().try_for_each(|t| t())
+    }
     /// A value that tells the device memory of `buf` apart from that of every other live buffer
     /// (the device address on CUDA), for the keys of [`Backend::replay`]. Backends whose `replay`
     /// never records need none: the default is 0.

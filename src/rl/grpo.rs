@@ -394,27 +394,39 @@ pub fn run_grpo<B: Backend>(
         be.write_ids(&mut dev.last_pos, &last_pos)?;
         step_t.b = b;
         step_t.t = t;
-        if cfg.temperature == 1.0 {
-            // the rollout recorded the sampled tokens' log-probs at temperature 1
-            let mut old = vec![0f32; n];
-            for (s, o) in rolled.outputs.iter().enumerate() {
-                let from = s * t + o.prompt.len() - 1;
-                old[from..from + o.logprobs.len()].copy_from_slice(&o.logprobs);
+        // two independent phases, overlapping where the backend can (CUDA: a stream each): the
+        // log-probs and per-sequence KL on one, a reward model's scores (when it is the source) on
+        // the other
+        let mut logprobs_and_kl = || -> Result<()> {
+            if cfg.temperature == 1.0 {
+                // the rollout recorded the sampled tokens' log-probs at temperature 1
+                let mut old = vec![0f32; n];
+                for (s, o) in rolled.outputs.iter().enumerate() {
+                    let from = s * t + o.prompt.len() - 1;
+                    old[from..from + o.logprobs.len()].copy_from_slice(&o.logprobs);
+                }
+                be.write(&mut step_t.old_logp, &old)?;
+            } else {
+                scorer.logprobs_into(be, policy, shape, &inputs, &targets, cfg.temperature, &mut step_t.old_logp)?;
             }
-            be.write(&mut step_t.old_logp, &old)?;
-        } else {
-            scorer.logprobs_into(be, policy, shape, &inputs, &targets, cfg.temperature, &mut step_t.old_logp)?;
-        }
-        scorer.logprobs_into(be, reference, shape, &inputs, &targets, cfg.temperature, &mut step_t.ref_logp)?;
-        be.kl_penalty_fwd(&mut dev.kl, &step_t.old_logp, &step_t.ref_logp, &dev.mask, KlParams { n: n as u32, estimator: cfg.kl_estimator })?;
-        // per-sequence KL: kl [b, t] @ ones [t, 1]
-        be.matmul(&mut dev.seq_kl, &dev.kl, &dev.ones, MatmulParams::new(b, 1, t, false, false))?;
-        let seq_kl = be.download(&dev.seq_kl)?[..b].to_vec();
-        let scores: Vec<f32> = match (&reward, rm_scorer.as_mut(), rm) {
-            (RewardSource::Function(f), _, _) => seq_prompt.iter().zip(&responses).map(|(&i, r)| f(i, r)).collect(),
-            (RewardSource::Model(_), Some(sc), Some(m)) => be.download(sc.score_on_device(be, m, &seqs, pad)?)?[..b].to_vec(),
-            _ => return Err(Error::invalid("a reward model source without its scorer")),
+            scorer.logprobs_into(be, reference, shape, &inputs, &targets, cfg.temperature, &mut step_t.ref_logp)?;
+            be.kl_penalty_fwd(&mut dev.kl, &step_t.old_logp, &step_t.ref_logp, &dev.mask, KlParams { n: n as u32, estimator: cfg.kl_estimator })?;
+            // per-sequence KL: kl [b, t] @ ones [t, 1]
+            be.matmul(&mut dev.seq_kl, &dev.kl, &dev.ones, MatmulParams::new(b, 1, t, false, false))
         };
+        let mut model_scores = || match (&reward, rm_scorer.as_mut(), rm) {
+            (RewardSource::Function(_), _, _) => Ok(()),
+            (RewardSource::Model(_), Some(sc), Some(m)) => sc.score_on_device(be, m, &seqs, pad).map(|_| ()),
+            _ => Err(Error::invalid("a reward model source without its scorer")),
+        };
+        be.concurrently(&mut [&mut logprobs_and_kl, &mut model_scores])?;
+        let scores: Vec<f32> = match (&reward, rm_scorer.as_ref()) {
+            (RewardSource::Function(f), _) => seq_prompt.iter().zip(&responses).map(|(&i, r)| f(i, r)).collect(),
+            (RewardSource::Model(_), Some(sc)) => be.download(sc.scores())?[..b].to_vec(),
+            (RewardSource::Model(_), None) => return Err(Error::invalid("a reward model source without its scorer")),
+        };
+        // after the host's reward function ran (while the device works): the read-back waits
+        let seq_kl = be.download(&dev.seq_kl)?[..b].to_vec();
 
         // ---- advantages ----
         let kl_in_reward = cfg.kl_in == KlPlacement::Reward && beta > 0.0;

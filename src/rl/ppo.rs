@@ -214,16 +214,18 @@ impl<B: Backend> Scorer<B> {
         be.logprob_gather_fwd(out, &mut self.entropy, &mut self.lse, &self.acts.lnf, &self.acts.targets, &model.weights[head], p)
     }
 
-    /// Values (per position) into `out` on the device, from `model`'s score head or from `head`
-    /// applied to `model`'s trunk.
-    fn values_into(&mut self, be: &B, model: &Model<B>, head: Option<&B::Buf>, shape: Shape, inputs: &[i32], out: &mut B::Buf) -> Result<()> {
+    /// Values (per position) into `out` on the device from the score head of value model `model`.
+    fn values_into(&mut self, be: &B, model: &Model<B>, shape: Shape, inputs: &[i32], out: &mut B::Buf) -> Result<()> {
         model.decoder.set_inputs(be, &mut self.acts, shape, inputs, None)?;
         model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
-        let w = match head {
-            Some(h) => h,
-            None => &model.weights[model.layout().score.ok_or_else(|| Error::invalid("the value model has no score head"))?],
-        };
-        be.matmul(out, &self.acts.lnf, w, MatmulParams::new(shape.n(), 1, model.cfg().hidden_size, false, true))
+        let w = &model.weights[model.layout().score.ok_or_else(|| Error::invalid("the value model has no score head"))?];
+        self.head_values_into(be, w, shape, model.cfg().hidden_size, out)
+    }
+
+    /// Values (per position) into `out`: the `[1, hidden]` head `w` applied to the final hidden
+    /// states of the last forward pass (a value head on the policy reuses its log-prob pass).
+    fn head_values_into(&self, be: &B, w: &B::Buf, shape: Shape, hidden: usize, out: &mut B::Buf) -> Result<()> {
+        be.matmul(out, &self.acts.lnf, w, MatmulParams::new(shape.n(), 1, hidden, false, true))
     }
 }
 
@@ -381,16 +383,28 @@ pub fn run_ppo<B: Backend>(
         be.write_ids(&mut dev.last_pos, &last_pos)?;
         step_t.b = b;
         step_t.t = t;
-        scorer.logprobs_into(be, policy, shape, &inputs, &targets, update.temperature, &mut step_t.old_logp)?;
-        scorer.logprobs_into(be, reference, shape, &inputs, &targets, update.temperature, &mut step_t.ref_logp)?;
-        match (value.as_deref(), update.value_head.as_ref()) {
-            (Some(v), _) => scorer.values_into(be, v, None, shape, &inputs, &mut step_t.values)?,
-            (None, Some(head)) => scorer.values_into(be, policy, Some(&head.weight), shape, &inputs, &mut step_t.values)?,
-            (None, None) => return Err(Error::invalid("PPO needs a value model or a value head")),
+        // two independent phases, overlapping where the backend can (CUDA: a stream each): the
+        // policy's log-probs (and its value head's values, from the same pass), the reference's
+        // log-probs and a value model's values on one; the reward model's scores on the other
+        let (policy_now, value_model, value_head, temperature) = (&*policy, value.as_deref(), update.value_head.as_ref(), update.temperature);
+        if value_model.is_none() && value_head.is_none() {
+            return Err(Error::invalid("PPO needs a value model or a value head"));
         }
-        let scores_dev = rm_scorer.score_on_device(be, reward, &seqs, pad)?;
+        let mut logprobs_and_values = || -> Result<()> {
+            scorer.logprobs_into(be, policy_now, shape, &inputs, &targets, temperature, &mut step_t.old_logp)?;
+            if let (None, Some(head)) = (value_model, value_head) {
+                scorer.head_values_into(be, &head.weight, shape, policy_now.cfg().hidden_size, &mut step_t.values)?;
+            }
+            scorer.logprobs_into(be, reference, shape, &inputs, &targets, temperature, &mut step_t.ref_logp)?;
+            match value_model {
+                Some(v) => scorer.values_into(be, v, shape, &inputs, &mut step_t.values),
+                None => Ok(()),
+            }
+        };
+        let mut reward_scores = || rm_scorer.score_on_device(be, reward, &seqs, pad).map(|_| ());
+        be.concurrently(&mut [&mut logprobs_and_values, &mut reward_scores])?;
         // the b scores come back for logging (and running normalisation)
-        let raw_scores = be.download(scores_dev)?[..b].to_vec();
+        let raw_scores = be.download(rm_scorer.scores())?[..b].to_vec();
         let scores: Vec<f32> = if cfg.reward_norm {
             run.reward_moments.update(&raw_scores);
             let (m, s) = (run.reward_moments.mean() as f32, run.reward_moments.std().max(1e-6) as f32);

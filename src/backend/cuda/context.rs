@@ -1,4 +1,4 @@
-//! The CUDA device side of the backend: availability checks, the context and its one stream,
+//! The CUDA device side of the backend: availability checks, the context and its streams (lanes),
 //! cuBLAS, lazy NVRTC compilation with an on-disk PTX cache, kernel launches and scratch buffers.
 //!
 //! Loading: nothing touches cudarc's driver API before [`availability`] has checked that libcuda
@@ -7,13 +7,16 @@
 //! compute_90, then compute_80, when this NVRTC does not know the device's architecture), and the
 //! PTX is stored in `$RLHF_CUDA_CACHE` (default `${XDG_CACHE_HOME:-~/.cache}/rlhf/cuda`) under a
 //! key hashing the source, the architecture and the NVRTC version; modules and functions are loaded
-//! once per process. All work goes to one stream in program order with cudarc's event tracking
-//! off (one stream needs no cross-stream events), so nothing synchronises the host except
-//! `download` and `synchronize`. cuBLAS gets a fixed workspace ([`BLAS_WORKSPACE`] bytes) so that
-//! its calls allocate nothing and can be captured into the CUDA graphs of [`Graphs`] (graphs.rs).
+//! once per process. All work goes to the current lane's stream in program order: the main stream,
+//! or inside `Backend::concurrently` the task's own lane (lanes.rs), which orders itself against
+//! the main stream with events at the region's fork and join, so cudarc's per-buffer event
+//! tracking is off and nothing synchronises the host except `download` and `synchronize`. cuBLAS
+//! gets a fixed workspace per lane ([`BLAS_WORKSPACE`] bytes) so that its calls allocate nothing
+//! and can be captured into the CUDA graphs of [`Graphs`] (graphs.rs).
 
 use super::graphs::{self, Graphs};
 use super::kernels::{self, err};
+use super::lanes::{self, Lane, MAX_LANES};
 use crate::backend::precision::MatmulPrecision;
 use crate::backend::storage::{self, Dtype};
 use crate::error::Result;
@@ -22,7 +25,8 @@ use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStrea
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Why CUDA cannot be used on this machine, or `Ok` when the driver and NVRTC libraries load.
 pub fn availability() -> std::result::Result<(), String> {
@@ -63,7 +67,17 @@ fn cache_dir() -> Option<PathBuf> {
     Some(base.join("rlhf").join("cuda"))
 }
 
-/// Named scratch buffers (grown on demand, reused across calls: the stream orders their uses).
+/// `Ok(true)` when environment variable `var` is unset or `1`, `Ok(false)` when `0`, else an error
+/// naming it and saying what `1` means.
+pub fn env_switch(var: &str, value: Option<&str>, on_means: &str) -> Result<bool> {
+    match value {
+        None | Some("1") => Ok(true),
+        Some("0") => Ok(false),
+        Some(other) => Err(crate::error::Error::invalid(format!("{var}={other}: expected 1 ({on_means}, the default) or 0"))),
+    }
+}
+
+/// Named scratch buffers (grown on demand, reused across calls: the lane's stream orders their uses).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Scratch {
     AttentionDelta,
@@ -80,7 +94,7 @@ pub enum Scratch {
 pub const BLAS_WORKSPACE: usize = 32 << 20;
 
 /// Gives cuBLAS a workspace of [`BLAS_WORKSPACE`] bytes, returned to be kept as long as `blas`.
-fn blas_workspace(stream: &Arc<CudaStream>, blas: &CudaBlas) -> Result<CudaSlice<u8>> {
+pub(crate) fn blas_workspace(stream: &Arc<CudaStream>, blas: &CudaBlas) -> Result<CudaSlice<u8>> {
     let ws = stream.alloc_zeros::<u8>(BLAS_WORKSPACE).map_err(|e| err(format!("cuBLAS workspace of {BLAS_WORKSPACE} bytes: {e:?}")))?;
     let ptr = ws.device_ptr(stream).0;
     // SAFETY: the handle is live and `ws` (kept beside it in the context) outlives every call on it.
@@ -91,16 +105,15 @@ fn blas_workspace(stream: &Arc<CudaStream>, blas: &CudaBlas) -> Result<CudaSlice
     Ok(ws)
 }
 
-/// The device, its stream, cuBLAS and the loaded kernels.
+/// The device, its lanes (streams with their cuBLAS handles and scratch) and the loaded kernels.
 pub struct Context {
     pub ctx: Arc<CudaContext>,
-    pub stream: Arc<CudaStream>,
-    /// `None` when libcublas cannot be loaded or `RLHF_CUDA_MATMUL=simt`: `matmul` then runs the
-    /// SIMT kernel of matmul.cu, whose every output is one FMA chain over k in order, so a row's
-    /// bits do not depend on how many rows are multiplied together (rollout = training, bit for bit).
-    pub blas: Option<CudaBlas>,
-    /// cuBLAS's fixed workspace (declared after `blas`, so it is freed after the handle)
-    _blas_workspace: Option<CudaSlice<u8>>,
+    /// lane 0 (the main stream) is set at creation, the others on the first region using them
+    lanes: [OnceLock<Lane>; 1 + MAX_LANES],
+    /// the lane ops launch on now (0 outside `concurrently`)
+    current: AtomicUsize,
+    /// `RLHF_CUDA_STREAMS`: whether `concurrently` uses lanes
+    pub streams_enabled: AtomicBool,
     /// The recorded launch sequences of `Backend::replay` (`RLHF_CUDA_GRAPHS=0`: none).
     pub graphs: Graphs,
     /// The precision of matmul operands: f32 (`sgemm`), or tf32 / bf16 / f16 through
@@ -115,7 +128,6 @@ pub struct Context {
     pub description: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
-    scratch: Mutex<HashMap<Scratch, CudaSlice<f32>>>,
 }
 
 impl Context {
@@ -123,22 +135,27 @@ impl Context {
     pub fn new(ordinal: usize, simt: bool) -> Result<Self> {
         availability().map_err(err)?;
         let ctx = CudaContext::new(ordinal).map_err(|e| err(format!("device {ordinal}: {e:?}")))?;
-        // SAFETY: every op runs on the one stream below, so cross-stream events are not needed.
+        // SAFETY: every op runs on the current lane, and lanes order themselves against the main
+        // stream with events of their own (lanes.rs), so cudarc's per-buffer events are not needed.
         unsafe { ctx.disable_event_tracking() };
         let stream = ctx.new_stream().map_err(|e| err(format!("creating a stream: {e:?}")))?;
         // SAFETY: only dlopens libcublas.
-        let blas = if !simt && unsafe { cudarc::cublas::sys::is_culib_present() } { CudaBlas::new(stream.clone()).ok() } else { None };
-        let blas_workspace = blas.as_ref().map(|b| blas_workspace(&stream, b)).transpose()?;
+        let blas = !simt && unsafe { cudarc::cublas::sys::is_culib_present() };
+        // a handle that cannot be created leaves the SIMT matmul, as a missing libcublas does
+        let main = Lane::new(stream.clone(), blas).or_else(|_| Lane::new(stream, false))?;
+        let blas = main.blas.is_some();
         let graphs = Graphs::new(graphs::enabled_by_env()?);
+        let lanes: [OnceLock<Lane>; 1 + MAX_LANES] = Default::default();
+        let _ = lanes[0].set(main);
         let (major, minor) = ctx.compute_capability().map_err(|e| err(format!("compute capability: {e:?}")))?;
         let nvrtc = kernels::nvrtc_version().map_or("?".to_string(), |(a, b)| format!("{a}.{b}"));
         let device_name = ctx.name().unwrap_or_else(|_| "unknown device".into());
-        let description = format!("cuda: {} [NVRTC {nvrtc}, {}]", describe(&ctx), if blas.is_some() { "cuBLAS" } else { "SIMT matmul, batch-invariant" });
+        let description = format!("cuda: {} [NVRTC {nvrtc}, {}]", describe(&ctx), if blas { "cuBLAS" } else { "SIMT matmul, batch-invariant" });
         Ok(Context {
             ctx,
-            stream,
-            blas,
-            _blas_workspace: blas_workspace,
+            lanes,
+            current: AtomicUsize::new(0),
+            streams_enabled: AtomicBool::new(lanes::enabled_by_env()?),
             graphs,
             matmul_precision: MatmulPrecision::F32,
             compute_dtype: Dtype::F32,
@@ -148,15 +165,80 @@ impl Context {
             description,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
-            scratch: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The lane ops launch on now.
+    fn lane(&self) -> &Lane {
+        let i = self.current.load(Ordering::Relaxed);
+        self.lanes[i].get().or_else(|| self.lanes[0].get()).expect("lane 0 is set at creation")
+    }
+
+    /// The stream ops launch on now: the main stream, or a concurrent task's lane.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.lane().stream
+    }
+
+    /// The main stream (graphs are captured there; `synchronize` waits for it).
+    pub fn main_stream(&self) -> &Arc<CudaStream> {
+        &self.lanes[0].get().expect("lane 0 is set at creation").stream
+    }
+
+    /// The current lane's cuBLAS handle. `None` when libcublas cannot be loaded or
+    /// `RLHF_CUDA_MATMUL=simt`: `matmul` then runs the SIMT kernel of matmul.cu, whose every output
+    /// is one FMA chain over k in order, so a row's bits do not depend on how many rows are
+    /// multiplied together (rollout = training, bit for bit).
+    pub fn blas(&self) -> Option<&CudaBlas> {
+        self.lane().blas.as_ref()
+    }
+
+    /// Whether ops launch on a concurrent task's lane now.
+    pub fn in_region(&self) -> bool {
+        self.current.load(Ordering::Relaxed) != 0
+    }
+
+    /// See `Backend::concurrently`: task `i` runs on lane [`lanes::lane_of_task`]`(i)`, forked from
+    /// and joined back into the main stream with events (no host wait). In order on the current
+    /// stream when there are fewer than two tasks, streams are off, a region or a graph capture is
+    /// already running.
+    pub fn concurrently(&self, tasks: &mut [&mut dyn FnMut() -> Result<()>]) -> Result<()> {
+        if tasks.len() < 2 || !self.streams_enabled.load(Ordering::Relaxed) || self.in_region() || self.graphs.capturing() {
+            return tasks.iter_mut().try_for_each(|t| t());
+        }
+        let blas = self.lanes[0].get().is_some_and(|l| l.blas.is_some());
+        let used: Vec<usize> = (0..tasks.len().min(MAX_LANES)).map(lanes::lane_of_task).collect();
+        for &l in &used {
+            if self.lanes[l].get().is_none() {
+                let lane = Lane::on_new_stream(&self.ctx, blas)?;
+                let _ = self.lanes[l].set(lane);
+            }
+        }
+        let ev = |e: cudarc::driver::DriverError| err(format!("stream event: {e:?}"));
+        let fork = self.main_stream().record_event(None).map_err(ev)?;
+        for &l in &used {
+            self.lanes[l].get().expect("created above").stream.wait(&fork).map_err(ev)?;
+        }
+        let mut ran = Ok(());
+        for (i, task) in tasks.iter_mut().enumerate() {
+            self.current.store(lanes::lane_of_task(i), Ordering::Relaxed);
+            ran = task();
+            self.current.store(0, Ordering::Relaxed);
+            if ran.is_err() {
+                break;
+            }
+        }
+        // the join, also after a failed task: later work on the main stream follows every lane
+        for &l in &used {
+            self.main_stream().join(&self.lanes[l].get().expect("created above").stream).map_err(ev)?;
+        }
+        ran
     }
 
     /// Sets the precision of matmul operands: any with cuBLAS, f32 only with the SIMT matmul.
     /// It applies to f32 storage only: with bf16 storage the operands already are bf16, so only
     /// f32 and bf16 (both meaning bf16 operands, f32 accumulation) are accepted there.
     pub fn set_matmul_precision(&mut self, p: MatmulPrecision) -> Result<()> {
-        if p != MatmulPrecision::F32 && self.blas.is_none() {
+        if p != MatmulPrecision::F32 && self.blas().is_none() {
             return Err(p.unsupported("cuda", "the SIMT matmul (RLHF_CUDA_MATMUL=simt, or no libcublas) computes in f32 only; use f32 or cuBLAS"));
         }
         storage_allows(self.compute_dtype, p)?;
@@ -240,20 +322,22 @@ impl Context {
     /// A new scratch buffer of `len` floats. Not inside a graph capture (an allocation there would
     /// break it: the capture fails and the launches run plainly); the graphs recorded so far use
     /// the old buffers, so they are dropped.
-    fn grow_scratch(&self, len: usize) -> Result<CudaSlice<f32>> {
+    fn grow_scratch(&self, lane: &Lane, len: usize) -> Result<CudaSlice<f32>> {
         if self.graphs.capturing() {
             return Err(err(format!("a scratch buffer of {len} floats would be allocated inside a CUDA graph capture")));
         }
         self.graphs.forget();
-        self.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| err(format!("scratch of {len} floats: {e:?}")))
+        lane.stream.alloc_zeros::<f32>(len.max(1)).map_err(|e| err(format!("scratch of {len} floats: {e:?}")))
     }
 
-    /// Runs `f` with scratch buffer `which` of at least `len` floats (grown when too small).
+    /// Runs `f` with the current lane's scratch buffer `which` of at least `len` floats (grown
+    /// when too small).
     pub fn with_scratch<R>(&self, which: Scratch, len: usize, f: impl FnOnce(&mut CudaSlice<f32>) -> Result<R>) -> Result<R> {
-        let mut map = self.scratch.lock().map_err(|_| err("scratch table poisoned"))?;
+        let lane = self.lane();
+        let mut map = lane.scratch.lock().map_err(|_| err("scratch table poisoned"))?;
         let grow = map.get(&which).is_none_or(|b| b.len() < len.max(1));
         if grow {
-            let buf = self.grow_scratch(len)?;
+            let buf = self.grow_scratch(lane, len)?;
             map.insert(which, buf);
         }
         f(map.get_mut(&which).expect("inserted above"))
@@ -266,10 +350,11 @@ impl Context {
         b: (Scratch, usize),
         f: impl FnOnce(&mut CudaSlice<f32>, &mut CudaSlice<f32>) -> Result<R>,
     ) -> Result<R> {
-        let mut map = self.scratch.lock().map_err(|_| err("scratch table poisoned"))?;
+        let lane = self.lane();
+        let mut map = lane.scratch.lock().map_err(|_| err("scratch table poisoned"))?;
         for (which, len) in [a, b] {
             if map.get(&which).is_none_or(|buf| buf.len() < len.max(1)) {
-                let buf = self.grow_scratch(len)?;
+                let buf = self.grow_scratch(lane, len)?;
                 map.insert(which, buf);
             }
         }
@@ -324,13 +409,13 @@ pub fn per_row(rows: usize, threads: u32) -> LaunchConfig {
 }
 
 /// Launches `$name` of `kernels/$family.cu` with the given arguments (references, living until
-/// the launch returns) on the context's stream. `"name"[dtype]` launches `name` for f32 and
+/// the launch returns) on the context's current stream. `"name"[dtype]` launches `name` for f32 and
 /// `name_bf16` for bf16 (the storage type the launcher got from `buffer::types`).
 macro_rules! launch {
     (@named $ctx:expr, $family:literal, $name:expr, $cfg:expr, $($arg:expr),+) => {{
         let ctx: &$crate::backend::cuda::context::Context = $ctx;
         let f = ctx.function($family, $name)?;
-        let mut b = ctx.stream.launch_builder(&f);
+        let mut b = ctx.stream().launch_builder(&f);
         $( cudarc::driver::PushKernelArg::arg(&mut b, $arg); )+
         // SAFETY: the argument list matches the kernel's signature in kernels/$family.cu (outputs,
         // saved, inputs, weights, params by value), and the launchers check every buffer length

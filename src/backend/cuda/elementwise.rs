@@ -25,7 +25,7 @@ pub fn fill(ctx: &Context, out: &mut Buf, value: f32, p: ElementwiseParams) -> R
 pub fn copy(ctx: &Context, out: &mut Buf, inp: &Buf, p: ElementwiseParams) -> Result<()> {
     let n = p.n as usize;
     need("copy", &[("out", out.len(), n), ("inp", inp.len(), n)])?;
-    let s = &ctx.stream;
+    let s = ctx.stream();
     cast(ctx, DevPtr::of(s, inp, 0..n)?, DevPtr::of_mut(s, out, 0..n)?)
 }
 

@@ -30,13 +30,7 @@ pub fn enabled_by_env() -> Result<bool> {
 
 /// [`enabled_by_env`] of the variable's value (`None`: unset).
 fn parse_env(value: Option<&str>) -> Result<bool> {
-    match value {
-        None | Some("1") => Ok(true),
-        Some("0") => Ok(false),
-        Some(other) => {
-            Err(crate::error::Error::invalid(format!("RLHF_CUDA_GRAPHS={other}: expected 1 (CUDA graphs for the rollout's decode chunks, the default) or 0")))
-        }
-    }
+    super::context::env_switch("RLHF_CUDA_GRAPHS", value, "CUDA graphs for the rollout's decode chunks")
 }
 
 /// A graph of the cache.

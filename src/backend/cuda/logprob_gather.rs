@@ -34,7 +34,7 @@ fn logits_tile(ctx: &Context, tile: DevPtr<'_>, h: &Buf, w: &Buf, p: &LogprobPar
     let (n, c) = (p.n as usize, p.c as usize);
     let mut mp = MatmulParams::new(n, cw, c, false, true);
     mp.alpha = 1.0 / p.temperature;
-    let s = &ctx.stream;
+    let s = ctx.stream();
     gemm(ctx, tile, DevPtr::of(s, h, 0..n * c)?, DevPtr::of(s, w, j0 * c..(j0 + cw) * c)?, mp)
 }
 
@@ -61,7 +61,7 @@ pub fn logprob_gather_fwd(ctx: &Context, logp: &mut Buf, entropy: &mut Buf, lse:
         for j in 0..n_chunks {
             let j0 = j * chunk;
             let cw = chunk.min(v - j0);
-            let t = DevPtr::scratch(&ctx.stream, tile, 0..n * cw)?;
+            let t = DevPtr::scratch(ctx.stream(), tile, 0..n * cw)?;
             logits_tile(ctx, t, h, w, &p, j0, cw)?;
             let (j0u, cwu, ju) = (j0 as u32, cw as u32, j as u32);
             launch!(ctx, "logprob_gather", "logprob_chunk_stats", per_row(n, 256), &mut *partial, &mut *logp, &t.ptr, targets, &j0u, &cwu, &ju, &p)?;
@@ -110,7 +110,7 @@ pub fn logprob_gather_bwd(
         let np = crate::backend::ops::ElementwiseParams::new(n * c);
         return super::elementwise::fill(ctx, dh, 0.0, np);
     }
-    let s = &ctx.stream;
+    let s = ctx.stream();
     // bf16: dlogits are rounded to a bf16 tile for the bf16 products, and dh is summed over the
     // chunks in an f32 accumulator (after the tile in the same scratch), rounded once at the end
     let bf16 = ty == Dtype::Bf16;

@@ -85,7 +85,7 @@ pub fn gemm(ctx: &Context, out: DevPtr<'_>, a: DevPtr<'_>, b: DevPtr<'_>, p: Mat
     // --matmul-precision is about f32 storage: in the bf16 mode (where it can only be f32 or bf16)
     // the bf16 operands multiply as they are and any f32 ones in full f32
     let fast = if ctx.compute_dtype == Dtype::Bf16 { None } else { compute_type(ctx.matmul_precision) };
-    match (&ctx.blas, t, fast) {
+    match (ctx.blas(), t, fast) {
         (Some(blas), Dtype::F32, None) => sgemm(ctx, blas, out, a, b, &p),
         (Some(blas), Dtype::F32, Some(compute)) => gemm_ex(ctx, blas, (out, f32_t), (a, b, f32_t), &p, compute),
         // bf16 storage: the operands already are bf16 (--matmul-precision does not apply)
@@ -199,7 +199,7 @@ fn gemm_ex(
 }
 
 pub fn matmul(ctx: &Context, out: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf, p: MatmulParams) -> Result<()> {
-    let s = &ctx.stream;
+    let s = ctx.stream();
     let (a_len, b_len) = (a.len(), b.len());
     let out_len = out.len();
     gemm(ctx, DevPtr::of_mut(s, out, 0..out_len)?, DevPtr::of(s, a, 0..a_len)?, DevPtr::of(s, b, 0..b_len)?, p)

@@ -1,6 +1,6 @@
 //! The CUDA backend: every op of the op list as a hand-written CUDA C kernel (`kernels/`), compiled
 //! with NVRTC at first use for the device's architecture (PTX cached on disk), launched through
-//! cudarc on one stream; matmuls through cuBLAS. Buffers are [`CudaBuf`]s (f32 or bf16
+//! cudarc on the main stream (or a concurrent task's own, lanes.rs); matmuls through cuBLAS. Buffers are [`CudaBuf`]s (f32 or bf16
 //! `CudaSlice`s, see buffer.rs) that stay on the device; only `download` and `synchronize` wait
 //! for the stream. `--precision bf16` (sm_80 and newer) makes `Storage::Compute` buffers bf16;
 //! every op with compute buffers then runs its `_bf16` kernel (see kernels/README.md). One launcher file per op family.
@@ -24,6 +24,7 @@ pub mod elementwise;
 pub mod embedding;
 pub mod graphs;
 pub mod kernels;
+pub mod lanes;
 pub mod layernorm;
 pub mod logprob_gather;
 pub mod matmul;
@@ -117,10 +118,15 @@ impl CudaBackend {
     pub fn set_graphs(&self, on: bool) {
         self.ctx.graphs.set_enabled(on);
     }
+
+    /// Turns the lanes of `Backend::concurrently` on or off (`RLHF_CUDA_STREAMS` sets the start).
+    pub fn set_streams(&self, on: bool) {
+        self.ctx.streams_enabled.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 fn upload_slice<T: DeviceRepr>(ctx: &Context, data: &[T]) -> Result<CudaSlice<T>> {
-    let r = if data.is_empty() { ctx.stream.null() } else { ctx.stream.clone_htod(data) };
+    let r = if data.is_empty() { ctx.stream().null() } else { ctx.stream().clone_htod(data) };
     r.map_err(|e| err(format!("upload of {} values: {e:?}", data.len())))
 }
 
@@ -131,20 +137,20 @@ fn write_slice<T: DeviceRepr>(ctx: &Context, buf: &mut CudaSlice<T>, data: &[T])
     if data.is_empty() {
         return Ok(());
     }
-    ctx.stream.memcpy_htod(data, &mut buf.slice_mut(..data.len())).map_err(|e| err(format!("write of {} values: {e:?}", data.len())))
+    ctx.stream().memcpy_htod(data, &mut buf.slice_mut(..data.len())).map_err(|e| err(format!("write of {} values: {e:?}", data.len())))
 }
 
 fn download_slice<T: DeviceRepr>(ctx: &Context, buf: &CudaSlice<T>) -> Result<Vec<T>> {
     if buf.is_empty() {
         return Ok(Vec::new());
     }
-    let v = ctx.stream.clone_dtoh(buf).map_err(|e| err(format!("download of {} values: {e:?}", buf.len())))?;
-    ctx.stream.synchronize().map_err(|e| err(format!("synchronize: {e:?}")))?;
+    let v = ctx.stream().clone_dtoh(buf).map_err(|e| err(format!("download of {} values: {e:?}", buf.len())))?;
+    ctx.stream().synchronize().map_err(|e| err(format!("synchronize: {e:?}")))?;
     Ok(v)
 }
 
 fn alloc_slice<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(ctx: &Context, len: usize) -> Result<CudaSlice<T>> {
-    let r = if len == 0 { ctx.stream.null() } else { ctx.stream.alloc_zeros::<T>(len) };
+    let r = if len == 0 { ctx.stream().null() } else { ctx.stream().alloc_zeros::<T>(len) };
     r.map_err(|e| err(format!("alloc of {len} values: {e:?}")))
 }
 
@@ -231,14 +237,23 @@ impl Backend for CudaBackend {
         download_slice(&self.ctx, buf)
     }
     fn synchronize(&self) -> Result<()> {
-        self.ctx.stream.synchronize().map_err(|e| err(format!("synchronize: {e:?}")))
+        self.ctx.stream().synchronize().map_err(|e| err(format!("synchronize: {e:?}")))
     }
-    /// A CUDA graph per key (graphs.rs): warm-up, capture, then one graph launch per call.
+    /// A CUDA graph per key (graphs.rs): warm-up, capture, then one graph launch per call; plain
+    /// launches inside a concurrent task (graphs belong to the main stream).
     fn replay(&self, key: u64, f: &mut dyn FnMut() -> Result<()>) -> Result<bool> {
-        self.ctx.graphs.replay(&self.ctx.stream, key, f)
+        if self.ctx.in_region() {
+            f()?;
+            return Ok(false);
+        }
+        self.ctx.graphs.replay(self.ctx.main_stream(), key, f)
+    }
+    /// Each task on a lane of its own (lanes.rs): a stream, cuBLAS handle and scratch per lane.
+    fn concurrently(&self, tasks: &mut [&mut dyn FnMut() -> Result<()>]) -> Result<()> {
+        self.ctx.concurrently(tasks)
     }
     fn buffer_key(&self, buf: &Self::Buf) -> u64 {
-        buf.ptr_at(&self.ctx.stream, 0)
+        buf.ptr_at(self.ctx.stream(), 0)
     }
 
     fn fill(&self, out: &mut Self::Buf, value: f32, p: ElementwiseParams) -> Result<()> {

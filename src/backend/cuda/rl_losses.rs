@@ -120,7 +120,7 @@ pub fn ppo_loss_fwd_bwd(
         launch!(ctx, "rl_losses", "ppo_loss_fwd_bwd_count", one, &mut *scale, mask, &p)?;
         let tokens = LaunchConfig { grid_dim: (blocks as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let f = ctx.function("rl_losses", "ppo_loss_fwd_bwd")?;
-        let mut b = ctx.stream.launch_builder(&f);
+        let mut b = ctx.stream().launch_builder(&f);
         {
             use cudarc::driver::PushKernelArg;
             b.arg(&mut *dlogp);
