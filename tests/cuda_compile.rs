@@ -71,6 +71,8 @@ const HOT: &[&str] = &[
     "rmsnorm_bwd",
     "norm_dw",
     "adamw",
+    "adamw_many",
+    "sum_squares_many",
     "cross_entropy_fwd",
     "sample",
     "matmul_bf16",
@@ -84,6 +86,8 @@ const HOT: &[&str] = &[
     "rmsnorm_bwd_bf16",
     "norm_dw_bf16",
     "adamw_bf16",
+    "adamw_many_bf16",
+    "sum_squares_many_bf16",
     "cross_entropy_fwd_bf16",
     "sample_bf16",
 ];

@@ -1075,6 +1075,49 @@ pub trait Backend: Send + Sync {
     /// the clipping factor is applied on the fly) and the squared global norm `norm_sq [1]`; a
     /// non-finite `norm_sq[0]` leaves everything untouched, so the host needs no read-back before it.
     fn adamw(&self, param: &mut Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, grad: &Self::Buf, norm_sq: &Self::Buf, p: AdamWParams) -> Result<()>;
+
+    // ---- multi-tensor optimiser forms (one launch for a whole model where the backend has one) --
+    /// `acc[0] += sum over the tensors of sum_i x[i]^2`. The default is [`Backend::sum_squares`]
+    /// per tensor (the reference); CUDA runs one launch over all of them (and one to add up).
+    fn sum_squares_many(&self, acc: &mut Self::Buf, xs: &[Self::Buf]) -> Result<()> {
+        sum_squares_each(self, acc, xs)
+    }
+    /// [`Backend::adamw`] over every slot (`p` with each slot's length and weight decay), and
+    /// `out = param` (rounded to `out`'s type: the compute weights of f32 master weights) where a
+    /// slot has an `out`. The default is `adamw` then `copy` per slot (the reference); CUDA runs
+    /// one launch for all slots.
+    fn adamw_many(&self, slots: &mut [AdamWSlot<'_, Self::Buf>], norm_sq: &Self::Buf, p: AdamWParams) -> Result<()> {
+        adamw_each(self, slots, norm_sq, p)
+    }
+}
+
+/// [`Backend::sum_squares_many`] as one `sum_squares` per tensor (the default and reference).
+pub fn sum_squares_each<B: Backend + ?Sized>(be: &B, acc: &mut B::Buf, xs: &[B::Buf]) -> Result<()> {
+    xs.iter().try_for_each(|x| be.sum_squares(acc, x, ElementwiseParams::new(be.len(x))))
+}
+
+/// [`Backend::adamw_many`] as `adamw` then `copy` per slot (the default and reference).
+pub fn adamw_each<B: Backend + ?Sized>(be: &B, slots: &mut [AdamWSlot<'_, B::Buf>], norm_sq: &B::Buf, p: AdamWParams) -> Result<()> {
+    for s in slots.iter_mut() {
+        let n = be.len(s.param);
+        be.adamw(s.param, s.m, s.v, s.grad, norm_sq, AdamWParams { n: n as u32, weight_decay: s.weight_decay, ..p })?;
+        if let Some(out) = s.out.as_deref_mut() {
+            be.copy(out, s.param, ElementwiseParams::new(n))?;
+        }
+    }
+    Ok(())
+}
+
+/// One tensor of [`Backend::adamw_many`]: the f32 weights it updates (the master weights in a
+/// reduced-precision mode) with their moments, its gradient (read only), where the updated weights
+/// go in the compute type (`None`: nowhere else), and its weight decay.
+pub struct AdamWSlot<'a, Buf> {
+    pub param: &'a mut Buf,
+    pub m: &'a mut Buf,
+    pub v: &'a mut Buf,
+    pub grad: &'a Buf,
+    pub out: Option<&'a mut Buf>,
+    pub weight_decay: f32,
 }
 
 /// Every op of the list, by the name it has in all backends (CPU function, CUDA kernel, WGSL entry

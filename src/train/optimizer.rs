@@ -9,7 +9,7 @@
 //! In a reduced-precision mode (`--precision bf16`) the update goes to the f32 master weights,
 //! whose rounded copy then replaces the compute weights; moments are f32 in every mode.
 
-use crate::backend::ops::{AdamWParams, Backend, ElementwiseParams};
+use crate::backend::ops::{AdamWParams, AdamWSlot, Backend, ElementwiseParams};
 use crate::error::Result;
 use crate::model::{ParamLayout, ParamsMut};
 use crate::train::resume::{Checkpoint, StateWriter};
@@ -52,31 +52,31 @@ pub fn enqueue_adamw_step<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &mut B
 /// non-finite, `norm_sq[0]`.
 fn enqueue_update<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &B::Buf, step: usize, t: AdamWTensors<'_, B>, lr: f32) -> Result<()> {
     let k = (step + 1) as i32;
+    let p = AdamWParams {
+        lr,
+        beta1: cfg.beta1,
+        beta2: cfg.beta2,
+        eps: cfg.eps,
+        bias_correction1: 1.0 - cfg.beta1.powi(k),
+        bias_correction2: 1.0 - cfg.beta2.powi(k),
+        max_grad_norm: cfg.max_grad_norm,
+        ..Default::default()
+    };
     let (weights, master) = (t.params.weights, t.params.master);
-    let tensors = weights.iter_mut().enumerate().zip(t.grads).zip(t.m.iter_mut().zip(t.v.iter_mut())).zip(t.decay);
-    for ((((i, w), g), (m, v)), &decay) in tensors {
-        let n = be.len(w);
-        let p = AdamWParams {
-            n: n as u32,
-            lr,
-            beta1: cfg.beta1,
-            beta2: cfg.beta2,
-            eps: cfg.eps,
-            weight_decay: if decay { cfg.weight_decay } else { 0.0 },
-            bias_correction1: 1.0 - cfg.beta1.powi(k),
-            bias_correction2: 1.0 - cfg.beta2.powi(k),
-            max_grad_norm: cfg.max_grad_norm,
-            ..Default::default()
-        };
-        match master.get_mut(i) {
-            None => be.adamw(w, m, v, g, norm_sq, p)?,
-            Some(master) => {
-                be.adamw(master, m, v, g, norm_sq, p)?;
-                be.copy(w, master, ElementwiseParams::new(n))?;
-            }
-        }
-    }
-    Ok(())
+    // with master weights the update goes to them and their rounded copy into the weights
+    let targets: Vec<(&mut B::Buf, Option<&mut B::Buf>)> = if master.is_empty() {
+        weights.iter_mut().map(|w| (w, None)).collect()
+    } else {
+        master.iter_mut().zip(weights.iter_mut()).map(|(m, w)| (m, Some(w))).collect()
+    };
+    let mut slots: Vec<AdamWSlot<'_, B::Buf>> = targets
+        .into_iter()
+        .zip(t.grads)
+        .zip(t.m.iter_mut().zip(t.v.iter_mut()))
+        .zip(t.decay)
+        .map(|((((param, out), grad), (m, v)), &decay)| AdamWSlot { param, m, v, grad, out, weight_decay: if decay { cfg.weight_decay } else { 0.0 } })
+        .collect();
+    be.adamw_many(&mut slots, norm_sq, p)
 }
 
 /// Reads back the squared norm of the step [`enqueue_adamw_step`] enqueued. When it is not finite
@@ -93,10 +93,7 @@ pub fn finish_adamw_step<B: Backend>(be: &B, norm_sq: &B::Buf, step: &mut usize)
 /// Enqueues `norm_sq[0] = sum of the squares of every gradient` (no read-back).
 fn enqueue_norm<B: Backend>(be: &B, norm_sq: &mut B::Buf, grads: &[B::Buf]) -> Result<()> {
     be.fill(norm_sq, 0.0, ElementwiseParams::new(1))?;
-    for g in grads {
-        be.sum_squares(norm_sq, g, ElementwiseParams::new(be.len(g)))?;
-    }
-    Ok(())
+    be.sum_squares_many(norm_sq, grads)
 }
 
 pub struct AdamW<B: Backend> {

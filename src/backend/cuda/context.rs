@@ -90,6 +90,12 @@ pub enum Scratch {
     LogprobTileBf16,
 }
 
+/// A multi-tensor table's cache key: the lane it was uploaded on and its words.
+type TableKey = (usize, Vec<u64>);
+
+/// Multi-tensor tables kept at most by [`Context::with_table`].
+pub const MAX_TABLES: usize = 16;
+
 /// Bytes of cuBLAS's workspace (its recommendation for Hopper; older GPUs need less).
 pub const BLAS_WORKSPACE: usize = 32 << 20;
 
@@ -128,6 +134,8 @@ pub struct Context {
     pub description: String,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
+    /// device copies of the multi-tensor kernels' tables, by lane and content
+    tables: Mutex<HashMap<TableKey, CudaSlice<u64>>>,
 }
 
 impl Context {
@@ -165,6 +173,7 @@ impl Context {
             description,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
+            tables: Mutex::new(HashMap::new()),
         })
     }
 
@@ -341,6 +350,25 @@ impl Context {
             map.insert(which, buf);
         }
         f(map.get_mut(&which).expect("inserted above"))
+    }
+
+    /// Runs `f` with a device copy of `table` (the multi-tensor kernels' address tables): uploaded
+    /// on the current lane the first time, then reused (a model's tensors keep their addresses from
+    /// step to step). Past [`MAX_TABLES`] the cache starts over (old tables name freed buffers).
+    pub fn with_table<R>(&self, table: Vec<u64>, f: impl FnOnce(&CudaSlice<u64>) -> Result<R>) -> Result<R> {
+        let mut tables = self.tables.lock().map_err(|_| err("table cache poisoned"))?;
+        let key = (self.current.load(Ordering::Relaxed), table);
+        if !tables.contains_key(&key) {
+            if self.graphs.capturing() {
+                return Err(err("a multi-tensor table would be uploaded inside a CUDA graph capture"));
+            }
+            if tables.len() >= MAX_TABLES {
+                tables.clear();
+            }
+            let dev = self.stream().clone_htod(&key.1).map_err(|e| err(format!("upload of a table of {} words: {e:?}", key.1.len())))?;
+            tables.insert(key.clone(), dev);
+        }
+        f(&tables[&key])
     }
 
     /// Two scratch buffers at once.

@@ -486,6 +486,20 @@ impl Backend for CudaBackend {
     fn adamw(&self, param: &mut Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, grad: &Self::Buf, norm_sq: &Self::Buf, p: AdamWParams) -> Result<()> {
         optimizer::adamw(&self.ctx, param, m, v, grad, norm_sq, p)
     }
+    /// One launch for all tensors (and one to add up the norm), through a cached address table;
+    /// tensor by tensor when their types mix.
+    fn sum_squares_many(&self, acc: &mut Self::Buf, xs: &[Self::Buf]) -> Result<()> {
+        if !optimizer::sum_squares_many(&self.ctx, acc, xs)? {
+            sum_squares_each(self, acc, xs)?;
+        }
+        Ok(())
+    }
+    fn adamw_many(&self, slots: &mut [AdamWSlot<'_, Self::Buf>], norm_sq: &Self::Buf, p: AdamWParams) -> Result<()> {
+        if !optimizer::adamw_many(&self.ctx, slots, norm_sq, p)? {
+            adamw_each(self, slots, norm_sq, p)?;
+        }
+        Ok(())
+    }
     fn preference_loss_fwd_bwd(
         &self,
         dlogp: &mut Self::Buf,
