@@ -126,7 +126,9 @@ pub fn adamw_many(ctx: &Context, slots: &mut [AdamWSlot<'_, Buf>], norm_sq: &Buf
         let n = slot.param.len();
         types("adamw_many", &[], &[("param", slot.param), ("m", slot.m), ("v", slot.v)])?;
         let out_len = slot.out.as_deref().map_or(n, |o| o.len());
-        need(&format!("adamw_many (tensor {i})"), &[("m", slot.m.len(), n), ("v", slot.v.len(), n), ("grad", slot.grad.len(), n), ("out", out_len, n)])?;
+        // the tensor's index is only formatted into a failure (no allocation per tensor and step)
+        need("adamw_many", &[("m", slot.m.len(), n), ("v", slot.v.len(), n), ("grad", slot.grad.len(), n), ("out", out_len, n)])
+            .map_err(|e| err(format!("{e} (tensor {i})")))?;
         entries.push(MtEntry {
             param: slot.param.ptr_at(s, 0),
             m: slot.m.ptr_at(s, 0),
