@@ -4,6 +4,7 @@
 #
 #   bash benches/gpu_session.sh prepare     # where cargo is: builds, strips and copies into .gpu/
 #   bash benches/gpu_session.sh run [OUT]   # on the GPU machine, from the repository root
+#   bash benches/gpu_session.sh run OUT tests | bench   # one half (each well under 10 minutes)
 #
 # `prepare` builds the release binary and the three GPU test binaries (tests/cuda_ops: every op
 # against the CPU, in f32 and bf16; tests/gpu_model.rs: fixtures, SFT step, PPO step, every
@@ -12,14 +13,17 @@
 # `run` finds NVRTC and cuBLAS (the CUDA toolkit, or the nvidia-* Python wheels next to PyTorch),
 # runs the parity suites, then `rlhf bench` on GPT-2 124M (B=16, T=1024) with the decode sweep
 # at 1/64/256 slots and the fused-kernel table in the default bf16 storage (--precision auto),
-# the decode sweep again without CUDA graphs (RLHF_CUDA_GRAPHS=0), then in f32 storage (plain,
+# the decode sweep again without CUDA graphs (RLHF_CUDA_GRAPHS=0), training and decode at 64
+# slots with no cuBLASLt epilogue and with the GELU ones too (RLHF_CUDA_EPILOGUES=0 / all; the
+# default fuses the biases only), then in f32 storage (plain,
 # and with tf32 tensor-core matmuls), the demo's SFT -> RM -> PPO pipeline on the GPU with and
 # without streams for PPO's scoring phase (RLHF_CUDA_STREAMS=0; the mean scoring time per step of
 # each goes to the summary), PyTorch's torch.compile baseline (bf16 autocast, and f32) on the
 # same shape (tests/fixtures/bench_pytorch.py), and `rlhf bench --backend wgpu` when a Vulkan
 # driver is there. Every step's output goes to OUT (default ./gpu-out) in session.log, and summary.txt
 # lists each step's exit status and time; a failing step does not stop the others.
-# Budget: about 7-9 minutes on an H100.
+# Budget: about 9-11 minutes on an H100 in all: past a 10-minute limit per command, run the two
+# halves (`tests`, then `bench`) as two commands.
 set -u
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -91,8 +95,9 @@ for d in sys.argv[1:]:
 PY
 }
 
-run() {
+run() { # run OUT [tests|bench]: everything, or only the test suites, or only the benchmarks
     out=${1:-$root/gpu-out}
+    part=${2:-all}
     mkdir -p "$out"
     rm -f "$out/session.log"
     [ -x .gpu/rlhf ] || { echo "no .gpu/rlhf: run 'bash benches/gpu_session.sh prepare' where cargo is, and carry .gpu" >&2; exit 2; }
@@ -106,11 +111,21 @@ run() {
     cat "$out/summary.txt"
     local rlhf=.gpu/rlhf bench=(bench --model gpt2-124m --vocab 50257 --batch-size 16 --seq-len 1024 --steps 5)
     step info $rlhf info
-    step cuda_ops .gpu/cuda_ops --test-threads=1
-    step gpu_model_cuda .gpu/gpu_model cuda:: cuda_graphs:: cuda_streams:: --test-threads=1
-    step bf16_model_cuda .gpu/bf16_model cuda:: --test-threads=1
+    if [ "$part" != bench ]; then
+        step cuda_ops .gpu/cuda_ops --test-threads=1
+        step gpu_model_cuda .gpu/gpu_model cuda:: cuda_graphs:: cuda_streams:: cuda_epilogues:: --test-threads=1
+        step bf16_model_cuda .gpu/bf16_model cuda:: --test-threads=1
+    fi
+    if [ "$part" = tests ]; then
+        echo "logs in $out"
+        return
+    fi
     step bench_cuda $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256 --kernels
     step bench_cuda_no_graphs env RLHF_CUDA_GRAPHS=0 $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256
+    # cuBLASLt epilogues: none (bias and GELU as kernels of their own), and the GELU fused too,
+    # beside the default (the bias only): training, and decode at 64 slots
+    step bench_cuda_no_epilogues env RLHF_CUDA_EPILOGUES=0 $rlhf "${bench[@]}" --backend cuda --decode-batches 64
+    step bench_cuda_all_epilogues env RLHF_CUDA_EPILOGUES=all $rlhf "${bench[@]}" --backend cuda --decode-batches 64
     step bench_cuda_f32 $rlhf "${bench[@]}" --backend cuda --precision f32 --decode-batches 1,64,256
     step bench_cuda_f32_tf32 $rlhf "${bench[@]}" --backend cuda --precision f32 --matmul-precision tf32
     # the demo pipeline on the GPU, and PPO's scoring phase with and without streams of its own
@@ -138,9 +153,9 @@ run() {
 
 case "${1:-}" in
 prepare) prepare ;;
-run) run "${2:-}" ;;
+run) run "${2:-}" "${3:-all}" ;;
 *)
-    echo "usage: bash benches/gpu_session.sh prepare | run [OUT]" >&2
+    echo "usage: bash benches/gpu_session.sh prepare | run [OUT [tests|bench]]" >&2
     exit 2
     ;;
 esac

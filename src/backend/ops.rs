@@ -1089,6 +1089,72 @@ pub trait Backend: Send + Sync {
     fn adamw_many(&self, slots: &mut [AdamWSlot<'_, Self::Buf>], norm_sq: &Self::Buf, p: AdamWParams) -> Result<()> {
         adamw_each(self, slots, norm_sq, p)
     }
+
+    // ---- matmuls with fused epilogues (one call where the backend fuses, else the ops in turn) --
+    /// `out (+)= alpha op(a) op(b)`, then `out[i, j] += bias[j]`: [`Backend::matmul`] then
+    /// [`Backend::bias_add`] (the default, the reference). CUDA folds the bias into the product's
+    /// epilogue (cuBLASLt). `p.batch` is 1.
+    fn matmul_bias(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, bias: &Self::Buf, p: MatmulParams) -> Result<()> {
+        matmul_bias_unfused(self, out, a, b, bias, p)
+    }
+    /// `pre = alpha op(a) op(b) (+ bias[j])` and `out = gelu(pre)` (`pre` is what the GELU
+    /// backward needs). The default is `matmul`, `bias_add`, `gelu_fwd` (the reference); CUDA
+    /// writes both from the product's epilogue. `p` neither accumulates nor batches.
+    fn matmul_bias_gelu(
+        &self,
+        out: &mut Self::Buf,
+        pre: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        p: MatmulParams,
+    ) -> Result<()> {
+        matmul_bias_gelu_unfused(self, out, pre, a, b, bias, p)
+    }
+    /// `dinp = gelu'(pre) * (alpha op(a) op(b))`: the GELU backward applied to the product that
+    /// makes its incoming gradient. The default writes that product into `dact` (`[m, n]`), then
+    /// runs `gelu_bwd` (the reference); CUDA applies the GELU gradient in the product's epilogue
+    /// and leaves `dact` as it was. `p` neither accumulates nor batches.
+    fn matmul_gelu_bwd(&self, dinp: &mut Self::Buf, dact: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, pre: &Self::Buf, p: MatmulParams) -> Result<()> {
+        matmul_gelu_bwd_unfused(self, dinp, dact, a, b, pre, p)
+    }
+}
+
+/// [`Backend::matmul_bias`] as `matmul` then `bias_add` (the default and reference).
+pub fn matmul_bias_unfused<B: Backend + ?Sized>(be: &B, out: &mut B::Buf, a: &B::Buf, b: &B::Buf, bias: &B::Buf, p: MatmulParams) -> Result<()> {
+    be.matmul(out, a, b, p)?;
+    be.bias_add(out, bias, BiasParams { n: p.m * p.batch, c: p.n })
+}
+
+/// [`Backend::matmul_bias_gelu`] as `matmul`, `bias_add` and `gelu_fwd` (the default and reference).
+pub fn matmul_bias_gelu_unfused<B: Backend + ?Sized>(
+    be: &B,
+    out: &mut B::Buf,
+    pre: &mut B::Buf,
+    a: &B::Buf,
+    b: &B::Buf,
+    bias: Option<&B::Buf>,
+    p: MatmulParams,
+) -> Result<()> {
+    be.matmul(pre, a, b, p)?;
+    if let Some(bias) = bias {
+        be.bias_add(pre, bias, BiasParams { n: p.m * p.batch, c: p.n })?;
+    }
+    be.gelu_fwd(out, pre, ElementwiseParams::new((p.m * p.n * p.batch) as usize))
+}
+
+/// [`Backend::matmul_gelu_bwd`] as `matmul` into `dact` then `gelu_bwd` (the default and reference).
+pub fn matmul_gelu_bwd_unfused<B: Backend + ?Sized>(
+    be: &B,
+    dinp: &mut B::Buf,
+    dact: &mut B::Buf,
+    a: &B::Buf,
+    b: &B::Buf,
+    pre: &B::Buf,
+    p: MatmulParams,
+) -> Result<()> {
+    be.matmul(dact, a, b, p)?;
+    be.gelu_bwd(dinp, dact, pre, ElementwiseParams::new((p.m * p.n * p.batch) as usize))
 }
 
 /// [`Backend::sum_squares_many`] as one `sum_squares` per tensor (the default and reference).

@@ -238,11 +238,46 @@ impl Linear {
         k_out: usize,
         accumulate: bool,
     ) -> Result<()> {
-        be.matmul(y, x, w, MatmulParams::new(n, k_out, k_in, false, !self.in_out).accumulate(accumulate))?;
-        if let Some(b) = bias {
-            be.bias_add(y, b, BiasParams { n: n as u32, c: k_out as u32 })?;
+        let p = MatmulParams::new(n, k_out, k_in, false, !self.in_out).accumulate(accumulate);
+        match bias {
+            Some(b) => be.matmul_bias(y, x, w, b, p),
+            None => be.matmul(y, x, w, p),
         }
-        Ok(())
+    }
+
+    /// `pre = x @ W (+ bias)` and `y = gelu(pre)`, x `[n, k_in]`, `pre` and y `[n, k_out]`.
+    #[allow(clippy::too_many_arguments)]
+    fn fwd_gelu<B: Backend>(
+        self,
+        be: &B,
+        y: &mut B::Buf,
+        pre: &mut B::Buf,
+        x: &B::Buf,
+        w: &B::Buf,
+        bias: Option<&B::Buf>,
+        n: usize,
+        k_in: usize,
+        k_out: usize,
+    ) -> Result<()> {
+        be.matmul_bias_gelu(y, pre, x, w, bias, MatmulParams::new(n, k_out, k_in, false, !self.in_out))
+    }
+
+    /// The input gradient of a layer fed by `gelu(pre)`, taken through the GELU:
+    /// `dpre = gelu'(pre) * (dy @ W^T)` (`dact` is scratch of `[n, k_in]`).
+    #[allow(clippy::too_many_arguments)]
+    fn bwd_input_through_gelu<B: Backend>(
+        self,
+        be: &B,
+        dpre: &mut B::Buf,
+        dact: &mut B::Buf,
+        dy: &B::Buf,
+        w: &B::Buf,
+        pre: &B::Buf,
+        n: usize,
+        k_in: usize,
+        k_out: usize,
+    ) -> Result<()> {
+        be.matmul_gelu_bwd(dpre, dact, dy, w, pre, MatmulParams::new(n, k_in, k_out, false, self.in_out))
     }
 
     /// `dx (+)= dy @ W^T`, `dW += x^T dy` (in W's storage), `db += colsum(dy)`.
@@ -473,10 +508,10 @@ impl Decoder {
         be.copy(&mut a.res_mid, x, el(n * d.c))?;
         lin.fwd(be, &mut a.res_mid, &a.att, &w[lp.o_w], opt(w, lp.o_b), n, d.att, d.c, true)?;
         self.norm_fwd(be, &mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.res_mid, w, lp.ln2_w, lp.ln2_b, n)?;
-        lin.fwd(be, &mut a.fc, &a.ln2, &w[lp.fc_w], opt(w, lp.fc_b), n, d.c, d.inter, false)?;
         match lp.up_w {
-            None => be.gelu_fwd(&mut a.act, &a.fc, el(n * d.inter))?,
+            None => lin.fwd_gelu(be, &mut a.act, &mut a.fc, &a.ln2, &w[lp.fc_w], opt(w, lp.fc_b), n, d.c, d.inter)?,
             Some(up_w) => {
+                lin.fwd(be, &mut a.fc, &a.ln2, &w[lp.fc_w], opt(w, lp.fc_b), n, d.c, d.inter, false)?;
                 lin.fwd(be, &mut a.up, &a.ln2, &w[up_w], opt(w, lp.up_b), n, d.c, d.inter, false)?;
                 be.swiglu_fwd(&mut a.act, &a.fc, &a.up, el(n * d.inter))?;
             }
@@ -552,12 +587,13 @@ impl Decoder {
             let x = &acts.res[l];
             // MLP: y = res_mid + act @ Wproj
             let (dw, db) = split_wb(grads, lp.proj_w, lp.proj_b);
-            lin.bwd(be, Some((&mut s.d_act, false)), dw, db, &s.d_res, &a.act, &w[lp.proj_w], n, d.inter, d.c)?;
             match lp.up_w {
                 None => {
-                    be.gelu_bwd(&mut s.d_fc, &s.d_act, &a.fc, el(n * d.inter))?;
+                    lin.bwd_input_through_gelu(be, &mut s.d_fc, &mut s.d_act, &s.d_res, &w[lp.proj_w], &a.fc, n, d.inter, d.c)?;
+                    lin.bwd(be, None, dw, db, &s.d_res, &a.act, &w[lp.proj_w], n, d.inter, d.c)?;
                 }
                 Some(up_w) => {
+                    lin.bwd(be, Some((&mut s.d_act, false)), dw, db, &s.d_res, &a.act, &w[lp.proj_w], n, d.inter, d.c)?;
                     be.swiglu_bwd(&mut s.d_fc, &mut s.d_up, &s.d_act, &a.fc, &a.up, el(n * d.inter))?;
                     let (dw, db) = split_wb(grads, up_w, lp.up_b);
                     lin.bwd(be, Some((&mut s.d_ln, false)), dw, db, &s.d_up, &a.ln2, &w[up_w], n, d.c, d.inter)?;

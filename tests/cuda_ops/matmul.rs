@@ -3,10 +3,13 @@
 //! summation order over k); cuBLAS with tf32 / bf16 / f16 operands within the bound stated at
 //! `matmul_fast_precisions_parity`. The SIMT matmul is batch-invariant: a row's bits do not depend on
 //! how many rows are multiplied with it. bf16 storage: see `matmul_bf16_parity`; bias ops within
-//! `bf16_tol` of their f32 tolerance.
+//! `bf16_tol` of their f32 tolerance. The matmuls with fused epilogues (`matmul_bias`,
+//! `matmul_bias_gelu`, `matmul_gelu_bwd`: cuBLASLt on CUDA, the unfused ops on the CPU) within
+//! 1e-4 absolute + 1e-4 relative, `bf16_tol` of that in bf16 storage.
 
-use crate::{bf16_tol, cin, cout, dl, parity, parity_bf16, Outputs};
+use crate::{bf16_tol, calloc, cin, cout, dl, parity, parity_bf16, Outputs};
 use rlhf::backend::ops::*;
+use rlhf::backend::cuda::epilogue::EpilogueLevel;
 use rlhf::data::rng::Rng;
 
 pub const CHECKS: &[(&str, &str)] = &[
@@ -18,6 +21,8 @@ pub const CHECKS: &[(&str, &str)] = &[
     ("matmul_bf16", "matmul_bf16_parity"),
     ("bias_add_bf16", "bias_bf16_parity"),
     ("bias_bwd_bf16", "bias_bf16_parity"),
+    ("matmul", "matmul_epilogues_parity"),
+    ("matmul_bf16", "matmul_epilogues_bf16_parity"),
 ];
 
 type Case = (usize, usize, usize, usize, bool, bool, bool);
@@ -197,4 +202,70 @@ fn matmul_bf16_parity() {
         let e = cublas.set_matmul_precision(MatmulPrecision::F16).unwrap_err().to_string();
         assert!(e.contains("already are bf16"), "{e}");
     }
+}
+
+/// m, n, k, trans_a, trans_b, and whether the bias product accumulates into `out`.
+type FusedCase = (usize, usize, usize, bool, bool, bool);
+
+/// Shapes cuBLASLt takes (leading dimensions that are multiples of 8) and some it may refuse
+/// (which then run unfused: the results must agree either way).
+const FUSED_CASES: &[FusedCase] = &[
+    (17, 40, 65, false, false, false),
+    (64, 96, 40, false, true, true),
+    (48, 64, 32, true, false, true),
+    (31, 70, 29, false, true, false),
+    (256, 768, 128, false, true, true),
+    (1, 8, 16, false, false, true),
+];
+
+/// Each fused matmul on one case (run with `RLHF_CUDA_EPILOGUES=all`'s level on CUDA) (alpha 0.5): the bias product (accumulating or not), the GELU
+/// forward with and without a bias (activation and pre-activation), the GELU backward.
+fn run_fused<B: Backend>(be: &B, (m, n, k, ta, tb, acc): FusedCase) -> Outputs {
+    let mut rng = Rng::new((m * 13 + n * 5 + k) as u64);
+    let mut input = |len: usize, scale: f32| cin(be, &crate::common::randv(&mut rng, len, scale));
+    // b scaled by 1/sqrt(k): products of order 1, like a layer's
+    let (a, b, bias, pre_in) = (input(m * k, 1.0), input(k * n, 1.0 / (k as f32).sqrt()), input(n, 1.0), input(m * n, 2.0));
+    let mut out = input(m * n, 1.0);
+    let mut p = MatmulParams::new(m, n, k, ta, tb);
+    p.alpha = 0.5;
+    be.matmul_bias(&mut out, &a, &b, &bias, p.accumulate(acc)).unwrap();
+    let mut outs = vec![("bias", cout(be, &mut out))];
+    for (bias, act_name, pre_name) in [(Some(&bias), "gelu", "pre"), (None, "gelu without bias", "pre without bias")] {
+        let (mut act, mut pre) = (calloc(be, m * n), calloc(be, m * n));
+        be.matmul_bias_gelu(&mut act, &mut pre, &a, &b, bias, p).unwrap();
+        outs.extend([(act_name, cout(be, &mut act)), (pre_name, cout(be, &mut pre))]);
+    }
+    let (mut dpre, mut dact) = (calloc(be, m * n), calloc(be, m * n));
+    be.matmul_gelu_bwd(&mut dpre, &mut dact, &a, &b, &pre_in, p).unwrap();
+    outs.push(("gelu backward", cout(be, &mut dpre)));
+    outs
+}
+
+/// After a run on `g`: with cuBLASLt there, some shapes must have run fused (else the test
+/// compared the unfused ops with themselves).
+fn assert_some_ran_fused(g: &rlhf::backend::CudaBackend) {
+    let r = g.epilogue_report();
+    eprintln!("cuBLASLt epilogues on {}: {r:?}", g.device_description());
+    if g.device_description().contains("cuBLASLt") {
+        assert!(r.fused > 0, "cuBLASLt is loaded but refused every epilogue: {r:?}");
+    }
+}
+
+#[test]
+fn matmul_epilogues_parity() {
+    let Some(g) = crate::gpu() else { return };
+    g.set_epilogues(EpilogueLevel::All);
+    parity!(FUSED_CASES, (1e-4, 1e-4), run_fused);
+    assert_some_ran_fused(g);
+}
+
+/// bf16 storage: fused, cuBLASLt rounds each output to bf16 once, as the reference does. A shape
+/// it refuses runs unfused, which also rounds the product before the bias or GELU: one more bf16
+/// ulp of a product of order 1 (under 1e-2 here) besides `bf16_tol` of the f32 tolerance.
+#[test]
+fn matmul_epilogues_bf16_parity() {
+    let Some(g) = crate::gpu_bf16() else { return };
+    g.set_epilogues(EpilogueLevel::All);
+    parity_bf16!(FUSED_CASES, bf16_tol((1e-2, 1e-4)), run_fused);
+    assert_some_ran_fused(g);
 }

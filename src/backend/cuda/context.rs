@@ -14,6 +14,7 @@
 //! gets a fixed workspace per lane ([`BLAS_WORKSPACE`] bytes) so that its calls allocate nothing
 //! and can be captured into the CUDA graphs of [`Graphs`] (graphs.rs).
 
+use super::epilogue::{EpilogueLevel, Epilogues};
 use super::graphs::{self, Graphs};
 use super::kernels::{self, err};
 use super::lanes::{self, Lane, MAX_LANES};
@@ -122,6 +123,8 @@ pub struct Context {
     pub streams_enabled: AtomicBool,
     /// The recorded launch sequences of `Backend::replay` (`RLHF_CUDA_GRAPHS=0`: none).
     pub graphs: Graphs,
+    /// `RLHF_CUDA_EPILOGUES`'s level and the cuBLASLt algorithms chosen so far (epilogue.rs).
+    pub epilogues: Epilogues,
     /// The precision of matmul operands: f32 (`sgemm`), or tf32 / bf16 / f16 through
     /// `cublasGemmStridedBatchedEx`'s fast compute types (cuBLAS only).
     pub matmul_precision: MatmulPrecision,
@@ -131,7 +134,11 @@ pub struct Context {
     pub sm: (i32, i32),
     pub device_name: String,
     pub arch: String,
-    pub description: String,
+    /// `cuda: <device> [NVRTC <version>` (see [`Context::description`])
+    description: String,
+    /// whether the main lane has cuBLAS and cuBLASLt
+    blas: bool,
+    lt: bool,
     modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
     functions: Mutex<HashMap<&'static str, CudaFunction>>,
     /// device copies of the multi-tensor kernels' tables, by lane and content
@@ -151,30 +158,46 @@ impl Context {
         let blas = !simt && unsafe { cudarc::cublas::sys::is_culib_present() };
         // a handle that cannot be created leaves the SIMT matmul, as a missing libcublas does
         let main = Lane::new(stream.clone(), blas).or_else(|_| Lane::new(stream, false))?;
-        let blas = main.blas.is_some();
+        let (blas, lt) = (main.blas.is_some(), main.lt.is_some());
         let graphs = Graphs::new(graphs::enabled_by_env()?);
         let lanes: [OnceLock<Lane>; 1 + MAX_LANES] = Default::default();
         let _ = lanes[0].set(main);
         let (major, minor) = ctx.compute_capability().map_err(|e| err(format!("compute capability: {e:?}")))?;
         let nvrtc = kernels::nvrtc_version().map_or("?".to_string(), |(a, b)| format!("{a}.{b}"));
         let device_name = ctx.name().unwrap_or_else(|_| "unknown device".into());
-        let description = format!("cuda: {} [NVRTC {nvrtc}, {}]", describe(&ctx), if blas { "cuBLAS" } else { "SIMT matmul, batch-invariant" });
+        let description = format!("cuda: {} [NVRTC {nvrtc}", describe(&ctx));
         Ok(Context {
             ctx,
             lanes,
             current: AtomicUsize::new(0),
             streams_enabled: AtomicBool::new(lanes::enabled_by_env()?),
             graphs,
+            epilogues: Epilogues::new(EpilogueLevel::from_env()?),
             matmul_precision: MatmulPrecision::F32,
             compute_dtype: Dtype::F32,
             sm: (major, minor),
             device_name,
             arch: format!("compute_{major}{minor}"),
             description,
+            blas,
+            lt,
             modules: Mutex::new(HashMap::new()),
             functions: Mutex::new(HashMap::new()),
             tables: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The device, NVRTC and how matmuls run now (cuBLAS, with cuBLASLt's epilogues while they
+    /// are on, or the SIMT kernel).
+    pub fn description(&self) -> String {
+        let level = if self.lt { self.epilogues.level() } else { EpilogueLevel::Off };
+        let matmuls = match (self.blas, level) {
+            (true, EpilogueLevel::All) => "cuBLAS, cuBLASLt bias and GELU epilogues",
+            (true, EpilogueLevel::Bias) => "cuBLAS, cuBLASLt bias epilogue",
+            (true, EpilogueLevel::Off) => "cuBLAS",
+            (false, _) => "SIMT matmul, batch-invariant",
+        };
+        format!("{}, {matmuls}]", self.description)
     }
 
     /// The lane ops launch on now.
@@ -199,6 +222,12 @@ impl Context {
     /// multiplied together (rollout = training, bit for bit).
     pub fn blas(&self) -> Option<&CudaBlas> {
         self.lane().blas.as_ref()
+    }
+
+    /// The current lane's cuBLASLt handle and workspace address, when it has them.
+    pub fn lt(&self) -> Option<(cudarc::cublaslt::sys::cublasLtHandle_t, u64)> {
+        let lane = self.lane();
+        lane.lt.as_ref().map(|h| (h.raw(), lane.workspace))
     }
 
     /// Whether ops launch on a concurrent task's lane now.

@@ -12,16 +12,18 @@
 //! buffers, and a task does not drop a buffer that was made before the region.
 //!
 //! Lanes are created on the first region that needs them (a stream, a cuBLAS handle bound to it
-//! with a fixed [`super::context::BLAS_WORKSPACE`]-byte workspace: 32 MiB each) and kept.
+//! with a fixed [`super::context::BLAS_WORKSPACE`]-byte workspace: 32 MiB each, which the lane's
+//! cuBLASLt handle uses too) and kept.
 //! Regions do not nest (a nested call runs its tasks in order on the current lane) and do not
 //! record CUDA graphs (`replay` inside a task runs its launches plainly). `RLHF_CUDA_STREAMS=0`
 //! runs every region in order on the main stream.
 
 use super::context::{blas_workspace, Scratch};
+use super::epilogue::LtHandle;
 use super::kernels::err;
 use crate::error::Result;
 use cudarc::cublas::CudaBlas;
-use cudarc::driver::{CudaContext, CudaSlice, CudaStream};
+use cudarc::driver::{CudaContext, CudaSlice, CudaStream, DevicePtr};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -42,7 +44,12 @@ pub struct Lane {
     pub stream: Arc<CudaStream>,
     /// bound to `stream`; `None` with the SIMT matmul
     pub blas: Option<CudaBlas>,
-    /// cuBLAS's fixed workspace (declared after `blas`, so it is freed after the handle)
+    /// cuBLASLt for the fused epilogues (epilogue.rs); `None` without cuBLAS or libcublasLt
+    pub lt: Option<LtHandle>,
+    /// the device address of the workspace below (cuBLASLt is given it per call)
+    pub workspace: u64,
+    /// cuBLAS's fixed workspace, shared with cuBLASLt on the same stream (declared after both
+    /// handles, so it is freed after them)
     _blas_workspace: Option<CudaSlice<u8>>,
     /// named scratch buffers, allocated on `stream` (used only there)
     pub scratch: Mutex<HashMap<Scratch, CudaSlice<f32>>>,
@@ -53,7 +60,9 @@ impl Lane {
     pub fn new(stream: Arc<CudaStream>, blas: bool) -> Result<Self> {
         let blas = if blas { Some(CudaBlas::new(stream.clone()).map_err(|e| err(format!("cuBLAS handle: {e:?}")))?) } else { None };
         let ws = blas.as_ref().map(|b| blas_workspace(&stream, b)).transpose()?;
-        Ok(Lane { stream, blas, _blas_workspace: ws, scratch: Mutex::new(HashMap::new()) })
+        let workspace = ws.as_ref().map_or(0, |w| w.device_ptr(&stream).0);
+        let lt = if blas.is_some() { LtHandle::new() } else { None };
+        Ok(Lane { stream, blas, lt, workspace, _blas_workspace: ws, scratch: Mutex::new(HashMap::new()) })
     }
 
     /// A lane on a new stream of `ctx`.

@@ -112,7 +112,7 @@ pub fn compute_type(p: MatmulPrecision) -> Option<cublasComputeType_t> {
     }
 }
 
-fn bind(ctx: &Context) -> Result<()> {
+pub(super) fn bind(ctx: &Context) -> Result<()> {
     // cuBLAS runs in the calling thread's current context: make it ours (cudarc's launches and
     // copies do this themselves)
     ctx.ctx.bind_to_thread().map_err(|e| err(format!("binding the CUDA context: {e:?}")))

@@ -22,6 +22,7 @@ pub mod cross_entropy;
 pub mod decode;
 pub mod elementwise;
 pub mod embedding;
+pub mod epilogue;
 pub mod graphs;
 pub mod kernels;
 pub mod lanes;
@@ -123,6 +124,17 @@ impl CudaBackend {
     pub fn set_streams(&self, on: bool) {
         self.ctx.streams_enabled.store(on, std::sync::atomic::Ordering::Relaxed);
     }
+    /// Which of cuBLASLt's fused epilogues run (`RLHF_CUDA_EPILOGUES` sets the start). Graphs
+    /// recorded before keep the calls they recorded, so this forgets them.
+    pub fn set_epilogues(&self, level: epilogue::EpilogueLevel) {
+        self.ctx.epilogues.set_level(level);
+        self.ctx.graphs.forget();
+    }
+    /// The matmuls that ran with a fused epilogue so far, and those cuBLASLt refused (run
+    /// unfused): see epilogue.rs.
+    pub fn epilogue_report(&self) -> epilogue::EpilogueReport {
+        self.ctx.epilogues.report()
+    }
 }
 
 fn upload_slice<T: DeviceRepr>(ctx: &Context, data: &[T]) -> Result<CudaSlice<T>> {
@@ -162,7 +174,7 @@ impl Backend for CudaBackend {
         "cuda"
     }
     fn device_description(&self) -> String {
-        let mut d = self.ctx.description.clone();
+        let mut d = self.ctx.description();
         if self.ctx.compute_dtype == Dtype::Bf16 {
             d.push_str(" [bf16 storage, f32 accumulation]");
         } else if self.ctx.matmul_precision != MatmulPrecision::F32 {
@@ -499,6 +511,33 @@ impl Backend for CudaBackend {
             adamw_each(self, slots, norm_sq, p)?;
         }
         Ok(())
+    }
+
+    fn matmul_bias(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, bias: &Self::Buf, p: MatmulParams) -> Result<()> {
+        if epilogue::matmul_bias(&self.ctx, out, a, b, bias, p)? {
+            return Ok(());
+        }
+        matmul_bias_unfused(self, out, a, b, bias, p)
+    }
+    fn matmul_bias_gelu(
+        &self,
+        out: &mut Self::Buf,
+        pre: &mut Self::Buf,
+        a: &Self::Buf,
+        b: &Self::Buf,
+        bias: Option<&Self::Buf>,
+        p: MatmulParams,
+    ) -> Result<()> {
+        if epilogue::matmul_bias_gelu(&self.ctx, out, pre, a, b, bias, p)? {
+            return Ok(());
+        }
+        matmul_bias_gelu_unfused(self, out, pre, a, b, bias, p)
+    }
+    fn matmul_gelu_bwd(&self, dinp: &mut Self::Buf, dact: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, pre: &Self::Buf, p: MatmulParams) -> Result<()> {
+        if epilogue::matmul_gelu_bwd(&self.ctx, dinp, a, b, pre, p)? {
+            return Ok(());
+        }
+        matmul_gelu_bwd_unfused(self, dinp, dact, a, b, pre, p)
     }
     fn preference_loss_fwd_bwd(
         &self,
