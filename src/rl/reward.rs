@@ -182,12 +182,12 @@ impl<B: Backend> RewardTrainer<B> {
         Ok(out)
     }
 
-    /// Scores of at most `max_seqs` sequences, left on the device (valid until the next call).
     /// The scores of the last `score_on_device` call (one per sequence, on the device).
     pub fn scores(&self) -> &B::Buf {
         &self.scores
     }
 
+    /// Scores of at most `max_seqs` sequences, left on the device (valid until the next call).
     pub fn score_on_device(&mut self, be: &B, model: &Model<B>, seqs: &[Vec<u32>], pad: u32) -> Result<&B::Buf> {
         if seqs.len() > self.max_seqs {
             return Err(Error::invalid(format!("{} sequences exceed the reward model's {} slots", seqs.len(), self.max_seqs)));

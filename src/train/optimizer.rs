@@ -147,8 +147,9 @@ impl<B: Backend> AdamW<B> {
     /// [`Self::step`] that also updates nothing when the loss `loss[0]` (still on the device, not
     /// read first) is not finite: the update is clipped by the global norm and skipped on the device when the norm or
     /// the loss is not finite (`0 * loss` added to the norm is NaN exactly then, and 0 otherwise, so
-    /// a finite loss changes no bit of the step). The one read-back comes after the update is
-    /// enqueued; returns the gradient norm (finite even when the loss made the step skip).
+    /// a finite loss changes no bit of the step). The read-back comes after the update is
+    /// enqueued (one, or two for a skipped step); returns the gradient norm (finite even when the
+    /// loss made the step skip).
     pub fn step_guarded_by_loss(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32, loss: &B::Buf) -> Result<f32> {
         enqueue_norm(be, &mut self.norm_sq, grads)?;
         let one = ElementwiseParams::new(1);
@@ -157,8 +158,12 @@ impl<B: Backend> AdamW<B> {
         be.add_inplace(&mut self.guard, &self.norm_sq, one)?;
         let t = AdamWTensors { params, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay };
         enqueue_update(be, &self.cfg, &self.guard, self.step, t, lr)?;
-        if be.download(&self.guard)?[0].is_finite() {
+        // a finite guard is the squared norm itself (plus 0): one read-back; the norm is read on
+        // its own only for a skipped step
+        let guard = be.download(&self.guard)?[0];
+        if guard.is_finite() {
             self.step += 1;
+            return Ok(guard.sqrt());
         }
         Ok(self.grad_norm_sq(be)?.sqrt())
     }
