@@ -5,6 +5,7 @@
 #   bash benches/gpu_session.sh prepare     # where cargo is: builds, strips and copies into .gpu/
 #   bash benches/gpu_session.sh run [OUT]   # on the GPU machine, from the repository root
 #   bash benches/gpu_session.sh run OUT tests | bench   # one half (each well under 10 minutes)
+#   bash benches/gpu_session.sh run OUT first           # the first contact (benches/gpu_first_contact.sh)
 #
 # `prepare` builds the release binary and the three GPU test binaries (tests/cuda_ops: every op
 # against the CPU, in f32 and bf16; tests/gpu_model.rs: fixtures, SFT step, PPO step, every
@@ -46,10 +47,11 @@ prepare() {
     du -sh .gpu
 }
 
-# Makes libnvrtc.so / libcublas.so / libcublasLt.so loadable under the names the backend asks for.
+# Puts the folders of NVRTC, cuBLAS and cuBLASLt (the CUDA toolkit's, else the nvidia-* Python
+# wheels') on the library path as they are: a library copied or linked elsewhere no longer finds
+# its companions (libnvrtc-builtins next to libnvrtc, libcublasLt next to libcublas).
 find_cuda_libs() {
-    local dir=/tmp/rlhf-cuda-libs lib found
-    mkdir -p "$dir"
+    local lib found dirs=""
     for lib in nvrtc cublas cublasLt; do
         found=$(ls /usr/local/cuda/lib64/lib"$lib".so.* 2>/dev/null | head -1)
         if [ -z "$found" ]; then
@@ -61,9 +63,12 @@ print(sorted(hits)[-1] if hits else "")
 EOF
 )
         fi
-        [ -n "$found" ] && ln -sf "$found" "$dir/lib$lib.so" && echo "lib$lib: $found"
+        if [ -n "$found" ]; then
+            echo "lib$lib: $found"
+            case ":$dirs:" in *":$(dirname "$found"):"*) ;; *) dirs="${dirs:+$dirs:}$(dirname "$found")" ;; esac
+        fi
     done
-    export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
+    export LD_LIBRARY_PATH="${dirs}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
     if [ -d /usr/local/cuda/include ]; then
         export RLHF_CUDA_INCLUDE=/usr/local/cuda/include
     fi
@@ -95,9 +100,10 @@ for d in sys.argv[1:]:
 PY
 }
 
-run() { # run OUT [tests|bench]: everything, or only the test suites, or only the benchmarks
+run() { # run OUT [tests|bench|first]: everything, the test suites, the benchmarks, or the first contact
     out=${1:-$root/gpu-out}
     part=${2:-all}
+    runs=$(mktemp -d /tmp/rlhf-gpu-runs.XXXXXX)
     mkdir -p "$out"
     rm -f "$out/session.log"
     [ -x .gpu/rlhf ] || { echo "no .gpu/rlhf: run 'bash benches/gpu_session.sh prepare' where cargo is, and carry .gpu" >&2; exit 2; }
@@ -111,6 +117,17 @@ run() { # run OUT [tests|bench]: everything, or only the test suites, or only th
     cat "$out/summary.txt"
     local rlhf=.gpu/rlhf bench=(bench --model gpt2-124m --vocab 50257 --batch-size 16 --seq-len 1024 --steps 5)
     step info $rlhf info
+    if [ "$part" = first ]; then
+        # the first contact with a GPU (under 5 minutes): correctness, then one benchmark
+        step cuda_ops .gpu/cuda_ops --test-threads=1
+        step gpu_model_cuda .gpu/gpu_model cuda:: cuda_graphs:: cuda_streams:: cuda_epilogues:: --test-threads=1
+        step bench_cuda_bf16 $rlhf "${bench[@]}" --steps 3 --backend cuda --precision bf16 --decode-batches 64
+        echo
+        echo "==== first contact: summary ($out/summary.txt; logs in $out/session.log)"
+        cat "$out/summary.txt"
+        grep -E "^test result|FAILED|panicked|tokens/s|MFU|roofline" "$out/session.log" | head -40
+        return
+    fi
     if [ "$part" != bench ]; then
         step cuda_ops .gpu/cuda_ops --test-threads=1
         step gpu_model_cuda .gpu/gpu_model cuda:: cuda_graphs:: cuda_streams:: cuda_epilogues:: --test-threads=1
@@ -130,9 +147,10 @@ run() { # run OUT [tests|bench]: everything, or only the test suites, or only th
     step bench_cuda_f32_tf32 $rlhf "${bench[@]}" --backend cuda --precision f32 --matmul-precision tf32
     # the demo pipeline on the GPU, and PPO's scoring phase with and without streams of its own
     # (RLHF_CUDA_STREAMS=0: everything on one stream)
-    step demo_cuda $rlhf demo --backend cuda --quick --out "$out/demo"
-    step demo_cuda_one_stream env RLHF_CUDA_STREAMS=0 $rlhf demo --backend cuda --quick --out "$out/demo-one-stream"
-    scoring_times "$out/demo" "$out/demo-one-stream" | tee -a "$out/summary.txt"
+    # (runs go to $runs, so that OUT holds only summary.txt and session.log)
+    step demo_cuda $rlhf demo --backend cuda --quick --out "$runs/demo"
+    step demo_cuda_one_stream env RLHF_CUDA_STREAMS=0 $rlhf demo --backend cuda --quick --out "$runs/demo-one-stream"
+    scoring_times "$runs/demo" "$runs/demo-one-stream" | tee -a "$out/summary.txt"
     step bench_pytorch env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype bf16 --compile --attn sdpa \
         --layers 12 --hidden 768 --heads 12 --vocab 50257 --batch 16 --seq 1024 --steps 10 --warmup 5
     step bench_pytorch_f32 env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype f32 --compile --attn sdpa \
@@ -155,7 +173,7 @@ case "${1:-}" in
 prepare) prepare ;;
 run) run "${2:-}" "${3:-all}" ;;
 *)
-    echo "usage: bash benches/gpu_session.sh prepare | run [OUT [tests|bench]]" >&2
+    echo "usage: bash benches/gpu_session.sh prepare | run [OUT [tests|bench|first]]" >&2
     exit 2
     ;;
 esac

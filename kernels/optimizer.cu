@@ -20,7 +20,8 @@
 //   adamw_many: grid-stride over chunks, 8 elements per thread per pass (two float4 of param, m
 //   and v; grad and out through load_group / store_group), the same update as adamw with the
 //   tensor's decay, and out[i] = round(param[i]) to the storage type (the bf16 compute weights of
-//   the f32 master) when out is given. grad and out share T (f32: adamw_many, bf16: _bf16).
+//   the f32 master) when out is given — also on a skipped step (non-finite norm_sq), which
+//   leaves param, m and v untouched. grad and out share T (f32: adamw_many, bf16: _bf16).
 #include "common.cuh"
 
 #define MT_CHUNK 65536ull
@@ -138,7 +139,9 @@ extern "C" __global__ void sum_squares_many_bf16(double* __restrict__ partial, c
 template <typename T>
 __device__ __forceinline__ void adamw_many_t(const unsigned long long* __restrict__ table, u32 tensors, u32 chunks, const float* __restrict__ norm_sq, AdamWParams p) {
     const float nsq = norm_sq[0];
-    if ((__float_as_uint(nsq) & 0x7f800000u) == 0x7f800000u) return;  // inf or NaN: the step is skipped
+    // inf or NaN: the step is skipped (param, m, v untouched), and out still gets the compute copy
+    // of param, as after any call (the reference, `adamw_each`, copies param into out either way)
+    const bool skip = (__float_as_uint(nsq) & 0x7f800000u) == 0x7f800000u;
     const float s = p.max_grad_norm > 0.0f ? fminf(p.max_grad_norm / (sqrtf(nsq) + 1e-6f), 1.0f) : 1.0f;
     for (u32 c = blockIdx.x; c < chunks; c += gridDim.x) {
         const unsigned long long e = table[7ull * tensors + c];
@@ -149,6 +152,16 @@ __device__ __forceinline__ void adamw_many_t(const unsigned long long* __restric
         T* out = (T*)d.out;
         const unsigned long long start = (e & 0xffffffffull) * MT_CHUNK, end = min(d.n, start + MT_CHUNK);
         const unsigned long long groups = (end - start) / 8;  // start is a multiple of 8: aligned groups
+        if (skip) {
+            if (!out) continue;
+            for (unsigned long long k = threadIdx.x; k < groups; k += blockDim.x) {
+                float w[8];
+                load_group<float, 8>(d.param, start / 8 + k, w);
+                store_group<T, 8>(out, start / 8 + k, w);
+            }
+            for (unsigned long long i = start + groups * 8 + threadIdx.x; i < end; i += blockDim.x) st(out, i, d.param[i]);
+            continue;
+        }
         for (unsigned long long k = threadIdx.x; k < groups; k += blockDim.x) {
             const unsigned long long g8 = start / 8 + k;
             float w[8], mm[8], vv[8], g[8];

@@ -98,7 +98,7 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let prompt_len = 16.min(cfg.max_positions / 2).max(1);
     let new_tokens = 32.min(cfg.max_positions - prompt_len);
     let prompts: Vec<Vec<u32>> = (0..b).map(|i| (0..prompt_len).map(|j| ((i * 31 + j * 7) % a.vocab) as u32).collect()).collect();
-    let gen = rlhf::generate::GenerateConfig { max_new_tokens: new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, stop_ids: Vec::new() };
+    let gen = rlhf::generate::GenerateConfig { max_new_tokens: new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, stop_ids: Vec::new(), vocab_limit: None };
     let sync_every = a.sync.get(be.name());
     anyhow::ensure!(sync_every > 0, "--sync-every must be at least 1");
     let rollout_stats = |engine: &mut rlhf::generate::RolloutEngine<B>, k: usize| -> Result<rlhf::generate::RolloutStats> {

@@ -41,7 +41,7 @@ pub fn run_decode_bench<B: Backend>(
     let mut engine = RolloutEngine::new();
     for &s in batches {
         let prompts: Vec<Vec<u32>> = (0..s).map(|i| (0..prompt_len).map(|j| ((i * 31 + j * 7) % cfg.vocab_size) as u32).collect()).collect();
-        let gen = GenerateConfig { max_new_tokens: new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, stop_ids: Vec::new() };
+        let gen = GenerateConfig { max_new_tokens: new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 1, stop_ids: Vec::new(), vocab_limit: None };
         let rcfg = RolloutConfig { slots: s, gen, sync_every };
         engine.run(be, model, &prompts, &rcfg)?; // warm-up: buffers, pipelines, kernel compilation
         let st = engine.run(be, model, &prompts, &rcfg)?.stats;

@@ -37,7 +37,7 @@ pub fn time_median<B: Backend>(be: &B, reps: usize, mut f: impl FnMut() -> rlhf:
 pub fn copy_bandwidth<B: Backend>(be: &B, reps: usize) -> Result<f64> {
     let src = be.upload(&vec![1.0f32; COPY_VALUES])?;
     let mut dst = be.alloc(COPY_VALUES)?;
-    let secs = time_median(be, reps, || be.copy(&mut dst, &src, ElementwiseParams::new(COPY_VALUES)))?;
+    let secs = time_median(be, reps, || be.copy(&mut dst, &src, ElementwiseParams::new(COPY_VALUES)?))?;
     Ok(2.0 * 4.0 * COPY_VALUES as f64 / secs)
 }
 
@@ -90,7 +90,7 @@ pub fn run_kernel_bench<B: Backend>(be: &B, tokens: usize, rows: usize, c: usize
     pp.ent_coef = 0.01;
     pp.kl_coef = 0.05;
     let ppo_secs = time_median(be, reps, || {
-        be.fill(&mut stats, 0.0, ElementwiseParams::new(rlhf::backend::ops::ppo_stat::COUNT))?;
+        be.fill(&mut stats, 0.0, ElementwiseParams::new(rlhf::backend::ops::ppo_stat::COUNT)?)?;
         be.ppo_loss_fwd_bwd(
             &mut dlogp,
             Some(&mut dvalues),

@@ -30,7 +30,9 @@ impl Cli {
         let mut cmd = <Cli as clap::CommandFactory>::command().args_override_self(true);
         let names: Vec<String> = cmd.get_subcommands().map(|s| s.get_name().to_string()).collect();
         for name in names {
-            cmd = cmd.mut_subcommand(name, |s| s.args_override_self(true));
+            // a negative number reaches the flag's own check ("--steps -1": not a count) instead
+            // of being read as an unknown flag `-1`
+            cmd = cmd.mut_subcommand(name, |s| s.args_override_self(true).mut_args(|a| if a.get_action().takes_values() { a.allow_negative_numbers(true) } else { a }));
         }
         cmd
     }
@@ -231,11 +233,29 @@ pub struct RunArgs {
     /// Steps in a row with a non-finite loss or gradient that are skipped before the run stops
     #[arg(long, default_value_t = rlhf::train::resume::DEFAULT_MAX_BAD_STEPS)]
     pub max_bad_steps: usize,
+    /// Replace the run that --out holds (its metrics, checkpoints and model are deleted once
+    /// this run's inputs have been read and checked); without it such a folder is refused
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
+    /// The resolved configuration written as <out>/run.toml (filled in by `run`)
+    #[arg(skip)]
+    pub run_toml: Option<String>,
+    /// The run's settings compared on --resume (filled in by `run`)
+    #[arg(skip)]
+    pub settings: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl RunArgs {
     pub fn control(&self) -> rlhf::train::resume::RunControl {
-        rlhf::train::resume::RunControl { save_every: self.save_every, resume: self.resume.clone(), max_bad_steps: self.max_bad_steps }
+        use rlhf::train::run_dir::OutPolicy;
+        rlhf::train::resume::RunControl {
+            save_every: self.save_every,
+            resume: self.resume.clone(),
+            max_bad_steps: self.max_bad_steps,
+            out_policy: if self.overwrite { OutPolicy::Overwrite } else { OutPolicy::Fresh },
+            run_toml: self.run_toml.clone(),
+            settings: self.settings.clone(),
+        }
     }
 }
 
@@ -529,6 +549,9 @@ pub struct DemoArgs {
     /// The methods trained from the SFT model and compared side by side
     #[arg(long, value_enum, default_value = "all")]
     pub method: MethodArg,
+    /// Replace another run's output in --out (an earlier demo's is always replaced)
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub common: Common,
 }
@@ -585,27 +608,62 @@ macro_rules! with_backend {
     }};
 }
 
-/// The output folder of a command that has one.
-fn out_dir(command: &Command) -> Option<&Path> {
+/// A training command's output folder, its run arguments and the input folders it reads.
+fn training_run(command: &mut Command) -> Option<(&Path, &mut RunArgs, Vec<PathBuf>)> {
+    fn inputs(xs: &[Option<&PathBuf>]) -> Vec<PathBuf> {
+        xs.iter().flatten().map(|p| p.to_path_buf()).collect()
+    }
     match command {
-        Command::Demo(a) => Some(&a.out),
-        Command::Sft(a) => Some(&a.out),
-        Command::Rm(a) => Some(&a.out),
-        Command::Ppo(a) => Some(&a.out),
-        Command::Dpo(a) => Some(&a.out),
-        Command::Grpo(a) => Some(&a.out),
+        Command::Sft(a) => Some((&a.out, &mut a.train.run, inputs(&[a.source.model.as_ref(), a.source.tokenizer.as_ref()]))),
+        Command::Rm(a) => Some((&a.out, &mut a.run, inputs(&[a.source.model.as_ref(), a.source.tokenizer.as_ref()]))),
+        Command::Ppo(a) => Some((
+            &a.out,
+            &mut a.run,
+            inputs(&[Some(&a.policy), a.reference.as_ref(), Some(&a.reward_model), a.value_model.as_ref()]),
+        )),
+        Command::Dpo(a) => Some((&a.out, &mut a.train.run, inputs(&[Some(&a.model), a.ref_model.as_ref()]))),
+        Command::Grpo(a) => Some((&a.out, &mut a.run, inputs(&[Some(&a.model), a.ref_model.as_ref(), a.reward_model.as_ref()]))),
         _ => None,
     }
 }
 
+/// Checks a training command's `--out` before anything is loaded or written (see
+/// [`rlhf::train::run_dir::check_out`]; it may not be one of the run's input folders either) and
+/// hands the run its resolved configuration and settings, which it writes and records once its
+/// inputs are checked.
+fn prepare_training_run(command: &mut Command, sub: &clap::Command, matches: &clap::ArgMatches) -> Result<()> {
+    use rlhf::train::run_dir::{check_out, same_dir, OutPolicy};
+    let Some((out, run, inputs)) = training_run(command) else { return Ok(()) };
+    if let Some(input) = inputs.iter().find(|i| same_dir(i, out)) {
+        bail!("--out {} is also an input folder ({}): write the run into another folder", out.display(), input.display());
+    }
+    let policy = if run.overwrite { OutPolicy::Overwrite } else { OutPolicy::Fresh };
+    check_out(out, run.resume.as_deref(), policy)?;
+    run.run_toml = Some(rlhf::config::resolved_toml(sub, matches));
+    run.settings = Some(rlhf::config::run_settings(sub, matches));
+    Ok(())
+}
+
+/// `rlhf demo` replaces an earlier demo's output (reproducible from the seed) but no other
+/// run's; it writes its `run.toml` first, as it reads no input.
+fn prepare_demo(a: &DemoArgs, sub: &clap::Command, matches: &clap::ArgMatches) -> Result<()> {
+    use rlhf::train::run_dir::{check_out, command_of, OutPolicy};
+    let earlier_demo = command_of(&a.out).as_deref() == Some("demo");
+    check_out(&a.out, None, if a.overwrite || earlier_demo { OutPolicy::Overwrite } else { OutPolicy::Fresh })?;
+    rlhf::config::write_resolved(&a.out, sub, matches)?;
+    Ok(())
+}
+
 /// Runs a parsed command line; `matches` (from [`Cli::parse_with_config`]) gives the resolved
 /// configuration written into the output folder of a training command.
-pub fn run(cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
-    if let (Some(out), Some((name, sub_matches))) = (out_dir(&cli.command), matches.subcommand()) {
-        check_out_dir(out)?;
+pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
+    if let Some((name, sub_matches)) = matches.subcommand() {
         let cmd = Cli::command_with_overrides();
         let sub = cmd.find_subcommand(name).expect("a parsed subcommand exists");
-        rlhf::config::write_resolved(out, sub, sub_matches)?;
+        match &cli.command {
+            Command::Demo(a) => prepare_demo(a, sub, sub_matches)?,
+            _ => prepare_training_run(&mut cli.command, sub, sub_matches)?,
+        }
     }
     match cli.command {
         Command::Demo(a) => with_backend!(&a.common, |be| crate::demo::run_demo(&be, &a.out, a.seed, a.quick, a.method.methods())),
@@ -688,14 +746,6 @@ fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
     Ok(())
 }
 
-/// An output folder that is an existing file is refused before any work starts.
-pub(crate) fn check_out_dir(out: &Path) -> Result<()> {
-    if out.exists() && !out.is_dir() {
-        bail!("--out must be a folder: {} is a file", out.display());
-    }
-    Ok(())
-}
-
 fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
     let cfg = rlhf::rl::reward::RmConfig {
         out: a.out.clone(),
@@ -717,7 +767,6 @@ fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
     if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite() && a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
         bail!("--weight-decay and --max-grad-norm must be non-negative numbers");
     }
-    check_out_dir(&a.out)?;
     let (mut model, tok) = load_source(be, &a.source, a.seed, true)?;
     let seq_len = a.seq_len.min(model.cfg().max_positions);
     let groups = rlhf::data::preference::load_preference_jsonl(&a.data, &tok, seq_len)?;
@@ -783,7 +832,6 @@ fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
     if !(a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
         bail!("--max-grad-norm must be a non-negative number");
     }
-    check_out_dir(&a.out)?;
     let tok = Tokenizer::load(&a.policy)?;
     let reward_tok = Tokenizer::load(&a.reward_model)?;
     if reward_tok.vocab_size() != tok.vocab_size() || reward_tok.eos_id() != tok.eos_id() {
@@ -904,7 +952,8 @@ fn cmd_score<B: Backend>(be: &B, a: &LogprobsArgs) -> Result<()> {
     let tok = Tokenizer::load(&a.model).ok();
     let seqs = rlhf::data::score_input::read_score_inputs(&a.input, tok.as_ref(), model.cfg().vocab_size, model.cfg().max_positions)?;
     let longest = seqs.iter().map(Vec::len).max().unwrap_or(2);
-    let mut scorer = rlhf::rl::reward::RewardTrainer::scorer(be, &model, a.batch_size, longest)?;
+    // no batch larger than the input: the flag is an upper bound, not a size to allocate
+    let mut scorer = rlhf::rl::reward::RewardTrainer::scorer(be, &model, a.batch_size.min(seqs.len().max(1)), longest)?;
     let pad = tok.as_ref().map_or(0, |t| t.pad_or_default());
     let scores = scorer.score(be, &model, &seqs, pad)?;
     let mut out = std::io::stdout().lock();
@@ -924,7 +973,7 @@ fn cmd_logprobs<B: Backend>(be: &B, a: &LogprobsArgs) -> Result<()> {
     let has_tokenizer = a.model.join("tokenizer.json").is_file() || a.model.join(rlhf::data::tokenizer::BYTE_TOKENIZER_FILE).is_file();
     let tok = if has_tokenizer { Some(Tokenizer::load(&a.model)?) } else { None };
     let seqs = rlhf::data::score_input::read_score_inputs(&a.input, tok.as_ref(), model.cfg().vocab_size, model.cfg().max_positions)?;
-    let logprobs = rlhf::model::scoring::token_logprobs(be, &model, &seqs, a.batch_size)?;
+    let logprobs = rlhf::model::scoring::token_logprobs(be, &model, &seqs, a.batch_size.min(seqs.len().max(1)))?;
     let mut out = std::io::stdout().lock();
     use std::io::Write;
     for (ids, lp) in seqs.iter().zip(logprobs) {
@@ -953,7 +1002,7 @@ fn cmd_generate<B: Backend>(be: &B, a: &GenerateArgs) -> Result<()> {
         stop_ids.extend(tok.stop_ids());
         stop_ids.extend(model.cfg().eos_token_id);
     }
-    let cfg = GenerateConfig { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, stop_ids };
+    let cfg = GenerateConfig { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, stop_ids, vocab_limit: Some(tok.vocab_size()) };
     // the rollout engine with one slot: the same draws as `generate`, read back every K steps
     let rcfg = RolloutConfig { slots: 1, gen: cfg, sync_every: a.sync.get(be.name()) };
     let new = rollout(be, &model, &[prompt_ids], &rcfg)?.outputs.into_iter().next().map(|o| o.response).unwrap_or_default();
@@ -976,6 +1025,9 @@ fn cmd_info() -> Result<()> {
         }
         Ok(_) => println!("  cuda  no device  (libcuda and NVRTC found, but no CUDA device)"),
         Err(why) => println!("  cuda  unavailable  ({why})"),
+    }
+    for lib in rlhf::backend::cuda::versions::library_report() {
+        println!("        {lib}");
     }
     let adapters = rlhf::backend::wgpu::adapters();
     if adapters.is_empty() {

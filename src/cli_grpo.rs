@@ -1,7 +1,7 @@
 //! `rlhf grpo`: its flags and the command (critic-free RL: GRPO, RLOO, REINFORCE++ with a reward
 //! model or a built-in reward function). See `rlhf::rl::grpo` for the training loop.
 
-use crate::cli::{check_out_dir, Common};
+use crate::cli::Common;
 use anyhow::{bail, Result};
 use clap::Args;
 use rlhf::backend::Backend;
@@ -158,7 +158,6 @@ pub fn cmd_grpo<B: Backend>(be: &B, a: &GrpoArgs) -> Result<()> {
         (_, Some(name)) => Some(RewardFnKind::parse(name)?),
         (Some(_), None) => None,
     };
-    check_out_dir(&a.out)?;
     let tok = Tokenizer::load(&a.model)?;
     let mut policy = Model::load(be, &a.model)?;
     let reference = Model::load(be, a.ref_model.as_ref().unwrap_or(&a.model))?.into_frozen();

@@ -87,16 +87,36 @@ fn file_args(sub: &Command, path: &Path) -> Result<Vec<OsString>> {
                 }
             }
             _ if is_switch => return Err(bad("this switch takes true or false")),
-            toml::Value::String(s) => out.push(OsString::from(format!("--{long}={s}"))),
-            toml::Value::Integer(i) => out.push(OsString::from(format!("--{long}={i}"))),
-            toml::Value::Float(f) => out.push(OsString::from(format!("--{long}={f}"))),
-            toml::Value::Boolean(b) => out.push(OsString::from(format!("--{long}={b}"))),
             toml::Value::Datetime(_) | toml::Value::Array(_) | toml::Value::Table(_) => {
                 return Err(bad("expected a string, a number or true/false"));
+            }
+            scalar => {
+                let text = match scalar {
+                    toml::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                check_value(arg, &text).map_err(|why| bad(&why))?;
+                out.push(OsString::from(format!("--{long}={text}")));
             }
         }
     }
     Ok(out)
+}
+
+/// Runs `arg`'s value parser on `text` alone, so that a value of the wrong type in a file is
+/// reported with the file and the key rather than as if typed on the command line.
+fn check_value(arg: &clap::Arg, text: &str) -> std::result::Result<(), String> {
+    let long = arg.get_long().unwrap_or("value");
+    let probe = clap::Arg::new("value").long("value").value_name("value").action(ArgAction::Set).allow_negative_numbers(true).value_parser(arg.get_value_parser().clone());
+    let cmd = Command::new("rlhf").no_binary_name(true).arg(probe);
+    match cmd.try_get_matches_from([format!("--value={text}")]) {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let msg = e.to_string().replace("'--value <value>'", &format!("--{long}"));
+            let lines: Vec<&str> = msg.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("For more information")).collect();
+            Err(lines.join(" ").trim_start_matches("error: ").to_string())
+        }
+    }
 }
 
 /// Arguments that are not configuration: help, version and `--config` itself.
@@ -119,7 +139,9 @@ pub fn resolved_toml(sub: &Command, matches: &ArgMatches) -> String {
     for arg in sub.get_arguments() {
         let id = arg.get_id().as_str();
         let Some(long) = arg.get_long() else { continue };
-        if is_internal(id) {
+        // what to do with an existing folder is not part of the run's configuration: running the
+        // file again never replaces or continues a run unless the command line says so
+        if is_internal(id) || matches!(id, "overwrite" | "resume") {
             continue;
         }
         let Some(raw) = matches.get_raw(id) else { continue };
@@ -143,4 +165,43 @@ pub fn resolved_toml(sub: &Command, matches: &ArgMatches) -> String {
 pub fn write_resolved(out: &Path, sub: &Command, matches: &ArgMatches) -> Result<()> {
     crate::fsutil::create_dir_all(out)?;
     crate::fsutil::atomic_write(&out.join(RESOLVED_FILE), resolved_toml(sub, matches).as_bytes())
+}
+
+/// Flags that do not change what a run computes: where it writes, how it reports, how it is
+/// checkpointed and on which device and threads it runs. Every other flag is a setting that a
+/// resumed run must share with the run it continues.
+pub const NOT_SETTINGS: &[&str] = &["out", "resume", "overwrite", "save_every", "log_every", "max_bad_steps", "threads", "backend"];
+
+/// Flags that name input files or folders: their settings are digests of the contents
+/// ([`crate::fsutil::digest_input`]), not the paths, so a moved file still resumes and an edited
+/// one does not.
+pub const INPUT_FLAGS: &[&str] = &["model", "policy", "reference", "reward_model", "value_model", "ref_model", "tokenizer", "data", "prompts", "ptx_data"];
+
+/// Every setting of a training command's run (see [`NOT_SETTINGS`]) with the value in force,
+/// defaults included: numbers in one spelling (`1e-4` and `0.0001` agree), inputs as digests.
+pub fn run_settings(sub: &Command, matches: &ArgMatches) -> serde_json::Map<String, serde_json::Value> {
+    let mut out = serde_json::Map::new();
+    for arg in sub.get_arguments() {
+        let id = arg.get_id().as_str();
+        if is_internal(id) || arg.get_long().is_none() {
+            continue;
+        }
+        let key = id.replace('-', "_");
+        if NOT_SETTINGS.contains(&key.as_str()) {
+            continue;
+        }
+        let Some(raw) = matches.get_raw(id) else { continue };
+        let Some(v) = raw.map(|v| v.to_string_lossy().into_owned()).last() else { continue };
+        let value = if INPUT_FLAGS.contains(&key.as_str()) {
+            // an input that cannot be read is reported by the command when it loads it, after
+            // the flags are checked; its setting then never reaches a checkpoint
+            crate::fsutil::digest_input(Path::new(&v)).unwrap_or_else(|_| format!("unreadable {v}"))
+        } else if let (Ok(f), true) = (v.parse::<f64>(), v.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c))) {
+            format!("{f}")
+        } else {
+            v
+        };
+        out.insert(key, serde_json::Value::String(value));
+    }
+    out
 }

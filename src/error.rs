@@ -49,4 +49,10 @@ impl Error {
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::InvalidArgument(msg.into())
     }
+
+    /// This error as the consequence of the flags that sized what failed (an allocation, say):
+    /// `sized_by("--batch-size 8 x --seq-len 512")` names them in front of the message.
+    pub fn sized_by(flags: impl std::fmt::Display) -> impl FnOnce(Error) -> Error {
+        move |e| Error::invalid(format!("{flags}: {e} (lower these flags)"))
+    }
 }

@@ -31,7 +31,7 @@ fn setup(seed: u64, grad_scale: f32) -> (CpuBackend, Model<CpuBackend>, Vec<Vec<
 fn two_pass_reference(be: &CpuBackend, model: &Model<CpuBackend>, grads: &[Vec<f32>], cfg: AdamWConfig, lr: f32) -> (Vec<Vec<f32>>, f32) {
     let mut nsq = vec![0.0f32];
     for g in grads {
-        be.sum_squares(&mut nsq, g, ElementwiseParams::new(g.len())).unwrap();
+        be.sum_squares(&mut nsq, g, ElementwiseParams::new(g.len()).unwrap()).unwrap();
     }
     let s = (cfg.max_grad_norm / (nsq[0].sqrt() + 1e-6)).min(1.0);
     let mut w = model.weights.clone();

@@ -225,6 +225,8 @@ fn sft_rejects_nonsense_numbers_before_loading() {
         args.extend([flag, value]);
         assert_fails_with(&rlhf(&args), &[needle]);
     }
+    // a refused run writes nothing, not even its run.toml into the relative --out
+    assert!(!Path::new(env!("CARGO_MANIFEST_DIR")).join("o").exists());
 }
 
 #[test]
@@ -364,7 +366,9 @@ fn rm_and_score_commands() {
     // a causal LM is not a reward model
     let out = rlhf(&["score", "--model", s(&fixture("gpt2")), "--input", s(&input)]);
     assert_fails_with(&out, &["reward model"]);
-    // a ranking with one completion, and a prompt longer than the context, name their line
+    // a ranking with one completion, and a prompt longer than the context, name their line (into
+    // a new folder: the trained reward model's is refused before the data is read)
+    let out_dir = dir.path().join("rm2");
     std::fs::write(&data, "{\"prompt\": \"p\", \"chosen\": \"a\", \"rejected\": \"b\"}\n{\"prompt\": \"p\", \"ranked\": [\"a\"]}\n").unwrap();
     let out = rlhf(&["rm", "--model", s(&fixture("gpt2")), "--data", s(&data), "--out", s(&out_dir), "--steps", "1"]);
     assert_fails_with(&out, &["prefs.jsonl:2", "at least 2"]);
@@ -415,6 +419,9 @@ fn ppo_command_trains_and_rejects_mismatched_models() {
         assert!(rows[1][key].is_number(), "ppo metrics lack {key}: {}", rows[1]);
     }
     assert!(ppo_dir.join("model.safetensors").exists());
+    // the same command again would replace the run: refused, the run kept
+    assert_fails_with(&rlhf(&[&args[..], &["--steps", "2"]].concat()), &["--overwrite", "--resume"]);
+    assert_eq!(std::fs::read_to_string(ppo_dir.join("metrics.jsonl")).unwrap().lines().count(), 2);
     // PPO-ptx on SFT data, and micro-batches sized by a token budget
     let ptx = dir.path().join("ptx.jsonl");
     std::fs::write(&ptx, "{\"text\": \"the cat sat on the mat\"}\n{\"prompt\": \"a\", \"completion\": \" b\"}\n").unwrap();
@@ -424,8 +431,11 @@ fn ppo_command_trains_and_rejects_mismatched_models() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let row: Value = serde_json::from_str(std::fs::read_to_string(ptx_dir.join("metrics.jsonl")).unwrap().lines().next().unwrap()).unwrap();
     assert!(row["ptx_loss"].as_f64().unwrap() > 0.0, "{row}");
-    let out = rlhf(&[&args[..7], &ptx_args[..], &["--ptx-coef", "0.5"]].concat());
+    let out = rlhf(&[&args[..7], &ptx_args[..], &["--ptx-coef", "0.5", "--overwrite"]].concat());
     assert_fails_with(&out, &["--ptx-data"]);
+    assert!(ptx_dir.join("metrics.jsonl").exists(), "a refused --overwrite run removed the old run");
+    // the refusals below, each for its own reason, into a folder with no run (they write nothing)
+    std::fs::remove_dir_all(&ppo_dir).unwrap();
     // a causal LM is not a reward model
     let out = rlhf(&[&args[..3], &["--reward-model", s(&gpt2), "--prompts", s(&prompts), "--out", s(&ppo_dir)]].concat());
     assert_fails_with(&out, &["reward model"]);
@@ -445,6 +455,7 @@ fn ppo_command_trains_and_rejects_mismatched_models() {
     std::fs::write(&prompts, format!("{{\"prompt\": \"{}\"}}\n", "word ".repeat(100))).unwrap();
     let out = rlhf(&args);
     assert_fails_with(&out, &["prompts.jsonl:1", "no room"]);
+    assert!(!ppo_dir.exists(), "a refused run created its output folder");
 }
 
 #[test]
@@ -485,4 +496,169 @@ fn matmul_precision_flag_and_config_key() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let resolved = std::fs::read_to_string(run.join("run.toml")).unwrap();
     assert!(resolved.contains("matmul_precision = \"f32\""), "{resolved}");
+}
+
+/// A model folder with the built-in byte-level tokenizer (264 tokens) and `vocab` embedding rows.
+fn byte_model(dir: &Path, preset: &str, vocab: usize, seed: u64) {
+    let be = rlhf::backend::CpuBackend::new();
+    let model = rlhf::model::Model::init(&be, rlhf::model::ModelConfig::preset(preset, vocab).unwrap(), seed).unwrap();
+    model.save(&be, dir).unwrap();
+    rlhf::data::tokenizer::Tokenizer::byte_level().save(dir).unwrap();
+}
+
+/// Writes NaN over the first value of the data section of the safetensors file at `path`.
+fn poison_first_value(path: &Path) {
+    let mut bytes = std::fs::read(path).unwrap();
+    let header = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    bytes[8 + header..8 + header + 4].copy_from_slice(&f32::NAN.to_le_bytes());
+    std::fs::write(path, bytes).unwrap();
+}
+
+/// A model whose embedding rows are padded past its tokenizer's vocabulary (as Qwen2's are)
+/// never samples an id the tokenizer cannot decode: `rlhf generate` at a high temperature on a
+/// random model with 736 padded rows of 1000 finishes, and the library's `generate` keeps every
+/// id below the limit (without the limit, most ids land in the padding).
+#[test]
+fn sampling_never_picks_ids_beyond_the_tokenizer() {
+    use rlhf::generate::{generate, GenerateConfig};
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("padded");
+    byte_model(&m, "gpt2-tiny", 1000, 3);
+    let out = rlhf(&["generate", "--model", s(&m), "--prompt", "hello", "--max-new-tokens", "40", "--temperature", "3", "--ignore-eos", "--seed", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let be = rlhf::backend::CpuBackend::new();
+    let model = rlhf::model::Model::load(&be, &m).unwrap();
+    let cfg = GenerateConfig { max_new_tokens: 60, temperature: 3.0, seed: 9, vocab_limit: Some(264), ..GenerateConfig::default() };
+    let ids = generate(&be, &model, &[104, 105], &cfg).unwrap();
+    assert!(ids.len() == 60 && ids.iter().all(|&t| t < 264), "{ids:?}");
+    let free = generate(&be, &model, &[104, 105], &GenerateConfig { vocab_limit: None, ..cfg }).unwrap();
+    assert!(free.iter().any(|&t| t >= 264), "an unmasked sample should reach the padding: {free:?}");
+}
+
+/// Weights or a checkpoint holding NaN are refused at load, naming the tensor, instead of
+/// printing nulls or training on.
+#[test]
+fn non_finite_weights_are_refused_at_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("nan");
+    copy_dir(&fixture("gpt2"), &m);
+    poison_first_value(&m.join("model.safetensors"));
+    let input = dir.path().join("in.jsonl");
+    std::fs::write(&input, "{\"input_ids\": [1, 2, 3]}\n").unwrap();
+    assert_fails_with(&rlhf(&["logprobs", "--model", s(&m), "--input", s(&input)]), &["non-finite", "tensor `"]);
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, "{\"text\": \"hello there\"}\n").unwrap();
+    let out = dir.path().join("sft");
+    assert_fails_with(&rlhf(&["sft", "--model", s(&m), "--data", s(&data), "--out", s(&out), "--steps", "1"]), &["non-finite"]);
+    assert!(!out.exists());
+    // a checkpoint full of NaN is refused on --resume
+    let run = dir.path().join("run");
+    let args = ["sft", "--init", "gpt2-tiny", "--data", s(&data), "--out", s(&run), "--steps", "2", "--seq-len", "16"];
+    assert!(rlhf(&args).status.success());
+    poison_first_value(&run.join("checkpoints/step-00000002/state.safetensors"));
+    assert_fails_with(&rlhf(&[&args[..], &["--resume", s(&run)]].concat()), &["non-finite", "state.safetensors"]);
+}
+
+/// Preference data that says nothing — `chosen` equal to `rejected`, or a ranking that lists a
+/// completion twice — is refused with its line.
+#[test]
+fn preference_lines_without_a_preference_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("prefs.jsonl");
+    let out = dir.path().join("rm");
+    let good = "{\"prompt\": \"q\", \"chosen\": \" yes\", \"rejected\": \" no\"}\n";
+    for (bad, needle) in [
+        ("{\"prompt\": \"q\", \"chosen\": \" same\", \"rejected\": \" same\"}\n", "are the same text"),
+        ("{\"prompt\": \"q\", \"ranked\": [\" a\", \" b\", \" a\"]}\n", "positions 1 and 3"),
+    ] {
+        std::fs::write(&data, format!("{good}{bad}")).unwrap();
+        assert_fails_with(&rlhf(&["rm", "--init", "gpt2-tiny", "--data", s(&data), "--out", s(&out), "--steps", "1"]), &["prefs.jsonl:2", needle]);
+        assert_fails_with(&rlhf(&["dpo", "--model", s(&fixture("gpt2")), "--data", s(&data), "--out", s(&out), "--steps", "1"]), &["prefs.jsonl:2"]);
+    }
+}
+
+/// Each misleading message of the past names its real cause now.
+#[test]
+fn messages_name_the_real_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let out = d.join("out");
+    // a flag of this command, not another's
+    let out_s = s(&out);
+    let ppo = ["ppo", "--policy", "p", "--reward-model", "r", "--prompts", "q.jsonl", "--out", out_s];
+    assert_fails_with(&rlhf(&[&ppo[..], &["--kl-in-loss", "4"]].concat()), &["--kl-in-loss 4"]);
+    // negative numbers reach the flag's own check
+    let data = d.join("three.jsonl");
+    std::fs::write(&data, "{\"text\": \"a b c\"}\n{\"text\": \"d e f\"}\n{\"text\": \"g h i\"}\n").unwrap();
+    assert_fails_with(&rlhf(&["rm", "--init", "gpt2-tiny", "--data", s(&data), "--out", out_s, "--eval-fraction", "-0.5"]), &["--eval-fraction"]);
+    assert_fails_with(&rlhf(&["sft", "--init", "gpt2-tiny", "--data", s(&data), "--out", out_s, "--steps", "-1"]), &["--steps", "-1"]);
+    // a value of the wrong type in a configuration file names the file and the key
+    let cfg = d.join("bad.toml");
+    std::fs::write(&cfg, "steps = \"ten\"\n").unwrap();
+    assert_fails_with(&rlhf(&["sft", "--config", s(&cfg), "--init", "gpt2-tiny", "--data", s(&data), "--out", out_s]), &["bad.toml", "`steps`", "ten"]);
+    // an absurd batch names the flags that sized it; logprobs sizes its batch by the input
+    assert_fails_with(&rlhf(&["sft", "--init", "gpt2-tiny", "--data", s(&data), "--out", out_s, "--batch-size", "1000000000"]), &["--batch-size 1000000000"]);
+    assert!(!out.exists());
+    let ids = d.join("ids.jsonl");
+    std::fs::write(&ids, "{\"input_ids\": [1, 2, 3]}\n{\"input_ids\": [4, 5]}\n").unwrap();
+    let res = rlhf(&["logprobs", "--model", s(&fixture("gpt2")), "--input", s(&ids), "--batch-size", "1000000000"]);
+    assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert_eq!(String::from_utf8_lossy(&res.stdout).lines().count(), 2);
+    // a size of 0 in config.json is named by its key
+    for (key, family) in [("n_embd", "gpt2"), ("n_layer", "gpt2"), ("n_positions", "gpt2"), ("num_hidden_layers", "llama")] {
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(fixture(family).join("config.json")).unwrap()).unwrap();
+        v[key] = Value::from(0);
+        let err = rlhf::model::ModelConfig::from_hf_json(&v).unwrap_err();
+        assert!(err.contains(&format!("`{key}`")), "{key}: {err}");
+    }
+}
+
+/// A reference, value or reward model of another architecture than the policy (same tokenizer)
+/// is refused up front, saying which models differ and how.
+#[test]
+fn models_of_another_architecture_are_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (policy, llama) = (d.join("policy"), d.join("llama"));
+    byte_model(&policy, "gpt2-tiny", 264, 1);
+    byte_model(&llama, "llama-tiny", 264, 2);
+    let prefs = d.join("prefs.jsonl");
+    std::fs::write(&prefs, "{\"prompt\": \"q\", \"chosen\": \" yes\", \"rejected\": \" no\"}\n{\"prompt\": \"r\", \"chosen\": \" a\", \"rejected\": \" b\"}\n").unwrap();
+    let (rm, llama_rm) = (d.join("rm"), d.join("llama_rm"));
+    for (dir, preset) in [(&rm, "gpt2-tiny"), (&llama_rm, "llama-tiny")] {
+        let res = rlhf(&["rm", "--init", preset, "--data", s(&prefs), "--out", s(dir), "--steps", "1", "--eval-fraction", "0"]);
+        assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    }
+    let prompts = d.join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"hello\"}\n").unwrap();
+    let ppo = |reference: &Path, reward: &Path, out: &str| {
+        rlhf(&["ppo", "--policy", s(&policy), "--reference", s(reference), "--reward-model", s(reward), "--prompts", s(&prompts), "--out", s(&d.join(out)), "--steps", "1"])
+    };
+    assert_fails_with(&ppo(&llama, &rm, "a"), &["reference model", "model_type gpt2 vs llama"]);
+    assert_fails_with(&ppo(&policy, &llama_rm, "b"), &["value model", "--value-model"]);
+    let dpo = rlhf(&["dpo", "--model", s(&policy), "--ref-model", s(&llama), "--data", s(&prefs), "--out", s(&d.join("c")), "--steps", "1"]);
+    assert_fails_with(&dpo, &["reference model", "model_type gpt2 vs llama"]);
+}
+
+/// A reward model trained from a config whose only end token lies outside the vocabulary (GPT-2's
+/// 50256 over a small tokenizer) and that names no pad token records the tokenizer's pad token,
+/// never an id at or above the vocabulary size.
+#[test]
+fn a_reward_model_never_records_a_pad_id_outside_its_vocabulary() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = dir.path().join("base");
+    byte_model(&m, "gpt2-tiny", 264, 4);
+    let mut cfg: Value = serde_json::from_str(&std::fs::read_to_string(m.join("config.json")).unwrap()).unwrap();
+    cfg["eos_token_id"] = Value::from(50256);
+    cfg.as_object_mut().unwrap().remove("pad_token_id");
+    std::fs::write(m.join("config.json"), cfg.to_string()).unwrap();
+    let prefs = dir.path().join("prefs.jsonl");
+    std::fs::write(&prefs, "{\"prompt\": \"q\", \"chosen\": \" yes\", \"rejected\": \" no\"}\n{\"prompt\": \"r\", \"chosen\": \" a\", \"rejected\": \" b\"}\n").unwrap();
+    let rm = dir.path().join("rm");
+    let out = rlhf(&["rm", "--model", s(&m), "--data", s(&prefs), "--out", s(&rm), "--steps", "1", "--eval-fraction", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let saved: Value = serde_json::from_str(&std::fs::read_to_string(rm.join("config.json")).unwrap()).unwrap();
+    let pad = saved["pad_token_id"].as_u64().expect("a pad_token_id");
+    assert!(pad < 264, "pad_token_id {pad} is outside the vocabulary of 264");
+    assert_eq!(pad as u32, rlhf::data::tokenizer::Tokenizer::byte_level().pad_or_default());
 }

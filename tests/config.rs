@@ -64,8 +64,10 @@ fn config_keys_set_flags_the_command_line_overrides_them_and_run_toml_reruns() {
     assert_eq!(r["warmup"].as_integer(), Some(0), "defaults are part of the resolved configuration");
     assert_eq!(r["backend"].as_str(), Some("cpu"));
 
-    // the command line wins over the file, wherever it stands
-    ok(&["sft", "--steps", "3", "--config", s(&cfg)]);
+    // the command line wins over the file, wherever it stands (--overwrite: the folder holds
+    // the first run)
+    fails_with(&["sft", "--steps", "3", "--config", s(&cfg)], &["--overwrite"]);
+    ok(&["sft", "--steps", "3", "--config", s(&cfg), "--overwrite"]);
     assert_eq!(metric_lines(&out), 3);
     assert_eq!(resolved(&out)["steps"].as_integer(), Some(3));
 

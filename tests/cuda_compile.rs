@@ -344,3 +344,21 @@ fn every_launch_passes_as_many_arguments_as_its_kernel_takes() {
     }
     assert!(launches >= 40, "found only {launches} launches");
 }
+
+/// A family compiles to a CUBIN for a real architecture (what the backend loads first, so that a
+/// driver older than this NVRTC still runs it): an ELF image that names the family's kernels.
+#[test]
+fn a_family_compiles_to_a_cubin_for_sm_90() {
+    if !nvrtc_or_skip("a_family_compiles_to_a_cubin_for_sm_90") {
+        return;
+    }
+    let cubin = rlhf::backend::cuda::kernels::compile_cubin("elementwise", "sm_90").unwrap();
+    assert_eq!(&cubin[..4], b"\x7fELF", "not an ELF image");
+    let names = rlhf::backend::cuda::kernels::entry_points(rlhf::backend::cuda::kernels::family_source("elementwise").unwrap());
+    assert!(!names.is_empty());
+    for name in names {
+        assert!(cubin.windows(name.len()).any(|w| w == name.as_bytes()), "the CUBIN lacks `{name}`");
+    }
+    let err = rlhf::backend::cuda::kernels::compile_cubin("elementwise", "sm_1").unwrap_err().to_string();
+    assert!(err.contains("sm_1"), "{err}");
+}

@@ -365,11 +365,13 @@ fn dpo_command_trains_and_rejects_bad_input() {
     let refs: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(out.join("ref_logps.json")).unwrap()).unwrap();
     assert_eq!(refs.len(), 4, "1 + 2 (ranking: best vs each) + 1 pairs");
     assert!(out.join("model.safetensors").is_file());
-    // a separate reference and the IPO loss
-    let res = rlhf(&["dpo", "--model", m, "--ref-model", m, "--data", d, "--out", o, "--steps", "1", "--loss", "ipo", "--seq-len", "64"]);
+    // a separate reference and the IPO loss, replacing the first run
+    let res = rlhf(&["dpo", "--model", m, "--ref-model", m, "--data", d, "--out", o, "--steps", "1", "--loss", "ipo", "--seq-len", "64", "--overwrite"]);
     assert!(res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count(), 1);
 
-    let base = ["dpo", "--model", m, "--data", d, "--out", o, "--steps", "1", "--seq-len", "64"];
+    // refused settings and data, even with --overwrite, leave the run in --out as it was
+    let base = ["dpo", "--model", m, "--data", d, "--out", o, "--steps", "1", "--seq-len", "64", "--overwrite"];
     let with = |extra: &[&str]| rlhf(&[&base[..], extra].concat());
     assert_fails_with(&with(&["--beta", "0"]), &["--beta"]);
     assert_fails_with(&with(&["--label-smoothing", "0.5"]), &["--label-smoothing"]);
@@ -381,6 +383,7 @@ fn dpo_command_trains_and_rejects_bad_input() {
     assert_fails_with(&with(&[]), &["prefs.jsonl:2", "chosen"]);
     std::fs::write(&data, format!("{}\nnot json\n", lines[0])).unwrap();
     assert_fails_with(&with(&[]), &["prefs.jsonl:2"]);
+    assert_eq!(std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().count(), 1);
 }
 
 /// One DPO micro-batch (forward, loss op, backward) on wgpu against the CPU: the statistics and

@@ -433,7 +433,7 @@ mod cuda_graphs {
         use rlhf::backend::ops::ElementwiseParams;
         let Some(g) = common::cuda_or_skip("CUDA graph replay") else { return };
         let n = 1000;
-        let p = ElementwiseParams::new(n);
+        let p = ElementwiseParams::new(n).unwrap();
         let one = g.upload(&vec![1.0; n]).unwrap();
         let mut acc = g.alloc(n).unwrap();
         let key = 0x5eed_0001;
@@ -484,8 +484,8 @@ mod cuda_streams {
         for _ in 0..4 {
             let mut tmp = be.alloc(n * c)?;
             be.matmul(&mut tmp, x, w, MatmulParams::new(n, c, c, false, false))?;
-            be.scale_inplace(&mut tmp, 0.05, ElementwiseParams::new(n * c))?;
-            be.copy(x, &tmp, ElementwiseParams::new(n * c))?;
+            be.scale_inplace(&mut tmp, 0.05, ElementwiseParams::new(n * c).unwrap())?;
+            be.copy(x, &tmp, ElementwiseParams::new(n * c).unwrap())?;
         }
         be.logprob_gather_fwd(logp, entropy, lse, x, ids, w, LogprobParams::new(n, c, v))
     }

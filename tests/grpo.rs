@@ -309,6 +309,34 @@ fn grpo_raises_the_oracle_score_over_sft() {
     assert!(dir.path().join("grpo/model.safetensors").exists() && dir.path().join("grpo/metrics.jsonl").exists());
 }
 
+/// What GRPO logs is the loss it trains: under Dr. GRPO's constant normaliser (`--loss-agg
+/// constant`) the logged loss is the token-mean loss scaled by tokens / (max_new_tokens x
+/// sequences), the same rollout giving both (the first step's rollout does not depend on the
+/// aggregation); and the entropy is the policy's although GRPO has no entropy bonus.
+#[test]
+fn grpo_logs_the_applied_loss_and_the_entropy() {
+    use rlhf::rl::grpo::LossAgg;
+    let be = CpuBackend::new();
+    let tok = Tokenizer::byte_level();
+    let dir = tempfile::tempdir().unwrap();
+    // an SFT model that says kind and rude words, so that the oracle's rewards differ within a group
+    sft_policy(&be, &tok, &dir.path().join("sft"), 300);
+    let run = |agg: LossAgg, name: &str| {
+        let mut cfg = demo_grpo_config(&dir.path().join(name), 7, 1);
+        (cfg.loss_agg, cfg.mini_batch) = (agg, 32);
+        run_grpo_stage(&be, &dir.path().join("sft"), &tok, &cfg).unwrap().1.remove(0)
+    };
+    let (mean, constant) = (run(LossAgg::TokenMean, "mean"), run(LossAgg::Constant, "constant"));
+    assert_eq!(mean.response_len, constant.response_len, "the first rollout is the same");
+    let scale = mean.response_len / 24.0;
+    assert!(scale < 0.99, "some response stops before max_new_tokens (scale {scale})");
+    let (want, got) = (mean.stats.total_loss * scale, constant.stats.total_loss);
+    assert!(want.abs() > 1e-5, "a loss to compare: {want}");
+    assert!((got - want).abs() <= 1e-5 + 1e-3 * want.abs(), "Dr. GRPO's logged loss {got}, applied {want}");
+    let (e, ec) = (mean.stats.entropy, constant.stats.entropy);
+    assert!(e > 0.1 && (e - ec).abs() <= 1e-4 * e, "the entropy is a per-token mean either way: {e} / {ec}");
+}
+
 // ---- the command --------------------------------------------------------------------------------
 
 fn rlhf(args: &[&str]) -> Output {

@@ -81,7 +81,7 @@ fn elementwise_ops() {
     let n = 1000;
     let a = randv(&mut rng, n, 1.0);
     let b = randv(&mut rng, n, 1.0);
-    let p = ElementwiseParams::new(n);
+    let p = ElementwiseParams::new(n).unwrap();
     let mut out = be.alloc(n).unwrap();
     be.fill(&mut out, 3.5, p).unwrap();
     assert!(out.iter().all(|&v| v == 3.5));
@@ -318,7 +318,7 @@ fn gelu_grad() {
     let n = 200;
     let x = randv(&mut rng, n, 2.0);
     let r = randv(&mut rng, n, 1.0);
-    let p = ElementwiseParams::new(n);
+    let p = ElementwiseParams::new(n).unwrap();
     let fwd = |x: &[f32]| {
         let mut o = vec![0.0; n];
         be.gelu_fwd(&mut o, &x.to_vec(), p).unwrap();
@@ -342,7 +342,7 @@ fn swiglu_grad() {
     let g = randv(&mut rng, n, 2.0);
     let u = randv(&mut rng, n, 1.0);
     let r = randv(&mut rng, n, 1.0);
-    let p = ElementwiseParams::new(n);
+    let p = ElementwiseParams::new(n).unwrap();
     let fwd = |g: &[f32], u: &[f32]| {
         let mut o = vec![0.0; n];
         be.swiglu_fwd(&mut o, &g.to_vec(), &u.to_vec(), p).unwrap();
@@ -585,13 +585,13 @@ fn optimizer_ops() {
     let n = 100;
     let g = randv(&mut rng, n, 1.0);
     let mut acc = vec![0.0];
-    be.sum_squares(&mut acc, &g, ElementwiseParams::new(n)).unwrap();
-    be.sum_squares(&mut acc, &g, ElementwiseParams::new(n)).unwrap();
+    be.sum_squares(&mut acc, &g, ElementwiseParams::new(n).unwrap()).unwrap();
+    be.sum_squares(&mut acc, &g, ElementwiseParams::new(n).unwrap()).unwrap();
     let want: f64 = 2.0 * g.iter().map(|x| (*x as f64).powi(2)).sum::<f64>();
     assert!((acc[0] as f64 - want).abs() < 1e-3);
     // two AdamW steps against the formula (no clipping: a threshold far above the norm, then none)
     let mut nsq = vec![0.0];
-    be.sum_squares(&mut nsq, &g, ElementwiseParams::new(n)).unwrap();
+    be.sum_squares(&mut nsq, &g, ElementwiseParams::new(n).unwrap()).unwrap();
     let mut w = randv(&mut rng, n, 1.0);
     let w0 = w.clone();
     let (mut m, mut v) = (vec![0.0; n], vec![0.0; n]);
@@ -766,4 +766,23 @@ fn decode_vs_training(cases: &[(usize, usize, usize, usize, usize, usize)]) {
         assert!(be.attention_decode_fwd(&mut dout, &mut dlse, &qkv, &cache, &bad, dp).is_err());
         assert!(be.scatter_rows(&mut cache, &qkv, &bad, ScatterParams::kv(b * t, nh, nkv, hd, b * t_max)).is_err());
     }
+}
+
+/// Element counts beyond what a kernel counts in 32 bits are errors, not counts that wrap; token
+/// ids and targets outside the vocabulary are refused before they reach a kernel.
+#[test]
+fn oversized_counts_and_ids_outside_the_vocabulary_are_errors() {
+    assert_eq!(ElementwiseParams::new(u32::MAX as usize).unwrap().n, u32::MAX);
+    let err = ElementwiseParams::new(65_536 * 151_936).unwrap_err().to_string();
+    assert!(err.contains("9957277696"), "{err}");
+    let be = CpuBackend::new();
+    let cfg = rlhf::model::ModelConfig::preset("gpt2-tiny", 50).unwrap();
+    let model = rlhf::model::Model::init(&be, cfg.clone(), 1).unwrap();
+    let mut acts = rlhf::model::Activations::new(&be, &cfg, 1, 4).unwrap();
+    let shape = rlhf::model::Shape { b: 1, t: 4 };
+    model.decoder.set_inputs(&be, &mut acts, shape, &[1, 2, 3, 4], Some(&[2, 3, 4, -1])).unwrap();
+    let err = model.decoder.set_inputs(&be, &mut acts, shape, &[1, 2, 3, 50], None).unwrap_err().to_string();
+    assert!(err.contains("token id 50") && err.contains("50"), "{err}");
+    let err = model.decoder.set_inputs(&be, &mut acts, shape, &[1, 2, 3, 4], Some(&[2, 3, 77, -1])).unwrap_err().to_string();
+    assert!(err.contains("target token id 77"), "{err}");
 }

@@ -214,11 +214,117 @@ fn resume_errors_name_the_problem() {
     ]));
     let stderr = String::from_utf8_lossy(&res.stderr);
     assert!(!res.status.success() && stderr.contains("saved by `rlhf sft`"), "{stderr}");
-    // a checkpoint of another model shape names the tensor
+    // a checkpoint of another model: the setting that differs is named
     let res = rlhf(&with(
         strs(&["sft", "--init", "llama-tiny", "--data", data.to_str().unwrap(), "--seq-len", "48", "--steps", "2"]),
         &["--out", tmp.path().join("other").to_str().unwrap(), "--resume", out.to_str().unwrap()],
     ));
     let stderr = String::from_utf8_lossy(&res.stderr);
-    assert!(!res.status.success() && stderr.contains("weights.") && stderr.contains("values"), "{stderr}");
+    assert!(!res.status.success() && stderr.contains("--init gpt2-tiny (this run: llama-tiny)"), "{stderr}");
+}
+
+/// Every file under `dir`, as paths relative to it, with its bytes.
+fn snapshot(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// A fresh run never replaces another: pointed at a finished run's folder (the same command
+/// again, another command, or the run's own `run.toml` as `--config`) it is refused before it
+/// writes anything, and the old run's files stay byte for byte; so is a run refused for a bad
+/// input or flag, even with `--overwrite`. `--overwrite` replaces the old run only once the new
+/// one's inputs are checked: its checkpoints go, `latest` names the new run's. A finished run
+/// leaves no temporary file.
+#[test]
+fn a_finished_run_is_never_replaced_by_accident() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_sft_data(tmp.path());
+    let run = tmp.path().join("run");
+    let base = strs(&["sft", "--init", "gpt2-tiny", "--data", data.to_str().unwrap(), "--seq-len", "48", "--steps", "4", "--save-every", "2"]);
+    let base = with(base, &["--out", run.to_str().unwrap()]);
+    ok(rlhf(&base));
+    let before = snapshot(&run);
+    assert!(before.iter().all(|(p, _)| !p.file_name().unwrap().to_string_lossy().starts_with('.')), "a temporary file survived: {before:?}");
+
+    // the same command again
+    let res = rlhf(&base);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success() && stderr.contains("`rlhf sft`") && stderr.contains("--overwrite") && stderr.contains("--resume"), "{stderr}");
+    // its own run.toml, as the README offers for running a configuration again
+    let res = rlhf(&strs(&["sft", "--config", run.join("run.toml").to_str().unwrap()]));
+    assert!(!res.status.success() && String::from_utf8_lossy(&res.stderr).contains("--overwrite"), "{}", String::from_utf8_lossy(&res.stderr));
+    // another command into the SFT run's folder
+    let prefs = tmp.path().join("prefs.jsonl");
+    std::fs::write(&prefs, "{\"prompt\": \"a\", \"chosen\": \" b\", \"rejected\": \" c\"}\n").unwrap();
+    let res = rlhf(&strs(&["dpo", "--model", run.to_str().unwrap(), "--data", prefs.to_str().unwrap(), "--out", run.to_str().unwrap()]));
+    assert!(!res.status.success(), "{}", String::from_utf8_lossy(&res.stderr));
+    let other = tmp.path().join("dpo");
+    std::fs::create_dir_all(&other).unwrap();
+    std::fs::write(other.join("metrics.jsonl"), "{\"step\": 1}\n").unwrap();
+    let res = rlhf(&strs(&["dpo", "--model", run.to_str().unwrap(), "--data", prefs.to_str().unwrap(), "--out", other.to_str().unwrap()]));
+    assert!(!res.status.success() && String::from_utf8_lossy(&res.stderr).contains("metrics.jsonl"), "{}", String::from_utf8_lossy(&res.stderr));
+    // refused inputs and flags, even with --overwrite, write nothing
+    let bad = tmp.path().join("bad.jsonl");
+    std::fs::write(&bad, "{\"text\": \"fine\"}\n{\"text\": \"cut\n").unwrap();
+    let res = rlhf(&strs(&["sft", "--init", "gpt2-tiny", "--data", bad.to_str().unwrap(), "--out", run.to_str().unwrap(), "--overwrite"]));
+    assert!(!res.status.success() && String::from_utf8_lossy(&res.stderr).contains("bad.jsonl:2"), "{}", String::from_utf8_lossy(&res.stderr));
+    let res = rlhf(&with(base.clone(), &["--overwrite", "--lr", "-1"]));
+    assert!(!res.status.success() && String::from_utf8_lossy(&res.stderr).contains("--lr"), "{}", String::from_utf8_lossy(&res.stderr));
+    assert!(snapshot(&run) == before, "a refused run changed the old run's files");
+    let fresh = tmp.path().join("fresh");
+    let res = rlhf(&strs(&["sft", "--init", "gpt2-tiny", "--data", bad.to_str().unwrap(), "--out", fresh.to_str().unwrap()]));
+    assert!(!res.status.success());
+    assert!(!fresh.exists(), "a refused run created its output folder");
+    // the output folder may not be one of the run's inputs
+    let res = rlhf(&strs(&["dpo", "--model", run.to_str().unwrap(), "--data", prefs.to_str().unwrap(), "--out", run.to_str().unwrap(), "--overwrite"]));
+    assert!(!res.status.success() && String::from_utf8_lossy(&res.stderr).contains("input folder"), "{}", String::from_utf8_lossy(&res.stderr));
+
+    // --overwrite: a run of 3 steps, saving at step 3 only; the old step-2 and step-4 are gone
+    ok(rlhf(&with(strs(&["sft", "--init", "gpt2-tiny", "--data", data.to_str().unwrap(), "--seq-len", "48", "--steps", "3"]), &["--out", run.to_str().unwrap(), "--overwrite"])));
+    assert_eq!(std::fs::read_to_string(run.join("checkpoints/latest")).unwrap().trim(), "step-00000003");
+    let kept: Vec<String> = std::fs::read_dir(run.join("checkpoints")).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    assert!(!kept.iter().any(|n| n == "step-00000004" || n == "step-00000002"), "the old run's checkpoints survived: {kept:?}");
+    assert_eq!(metrics(&run).len(), 3);
+    assert!(std::fs::read_to_string(run.join("run.toml")).unwrap().contains("steps = 3"));
+}
+
+/// `--resume` continues only the same run: a different learning rate, or data whose contents
+/// changed, is refused naming the setting; the same settings (the data moved elsewhere
+/// unchanged) resume.
+#[test]
+fn resume_checks_every_setting_that_changes_the_result() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_sft_data(tmp.path());
+    let run = tmp.path().join("run");
+    let args = strs(&["sft", "--init", "gpt2-tiny", "--data", data.to_str().unwrap(), "--seq-len", "48", "--steps", "30", "--save-every", "4"]);
+    let args = with(args, &["--out", run.to_str().unwrap(), "--log-every", "0", "--batch-size", "4"]);
+    kill_mid_run(&args, &run, 10);
+    let resume = with(args.clone(), &["--resume", run.to_str().unwrap()]);
+    let res = rlhf(&with(resume.clone(), &["--lr", "3e-4"]));
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success() && stderr.contains("--lr 0.0001 (this run: 0.0003)"), "{stderr}");
+    let moved = tmp.path().join("moved.jsonl");
+    std::fs::copy(&data, &moved).unwrap();
+    std::fs::write(&data, std::fs::read_to_string(&moved).unwrap().replace("fox", "cat")).unwrap();
+    let res = rlhf(&resume);
+    let stderr = String::from_utf8_lossy(&res.stderr);
+    assert!(!res.status.success() && stderr.contains("--data fnv:"), "{stderr}");
+    // the unchanged data under another name, and --lr spelled otherwise: the same run
+    let i = resume.iter().position(|a| a == "--data").unwrap();
+    let mut same = resume.clone();
+    same[i + 1] = moved.to_str().unwrap().to_string();
+    ok(rlhf(&with(same, &["--lr", "1e-4"])));
+    assert_eq!(metrics(&run).len(), 30);
 }

@@ -504,10 +504,10 @@ mod tests {
         // f32 -> bf16 rounds, bf16 -> f32 is exact
         let f = be.upload(&x).unwrap();
         let mut to_bf16 = be.alloc_as(3, Storage::Compute).unwrap();
-        be.copy(&mut to_bf16, &f, ElementwiseParams::new(3)).unwrap();
+        be.copy(&mut to_bf16, &f, ElementwiseParams::new(3).unwrap()).unwrap();
         assert_eq!(to_bf16.data, want);
         let mut back = be.alloc(3).unwrap();
-        be.copy(&mut back, &to_bf16, ElementwiseParams::new(3)).unwrap();
+        be.copy(&mut back, &to_bf16, ElementwiseParams::new(3).unwrap()).unwrap();
         assert_eq!(back.data, want);
     }
 

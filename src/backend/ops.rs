@@ -105,8 +105,13 @@ pub struct ElementwiseParams {
 }
 
 impl ElementwiseParams {
-    pub fn new(n: usize) -> Self {
-        ElementwiseParams { n: n as u32, _pad: 0 }
+    /// The params of an op over `n` elements; kernels count elements in 32 bits, so a larger `n`
+    /// (a 64k-token x 152k-vocabulary tensor, say) is an error, never a count that wraps.
+    pub fn new(n: usize) -> crate::error::Result<Self> {
+        let n = u32::try_from(n).map_err(|_| {
+            crate::error::Error::invalid(format!("an element-wise op over {n} values: more than the 2^32 - 1 a kernel counts (use smaller batches or sequences)"))
+        })?;
+        Ok(ElementwiseParams { n, _pad: 0 })
     }
 }
 
@@ -1140,7 +1145,7 @@ pub fn matmul_bias_gelu_unfused<B: Backend + ?Sized>(
     if let Some(bias) = bias {
         be.bias_add(pre, bias, BiasParams { n: p.m * p.batch, c: p.n })?;
     }
-    be.gelu_fwd(out, pre, ElementwiseParams::new((p.m * p.n * p.batch) as usize))
+    be.gelu_fwd(out, pre, ElementwiseParams::new(p.m as usize * p.n as usize * p.batch as usize)?)
 }
 
 /// [`Backend::matmul_gelu_bwd`] as `matmul` into `dact` then `gelu_bwd` (the default and reference).
@@ -1154,12 +1159,12 @@ pub fn matmul_gelu_bwd_unfused<B: Backend + ?Sized>(
     p: MatmulParams,
 ) -> Result<()> {
     be.matmul(dact, a, b, p)?;
-    be.gelu_bwd(dinp, dact, pre, ElementwiseParams::new((p.m * p.n * p.batch) as usize))
+    be.gelu_bwd(dinp, dact, pre, ElementwiseParams::new(p.m as usize * p.n as usize * p.batch as usize)?)
 }
 
 /// [`Backend::sum_squares_many`] as one `sum_squares` per tensor (the default and reference).
 pub fn sum_squares_each<B: Backend + ?Sized>(be: &B, acc: &mut B::Buf, xs: &[B::Buf]) -> Result<()> {
-    xs.iter().try_for_each(|x| be.sum_squares(acc, x, ElementwiseParams::new(be.len(x))))
+    xs.iter().try_for_each(|x| be.sum_squares(acc, x, ElementwiseParams::new(be.len(x))?))
 }
 
 /// [`Backend::adamw_many`] as `adamw` then `copy` per slot (the default and reference).
@@ -1168,7 +1173,7 @@ pub fn adamw_each<B: Backend + ?Sized>(be: &B, slots: &mut [AdamWSlot<'_, B::Buf
         let n = be.len(s.param);
         be.adamw(s.param, s.m, s.v, s.grad, norm_sq, AdamWParams { n: n as u32, weight_decay: s.weight_decay, ..p })?;
         if let Some(out) = s.out.as_deref_mut() {
-            be.copy(out, s.param, ElementwiseParams::new(n))?;
+            be.copy(out, s.param, ElementwiseParams::new(n)?)?;
         }
     }
     Ok(())

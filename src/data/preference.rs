@@ -29,6 +29,11 @@ impl PreferenceGroup {
     }
 }
 
+/// The first two equal entries (by position), if any.
+fn first_duplicate(items: &[&str]) -> Option<(usize, usize)> {
+    (0..items.len()).find_map(|j| (0..j).find(|&i| items[i] == items[j]).map(|i| (i, j)))
+}
+
 /// Reads a preference JSONL file. `seq_len` is the longest sequence kept (at most the context).
 pub fn load_preference_jsonl(path: &Path, tok: &Tokenizer, seq_len: usize) -> Result<Vec<PreferenceGroup>> {
     let rows = read_jsonl_objects(path)?;
@@ -47,6 +52,13 @@ pub fn load_preference_jsonl(path: &Path, tok: &Tokenizer, seq_len: usize) -> Re
             let get = |key: &str| obj.get(key).and_then(Value::as_str).ok_or_else(|| err(format!("expected a string `{key}` (or a `ranked` list)")));
             vec![get("chosen")?, get("rejected")?]
         };
+        if let Some((i, j)) = first_duplicate(&completions) {
+            return Err(err(if obj.get("ranked").is_some() {
+                format!("`ranked` holds the same completion at positions {} and {}: a ranking orders different completions", i + 1, j + 1)
+            } else {
+                "`chosen` and `rejected` are the same text: a pair prefers one completion over a different one".to_string()
+            }));
+        }
         let margin = match obj.get("margin") {
             None | Some(Value::Null) => 0.0,
             Some(v) => v.as_f64().filter(|m| m.is_finite()).ok_or_else(|| err("`margin` must be a number".into()))? as f32,

@@ -22,11 +22,14 @@ pub struct GenerateConfig {
     pub seed: u64,
     /// generation stops after any of these ids (kept in the output)
     pub stop_ids: Vec<u32>,
+    /// sample only ids below this: the tokenizer's vocabulary, when the model's embedding rows
+    /// are padded past it (Qwen2: 151936 rows, 151665 tokens); `None` samples every id
+    pub vocab_limit: Option<usize>,
 }
 
 impl Default for GenerateConfig {
     fn default() -> Self {
-        GenerateConfig { max_new_tokens: 64, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 0, stop_ids: Vec::new() }
+        GenerateConfig { max_new_tokens: 64, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 0, stop_ids: Vec::new(), vocab_limit: None }
     }
 }
 
@@ -38,9 +41,27 @@ impl GenerateConfig {
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return Err(Error::invalid(format!("--top-p must be in (0, 1], got {}", self.top_p)));
         }
+        if self.vocab_limit == Some(0) {
+            return Err(Error::invalid("the sampling vocabulary is empty (a tokenizer of no tokens?)"));
+        }
         Ok(())
     }
+
+    /// The ids sampling may pick from a model of `vocab` ids: below [`Self::vocab_limit`].
+    pub fn sampled_vocab(&self, vocab: usize) -> usize {
+        self.vocab_limit.map_or(vocab, |l| l.min(vocab))
+    }
 }
+
+/// The additive logit mask of a vocabulary of `vocab` ids of which the first `allowed` may be
+/// sampled: 0 for those, a large negative number (finite, so every backend's softmax and argmax
+/// stay well defined) for the rest.
+pub fn vocab_mask(vocab: usize, allowed: usize) -> Vec<f32> {
+    (0..vocab).map(|i| if i < allowed { 0.0 } else { MASKED_LOGIT }).collect()
+}
+
+/// What [`vocab_mask`] adds to the logit of an id that may not be sampled.
+pub const MASKED_LOGIT: f32 = -1e30;
 
 /// Continues `prompt` by up to `max_new_tokens` tokens; returns the new tokens.
 pub fn generate<B: Backend>(be: &B, model: &Model<B>, prompt: &[u32], cfg: &GenerateConfig) -> Result<Vec<u32>> {
@@ -58,6 +79,8 @@ pub fn generate<B: Backend>(be: &B, model: &Model<B>, prompt: &[u32], cfg: &Gene
     let mut cache = KvCache::new(be, model.cfg(), 1, t_max)?;
     let ids: Vec<i32> = prompt.iter().map(|&t| t as i32).collect();
     dec.forward_cached(be, &model.weights, &mut acts, &mut cache, Some(&ids), 1, prompt.len())?;
+    let vocab = model.cfg().vocab_size;
+    let mask = if cfg.sampled_vocab(vocab) < vocab { Some(be.upload(&vocab_mask(vocab, cfg.sampled_vocab(vocab)))?) } else { None };
     let mut out = Vec::new();
     // the sampling step key, read by `sample` on the device
     let mut steps = be.upload_ids(&[0])?;
@@ -73,6 +96,9 @@ pub fn generate<B: Backend>(be: &B, model: &Model<B>, prompt: &[u32], cfg: &Gene
     };
     for step in 0..cfg.max_new_tokens {
         be.write_ids(&mut steps, &[step as i32])?;
+        if let Some(mask) = &mask {
+            be.bias_add(&mut acts.logits, mask, crate::backend::ops::BiasParams { n: 1, c: vocab as u32 })?;
+        }
         be.sample(&mut acts.tokens, &acts.logits, &steps, params)?;
         let id = be.download_ids(&acts.tokens)?[0] as u32;
         out.push(id);

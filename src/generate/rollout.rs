@@ -178,6 +178,10 @@ struct EngineBuffers<B: Backend> {
     state: B::Ids,
     /// the stop ids of the current call (`stop_cap` of room)
     stop: B::Ids,
+    /// the additive logit mask of ids that may not be sampled ([`super::vocab_mask`]), once a
+    /// call needed one: from then on every sampling step adds it (zeros when nothing is masked),
+    /// so a recorded decode chunk is the same sequence of launches for every call
+    logit_mask: Option<(usize, B::Buf)>,
     stop_cap: usize,
     /// cache rows of the `k`-th copy of a grouped prefill (`cap` each), grown on demand
     copy_rows: Vec<B::Ids>,
@@ -230,6 +234,7 @@ impl<B: Backend> RolloutEngine<B> {
                 state: be.alloc_ids(decode_finish::state_len(slots))?,
                 stop: be.alloc_ids(1)?,
                 stop_cap: 1,
+                logit_mask: None,
                 copy_rows: Vec::new(),
                 generation: chunk_key::next_generation(),
             });
@@ -321,8 +326,21 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     if !stop.is_empty() {
         be.write_ids(&mut bufs.stop, &stop)?;
     }
+    let allowed = g.sampled_vocab(vocab);
+    if allowed < vocab || bufs.logit_mask.is_some() {
+        if bufs.logit_mask.is_none() {
+            bufs.logit_mask = Some((vocab, be.upload(&super::vocab_mask(vocab, vocab))?));
+            bufs.generation = chunk_key::next_generation();
+        }
+        let (masked_from, mask) = bufs.logit_mask.as_mut().expect("set above");
+        if *masked_from != allowed {
+            be.write(mask, &super::vocab_mask(vocab, allowed))?;
+            *masked_from = allowed;
+        }
+    }
     let generation = bufs.generation;
-    let EngineBuffers { acts, cache, rows, store_rows, sampled, store, copy_rows, state, history, stop: stop_buf, .. } = bufs;
+    let EngineBuffers { acts, cache, rows, store_rows, sampled, store, copy_rows, state, history, stop: stop_buf, logit_mask, .. } = bufs;
+    let mask = logit_mask.as_ref().map(|(_, m)| m);
     let stop_buf = &*stop_buf;
     let advance = |n: usize| DecodeAdvanceParams {
         n: n as u32,
@@ -408,7 +426,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
             be.write_ids(store_rows, &srows)?;
             // the state before the sampling: it holds the step key the draws read
             be.write_ids(state, &host_state)?;
-            sample_and_record(be, acts, sampled, store, store_rows, state, sample_params(b * group), vocab)?;
+            sample_and_record(be, acts, sampled, store, store_rows, state, sample_params(b * group), vocab, mask)?;
             // the first tokens go through the same bookkeeping as every decode step
             be.write_ids(rows, &fresh_rows)?;
             be.decode_advance(state, history, &mut acts.tokens, &mut acts.positions, rows, store_rows, sampled, stop_buf, advance(fresh.len()))?;
@@ -465,7 +483,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
         let mut chunk = || -> Result<()> {
             for _ in 0..steps {
                 dec.forward_decode(be, w, acts, cache, rows, n)?;
-                sample_and_record(be, acts, sampled, store, store_rows, state, sp, vocab)?;
+                sample_and_record(be, acts, sampled, store, store_rows, state, sp, vocab, mask)?;
                 be.decode_advance(state, history, &mut acts.tokens, &mut acts.positions, rows, store_rows, sampled, stop_buf, ap)?;
             }
             Ok(())
@@ -516,7 +534,9 @@ fn copy_group_kv<B: Backend>(
 
 /// Samples one token per row of `acts.logits` into `sampled` (the step key from the slot state
 /// `state`), and files `-log p` of each (at temperature 1) into `store` at the rows `store_rows`
-/// (written by the host for a prefill, by `decode_advance` between decode steps).
+/// (written by the host for a prefill, by `decode_advance` between decode steps). With a `mask`
+/// ([`super::vocab_mask`]) the ids it excludes are never sampled, and the recorded log-probs
+/// are those of the distribution sampled (the masked one).
 #[allow(clippy::too_many_arguments)]
 fn sample_and_record<B: Backend>(
     be: &B,
@@ -527,8 +547,12 @@ fn sample_and_record<B: Backend>(
     state: &B::Ids,
     p: SampleParams,
     vocab: usize,
+    mask: Option<&B::Buf>,
 ) -> Result<()> {
     let n = p.n as usize;
+    if let Some(mask) = mask {
+        be.bias_add(&mut acts.logits, mask, crate::backend::ops::BiasParams { n: n as u32, c: vocab as u32 })?;
+    }
     be.sample(sampled, &acts.logits, state, p)?;
     be.cross_entropy_fwd(&mut acts.losses, &mut acts.lse, &acts.logits, sampled, CrossEntropyParams { n: n as u32, v: vocab as u32 })?;
     let store_len = be.len(store);

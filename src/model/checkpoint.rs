@@ -87,6 +87,15 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Resu
         if values.len() != spec.numel() {
             return Err(Error::file(dir, format!("tensor `{}`: read {} values, expected {}", spec.name, values.len(), spec.numel())));
         }
+        if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            return Err(Error::file(
+                dir,
+                format!(
+                    "tensor `{}` holds a non-finite value ({} at flat index {i}): these weights are broken (a diverged run?) and are refused",
+                    spec.name, values[i]
+                ),
+            ));
+        }
         out.push(values);
     }
     Ok(out)

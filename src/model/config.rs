@@ -70,6 +70,39 @@ fn first_token_id(v: Option<&Value>) -> Option<u32> {
 }
 
 impl ModelConfig {
+    /// How `other`'s architecture differs from this one's: `field this vs other` for each of
+    /// the family, the sizes and the heads that decide the shapes of the activations.
+    pub fn architecture_differences(&self, other: &ModelConfig) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.model_type != other.model_type {
+            out.push(format!("model_type {} vs {}", self.model_type, other.model_type));
+        }
+        let sizes = [
+            ("vocab_size", self.vocab_size, other.vocab_size),
+            ("hidden size", self.hidden_size, other.hidden_size),
+            ("layers", self.n_layers, other.n_layers),
+            ("attention heads", self.n_heads, other.n_heads),
+            ("key/value heads", self.n_kv_heads, other.n_kv_heads),
+            ("head_dim", self.head_dim, other.head_dim),
+            ("MLP width", self.intermediate_size, other.intermediate_size),
+        ];
+        out.extend(sizes.iter().filter(|(_, a, b)| a != b).map(|(name, a, b)| format!("{name} {a} vs {b}")));
+        out
+    }
+
+    /// Refuses a model (`what`) that is run in the buffers of the policy (`self`) but has another
+    /// architecture, saying how the two differ.
+    pub fn check_runs_in_policy_buffers(&self, what: &str, other: &ModelConfig) -> crate::error::Result<()> {
+        let diff = self.architecture_differences(other);
+        if diff.is_empty() {
+            return Ok(());
+        }
+        Err(crate::error::Error::invalid(format!(
+            "the {what} and the policy are different architectures (policy vs {what}: {}); the {what} is run in the policy's buffers, so it must share the policy's architecture",
+            diff.join(", ")
+        )))
+    }
+
     /// Reads `<dir>/config.json`.
     pub fn load(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
@@ -177,11 +210,18 @@ impl ModelConfig {
             }
             other => return Err(format!("unsupported model_type `{other}` (rlhf supports gpt2, llama and qwen2)")),
         };
-        if cfg.vocab_size == 0 || cfg.hidden_size == 0 || cfg.n_layers == 0 {
-            return Err("vocab_size, hidden size and number of layers must be positive".into());
-        }
-        if cfg.head_dim == 0 || cfg.intermediate_size == 0 || cfg.max_positions == 0 {
-            return Err("head_dim, the MLP width and the number of positions must be positive".into());
+        // each size that must be positive, under the key this family's config.json spells it with
+        let gpt2 = cfg.family == Family::Gpt2;
+        let positive = [
+            ("vocab_size", cfg.vocab_size),
+            (if gpt2 { "n_embd" } else { "hidden_size" }, cfg.hidden_size),
+            (if gpt2 { "n_layer" } else { "num_hidden_layers" }, cfg.n_layers),
+            (if gpt2 { "n_embd / n_head" } else { "head_dim" }, cfg.head_dim),
+            (if gpt2 { "n_inner" } else { "intermediate_size" }, cfg.intermediate_size),
+            (if gpt2 { "n_positions" } else { "max_position_embeddings" }, cfg.max_positions),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, v)| *v == 0) {
+            return Err(format!("`{key}` is 0; it must be positive"));
         }
         if !(cfg.norm_eps.is_finite() && cfg.norm_eps > 0.0) {
             return Err(format!("the norm epsilon must be a positive number, got {}", cfg.norm_eps));
@@ -317,7 +357,8 @@ impl ModelConfig {
     /// The padding id `transformers` uses to find a sequence's last real token in a
     /// sequence-classification model: `pad_token_id`, else `eos_token_id`.
     pub fn pad_token_id(&self) -> Option<u32> {
-        first_token_id(self.raw.get("pad_token_id")).or(self.eos_token_id)
+        // an id outside the vocabulary (GPT-2's 50256 over a small tokenizer) is no token at all
+        first_token_id(self.raw.get("pad_token_id")).or(self.eos_token_id).filter(|&id| (id as usize) < self.vocab_size)
     }
 
     /// Total number of parameters (tied embeddings counted once).

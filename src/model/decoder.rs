@@ -422,6 +422,10 @@ impl Decoder {
         let positions: Vec<i32> = (0..n).map(|i| (i % shape.t) as i32).collect();
         be.write_ids(&mut acts.positions, &positions)?;
         if let Some(t) = targets {
+            // negative targets are ignored positions; every other one is a token the kernels index
+            if let Some(&bad) = t.iter().find(|&&id| id >= 0 && id as usize >= self.dims.v) {
+                return Err(crate::Error::invalid(format!("target token id {bad} is outside the model's vocabulary of {}", self.dims.v)));
+            }
             be.write_ids(&mut acts.targets, t)?;
         }
         Ok(())
@@ -505,7 +509,7 @@ impl Decoder {
                 be.attention_fwd(&mut a.att, &mut a.att_lse, &a.qkv, cache, cache, p)?;
             }
         }
-        be.copy(&mut a.res_mid, x, el(n * d.c))?;
+        be.copy(&mut a.res_mid, x, el(n * d.c)?)?;
         lin.fwd(be, &mut a.res_mid, &a.att, &w[lp.o_w], opt(w, lp.o_b), n, d.att, d.c, true)?;
         self.norm_fwd(be, &mut a.ln2, &mut a.ln2_mean, &mut a.ln2_rstd, &a.res_mid, w, lp.ln2_w, lp.ln2_b, n)?;
         match lp.up_w {
@@ -513,10 +517,10 @@ impl Decoder {
             Some(up_w) => {
                 lin.fwd(be, &mut a.fc, &a.ln2, &w[lp.fc_w], opt(w, lp.fc_b), n, d.c, d.inter, false)?;
                 lin.fwd(be, &mut a.up, &a.ln2, &w[up_w], opt(w, lp.up_b), n, d.c, d.inter, false)?;
-                be.swiglu_fwd(&mut a.act, &a.fc, &a.up, el(n * d.inter))?;
+                be.swiglu_fwd(&mut a.act, &a.fc, &a.up, el(n * d.inter)?)?;
             }
         }
-        be.copy(y, &a.res_mid, el(n * d.c))?;
+        be.copy(y, &a.res_mid, el(n * d.c)?)?;
         lin.fwd(be, y, &a.act, &w[lp.proj_w], opt(w, lp.proj_b), n, d.inter, d.c, true)
     }
 
@@ -594,7 +598,7 @@ impl Decoder {
                 }
                 Some(up_w) => {
                     lin.bwd(be, Some((&mut s.d_act, false)), dw, db, &s.d_res, &a.act, &w[lp.proj_w], n, d.inter, d.c)?;
-                    be.swiglu_bwd(&mut s.d_fc, &mut s.d_up, &s.d_act, &a.fc, &a.up, el(n * d.inter))?;
+                    be.swiglu_bwd(&mut s.d_fc, &mut s.d_up, &s.d_act, &a.fc, &a.up, el(n * d.inter)?)?;
                     let (dw, db) = split_wb(grads, up_w, lp.up_b);
                     lin.bwd(be, Some((&mut s.d_ln, false)), dw, db, &s.d_up, &a.ln2, &w[up_w], n, d.c, d.inter)?;
                 }
@@ -603,7 +607,7 @@ impl Decoder {
             let fc_acc = lp.up_w.is_some();
             lin.bwd(be, Some((&mut s.d_ln, fc_acc)), dw, db, &s.d_fc, &a.ln2, &w[lp.fc_w], n, d.c, d.inter)?;
             self.norm_bwd(be, &mut s.d_tmp, grads, &s.d_ln, &a.res_mid, &a.ln2_mean, &a.ln2_rstd, w, lp.ln2_w, lp.ln2_b, n)?;
-            be.add_inplace(&mut s.d_res, &s.d_tmp, el(n * d.c))?;
+            be.add_inplace(&mut s.d_res, &s.d_tmp, el(n * d.c)?)?;
             // attention: res_mid = x + att @ Wo
             let (dw, db) = split_wb(grads, lp.o_w, lp.o_b);
             lin.bwd(be, Some((&mut s.d_att, false)), dw, db, &s.d_res, &a.att, &w[lp.o_w], n, d.att, d.c)?;
@@ -615,7 +619,7 @@ impl Decoder {
             let (dw, db) = split_wb(grads, lp.qkv_w, lp.qkv_b);
             lin.bwd(be, Some((&mut s.d_ln, false)), dw, db, &s.d_qkv, &a.ln1, &w[lp.qkv_w], n, d.c, d.qkv)?;
             self.norm_bwd(be, &mut s.d_tmp, grads, &s.d_ln, x, &a.ln1_mean, &a.ln1_rstd, w, lp.ln1_w, lp.ln1_b, n)?;
-            be.add_inplace(&mut s.d_res, &s.d_tmp, el(n * d.c))?;
+            be.add_inplace(&mut s.d_res, &s.d_tmp, el(n * d.c)?)?;
         }
         let c = d.c as u32;
         be.embedding_bwd(&mut grads[self.layout.wte], &s.d_res, &acts.tokens, EmbeddingParams { n: n as u32, c, accumulate: 0, vocab: d.v as u32 })?;

@@ -195,7 +195,7 @@ pub fn upload_weights<B: Backend>(be: &B, host: &[Vec<f32>]) -> Result<WeightsAn
 /// `weights[i] = master[i]` rounded to the compute type (nothing when `master` is empty).
 pub fn refresh_compute_weights<B: Backend>(be: &B, weights: &mut [B::Buf], master: &[B::Buf]) -> Result<()> {
     for (w, m) in weights.iter_mut().zip(master) {
-        be.copy(w, m, ElementwiseParams::new(be.len(m)))?;
+        be.copy(w, m, ElementwiseParams::new(be.len(m))?)?;
     }
     Ok(())
 }

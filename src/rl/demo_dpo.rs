@@ -31,6 +31,7 @@ pub fn demo_dpo_config(out: &Path, seed: u64, quick: bool) -> DpoConfig {
     cfg.beta = 0.3;
     cfg.eval_fraction = 0.1;
     cfg.log_every = 20;
+    cfg.control = crate::train::resume::RunControl::replacing();
     cfg
 }
 

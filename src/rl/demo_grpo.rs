@@ -40,7 +40,7 @@ pub fn demo_grpo_config(out: &Path, seed: u64, steps: usize) -> GrpoConfig {
         micro_batch_tokens: 0,
         seed,
         log_every: 10,
-        control: Default::default(),
+        control: crate::train::resume::RunControl::replacing(),
     }
 }
 

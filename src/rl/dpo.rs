@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
 use crate::rl::reward::split_eval;
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::resume::{latest_checkpoint, Checkpoint, RunControl, StateWriter};
+use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
 use crate::train::{DivergenceGuard, LrSchedule, MetricsWriter, Progress};
 use serde_json::json;
 use std::path::PathBuf;
@@ -332,9 +332,9 @@ impl<B: Backend> DpoTrainer<B> {
     pub fn zero_grad(&mut self, be: &B) -> Result<()> {
         for g in self.grads.iter_mut() {
             let n = be.len(g);
-            be.fill(g, 0.0, ElementwiseParams::new(n))?;
+            be.fill(g, 0.0, ElementwiseParams::new(n)?)?;
         }
-        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(preference_stat::COUNT))
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(preference_stat::COUNT)?)
     }
 
     /// Loss of one micro-batch (`refs[i]` the reference sums of pair i) into the statistics and,
@@ -355,7 +355,7 @@ impl<B: Backend> DpoTrainer<B> {
         }
         let shape = Shape { b: 2 * batch.pairs, t: batch.t };
         let head = model.layout().lm_head.unwrap_or(model.layout().wte);
-        be.fill(&mut self.dentropy, 0.0, ElementwiseParams::new(shape.n()))?;
+        be.fill(&mut self.dentropy, 0.0, ElementwiseParams::new(shape.n())?)?;
         be.logprob_gather_bwd(
             &mut self.scratch.d_ln,
             &mut self.grads[head],
@@ -393,7 +393,7 @@ impl<B: Backend> DpoTrainer<B> {
 
     /// Loss and implicit rewards of `pairs` without training.
     pub fn evaluate(&mut self, be: &B, model: &Model<B>, pairs: &[&DpoPair], refs: &[[f32; 2]], cfg: &DpoConfig) -> Result<DpoStats> {
-        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(preference_stat::COUNT))?;
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(preference_stat::COUNT)?)?;
         for (chunk, r) in pairs.chunks(self.max_pairs).zip(refs.chunks(self.max_pairs)) {
             self.accumulate(be, model, chunk, r, cfg.op_params(chunk.len(), 0, 0.0), false)?;
         }
@@ -495,6 +495,7 @@ pub fn run_dpo<B: Backend>(
         return Err(Error::invalid(format!("the tokenizer has {} tokens but the model's vocabulary is {}", tokenizer.vocab_size(), model.cfg().vocab_size)));
     }
     if let Some(r) = &reference {
+        model.cfg().check_runs_in_policy_buffers("reference model (--ref-model)", r.cfg())?;
         if r.cfg().vocab_size != model.cfg().vocab_size {
             return Err(Error::invalid(format!("--ref-model has a vocabulary of {}, the policy {}", r.cfg().vocab_size, model.cfg().vocab_size)));
         }
@@ -509,20 +510,14 @@ pub fn run_dpo<B: Backend>(
     if longest > model.cfg().max_positions {
         return Err(Error::invalid(format!("a sequence has {longest} tokens; the model's context is {} (lower --seq-len)", model.cfg().max_positions)));
     }
-    let mut trainer = DpoTrainer::new(be, model, cfg.batch_size, longest.max(2) - 1, tokenizer.pad_or_default())?;
-    crate::fsutil::create_dir_all(&cfg.out)?;
+    let mut trainer = DpoTrainer::new(be, model, cfg.batch_size, longest.max(2) - 1, tokenizer.pad_or_default())
+        .map_err(Error::sized_by(format!("--batch-size {} x {longest} tokens", cfg.batch_size)))?;
 
-    let fingerprint = json!({
+    let fingerprint = cfg.control.fingerprint(json!({
         "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seq_len": cfg.seq_len,
         "loss": cfg.loss.name(), "eval_fraction": cfg.eval_fraction, "pairs": train.len() + eval.len(),
-    });
-    let resume = match &cfg.control.resume {
-        Some(path) => {
-            let ck = Checkpoint::resume(path, "dpo", &fingerprint)?;
-            Some(ck)
-        }
-        None => None,
-    };
+    }));
+    let resume = cfg.control.start(&cfg.out, "dpo", &fingerprint)?;
 
     // ---- reference log-probs: once per pair (a resumed run reads them from its checkpoint),
     // then the reference is freed ----

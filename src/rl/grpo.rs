@@ -21,7 +21,7 @@ use crate::rl::ppo::{mean_std, OracleFn, Scorer};
 use crate::rl::ppo_update::{PpoStats, PpoUpdate, StepTensors};
 use crate::rl::reward::RewardTrainer;
 use crate::rl::rollout_batch::{pack_rollouts, PackedRollouts};
-use crate::train::resume::{latest_checkpoint, Checkpoint, RunControl, StateWriter};
+use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
 use crate::train::schedule::LrSchedule;
 use crate::train::{AdamWConfig, DivergenceGuard, MetricsWriter, Progress};
 use serde_json::json;
@@ -267,7 +267,7 @@ pub fn reinforce_pp_on_device<B: Backend>(
     t: usize,
 ) -> Result<()> {
     let n = b * t;
-    let el = ElementwiseParams::new(n);
+    let el = ElementwiseParams::new(n)?;
     match kl {
         Some((kl, beta)) => {
             be.copy(rewards, kl, el)?;
@@ -296,6 +296,7 @@ pub fn run_grpo<B: Backend>(
         return Err(Error::invalid("no prompts"));
     }
     let GrpoModels { policy, reference, reward } = models;
+    policy.cfg().check_runs_in_policy_buffers("reference model", reference.cfg())?;
     let vocab = policy.cfg().vocab_size;
     let rm = match &reward {
         RewardSource::Model(m) => Some(*m),
@@ -317,7 +318,8 @@ pub fn run_grpo<B: Backend>(
     let (n_group, p_step) = (cfg.group_size, cfg.prompts_per_step);
     let b = p_step * n_group;
     let pad = tokenizer.pad_or_default();
-    let mut scorer = Scorer::new(be, policy, b, max_len)?;
+    let mut scorer =
+        Scorer::new(be, policy, b, max_len).map_err(Error::sized_by(format!("--prompts-per-step x --group-size = {b} sequences x {max_len} tokens")))?;
     let mut rm_scorer = rm.map(|m| RewardTrainer::scorer(be, m, b, max_len)).transpose()?;
     let mb_seqs = cfg.mini_batch.min(b);
     let mut update = PpoUpdate::new(be, policy, None, mb_seqs, max_len, cfg.optim)?;
@@ -326,7 +328,7 @@ pub fn run_grpo<B: Backend>(
     let kl_in_loss = cfg.kl_in == KlPlacement::Loss && cfg.kl_coef > 0.0;
     let mut step_t = StepTensors::new(be, b, max_len, kl_in_loss)?;
     let n_max = b * max_len;
-    be.fill(&mut step_t.values, 0.0, ElementwiseParams::new(n_max))?;
+    be.fill(&mut step_t.values, 0.0, ElementwiseParams::new(n_max)?)?;
     let mut dev: Scratch<B> = Scratch {
         mask: be.alloc(n_max)?,
         kl: be.alloc(n_max)?,
@@ -337,17 +339,16 @@ pub fn run_grpo<B: Backend>(
         wstats: be.alloc(crate::backend::ops::whiten_stat::LEN)?,
         last_pos: be.alloc_ids(b)?,
     };
-    be.fill(&mut dev.ones, 1.0, ElementwiseParams::new(max_len))?;
+    be.fill(&mut dev.ones, 1.0, ElementwiseParams::new(max_len)?)?;
     let mut engine = RolloutEngine::new();
-    let fingerprint = json!({
+    let fingerprint = cfg.control.fingerprint(json!({
         "seed": cfg.seed, "prompts_per_step": cfg.prompts_per_step, "group_size": cfg.group_size, "estimator": cfg.estimator.name(),
         "mini_batch": cfg.mini_batch, "epochs": cfg.epochs, "max_new_tokens": cfg.max_new_tokens, "sync_every": cfg.sync_every,
-    });
+    }));
     let mut guard = DivergenceGuard::new(cfg.control.max_bad_steps);
     let mut reports = Vec::with_capacity(cfg.steps);
-    let mut metrics = match &cfg.control.resume {
-        Some(path) => {
-            let ck = Checkpoint::resume(path, "grpo", &fingerprint)?;
+    let mut metrics = match cfg.control.start(&cfg.out, "grpo", &fingerprint)? {
+        Some(ck) => {
             let run: GrpoRunState = ck.value("run")?;
             policy.restore_state(be, &ck, "policy")?;
             state.update.restore_state(be, &ck)?;
@@ -377,6 +378,7 @@ pub fn run_grpo<B: Backend>(
             top_p: cfg.top_p,
             seed: cfg.seed ^ ((step as u64) << 20),
             stop_ids: stop_ids.clone(),
+            vocab_limit: Some(tokenizer.vocab_size()),
         };
         let rolled = engine.run_grouped(be, policy, &batch_prompts, n_group, &RolloutConfig { slots: b, gen, sync_every: cfg.sync_every })?;
         let rollout_s = t0.elapsed().as_secs_f64();
@@ -482,13 +484,19 @@ pub fn run_grpo<B: Backend>(
         // ---- metrics ----
         let k = mb_stats.len().max(1) as f32;
         let avg = |f: fn(&PpoStats) -> f32| mb_stats.iter().map(f).sum::<f32>() / k;
+        // the loss terms as in the loss whose gradient was applied: under Dr. GRPO's constant
+        // normaliser the weighted sum, not the per-token mean the loss op reports
+        let applied = |f: fn(&PpoStats) -> f32| match cfg.loss_agg {
+            LossAgg::Constant => mb_stats.iter().map(|s| f(s) * s.weight).sum::<f32>() / k,
+            _ => avg(f),
+        };
         let stats = PpoStats {
-            policy_loss: avg(|s| s.policy_loss),
+            policy_loss: applied(|s| s.policy_loss),
             entropy: avg(|s| s.entropy),
             clipfrac: avg(|s| s.clipfrac),
             approx_kl: avg(|s| s.approx_kl),
-            kl: avg(|s| s.kl),
-            total_loss: avg(|s| s.total_loss),
+            kl: applied(|s| s.kl),
+            total_loss: applied(|s| s.total_loss),
             policy_grad_norm: avg(|s| s.policy_grad_norm),
             ..PpoStats::default()
         };

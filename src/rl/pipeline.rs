@@ -130,7 +130,7 @@ pub fn evaluate<B: Backend>(
     let mut answers = Vec::with_capacity(prompts.len());
     let mut oracle = 0.0;
     for (i, p) in prompts.iter().enumerate() {
-        let gen = GenerateConfig { max_new_tokens: 24, temperature: 1.0, top_k: 0, top_p: 1.0, seed: seed + i as u64, stop_ids: tok.stop_ids() };
+        let gen = GenerateConfig { max_new_tokens: 24, temperature: 1.0, top_k: 0, top_p: 1.0, seed: seed + i as u64, stop_ids: tok.stop_ids(), vocab_limit: Some(tok.vocab_size()) };
         let a = generate(be, policy, p, &gen)?;
         oracle += demo_task::oracle_score(&tok.decode_with(&a, true)?);
         answers.push(a);
@@ -193,7 +193,7 @@ pub fn demo_sft_config(out: &Path, steps: usize, seed: u64) -> SftConfig {
         seed,
         optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
         log_every: 100,
-        control: Default::default(),
+        control: crate::train::resume::RunControl::replacing(),
     }
 }
 
@@ -240,7 +240,7 @@ fn run_demo_ppo<B: Backend>(
         ptx_batch_size: 0,
         seed: cfg.seed,
         log_every: 10,
-        control: Default::default(),
+        control: crate::train::resume::RunControl::replacing(),
     };
     let oracle = |_: &[u32], r: &[u32]| tok.decode_with(r, true).map(|s| demo_task::oracle_score(&s)).unwrap_or(0.0);
     let models = PpoModels { policy: &mut policy, reference, reward, value: Some(&mut value) };
@@ -297,7 +297,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
             eval_fraction: 0.2,
             eval_every: 50,
             log_every: 50,
-            control: Default::default(),
+            control: crate::train::resume::RunControl::replacing(),
         };
         let rm_summary = run_rm(be, &mut rm, &tok, groups, &rm_cfg)?;
         rows.push(StageRow {

@@ -18,7 +18,7 @@ use crate::rl::ppo_update::{PpoStats, PpoUpdate, StepTensors, ValueHead};
 use crate::rl::reward::RewardTrainer;
 use crate::rl::rollout_batch::{pack_rollouts, PackedRollouts};
 use crate::rl::running_stats::RunningMoments;
-use crate::train::resume::{latest_checkpoint, Checkpoint, RunControl, StateWriter};
+use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
 use crate::train::{AdamWConfig, DivergenceGuard, MetricsWriter, Progress};
 use serde_json::json;
 use std::path::PathBuf;
@@ -102,7 +102,7 @@ impl PpoConfig {
         }
         if let Some(e) = self.kl_in_loss {
             if !(1..=3).contains(&e) {
-                return Err(Error::invalid("--kl-estimator must be 1, 2 or 3"));
+                return Err(Error::invalid(format!("--kl-in-loss {e}: the KL estimator in the loss must be 1, 2 or 3 (k1, k2 or k3)")));
             }
         }
         if self.temperature <= 0.0 {
@@ -269,6 +269,10 @@ pub fn run_ppo<B: Backend>(
         return Err(Error::invalid("no prompts"));
     }
     let PpoModels { policy, reference, reward, mut value } = models;
+    policy.cfg().check_runs_in_policy_buffers("reference model", reference.cfg())?;
+    if let Some(v) = value.as_ref() {
+        policy.cfg().check_runs_in_policy_buffers("value model (--value-model, by default the reward model)", v.cfg())?;
+    }
     let vocab = policy.cfg().vocab_size;
     let value_vocab = value.as_ref().map_or(vocab, |v| v.cfg().vocab_size);
     if reference.cfg().vocab_size != vocab || reward.cfg().vocab_size != vocab || value_vocab != vocab {
@@ -288,7 +292,7 @@ pub fn run_ppo<B: Backend>(
     let max_len = (longest_prompt + cfg.max_new_tokens).min(context);
     let b = cfg.rollout_batch;
     let pad = tokenizer.pad_or_default();
-    let mut scorer = Scorer::new(be, policy, b, max_len)?;
+    let mut scorer = Scorer::new(be, policy, b, max_len).map_err(Error::sized_by(format!("--rollout-batch {b} x {max_len} tokens")))?;
     let mut rm_scorer = RewardTrainer::scorer(be, reward, b, max_len)?;
     let mb_seqs = cfg.mini_batch.min(b).max(cfg.ptx_batch_size * usize::from(ptx_batcher.is_some()));
     let mut update = PpoUpdate::new(be, policy, value.as_deref(), mb_seqs, max_len, cfg.optim)?;
@@ -296,13 +300,12 @@ pub fn run_ppo<B: Backend>(
         update.value_head = Some(ValueHead::new(be, policy.cfg().hidden_size, cfg.seed ^ 0x7A1)?);
     }
     update.temperature = cfg.temperature.max(1e-6);
-    let fingerprint = json!({
+    let fingerprint = cfg.control.fingerprint(json!({
         "seed": cfg.seed, "rollout_batch": cfg.rollout_batch, "mini_batch": cfg.mini_batch, "ppo_epochs": cfg.ppo_epochs,
         "max_new_tokens": cfg.max_new_tokens, "sync_every": cfg.sync_every, "value_model": value.is_some(),
-    });
-    let (mut run, mut metrics) = match &cfg.control.resume {
-        Some(path) => {
-            let ck = Checkpoint::resume(path, "ppo", &fingerprint)?;
+    }));
+    let (mut run, mut metrics) = match cfg.control.start(&cfg.out, "ppo", &fingerprint)? {
+        Some(ck) => {
             let mut run: PpoRunState = ck.value("run")?;
             run.guard.max_bad_steps = cfg.control.max_bad_steps;
             policy.restore_state(be, &ck, "policy")?;
@@ -365,6 +368,7 @@ pub fn run_ppo<B: Backend>(
             top_p: cfg.top_p,
             seed: cfg.seed ^ ((step as u64) << 20),
             stop_ids: stop_ids.clone(),
+            vocab_limit: Some(tokenizer.vocab_size()),
         };
         let prompt_batch: Vec<Vec<u32>> = batch_prompts.iter().map(|p| p.to_vec()).collect();
         let rolled = engine.run(be, policy, &prompt_batch, &RolloutConfig { slots: b, gen, sync_every: cfg.sync_every })?;
@@ -417,7 +421,7 @@ pub fn run_ppo<B: Backend>(
 
         // ---- advantages: reward_t = -beta k1_t (+ score at the last response token), GAE, whitening ----
         let beta = run.kl_ctl.beta() as f32;
-        let el = ElementwiseParams::new(n);
+        let el = ElementwiseParams::new(n)?;
         be.kl_penalty_fwd(&mut dev.kl1, &step_t.old_logp, &step_t.ref_logp, &dev.mask, KlParams { n: n as u32, estimator: 1 })?;
         be.kl_penalty_fwd(&mut dev.kl3, &step_t.old_logp, &step_t.ref_logp, &dev.mask, KlParams { n: n as u32, estimator: 3 })?;
         if cfg.kl_in_loss.is_none() {
@@ -434,7 +438,7 @@ pub fn run_ppo<B: Backend>(
         }
         // logging scalars: summed KL (k1, k3) and the spread of returns and of returns - values
         be.fill(&mut dev.ones, 1.0, el)?;
-        be.fill(&mut dev.sums, 0.0, ElementwiseParams::new(2))?;
+        be.fill(&mut dev.sums, 0.0, ElementwiseParams::new(2)?)?;
         be.matmul(&mut dev.sums, &dev.kl1, &dev.ones, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
         be.copy(&mut dev.tmp, &step_t.returns, el)?;
         be.masked_whiten(&mut dev.tmp, &mut dev.wstats, &dev.mask, WhitenParams::new(n))?;
@@ -446,7 +450,7 @@ pub fn run_ppo<B: Backend>(
         let diff_std = be.download(&dev.wstats)?[crate::backend::ops::whiten_stat::STD];
         let explained_variance = if ret_std > 0.0 { 1.0 - (diff_std * diff_std) / (ret_std * ret_std) } else { 0.0 };
         let kl1_total = be.download(&dev.sums)?[0];
-        be.fill(&mut dev.sums, 0.0, ElementwiseParams::new(2))?;
+        be.fill(&mut dev.sums, 0.0, ElementwiseParams::new(2)?)?;
         be.matmul(&mut dev.sums, &dev.kl3, &dev.ones, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
         let kl3_total = be.download(&dev.sums)?[0];
 
@@ -505,6 +509,7 @@ pub fn run_ppo<B: Backend>(
             policy_grad_norm: avg(&|s| s.policy_grad_norm),
             value_grad_norm: avg(&|s| s.value_grad_norm),
             ptx_loss: avg(&|s| s.ptx_loss),
+            weight: avg(&|s| s.weight),
         };
         let (kl1, kl3) = (kl1_total / b as f32, kl3_total / b as f32);
         run.kl_ctl.update(kl1 as f64, b as u64);

@@ -98,6 +98,11 @@ pub struct PpoStats {
     pub value_grad_norm: f32,
     /// PPO-ptx: the language-modelling loss of the pretraining batches (0 without ptx)
     pub ptx_loss: f32,
+    /// the sum of the loss's token weights that the means above divide by: 1 for a token or
+    /// sequence mean, tokens / (max_new_tokens x sequences) for Dr. GRPO's constant normaliser,
+    /// under which the loss whose gradient is applied is `mean x weight`
+    #[serde(default)]
+    pub weight: f32,
 }
 
 /// Buffers of one model being trained (activations, gradients, optimiser).
@@ -121,7 +126,7 @@ impl<B: Backend> Trainee<B> {
     fn zero_grad(&mut self, be: &B) -> Result<()> {
         for g in self.grads.iter_mut() {
             let n = be.len(g);
-            be.fill(g, 0.0, ElementwiseParams::new(n))?;
+            be.fill(g, 0.0, ElementwiseParams::new(n)?)?;
         }
         Ok(())
     }
@@ -276,10 +281,10 @@ impl<B: Backend> PpoUpdate<B> {
         }
         if let Some(h) = self.value_head.as_mut() {
             let n = be.len(&h.grad);
-            be.fill(&mut h.grad, 0.0, ElementwiseParams::new(n))?;
+            be.fill(&mut h.grad, 0.0, ElementwiseParams::new(n)?)?;
         }
-        be.fill(&mut self.ptx_loss, 0.0, ElementwiseParams::new(1))?;
-        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(ppo_stat::COUNT))
+        be.fill(&mut self.ptx_loss, 0.0, ElementwiseParams::new(1)?)?;
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(ppo_stat::COUNT)?)
     }
 
     /// Forward, loss and backward of one micro-batch given on the host; `p.denom` should carry the
@@ -386,11 +391,12 @@ impl<B: Backend> PpoUpdate<B> {
         }
 
         let has_value = value.is_some() || self.value_head.is_some();
-        let has_entropy = p.ent_coef != 0.0;
+        // the entropy goes in even without a bonus (ent_coef 0: no gradient), so that the logged
+        // entropy is the policy's, never a 0 that reads as a collapsed policy
         be.ppo_loss_fwd_bwd(
             &mut self.dlogp,
             if has_value { Some(&mut self.dvalues) } else { None },
-            if has_entropy { Some(&mut self.dentropy) } else { None },
+            Some(&mut self.dentropy),
             &mut self.stats,
             &self.logp,
             &self.old_logp,
@@ -399,15 +405,12 @@ impl<B: Backend> PpoUpdate<B> {
             has_value.then_some(&self.values),
             has_value.then_some(&self.old_values),
             has_value.then_some(&self.returns),
-            has_entropy.then_some(&self.entropy),
+            Some(&self.entropy),
             use_ref.then_some(&self.ref_logp),
             p,
         )?;
-        if !has_entropy {
-            be.fill(&mut self.dentropy, 0.0, ElementwiseParams::new(n))?;
-        }
         if has_value {
-            be.copy(&mut self.dvalues_c, &self.dvalues, ElementwiseParams::new(n))?;
+            be.copy(&mut self.dvalues_c, &self.dvalues, ElementwiseParams::new(n)?)?;
         }
 
         // policy backward
@@ -492,6 +495,7 @@ impl<B: Backend> PpoUpdate<B> {
             policy_grad_norm: 0.0,
             value_grad_norm: 0.0,
             ptx_loss: self.ptx_loss(be)?,
+            weight: s[ppo_stat::WEIGHT],
         })
     }
 

@@ -12,7 +12,7 @@ use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::resume::{latest_checkpoint, Checkpoint, RunControl, StateWriter};
+use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
 use crate::train::{DivergenceGuard, LrSchedule, MetricsWriter, Progress};
 use serde_json::json;
 use std::path::PathBuf;
@@ -221,11 +221,11 @@ impl<B: Backend> RewardTrainer<B> {
         let score = model.layout().score.expect("checked in new");
         let st = self.train.as_mut().ok_or_else(|| Error::invalid("this reward-model instance scores only"))?;
         // scores = last_hidden @ w^T: d_last = dscores @ w, dw += dscores^T @ last_hidden
-        be.copy(&mut self.dscores_c, &self.dscores, ElementwiseParams::new(b))?;
+        be.copy(&mut self.dscores_c, &self.dscores, ElementwiseParams::new(b)?)?;
         be.matmul(&mut self.d_last, &self.dscores_c, &model.weights[score], MatmulParams::new(b, c, 1, false, false))?;
         be.matmul(&mut st.grads[score], &self.dscores_c, &self.acts.last_hidden, MatmulParams::new(1, c, b, true, false).accumulate(true))?;
         // only the last token of each sequence feeds the score
-        be.fill(&mut st.scratch.d_ln, 0.0, ElementwiseParams::new(n * c))?;
+        be.fill(&mut st.scratch.d_ln, 0.0, ElementwiseParams::new(n * c)?)?;
         let scatter = EmbeddingParams { n: b as u32, c: c as u32, accumulate: 0, vocab: n as u32 };
         be.embedding_bwd(&mut st.scratch.d_ln, &self.d_last, &self.acts.last_rows, scatter)?;
         model.decoder.backward_hidden(be, &model.weights, &mut st.grads, &self.acts, &mut st.scratch, batch.shape)
@@ -233,14 +233,14 @@ impl<B: Backend> RewardTrainer<B> {
 
     fn read_stats(&mut self, be: &B) -> Result<RankingStats> {
         let s = be.download(&self.stats)?;
-        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4))?;
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4)?)?;
         let pairs = s[2].round() as usize;
         Ok(RankingStats { loss: s[0], accuracy: s[1] / s[2].max(1.0), mean_gap: s[3] / s[2].max(1.0), pairs })
     }
 
     /// Loss, accuracy and score gap over `groups` without training.
     pub fn evaluate(&mut self, be: &B, model: &Model<B>, groups: &[PreferenceGroup], extra_margin: f32, pad: u32) -> Result<RankingStats> {
-        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4))?;
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4)?)?;
         let mut i = 0;
         while i < groups.len() {
             let mut take = Vec::new();
@@ -270,9 +270,9 @@ impl<B: Backend> RewardTrainer<B> {
         let st = self.train.as_mut().ok_or_else(|| Error::invalid("this reward-model instance scores only"))?;
         for g in st.grads.iter_mut() {
             let n = be.len(g);
-            be.fill(g, 0.0, ElementwiseParams::new(n))?;
+            be.fill(g, 0.0, ElementwiseParams::new(n)?)?;
         }
-        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4))?;
+        be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4)?)?;
         self.ranking_pass(be, model, groups, extra_margin, 1.0 / groups.len() as f32, pad, true)
     }
 
@@ -361,12 +361,12 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
     }
     let max_k = train.iter().chain(&eval).map(|g| g.sequences.len()).max().unwrap_or(2);
     let max_len = train.iter().chain(&eval).flat_map(|g| g.sequences.iter().map(Vec::len)).max().unwrap_or(2);
-    let mut trainer = RewardTrainer::new(be, model, cfg.batch_size.max(1) * max_k, max_len, cfg.optim)?;
+    let mut trainer = RewardTrainer::new(be, model, cfg.batch_size.max(1).saturating_mul(max_k), max_len, cfg.optim)
+        .map_err(Error::sized_by(format!("--batch-size {} x {max_k} completions x {max_len} tokens", cfg.batch_size)))?;
     let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
-    let fingerprint = json!({ "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "eval_fraction": cfg.eval_fraction });
-    let (mut run, mut metrics) = match &cfg.control.resume {
-        Some(path) => {
-            let ck = Checkpoint::resume(path, "rm", &fingerprint)?;
+    let fingerprint = cfg.control.fingerprint(json!({ "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "eval_fraction": cfg.eval_fraction }));
+    let (mut run, mut metrics) = match cfg.control.start(&cfg.out, "rm", &fingerprint)? {
+        Some(ck) => {
             let mut run: RmRunState = ck.value("run")?;
             run.guard.max_bad_steps = cfg.control.max_bad_steps;
             model.restore_state(be, &ck, "weights")?;

@@ -11,7 +11,7 @@ use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::train::lm::LmTrainer;
-use crate::train::resume::{latest_checkpoint, Checkpoint, RunControl, StateWriter};
+use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
 use crate::train::{AdamWConfig, DivergenceGuard, LrSchedule, MetricsWriter, Progress};
 use serde_json::json;
 use std::path::PathBuf;
@@ -134,13 +134,14 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
     }
     let pad = tokenizer.pad_or_default();
     let mut batcher = Batcher::new(examples, cfg.seed, pad)?;
-    let mut trainer = LmTrainer::new(be, model, cfg.batch_size, cfg.batch_size * seq_len, cfg.optim)?;
+    let mut trainer = LmTrainer::new(be, model, cfg.batch_size, cfg.batch_size.saturating_mul(seq_len), cfg.optim)
+        .map_err(Error::sized_by(format!("--batch-size {} x --seq-len {seq_len}", cfg.batch_size)))?;
     let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
     let mut run =
         SftRunState { step: 0, data_position: 0, tokens: 0, first_loss: None, last_loss: None, guard: DivergenceGuard::new(cfg.control.max_bad_steps) };
-    let mut metrics = match &cfg.control.resume {
-        Some(path) => {
-            let ck = Checkpoint::resume(path, "sft", &fingerprint(cfg))?;
+    let fingerprint = cfg.control.fingerprint(fingerprint(cfg));
+    let mut metrics = match cfg.control.start(&cfg.out, "sft", &fingerprint)? {
+        Some(ck) => {
             run = ck.value("run")?;
             run.guard.max_bad_steps = cfg.control.max_bad_steps;
             model.restore_state(be, &ck, "weights")?;
@@ -218,7 +219,7 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
             let mut w = StateWriter::new();
             model.save_state(be, &mut w, "weights")?;
             trainer.opt.save_state(be, &mut w, "adamw")?;
-            w.save_run(&cfg.out, "sft", step, &run, &fingerprint(cfg))?;
+            w.save_run(&cfg.out, "sft", step, &run, &fingerprint)?;
         }
     }
     progress.finish();

@@ -41,9 +41,9 @@ impl<B: Backend> LmTrainer<B> {
     pub fn zero_grad(&mut self, be: &B) -> Result<()> {
         for g in self.grads.iter_mut() {
             let n = be.len(g);
-            be.fill(g, 0.0, ElementwiseParams::new(n))?;
+            be.fill(g, 0.0, ElementwiseParams::new(n)?)?;
         }
-        be.fill(&mut self.loss_acc, 0.0, ElementwiseParams::new(1))
+        be.fill(&mut self.loss_acc, 0.0, ElementwiseParams::new(1)?)
     }
 
     /// Forward and backward of one micro-batch; every supervised token's loss is weighted by

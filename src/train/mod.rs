@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod optimizer;
 pub mod progress;
 pub mod resume;
+pub mod run_dir;
 pub mod schedule;
 
 pub use guard::DivergenceGuard;

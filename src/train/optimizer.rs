@@ -92,7 +92,7 @@ pub fn finish_adamw_step<B: Backend>(be: &B, norm_sq: &B::Buf, step: &mut usize)
 
 /// Enqueues `norm_sq[0] = sum of the squares of every gradient` (no read-back).
 fn enqueue_norm<B: Backend>(be: &B, norm_sq: &mut B::Buf, grads: &[B::Buf]) -> Result<()> {
-    be.fill(norm_sq, 0.0, ElementwiseParams::new(1))?;
+    be.fill(norm_sq, 0.0, ElementwiseParams::new(1)?)?;
     be.sum_squares_many(norm_sq, grads)
 }
 
@@ -152,7 +152,7 @@ impl<B: Backend> AdamW<B> {
     /// loss made the step skip).
     pub fn step_guarded_by_loss(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32, loss: &B::Buf) -> Result<f32> {
         enqueue_norm(be, &mut self.norm_sq, grads)?;
-        let one = ElementwiseParams::new(1);
+        let one = ElementwiseParams::new(1)?;
         be.copy(&mut self.guard, loss, one)?;
         be.scale_inplace(&mut self.guard, 0.0, one)?;
         be.add_inplace(&mut self.guard, &self.norm_sq, one)?;

@@ -18,6 +18,7 @@ use crate::backend::ops::Backend;
 use crate::error::{Error, Result};
 use crate::fsutil;
 use crate::model::checkpoint::F32View;
+use crate::train::run_dir::{self, OutPolicy};
 use crate::train::MetricsWriter;
 use safetensors::SafeTensors;
 use serde::de::DeserializeOwned;
@@ -46,15 +47,55 @@ pub struct RunControl {
     pub resume: Option<PathBuf>,
     /// non-finite steps in a row that are skipped before the run stops
     pub max_bad_steps: usize,
+    /// whether a folder holding another run's state is refused or replaced
+    pub out_policy: OutPolicy,
+    /// the resolved configuration, written as `<out>/run.toml` when the run claims its folder
+    pub run_toml: Option<String>,
+    /// every setting that changes the run's result (flags, digests of the data and model files),
+    /// kept in each checkpoint and compared in full on `--resume`; `None` checks only the
+    /// trainer's own fingerprint
+    pub settings: Option<Map<String, Value>>,
 }
 
 impl Default for RunControl {
     fn default() -> Self {
-        RunControl { save_every: 0, resume: None, max_bad_steps: DEFAULT_MAX_BAD_STEPS }
+        RunControl { save_every: 0, resume: None, max_bad_steps: DEFAULT_MAX_BAD_STEPS, out_policy: OutPolicy::Fresh, run_toml: None, settings: None }
     }
 }
 
+/// The fingerprint key that holds [`RunControl::settings`].
+pub const SETTINGS_KEY: &str = "settings";
+
 impl RunControl {
+    /// The control of a run that replaces whatever its folder holds: the demo's stages, whose
+    /// folders lie inside the demo's own.
+    pub fn replacing() -> Self {
+        RunControl { out_policy: OutPolicy::Overwrite, ..RunControl::default() }
+    }
+
+    /// `own` (a trainer's fingerprint object) with [`Self::settings`] added under `settings`.
+    pub fn fingerprint(&self, own: Value) -> Value {
+        let mut v = own;
+        if let (Some(obj), Some(settings)) = (v.as_object_mut(), &self.settings) {
+            obj.insert(SETTINGS_KEY.into(), Value::Object(settings.clone()));
+        }
+        v
+    }
+
+    /// The start of a run writing into `out`: the checkpoint `--resume` names, after checking
+    /// its command and `fingerprint` (see [`Self::fingerprint`]), then the claim of `out`
+    /// ([`run_dir::claim`]: checked again, the old run's state removed under `--overwrite`,
+    /// `run.toml` written). Call it after every input is read and checked, before the first write.
+    pub fn start(&self, out: &Path, command: &str, fingerprint: &Value) -> Result<Option<Checkpoint>> {
+        run_dir::check_out(out, self.resume.as_deref(), self.out_policy)?;
+        let ck = match &self.resume {
+            Some(path) => Some(Checkpoint::resume(path, command, fingerprint)?),
+            None => None,
+        };
+        run_dir::claim(out, self.resume.as_deref(), self.out_policy, self.run_toml.as_deref())?;
+        Ok(ck)
+    }
+
     /// True when a checkpoint is due after `step` of `total`.
     pub fn due(&self, step: usize, total: usize) -> bool {
         step == total || (self.save_every > 0 && step % self.save_every == 0)
@@ -112,24 +153,40 @@ impl StateWriter {
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
-        fsutil::create_dir_all(&tmp)?;
+        let written = self.write_into(&tmp, command, step).and_then(|()| {
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+            }
+            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))
+        });
+        if let Err(e) = written {
+            // a failed save (a full disk, say) leaves nothing behind; the previous checkpoint
+            // and `latest` are untouched
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        sync_dir(&root);
+        fsutil::atomic_write(&root.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
+        prune(&root, &name);
+        Ok(dir)
+    }
+}
+
+impl StateWriter {
+    /// Writes the checkpoint's two files into the (temporary) folder `tmp`, fsynced.
+    fn write_into(self, tmp: &Path, command: &str, step: usize) -> Result<()> {
+        fsutil::create_dir_all(tmp)?;
         let views: Vec<(String, F32View<'_>)> = self.tensors.iter().map(|(n, d)| (n.clone(), F32View { shape: vec![d.len()], data: d })).collect();
         let bytes = safetensors::serialize(views, None).map_err(|e| Error::file(tmp.join(STATE_TENSORS), format!("cannot serialize: {e}")))?;
         write_synced(&tmp.join(STATE_TENSORS), &bytes)?;
+        drop(bytes);
         let mut state = self.scalars;
         state.insert("command".into(), Value::from(command));
         state.insert("step".into(), Value::from(step));
         let json = serde_json::to_vec_pretty(&Value::Object(state)).map_err(|e| Error::invalid(format!("checkpoint state: {e}")))?;
         write_synced(&tmp.join(STATE_JSON), &json)?;
-        sync_dir(&tmp);
-        if dir.exists() {
-            std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-        }
-        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
-        sync_dir(&root);
-        fsutil::atomic_write(&root.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
-        prune(&root, &name);
-        Ok(dir)
+        sync_dir(tmp);
+        Ok(())
     }
 }
 
@@ -221,7 +278,15 @@ impl Checkpoint {
             if view.dtype() != safetensors::Dtype::F32 {
                 return Err(Error::tensor(&t_path, name, "expected F32"));
             }
-            tensors.insert(name.to_string(), crate::tensor::to_f32(view.data(), crate::tensor::DType::F32));
+            let values = crate::tensor::to_f32(view.data(), crate::tensor::DType::F32);
+            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+                return Err(Error::tensor(
+                    &t_path,
+                    name,
+                    format!("holds a non-finite value ({} at index {i}): this checkpoint cannot continue a run; resume from an earlier one", values[i]),
+                ));
+            }
+            tensors.insert(name.to_string(), values);
         }
         Ok(Checkpoint { dir, step, state, tensors })
     }
@@ -279,24 +344,58 @@ impl Checkpoint {
     /// ([`FINGERPRINT_DEFAULTS`]), so those runs still resume with the equivalent setting.
     pub fn check_fingerprint(&self, now: &Value) -> Result<()> {
         let saved: Value = self.value("fingerprint")?;
+        let mut differ = Vec::new();
         for (key, value) in now.as_object().into_iter().flatten() {
+            if key == SETTINGS_KEY {
+                continue;
+            }
             let legacy = || FINGERPRINT_DEFAULTS.iter().find(|(k, _)| k == key).map(|&(_, v)| Value::from(v));
             let had = saved.get(key).cloned().or_else(legacy).unwrap_or(Value::Null);
             if &had != value {
-                return Err(Error::invalid(format!(
-                    "--resume {}: the checkpoint's run used --{} {had}, this one {value}; resume with the same settings",
-                    self.dir.display(),
-                    key.replace('_', "-"),
-                )));
+                differ.push(format!("--{} {} (this run: {})", key.replace('_', "-"), show(&had), show(value)));
             }
         }
-        Ok(())
+        match (now.get(SETTINGS_KEY).and_then(Value::as_object), saved.get(SETTINGS_KEY).and_then(Value::as_object)) {
+            (Some(now_s), Some(saved_s)) => {
+                let mut keys: Vec<&String> = now_s.keys().chain(saved_s.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for key in keys {
+                    let (had, has) = (saved_s.get(key).unwrap_or(&Value::Null), now_s.get(key).unwrap_or(&Value::Null));
+                    if had != has && !differ.iter().any(|d| d.starts_with(&format!("--{} ", key.replace('_', "-")))) {
+                        differ.push(format!("--{} {} (this run: {})", key.replace('_', "-"), show(had), show(has)));
+                    }
+                }
+            }
+            (Some(_), None) => eprintln!(
+                "warning: {} records only part of its run's settings (written by an older rlhf): the learning rate, the data and the models are not checked",
+                self.dir.display()
+            ),
+            _ => {}
+        }
+        if differ.is_empty() {
+            return Ok(());
+        }
+        Err(Error::invalid(format!(
+            "--resume {}: this run's settings differ from the checkpoint's, so it would not continue the same run. The checkpoint's run used {}; resume with the same settings, or start a new run in another --out",
+            self.dir.display(),
+            differ.join(", "),
+        )))
     }
 
     /// The run folder this checkpoint belongs to (`<run>/checkpoints/step-N`), if it is inside one.
     pub fn run_dir(&self) -> Option<PathBuf> {
         let parent = self.dir.parent()?;
         (parent.file_name()? == CHECKPOINTS_DIR).then(|| parent.parent().map(Path::to_path_buf)).flatten()
+    }
+}
+
+/// A fingerprint value as a flag would spell it (strings without quotes; absent as "unset").
+fn show(v: &Value) -> String {
+    match v {
+        Value::Null => "unset".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
     }
 }
 
@@ -321,12 +420,69 @@ mod tests {
         let ck = Checkpoint::load(&dir, "ppo").unwrap();
         ck.check_fingerprint(&json!({"batch_size": 4, "sync_every": 1})).unwrap();
         let err = ck.check_fingerprint(&json!({"batch_size": 4, "sync_every": 8})).unwrap_err().to_string();
-        assert!(err.contains("--sync-every 1") && err.contains("this one 8"), "{err}");
+        assert!(err.contains("--sync-every 1 (this run: 8)"), "{err}");
         let new = json!({"batch_size": 4, "sync_every": 8});
         let dir = StateWriter::new().save_run(&tmp.path().join("new"), "ppo", 3, &json!({}), &new).unwrap();
         let ck = Checkpoint::load(&dir, "ppo").unwrap();
         ck.check_fingerprint(&new).unwrap();
         assert!(ck.check_fingerprint(&json!({"batch_size": 4, "sync_every": 1})).is_err());
         assert!(ck.check_fingerprint(&json!({"batch_size": 5, "sync_every": 8})).is_err());
+    }
+
+    /// The settings a CLI run records (every flag that changes the result, the data's digest)
+    /// are compared in full, both ways, and every difference is named; a checkpoint without them
+    /// (an older one) is compared on the trainer's own keys only.
+    #[test]
+    fn every_recorded_setting_is_compared_on_resume() {
+        let tmp = tempfile::tempdir().unwrap();
+        let control = |lr: &str, data: &str| RunControl {
+            settings: Some(json!({"lr": lr, "data": data}).as_object().unwrap().clone()),
+            ..RunControl::default()
+        };
+        let saved = control("0.001", "fnv:aa");
+        let fp = saved.fingerprint(json!({"batch_size": 4}));
+        let dir = StateWriter::new().save_run(tmp.path(), "sft", 2, &json!({}), &fp).unwrap();
+        let ck = Checkpoint::load(&dir, "sft").unwrap();
+        ck.check_fingerprint(&fp).unwrap();
+        let err = ck.check_fingerprint(&control("0.002", "fnv:bb").fingerprint(json!({"batch_size": 4}))).unwrap_err().to_string();
+        assert!(err.contains("--lr 0.001 (this run: 0.002)") && err.contains("--data fnv:aa (this run: fnv:bb)"), "{err}");
+        let mut extra = control("0.001", "fnv:aa");
+        extra.settings.as_mut().unwrap().insert("warmup".into(), json!("5"));
+        let err = ck.check_fingerprint(&extra.fingerprint(json!({"batch_size": 4}))).unwrap_err().to_string();
+        assert!(err.contains("--warmup unset (this run: 5)"), "{err}");
+        // an older checkpoint: only the trainer's keys
+        let old = StateWriter::new().save_run(&tmp.path().join("old"), "sft", 2, &json!({}), &json!({"batch_size": 4})).unwrap();
+        Checkpoint::load(&old, "sft").unwrap().check_fingerprint(&fp).unwrap();
+    }
+
+    /// A checkpoint whose tensors hold NaN is refused on load, naming the tensor.
+    #[test]
+    fn a_checkpoint_with_non_finite_values_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut w = StateWriter::new();
+        w.tensor("weights.3", vec![1.0, f32::NAN]);
+        let dir = w.save_run(tmp.path(), "sft", 1, &json!({}), &json!({})).unwrap();
+        let err = Checkpoint::load(&dir, "sft").err().unwrap().to_string();
+        assert!(err.contains("weights.3") && err.contains("non-finite"), "{err}");
+    }
+
+    /// A save that fails leaves no temporary folder and keeps the previous checkpoint as latest.
+    #[test]
+    fn a_failed_save_leaves_nothing_behind() {
+        let tmp = tempfile::tempdir().unwrap();
+        StateWriter::new().save_run(tmp.path(), "sft", 1, &json!({}), &json!({})).unwrap();
+        // a folder where the checkpoint's state.json would go makes the write fail
+        let root = tmp.path().join(CHECKPOINTS_DIR);
+        let blocker = root.join(format!(".step-00000002.tmp{}", std::process::id()));
+        let mut w = StateWriter::new();
+        w.tensor("x", vec![1.0]);
+        std::fs::create_dir_all(blocker.join(STATE_TENSORS).join("occupied")).unwrap();
+        // `save` clears an old temporary of its own name first, so block the rename target instead
+        let target = root.join("step-00000002");
+        std::fs::write(&target, "a file, not a folder").unwrap();
+        let result = w.save_run(tmp.path(), "sft", 2, &json!({}), &json!({}));
+        assert!(result.is_err());
+        assert!(!blocker.exists(), "the temporary folder survived a failed save");
+        assert_eq!(std::fs::read_to_string(root.join(LATEST_FILE)).unwrap().trim(), "step-00000001");
     }
 }

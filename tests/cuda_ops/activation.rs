@@ -12,7 +12,7 @@ pub const CHECKS: &[(&str, &str)] =
 
 fn run<B: Backend>(be: &B, n: usize) -> Outputs {
     let mut rng = Rng::new(7 + n as u64);
-    let p = ElementwiseParams::new(n);
+    let p = ElementwiseParams::new(n).unwrap();
     let x = cin(be, &crate::common::randv(&mut rng, n, 3.0));
     let u = cin(be, &crate::common::randv(&mut rng, n, 1.0));
     let dy = cin(be, &crate::common::randv(&mut rng, n, 1.0));

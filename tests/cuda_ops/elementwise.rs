@@ -30,7 +30,7 @@ const SIZES: &[usize] = &[1, 3, 4, 9, 1027, 70_001, 1_000_003];
 
 fn run<B: Backend>(be: &B, n: usize) -> Outputs {
     let mut rng = Rng::new(n as u64);
-    let p = ElementwiseParams::new(n);
+    let p = ElementwiseParams::new(n).unwrap();
     let a = cin(be, &crate::common::randv(&mut rng, n, 1.0));
     let b = cin(be, &crate::common::randv(&mut rng, n, 1.0));
     // one extra element beyond n: must stay untouched
@@ -102,7 +102,7 @@ fn bf16_buffers_round_to_nearest_even() {
     assert_eq!(bits(&down), bits(&want), "write/download of a bf16 buffer");
     // the cast kernel (copy f32 -> bf16) rounds as the host does
     let mut cast = calloc(g, n);
-    g.copy(&mut cast, &g.upload(&x).unwrap(), ElementwiseParams::new(n)).unwrap();
+    g.copy(&mut cast, &g.upload(&x).unwrap(), ElementwiseParams::new(n).unwrap()).unwrap();
     let got = dl(g, &cast);
     assert_eq!(bits(&got), bits(&want), "copy_f32_to_bf16");
     let nan_bits: Vec<u16> = to_bf16_bits(&got[4..5]);
@@ -113,7 +113,7 @@ fn bf16_buffers_round_to_nearest_even() {
 #[test]
 fn mismatched_buffer_types_are_errors() {
     let Some(g) = crate::gpu_bf16() else { return };
-    let p = ElementwiseParams::new(8);
+    let p = ElementwiseParams::new(8).unwrap();
     let (mut out, a, f) = (calloc(g, 8), calloc(g, 8), g.alloc(8).unwrap());
     let e = g.add(&mut out, &a, &f, p).unwrap_err().to_string();
     assert!(e.contains("add") && e.contains("`b` is f32") && e.contains("`out` is bf16"), "{e}");

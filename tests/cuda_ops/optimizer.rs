@@ -31,12 +31,12 @@ const CASES: &[(usize, f32, bool)] =
 
 fn run<B: Backend>(be: &B, (n, max_grad_norm, bad_norm): (usize, f32, bool)) -> Outputs {
     let mut rng = Rng::new(73);
-    let p = ElementwiseParams::new(n);
+    let p = ElementwiseParams::new(n).unwrap();
     let mut g = cin(be, &crate::common::randv(&mut rng, n, 0.1));
     let g2 = cin(be, &crate::common::randv(&mut rng, 777, 0.1));
     let mut acc = be.upload(&[0.25]).unwrap();
     be.sum_squares(&mut acc, &g, p).unwrap();
-    be.sum_squares(&mut acc, &g2, ElementwiseParams::new(777)).unwrap();
+    be.sum_squares(&mut acc, &g2, ElementwiseParams::new(777).unwrap()).unwrap();
     let norm = dl(be, &acc);
     if bad_norm {
         acc = be.upload(&[if n % 2 == 0 { f32::NAN } else { f32::INFINITY }]).unwrap();

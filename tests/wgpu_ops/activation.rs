@@ -29,7 +29,7 @@ fn activation_parity() {
     let mut rng = Rng::new(41);
     for &n in &[1usize, 7, 1000, 70_001] {
         let what = |s: &str| format!("{s} n={n}");
-        let p = ElementwiseParams::new(n);
+        let p = ElementwiseParams::new(n).unwrap();
         let (cx, gx) = both(g, &inputs(&mut rng, n, 3.0));
         let (cu, gu) = both(g, &inputs(&mut rng, n, 2.0));
         let (cdy, gdy) = both(g, &crate::common::randv(&mut rng, n, 1.0));

@@ -21,7 +21,7 @@ fn elementwise_parity() {
     let (len, n) = (70_001, 69_999);
     let a = crate::common::randv(&mut rng, len, 1.0);
     let b = crate::common::randv(&mut rng, len, 1.0);
-    let p = ElementwiseParams::new(n);
+    let p = ElementwiseParams::new(n).unwrap();
     let (ca, ga) = both(g, &a);
     let (cb, gb) = both(g, &b);
     let (mut cout, mut gout) = both(g, &b);
@@ -43,14 +43,14 @@ fn elementwise_parity() {
     // many small dispatches in one batch, then one read: program order holds across the batch
     let mut x = g.upload(&[1.0; 8]).unwrap();
     for _ in 0..3000 {
-        g.add_inplace(&mut x, &ga, ElementwiseParams::new(8)).unwrap();
+        g.add_inplace(&mut x, &ga, ElementwiseParams::new(8).unwrap()).unwrap();
     }
     let want: Vec<f32> = (0..8).map(|i| (0..3000).fold(1.0f32, |acc, _| acc + a[i])).collect();
     assert_close("3000 batched add_inplace", &g.download(&x).unwrap(), &want, 0.0, 0.0);
     // a host write between dispatches is ordered after the earlier ones and before the later ones
     let mut y = g.upload(&[0.0; 4]).unwrap();
-    g.fill(&mut y, 1.0, ElementwiseParams::new(4)).unwrap();
+    g.fill(&mut y, 1.0, ElementwiseParams::new(4).unwrap()).unwrap();
     g.write(&mut y, &[5.0, 5.0]).unwrap();
-    g.scale_inplace(&mut y, 2.0, ElementwiseParams::new(4)).unwrap();
+    g.scale_inplace(&mut y, 2.0, ElementwiseParams::new(4).unwrap()).unwrap();
     assert_close("write ordering", &g.download(&y).unwrap(), &[10.0, 10.0, 2.0, 2.0], 0.0, 0.0);
 }

@@ -20,7 +20,7 @@ fn sum_squares_parity() {
     let (mut cacc, mut gacc) = both(g, &[1.5]);
     for &n in &[1usize, 7, 1000, 65_536, 65_537, 300_001, 3_000_000] {
         let (cx, gx) = both(g, &crate::common::randv(&mut rng, n, 0.1));
-        let p = ElementwiseParams::new(n);
+        let p = ElementwiseParams::new(n).unwrap();
         c.sum_squares(&mut cacc, &cx, p).unwrap();
         g.sum_squares(&mut gacc, &gx, p).unwrap();
         assert_close(&format!("sum_squares n={n} (running total)"), &g.download(&gacc).unwrap(), &cacc, 0.0, 2e-6);

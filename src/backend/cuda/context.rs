@@ -3,11 +3,12 @@
 //!
 //! Loading: nothing touches cudarc's driver API before [`availability`] has checked that libcuda
 //! can be loaded (cudarc panics otherwise). A family of kernels (`kernels/<family>.cu`) is compiled
-//! by NVRTC the first time one of its kernels runs, for the device's `compute_XY` (falling back to
-//! compute_90, then compute_80, when this NVRTC does not know the device's architecture), and the
-//! PTX is stored in `$RLHF_CUDA_CACHE` (default `${XDG_CACHE_HOME:-~/.cache}/rlhf/cuda`) under a
-//! key hashing the source, the architecture and the NVRTC version; modules and functions are loaded
-//! once per process. All work goes to the current lane's stream in program order: the main stream,
+//! by NVRTC the first time one of its kernels runs: to a CUBIN for the device's exact `sm_XY` (what
+//! any driver loads), else to PTX for its `compute_XY`, compute_90, compute_80 (an NVRTC that does
+//! not know the device); the image is stored in `$RLHF_CUDA_CACHE` (default
+//! `${XDG_CACHE_HOME:-~/.cache}/rlhf/cuda`), written atomically, under a key hashing the source,
+//! the target and the NVRTC version, and a cached image the driver refuses is compiled afresh;
+//! modules and functions are loaded once per process. All work goes to the current lane's stream in program order: the main stream,
 //! or inside `Backend::concurrently` the task's own lane (lanes.rs), which orders itself against
 //! the main stream with events at the region's fork and join, so cudarc's per-buffer event
 //! tracking is off and nothing synchronises the host except `download` and `synchronize`. cuBLAS
@@ -58,6 +59,15 @@ fn describe(ctx: &CudaContext) -> String {
     let (major, minor) = ctx.compute_capability().unwrap_or((0, 0));
     let mem = ctx.total_mem().unwrap_or(0) as f64 / (1u64 << 30) as f64;
     format!("{name} (sm_{major}{minor}, {mem:.1} GiB)")
+}
+
+/// A module image for cudarc: CUBIN bytes, or PTX text.
+fn image(cubin: bool, bytes: Vec<u8>) -> Ptx {
+    if cubin {
+        Ptx::from_binary(bytes)
+    } else {
+        Ptx::from_src(String::from_utf8_lossy(&bytes).into_owned())
+    }
 }
 
 fn cache_dir() -> Option<PathBuf> {
@@ -307,32 +317,67 @@ impl Context {
         Ok(())
     }
 
-    /// PTX of a family for this device: from the disk cache, else compiled (and cached).
-    fn ptx(&self, family: &str) -> Result<String> {
-        let src = kernels::full_source(family, kernels::family_source(family)?);
-        let nvrtc = format!("{:?}", kernels::nvrtc_version());
-        let mut first_err = None;
-        for arch in [self.arch.as_str(), "compute_90", "compute_80"] {
-            let key = kernels::fnv1a(&[src.as_bytes(), arch.as_bytes(), nvrtc.as_bytes()]);
-            let path = cache_dir().map(|d| d.join(format!("{family}-{arch}-{key:016x}.ptx")));
-            if let Some(ptx) = path.as_ref().and_then(|p| std::fs::read_to_string(p).ok()) {
-                return Ok(ptx);
-            }
-            match kernels::compile(family, arch) {
-                Ok(ptx) => {
-                    if let Some(p) = path {
-                        // a cache that cannot be written only costs a recompilation next time
-                        let _ = p.parent().map(std::fs::create_dir_all);
-                        let _ = std::fs::write(&p, &ptx);
-                    }
-                    return Ok(ptx);
-                }
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
+    /// The images to try for a family on this device, best first: a CUBIN for its exact `sm_XY`,
+    /// then PTX for its `compute_XY`, compute_90 and compute_80 (for an NVRTC that does not know
+    /// the device, or a driver that rejects the CUBIN).
+    fn targets(&self) -> Vec<String> {
+        let mut t = vec![format!("sm_{}{}", self.sm.0, self.sm.1), self.arch.clone()];
+        for a in ["compute_90", "compute_80"] {
+            if !t.iter().any(|x| x == a) {
+                t.push(a.to_string());
             }
         }
-        Err(first_err.unwrap_or_else(|| err("no architecture to compile for")))
+        t
+    }
+
+    /// Loads `kernels/<family>.cu` as a module: for each target of [`Self::targets`], the image from
+    /// the disk cache (a cached image the driver rejects is deleted and compiled afresh), else
+    /// compiled by NVRTC and cached (written atomically). The error of a family no target loads
+    /// names each target's failure and the driver's and NVRTC's versions.
+    fn load_family(&self, family: &str) -> Result<Arc<CudaModule>> {
+        let src = kernels::full_source(family, kernels::family_source(family)?);
+        let nvrtc = kernels::nvrtc_version();
+        let mut failures = Vec::new();
+        for target in self.targets() {
+            let cubin = target.starts_with("sm_");
+            let key = kernels::fnv1a(&[src.as_bytes(), target.as_bytes(), format!("{nvrtc:?}").as_bytes()]);
+            let path = cache_dir().map(|d| d.join(format!("{family}-{target}-{key:016x}.{}", if cubin { "cubin" } else { "ptx" })));
+            if let Some(bytes) = path.as_ref().and_then(|p| std::fs::read(p).ok()) {
+                match self.ctx.load_module(image(cubin, bytes)) {
+                    Ok(m) => return Ok(m),
+                    Err(_) => {
+                        // stale or damaged: compile afresh below
+                        let _ = path.as_ref().map(std::fs::remove_file);
+                    }
+                }
+            }
+            let bytes = if cubin { kernels::compile_cubin(family, &target) } else { kernels::compile(family, &target).map(String::into_bytes) };
+            let bytes = match bytes {
+                Ok(b) => b,
+                Err(e) => {
+                    failures.push(format!("{target}: {e}"));
+                    continue;
+                }
+            };
+            match self.ctx.load_module(image(cubin, bytes.clone())) {
+                Ok(m) => {
+                    if let Some(p) = path {
+                        // a cache that cannot be written only costs a recompilation next time
+                        if p.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok()) {
+                            let _ = crate::fsutil::atomic_write(&p, &bytes);
+                        }
+                    }
+                    return Ok(m);
+                }
+                Err(e) => failures.push(format!("{target}: the driver refused the image: {e:?}")),
+            }
+        }
+        let driver = super::versions::driver_version().map_or("unknown".to_string(), |(a, b)| format!("CUDA {a}.{b}"));
+        let nvrtc = nvrtc.map_or("unknown".to_string(), |(a, b)| format!("{a}.{b}"));
+        Err(err(format!(
+            "loading kernels/{family}.cu: no image loads (driver {driver}, NVRTC {nvrtc}; PTX from an NVRTC newer than the driver is refused): {}",
+            failures.join("; ")
+        )))
     }
 
     /// The kernel `name` of `kernels/<family>.cu`, compiling and loading the family on first use.
@@ -345,8 +390,7 @@ impl Context {
             match modules.get(family) {
                 Some(m) => m.clone(),
                 None => {
-                    let ptx = self.ptx(family)?;
-                    let m = self.ctx.load_module(Ptx::from_src(ptx)).map_err(|e| err(format!("loading kernels/{family}.cu: {e:?}")))?;
+                    let m = self.load_family(family)?;
                     modules.insert(family, m.clone());
                     m
                 }

@@ -41,7 +41,7 @@ pub fn cast(ctx: &Context, inp: DevPtr<'_>, out: DevPtr<'_>) -> Result<()> {
     if (inp.ptr | out.ptr) % 16 != 0 {
         return Err(super::kernels::err(format!("copy: the cast kernels need 16-byte aligned buffers (inp {:#x}, out {:#x})", inp.ptr, out.ptr)));
     }
-    let p = ElementwiseParams::new(n);
+    let p = ElementwiseParams::new(n)?;
     let cfg = ew(n, if inp.dtype == Dtype::Bf16 { Dtype::Bf16 } else { out.dtype });
     match (out.dtype, inp.dtype) {
         (Dtype::F32, Dtype::F32) => launch!(ctx, "elementwise", "copy", cfg, &out.ptr, &inp.ptr, &p),

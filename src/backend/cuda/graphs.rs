@@ -109,7 +109,12 @@ impl Graphs {
                 return Ok(false);
             }
         }
-        match self.capture(stream, f) {
+        // the cache is not locked while `f` is captured: a replay or a `forget` from inside it (a
+        // nested call) must not deadlock
+        drop(entries);
+        let recorded = self.capture(stream, f);
+        let mut entries = self.entries.lock().map_err(|_| err("graph cache poisoned"))?;
+        match recorded {
             Ok(g) => {
                 g.launch().map_err(|e| err(format!("launching a CUDA graph: {e:?}")))?;
                 entries.insert(key, Entry::Graph(Recorded(g)));

@@ -1,5 +1,6 @@
-//! The CUDA C of `kernels/`, embedded in the binary, and its compilation to PTX with NVRTC (through
-//! cudarc, the same path at run time and in `tests/cuda_compile.rs`).
+//! The CUDA C of `kernels/`, embedded in the binary, and its compilation with NVRTC (through
+//! cudarc, the same path at run time and in `tests/cuda_compile.rs`): to a CUBIN for the device's
+//! exact architecture, or to PTX for a virtual one.
 //!
 //! Each family file `kernels/<family>.cu` starts with `#include "common.cuh"`; [`full_source`]
 //! replaces that line by the header's text between `#line` directives, so NVRTC needs no header
@@ -114,6 +115,46 @@ pub fn compile(family: &str, arch: &str) -> Result<String> {
         other => err(format!("kernels/{family}.cu for {arch}: {other:?}")),
     })?;
     Ok(ptx.to_src())
+}
+
+/// Compiles one family to a CUBIN for the real architecture `sm` (e.g. `sm_90`): machine code the
+/// driver loads as it is, whatever PTX versions it understands. Errors carry NVRTC's log.
+pub fn compile_cubin(family: &str, sm: &str) -> Result<Vec<u8>> {
+    use cudarc::nvrtc::{result, sys};
+    use std::ffi::CString;
+    if !nvrtc_present() {
+        return Err(err("NVRTC (libnvrtc.so.12) not found"));
+    }
+    let src = CString::new(full_source(family, family_source(family)?)).map_err(|_| err(format!("kernels/{family}.cu holds a NUL byte")))?;
+    let name = CString::new(format!("kernels/{family}.cu")).expect("no NUL in a family name");
+    let prog = result::create_program(&src, Some(&name)).map_err(|e| err(format!("kernels/{family}.cu: NVRTC program: {e:?}")))?;
+    let options = compile_options(family, sm).options;
+    // SAFETY: `prog` is a live program until destroyed below; the buffers are sized by NVRTC.
+    let out = unsafe {
+        let compiled = result::compile_program(prog, &options);
+        let image = match compiled {
+            Ok(()) => {
+                let mut size = 0usize;
+                let mut bin = Vec::new();
+                let ok = sys::nvrtcGetCUBINSize(prog, &mut size) == sys::nvrtcResult::NVRTC_SUCCESS && {
+                    bin.resize(size, 0u8);
+                    sys::nvrtcGetCUBIN(prog, bin.as_mut_ptr().cast()) == sys::nvrtcResult::NVRTC_SUCCESS
+                };
+                if ok && size > 0 {
+                    Ok(bin)
+                } else {
+                    Err(err(format!("kernels/{family}.cu for {sm}: NVRTC produced no CUBIN")))
+                }
+            }
+            Err(e) => {
+                let log = result::get_program_log(prog).map(|l| l.iter().map(|&c| c as u8 as char).collect::<String>()).unwrap_or_default();
+                Err(err(format!("kernels/{family}.cu for {sm}: {e:?}\n{}", log.trim_end_matches('\0'))))
+            }
+        };
+        let _ = result::destroy_program(prog);
+        image
+    };
+    out
 }
 
 /// FNV-1a 64 of the given parts (the PTX cache key: sources, arch, NVRTC version).

@@ -107,7 +107,7 @@ pub fn logprob_gather_bwd(
         return Ok(());
     }
     if v == 0 {
-        let np = crate::backend::ops::ElementwiseParams::new(n * c);
+        let np = crate::backend::ops::ElementwiseParams::new(n * c)?;
         return super::elementwise::fill(ctx, dh, 0.0, np);
     }
     let s = ctx.stream();

@@ -35,6 +35,7 @@ pub mod reward;
 pub mod rl_losses;
 pub mod rope;
 pub mod sample;
+pub mod versions;
 
 pub use buffer::CudaBuf;
 pub use context::{availability, devices, Context};
