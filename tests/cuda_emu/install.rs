@@ -25,7 +25,10 @@ const RUNTIME: &[&str] = &["driver.cpp", "scheduler.cpp", "fiber.cpp", "registry
 const HEADERS: &[&str] = &["cuda_shim.h", "runtime.h", "fiber.h", "scheduler.h", "api.h"];
 /// Kernel files of the emulator's own tests (compiled in beside kernels/).
 const SELFTEST: &str = "selftest.cu";
-const FLAGS: &[&str] = &["-std=c++20", "-O2", "-fPIC", "-pthread", "-fno-strict-aliasing", "-ffp-contract=off", "-Wno-unknown-pragmas"];
+/// `-fno-extern-tls-init`: g++ otherwise calls a (missing) init function for the block-scope
+/// `extern thread_local` arrays that `extern __shared__` becomes, without a null check.
+/// `-fno-strict-aliasing`: the kernels read float buffers through uint4.
+const FLAGS: &[&str] = &["-std=c++20", "-O2", "-fPIC", "-pthread", "-fno-extern-tls-init", "-fno-strict-aliasing", "-ffp-contract=off", "-Wno-unknown-pragmas"];
 
 /// Which driver the CUDA tests get.
 #[derive(Clone, Debug)]
@@ -176,7 +179,8 @@ pub fn build() -> Result<PathBuf, String> {
         fnv1a(&mut h, f.as_bytes());
     }
     let mut sources = Vec::new();
-    for f in RUNTIME.iter().chain(HEADERS) {
+    // this file too: it generates the wrappers and holds the flags
+    for f in RUNTIME.iter().chain(HEADERS).chain(&["install.rs"]) {
         let path = format!("{EMU_DIR}/{f}");
         let text = std::fs::read(root.join(&path)).map_err(|e| format!("{path}: {e}"))?;
         fnv1a(&mut h, path.as_bytes());
@@ -198,17 +202,22 @@ pub fn build() -> Result<PathBuf, String> {
     let scratch = base.join(format!("{h:016x}.tmp{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
-    let mut units: Vec<(PathBuf, bool)> = sources.iter().filter(|s| s.ends_with(".cpp")).map(|s| (root.join(s), s.ends_with("driver.cpp"))).collect();
+    let mut units: Vec<PathBuf> = sources.iter().filter(|s| s.ends_with(".cpp")).map(|s| root.join(s)).collect();
     for (family, path, text) in &kernels {
         let gen = scratch.join(format!("{family}.cpp"));
         std::fs::write(&gen, wrapper(family, path, text)).map_err(|e| format!("{}: {e}", gen.display()))?;
-        units.push((gen, false));
+        units.push(gen);
     }
     compile_all(&cxx, &root, &scratch, &units)?;
-    let objects: Vec<PathBuf> = units.iter().map(|(u, _)| object_of(&scratch, u)).collect();
+    let objects: Vec<PathBuf> = units.iter().map(|u| object_of(&scratch, u)).collect();
+    // export the driver API only: kernel names such as `copy` or `fill` stay local
+    let exports = scratch.join("exports.map");
+    std::fs::write(&exports, "{ global: cu*; emu_*; local: *; };\n").map_err(|e| format!("{}: {e}", exports.display()))?;
     let out = Command::new(&cxx)
         .current_dir(&root)
-        .args(["-shared", "-pthread", "-Wl,-soname,libcuda.so", "-o"])
+        .args(["-shared", "-pthread", "-Wl,-soname,libcuda.so"])
+        .arg(format!("-Wl,--version-script={}", exports.display()))
+        .arg("-o")
         .arg(scratch.join("libcuda.so"))
         .args(&objects)
         .output()
@@ -231,9 +240,8 @@ fn object_of(scratch: &Path, unit: &Path) -> PathBuf {
     scratch.join(format!("{}.o", unit.file_stem().expect("a file name").to_string_lossy()))
 }
 
-/// Compiles every unit (a few at a time); the driver keeps default visibility (the API), the rest
-/// is hidden so that kernel names such as `copy` or `fill` are not exported.
-fn compile_all(cxx: &str, root: &Path, scratch: &Path, units: &[(PathBuf, bool)]) -> Result<(), String> {
+/// Compiles every unit (a few at a time).
+fn compile_all(cxx: &str, root: &Path, scratch: &Path, units: &[PathBuf]) -> Result<(), String> {
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     let next = std::sync::atomic::AtomicUsize::new(0);
     let errors = std::sync::Mutex::new(Vec::new());
@@ -241,12 +249,9 @@ fn compile_all(cxx: &str, root: &Path, scratch: &Path, units: &[(PathBuf, bool)]
         for _ in 0..jobs {
             s.spawn(|| loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some((unit, api)) = units.get(i) else { return };
+                let Some(unit) = units.get(i) else { return };
                 let mut cmd = Command::new(cxx);
                 cmd.current_dir(root).args(FLAGS).args([&format!("-I{EMU_DIR}"), "-Ikernels"]);
-                if !api {
-                    cmd.arg("-fvisibility=hidden");
-                }
                 cmd.arg("-c").arg(unit).arg("-o").arg(object_of(scratch, unit));
                 match cmd.output() {
                     Ok(o) if o.status.success() => {}

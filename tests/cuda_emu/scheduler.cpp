@@ -140,11 +140,25 @@ struct BlockRunner {
     std::string describe_deadlock();
 };
 
+// The runner of this OS thread while it works on a grid (fibers reach it through this).
 thread_local BlockRunner* runner = nullptr;
 
-BlockRunner& this_runner() {
-    if (!runner) runner = new BlockRunner();  // kept for the life of the OS thread
-    return *runner;
+// Runners are kept for reuse (their 1024 stacks are costly to map: one mapping and one guard
+// each); at most one per worker exists, since grids run one at a time.
+std::mutex spare_mutex;
+std::vector<BlockRunner*> spare_runners;
+
+BlockRunner* take_runner() {
+    std::lock_guard<std::mutex> l(spare_mutex);
+    if (spare_runners.empty()) return new BlockRunner();
+    BlockRunner* r = spare_runners.back();
+    spare_runners.pop_back();
+    return r;
+}
+
+void give_back(BlockRunner* r) {
+    std::lock_guard<std::mutex> l(spare_mutex);
+    spare_runners.push_back(r);
 }
 
 Thread& current() { return *static_cast<Thread*>(cur_thread); }
@@ -407,8 +421,16 @@ struct Job {
     std::string error;
 };
 
+void work_with(Job& j, BlockRunner& r);
+
 void work(Job& j) {
-    BlockRunner& r = this_runner();
+    runner = take_runner();
+    work_with(j, *runner);
+    give_back(runner);
+    runner = nullptr;
+}
+
+void work_with(Job& j, BlockRunner& r) {
     for (;;) {
         if (j.failed.load(std::memory_order_relaxed)) return;
         const unsigned long long b = j.next.fetch_add(1);
