@@ -80,6 +80,7 @@ extern "C" {
     fn dlopen(filename: *const c_char, flags: c_int) -> *mut c_void;
     fn dlclose(handle: *mut c_void) -> c_int;
     fn dlerror() -> *const c_char;
+    fn dlsym(handle: *mut c_void, symbol: *const c_char) -> *mut c_void;
 }
 
 fn dlopen_raw(name: &str, flags: c_int) -> *mut c_void {
@@ -98,6 +99,16 @@ fn load(lib: &Path) -> Result<(), String> {
         return Err(format!("loading the CUDA emulator {}: {why}", lib.display()));
     }
     Ok(())
+}
+
+/// The address of `name` in the loaded emulator (its `emu_*` hooks for the emulator's own tests).
+pub fn symbol(lib: &Path, name: &str) -> Option<*mut c_void> {
+    // the library is loaded already: this dlopen only returns its handle
+    let h = dlopen_raw(&lib.to_string_lossy(), RTLD_NOW | RTLD_LOCAL);
+    let c = CString::new(name).ok()?;
+    // SAFETY: a live handle and a valid C string.
+    let p = (!h.is_null()).then(|| unsafe { dlsym(h, c.as_ptr()) })?;
+    (!p.is_null()).then_some(p)
 }
 
 fn fnv1a(h: &mut u64, bytes: &[u8]) {
