@@ -7,6 +7,8 @@
 //! and offers no way to give a path, so the emulator is dlopened here first by its full path; its
 //! soname is `libcuda.so`, and glibc answers a later dlopen of a bare name with an already
 //! loaded library of that soname. NVRTC (which dlopens `libcuda.so.1` for itself) does not see it.
+//! Child processes (the tests that run the `rlhf` binary) find it through `LD_LIBRARY_PATH`,
+//! which gets its folder prepended.
 //!
 //! The build is cached under `target/tmp/cuda_emu/<hash>/` (the hash covers the emulator's
 //! sources, kernels/, the compiler's version and the flags), built in a scratch folder and renamed
@@ -56,6 +58,10 @@ pub fn driver() -> Result<Driver, String> {
         }
         let lib = build()?;
         load(&lib)?;
+        // child processes (tests that run the `rlhf` binary) find it through the search path
+        let dir = lib.parent().expect("the library's folder").to_string_lossy().into_owned();
+        let path = std::env::var("LD_LIBRARY_PATH").map_or(dir.clone(), |old| format!("{dir}:{old}"));
+        std::env::set_var("LD_LIBRARY_PATH", path);
         Ok(Driver::Emulator(lib))
     })
     .clone()
