@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -41,7 +42,8 @@ struct Module {
 };
 
 struct Node {
-    enum { Launch, Copy, Set } kind;
+    enum { Launch, Copy, Set, Host } kind;
+    std::shared_ptr<std::function<void()>> host;  // work of the stand-in libraries (cuBLAS)
     Function* f = nullptr;
     Grid g{};
     std::vector<std::vector<unsigned char>> params;
@@ -116,6 +118,7 @@ void run_node(const Node& n, CUresult& r) {
         }
         case Node::Copy: std::memmove(n.dst, n.src, n.bytes); break;
         case Node::Set: std::memset(n.dst, n.value, n.bytes); break;
+        case Node::Host: (*n.host)(); break;
     }
 }
 
@@ -219,6 +222,14 @@ std::vector<std::pair<std::string, std::vector<int>>> ptx_entries(const char* pt
 
 // The text of the last failed launch (for tests of the emulator itself).
 extern "C" const char* emu_last_launch_error() { return launch_error.c_str(); }
+// Runs `*work` in stream order (now, or in the graph being captured on `s`); takes ownership. The
+// stand-in cuBLAS queues its products through this, so they are captured like launches.
+extern "C" CUresult emu_enqueue_host(CUstream s, std::function<void()>* work) {
+    Node n{Node::Host};
+    n.host.reset(work);
+    return enqueue(s, std::move(n));
+}
+
 // Overrides the thread order (for tests of the emulator itself); 0 for an unknown name.
 extern "C" int emu_set_order(const char* name) { return set_order(name); }
 

@@ -10,6 +10,10 @@
 //! Child processes (the tests that run the `rlhf` binary) find it through `LD_LIBRARY_PATH`,
 //! which gets its folder prepended.
 //!
+//! Beside it a stand-in `libcublas.so` (cublas.cpp: the strided-batched GEMMs the backend calls,
+//! on the CPU, queued on the emulated streams) is loaded the same way, so matmuls take the
+//! backend's default cuBLAS path.
+//!
 //! The build is cached under `target/tmp/cuda_emu/<hash>/` (the hash covers the emulator's
 //! sources, kernels/, the compiler's version and the flags), built in a scratch folder and renamed
 //! into place, so concurrent test binaries never see half a library. `CXX` names the compiler
@@ -24,7 +28,10 @@ use std::sync::OnceLock;
 
 const EMU_DIR: &str = "tests/cuda_emu";
 const RUNTIME: &[&str] = &["driver.cpp", "scheduler.cpp", "fiber.cpp", "registry.cpp"];
-const HEADERS: &[&str] = &["cuda_shim.h", "runtime.h", "fiber.h", "scheduler.h", "api.h"];
+const HEADERS: &[&str] = &["cuda_shim.h", "runtime.h", "fiber.h", "scheduler.h", "api.h", "blas_types.h"];
+/// The stand-in libraries beside libcuda.so: (file name, sources, exported symbols), each linked
+/// against the stand-in driver (they queue their work on its streams).
+const STANDINS: &[(&str, &[&str], &str)] = &[("libcublas.so", &["cublas.cpp"], "cublas*")];
 /// Kernel files of the emulator's own tests (compiled in beside kernels/).
 const SELFTEST: &str = "selftest.cu";
 /// `-fno-extern-tls-init`: g++ otherwise calls a (missing) init function for the block-scope
@@ -58,6 +65,9 @@ pub fn driver() -> Result<Driver, String> {
         }
         let lib = build()?;
         load(&lib)?;
+        for (name, _, _) in STANDINS {
+            load(&lib.with_file_name(name))?;
+        }
         // child processes (tests that run the `rlhf` binary) find it through the search path
         let dir = lib.parent().expect("the library's folder").to_string_lossy().into_owned();
         let path = std::env::var("LD_LIBRARY_PATH").map_or(dir.clone(), |old| format!("{dir}:{old}"));
@@ -197,7 +207,8 @@ pub fn build() -> Result<PathBuf, String> {
     }
     let mut sources = Vec::new();
     // this file too: it generates the wrappers and holds the flags
-    for f in RUNTIME.iter().chain(HEADERS).chain(&["install.rs"]) {
+    let standin_sources = STANDINS.iter().flat_map(|(_, srcs, _)| srcs.iter());
+    for f in RUNTIME.iter().chain(HEADERS).chain(standin_sources).chain(&["install.rs"]) {
         let path = format!("{EMU_DIR}/{f}");
         let text = std::fs::read(root.join(&path)).map_err(|e| format!("{path}: {e}"))?;
         fnv1a(&mut h, path.as_bytes());
@@ -220,13 +231,14 @@ pub fn build() -> Result<PathBuf, String> {
     let _ = std::fs::remove_dir_all(&scratch);
     std::fs::create_dir_all(&scratch).map_err(|e| format!("{}: {e}", scratch.display()))?;
     let mut units: Vec<PathBuf> = sources.iter().filter(|s| s.ends_with(".cpp")).map(|s| root.join(s)).collect();
+    let standin_units: Vec<PathBuf> = STANDINS.iter().flat_map(|(_, srcs, _)| srcs.iter().map(|f| root.join(EMU_DIR).join(f))).collect();
     for (family, path, text) in &kernels {
         let gen = scratch.join(format!("{family}.cpp"));
         std::fs::write(&gen, wrapper(family, path, text)).map_err(|e| format!("{}: {e}", gen.display()))?;
         units.push(gen);
     }
     compile_all(&cxx, &root, &scratch, &units)?;
-    let objects: Vec<PathBuf> = units.iter().map(|u| object_of(&scratch, u)).collect();
+    let objects: Vec<PathBuf> = units.iter().filter(|u| !standin_units.contains(u)).map(|u| object_of(&scratch, u)).collect();
     // export the driver API only: kernel names such as `copy` or `fill` stay local
     let exports = scratch.join("exports.map");
     std::fs::write(&exports, "{ global: cu*; emu_*; local: *; };\n").map_err(|e| format!("{}: {e}", exports.display()))?;
@@ -241,6 +253,21 @@ pub fn build() -> Result<PathBuf, String> {
         .map_err(|e| format!("{cxx}: {e}"))?;
     if !out.status.success() {
         return Err(format!("linking the CUDA emulator failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+    }
+    for (name, srcs, exported) in STANDINS {
+        let map = scratch.join(format!("{name}.map"));
+        std::fs::write(&map, format!("{{ global: {exported}; local: *; }};\n")).map_err(|e| format!("{}: {e}", map.display()))?;
+        let out = Command::new(&cxx)
+            .current_dir(&root)
+            .args(["-shared", "-pthread", &format!("-Wl,-soname,{name}"), &format!("-Wl,--version-script={}", map.display()), "-o"])
+            .arg(scratch.join(name))
+            .args(srcs.iter().map(|f| object_of(&scratch, Path::new(f))))
+            .arg(scratch.join("libcuda.so"))
+            .output()
+            .map_err(|e| format!("{cxx}: {e}"))?;
+        if !out.status.success() {
+            return Err(format!("linking the stand-in {name} failed:\n{}", String::from_utf8_lossy(&out.stderr)));
+        }
     }
     // another process may have finished the same build first: either copy will do
     if std::fs::rename(&scratch, &dir).is_err() {
