@@ -71,4 +71,43 @@ inline float round_operand(float v, int compute) {
     }
 }
 
+inline bool known_type(int t) { return t == CUDA_R_32F || t == CUDA_R_16BF || t == CUDA_R_16F; }
+
+// A column-major operand in device memory: type, leading dimension, batch stride, transposed.
+struct Operand {
+    const void* p;
+    int type;
+    long long ld;
+    long long stride;
+    bool trans;
+};
+
+// Element (row, col) of op(X) in batch entry b, as f32 rounded for the compute type.
+inline float load(const Operand& x, long long b, long long row, long long col, int compute) {
+    const long long at = b * x.stride + (x.trans ? col + row * x.ld : row + col * x.ld);
+    float v;
+    if (x.type == CUDA_R_32F) v = static_cast<const float*>(x.p)[at];
+    else if (x.type == CUDA_R_16BF) v = bf16_to_f32(static_cast<const std::uint16_t*>(x.p)[at]);
+    else v = f16_to_f32(static_cast<const std::uint16_t*>(x.p)[at]);
+    return round_operand(v, compute);
+}
+
+// col[i] = sum over l < k, in order, of op(A)(i, l) op(B)(l, j), for i < m (f32 FMAs).
+inline void product_column(float* col, const Operand& a, const Operand& b, long long e, long long j, long long m, long long k, int compute) {
+    std::fill(col, col + m, 0.0f);
+    for (long long l = 0; l < k; l++) {
+        const float bv = load(b, e, l, j, compute);
+        for (long long i = 0; i < m; i++) col[i] = std::fma(load(a, e, i, l, compute), bv, col[i]);
+    }
+}
+
+// Reads / writes element `at` of a C-type buffer (f32 or bf16) as f32.
+inline float get(const void* p, int type, long long at) {
+    return type == CUDA_R_32F ? static_cast<const float*>(p)[at] : bf16_to_f32(static_cast<const std::uint16_t*>(p)[at]);
+}
+inline void put(void* p, int type, long long at, float v) {
+    if (type == CUDA_R_32F) static_cast<float*>(p)[at] = v;
+    else static_cast<std::uint16_t*>(p)[at] = f32_to_bf16(v);
+}
+
 }  // namespace emu_blas

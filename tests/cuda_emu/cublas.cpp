@@ -22,30 +22,9 @@ struct Handle {
     CUstream stream = nullptr;
 };
 
-struct Operand {
-    const void* p;
-    int type;
-    int ld;
-    long long stride;
-    bool trans;
-};
-
-// element (row, col) of op(X) for batch entry b, as f32 rounded for the compute type
-float load(const Operand& x, long long b, long long row, long long col, int compute) {
-    const long long i = x.trans ? col + row * (long long)x.ld : row + col * (long long)x.ld;
-    const long long at = b * x.stride + i;
-    float v;
-    if (x.type == CUDA_R_32F) v = static_cast<const float*>(x.p)[at];
-    else if (x.type == CUDA_R_16BF) v = emu_blas::bf16_to_f32(static_cast<const std::uint16_t*>(x.p)[at]);
-    else v = emu_blas::f16_to_f32(static_cast<const std::uint16_t*>(x.p)[at]);
-    return emu_blas::round_operand(v, compute);
-}
-
-bool known_type(int t) { return t == CUDA_R_32F || t == CUDA_R_16BF || t == CUDA_R_16F; }
-
-int gemm(Handle* h, int ta, int tb, int m, int n, int k, const float* alpha, Operand a, Operand b, const float* beta, void* c, int ctype, int ldc,
+int gemm(Handle* h, int ta, int tb, int m, int n, int k, const float* alpha, emu_blas::Operand a, emu_blas::Operand b, const float* beta, void* c, int ctype, int ldc,
          long long stride_c, int batch, int compute) {
-    if (!h || m < 0 || n < 0 || k < 0 || batch < 0 || !known_type(a.type) || !known_type(b.type) || (ctype != CUDA_R_32F && ctype != CUDA_R_16BF)) return CUBLAS_STATUS_INVALID_VALUE;
+    if (!h || m < 0 || n < 0 || k < 0 || batch < 0 || !emu_blas::known_type(a.type) || !emu_blas::known_type(b.type) || (ctype != CUDA_R_32F && ctype != CUDA_R_16BF)) return CUBLAS_STATUS_INVALID_VALUE;
     if (ta == CUBLAS_OP_C || tb == CUBLAS_OP_C) return CUBLAS_STATUS_NOT_SUPPORTED;
     a.trans = ta == CUBLAS_OP_T;
     b.trans = tb == CUBLAS_OP_T;
@@ -55,11 +34,7 @@ int gemm(Handle* h, int ta, int tb, int m, int n, int k, const float* alpha, Ope
         std::vector<float> col(m);
         for (int e = 0; e < batch; e++) {
             for (int j = 0; j < n; j++) {
-                std::fill(col.begin(), col.end(), 0.0f);
-                for (int l = 0; l < k; l++) {
-                    const float bv = load(b, e, l, j, compute);
-                    for (int i = 0; i < m; i++) col[i] = std::fma(load(a, e, i, l, compute), bv, col[i]);
-                }
+                emu_blas::product_column(col.data(), a, b, e, j, m, k, compute);
                 for (int i = 0; i < m; i++) {
                     const long long at = e * stride_c + i + (long long)j * ldc;
                     if (ctype == CUDA_R_32F) {
@@ -103,7 +78,7 @@ int cublasSetPointerMode_v2(void*, int mode) { return mode == 0 ? CUBLAS_STATUS_
 
 int cublasSgemmStridedBatched(void* h, int ta, int tb, int m, int n, int k, const float* alpha, const float* a, int lda, long long sa, const float* b, int ldb,
                               long long sb, const float* beta, float* c, int ldc, long long sc, int batch) {
-    return gemm(static_cast<Handle*>(h), ta, tb, m, n, k, alpha, Operand{a, CUDA_R_32F, lda, sa, false}, Operand{b, CUDA_R_32F, ldb, sb, false}, beta, c, CUDA_R_32F, ldc, sc,
+    return gemm(static_cast<Handle*>(h), ta, tb, m, n, k, alpha, emu_blas::Operand{a, CUDA_R_32F, lda, sa, false}, emu_blas::Operand{b, CUDA_R_32F, ldb, sb, false}, beta, c, CUDA_R_32F, ldc, sc,
                 batch, CUBLAS_COMPUTE_32F);
 }
 
@@ -112,7 +87,7 @@ int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, con
     if (compute != CUBLAS_COMPUTE_32F && compute != CUBLAS_COMPUTE_32F_PEDANTIC && compute != CUBLAS_COMPUTE_32F_FAST_TF32 && compute != CUBLAS_COMPUTE_32F_FAST_16BF &&
         compute != CUBLAS_COMPUTE_32F_FAST_16F)
         return CUBLAS_STATUS_NOT_SUPPORTED;  // f32 scalars and accumulation only
-    return gemm(static_cast<Handle*>(h), ta, tb, m, n, k, static_cast<const float*>(alpha), Operand{a, atype, lda, sa, false}, Operand{b, btype, ldb, sb, false},
+    return gemm(static_cast<Handle*>(h), ta, tb, m, n, k, static_cast<const float*>(alpha), emu_blas::Operand{a, atype, lda, sa, false}, emu_blas::Operand{b, btype, ldb, sb, false},
                 static_cast<const float*>(beta), c, ctype, ldc, sc, batch, compute);
 }
 

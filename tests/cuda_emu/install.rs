@@ -10,9 +10,10 @@
 //! Child processes (the tests that run the `rlhf` binary) find it through `LD_LIBRARY_PATH`,
 //! which gets its folder prepended.
 //!
-//! Beside it a stand-in `libcublas.so` (cublas.cpp: the strided-batched GEMMs the backend calls,
-//! on the CPU, queued on the emulated streams) is loaded the same way, so matmuls take the
-//! backend's default cuBLAS path.
+//! Beside it stand-ins `libcublas.so` (cublas.cpp: the strided-batched GEMMs the backend calls)
+//! and `libcublasLt.so` (cublaslt.cpp: its fused bias / GELU / DGELU epilogues), on the CPU and
+//! queued on the emulated streams, are loaded the same way, so matmuls take the backend's default
+//! cuBLAS and cuBLASLt paths.
 //!
 //! The build is cached under `target/tmp/cuda_emu/<hash>/` (the hash covers the emulator's
 //! sources, kernels/, the compiler's version and the flags), built in a scratch folder and renamed
@@ -31,7 +32,7 @@ const RUNTIME: &[&str] = &["driver.cpp", "scheduler.cpp", "fiber.cpp", "registry
 const HEADERS: &[&str] = &["cuda_shim.h", "runtime.h", "fiber.h", "scheduler.h", "api.h", "blas_types.h"];
 /// The stand-in libraries beside libcuda.so: (file name, sources, exported symbols), each linked
 /// against the stand-in driver (they queue their work on its streams).
-const STANDINS: &[(&str, &[&str], &str)] = &[("libcublas.so", &["cublas.cpp"], "cublas*")];
+const STANDINS: &[(&str, &[&str], &str)] = &[("libcublas.so", &["cublas.cpp"], "cublas*"), ("libcublasLt.so", &["cublaslt.cpp"], "cublasLt*")];
 /// Kernel files of the emulator's own tests (compiled in beside kernels/).
 const SELFTEST: &str = "selftest.cu";
 /// `-fno-extern-tls-init`: g++ otherwise calls a (missing) init function for the block-scope
