@@ -8,6 +8,7 @@
 // its value before the others read it) and queues them all. Released threads are queued in the
 // configured order. When nothing can run and the block is unfinished, it is a deadlock.
 #include <algorithm>
+#include <bit>
 #include <atomic>
 #include <condition_variable>
 #include <cstdio>
@@ -89,6 +90,9 @@ struct BlockRunner {
     int queue[MAX_THREADS];
     int head = 0, queued = 0;
     int waiting = 0, exited = 0;
+    // per warp: lanes waiting at a warp operation, and the lanes that have exited
+    int warp_waiting[MAX_THREADS / 32];
+    unsigned warp_exited[MAX_THREADS / 32];
     unsigned long long rng = 1;
     const Kernel* kernel = nullptr;
     void* const* args = nullptr;
@@ -109,15 +113,17 @@ struct BlockRunner {
     }
 
     // queues the threads `ids` (in index order) in the configured order
-    void enqueue(std::vector<int>& ids) {
+    void enqueue(std::vector<int>& ids) { enqueue(ids.data(), (int)ids.size()); }
+    void enqueue(int* ids, int count) {
         switch (current_order()) {
             case Order::Forward: break;
-            case Order::Reverse: std::reverse(ids.begin(), ids.end()); break;
+            case Order::Reverse: std::reverse(ids, ids + count); break;
             case Order::Random:
-                for (std::size_t i = ids.size(); i > 1; i--) std::swap(ids[i - 1], ids[next_random() % i]);
+                for (int i = count; i > 1; i--) std::swap(ids[i - 1], ids[next_random() % i]);
                 break;
         }
-        for (int i : ids) {
+        for (int c = 0; c < count; c++) {
+            const int i = ids[c];
             threads[i].st = St::Ready;
             queue[(head + queued++) % MAX_THREADS] = i;
         }
@@ -172,6 +178,7 @@ void thread_main(void* p) {
     r.kernel->invoke(r.kernel->fn, r.args);
     t.st = St::Exited;
     r.exited++;
+    r.warp_exited[t.index >> 5] |= 1u << (t.index & 31);
     yield(t);
     __builtin_trap();  // an exited fiber is never resumed
 }
@@ -186,6 +193,8 @@ std::string BlockRunner::run(const Kernel& k, const Grid& g, Dim bid, void* cons
     if (k.dyn_smem && g.dyn_smem) std::memset(k.dyn_smem(), 0xff, g.dyn_smem);  // NaN as float and double
     head = queued = 0;
     waiting = exited = 0;
+    std::memset(warp_waiting, 0, sizeof warp_waiting);
+    std::memset(warp_exited, 0, sizeof warp_exited);
     std::vector<int> all(n);
     for (int i = 0; i < n; i++) {
         Thread& t = threads[i];
@@ -358,8 +367,14 @@ unsigned long long warp_op(WarpKind k, unsigned mask, unsigned long long value, 
         yield(t);
         return 0;
     }
-    // complete when every lane of the mask waits at a warp operation
-    bool complete = true;
+    // complete when every lane of the mask waits at a warp operation: the full check only once
+    // enough lanes wait (a lane of the mask that exited or does not exist fails at once)
+    const int warp = t.index >> 5;
+    const int lanes_here = std::min(32, r.n - base);
+    const unsigned exists = lanes_here == 32 ? 0xffffffffu : (1u << lanes_here) - 1;
+    const unsigned missing = mask & (r.warp_exited[warp] | ~exists);
+    r.warp_waiting[warp]++;
+    bool complete = missing != 0 || r.warp_waiting[warp] >= std::popcount(mask);
     for (int l = 0; l < 32 && complete; l++) {
         if (!(mask >> l & 1u)) continue;
         if (base + l >= r.n) {
@@ -383,7 +398,7 @@ unsigned long long warp_op(WarpKind k, unsigned mask, unsigned long long value, 
         unsigned long long ballot = 0;
         for (int l = 0; l < 32; l++)
             if ((mask >> l & 1u) && r.threads[base + l].value) ballot |= 1ull << l;
-        std::vector<int> ids;
+        int ids[32], count = 0;
         for (int l = 0; l < 32; l++) {
             if (!(mask >> l & 1u)) continue;
             Thread& o = r.threads[base + l];
@@ -398,9 +413,12 @@ unsigned long long warp_op(WarpKind k, unsigned mask, unsigned long long value, 
                 }
                 o.out = r.threads[base + src].value;
             }
-            ids.push_back(base + l);
+            ids[count++] = base + l;
         }
-        if (r.error.empty()) r.enqueue(ids);
+        if (r.error.empty()) {
+            r.warp_waiting[warp] -= count;
+            r.enqueue(ids, count);
+        }
     }
     yield(t);
     return t.out;
