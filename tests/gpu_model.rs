@@ -18,7 +18,8 @@
 //! the bits of the same tasks on one stream, and `rlhf ppo` / `rlhf grpo` (whose scoring phases
 //! overlap) log the same metrics with `RLHF_CUDA_STREAMS=0` and `1`.
 //! Without a wgpu adapter the wgpu tests print that they skipped, and fail with `CI=true`; without
-//! a CUDA device (CI has none) the cuda tests print that they skipped.
+//! a GPU driver the cuda tests run on the CUDA emulator (tests/cuda_emu), and without NVRTC or a
+//! C++ compiler they print that they skipped (fail with `CI=true`).
 
 mod common;
 

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod fixtures;
+#[path = "../cuda_emu/install.rs"]
+pub mod cuda_emu;
 
 use rlhf::data::rng::Rng;
 
@@ -66,14 +68,25 @@ pub fn wgpu_or_skip(what: &str) -> Option<rlhf::backend::WgpuBackend> {
     }
 }
 
-/// The CUDA backend for whole-model tests, or `None` after a skip message written straight to
-/// stderr. CI has no GPU, so these tests skip there (the kernels are compiled by
-/// tests/cuda_compile.rs, where a missing NVRTC fails with `CI=true`).
+/// Whether a CUDA test that gets no device must fail instead of skipping: `CI=true` (or `1`), or
+/// `RLHF_REQUIRE_CUDA=1`. Without a GPU the CUDA emulator stands in (see [`cuda_emu`]), so only a
+/// missing C++ compiler or NVRTC leaves no device.
+pub fn cuda_required() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") || std::env::var("RLHF_REQUIRE_CUDA").is_ok_and(|v| v == "1")
+}
+
+/// The CUDA backend for whole-model tests (on the CUDA emulator when the machine has no driver),
+/// or `None` after a skip message written straight to stderr. Panics instead of skipping when
+/// [`cuda_required`].
 pub fn cuda_or_skip(what: &str) -> Option<rlhf::backend::CudaBackend> {
     use std::io::Write;
-    match rlhf::backend::CudaBackend::new() {
+    let made = cuda_emu::driver().and_then(|_| rlhf::backend::CudaBackend::new().map_err(|e| e.to_string()));
+    match made {
         Ok(be) => Some(be),
         Err(e) => {
+            if cuda_required() {
+                panic!("{what}: CI=true (or RLHF_REQUIRE_CUDA=1) but no CUDA device, real or emulated: {e}");
+            }
             let _ = writeln!(std::io::stderr(), "SKIPPED {what}: {e}");
             None
         }

@@ -5,8 +5,9 @@
 //!
 //! Each test body is one function generic over the backend (`parity!`): it builds its inputs from
 //! a seeded generator, runs the op, and returns the named outputs; the harness runs it on the CPU
-//! and on CUDA and compares. Without a CUDA device (libcuda, NVRTC and a GPU) every test prints
-//! that it skipped, on stderr; CI has no GPU, so these skip there too.
+//! and on CUDA and compares. Without a GPU driver they run on the CUDA emulator (tests/cuda_emu:
+//! every kernel compiled for the CPU behind a stand-in libcuda.so); without NVRTC or a C++
+//! compiler every test prints that it skipped, on stderr, or fails under `CI=true`.
 //!
 //! bf16 storage (`--precision bf16`): every op with compute-typed buffers also has a bf16 check
 //! (a `("<op>_bf16", test)` entry in its module's `CHECKS`; `every_op_with_compute_buffers_has_a_bf16_parity_test`
@@ -34,15 +35,10 @@ use std::sync::OnceLock;
 /// The process-wide CUDA backend, or `None` after a visible skip message.
 pub fn gpu() -> Option<&'static CudaBackend> {
     static GPU: OnceLock<Option<CudaBackend>> = OnceLock::new();
-    GPU.get_or_init(|| match CudaBackend::new() {
-        Ok(be) => {
-            let _ = writeln!(std::io::stderr(), "cuda tests on {}", be.device_description());
-            Some(be)
-        }
-        Err(e) => {
-            let _ = writeln!(std::io::stderr(), "SKIPPED cuda op tests: {e}");
-            None
-        }
+    GPU.get_or_init(|| {
+        let be = common::cuda_or_skip("cuda op tests")?;
+        let _ = writeln!(std::io::stderr(), "cuda tests on {}", be.device_description());
+        Some(be)
     })
     .as_ref()
 }
