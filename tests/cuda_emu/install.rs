@@ -28,8 +28,8 @@ use std::process::Command;
 use std::sync::OnceLock;
 
 const EMU_DIR: &str = "tests/cuda_emu";
-const RUNTIME: &[&str] = &["driver.cpp", "scheduler.cpp", "fiber.cpp", "registry.cpp"];
-const HEADERS: &[&str] = &["cuda_shim.h", "runtime.h", "fiber.h", "scheduler.h", "api.h", "blas_types.h"];
+const RUNTIME: &[&str] = &["driver.cpp", "scheduler.cpp", "grid.cpp", "fiber.cpp", "registry.cpp"];
+const HEADERS: &[&str] = &["cuda_shim.h", "runtime.h", "fiber.h", "scheduler.h", "block.h", "api.h", "blas_types.h"];
 /// The stand-in libraries beside libcuda.so: (file name, sources, exported symbols), each linked
 /// against the stand-in driver (they queue their work on its streams).
 const STANDINS: &[(&str, &[&str], &str)] = &[("libcublas.so", &["cublas.cpp"], "cublas*"), ("libcublasLt.so", &["cublaslt.cpp"], "cublasLt*")];
