@@ -242,7 +242,7 @@ pub fn build() -> Result<PathBuf, String> {
     let objects: Vec<PathBuf> = units.iter().filter(|u| !standin_units.contains(u)).map(|u| object_of(&scratch, u)).collect();
     // export the driver API only: kernel names such as `copy` or `fill` stay local
     let exports = scratch.join("exports.map");
-    std::fs::write(&exports, "{ global: cu*; emu_*; local: *; };\n").map_err(|e| format!("{}: {e}", exports.display()))?;
+    std::fs::write(&exports, "{ global: cu*; emu_enqueue_host; emu_last_launch_error; emu_set_order; local: *; };\n").map_err(|e| format!("{}: {e}", exports.display()))?;
     let out = Command::new(&cxx)
         .current_dir(&root)
         .args(["-shared", "-pthread", "-Wl,-soname,libcuda.so"])
