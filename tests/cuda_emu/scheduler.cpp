@@ -1,4 +1,5 @@
-// The block scheduler and the grid's worker threads (see scheduler.h).
+// The block scheduler (see scheduler.h and block.h): one block's threads as fibers on this OS
+// thread.
 //
 // A block: every thread a fiber, started in the configured order; each runs until it exits or
 // reaches a barrier or warp operation, where it switches back to the scheduler. `__syncthreads`
@@ -19,8 +20,8 @@
 #include <thread>
 #include <vector>
 
+#include "block.h"
 #include "fiber.h"
-#include "scheduler.h"
 
 namespace emu {
 
@@ -80,6 +81,8 @@ struct Thread : ThreadState {
     int arg = 0, width = 32;
     unsigned long long value = 0, out = 0;
 };
+
+}  // namespace
 
 // Runs blocks on one OS thread; one per worker, reused from launch to launch.
 struct BlockRunner {
@@ -146,6 +149,8 @@ struct BlockRunner {
     std::string describe_deadlock();
 };
 
+namespace {
+
 // The runner of this OS thread while it works on a grid (fibers reach it through this).
 thread_local BlockRunner* runner = nullptr;
 
@@ -154,18 +159,6 @@ thread_local BlockRunner* runner = nullptr;
 std::mutex spare_mutex;
 std::vector<BlockRunner*> spare_runners;
 
-BlockRunner* take_runner() {
-    std::lock_guard<std::mutex> l(spare_mutex);
-    if (spare_runners.empty()) return new BlockRunner();
-    BlockRunner* r = spare_runners.back();
-    spare_runners.pop_back();
-    return r;
-}
-
-void give_back(BlockRunner* r) {
-    std::lock_guard<std::mutex> l(spare_mutex);
-    spare_runners.push_back(r);
-}
 
 Thread& current() { return *static_cast<Thread*>(cur_thread); }
 
@@ -182,6 +175,8 @@ void thread_main(void* p) {
     yield(t);
     __builtin_trap();  // an exited fiber is never resumed
 }
+
+}  // namespace
 
 std::string BlockRunner::run(const Kernel& k, const Grid& g, Dim bid, void* const* a, unsigned long long seed) {
     kernel = &k;
@@ -289,6 +284,8 @@ std::string BlockRunner::describe_deadlock() {
     }
     return s + " " + std::to_string(exited) + " exited";
 }
+
+namespace {
 
 const char* kind_name(WarpKind k) {
     switch (k) {
@@ -424,100 +421,29 @@ unsigned long long warp_op(WarpKind k, unsigned mask, unsigned long long value, 
     return t.out;
 }
 
-// ---- the grid over worker threads
-namespace {
+std::string config_error() { return config().error; }
 
-struct Job {
-    const Kernel* k;
-    Grid g;
-    void* const* args;
-    unsigned long long seed;
-    unsigned long long blocks;
-    std::atomic<unsigned long long> next{0};
-    std::atomic<bool> failed{false};
-    std::mutex m;
-    std::string error;
-};
+unsigned long long order_seed() { return config().seed; }
 
-void work_with(Job& j, BlockRunner& r);
+int worker_count() { return config().workers; }
 
-void work(Job& j) {
-    runner = take_runner();
-    work_with(j, *runner);
-    give_back(runner);
+BlockRunner* take_runner() {
+    std::lock_guard<std::mutex> l(spare_mutex);
+    if (spare_runners.empty()) runner = new BlockRunner();
+    else {
+        runner = spare_runners.back();
+        spare_runners.pop_back();
+    }
+    return runner;
+}
+
+void give_back(BlockRunner* r) {
+    std::lock_guard<std::mutex> l(spare_mutex);
+    spare_runners.push_back(r);
     runner = nullptr;
 }
 
-void work_with(Job& j, BlockRunner& r) {
-    for (;;) {
-        if (j.failed.load(std::memory_order_relaxed)) return;
-        const unsigned long long b = j.next.fetch_add(1);
-        if (b >= j.blocks) return;
-        const Dim bid{(unsigned)(b % j.g.grid.x), (unsigned)((b / j.g.grid.x) % j.g.grid.y), (unsigned)(b / ((unsigned long long)j.g.grid.x * j.g.grid.y))};
-        std::string e = r.run(*j.k, j.g, bid, j.args, j.seed ^ (b * 0x9e3779b97f4a7c15ull));
-        if (!e.empty()) {
-            std::lock_guard<std::mutex> l(j.m);
-            if (j.error.empty()) j.error = "kernel `" + std::string(j.k->name) + "` block (" + std::to_string(bid.x) + "," + std::to_string(bid.y) + "," + std::to_string(bid.z) + "): " + e;
-            j.failed = true;
-            return;
-        }
-    }
-}
-
-struct Pool {
-    std::mutex m;
-    std::condition_variable cv, done_cv;
-    Job* job = nullptr;
-    unsigned long long generation = 0;
-    int busy = 0;
-    std::vector<std::thread> threads;
-
-    explicit Pool(int helpers) {
-        for (int i = 0; i < helpers; i++) threads.emplace_back([this] { loop(); });
-        for (auto& t : threads) t.detach();
-    }
-
-    void loop() {
-        unsigned long long seen = 0;
-        for (;;) {
-            Job* j;
-            {
-                std::unique_lock<std::mutex> l(m);
-                cv.wait(l, [&] { return generation != seen; });
-                seen = generation;
-                j = job;
-                if (!j) continue;  // woke after that job had finished
-                busy++;
-            }
-            work(*j);
-            {
-                std::lock_guard<std::mutex> l(m);
-                if (--busy == 0) done_cv.notify_all();
-            }
-        }
-    }
-
-    void run(Job& j) {
-        {
-            std::lock_guard<std::mutex> l(m);
-            job = &j;
-            generation++;
-        }
-        cv.notify_all();
-        work(j);
-        std::unique_lock<std::mutex> l(m);
-        // helpers that woke up have registered as busy; wait for them to run out of blocks
-        done_cv.wait(l, [&] { return busy == 0; });
-        job = nullptr;
-    }
-};
-
-std::mutex launch_mutex;
-std::atomic<unsigned long long> launches{0};
-
-}  // namespace
-
-std::string config_error() { return config().error; }
+std::string run_block(BlockRunner& r, const Kernel& k, const Grid& g, Dim bid, void* const* args, unsigned long long seed) { return r.run(k, g, bid, args, seed); }
 
 bool set_order(const char* name) {
     if (!name) order_override = -1;
@@ -526,23 +452,6 @@ bool set_order(const char* name) {
     else if (!std::strcmp(name, "random")) order_override = (int)Order::Random;
     else return false;
     return true;
-}
-
-std::string run_grid(const Kernel& k, const Grid& g, void* const* args) {
-    std::lock_guard<std::mutex> serial(launch_mutex);  // one grid at a time, like one device queue
-    Job j;
-    j.k = &k;
-    j.g = g;
-    j.args = args;
-    j.seed = config().seed ^ (launches.fetch_add(1) * 0xbf58476d1ce4e5b9ull);
-    j.blocks = (unsigned long long)g.grid.x * g.grid.y * g.grid.z;
-    if (j.blocks <= 1 || config().workers == 1) {
-        work(j);
-    } else {
-        static Pool* pool = new Pool(config().workers - 1);  // never destroyed: helpers wait on it at exit
-        pool->run(j);
-    }
-    return j.error;
 }
 
 }  // namespace emu
