@@ -463,6 +463,31 @@ mod cuda_graphs {
         g.set_graphs(true);
         assert!(g.download(&acc).unwrap().iter().all(|&x| x == 11.0));
     }
+
+    /// A replay called from inside the launches of another (captured on its second call) runs and
+    /// returns: the graph cache is not locked while a capture runs (it once was: a deadlock).
+    #[test]
+    fn a_replay_inside_a_capture_returns() {
+        use rlhf::backend::ops::ElementwiseParams;
+        let Some(g) = common::cuda_or_skip("CUDA graph replay nested in a capture") else { return };
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let n = 256;
+            let p = ElementwiseParams::new(n).unwrap();
+            let one = g.upload(&vec![1.0; n]).unwrap();
+            let (mut outer, mut inner) = (g.alloc(n).unwrap(), g.alloc(n).unwrap());
+            for _ in 0..4 {
+                g.replay(0x5eed_0100, &mut || {
+                    g.add_inplace(&mut outer, &one, p)?;
+                    g.replay(0x5eed_0101, &mut || g.add_inplace(&mut inner, &one, p)).map(|_| ())
+                })
+                .unwrap();
+            }
+            let _ = done_tx.send([g.download(&outer).unwrap(), g.download(&inner).unwrap()].concat());
+        });
+        let got = done_rx.recv_timeout(std::time::Duration::from_secs(120)).expect("a nested replay did not return (a deadlock?)");
+        assert!(got.iter().all(|&x| x == 4.0), "every call ran both adds once: {:?} / {:?}", &got[..2], &got[256..258]);
+    }
 }
 
 /// The streams of `Backend::concurrently` (cuda only; benches/gpu_session.sh runs `cuda_streams::`).

@@ -2,7 +2,9 @@
 // on the CPU. One device (reported as sm_90, so the bf16 paths run); device memory is host memory
 // (a CUdeviceptr is the address); streams and events run everything synchronously, in call order.
 // Modules: cuModuleLoadData gets NVRTC's PTX; each `.entry` must name a kernel compiled into this
-// library (registry.cpp) whose parameter sizes match the PTX `.param` list. cuLaunchKernel copies
+// library (registry.cpp) whose parameter sizes match the PTX `.param` list. A CUBIN (an ELF image,
+// the backend's first choice) is not read: its functions resolve by name when asked for, and
+// RLHF_CUDA_EMU_CUBIN=0 refuses it so that the backend's PTX fallback runs instead. cuLaunchKernel copies
 // the parameters and runs the grid (scheduler.cpp), or records it while its stream is capturing;
 // a graph replays its recorded launches, copies and memsets in order.
 //
@@ -39,6 +41,9 @@ struct Function {
 
 struct Module {
     std::map<std::string, std::unique_ptr<Function>> functions;
+    // a CUBIN image: machine code for a real GPU, which the emulator does not read; its functions
+    // resolve by name against the compiled kernels when asked for
+    bool cubin = false;
 };
 
 struct Node {
@@ -406,6 +411,15 @@ CUresult cuEventElapsedTime_v2(float* ms, CUevent a, CUevent b) { return cuEvent
 
 CUresult cuModuleLoadData(CUmodule* m, const void* image) {
     auto mod = std::make_unique<Module>();
+    if (std::memcmp(image, "\x7f" "ELF", 4) == 0) {
+        // RLHF_CUDA_EMU_CUBIN=0 refuses CUBINs, as a driver that cannot run one would: the backend
+        // then loads its PTX fallback, whose parameters are checked below
+        const char* cubin = std::getenv("RLHF_CUDA_EMU_CUBIN");
+        if (cubin && std::strcmp(cubin, "0") == 0) return CUDA_ERROR_NO_BINARY_FOR_GPU;
+        mod->cubin = true;
+        *m = reinterpret_cast<CUmodule>(mod.release());
+        return CUDA_SUCCESS;
+    }
     for (auto& [name, sizes] : ptx_entries(static_cast<const char*>(image))) {
         const Kernel* k = find_kernel(name.c_str());
         if (!k) {
@@ -428,8 +442,12 @@ CUresult cuModuleUnload(CUmodule m) {
     return CUDA_SUCCESS;
 }
 CUresult cuModuleGetFunction(CUfunction* f, CUmodule m, const char* name) {
-    auto& fs = reinterpret_cast<Module*>(m)->functions;
+    auto* mod = reinterpret_cast<Module*>(m);
+    auto& fs = mod->functions;
     auto it = fs.find(name);
+    if (it == fs.end() && mod->cubin) {
+        if (const Kernel* k = find_kernel(name)) it = fs.emplace(name, std::make_unique<Function>(Function{k})).first;
+    }
     if (it == fs.end()) return CUDA_ERROR_NOT_FOUND;
     *f = reinterpret_cast<CUfunction>(it->second.get());
     return CUDA_SUCCESS;
