@@ -8,14 +8,13 @@
 //! - [`rl`]: the training commands (SFT today).
 
 pub mod backend;
-pub mod config;
 pub mod data;
+pub mod demo;
 pub mod error;
-pub mod fsutil;
 pub mod generate;
+pub mod io;
 pub mod model;
 pub mod rl;
-pub mod tensor;
 pub mod train;
 
 pub use error::{Error, Result};

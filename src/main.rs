@@ -1,12 +1,7 @@
 //! The `rlhf` binary: parse the command line, run the command, map errors to a message and a
 //! non-zero exit code.
 
-mod bench;
-mod bench_decode;
-mod bench_kernels;
 mod cli;
-mod cli_grpo;
-mod demo;
 
 fn main() {
     quiet_mesa_runtime_dir();

@@ -6,7 +6,7 @@
 mod common;
 
 use rlhf::backend::{Backend, CpuBackend};
-use rlhf::rl::pipeline::{run_pipeline, DemoConfig};
+use rlhf::demo::{run_pipeline, DemoConfig};
 
 #[test]
 fn shortened_demo_reaches_the_demo_conclusion() {

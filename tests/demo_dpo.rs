@@ -6,9 +6,9 @@ use rlhf::backend::CpuBackend;
 use rlhf::data::jsonl::prompt_completion_example;
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::model::{Model, ModelConfig};
-use rlhf::rl::demo_dpo::run_dpo_stage;
-use rlhf::rl::demo_task;
-use rlhf::rl::pipeline::{demo_sft_config, evaluate};
+use rlhf::demo::dpo::run_dpo_stage;
+use rlhf::demo::task;
+use rlhf::demo::{demo_sft_config, evaluate};
 use rlhf::rl::sft::run_sft;
 
 #[test]
@@ -18,7 +18,7 @@ fn dpo_stage_raises_the_oracle_score_over_sft() {
     let dir = tempfile::tempdir().unwrap();
     let seed = 7;
     // the demo's SFT stage (quick): imperfect demonstrations, kind, rude and neutral words alike
-    let demos = demo_task::demonstrations(2000, seed);
+    let demos = task::demonstrations(2000, seed);
     let examples = demos.iter().map(|(p, c)| prompt_completion_example(&tok, p, c)).collect::<rlhf::Result<Vec<_>>>().unwrap();
     let mut sft = Model::init(&be, ModelConfig::preset("gpt2-tiny", tok.vocab_size()).unwrap(), seed).unwrap();
     let sft_cfg = demo_sft_config(&dir.path().join("sft"), 400, seed);
@@ -26,7 +26,7 @@ fn dpo_stage_raises_the_oracle_score_over_sft() {
     let t = std::time::Instant::now();
     let stage = run_dpo_stage(&be, &dir.path().join("sft"), &tok, &dir.path().join("dpo"), seed, true).unwrap();
     let dpo_s = t.elapsed().as_secs_f64();
-    let prompts: Vec<Vec<u32>> = demo_task::prompts(48, seed ^ 0xE7).iter().map(|p| tok.encode(p, true).unwrap()).collect();
+    let prompts: Vec<Vec<u32>> = task::prompts(48, seed ^ 0xE7).iter().map(|p| tok.encode(p, true).unwrap()).collect();
     let (_, sft_oracle, _) = evaluate(&be, &sft, None, &tok, &prompts, seed).unwrap();
     let (_, dpo_oracle, kl) = evaluate(&be, &stage.policy, Some(&sft), &tok, &prompts, seed).unwrap();
     let s = &stage.summary;

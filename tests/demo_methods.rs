@@ -3,7 +3,7 @@
 //! clearly above the SFT model's, with a bounded KL to it; the command prints them side by side.
 
 use rlhf::backend::CpuBackend;
-use rlhf::rl::pipeline::{run_pipeline, DemoConfig, DemoMethod};
+use rlhf::demo::{run_pipeline, DemoConfig, DemoMethod};
 
 #[test]
 fn every_method_raises_the_oracle_score_over_sft() {

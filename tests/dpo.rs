@@ -14,7 +14,7 @@ use rlhf::data::rng::Rng;
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::model::scoring::token_logprobs;
 use rlhf::model::{Model, ModelConfig};
-use rlhf::rl::demo_task;
+use rlhf::demo::task;
 use rlhf::rl::dpo::{pairs_from_groups, run_dpo, DpoConfig, DpoLoss, DpoPair, DpoTrainer};
 use rlhf::rl::reward::split_eval;
 use serde_json::Value;
@@ -247,7 +247,7 @@ fn trainer_gradient_matches_finite_differences_through_the_model() {
 fn dpo_raises_the_implicit_reward_accuracy_and_scores_the_reference_once() {
     let be = CpuBackend::new();
     let tok = Tokenizer::byte_level();
-    let groups = demo_task::preference_groups(&tok, 120, 0.0, 3).unwrap();
+    let groups = task::preference_groups(&tok, 120, 0.0, 3).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let mut model = tiny(&be, "gpt2-tiny", &tok, 1);
     // a reference different from the policy's start, so that its sums are checkable
@@ -276,7 +276,7 @@ fn dpo_raises_the_implicit_reward_accuracy_and_scores_the_reference_once() {
     let cached: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.path().join("ref_logps.json")).unwrap()).unwrap();
     assert_eq!(cached.len(), s.train_pairs + s.eval_pairs);
     // in the order of the file: the training pairs, then the held-out ones
-    let (train, eval) = split_eval(demo_task::preference_groups(&tok, 120, 0.0, 3).unwrap(), cfg.eval_fraction, cfg.seed);
+    let (train, eval) = split_eval(task::preference_groups(&tok, 120, 0.0, 3).unwrap(), cfg.eval_fraction, cfg.seed);
     let all = [pairs_from_groups(&train).unwrap(), pairs_from_groups(&eval).unwrap()].concat();
     for (c, p) in cached.iter().zip(&all).step_by(7) {
         let line = c["line"].as_u64().unwrap() as usize;
@@ -307,7 +307,7 @@ fn every_loss_trains_and_the_first_step_has_zero_rewards() {
         if loss == DpoLoss::Simpo {
             cfg.beta = 2.0;
         }
-        let s = run_dpo(&be, &mut model, None, &tok, demo_task::preference_groups(&tok, 30, 0.0, 8).unwrap(), &cfg).unwrap();
+        let s = run_dpo(&be, &mut model, None, &tok, task::preference_groups(&tok, 30, 0.0, 8).unwrap(), &cfg).unwrap();
         if loss != DpoLoss::Simpo {
             // policy == reference at step 1: every implicit reward is 0 (up to the rounding of
             // batches padded to other lengths)
@@ -395,7 +395,7 @@ fn one_dpo_step_on_wgpu_matches_the_cpu() {
     let tok = Tokenizer::byte_level();
     let model = tiny(&be, "llama-tiny", &tok, 12);
     let gmodel = Model::from_host(&g, model.cfg().clone(), &model.to_host(&be).unwrap()).unwrap();
-    let pairs = pairs_from_groups(&demo_task::preference_groups(&tok, 4, 0.0, 5).unwrap()).unwrap();
+    let pairs = pairs_from_groups(&task::preference_groups(&tok, 4, 0.0, 5).unwrap()).unwrap();
     let ptrs: Vec<&DpoPair> = pairs.iter().collect();
     let refs: Vec<[f32; 2]> = (0..pairs.len()).map(|i| [-40.0 - i as f32, -38.0]).collect();
     let cfg = DpoConfig::new("unused".into(), 1, pairs.len());
@@ -440,7 +440,7 @@ fn epochs_are_seeded_permutations_and_runs_repeat_exactly() {
         let mut m = tiny(&be, "llama-tiny", &tok, 3);
         let mut cfg = DpoConfig::new(dir.path().to_path_buf(), 4, 4);
         (cfg.lr, cfg.log_every) = (1e-3, 0);
-        run_dpo(&be, &mut m, None, &tok, demo_task::preference_groups(&tok, 12, 0.0, 1).unwrap(), &cfg).unwrap();
+        run_dpo(&be, &mut m, None, &tok, task::preference_groups(&tok, 12, 0.0, 1).unwrap(), &cfg).unwrap();
         let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
         metrics.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64().unwrap()).collect::<Vec<_>>()
     };

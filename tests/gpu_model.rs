@@ -30,7 +30,7 @@ use rlhf::backend::{Backend, CpuBackend, MatmulPrecision};
 use rlhf::generate::{generate, rollout, GenerateConfig, RolloutConfig, RolloutEngine};
 use rlhf::model::scoring::token_logprobs;
 use rlhf::model::{Model, ModelConfig};
-use rlhf::rl::ppo_update::{PpoStats, PpoUpdate};
+use rlhf::rl::policy_update::{PpoStats, PpoUpdate};
 use rlhf::train::lm::LmTrainer;
 use rlhf::train::AdamWConfig;
 use serde_json::Value;

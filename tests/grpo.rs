@@ -14,10 +14,10 @@ use rlhf::generate::{generate, GenerateConfig, RolloutConfig, RolloutEngine};
 use rlhf::model::scoring::token_logprobs;
 use rlhf::model::{Model, ModelConfig};
 use rlhf::rl::advantage_estimators::{grpo_advantages, reinforce_pp_advantages, rloo_advantages, sequence_advantages, Estimator};
-use rlhf::rl::demo_grpo::{demo_grpo_config, run_grpo_stage};
-use rlhf::rl::demo_task;
+use rlhf::demo::grpo::{demo_grpo_config, run_grpo_stage};
+use rlhf::demo::task;
 use rlhf::rl::grpo::{reinforce_pp_on_device, LossAgg};
-use rlhf::rl::pipeline::demo_sft_config;
+use rlhf::demo::demo_sft_config;
 use rlhf::rl::reward_fns::{exact_match, normalize_answer};
 use rlhf::rl::sft::run_sft;
 use std::path::{Path, PathBuf};
@@ -251,7 +251,7 @@ fn exact_match_normalises_answers() {
 
 /// A short SFT on the demo's imperfect demonstrations (as `rlhf demo` starts), saved in `dir`.
 fn sft_policy(be: &CpuBackend, tok: &Tokenizer, dir: &Path, steps: usize) {
-    let demos = demo_task::demonstrations(1000, 7);
+    let demos = task::demonstrations(1000, 7);
     let examples = demos.iter().map(|(p, c)| prompt_completion_example(tok, p, c)).collect::<rlhf::Result<Vec<_>>>().unwrap();
     let mut model = Model::init(be, ModelConfig::preset("gpt2-tiny", tok.vocab_size()).unwrap(), 7).unwrap();
     let cfg = demo_sft_config(dir, steps, 7);
@@ -291,14 +291,14 @@ fn grpo_raises_the_oracle_score_over_sft() {
     assert!(late_kl > 0.0 && late_kl < 15.0, "KL to the SFT model per sequence {late_kl}");
     // held-out prompts: the trained policy's answers beat the SFT model's
     let sft = Model::load(&be, &dir.path().join("sft")).unwrap();
-    let held_out: Vec<Vec<u32>> = demo_task::prompts(32, 0xE7).iter().map(|p| tok.encode(p, true).unwrap()).collect();
+    let held_out: Vec<Vec<u32>> = task::prompts(32, 0xE7).iter().map(|p| tok.encode(p, true).unwrap()).collect();
     let eval = |m: &Model<CpuBackend>| {
         let total: f32 = held_out
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 let gen = GenerateConfig { max_new_tokens: 24, temperature: 1.0, seed: i as u64, stop_ids: tok.stop_ids(), ..Default::default() };
-                demo_task::oracle_score(&tok.decode_with(&generate(&be, m, p, &gen).unwrap(), true).unwrap())
+                task::oracle_score(&tok.decode_with(&generate(&be, m, p, &gen).unwrap(), true).unwrap())
             })
             .sum();
         total / held_out.len() as f32

@@ -8,7 +8,7 @@ use rlhf::backend::{Backend, CpuBackend};
 use rlhf::data::rng::Rng;
 use rlhf::model::scoring::token_logprobs;
 use rlhf::model::{Model, ModelConfig};
-use rlhf::rl::ppo_update::{PpoBatch, PpoUpdate};
+use rlhf::rl::policy_update::{PpoBatch, PpoUpdate};
 use rlhf::train::AdamWConfig;
 
 const VOCAB: usize = 96;
@@ -211,7 +211,7 @@ fn ptx_adds_the_language_modelling_gradient() {
 
 #[test]
 fn value_head_on_the_policy_trunk_matches_finite_differences() {
-    use rlhf::rl::ppo_update::ValueHead;
+    use rlhf::rl::policy_update::ValueHead;
     let be = CpuBackend::new();
     let mut policy = model(&be, "llama-tiny", false, 13);
     let b = batch(&policy, &be, &[0.9, -1.1], 14);
@@ -262,7 +262,7 @@ fn value_head_on_the_policy_trunk_matches_finite_differences() {
 
 #[test]
 fn device_gathered_micro_batches_equal_host_ones() {
-    use rlhf::rl::ppo_update::StepTensors;
+    use rlhf::rl::policy_update::StepTensors;
     let be = CpuBackend::new();
     let policy = model(&be, "gpt2-tiny", false, 16);
     let value = model(&be, "gpt2-tiny", true, 17);

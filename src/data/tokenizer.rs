@@ -8,7 +8,7 @@
 //! - `rlhf_tokenizer.json` containing `{"type": "byte-level"}`: the built-in byte tokenizer.
 
 use crate::error::{Error, Result};
-use crate::fsutil::atomic_write;
+use crate::io::fs::atomic_write;
 use std::path::Path;
 
 /// A token's byte range `(start, end)` in the encoded text.
@@ -459,7 +459,7 @@ impl Tokenizer {
     /// Face tokenizer as `tokenizer.json` + `tokenizer_config.json`, the byte tokenizer as
     /// `rlhf_tokenizer.json`.
     pub fn save(&self, dir: &Path) -> Result<()> {
-        crate::fsutil::create_dir_all(dir)?;
+        crate::io::fs::create_dir_all(dir)?;
         match self {
             Tokenizer::Bytes(_) => {
                 let v = serde_json::json!({

@@ -8,10 +8,10 @@
 //! and `config.json`, each atomically, so that `transformers` loads the folder as it is.
 
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::io::fs as fsutil;
 use crate::model::config::ModelConfig;
 use crate::model::params::{HfSource, ParamLayout, ParamSpec};
-use crate::tensor::{self, DType};
+use crate::io::stored_dtype;
 use memmap2::Mmap;
 use safetensors::tensor::TensorView;
 use safetensors::{Dtype, SafeTensors, View};
@@ -243,13 +243,8 @@ fn check_shape(path: &Path, name: &str, found: &[usize], expected: &[usize]) -> 
 }
 
 fn decode(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
-    let dtype = match view.dtype() {
-        Dtype::F32 => DType::F32,
-        Dtype::F16 => DType::F16,
-        Dtype::BF16 => DType::BF16,
-        other => return Err(Error::tensor(path, name, format!("dtype {other:?} is not supported (expected F32, F16 or BF16)"))),
-    };
-    Ok(tensor::to_f32(view.data(), dtype))
+    stored_dtype::to_f32(view.data(), view.dtype())
+        .ok_or_else(|| Error::tensor(path, name, format!("dtype {:?} is not supported (expected F32, F16 or BF16)", view.dtype())))
 }
 
 /// A borrowed f32 tensor for `safetensors::serialize`.

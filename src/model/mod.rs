@@ -5,6 +5,8 @@ pub mod config;
 pub mod decoder;
 pub mod params;
 pub mod scoring;
+pub mod sequence_scorer;
+pub mod state_file;
 
 pub use config::{Family, ModelConfig};
 pub use decoder::{Activations, Decoder, GradScratch, KvCache, Shape, SlotCache};
@@ -14,7 +16,7 @@ use crate::backend::ops::{ElementwiseParams, Storage};
 use crate::backend::{Backend, Dtype};
 use crate::data::rng::Rng;
 use crate::error::Result;
-use crate::train::resume::{Checkpoint, StateWriter};
+use crate::model::state_file::{Checkpoint, StateWriter};
 use std::path::Path;
 
 /// A decoder and its weights, resident on a backend.

@@ -539,7 +539,7 @@ pub fn run_dpo<B: Backend>(
         };
         let lines: Vec<_> = all.iter().zip(&r.0).map(|(p, s)| json!({"line": p.line, "chosen": s[0], "rejected": s[1]})).collect();
         let text = serde_json::to_string(&lines).map_err(|e| Error::invalid(e.to_string()))?;
-        crate::fsutil::atomic_write(&cfg.out.join("ref_logps.json"), text.as_bytes())?;
+        crate::io::fs::atomic_write(&cfg.out.join("ref_logps.json"), text.as_bytes())?;
         r
     } else {
         (vec![[0.0; 2]; all.len()], 0)

@@ -17,8 +17,10 @@ use crate::error::{Error, Result};
 use crate::generate::{GenerateConfig, RolloutConfig, RolloutEngine};
 use crate::model::{Model, Shape};
 use crate::rl::advantage_estimators::{broadcast_to_tokens, kl_penalised, sequence_advantages, Estimator};
-use crate::rl::ppo::{mean_std, OracleFn, Scorer};
-use crate::rl::ppo_update::{PpoStats, PpoUpdate, StepTensors};
+use crate::model::sequence_scorer::SequenceScorer;
+use crate::rl::reward_fns::OracleFn;
+use crate::rl::running_stats::mean_std;
+use crate::rl::policy_update::{PpoStats, PpoUpdate, StepTensors};
 use crate::rl::reward::RewardTrainer;
 use crate::rl::rollout_batch::{pack_rollouts, PackedRollouts};
 use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
@@ -319,7 +321,7 @@ pub fn run_grpo<B: Backend>(
     let b = p_step * n_group;
     let pad = tokenizer.pad_or_default();
     let mut scorer =
-        Scorer::new(be, policy, b, max_len).map_err(Error::sized_by(format!("--prompts-per-step x --group-size = {b} sequences x {max_len} tokens")))?;
+        SequenceScorer::new(be, policy, b, max_len).map_err(Error::sized_by(format!("--prompts-per-step x --group-size = {b} sequences x {max_len} tokens")))?;
     let mut rm_scorer = rm.map(|m| RewardTrainer::scorer(be, m, b, max_len)).transpose()?;
     let mb_seqs = cfg.mini_batch.min(b);
     let mut update = PpoUpdate::new(be, policy, None, mb_seqs, max_len, cfg.optim)?;

@@ -4,15 +4,11 @@
 //! and PPO's host-side pieces: the KL coefficient controller and running reward statistics.
 
 pub mod advantage_estimators;
-pub mod demo_dpo;
-pub mod demo_grpo;
-pub mod demo_task;
 pub mod dpo;
 pub mod grpo;
 pub mod kl_controller;
-pub mod pipeline;
 pub mod ppo;
-pub mod ppo_update;
+pub mod policy_update;
 pub mod reward;
 pub mod reward_fns;
 pub mod rollout_batch;

@@ -5,16 +5,19 @@
 //! whitening) -> training (`ppo_epochs` passes over minibatches with the fused PPO loss) -> the KL
 //! controller's update. Metrics go to `<out>/metrics.jsonl` with the time each phase took.
 
-use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, GaeParams, KlParams, LogprobParams, MatmulParams, PpoParams, WhitenParams};
+use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, GaeParams, KlParams, MatmulParams, PpoParams, WhitenParams};
 use crate::data::batch::Batcher;
 use crate::data::jsonl::Example;
 use crate::data::rng::Rng;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateConfig, RolloutConfig, RolloutEngine};
-use crate::model::{Activations, Model, Shape};
+use crate::model::sequence_scorer::SequenceScorer;
+use crate::model::{Model, Shape};
+pub use crate::rl::reward_fns::OracleFn;
+use crate::rl::running_stats::mean_std;
 use crate::rl::kl_controller::KlController;
-use crate::rl::ppo_update::{PpoStats, PpoUpdate, StepTensors, ValueHead};
+use crate::rl::policy_update::{PpoStats, PpoUpdate, StepTensors, ValueHead};
 use crate::rl::reward::RewardTrainer;
 use crate::rl::rollout_batch::{pack_rollouts, PackedRollouts};
 use crate::rl::running_stats::RunningMoments;
@@ -112,9 +115,6 @@ impl PpoConfig {
     }
 }
 
-/// A known true score of (prompt, response), for reporting only (the demo task's oracle).
-pub type OracleFn<'a> = dyn Fn(&[u32], &[u32]) -> f32 + 'a;
-
 /// One step's record (also written to metrics.jsonl).
 #[derive(Clone, Debug, Default, serde::Serialize, serde::Deserialize)]
 pub struct PpoStepReport {
@@ -150,13 +150,6 @@ struct PpoRunState {
     guard: DivergenceGuard,
 }
 
-/// Forward-only passes used in scoring: per-position log-probs of given targets, and values.
-pub(crate) struct Scorer<B: Backend> {
-    acts: Activations<B>,
-    entropy: B::Buf,
-    lse: B::Buf,
-}
-
 /// Per-step device scratch of the advantage phase, allocated once.
 struct StepScratch<B: Backend> {
     mask: B::Buf,
@@ -189,46 +182,6 @@ impl<B: Backend> StepScratch<B> {
     }
 }
 
-impl<B: Backend> Scorer<B> {
-    pub(crate) fn new(be: &B, model: &Model<B>, max_seqs: usize, max_len: usize) -> Result<Self> {
-        let n = max_seqs * max_len;
-        Ok(Scorer { acts: Activations::with_logit_rows(be, model.cfg(), max_seqs, n, 0)?, entropy: be.alloc(n)?, lse: be.alloc(n)? })
-    }
-
-    /// Log-probs of `targets` (per position) into `out` on the device.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn logprobs_into(
-        &mut self,
-        be: &B,
-        model: &Model<B>,
-        shape: Shape,
-        inputs: &[i32],
-        targets: &[i32],
-        temperature: f32,
-        out: &mut B::Buf,
-    ) -> Result<()> {
-        model.decoder.set_inputs(be, &mut self.acts, shape, inputs, Some(targets))?;
-        model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
-        let head = model.layout().lm_head.unwrap_or(model.layout().wte);
-        let p = LogprobParams::new(shape.n(), model.cfg().hidden_size, model.cfg().vocab_size).temperature(temperature);
-        be.logprob_gather_fwd(out, &mut self.entropy, &mut self.lse, &self.acts.lnf, &self.acts.targets, &model.weights[head], p)
-    }
-
-    /// Values (per position) into `out` on the device from the score head of value model `model`.
-    fn values_into(&mut self, be: &B, model: &Model<B>, shape: Shape, inputs: &[i32], out: &mut B::Buf) -> Result<()> {
-        model.decoder.set_inputs(be, &mut self.acts, shape, inputs, None)?;
-        model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
-        let w = &model.weights[model.layout().score.ok_or_else(|| Error::invalid("the value model has no score head"))?];
-        self.head_values_into(be, w, shape, model.cfg().hidden_size, out)
-    }
-
-    /// Values (per position) into `out`: the `[1, hidden]` head `w` applied to the final hidden
-    /// states of the last forward pass (a value head on the policy reuses its log-prob pass).
-    fn head_values_into(&self, be: &B, w: &B::Buf, shape: Shape, hidden: usize, out: &mut B::Buf) -> Result<()> {
-        be.matmul(out, &self.acts.lnf, w, MatmulParams::new(shape.n(), 1, hidden, false, true))
-    }
-}
-
 /// The models PPO works with. The reference is the frozen SFT model; the value model is
 /// initialised from the reward model (InstructGPT), or replaced by a value head on the policy.
 pub struct PpoModels<'a, B: Backend> {
@@ -237,13 +190,6 @@ pub struct PpoModels<'a, B: Backend> {
     pub reward: &'a Model<B>,
     /// a separate value model, or `None` for a value head on the policy's trunk
     pub value: Option<&'a mut Model<B>>,
-}
-
-pub(crate) fn mean_std(xs: &[f32]) -> (f32, f32) {
-    let n = xs.len().max(1) as f64;
-    let m = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
-    let v = xs.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / n;
-    (m as f32, v.sqrt() as f32)
 }
 
 /// Runs PPO; `oracle` (when given) scores each response for reporting only. Saves the policy
@@ -292,7 +238,7 @@ pub fn run_ppo<B: Backend>(
     let max_len = (longest_prompt + cfg.max_new_tokens).min(context);
     let b = cfg.rollout_batch;
     let pad = tokenizer.pad_or_default();
-    let mut scorer = Scorer::new(be, policy, b, max_len).map_err(Error::sized_by(format!("--rollout-batch {b} x {max_len} tokens")))?;
+    let mut scorer = SequenceScorer::new(be, policy, b, max_len).map_err(Error::sized_by(format!("--rollout-batch {b} x {max_len} tokens")))?;
     let mut rm_scorer = RewardTrainer::scorer(be, reward, b, max_len)?;
     let mb_seqs = cfg.mini_batch.min(b).max(cfg.ptx_batch_size * usize::from(ptx_batcher.is_some()));
     let mut update = PpoUpdate::new(be, policy, value.as_deref(), mb_seqs, max_len, cfg.optim)?;

@@ -1,6 +1,6 @@
 //! Built-in reward functions of `rlhf grpo --reward-fn` (verifiable rewards, no reward model):
 //!
-//! - `oracle`: the demo task's oracle ([`crate::rl::demo_task::oracle_score`], in [-1, 1]) of the
+//! - `oracle`: the demo task's oracle ([`oracle_score`], in [-1, 1]) of the
 //!   decoded response.
 //! - `exact-match`: 1 when the response's answer equals the prompt line's `answer`, else 0. Both
 //!   sides are normalised by [`normalize_answer`]: the text after the last `####` if there is one
@@ -12,6 +12,24 @@ use crate::data::jsonl::read_jsonl_objects;
 use crate::error::{Error, Result};
 use serde_json::Value;
 use std::path::Path;
+
+/// The words the oracle counts (the demo task draws its answers from these lists).
+pub const KIND: &[&str] = &["kind", "warm", "calm", "glad", "nice", "fair", "good", "wise"];
+pub const RUDE: &[&str] = &["rude", "cold", "mean", "dull", "sour", "grim", "bad", "vain"];
+pub const NEUTRAL: &[&str] = &["blue", "tall", "round", "late", "new", "far", "loud", "soft"];
+/// The oracle: (kind words - rude words) / words of the answer, in [-1, 1]; 0 for no words.
+pub fn oracle_score(answer: &str) -> f32 {
+    let words: Vec<&str> = answer.split(|c: char| !c.is_ascii_alphabetic()).filter(|w| !w.is_empty()).collect();
+    if words.is_empty() {
+        return 0.0;
+    }
+    let kind = words.iter().filter(|w| KIND.contains(w)).count() as f32;
+    let rude = words.iter().filter(|w| RUDE.contains(w)).count() as f32;
+    (kind - rude) / words.len() as f32
+}
+
+/// A known true score of (prompt, response), for reporting only (the demo task's oracle).
+pub type OracleFn<'a> = dyn Fn(&[u32], &[u32]) -> f32 + 'a;
 
 /// A built-in reward function.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

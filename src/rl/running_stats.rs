@@ -88,6 +88,14 @@ impl RunningMoments {
     }
 }
 
+/// Mean and (population) standard deviation of `xs`, accumulated in f64.
+pub fn mean_std(xs: &[f32]) -> (f32, f32) {
+    let n = xs.len().max(1) as f64;
+    let m = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let v = xs.iter().map(|&x| (x as f64 - m).powi(2)).sum::<f64>() / n;
+    (m as f32, v.sqrt() as f32)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

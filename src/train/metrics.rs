@@ -14,7 +14,7 @@ pub struct MetricsWriter {
 
 impl MetricsWriter {
     pub fn create(dir: &Path) -> Result<Self> {
-        crate::fsutil::create_dir_all(dir)?;
+        crate::io::fs::create_dir_all(dir)?;
         let path = dir.join("metrics.jsonl");
         let file = File::create(&path).map_err(|e| Error::io(&path, e))?;
         Ok(MetricsWriter { path, file })
@@ -25,7 +25,7 @@ impl MetricsWriter {
     /// cut short by a crash are dropped — written to `<dir>/metrics.jsonl` atomically, and the
     /// file is opened for appending.
     pub fn resume(dir: &Path, from: &Path, step: usize) -> Result<Self> {
-        crate::fsutil::create_dir_all(dir)?;
+        crate::io::fs::create_dir_all(dir)?;
         let path = dir.join("metrics.jsonl");
         let text = match std::fs::read_to_string(from) {
             Ok(t) => t,
@@ -40,7 +40,7 @@ impl MetricsWriter {
                 kept.push('\n');
             }
         }
-        crate::fsutil::atomic_write(&path, kept.as_bytes())?;
+        crate::io::fs::atomic_write(&path, kept.as_bytes())?;
         let file = std::fs::OpenOptions::new().append(true).open(&path).map_err(|e| Error::io(&path, e))?;
         Ok(MetricsWriter { path, file })
     }

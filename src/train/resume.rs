@@ -1,39 +1,15 @@
-//! Exact resume: checkpoints of a training run's whole state, saved atomically and read back to
-//! continue the run as if it had never stopped.
-//!
-//! A checkpoint is a folder `<out>/checkpoints/step-NNNNNNNN/` with `state.safetensors` (every
-//! device buffer the run needs: weights, AdamW moments, value heads; f32, exact) and
-//! `state.json` (the command, the step, and host state: RNG states, data position, KL
-//! controller, running reward moments, counters). It is written into a temporary sibling folder,
-//! every file fsynced, then renamed into place, and only then does `<out>/checkpoints/latest`
-//! (itself written atomically) point at it; older checkpoints are removed after that, keeping
-//! the last [`KEEP`]. A process killed at any moment therefore leaves either the previous or the
-//! new checkpoint complete and `latest` naming a complete one.
-//!
-//! On resume, `<out>/metrics.jsonl` keeps the lines of the steps the checkpoint covers (a line
-//! cut by the kill, or steps done after the checkpoint, are dropped) and the run appends from
-//! there, so the metrics of a resumed run equal those of an uninterrupted one.
+//! Exact resume: what a run started with `--resume` checks and continues. The checkpoint it
+//! reads is a [`Checkpoint`] (see `model::state_file`); the settings a resumed run must share
+//! with the one it continues are compared in full, and `<out>/metrics.jsonl` keeps the lines of
+//! the steps the checkpoint covers (a line cut by the kill, or steps done after the checkpoint,
+//! are dropped) so that the metrics of a resumed run equal those of an uninterrupted one.
 
-use crate::backend::ops::Backend;
 use crate::error::{Error, Result};
-use crate::fsutil;
-use crate::model::checkpoint::F32View;
+pub use crate::model::state_file::{Checkpoint, StateWriter, CHECKPOINTS_DIR, KEEP, LATEST_FILE, STATE_JSON, STATE_TENSORS};
 use crate::train::run_dir::{self, OutPolicy};
 use crate::train::MetricsWriter;
-use safetensors::SafeTensors;
-use serde::de::DeserializeOwned;
-use serde::Serialize;
 use serde_json::{Map, Value};
-use std::collections::HashMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
-
-pub const CHECKPOINTS_DIR: &str = "checkpoints";
-pub const LATEST_FILE: &str = "latest";
-pub const STATE_JSON: &str = "state.json";
-pub const STATE_TENSORS: &str = "state.safetensors";
-/// Checkpoints kept in a run's folder (the newest ones).
-pub const KEEP: usize = 2;
 
 /// The default of `--max-bad-steps`.
 pub const DEFAULT_MAX_BAD_STEPS: usize = 3;
@@ -102,195 +78,11 @@ impl RunControl {
     }
 }
 
-/// What a checkpoint is being filled with.
-#[derive(Default)]
-pub struct StateWriter {
-    tensors: Vec<(String, Vec<f32>)>,
-    scalars: Map<String, Value>,
-}
-
-impl StateWriter {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Downloads `bufs` as tensors `<prefix>.0`, `<prefix>.1`, ...
-    pub fn bufs<B: Backend>(&mut self, be: &B, prefix: &str, bufs: &[B::Buf]) -> Result<()> {
-        for (i, b) in bufs.iter().enumerate() {
-            self.tensors.push((format!("{prefix}.{i}"), be.download(b)?));
-        }
-        Ok(())
-    }
-
-    /// A host tensor stored as it is (e.g. cached reference log-probs).
-    pub fn tensor(&mut self, name: &str, data: Vec<f32>) {
-        self.tensors.push((name.to_string(), data));
-    }
-
-    /// A host value stored in `state.json` under `key`.
-    pub fn value(&mut self, key: &str, v: &impl Serialize) -> Result<()> {
-        let v = serde_json::to_value(v).map_err(|e| Error::invalid(format!("checkpoint value {key}: {e}")))?;
-        self.scalars.insert(key.to_string(), v);
-        Ok(())
-    }
-
-    /// Adds a command's host state (`run`) and its fingerprint (see
-    /// [`Checkpoint::check_fingerprint`]) and saves (see [`Self::save`]).
-    pub fn save_run(mut self, run_dir: &Path, command: &str, step: usize, run: &impl Serialize, fingerprint: &Value) -> Result<PathBuf> {
-        self.value("run", run)?;
-        self.value("fingerprint", fingerprint)?;
-        self.save(run_dir, command, step)
-    }
-
-    /// Writes the checkpoint of `command` after `step` into `<run_dir>/checkpoints/` (see the
-    /// module comment); returns its folder.
-    pub fn save(self, run_dir: &Path, command: &str, step: usize) -> Result<PathBuf> {
-        let root = run_dir.join(CHECKPOINTS_DIR);
-        fsutil::create_dir_all(&root)?;
-        let name = format!("step-{step:08}");
-        let dir = root.join(&name);
-        let tmp = root.join(format!(".{name}.tmp{}", std::process::id()));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        }
-        let written = self.write_into(&tmp, command, step).and_then(|()| {
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            }
-            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))
-        });
-        if let Err(e) = written {
-            // a failed save (a full disk, say) leaves nothing behind; the previous checkpoint
-            // and `latest` are untouched
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        sync_dir(&root);
-        fsutil::atomic_write(&root.join(LATEST_FILE), format!("{name}\n").as_bytes())?;
-        prune(&root, &name);
-        Ok(dir)
-    }
-}
-
-impl StateWriter {
-    /// Writes the checkpoint's two files into the (temporary) folder `tmp`, fsynced.
-    fn write_into(self, tmp: &Path, command: &str, step: usize) -> Result<()> {
-        fsutil::create_dir_all(tmp)?;
-        let views: Vec<(String, F32View<'_>)> = self.tensors.iter().map(|(n, d)| (n.clone(), F32View { shape: vec![d.len()], data: d })).collect();
-        let bytes = safetensors::serialize(views, None).map_err(|e| Error::file(tmp.join(STATE_TENSORS), format!("cannot serialize: {e}")))?;
-        write_synced(&tmp.join(STATE_TENSORS), &bytes)?;
-        drop(bytes);
-        let mut state = self.scalars;
-        state.insert("command".into(), Value::from(command));
-        state.insert("step".into(), Value::from(step));
-        let json = serde_json::to_vec_pretty(&Value::Object(state)).map_err(|e| Error::invalid(format!("checkpoint state: {e}")))?;
-        write_synced(&tmp.join(STATE_JSON), &json)?;
-        sync_dir(tmp);
-        Ok(())
-    }
-}
-
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(|e| Error::io(path, e))
-}
-
-fn sync_dir(dir: &Path) {
-    if let Ok(d) = std::fs::File::open(dir) {
-        let _ = d.sync_all();
-    }
-}
-
-/// Removes all but the newest [`KEEP`] checkpoints (never `current`) and stale temporaries.
-fn prune(root: &Path, current: &str) {
-    let Ok(entries) = std::fs::read_dir(root) else { return };
-    let mut steps: Vec<String> = Vec::new();
-    for e in entries.flatten() {
-        let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(".step-") && name.contains(".tmp") && !name.ends_with(&format!(".tmp{}", std::process::id())) {
-            let _ = std::fs::remove_dir_all(e.path());
-        } else if name.starts_with("step-") {
-            steps.push(name);
-        }
-    }
-    steps.sort();
-    let n = steps.len();
-    for name in steps.into_iter().take(n.saturating_sub(KEEP)) {
-        if name != current {
-            let _ = std::fs::remove_dir_all(root.join(name));
-        }
-    }
-}
-
 /// Fingerprint keys added after checkpoints were first written, with the setting an older
 /// checkpoint's run had: `sync_every` 1 (the rollout engine read back after every decode step).
 pub const FINGERPRINT_DEFAULTS: &[(&str, u64)] = &[("sync_every", 1)];
 
-/// A checkpoint read back.
-pub struct Checkpoint {
-    pub dir: PathBuf,
-    pub step: usize,
-    state: Map<String, Value>,
-    tensors: HashMap<String, Vec<f32>>,
-}
-
 impl Checkpoint {
-    /// The checkpoint folder `path` names: a run folder (its `checkpoints/latest`) or a
-    /// checkpoint folder itself.
-    pub fn locate(path: &Path) -> Result<PathBuf> {
-        if path.join(STATE_JSON).is_file() {
-            return Ok(path.to_path_buf());
-        }
-        let latest = path.join(CHECKPOINTS_DIR).join(LATEST_FILE);
-        match std::fs::read_to_string(&latest) {
-            Ok(name) => {
-                let dir = path.join(CHECKPOINTS_DIR).join(name.trim());
-                if dir.join(STATE_JSON).is_file() {
-                    Ok(dir)
-                } else {
-                    Err(Error::file(&latest, format!("names {}, which is not a complete checkpoint", dir.display())))
-                }
-            }
-            Err(_) if !path.exists() => Err(Error::file(path, "--resume: no such folder")),
-            Err(_) => Err(Error::file(
-                path,
-                format!("--resume: no checkpoint here (neither {STATE_JSON} nor {CHECKPOINTS_DIR}/{LATEST_FILE}); save some with --save-every N"),
-            )),
-        }
-    }
-
-    /// Reads the checkpoint `path` names (see [`Self::locate`]), which must come from `command`.
-    pub fn load(path: &Path, command: &str) -> Result<Checkpoint> {
-        let dir = Self::locate(path)?;
-        let json_path = dir.join(STATE_JSON);
-        let text = std::fs::read(&json_path).map_err(|e| Error::io(&json_path, e))?;
-        let state: Map<String, Value> = serde_json::from_slice(&text).map_err(|e| Error::file(&json_path, format!("not a valid checkpoint state: {e}")))?;
-        let saved_by = state.get("command").and_then(Value::as_str).unwrap_or("?");
-        if saved_by != command {
-            return Err(Error::file(&json_path, format!("this checkpoint was saved by `rlhf {saved_by}`, not `rlhf {command}`")));
-        }
-        let step = state.get("step").and_then(Value::as_u64).ok_or_else(|| Error::file(&json_path, "no `step`"))? as usize;
-        let t_path = dir.join(STATE_TENSORS);
-        let bytes = std::fs::read(&t_path).map_err(|e| Error::io(&t_path, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::file(&t_path, format!("not a valid safetensors file: {e}")))?;
-        let mut tensors = HashMap::new();
-        for (name, view) in st.iter() {
-            if view.dtype() != safetensors::Dtype::F32 {
-                return Err(Error::tensor(&t_path, name, "expected F32"));
-            }
-            let values = crate::tensor::to_f32(view.data(), crate::tensor::DType::F32);
-            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
-                return Err(Error::tensor(
-                    &t_path,
-                    name,
-                    format!("holds a non-finite value ({} at index {i}): this checkpoint cannot continue a run; resume from an earlier one", values[i]),
-                ));
-            }
-            tensors.insert(name.to_string(), values);
-        }
-        Ok(Checkpoint { dir, step, state, tensors })
-    }
-
     /// The checkpoint of a `command` run that `--resume path` names, after checking that the
     /// settings a resumed run must share (its `fingerprint`) are this run's; says so on stderr.
     pub fn resume(path: &Path, command: &str, fingerprint: &Value) -> Result<Checkpoint> {
@@ -305,37 +97,6 @@ impl Checkpoint {
     pub fn continue_metrics(&self, out: &Path) -> Result<MetricsWriter> {
         let from = self.run_dir().unwrap_or_else(|| out.to_path_buf()).join("metrics.jsonl");
         MetricsWriter::resume(out, &from, self.step)
-    }
-
-    /// Uploads tensors `<prefix>.i` into `bufs`, checking that every one is there with the
-    /// buffer's size.
-    pub fn restore_bufs<B: Backend>(&self, be: &B, prefix: &str, bufs: &mut [B::Buf]) -> Result<()> {
-        let path = self.dir.join(STATE_TENSORS);
-        for (i, b) in bufs.iter_mut().enumerate() {
-            let name = format!("{prefix}.{i}");
-            let data = self.tensors.get(&name).ok_or_else(|| Error::tensor(&path, &name, "missing from the checkpoint (a different model or command?)"))?;
-            if data.len() != be.len(b) {
-                return Err(Error::tensor(&path, &name, format!("has {} values but this run needs {} (a different model?)", data.len(), be.len(b))));
-            }
-            be.write(b, data)?;
-        }
-        if self.tensors.contains_key(&format!("{prefix}.{}", bufs.len())) {
-            return Err(Error::tensor(&path, format!("{prefix}.{}", bufs.len()), "is one tensor more than this run has (a different model?)"));
-        }
-        Ok(())
-    }
-
-    /// The host tensor stored under `name` with [`StateWriter::tensor`].
-    pub fn tensor(&self, name: &str) -> Result<&[f32]> {
-        let path = self.dir.join(STATE_TENSORS);
-        self.tensors.get(name).map(Vec::as_slice).ok_or_else(|| Error::tensor(&path, name, "missing from the checkpoint"))
-    }
-
-    /// The host value stored under `key`.
-    pub fn value<T: DeserializeOwned>(&self, key: &str) -> Result<T> {
-        let path = self.dir.join(STATE_JSON);
-        let v = self.state.get(key).ok_or_else(|| Error::file(&path, format!("no `{key}` in this checkpoint")))?;
-        serde_json::from_value(v.clone()).map_err(|e| Error::file(&path, format!("`{key}`: {e}")))
     }
 
     /// Checks that the settings a run must share with the one it continues (saved with
@@ -382,13 +143,8 @@ impl Checkpoint {
             differ.join(", "),
         )))
     }
-
-    /// The run folder this checkpoint belongs to (`<run>/checkpoints/step-N`), if it is inside one.
-    pub fn run_dir(&self) -> Option<PathBuf> {
-        let parent = self.dir.parent()?;
-        (parent.file_name()? == CHECKPOINTS_DIR).then(|| parent.parent().map(Path::to_path_buf)).flatten()
-    }
 }
+
 
 /// A fingerprint value as a flag would spell it (strings without quotes; absent as "unset").
 fn show(v: &Value) -> String {
@@ -453,36 +209,5 @@ mod tests {
         // an older checkpoint: only the trainer's keys
         let old = StateWriter::new().save_run(&tmp.path().join("old"), "sft", 2, &json!({}), &json!({"batch_size": 4})).unwrap();
         Checkpoint::load(&old, "sft").unwrap().check_fingerprint(&fp).unwrap();
-    }
-
-    /// A checkpoint whose tensors hold NaN is refused on load, naming the tensor.
-    #[test]
-    fn a_checkpoint_with_non_finite_values_is_refused() {
-        let tmp = tempfile::tempdir().unwrap();
-        let mut w = StateWriter::new();
-        w.tensor("weights.3", vec![1.0, f32::NAN]);
-        let dir = w.save_run(tmp.path(), "sft", 1, &json!({}), &json!({})).unwrap();
-        let err = Checkpoint::load(&dir, "sft").err().unwrap().to_string();
-        assert!(err.contains("weights.3") && err.contains("non-finite"), "{err}");
-    }
-
-    /// A save that fails leaves no temporary folder and keeps the previous checkpoint as latest.
-    #[test]
-    fn a_failed_save_leaves_nothing_behind() {
-        let tmp = tempfile::tempdir().unwrap();
-        StateWriter::new().save_run(tmp.path(), "sft", 1, &json!({}), &json!({})).unwrap();
-        // a folder where the checkpoint's state.json would go makes the write fail
-        let root = tmp.path().join(CHECKPOINTS_DIR);
-        let blocker = root.join(format!(".step-00000002.tmp{}", std::process::id()));
-        let mut w = StateWriter::new();
-        w.tensor("x", vec![1.0]);
-        std::fs::create_dir_all(blocker.join(STATE_TENSORS).join("occupied")).unwrap();
-        // `save` clears an old temporary of its own name first, so block the rename target instead
-        let target = root.join("step-00000002");
-        std::fs::write(&target, "a file, not a folder").unwrap();
-        let result = w.save_run(tmp.path(), "sft", 2, &json!({}), &json!({}));
-        assert!(result.is_err());
-        assert!(!blocker.exists(), "the temporary folder survived a failed save");
-        assert_eq!(std::fs::read_to_string(root.join(LATEST_FILE)).unwrap().trim(), "step-00000001");
     }
 }

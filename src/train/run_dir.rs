@@ -10,14 +10,17 @@
 //!   then does `--overwrite` remove the old run's state, and `run.toml` is written.
 
 use crate::error::{Error, Result};
-use crate::fsutil;
+use crate::io::fs as fsutil;
 use std::path::{Path, PathBuf};
+
+/// The resolved configuration's file name inside a run's output folder.
+pub const RESOLVED_FILE: &str = "run.toml";
 
 /// The entries of a folder that make it a run's: metrics, resolved configuration, checkpoints,
 /// a saved model (weights or config), DPO's cached reference log-probs, the demo's summary.
 pub const RUN_STATE: &[&str] = &[
     "metrics.jsonl",
-    crate::config::RESOLVED_FILE,
+    RESOLVED_FILE,
     crate::train::resume::CHECKPOINTS_DIR,
     "config.json",
     "model.safetensors",
@@ -43,7 +46,7 @@ pub fn run_state_in(out: &Path) -> Vec<&'static str> {
 
 /// The command that wrote `out/run.toml` (its first line reads `# rlhf <command> — ...`).
 pub fn command_of(out: &Path) -> Option<String> {
-    let text = std::fs::read_to_string(out.join(crate::config::RESOLVED_FILE)).ok()?;
+    let text = std::fs::read_to_string(out.join(RESOLVED_FILE)).ok()?;
     let first = text.lines().next()?;
     first.strip_prefix("# rlhf ")?.split_whitespace().next().map(str::to_string)
 }
@@ -138,7 +141,7 @@ pub fn claim(out: &Path, resume: Option<&Path>, policy: OutPolicy, run_toml: Opt
     remove_stray_temporaries(out);
     remove_stray_temporaries(&out.join(crate::train::resume::CHECKPOINTS_DIR));
     if let Some(text) = run_toml {
-        fsutil::atomic_write(&out.join(crate::config::RESOLVED_FILE), text.as_bytes())?;
+        fsutil::atomic_write(&out.join(RESOLVED_FILE), text.as_bytes())?;
     }
     Ok(())
 }

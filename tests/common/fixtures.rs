@@ -5,7 +5,7 @@ use rlhf::backend::CpuBackend;
 use rlhf::data::batch::Batch;
 use rlhf::data::rng::Rng;
 use rlhf::model::{Model, ModelConfig};
-use rlhf::rl::ppo_update::PpoBatch;
+use rlhf::rl::policy_update::PpoBatch;
 use serde_json::Value;
 use std::path::PathBuf;
 

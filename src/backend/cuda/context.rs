@@ -364,7 +364,7 @@ impl Context {
                     if let Some(p) = path {
                         // a cache that cannot be written only costs a recompilation next time
                         if p.parent().is_some_and(|d| std::fs::create_dir_all(d).is_ok()) {
-                            let _ = crate::fsutil::atomic_write(&p, &bytes);
+                            let _ = crate::io::fs::atomic_write(&p, &bytes);
                         }
                     }
                     return Ok(m);

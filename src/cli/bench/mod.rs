@@ -4,10 +4,15 @@
 //! utilisation (MFU); the rollout engine's prefill and decode: decode with `--sync-every` K steps
 //! between read-backs next to the K = 1 baseline, timed alternately in the same run (median of
 //! `--steps`). `--decode-batches` adds the decode sweep against the memory roofline
-//! ([`crate::bench_decode`]), `--kernels` the fused RL kernels against the copy bandwidth
-//! ([`crate::bench_kernels`]).
+//! ([`decode`]), `--kernels` the fused RL kernels against the copy bandwidth
+//! ([`kernels`]).
 
-use crate::cli::BenchArgs;
+
+mod decode;
+mod kernels;
+
+use super::common::{Common, SyncEveryArg};
+use clap::Args;
 use anyhow::Result;
 use rlhf::backend::Backend;
 use rlhf::data::batch::Batch;
@@ -16,6 +21,47 @@ use rlhf::model::{Activations, Model, ModelConfig, Shape};
 use rlhf::train::lm::LmTrainer;
 use rlhf::train::AdamWConfig;
 use std::time::Instant;
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Model preset
+    #[arg(long, default_value = "gpt2-small")]
+    pub model: String,
+    #[arg(long, default_value_t = 8)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 128)]
+    pub seq_len: usize,
+    /// Vocabulary size of the benchmark model
+    #[arg(long, default_value_t = 512)]
+    pub vocab: usize,
+    /// Timed steps per phase (after one warm-up step)
+    #[arg(long, default_value_t = 5)]
+    pub steps: usize,
+    /// Also print where a training step's time goes, op by op (cpu backend)
+    #[arg(long)]
+    pub profile: bool,
+    /// Peak FLOP/s of the device in TFLOP/s for the MFU column (default: the dense bf16 tensor
+    /// peak of a known GPU, e.g. 989 for H100 SXM / H200; none on other devices)
+    #[arg(long)]
+    pub peak_tflops: Option<f64>,
+    /// Also measure rollout decode at these slot counts against the memory roofline (e.g. 1,64,256)
+    #[arg(long, value_delimiter = ',')]
+    pub decode_batches: Vec<usize>,
+    /// New tokens per sequence in the --decode-batches sweep
+    #[arg(long, default_value_t = 128)]
+    pub decode_tokens: usize,
+    /// Also time the fused RL kernels (KL, PPO loss, log-prob gather) in GB/s against the copy bandwidth
+    #[arg(long)]
+    pub kernels: bool,
+    /// Tokens per call of the per-token kernels timed by --kernels
+    #[arg(long, default_value_t = 1 << 22)]
+    pub kernel_tokens: usize,
+    /// Rollout decode steps between read-backs (the K = 1 baseline is printed next to it)
+    #[command(flatten)]
+    pub sync: SyncEveryArg,
+    #[command(flatten)]
+    pub common: Common,
+}
 
 /// Dense bf16 tensor-core peak (TFLOP/s) of GPUs recognised by name, the denominator MFU is
 /// conventionally quoted against: H100 SXM and H200 989.4, H100 PCIe 756.
@@ -175,12 +221,12 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         );
     }
     if !a.decode_batches.is_empty() || a.kernels {
-        let bandwidth = crate::bench_kernels::copy_bandwidth(be, a.steps)?;
+        let bandwidth = kernels::copy_bandwidth(be, a.steps)?;
         if !a.decode_batches.is_empty() {
-            crate::bench_decode::run_decode_bench(be, &model, &cfg, &a.decode_batches, a.decode_tokens, sync_every, bandwidth)?;
+            decode::run_decode_bench(be, &model, &cfg, &a.decode_batches, a.decode_tokens, sync_every, bandwidth)?;
         }
         if a.kernels {
-            crate::bench_kernels::run_kernel_bench(be, a.kernel_tokens, b * t, cfg.hidden_size, a.vocab, a.steps, bandwidth)?;
+            kernels::run_kernel_bench(be, a.kernel_tokens, b * t, cfg.hidden_size, a.vocab, a.steps, bandwidth)?;
         }
     }
     if a.profile {

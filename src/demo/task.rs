@@ -8,10 +8,8 @@ use crate::data::preference::PreferenceGroup;
 use crate::data::rng::Rng;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::Result;
+pub use crate::rl::reward_fns::{oracle_score, KIND, NEUTRAL, RUDE};
 
-pub const KIND: &[&str] = &["kind", "warm", "calm", "glad", "nice", "fair", "good", "wise"];
-pub const RUDE: &[&str] = &["rude", "cold", "mean", "dull", "sour", "grim", "bad", "vain"];
-pub const NEUTRAL: &[&str] = &["blue", "tall", "round", "late", "new", "far", "loud", "soft"];
 const SUBJECTS: &[&str] = &["the cat", "my friend", "the sea", "our town", "the day", "a song", "the tree", "his dog"];
 
 /// A prompt of the task.
@@ -29,17 +27,6 @@ pub fn demonstration(rng: &mut Rng) -> String {
         })
         .collect();
     format!(" {}.", words.join(" "))
-}
-
-/// The oracle: (kind words - rude words) / words of the answer, in [-1, 1]; 0 for no words.
-pub fn oracle_score(answer: &str) -> f32 {
-    let words: Vec<&str> = answer.split(|c: char| !c.is_ascii_alphabetic()).filter(|w| !w.is_empty()).collect();
-    if words.is_empty() {
-        return 0.0;
-    }
-    let kind = words.iter().filter(|w| KIND.contains(w)).count() as f32;
-    let rude = words.iter().filter(|w| RUDE.contains(w)).count() as f32;
-    (kind - rude) / words.len() as f32
 }
 
 /// `n` prompts.

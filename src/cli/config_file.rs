@@ -11,15 +11,14 @@
 //! (defaults included) as a TOML file that `--config` accepts again; training commands write it
 //! into their output folder as `run.toml`.
 
-use crate::error::{Error, Result};
+use rlhf::error::{Error, Result};
 use clap::{ArgAction, ArgMatches, Command};
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 
 /// The name of the flag that reads a configuration file.
 pub const CONFIG_FLAG: &str = "config";
-/// The resolved configuration's file name inside a run's output folder.
-pub const RESOLVED_FILE: &str = "run.toml";
+pub use rlhf::train::run_dir::RESOLVED_FILE;
 
 /// `args` with the keys of the file named by `--config` (if any) inserted after the subcommand.
 /// `cmd` is the whole command-line interface (the binary's `Cli::command()`).
@@ -163,8 +162,8 @@ pub fn resolved_toml(sub: &Command, matches: &ArgMatches) -> String {
 
 /// Writes [`resolved_toml`] to `<out>/run.toml` (atomically), creating `out`.
 pub fn write_resolved(out: &Path, sub: &Command, matches: &ArgMatches) -> Result<()> {
-    crate::fsutil::create_dir_all(out)?;
-    crate::fsutil::atomic_write(&out.join(RESOLVED_FILE), resolved_toml(sub, matches).as_bytes())
+    rlhf::io::fs::create_dir_all(out)?;
+    rlhf::io::fs::atomic_write(&out.join(RESOLVED_FILE), resolved_toml(sub, matches).as_bytes())
 }
 
 /// Flags that do not change what a run computes: where it writes, how it reports, how it is
@@ -173,7 +172,7 @@ pub fn write_resolved(out: &Path, sub: &Command, matches: &ArgMatches) -> Result
 pub const NOT_SETTINGS: &[&str] = &["out", "resume", "overwrite", "save_every", "log_every", "max_bad_steps", "threads", "backend"];
 
 /// Flags that name input files or folders: their settings are digests of the contents
-/// ([`crate::fsutil::digest_input`]), not the paths, so a moved file still resumes and an edited
+/// ([`rlhf::io::fs::digest_input`]), not the paths, so a moved file still resumes and an edited
 /// one does not.
 pub const INPUT_FLAGS: &[&str] = &["model", "policy", "reference", "reward_model", "value_model", "ref_model", "tokenizer", "data", "prompts", "ptx_data"];
 
@@ -195,7 +194,7 @@ pub fn run_settings(sub: &Command, matches: &ArgMatches) -> serde_json::Map<Stri
         let value = if INPUT_FLAGS.contains(&key.as_str()) {
             // an input that cannot be read is reported by the command when it loads it, after
             // the flags are checked; its setting then never reaches a checkpoint
-            crate::fsutil::digest_input(Path::new(&v)).unwrap_or_else(|_| format!("unreadable {v}"))
+            rlhf::io::fs::digest_input(Path::new(&v)).unwrap_or_else(|_| format!("unreadable {v}"))
         } else if let (Ok(f), true) = (v.parse::<f64>(), v.chars().all(|c| c.is_ascii_digit() || "+-.eE".contains(c))) {
             format!("{f}")
         } else {

@@ -1,14 +1,14 @@
 //! The GRPO stage of the demo (`rlhf demo --method grpo`): GRPO from the demo's SFT model with
 //! the built-in task's oracle as a verifiable reward (no reward model), the KL to the SFT model in
 //! the loss (k3). Returns the trained policy and every step's report (the oracle score of each
-//! step's samples among them), as the PPO stage of [`crate::rl::pipeline`] does.
+//! step's samples among them), as the PPO stage of [`crate::demo`] does.
 
 use crate::backend::ops::Backend;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::Result;
 use crate::model::Model;
 use crate::rl::advantage_estimators::Estimator;
-use crate::rl::demo_task;
+use super::task;
 use crate::rl::grpo::{run_grpo, GrpoConfig, GrpoModels, GrpoStepReport, KlPlacement, LossAgg, RewardSource};
 use crate::train::AdamWConfig;
 use std::path::Path;
@@ -49,8 +49,8 @@ pub fn demo_grpo_config(out: &Path, seed: u64, steps: usize) -> GrpoConfig {
 pub fn run_grpo_stage<B: Backend>(be: &B, sft_dir: &Path, tok: &Tokenizer, cfg: &GrpoConfig) -> Result<(Model<B>, Vec<GrpoStepReport>)> {
     let mut policy = Model::load(be, sft_dir)?;
     let reference = Model::load(be, sft_dir)?.into_frozen();
-    let prompts: Vec<Vec<u32>> = demo_task::prompts(512, cfg.seed ^ 0x9).iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
-    let score = |r: &[u32]| tok.decode_with(r, true).map(|s| demo_task::oracle_score(&s)).unwrap_or(0.0);
+    let prompts: Vec<Vec<u32>> = task::prompts(512, cfg.seed ^ 0x9).iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
+    let score = |r: &[u32]| tok.decode_with(r, true).map(|s| task::oracle_score(&s)).unwrap_or(0.0);
     let reward = |_: usize, r: &[u32]| score(r);
     let oracle = |_: &[u32], r: &[u32]| score(r);
     let models = GrpoModels { policy: &mut policy, reference: &reference, reward: RewardSource::Function(&reward) };

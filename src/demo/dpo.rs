@@ -1,14 +1,14 @@
 //! The DPO stage of `rlhf demo --method dpo`: DPO from the demo's SFT model on the demo task's
-//! oracle-labelled (noisy) preference pairs ([`demo_task::preference_groups`], rankings as best
+//! oracle-labelled (noisy) preference pairs ([`task::preference_groups`], rankings as best
 //! against each other), with the SFT model as the reference. Returns the trained policy so that
 //! the caller measures its oracle score and KL to the SFT model as it does for PPO
-//! ([`crate::rl::pipeline::evaluate`]).
+//! ([`crate::demo::evaluate`]).
 
 use crate::backend::ops::Backend;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::Result;
 use crate::model::Model;
-use crate::rl::demo_task;
+use super::task;
 use crate::rl::dpo::{run_dpo, DpoConfig, DpoSummary};
 use std::path::Path;
 
@@ -39,7 +39,7 @@ pub fn demo_dpo_config(out: &Path, seed: u64, quick: bool) -> DpoConfig {
 /// ref_logps.json) on `pairs` oracle-labelled comparisons (300 quick, 600 full).
 pub fn run_dpo_stage<B: Backend>(be: &B, sft_dir: &Path, tok: &Tokenizer, out: &Path, seed: u64, quick: bool) -> Result<DpoStage<B>> {
     let n = if quick { 300 } else { 600 };
-    let groups = demo_task::preference_groups(tok, n, LABEL_NOISE, seed ^ 0x5EED)?;
+    let groups = task::preference_groups(tok, n, LABEL_NOISE, seed ^ 0x5EED)?;
     let mut policy = Model::load(be, sft_dir)?;
     let cfg = demo_dpo_config(out, seed, quick);
     let summary = run_dpo(be, &mut policy, None, tok, groups, &cfg)?;

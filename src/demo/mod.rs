@@ -1,10 +1,14 @@
-//! The whole InstructGPT pipeline on the built-in task ([`crate::rl::demo_task`]), as `rlhf demo`
+//! The whole InstructGPT pipeline on the built-in task ([`crate::demo::task`]), as `rlhf demo`
 //! runs it: SFT on imperfect demonstrations, then each method of `--method` from the SFT model —
 //! PPO (a reward model on oracle-labelled, noisy comparisons, then PPO against it with a KL
 //! penalty to the SFT model), DPO on the same kind of comparisons, GRPO with the oracle as a
 //! verifiable reward — each evaluated with the oracle and its KL to the SFT model on the same
 //! held-out prompts. Writes every stage's checkpoint and metrics under `out`, plus `summary.json`
 //! and SVG plots of PPO's reward, oracle score and KL per step and GRPO's oracle score per step.
+
+pub mod dpo;
+pub mod grpo;
+pub mod task;
 
 use crate::backend::ops::Backend;
 use crate::data::jsonl::prompt_completion_example;
@@ -13,9 +17,8 @@ use crate::error::{Error, Result};
 use crate::generate::{generate, GenerateConfig};
 use crate::model::scoring::token_logprobs;
 use crate::model::{Model, ModelConfig};
-use crate::rl::demo_dpo::run_dpo_stage;
-use crate::rl::demo_grpo::{demo_grpo_config, run_grpo_stage};
-use crate::rl::demo_task;
+use crate::demo::dpo::run_dpo_stage;
+use crate::demo::grpo::{demo_grpo_config, run_grpo_stage};
 use crate::rl::grpo::GrpoStepReport;
 use crate::rl::ppo::{run_ppo, PpoConfig, PpoModels, PpoStepReport};
 use crate::rl::reward::{run_rm, RmConfig};
@@ -132,7 +135,7 @@ pub fn evaluate<B: Backend>(
     for (i, p) in prompts.iter().enumerate() {
         let gen = GenerateConfig { max_new_tokens: 24, temperature: 1.0, top_k: 0, top_p: 1.0, seed: seed + i as u64, stop_ids: tok.stop_ids(), vocab_limit: Some(tok.vocab_size()) };
         let a = generate(be, policy, p, &gen)?;
-        oracle += demo_task::oracle_score(&tok.decode_with(&a, true)?);
+        oracle += task::oracle_score(&tok.decode_with(&a, true)?);
         answers.push(a);
     }
     let kl = match reference {
@@ -209,7 +212,7 @@ fn run_demo_ppo<B: Backend>(
 ) -> Result<(Model<B>, Vec<PpoStepReport>)> {
     let mut policy = Model::load(be, sft_dir)?;
     let mut value = Model::load_reward(be, &cfg.out.join("rm"), 0)?;
-    let train_prompts: Vec<Vec<u32>> = demo_task::prompts(512, cfg.seed ^ 0x9).iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
+    let train_prompts: Vec<Vec<u32>> = task::prompts(512, cfg.seed ^ 0x9).iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
     let ppo_cfg = PpoConfig {
         out: cfg.out.join("ppo"),
         steps: cfg.ppo_steps,
@@ -242,7 +245,7 @@ fn run_demo_ppo<B: Backend>(
         log_every: 10,
         control: crate::train::resume::RunControl::replacing(),
     };
-    let oracle = |_: &[u32], r: &[u32]| tok.decode_with(r, true).map(|s| demo_task::oracle_score(&s)).unwrap_or(0.0);
+    let oracle = |_: &[u32], r: &[u32]| tok.decode_with(r, true).map(|s| task::oracle_score(&s)).unwrap_or(0.0);
     let models = PpoModels { policy: &mut policy, reference, reward, value: Some(&mut value) };
     let reports = run_ppo(be, models, tok, &train_prompts, &ppo_cfg, None, Some(&oracle))?;
     Ok((policy, reports))
@@ -252,12 +255,12 @@ fn run_demo_ppo<B: Backend>(
 pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary> {
     let tok = Tokenizer::byte_level();
     let out = &cfg.out;
-    crate::fsutil::create_dir_all(out)?;
-    let eval_prompts: Vec<Vec<u32>> = demo_task::prompts(cfg.eval_prompts, cfg.seed ^ 0xE7).iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
+    crate::io::fs::create_dir_all(out)?;
+    let eval_prompts: Vec<Vec<u32>> = task::prompts(cfg.eval_prompts, cfg.seed ^ 0xE7).iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
     let mut rows = Vec::new();
 
     // ---- SFT on imperfect demonstrations ----
-    let demos = demo_task::demonstrations(2000, cfg.seed);
+    let demos = task::demonstrations(2000, cfg.seed);
     let examples = demos.iter().map(|(p, c)| prompt_completion_example(&tok, p, c)).collect::<Result<Vec<_>>>()?;
     let mut sft_model = Model::init(be, ModelConfig::preset(&cfg.preset, tok.vocab_size())?, cfg.seed)?;
     let sft_cfg = demo_sft_config(&out.join("sft"), cfg.sft_steps, cfg.seed);
@@ -281,7 +284,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
     // ---- reward model on oracle-labelled comparisons (for PPO) ----
     let reward = if cfg.methods.contains(&DemoMethod::Ppo) {
         eprintln!("demo: reward model on {} oracle-labelled comparisons ({}% label noise)", cfg.rm_pairs, (cfg.label_noise * 100.0).round());
-        let groups = demo_task::preference_groups(&tok, cfg.rm_pairs, cfg.label_noise, cfg.seed ^ 0x5EED)?;
+        let groups = task::preference_groups(&tok, cfg.rm_pairs, cfg.label_noise, cfg.seed ^ 0x5EED)?;
         let mut rm = Model::load_reward(be, &sft_dir, cfg.seed)?;
         let rm_cfg = RmConfig {
             out: out.join("rm"),
@@ -391,25 +394,25 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
         "grpo_steps": grpo_reports.iter().map(|r| json!({"step": r.step, "reward": r.reward_mean, "oracle_score": r.oracle, "kl": r.kl})).collect::<Vec<_>>(),
     });
     let text = serde_json::to_string_pretty(&summary).map_err(|e| Error::invalid(e.to_string()))?;
-    crate::fsutil::atomic_write(&out.join("summary.json"), text.as_bytes())?;
+    crate::io::fs::atomic_write(&out.join("summary.json"), text.as_bytes())?;
     if !ppo_reports.is_empty() {
         let series = |f: &dyn Fn(&PpoStepReport) -> f32| ppo_reports.iter().map(f).collect::<Vec<f32>>();
-        crate::fsutil::atomic_write(
+        crate::io::fs::atomic_write(
             &out.join("ppo_reward.svg"),
             svg_plot("reward-model score per PPO step", &series(&|r| r.score_mean), "#1f77b4").as_bytes(),
         )?;
-        crate::fsutil::atomic_write(
+        crate::io::fs::atomic_write(
             &out.join("ppo_oracle.svg"),
             svg_plot("oracle score per PPO step", &series(&|r| r.oracle.unwrap_or(0.0)), "#2ca02c").as_bytes(),
         )?;
-        crate::fsutil::atomic_write(
+        crate::io::fs::atomic_write(
             &out.join("ppo_kl.svg"),
             svg_plot("KL to the SFT model (k1, per sequence) per PPO step", &series(&|r| r.kl_k1), "#d62728").as_bytes(),
         )?;
     }
     if !grpo_reports.is_empty() {
         let oracle: Vec<f32> = grpo_reports.iter().map(|r| r.oracle.unwrap_or(0.0)).collect();
-        crate::fsutil::atomic_write(&out.join("grpo_oracle.svg"), svg_plot("oracle score per GRPO step", &oracle, "#9467bd").as_bytes())?;
+        crate::io::fs::atomic_write(&out.join("grpo_oracle.svg"), svg_plot("oracle score per GRPO step", &oracle, "#9467bd").as_bytes())?;
     }
     Ok(DemoSummary { rows, ppo: ppo_reports, grpo: grpo_reports, samples })
 }

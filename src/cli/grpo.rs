@@ -1,7 +1,7 @@
 //! `rlhf grpo`: its flags and the command (critic-free RL: GRPO, RLOO, REINFORCE++ with a reward
 //! model or a built-in reward function). See `rlhf::rl::grpo` for the training loop.
 
-use crate::cli::Common;
+use super::common::Common;
 use anyhow::{bail, Result};
 use clap::Args;
 use rlhf::backend::Backend;
@@ -185,7 +185,7 @@ pub fn cmd_grpo<B: Backend>(be: &B, a: &GrpoArgs) -> Result<()> {
         _ => Vec::new(),
     };
     let decode = |r: &[u32]| tok.decode_with(r, true).unwrap_or_default();
-    let oracle_fn = |_: usize, r: &[u32]| rlhf::rl::demo_task::oracle_score(&decode(r));
+    let oracle_fn = |_: usize, r: &[u32]| rlhf::demo::task::oracle_score(&decode(r));
     let exact_fn = |i: usize, r: &[u32]| exact_match(&decode(r), &answers[i]);
     let reward = match (reward_fn, reward_model.as_ref()) {
         (Some(RewardFnKind::Oracle), _) => RewardSource::Function(&oracle_fn),

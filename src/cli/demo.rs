@@ -5,10 +5,57 @@
 //! comparisons, GRPO with the oracle as a verifiable reward — and prints them side by side. It
 //! writes checkpoints, metrics, `summary.json` and SVG plots under `--out`.
 
+use super::common::Common;
 use anyhow::Result;
+use clap::{Args, ValueEnum};
+use std::path::PathBuf;
 use rlhf::backend::Backend;
-use rlhf::rl::pipeline::{run_pipeline, DemoConfig, DemoMethod};
+use rlhf::demo::{run_pipeline, DemoConfig, DemoMethod};
 use std::path::Path;
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MethodArg {
+    /// reward model, then PPO against it (InstructGPT)
+    Ppo,
+    /// DPO on preference pairs (no reward model)
+    Dpo,
+    /// GRPO with the task's oracle as a verifiable reward
+    Grpo,
+    /// all three, side by side
+    All,
+}
+
+impl MethodArg {
+    pub fn methods(self) -> Vec<rlhf::demo::DemoMethod> {
+        use rlhf::demo::DemoMethod;
+        match self {
+            MethodArg::Ppo => vec![DemoMethod::Ppo],
+            MethodArg::Dpo => vec![DemoMethod::Dpo],
+            MethodArg::Grpo => vec![DemoMethod::Grpo],
+            MethodArg::All => DemoMethod::ALL.to_vec(),
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Output folder
+    #[arg(long, default_value = "runs/demo")]
+    pub out: PathBuf,
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// A shorter run (fewer steps per stage), as the tests run it
+    #[arg(long)]
+    pub quick: bool,
+    /// The methods trained from the SFT model and compared side by side
+    #[arg(long, value_enum, default_value = "all")]
+    pub method: MethodArg,
+    /// Replace another run's output in --out (an earlier demo's is always replaced)
+    #[arg(long)]
+    pub overwrite: bool,
+    #[command(flatten)]
+    pub common: Common,
+}
 
 pub fn run_demo<B: Backend>(be: &B, out: &Path, seed: u64, quick: bool, methods: Vec<DemoMethod>) -> Result<()> {
     let mut cfg = if quick { DemoConfig::quick(out, seed) } else { DemoConfig::full(out, seed) };

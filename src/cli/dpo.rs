@@ -1,0 +1,101 @@
+//! `rlhf dpo`: the DPO family (DPO, cDPO, IPO, SimPO) on preference pairs.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use rlhf::backend::Backend;
+use rlhf::data::tokenizer::Tokenizer;
+use rlhf::model::Model;
+use std::path::PathBuf;
+use super::common::*;
+
+#[derive(Args, Debug)]
+pub struct DpoArgs {
+    /// The policy to train (an SFT model folder)
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL with {"prompt", "chosen", "rejected"} lines (or {"prompt", "ranked": [...]}: best vs each other)
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: the trained policy (HF layout + tokenizer), metrics.jsonl and ref_logps.json
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The frozen reference model (default: --model); scored once, before training
+    #[arg(long)]
+    pub ref_model: Option<PathBuf>,
+    /// sigmoid (DPO), ipo, cdpo (DPO with --label-smoothing) or simpo (reference-free)
+    #[arg(long, default_value = "sigmoid")]
+    pub loss: String,
+    /// Strength of the KL regularisation (sigmoid/cdpo/ipo); SimPO's reward scale
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
+    pub beta: f32,
+    /// Probability that a label is flipped (cdpo; also allowed with sigmoid and simpo), in [0, 0.5)
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.0)]
+    pub label_smoothing: f32,
+    /// SimPO's target reward margin gamma (--loss simpo only)
+    #[arg(long, allow_negative_numbers = true)]
+    pub simpo_gamma: Option<f32>,
+    /// Fraction of prompts held out to measure the implicit reward accuracy
+    #[arg(long, default_value_t = 0.0)]
+    pub eval_fraction: f32,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+pub fn cmd_dpo<B: Backend>(be: &B, a: &DpoArgs) -> Result<()> {
+    use rlhf::rl::dpo::{run_dpo, DpoConfig, DpoLoss};
+    let t = train_config(&a.train, &a.out);
+    let loss = DpoLoss::parse(&a.loss)?;
+    if a.simpo_gamma.is_some() && loss != DpoLoss::Simpo {
+        bail!("--simpo-gamma applies to --loss simpo only");
+    }
+    let mut cfg = DpoConfig::new(t.out, t.steps, t.batch_size);
+    (cfg.lr, cfg.min_lr_ratio, cfg.warmup, cfg.grad_accum, cfg.seq_len, cfg.seed) = (t.lr, t.min_lr_ratio, t.warmup, t.grad_accum, t.seq_len, t.seed);
+    (cfg.optim, cfg.log_every, cfg.loss, cfg.beta, cfg.label_smoothing) = (t.optim, t.log_every, loss, a.beta, a.label_smoothing);
+    (cfg.simpo_gamma, cfg.eval_fraction, cfg.control) = (a.simpo_gamma.unwrap_or(0.5), a.eval_fraction, t.control);
+    cfg.validate()?;
+    let tok = Tokenizer::load(&a.model)?;
+    let mut model = Model::load(be, &a.model)?;
+    let reference = match &a.ref_model {
+        Some(dir) if loss == DpoLoss::Simpo => bail!("--ref-model {}: SimPO uses no reference model", dir.display()),
+        Some(dir) => {
+            let ref_tok = Tokenizer::load(dir)?;
+            if ref_tok.vocab_size() != tok.vocab_size() || ref_tok.eos_id() != tok.eos_id() {
+                bail!("--ref-model {}: its tokenizer differs from the policy's", dir.display());
+            }
+            Some(Model::load(be, dir)?)
+        }
+        None => None,
+    };
+    let seq_len = cfg.seq_len.min(model.cfg().max_positions);
+    let groups = rlhf::data::preference::load_preference_jsonl(&a.data, &tok, seq_len)?;
+    eprintln!(
+        "dpo: {} prompts from {}, loss {} (beta {}), policy {} ({:.2}M parameters), backend {}",
+        groups.len(),
+        a.data.display(),
+        loss.name(),
+        cfg.beta,
+        model.cfg().model_type,
+        model.cfg().num_params() as f64 / 1e6,
+        be.name()
+    );
+    let s = run_dpo(be, &mut model, reference, &tok, groups, &cfg)?;
+    let eval = |e: &Option<rlhf::rl::dpo::DpoStats>| e.map_or("-".to_string(), |e| format!("{:.3}", e.reward_accuracy));
+    println!(
+        "dpo done: loss {:.4} -> {:.4}, reward accuracy {:.3} -> {:.3}, margin {:.3}; held-out accuracy {} before, {} after; {} train / {} held-out pairs, {} epochs; {:.0} tokens/s; policy and metrics.jsonl in {}",
+        s.first.loss,
+        s.last.loss,
+        s.first.reward_accuracy,
+        s.last.reward_accuracy,
+        s.last.margin,
+        eval(&s.eval_before),
+        eval(&s.eval_after),
+        s.train_pairs,
+        s.eval_pairs,
+        s.epochs,
+        s.tokens_per_sec,
+        a.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! `rlhf info`: the backends and devices found, and the GPU libraries in use.
+
+use anyhow::Result;
+use rlhf::backend::{Backend, CpuBackend};
+use rlhf::model::config::PRESETS;
+
+pub fn cmd_info() -> Result<()> {
+    let cpu = CpuBackend::new();
+    println!("rlhf {}", env!("CARGO_PKG_VERSION"));
+    println!("backends:");
+    println!("  cpu   available  {}", cpu.device_description());
+    match rlhf::backend::cuda::availability().and_then(|()| rlhf::backend::cuda::devices()) {
+        Ok(devices) if !devices.is_empty() => {
+            println!("  cuda  available  {} device(s), RLHF_CUDA_DEVICE=<n> picks one (default 0):", devices.len());
+            for d in &devices {
+                println!("        - {d}");
+            }
+        }
+        Ok(_) => println!("  cuda  no device  (libcuda and NVRTC found, but no CUDA device)"),
+        Err(why) => println!("  cuda  unavailable  ({why})"),
+    }
+    for lib in rlhf::backend::cuda::versions::library_report() {
+        println!("        {lib}");
+    }
+    let adapters = rlhf::backend::wgpu::adapters();
+    if adapters.is_empty() {
+        println!("  wgpu  no adapter (no Vulkan, Metal or DX12 driver found; on Linux without a GPU: apt-get install mesa-vulkan-drivers libvulkan1)");
+    } else {
+        println!("  wgpu  available  {} adapter(s), the first is used (RLHF_WGPU_ADAPTER=<name part> picks another):", adapters.len());
+        for a in &adapters {
+            println!("        - {}", rlhf::backend::wgpu::describe_adapter(a));
+        }
+    }
+    println!("presets: {}", PRESETS.join(", "));
+    Ok(())
+}

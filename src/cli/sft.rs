@@ -1,0 +1,50 @@
+//! `rlhf sft`: supervised fine-tuning on JSONL data.
+
+use anyhow::Result;
+use clap::Args;
+use rlhf::backend::Backend;
+use rlhf::rl::sft::run_sft;
+use std::path::PathBuf;
+use super::common::*;
+
+#[derive(Args, Debug)]
+pub struct SftArgs {
+    #[command(flatten)]
+    pub source: ModelSource,
+    /// JSONL with `text`, `input_ids`, `prompt`+`completion` or `messages` lines
+    #[arg(long)]
+    pub data: PathBuf,
+    /// Output folder: checkpoint (HF layout + tokenizer) and metrics.jsonl
+    #[arg(long)]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub train: TrainArgs,
+    #[command(flatten)]
+    pub common: Common,
+}
+
+pub fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
+    let cfg = train_config(&a.train, &a.out);
+    cfg.validate()?;
+    let (mut model, tok) = load_source(be, &a.source, a.train.seed, false)?;
+    let examples = rlhf::data::jsonl::load_sft_jsonl(&a.data, &tok)?;
+    eprintln!(
+        "sft: {} examples from {}, model {} ({:.2}M parameters), backend {}",
+        examples.len(),
+        a.data.display(),
+        model.cfg().model_type,
+        model.cfg().num_params() as f64 / 1e6,
+        be.name()
+    );
+    let summary = run_sft(be, &mut model, &tok, examples, &cfg)?;
+    println!(
+        "sft done: loss {:.4} -> {:.4}, {} tokens in {:.1}s ({:.0} tokens/s); checkpoint and metrics.jsonl in {}",
+        summary.first_loss,
+        summary.last_loss,
+        summary.tokens,
+        summary.elapsed_s,
+        summary.tokens_per_sec,
+        a.out.display()
+    );
+    Ok(())
+}

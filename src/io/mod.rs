@@ -1,0 +1,4 @@
+//! The ground floor: files written atomically, content digests, and decoding stored tensors.
+
+pub mod fs;
+pub mod stored_dtype;
