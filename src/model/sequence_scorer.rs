@@ -32,11 +32,8 @@ impl<B: Backend> SequenceScorer<B> {
         temperature: f32,
         out: &mut B::Buf,
     ) -> Result<()> {
-        model.decoder.set_inputs(be, &mut self.acts, shape, inputs, Some(targets))?;
-        model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
-        let head = model.layout().lm_head.unwrap_or(model.layout().wte);
-        let p = LogprobParams::new(shape.n(), model.cfg().hidden_size, model.cfg().vocab_size).temperature(temperature);
-        be.logprob_gather_fwd(out, &mut self.entropy, &mut self.lse, &self.acts.lnf, &self.acts.targets, &model.weights[head], p)
+        model.logprobs_into(be, &mut self.acts, shape, inputs, targets, temperature, [out, &mut self.entropy, &mut self.lse])?;
+        Ok(())
     }
 
     /// Values (per position) into `out` on the device from the score head of value model `model`.
@@ -51,5 +48,35 @@ impl<B: Backend> SequenceScorer<B> {
     /// states of the last forward pass (a value head on the policy reuses its log-prob pass).
     pub fn head_values_into(&self, be: &B, w: &B::Buf, shape: Shape, hidden: usize, out: &mut B::Buf) -> Result<()> {
         be.matmul(out, &self.acts.lnf, w, MatmulParams::new(shape.n(), 1, hidden, false, true))
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// The index of the LM head's weight (the tied embedding when the model has no own head).
+    pub fn lm_head(&self) -> usize {
+        self.layout().lm_head.unwrap_or(self.layout().wte)
+    }
+
+    /// The log-prob (at `temperature`) of each of `targets` after `inputs`: the forward to the
+    /// final hidden states, then the fused gather through the LM head (`logprob_gather_fwd`,
+    /// no logits materialised) into `[log-probs, entropies, log-sum-exps]` (the last two are
+    /// what the backward needs). Every trainer's log-prob pass is this one.
+    #[allow(clippy::too_many_arguments)]
+    pub fn logprobs_into(
+        &self,
+        be: &B,
+        acts: &mut Activations<B>,
+        shape: Shape,
+        inputs: &[i32],
+        targets: &[i32],
+        temperature: f32,
+        [logp, entropy, lse]: [&mut B::Buf; 3],
+    ) -> Result<LogprobParams> {
+        self.decoder.set_inputs(be, acts, shape, inputs, Some(targets))?;
+        self.decoder.forward_hidden(be, &self.weights, acts, shape)?;
+        let head = self.lm_head();
+        let p = LogprobParams::new(shape.n(), self.cfg().hidden_size, self.cfg().vocab_size).temperature(temperature);
+        be.logprob_gather_fwd(logp, entropy, lse, &acts.lnf, &acts.targets, &self.weights[head], p)?;
+        Ok(p)
     }
 }

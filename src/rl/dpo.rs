@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
 use crate::rl::reward::split_eval;
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
-use crate::train::{DivergenceGuard, LrSchedule, MetricsWriter, Progress};
+use crate::train::resume::RunControl;
+use crate::train::{LrSchedule, RunSpec, TrainRun};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -301,11 +301,7 @@ impl<B: Backend> DpoTrainer<B> {
             return Err(Error::invalid(format!("{} pairs of {} tokens exceed the DPO buffers ({} x {})", batch.pairs, batch.t, self.max_pairs, self.max_t)));
         }
         let shape = Shape { b: 2 * batch.pairs, t: batch.t };
-        let lp = LogprobParams::new(shape.n(), model.cfg().hidden_size, model.cfg().vocab_size);
-        let head = model.layout().lm_head.unwrap_or(model.layout().wte);
-        model.decoder.set_inputs(be, &mut self.acts, shape, &batch.inputs, Some(&batch.targets))?;
-        model.decoder.forward_hidden(be, &model.weights, &mut self.acts, shape)?;
-        be.logprob_gather_fwd(&mut self.logp, &mut self.entropy, &mut self.lse, &self.acts.lnf, &self.acts.targets, &model.weights[head], lp)?;
+        let lp = model.logprobs_into(be, &mut self.acts, shape, &batch.inputs, &batch.targets, 1.0, [&mut self.logp, &mut self.entropy, &mut self.lse])?;
         be.write(&mut self.mask, &batch.mask())?;
         Ok(lp)
     }
@@ -354,7 +350,7 @@ impl<B: Backend> DpoTrainer<B> {
             return Ok(batch.tokens);
         }
         let shape = Shape { b: 2 * batch.pairs, t: batch.t };
-        let head = model.layout().lm_head.unwrap_or(model.layout().wte);
+        let head = model.lm_head();
         be.fill(&mut self.dentropy, 0.0, ElementwiseParams::new(shape.n())?)?;
         be.logprob_gather_bwd(
             &mut self.scratch.d_ln,
@@ -449,7 +445,6 @@ struct DpoRunState {
     first: DpoStats,
     last: DpoStats,
     eval_before: Option<DpoStats>,
-    guard: DivergenceGuard,
 }
 
 /// The reference sums of every pair, computed once. `reference` None: the policy as it is now.
@@ -513,11 +508,13 @@ pub fn run_dpo<B: Backend>(
     let mut trainer = DpoTrainer::new(be, model, cfg.batch_size, longest.max(2) - 1, tokenizer.pad_or_default())
         .map_err(Error::sized_by(format!("--batch-size {} x {longest} tokens", cfg.batch_size)))?;
 
-    let fingerprint = cfg.control.fingerprint(json!({
+    let fingerprint = json!({
         "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seq_len": cfg.seq_len,
         "loss": cfg.loss.name(), "eval_fraction": cfg.eval_fraction, "pairs": train.len() + eval.len(),
-    }));
-    let resume = cfg.control.start(&cfg.out, "dpo", &fingerprint)?;
+    });
+    let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
+    let spec = RunSpec { command: "dpo", out: &cfg.out, steps: cfg.steps, log_every: cfg.log_every, control: &cfg.control, fingerprint, schedule: Some(schedule) };
+    let (mut run, resume) = TrainRun::start(spec)?;
 
     // ---- reference log-probs: once per pair (a resumed run reads them from its checkpoint),
     // then the reference is freed ----
@@ -548,22 +545,19 @@ pub fn run_dpo<B: Backend>(
     let (train_refs, eval_refs) = refs.split_at(train.len());
 
     let eval_ptrs: Vec<&DpoPair> = eval.iter().collect();
-    let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
     let mut state = DpoState::new(be, model, train.len(), cfg.seed, cfg.optim)?;
-    let (mut run, mut metrics) = match &resume {
+    let saved: DpoRunState = match &resume {
         Some(ck) => {
-            let mut run: DpoRunState = ck.value("run")?;
-            run.guard.max_bad_steps = cfg.control.max_bad_steps;
+            let saved: DpoRunState = ck.value("run")?;
             model.restore_state(be, ck, "weights")?;
             state.opt.restore_state(be, ck, "adamw")?;
-            (state.step, state.epoch, state.cursor) = (run.step, run.epoch, run.cursor);
-            (state.order, state.rng) = (run.order.clone(), run.rng.clone());
-            let metrics = ck.continue_metrics(&cfg.out)?;
-            (run, metrics)
+            (state.step, state.epoch, state.cursor) = (saved.step, saved.epoch, saved.cursor);
+            (state.order, state.rng) = (saved.order.clone(), saved.rng.clone());
+            saved
         }
         None => {
             let eval_before = if eval.is_empty() { None } else { Some(trainer.evaluate(be, model, &eval_ptrs, eval_refs, cfg)?) };
-            let run = DpoRunState {
+            DpoRunState {
                 step: 0,
                 epoch: 0,
                 order: Vec::new(),
@@ -573,21 +567,16 @@ pub fn run_dpo<B: Backend>(
                 first: DpoStats::default(),
                 last: DpoStats::default(),
                 eval_before,
-                guard: DivergenceGuard::new(cfg.control.max_bad_steps),
-            };
-            (run, MetricsWriter::create(&cfg.out)?)
+            }
         }
     };
     drop(resume);
-    let progress = Progress::new("dpo", cfg.steps);
-    let start = Instant::now();
-    let tokens_at_start = run.tokens;
-    let (mut tokens, mut first, mut last, eval_before) = (run.tokens, run.first, run.last, run.eval_before);
+    let tokens_at_start = saved.tokens;
+    let (mut tokens, mut first, mut last, eval_before) = (saved.tokens, saved.first, saved.last, saved.eval_before);
     let step_pairs = cfg.batch_size * cfg.grad_accum;
     let mut eval_after = None;
-    while state.step < cfg.steps {
-        state.step += 1;
-        let step = state.step;
+    for step in run.steps() {
+        state.step = step;
         let step_start = Instant::now();
         let idx = state.next_pairs(step_pairs);
         trainer.zero_grad(be)?;
@@ -597,13 +586,13 @@ pub fn run_dpo<B: Backend>(
             let refs: Vec<[f32; 2]> = micro.iter().map(|&i| train_refs[i]).collect();
             step_tokens += trainer.accumulate(be, model, &pairs, &refs, cfg.op_params(pairs.len(), 0, 1.0 / step_pairs as f32), true)?;
         }
-        let lr = schedule.at(step);
+        let lr = run.lr(step);
         // the loss sum (stats[LOSS], the buffer's first value) guards the update on the device;
         // the stats are read after
         const _: () = assert!(preference_stat::LOSS == 0);
         let grad_norm = state.opt.step_guarded_by_loss(be, model.params_mut(), &trainer.grads, lr, &trainer.stats)?;
         let stats = trainer.stats(be)?;
-        let skipped = run.guard.check("dpo", step, stats.loss, grad_norm, latest_checkpoint(&cfg.out))?;
+        let skipped = run.skip_update(step, stats.loss, grad_norm)?;
         tokens += step_tokens;
         if step == 1 {
             first = stats;
@@ -614,46 +603,38 @@ pub fn run_dpo<B: Backend>(
             "chosen_reward": stats.chosen_reward, "rejected_reward": stats.rejected_reward, "margin": stats.margin,
             "grad_norm": grad_norm, "lr": lr, "tokens": tokens,
             "tokens_per_sec": step_tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
-            "elapsed_s": start.elapsed().as_secs_f64(), "skipped": skipped,
+            "elapsed_s": run.elapsed_s(), "skipped": skipped,
         });
         if step == cfg.steps && !eval.is_empty() {
             let e = trainer.evaluate(be, model, &eval_ptrs, eval_refs, cfg)?;
             record["eval"] = stats_json(&e);
             eval_after = Some(e);
         }
-        metrics.write(&record)?;
-        progress.update(step, &format!("loss {:.4} acc {:.2} margin {:.3}", stats.loss, stats.reward_accuracy, stats.margin));
-        if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == cfg.steps || step == 1) {
-            eprintln!(
-                "dpo step {step}/{} loss {:.4} acc {:.3} chosen {:.3} rejected {:.3} margin {:.3} grad_norm {:.3} lr {:.2e}",
-                cfg.steps, stats.loss, stats.reward_accuracy, stats.chosen_reward, stats.rejected_reward, stats.margin, grad_norm, lr
-            );
-        }
-        // a skipped step saves nothing: the last checkpoint stays the last good one
-        if cfg.control.due(step, cfg.steps) && !skipped {
-            run = DpoRunState {
-                step,
-                epoch: state.epoch,
-                order: state.order.clone(),
-                cursor: state.cursor,
-                rng: state.rng.clone(),
-                tokens,
-                first,
-                last,
-                eval_before,
-                guard: run.guard,
-            };
-            let mut w = StateWriter::new();
-            model.save_state(be, &mut w, "weights")?;
-            state.opt.save_state(be, &mut w, "adamw")?;
+        run.record(step, &record, &format!("loss {:.4} acc {:.2} margin {:.3}", stats.loss, stats.reward_accuracy, stats.margin), || {
+            format!(
+                "loss {:.4} acc {:.3} chosen {:.3} rejected {:.3} margin {:.3} grad_norm {:.3} lr {:.2e}",
+                stats.loss, stats.reward_accuracy, stats.chosen_reward, stats.rejected_reward, stats.margin, grad_norm, lr
+            )
+        })?;
+        let saved = || DpoRunState {
+            step,
+            epoch: state.epoch,
+            order: state.order.clone(),
+            cursor: state.cursor,
+            rng: state.rng.clone(),
+            tokens,
+            first,
+            last,
+            eval_before,
+        };
+        run.save_if_due(step, !skipped, saved, |w| {
+            model.save_state(be, w, "weights")?;
+            state.opt.save_state(be, w, "adamw")?;
             w.tensor("ref_logps", refs.iter().flat_map(|r| r.iter().copied()).collect());
-            w.save_run(&cfg.out, "dpo", step, &run, &fingerprint)?;
-        }
+            Ok(())
+        })?;
     }
-    progress.finish();
-    model.save(be, &cfg.out)?;
-    tokenizer.save(&cfg.out)?;
-    let elapsed_s = start.elapsed().as_secs_f64();
+    let elapsed_s = run.finish(be, model, tokenizer)?;
     Ok(DpoSummary {
         first,
         last,

@@ -23,9 +23,9 @@ use crate::rl::running_stats::mean_std;
 use crate::rl::policy_update::{PpoStats, PpoUpdate, StepTensors};
 use crate::rl::reward::RewardTrainer;
 use crate::rl::rollout_batch::{pack_rollouts, PackedRollouts};
-use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
-use crate::train::schedule::LrSchedule;
-use crate::train::{AdamWConfig, DivergenceGuard, MetricsWriter, Progress};
+use crate::rl::update_epochs::{update_epochs, EpochPlan, RolloutRows};
+use crate::train::resume::RunControl;
+use crate::train::{AdamWConfig, LrSchedule, RunSpec, TrainRun};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -233,7 +233,6 @@ struct GrpoRunState {
     cursor: usize,
     rng: Rng,
     reports: Vec<GrpoStepReport>,
-    guard: DivergenceGuard,
 }
 
 /// Per-step device scratch, allocated once.
@@ -343,31 +342,24 @@ pub fn run_grpo<B: Backend>(
     };
     be.fill(&mut dev.ones, 1.0, ElementwiseParams::new(max_len)?)?;
     let mut engine = RolloutEngine::new();
-    let fingerprint = cfg.control.fingerprint(json!({
+    let fingerprint = json!({
         "seed": cfg.seed, "prompts_per_step": cfg.prompts_per_step, "group_size": cfg.group_size, "estimator": cfg.estimator.name(),
         "mini_batch": cfg.mini_batch, "epochs": cfg.epochs, "max_new_tokens": cfg.max_new_tokens, "sync_every": cfg.sync_every,
-    }));
-    let mut guard = DivergenceGuard::new(cfg.control.max_bad_steps);
+    });
+    let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
+    let spec = RunSpec { command: "grpo", out: &cfg.out, steps: cfg.steps, log_every: cfg.log_every, control: &cfg.control, fingerprint, schedule: Some(schedule) };
+    let (mut trun, ck) = TrainRun::start(spec)?;
     let mut reports = Vec::with_capacity(cfg.steps);
-    let mut metrics = match cfg.control.start(&cfg.out, "grpo", &fingerprint)? {
-        Some(ck) => {
-            let run: GrpoRunState = ck.value("run")?;
-            policy.restore_state(be, &ck, "policy")?;
-            state.update.restore_state(be, &ck)?;
-            (state.step, state.order, state.cursor, state.rng) = (run.step, run.order, run.cursor, run.rng);
-            (reports, guard) = (run.reports, run.guard);
-            guard.max_bad_steps = cfg.control.max_bad_steps;
-            ck.continue_metrics(&cfg.out)?
-        }
-        None => MetricsWriter::create(&cfg.out)?,
-    };
-    let progress = Progress::new("grpo", cfg.steps);
+    if let Some(ck) = ck {
+        let run: GrpoRunState = ck.value("run")?;
+        policy.restore_state(be, &ck, "policy")?;
+        state.update.restore_state(be, &ck)?;
+        (state.step, state.order, state.cursor, state.rng) = (run.step, run.order, run.cursor, run.rng);
+        reports = run.reports;
+    }
     let stop_ids = tokenizer.stop_ids();
     let beta = cfg.kl_coef;
-    let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
-    let start = Instant::now();
-    while state.step < cfg.steps {
-        let step = state.step + 1;
+    for step in trun.steps() {
         // ---- grouped rollout: P prompts x n samples ----
         let t0 = Instant::now();
         let picked = state.next_prompts(p_step);
@@ -448,7 +440,7 @@ pub fn run_grpo<B: Backend>(
 
         // ---- training: clipped surrogate, no value model ----
         let t2 = Instant::now();
-        let lr = schedule.at(step);
+        let lr = trun.lr(step);
         let mut p = PpoParams::new(0);
         p.clip_low = cfg.clip;
         p.clip_high = cfg.clip;
@@ -459,27 +451,17 @@ pub fn run_grpo<B: Backend>(
             p.kl_coef = beta;
             p.kl_estimator = cfg.kl_estimator;
         }
-        let mut mb_stats = Vec::new();
         let mut skipped_updates = 0usize;
-        let mut seq_order: Vec<usize> = (0..b).collect();
-        for _ in 0..cfg.epochs {
-            state.rng.shuffle(&mut seq_order);
-            for mb in seq_order.chunks(cfg.mini_batch) {
-                let tokens_in_mb: usize = mb.iter().map(|&s| mask[s * t..(s + 1) * t].iter().filter(|&&m| m > 0.0).count()).sum();
-                let pm = cfg.loss_agg.params(p, mb.len(), tokens_in_mb, cfg.max_new_tokens);
-                let per_micro = if cfg.micro_batch_tokens == 0 { mb.len() } else { (cfg.micro_batch_tokens / t).clamp(1, mb.len()) };
-                state.update.zero_grad(be)?;
-                for micro in mb.chunks(per_micro) {
-                    let rows_i = |src: &[i32]| micro.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<i32>>();
-                    state.update.accumulate_rows(be, policy, None, &step_t, micro, &rows_i(&inputs), &rows_i(&targets), pm)?;
-                }
-                let st = state.update.step(be, policy, None, lr, lr)?;
-                if guard.check("grpo", step, st.total_loss, st.policy_grad_norm, latest_checkpoint(&cfg.out))? {
-                    skipped_updates += 1;
-                }
-                mb_stats.push(st);
-            }
-        }
+        let rows = RolloutRows { inputs: &inputs, targets: &targets, mask: &mask, b, t };
+        let plan = EpochPlan { epochs: cfg.epochs, mini_batch: cfg.mini_batch, micro_batch_tokens: cfg.micro_batch_tokens, lr, value_lr: lr };
+        let aggregated = |seqs: usize, tokens: usize| cfg.loss_agg.params(p, seqs, tokens, cfg.max_new_tokens);
+        let no_extra = |_: &B, _: &mut PpoUpdate<B>, _: &Model<B>| Ok(());
+        let guard = |st: &PpoStats| {
+            skipped_updates += usize::from(trun.skip_update(step, st.total_loss, st.policy_grad_norm)?);
+            Ok(())
+        };
+        let GrpoState { update, rng, .. } = &mut state;
+        let mb_stats = update_epochs(be, update, policy, None, &step_t, &rows, plan, rng, aggregated, no_extra, guard)?;
         let training_s = t2.elapsed().as_secs_f64();
         state.step = step;
 
@@ -530,33 +512,25 @@ pub fn run_grpo<B: Backend>(
             "prefill_tokens": rolled.stats.prefill_tokens,
             "decode_syncs": rolled.stats.decode_syncs, "idle_slot_steps": rolled.stats.idle_slot_steps,
             "train_tokens_per_sec": report.train_tokens_per_sec,
-            "elapsed_s": start.elapsed().as_secs_f64(), "skipped_updates": skipped_updates,
+            "elapsed_s": trun.elapsed_s(), "skipped_updates": skipped_updates,
         });
         if let Some(o) = oracle_mean {
             rec["oracle_score"] = json!(o);
         }
-        metrics.write(&rec)?;
-        progress.update(step, &format!("reward {reward_mean:.3} kl {kl:.3}"));
-        if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == 1 || step == cfg.steps) {
-            let o = oracle_mean.map_or(String::new(), |o| format!(" oracle {o:.3}"));
-            eprintln!(
-                "grpo step {step}/{} reward {reward_mean:.3} (std {reward_std:.3}){o} kl {kl:.3} loss {:.4} clipfrac {:.3} len {response_len:.1}",
-                cfg.steps, stats.total_loss, stats.clipfrac
-            );
-        }
+        let o = oracle_mean.map_or(String::new(), |o| format!(" oracle {o:.3}"));
+        trun.record(step, &rec, &format!("reward {reward_mean:.3} kl {kl:.3}"), || {
+            format!(
+                "reward {reward_mean:.3} (std {reward_std:.3}){o} kl {kl:.3} loss {:.4} clipfrac {:.3} len {response_len:.1}",
+                stats.total_loss, stats.clipfrac
+            )
+        })?;
         reports.push(report);
-        // a step with a skipped update saves nothing: the last checkpoint stays the last good one
-        if cfg.control.due(step, cfg.steps) && skipped_updates == 0 {
-            let run =
-                GrpoRunState { step, order: state.order.clone(), cursor: state.cursor, rng: state.rng.clone(), reports: reports.clone(), guard: guard.clone() };
-            let mut w = StateWriter::new();
-            policy.save_state(be, &mut w, "policy")?;
-            state.update.save_state(be, &mut w)?;
-            w.save_run(&cfg.out, "grpo", step, &run, &fingerprint)?;
-        }
+        let run = || GrpoRunState { step, order: state.order.clone(), cursor: state.cursor, rng: state.rng.clone(), reports: reports.clone() };
+        trun.save_if_due(step, skipped_updates == 0, run, |w| {
+            policy.save_state(be, w, "policy")?;
+            state.update.save_state(be, w)
+        })?;
     }
-    progress.finish();
-    policy.save(be, &cfg.out)?;
-    tokenizer.save(&cfg.out)?;
+    trun.finish(be, policy, tokenizer)?;
     Ok(reports)
 }

@@ -14,3 +14,4 @@ pub mod reward_fns;
 pub mod rollout_batch;
 pub mod running_stats;
 pub mod sft;
+pub mod update_epochs;

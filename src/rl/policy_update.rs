@@ -10,7 +10,7 @@
 //! loss op's value gradient -> `backward_hidden`. Gradients accumulate over micro-batches; the
 //! loss op's statistics are read back once per optimiser step.
 
-use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, EmbeddingParams, LogprobParams, MatmulParams, PpoParams, Storage};
+use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, EmbeddingParams, MatmulParams, PpoParams, Storage};
 use crate::data::batch::Batch;
 use crate::error::{Error, Result};
 use crate::model::{refresh_compute_weights, upload_weights, Activations, GradScratch, Model, ParamsMut, Shape};
@@ -372,12 +372,10 @@ impl<B: Backend> PpoUpdate<B> {
 
         // policy forward: log-probs and entropy of the response tokens
         let c = policy.cfg().hidden_size;
-        let lp = LogprobParams::new(n, c, policy.cfg().vocab_size).temperature(self.temperature);
-        let head = policy.layout().lm_head.unwrap_or(policy.layout().wte);
+        let head = policy.lm_head();
         let pt = &mut self.policy;
-        policy.decoder.set_inputs(be, &mut pt.acts, shape, batch.inputs, Some(batch.targets))?;
-        policy.decoder.forward_hidden(be, &policy.weights, &mut pt.acts, shape)?;
-        be.logprob_gather_fwd(&mut self.logp, &mut self.entropy, &mut self.lse, &pt.acts.lnf, &pt.acts.targets, &policy.weights[head], lp)?;
+        let logprob_bufs = [&mut self.logp, &mut self.entropy, &mut self.lse];
+        let lp = policy.logprobs_into(be, &mut pt.acts, shape, batch.inputs, batch.targets, self.temperature, logprob_bufs)?;
 
         // value forward: one value per position
         if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {

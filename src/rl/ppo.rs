@@ -21,8 +21,9 @@ use crate::rl::policy_update::{PpoStats, PpoUpdate, StepTensors, ValueHead};
 use crate::rl::reward::RewardTrainer;
 use crate::rl::rollout_batch::{pack_rollouts, PackedRollouts};
 use crate::rl::running_stats::RunningMoments;
-use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
-use crate::train::{AdamWConfig, DivergenceGuard, MetricsWriter, Progress};
+use crate::rl::update_epochs::{update_epochs, EpochPlan, RolloutRows};
+use crate::train::resume::RunControl;
+use crate::train::{AdamWConfig, RunSpec, TrainRun};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -147,7 +148,6 @@ struct PpoRunState {
     ptx_position: Option<u64>,
     /// every step's report so far (the run's return value)
     reports: Vec<PpoStepReport>,
-    guard: DivergenceGuard,
 }
 
 /// Per-step device scratch of the advantage phase, allocated once.
@@ -246,14 +246,15 @@ pub fn run_ppo<B: Backend>(
         update.value_head = Some(ValueHead::new(be, policy.cfg().hidden_size, cfg.seed ^ 0x7A1)?);
     }
     update.temperature = cfg.temperature.max(1e-6);
-    let fingerprint = cfg.control.fingerprint(json!({
+    let fingerprint = json!({
         "seed": cfg.seed, "rollout_batch": cfg.rollout_batch, "mini_batch": cfg.mini_batch, "ppo_epochs": cfg.ppo_epochs,
         "max_new_tokens": cfg.max_new_tokens, "sync_every": cfg.sync_every, "value_model": value.is_some(),
-    }));
-    let (mut run, mut metrics) = match cfg.control.start(&cfg.out, "ppo", &fingerprint)? {
+    });
+    let spec = RunSpec { command: "ppo", out: &cfg.out, steps: cfg.steps, log_every: cfg.log_every, control: &cfg.control, fingerprint, schedule: None };
+    let (mut trun, ck) = TrainRun::start(spec)?;
+    let mut run: PpoRunState = match ck {
         Some(ck) => {
-            let mut run: PpoRunState = ck.value("run")?;
-            run.guard.max_bad_steps = cfg.control.max_bad_steps;
+            let run: PpoRunState = ck.value("run")?;
             policy.restore_state(be, &ck, "policy")?;
             if let Some(v) = value.as_deref_mut() {
                 v.restore_state(be, &ck, "value")?;
@@ -262,8 +263,7 @@ pub fn run_ppo<B: Backend>(
             if let (Some(b), Some(pos)) = (ptx_batcher.as_mut(), run.ptx_position) {
                 b.seek(pos);
             }
-            let metrics = ck.continue_metrics(&cfg.out)?;
-            (run, metrics)
+            run
         }
         None => {
             let kl_ctl = match cfg.kl_target {
@@ -273,7 +273,7 @@ pub fn run_ppo<B: Backend>(
             let mut rng = Rng::new(cfg.seed);
             let mut order: Vec<usize> = (0..prompts.len()).collect();
             rng.shuffle(&mut order);
-            let run = PpoRunState {
+            PpoRunState {
                 step: 0,
                 rng,
                 order,
@@ -282,18 +282,14 @@ pub fn run_ppo<B: Backend>(
                 reward_moments: RunningMoments::new(),
                 ptx_position: None,
                 reports: Vec::with_capacity(cfg.steps),
-                guard: DivergenceGuard::new(cfg.control.max_bad_steps),
-            };
-            (run, MetricsWriter::create(&cfg.out)?)
+            }
         }
     };
-    let progress = Progress::new("ppo", cfg.steps);
     let mut step_t = StepTensors::new(be, b, max_len, cfg.kl_in_loss.is_some())?;
     let mut engine = RolloutEngine::new();
     let mut dev = StepScratch::new(be, b, max_len)?;
     let stop_ids: Vec<u32> = tokenizer.stop_ids();
-    let start = Instant::now();
-    for step in run.step + 1..=cfg.steps {
+    for step in trun.steps() {
         // ---- rollout ----
         let t0 = Instant::now();
         let mut batch_prompts = Vec::with_capacity(b);
@@ -402,9 +398,7 @@ pub fn run_ppo<B: Backend>(
 
         // ---- training ----
         let t2 = Instant::now();
-        let mut epoch_stats = Vec::new();
         let mut skipped_updates = 0usize;
-        let mut seq_order: Vec<usize> = (0..b).collect();
         let mut p = PpoParams::new(0);
         p.clip_low = cfg.clip;
         p.clip_high = cfg.clip;
@@ -415,31 +409,19 @@ pub fn run_ppo<B: Backend>(
             p.kl_coef = beta;
             p.kl_estimator = est;
         }
-        for _ in 0..cfg.ppo_epochs {
-            run.rng.shuffle(&mut seq_order);
-            for mb in seq_order.chunks(cfg.mini_batch) {
-                // the minibatch's response tokens: the token mean's denominator shared by its micro-batches
-                let tokens_in_mb: usize = mb.iter().map(|&s| mask[s * t..(s + 1) * t].iter().filter(|&&m| m > 0.0).count()).sum();
-                let mut pm = p;
-                pm.denom = tokens_in_mb.max(1) as f32;
-                let per_micro = if cfg.micro_batch_tokens == 0 { mb.len() } else { (cfg.micro_batch_tokens / t).clamp(1, mb.len()) };
-                update.zero_grad(be)?;
-                for micro in mb.chunks(per_micro) {
-                    let rows_i = |src: &[i32]| micro.iter().flat_map(|&s| src[s * t..(s + 1) * t].iter().copied()).collect::<Vec<i32>>();
-                    update.accumulate_rows(be, policy, value.as_deref(), &step_t, micro, &rows_i(&inputs), &rows_i(&targets), pm)?;
-                }
-                if let Some(batcher) = ptx_batcher.as_mut() {
-                    let ptx_batch = batcher.next_batch(cfg.ptx_batch_size, max_len);
-                    update.accumulate_ptx(be, policy, &ptx_batch, cfg.ptx_coef)?;
-                }
-                let st = update.step(be, policy, value.as_deref_mut(), cfg.lr, cfg.value_lr)?;
-                let grad_norm = if st.value_grad_norm.is_finite() { st.policy_grad_norm } else { f32::NAN };
-                if run.guard.check("ppo", step, st.total_loss, grad_norm, latest_checkpoint(&cfg.out))? {
-                    skipped_updates += 1;
-                }
-                epoch_stats.push(st);
-            }
-        }
+        let rows = RolloutRows { inputs: &inputs, targets: &targets, mask: &mask, b, t };
+        let plan = EpochPlan { epochs: cfg.ppo_epochs, mini_batch: cfg.mini_batch, micro_batch_tokens: cfg.micro_batch_tokens, lr: cfg.lr, value_lr: cfg.value_lr };
+        let token_mean = |_seqs: usize, tokens: usize| PpoParams { denom: tokens.max(1) as f32, ..p };
+        let ptx = |be: &B, update: &mut PpoUpdate<B>, policy: &Model<B>| match ptx_batcher.as_mut() {
+            Some(batcher) => update.accumulate_ptx(be, policy, &batcher.next_batch(cfg.ptx_batch_size, max_len), cfg.ptx_coef),
+            None => Ok(()),
+        };
+        let guard = |st: &PpoStats| {
+            let grad_norm = if st.value_grad_norm.is_finite() { st.policy_grad_norm } else { f32::NAN };
+            skipped_updates += usize::from(trun.skip_update(step, st.total_loss, grad_norm)?);
+            Ok(())
+        };
+        let epoch_stats = update_epochs(be, &mut update, policy, value.as_deref_mut(), &step_t, &rows, plan, &mut run.rng, token_mean, ptx, guard)?;
         let training_s = t2.elapsed().as_secs_f64();
         let n_mb = epoch_stats.len().max(1) as f32;
         let avg = |f: &dyn Fn(&PpoStats) -> f32| epoch_stats.iter().map(f).sum::<f32>() / n_mb;
@@ -490,32 +472,25 @@ pub fn run_ppo<B: Backend>(
             "decode_syncs": decode_syncs, "idle_slot_steps": idle_slot_steps,
             "scoring_tokens_per_sec": 3.0 * scored_tokens / scoring_s.max(1e-9),
             "training_tokens_per_sec": cfg.ppo_epochs as f64 * scored_tokens / training_s.max(1e-9),
-            "elapsed_s": start.elapsed().as_secs_f64(), "skipped_updates": skipped_updates,
+            "elapsed_s": trun.elapsed_s(), "skipped_updates": skipped_updates,
         });
         if let Some(o) = oracle_mean {
             rec["oracle_score"] = json!(o);
         }
-        metrics.write(&rec)?;
-        progress.update(step, &format!("score {score_mean:.3} kl {kl1:.3}"));
-        if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == 1 || step == cfg.steps) {
-            eprintln!("ppo step {step}/{} rm score {score_mean:.3} kl {kl1:.3} beta {beta:.3} clipfrac {:.3} len {response_len:.1}", cfg.steps, stats.clipfrac);
-        }
+        trun.record(step, &rec, &format!("score {score_mean:.3} kl {kl1:.3}"), || {
+            format!("rm score {score_mean:.3} kl {kl1:.3} beta {beta:.3} clipfrac {:.3} len {response_len:.1}", stats.clipfrac)
+        })?;
         run.reports.push(report);
-        // a step with a skipped update saves nothing: the last checkpoint stays the last good one
-        if cfg.control.due(step, cfg.steps) && skipped_updates == 0 {
-            run.step = step;
-            run.ptx_position = ptx_batcher.as_ref().map(|b| b.position());
-            let mut w = StateWriter::new();
-            policy.save_state(be, &mut w, "policy")?;
+        run.step = step;
+        run.ptx_position = ptx_batcher.as_ref().map(|b| b.position());
+        trun.save_if_due(step, skipped_updates == 0, || &run, |w| {
+            policy.save_state(be, w, "policy")?;
             if let Some(v) = value.as_deref() {
-                v.save_state(be, &mut w, "value")?;
+                v.save_state(be, w, "value")?;
             }
-            update.save_state(be, &mut w)?;
-            w.save_run(&cfg.out, "ppo", step, &run, &fingerprint)?;
-        }
+            update.save_state(be, w)
+        })?;
     }
-    progress.finish();
-    policy.save(be, &cfg.out)?;
-    tokenizer.save(&cfg.out)?;
+    trun.finish(be, policy, tokenizer)?;
     Ok(run.reports)
 }

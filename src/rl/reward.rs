@@ -12,8 +12,8 @@ use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
-use crate::train::{DivergenceGuard, LrSchedule, MetricsWriter, Progress};
+use crate::train::resume::RunControl;
+use crate::train::{LrSchedule, RunSpec, TrainRun};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -341,7 +341,6 @@ struct RmRunState {
     last_loss: Option<f32>,
     eval_before: Option<RankingStats>,
     last_eval: Option<RankingStats>,
-    guard: DivergenceGuard,
 }
 
 /// Trains `model` (which has a score head) on `groups` and saves it with `tokenizer` into `cfg.out`.
@@ -364,90 +363,68 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
     let mut trainer = RewardTrainer::new(be, model, cfg.batch_size.max(1).saturating_mul(max_k), max_len, cfg.optim)
         .map_err(Error::sized_by(format!("--batch-size {} x {max_k} completions x {max_len} tokens", cfg.batch_size)))?;
     let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
-    let fingerprint = cfg.control.fingerprint(json!({ "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "eval_fraction": cfg.eval_fraction }));
-    let (mut run, mut metrics) = match cfg.control.start(&cfg.out, "rm", &fingerprint)? {
+    let fingerprint = json!({ "seed": cfg.seed, "batch_size": cfg.batch_size, "seq_len": cfg.seq_len, "eval_fraction": cfg.eval_fraction });
+    let spec = RunSpec { command: "rm", out: &cfg.out, steps: cfg.steps, log_every: cfg.log_every, control: &cfg.control, fingerprint, schedule: Some(schedule) };
+    let (mut run, ck) = TrainRun::start(spec)?;
+    let mut state: RmRunState = match ck {
         Some(ck) => {
-            let mut run: RmRunState = ck.value("run")?;
-            run.guard.max_bad_steps = cfg.control.max_bad_steps;
             model.restore_state(be, &ck, "weights")?;
             trainer.optimizer_mut().expect("a training instance").restore_state(be, &ck, "adamw")?;
-            let metrics = ck.continue_metrics(&cfg.out)?;
-            (run, metrics)
+            ck.value("run")?
         }
         None => {
             let eval_before = if eval.is_empty() { None } else { Some(trainer.evaluate(be, model, &eval, cfg.margin, pad)?) };
             let mut order: Vec<usize> = (0..train.len()).collect();
             let mut rng = Rng::new(cfg.seed);
             rng.shuffle(&mut order);
-            let run = RmRunState {
-                step: 0,
-                rng,
-                order,
-                cursor: 0,
-                tokens: 0,
-                first_loss: None,
-                last_loss: None,
-                eval_before,
-                last_eval: None,
-                guard: DivergenceGuard::new(cfg.control.max_bad_steps),
-            };
-            (run, MetricsWriter::create(&cfg.out)?)
+            RmRunState { step: 0, rng, order, cursor: 0, tokens: 0, first_loss: None, last_loss: None, eval_before, last_eval: None }
         }
     };
-    let progress = Progress::new("rm", cfg.steps);
-    let start = Instant::now();
-    let tokens_at_start = run.tokens;
-    for step in run.step + 1..=cfg.steps {
+    let tokens_at_start = state.tokens;
+    for step in run.steps() {
         let step_start = Instant::now();
         let mut batch = Vec::with_capacity(cfg.batch_size);
         for _ in 0..cfg.batch_size.min(train.len()) {
-            if run.cursor == run.order.len() {
-                run.rng.shuffle(&mut run.order);
-                run.cursor = 0;
+            if state.cursor == state.order.len() {
+                state.rng.shuffle(&mut state.order);
+                state.cursor = 0;
             }
-            batch.push(&train[run.order[run.cursor]]);
-            run.cursor += 1;
+            batch.push(&train[state.order[state.cursor]]);
+            state.cursor += 1;
         }
         let step_tokens: usize = batch.iter().flat_map(|g| g.sequences.iter().map(Vec::len)).sum();
-        let lr = schedule.at(step);
+        let lr = run.lr(step);
         let (stats, grad_norm) = trainer.train_step(be, model, &batch, cfg.margin, lr, pad)?;
-        let skipped = run.guard.check("rm", step, stats.loss, grad_norm, latest_checkpoint(&cfg.out))?;
-        run.tokens += step_tokens;
+        let skipped = run.skip_update(step, stats.loss, grad_norm)?;
+        state.tokens += step_tokens;
         if step == 1 {
-            run.first_loss = Some(stats.loss);
+            state.first_loss = Some(stats.loss);
         }
-        run.last_loss = Some(stats.loss);
+        state.last_loss = Some(stats.loss);
         let mut record = json!({
             "step": step, "loss": stats.loss, "accuracy": stats.accuracy, "score_gap": stats.mean_gap,
-            "grad_norm": grad_norm, "lr": lr, "tokens": run.tokens,
+            "grad_norm": grad_norm, "lr": lr, "tokens": state.tokens,
             "tokens_per_sec": step_tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
-            "elapsed_s": start.elapsed().as_secs_f64(), "skipped": skipped,
+            "elapsed_s": run.elapsed_s(), "skipped": skipped,
         });
         let eval_now = !eval.is_empty() && (step == cfg.steps || (cfg.eval_every > 0 && step % cfg.eval_every == 0));
         if eval_now {
             let e = trainer.evaluate(be, model, &eval, cfg.margin, pad)?;
             record["eval_loss"] = json!(e.loss);
             record["eval_accuracy"] = json!(e.accuracy);
-            run.last_eval = Some(e);
+            state.last_eval = Some(e);
         }
-        metrics.write(&record)?;
-        progress.update(step, &format!("loss {:.4} acc {:.2}", stats.loss, stats.accuracy));
-        if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == cfg.steps || step == 1) {
-            eprintln!("rm step {step}/{} loss {:.4} acc {:.3} grad_norm {:.3} lr {:.2e}", cfg.steps, stats.loss, stats.accuracy, grad_norm, lr);
-        }
-        // a skipped step saves nothing: the last checkpoint stays the last good one
-        if cfg.control.due(step, cfg.steps) && !skipped {
-            run.step = step;
-            let mut w = StateWriter::new();
-            model.save_state(be, &mut w, "weights")?;
-            trainer.optimizer_mut().expect("a training instance").save_state(be, &mut w, "adamw")?;
-            w.save_run(&cfg.out, "rm", step, &run, &fingerprint)?;
-        }
+        run.record(step, &record, &format!("loss {:.4} acc {:.2}", stats.loss, stats.accuracy), || {
+            format!("loss {:.4} acc {:.3} grad_norm {:.3} lr {:.2e}", stats.loss, stats.accuracy, grad_norm, lr)
+        })?;
+        state.step = step;
+        run.save_if_due(step, !skipped, || &state, |w| {
+            model.save_state(be, w, "weights")?;
+            trainer.optimizer_mut().expect("a training instance").save_state(be, w, "adamw")
+        })?;
     }
-    progress.finish();
-    model.save(be, &cfg.out)?;
-    tokenizer.save(&cfg.out)?;
-    let elapsed_s = start.elapsed().as_secs_f64();
+    let elapsed_s = run.finish(be, model, tokenizer)?;
+    let run = state;
     Ok(RmSummary {
         first_loss: run.first_loss.unwrap_or(f32::NAN),
         last_loss: run.last_loss.unwrap_or(f32::NAN),

@@ -11,8 +11,8 @@ use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::train::lm::LmTrainer;
-use crate::train::resume::{latest_checkpoint, RunControl, StateWriter};
-use crate::train::{AdamWConfig, DivergenceGuard, LrSchedule, MetricsWriter, Progress};
+use crate::train::resume::RunControl;
+use crate::train::{AdamWConfig, LrSchedule, RunSpec, TrainRun};
 use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -97,7 +97,6 @@ struct SftRunState {
     tokens: usize,
     first_loss: Option<f32>,
     last_loss: Option<f32>,
-    guard: DivergenceGuard,
 }
 
 /// The settings a resumed run must share with the one it continues to be the same run.
@@ -137,27 +136,17 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
     let mut trainer = LmTrainer::new(be, model, cfg.batch_size, cfg.batch_size.saturating_mul(seq_len), cfg.optim)
         .map_err(Error::sized_by(format!("--batch-size {} x --seq-len {seq_len}", cfg.batch_size)))?;
     let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
-    let mut run =
-        SftRunState { step: 0, data_position: 0, tokens: 0, first_loss: None, last_loss: None, guard: DivergenceGuard::new(cfg.control.max_bad_steps) };
-    let fingerprint = cfg.control.fingerprint(fingerprint(cfg));
-    let mut metrics = match cfg.control.start(&cfg.out, "sft", &fingerprint)? {
-        Some(ck) => {
-            run = ck.value("run")?;
-            run.guard.max_bad_steps = cfg.control.max_bad_steps;
-            model.restore_state(be, &ck, "weights")?;
-            trainer.opt.restore_state(be, &ck, "adamw")?;
-            batcher.seek(run.data_position);
-            ck.continue_metrics(&cfg.out)?
-        }
-        None => MetricsWriter::create(&cfg.out)?,
-    };
-    let progress = Progress::new("sft", cfg.steps);
-    let start = Instant::now();
-    let mut tokens = run.tokens;
-    let tokens_at_start = tokens;
-    let mut first_loss = run.first_loss.unwrap_or(f32::NAN);
-    let mut last_loss = run.last_loss.unwrap_or(f32::NAN);
-    for step in run.step + 1..=cfg.steps {
+    let spec = RunSpec { command: "sft", out: &cfg.out, steps: cfg.steps, log_every: cfg.log_every, control: &cfg.control, fingerprint: fingerprint(cfg), schedule: Some(schedule) };
+    let (mut run, ck) = TrainRun::start(spec)?;
+    let mut state = SftRunState { step: 0, data_position: 0, tokens: 0, first_loss: None, last_loss: None };
+    if let Some(ck) = ck {
+        state = ck.value("run")?;
+        model.restore_state(be, &ck, "weights")?;
+        trainer.opt.restore_state(be, &ck, "adamw")?;
+        batcher.seek(state.data_position);
+    }
+    let tokens_at_start = state.tokens;
+    for step in run.steps() {
         let step_start = Instant::now();
         let mut batches = Vec::new();
         batches.try_reserve_exact(cfg.grad_accum).map_err(|_| Error::invalid(format!("--grad-accum {} is too large", cfg.grad_accum)))?;
@@ -174,57 +163,39 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
             trainer.accumulate(be, model, batch, 1.0 / supervised as f32)?;
             step_tokens += batch.inputs.len();
         }
-        let lr = schedule.at(step);
+        let lr = run.lr(step);
         let stats = trainer.step(be, model, lr)?;
-        let skipped = run.guard.check("sft", step, stats.loss, stats.grad_norm, latest_checkpoint(&cfg.out))?;
-        tokens += step_tokens;
-        let elapsed = start.elapsed().as_secs_f64();
+        let skipped = run.skip_update(step, stats.loss, stats.grad_norm)?;
+        state.tokens += step_tokens;
+        let elapsed = run.elapsed_s();
         let step_secs = step_start.elapsed().as_secs_f64();
         if step == 1 {
-            first_loss = stats.loss;
+            state.first_loss = Some(stats.loss).filter(|l| l.is_finite());
         }
-        last_loss = stats.loss;
-        metrics.write(&json!({
+        state.last_loss = Some(stats.loss).filter(|l| l.is_finite());
+        let record = json!({
             "step": step,
             "loss": stats.loss,
             "grad_norm": stats.grad_norm,
             "lr": lr,
-            "tokens": tokens,
+            "tokens": state.tokens,
             "supervised_tokens": supervised,
             "tokens_per_sec": step_tokens as f64 / step_secs.max(1e-9),
             "elapsed_s": elapsed,
             "skipped": skipped,
-        }))?;
-        progress.update(step, &format!("loss {:.4}", stats.loss));
-        if !progress.is_terminal() && cfg.log_every > 0 && (step % cfg.log_every == 0 || step == cfg.steps || step == 1) {
-            eprintln!(
-                "sft step {step}/{} loss {:.4} grad_norm {:.3} lr {:.2e} {:.0} tok/s",
-                cfg.steps,
-                stats.loss,
-                stats.grad_norm,
-                lr,
-                tokens as f64 / elapsed.max(1e-9)
-            );
-        }
-        // a skipped step saves nothing: the last checkpoint stays the last good one
-        if cfg.control.due(step, cfg.steps) && !skipped {
-            run = SftRunState {
-                step,
-                data_position: batcher.position(),
-                tokens,
-                first_loss: first_loss.is_finite().then_some(first_loss),
-                last_loss: last_loss.is_finite().then_some(last_loss),
-                guard: run.guard,
-            };
-            let mut w = StateWriter::new();
-            model.save_state(be, &mut w, "weights")?;
-            trainer.opt.save_state(be, &mut w, "adamw")?;
-            w.save_run(&cfg.out, "sft", step, &run, &fingerprint)?;
-        }
+        });
+        let tokens = state.tokens;
+        run.record(step, &record, &format!("loss {:.4}", stats.loss), || {
+            format!("loss {:.4} grad_norm {:.3} lr {:.2e} {:.0} tok/s", stats.loss, stats.grad_norm, lr, tokens as f64 / elapsed.max(1e-9))
+        })?;
+        state.step = step;
+        state.data_position = batcher.position();
+        run.save_if_due(step, !skipped, || &state, |w| {
+            model.save_state(be, w, "weights")?;
+            trainer.opt.save_state(be, w, "adamw")
+        })?;
     }
-    progress.finish();
-    model.save(be, &cfg.out)?;
-    tokenizer.save(&cfg.out)?;
-    let elapsed_s = start.elapsed().as_secs_f64();
+    let elapsed_s = run.finish(be, model, tokenizer)?;
+    let (first_loss, last_loss, tokens) = (state.first_loss.unwrap_or(f32::NAN), state.last_loss.unwrap_or(f32::NAN), state.tokens);
     Ok(SftSummary { first_loss, last_loss, tokens, tokens_per_sec: (tokens - tokens_at_start) as f64 / elapsed_s.max(1e-9), elapsed_s })
 }

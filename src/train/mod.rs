@@ -6,6 +6,7 @@ pub mod metrics;
 pub mod optimizer;
 pub mod progress;
 pub mod resume;
+pub mod run;
 pub mod run_dir;
 pub mod schedule;
 
@@ -13,4 +14,5 @@ pub use guard::DivergenceGuard;
 pub use metrics::MetricsWriter;
 pub use optimizer::{AdamW, AdamWConfig};
 pub use progress::Progress;
+pub use run::{RunSpec, TrainRun};
 pub use schedule::LrSchedule;
