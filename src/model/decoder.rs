@@ -10,212 +10,10 @@
 use crate::backend::ops::*;
 use crate::error::Result;
 use crate::model::config::{Family, ModelConfig};
+use crate::model::activations::{Activations, Dims, GradScratch, LayerActs, Shape};
 use crate::model::params::{LayerParams, ParamLayout};
+pub use crate::model::activations::KvCache;
 
-/// Shape of one forward: `b` sequences of `t` tokens.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shape {
-    pub b: usize,
-    pub t: usize,
-}
-
-impl Shape {
-    pub fn n(&self) -> usize {
-        self.b * self.t
-    }
-}
-
-/// Per-layer saved activations.
-pub struct LayerActs<Buf> {
-    pub ln1: Buf,
-    pub ln1_mean: Buf,
-    pub ln1_rstd: Buf,
-    pub qkv: Buf,
-    pub att: Buf,
-    pub att_lse: Buf,
-    pub res_mid: Buf,
-    pub ln2: Buf,
-    pub ln2_mean: Buf,
-    pub ln2_rstd: Buf,
-    /// GPT-2: pre-GELU; Llama: gate projection
-    pub fc: Buf,
-    /// Llama: up projection (empty for GPT-2)
-    pub up: Buf,
-    /// GELU(fc) or silu(gate) * up
-    pub act: Buf,
-}
-
-/// Everything a forward stores, sized for a maximum number of tokens and reused across steps.
-pub struct Activations<B: Backend> {
-    pub capacity_tokens: usize,
-    pub capacity_batch: usize,
-    pub tokens: B::Ids,
-    pub positions: B::Ids,
-    pub targets: B::Ids,
-    /// residual stream entering each block; `res[L]` leaves the last one
-    pub res: Vec<B::Buf>,
-    pub layers: Vec<LayerActs<B::Buf>>,
-    pub lnf: B::Buf,
-    pub lnf_mean: B::Buf,
-    pub lnf_rstd: B::Buf,
-    pub logits: B::Buf,
-    pub lse: B::Buf,
-    pub losses: B::Buf,
-    /// per-token loss weights (the gradient of the aggregated loss with respect to each token loss)
-    pub loss_weights: B::Buf,
-    /// generation: the final hidden state of the last token of each sequence `[batch, C]`
-    pub last_hidden: B::Buf,
-    /// generation: the row index of each sequence's last token
-    pub last_rows: B::Ids,
-}
-
-/// Activation-gradient scratch, shared by all layers.
-pub struct GradScratch<B: Backend> {
-    pub d_res: B::Buf,
-    pub d_tmp: B::Buf,
-    pub d_ln: B::Buf,
-    pub d_qkv: B::Buf,
-    pub d_att: B::Buf,
-    pub d_fc: B::Buf,
-    pub d_up: B::Buf,
-    pub d_act: B::Buf,
-    pub d_logits: B::Buf,
-}
-
-/// Widths derived from the config.
-#[derive(Clone, Copy, Debug)]
-pub struct Dims {
-    pub c: usize,
-    pub v: usize,
-    pub nh: usize,
-    pub nkv: usize,
-    pub hd: usize,
-    pub qkv: usize,
-    pub att: usize,
-    pub inter: usize,
-    pub layers: usize,
-}
-
-impl Dims {
-    pub fn new(cfg: &ModelConfig) -> Self {
-        Dims {
-            c: cfg.hidden_size,
-            v: cfg.vocab_size,
-            nh: cfg.n_heads,
-            nkv: cfg.n_kv_heads,
-            hd: cfg.head_dim,
-            qkv: (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim,
-            att: cfg.n_heads * cfg.head_dim,
-            inter: cfg.intermediate_size,
-            layers: cfg.n_layers,
-        }
-    }
-}
-
-/// Errors when buffers for `n` tokens would not even have an addressable size.
-fn check_token_capacity(d: &Dims, n: usize) -> Result<()> {
-    let widest = d.v.max(d.inter).max(d.qkv).max(d.c);
-    if n.checked_mul(widest).and_then(|x| x.checked_mul(4)).is_none() {
-        return Err(crate::Error::invalid(format!("{n} tokens per batch are too many for a model {widest} wide (lower the batch size or sequence length)")));
-    }
-    Ok(())
-}
-
-impl<B: Backend> Activations<B> {
-    /// Activations for `max_tokens` tokens with logits for all of them (`[max_tokens, V]`).
-    pub fn new(be: &B, cfg: &ModelConfig, max_batch: usize, max_tokens: usize) -> Result<Self> {
-        Self::with_logit_rows(be, cfg, max_batch, max_tokens, max_tokens)
-    }
-
-    /// As [`Activations::new`], with room for `logit_rows` rows of logits only: 0 for passes that
-    /// stop at the final hidden states (reward models, values, the streamed log-prob gather),
-    /// the number of sequences for generation, which needs the last token's logits.
-    pub fn with_logit_rows(be: &B, cfg: &ModelConfig, max_batch: usize, max_tokens: usize, logit_rows: usize) -> Result<Self> {
-        let d = Dims::new(cfg);
-        let n = max_tokens;
-        check_token_capacity(&d, n)?;
-        let llama = cfg.family == Family::Llama;
-        let mut layers = Vec::with_capacity(d.layers);
-        for _ in 0..d.layers {
-            layers.push(LayerActs {
-                ln1: be.alloc_as(n * d.c, Storage::Compute)?,
-                ln1_mean: be.alloc(n)?,
-                ln1_rstd: be.alloc(n)?,
-                qkv: be.alloc_as(n * d.qkv, Storage::Compute)?,
-                att: be.alloc_as(n * d.att, Storage::Compute)?,
-                att_lse: be.alloc(n * d.nh)?,
-                res_mid: be.alloc_as(n * d.c, Storage::Compute)?,
-                ln2: be.alloc_as(n * d.c, Storage::Compute)?,
-                ln2_mean: be.alloc(n)?,
-                ln2_rstd: be.alloc(n)?,
-                fc: be.alloc_as(n * d.inter, Storage::Compute)?,
-                up: be.alloc_as(if llama { n * d.inter } else { 0 }, Storage::Compute)?,
-                act: be.alloc_as(n * d.inter, Storage::Compute)?,
-            });
-        }
-        Ok(Activations {
-            capacity_tokens: n,
-            capacity_batch: max_batch,
-            tokens: be.alloc_ids(n)?,
-            positions: be.alloc_ids(n)?,
-            targets: be.alloc_ids(n)?,
-            res: (0..=d.layers).map(|_| be.alloc_as(n * d.c, Storage::Compute)).collect::<Result<_>>()?,
-            layers,
-            lnf: be.alloc_as(n * d.c, Storage::Compute)?,
-            lnf_mean: be.alloc(n)?,
-            lnf_rstd: be.alloc(n)?,
-            logits: be.alloc_as(logit_rows.min(n) * d.v, Storage::Compute)?,
-            lse: be.alloc(n)?,
-            losses: be.alloc(n)?,
-            loss_weights: be.alloc(n)?,
-            last_hidden: be.alloc_as(max_batch * d.c, Storage::Compute)?,
-            last_rows: be.alloc_ids(max_batch)?,
-        })
-    }
-
-    /// Grows the logits buffer to `rows` rows if it is smaller (PPO-ptx on a buffer set built
-    /// without logits).
-    pub fn ensure_logit_rows(&mut self, be: &B, rows: usize, vocab: usize) -> Result<()> {
-        if be.len(&self.logits) < rows * vocab {
-            self.logits = be.alloc_as(rows * vocab, Storage::Compute)?;
-        }
-        Ok(())
-    }
-}
-
-impl<B: Backend> GradScratch<B> {
-    /// Activation gradients for `max_tokens` tokens, with logits gradients for all of them.
-    pub fn new(be: &B, cfg: &ModelConfig, max_tokens: usize) -> Result<Self> {
-        Self::with_logit_rows(be, cfg, max_tokens, max_tokens)
-    }
-
-    /// As [`GradScratch::new`] with `logit_rows` rows of logits gradients (0 for backward passes
-    /// that start at the final hidden states).
-    pub fn with_logit_rows(be: &B, cfg: &ModelConfig, max_tokens: usize, logit_rows: usize) -> Result<Self> {
-        let d = Dims::new(cfg);
-        let n = max_tokens;
-        check_token_capacity(&d, n)?;
-        Ok(GradScratch {
-            d_res: be.alloc_as(n * d.c, Storage::Compute)?,
-            d_tmp: be.alloc_as(n * d.c, Storage::Compute)?,
-            d_ln: be.alloc_as(n * d.c, Storage::Compute)?,
-            d_qkv: be.alloc_as(n * d.qkv, Storage::Compute)?,
-            d_att: be.alloc_as(n * d.att, Storage::Compute)?,
-            d_fc: be.alloc_as(n * d.inter, Storage::Compute)?,
-            d_up: be.alloc_as(n * d.inter, Storage::Compute)?,
-            d_act: be.alloc_as(n * d.inter, Storage::Compute)?,
-            d_logits: be.alloc_as(logit_rows.min(n) * d.v, Storage::Compute)?,
-        })
-    }
-
-    /// Grows the logits-gradient buffer to `rows` rows if it is smaller.
-    pub fn ensure_logit_rows(&mut self, be: &B, rows: usize, vocab: usize) -> Result<()> {
-        if be.len(&self.d_logits) < rows * vocab {
-            self.d_logits = be.alloc_as(rows * vocab, Storage::Compute)?;
-        }
-        Ok(())
-    }
-}
 
 /// How a weight matrix is stored: `[in, out]` (GPT-2 Conv1D) or `[out, in]` (Linear).
 #[derive(Clone, Copy)]
@@ -348,12 +146,12 @@ impl Decoder {
         NormParams { n: n as u32, c: self.dims.c as u32, eps: self.cfg.norm_eps, _pad: 0 }
     }
 
-    fn lm_head(&self) -> usize {
+    pub(crate) fn lm_head(&self) -> usize {
         self.layout.lm_head.unwrap_or(self.layout.wte)
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn norm_fwd<B: Backend>(
+    pub(crate) fn norm_fwd<B: Backend>(
         &self,
         be: &B,
         out: &mut B::Buf,
@@ -432,7 +230,7 @@ impl Decoder {
     }
 
     /// The embedding of the tokens (and learned positions) into `res[0]`.
-    fn embed<B: Backend>(&self, be: &B, w: &[B::Buf], res0: &mut B::Buf, tokens: &B::Ids, positions: &B::Ids, n: usize) -> Result<()> {
+    pub(crate) fn embed<B: Backend>(&self, be: &B, w: &[B::Buf], res0: &mut B::Buf, tokens: &B::Ids, positions: &B::Ids, n: usize) -> Result<()> {
         let c = self.dims.c as u32;
         be.embedding_fwd(res0, tokens, &w[self.layout.wte], EmbeddingParams { n: n as u32, c, accumulate: 0, vocab: self.dims.v as u32 })?;
         if let Some(wpe) = self.layout.wpe {
@@ -444,7 +242,7 @@ impl Decoder {
     /// One block's forward from `x` (the residual stream entering it) into `y`; attention reads
     /// keys and values from `qkv` itself (training) or from a KV cache (decode), as `attn` says.
     #[allow(clippy::too_many_arguments)]
-    fn block_fwd<B: Backend>(
+    pub(crate) fn block_fwd<B: Backend>(
         &self,
         be: &B,
         w: &[B::Buf],
@@ -633,154 +431,9 @@ impl Decoder {
         }
         Ok(())
     }
-
-    /// Cached forward for generation: `t` new tokens per sequence (`b * t` ids already in
-    /// `acts.tokens` when `tokens` is `None`, e.g. written there by the `sample` op) at positions
-    /// `cache.len ..`, keys/values appended to `cache`. Leaves in `acts.logits` the logits of the
-    /// last new token of each sequence (`[b, V]`).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_cached<B: Backend>(
-        &self,
-        be: &B,
-        w: &[B::Buf],
-        acts: &mut Activations<B>,
-        cache: &mut KvCache<B>,
-        tokens: Option<&[i32]>,
-        b: usize,
-        t: usize,
-    ) -> Result<()> {
-        let n = b * t;
-        let d = self.dims;
-        let pos0 = cache.len;
-        if pos0 + t > cache.t_max {
-            return Err(crate::Error::invalid(format!("the KV cache holds {} positions; {} requested", cache.t_max, pos0 + t)));
-        }
-        if pos0 + t > self.cfg.max_positions {
-            return Err(crate::Error::invalid(format!("{} positions exceed the model's maximum of {}", pos0 + t, self.cfg.max_positions)));
-        }
-        if n > acts.capacity_tokens || b > acts.capacity_batch {
-            return Err(crate::Error::invalid(format!("{b} x {t} tokens exceed the activation capacity")));
-        }
-        if let Some(tokens) = tokens {
-            if let Some(&bad) = tokens.iter().find(|&&id| id < 0 || id as usize >= d.v) {
-                return Err(crate::Error::invalid(format!("token id {bad} is outside the model's vocabulary of {}", d.v)));
-            }
-            be.write_ids(&mut acts.tokens, tokens)?;
-        }
-        let positions: Vec<i32> = (0..n).map(|i| (pos0 + i % t) as i32).collect();
-        be.write_ids(&mut acts.positions, &positions)?;
-        {
-            let (res0, _) = acts.res.split_at_mut(1);
-            self.embed(be, w, &mut res0[0], &acts.tokens, &acts.positions, n)?;
-        }
-        for (l, lp) in self.layout.layers.iter().enumerate() {
-            let (lo, hi) = acts.res.split_at_mut(l + 1);
-            let src = AttnSource::Cache { cache: &mut cache.layers[l], b, t, pos0, t_max: cache.t_max };
-            self.block_fwd(be, w, lp, &mut acts.layers[l], &lo[l], &mut hi[0], &acts.positions, n, src)?;
-        }
-        cache.len += t;
-        self.norm_fwd(be, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.res[d.layers], w, self.layout.lnf_w, self.layout.lnf_b, n)?;
-        let last: Vec<i32> = (0..b).map(|i| (i * t + t - 1) as i32).collect();
-        be.write_ids(&mut acts.last_rows, &last)?;
-        be.embedding_fwd(&mut acts.last_hidden, &acts.last_rows, &acts.lnf, EmbeddingParams { n: b as u32, c: d.c as u32, accumulate: 0, vocab: n as u32 })?;
-        be.matmul(&mut acts.logits, &acts.last_hidden, &w[self.lm_head()], MatmulParams::new(b, d.v, d.c, false, true))
-    }
 }
 
-impl Decoder {
-    /// Rollout prefill: the training forward over `shape` prompts (padded on the right, set with
-    /// [`Decoder::set_inputs`]) that also writes the keys and values of token i to cache row
-    /// `rows[i]` of `cache`, then the logits of row `last[j]` (the last real token of prompt j)
-    /// into `acts.logits` (`[b, V]`). Rows of padding must point at cache rows that are written
-    /// again before they are read (e.g. their slot's later positions).
-    #[allow(clippy::too_many_arguments)]
-    pub fn forward_prefill<B: Backend>(
-        &self,
-        be: &B,
-        w: &[B::Buf],
-        acts: &mut Activations<B>,
-        cache: &mut SlotCache<B>,
-        rows: &B::Ids,
-        shape: Shape,
-        last: &[i32],
-    ) -> Result<()> {
-        let n = shape.n();
-        let d = self.dims;
-        if last.len() > acts.capacity_batch || last.iter().any(|&r| r < 0 || r as usize >= n) {
-            return Err(crate::Error::invalid(format!("prefill: {} last rows for {n} tokens and a batch capacity of {}", last.len(), acts.capacity_batch)));
-        }
-        let cache_rows = cache.slots * cache.t_max;
-        {
-            let (res0, _) = acts.res.split_at_mut(1);
-            self.embed(be, w, &mut res0[0], &acts.tokens, &acts.positions, n)?;
-        }
-        for (l, lp) in self.layout.layers.iter().enumerate() {
-            let (lo, hi) = acts.res.split_at_mut(l + 1);
-            let src = AttnSource::Prefill { shape, cache: &mut cache.layers[l], rows, cache_rows };
-            self.block_fwd(be, w, lp, &mut acts.layers[l], &lo[l], &mut hi[0], &acts.positions, n, src)?;
-        }
-        self.norm_fwd(be, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.res[d.layers], w, self.layout.lnf_w, self.layout.lnf_b, n)?;
-        let b = last.len();
-        be.write_ids(&mut acts.last_rows, last)?;
-        be.embedding_fwd(&mut acts.last_hidden, &acts.last_rows, &acts.lnf, EmbeddingParams { n: b as u32, c: d.c as u32, accumulate: 0, vocab: n as u32 })?;
-        be.matmul(&mut acts.logits, &acts.last_hidden, &w[self.lm_head()], MatmulParams::new(b, d.v, d.c, false, true))
-    }
-
-    /// Rollout decode step: `n` tokens, one per active slot, already in `acts.tokens` with their
-    /// positions in `acts.positions`; token i's keys/values go to cache row `rows[i]`
-    /// (`slot * t_max + position`) and it attends to its slot's rows up to there. Leaves the
-    /// logits `[n, V]` in `acts.logits`.
-    pub fn forward_decode<B: Backend>(&self, be: &B, w: &[B::Buf], acts: &mut Activations<B>, cache: &mut SlotCache<B>, rows: &B::Ids, n: usize) -> Result<()> {
-        let d = self.dims;
-        if n > acts.capacity_tokens || n > cache.slots {
-            return Err(crate::Error::invalid(format!("decode: {n} rows exceed the activation capacity or the {} slots", cache.slots)));
-        }
-        {
-            let (res0, _) = acts.res.split_at_mut(1);
-            self.embed(be, w, &mut res0[0], &acts.tokens, &acts.positions, n)?;
-        }
-        for (l, lp) in self.layout.layers.iter().enumerate() {
-            let (lo, hi) = acts.res.split_at_mut(l + 1);
-            let src = AttnSource::Decode { cache: &mut cache.layers[l], rows, slots: cache.slots, t_max: cache.t_max };
-            self.block_fwd(be, w, lp, &mut acts.layers[l], &lo[l], &mut hi[0], &acts.positions, n, src)?;
-        }
-        self.norm_fwd(be, &mut acts.lnf, &mut acts.lnf_mean, &mut acts.lnf_rstd, &acts.res[d.layers], w, self.layout.lnf_w, self.layout.lnf_b, n)?;
-        be.matmul(&mut acts.logits, &acts.lnf, &w[self.lm_head()], MatmulParams::new(n, d.v, d.c, false, true))
-    }
-}
-
-/// The rollout engine's KV cache: per layer `[slots, t_max, 2 NKV HD]`, each slot its own region.
-pub struct SlotCache<B: Backend> {
-    pub layers: Vec<B::Buf>,
-    pub slots: usize,
-    pub t_max: usize,
-}
-
-impl<B: Backend> SlotCache<B> {
-    pub fn new(be: &B, cfg: &ModelConfig, slots: usize, t_max: usize) -> Result<Self> {
-        let per = slots
-            .checked_mul(t_max)
-            .and_then(|x| x.checked_mul(2 * cfg.n_kv_heads * cfg.head_dim))
-            .ok_or_else(|| crate::Error::invalid(format!("a KV cache of {slots} slots x {t_max} positions is too large")))?;
-        Ok(SlotCache { layers: (0..cfg.n_layers).map(|_| be.alloc_as(per, Storage::Compute)).collect::<Result<_>>()?, slots, t_max })
-    }
-}
-
-/// A per-layer key/value cache `[B, t_max, 2 NKV HD]` (keys then values of each position).
-pub struct KvCache<B: Backend> {
-    pub layers: Vec<B::Buf>,
-    pub t_max: usize,
-    pub len: usize,
-}
-
-impl<B: Backend> KvCache<B> {
-    pub fn new(be: &B, cfg: &ModelConfig, b: usize, t_max: usize) -> Result<Self> {
-        let per = b * t_max * 2 * cfg.n_kv_heads * cfg.head_dim;
-        Ok(KvCache { layers: (0..cfg.n_layers).map(|_| be.alloc_as(per, Storage::Compute)).collect::<Result<_>>()?, t_max, len: 0 })
-    }
-}
-
-enum AttnSource<'a, B: Backend> {
+pub(crate) enum AttnSource<'a, B: Backend> {
     Fused(Shape),
     /// training layout, and the keys/values of token i also written to cache row `rows[i]`
     Prefill {

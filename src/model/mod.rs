@@ -1,15 +1,18 @@
 //! The decoder: configuration, parameter layout, Hugging Face checkpoints, forward and backward.
 
+pub mod activations;
 pub mod checkpoint;
 pub mod config;
 pub mod decoder;
+mod decoder_cached;
 pub mod params;
 pub mod scoring;
 pub mod sequence_scorer;
 pub mod state_file;
 
 pub use config::{Family, ModelConfig};
-pub use decoder::{Activations, Decoder, GradScratch, KvCache, Shape, SlotCache};
+pub use activations::{Activations, GradScratch, KvCache, Shape, SlotCache};
+pub use decoder::Decoder;
 pub use params::ParamLayout;
 
 use crate::backend::ops::{ElementwiseParams, Storage};

@@ -5,6 +5,8 @@
 
 pub mod advantage_estimators;
 pub mod dpo;
+pub mod dpo_config;
+pub mod dpo_pairs;
 pub mod grpo;
 pub mod kl_controller;
 pub mod ppo;
