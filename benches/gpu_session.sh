@@ -8,8 +8,8 @@
 #   bash benches/gpu_session.sh run OUT first           # the first contact (benches/gpu_first_contact.sh)
 #
 # `prepare` builds the release binary and the three GPU test binaries (tests/cuda_ops: every op
-# against the CPU, in f32 and bf16; tests/gpu_model.rs: fixtures, SFT step, PPO step, every
-# command; tests/bf16_model.rs: whole models in bf16 storage against f32) and puts stripped
+# against the CPU, in f32 and bf16; tests/gpu_model/: fixtures, SFT step, PPO step, every
+# command in f32 (f32_model::) and whole models in bf16 storage against f32 (bf16_model::)) and puts stripped
 # copies (~35 MB) into .gpu/ (ignored by git).
 # `run` finds NVRTC and cuBLAS (the CUDA toolkit, or the nvidia-* Python wheels next to PyTorch),
 # runs the parity suites, then `rlhf bench` on GPT-2 124M (B=16, T=1024) with the decode sweep
@@ -32,16 +32,16 @@ cd "$root"
 
 prepare() {
     set -e
-    cargo build --release --bin rlhf --test cuda_ops --test gpu_model --test bf16_model
+    cargo build --release --bin rlhf --test cuda_ops --test gpu_model
     mkdir -p .gpu
     grep -qx '/.gpu/' .git/info/exclude 2>/dev/null || echo '/.gpu/' >>.git/info/exclude
     cp target/release/rlhf .gpu/rlhf
-    for t in cuda_ops gpu_model bf16_model; do
+    for t in cuda_ops gpu_model; do
         # the newest test executable of that name (cargo appends a hash)
         exe=$(ls -t target/release/deps/"$t"-* | grep -v '\.d$' | head -1)
         cp "$exe" .gpu/"$t"
     done
-    strip .gpu/rlhf .gpu/cuda_ops .gpu/gpu_model .gpu/bf16_model
+    strip .gpu/rlhf .gpu/cuda_ops .gpu/gpu_model
     # the test binaries look for the repository and the rlhf binary where they were built
     echo "$root" >.gpu/built_at
     du -sh .gpu
@@ -120,7 +120,7 @@ run() { # run OUT [tests|bench|first]: everything, the test suites, the benchmar
     if [ "$part" = first ]; then
         # the first contact with a GPU (under 5 minutes): correctness, then one benchmark
         step cuda_ops .gpu/cuda_ops --test-threads=1
-        step gpu_model_cuda .gpu/gpu_model cuda:: cuda_graphs:: cuda_streams:: cuda_epilogues:: --test-threads=1
+        step gpu_model_cuda .gpu/gpu_model f32_model::cuda:: f32_model::cuda_graphs:: f32_model::cuda_streams:: f32_model::cuda_epilogues:: --test-threads=1
         step bench_cuda_bf16 $rlhf "${bench[@]}" --steps 3 --backend cuda --precision bf16 --decode-batches 64
         echo
         echo "==== first contact: summary ($out/summary.txt; logs in $out/session.log)"
@@ -130,8 +130,8 @@ run() { # run OUT [tests|bench|first]: everything, the test suites, the benchmar
     fi
     if [ "$part" != bench ]; then
         step cuda_ops .gpu/cuda_ops --test-threads=1
-        step gpu_model_cuda .gpu/gpu_model cuda:: cuda_graphs:: cuda_streams:: cuda_epilogues:: --test-threads=1
-        step bf16_model_cuda .gpu/bf16_model cuda:: --test-threads=1
+        step gpu_model_cuda .gpu/gpu_model f32_model::cuda:: f32_model::cuda_graphs:: f32_model::cuda_streams:: f32_model::cuda_epilogues:: --test-threads=1
+        step bf16_model_cuda .gpu/gpu_model bf16_model::cuda:: --test-threads=1
     fi
     if [ "$part" = tests ]; then
         echo "logs in $out"
@@ -162,7 +162,7 @@ run() { # run OUT [tests|bench|first]: everything, the test suites, the benchmar
     # a GPU adapter through Vulkan (not a CPU driver such as lavapipe)
     if $rlhf info 2>&1 | grep -i "vulkan" | grep -qvi "(cpu"; then
         step bench_wgpu env RLHF_WGPU_ADAPTER=NVIDIA $rlhf "${bench[@]}" --backend wgpu
-        step gpu_model_wgpu env RLHF_WGPU_ADAPTER=NVIDIA .gpu/gpu_model wgpu:: --test-threads=1
+        step gpu_model_wgpu env RLHF_WGPU_ADAPTER=NVIDIA .gpu/gpu_model f32_model::wgpu:: --test-threads=1
     else
         echo "== bench_wgpu: skipped (no Vulkan adapter; see the device notes on carrying the loader)" | tee -a "$out/summary.txt"
     fi

@@ -64,7 +64,7 @@ fn every_op_has_a_check() {
     for op in OP_NAMES {
         assert!(OP_CHECKS.iter().any(|(name, _)| name == op), "op `{op}` has no check in tests/ops.rs");
     }
-    let sources = [include_str!("ops.rs"), include_str!("rl_ops.rs"), include_str!("ppo_math.rs"), include_str!("dpo.rs"), include_str!("decode_advance.rs")];
+    let sources = [include_str!("ops.rs"), include_str!("rl_ops.rs"), include_str!("ppo_math.rs"), include_str!("training/dpo.rs"), include_str!("decode_advance.rs")];
     for (op, test) in OP_CHECKS {
         let f = format!("fn {test}()");
         assert!(

@@ -9,7 +9,7 @@
 //! log-probs by a few 1e-2 absolute; a loss, an average over tokens, moves less. Stated per check
 //! below, each with the worst value seen on the CPU reference.
 
-mod common;
+use crate::common;
 
 use common::fixtures::{fixture, fixture_batch, ids_of, noisy_host_weights, ppo_batch, reference, rel, MODELS};
 use rlhf::backend::bf16_reference::Bf16Reference;

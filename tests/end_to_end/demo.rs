@@ -3,7 +3,7 @@
 //! The same run on the wgpu backend reaches the same conclusion (skipped without an adapter,
 //! except in CI), and so does the bf16 storage mode (on its CPU reference).
 
-mod common;
+use crate::common;
 
 use rlhf::backend::{Backend, CpuBackend};
 use rlhf::demo::{run_pipeline, DemoConfig};

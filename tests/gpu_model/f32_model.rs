@@ -21,7 +21,7 @@
 //! a GPU driver the cuda tests run on the CUDA emulator (tests/cuda_emu), and without NVRTC or a
 //! C++ compiler they print that they skipped (fail with `CI=true`).
 
-mod common;
+use crate::common;
 
 use common::fixtures::{fixture, fixture_batch, ids_of, noisy_host_weights, ppo_batch, reference, rel, MODELS};
 

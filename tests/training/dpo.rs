@@ -4,7 +4,7 @@
 //! held-out pairs), the reference log-probs computed once and equal to a fresh scoring, and the
 //! `rlhf dpo` command with its errors.
 
-mod common;
+use crate::common;
 
 use common::{fd_check, randv};
 use rlhf::backend::ops::{preference_loss, preference_stat, Backend, PreferenceParams};

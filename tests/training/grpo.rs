@@ -4,7 +4,7 @@
 //! hand values and finite differences, the exact-match reward, GRPO raising the built-in task's
 //! oracle score over the SFT model, and the command with each estimator and its flag errors.
 
-mod common;
+use crate::common;
 
 use rlhf::backend::ops::{ppo_stat, Backend, PpoParams};
 use rlhf::backend::CpuBackend;
