@@ -7,9 +7,7 @@ use rlhf::backend::{Backend, MatmulPrecision, Precision};
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::model::config::PRESETS;
 use rlhf::model::{Model, ModelConfig};
-use rlhf::rl::sft::SftConfig;
-use rlhf::train::AdamWConfig;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
@@ -50,47 +48,6 @@ pub struct ModelSource {
     /// Tokenizer folder for --init (default: the built-in byte-level tokenizer)
     #[arg(long, requires = "init")]
     pub tokenizer: Option<PathBuf>,
-}
-
-#[derive(Args, Debug)]
-pub struct TrainArgs {
-    /// Optimiser steps
-    #[arg(long, default_value_t = 100)]
-    pub steps: usize,
-    /// Peak learning rate
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1e-4)]
-    pub lr: f32,
-    /// Linear warm-up steps
-    #[arg(long, default_value_t = 0)]
-    pub warmup: usize,
-    /// Final learning rate of the cosine decay, as a fraction of --lr
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
-    pub min_lr_ratio: f32,
-    /// Sequences per micro-batch
-    #[arg(long, default_value_t = 8)]
-    pub batch_size: usize,
-    /// Micro-batches per optimiser step
-    #[arg(long, default_value_t = 1)]
-    pub grad_accum: usize,
-    /// Maximum tokens per sequence (longer examples are truncated)
-    #[arg(long, default_value_t = 512)]
-    pub seq_len: usize,
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
-    pub weight_decay: f32,
-    /// Global gradient-norm clipping (0 = off)
-    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
-    pub max_grad_norm: f32,
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
-    pub beta1: f32,
-    #[arg(long, allow_negative_numbers = true, default_value_t = 0.95)]
-    pub beta2: f32,
-    #[arg(long, default_value_t = 1234)]
-    pub seed: u64,
-    /// Print a progress line every N steps when stderr is not a terminal
-    #[arg(long, default_value_t = 10)]
-    pub log_every: usize,
-    #[command(flatten)]
-    pub run: RunArgs,
 }
 
 /// How the RL commands (ppo, grpo) sample their rollouts.
@@ -134,45 +91,6 @@ impl SyncEveryArg {
     }
 }
 
-/// Checkpoints, resume and the divergence guard, common to the training commands.
-#[derive(Args, Debug, Clone)]
-pub struct RunArgs {
-    /// Save a checkpoint of the whole run state (weights, optimiser, RNG, data position) into
-    /// <out>/checkpoints every N steps; one is always saved at the end (0 = only then)
-    #[arg(long, default_value_t = 0)]
-    pub save_every: usize,
-    /// Continue a run: its output folder (the latest checkpoint) or a checkpoint folder
-    #[arg(long, value_name = "DIR")]
-    pub resume: Option<PathBuf>,
-    /// Steps in a row with a non-finite loss or gradient that are skipped before the run stops
-    #[arg(long, default_value_t = rlhf::train::resume::DEFAULT_MAX_BAD_STEPS)]
-    pub max_bad_steps: usize,
-    /// Replace the run that --out holds (its metrics, checkpoints and model are deleted once
-    /// this run's inputs have been read and checked); without it such a folder is refused
-    #[arg(long, conflicts_with = "resume")]
-    pub overwrite: bool,
-    /// The resolved configuration written as <out>/run.toml (filled in by `run`)
-    #[arg(skip)]
-    pub run_toml: Option<String>,
-    /// The run's settings compared on --resume (filled in by `run`)
-    #[arg(skip)]
-    pub settings: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-impl RunArgs {
-    pub fn control(&self) -> rlhf::train::resume::RunControl {
-        use rlhf::train::run_dir::OutPolicy;
-        rlhf::train::resume::RunControl {
-            save_every: self.save_every,
-            resume: self.resume.clone(),
-            max_bad_steps: self.max_bad_steps,
-            out_policy: if self.overwrite { OutPolicy::Overwrite } else { OutPolicy::Fresh },
-            run_toml: self.run_toml.clone(),
-            settings: self.settings.clone(),
-        }
-    }
-}
-
 /// The model and tokenizer a training command starts from; `reward` gives the model a scalar
 /// score head (a reward model) in place of the LM head.
 pub fn load_source<B: Backend>(be: &B, src: &ModelSource, seed: u64, reward: bool) -> Result<(Model<B>, Tokenizer)> {
@@ -193,22 +111,5 @@ pub fn load_source<B: Backend>(be: &B, src: &ModelSource, seed: u64, reward: boo
             Ok((model, tok))
         }
         _ => bail!("give either --model DIR or --init PRESET (presets: {})", PRESETS.join(", ")),
-    }
-}
-
-pub fn train_config(t: &TrainArgs, out: &Path) -> SftConfig {
-    SftConfig {
-        out: out.to_path_buf(),
-        steps: t.steps,
-        lr: t.lr,
-        min_lr_ratio: t.min_lr_ratio,
-        warmup: t.warmup,
-        batch_size: t.batch_size,
-        grad_accum: t.grad_accum,
-        seq_len: t.seq_len,
-        seed: t.seed,
-        optim: AdamWConfig { beta1: t.beta1, beta2: t.beta2, eps: 1e-8, weight_decay: t.weight_decay, max_grad_norm: t.max_grad_norm },
-        log_every: t.log_every,
-        control: t.run.control(),
     }
 }

@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use rlhf::train::training_config::TrainingConfig;
 use rlhf::backend::Backend;
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::model::Model;
@@ -16,9 +17,6 @@ pub struct DpoArgs {
     /// JSONL with {"prompt", "chosen", "rejected"} lines (or {"prompt", "ranked": [...]}: best vs each other)
     #[arg(long)]
     pub data: PathBuf,
-    /// Output folder: the trained policy (HF layout + tokenizer), metrics.jsonl and ref_logps.json
-    #[arg(long)]
-    pub out: PathBuf,
     /// The frozen reference model (default: --model); scored once, before training
     #[arg(long)]
     pub ref_model: Option<PathBuf>,
@@ -38,22 +36,25 @@ pub struct DpoArgs {
     #[arg(long, default_value_t = 0.0)]
     pub eval_fraction: f32,
     #[command(flatten)]
-    pub train: TrainArgs,
+    pub train: TrainingConfig,
     #[command(flatten)]
     pub common: Common,
 }
 
 pub fn cmd_dpo<B: Backend>(be: &B, a: &DpoArgs) -> Result<()> {
     use rlhf::rl::dpo::{run_dpo, DpoConfig, DpoLoss};
-    let t = train_config(&a.train, &a.out);
     let loss = DpoLoss::parse(&a.loss)?;
     if a.simpo_gamma.is_some() && loss != DpoLoss::Simpo {
         bail!("--simpo-gamma applies to --loss simpo only");
     }
-    let mut cfg = DpoConfig::new(t.out, t.steps, t.batch_size);
-    (cfg.lr, cfg.min_lr_ratio, cfg.warmup, cfg.grad_accum, cfg.seq_len, cfg.seed) = (t.lr, t.min_lr_ratio, t.warmup, t.grad_accum, t.seq_len, t.seed);
-    (cfg.optim, cfg.log_every, cfg.loss, cfg.beta, cfg.label_smoothing) = (t.optim, t.log_every, loss, a.beta, a.label_smoothing);
-    (cfg.simpo_gamma, cfg.eval_fraction, cfg.control) = (a.simpo_gamma.unwrap_or(0.5), a.eval_fraction, t.control);
+    let cfg = DpoConfig {
+        train: a.train.clone(),
+        loss,
+        beta: a.beta,
+        label_smoothing: a.label_smoothing,
+        simpo_gamma: a.simpo_gamma.unwrap_or(0.5),
+        eval_fraction: a.eval_fraction,
+    };
     cfg.validate()?;
     let tok = Tokenizer::load(&a.model)?;
     let mut model = Model::load(be, &a.model)?;
@@ -68,7 +69,7 @@ pub fn cmd_dpo<B: Backend>(be: &B, a: &DpoArgs) -> Result<()> {
         }
         None => None,
     };
-    let seq_len = cfg.seq_len.min(model.cfg().max_positions);
+    let seq_len = cfg.train.seq_len.min(model.cfg().max_positions);
     let groups = rlhf::data::preference::load_preference_jsonl(&a.data, &tok, seq_len)?;
     eprintln!(
         "dpo: {} prompts from {}, loss {} (beta {}), policy {} ({:.2}M parameters), backend {}",
@@ -95,7 +96,7 @@ pub fn cmd_dpo<B: Backend>(be: &B, a: &DpoArgs) -> Result<()> {
         s.eval_pairs,
         s.epochs,
         s.tokens_per_sec,
-        a.out.display()
+        cfg.train.out.display()
     );
     Ok(())
 }

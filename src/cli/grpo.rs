@@ -4,6 +4,7 @@
 use super::common::Common;
 use anyhow::{bail, Result};
 use clap::Args;
+use rlhf::train::resume::RunControl;
 use rlhf::backend::Backend;
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::model::{Model, ModelConfig};
@@ -90,7 +91,7 @@ pub struct GrpoArgs {
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
     #[command(flatten)]
-    pub run: crate::cli::RunArgs,
+    pub run: RunControl,
     #[command(flatten)]
     pub common: Common,
 }
@@ -145,7 +146,7 @@ pub fn grpo_config(a: &GrpoArgs, backend: &str) -> Result<GrpoConfig> {
         micro_batch_tokens: a.micro_batch_tokens,
         seed: a.seed,
         log_every: a.log_every,
-        control: a.run.control(),
+        control: a.run.clone(),
     };
     cfg.validate()?;
     Ok(cfg)

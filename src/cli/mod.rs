@@ -21,6 +21,7 @@ use clap::{Parser, Subcommand};
 use rlhf::backend::{Backend, CpuBackend, CudaBackend, WgpuBackend};
 use std::path::{Path, PathBuf};
 use common::*;
+use rlhf::train::resume::RunControl;
 
 #[derive(Parser, Debug)]
 #[command(name = "rlhf", version, about = "RLHF on a from-scratch transformer: SFT, reward models, PPO, DPO, GRPO", long_about = None)]
@@ -136,19 +137,19 @@ macro_rules! with_backend {
 }
 
 /// A training command's output folder, its run arguments and the input folders it reads.
-fn training_run(command: &mut Command) -> Option<(&Path, &mut RunArgs, Vec<PathBuf>)> {
+fn training_run(command: &mut Command) -> Option<(&Path, &mut RunControl, Vec<PathBuf>)> {
     fn inputs(xs: &[Option<&PathBuf>]) -> Vec<PathBuf> {
         xs.iter().flatten().map(|p| p.to_path_buf()).collect()
     }
     match command {
-        Command::Sft(a) => Some((&a.out, &mut a.train.run, inputs(&[a.source.model.as_ref(), a.source.tokenizer.as_ref()]))),
+        Command::Sft(a) => Some((&a.train.out, &mut a.train.control, inputs(&[a.source.model.as_ref(), a.source.tokenizer.as_ref()]))),
         Command::Rm(a) => Some((&a.out, &mut a.run, inputs(&[a.source.model.as_ref(), a.source.tokenizer.as_ref()]))),
         Command::Ppo(a) => Some((
             &a.out,
             &mut a.run,
             inputs(&[Some(&a.policy), a.reference.as_ref(), Some(&a.reward_model), a.value_model.as_ref()]),
         )),
-        Command::Dpo(a) => Some((&a.out, &mut a.train.run, inputs(&[Some(&a.model), a.ref_model.as_ref()]))),
+        Command::Dpo(a) => Some((&a.train.out, &mut a.train.control, inputs(&[Some(&a.model), a.ref_model.as_ref()]))),
         Command::Grpo(a) => Some((&a.out, &mut a.run, inputs(&[Some(&a.model), a.ref_model.as_ref(), a.reward_model.as_ref()]))),
         _ => None,
     }

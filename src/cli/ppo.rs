@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use rlhf::train::resume::RunControl;
 use rlhf::backend::Backend;
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::model::{Model, ModelConfig};
@@ -96,7 +97,7 @@ pub struct PpoArgs {
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub run: RunControl,
     #[command(flatten)]
     pub common: Common,
 }
@@ -132,7 +133,7 @@ pub fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         ptx_batch_size: a.ptx_batch_size,
         seed: a.seed,
         log_every: a.log_every,
-        control: a.run.control(),
+        control: a.run.clone(),
     };
     cfg.validate()?;
     if !(a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {

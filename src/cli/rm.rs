@@ -2,6 +2,7 @@
 
 use anyhow::{bail, Result};
 use clap::Args;
+use rlhf::train::resume::RunControl;
 use rlhf::backend::Backend;
 use rlhf::train::AdamWConfig;
 use std::path::PathBuf;
@@ -50,7 +51,7 @@ pub struct RmArgs {
     #[arg(long, default_value_t = 10)]
     pub log_every: usize,
     #[command(flatten)]
-    pub run: RunArgs,
+    pub run: RunControl,
     #[command(flatten)]
     pub common: Common,
 }
@@ -70,7 +71,7 @@ pub fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
         eval_fraction: a.eval_fraction,
         eval_every: a.eval_every,
         log_every: a.log_every,
-        control: a.run.control(),
+        control: a.run.clone(),
     };
     cfg.validate()?;
     if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite() && a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {

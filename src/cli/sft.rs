@@ -3,7 +3,7 @@
 use anyhow::Result;
 use clap::Args;
 use rlhf::backend::Backend;
-use rlhf::rl::sft::run_sft;
+use rlhf::rl::sft::{run_sft, SftConfig};
 use std::path::PathBuf;
 use super::common::*;
 
@@ -14,17 +14,14 @@ pub struct SftArgs {
     /// JSONL with `text`, `input_ids`, `prompt`+`completion` or `messages` lines
     #[arg(long)]
     pub data: PathBuf,
-    /// Output folder: checkpoint (HF layout + tokenizer) and metrics.jsonl
-    #[arg(long)]
-    pub out: PathBuf,
     #[command(flatten)]
-    pub train: TrainArgs,
+    pub train: SftConfig,
     #[command(flatten)]
     pub common: Common,
 }
 
 pub fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
-    let cfg = train_config(&a.train, &a.out);
+    let cfg = &a.train;
     cfg.validate()?;
     let (mut model, tok) = load_source(be, &a.source, a.train.seed, false)?;
     let examples = rlhf::data::jsonl::load_sft_jsonl(&a.data, &tok)?;
@@ -36,7 +33,7 @@ pub fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
         model.cfg().num_params() as f64 / 1e6,
         be.name()
     );
-    let summary = run_sft(be, &mut model, &tok, examples, &cfg)?;
+    let summary = run_sft(be, &mut model, &tok, examples, cfg)?;
     println!(
         "sft done: loss {:.4} -> {:.4}, {} tokens in {:.1}s ({:.0} tokens/s); checkpoint and metrics.jsonl in {}",
         summary.first_loss,
@@ -44,7 +41,7 @@ pub fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
         summary.tokens,
         summary.elapsed_s,
         summary.tokens_per_sec,
-        a.out.display()
+        cfg.out.display()
     );
     Ok(())
 }

@@ -24,14 +24,14 @@ pub struct DpoStage<B: Backend> {
 /// The stage's settings: `quick` is the shortened run of the tests.
 pub fn demo_dpo_config(out: &Path, seed: u64, quick: bool) -> DpoConfig {
     let mut cfg = DpoConfig::new(out.to_path_buf(), if quick { 60 } else { 150 }, 16);
-    cfg.lr = 2e-4;
-    cfg.warmup = 5;
-    cfg.seq_len = 64;
-    cfg.seed = seed;
+    cfg.train.lr = 2e-4;
+    cfg.train.warmup = 5;
+    cfg.train.seq_len = 64;
+    cfg.train.seed = seed;
     cfg.beta = 0.3;
     cfg.eval_fraction = 0.1;
-    cfg.log_every = 20;
-    cfg.control = crate::train::resume::RunControl::replacing();
+    cfg.train.log_every = 20;
+    cfg.train.control = crate::train::resume::RunControl::replacing();
     cfg
 }
 

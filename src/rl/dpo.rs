@@ -23,7 +23,7 @@ use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
 use crate::rl::reward::split_eval;
 use crate::train::optimizer::{AdamW, AdamWConfig};
-use crate::train::{LrSchedule, RunSpec, TrainRun};
+use crate::train::TrainRun;
 pub use crate::rl::dpo_config::{DpoConfig, DpoLoss};
 pub use crate::rl::dpo_pairs::{pairs_from_groups, DpoPair, PairBatch};
 use serde_json::json;
@@ -260,7 +260,7 @@ fn stats_json(s: &DpoStats) -> serde_json::Value {
 }
 
 /// Trains `model` with the DPO-family loss of `cfg` on `groups` and saves it with `tokenizer` into
-/// `cfg.out`. `reference` (consumed, and freed before training) scores the pairs once; None uses
+/// `cfg.train.out`. `reference` (consumed, and freed before training) scores the pairs once; None uses
 /// the policy's initial weights.
 pub fn run_dpo<B: Backend>(
     be: &B,
@@ -280,7 +280,7 @@ pub fn run_dpo<B: Backend>(
             return Err(Error::invalid(format!("--ref-model has a vocabulary of {}, the policy {}", r.cfg().vocab_size, model.cfg().vocab_size)));
         }
     }
-    let (train_groups, eval_groups) = split_eval(groups, cfg.eval_fraction, cfg.seed);
+    let (train_groups, eval_groups) = split_eval(groups, cfg.eval_fraction, cfg.train.seed);
     let train = pairs_from_groups(&train_groups)?;
     let eval = pairs_from_groups(&eval_groups)?;
     if train.is_empty() {
@@ -290,16 +290,14 @@ pub fn run_dpo<B: Backend>(
     if longest > model.cfg().max_positions {
         return Err(Error::invalid(format!("a sequence has {longest} tokens; the model's context is {} (lower --seq-len)", model.cfg().max_positions)));
     }
-    let mut trainer = DpoTrainer::new(be, model, cfg.batch_size, longest.max(2) - 1, tokenizer.pad_or_default())
-        .map_err(Error::sized_by(format!("--batch-size {} x {longest} tokens", cfg.batch_size)))?;
+    let mut trainer = DpoTrainer::new(be, model, cfg.train.batch_size, longest.max(2) - 1, tokenizer.pad_or_default())
+        .map_err(Error::sized_by(format!("--batch-size {} x {longest} tokens", cfg.train.batch_size)))?;
 
     let fingerprint = json!({
-        "seed": cfg.seed, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "seq_len": cfg.seq_len,
+        "seed": cfg.train.seed, "batch_size": cfg.train.batch_size, "grad_accum": cfg.train.grad_accum, "seq_len": cfg.train.seq_len,
         "loss": cfg.loss.name(), "eval_fraction": cfg.eval_fraction, "pairs": train.len() + eval.len(),
     });
-    let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
-    let spec = RunSpec { command: "dpo", out: &cfg.out, steps: cfg.steps, log_every: cfg.log_every, control: &cfg.control, fingerprint, schedule: Some(schedule) };
-    let (mut run, resume) = TrainRun::start(spec)?;
+    let (mut run, resume) = TrainRun::start(cfg.train.run_spec("dpo", fingerprint))?;
 
     // ---- reference log-probs: once per pair (a resumed run reads them from its checkpoint),
     // then the reference is freed ----
@@ -321,7 +319,7 @@ pub fn run_dpo<B: Backend>(
         };
         let lines: Vec<_> = all.iter().zip(&r.0).map(|(p, s)| json!({"line": p.line, "chosen": s[0], "rejected": s[1]})).collect();
         let text = serde_json::to_string(&lines).map_err(|e| Error::invalid(e.to_string()))?;
-        crate::io::fs::atomic_write(&cfg.out.join("ref_logps.json"), text.as_bytes())?;
+        crate::io::fs::atomic_write(&cfg.train.out.join("ref_logps.json"), text.as_bytes())?;
         r
     } else {
         (vec![[0.0; 2]; all.len()], 0)
@@ -330,7 +328,7 @@ pub fn run_dpo<B: Backend>(
     let (train_refs, eval_refs) = refs.split_at(train.len());
 
     let eval_ptrs: Vec<&DpoPair> = eval.iter().collect();
-    let mut state = DpoState::new(be, model, train.len(), cfg.seed, cfg.optim)?;
+    let mut state = DpoState::new(be, model, train.len(), cfg.train.seed, cfg.train.optim)?;
     let saved: DpoRunState = match &resume {
         Some(ck) => {
             let saved: DpoRunState = ck.value("run")?;
@@ -358,7 +356,7 @@ pub fn run_dpo<B: Backend>(
     drop(resume);
     let tokens_at_start = saved.tokens;
     let (mut tokens, mut first, mut last, eval_before) = (saved.tokens, saved.first, saved.last, saved.eval_before);
-    let step_pairs = cfg.batch_size * cfg.grad_accum;
+    let step_pairs = cfg.train.batch_size * cfg.train.grad_accum;
     let mut eval_after = None;
     for step in run.steps() {
         state.step = step;
@@ -366,7 +364,7 @@ pub fn run_dpo<B: Backend>(
         let idx = state.next_pairs(step_pairs);
         trainer.zero_grad(be)?;
         let mut step_tokens = 0;
-        for micro in idx.chunks(cfg.batch_size) {
+        for micro in idx.chunks(cfg.train.batch_size) {
             let pairs: Vec<&DpoPair> = micro.iter().map(|&i| &train[i]).collect();
             let refs: Vec<[f32; 2]> = micro.iter().map(|&i| train_refs[i]).collect();
             step_tokens += trainer.accumulate(be, model, &pairs, &refs, cfg.op_params(pairs.len(), 0, 1.0 / step_pairs as f32), true)?;
@@ -390,7 +388,7 @@ pub fn run_dpo<B: Backend>(
             "tokens_per_sec": step_tokens as f64 / step_start.elapsed().as_secs_f64().max(1e-9),
             "elapsed_s": run.elapsed_s(), "skipped": skipped,
         });
-        if step == cfg.steps && !eval.is_empty() {
+        if step == cfg.train.steps && !eval.is_empty() {
             let e = trainer.evaluate(be, model, &eval_ptrs, eval_refs, cfg)?;
             record["eval"] = stats_json(&e);
             eval_after = Some(e);

@@ -5,6 +5,7 @@ use crate::backend::ops::{preference_loss, PreferenceParams};
 use crate::error::{Error, Result};
 use crate::train::optimizer::AdamWConfig;
 use crate::train::resume::RunControl;
+use crate::train::training_config::TrainingConfig;
 use std::path::PathBuf;
 
 /// The loss of `rlhf dpo --loss`.
@@ -53,33 +54,21 @@ impl DpoLoss {
 
 #[derive(Clone, Debug)]
 pub struct DpoConfig {
-    pub out: PathBuf,
-    pub steps: usize,
-    pub lr: f32,
-    pub min_lr_ratio: f32,
-    pub warmup: usize,
-    /// pairs per micro-batch
-    pub batch_size: usize,
-    /// micro-batches per optimiser step
-    pub grad_accum: usize,
-    pub seq_len: usize,
-    pub seed: u64,
-    pub optim: AdamWConfig,
+    /// the output folder, schedule, batch (`batch_size` pairs per micro-batch), AdamW, logging
+    /// and checkpoints
+    pub train: TrainingConfig,
     pub loss: DpoLoss,
     pub beta: f32,
     pub label_smoothing: f32,
     pub simpo_gamma: f32,
     /// fraction of the prompts held out to measure the implicit reward accuracy
     pub eval_fraction: f32,
-    pub log_every: usize,
-    /// checkpoints, resume and the divergence guard
-    pub control: RunControl,
 }
 
 impl DpoConfig {
     /// TRL's defaults (beta 0.1, sigmoid loss) with `steps` steps of `batch_size` pairs.
     pub fn new(out: PathBuf, steps: usize, batch_size: usize) -> Self {
-        DpoConfig {
+        let train = TrainingConfig {
             out,
             steps,
             lr: 1e-4,
@@ -90,29 +79,15 @@ impl DpoConfig {
             seq_len: 512,
             seed: 1234,
             optim: AdamWConfig { weight_decay: 0.0, ..AdamWConfig::default() },
-            loss: DpoLoss::Sigmoid,
-            beta: 0.1,
-            label_smoothing: 0.0,
-            simpo_gamma: 0.5,
-            eval_fraction: 0.0,
             log_every: 10,
             control: RunControl::default(),
-        }
+        };
+        DpoConfig { train, loss: DpoLoss::Sigmoid, beta: 0.1, label_smoothing: 0.0, simpo_gamma: 0.5, eval_fraction: 0.0 }
     }
 
+    /// Checks every setting: the shared training settings, then the loss's.
     pub fn validate(&self) -> Result<()> {
-        if self.steps == 0 || self.batch_size == 0 || self.grad_accum == 0 {
-            return Err(Error::invalid("--steps, --batch-size and --grad-accum must be at least 1"));
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::invalid(format!("--lr must be a positive number, got {}", self.lr)));
-        }
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(Error::invalid(format!("--min-lr-ratio must be in [0, 1], got {}", self.min_lr_ratio)));
-        }
-        if self.seq_len < 2 {
-            return Err(Error::invalid("--seq-len must be at least 2"));
-        }
+        self.train.validate()?;
         if !(self.beta > 0.0 && self.beta.is_finite()) {
             return Err(Error::invalid(format!("--beta must be a positive number, got {}", self.beta)));
         }
@@ -130,13 +105,6 @@ impl DpoConfig {
         }
         if !(0.0..1.0).contains(&self.eval_fraction) {
             return Err(Error::invalid(format!("--eval-fraction must be in [0, 1), got {}", self.eval_fraction)));
-        }
-        let o = &self.optim;
-        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite() && o.max_grad_norm >= 0.0 && o.max_grad_norm.is_finite()) {
-            return Err(Error::invalid("--weight-decay and --max-grad-norm must be non-negative numbers"));
-        }
-        if self.out.exists() && !self.out.is_dir() {
-            return Err(Error::file(&self.out, "--out must be a folder, and this is a file"));
         }
         Ok(())
     }

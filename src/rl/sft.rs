@@ -11,71 +11,12 @@ use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::Model;
 use crate::train::lm::LmTrainer;
-use crate::train::resume::RunControl;
-use crate::train::{AdamWConfig, LrSchedule, RunSpec, TrainRun};
+use crate::train::TrainRun;
 use serde_json::json;
-use std::path::PathBuf;
 use std::time::Instant;
 
-#[derive(Clone, Debug)]
-pub struct SftConfig {
-    pub out: PathBuf,
-    pub steps: usize,
-    pub lr: f32,
-    pub min_lr_ratio: f32,
-    pub warmup: usize,
-    pub batch_size: usize,
-    pub grad_accum: usize,
-    pub seq_len: usize,
-    pub seed: u64,
-    pub optim: AdamWConfig,
-    /// print a plain progress line every `log_every` steps (0 = never)
-    pub log_every: usize,
-    /// checkpoints, resume and the divergence guard
-    pub control: RunControl,
-}
-
-impl SftConfig {
-    pub fn validate(&self) -> Result<()> {
-        if self.steps == 0 {
-            return Err(Error::invalid("--steps must be at least 1"));
-        }
-        if self.batch_size == 0 || self.grad_accum == 0 {
-            return Err(Error::invalid("--batch-size and --grad-accum must be at least 1"));
-        }
-        if self.seq_len < 2 {
-            return Err(Error::invalid("--seq-len must be at least 2"));
-        }
-        if !(self.lr > 0.0 && self.lr.is_finite()) {
-            return Err(Error::invalid(format!("--lr must be a positive number, got {}", self.lr)));
-        }
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return Err(Error::invalid(format!("--min-lr-ratio must be in [0, 1], got {}", self.min_lr_ratio)));
-        }
-        let o = &self.optim;
-        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
-            return Err(Error::invalid(format!("--weight-decay must be >= 0, got {}", o.weight_decay)));
-        }
-        if !(o.max_grad_norm >= 0.0 && o.max_grad_norm.is_finite()) {
-            return Err(Error::invalid(format!("--max-grad-norm must be >= 0 (0 = off), got {}", o.max_grad_norm)));
-        }
-        for (flag, beta) in [("--beta1", o.beta1), ("--beta2", o.beta2)] {
-            if !(0.0..1.0).contains(&beta) {
-                return Err(Error::invalid(format!("{flag} must be in [0, 1), got {beta}")));
-            }
-        }
-        if self.batch_size.checked_mul(self.seq_len).and_then(|n| n.checked_mul(self.grad_accum)).is_none() {
-            return Err(Error::invalid(format!(
-                "--batch-size {} x --seq-len {} x --grad-accum {} is too large",
-                self.batch_size, self.seq_len, self.grad_accum
-            )));
-        }
-        if self.out.exists() && !self.out.is_dir() {
-            return Err(Error::file(&self.out, "--out must be a folder, and this is a file"));
-        }
-        Ok(())
-    }
-}
+/// SFT's settings are exactly the shared training settings.
+pub use crate::train::training_config::TrainingConfig as SftConfig;
 
 /// One line of the run's summary.
 #[derive(Clone, Debug)]
@@ -135,9 +76,7 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
     let mut batcher = Batcher::new(examples, cfg.seed, pad)?;
     let mut trainer = LmTrainer::new(be, model, cfg.batch_size, cfg.batch_size.saturating_mul(seq_len), cfg.optim)
         .map_err(Error::sized_by(format!("--batch-size {} x --seq-len {seq_len}", cfg.batch_size)))?;
-    let schedule = LrSchedule { lr: cfg.lr, warmup: cfg.warmup, total: cfg.steps, min_lr_ratio: cfg.min_lr_ratio };
-    let spec = RunSpec { command: "sft", out: &cfg.out, steps: cfg.steps, log_every: cfg.log_every, control: &cfg.control, fingerprint: fingerprint(cfg), schedule: Some(schedule) };
-    let (mut run, ck) = TrainRun::start(spec)?;
+    let (mut run, ck) = TrainRun::start(cfg.run_spec("sft", fingerprint(cfg)))?;
     let mut state = SftRunState { step: 0, data_position: 0, tokens: 0, first_loss: None, last_loss: None };
     if let Some(ck) = ck {
         state = ck.value("run")?;

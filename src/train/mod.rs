@@ -9,6 +9,7 @@ pub mod resume;
 pub mod run;
 pub mod run_dir;
 pub mod schedule;
+pub mod training_config;
 
 pub use guard::DivergenceGuard;
 pub use metrics::MetricsWriter;

@@ -14,14 +14,22 @@ use crate::error::Result;
 use crate::model::{ParamLayout, ParamsMut};
 use crate::train::resume::{Checkpoint, StateWriter};
 
-#[derive(Clone, Copy, Debug)]
+/// AdamW's settings (the command line flattens them into `sft` and `dpo`'s flags; the field
+/// comments are the flags' help).
+#[derive(Clone, Copy, Debug, clap::Args)]
 pub struct AdamWConfig {
-    pub beta1: f32,
-    pub beta2: f32,
-    pub eps: f32,
+    /// Decoupled weight decay of the matrices and embeddings (not of norms and biases)
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.1)]
     pub weight_decay: f32,
-    /// global-norm clipping threshold; 0 disables clipping
+    /// Global gradient-norm clipping (0 = off)
+    #[arg(long, allow_negative_numbers = true, default_value_t = 1.0)]
     pub max_grad_norm: f32,
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.9)]
+    pub beta1: f32,
+    #[arg(long, allow_negative_numbers = true, default_value_t = 0.95)]
+    pub beta2: f32,
+    #[arg(skip = 1e-8)]
+    pub eps: f32,
 }
 
 impl Default for AdamWConfig {

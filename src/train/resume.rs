@@ -14,28 +14,37 @@ use std::path::{Path, PathBuf};
 /// The default of `--max-bad-steps`.
 pub const DEFAULT_MAX_BAD_STEPS: usize = 3;
 
-/// Saving and resuming options shared by the training commands.
-#[derive(Clone, Debug)]
+/// Saving and resuming options shared by the training commands (the command line flattens
+/// them into each training command's flags; the field comments are the flags' help).
+#[derive(Clone, Debug, clap::Args)]
 pub struct RunControl {
-    /// save a checkpoint every N optimiser steps (0: only at the end)
+    /// Save a checkpoint of the whole run state (weights, optimiser, RNG, data position) into
+    /// <out>/checkpoints every N steps; one is always saved at the end (0 = only then)
+    #[arg(long, default_value_t = 0)]
     pub save_every: usize,
-    /// a run folder (or one of its checkpoints) to continue
+    /// Continue a run: its output folder (the latest checkpoint) or a checkpoint folder
+    #[arg(long, value_name = "DIR")]
     pub resume: Option<PathBuf>,
-    /// non-finite steps in a row that are skipped before the run stops
+    /// Steps in a row with a non-finite loss or gradient that are skipped before the run stops
+    #[arg(long, default_value_t = DEFAULT_MAX_BAD_STEPS)]
     pub max_bad_steps: usize,
-    /// whether a folder holding another run's state is refused or replaced
-    pub out_policy: OutPolicy,
+    /// Replace the run that --out holds (its metrics, checkpoints and model are deleted once
+    /// this run's inputs have been read and checked); without it such a folder is refused
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// the resolved configuration, written as `<out>/run.toml` when the run claims its folder
+    #[arg(skip)]
     pub run_toml: Option<String>,
     /// every setting that changes the run's result (flags, digests of the data and model files),
     /// kept in each checkpoint and compared in full on `--resume`; `None` checks only the
     /// trainer's own fingerprint
+    #[arg(skip)]
     pub settings: Option<Map<String, Value>>,
 }
 
 impl Default for RunControl {
     fn default() -> Self {
-        RunControl { save_every: 0, resume: None, max_bad_steps: DEFAULT_MAX_BAD_STEPS, out_policy: OutPolicy::Fresh, run_toml: None, settings: None }
+        RunControl { save_every: 0, resume: None, max_bad_steps: DEFAULT_MAX_BAD_STEPS, overwrite: false, run_toml: None, settings: None }
     }
 }
 
@@ -46,7 +55,7 @@ impl RunControl {
     /// The control of a run that replaces whatever its folder holds: the demo's stages, whose
     /// folders lie inside the demo's own.
     pub fn replacing() -> Self {
-        RunControl { out_policy: OutPolicy::Overwrite, ..RunControl::default() }
+        RunControl { overwrite: true, ..RunControl::default() }
     }
 
     /// `own` (a trainer's fingerprint object) with [`Self::settings`] added under `settings`.
@@ -63,13 +72,22 @@ impl RunControl {
     /// ([`run_dir::claim`]: checked again, the old run's state removed under `--overwrite`,
     /// `run.toml` written). Call it after every input is read and checked, before the first write.
     pub fn start(&self, out: &Path, command: &str, fingerprint: &Value) -> Result<Option<Checkpoint>> {
-        run_dir::check_out(out, self.resume.as_deref(), self.out_policy)?;
+        run_dir::check_out(out, self.resume.as_deref(), self.out_policy())?;
         let ck = match &self.resume {
             Some(path) => Some(Checkpoint::resume(path, command, fingerprint)?),
             None => None,
         };
-        run_dir::claim(out, self.resume.as_deref(), self.out_policy, self.run_toml.as_deref())?;
+        run_dir::claim(out, self.resume.as_deref(), self.out_policy(), self.run_toml.as_deref())?;
         Ok(ck)
+    }
+
+    /// Whether a folder holding another run's state is refused or replaced.
+    pub fn out_policy(&self) -> OutPolicy {
+        if self.overwrite {
+            OutPolicy::Overwrite
+        } else {
+            OutPolicy::Fresh
+        }
     }
 
     /// True when a checkpoint is due after `step` of `total`.

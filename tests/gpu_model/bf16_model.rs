@@ -193,7 +193,7 @@ fn dpo_and_grpo_train<B: Backend>(be: &B) {
     let mut model = Model::init(be, cfg.clone(), 1).unwrap();
     let reference = Model::init(be, cfg, 1).unwrap().into_frozen();
     let mut dpo = DpoConfig::new(dir.path().join("dpo"), 12, 8);
-    (dpo.lr, dpo.seq_len, dpo.eval_fraction, dpo.log_every) = (2e-3, 64, 0.0, 0);
+    (dpo.train.lr, dpo.train.seq_len, dpo.eval_fraction, dpo.train.log_every) = (2e-3, 64, 0.0, 0);
     let groups = task::preference_groups(&tok, 40, 0.0, 3).unwrap();
     let s = run_dpo(be, &mut model, Some(reference), &tok, groups, &dpo).unwrap();
     assert!(s.last.loss < s.first.loss && s.last.loss.is_finite(), "DPO in bf16 on {}: loss {} -> {}", be.name(), s.first.loss, s.last.loss);

@@ -254,10 +254,10 @@ fn dpo_raises_the_implicit_reward_accuracy_and_scores_the_reference_once() {
     let reference = tiny(&be, "gpt2-tiny", &tok, 2);
     let ref_copy = tiny(&be, "gpt2-tiny", &tok, 2);
     let mut cfg = DpoConfig::new(dir.path().to_path_buf(), 40, 8);
-    cfg.lr = 2e-3;
-    cfg.seq_len = 64;
+    cfg.train.lr = 2e-3;
+    cfg.train.seq_len = 64;
     cfg.eval_fraction = 0.25;
-    cfg.log_every = 0;
+    cfg.train.log_every = 0;
     let s = run_dpo(&be, &mut model, Some(reference), &tok, groups, &cfg).unwrap();
     let before = s.eval_before.unwrap();
     let after = s.eval_after.unwrap();
@@ -276,7 +276,7 @@ fn dpo_raises_the_implicit_reward_accuracy_and_scores_the_reference_once() {
     let cached: Vec<Value> = serde_json::from_str(&std::fs::read_to_string(dir.path().join("ref_logps.json")).unwrap()).unwrap();
     assert_eq!(cached.len(), s.train_pairs + s.eval_pairs);
     // in the order of the file: the training pairs, then the held-out ones
-    let (train, eval) = split_eval(task::preference_groups(&tok, 120, 0.0, 3).unwrap(), cfg.eval_fraction, cfg.seed);
+    let (train, eval) = split_eval(task::preference_groups(&tok, 120, 0.0, 3).unwrap(), cfg.eval_fraction, cfg.train.seed);
     let all = [pairs_from_groups(&train).unwrap(), pairs_from_groups(&eval).unwrap()].concat();
     for (c, p) in cached.iter().zip(&all).step_by(7) {
         let line = c["line"].as_u64().unwrap() as usize;
@@ -300,7 +300,7 @@ fn every_loss_trains_and_the_first_step_has_zero_rewards() {
         let dir = tempfile::tempdir().unwrap();
         let mut model = tiny(&be, "llama-tiny", &tok, 4);
         let mut cfg = DpoConfig::new(dir.path().to_path_buf(), 12, 6);
-        (cfg.lr, cfg.seq_len, cfg.log_every, cfg.loss) = (3e-3, 64, 0, loss);
+        (cfg.train.lr, cfg.train.seq_len, cfg.train.log_every, cfg.loss) = (3e-3, 64, 0, loss);
         if loss == DpoLoss::Cdpo {
             cfg.label_smoothing = 0.1;
         }
@@ -439,7 +439,7 @@ fn epochs_are_seeded_permutations_and_runs_repeat_exactly() {
         let dir = tempfile::tempdir().unwrap();
         let mut m = tiny(&be, "llama-tiny", &tok, 3);
         let mut cfg = DpoConfig::new(dir.path().to_path_buf(), 4, 4);
-        (cfg.lr, cfg.log_every) = (1e-3, 0);
+        (cfg.train.lr, cfg.train.log_every) = (1e-3, 0);
         run_dpo(&be, &mut m, None, &tok, task::preference_groups(&tok, 12, 0.0, 1).unwrap(), &cfg).unwrap();
         let metrics = std::fs::read_to_string(dir.path().join("metrics.jsonl")).unwrap();
         metrics.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["loss"].as_f64().unwrap()).collect::<Vec<_>>()
