@@ -61,7 +61,7 @@ impl device::Device for Bf16Reference {
         NAME
     }
     fn device_description(&self) -> String {
-        format!("{} with {} compute buffers", Backend::device_description(&self.cpu, ), self.compute)
+        format!("{} with {} compute buffers", Backend::device_description(&self.cpu), self.compute)
     }
     fn compute_dtype(&self) -> Dtype {
         self.compute
@@ -367,7 +367,19 @@ impl family::LogprobGather for Bf16Reference {
             &[("dh", dh.dtype), ("dw", dw.dtype), ("h", h.dtype), ("w", w.dtype)],
             &[("dlogp", dlogp.dtype), ("dentropy", dentropy.dtype), ("lse", lse.dtype), ("entropy", entropy.dtype)],
         )?;
-        Backend::logprob_gather_bwd(&self.cpu, &mut dh.data, &mut dw.data, &dlogp.data, &dentropy.data, &h.data, targets, &lse.data, &entropy.data, &w.data, p)?;
+        Backend::logprob_gather_bwd(
+            &self.cpu,
+            &mut dh.data,
+            &mut dw.data,
+            &dlogp.data,
+            &dentropy.data,
+            &h.data,
+            targets,
+            &lse.data,
+            &entropy.data,
+            &w.data,
+            p,
+        )?;
         round_outputs(&mut [dh, dw]);
         Ok(())
     }
@@ -490,7 +502,8 @@ impl family::RlLosses for Bf16Reference {
                 ("ref_logp", ref_logp.as_ref().map_or(Dtype::F32, |b| b.dtype)),
             ],
         )?;
-        Backend::ppo_loss_fwd_bwd(&self.cpu, 
+        Backend::ppo_loss_fwd_bwd(
+            &self.cpu,
             &mut dlogp.data,
             dvalues.map(|b| &mut b.data),
             dentropy.map(|b| &mut b.data),

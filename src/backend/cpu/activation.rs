@@ -6,11 +6,11 @@
 //! Loops run over chunks in parallel, each chunk vectorised (see `simd`).
 
 use super::simd::{self, multiversion};
-use rayon::prelude::*;
 use super::{profile, CpuBackend};
 use crate::backend::ops::family;
-use crate::error::Result;
 use crate::backend::ops::*;
+use crate::error::Result;
+use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 13;
 const GELU_S: f32 = 0.797_884_6; // sqrt(2/pi)

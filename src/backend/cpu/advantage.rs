@@ -16,11 +16,11 @@
 //! `WHITEN_BLOCK` entries in parallel and then the block sums in block order, so the result does
 //! not depend on the thread count.
 
-use crate::backend::ops::{whiten_stat, GaeParams, WhitenParams};
-use rayon::prelude::*;
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::{whiten_stat, GaeParams, WhitenParams};
 use crate::error::Result;
+use rayon::prelude::*;
 
 /// Entries per block of the whitening reductions (fixed, so the summation order is too).
 pub const WHITEN_BLOCK: usize = 4096;

@@ -22,13 +22,13 @@
 //! sequence, so every gradient element has one writer and a fixed summation order.
 
 use super::SharedMut;
+use super::{check, profile, CpuBackend};
 use crate::backend::cpu::matmul::{gemm_view, View};
 use crate::backend::cpu::simd;
-use crate::backend::ops::{AttentionDecodeParams, AttentionParams, KvCacheParams, ScatterParams};
-use rayon::prelude::*;
-use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::{AttentionDecodeParams, AttentionParams, KvCacheParams, ScatterParams};
 use crate::error::Result;
+use rayon::prelude::*;
 
 /// Queries per block.
 const QB: usize = 64;

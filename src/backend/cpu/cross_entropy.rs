@@ -3,11 +3,11 @@
 //! Backward: `dlogits_i = dloss_i * (exp(logits_i - lse_i) - onehot(t_i))`, overwritten, zero for
 //! rows without a target. `dloss_i` carries the aggregation (e.g. 1 / number of supervised tokens).
 
-use crate::backend::ops::CrossEntropyParams;
-use rayon::prelude::*;
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::CrossEntropyParams;
 use crate::error::Result;
+use rayon::prelude::*;
 
 /// log-sum-exp of a row, max-shifted, summed in index order.
 pub fn logsumexp(row: &[f32]) -> f32 {

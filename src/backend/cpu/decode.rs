@@ -6,9 +6,9 @@
 //! slot's row keeps its frozen inputs and records into the dump row. Each call (with rows) also
 //! counts the sampling step `state[4 slots]` up by one.
 
-use crate::backend::ops::{decode_finish, DecodeAdvanceParams};
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::{decode_finish, DecodeAdvanceParams};
 use crate::error::{Error, Result};
 
 /// Rows in order (a slot appears at most once per step). A row whose slot is outside the state or

@@ -1,10 +1,10 @@
 //! Element-wise ops: fill, copy, add, add_inplace, scale_inplace. Shapes: flat `[n]`.
 
-use rayon::prelude::*;
 use super::{profile, CpuBackend};
 use crate::backend::ops::family;
-use crate::error::Result;
 use crate::backend::ops::*;
+use crate::error::Result;
+use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
 

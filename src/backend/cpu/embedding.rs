@@ -3,11 +3,11 @@
 //! but the ids. The backward is parallel over channel blocks so that the reduction order over
 //! tokens is fixed (deterministic) and no two threads write the same row.
 
-use crate::backend::ops::EmbeddingParams;
-use rayon::prelude::*;
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::EmbeddingParams;
 use crate::error::Result;
+use rayon::prelude::*;
 
 pub fn embedding_fwd(out: &mut [f32], ids: &[i32], table: &[f32], p: EmbeddingParams) {
     let c = p.c as usize;

@@ -9,11 +9,11 @@
 //! in row order, so results do not depend on the thread count.
 
 use super::simd::multiversion;
-use crate::backend::ops::NormParams;
-use rayon::prelude::*;
 use super::{profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::NormParams;
 use crate::error::Result;
+use rayon::prelude::*;
 
 pub fn layernorm_fwd(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], p: NormParams) {
     let (n, c) = (p.n as usize, p.c as usize);

@@ -4,8 +4,8 @@
 use super::rl_losses;
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
-use crate::error::Result;
 use crate::backend::ops::*;
+use crate::error::Result;
 
 /// Shapes, temperature, chunk and targets of `logprob_gather_*`.
 fn check_logprob(op: &str, h: &[f32], targets: &[i32], w: &[f32], p: LogprobParams) -> Result<()> {

@@ -11,12 +11,12 @@
 //! (DESIGN principle 6); `tests/ops.rs` (`matmul_rows_batch_invariant`) guards this against
 //! `gemm` changes.
 
-use crate::backend::ops::{BiasParams, MatmulParams};
-use gemm::Parallelism;
-use rayon::prelude::*;
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::{BiasParams, MatmulParams};
 use crate::error::Result;
+use gemm::Parallelism;
+use rayon::prelude::*;
 
 /// (row stride, column stride) of a row-major `[rows, cols]` matrix read as its transpose or not.
 fn strides(transposed: bool, cols_of_op: usize, rows_of_op: usize) -> (isize, isize) {

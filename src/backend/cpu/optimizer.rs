@@ -6,12 +6,12 @@
 //!        `m = b1 m + (1-b1) g s`, `v = b2 v + (1-b2) (g s)^2`,
 //!        `p -= lr (m/bc1 / (sqrt(v/bc2) + eps) + wd p)` (decoupled weight decay).
 
-use crate::backend::ops::AdamWParams;
-use rayon::prelude::*;
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
-use crate::error::Result;
+use crate::backend::ops::AdamWParams;
 use crate::backend::ops::*;
+use crate::error::Result;
+use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
 

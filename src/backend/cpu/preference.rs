@@ -13,9 +13,9 @@
 //! Nothing is saved for backward (the op writes its own gradient). Row sums run in f64 over t in
 //! order, stats in f64 over pairs in order: the result does not depend on the thread count.
 
-use crate::backend::ops::{preference_loss, preference_stat, PreferenceParams};
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::{preference_loss, preference_stat, PreferenceParams};
 use crate::error::Result;
 
 /// `log sigmoid(x)`, stable for any x.

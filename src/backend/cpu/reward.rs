@@ -6,9 +6,9 @@
 //! Groups are independent (a prompt's completions), so the work is tiny and sequential here;
 //! the summation order is fixed.
 
-use crate::backend::ops::RankingParams;
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::RankingParams;
 use crate::error::Result;
 
 fn softplus(x: f32) -> f32 {

@@ -5,11 +5,11 @@
 //! elements, one per token; the first `n_rot_heads` heads of each row are rotated (q and k of the
 //! fused projection). Nothing is saved for backward.
 
-use crate::backend::ops::RopeParams;
-use rayon::prelude::*;
 use super::{profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::RopeParams;
 use crate::error::Result;
+use rayon::prelude::*;
 
 fn rotate(x: &mut [f32], positions: &[i32], p: RopeParams, sign: f32) {
     let (row, hd, nrot) = (p.row as usize, p.head_dim as usize, p.n_rot_heads as usize);

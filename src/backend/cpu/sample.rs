@@ -4,11 +4,11 @@
 //! to the smallest prefix whose mass reaches top_p, and one is drawn with the row's uniform
 //! `u = uniform(seed, step, row)` by walking the prefix until the running mass exceeds u * mass.
 
-use crate::backend::ops::SampleParams;
-use rayon::prelude::*;
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
+use crate::backend::ops::SampleParams;
 use crate::error::Result;
+use rayon::prelude::*;
 
 /// A counter-based uniform draw in [0, 1) from (seed, step, row): SplitMix64 finalisation of the
 /// combined counter, top 24 bits. Identical on every backend.

@@ -301,7 +301,15 @@ pub fn matmul_bias(be: &CudaBackend, out: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf
 /// `matmul_bias_gelu`: `pre` and `out` from cuBLASLt's epilogue where it takes the product, else
 /// the reference.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul_bias_gelu(be: &CudaBackend, out: &mut CudaBuf, pre: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf, bias: Option<&CudaBuf>, p: MatmulParams) -> Result<()> {
+pub fn matmul_bias_gelu(
+    be: &CudaBackend,
+    out: &mut CudaBuf,
+    pre: &mut CudaBuf,
+    a: &CudaBuf,
+    b: &CudaBuf,
+    bias: Option<&CudaBuf>,
+    p: MatmulParams,
+) -> Result<()> {
     if epilogue::matmul_bias_gelu(&be.ctx, out, pre, a, b, bias, p)? {
         return Ok(());
     }

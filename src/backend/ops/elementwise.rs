@@ -15,7 +15,9 @@ impl ElementwiseParams {
     /// (a 64k-token x 152k-vocabulary tensor, say) is an error, never a count that wraps.
     pub fn new(n: usize) -> crate::error::Result<Self> {
         let n = u32::try_from(n).map_err(|_| {
-            crate::error::Error::invalid(format!("an element-wise op over {n} values: more than the 2^32 - 1 a kernel counts (use smaller batches or sequences)"))
+            crate::error::Error::invalid(format!(
+                "an element-wise op over {n} values: more than the 2^32 - 1 a kernel counts (use smaller batches or sequences)"
+            ))
         })?;
         Ok(ElementwiseParams { n, _pad: 0 })
     }

@@ -3,8 +3,10 @@
 //! `shaders/<family>.wgsl` and `src/backend/<backend>/<family>.rs` file names) with the ops'
 //! signatures. Everything else that lists ops or families is generated from that block:
 //! - the [`Backend`] trait (every op a method) that model, generation and training code calls;
-//! - one trait per family in [`family`] (`family::Layernorm`, ...), which each backend implements
-//!   in its `<family>.rs`, and the blanket `impl Backend` that forwards to them (`declare.rs`);
+//! - one trait per family in [`family`] (`family::Layernorm`, ...), and the blanket
+//!   `impl Backend` that forwards to them (`declare.rs`). The CPU backend implements each in its
+//!   `<family>.rs`; CUDA and wgpu get theirs generated from the launchers of the same names in
+//!   their `<family>.rs` (`impl_families_by_functions`);
 //! - [`OP_NAMES`] and [`FAMILIES`], which the test suites check their coverage against;
 //! - the CUDA kernel sources embedded per family, the backends' family modules and the
 //!   `DeviceRepr` impls of the params structs (through [`op_list!`](crate::op_list) callbacks).
