@@ -26,7 +26,7 @@
 //! method signature `fn op(&self, args) -> Result<()>`, then optionally `in f32` (the op has no
 //! compute-typed buffer: every float buffer is f32 in every mode, or it has none; see the table in
 //! [`Backend`]) and `= reference` (a composition of other ops, the default every backend gets
-//! unless it has a fused form; such an op has no kernel of its own), then `;`.
+//! unless it has a fused form; such an op needs no kernel of its own), then `;`.
 
 mod declare;
 pub mod device;
