@@ -1,4 +1,4 @@
-// Shared by every kernel file: the `#[repr(C)]` params structs of src/backend/ops.rs (same fields,
+// Shared by every kernel file: the `#[repr(C)]` params structs of src/backend/ops/ (same fields,
 // same order, so the host passes them by value as a kernel argument) and the warp / block
 // reductions. Included through NVRTC's header list (name "common.cuh"); no CUDA headers needed.
 //
@@ -54,7 +54,7 @@ struct PpoParams {
     float clip_low, clip_high, dual_clip, value_clip, vf_coef, ent_coef, kl_coef, denom;
 };
 
-// ppo_stat slots (src/backend/ops.rs)
+// ppo_stat slots (src/backend/ops/)
 #define PPO_STAT_COUNT 10
 
 #define FULL_MASK 0xffffffffu

@@ -2,7 +2,7 @@
 //! code path the backend uses at run time) for compute_80 and compute_90, `ptxas -arch=sm_90 -v`
 //! reports no register spills, every op of the op list has a `__global__` kernel (and a `_bf16`
 //! one when it has compute-typed buffers), and the params structs of `kernels/common.cuh` have
-//! the fields of `src/backend/ops.rs` in the same order.
+//! the fields of `src/backend/ops/` in the same order.
 //!
 //! NVRTC comes from the `nvidia-cuda-nvrtc-cu12` wheel in CI (`.ci/run` puts it on
 //! `LD_LIBRARY_PATH`) and ptxas from `nvidia-cuda-nvcc-cu12` (`RLHF_PTXAS`, else `ptxas` on PATH).
@@ -11,8 +11,8 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use rlhf::backend::cuda::kernels::{self, COMMON, FAMILIES};
-use rlhf::backend::ops::OP_NAMES;
+use rlhf::backend::cuda::kernels::{self, COMMON};
+use rlhf::backend::ops::{FAMILIES, OP_NAMES};
 use std::io::Write;
 use std::process::Command;
 
@@ -44,7 +44,7 @@ fn every_kernel_file_compiles_for_compute_80_and_90() {
         return;
     }
     let _ = writeln!(std::io::stderr(), "NVRTC {:?}", kernels::nvrtc_version());
-    for (family, src) in FAMILIES {
+    for (family, src) in kernels::FAMILIES {
         for arch in ["compute_80", "compute_90"] {
             let ptx = kernels::compile(family, arch).unwrap_or_else(|e| panic!("{e}"));
             let target = format!(".target sm_{}", &arch["compute_".len()..]);
@@ -132,7 +132,7 @@ fn no_register_spills_on_sm_90() {
     };
     let dir = tempfile::tempdir().unwrap();
     let mut all = Vec::new();
-    for (family, _) in FAMILIES {
+    for (family, _) in kernels::FAMILIES {
         let ptx = kernels::compile(family, "compute_90").unwrap_or_else(|e| panic!("{e}"));
         let path = dir.path().join(format!("{family}.ptx"));
         std::fs::write(&path, ptx).unwrap();
@@ -148,12 +148,18 @@ fn no_register_spills_on_sm_90() {
     assert!(spilling.is_empty(), "register spills (kernel, store bytes, load bytes): {spilling:?}");
 }
 
+/// Every kernel op of the op list (an op without a reference composition) has its
+/// `extern "C" __global__` kernel in its family's `kernels/<family>.cu`, and no kernel is
+/// defined twice.
 #[test]
 fn every_op_has_a_cuda_kernel() {
-    let entries: Vec<&str> = FAMILIES.iter().flat_map(|(_, src)| kernels::entry_points(src)).collect();
-    for op in OP_NAMES {
-        assert!(entries.contains(op), "op `{op}` has no `extern \"C\" __global__` kernel in kernels/");
+    for family in FAMILIES {
+        let entries = kernels::entry_points(kernels::family_source(family.name).unwrap());
+        for op in family.kernel_ops() {
+            assert!(entries.contains(&op), "op `{op}` has no `extern \"C\" __global__` kernel in kernels/{}.cu", family.name);
+        }
     }
+    let entries: Vec<&str> = kernels::FAMILIES.iter().flat_map(|(_, src)| kernels::entry_points(src)).collect();
     let mut seen = std::collections::HashSet::new();
     for e in &entries {
         assert!(seen.insert(*e), "kernel `{e}` is defined twice in kernels/");
@@ -167,13 +173,14 @@ const BF16_THROUGH_CUBLAS: &[&str] = &["logprob_gather_fwd", "logprob_gather_bwd
 
 #[test]
 fn every_op_with_compute_buffers_has_a_bf16_kernel() {
-    let entries: Vec<&str> = FAMILIES.iter().flat_map(|(_, src)| kernels::entry_points(src)).collect();
+    let entries: Vec<&str> = kernels::FAMILIES.iter().flat_map(|(_, src)| kernels::entry_points(src)).collect();
     let ops = common::ops_with_compute_buffers();
     for must in ["matmul", "attention_fwd", "copy", "adamw", "sum_squares", "logprob_gather_bwd"] {
         assert!(ops.contains(&must), "`{must}` not found among the ops with compute buffers: {ops:?}");
     }
     assert!(!ops.contains(&"gae") && !ops.contains(&"kl_penalty_bwd") && !ops.contains(&"decode_advance"), "{ops:?}");
-    for op in ops.iter().filter(|op| !BF16_THROUGH_CUBLAS.contains(op)) {
+    let kernel_ops: Vec<&str> = FAMILIES.iter().flat_map(|f| f.kernel_ops()).collect();
+    for op in ops.iter().filter(|op| kernel_ops.contains(op) && !BF16_THROUGH_CUBLAS.contains(op)) {
         assert!(entries.contains(&format!("{op}_bf16").as_str()), "op `{op}` has compute buffers but no `{op}_bf16` kernel in kernels/");
     }
     for cast in ["copy_f32_to_bf16", "copy_bf16_to_f32", "matmul_bf16_out_f32"] {
@@ -185,29 +192,33 @@ fn every_op_with_compute_buffers_has_a_bf16_kernel() {
     }
 }
 
+/// The files of `dir` with extension `ext`, without it, sorted.
+fn family_files(dir: &str, ext: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(dir))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter_map(|n| n.strip_suffix(ext).map(str::to_string))
+        .collect();
+    names.sort();
+    names
+}
+
+/// `kernels/*.cu` and `shaders/*.wgsl` hold exactly the op families of the op list (whose
+/// `kernels/<family>.cu` are embedded: a missing one fails the build). A WGSL precision variant of
+/// a family (matmul_f16: f16 operand tiles, compiled only where the adapter has SHADER_F16) has no
+/// .cu file of its own: CUDA reaches those precisions through cuBLAS compute types in the
+/// family's own launcher.
 #[test]
-fn kernel_files_mirror_the_wgsl_families() {
-    let mut wgsl: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/shaders"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|n| n.strip_suffix(".wgsl").map(str::to_string))
-        .filter(|n| !n.starts_with("prelude"))
-        .collect();
-    // a WGSL precision variant of a family (matmul_f16: f16 operand tiles, compiled only where the
-    // adapter has SHADER_F16) has no .cu file of its own: CUDA reaches those precisions through
-    // cuBLAS compute types in the family's own launcher
-    let families = wgsl.clone();
-    wgsl.retain(|n| n.strip_suffix("_f16").is_none_or(|base| !families.iter().any(|f| f == base)));
-    wgsl.sort();
-    let mut cuda: Vec<String> = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels"))
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter_map(|n| n.strip_suffix(".cu").map(str::to_string))
-        .collect();
-    cuda.sort();
-    assert_eq!(cuda, wgsl, "kernels/*.cu and shaders/*.wgsl name different op families");
-    let embedded: Vec<&str> = FAMILIES.iter().map(|(f, _)| *f).collect();
-    assert_eq!(embedded, cuda.iter().map(String::as_str).collect::<Vec<_>>(), "kernels::FAMILIES does not list kernels/*.cu");
+fn kernel_files_are_the_op_families() {
+    let mut declared: Vec<String> = FAMILIES.iter().map(|f| f.name.to_string()).collect();
+    declared.sort();
+    assert_eq!(family_files("kernels", ".cu"), declared, "kernels/*.cu and the op list name different op families");
+    let mut wgsl = family_files("shaders", ".wgsl");
+    let all = wgsl.clone();
+    wgsl.retain(|n| !n.starts_with("prelude") && n.strip_suffix("_f16").is_none_or(|base| !all.iter().any(|f| f == base)));
+    assert_eq!(wgsl, declared, "shaders/*.wgsl and the op list name different op families");
+    let embedded: Vec<&str> = kernels::FAMILIES.iter().map(|(f, _)| *f).collect();
+    assert_eq!(embedded, FAMILIES.iter().map(|f| f.name).collect::<Vec<_>>(), "kernels::FAMILIES is not the op list's families");
 }
 
 /// Field names of `struct Name { ... }` in C (`u32 a, b; float c;`).
@@ -230,21 +241,33 @@ fn rust_fields(src: &str, name: &str) -> Option<Vec<String>> {
     Some(body.lines().filter_map(|l| l.trim().strip_prefix("pub ")?.split_once(':').map(|(f, _)| f.trim().to_string())).collect())
 }
 
+/// Every params struct the op list declares has the fields of its `kernels/common.cuh` struct in
+/// the same order, and every `pub struct *Params` of `src/backend/ops/` is declared (so it gets its
+/// `DeviceRepr` impl).
 #[test]
 fn params_structs_match_ops_rs() {
-    let ops = include_str!("../src/backend/ops.rs");
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/backend/ops");
     let mut n = 0;
-    for line in ops.lines() {
-        let Some(name) = line.strip_prefix("pub struct ").and_then(|r| r.strip_suffix(" {")) else { continue };
-        if !name.ends_with("Params") {
-            continue;
+    let mut declared: Vec<&str> = Vec::new();
+    for family in FAMILIES {
+        let src = std::fs::read_to_string(dir.join(format!("{}.rs", family.name))).unwrap_or_default();
+        for name in family.params {
+            let rust = rust_fields(&src, name).unwrap_or_else(|| panic!("src/backend/ops/{}.rs has no struct {name}", family.name));
+            let c = c_fields(COMMON, name).unwrap_or_else(|| panic!("kernels/common.cuh has no struct {name}"));
+            assert_eq!(c, rust, "struct {name}: kernels/common.cuh and src/backend/ops/{}.rs disagree", family.name);
+            n += 1;
         }
-        let rust = rust_fields(ops, name).unwrap();
-        let c = c_fields(COMMON, name).unwrap_or_else(|| panic!("kernels/common.cuh has no struct {name}"));
-        assert_eq!(c, rust, "struct {name}: kernels/common.cuh and src/backend/ops.rs disagree");
-        n += 1;
+        declared.extend(family.params);
     }
-    assert!(n >= 20, "found only {n} params structs in ops.rs");
+    assert!(n >= 20, "the op list declares only {n} params structs");
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let src = std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        for line in src.lines() {
+            if let Some(name) = line.strip_prefix("pub struct ").and_then(|r| r.strip_suffix(" {")).filter(|n| n.ends_with("Params")) {
+                assert!(declared.contains(&name), "params struct {name} is in no family's params list of the op list");
+            }
+        }
+    }
 }
 
 #[test]
@@ -275,7 +298,7 @@ fn compile_errors_name_the_file_and_line() {
 /// `(kernel, number of parameters)` of every `extern "C" __global__` kernel.
 fn kernel_arities() -> Vec<(String, usize)> {
     let mut out = Vec::new();
-    for (_, src) in FAMILIES {
+    for (_, src) in kernels::FAMILIES {
         for name in kernels::entry_points(src) {
             let at = src.find(&format!("void {name}(")).unwrap() + name.len() + 6;
             let params = &src[at..at + src[at..].find(')').unwrap()];

@@ -12,51 +12,61 @@ use rlhf::data::rng::Rng;
 mod common;
 use common::{adamw_params, dot, fd_check, randv};
 
-/// op name -> the test function covering it (forward reference and/or finite differences).
-const OP_CHECKS: &[(&str, &str)] = &[
-    ("fill", "elementwise_ops"),
-    ("copy", "elementwise_ops"),
-    ("add", "elementwise_ops"),
-    ("add_inplace", "elementwise_ops"),
-    ("scale_inplace", "elementwise_ops"),
-    ("embedding_fwd", "embedding_grad"),
-    ("embedding_bwd", "embedding_grad"),
-    ("layernorm_fwd", "layernorm_grad"),
-    ("layernorm_bwd", "layernorm_grad"),
-    ("rmsnorm_fwd", "rmsnorm_grad"),
-    ("rmsnorm_bwd", "rmsnorm_grad"),
-    ("matmul", "matmul_all_transposes"),
-    ("bias_add", "bias_grad"),
-    ("bias_bwd", "bias_grad"),
-    ("gelu_fwd", "gelu_grad"),
-    ("gelu_bwd", "gelu_grad"),
-    ("swiglu_fwd", "swiglu_grad"),
-    ("swiglu_bwd", "swiglu_grad"),
-    ("rope_fwd", "rope_grad"),
-    ("rope_bwd", "rope_grad"),
-    ("attention_fwd", "attention_grad"),
-    ("attention_bwd", "attention_grad"),
-    ("kv_cache_write", "attention_cached_matches_full"),
-    ("scatter_rows", "attention_decode_matches_training_rows"),
-    ("attention_decode_fwd", "attention_decode_matches_training_rows"),
-    ("cross_entropy_fwd", "cross_entropy_grad"),
-    ("cross_entropy_bwd", "cross_entropy_grad"),
-    ("sample", "sample_greedy_topk_topp"),
-    // the rollout engine's bookkeeping is checked in tests/decode_advance.rs
-    ("decode_advance", "decode_advance_by_hand"),
-    // the fused RL ops are checked in tests/rl_ops.rs
-    ("logprob_gather_fwd", "logprob_gather_matches_naive"),
-    ("logprob_gather_bwd", "logprob_gather_grad"),
-    ("kl_penalty_fwd", "kl_penalty_grad"),
-    ("kl_penalty_bwd", "kl_penalty_grad"),
-    ("ppo_loss_fwd_bwd", "ppo_loss_grad"),
-    ("ranking_loss", "ranking_loss_by_hand_and_grad"),
-    // PPO's advantage math is checked in tests/ppo_math.rs
-    ("gae", "gae_hand_worked"),
-    ("masked_whiten", "masked_whiten_mean_zero_std_one"),
-    ("sum_squares", "optimizer_ops"),
-    ("adamw", "optimizer_ops"),
-    ("preference_loss_fwd_bwd", "dlogp_matches_finite_differences_for_every_loss"),
+/// Where an op is checked: a test function of this file, or a named test of another test file
+/// (another test binary, so only its source text can be looked at).
+enum Check {
+    Here(#[allow(dead_code)] fn()),
+    In(&'static str, &'static str),
+}
+use Check::{Here, In};
+
+/// op name -> the test covering it (forward reference and/or finite differences).
+const OP_CHECKS: &[(&str, Check)] = &[
+    ("fill", Here(elementwise_ops)),
+    ("copy", Here(elementwise_ops)),
+    ("add", Here(elementwise_ops)),
+    ("add_inplace", Here(elementwise_ops)),
+    ("scale_inplace", Here(elementwise_ops)),
+    ("embedding_fwd", Here(embedding_grad)),
+    ("embedding_bwd", Here(embedding_grad)),
+    ("layernorm_fwd", Here(layernorm_grad)),
+    ("layernorm_bwd", Here(layernorm_grad)),
+    ("rmsnorm_fwd", Here(rmsnorm_grad)),
+    ("rmsnorm_bwd", Here(rmsnorm_grad)),
+    ("matmul", Here(matmul_all_transposes)),
+    ("bias_add", Here(bias_grad)),
+    ("bias_bwd", Here(bias_grad)),
+    ("gelu_fwd", Here(gelu_grad)),
+    ("gelu_bwd", Here(gelu_grad)),
+    ("swiglu_fwd", Here(swiglu_grad)),
+    ("swiglu_bwd", Here(swiglu_grad)),
+    ("rope_fwd", Here(rope_grad)),
+    ("rope_bwd", Here(rope_grad)),
+    ("attention_fwd", Here(attention_grad)),
+    ("attention_bwd", Here(attention_grad)),
+    ("kv_cache_write", Here(attention_cached_matches_full)),
+    ("scatter_rows", Here(attention_decode_matches_training_rows)),
+    ("attention_decode_fwd", Here(attention_decode_matches_training_rows)),
+    ("cross_entropy_fwd", Here(cross_entropy_grad)),
+    ("cross_entropy_bwd", Here(cross_entropy_grad)),
+    ("sample", Here(sample_greedy_topk_topp)),
+    ("decode_advance", In("decode_advance.rs", "decode_advance_by_hand")),
+    ("logprob_gather_fwd", In("rl_ops.rs", "logprob_gather_matches_naive")),
+    ("logprob_gather_bwd", In("rl_ops.rs", "logprob_gather_grad")),
+    ("kl_penalty_fwd", In("rl_ops.rs", "kl_penalty_grad")),
+    ("kl_penalty_bwd", In("rl_ops.rs", "kl_penalty_grad")),
+    ("ppo_loss_fwd_bwd", In("rl_ops.rs", "ppo_loss_grad")),
+    ("ranking_loss", In("rl_ops.rs", "ranking_loss_by_hand_and_grad")),
+    ("gae", In("ppo_math.rs", "gae_hand_worked")),
+    ("masked_whiten", In("ppo_math.rs", "masked_whiten_mean_zero_std_one")),
+    ("sum_squares", Here(optimizer_ops)),
+    ("adamw", Here(optimizer_ops)),
+    ("preference_loss_fwd_bwd", In("dpo.rs", "dlogp_matches_finite_differences_for_every_loss")),
+    ("matmul_bias", Here(fused_matmuls_match_naive)),
+    ("matmul_bias_gelu", Here(fused_matmuls_match_naive)),
+    ("matmul_gelu_bwd", Here(fused_matmuls_match_naive)),
+    ("sum_squares_many", Here(many_tensor_optimizer_ops_match_per_tensor)),
+    ("adamw_many", Here(many_tensor_optimizer_ops_match_per_tensor)),
 ];
 
 #[test]
@@ -64,13 +74,13 @@ fn every_op_has_a_check() {
     for op in OP_NAMES {
         assert!(OP_CHECKS.iter().any(|(name, _)| name == op), "op `{op}` has no check in tests/ops.rs");
     }
-    let sources = [include_str!("ops.rs"), include_str!("rl_ops.rs"), include_str!("ppo_math.rs"), include_str!("training/dpo.rs"), include_str!("decode_advance.rs")];
-    for (op, test) in OP_CHECKS {
-        let f = format!("fn {test}()");
-        assert!(
-            sources.iter().any(|src| src.contains(&f)),
-            "check `{test}` for `{op}` does not exist in tests/ops.rs, tests/rl_ops.rs, tests/ppo_math.rs, tests/dpo.rs or tests/decode_advance.rs"
-        );
+    let sources = [("rl_ops.rs", include_str!("rl_ops.rs")), ("ppo_math.rs", include_str!("ppo_math.rs")), ("dpo.rs", include_str!("training/dpo.rs")), ("decode_advance.rs", include_str!("decode_advance.rs"))];
+    for (op, check) in OP_CHECKS {
+        assert!(rlhf::backend::ops::op(op).is_some(), "OP_CHECKS names `{op}`, which the op list does not declare");
+        if let In(file, test) = check {
+            let src = sources.iter().find(|(f, _)| f == file).unwrap_or_else(|| panic!("no source of tests/{file}")).1;
+            assert!(src.contains(&format!("fn {test}()")), "check `{test}` for `{op}` does not exist in tests/{file}");
+        }
     }
 }
 
@@ -785,4 +795,78 @@ fn oversized_counts_and_ids_outside_the_vocabulary_are_errors() {
     assert!(err.contains("token id 50") && err.contains("50"), "{err}");
     let err = model.decoder.set_inputs(&be, &mut acts, shape, &[1, 2, 3, 4], Some(&[2, 3, 77, -1])).unwrap_err().to_string();
     assert!(err.contains("target token id 77"), "{err}");
+}
+
+fn gelu_ref(x: f64) -> (f64, f64) {
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let t = (c * (x + 0.044715 * x * x * x)).tanh();
+    (0.5 * x * (1.0 + t), 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * c * (1.0 + 3.0 * 0.044715 * x * x))
+}
+
+/// `matmul_bias`, `matmul_bias_gelu` (with and without a bias) and `matmul_gelu_bwd` against the
+/// naive product plus bias, GELU and GELU'.
+#[test]
+fn fused_matmuls_match_naive() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(21);
+    let (m, n, k) = (7, 12, 9);
+    let close = |what: &str, got: &[f32], want: &[f64]| {
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!((*g as f64 - w).abs() <= 1e-5 * (1.0 + w.abs()), "{what}[{i}]: {g} vs {w}");
+        }
+    };
+    for (ta, tb) in [(false, false), (false, true), (true, false), (true, true)] {
+        let (a, b, bias, pre_in) = (randv(&mut rng, m * k, 1.0), randv(&mut rng, k * n, 1.0), randv(&mut rng, n, 1.0), randv(&mut rng, m * n, 2.0));
+        let p = MatmulParams::new(m, n, k, ta, tb);
+        let prod: Vec<f64> = naive_matmul(&a, &b, m, n, k, ta, tb).iter().map(|&x| x as f64).collect();
+        let with_bias: Vec<f64> = prod.iter().enumerate().map(|(i, x)| x + bias[i % n] as f64).collect();
+        let mut out = vec![0.0; m * n];
+        be.matmul_bias(&mut out, &a, &b, &bias, p).unwrap();
+        close("matmul_bias", &out, &with_bias);
+        for (bias, want_pre) in [(Some(&bias), &with_bias), (None, &prod)] {
+            let (mut act, mut pre) = (vec![0.0; m * n], vec![0.0; m * n]);
+            be.matmul_bias_gelu(&mut act, &mut pre, &a, &b, bias, p).unwrap();
+            close("matmul_bias_gelu pre", &pre, want_pre);
+            close("matmul_bias_gelu out", &act, &want_pre.iter().map(|&x| gelu_ref(x).0).collect::<Vec<_>>());
+        }
+        let (mut dinp, mut dact) = (vec![0.0; m * n], vec![0.0; m * n]);
+        be.matmul_gelu_bwd(&mut dinp, &mut dact, &a, &b, &pre_in, p).unwrap();
+        close("matmul_gelu_bwd", &dinp, &prod.iter().zip(&pre_in).map(|(d, &x)| d * gelu_ref(x as f64).1).collect::<Vec<_>>());
+    }
+}
+
+/// `sum_squares_many` and `adamw_many` give the bits of `sum_squares` per tensor and of `adamw`
+/// then `copy` per slot.
+#[test]
+fn many_tensor_optimizer_ops_match_per_tensor() {
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(23);
+    let sizes = [1usize, 5, 300];
+    let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| randv(&mut rng, n, 0.1)).collect();
+    let mut acc = vec![0.5];
+    be.sum_squares_many(&mut acc, &grads).unwrap();
+    let mut want = vec![0.5];
+    for g in &grads {
+        be.sum_squares(&mut want, g, ElementwiseParams::new(g.len()).unwrap()).unwrap();
+    }
+    assert_eq!(acc[0].to_bits(), want[0].to_bits(), "sum_squares_many");
+    let p = adamw_params(0, 2, 1.0);
+    let mut state: Vec<[Vec<f32>; 4]> = sizes.iter().map(|&n| [randv(&mut rng, n, 1.0), randv(&mut rng, n, 0.01), vec![0.01; n], vec![0.0; n]]).collect();
+    let mut each = state.clone();
+    let mut slots: Vec<AdamWSlot<'_, Vec<f32>>> = state
+        .iter_mut()
+        .zip(&grads)
+        .enumerate()
+        .map(|(i, ([w, m, v, out], grad))| AdamWSlot { param: w, m, v, grad, out: (i != 1).then_some(out), weight_decay: 0.1 * i as f32 })
+        .collect();
+    be.adamw_many(&mut slots, &acc, p).unwrap();
+    drop(slots);
+    for (i, ([w, m, v, out], grad)) in each.iter_mut().zip(&grads).enumerate() {
+        let n = w.len();
+        be.adamw(w, m, v, grad, &acc, AdamWParams { n: n as u32, weight_decay: 0.1 * i as f32, ..p }).unwrap();
+        if i != 1 {
+            be.copy(out, w, ElementwiseParams::new(n).unwrap()).unwrap();
+        }
+    }
+    assert_eq!(state, each, "adamw_many");
 }

@@ -9,6 +9,7 @@
 //! exactly where they would fail on a GPU.
 
 use crate::backend::cpu::CpuBackend;
+use crate::backend::ops::device;
 use crate::backend::ops::*;
 use crate::backend::storage::{self, op_dtype};
 use crate::error::Result;
@@ -50,15 +51,17 @@ impl Bf16Reference {
     }
 }
 
-impl Backend for Bf16Reference {
+impl device::Buffers for Bf16Reference {
     type Buf = RefBuf;
     type Ids = Vec<i32>;
+}
 
+impl device::Device for Bf16Reference {
     fn name(&self) -> &'static str {
         NAME
     }
     fn device_description(&self) -> String {
-        format!("{} with {} compute buffers", self.cpu.device_description(), self.compute)
+        format!("{} with {} compute buffers", Backend::device_description(&self.cpu), self.compute)
     }
     fn compute_dtype(&self) -> Dtype {
         self.compute
@@ -75,20 +78,19 @@ impl Backend for Bf16Reference {
             Storage::F32 => Dtype::F32,
             Storage::Compute => self.compute,
         };
-        Ok(RefBuf { data: self.cpu.alloc(len)?, dtype })
+        Ok(RefBuf { data: Backend::alloc(&self.cpu, len)?, dtype })
     }
     fn dtype(&self, buf: &RefBuf) -> Dtype {
         buf.dtype
     }
-
     fn alloc(&self, len: usize) -> Result<RefBuf> {
-        self.alloc_as(len, Storage::F32)
+        Backend::alloc_as(self, len, Storage::F32)
     }
     fn upload(&self, data: &[f32]) -> Result<RefBuf> {
         Ok(RefBuf { data: data.to_vec(), dtype: Dtype::F32 })
     }
     fn write(&self, buf: &mut RefBuf, data: &[f32]) -> Result<()> {
-        self.cpu.write(&mut buf.data, data)?;
+        Backend::write(&self.cpu, &mut buf.data, data)?;
         round_outputs(&mut [buf]);
         Ok(())
     }
@@ -99,60 +101,186 @@ impl Backend for Bf16Reference {
         buf.data.len()
     }
     fn alloc_ids(&self, len: usize) -> Result<Vec<i32>> {
-        self.cpu.alloc_ids(len)
+        Backend::alloc_ids(&self.cpu, len)
     }
     fn upload_ids(&self, data: &[i32]) -> Result<Vec<i32>> {
-        self.cpu.upload_ids(data)
+        Backend::upload_ids(&self.cpu, data)
     }
     fn write_ids(&self, buf: &mut Vec<i32>, data: &[i32]) -> Result<()> {
-        self.cpu.write_ids(buf, data)
+        Backend::write_ids(&self.cpu, buf, data)
     }
     fn download_ids(&self, buf: &Vec<i32>) -> Result<Vec<i32>> {
-        self.cpu.download_ids(buf)
+        Backend::download_ids(&self.cpu, buf)
     }
     fn synchronize(&self) -> Result<()> {
         Ok(())
     }
+}
 
+impl family::Activation for Bf16Reference {
+    fn gelu_fwd(&self, out: &mut RefBuf, inp: &RefBuf, p: ElementwiseParams) -> Result<()> {
+        op_dtype(NAME, "gelu_fwd", &[("out", out.dtype), ("inp", inp.dtype)], &[])?;
+        Backend::gelu_fwd(&self.cpu, &mut out.data, &inp.data, p)?;
+        round_outputs(&mut [out]);
+        Ok(())
+    }
+    fn gelu_bwd(&self, dinp: &mut RefBuf, dout: &RefBuf, inp: &RefBuf, p: ElementwiseParams) -> Result<()> {
+        op_dtype(NAME, "gelu_bwd", &[("dinp", dinp.dtype), ("dout", dout.dtype), ("inp", inp.dtype)], &[])?;
+        Backend::gelu_bwd(&self.cpu, &mut dinp.data, &dout.data, &inp.data, p)?;
+        round_outputs(&mut [dinp]);
+        Ok(())
+    }
+    fn swiglu_fwd(&self, out: &mut RefBuf, gate: &RefBuf, up: &RefBuf, p: ElementwiseParams) -> Result<()> {
+        op_dtype(NAME, "swiglu_fwd", &[("out", out.dtype), ("gate", gate.dtype), ("up", up.dtype)], &[])?;
+        Backend::swiglu_fwd(&self.cpu, &mut out.data, &gate.data, &up.data, p)?;
+        round_outputs(&mut [out]);
+        Ok(())
+    }
+    fn swiglu_bwd(&self, dgate: &mut RefBuf, dup: &mut RefBuf, dout: &RefBuf, gate: &RefBuf, up: &RefBuf, p: ElementwiseParams) -> Result<()> {
+        op_dtype(NAME, "swiglu_bwd", &[("dgate", dgate.dtype), ("dup", dup.dtype), ("dout", dout.dtype), ("gate", gate.dtype), ("up", up.dtype)], &[])?;
+        Backend::swiglu_bwd(&self.cpu, &mut dgate.data, &mut dup.data, &dout.data, &gate.data, &up.data, p)?;
+        round_outputs(&mut [dgate, dup]);
+        Ok(())
+    }
+}
+
+impl family::Advantage for Bf16Reference {
+    fn gae(&self, advantages: &mut RefBuf, returns: &mut RefBuf, rewards: &RefBuf, values: &RefBuf, mask: &RefBuf, p: GaeParams) -> Result<()> {
+        op_dtype(
+            NAME,
+            "gae",
+            &[],
+            &[("advantages", advantages.dtype), ("returns", returns.dtype), ("rewards", rewards.dtype), ("values", values.dtype), ("mask", mask.dtype)],
+        )?;
+        Backend::gae(&self.cpu, &mut advantages.data, &mut returns.data, &rewards.data, &values.data, &mask.data, p)?;
+        Ok(())
+    }
+    fn masked_whiten(&self, x: &mut RefBuf, stats: &mut RefBuf, mask: &RefBuf, p: WhitenParams) -> Result<()> {
+        op_dtype(NAME, "masked_whiten", &[], &[("x", x.dtype), ("stats", stats.dtype), ("mask", mask.dtype)])?;
+        Backend::masked_whiten(&self.cpu, &mut x.data, &mut stats.data, &mask.data, p)?;
+        Ok(())
+    }
+}
+
+impl family::Attention for Bf16Reference {
+    fn attention_fwd(&self, out: &mut RefBuf, lse: &mut RefBuf, q: &RefBuf, k: &RefBuf, v: &RefBuf, p: AttentionParams) -> Result<()> {
+        op_dtype(NAME, "attention_fwd", &[("out", out.dtype), ("q", q.dtype), ("k", k.dtype), ("v", v.dtype)], &[("lse", lse.dtype)])?;
+        Backend::attention_fwd(&self.cpu, &mut out.data, &mut lse.data, &q.data, &k.data, &v.data, p)?;
+        round_outputs(&mut [out]);
+        Ok(())
+    }
+    fn attention_bwd(&self, dqkv: &mut RefBuf, dout: &RefBuf, out: &RefBuf, lse: &RefBuf, qkv: &RefBuf, p: AttentionParams) -> Result<()> {
+        op_dtype(NAME, "attention_bwd", &[("dqkv", dqkv.dtype), ("dout", dout.dtype), ("out", out.dtype), ("qkv", qkv.dtype)], &[("lse", lse.dtype)])?;
+        Backend::attention_bwd(&self.cpu, &mut dqkv.data, &dout.data, &out.data, &lse.data, &qkv.data, p)?;
+        round_outputs(&mut [dqkv]);
+        Ok(())
+    }
+    fn kv_cache_write(&self, cache: &mut RefBuf, qkv: &RefBuf, p: KvCacheParams) -> Result<()> {
+        op_dtype(NAME, "kv_cache_write", &[("cache", cache.dtype), ("qkv", qkv.dtype)], &[])?;
+        Backend::kv_cache_write(&self.cpu, &mut cache.data, &qkv.data, p)?;
+        round_outputs(&mut [cache]);
+        Ok(())
+    }
+    fn scatter_rows(&self, out: &mut RefBuf, inp: &RefBuf, rows: &Vec<i32>, p: ScatterParams) -> Result<()> {
+        op_dtype(NAME, "scatter_rows", &[("out", out.dtype), ("inp", inp.dtype)], &[])?;
+        Backend::scatter_rows(&self.cpu, &mut out.data, &inp.data, rows, p)?;
+        round_outputs(&mut [out]);
+        Ok(())
+    }
+    fn attention_decode_fwd(&self, out: &mut RefBuf, lse: &mut RefBuf, q: &RefBuf, cache: &RefBuf, rows: &Vec<i32>, p: AttentionDecodeParams) -> Result<()> {
+        op_dtype(NAME, "attention_decode_fwd", &[("out", out.dtype), ("q", q.dtype), ("cache", cache.dtype)], &[("lse", lse.dtype)])?;
+        Backend::attention_decode_fwd(&self.cpu, &mut out.data, &mut lse.data, &q.data, &cache.data, rows, p)?;
+        round_outputs(&mut [out]);
+        Ok(())
+    }
+}
+
+impl family::CrossEntropy for Bf16Reference {
+    fn cross_entropy_fwd(&self, losses: &mut RefBuf, lse: &mut RefBuf, logits: &RefBuf, targets: &Vec<i32>, p: CrossEntropyParams) -> Result<()> {
+        op_dtype(NAME, "cross_entropy_fwd", &[("logits", logits.dtype)], &[("losses", losses.dtype), ("lse", lse.dtype)])?;
+        Backend::cross_entropy_fwd(&self.cpu, &mut losses.data, &mut lse.data, &logits.data, targets, p)?;
+        Ok(())
+    }
+    fn cross_entropy_bwd(
+        &self,
+        dlogits: &mut RefBuf,
+        dlosses: &RefBuf,
+        logits: &RefBuf,
+        lse: &RefBuf,
+        targets: &Vec<i32>,
+        p: CrossEntropyParams,
+    ) -> Result<()> {
+        op_dtype(NAME, "cross_entropy_bwd", &[("dlogits", dlogits.dtype), ("logits", logits.dtype)], &[("dlosses", dlosses.dtype), ("lse", lse.dtype)])?;
+        Backend::cross_entropy_bwd(&self.cpu, &mut dlogits.data, &dlosses.data, &logits.data, &lse.data, targets, p)?;
+        round_outputs(&mut [dlogits]);
+        Ok(())
+    }
+}
+
+impl family::Decode for Bf16Reference {
+    fn decode_advance(
+        &self,
+        state: &mut Vec<i32>,
+        history: &mut Vec<i32>,
+        tokens: &mut Vec<i32>,
+        positions: &mut Vec<i32>,
+        cache_rows: &mut Vec<i32>,
+        record_rows: &mut Vec<i32>,
+        sampled: &Vec<i32>,
+        stop_ids: &Vec<i32>,
+        p: DecodeAdvanceParams,
+    ) -> Result<()> {
+        Backend::decode_advance(&self.cpu, state, history, tokens, positions, cache_rows, record_rows, sampled, stop_ids, p)?;
+        Ok(())
+    }
+}
+
+impl family::Elementwise for Bf16Reference {
     fn fill(&self, out: &mut RefBuf, value: f32, p: ElementwiseParams) -> Result<()> {
-        self.cpu.fill(&mut out.data, value, p)?;
+        Backend::fill(&self.cpu, &mut out.data, value, p)?;
         round_outputs(&mut [out]);
         Ok(())
     }
     fn copy(&self, out: &mut RefBuf, inp: &RefBuf, p: ElementwiseParams) -> Result<()> {
-        self.cpu.copy(&mut out.data, &inp.data, p)?;
+        Backend::copy(&self.cpu, &mut out.data, &inp.data, p)?;
         round_outputs(&mut [out]);
         Ok(())
     }
     fn add(&self, out: &mut RefBuf, a: &RefBuf, b: &RefBuf, p: ElementwiseParams) -> Result<()> {
         op_dtype(NAME, "add", &[("out", out.dtype), ("a", a.dtype), ("b", b.dtype)], &[])?;
-        self.cpu.add(&mut out.data, &a.data, &b.data, p)?;
+        Backend::add(&self.cpu, &mut out.data, &a.data, &b.data, p)?;
         round_outputs(&mut [out]);
         Ok(())
     }
     fn add_inplace(&self, acc: &mut RefBuf, x: &RefBuf, p: ElementwiseParams) -> Result<()> {
         op_dtype(NAME, "add_inplace", &[("acc", acc.dtype), ("x", x.dtype)], &[])?;
-        self.cpu.add_inplace(&mut acc.data, &x.data, p)?;
+        Backend::add_inplace(&self.cpu, &mut acc.data, &x.data, p)?;
         round_outputs(&mut [acc]);
         Ok(())
     }
     fn scale_inplace(&self, x: &mut RefBuf, s: f32, p: ElementwiseParams) -> Result<()> {
-        self.cpu.scale_inplace(&mut x.data, s, p)?;
+        Backend::scale_inplace(&self.cpu, &mut x.data, s, p)?;
         round_outputs(&mut [x]);
         Ok(())
     }
+}
+
+impl family::Embedding for Bf16Reference {
     fn embedding_fwd(&self, out: &mut RefBuf, ids: &Vec<i32>, table: &RefBuf, p: EmbeddingParams) -> Result<()> {
         op_dtype(NAME, "embedding_fwd", &[("out", out.dtype), ("table", table.dtype)], &[])?;
-        self.cpu.embedding_fwd(&mut out.data, ids, &table.data, p)?;
+        Backend::embedding_fwd(&self.cpu, &mut out.data, ids, &table.data, p)?;
         round_outputs(&mut [out]);
         Ok(())
     }
     fn embedding_bwd(&self, dtable: &mut RefBuf, dout: &RefBuf, ids: &Vec<i32>, p: EmbeddingParams) -> Result<()> {
         op_dtype(NAME, "embedding_bwd", &[("dtable", dtable.dtype), ("dout", dout.dtype)], &[])?;
-        self.cpu.embedding_bwd(&mut dtable.data, &dout.data, ids, p)?;
+        Backend::embedding_bwd(&self.cpu, &mut dtable.data, &dout.data, ids, p)?;
         round_outputs(&mut [dtable]);
         Ok(())
     }
+}
+
+impl family::Layernorm for Bf16Reference {
     fn layernorm_fwd(&self, out: &mut RefBuf, mean: &mut RefBuf, rstd: &mut RefBuf, inp: &RefBuf, weight: &RefBuf, bias: &RefBuf, p: NormParams) -> Result<()> {
         op_dtype(
             NAME,
@@ -160,7 +288,7 @@ impl Backend for Bf16Reference {
             &[("out", out.dtype), ("inp", inp.dtype), ("weight", weight.dtype), ("bias", bias.dtype)],
             &[("mean", mean.dtype), ("rstd", rstd.dtype)],
         )?;
-        self.cpu.layernorm_fwd(&mut out.data, &mut mean.data, &mut rstd.data, &inp.data, &weight.data, &bias.data, p)?;
+        Backend::layernorm_fwd(&self.cpu, &mut out.data, &mut mean.data, &mut rstd.data, &inp.data, &weight.data, &bias.data, p)?;
         round_outputs(&mut [out]);
         Ok(())
     }
@@ -182,13 +310,13 @@ impl Backend for Bf16Reference {
             &[("dinp", dinp.dtype), ("dweight", dweight.dtype), ("dbias", dbias.dtype), ("dout", dout.dtype), ("inp", inp.dtype), ("weight", weight.dtype)],
             &[("mean", mean.dtype), ("rstd", rstd.dtype)],
         )?;
-        self.cpu.layernorm_bwd(&mut dinp.data, &mut dweight.data, &mut dbias.data, &dout.data, &inp.data, &mean.data, &rstd.data, &weight.data, p)?;
+        Backend::layernorm_bwd(&self.cpu, &mut dinp.data, &mut dweight.data, &mut dbias.data, &dout.data, &inp.data, &mean.data, &rstd.data, &weight.data, p)?;
         round_outputs(&mut [dinp, dweight, dbias]);
         Ok(())
     }
     fn rmsnorm_fwd(&self, out: &mut RefBuf, rstd: &mut RefBuf, inp: &RefBuf, weight: &RefBuf, p: NormParams) -> Result<()> {
         op_dtype(NAME, "rmsnorm_fwd", &[("out", out.dtype), ("inp", inp.dtype), ("weight", weight.dtype)], &[("rstd", rstd.dtype)])?;
-        self.cpu.rmsnorm_fwd(&mut out.data, &mut rstd.data, &inp.data, &weight.data, p)?;
+        Backend::rmsnorm_fwd(&self.cpu, &mut out.data, &mut rstd.data, &inp.data, &weight.data, p)?;
         round_outputs(&mut [out]);
         Ok(())
     }
@@ -199,134 +327,13 @@ impl Backend for Bf16Reference {
             &[("dinp", dinp.dtype), ("dweight", dweight.dtype), ("dout", dout.dtype), ("inp", inp.dtype), ("weight", weight.dtype)],
             &[("rstd", rstd.dtype)],
         )?;
-        self.cpu.rmsnorm_bwd(&mut dinp.data, &mut dweight.data, &dout.data, &inp.data, &rstd.data, &weight.data, p)?;
+        Backend::rmsnorm_bwd(&self.cpu, &mut dinp.data, &mut dweight.data, &dout.data, &inp.data, &rstd.data, &weight.data, p)?;
         round_outputs(&mut [dinp, dweight]);
         Ok(())
     }
-    fn matmul(&self, out: &mut RefBuf, a: &RefBuf, b: &RefBuf, p: MatmulParams) -> Result<()> {
-        let t = op_dtype(NAME, "matmul", &[("a", a.dtype), ("b", b.dtype)], &[])?;
-        if out.dtype != t {
-            op_dtype(NAME, "matmul", &[], &[("out", out.dtype)])?;
-        }
-        self.cpu.matmul(&mut out.data, &a.data, &b.data, p)?;
-        round_outputs(&mut [out]);
-        Ok(())
-    }
-    fn bias_add(&self, out: &mut RefBuf, bias: &RefBuf, p: BiasParams) -> Result<()> {
-        op_dtype(NAME, "bias_add", &[("out", out.dtype), ("bias", bias.dtype)], &[])?;
-        self.cpu.bias_add(&mut out.data, &bias.data, p)?;
-        round_outputs(&mut [out]);
-        Ok(())
-    }
-    fn bias_bwd(&self, dbias: &mut RefBuf, dout: &RefBuf, p: BiasParams) -> Result<()> {
-        op_dtype(NAME, "bias_bwd", &[("dbias", dbias.dtype), ("dout", dout.dtype)], &[])?;
-        self.cpu.bias_bwd(&mut dbias.data, &dout.data, p)?;
-        round_outputs(&mut [dbias]);
-        Ok(())
-    }
-    fn gelu_fwd(&self, out: &mut RefBuf, inp: &RefBuf, p: ElementwiseParams) -> Result<()> {
-        op_dtype(NAME, "gelu_fwd", &[("out", out.dtype), ("inp", inp.dtype)], &[])?;
-        self.cpu.gelu_fwd(&mut out.data, &inp.data, p)?;
-        round_outputs(&mut [out]);
-        Ok(())
-    }
-    fn gelu_bwd(&self, dinp: &mut RefBuf, dout: &RefBuf, inp: &RefBuf, p: ElementwiseParams) -> Result<()> {
-        op_dtype(NAME, "gelu_bwd", &[("dinp", dinp.dtype), ("dout", dout.dtype), ("inp", inp.dtype)], &[])?;
-        self.cpu.gelu_bwd(&mut dinp.data, &dout.data, &inp.data, p)?;
-        round_outputs(&mut [dinp]);
-        Ok(())
-    }
-    fn swiglu_fwd(&self, out: &mut RefBuf, gate: &RefBuf, up: &RefBuf, p: ElementwiseParams) -> Result<()> {
-        op_dtype(NAME, "swiglu_fwd", &[("out", out.dtype), ("gate", gate.dtype), ("up", up.dtype)], &[])?;
-        self.cpu.swiglu_fwd(&mut out.data, &gate.data, &up.data, p)?;
-        round_outputs(&mut [out]);
-        Ok(())
-    }
-    fn swiglu_bwd(&self, dgate: &mut RefBuf, dup: &mut RefBuf, dout: &RefBuf, gate: &RefBuf, up: &RefBuf, p: ElementwiseParams) -> Result<()> {
-        op_dtype(NAME, "swiglu_bwd", &[("dgate", dgate.dtype), ("dup", dup.dtype), ("dout", dout.dtype), ("gate", gate.dtype), ("up", up.dtype)], &[])?;
-        self.cpu.swiglu_bwd(&mut dgate.data, &mut dup.data, &dout.data, &gate.data, &up.data, p)?;
-        round_outputs(&mut [dgate, dup]);
-        Ok(())
-    }
-    fn rope_fwd(&self, x: &mut RefBuf, positions: &Vec<i32>, p: RopeParams) -> Result<()> {
-        self.cpu.rope_fwd(&mut x.data, positions, p)?;
-        round_outputs(&mut [x]);
-        Ok(())
-    }
-    fn rope_bwd(&self, dx: &mut RefBuf, positions: &Vec<i32>, p: RopeParams) -> Result<()> {
-        self.cpu.rope_bwd(&mut dx.data, positions, p)?;
-        round_outputs(&mut [dx]);
-        Ok(())
-    }
-    fn attention_fwd(&self, out: &mut RefBuf, lse: &mut RefBuf, q: &RefBuf, k: &RefBuf, v: &RefBuf, p: AttentionParams) -> Result<()> {
-        op_dtype(NAME, "attention_fwd", &[("out", out.dtype), ("q", q.dtype), ("k", k.dtype), ("v", v.dtype)], &[("lse", lse.dtype)])?;
-        self.cpu.attention_fwd(&mut out.data, &mut lse.data, &q.data, &k.data, &v.data, p)?;
-        round_outputs(&mut [out]);
-        Ok(())
-    }
-    fn attention_bwd(&self, dqkv: &mut RefBuf, dout: &RefBuf, out: &RefBuf, lse: &RefBuf, qkv: &RefBuf, p: AttentionParams) -> Result<()> {
-        op_dtype(NAME, "attention_bwd", &[("dqkv", dqkv.dtype), ("dout", dout.dtype), ("out", out.dtype), ("qkv", qkv.dtype)], &[("lse", lse.dtype)])?;
-        self.cpu.attention_bwd(&mut dqkv.data, &dout.data, &out.data, &lse.data, &qkv.data, p)?;
-        round_outputs(&mut [dqkv]);
-        Ok(())
-    }
-    fn kv_cache_write(&self, cache: &mut RefBuf, qkv: &RefBuf, p: KvCacheParams) -> Result<()> {
-        op_dtype(NAME, "kv_cache_write", &[("cache", cache.dtype), ("qkv", qkv.dtype)], &[])?;
-        self.cpu.kv_cache_write(&mut cache.data, &qkv.data, p)?;
-        round_outputs(&mut [cache]);
-        Ok(())
-    }
-    fn scatter_rows(&self, out: &mut RefBuf, inp: &RefBuf, rows: &Vec<i32>, p: ScatterParams) -> Result<()> {
-        op_dtype(NAME, "scatter_rows", &[("out", out.dtype), ("inp", inp.dtype)], &[])?;
-        self.cpu.scatter_rows(&mut out.data, &inp.data, rows, p)?;
-        round_outputs(&mut [out]);
-        Ok(())
-    }
-    fn attention_decode_fwd(&self, out: &mut RefBuf, lse: &mut RefBuf, q: &RefBuf, cache: &RefBuf, rows: &Vec<i32>, p: AttentionDecodeParams) -> Result<()> {
-        op_dtype(NAME, "attention_decode_fwd", &[("out", out.dtype), ("q", q.dtype), ("cache", cache.dtype)], &[("lse", lse.dtype)])?;
-        self.cpu.attention_decode_fwd(&mut out.data, &mut lse.data, &q.data, &cache.data, rows, p)?;
-        round_outputs(&mut [out]);
-        Ok(())
-    }
-    fn cross_entropy_fwd(&self, losses: &mut RefBuf, lse: &mut RefBuf, logits: &RefBuf, targets: &Vec<i32>, p: CrossEntropyParams) -> Result<()> {
-        op_dtype(NAME, "cross_entropy_fwd", &[("logits", logits.dtype)], &[("losses", losses.dtype), ("lse", lse.dtype)])?;
-        self.cpu.cross_entropy_fwd(&mut losses.data, &mut lse.data, &logits.data, targets, p)?;
-        Ok(())
-    }
-    fn cross_entropy_bwd(
-        &self,
-        dlogits: &mut RefBuf,
-        dlosses: &RefBuf,
-        logits: &RefBuf,
-        lse: &RefBuf,
-        targets: &Vec<i32>,
-        p: CrossEntropyParams,
-    ) -> Result<()> {
-        op_dtype(NAME, "cross_entropy_bwd", &[("dlogits", dlogits.dtype), ("logits", logits.dtype)], &[("dlosses", dlosses.dtype), ("lse", lse.dtype)])?;
-        self.cpu.cross_entropy_bwd(&mut dlogits.data, &dlosses.data, &logits.data, &lse.data, targets, p)?;
-        round_outputs(&mut [dlogits]);
-        Ok(())
-    }
-    fn sample(&self, out: &mut Vec<i32>, logits: &RefBuf, steps: &Vec<i32>, p: SampleParams) -> Result<()> {
-        op_dtype(NAME, "sample", &[("logits", logits.dtype)], &[])?;
-        self.cpu.sample(out, &logits.data, steps, p)?;
-        Ok(())
-    }
-    fn decode_advance(
-        &self,
-        state: &mut Vec<i32>,
-        history: &mut Vec<i32>,
-        tokens: &mut Vec<i32>,
-        positions: &mut Vec<i32>,
-        cache_rows: &mut Vec<i32>,
-        record_rows: &mut Vec<i32>,
-        sampled: &Vec<i32>,
-        stop_ids: &Vec<i32>,
-        p: DecodeAdvanceParams,
-    ) -> Result<()> {
-        self.cpu.decode_advance(state, history, tokens, positions, cache_rows, record_rows, sampled, stop_ids, p)?;
-        Ok(())
-    }
+}
+
+impl family::LogprobGather for Bf16Reference {
     fn logprob_gather_fwd(
         &self,
         logp: &mut RefBuf,
@@ -338,7 +345,7 @@ impl Backend for Bf16Reference {
         p: LogprobParams,
     ) -> Result<()> {
         op_dtype(NAME, "logprob_gather_fwd", &[("h", h.dtype), ("w", w.dtype)], &[("logp", logp.dtype), ("entropy", entropy.dtype), ("lse", lse.dtype)])?;
-        self.cpu.logprob_gather_fwd(&mut logp.data, &mut entropy.data, &mut lse.data, &h.data, targets, &w.data, p)?;
+        Backend::logprob_gather_fwd(&self.cpu, &mut logp.data, &mut entropy.data, &mut lse.data, &h.data, targets, &w.data, p)?;
         Ok(())
     }
     fn logprob_gather_bwd(
@@ -360,13 +367,92 @@ impl Backend for Bf16Reference {
             &[("dh", dh.dtype), ("dw", dw.dtype), ("h", h.dtype), ("w", w.dtype)],
             &[("dlogp", dlogp.dtype), ("dentropy", dentropy.dtype), ("lse", lse.dtype), ("entropy", entropy.dtype)],
         )?;
-        self.cpu.logprob_gather_bwd(&mut dh.data, &mut dw.data, &dlogp.data, &dentropy.data, &h.data, targets, &lse.data, &entropy.data, &w.data, p)?;
+        Backend::logprob_gather_bwd(
+            &self.cpu,
+            &mut dh.data,
+            &mut dw.data,
+            &dlogp.data,
+            &dentropy.data,
+            &h.data,
+            targets,
+            &lse.data,
+            &entropy.data,
+            &w.data,
+            p,
+        )?;
         round_outputs(&mut [dh, dw]);
         Ok(())
     }
+}
+
+impl family::Matmul for Bf16Reference {
+    fn matmul(&self, out: &mut RefBuf, a: &RefBuf, b: &RefBuf, p: MatmulParams) -> Result<()> {
+        let t = op_dtype(NAME, "matmul", &[("a", a.dtype), ("b", b.dtype)], &[])?;
+        if out.dtype != t {
+            op_dtype(NAME, "matmul", &[], &[("out", out.dtype)])?;
+        }
+        Backend::matmul(&self.cpu, &mut out.data, &a.data, &b.data, p)?;
+        round_outputs(&mut [out]);
+        Ok(())
+    }
+    fn bias_add(&self, out: &mut RefBuf, bias: &RefBuf, p: BiasParams) -> Result<()> {
+        op_dtype(NAME, "bias_add", &[("out", out.dtype), ("bias", bias.dtype)], &[])?;
+        Backend::bias_add(&self.cpu, &mut out.data, &bias.data, p)?;
+        round_outputs(&mut [out]);
+        Ok(())
+    }
+    fn bias_bwd(&self, dbias: &mut RefBuf, dout: &RefBuf, p: BiasParams) -> Result<()> {
+        op_dtype(NAME, "bias_bwd", &[("dbias", dbias.dtype), ("dout", dout.dtype)], &[])?;
+        Backend::bias_bwd(&self.cpu, &mut dbias.data, &dout.data, p)?;
+        round_outputs(&mut [dbias]);
+        Ok(())
+    }
+}
+
+impl family::Optimizer for Bf16Reference {
+    fn sum_squares(&self, acc: &mut RefBuf, x: &RefBuf, p: ElementwiseParams) -> Result<()> {
+        op_dtype(NAME, "sum_squares", &[], &[("acc", acc.dtype)])?;
+        Backend::sum_squares(&self.cpu, &mut acc.data, &x.data, p)
+    }
+    fn adamw(&self, param: &mut RefBuf, m: &mut RefBuf, v: &mut RefBuf, grad: &RefBuf, norm_sq: &RefBuf, p: AdamWParams) -> Result<()> {
+        op_dtype(NAME, "adamw", &[], &[("param", param.dtype), ("m", m.dtype), ("v", v.dtype), ("norm_sq", norm_sq.dtype)])?;
+        Backend::adamw(&self.cpu, &mut param.data, &mut m.data, &mut v.data, &grad.data, &norm_sq.data, p)
+    }
+}
+
+impl family::Preference for Bf16Reference {
+    fn preference_loss_fwd_bwd(
+        &self,
+        dlogp: &mut RefBuf,
+        stats: &mut RefBuf,
+        logp: &RefBuf,
+        mask: &RefBuf,
+        ref_sums: &RefBuf,
+        p: PreferenceParams,
+    ) -> Result<()> {
+        op_dtype(
+            NAME,
+            "preference_loss_fwd_bwd",
+            &[],
+            &[("dlogp", dlogp.dtype), ("stats", stats.dtype), ("logp", logp.dtype), ("mask", mask.dtype), ("ref_sums", ref_sums.dtype)],
+        )?;
+        Backend::preference_loss_fwd_bwd(&self.cpu, &mut dlogp.data, &mut stats.data, &logp.data, &mask.data, &ref_sums.data, p)?;
+        Ok(())
+    }
+}
+
+impl family::Reward for Bf16Reference {
+    fn ranking_loss(&self, dscores: &mut RefBuf, stats: &mut RefBuf, scores: &RefBuf, starts: &Vec<i32>, margins: &RefBuf, p: RankingParams) -> Result<()> {
+        op_dtype(NAME, "ranking_loss", &[], &[("dscores", dscores.dtype), ("stats", stats.dtype), ("scores", scores.dtype), ("margins", margins.dtype)])?;
+        Backend::ranking_loss(&self.cpu, &mut dscores.data, &mut stats.data, &scores.data, starts, &margins.data, p)?;
+        Ok(())
+    }
+}
+
+impl family::RlLosses for Bf16Reference {
     fn kl_penalty_fwd(&self, kl: &mut RefBuf, logp: &RefBuf, ref_logp: &RefBuf, mask: &RefBuf, p: KlParams) -> Result<()> {
         op_dtype(NAME, "kl_penalty_fwd", &[], &[("kl", kl.dtype), ("logp", logp.dtype), ("ref_logp", ref_logp.dtype), ("mask", mask.dtype)])?;
-        self.cpu.kl_penalty_fwd(&mut kl.data, &logp.data, &ref_logp.data, &mask.data, p)?;
+        Backend::kl_penalty_fwd(&self.cpu, &mut kl.data, &logp.data, &ref_logp.data, &mask.data, p)?;
         Ok(())
     }
     fn kl_penalty_bwd(&self, dlogp: &mut RefBuf, dkl: &RefBuf, logp: &RefBuf, ref_logp: &RefBuf, mask: &RefBuf, p: KlParams) -> Result<()> {
@@ -376,7 +462,7 @@ impl Backend for Bf16Reference {
             &[],
             &[("dlogp", dlogp.dtype), ("dkl", dkl.dtype), ("logp", logp.dtype), ("ref_logp", ref_logp.dtype), ("mask", mask.dtype)],
         )?;
-        self.cpu.kl_penalty_bwd(&mut dlogp.data, &dkl.data, &logp.data, &ref_logp.data, &mask.data, p)?;
+        Backend::kl_penalty_bwd(&self.cpu, &mut dlogp.data, &dkl.data, &logp.data, &ref_logp.data, &mask.data, p)?;
         Ok(())
     }
     fn ppo_loss_fwd_bwd(
@@ -416,7 +502,8 @@ impl Backend for Bf16Reference {
                 ("ref_logp", ref_logp.as_ref().map_or(Dtype::F32, |b| b.dtype)),
             ],
         )?;
-        self.cpu.ppo_loss_fwd_bwd(
+        Backend::ppo_loss_fwd_bwd(
+            &self.cpu,
             &mut dlogp.data,
             dvalues.map(|b| &mut b.data),
             dentropy.map(|b| &mut b.data),
@@ -434,51 +521,26 @@ impl Backend for Bf16Reference {
         )?;
         Ok(())
     }
-    fn gae(&self, advantages: &mut RefBuf, returns: &mut RefBuf, rewards: &RefBuf, values: &RefBuf, mask: &RefBuf, p: GaeParams) -> Result<()> {
-        op_dtype(
-            NAME,
-            "gae",
-            &[],
-            &[("advantages", advantages.dtype), ("returns", returns.dtype), ("rewards", rewards.dtype), ("values", values.dtype), ("mask", mask.dtype)],
-        )?;
-        self.cpu.gae(&mut advantages.data, &mut returns.data, &rewards.data, &values.data, &mask.data, p)?;
+}
+
+impl family::Rope for Bf16Reference {
+    fn rope_fwd(&self, x: &mut RefBuf, positions: &Vec<i32>, p: RopeParams) -> Result<()> {
+        Backend::rope_fwd(&self.cpu, &mut x.data, positions, p)?;
+        round_outputs(&mut [x]);
         Ok(())
     }
-    fn masked_whiten(&self, x: &mut RefBuf, stats: &mut RefBuf, mask: &RefBuf, p: WhitenParams) -> Result<()> {
-        op_dtype(NAME, "masked_whiten", &[], &[("x", x.dtype), ("stats", stats.dtype), ("mask", mask.dtype)])?;
-        self.cpu.masked_whiten(&mut x.data, &mut stats.data, &mask.data, p)?;
+    fn rope_bwd(&self, dx: &mut RefBuf, positions: &Vec<i32>, p: RopeParams) -> Result<()> {
+        Backend::rope_bwd(&self.cpu, &mut dx.data, positions, p)?;
+        round_outputs(&mut [dx]);
         Ok(())
     }
-    fn sum_squares(&self, acc: &mut RefBuf, x: &RefBuf, p: ElementwiseParams) -> Result<()> {
-        op_dtype(NAME, "sum_squares", &[], &[("acc", acc.dtype)])?;
-        self.cpu.sum_squares(&mut acc.data, &x.data, p)
-    }
-    fn ranking_loss(&self, dscores: &mut RefBuf, stats: &mut RefBuf, scores: &RefBuf, starts: &Vec<i32>, margins: &RefBuf, p: RankingParams) -> Result<()> {
-        op_dtype(NAME, "ranking_loss", &[], &[("dscores", dscores.dtype), ("stats", stats.dtype), ("scores", scores.dtype), ("margins", margins.dtype)])?;
-        self.cpu.ranking_loss(&mut dscores.data, &mut stats.data, &scores.data, starts, &margins.data, p)?;
+}
+
+impl family::Sample for Bf16Reference {
+    fn sample(&self, out: &mut Vec<i32>, logits: &RefBuf, steps: &Vec<i32>, p: SampleParams) -> Result<()> {
+        op_dtype(NAME, "sample", &[("logits", logits.dtype)], &[])?;
+        Backend::sample(&self.cpu, out, &logits.data, steps, p)?;
         Ok(())
-    }
-    fn preference_loss_fwd_bwd(
-        &self,
-        dlogp: &mut RefBuf,
-        stats: &mut RefBuf,
-        logp: &RefBuf,
-        mask: &RefBuf,
-        ref_sums: &RefBuf,
-        p: PreferenceParams,
-    ) -> Result<()> {
-        op_dtype(
-            NAME,
-            "preference_loss_fwd_bwd",
-            &[],
-            &[("dlogp", dlogp.dtype), ("stats", stats.dtype), ("logp", logp.dtype), ("mask", mask.dtype), ("ref_sums", ref_sums.dtype)],
-        )?;
-        self.cpu.preference_loss_fwd_bwd(&mut dlogp.data, &mut stats.data, &logp.data, &mask.data, &ref_sums.data, p)?;
-        Ok(())
-    }
-    fn adamw(&self, param: &mut RefBuf, m: &mut RefBuf, v: &mut RefBuf, grad: &RefBuf, norm_sq: &RefBuf, p: AdamWParams) -> Result<()> {
-        op_dtype(NAME, "adamw", &[], &[("param", param.dtype), ("m", m.dtype), ("v", v.dtype), ("norm_sq", norm_sq.dtype)])?;
-        self.cpu.adamw(&mut param.data, &mut m.data, &mut v.data, &grad.data, &norm_sq.data, p)
     }
 }
 

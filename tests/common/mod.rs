@@ -109,17 +109,25 @@ pub fn assert_close_on(backend: &str, what: &str, got: &[f32], want: &[f32], ato
     assert!(excess <= 0.0, "{what}[{i}]: {backend} {} vs cpu {} (atol {atol}, rtol {rtol})", got[i], want[i]);
 }
 
-/// Fails when an op of the op list has no entry point among `entries` (`where_` names the
-/// kernel folder), no `(op, test)` row in `checks`, or a named test that none of `sources` (the
-/// suite's module files) defines.
-pub fn assert_every_op_covered(backend: &str, where_: &str, entries: &[&str], checks: &[(&str, &str)], sources: &[&str]) {
-    for op in rlhf::backend::ops::OP_NAMES {
-        assert!(entries.contains(op), "op `{op}` has no {backend} entry point in {where_}");
-        assert!(checks.iter().any(|(name, _)| name == op), "op `{op}` has no {backend} parity test");
-    }
-    for (op, test) in checks {
-        let f = format!("fn {test}()");
-        assert!(sources.iter().any(|s| s.contains(&f)), "{backend} parity test `{test}` for `{op}` does not exist");
+/// Fails when an op of the op list (`rlhf::backend::ops::FAMILIES`) has no `(op, test)` row in
+/// the `CHECKS` of its family's module (`checks`, by family, from [`op_family_suites`]), when one
+/// of its kernel ops (those without a reference composition) has no entry point among `entries`
+/// (`where_` names the kernel folder), or when a row names no op of its family (`<op>_bf16` counts
+/// as `<op>`). The tests themselves are function pointers in `CHECKS`, so the compiler sees that
+/// they exist.
+pub fn assert_every_op_covered(backend: &str, where_: &str, entries: &[&str], checks: &[(&str, &[(&str, fn())])]) {
+    for family in rlhf::backend::ops::FAMILIES {
+        let rows = checks.iter().find(|(f, _)| *f == family.name).map(|(_, rows)| *rows).unwrap_or_else(|| panic!("no {backend} suite module for op family `{}`", family.name));
+        for op in family.ops {
+            assert!(rows.iter().any(|(name, _)| *name == op.name), "op `{}` has no {backend} parity test in the CHECKS of `{}`", op.name, family.name);
+        }
+        for op in family.kernel_ops() {
+            assert!(entries.contains(&op), "op `{op}` has no {backend} entry point in {where_}");
+        }
+        for (name, _) in rows {
+            let op = name.strip_suffix("_bf16").unwrap_or(name);
+            assert!(family.ops.iter().any(|o| o.name == op), "the {backend} CHECKS of `{}` name `{name}`, which is no op of that family", family.name);
+        }
     }
 }
 
@@ -216,64 +224,24 @@ pub fn mean_abs_diff(x: &[f32], y: &[f32]) -> f64 {
     x.iter().zip(y).map(|(a, b)| (a - b).abs() as f64).sum::<f64>() / x.len().max(1) as f64
 }
 
-/// Declares a parity suite's op-family modules (`tests/<suite>/<family>.rs`, the family names of
-/// `kernels/` and `shaders/`) from one list, with `family_checks()`, every module's `CHECKS`, and
-/// `family_sources()`, the modules' sources, for [`assert_every_op_covered`]. Without arguments:
-/// every op family (what both backend suites declare).
+/// Declares a parity suite's op-family modules (`tests/<suite>/<family>.rs`), one per family of the
+/// op list (`rlhf::op_list!`), with `family_checks()`: every module's `CHECKS` by family name, for
+/// [`assert_every_op_covered`]. A family without its module fails the build.
 #[allow(unused_macros)]
 macro_rules! op_family_suites {
     () => {
-        op_family_suites!(
-            activation,
-            advantage,
-            attention,
-            cross_entropy,
-            decode,
-            elementwise,
-            embedding,
-            layernorm,
-            logprob_gather,
-            matmul,
-            optimizer,
-            preference,
-            reward,
-            rl_losses,
-            rope,
-            sample,
-        );
+        rlhf::op_list!(op_family_suites);
     };
-    ($($family:ident),* $(,)?) => {
+    ([] $($(#[$attr:meta])* $family:ident : $Trait:ident [$($params:ident),*] { $($ops:tt)* })*) => {
         $(mod $family;)*
 
-        fn family_checks() -> Vec<(&'static str, &'static str)> {
-            [$($family::CHECKS),*].concat()
-        }
-
-        fn family_sources() -> Vec<&'static str> {
-            vec![$(include_str!(concat!(stringify!($family), ".rs"))),*]
+        fn family_checks() -> Vec<(&'static str, &'static [(&'static str, fn())])> {
+            vec![$((stringify!($family), $family::CHECKS)),*]
         }
     };
 }
 
-/// The ops that have compute-typed buffers, from ops.rs: trait methods taking a `Self::Buf`, less
-/// those whose row of the buffer-type table says "every buffer" is f32.
+/// The ops that have compute-typed buffers: those not declared `in f32` in the op list.
 pub fn ops_with_compute_buffers() -> Vec<&'static str> {
-    let ops = include_str!("../../src/backend/ops.rs");
-    let all_f32: Vec<&str> = ops
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("/// | "))
-        .filter(|row| row.ends_with("| every buffer |"))
-        .flat_map(|row| row.split('|').next().unwrap_or("").split(',').map(|op| op.trim().trim_matches('`')))
-        .collect();
-    assert!(all_f32.contains(&"gae") && all_f32.contains(&"kl_penalty_*"), "the buffer-type table of ops.rs was not found: {all_f32:?}");
-    rlhf::backend::ops::OP_NAMES
-        .iter()
-        .copied()
-        .filter(|op| {
-            let at = ops.find(&format!("    fn {op}(")).unwrap_or_else(|| panic!("no `fn {op}` in ops.rs"));
-            let sig = &ops[at..at + ops[at..].find(") -> ").unwrap()];
-            let listed = all_f32.iter().any(|name| name.strip_suffix('*').map_or(name == op, |prefix| op.starts_with(prefix)));
-            sig.contains("Self::Buf") && !listed
-        })
-        .collect()
+    rlhf::backend::ops::FAMILIES.iter().flat_map(|f| f.ops).filter(|o| o.compute).map(|o| o.name).collect()
 }

@@ -5,10 +5,10 @@ use crate::{bf16_tol, calloc, cin, cout, parity, parity_bf16, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] =
-    &[("gelu_fwd", "activation_parity"), ("gelu_bwd", "activation_parity"), ("swiglu_fwd", "activation_parity"), ("swiglu_bwd", "activation_parity"),
-      ("gelu_fwd_bf16", "activation_bf16_parity"), ("gelu_bwd_bf16", "activation_bf16_parity"), ("swiglu_fwd_bf16", "activation_bf16_parity"),
-      ("swiglu_bwd_bf16", "activation_bf16_parity")];
+pub const CHECKS: &[(&str, fn())] =
+    &[("gelu_fwd", activation_parity), ("gelu_bwd", activation_parity), ("swiglu_fwd", activation_parity), ("swiglu_bwd", activation_parity),
+      ("gelu_fwd_bf16", activation_bf16_parity), ("gelu_bwd_bf16", activation_bf16_parity), ("swiglu_fwd_bf16", activation_bf16_parity),
+      ("swiglu_bwd_bf16", activation_bf16_parity)];
 
 fn run<B: Backend>(be: &B, n: usize) -> Outputs {
     let mut rng = Rng::new(7 + n as u64);

@@ -5,7 +5,7 @@ use crate::{dl, parity, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("gae", "advantage_parity"), ("masked_whiten", "advantage_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("gae", advantage_parity), ("masked_whiten", advantage_parity)];
 
 fn run<B: Backend>(be: &B, (b, t, shift, unbiased): (usize, usize, bool, bool)) -> Outputs {
     let mut rng = Rng::new(71);

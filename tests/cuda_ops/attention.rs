@@ -10,19 +10,19 @@ use rlhf::backend::storage::round_bf16_slice;
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[
-    ("attention_fwd", "attention_parity"),
-    ("attention_bwd", "attention_parity"),
-    ("kv_cache_write", "kv_cache_parity"),
-    ("scatter_rows", "kv_cache_parity"),
-    ("attention_decode_fwd", "attention_decode_parity"),
-    ("attention_decode_fwd", "decode_matches_training_forward_bitwise"),
-    ("attention_fwd_bf16", "attention_bf16_parity"),
-    ("attention_bwd_bf16", "attention_bf16_parity"),
-    ("kv_cache_write_bf16", "kv_cache_bf16_parity"),
-    ("scatter_rows_bf16", "kv_cache_bf16_parity"),
-    ("attention_decode_fwd_bf16", "attention_decode_bf16_parity"),
-    ("attention_decode_fwd_bf16", "decode_matches_training_forward_bitwise"),
+pub const CHECKS: &[(&str, fn())] = &[
+    ("attention_fwd", attention_parity),
+    ("attention_bwd", attention_parity),
+    ("kv_cache_write", kv_cache_parity),
+    ("scatter_rows", kv_cache_parity),
+    ("attention_decode_fwd", attention_decode_parity),
+    ("attention_decode_fwd", decode_matches_training_forward_bitwise),
+    ("attention_fwd_bf16", attention_bf16_parity),
+    ("attention_bwd_bf16", attention_bf16_parity),
+    ("kv_cache_write_bf16", kv_cache_bf16_parity),
+    ("scatter_rows_bf16", kv_cache_bf16_parity),
+    ("attention_decode_fwd_bf16", attention_decode_bf16_parity),
+    ("attention_decode_fwd_bf16", decode_matches_training_forward_bitwise),
 ];
 
 /// (b, t, nh, nkv, hd): GQA groups of 1, 2 and 4, t across tile boundaries, head dims 8 .. 128.

@@ -6,11 +6,11 @@ use crate::{bf16_tol, cin, cout, dl, parity, parity_bf16, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[
-    ("cross_entropy_fwd", "cross_entropy_parity"),
-    ("cross_entropy_bwd", "cross_entropy_parity"),
-    ("cross_entropy_fwd_bf16", "cross_entropy_bf16_parity"),
-    ("cross_entropy_bwd_bf16", "cross_entropy_bf16_parity"),
+pub const CHECKS: &[(&str, fn())] = &[
+    ("cross_entropy_fwd", cross_entropy_parity),
+    ("cross_entropy_bwd", cross_entropy_parity),
+    ("cross_entropy_fwd_bf16", cross_entropy_bf16_parity),
+    ("cross_entropy_bwd_bf16", cross_entropy_bf16_parity),
 ];
 
 const CASES: &[(usize, usize)] = &[(1, 1), (6, 37), (33, 5000), (4, 50257)];

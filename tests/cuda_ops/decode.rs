@@ -5,7 +5,7 @@
 use crate::{parity, Outputs};
 use rlhf::backend::ops::Backend;
 
-pub const CHECKS: &[(&str, &str)] = &[("decode_advance", "decode_advance_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("decode_advance", decode_advance_parity)];
 
 fn run<B: Backend>(be: &B, case: (usize, usize, usize, u64)) -> Outputs {
     crate::common::decode_advance_steps(be, case)

@@ -11,19 +11,19 @@ use rlhf::backend::ops::*;
 use rlhf::backend::storage::{round_bf16, to_bf16_bits};
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[
-    ("fill", "elementwise_parity"),
-    ("copy", "elementwise_parity"),
-    ("add", "elementwise_parity"),
-    ("add_inplace", "elementwise_parity"),
-    ("scale_inplace", "elementwise_parity"),
-    ("fill_bf16", "elementwise_bf16_parity"),
-    ("copy_bf16", "elementwise_bf16_parity"),
-    ("add_bf16", "elementwise_bf16_parity"),
-    ("add_inplace_bf16", "elementwise_bf16_parity"),
-    ("scale_inplace_bf16", "elementwise_bf16_parity"),
-    ("copy_bf16", "bf16_buffers_round_to_nearest_even"),
-    ("add_bf16", "mismatched_buffer_types_are_errors"),
+pub const CHECKS: &[(&str, fn())] = &[
+    ("fill", elementwise_parity),
+    ("copy", elementwise_parity),
+    ("add", elementwise_parity),
+    ("add_inplace", elementwise_parity),
+    ("scale_inplace", elementwise_parity),
+    ("fill_bf16", elementwise_bf16_parity),
+    ("copy_bf16", elementwise_bf16_parity),
+    ("add_bf16", elementwise_bf16_parity),
+    ("add_inplace_bf16", elementwise_bf16_parity),
+    ("scale_inplace_bf16", elementwise_bf16_parity),
+    ("copy_bf16", bf16_buffers_round_to_nearest_even),
+    ("add_bf16", mismatched_buffer_types_are_errors),
 ];
 
 const SIZES: &[usize] = &[1, 3, 4, 9, 1027, 70_001, 1_000_003];

@@ -10,11 +10,11 @@ use crate::{cin, cout, parity, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[
-    ("embedding_fwd", "embedding_parity"),
-    ("embedding_bwd", "embedding_parity"),
-    ("embedding_fwd_bf16", "embedding_bf16_parity"),
-    ("embedding_bwd_bf16", "embedding_bf16_parity"),
+pub const CHECKS: &[(&str, fn())] = &[
+    ("embedding_fwd", embedding_parity),
+    ("embedding_bwd", embedding_parity),
+    ("embedding_fwd_bf16", embedding_bf16_parity),
+    ("embedding_bwd_bf16", embedding_bf16_parity),
 ];
 
 const CASES: &[(usize, usize, usize)] = &[(1, 8, 3), (37, 48, 11), (300, 257, 50)];

@@ -6,10 +6,10 @@ use crate::{bf16_tol, calloc, cin, cout, dl, parity, parity_bf16, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] =
-    &[("layernorm_fwd", "norm_parity"), ("layernorm_bwd", "norm_parity"), ("rmsnorm_fwd", "norm_parity"), ("rmsnorm_bwd", "norm_parity"),
-      ("layernorm_fwd_bf16", "norm_bf16_parity"), ("layernorm_bwd_bf16", "norm_bf16_parity"), ("rmsnorm_fwd_bf16", "norm_bf16_parity"),
-      ("rmsnorm_bwd_bf16", "norm_bf16_parity")];
+pub const CHECKS: &[(&str, fn())] =
+    &[("layernorm_fwd", norm_parity), ("layernorm_bwd", norm_parity), ("rmsnorm_fwd", norm_parity), ("rmsnorm_bwd", norm_parity),
+      ("layernorm_fwd_bf16", norm_bf16_parity), ("layernorm_bwd_bf16", norm_bf16_parity), ("rmsnorm_fwd_bf16", norm_bf16_parity),
+      ("rmsnorm_bwd_bf16", norm_bf16_parity)];
 
 /// (n, c): c across the 16-byte loads (multiples of 4 and of 8 and neither).
 const CASES: &[(usize, usize)] = &[(1, 1), (3, 7), (5, 12), (64, 768), (130, 1000), (9, 4096)];

@@ -6,11 +6,11 @@ use crate::{bf16_tol, cin, cout, dl, parity, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[
-    ("logprob_gather_fwd", "logprob_gather_parity"),
-    ("logprob_gather_bwd", "logprob_gather_parity"),
-    ("logprob_gather_fwd_bf16", "logprob_gather_bf16_parity"),
-    ("logprob_gather_bwd_bf16", "logprob_gather_bf16_parity"),
+pub const CHECKS: &[(&str, fn())] = &[
+    ("logprob_gather_fwd", logprob_gather_parity),
+    ("logprob_gather_bwd", logprob_gather_parity),
+    ("logprob_gather_fwd_bf16", logprob_gather_bf16_parity),
+    ("logprob_gather_bwd_bf16", logprob_gather_bf16_parity),
 ];
 
 type Case = (usize, usize, usize, usize, f32);

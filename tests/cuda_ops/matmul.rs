@@ -12,17 +12,23 @@ use rlhf::backend::ops::*;
 use rlhf::backend::cuda::epilogue::EpilogueLevel;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[
-    ("matmul", "matmul_parity"),
-    ("matmul", "simt_matmul_parity_and_batch_invariance"),
-    ("matmul", "matmul_fast_precisions_parity"),
-    ("bias_add", "bias_parity"),
-    ("bias_bwd", "bias_parity"),
-    ("matmul_bf16", "matmul_bf16_parity"),
-    ("bias_add_bf16", "bias_bf16_parity"),
-    ("bias_bwd_bf16", "bias_bf16_parity"),
-    ("matmul", "matmul_epilogues_parity"),
-    ("matmul_bf16", "matmul_epilogues_bf16_parity"),
+pub const CHECKS: &[(&str, fn())] = &[
+    ("matmul", matmul_parity),
+    ("matmul", simt_matmul_parity_and_batch_invariance),
+    ("matmul", matmul_fast_precisions_parity),
+    ("bias_add", bias_parity),
+    ("bias_bwd", bias_parity),
+    ("matmul_bf16", matmul_bf16_parity),
+    ("bias_add_bf16", bias_bf16_parity),
+    ("bias_bwd_bf16", bias_bf16_parity),
+    ("matmul", matmul_epilogues_parity),
+    ("matmul_bias", matmul_epilogues_parity),
+    ("matmul_bias_gelu", matmul_epilogues_parity),
+    ("matmul_gelu_bwd", matmul_epilogues_parity),
+    ("matmul_bf16", matmul_epilogues_bf16_parity),
+    ("matmul_bias_bf16", matmul_epilogues_bf16_parity),
+    ("matmul_bias_gelu_bf16", matmul_epilogues_bf16_parity),
+    ("matmul_gelu_bwd_bf16", matmul_epilogues_bf16_parity),
 ];
 
 type Case = (usize, usize, usize, usize, bool, bool, bool);

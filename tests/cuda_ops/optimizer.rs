@@ -13,15 +13,15 @@ use crate::{calloc, cin, cout, dl, parity, parity_bf16, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[
-    ("sum_squares", "optimizer_parity"),
-    ("adamw", "optimizer_parity"),
-    ("sum_squares_bf16", "optimizer_bf16_parity"),
-    ("adamw_bf16", "optimizer_bf16_parity"),
-    ("sum_squares_many", "optimizer_many_parity"),
-    ("adamw_many", "optimizer_many_parity"),
-    ("sum_squares_many_bf16", "optimizer_many_bf16_parity"),
-    ("adamw_many_bf16", "optimizer_many_bf16_parity"),
+pub const CHECKS: &[(&str, fn())] = &[
+    ("sum_squares", optimizer_parity),
+    ("adamw", optimizer_parity),
+    ("sum_squares_bf16", optimizer_bf16_parity),
+    ("adamw_bf16", optimizer_bf16_parity),
+    ("sum_squares_many", optimizer_many_parity),
+    ("adamw_many", optimizer_many_parity),
+    ("sum_squares_many_bf16", optimizer_many_bf16_parity),
+    ("adamw_many_bf16", optimizer_many_bf16_parity),
 ];
 
 /// Cases `(n, max_grad_norm, non-finite norm)`: clipping active (0.5, 1.0 under norms of ~10 to

@@ -6,7 +6,7 @@ use crate::{dl, parity, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("preference_loss_fwd_bwd", "preference_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("preference_loss_fwd_bwd", preference_parity)];
 
 fn run<B: Backend>(be: &B, (pairs, t): (usize, usize)) -> Outputs {
     let mut rng = Rng::new(61 + pairs as u64);

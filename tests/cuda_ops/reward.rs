@@ -5,7 +5,7 @@ use crate::{dl, parity, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("ranking_loss", "ranking_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("ranking_loss", ranking_parity)];
 
 fn run<B: Backend>(be: &B, groups: usize) -> Outputs {
     let mut rng = Rng::new(79);

@@ -6,7 +6,7 @@ use crate::{dl, parity, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("kl_penalty_fwd", "kl_parity"), ("kl_penalty_bwd", "kl_parity"), ("ppo_loss_fwd_bwd", "ppo_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("kl_penalty_fwd", kl_parity), ("kl_penalty_bwd", kl_parity), ("ppo_loss_fwd_bwd", ppo_parity)];
 
 fn mask(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| if rng.below(4) == 0 { 0.0 } else { 1.0 }).collect()

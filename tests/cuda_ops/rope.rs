@@ -7,8 +7,8 @@ use crate::{bf16_tol, cin, cout, parity, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] =
-    &[("rope_fwd", "rope_parity"), ("rope_bwd", "rope_parity"), ("rope_fwd_bf16", "rope_bf16_parity"), ("rope_bwd_bf16", "rope_bf16_parity")];
+pub const CHECKS: &[(&str, fn())] =
+    &[("rope_fwd", rope_parity), ("rope_bwd", rope_parity), ("rope_fwd_bf16", rope_bf16_parity), ("rope_bwd_bf16", rope_bf16_parity)];
 
 const CASES: &[(usize, usize, usize, usize)] = &[(1, 1, 1, 2), (9, 6, 4, 64), (130, 4, 4, 128)];
 

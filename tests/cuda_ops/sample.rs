@@ -8,7 +8,7 @@ use crate::{cin, dl_ids, parity, parity_bf16, Outputs};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("sample", "sample_parity"), ("sample_bf16", "sample_bf16_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("sample", sample_parity), ("sample_bf16", sample_bf16_parity)];
 
 const CASES: &[(usize, usize, f32, u32, f32, u32)] = &[
     (8, 50, 0.0, 0, 1.0, 0),

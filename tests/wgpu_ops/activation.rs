@@ -8,8 +8,8 @@ use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] =
-    &[("gelu_fwd", "activation_parity"), ("gelu_bwd", "activation_parity"), ("swiglu_fwd", "activation_parity"), ("swiglu_bwd", "activation_parity")];
+pub const CHECKS: &[(&str, fn())] =
+    &[("gelu_fwd", activation_parity), ("gelu_bwd", activation_parity), ("swiglu_fwd", activation_parity), ("swiglu_bwd", activation_parity)];
 
 fn inputs(rng: &mut Rng, n: usize, scale: f32) -> Vec<f32> {
     let extremes = [0.0, -0.0, 1e-20, -1e-20, 5.0, -5.0, 9.0, -9.0, 20.0, -20.0, 88.0, -88.0, 100.0, -100.0, 1e4, -1e4];

@@ -14,7 +14,7 @@ use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 use std::time::Instant;
 
-pub const CHECKS: &[(&str, &str)] = &[("gae", "gae_parity"), ("masked_whiten", "masked_whiten_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("gae", gae_parity), ("masked_whiten", masked_whiten_parity)];
 
 const GARBAGE: [f32; 4] = [f32::NAN, 1e30, f32::INFINITY, -3e38];
 

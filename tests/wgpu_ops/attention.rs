@@ -10,12 +10,12 @@ use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[
-    ("attention_fwd", "attention_fwd_parity"),
-    ("attention_bwd", "attention_bwd_parity"),
-    ("kv_cache_write", "kv_cache_write_parity"),
-    ("scatter_rows", "scatter_rows_parity"),
-    ("attention_decode_fwd", "attention_decode_parity"),
+pub const CHECKS: &[(&str, fn())] = &[
+    ("attention_fwd", attention_fwd_parity),
+    ("attention_bwd", attention_bwd_parity),
+    ("kv_cache_write", kv_cache_write_parity),
+    ("scatter_rows", scatter_rows_parity),
+    ("attention_decode_fwd", attention_decode_parity),
 ];
 
 const FWD_TOL: (f32, f32) = (1e-5, 1e-5);

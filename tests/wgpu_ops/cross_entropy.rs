@@ -9,7 +9,7 @@ use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("cross_entropy_fwd", "cross_entropy_parity"), ("cross_entropy_bwd", "cross_entropy_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("cross_entropy_fwd", cross_entropy_parity), ("cross_entropy_bwd", cross_entropy_parity)];
 
 #[test]
 fn cross_entropy_parity() {

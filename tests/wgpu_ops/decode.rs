@@ -4,7 +4,7 @@
 
 use crate::{cpu, gpu};
 
-pub const CHECKS: &[(&str, &str)] = &[("decode_advance", "decode_advance_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("decode_advance", decode_advance_parity)];
 
 #[test]
 fn decode_advance_parity() {

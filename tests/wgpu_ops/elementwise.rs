@@ -4,12 +4,12 @@ use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[
-    ("fill", "elementwise_parity"),
-    ("copy", "elementwise_parity"),
-    ("add", "elementwise_parity"),
-    ("add_inplace", "elementwise_parity"),
-    ("scale_inplace", "elementwise_parity"),
+pub const CHECKS: &[(&str, fn())] = &[
+    ("fill", elementwise_parity),
+    ("copy", elementwise_parity),
+    ("add", elementwise_parity),
+    ("add_inplace", elementwise_parity),
+    ("scale_inplace", elementwise_parity),
 ];
 
 #[test]

@@ -8,7 +8,7 @@ use rlhf::backend::ops::*;
 use rlhf::backend::wgpu::embedding::CHAIN_MAX_N;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("embedding_fwd", "embedding_parity"), ("embedding_bwd", "embedding_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("embedding_fwd", embedding_parity), ("embedding_bwd", embedding_parity)];
 
 #[test]
 fn embedding_parity() {

@@ -9,8 +9,8 @@ use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] =
-    &[("layernorm_fwd", "layernorm_parity"), ("layernorm_bwd", "layernorm_parity"), ("rmsnorm_fwd", "rmsnorm_parity"), ("rmsnorm_bwd", "rmsnorm_parity")];
+pub const CHECKS: &[(&str, fn())] =
+    &[("layernorm_fwd", layernorm_parity), ("layernorm_bwd", layernorm_parity), ("rmsnorm_fwd", rmsnorm_parity), ("rmsnorm_bwd", rmsnorm_parity)];
 
 /// (rows, channels): c = 1, odd, a multiple of the workgroup's stride or not, rows spanning one
 /// or many chunks of the parameter-gradient pass; c <= SMALL_C (one invocation per row, rows

@@ -13,7 +13,7 @@ use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("logprob_gather_fwd", "logprob_gather_parity"), ("logprob_gather_bwd", "logprob_gather_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("logprob_gather_fwd", logprob_gather_parity), ("logprob_gather_bwd", logprob_gather_parity)];
 
 fn case(rng: &mut Rng, n: usize, c: usize, v: usize, chunk: usize, temp: f32, negatives: &[usize]) {
     let g = gpu().unwrap();

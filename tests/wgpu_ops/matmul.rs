@@ -10,7 +10,11 @@ use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("matmul", "matmul_parity"), ("bias_add", "bias_parity"), ("bias_bwd", "bias_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("matmul", matmul_parity), ("bias_add", bias_parity), ("bias_bwd", bias_parity),
+    ("matmul_bias", matmul_epilogues_parity),
+    ("matmul_bias_gelu", matmul_epilogues_parity),
+    ("matmul_gelu_bwd", matmul_epilogues_parity),
+];
 
 fn tol(k: usize) -> f32 {
     2e-6 * (k.max(1) as f32).sqrt()
@@ -119,4 +123,41 @@ pub fn assert_batch_invariant(g: &rlhf::backend::WgpuBackend, rng: &mut Rng, wha
         rows.push(g.download(&out).unwrap()[..n].to_vec());
     }
     assert!(rows[0] == rows[1] && rows[1] == rows[2], "{what}: row 0 depends on m or on the tiling");
+}
+
+/// The matmuls with fused epilogues on one case `(m, n, k, trans_a, trans_b, accumulate)`, alpha
+/// 0.5: the bias product, the GELU forward with and without a bias (activation and
+/// pre-activation), the GELU backward.
+fn run_fused<B: Backend>(be: &B, (m, n, k, ta, tb, acc): (usize, usize, usize, bool, bool, bool)) -> Vec<(&'static str, Vec<f32>)> {
+    let mut rng = Rng::new((m * 13 + n * 5 + k) as u64);
+    let mut input = |len: usize, scale: f32| be.upload(&crate::common::randv(&mut rng, len, scale)).unwrap();
+    let (a, b, bias, pre_in) = (input(m * k, 1.0), input(k * n, 1.0 / (k as f32).sqrt()), input(n, 1.0), input(m * n, 2.0));
+    let mut out = input(m * n, 1.0);
+    let mut p = MatmulParams::new(m, n, k, ta, tb);
+    p.alpha = 0.5;
+    be.matmul_bias(&mut out, &a, &b, &bias, p.accumulate(acc)).unwrap();
+    let mut outs = vec![("bias", be.download(&out).unwrap())];
+    for (bias, act_name, pre_name) in [(Some(&bias), "gelu", "pre"), (None, "gelu without bias", "pre without bias")] {
+        let (mut act, mut pre) = (be.alloc(m * n).unwrap(), be.alloc(m * n).unwrap());
+        be.matmul_bias_gelu(&mut act, &mut pre, &a, &b, bias, p).unwrap();
+        outs.extend([(act_name, be.download(&act).unwrap()), (pre_name, be.download(&pre).unwrap())]);
+    }
+    let (mut dpre, mut dact) = (be.alloc(m * n).unwrap(), be.alloc(m * n).unwrap());
+    be.matmul_gelu_bwd(&mut dpre, &mut dact, &a, &b, &pre_in, p).unwrap();
+    outs.push(("gelu backward", be.download(&dpre).unwrap()));
+    outs
+}
+
+/// `matmul_bias`, `matmul_bias_gelu` and `matmul_gelu_bwd` (the compositions of `matmul`,
+/// `bias_add` and `gelu_*` on both backends) within the matmul tolerance of their depth.
+#[test]
+fn matmul_epilogues_parity() {
+    let Some(g) = gpu() else { return };
+    for case in [(17, 40, 65, false, false, false), (64, 96, 40, false, true, true), (48, 64, 32, true, false, true), (1, 8, 16, false, false, true)] {
+        let (want, got) = (run_fused(&cpu(), case), run_fused(g, case));
+        let t = tol(case.2);
+        for ((name, w), (_, x)) in want.iter().zip(&got) {
+            assert_close(&format!("{case:?} {name}"), x, w, t, t);
+        }
+    }
 }

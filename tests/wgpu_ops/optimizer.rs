@@ -10,7 +10,10 @@ use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("sum_squares", "sum_squares_parity"), ("adamw", "adamw_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("sum_squares", sum_squares_parity), ("adamw", adamw_parity),
+    ("sum_squares_many", optimizer_many_parity),
+    ("adamw_many", optimizer_many_parity),
+];
 
 #[test]
 fn sum_squares_parity() {
@@ -77,6 +80,49 @@ fn adamw_parity() {
                 assert_eq!(bits(g.download(&gm).unwrap()), bits(m0.clone()), "{what}: m changed");
                 assert_eq!(bits(g.download(&gv).unwrap()), bits(v0.clone()), "{what}: v changed");
             }
+        }
+    }
+}
+
+/// `adamw_many` slots over `[param, m, v, out]` per tensor; every other slot has an `out`.
+fn slots<'a, T>(state: &'a mut [[T; 4]], grads: &'a [T]) -> Vec<AdamWSlot<'a, T>> {
+    state
+        .iter_mut()
+        .zip(grads)
+        .enumerate()
+        .map(|(i, ([w, m, v, out], grad))| AdamWSlot { param: w, m, v, grad, out: (i % 2 == 0).then_some(out), weight_decay: if i % 2 == 0 { 0.1 } else { 0.0 } })
+        .collect()
+}
+
+/// `sum_squares_many` over tensors of several sizes onto 0.25, then `adamw_many` (clipping active)
+/// with a compute copy on every other slot: the tolerances of `sum_squares_parity` and
+/// `adamw_parity` (the copies as the parameters).
+#[test]
+fn optimizer_many_parity() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(67);
+    let sizes = [1usize, 7, 1000, 70_001];
+    let grads: Vec<Vec<f32>> = sizes.iter().map(|&n| crate::common::randv(&mut rng, n, 0.1)).collect();
+    let (cgrads, ggrads): (Vec<_>, Vec<_>) = grads.iter().map(|x| both(g, x)).unzip();
+    let (mut cacc, mut gacc) = both(g, &[0.25]);
+    c.sum_squares_many(&mut cacc, &cgrads).unwrap();
+    g.sum_squares_many(&mut gacc, &ggrads).unwrap();
+    assert_close("sum_squares_many", &g.download(&gacc).unwrap(), &cacc, 0.0, 2e-6);
+    let init: Vec<[Vec<f32>; 3]> = sizes
+        .iter()
+        .map(|&n| [crate::common::randv(&mut rng, n, 1.0), crate::common::randv(&mut rng, n, 0.01), crate::common::randv(&mut rng, n, 0.01).iter().map(|x| x.abs()).collect()])
+        .collect();
+    let p = crate::common::adamw_params(0, 3, 1.0);
+    let mut cstate: Vec<[Vec<f32>; 4]> = init.iter().map(|[w, m, v]| [w.clone(), m.clone(), v.clone(), vec![0.0; w.len()]]).collect();
+    let mut gstate: Vec<[rlhf::backend::wgpu::GpuBuf; 4]> = init.iter().map(|[w, m, v]| [g.upload(w).unwrap(), g.upload(m).unwrap(), g.upload(v).unwrap(), g.alloc(w.len()).unwrap()]).collect();
+    c.adamw_many(&mut slots(&mut cstate, &cgrads), &cacc, p).unwrap();
+    g.adamw_many(&mut slots(&mut gstate, &ggrads), &gacc, p).unwrap();
+    let scale = |w: &[f32]| 1e-6 * w.iter().fold(0f32, |m, x| m.max(x.abs()));
+    for (i, (cs, gs)) in cstate.iter().zip(&gstate).enumerate() {
+        for (k, name) in ["param", "m", "v", "out"].iter().enumerate() {
+            let atol = if k == 1 || k == 2 { scale(&cs[k]) } else { 1e-6 };
+            assert_close(&format!("adamw_many tensor {i} {name}"), &g.download(&gs[k]).unwrap(), &cs[k], atol, 1e-5);
         }
     }
 }

@@ -9,7 +9,7 @@ use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 use std::time::Instant;
 
-pub const CHECKS: &[(&str, &str)] = &[("preference_loss_fwd_bwd", "preference_loss_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("preference_loss_fwd_bwd", preference_loss_parity)];
 
 #[test]
 fn preference_loss_parity() {

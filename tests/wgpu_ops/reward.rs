@@ -10,7 +10,7 @@ use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 use std::time::Instant;
 
-pub const CHECKS: &[(&str, &str)] = &[("ranking_loss", "ranking_loss_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("ranking_loss", ranking_loss_parity)];
 
 #[test]
 fn ranking_loss_parity() {

@@ -17,8 +17,8 @@ use rlhf::backend::WgpuBackend;
 use rlhf::data::rng::Rng;
 use std::time::Instant;
 
-pub const CHECKS: &[(&str, &str)] =
-    &[("kl_penalty_fwd", "kl_penalty_parity"), ("kl_penalty_bwd", "kl_penalty_parity"), ("ppo_loss_fwd_bwd", "ppo_loss_parity")];
+pub const CHECKS: &[(&str, fn())] =
+    &[("kl_penalty_fwd", kl_penalty_parity), ("kl_penalty_bwd", kl_penalty_parity), ("ppo_loss_fwd_bwd", ppo_loss_parity)];
 
 const GARBAGE: [f32; 4] = [f32::NAN, 1e30, f32::INFINITY, -3e38];
 

@@ -9,7 +9,7 @@ use crate::{assert_close, both, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("rope_fwd", "rope_parity"), ("rope_bwd", "rope_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("rope_fwd", rope_parity), ("rope_bwd", rope_parity)];
 
 #[test]
 fn rope_parity() {

@@ -15,7 +15,7 @@ use rlhf::backend::cpu::sample::uniform;
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
-pub const CHECKS: &[(&str, &str)] = &[("sample", "sample_parity")];
+pub const CHECKS: &[(&str, fn())] = &[("sample", sample_parity)];
 
 /// Both backends sample with the step `step` (at index 1 of the steps buffer).
 fn run(g: &rlhf::backend::WgpuBackend, logits: &[f32], step: u32, p: SampleParams) -> (Vec<i32>, Vec<i32>) {

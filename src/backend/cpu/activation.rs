@@ -6,6 +6,10 @@
 //! Loops run over chunks in parallel, each chunk vectorised (see `simd`).
 
 use super::simd::{self, multiversion};
+use super::{profile, CpuBackend};
+use crate::backend::ops::family;
+use crate::backend::ops::*;
+use crate::error::Result;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 13;
@@ -80,4 +84,31 @@ pub fn swiglu_bwd(dgate: &mut [f32], dup: &mut [f32], dout: &[f32], gate: &[f32]
         .zip(dup.par_chunks_mut(CHUNK))
         .zip(dout.par_chunks(CHUNK).zip(gate.par_chunks(CHUNK).zip(up.par_chunks(CHUNK))))
         .for_each(|((dg, du), (dy, (g, u)))| swiglu_bwd_chunk(dg, du, dy, g, u));
+}
+
+impl family::Activation for CpuBackend {
+    fn gelu_fwd(&self, out: &mut Vec<f32>, inp: &Vec<f32>, p: ElementwiseParams) -> Result<()> {
+        let _t = profile::OpTimer::start("gelu_fwd");
+        let n = p.n as usize;
+        gelu_fwd(&mut out[..n], &inp[..n]);
+        Ok(())
+    }
+    fn gelu_bwd(&self, dinp: &mut Vec<f32>, dout: &Vec<f32>, inp: &Vec<f32>, p: ElementwiseParams) -> Result<()> {
+        let _t = profile::OpTimer::start("gelu_bwd");
+        let n = p.n as usize;
+        gelu_bwd(&mut dinp[..n], &dout[..n], &inp[..n]);
+        Ok(())
+    }
+    fn swiglu_fwd(&self, out: &mut Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, p: ElementwiseParams) -> Result<()> {
+        let _t = profile::OpTimer::start("swiglu_fwd");
+        let n = p.n as usize;
+        swiglu_fwd(&mut out[..n], &gate[..n], &up[..n]);
+        Ok(())
+    }
+    fn swiglu_bwd(&self, dgate: &mut Vec<f32>, dup: &mut Vec<f32>, dout: &Vec<f32>, gate: &Vec<f32>, up: &Vec<f32>, p: ElementwiseParams) -> Result<()> {
+        let _t = profile::OpTimer::start("swiglu_bwd");
+        let n = p.n as usize;
+        swiglu_bwd(&mut dgate[..n], &mut dup[..n], &dout[..n], &gate[..n], &up[..n]);
+        Ok(())
+    }
 }

@@ -16,7 +16,10 @@
 //! `WHITEN_BLOCK` entries in parallel and then the block sums in block order, so the result does
 //! not depend on the thread count.
 
+use super::{check, profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::{whiten_stat, GaeParams, WhitenParams};
+use crate::error::Result;
 use rayon::prelude::*;
 
 /// Entries per block of the whitening reductions (fixed, so the summation order is too).
@@ -76,4 +79,27 @@ pub fn masked_whiten(x: &mut [f32], stats: &mut [f32], mask: &[f32], p: WhitenPa
     stats[whiten_stat::MEAN] = mean as f32;
     stats[whiten_stat::STD] = var.sqrt() as f32;
     stats[whiten_stat::COUNT] = count as f32;
+}
+
+impl family::Advantage for CpuBackend {
+    fn gae(&self, advantages: &mut Vec<f32>, returns: &mut Vec<f32>, rewards: &Vec<f32>, values: &Vec<f32>, mask: &Vec<f32>, p: GaeParams) -> Result<()> {
+        let _t = profile::OpTimer::start("gae");
+        let op = "gae";
+        let n = p.b as usize * p.t as usize;
+        check([advantages.len(), returns.len(), rewards.len(), values.len(), mask.len()].iter().all(|&l| l >= n), op, "buffer shorter than b * t")?;
+        check(p.gamma.is_finite() && p.gamma >= 0.0 && p.lambda.is_finite() && p.lambda >= 0.0, op, "gamma and lambda must be finite and >= 0")?;
+        gae(advantages, returns, rewards, values, mask, p);
+        Ok(())
+    }
+    fn masked_whiten(&self, x: &mut Vec<f32>, stats: &mut Vec<f32>, mask: &Vec<f32>, p: WhitenParams) -> Result<()> {
+        let _t = profile::OpTimer::start("masked_whiten");
+        let op = "masked_whiten";
+        let n = p.n as usize;
+        check(x.len() >= n && mask.len() >= n, op, "x or mask shorter than n")?;
+        check(stats.len() >= whiten_stat::LEN, op, "stats shorter than whiten_stat::LEN")?;
+        check(p.shift_mean <= 1 && p.unbiased <= 1, op, "shift_mean and unbiased must be 0 or 1")?;
+        check(p.eps > 0.0 && p.eps.is_finite(), op, "eps must be positive")?;
+        masked_whiten(x, stats, mask, p);
+        Ok(())
+    }
 }

@@ -22,9 +22,12 @@
 //! sequence, so every gradient element has one writer and a fixed summation order.
 
 use super::SharedMut;
+use super::{check, profile, CpuBackend};
 use crate::backend::cpu::matmul::{gemm_view, View};
 use crate::backend::cpu::simd;
+use crate::backend::ops::family;
 use crate::backend::ops::{AttentionDecodeParams, AttentionParams, KvCacheParams, ScatterParams};
+use crate::error::Result;
 use rayon::prelude::*;
 
 /// Queries per block.
@@ -363,4 +366,53 @@ pub fn kv_cache_write(cache: &mut [f32], qkv: &[f32], p: KvCacheParams) {
             seq[(pos0 + i) * kv..(pos0 + i + 1) * kv].copy_from_slice(src);
         }
     });
+}
+
+impl family::Attention for CpuBackend {
+    fn attention_fwd(&self, out: &mut Vec<f32>, lse: &mut Vec<f32>, q: &Vec<f32>, k: &Vec<f32>, v: &Vec<f32>, p: AttentionParams) -> Result<()> {
+        let _t = profile::OpTimer::start("attention_fwd");
+        check(p.nkv > 0 && p.nh % p.nkv == 0, "attention_fwd", "nh must be a multiple of nkv")?;
+        attention_fwd(out, lse, q, k, v, p);
+        Ok(())
+    }
+    fn attention_bwd(&self, dqkv: &mut Vec<f32>, dout: &Vec<f32>, out: &Vec<f32>, lse: &Vec<f32>, qkv: &Vec<f32>, p: AttentionParams) -> Result<()> {
+        let _t = profile::OpTimer::start("attention_bwd");
+        check(p.tq == p.tk && p.q_pos0 == 0, "attention_bwd", "backward needs the training layout (tq == tk, q_pos0 == 0)")?;
+        attention_bwd(dqkv, dout, out, lse, qkv, p);
+        Ok(())
+    }
+    fn kv_cache_write(&self, cache: &mut Vec<f32>, qkv: &Vec<f32>, p: KvCacheParams) -> Result<()> {
+        let _t = profile::OpTimer::start("kv_cache_write");
+        check(p.pos0 + p.t <= p.t_max, "kv_cache_write", "cache is full")?;
+        kv_cache_write(cache, qkv, p);
+        Ok(())
+    }
+    fn scatter_rows(&self, out: &mut Vec<f32>, inp: &Vec<f32>, rows: &Vec<i32>, p: ScatterParams) -> Result<()> {
+        let _t = profile::OpTimer::start("scatter_rows");
+        let (n, w) = (p.n as usize, p.width as usize);
+        check(rows.len() >= n, "scatter_rows", "fewer rows than n")?;
+        check(w <= p.dst_row as usize && out.len() >= p.dst_rows as usize * p.dst_row as usize, "scatter_rows", "out smaller than dst_rows x dst_row")?;
+        check(n == 0 || inp.len() >= (n - 1) * p.src_row as usize + p.src_off as usize + w, "scatter_rows", "input smaller than n rows")?;
+        let bad = rows[..n].iter().find(|&&r| r < 0 || r as u32 >= p.dst_rows);
+        check(bad.is_none(), "scatter_rows", &format!("row {bad:?} outside the {} rows of out", p.dst_rows))?;
+        scatter_rows(out, inp, rows, p);
+        Ok(())
+    }
+    fn attention_decode_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        lse: &mut Vec<f32>,
+        q: &Vec<f32>,
+        cache: &Vec<f32>,
+        rows: &Vec<i32>,
+        p: AttentionDecodeParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("attention_decode_fwd");
+        check(p.nkv > 0 && p.nh % p.nkv == 0, "attention_decode_fwd", "nh must be a multiple of nkv")?;
+        check(p.t_max > 0 && rows.len() >= p.n as usize, "attention_decode_fwd", "t_max must be positive and rows hold n entries")?;
+        let bad = rows[..p.n as usize].iter().find(|&&r| r < 0 || r as u64 >= p.slots as u64 * p.t_max as u64);
+        check(bad.is_none(), "attention_decode_fwd", &format!("cache row {bad:?} outside the {} x {} cache", p.slots, p.t_max))?;
+        attention_decode_fwd(out, lse, q, cache, rows, p);
+        Ok(())
+    }
 }

@@ -3,7 +3,10 @@
 //! Backward: `dlogits_i = dloss_i * (exp(logits_i - lse_i) - onehot(t_i))`, overwritten, zero for
 //! rows without a target. `dloss_i` carries the aggregation (e.g. 1 / number of supervised tokens).
 
+use super::{check, profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::CrossEntropyParams;
+use crate::error::Result;
 use rayon::prelude::*;
 
 /// log-sum-exp of a row, max-shifted, summed in index order.
@@ -38,4 +41,27 @@ pub fn cross_entropy_bwd(dlogits: &mut [f32], dlosses: &[f32], logits: &[f32], l
         }
         d[t as usize] -= g;
     });
+}
+
+impl family::CrossEntropy for CpuBackend {
+    fn cross_entropy_fwd(&self, losses: &mut Vec<f32>, lse: &mut Vec<f32>, logits: &Vec<f32>, targets: &Vec<i32>, p: CrossEntropyParams) -> Result<()> {
+        let _t = profile::OpTimer::start("cross_entropy_fwd");
+        let bad = targets[..p.n as usize].iter().find(|&&t| t >= p.v as i32);
+        check(bad.is_none(), "cross_entropy_fwd", &format!("target {:?} outside the vocabulary of {}", bad, p.v))?;
+        cross_entropy_fwd(losses, lse, logits, targets, p);
+        Ok(())
+    }
+    fn cross_entropy_bwd(
+        &self,
+        dlogits: &mut Vec<f32>,
+        dlosses: &Vec<f32>,
+        logits: &Vec<f32>,
+        lse: &Vec<f32>,
+        targets: &Vec<i32>,
+        p: CrossEntropyParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("cross_entropy_bwd");
+        cross_entropy_bwd(dlogits, dlosses, logits, lse, targets, p);
+        Ok(())
+    }
 }

@@ -6,7 +6,10 @@
 //! slot's row keeps its frozen inputs and records into the dump row. Each call (with rows) also
 //! counts the sampling step `state[4 slots]` up by one.
 
+use super::{check, profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::{decode_finish, DecodeAdvanceParams};
+use crate::error::{Error, Result};
 
 /// Rows in order (a slot appears at most once per step). A row whose slot is outside the state or
 /// whose history is full stops the op with `Err(row)` (the GPU kernels skip such rows).
@@ -63,4 +66,30 @@ pub fn decode_advance(
         record_rows[r] = if finish == decode_finish::RUNNING { (s * stride) as i32 + resp } else { p.dump_row as i32 };
     }
     Ok(())
+}
+
+impl family::Decode for CpuBackend {
+    fn decode_advance(
+        &self,
+        state: &mut Vec<i32>,
+        history: &mut Vec<i32>,
+        tokens: &mut Vec<i32>,
+        positions: &mut Vec<i32>,
+        cache_rows: &mut Vec<i32>,
+        record_rows: &mut Vec<i32>,
+        sampled: &Vec<i32>,
+        stop_ids: &Vec<i32>,
+        p: DecodeAdvanceParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("decode_advance");
+        const OP: &str = "decode_advance";
+        let lens = [state.len(), history.len(), tokens.len(), positions.len(), cache_rows.len(), record_rows.len(), sampled.len(), stop_ids.len()];
+        for (have, (what, want)) in lens.into_iter().zip(p.min_lens()) {
+            check(have >= want, OP, &format!("{what} holds {have} values, needs {want}"))?;
+        }
+        decode_advance(state, history, tokens, positions, cache_rows, record_rows, sampled, stop_ids, p).map_err(|r| Error::Backend {
+            backend: "cpu",
+            msg: format!("{OP}: row {r}: cache row {} is outside the {} slots of {} positions, or its slot's history is full", cache_rows[r], p.slots, p.t_max),
+        })
+    }
 }

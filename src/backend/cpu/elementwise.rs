@@ -1,5 +1,9 @@
 //! Element-wise ops: fill, copy, add, add_inplace, scale_inplace. Shapes: flat `[n]`.
 
+use super::{profile, CpuBackend};
+use crate::backend::ops::family;
+use crate::backend::ops::*;
+use crate::error::Result;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -30,4 +34,35 @@ pub fn add_inplace(acc: &mut [f32], x: &[f32]) {
 
 pub fn scale_inplace(x: &mut [f32], s: f32) {
     x.par_chunks_mut(CHUNK).for_each(|c| c.iter_mut().for_each(|v| *v *= s));
+}
+
+impl family::Elementwise for CpuBackend {
+    fn fill(&self, out: &mut Vec<f32>, value: f32, p: ElementwiseParams) -> Result<()> {
+        let _t = profile::OpTimer::start("fill");
+        fill(&mut out[..p.n as usize], value);
+        Ok(())
+    }
+    fn copy(&self, out: &mut Vec<f32>, inp: &Vec<f32>, p: ElementwiseParams) -> Result<()> {
+        let _t = profile::OpTimer::start("copy");
+        let n = p.n as usize;
+        copy(&mut out[..n], &inp[..n]);
+        Ok(())
+    }
+    fn add(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, p: ElementwiseParams) -> Result<()> {
+        let _t = profile::OpTimer::start("add");
+        let n = p.n as usize;
+        add(&mut out[..n], &a[..n], &b[..n]);
+        Ok(())
+    }
+    fn add_inplace(&self, acc: &mut Vec<f32>, x: &Vec<f32>, p: ElementwiseParams) -> Result<()> {
+        let _t = profile::OpTimer::start("add_inplace");
+        let n = p.n as usize;
+        add_inplace(&mut acc[..n], &x[..n]);
+        Ok(())
+    }
+    fn scale_inplace(&self, x: &mut Vec<f32>, s: f32, p: ElementwiseParams) -> Result<()> {
+        let _t = profile::OpTimer::start("scale_inplace");
+        scale_inplace(&mut x[..p.n as usize], s);
+        Ok(())
+    }
 }

@@ -3,7 +3,10 @@
 //! but the ids. The backward is parallel over channel blocks so that the reduction order over
 //! tokens is fixed (deterministic) and no two threads write the same row.
 
+use super::{check, profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::EmbeddingParams;
+use crate::error::Result;
 use rayon::prelude::*;
 
 pub fn embedding_fwd(out: &mut [f32], ids: &[i32], table: &[f32], p: EmbeddingParams) {
@@ -41,4 +44,19 @@ pub fn embedding_bwd(dtable: &mut [f32], dout: &[f32], ids: &[i32], p: Embedding
             i = next[i];
         }
     });
+}
+
+impl family::Embedding for CpuBackend {
+    fn embedding_fwd(&self, out: &mut Vec<f32>, ids: &Vec<i32>, table: &Vec<f32>, p: EmbeddingParams) -> Result<()> {
+        let _t = profile::OpTimer::start("embedding_fwd");
+        let bad = ids[..p.n as usize].iter().find(|&&i| i < 0 || i as u32 >= p.vocab);
+        check(bad.is_none(), "embedding_fwd", &format!("id {:?} outside the vocabulary of {}", bad, p.vocab))?;
+        embedding_fwd(out, ids, table, p);
+        Ok(())
+    }
+    fn embedding_bwd(&self, dtable: &mut Vec<f32>, dout: &Vec<f32>, ids: &Vec<i32>, p: EmbeddingParams) -> Result<()> {
+        let _t = profile::OpTimer::start("embedding_bwd");
+        embedding_bwd(dtable, dout, ids, p);
+        Ok(())
+    }
 }

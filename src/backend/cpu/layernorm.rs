@@ -9,7 +9,10 @@
 //! in row order, so results do not depend on the thread count.
 
 use super::simd::multiversion;
+use super::{profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::NormParams;
+use crate::error::Result;
 use rayon::prelude::*;
 
 pub fn layernorm_fwd(out: &mut [f32], mean: &mut [f32], rstd: &mut [f32], inp: &[f32], weight: &[f32], bias: &[f32], p: NormParams) {
@@ -134,4 +137,56 @@ pub fn rmsnorm_bwd(dinp: &mut [f32], dweight: &mut [f32], dout: &[f32], inp: &[f
         }
     });
     norm_param_grads(dweight, None, dout, inp, None, rstd, n, c);
+}
+
+impl family::Layernorm for CpuBackend {
+    fn layernorm_fwd(
+        &self,
+        out: &mut Vec<f32>,
+        mean: &mut Vec<f32>,
+        rstd: &mut Vec<f32>,
+        inp: &Vec<f32>,
+        weight: &Vec<f32>,
+        bias: &Vec<f32>,
+        p: NormParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("layernorm_fwd");
+        layernorm_fwd(out, mean, rstd, inp, weight, bias, p);
+        Ok(())
+    }
+    fn layernorm_bwd(
+        &self,
+        dinp: &mut Vec<f32>,
+        dweight: &mut Vec<f32>,
+        dbias: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        inp: &Vec<f32>,
+        mean: &Vec<f32>,
+        rstd: &Vec<f32>,
+        weight: &Vec<f32>,
+        p: NormParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("layernorm_bwd");
+        layernorm_bwd(dinp, dweight, dbias, dout, inp, mean, rstd, weight, p);
+        Ok(())
+    }
+    fn rmsnorm_fwd(&self, out: &mut Vec<f32>, rstd: &mut Vec<f32>, inp: &Vec<f32>, weight: &Vec<f32>, p: NormParams) -> Result<()> {
+        let _t = profile::OpTimer::start("rmsnorm_fwd");
+        rmsnorm_fwd(out, rstd, inp, weight, p);
+        Ok(())
+    }
+    fn rmsnorm_bwd(
+        &self,
+        dinp: &mut Vec<f32>,
+        dweight: &mut Vec<f32>,
+        dout: &Vec<f32>,
+        inp: &Vec<f32>,
+        rstd: &Vec<f32>,
+        weight: &Vec<f32>,
+        p: NormParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("rmsnorm_bwd");
+        rmsnorm_bwd(dinp, dweight, dout, inp, rstd, weight, p);
+        Ok(())
+    }
 }

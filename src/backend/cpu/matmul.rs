@@ -11,7 +11,10 @@
 //! (DESIGN principle 6); `tests/ops.rs` (`matmul_rows_batch_invariant`) guards this against
 //! `gemm` changes.
 
+use super::{check, profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::{BiasParams, MatmulParams};
+use crate::error::Result;
 use gemm::Parallelism;
 use rayon::prelude::*;
 
@@ -149,4 +152,27 @@ pub unsafe fn gemm_view(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isi
         return;
     }
     gemm::gemm(m, n, k, dst, 1, dst_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, alpha, false, false, false, Parallelism::None);
+}
+
+impl family::Matmul for CpuBackend {
+    fn matmul(&self, out: &mut Vec<f32>, a: &Vec<f32>, b: &Vec<f32>, p: MatmulParams) -> Result<()> {
+        let _t = profile::OpTimer::start("matmul");
+        let (m, n, k, batch) = (p.m as usize, p.n as usize, p.k as usize, p.batch.max(1) as usize);
+        let last = |stride: u32, size: usize| (batch - 1) * stride as usize + size;
+        check(out.len() >= last(p.stride_out, m * n), "matmul", "output buffer too small")?;
+        check(a.len() >= last(p.stride_a, m * k), "matmul", "operand a too small")?;
+        check(b.len() >= last(p.stride_b, k * n), "matmul", "operand b too small")?;
+        matmul(out, a, b, p);
+        Ok(())
+    }
+    fn bias_add(&self, out: &mut Vec<f32>, bias: &Vec<f32>, p: BiasParams) -> Result<()> {
+        let _t = profile::OpTimer::start("bias_add");
+        bias_add(out, bias, p);
+        Ok(())
+    }
+    fn bias_bwd(&self, dbias: &mut Vec<f32>, dout: &Vec<f32>, p: BiasParams) -> Result<()> {
+        let _t = profile::OpTimer::start("bias_bwd");
+        bias_bwd(dbias, dout, p);
+        Ok(())
+    }
 }

@@ -6,7 +6,11 @@
 //!        `m = b1 m + (1-b1) g s`, `v = b2 v + (1-b2) (g s)^2`,
 //!        `p -= lr (m/bc1 / (sqrt(v/bc2) + eps) + wd p)` (decoupled weight decay).
 
+use super::{check, profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::AdamWParams;
+use crate::backend::ops::*;
+use crate::error::Result;
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 14;
@@ -41,4 +45,20 @@ pub fn adamw(param: &mut [f32], m: &mut [f32], v: &mut [f32], grad: &[f32], norm
             }
         },
     );
+}
+
+impl family::Optimizer for CpuBackend {
+    fn sum_squares(&self, acc: &mut Vec<f32>, x: &Vec<f32>, p: ElementwiseParams) -> Result<()> {
+        let _t = profile::OpTimer::start("sum_squares");
+        sum_squares(acc, &x[..p.n as usize]);
+        Ok(())
+    }
+    fn adamw(&self, param: &mut Vec<f32>, m: &mut Vec<f32>, v: &mut Vec<f32>, grad: &Vec<f32>, norm_sq: &Vec<f32>, p: AdamWParams) -> Result<()> {
+        let _t = profile::OpTimer::start("adamw");
+        let n = p.n as usize;
+        check([param.len(), m.len(), v.len(), grad.len()].iter().all(|&l| l >= n), "adamw", "param, m, v or grad shorter than n")?;
+        check(!norm_sq.is_empty(), "adamw", "norm_sq needs 1 value")?;
+        adamw(param, m, v, grad, norm_sq, p);
+        Ok(())
+    }
 }

@@ -13,7 +13,10 @@
 //! Nothing is saved for backward (the op writes its own gradient). Row sums run in f64 over t in
 //! order, stats in f64 over pairs in order: the result does not depend on the thread count.
 
+use super::{check, profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::{preference_loss, preference_stat, PreferenceParams};
+use crate::error::Result;
 
 /// `log sigmoid(x)`, stable for any x.
 pub fn log_sigmoid(x: f64) -> f64 {
@@ -96,5 +99,29 @@ pub fn preference_loss_fwd_bwd(dlogp: &mut [f32], stats: &mut [f32], logp: &[f32
     }
     for (s, a) in stats.iter_mut().zip(acc) {
         *s += a as f32;
+    }
+}
+
+impl family::Preference for CpuBackend {
+    fn preference_loss_fwd_bwd(
+        &self,
+        dlogp: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+        logp: &Vec<f32>,
+        mask: &Vec<f32>,
+        ref_sums: &Vec<f32>,
+        p: PreferenceParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("preference_loss_fwd_bwd");
+        let op = "preference_loss_fwd_bwd";
+        if let Err(what) = p.validate() {
+            return check(false, op, what);
+        }
+        let n = 2 * p.pairs as usize * p.t as usize;
+        check([dlogp.len(), logp.len(), mask.len()].iter().all(|&l| l >= n), op, "dlogp, logp or mask shorter than 2 pairs x t")?;
+        check(ref_sums.len() >= 2 * p.pairs as usize, op, "ref_sums shorter than 2 pairs")?;
+        check(stats.len() >= preference_stat::COUNT, op, "stats shorter than preference_stat::COUNT")?;
+        preference_loss_fwd_bwd(dlogp, stats, logp, mask, ref_sums, p);
+        Ok(())
     }
 }

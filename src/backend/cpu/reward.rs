@@ -6,7 +6,10 @@
 //! Groups are independent (a prompt's completions), so the work is tiny and sequential here;
 //! the summation order is fixed.
 
+use super::{check, profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::RankingParams;
+use crate::error::Result;
 
 fn softplus(x: f32) -> f32 {
     x.max(0.0) + (-x.abs()).exp().ln_1p()
@@ -45,4 +48,24 @@ pub fn ranking_loss(dscores: &mut [f32], stats: &mut [f32], scores: &[f32], star
     stats[1] += correct as f32;
     stats[2] += pairs as f32;
     stats[3] += gap as f32;
+}
+
+impl family::Reward for CpuBackend {
+    fn ranking_loss(
+        &self,
+        dscores: &mut Vec<f32>,
+        stats: &mut Vec<f32>,
+        scores: &Vec<f32>,
+        starts: &Vec<i32>,
+        margins: &Vec<f32>,
+        p: RankingParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("ranking_loss");
+        let g = p.n_groups as usize;
+        check(starts.len() > g && margins.len() >= g && stats.len() >= 4, "ranking_loss", "starts needs n_groups + 1 entries, margins n_groups, stats 4")?;
+        let ok = starts[..=g].windows(2).all(|w| w[0] >= 0 && w[1] - w[0] >= 2) && (starts[g] as usize) <= scores.len().min(dscores.len());
+        check(ok, "ranking_loss", "every group needs at least 2 scores inside the buffers")?;
+        ranking_loss(dscores, stats, scores, starts, margins, p);
+        Ok(())
+    }
 }

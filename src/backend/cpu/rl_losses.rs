@@ -43,7 +43,10 @@
 use super::matmul::{gemm_view, View};
 use super::simd::{self, multiversion};
 use super::SharedMut;
+use super::{check, profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::{ppo_stat, KlParams, LogprobParams, PpoParams};
+use crate::error::Result;
 use rayon::prelude::*;
 
 /// Rows of `h` per tile (the M of each chunk matmul). 256 rather than 64: every tile re-packs its
@@ -480,5 +483,71 @@ pub fn ppo_loss_fwd_bwd(
     debug_assert_eq!(partial.len(), n_blocks);
     for blk in &partial {
         stats.iter_mut().zip(blk).for_each(|(s, b)| *s += b);
+    }
+}
+
+impl family::RlLosses for CpuBackend {
+    fn kl_penalty_fwd(&self, kl: &mut Vec<f32>, logp: &Vec<f32>, ref_logp: &Vec<f32>, mask: &Vec<f32>, p: KlParams) -> Result<()> {
+        let _t = profile::OpTimer::start("kl_penalty_fwd");
+        let n = p.n as usize;
+        check((1..=3).contains(&p.estimator), "kl_penalty_fwd", "estimator must be 1, 2 or 3")?;
+        check([kl.len(), logp.len(), ref_logp.len(), mask.len()].iter().all(|&l| l >= n), "kl_penalty_fwd", "buffer shorter than n")?;
+        kl_penalty_fwd(kl, logp, ref_logp, mask, p);
+        Ok(())
+    }
+    fn kl_penalty_bwd(&self, dlogp: &mut Vec<f32>, dkl: &Vec<f32>, logp: &Vec<f32>, ref_logp: &Vec<f32>, mask: &Vec<f32>, p: KlParams) -> Result<()> {
+        let _t = profile::OpTimer::start("kl_penalty_bwd");
+        let n = p.n as usize;
+        check((1..=3).contains(&p.estimator), "kl_penalty_bwd", "estimator must be 1, 2 or 3")?;
+        check([dlogp.len(), dkl.len(), logp.len(), ref_logp.len(), mask.len()].iter().all(|&l| l >= n), "kl_penalty_bwd", "buffer shorter than n")?;
+        kl_penalty_bwd(dlogp, dkl, logp, ref_logp, mask, p);
+        Ok(())
+    }
+    fn ppo_loss_fwd_bwd(
+        &self,
+        dlogp: &mut Vec<f32>,
+        dvalues: Option<&mut Vec<f32>>,
+        dentropy: Option<&mut Vec<f32>>,
+        stats: &mut Vec<f32>,
+        logp: &Vec<f32>,
+        old_logp: &Vec<f32>,
+        advantages: &Vec<f32>,
+        mask: &Vec<f32>,
+        values: Option<&Vec<f32>>,
+        old_values: Option<&Vec<f32>>,
+        returns: Option<&Vec<f32>>,
+        entropy: Option<&Vec<f32>>,
+        ref_logp: Option<&Vec<f32>>,
+        p: PpoParams,
+    ) -> Result<()> {
+        let _t = profile::OpTimer::start("ppo_loss_fwd_bwd");
+        let op = "ppo_loss_fwd_bwd";
+        let n = p.n as usize;
+        check(p.aggregation <= 1, op, "aggregation must be 0 (token mean) or 1 (sequence mean)")?;
+        check(p.aggregation == 0 || (p.t > 0 && n % p.t as usize == 0), op, "sequence-mean aggregation needs t > 0 dividing n")?;
+        check(p.clip_low >= 0.0 && p.clip_low < 1.0 && p.clip_high >= 0.0, op, "clip range must satisfy 0 <= clip_low < 1, clip_high >= 0")?;
+        check(p.value_clip >= 0.0 && p.dual_clip >= 0.0 && p.denom >= 0.0, op, "value_clip, dual_clip and denom must be >= 0")?;
+        check(ref_logp.is_none() || (1..=3).contains(&p.kl_estimator), op, "kl_estimator must be 1, 2 or 3")?;
+        check(stats.len() >= ppo_stat::COUNT, op, "stats shorter than ppo_stat::COUNT")?;
+        check([logp, old_logp, advantages, mask].iter().all(|b| b.len() >= n) && dlogp.len() >= n, op, "buffer shorter than n")?;
+        let some = [values.is_some(), old_values.is_some(), returns.is_some(), dvalues.is_some()];
+        check(some.iter().all(|&s| s == some[0]), op, "values, old_values, returns and dvalues go together")?;
+        check(entropy.is_some() == dentropy.is_some(), op, "entropy and dentropy go together")?;
+        let long = |b: &Option<&Vec<f32>>| b.is_none_or(|b| b.len() >= n);
+        check([values, old_values, returns, entropy, ref_logp].iter().all(long), op, "optional input shorter than n")?;
+        check(dvalues.as_ref().is_none_or(|b| b.len() >= n) && dentropy.as_ref().is_none_or(|b| b.len() >= n), op, "optional output shorter than n")?;
+        let values = match (values, old_values, returns) {
+            (Some(values), Some(old_values), Some(returns)) => Some(ValueInputs { values, old_values, returns }),
+            _ => None,
+        };
+        let extras = PpoExtras {
+            dvalues: dvalues.map(|d| d.as_mut_slice()),
+            dentropy: dentropy.map(|d| d.as_mut_slice()),
+            values,
+            entropy: entropy.map(|e| e.as_slice()),
+            ref_logp: ref_logp.map(|r| r.as_slice()),
+        };
+        ppo_loss_fwd_bwd(dlogp, stats, logp, old_logp, advantages, mask, extras, p);
+        Ok(())
     }
 }

@@ -5,7 +5,10 @@
 //! elements, one per token; the first `n_rot_heads` heads of each row are rotated (q and k of the
 //! fused projection). Nothing is saved for backward.
 
+use super::{profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::RopeParams;
+use crate::error::Result;
 use rayon::prelude::*;
 
 fn rotate(x: &mut [f32], positions: &[i32], p: RopeParams, sign: f32) {
@@ -34,4 +37,17 @@ pub fn rope_fwd(x: &mut [f32], positions: &[i32], p: RopeParams) {
 
 pub fn rope_bwd(dx: &mut [f32], positions: &[i32], p: RopeParams) {
     rotate(dx, positions, p, -1.0);
+}
+
+impl family::Rope for CpuBackend {
+    fn rope_fwd(&self, x: &mut Vec<f32>, positions: &Vec<i32>, p: RopeParams) -> Result<()> {
+        let _t = profile::OpTimer::start("rope_fwd");
+        rope_fwd(x, positions, p);
+        Ok(())
+    }
+    fn rope_bwd(&self, dx: &mut Vec<f32>, positions: &Vec<i32>, p: RopeParams) -> Result<()> {
+        let _t = profile::OpTimer::start("rope_bwd");
+        rope_bwd(dx, positions, p);
+        Ok(())
+    }
 }

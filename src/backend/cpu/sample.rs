@@ -4,7 +4,10 @@
 //! to the smallest prefix whose mass reaches top_p, and one is drawn with the row's uniform
 //! `u = uniform(seed, step, row)` by walking the prefix until the running mass exceeds u * mass.
 
+use super::{check, profile, CpuBackend};
+use crate::backend::ops::family;
 use crate::backend::ops::SampleParams;
+use crate::error::Result;
 use rayon::prelude::*;
 
 /// A counter-based uniform draw in [0, 1) from (seed, step, row): SplitMix64 finalisation of the
@@ -72,4 +75,19 @@ pub fn sample(out: &mut [i32], logits: &[f32], step: u32, p: SampleParams) {
     out[..n].par_iter_mut().enumerate().for_each(|(i, o)| {
         *o = sample_row(&logits[i * v..(i + 1) * v], &p, uniform(seed, step, i as u32));
     });
+}
+
+impl family::Sample for CpuBackend {
+    fn sample(&self, out: &mut Vec<i32>, logits: &Vec<f32>, steps: &Vec<i32>, p: SampleParams) -> Result<()> {
+        let _t = profile::OpTimer::start("sample");
+        let (n, v) = (p.n as usize, p.v as usize);
+        check(
+            out.len() >= n && logits.len() >= n * v,
+            "sample",
+            &format!("out needs {n} values and logits {} (they hold {} and {})", n * v, out.len(), logits.len()),
+        )?;
+        check((p.step_at as usize) < steps.len(), "sample", &format!("step_at {} is outside the {} values of steps", p.step_at, steps.len()))?;
+        sample(out, logits, steps[p.step_at as usize] as u32, p);
+        Ok(())
+    }
 }

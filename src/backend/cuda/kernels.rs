@@ -11,28 +11,19 @@
 use crate::error::{Error, Result};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileError, CompileOptions};
 
-/// `kernels/common.cuh`: the params structs of `ops.rs` and the warp/block reductions.
+/// `kernels/common.cuh`: the params structs of `src/backend/ops/` and the warp/block reductions.
 pub const COMMON: &str = include_str!("../../../kernels/common.cuh");
 
-/// Every op family (`kernels/<family>.cu`) with its source.
-pub const FAMILIES: &[(&str, &str)] = &[
-    ("activation", include_str!("../../../kernels/activation.cu")),
-    ("advantage", include_str!("../../../kernels/advantage.cu")),
-    ("attention", include_str!("../../../kernels/attention.cu")),
-    ("cross_entropy", include_str!("../../../kernels/cross_entropy.cu")),
-    ("decode", include_str!("../../../kernels/decode.cu")),
-    ("elementwise", include_str!("../../../kernels/elementwise.cu")),
-    ("embedding", include_str!("../../../kernels/embedding.cu")),
-    ("layernorm", include_str!("../../../kernels/layernorm.cu")),
-    ("logprob_gather", include_str!("../../../kernels/logprob_gather.cu")),
-    ("matmul", include_str!("../../../kernels/matmul.cu")),
-    ("optimizer", include_str!("../../../kernels/optimizer.cu")),
-    ("preference", include_str!("../../../kernels/preference.cu")),
-    ("reward", include_str!("../../../kernels/reward.cu")),
-    ("rl_losses", include_str!("../../../kernels/rl_losses.cu")),
-    ("rope", include_str!("../../../kernels/rope.cu")),
-    ("sample", include_str!("../../../kernels/sample.cu")),
-];
+/// `FAMILIES` from the op list: one `kernels/<family>.cu` per op family, embedded (a family without
+/// its file fails the build).
+macro_rules! kernel_sources {
+    ([] $($(#[$attr:meta])* $family:ident : $Trait:ident [$($params:ident),*] { $($ops:tt)* })*) => {
+        /// Every op family (`kernels/<family>.cu`) with its source, in the order of the op list.
+        pub const FAMILIES: &[(&str, &str)] =
+            &[$((stringify!($family), include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/kernels/", stringify!($family), ".cu")))),*];
+    };
+}
+crate::op_list!(kernel_sources);
 
 const INCLUDE_LINE: &str = "#include \"common.cuh\"";
 

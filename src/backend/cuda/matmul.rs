@@ -18,7 +18,8 @@
 use super::buffer::{types, CudaBuf, DevPtr};
 use super::context::{launch, linear, Context};
 use super::kernels::err;
-use crate::backend::ops::{BiasParams, MatmulParams};
+use super::{epilogue, CudaBackend};
+use crate::backend::ops::{matmul_bias_gelu_unfused, matmul_bias_unfused, matmul_gelu_bwd_unfused, BiasParams, MatmulParams};
 use crate::backend::precision::MatmulPrecision;
 use crate::backend::storage::{op_dtype, Dtype};
 use crate::error::Result;
@@ -287,4 +288,40 @@ mod tests {
             }
         }
     }
+}
+
+/// `matmul_bias`: the bias in cuBLASLt's epilogue where it takes the product, else the reference.
+pub fn matmul_bias(be: &CudaBackend, out: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf, bias: &CudaBuf, p: MatmulParams) -> Result<()> {
+    if epilogue::matmul_bias(&be.ctx, out, a, b, bias, p)? {
+        return Ok(());
+    }
+    matmul_bias_unfused(be, out, a, b, bias, p)
+}
+
+/// `matmul_bias_gelu`: `pre` and `out` from cuBLASLt's epilogue where it takes the product, else
+/// the reference.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bias_gelu(
+    be: &CudaBackend,
+    out: &mut CudaBuf,
+    pre: &mut CudaBuf,
+    a: &CudaBuf,
+    b: &CudaBuf,
+    bias: Option<&CudaBuf>,
+    p: MatmulParams,
+) -> Result<()> {
+    if epilogue::matmul_bias_gelu(&be.ctx, out, pre, a, b, bias, p)? {
+        return Ok(());
+    }
+    matmul_bias_gelu_unfused(be, out, pre, a, b, bias, p)
+}
+
+/// `matmul_gelu_bwd`: the GELU gradient in cuBLASLt's epilogue where it takes the product (`dact`
+/// untouched), else the reference.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gelu_bwd(be: &CudaBackend, dinp: &mut CudaBuf, dact: &mut CudaBuf, a: &CudaBuf, b: &CudaBuf, pre: &CudaBuf, p: MatmulParams) -> Result<()> {
+    if epilogue::matmul_gelu_bwd(&be.ctx, dinp, a, b, pre, p)? {
+        return Ok(());
+    }
+    matmul_gelu_bwd_unfused(be, dinp, dact, a, b, pre, p)
 }

@@ -13,61 +13,28 @@
 //! `tests/cuda_compile.rs` compiles every kernel with NVRTC for compute_80 and compute_90 and
 //! checks ptxas's register spills without a GPU.
 
-pub mod activation;
-pub mod advantage;
-pub mod attention;
 pub mod buffer;
 pub mod context;
-pub mod cross_entropy;
-pub mod decode;
-pub mod elementwise;
-pub mod embedding;
 pub mod epilogue;
 pub mod graphs;
 pub mod kernels;
 pub mod lanes;
-pub mod layernorm;
-pub mod logprob_gather;
-pub mod matmul;
-pub mod optimizer;
-pub mod preference;
-pub mod reward;
-pub mod rl_losses;
-pub mod rope;
-pub mod sample;
 pub mod versions;
+
+// one launcher module per op family of the op list (`activation.rs`, `attention.rs`, ...)
+crate::op_list!(crate::backend::ops::family_modules);
 
 pub use buffer::CudaBuf;
 pub use context::{availability, devices, Context};
 
+use crate::backend::ops::device;
 use crate::backend::ops::*;
 use crate::backend::storage::{from_bf16_bits, to_bf16_bits};
 use crate::error::Result;
 use cudarc::driver::{CudaSlice, DeviceRepr};
 use kernels::err;
 
-// SAFETY: the params structs are `#[repr(C)]` plain data with the field order of kernels/common.cuh.
-unsafe impl DeviceRepr for EmbeddingParams {}
-unsafe impl DeviceRepr for PreferenceParams {}
-unsafe impl DeviceRepr for NormParams {}
-unsafe impl DeviceRepr for MatmulParams {}
-unsafe impl DeviceRepr for BiasParams {}
-unsafe impl DeviceRepr for ElementwiseParams {}
-unsafe impl DeviceRepr for RopeParams {}
-unsafe impl DeviceRepr for AttentionParams {}
-unsafe impl DeviceRepr for KvCacheParams {}
-unsafe impl DeviceRepr for ScatterParams {}
-unsafe impl DeviceRepr for AttentionDecodeParams {}
-unsafe impl DeviceRepr for CrossEntropyParams {}
-unsafe impl DeviceRepr for SampleParams {}
-unsafe impl DeviceRepr for DecodeAdvanceParams {}
-unsafe impl DeviceRepr for AdamWParams {}
-unsafe impl DeviceRepr for RankingParams {}
-unsafe impl DeviceRepr for GaeParams {}
-unsafe impl DeviceRepr for WhitenParams {}
-unsafe impl DeviceRepr for LogprobParams {}
-unsafe impl DeviceRepr for KlParams {}
-unsafe impl DeviceRepr for PpoParams {}
+crate::op_list!(crate::backend::ops::impl_params_repr [DeviceRepr]);
 
 /// Checks `(name, have, need)` buffer lengths of op `op`: a clear error instead of an
 /// out-of-bounds kernel.
@@ -167,10 +134,12 @@ fn alloc_slice<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(ctx: &Context, l
     r.map_err(|e| err(format!("alloc of {len} values: {e:?}")))
 }
 
-impl Backend for CudaBackend {
+impl device::Buffers for CudaBackend {
     type Buf = CudaBuf;
     type Ids = CudaSlice<i32>;
+}
 
+impl device::Device for CudaBackend {
     fn name(&self) -> &'static str {
         "cuda"
     }
@@ -191,7 +160,6 @@ impl Backend for CudaBackend {
     fn set_matmul_precision(&mut self, p: MatmulPrecision) -> Result<()> {
         self.ctx.set_matmul_precision(p)
     }
-
     fn compute_dtype(&self) -> Dtype {
         self.ctx.compute_dtype
     }
@@ -204,9 +172,9 @@ impl Backend for CudaBackend {
     }
     fn alloc_as(&self, len: usize, s: Storage) -> Result<Self::Buf> {
         match s {
-            Storage::F32 => self.alloc(len),
+            Storage::F32 => device::Device::alloc(self, len),
             Storage::Compute => match self.ctx.compute_dtype {
-                Dtype::F32 => self.alloc(len),
+                Dtype::F32 => device::Device::alloc(self, len),
                 Dtype::Bf16 => alloc_slice(&self.ctx, len).map(CudaBuf::Bf16),
             },
         }
@@ -214,7 +182,6 @@ impl Backend for CudaBackend {
     fn dtype(&self, buf: &Self::Buf) -> Dtype {
         buf.dtype()
     }
-
     fn alloc(&self, len: usize) -> Result<Self::Buf> {
         alloc_slice(&self.ctx, len).map(CudaBuf::F32)
     }
@@ -268,287 +235,7 @@ impl Backend for CudaBackend {
     fn buffer_key(&self, buf: &Self::Buf) -> u64 {
         buf.ptr_at(self.ctx.stream(), 0)
     }
-
-    fn fill(&self, out: &mut Self::Buf, value: f32, p: ElementwiseParams) -> Result<()> {
-        elementwise::fill(&self.ctx, out, value, p)
-    }
-    fn copy(&self, out: &mut Self::Buf, inp: &Self::Buf, p: ElementwiseParams) -> Result<()> {
-        elementwise::copy(&self.ctx, out, inp, p)
-    }
-    fn add(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, p: ElementwiseParams) -> Result<()> {
-        elementwise::add(&self.ctx, out, a, b, p)
-    }
-    fn add_inplace(&self, acc: &mut Self::Buf, x: &Self::Buf, p: ElementwiseParams) -> Result<()> {
-        elementwise::add_inplace(&self.ctx, acc, x, p)
-    }
-    fn scale_inplace(&self, x: &mut Self::Buf, s: f32, p: ElementwiseParams) -> Result<()> {
-        elementwise::scale_inplace(&self.ctx, x, s, p)
-    }
-
-    fn embedding_fwd(&self, out: &mut Self::Buf, ids: &Self::Ids, table: &Self::Buf, p: EmbeddingParams) -> Result<()> {
-        embedding::embedding_fwd(&self.ctx, out, ids, table, p)
-    }
-    fn embedding_bwd(&self, dtable: &mut Self::Buf, dout: &Self::Buf, ids: &Self::Ids, p: EmbeddingParams) -> Result<()> {
-        embedding::embedding_bwd(&self.ctx, dtable, dout, ids, p)
-    }
-
-    fn layernorm_fwd(
-        &self,
-        out: &mut Self::Buf,
-        mean: &mut Self::Buf,
-        rstd: &mut Self::Buf,
-        inp: &Self::Buf,
-        weight: &Self::Buf,
-        bias: &Self::Buf,
-        p: NormParams,
-    ) -> Result<()> {
-        layernorm::layernorm_fwd(&self.ctx, out, mean, rstd, inp, weight, bias, p)
-    }
-    fn layernorm_bwd(
-        &self,
-        dinp: &mut Self::Buf,
-        dweight: &mut Self::Buf,
-        dbias: &mut Self::Buf,
-        dout: &Self::Buf,
-        inp: &Self::Buf,
-        mean: &Self::Buf,
-        rstd: &Self::Buf,
-        weight: &Self::Buf,
-        p: NormParams,
-    ) -> Result<()> {
-        layernorm::layernorm_bwd(&self.ctx, dinp, dweight, dbias, dout, inp, mean, rstd, weight, p)
-    }
-    fn rmsnorm_fwd(&self, out: &mut Self::Buf, rstd: &mut Self::Buf, inp: &Self::Buf, weight: &Self::Buf, p: NormParams) -> Result<()> {
-        layernorm::rmsnorm_fwd(&self.ctx, out, rstd, inp, weight, p)
-    }
-    fn rmsnorm_bwd(
-        &self,
-        dinp: &mut Self::Buf,
-        dweight: &mut Self::Buf,
-        dout: &Self::Buf,
-        inp: &Self::Buf,
-        rstd: &Self::Buf,
-        weight: &Self::Buf,
-        p: NormParams,
-    ) -> Result<()> {
-        layernorm::rmsnorm_bwd(&self.ctx, dinp, dweight, dout, inp, rstd, weight, p)
-    }
-
-    fn matmul(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, p: MatmulParams) -> Result<()> {
-        matmul::matmul(&self.ctx, out, a, b, p)
-    }
-    fn bias_add(&self, out: &mut Self::Buf, bias: &Self::Buf, p: BiasParams) -> Result<()> {
-        matmul::bias_add(&self.ctx, out, bias, p)
-    }
-    fn bias_bwd(&self, dbias: &mut Self::Buf, dout: &Self::Buf, p: BiasParams) -> Result<()> {
-        matmul::bias_bwd(&self.ctx, dbias, dout, p)
-    }
-
-    fn gelu_fwd(&self, out: &mut Self::Buf, inp: &Self::Buf, p: ElementwiseParams) -> Result<()> {
-        activation::gelu_fwd(&self.ctx, out, inp, p)
-    }
-    fn gelu_bwd(&self, dinp: &mut Self::Buf, dout: &Self::Buf, inp: &Self::Buf, p: ElementwiseParams) -> Result<()> {
-        activation::gelu_bwd(&self.ctx, dinp, dout, inp, p)
-    }
-    fn swiglu_fwd(&self, out: &mut Self::Buf, gate: &Self::Buf, up: &Self::Buf, p: ElementwiseParams) -> Result<()> {
-        activation::swiglu_fwd(&self.ctx, out, gate, up, p)
-    }
-    fn swiglu_bwd(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf, p: ElementwiseParams) -> Result<()> {
-        activation::swiglu_bwd(&self.ctx, dgate, dup, dout, gate, up, p)
-    }
-
-    fn rope_fwd(&self, x: &mut Self::Buf, positions: &Self::Ids, p: RopeParams) -> Result<()> {
-        rope::rope_fwd(&self.ctx, x, positions, p)
-    }
-    fn rope_bwd(&self, dx: &mut Self::Buf, positions: &Self::Ids, p: RopeParams) -> Result<()> {
-        rope::rope_bwd(&self.ctx, dx, positions, p)
-    }
-    fn attention_fwd(&self, out: &mut Self::Buf, lse: &mut Self::Buf, q: &Self::Buf, k: &Self::Buf, v: &Self::Buf, p: AttentionParams) -> Result<()> {
-        attention::attention_fwd(&self.ctx, out, lse, q, k, v, p)
-    }
-    fn attention_bwd(&self, dqkv: &mut Self::Buf, dout: &Self::Buf, out: &Self::Buf, lse: &Self::Buf, qkv: &Self::Buf, p: AttentionParams) -> Result<()> {
-        attention::attention_bwd(&self.ctx, dqkv, dout, out, lse, qkv, p)
-    }
-    fn kv_cache_write(&self, cache: &mut Self::Buf, qkv: &Self::Buf, p: KvCacheParams) -> Result<()> {
-        attention::kv_cache_write(&self.ctx, cache, qkv, p)
-    }
-    fn scatter_rows(&self, out: &mut Self::Buf, inp: &Self::Buf, rows: &Self::Ids, p: ScatterParams) -> Result<()> {
-        attention::scatter_rows(&self.ctx, out, inp, rows, p)
-    }
-    fn attention_decode_fwd(
-        &self,
-        out: &mut Self::Buf,
-        lse: &mut Self::Buf,
-        q: &Self::Buf,
-        cache: &Self::Buf,
-        rows: &Self::Ids,
-        p: AttentionDecodeParams,
-    ) -> Result<()> {
-        attention::attention_decode_fwd(&self.ctx, out, lse, q, cache, rows, p)
-    }
-
-    fn cross_entropy_fwd(&self, losses: &mut Self::Buf, lse: &mut Self::Buf, logits: &Self::Buf, targets: &Self::Ids, p: CrossEntropyParams) -> Result<()> {
-        cross_entropy::cross_entropy_fwd(&self.ctx, losses, lse, logits, targets, p)
-    }
-    fn cross_entropy_bwd(
-        &self,
-        dlogits: &mut Self::Buf,
-        dlosses: &Self::Buf,
-        logits: &Self::Buf,
-        lse: &Self::Buf,
-        targets: &Self::Ids,
-        p: CrossEntropyParams,
-    ) -> Result<()> {
-        cross_entropy::cross_entropy_bwd(&self.ctx, dlogits, dlosses, logits, lse, targets, p)
-    }
-    fn sample(&self, out: &mut Self::Ids, logits: &Self::Buf, steps: &Self::Ids, p: SampleParams) -> Result<()> {
-        sample::sample(&self.ctx, out, logits, steps, p)
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn decode_advance(
-        &self,
-        state: &mut Self::Ids,
-        history: &mut Self::Ids,
-        tokens: &mut Self::Ids,
-        positions: &mut Self::Ids,
-        cache_rows: &mut Self::Ids,
-        record_rows: &mut Self::Ids,
-        sampled: &Self::Ids,
-        stop_ids: &Self::Ids,
-        p: DecodeAdvanceParams,
-    ) -> Result<()> {
-        decode::decode_advance(&self.ctx, state, history, tokens, positions, cache_rows, record_rows, sampled, stop_ids, p)
-    }
-
-    fn logprob_gather_fwd(
-        &self,
-        logp: &mut Self::Buf,
-        entropy: &mut Self::Buf,
-        lse: &mut Self::Buf,
-        h: &Self::Buf,
-        targets: &Self::Ids,
-        w: &Self::Buf,
-        p: LogprobParams,
-    ) -> Result<()> {
-        logprob_gather::logprob_gather_fwd(&self.ctx, logp, entropy, lse, h, targets, w, p)
-    }
-    fn logprob_gather_bwd(
-        &self,
-        dh: &mut Self::Buf,
-        dw: &mut Self::Buf,
-        dlogp: &Self::Buf,
-        dentropy: &Self::Buf,
-        h: &Self::Buf,
-        targets: &Self::Ids,
-        lse: &Self::Buf,
-        entropy: &Self::Buf,
-        w: &Self::Buf,
-        p: LogprobParams,
-    ) -> Result<()> {
-        logprob_gather::logprob_gather_bwd(&self.ctx, dh, dw, dlogp, dentropy, h, targets, lse, entropy, w, p)
-    }
-    fn kl_penalty_fwd(&self, kl: &mut Self::Buf, logp: &Self::Buf, ref_logp: &Self::Buf, mask: &Self::Buf, p: KlParams) -> Result<()> {
-        rl_losses::kl_penalty_fwd(&self.ctx, kl, logp, ref_logp, mask, p)
-    }
-    fn kl_penalty_bwd(&self, dlogp: &mut Self::Buf, dkl: &Self::Buf, logp: &Self::Buf, ref_logp: &Self::Buf, mask: &Self::Buf, p: KlParams) -> Result<()> {
-        rl_losses::kl_penalty_bwd(&self.ctx, dlogp, dkl, logp, ref_logp, mask, p)
-    }
-    fn ppo_loss_fwd_bwd(
-        &self,
-        dlogp: &mut Self::Buf,
-        dvalues: Option<&mut Self::Buf>,
-        dentropy: Option<&mut Self::Buf>,
-        stats: &mut Self::Buf,
-        logp: &Self::Buf,
-        old_logp: &Self::Buf,
-        advantages: &Self::Buf,
-        mask: &Self::Buf,
-        values: Option<&Self::Buf>,
-        old_values: Option<&Self::Buf>,
-        returns: Option<&Self::Buf>,
-        entropy: Option<&Self::Buf>,
-        ref_logp: Option<&Self::Buf>,
-        p: PpoParams,
-    ) -> Result<()> {
-        let o = rl_losses::PpoOptional { dvalues, dentropy, values, old_values, returns, entropy, ref_logp };
-        rl_losses::ppo_loss_fwd_bwd(&self.ctx, dlogp, stats, logp, old_logp, advantages, mask, o, p)
-    }
-
-    fn gae(&self, advantages: &mut Self::Buf, returns: &mut Self::Buf, rewards: &Self::Buf, values: &Self::Buf, mask: &Self::Buf, p: GaeParams) -> Result<()> {
-        advantage::gae(&self.ctx, advantages, returns, rewards, values, mask, p)
-    }
-    fn masked_whiten(&self, x: &mut Self::Buf, stats: &mut Self::Buf, mask: &Self::Buf, p: WhitenParams) -> Result<()> {
-        advantage::masked_whiten(&self.ctx, x, stats, mask, p)
-    }
-
-    fn sum_squares(&self, acc: &mut Self::Buf, x: &Self::Buf, p: ElementwiseParams) -> Result<()> {
-        optimizer::sum_squares(&self.ctx, acc, x, p)
-    }
-    fn ranking_loss(
-        &self,
-        dscores: &mut Self::Buf,
-        stats: &mut Self::Buf,
-        scores: &Self::Buf,
-        starts: &Self::Ids,
-        margins: &Self::Buf,
-        p: RankingParams,
-    ) -> Result<()> {
-        reward::ranking_loss(&self.ctx, dscores, stats, scores, starts, margins, p)
-    }
-    fn adamw(&self, param: &mut Self::Buf, m: &mut Self::Buf, v: &mut Self::Buf, grad: &Self::Buf, norm_sq: &Self::Buf, p: AdamWParams) -> Result<()> {
-        optimizer::adamw(&self.ctx, param, m, v, grad, norm_sq, p)
-    }
-    /// One launch for all tensors (and one to add up the norm), through a cached address table;
-    /// tensor by tensor when their types mix.
-    fn sum_squares_many(&self, acc: &mut Self::Buf, xs: &[Self::Buf]) -> Result<()> {
-        if !optimizer::sum_squares_many(&self.ctx, acc, xs)? {
-            sum_squares_each(self, acc, xs)?;
-        }
-        Ok(())
-    }
-    fn adamw_many(&self, slots: &mut [AdamWSlot<'_, Self::Buf>], norm_sq: &Self::Buf, p: AdamWParams) -> Result<()> {
-        if !optimizer::adamw_many(&self.ctx, slots, norm_sq, p)? {
-            adamw_each(self, slots, norm_sq, p)?;
-        }
-        Ok(())
-    }
-
-    fn matmul_bias(&self, out: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, bias: &Self::Buf, p: MatmulParams) -> Result<()> {
-        if epilogue::matmul_bias(&self.ctx, out, a, b, bias, p)? {
-            return Ok(());
-        }
-        matmul_bias_unfused(self, out, a, b, bias, p)
-    }
-    fn matmul_bias_gelu(
-        &self,
-        out: &mut Self::Buf,
-        pre: &mut Self::Buf,
-        a: &Self::Buf,
-        b: &Self::Buf,
-        bias: Option<&Self::Buf>,
-        p: MatmulParams,
-    ) -> Result<()> {
-        if epilogue::matmul_bias_gelu(&self.ctx, out, pre, a, b, bias, p)? {
-            return Ok(());
-        }
-        matmul_bias_gelu_unfused(self, out, pre, a, b, bias, p)
-    }
-    fn matmul_gelu_bwd(&self, dinp: &mut Self::Buf, dact: &mut Self::Buf, a: &Self::Buf, b: &Self::Buf, pre: &Self::Buf, p: MatmulParams) -> Result<()> {
-        if epilogue::matmul_gelu_bwd(&self.ctx, dinp, a, b, pre, p)? {
-            return Ok(());
-        }
-        matmul_gelu_bwd_unfused(self, dinp, dact, a, b, pre, p)
-    }
-    fn preference_loss_fwd_bwd(
-        &self,
-        dlogp: &mut Self::Buf,
-        stats: &mut Self::Buf,
-        logp: &Self::Buf,
-        mask: &Self::Buf,
-        ref_sums: &Self::Buf,
-        p: PreferenceParams,
-    ) -> Result<()> {
-        preference::preference_loss_fwd_bwd(&self.ctx, dlogp, stats, logp, mask, ref_sums, p)
-    }
 }
+
+// every op: the launcher of the same name in the family's file, called with `self.ctx`
+crate::op_list!(crate::backend::ops::impl_families_by_functions [CudaBackend, ctx]);

@@ -8,7 +8,8 @@ use super::buffer::{types, CudaBuf};
 use super::context::{elementwise, launch, Context, Scratch};
 use super::kernels::err;
 use super::need;
-use crate::backend::ops::{AdamWParams, AdamWSlot, ElementwiseParams};
+use super::CudaBackend;
+use crate::backend::ops::{adamw_each, sum_squares_each, AdamWParams, AdamWSlot, ElementwiseParams};
 use crate::backend::storage::Dtype;
 use crate::error::Result;
 use cudarc::driver::LaunchConfig;
@@ -85,7 +86,7 @@ fn common_dtype<'a>(mut bufs: impl Iterator<Item = &'a Buf>) -> Option<Dtype> {
 
 /// `Backend::sum_squares_many` in two launches; `Ok(false)` (nothing launched) when the tensors
 /// mix types, for the caller to go tensor by tensor.
-pub fn sum_squares_many(ctx: &Context, acc: &mut Buf, xs: &[Buf]) -> Result<bool> {
+pub fn try_sum_squares_many(ctx: &Context, acc: &mut Buf, xs: &[Buf]) -> Result<bool> {
     types("sum_squares_many", &[], &[("acc", acc)])?;
     need("sum_squares_many", &[("acc", acc.len(), 1)])?;
     let Some(t) = common_dtype(xs.iter()) else {
@@ -111,7 +112,7 @@ pub fn sum_squares_many(ctx: &Context, acc: &mut Buf, xs: &[Buf]) -> Result<bool
 
 /// `Backend::adamw_many` in one launch; `Ok(false)` (nothing launched) when the gradients mix
 /// types or an output's differs from theirs, for the caller to go tensor by tensor.
-pub fn adamw_many(ctx: &Context, slots: &mut [AdamWSlot<'_, Buf>], norm_sq: &Buf, p: AdamWParams) -> Result<bool> {
+pub fn try_adamw_many(ctx: &Context, slots: &mut [AdamWSlot<'_, Buf>], norm_sq: &Buf, p: AdamWParams) -> Result<bool> {
     types("adamw_many", &[], &[("norm_sq", norm_sq)])?;
     need("adamw_many", &[("norm_sq", norm_sq.len(), 1)])?;
     // one launch needs one gradient type, and the outputs in it; anything else goes tensor by tensor
@@ -181,4 +182,21 @@ mod tests {
         let src = include_str!("../../../kernels/optimizer.cu");
         assert!(src.contains(&format!("#define MT_CHUNK {MT_CHUNK}ull")), "MT_CHUNK differs between optimizer.cu and optimizer.rs");
     }
+}
+
+/// `sum_squares_many`: one launch for all tensors (and one to add up the norm), through a cached
+/// address table; tensor by tensor (the reference) when their types mix.
+pub fn sum_squares_many(be: &CudaBackend, acc: &mut Buf, xs: &[Buf]) -> Result<()> {
+    if !try_sum_squares_many(&be.ctx, acc, xs)? {
+        sum_squares_each(be, acc, xs)?;
+    }
+    Ok(())
+}
+
+/// `adamw_many`: one launch for all slots; slot by slot (the reference) when their types mix.
+pub fn adamw_many(be: &CudaBackend, slots: &mut [AdamWSlot<'_, Buf>], norm_sq: &Buf, p: AdamWParams) -> Result<()> {
+    if !try_adamw_many(&be.ctx, slots, norm_sq, p)? {
+        adamw_each(be, slots, norm_sq, p)?;
+    }
+    Ok(())
 }

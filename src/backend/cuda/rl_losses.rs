@@ -59,14 +59,21 @@ pub struct PpoOptional<'a> {
 pub fn ppo_loss_fwd_bwd(
     ctx: &Context,
     dlogp: &mut Buf,
+    dvalues: Option<&mut Buf>,
+    dentropy: Option<&mut Buf>,
     stats: &mut Buf,
     logp: &Buf,
     old_logp: &Buf,
     advantages: &Buf,
     mask: &Buf,
-    o: PpoOptional<'_>,
+    values: Option<&Buf>,
+    old_values: Option<&Buf>,
+    returns: Option<&Buf>,
+    entropy: Option<&Buf>,
+    ref_logp: Option<&Buf>,
     p: PpoParams,
 ) -> Result<()> {
+    let o = PpoOptional { dvalues, dentropy, values, old_values, returns, entropy, ref_logp };
     let n = p.n as usize;
     let value_parts = [o.values.is_some(), o.old_values.is_some(), o.returns.is_some(), o.dvalues.is_some()];
     if value_parts.iter().any(|&x| x) && !value_parts.iter().all(|&x| x) {

@@ -15,6 +15,7 @@
 
 use super::buffer::GpuBuf;
 use super::context::{err, Context};
+use super::WgpuBackend;
 use crate::backend::ops::*;
 use crate::backend::precision::MatmulPrecision;
 use crate::error::Result;
@@ -103,4 +104,21 @@ pub fn bias_bwd(ctx: &Context, dbias: &GpuBuf, dout: &GpuBuf, p: BiasParams) -> 
         return Err(err(format!("bias_bwd: {c} columns exceed the grid")));
     }
     ctx.dispatch("bias_bwd", bytemuck::bytes_of(&p), &[dbias, dout], [groups as u32, 1, 1])
+}
+
+/// `matmul_bias`: the reference (`matmul`, then `bias_add`).
+pub fn matmul_bias(be: &WgpuBackend, out: &mut GpuBuf, a: &GpuBuf, b: &GpuBuf, bias: &GpuBuf, p: MatmulParams) -> Result<()> {
+    matmul_bias_unfused(be, out, a, b, bias, p)
+}
+
+/// `matmul_bias_gelu`: the reference (`matmul`, `bias_add`, `gelu_fwd`).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_bias_gelu(be: &WgpuBackend, out: &mut GpuBuf, pre: &mut GpuBuf, a: &GpuBuf, b: &GpuBuf, bias: Option<&GpuBuf>, p: MatmulParams) -> Result<()> {
+    matmul_bias_gelu_unfused(be, out, pre, a, b, bias, p)
+}
+
+/// `matmul_gelu_bwd`: the reference (`matmul` into `dact`, then `gelu_bwd`).
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_gelu_bwd(be: &WgpuBackend, dinp: &mut GpuBuf, dact: &mut GpuBuf, a: &GpuBuf, b: &GpuBuf, pre: &GpuBuf, p: MatmulParams) -> Result<()> {
+    matmul_gelu_bwd_unfused(be, dinp, dact, a, b, pre, p)
 }

@@ -5,6 +5,7 @@
 
 use super::buffer::GpuBuf;
 use super::context::{err, Context};
+use super::WgpuBackend;
 use crate::backend::ops::*;
 use crate::error::Result;
 use bytemuck::{Pod, Zeroable};
@@ -53,4 +54,14 @@ pub fn adamw(ctx: &Context, param: &GpuBuf, m: &GpuBuf, v: &GpuBuf, grad: &GpuBu
         return Err(err("adamw: norm_sq must not be param, m or v"));
     }
     ctx.dispatch("adamw", bytemuck::bytes_of(&p), &[param, m, v, grad, norm_sq], ctx.grid_1d(n, 256))
+}
+
+/// `sum_squares_many`: the reference (`sum_squares` per tensor).
+pub fn sum_squares_many(be: &WgpuBackend, acc: &mut GpuBuf, xs: &[GpuBuf]) -> Result<()> {
+    sum_squares_each(be, acc, xs)
+}
+
+/// `adamw_many`: the reference (`adamw`, then `copy`, per slot).
+pub fn adamw_many(be: &WgpuBackend, slots: &mut [AdamWSlot<'_, GpuBuf>], norm_sq: &GpuBuf, p: AdamWParams) -> Result<()> {
+    adamw_each(be, slots, norm_sq, p)
 }

@@ -61,8 +61,8 @@ struct PpoUniform {
 pub fn ppo_loss_fwd_bwd(
     ctx: &Context,
     dlogp: &GpuBuf,
-    dvalues: Option<&GpuBuf>,
-    dentropy: Option<&GpuBuf>,
+    dvalues: Option<&mut GpuBuf>,
+    dentropy: Option<&mut GpuBuf>,
     stats: &GpuBuf,
     logp: &GpuBuf,
     old_logp: &GpuBuf,
@@ -75,6 +75,7 @@ pub fn ppo_loss_fwd_bwd(
     ref_logp: Option<&GpuBuf>,
     p: PpoParams,
 ) -> Result<()> {
+    let (dvalues, dentropy) = (dvalues.map(|b| &*b), dentropy.map(|b| &*b));
     let op = "ppo_loss_fwd_bwd";
     let n = p.n as usize;
     check(p.aggregation <= 1, op, "aggregation must be 0 (token mean) or 1 (sequence mean)")?;
