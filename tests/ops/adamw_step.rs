@@ -12,7 +12,7 @@ use rlhf::data::tokenizer::Tokenizer;
 use rlhf::model::{Model, ModelConfig};
 use rlhf::train::{AdamW, AdamWConfig};
 
-mod common;
+use crate::common;
 use common::randv;
 
 fn bits(x: &[Vec<f32>]) -> Vec<Vec<u32>> {

@@ -1,86 +1,82 @@
 //! Every op of the op list on the CPU backend: the forward against a naive reference written out
 //! here, and every backward against central finite differences of `L = sum(out * r)` for a random
-//! `r`. `OP_CHECKS` maps each op to the test that covers it (here, in `tests/rl_ops.rs` for the
-//! fused RL ops, in `tests/ppo_math.rs` for GAE and whitening, in `tests/dpo.rs` for the
-//! preference losses, or in `tests/decode_advance.rs` for the rollout engine's bookkeeping); a
-//! test fails if an op of `rlhf::backend::ops::OP_NAMES` is missing there.
+//! `r`. `OP_CHECKS` maps each op to the test function that covers it (in this file, or in the
+//! modules of this binary: `rl_ops` for the fused RL ops, `ppo_math` for GAE and whitening,
+//! `preference_loss` for the DPO family's loss, `decode_advance` for the rollout engine's
+//! bookkeeping, `adamw_step` for whole optimiser steps); the compiler checks that each named
+//! test exists, and a test fails if an op of `rlhf::backend::ops::OP_NAMES` has no row.
 
 use rlhf::backend::ops::*;
 use rlhf::backend::CpuBackend;
 use rlhf::data::rng::Rng;
 
+#[path = "../common/mod.rs"]
 mod common;
+
+mod adamw_step;
+mod decode_advance;
+mod ppo_math;
+mod preference_loss;
+mod rl_ops;
+
 use common::{adamw_params, dot, fd_check, randv};
 
-/// Where an op is checked: a test function of this file, or a named test of another test file
-/// (another test binary, so only its source text can be looked at).
-enum Check {
-    Here(#[allow(dead_code)] fn()),
-    In(&'static str, &'static str),
-}
-use Check::{Here, In};
-
 /// op name -> the test covering it (forward reference and/or finite differences).
-const OP_CHECKS: &[(&str, Check)] = &[
-    ("fill", Here(elementwise_ops)),
-    ("copy", Here(elementwise_ops)),
-    ("add", Here(elementwise_ops)),
-    ("add_inplace", Here(elementwise_ops)),
-    ("scale_inplace", Here(elementwise_ops)),
-    ("embedding_fwd", Here(embedding_grad)),
-    ("embedding_bwd", Here(embedding_grad)),
-    ("layernorm_fwd", Here(layernorm_grad)),
-    ("layernorm_bwd", Here(layernorm_grad)),
-    ("rmsnorm_fwd", Here(rmsnorm_grad)),
-    ("rmsnorm_bwd", Here(rmsnorm_grad)),
-    ("matmul", Here(matmul_all_transposes)),
-    ("bias_add", Here(bias_grad)),
-    ("bias_bwd", Here(bias_grad)),
-    ("gelu_fwd", Here(gelu_grad)),
-    ("gelu_bwd", Here(gelu_grad)),
-    ("swiglu_fwd", Here(swiglu_grad)),
-    ("swiglu_bwd", Here(swiglu_grad)),
-    ("rope_fwd", Here(rope_grad)),
-    ("rope_bwd", Here(rope_grad)),
-    ("attention_fwd", Here(attention_grad)),
-    ("attention_bwd", Here(attention_grad)),
-    ("kv_cache_write", Here(attention_cached_matches_full)),
-    ("scatter_rows", Here(attention_decode_matches_training_rows)),
-    ("attention_decode_fwd", Here(attention_decode_matches_training_rows)),
-    ("cross_entropy_fwd", Here(cross_entropy_grad)),
-    ("cross_entropy_bwd", Here(cross_entropy_grad)),
-    ("sample", Here(sample_greedy_topk_topp)),
-    ("decode_advance", In("decode_advance.rs", "decode_advance_by_hand")),
-    ("logprob_gather_fwd", In("rl_ops.rs", "logprob_gather_matches_naive")),
-    ("logprob_gather_bwd", In("rl_ops.rs", "logprob_gather_grad")),
-    ("kl_penalty_fwd", In("rl_ops.rs", "kl_penalty_grad")),
-    ("kl_penalty_bwd", In("rl_ops.rs", "kl_penalty_grad")),
-    ("ppo_loss_fwd_bwd", In("rl_ops.rs", "ppo_loss_grad")),
-    ("ranking_loss", In("rl_ops.rs", "ranking_loss_by_hand_and_grad")),
-    ("gae", In("ppo_math.rs", "gae_hand_worked")),
-    ("masked_whiten", In("ppo_math.rs", "masked_whiten_mean_zero_std_one")),
-    ("sum_squares", Here(optimizer_ops)),
-    ("adamw", Here(optimizer_ops)),
-    ("preference_loss_fwd_bwd", In("dpo.rs", "dlogp_matches_finite_differences_for_every_loss")),
-    ("matmul_bias", Here(fused_matmuls_match_naive)),
-    ("matmul_bias_gelu", Here(fused_matmuls_match_naive)),
-    ("matmul_gelu_bwd", Here(fused_matmuls_match_naive)),
-    ("sum_squares_many", Here(many_tensor_optimizer_ops_match_per_tensor)),
-    ("adamw_many", Here(many_tensor_optimizer_ops_match_per_tensor)),
+const OP_CHECKS: &[(&str, fn())] = &[
+    ("fill", elementwise_ops),
+    ("copy", elementwise_ops),
+    ("add", elementwise_ops),
+    ("add_inplace", elementwise_ops),
+    ("scale_inplace", elementwise_ops),
+    ("embedding_fwd", embedding_grad),
+    ("embedding_bwd", embedding_grad),
+    ("layernorm_fwd", layernorm_grad),
+    ("layernorm_bwd", layernorm_grad),
+    ("rmsnorm_fwd", rmsnorm_grad),
+    ("rmsnorm_bwd", rmsnorm_grad),
+    ("matmul", matmul_all_transposes),
+    ("bias_add", bias_grad),
+    ("bias_bwd", bias_grad),
+    ("gelu_fwd", gelu_grad),
+    ("gelu_bwd", gelu_grad),
+    ("swiglu_fwd", swiglu_grad),
+    ("swiglu_bwd", swiglu_grad),
+    ("rope_fwd", rope_grad),
+    ("rope_bwd", rope_grad),
+    ("attention_fwd", attention_grad),
+    ("attention_bwd", attention_grad),
+    ("kv_cache_write", attention_cached_matches_full),
+    ("scatter_rows", attention_decode_matches_training_rows),
+    ("attention_decode_fwd", attention_decode_matches_training_rows),
+    ("cross_entropy_fwd", cross_entropy_grad),
+    ("cross_entropy_bwd", cross_entropy_grad),
+    ("sample", sample_greedy_topk_topp),
+    ("decode_advance", decode_advance::decode_advance_by_hand),
+    ("logprob_gather_fwd", rl_ops::logprob_gather_matches_naive),
+    ("logprob_gather_bwd", rl_ops::logprob_gather_grad),
+    ("kl_penalty_fwd", rl_ops::kl_penalty_grad),
+    ("kl_penalty_bwd", rl_ops::kl_penalty_grad),
+    ("ppo_loss_fwd_bwd", rl_ops::ppo_loss_grad),
+    ("ranking_loss", rl_ops::ranking_loss_by_hand_and_grad),
+    ("gae", ppo_math::gae_hand_worked),
+    ("masked_whiten", ppo_math::masked_whiten_mean_zero_std_one),
+    ("sum_squares", optimizer_ops),
+    ("adamw", optimizer_ops),
+    ("preference_loss_fwd_bwd", preference_loss::dlogp_matches_finite_differences_for_every_loss),
+    ("matmul_bias", fused_matmuls_match_naive),
+    ("matmul_bias_gelu", fused_matmuls_match_naive),
+    ("matmul_gelu_bwd", fused_matmuls_match_naive),
+    ("sum_squares_many", many_tensor_optimizer_ops_match_per_tensor),
+    ("adamw_many", many_tensor_optimizer_ops_match_per_tensor),
 ];
 
 #[test]
 fn every_op_has_a_check() {
     for op in OP_NAMES {
-        assert!(OP_CHECKS.iter().any(|(name, _)| name == op), "op `{op}` has no check in tests/ops.rs");
+        assert!(OP_CHECKS.iter().any(|(name, _)| name == op), "op `{op}` has no check in tests/ops/main.rs");
     }
-    let sources = [("rl_ops.rs", include_str!("rl_ops.rs")), ("ppo_math.rs", include_str!("ppo_math.rs")), ("dpo.rs", include_str!("training/dpo.rs")), ("decode_advance.rs", include_str!("decode_advance.rs"))];
-    for (op, check) in OP_CHECKS {
+    for (op, _) in OP_CHECKS {
         assert!(rlhf::backend::ops::op(op).is_some(), "OP_CHECKS names `{op}`, which the op list does not declare");
-        if let In(file, test) = check {
-            let src = sources.iter().find(|(f, _)| f == file).unwrap_or_else(|| panic!("no source of tests/{file}")).1;
-            assert!(src.contains(&format!("fn {test}()")), "check `{test}` for `{op}` does not exist in tests/{file}");
-        }
     }
 }
 

@@ -35,7 +35,7 @@ fn gae_reference(r: &[f32], v: &[f32], gamma: f64, lambda: f64) -> Vec<f64> {
 }
 
 #[test]
-fn gae_hand_worked() {
+pub(crate) fn gae_hand_worked() {
     // One response of 3 tokens, gamma 0.9, lambda 0.95 (gamma lambda = 0.855),
     // rewards r = [-0.1, -0.2, 1.0] (KL penalties, then the score on the last token),
     // values  V = [ 0.5,  0.6, 0.7], and V after the last token = 0:
@@ -159,7 +159,7 @@ fn random_masked(seed: u64, n: usize) -> (Vec<f32>, Vec<f32>) {
 }
 
 #[test]
-fn masked_whiten_mean_zero_std_one() {
+pub(crate) fn masked_whiten_mean_zero_std_one() {
     let be = CpuBackend::new();
     // 10007 entries: several reduction blocks and a ragged last one
     let n = 10007;

@@ -48,7 +48,7 @@ fn start() -> Step {
 }
 
 #[test]
-fn decode_advance_by_hand() {
+pub(crate) fn decode_advance_by_hand() {
     let be = CpuBackend::new();
     let mut st = start();
     advance(&be, &mut st, &[9, 2, 6, 5, 7], P).unwrap();

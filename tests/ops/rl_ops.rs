@@ -15,7 +15,7 @@ use rlhf::data::rng::Rng;
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-mod common;
+use crate::common;
 use common::{dot, fd_check, randv};
 
 /// Counts the bytes live on the current thread while armed (thread-local, so tests running in
@@ -108,7 +108,7 @@ fn gather(be: &CpuBackend, h: &[f32], targets: &[i32], w: &[f32], p: LogprobPara
 }
 
 #[test]
-fn logprob_gather_matches_naive() {
+pub(crate) fn logprob_gather_matches_naive() {
     let be = CpuBackend::new();
     let mut rng = Rng::new(11);
     // rows span two row blocks; the vocabulary is not a multiple of the chunk
@@ -146,7 +146,7 @@ fn logprob_gather_matches_naive() {
 }
 
 #[test]
-fn logprob_gather_grad() {
+pub(crate) fn logprob_gather_grad() {
     let be = CpuBackend::new();
     let mut rng = Rng::new(12);
     let (n, c, v) = (7, 6, 37);
@@ -327,7 +327,7 @@ fn naive_kl(est: u32, r: f64) -> (f64, f64) {
 }
 
 #[test]
-fn kl_penalty_grad() {
+pub(crate) fn kl_penalty_grad() {
     let be = CpuBackend::new();
     let mut rng = Rng::new(21);
     let n = 40;
@@ -560,7 +560,7 @@ fn ppo_loss_matches_naive() {
 }
 
 #[test]
-fn ppo_loss_grad() {
+pub(crate) fn ppo_loss_grad() {
     let be = CpuBackend::new();
     let mut rng = Rng::new(32);
     let (b, t) = (4, 8);
@@ -799,7 +799,7 @@ fn ppo_loss_all_masked() {
 }
 
 #[test]
-fn ranking_loss_by_hand_and_grad() {
+pub(crate) fn ranking_loss_by_hand_and_grad() {
     let be = CpuBackend::new();
     // a pair (chosen 1.0, rejected -0.5) and a 3-way ranking (0.2 > 0.4 > -1.0: one pair misordered)
     let scores = vec![1.0f32, -0.5, 0.2, 0.4, -1.0];
