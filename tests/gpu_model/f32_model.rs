@@ -6,11 +6,11 @@
 //! see the test) and the flag's errors.
 //!
 //! Tolerances (f32 everywhere, `--precision f32` where a command is compared; the GPU sums in
-//! another order than the CPU; bf16 storage has its own checks in tests/bf16_model.rs): log-probs 1e-4
+//! another order than the CPU; bf16 storage has its own checks in tests/gpu_model/bf16_model.rs): log-probs 1e-4
 //! absolute against transformers (as on the CPU); loss and gradient norm 2e-4 relative; a PPO
 //! step's losses and statistics 1e-3 relative (or 1e-5 absolute for values near 0) and the
 //! log-probs after the step 2e-4 absolute against the CPU backend; rollout log-probs 1e-3
-//! absolute against the training forward (as in tests/grpo.rs).
+//! absolute against the training forward (as in tests/training/grpo.rs).
 //! On cuda also the CUDA graphs of the rollout engine's decode chunks: the same tokens and log-prob
 //! bits as the plain launches (`RLHF_CUDA_GRAPHS=0`), and `Backend::replay` itself (a warm-up,
 //! then replays that run the recorded launches; a capture that fails falls back to plain launches).

@@ -1,7 +1,7 @@
 //! PPO's advantage math on the CPU backend: `gae` against a hand-worked example, the
 //! gamma = lambda = 1 special case (reward-to-go minus value), padded rows of different lengths
 //! against a naive per-row recursion, and `masked_whiten` (zero mean and unit std on the masked
-//! entries, zeros elsewhere, the mean kept with `shift_mean` 0). `tests/ops.rs` maps both ops to
+//! entries, zeros elsewhere, the mean kept with `shift_mean` 0). `tests/ops/main.rs` maps both ops to
 //! their tests here in `OP_CHECKS`.
 
 // the references index token by token on purpose: they mirror the formulas

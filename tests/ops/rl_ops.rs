@@ -2,7 +2,7 @@
 //! written out here (full logits by a naive matmul and a log-softmax; PPO token by token), every
 //! backward against central finite differences, hand-worked PPO examples (clipping, dual clip,
 //! value clipping, both aggregations) and edge cases (masked-out and skipped rows, temperature,
-//! thread-count independence, the scratch memory bound). `tests/ops.rs` maps each op to its test
+//! thread-count independence, the scratch memory bound). `tests/ops/main.rs` maps each op to its test
 //! here in `OP_CHECKS`.
 
 // the references index token by token on purpose: they mirror the formulas

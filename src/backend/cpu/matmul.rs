@@ -8,7 +8,7 @@
 //! of rows, the row's position among them and the thread count, because products too small for
 //! `gemm`'s general kernel run zero-padded to the fewest rows that take it (see [`min_rows`]). The
 //! training forward and the rollout engine's prefill/decode steps therefore agree bit for bit
-//! (DESIGN principle 6); `tests/ops.rs` (`matmul_rows_batch_invariant`) guards this against
+//! (DESIGN principle 6); `tests/ops/main.rs` (`matmul_rows_batch_invariant`) guards this against
 //! `gemm` changes.
 
 use super::{check, profile, CpuBackend};

@@ -4,7 +4,7 @@
 //! (see `context.rs`). One launcher file per op family, with the names of `src/backend/cpu/`.
 //!
 //! Tested against the CPU backend op by op (`tests/wgpu_ops/`) and on whole models
-//! (`tests/gpu_model.rs`), on Mesa's lavapipe in CI.
+//! (`tests/gpu_model/f32_model.rs`), on Mesa's lavapipe in CI.
 
 pub mod buffer;
 pub mod context;
