@@ -1,6 +1,12 @@
 //! Per-token log-probabilities of given sequences under the model (teacher forcing): the
 //! log-probability of each token after the first given its prefix, computed by the same training
 //! forward (`cross_entropy_fwd` gives `-log p`).
+//!
+//! This is deliberately not the trainers' fused pass ([`Model::logprobs_into`]): it computes
+//! `-log p` from the materialised logits with the same cross-entropy kernel the rollout engine
+//! uses on the logits it samples from, so that the log-probs a rollout records are checked
+//! against it bit for bit (`tests/model/rollout.rs`). The fused gather rounds differently (by
+//! an ulp or two), which is why the two are not one function.
 
 use crate::backend::ops::Backend;
 use crate::error::{Error, Result};
