@@ -113,6 +113,28 @@ struct Trainee<B: Backend> {
     opt: AdamW<B>,
 }
 
+impl PpoStats {
+    /// The mean of each statistic over `stats` (a step's minibatch updates).
+    pub fn mean(stats: &[PpoStats]) -> PpoStats {
+        let n = stats.len().max(1) as f32;
+        let avg = |f: &dyn Fn(&PpoStats) -> f32| stats.iter().map(f).sum::<f32>() / n;
+        PpoStats {
+            policy_loss: avg(&|s| s.policy_loss),
+            value_loss: avg(&|s| s.value_loss),
+            entropy: avg(&|s| s.entropy),
+            clipfrac: avg(&|s| s.clipfrac),
+            approx_kl: avg(&|s| s.approx_kl),
+            kl: avg(&|s| s.kl),
+            total_loss: avg(&|s| s.total_loss),
+            value_clipfrac: avg(&|s| s.value_clipfrac),
+            policy_grad_norm: avg(&|s| s.policy_grad_norm),
+            value_grad_norm: avg(&|s| s.value_grad_norm),
+            ptx_loss: avg(&|s| s.ptx_loss),
+            weight: avg(&|s| s.weight),
+        }
+    }
+}
+
 impl<B: Backend> Trainee<B> {
     fn new(be: &B, model: &Model<B>, max_seqs: usize, max_tokens: usize, optim: AdamWConfig) -> Result<Self> {
         Ok(Trainee {

@@ -182,6 +182,56 @@ impl<B: Backend> StepScratch<B> {
     }
 }
 
+/// What the advantage phase reports for logging.
+struct AdvantageStats {
+    explained_variance: f32,
+    /// k1 and k3 KL to the reference, summed over the batch's response tokens
+    kl1_total: f32,
+    kl3_total: f32,
+}
+
+impl<B: Backend> StepScratch<B> {
+    /// The advantage phase on the device: per-token rewards `-beta k1_t` (unless the KL is in
+    /// the loss) plus each sequence's score at its last response token, GAE, optional
+    /// whitening; then the logged scalars (summed KL, explained variance of the values).
+    fn advantages(&mut self, be: &B, step_t: &mut StepTensors<B>, b: usize, t: usize, beta: f32, cfg: &PpoConfig) -> Result<AdvantageStats> {
+        let n = b * t;
+            let el = ElementwiseParams::new(n)?;
+            be.kl_penalty_fwd(&mut self.kl1, &step_t.old_logp, &step_t.ref_logp, &self.mask, KlParams { n: n as u32, estimator: 1 })?;
+            be.kl_penalty_fwd(&mut self.kl3, &step_t.old_logp, &step_t.ref_logp, &self.mask, KlParams { n: n as u32, estimator: 3 })?;
+            if cfg.kl_in_loss.is_none() {
+                be.copy(&mut self.rewards, &self.kl1, el)?;
+                be.scale_inplace(&mut self.rewards, -beta, el)?;
+            } else {
+                be.fill(&mut self.rewards, 0.0, el)?;
+            }
+            // rewards[last_pos[s]] += scores[s]: a scatter-add of b one-wide rows
+            be.embedding_bwd(&mut self.rewards, &self.scores, &self.last_pos, EmbeddingParams { n: b as u32, c: 1, accumulate: 0, vocab: n as u32 })?;
+            be.gae(&mut step_t.advantages, &mut step_t.returns, &self.rewards, &step_t.values, &self.mask, GaeParams::new(b, t, cfg.gamma, cfg.lambda))?;
+            if cfg.whiten_advantages {
+                be.masked_whiten(&mut step_t.advantages, &mut self.wstats, &self.mask, WhitenParams::new(n))?;
+            }
+            // logging scalars: summed KL (k1, k3) and the spread of returns and of returns - values
+            be.fill(&mut self.ones, 1.0, el)?;
+            be.fill(&mut self.sums, 0.0, ElementwiseParams::new(2)?)?;
+            be.matmul(&mut self.sums, &self.kl1, &self.ones, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
+            be.copy(&mut self.tmp, &step_t.returns, el)?;
+            be.masked_whiten(&mut self.tmp, &mut self.wstats, &self.mask, WhitenParams::new(n))?;
+            let ret_std = be.download(&self.wstats)?[crate::backend::ops::whiten_stat::STD];
+            be.copy(&mut self.tmp, &step_t.values, el)?;
+            be.scale_inplace(&mut self.tmp, -1.0, el)?;
+            be.add_inplace(&mut self.tmp, &step_t.returns, el)?;
+            be.masked_whiten(&mut self.tmp, &mut self.wstats, &self.mask, WhitenParams::new(n))?;
+            let diff_std = be.download(&self.wstats)?[crate::backend::ops::whiten_stat::STD];
+            let explained_variance = if ret_std > 0.0 { 1.0 - (diff_std * diff_std) / (ret_std * ret_std) } else { 0.0 };
+            let kl1_total = be.download(&self.sums)?[0];
+            be.fill(&mut self.sums, 0.0, ElementwiseParams::new(2)?)?;
+            be.matmul(&mut self.sums, &self.kl3, &self.ones, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
+            let kl3_total = be.download(&self.sums)?[0];
+        Ok(AdvantageStats { explained_variance, kl1_total, kl3_total })
+    }
+}
+
 /// The models PPO works with. The reference is the frozen SFT model; the value model is
 /// initialised from the reward model (InstructGPT), or replaced by a value head on the policy.
 pub struct PpoModels<'a, B: Backend> {
@@ -323,7 +373,6 @@ pub fn run_ppo<B: Backend>(
         let t1 = Instant::now();
         let prompt_refs: Vec<&[u32]> = batch_prompts.iter().map(|p| p.as_slice()).collect();
         let PackedRollouts { seqs, t, inputs, targets, mask, last_pos } = pack_rollouts(&prompt_refs, &responses, pad);
-        let n = b * t;
         let shape = Shape { b, t };
         be.write(&mut dev.mask, &mask)?;
         be.write_ids(&mut dev.last_pos, &last_pos)?;
@@ -363,38 +412,7 @@ pub fn run_ppo<B: Backend>(
 
         // ---- advantages: reward_t = -beta k1_t (+ score at the last response token), GAE, whitening ----
         let beta = run.kl_ctl.beta() as f32;
-        let el = ElementwiseParams::new(n)?;
-        be.kl_penalty_fwd(&mut dev.kl1, &step_t.old_logp, &step_t.ref_logp, &dev.mask, KlParams { n: n as u32, estimator: 1 })?;
-        be.kl_penalty_fwd(&mut dev.kl3, &step_t.old_logp, &step_t.ref_logp, &dev.mask, KlParams { n: n as u32, estimator: 3 })?;
-        if cfg.kl_in_loss.is_none() {
-            be.copy(&mut dev.rewards, &dev.kl1, el)?;
-            be.scale_inplace(&mut dev.rewards, -beta, el)?;
-        } else {
-            be.fill(&mut dev.rewards, 0.0, el)?;
-        }
-        // rewards[last_pos[s]] += scores[s]: a scatter-add of b one-wide rows
-        be.embedding_bwd(&mut dev.rewards, &dev.scores, &dev.last_pos, EmbeddingParams { n: b as u32, c: 1, accumulate: 0, vocab: n as u32 })?;
-        be.gae(&mut step_t.advantages, &mut step_t.returns, &dev.rewards, &step_t.values, &dev.mask, GaeParams::new(b, t, cfg.gamma, cfg.lambda))?;
-        if cfg.whiten_advantages {
-            be.masked_whiten(&mut step_t.advantages, &mut dev.wstats, &dev.mask, WhitenParams::new(n))?;
-        }
-        // logging scalars: summed KL (k1, k3) and the spread of returns and of returns - values
-        be.fill(&mut dev.ones, 1.0, el)?;
-        be.fill(&mut dev.sums, 0.0, ElementwiseParams::new(2)?)?;
-        be.matmul(&mut dev.sums, &dev.kl1, &dev.ones, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
-        be.copy(&mut dev.tmp, &step_t.returns, el)?;
-        be.masked_whiten(&mut dev.tmp, &mut dev.wstats, &dev.mask, WhitenParams::new(n))?;
-        let ret_std = be.download(&dev.wstats)?[crate::backend::ops::whiten_stat::STD];
-        be.copy(&mut dev.tmp, &step_t.values, el)?;
-        be.scale_inplace(&mut dev.tmp, -1.0, el)?;
-        be.add_inplace(&mut dev.tmp, &step_t.returns, el)?;
-        be.masked_whiten(&mut dev.tmp, &mut dev.wstats, &dev.mask, WhitenParams::new(n))?;
-        let diff_std = be.download(&dev.wstats)?[crate::backend::ops::whiten_stat::STD];
-        let explained_variance = if ret_std > 0.0 { 1.0 - (diff_std * diff_std) / (ret_std * ret_std) } else { 0.0 };
-        let kl1_total = be.download(&dev.sums)?[0];
-        be.fill(&mut dev.sums, 0.0, ElementwiseParams::new(2)?)?;
-        be.matmul(&mut dev.sums, &dev.kl3, &dev.ones, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
-        let kl3_total = be.download(&dev.sums)?[0];
+        let AdvantageStats { explained_variance, kl1_total, kl3_total } = dev.advantages(be, &mut step_t, b, t, beta, cfg)?;
 
         // ---- training ----
         let t2 = Instant::now();
@@ -423,22 +441,7 @@ pub fn run_ppo<B: Backend>(
         };
         let epoch_stats = update_epochs(be, &mut update, policy, value.as_deref_mut(), &step_t, &rows, plan, &mut run.rng, token_mean, ptx, guard)?;
         let training_s = t2.elapsed().as_secs_f64();
-        let n_mb = epoch_stats.len().max(1) as f32;
-        let avg = |f: &dyn Fn(&PpoStats) -> f32| epoch_stats.iter().map(f).sum::<f32>() / n_mb;
-        let stats = PpoStats {
-            policy_loss: avg(&|s| s.policy_loss),
-            value_loss: avg(&|s| s.value_loss),
-            entropy: avg(&|s| s.entropy),
-            clipfrac: avg(&|s| s.clipfrac),
-            approx_kl: avg(&|s| s.approx_kl),
-            kl: avg(&|s| s.kl),
-            total_loss: avg(&|s| s.total_loss),
-            value_clipfrac: avg(&|s| s.value_clipfrac),
-            policy_grad_norm: avg(&|s| s.policy_grad_norm),
-            value_grad_norm: avg(&|s| s.value_grad_norm),
-            ptx_loss: avg(&|s| s.ptx_loss),
-            weight: avg(&|s| s.weight),
-        };
+        let stats = PpoStats::mean(&epoch_stats);
         let (kl1, kl3) = (kl1_total / b as f32, kl3_total / b as f32);
         run.kl_ctl.update(kl1 as f64, b as u64);
         let (score_mean, score_std) = mean_std(&raw_scores);
