@@ -271,21 +271,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     let mcfg = model.cfg();
     let max_pos = mcfg.max_positions;
     let vocab = mcfg.vocab_size;
-    for (i, p) in prompts.iter().enumerate() {
-        if p.is_empty() {
-            return Err(Error::invalid(format!("prompt {} is empty", i + 1)));
-        }
-        if p.len() >= max_pos {
-            return Err(Error::invalid(format!(
-                "prompt {} has {} tokens; the model's context is {max_pos}, which leaves no room for a response",
-                i + 1,
-                p.len()
-            )));
-        }
-        if let Some(&bad) = p.iter().find(|&&t| t as usize >= vocab) {
-            return Err(Error::invalid(format!("prompt {}: token id {bad} is outside the model's vocabulary of {vocab}", i + 1)));
-        }
-    }
+    check_prompts(prompts, max_pos, vocab)?;
     let mut stats = RolloutStats::default();
     let max_new = g.max_new_tokens;
     if max_new == 0 || prompts.is_empty() {
@@ -315,29 +301,7 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     while bufs.copy_rows.len() + 1 < group {
         bufs.copy_rows.push(be.alloc_ids(bufs.cap)?);
     }
-    // stop ids above i32::MAX cannot be sampled (they are outside any vocabulary): they wrap to
-    // negative values, which no sampled id matches
-    let stop: Vec<i32> = g.stop_ids.iter().map(|&t| t as i32).collect();
-    if stop.len() > bufs.stop_cap {
-        bufs.stop = be.alloc_ids(stop.len())?;
-        bufs.stop_cap = stop.len();
-        bufs.generation = chunk_key::next_generation();
-    }
-    if !stop.is_empty() {
-        be.write_ids(&mut bufs.stop, &stop)?;
-    }
-    let allowed = g.sampled_vocab(vocab);
-    if allowed < vocab || bufs.logit_mask.is_some() {
-        if bufs.logit_mask.is_none() {
-            bufs.logit_mask = Some((vocab, be.upload(&super::vocab_mask(vocab, vocab))?));
-            bufs.generation = chunk_key::next_generation();
-        }
-        let (masked_from, mask) = bufs.logit_mask.as_mut().expect("set above");
-        if *masked_from != allowed {
-            be.write(mask, &super::vocab_mask(vocab, allowed))?;
-            *masked_from = allowed;
-        }
-    }
+    let stop = bufs.set_stops_and_mask(be, &g.stop_ids, g.sampled_vocab(vocab), vocab)?;
     let generation = bufs.generation;
     let EngineBuffers { acts, cache, rows, store_rows, sampled, store, copy_rows, state, history, stop: stop_buf, logit_mask, .. } = bufs;
     let mask = logit_mask.as_ref().map(|(_, m)| m);
@@ -504,6 +468,58 @@ fn run_engine<B: Backend>(engine: &mut RolloutEngine<B>, be: &B, model: &Model<B
     }
     let outputs = outputs.into_iter().map(|o| o.ok_or_else(|| Error::invalid("rollout ended with an unfinished prompt"))).collect::<Result<_>>()?;
     Ok(Rollout { outputs, stats })
+}
+
+impl<B: Backend> EngineBuffers<B> {
+    /// Uploads this call's stop ids (growing their buffer, a new graph generation) and sets the
+    /// sampling mask to the ids below `allowed` (created on first need); returns the stop ids as
+    /// the device reads them.
+    fn set_stops_and_mask(&mut self, be: &B, stop_ids: &[u32], allowed: usize, vocab: usize) -> Result<Vec<i32>> {
+        // stop ids above i32::MAX cannot be sampled (they are outside any vocabulary): they wrap to
+        // negative values, which no sampled id matches
+        let stop: Vec<i32> = stop_ids.iter().map(|&t| t as i32).collect();
+        if stop.len() > self.stop_cap {
+            self.stop = be.alloc_ids(stop.len())?;
+            self.stop_cap = stop.len();
+            self.generation = chunk_key::next_generation();
+        }
+        if !stop.is_empty() {
+            be.write_ids(&mut self.stop, &stop)?;
+        }
+        if allowed < vocab || self.logit_mask.is_some() {
+            if self.logit_mask.is_none() {
+                self.logit_mask = Some((vocab, be.upload(&super::vocab_mask(vocab, vocab))?));
+                self.generation = chunk_key::next_generation();
+            }
+            let (masked_from, mask) = self.logit_mask.as_mut().expect("set above");
+            if *masked_from != allowed {
+                be.write(mask, &super::vocab_mask(vocab, allowed))?;
+                *masked_from = allowed;
+            }
+        }
+        Ok(stop)
+    }
+}
+
+/// Every prompt has a token, leaves room for a response in the context, and uses only ids of the
+/// vocabulary.
+fn check_prompts(prompts: &[Vec<u32>], max_pos: usize, vocab: usize) -> Result<()> {
+    for (i, p) in prompts.iter().enumerate() {
+        if p.is_empty() {
+            return Err(Error::invalid(format!("prompt {} is empty", i + 1)));
+        }
+        if p.len() >= max_pos {
+            return Err(Error::invalid(format!(
+                "prompt {} has {} tokens; the model's context is {max_pos}, which leaves no room for a response",
+                i + 1,
+                p.len()
+            )));
+        }
+        if let Some(&bad) = p.iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::invalid(format!("prompt {}: token id {bad} is outside the model's vocabulary of {vocab}", i + 1)));
+        }
+    }
+    Ok(())
 }
 
 /// Grouped prefill: copies the keys and values of the `shape.b` prefilled prompts (still in each

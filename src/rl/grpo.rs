@@ -225,6 +225,30 @@ impl<B: Backend> GrpoState<B> {
     }
 }
 
+impl LossAgg {
+    /// A step's statistics from its minibatch updates: means, except the loss terms, which are
+    /// reported as in the loss whose gradient was applied (under Dr. GRPO's constant normaliser
+    /// the weighted sum, not the per-token mean the loss op reports).
+    pub fn step_stats(self, mb_stats: &[PpoStats]) -> PpoStats {
+        let k = mb_stats.len().max(1) as f32;
+        let avg = |f: fn(&PpoStats) -> f32| mb_stats.iter().map(f).sum::<f32>() / k;
+        let applied = |f: fn(&PpoStats) -> f32| match self {
+            LossAgg::Constant => mb_stats.iter().map(|s| f(s) * s.weight).sum::<f32>() / k,
+            _ => avg(f),
+        };
+        PpoStats {
+            policy_loss: applied(|s| s.policy_loss),
+            entropy: avg(|s| s.entropy),
+            clipfrac: avg(|s| s.clipfrac),
+            approx_kl: avg(|s| s.approx_kl),
+            kl: applied(|s| s.kl),
+            total_loss: applied(|s| s.total_loss),
+            policy_grad_norm: avg(|s| s.policy_grad_norm),
+            ..PpoStats::default()
+        }
+    }
+}
+
 /// The host state of a GRPO run that a checkpoint keeps (besides the policy and its optimiser).
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 struct GrpoRunState {
@@ -466,24 +490,7 @@ pub fn run_grpo<B: Backend>(
         state.step = step;
 
         // ---- metrics ----
-        let k = mb_stats.len().max(1) as f32;
-        let avg = |f: fn(&PpoStats) -> f32| mb_stats.iter().map(f).sum::<f32>() / k;
-        // the loss terms as in the loss whose gradient was applied: under Dr. GRPO's constant
-        // normaliser the weighted sum, not the per-token mean the loss op reports
-        let applied = |f: fn(&PpoStats) -> f32| match cfg.loss_agg {
-            LossAgg::Constant => mb_stats.iter().map(|s| f(s) * s.weight).sum::<f32>() / k,
-            _ => avg(f),
-        };
-        let stats = PpoStats {
-            policy_loss: applied(|s| s.policy_loss),
-            entropy: avg(|s| s.entropy),
-            clipfrac: avg(|s| s.clipfrac),
-            approx_kl: avg(|s| s.approx_kl),
-            kl: applied(|s| s.kl),
-            total_loss: applied(|s| s.total_loss),
-            policy_grad_norm: avg(|s| s.policy_grad_norm),
-            ..PpoStats::default()
-        };
+        let stats = cfg.loss_agg.step_stats(&mb_stats);
         let (reward_mean, reward_std) = mean_std(&scores);
         let kl = seq_kl.iter().sum::<f32>() / b as f32;
         let response_len = rollout_tokens as f32 / b as f32;
