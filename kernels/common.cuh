@@ -174,3 +174,95 @@ __device__ __forceinline__ void ew_map2(unsigned long long n, T* out, const T* a
             store_group<T, G>(out, q, x);
         }, [&](unsigned long long i) { st(out, i, f(ld(a, i), ld(b, i))); });
 }
+
+// ---- Tensor-core instructions (sm_80 and newer), one wrapper each.
+// On the device each is inline PTX; under the CUDA emulator (RLHF_CUDA_EMU, tests/cuda_emu) each is
+// a C++ model of the PTX ISA's per-lane fragment layout built on the emulator's warp exchange, so
+// the kernels that use them run, and are checked, without a GPU. Lane l of a warp: g = l / 4 (the
+// "groupID"), t = l % 4 ("threadID_in_group"). A u32 register holds two bf16, the lower-indexed
+// element in its low half.
+//
+// mma_bf16_16816(d, a, b, c): D = A B + C for A 16x16 bf16 (row-major), B 16x8 bf16 (column-major),
+// C and D 16x8 f32. Registers per lane:
+//   a[0] = A[g][2t, 2t+1]   a[1] = A[g+8][2t, 2t+1]   a[2] = A[g][2t+8, 2t+9]   a[3] = A[g+8][2t+8, 2t+9]
+//   b[0] = B[2t, 2t+1][g]   b[1] = B[2t+8, 2t+9][g]
+//   c[0], c[1] = C[g][2t, 2t+1]   c[2], c[3] = C[g+8][2t, 2t+1]   (d likewise)
+// ldmatrix_x4(r, row) / ldmatrix_x2: four (two) 8x8 b16 matrices from shared memory; lanes
+// 8i .. 8i+7 give the addresses of rows 0..7 of matrix i (16-byte aligned); lane l receives
+// r[i] = M_i[l / 4][2 (l % 4), 2 (l % 4) + 1]. The _trans forms receive the transpose:
+// r[i] = (M_i[2 (l % 4)][l / 4], M_i[2 (l % 4) + 1][l / 4]).
+// cp_async16(dst, src, valid): 16 bytes global -> shared without a register stop (zeros when
+// !valid); they land only after a cp_async_commit() closing their group and a cp_async_wait<n>()
+// (every group but the newest n landed) — and other threads see them after a __syncthreads.
+#ifndef RLHF_CUDA_EMU
+__device__ __forceinline__ u32 smem_u32(const void* p) {
+    u32 a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+__device__ __forceinline__ void mma_bf16_16816(float* d, const u32* a, const u32* b, const float* c) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%11,%12,%13};"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]), "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+__device__ __forceinline__ void ldmatrix_x4(u32* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(row)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(u32* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];" : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(smem_u32(row)));
+}
+__device__ __forceinline__ void ldmatrix_x2(u32* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(row)));
+}
+__device__ __forceinline__ void ldmatrix_x2_trans(u32* r, const void* row) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x2.trans.shared.b16 {%0,%1}, [%2];" : "=r"(r[0]), "=r"(r[1]) : "r"(smem_u32(row)));
+}
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool valid) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(smem_u32(dst)), "l"(src), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N)); }
+#else
+struct MmaFragments { u32 a[4], b[2]; };
+inline unsigned short frag_half(u32 r, int odd) { return (unsigned short)(odd ? r >> 16 : r & 0xffffu); }
+inline void mma_bf16_16816(float* d, const u32* a, const u32* b, const float* c) {
+    MmaFragments mine;
+    for (int i = 0; i < 4; i++) mine.a[i] = a[i];
+    for (int i = 0; i < 2; i++) mine.b[i] = b[i];
+    const MmaFragments* all = emu_warp_collect(mine);
+    const int l = emu_lane(), g = l >> 2, t = l & 3;
+    // A[row][k]: lane (row % 8) * 4 + (k % 8) / 2, register (k / 8) * 2 + row / 8, half k % 2
+    auto A = [&](int row, int k) { return ld(bf16{frag_half(all[(row & 7) * 4 + ((k & 7) >> 1)].a[(k >> 3) * 2 + (row >> 3)], k & 1)}); };
+    // B[k][col]: lane col * 4 + (k % 8) / 2, register k / 8, half k % 2
+    auto B = [&](int k, int col) { return ld(bf16{frag_half(all[col * 4 + ((k & 7) >> 1)].b[k >> 3], k & 1)}); };
+    float out[4];
+    for (int i = 0; i < 4; i++) {
+        const int row = g + (i >> 1) * 8, col = 2 * t + (i & 1);
+        float s = c[i];
+        for (int k = 0; k < 16; k++) s = fmaf(A(row, k), B(k, col), s);
+        out[i] = s;
+    }
+    for (int i = 0; i < 4; i++) d[i] = out[i];
+}
+template <int M, bool TRANS>
+inline void ldmatrix_model(u32* r, const void* row) {
+    const unsigned char* const* rows = emu_warp_collect(static_cast<const unsigned char*>(row));
+    const int l = emu_lane();
+    auto at = [&](int m, int i, int j) {  // element (i, j) of matrix m
+        unsigned short v;
+        std::memcpy(&v, rows[8 * m + i] + 2 * j, 2);
+        return (u32)v;
+    };
+    for (int m = 0; m < M; m++)
+        r[m] = TRANS ? at(m, 2 * (l & 3), l >> 2) | at(m, 2 * (l & 3) + 1, l >> 2) << 16 : at(m, l >> 2, 2 * (l & 3)) | at(m, l >> 2, 2 * (l & 3) + 1) << 16;
+}
+inline void ldmatrix_x4(u32* r, const void* row) { ldmatrix_model<4, false>(r, row); }
+inline void ldmatrix_x4_trans(u32* r, const void* row) { ldmatrix_model<4, true>(r, row); }
+inline void ldmatrix_x2(u32* r, const void* row) { ldmatrix_model<2, false>(r, row); }
+inline void ldmatrix_x2_trans(u32* r, const void* row) { ldmatrix_model<2, true>(r, row); }
+inline void cp_async16(void* dst, const void* src, bool valid) { emu_cp_async(dst, src, 16, valid ? 16 : 0); }
+inline void cp_async_commit() { emu_cp_async_commit(); }
+template <int N>
+inline void cp_async_wait() { emu_cp_async_wait(N); }
+#endif

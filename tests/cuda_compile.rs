@@ -148,6 +148,33 @@ fn no_register_spills_on_sm_90() {
     assert!(spilling.is_empty(), "register spills (kernel, store bytes, load bytes): {spilling:?}");
 }
 
+/// NVRTC passes inline PTX through unchecked: ptxas assembles the tensor-core wrappers of
+/// `common.cuh` (mma, ldmatrix, cp.async; used by `tests/cuda_emu/selftest.cu`'s `tc_*` kernels)
+/// for sm_80 and sm_90.
+#[test]
+fn tensor_core_wrappers_assemble_for_sm_80_and_90() {
+    if !nvrtc_or_skip("tensor_core_wrappers_assemble_for_sm_80_and_90") {
+        return;
+    }
+    let Some(ptxas) = ptxas() else {
+        assert!(!ci(), "CI=true but ptxas was not found");
+        let _ = writeln!(std::io::stderr(), "SKIPPED tensor_core_wrappers_assemble_for_sm_80_and_90: no ptxas");
+        return;
+    };
+    let src = kernels::full_source("emu_selftest", include_str!("cuda_emu/selftest.cu"));
+    let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, kernels::compile_options("emu_selftest", "compute_80")).unwrap_or_else(|e| panic!("{e:?}"));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("selftest.ptx");
+    std::fs::write(&path, ptx.to_src()).unwrap();
+    for arch in ["sm_80", "sm_90"] {
+        let out = Command::new(&ptxas).arg(format!("-arch={arch}")).arg(&path).arg("-o").arg(dir.path().join("selftest.cubin")).output().unwrap();
+        assert!(out.status.success(), "ptxas -arch={arch} failed on selftest.cu:\n{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for instruction in ["mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32", "ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16", "cp.async.cg.shared.global"] {
+        assert!(ptx.to_src().contains(instruction), "`{instruction}` missing from the PTX");
+    }
+}
+
 /// Every kernel op of the op list (an op without a reference composition) has its
 /// `extern "C" __global__` kernel in its family's `kernels/<family>.cu`, and no kernel is
 /// defined twice.

@@ -34,6 +34,8 @@
 #define __launch_bounds__(...)
 #define __align__(n) __attribute__((aligned(n)))
 #define __CUDA_ARCH__ 900
+// kernels/common.cuh picks the C++ models of the tensor-core instructions under this name
+#define RLHF_CUDA_EMU 1
 
 constexpr int warpSize = 32;
 
@@ -91,6 +93,37 @@ inline int __all_sync(unsigned m, int p, emu_loc l = emu_loc::current()) {
     return (unsigned)emu::warp_op(emu::WarpKind::Ballot, m, p != 0, 0, 32, l.file_name(), l.line()) == (m & emu::active_mask());
 }
 inline unsigned __activemask() { return emu::active_mask(); }
+
+// ---- what the tensor-core instructions of kernels/common.cuh are modelled with
+// The lane of the calling thread in its warp (linear thread index mod 32).
+inline int emu_lane() { return (int)((threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)) & 31u); }
+// Every lane of the warp posts `v`; returns all 32 lanes' values (see emu::warp_collect).
+template <typename T>
+inline const T* emu_warp_collect(const T& v, emu_loc l = emu_loc::current()) {
+    static_assert(sizeof(T) <= emu::MAX_COLLECT_BYTES && std::is_trivially_copyable_v<T>, "a fragment of at most 64 bytes");
+    return static_cast<const T*>(emu::warp_collect(0xffffffffu, &v, (int)sizeof(T), l.file_name(), l.line()));
+}
+// cp.async: queued per thread, performed (oldest first) by the wait that covers its group.
+inline void emu_cp_async(void* dst, const void* src, unsigned bytes, unsigned src_bytes, emu_loc l = emu_loc::current()) {
+    emu::ThreadState& t = *emu::cur_thread;
+    if (t.n_async == emu::MAX_ASYNC_COPIES) emu::fail_thread("more cp.async copies pending than the emulator holds (wait for some first)", l.file_name(), l.line());
+    t.async[t.n_async++] = emu::AsyncCopy{dst, src, bytes, src_bytes, t.async_committed};
+}
+inline void emu_cp_async_commit() { emu::cur_thread->async_committed++; }
+// cp.async.wait_group n: every committed group but the newest n has landed.
+inline void emu_cp_async_wait(unsigned n) {
+    emu::ThreadState& t = *emu::cur_thread;
+    const unsigned done_below = t.async_committed > n ? t.async_committed - n : 0;
+    int kept = 0;
+    for (int i = 0; i < t.n_async; i++) {
+        const emu::AsyncCopy c = t.async[i];
+        if (c.group < done_below) {
+            std::memcpy(c.dst, c.src, c.src_bytes);
+            std::memset(static_cast<char*>(c.dst) + c.src_bytes, 0, c.bytes - c.src_bytes);
+        } else t.async[kept++] = c;
+    }
+    t.n_async = kept;
+}
 inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 

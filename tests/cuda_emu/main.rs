@@ -4,7 +4,8 @@
 //! barrier, a shuffle outside its mask) fails the launch with the kernel, thread and file:line;
 //! the thread order is selectable; stream capture records launches that a graph replays, and an
 //! allocation inside a capture invalidates it. They run only when the emulator is the driver (no
-//! GPU, or `RLHF_CUDA_EMU=1`).
+//! GPU, or `RLHF_CUDA_EMU=1`) — except the tensor-core wrappers' tests (`tensor_core.rs`), which
+//! check the emulator's models and, on a GPU, the real instructions against plain products.
 
 #[path = "../common/mod.rs"]
 #[macro_use]
@@ -16,23 +17,24 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 const SRC: &str = include_str!("selftest.cu");
 
+mod tensor_core;
+
+/// The self-test module loaded on the device: the emulator (`lib` is its path) or a real GPU
+/// (`lib` is `None`; only the tensor-core tests run there).
 struct Emu {
-    lib: std::path::PathBuf,
+    lib: Option<std::path::PathBuf>,
     stream: Arc<CudaStream>,
     module: Arc<CudaModule>,
 }
 
-/// The emulator with the self-test module loaded, or `None` after a skip message (a real driver
-/// is in use, or NVRTC is missing and CI does not require CUDA).
-fn emu() -> Option<&'static Emu> {
-    static EMU: OnceLock<Option<Emu>> = OnceLock::new();
-    EMU.get_or_init(|| {
+/// The device with the self-test module loaded, or `None` after a skip message (no driver, or
+/// NVRTC is missing, and CI does not require CUDA).
+fn device() -> Option<&'static Emu> {
+    static DEV: OnceLock<Option<Emu>> = OnceLock::new();
+    DEV.get_or_init(|| {
         let lib = match cuda_emu::driver() {
-            Ok(Driver::Emulator(lib)) => lib,
-            Ok(Driver::Real) => {
-                eprintln!("SKIPPED emulator self-tests: a real CUDA driver is in use");
-                return None;
-            }
+            Ok(Driver::Emulator(lib)) => Some(lib),
+            Ok(Driver::Real) => None,
             Err(e) => {
                 assert!(!common::cuda_required(), "the CUDA emulator is required but unavailable: {e}");
                 eprintln!("SKIPPED emulator self-tests: {e}");
@@ -44,14 +46,32 @@ fn emu() -> Option<&'static Emu> {
             eprintln!("SKIPPED emulator self-tests: no NVRTC");
             return None;
         }
+        // compute_80: the oldest target of the tensor-core instructions, loadable on every GPU that has them
         let src = rlhf::backend::cuda::kernels::full_source("emu_selftest", SRC);
-        let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, rlhf::backend::cuda::kernels::compile_options("emu_selftest", "compute_90")).expect("NVRTC compiles selftest.cu");
-        let ctx = CudaContext::new(0).expect("the emulated device");
+        let ptx = cudarc::nvrtc::compile_ptx_with_opts(&src, rlhf::backend::cuda::kernels::compile_options("emu_selftest", "compute_80")).expect("NVRTC compiles selftest.cu");
+        let ctx = match CudaContext::new(0) {
+            Ok(ctx) => ctx,
+            Err(e) => {
+                assert!(!common::cuda_required(), "no CUDA device: {e:?}");
+                eprintln!("SKIPPED emulator self-tests: no CUDA device ({e:?})");
+                return None;
+            }
+        };
         let stream = ctx.new_stream().unwrap();
         let module = ctx.load_module(ptx).expect("the PTX entries are compiled into the emulator");
         Some(Emu { lib, stream, module })
     })
     .as_ref()
+}
+
+/// The emulator with the self-test module loaded; `None` (after a message) on a real GPU.
+fn emu() -> Option<&'static Emu> {
+    let d = device()?;
+    if d.lib.is_none() {
+        eprintln!("SKIPPED an emulator self-test: a real CUDA driver is in use");
+        return None;
+    }
+    Some(d)
 }
 
 fn kernel(e: &Emu, name: &str) -> CudaFunction {
@@ -76,7 +96,7 @@ fn launch_one(e: &Emu, name: &str, blocks: u32) -> (Result<(), String>, i32) {
 static ORDER: Mutex<()> = Mutex::new(());
 
 fn set_order(e: &Emu, order: Option<&str>) {
-    let f = cuda_emu::symbol(&e.lib, "emu_set_order").expect("the emulator exports emu_set_order");
+    let f = cuda_emu::symbol(e.lib.as_ref().expect("the emulator"), "emu_set_order").expect("the emulator exports emu_set_order");
     // SAFETY: emu_set_order(const char*) -> int, see driver.cpp.
     let f: extern "C" fn(*const std::ffi::c_char) -> i32 = unsafe { std::mem::transmute(f) };
     let name = order.map(|o| std::ffi::CString::new(o).unwrap());

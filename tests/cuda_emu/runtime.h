@@ -18,8 +18,20 @@ struct Dim {
     unsigned int x, y, z;
 };
 
+// A cp.async copy issued but not yet performed: it lands when a cp.async.wait_group covers its
+// group (a kernel that reads the destination before that sees the old bytes, as on a GPU).
+struct AsyncCopy {
+    void* dst;
+    const void* src;
+    unsigned bytes, src_bytes, group;
+};
+constexpr int MAX_ASYNC_COPIES = 128;
+
 struct ThreadState {
     Dim tid;
+    int n_async = 0;              // pending copies in async[0 .. n_async), oldest first
+    unsigned async_committed = 0; // groups committed so far (the open group's number)
+    AsyncCopy async[MAX_ASYNC_COPIES];
 };
 
 struct BlockState {
@@ -29,7 +41,7 @@ struct BlockState {
 extern thread_local ThreadState* cur_thread;
 extern thread_local BlockState cur_block;
 
-enum class WarpKind : int { Sync, Idx, Xor, Up, Down, Ballot };
+enum class WarpKind : int { Sync, Idx, Xor, Up, Down, Ballot, Collect };
 enum class Reduce : int { None, Count, And, Or };
 
 // Block barrier (all threads of the block at the same __syncthreads).
@@ -39,6 +51,13 @@ int sync_block_reduce(Reduce r, int pred, const char* file, unsigned line);
 // A warp operation over the lanes of `mask`: waits for them all, returns this lane's result
 // (the shuffled bits, the ballot, or 0 for __syncwarp).
 unsigned long long warp_op(WarpKind k, unsigned mask, unsigned long long value, int arg, int width, const char* file, unsigned line);
+// Every lane of `mask` posts `bytes` (at most MAX_COLLECT_BYTES) at `mine`; returns a snapshot of
+// the lanes' bytes, lane l at offset l * bytes (lanes outside the mask: zero), valid until this
+// lane's next warp operation. The tensor-core instructions of kernels/common.cuh are built on it.
+constexpr int MAX_COLLECT_BYTES = 64;
+const void* warp_collect(unsigned mask, const void* mine, int bytes, const char* file, unsigned line);
+// Stops the block with a defect report for the current thread (never returns to it).
+[[noreturn]] void fail_thread(const char* what, const char* file, unsigned line);
 // The lanes of the current warp that have not exited.
 unsigned active_mask();
 

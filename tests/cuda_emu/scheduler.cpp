@@ -96,6 +96,8 @@ struct BlockRunner {
     // per warp: lanes waiting at a warp operation, and the lanes that have exited
     int warp_waiting[MAX_THREADS / 32];
     unsigned warp_exited[MAX_THREADS / 32];
+    // per warp: the snapshot of the lanes' bytes of the last warp_collect
+    alignas(16) unsigned char collect[MAX_THREADS / 32][32 * MAX_COLLECT_BYTES];
     unsigned long long rng = 1;
     const Kernel* kernel = nullptr;
     void* const* args = nullptr;
@@ -195,6 +197,8 @@ std::string BlockRunner::run(const Kernel& k, const Grid& g, Dim bid, void* cons
         Thread& t = threads[i];
         t.index = i;
         t.tid = Dim{i % g.block.x, (i / g.block.x) % g.block.y, i / (g.block.x * g.block.y)};
+        t.n_async = 0;
+        t.async_committed = 0;
         prepare(t.fiber, &thread_main, &t);
         all[i] = i;
     }
@@ -295,6 +299,7 @@ const char* kind_name(WarpKind k) {
         case WarpKind::Up: return "__shfl_up_sync";
         case WarpKind::Down: return "__shfl_down_sync";
         case WarpKind::Ballot: return "a vote";
+        case WarpKind::Collect: return "a tensor-core instruction (mma / ldmatrix)";
     }
     return "?";
 }
@@ -385,7 +390,7 @@ unsigned long long warp_op(WarpKind k, unsigned mask, unsigned long long value, 
             break;
         }
         if (o.st != St::Warp) complete = false;
-        else if (o.mask != mask || o.kind != k) {
+        else if (o.mask != mask || o.kind != k || (k == WarpKind::Collect && o.arg != t.arg)) {
             r.fail("divergent warp operations: " + r.where(t) + " at " + kind_name(k) + " mask " + hex(mask) + at() + ", " + r.where(o) + " at " + kind_name(o.kind) +
                    " mask " + hex(o.mask) + " " + o.file + ":" + std::to_string(o.line));
             break;
@@ -401,6 +406,11 @@ unsigned long long warp_op(WarpKind k, unsigned mask, unsigned long long value, 
             Thread& o = r.threads[base + l];
             if (k == WarpKind::Ballot) o.out = ballot;
             else if (k == WarpKind::Sync) o.out = 0;
+            else if (k == WarpKind::Collect) {
+                if (count == 0) std::memset(r.collect[warp], 0, sizeof r.collect[warp]);
+                std::memcpy(r.collect[warp] + l * t.arg, reinterpret_cast<const void*>(o.value), (std::size_t)t.arg);
+                o.out = reinterpret_cast<unsigned long long>(r.collect[warp]);
+            }
             else {
                 const int src = source_lane(o, l);
                 if (!(mask >> src & 1u)) {
@@ -419,6 +429,17 @@ unsigned long long warp_op(WarpKind k, unsigned mask, unsigned long long value, 
     }
     yield(t);
     return t.out;
+}
+
+const void* warp_collect(unsigned mask, const void* mine, int bytes, const char* file, unsigned line) {
+    if (bytes <= 0 || bytes > MAX_COLLECT_BYTES) fail_thread("warp_collect of an unsupported size", file, line);
+    return reinterpret_cast<const void*>(warp_op(WarpKind::Collect, mask, reinterpret_cast<unsigned long long>(mine), bytes, 32, file, line));
+}
+
+void fail_thread(const char* what, const char* file, unsigned line) {
+    Thread& t = current();
+    runner->fail(runner->where(t) + ": " + what + " at " + file + ":" + std::to_string(line));
+    for (;;) yield(t);
 }
 
 std::string config_error() { return config().error; }
