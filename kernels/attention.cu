@@ -28,6 +28,16 @@
 //   attention_decode_fwd: grid (n, ceil(nh / 8)); 8 hd. One warp per (row, head); keys and values
 //                         read straight from the slot cache (one query each: no tile reuse).
 //   kv_cache_write:       1-D over b t 2 nkv hd, block 256.  scatter_rows: 1-D over n width.
+// Tensor cores (bf16 storage, hd = 64 or 128, 16-byte aligned rows; RLHF_CUDA_ATTENTION=simt
+// keeps the kernels above), key tiles of BC = 64 (hd 64) or 32 (hd 128) keys, shared rows of
+// hd + 8 bf16 (see "Tensor cores" below):
+//   attention_fwd_mma{64,128}_bf16:    grid (ceil(tq / 64), nh, b), block 128 (16 query rows per
+//                                      warp); two cp.async stages of K and V tiles, 2 x 2 BC (hd + 8)
+//                                      bf16 (36 KiB / 34 KiB); key tiles past the block's last
+//                                      visible key are skipped, and per warp those it cannot see.
+//   attention_decode_mma{64,128}_bf16: grid (n, nkv, ceil(G / 16)), G = nh / nkv, block 32: one
+//                                      warp per cache row and key/value head, its mma rows the
+//                                      group's query heads; one stage, 2 BC (hd + 8) bf16.
 #include "common.cuh"
 
 #define ATT_WARPS 8
@@ -323,6 +333,238 @@ __device__ __forceinline__ void attention_decode_fwd_t(T* __restrict__ out, floa
     if (lane == 0) lse[(unsigned long long)i * p.nh + h] = m + logf(l);
 }
 
+// ---- Tensor cores (bf16 storage, head dimension HD = 64 or 128): FlashAttention-2's forward.
+// A warp owns 16 query rows; per key tile of MMA_BC keys it computes S = Q K^T with mma (Q's
+// fragments held in registers, K's by ldmatrix from shared memory), the online softmax on the
+// accumulator fragments (each lane holds 2 rows x 2 columns per 8-key group; row max and sum over
+// the 4 lanes of a row by __shfl_xor_sync 1, 2), then O += P V with P rounded to bf16 straight from
+// the S fragments into A fragments and V's by ldmatrix .trans. The decode kernel runs the same
+// per-row arithmetic (mma_row_tile) over the slot cache, with the query heads of one key/value
+// group as the 16 rows, so rollout and training outputs keep equal bits.
+#define MMA_BR 64  // query rows per block (4 warps x 16)
+template <int HD> struct MmaTile {
+    static constexpr int BC = HD == 64 ? 64 : 32;  // keys per tile
+    static constexpr int STRIDE = HD + 8;          // bf16 per shared row: 16-byte aligned, ldmatrix without bank conflicts
+    static constexpr int KV = 2 * BC * STRIDE;     // one stage: K and V tiles
+};
+
+__device__ __forceinline__ u32 pack_bf16(float lo, float hi) { return (u32)bf16_bits(lo) | ((u32)bf16_bits(hi) << 16); }
+
+// rows [0, rows) of a tile from `src` (row r at src + r * row, HD bf16 each) into shared rows of
+// STRIDE by cp.async; rows at or past `valid` are zeros. `who` / `count`: this thread among those copying.
+template <int HD>
+__device__ __forceinline__ void mma_stage_rows(bf16* dst, const bf16* __restrict__ src, unsigned long long row, u32 rows, u32 valid, u32 who, u32 count) {
+    constexpr int CH = HD / 8;  // 16-byte chunks per row
+    for (u32 c = who; c < rows * CH; c += count) {
+        const u32 r = c / CH, x = c % CH;
+        const bool ok = r < valid;
+        cp_async16(dst + r * MmaTile<HD>::STRIDE + 8 * x, src + (ok ? (unsigned long long)r * row + 8 * x : 0), ok);
+    }
+}
+
+// The running state of a warp's 16 rows: row g (index 0) and g + 8 (index 1) of lane (g, t).
+template <int HD> struct MmaRows {
+    float m[2], l[2], o[HD / 8][4];
+};
+
+// One key tile for a warp: qf the Q fragments, Ks / Vs the tile in shared memory (BC rows of
+// STRIDE), key j0 + c visible to row r when c < vis[r] (vis <= 0: none).
+template <int HD>
+__device__ __forceinline__ void mma_row_tile(MmaRows<HD>& st, const u32 (*qf)[4], const bf16* Ks, const bf16* Vs, const int* vis, float scale) {
+    constexpr int BC = MmaTile<HD>::BC, S = MmaTile<HD>::STRIDE;
+    const u32 l = threadIdx.x & 31, t = l & 3;
+    float s[BC / 8][4];
+#pragma unroll
+    for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) s[n][i] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk += 2) {
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++) {
+            u32 b[4];  // k-steps kk (b[0], b[1]) and kk + 1 (b[2], b[3])
+            ldmatrix_x4(b, Ks + (n * 8 + (l & 7)) * S + kk * 16 + (l >> 3) * 8);
+            mma_bf16_16816(s[n], qf[kk], b, s[n]);
+            mma_bf16_16816(s[n], qf[kk + 1], b + 2, s[n]);
+        }
+    }
+    float corr[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        float mx = NEG_INF;
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const int c = n * 8 + 2 * (int)t + e;
+                const float x = c < vis[r] ? s[n][2 * r + e] * scale : NEG_INF;
+                s[n][2 * r + e] = x;
+                mx = fmaxf(mx, x);
+            }
+        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(FULL_MASK, mx, 2));
+        const float m_new = fmaxf(st.m[r], mx);
+        const float base = m_new == NEG_INF ? 0.0f : m_new;  // a row with nothing visible yet stays at 0
+        corr[r] = __expf(st.m[r] - base);
+        float sum = 0.0f;
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                const float pe = __expf(s[n][2 * r + e] - base);
+                s[n][2 * r + e] = pe;
+                sum += pe;
+            }
+        sum += __shfl_xor_sync(FULL_MASK, sum, 1);
+        sum += __shfl_xor_sync(FULL_MASK, sum, 2);
+        st.l[r] = st.l[r] * corr[r] + sum;
+        st.m[r] = m_new;
+    }
+#pragma unroll
+    for (int d = 0; d < HD / 8; d++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) st.o[d][i] *= corr[i >> 1];
+#pragma unroll
+    for (int ks = 0; ks < BC / 16; ks++) {
+        const u32 pa[4] = {pack_bf16(s[2 * ks][0], s[2 * ks][1]), pack_bf16(s[2 * ks][2], s[2 * ks][3]), pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]),
+                           pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3])};
+#pragma unroll
+        for (int d = 0; d < HD / 8; d += 2) {
+            u32 b[4];  // d-tiles d (b[0], b[1]) and d + 1 (b[2], b[3])
+            ldmatrix_x4_trans(b, Vs + (ks * 16 + (l & 7) + ((l >> 3) & 1) * 8) * S + (d + (l >> 4)) * 8);
+            mma_bf16_16816(st.o[d], pa, b, st.o[d]);
+            mma_bf16_16816(st.o[d + 1], pa, b + 2, st.o[d + 1]);
+        }
+    }
+}
+
+template <int HD>
+__device__ __forceinline__ void mma_rows_init(MmaRows<HD>& st) {
+    for (int r = 0; r < 2; r++) st.m[r] = NEG_INF, st.l[r] = 0.0f;
+#pragma unroll
+    for (int d = 0; d < HD / 8; d++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) st.o[d][i] = 0.0f;
+}
+
+// out row r of the warp (r = 0: row g, 1: g + 8) = o / l at `dst` (HD bf16), lse = m + log l.
+template <int HD>
+__device__ __forceinline__ void mma_store_row(const MmaRows<HD>& st, int r, bf16* dst, float* lse) {
+    const u32 t = threadIdx.x & 3;
+    const float inv = 1.0f / st.l[r];
+#pragma unroll
+    for (int d = 0; d < HD / 8; d++) *reinterpret_cast<u32*>(dst + d * 8 + 2 * t) = pack_bf16(st.o[d][2 * r] * inv, st.o[d][2 * r + 1] * inv);
+    if (t == 0) *lse = st.m[r] + logf(st.l[r]);
+}
+
+// attention_fwd on tensor cores: grid (ceil(tq / 64), nh, b), 128 threads; shared memory two
+// stages of K and V tiles (2 KV bf16; Q passes through the second stage first).
+template <int HD>
+__device__ __forceinline__ void attention_fwd_mma_t(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q, const bf16* __restrict__ k,
+                                                    const bf16* __restrict__ v, AttentionParams p) {
+    using Tile = MmaTile<HD>;
+    constexpr int BC = Tile::BC, S = Tile::STRIDE;
+    extern __shared__ float sm[];
+    bf16* stage[2] = {reinterpret_cast<bf16*>(sm), reinterpret_cast<bf16*>(sm) + Tile::KV};
+    const u32 tid = threadIdx.x, w = tid >> 5, l = tid & 31, g = l >> 2;
+    const u32 b = blockIdx.z, h = blockIdx.y, kvh = h / (p.nh / p.nkv), i0 = blockIdx.x * MMA_BR;
+    const u32 last = min(p.q_pos0 + min(i0 + MMA_BR, p.tq), p.tk);  // keys any row of the block sees
+    const u32 tiles = (last + BC - 1) / BC;
+    const bf16* kb = k + (unsigned long long)b * p.kv_batch + p.k_off + kvh * HD;
+    const bf16* vb = v + (unsigned long long)b * p.kv_batch + p.v_off + kvh * HD;
+    auto load_kv = [&](u32 j, bf16* dst) {
+        const u32 j0 = j * BC, valid = min((u32)BC, last - j0);
+        mma_stage_rows<HD>(dst, kb + (unsigned long long)j0 * p.kv_row, p.kv_row, BC, valid, tid, blockDim.x);
+        mma_stage_rows<HD>(dst + BC * S, vb + (unsigned long long)j0 * p.kv_row, p.kv_row, BC, valid, tid, blockDim.x);
+    };
+    const bf16* qb = q + (unsigned long long)b * p.q_batch + (unsigned long long)i0 * p.q_row + p.q_off + h * HD;
+    mma_stage_rows<HD>(stage[1], qb, p.q_row, MMA_BR, min((u32)MMA_BR, p.tq - i0), tid, blockDim.x);
+    load_kv(0, stage[0]);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    u32 qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) ldmatrix_x4(qf[kk], stage[1] + (w * 16 + (l & 7) + ((l >> 3) & 1) * 8) * S + kk * 16 + (l >> 4) * 8);
+    MmaRows<HD> st;
+    mma_rows_init(st);
+    const u32 row0 = i0 + w * 16 + g;  // the lane's rows row0 and row0 + 8
+    for (u32 j = 0; j < tiles; j++) {
+        if (j > 0) {
+            cp_async_wait<0>();
+        }
+        __syncthreads();  // tile j landed for every thread; every warp is done with tile j - 1 (and Q)
+        if (j + 1 < tiles) {
+            load_kv(j + 1, stage[(j + 1) & 1]);
+            cp_async_commit();
+        }
+        const int j0 = (int)(j * BC);
+        int vis[2];
+        for (int r = 0; r < 2; r++) {
+            const u32 i = row0 + 8 * r;
+            vis[r] = i < p.tq ? (int)min(p.q_pos0 + i + 1, p.tk) - j0 : 0;
+        }
+        // a tile no row of this warp sees leaves every row's state as it is: skip it (warp-uniform)
+        const u32 warp_last = min(p.q_pos0 + min(i0 + w * 16 + 16, p.tq), p.tk);
+        if (i0 + w * 16 < p.tq && (u32)j0 < warp_last) mma_row_tile<HD>(st, qf, stage[j & 1], stage[j & 1] + BC * S, vis, p.scale);
+    }
+    for (int r = 0; r < 2; r++) {
+        const u32 i = row0 + 8 * r;
+        if (i < p.tq) mma_store_row<HD>(st, r, out + ((unsigned long long)b * p.tq + i) * p.nh * HD + h * HD, lse + ((unsigned long long)b * p.nh + h) * p.tq + i);
+    }
+}
+
+// attention_decode_fwd on tensor cores: one warp (block of 32) per (cache row i, key/value head
+// kvh, group of 16 query heads); its rows are the query heads kvh G + 16 y + r (G = nh / nkv)
+// for r < min(16, G - 16 y), each key/value row of the slot read once for all of them; key tiles
+// of BC keys from position 0, as attention_fwd_mma, so every row's arithmetic is the training
+// forward's. Grid (n, nkv, ceil(G / 16)); shared memory one stage (KV bf16).
+template <int HD>
+__device__ __forceinline__ void attention_decode_mma_t(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q, const bf16* __restrict__ cache,
+                                                       const int* __restrict__ rows, AttentionDecodeParams p) {
+    using Tile = MmaTile<HD>;
+    constexpr int BC = Tile::BC, S = Tile::STRIDE;
+    extern __shared__ float sm[];
+    bf16* Ks = reinterpret_cast<bf16*>(sm);
+    bf16* Vs = Ks + BC * S;
+    const u32 l = threadIdx.x & 31, g = l >> 2, t = l & 3;
+    const u32 i = blockIdx.x, kvh = blockIdx.y, G = p.nh / p.nkv, h0 = kvh * G + blockIdx.z * 16;
+    const u32 nrows = min(16u, G - blockIdx.z * 16);
+    const int row = rows[i];
+    if (row < 0 || (u32)row >= p.slots * p.t_max) return;  // block-uniform
+    const u32 slot = row / p.t_max, pos = row % p.t_max, kv_row = 2 * p.nkv * HD;
+    const bf16* kb = cache + (unsigned long long)slot * p.t_max * kv_row + kvh * HD;
+    const bf16* vb = cache + (unsigned long long)slot * p.t_max * kv_row + (p.nkv + kvh) * HD;
+    const bf16* qrow = q + (unsigned long long)i * p.q_row + p.q_off;
+    // Q fragments straight from global memory (rows past nrows are zeros)
+    u32 qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+        for (int x = 0; x < 4; x++) {
+            const u32 r = g + (x & 1) * 8, c = kk * 16 + 2 * t + (x >> 1) * 8;
+            qf[kk][x] = r < nrows ? *reinterpret_cast<const u32*>(qrow + (h0 + r) * HD + c) : 0u;
+        }
+    MmaRows<HD> st;
+    mma_rows_init(st);
+    const u32 visible = pos + 1;
+    for (u32 j0 = 0; j0 < visible; j0 += BC) {
+        const u32 valid = min((u32)BC, visible - j0);
+        __syncwarp();
+        mma_stage_rows<HD>(Ks, kb + (unsigned long long)j0 * kv_row, kv_row, BC, valid, l, 32);
+        mma_stage_rows<HD>(Vs, vb + (unsigned long long)j0 * kv_row, kv_row, BC, valid, l, 32);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncwarp();
+        const int vis[2] = {g < nrows ? (int)valid : 0, g + 8 < nrows ? (int)valid : 0};
+        mma_row_tile<HD>(st, qf, Ks, Vs, vis, p.scale);
+    }
+    for (int r = 0; r < 2; r++) {
+        const u32 hr = g + 8 * r;
+        if (hr < nrows) mma_store_row<HD>(st, r, out + (unsigned long long)i * p.nh * HD + (h0 + hr) * HD, lse + (unsigned long long)i * p.nh + h0 + hr);
+    }
+}
+
 // The entries: T = float (NAME) and T = bf16 (NAME_bf16); lse and delta are f32 in both.
 #define ATT_F32 float* __restrict__
 #define ATT_CF32 const float* __restrict__
@@ -361,4 +603,20 @@ extern "C" __global__ void attention_decode_fwd(ATT_F32 out, ATT_F32 lse, ATT_CF
 extern "C" __global__ void attention_decode_fwd_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ cache,
                                                      const int* __restrict__ rows, AttentionDecodeParams p) {
     attention_decode_fwd_t(out, lse, q, cache, rows, p);
+}
+extern "C" __global__ void attention_fwd_mma64_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+                                                    AttentionParams p) {
+    attention_fwd_mma_t<64>(out, lse, q, k, v, p);
+}
+extern "C" __global__ void attention_fwd_mma128_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
+                                                     AttentionParams p) {
+    attention_fwd_mma_t<128>(out, lse, q, k, v, p);
+}
+extern "C" __global__ void attention_decode_mma64_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ cache,
+                                                       const int* __restrict__ rows, AttentionDecodeParams p) {
+    attention_decode_mma_t<64>(out, lse, q, cache, rows, p);
+}
+extern "C" __global__ void attention_decode_mma128_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ cache,
+                                                        const int* __restrict__ rows, AttentionDecodeParams p) {
+    attention_decode_mma_t<128>(out, lse, q, cache, rows, p);
 }

@@ -63,9 +63,29 @@ fn run_bf16<B: Backend>(be: &B, (b, t, nh, nkv, hd): (usize, usize, usize, usize
     vec![("out", cout(be, &mut out)), ("lse", dl(be, &lse)), ("dqkv", cout(be, &mut dqkv))]
 }
 
+/// bf16 storage with head dimension 64 or 128 runs the forward and the decode on tensor cores
+/// (src/backend/cuda/attention.rs), where P is rounded to bf16 before P V as FlashAttention does:
+/// an output moves by up to 2^-9 sum_j p_j |v_j| <= 2^-9 max |v| from the f32 reference. The
+/// values here are normal with sigma <= 1.5, so max |v| < 9 (6 sigma).
+fn on_tensor_cores(hd: usize) -> bool {
+    hd == 64 || hd == 128
+}
+
+fn tensor_core_tol() -> (f32, f32) {
+    let (atol, rtol) = bf16_tol((2e-5, 2e-5));
+    (atol + 9.0 / 512.0, rtol)
+}
+
+/// `cases` split by [`on_tensor_cores`] of their head dimension (`hd` picks it out of a case).
+fn split<C: Copy>(cases: &[C], hd: impl Fn(&C) -> usize) -> (Vec<C>, Vec<C>) {
+    cases.iter().partition(|c| !on_tensor_cores(hd(c)))
+}
+
 #[test]
 fn attention_bf16_parity() {
-    crate::compare_bf16(CASES, bf16_tol((2e-5, 2e-5)), |be, c| run_bf16(be, c)[..2].to_vec(), |be, c| run_bf16(be, c)[..2].to_vec());
+    let (simt, tc) = split(CASES, |c| c.4);
+    crate::compare_bf16(&simt, bf16_tol((2e-5, 2e-5)), |be, c| run_bf16(be, c)[..2].to_vec(), |be, c| run_bf16(be, c)[..2].to_vec());
+    crate::compare_bf16(&tc, tensor_core_tol(), |be, c| run_bf16(be, c)[..2].to_vec(), |be, c| run_bf16(be, c)[..2].to_vec());
     crate::compare_bf16(CASES, bf16_tol((5e-5, 2e-4)), |be, c| run_bf16(be, c)[2..].to_vec(), |be, c| run_bf16(be, c)[2..].to_vec());
 }
 
@@ -106,7 +126,9 @@ const CACHE_CASES: &[(usize, usize, usize, usize, usize, usize, usize)] = &[(2, 
 
 #[test]
 fn kv_cache_bf16_parity() {
-    parity_bf16!(CACHE_CASES, bf16_tol((2e-5, 2e-5)), run_cache);
+    let (simt, tc) = split(CACHE_CASES, |c| c.6);
+    parity_bf16!(&simt, bf16_tol((2e-5, 2e-5)), run_cache);
+    parity_bf16!(&tc, tensor_core_tol(), run_cache);
 }
 
 #[test]
@@ -149,7 +171,9 @@ const DECODE_CASES: &[(usize, usize, usize, usize, usize, usize)] = &[(3, 20, 5,
 
 #[test]
 fn attention_decode_bf16_parity() {
-    parity_bf16!(DECODE_CASES, bf16_tol((2e-5, 2e-5)), run_decode);
+    let (simt, tc) = split(DECODE_CASES, |c| c.5);
+    parity_bf16!(&simt, bf16_tol((2e-5, 2e-5)), run_decode);
+    parity_bf16!(&tc, tensor_core_tol(), run_decode);
 }
 
 #[test]

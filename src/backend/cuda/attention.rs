@@ -2,6 +2,8 @@
 //! row scatter, decode attention). Blocks of 256 threads (8 warps); dynamic
 //! shared memory sized from the head dimension as in the kernel file's header. The kernels keep
 //! ATT_HD_REG = 4 values per lane, so head dimensions up to 128 are supported (a clear error above).
+//! bf16 storage with head dimension 64 or 128 runs the forward and the decode on tensor cores
+//! (`*_mma{64,128}_bf16`, see [`tensor_cores`]); `RLHF_CUDA_ATTENTION=simt` keeps the SIMT kernels.
 
 use super::buffer::{types, CudaBuf};
 use super::context::{launch, linear, Context, Scratch};
@@ -9,7 +11,9 @@ use super::kernels::err;
 use super::need;
 use crate::backend::ops::{AttentionDecodeParams, AttentionParams, KvCacheParams, ScatterParams};
 use crate::error::Result;
+use crate::backend::storage::Dtype;
 use cudarc::driver::{CudaSlice, LaunchConfig};
+use std::sync::OnceLock;
 
 type Buf = CudaBuf;
 type Ids = CudaSlice<i32>;
@@ -26,6 +30,22 @@ fn check_heads(op: &str, hd: u32, nh: u32, nkv: u32) -> Result<()> {
         return Err(err(format!("{op}: {nh} query heads are not a multiple of {nkv} key/value heads")));
     }
     Ok(())
+}
+
+/// The head dimension whose tensor-core kernels run this call, if any: bf16 storage (sm_80 and
+/// newer, which bf16 storage requires), head dimension 64 or 128, every row stride and offset a
+/// whole number of 16-byte chunks (cp.async), and `RLHF_CUDA_ATTENTION` not `simt`. Training
+/// forward and decode decide alike, so rollout and training rows keep equal bits.
+fn tensor_cores(ty: Dtype, hd: u32, strides: &[u32]) -> Option<u32> {
+    static SIMT: OnceLock<bool> = OnceLock::new();
+    let simt = *SIMT.get_or_init(|| std::env::var("RLHF_CUDA_ATTENTION").is_ok_and(|v| v == "simt"));
+    (ty == Dtype::Bf16 && (hd == 64 || hd == 128) && !simt && strides.iter().all(|s| s % 8 == 0)).then_some(hd)
+}
+
+/// Keys per tile and bytes of one K + V stage of the tensor-core kernels (MmaTile in the .cu).
+fn mma_stage_bytes(hd: u32) -> u32 {
+    let bc = if hd == 64 { 64 } else { 32 };
+    2 * bc * (hd + 8) * 2
 }
 
 fn cfg(grid: (u32, u32, u32), smem_floats: u32) -> LaunchConfig {
@@ -56,6 +76,13 @@ pub fn attention_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf, k: &B
     )?;
     if b * tq == 0 || p.tk == 0 {
         return Ok(());
+    }
+    if let Some(hd) = tensor_cores(t, p.hd, &[p.q_row, p.q_batch, p.q_off, p.kv_row, p.kv_batch, p.k_off, p.v_off]) {
+        let c = LaunchConfig { grid_dim: (p.tq.div_ceil(64), p.nh, p.b), block_dim: (128, 1, 1), shared_mem_bytes: 2 * mma_stage_bytes(hd) };
+        return match hd {
+            64 => launch!(ctx, "attention", "attention_fwd_mma64_bf16", c, out, lse, q, k, v, &p),
+            _ => launch!(ctx, "attention", "attention_fwd_mma128_bf16", c, out, lse, q, k, v, &p),
+        };
     }
     let smem = KT * (p.hd + 1) + KT * p.hd + WARPS * p.hd;
     launch!(ctx, "attention", "attention_fwd"[t], cfg((p.tq.div_ceil(WARPS), p.nh, p.b), smem), out, lse, q, k, v, &p)
@@ -147,6 +174,39 @@ pub fn attention_decode_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf
             ("rows", rows.len(), n),
         ],
     )?;
+    if let Some(hd) = tensor_cores(ty, p.hd, &[p.q_row, p.q_off, 2 * p.nkv * p.hd]) {
+        let groups = (p.nh / p.nkv).div_ceil(16);
+        let c = LaunchConfig { grid_dim: (p.n, p.nkv, groups), block_dim: (32, 1, 1), shared_mem_bytes: mma_stage_bytes(hd) };
+        return match hd {
+            64 => launch!(ctx, "attention", "attention_decode_mma64_bf16", c, out, lse, q, cache, rows, &p),
+            _ => launch!(ctx, "attention", "attention_decode_mma128_bf16", c, out, lse, q, cache, rows, &p),
+        };
+    }
     let c = LaunchConfig { grid_dim: (p.n, p.nh.div_ceil(WARPS), 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: WARPS * p.hd * 4 };
     launch!(ctx, "attention", "attention_decode_fwd"[ty], c, out, lse, q, cache, rows, &p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The tensor-core launches stay within the 48 KiB of dynamic shared memory a launch gets
+    /// without opting in (the forward holds two stages, the decode one).
+    #[test]
+    fn tensor_core_launches_fit_the_default_shared_memory() {
+        for hd in [64, 128] {
+            assert!(2 * mma_stage_bytes(hd) <= 48 * 1024, "hd {hd}: {} bytes", 2 * mma_stage_bytes(hd));
+        }
+        assert_eq!(mma_stage_bytes(64), 2 * 64 * 72 * 2);
+        assert_eq!(mma_stage_bytes(128), 2 * 32 * 136 * 2);
+    }
+
+    #[test]
+    fn tensor_cores_need_bf16_a_supported_head_and_aligned_rows() {
+        assert_eq!(tensor_cores(Dtype::Bf16, 64, &[768 * 3, 0, 64]), Some(64));
+        assert_eq!(tensor_cores(Dtype::Bf16, 128, &[128 * 6]), Some(128));
+        assert_eq!(tensor_cores(Dtype::F32, 64, &[192]), None);
+        assert_eq!(tensor_cores(Dtype::Bf16, 96, &[288]), None);
+        assert_eq!(tensor_cores(Dtype::Bf16, 64, &[196]), None, "a row stride of 196 bf16 is not 16-byte aligned");
+    }
 }
