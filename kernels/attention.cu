@@ -38,6 +38,11 @@
 //   attention_decode_mma{64,128}_bf16: grid (n, nkv, ceil(G / 16)), G = nh / nkv, block 32: one
 //                                      warp per cache row and key/value head, its mma rows the
 //                                      group's query heads; one stage, 2 BC (hd + 8) bf16.
+//   attention_bwd_dq_mma{64,128}_bf16: grid (ceil(T / 64), nh, b), block 128 (16 query rows per
+//                                      warp); max(128, 2 BC) rows of hd + 8 bf16 (Q and dO first).
+//   attention_bwd_dkv_mma{64,128}_bf16: grid (ceil(T / KB), nkv, b), KB = 64 (hd 64) or 32 keys,
+//                                      block 2 KB threads (16 keys per warp); K, V of the block and
+//                                      a Q and a dO tile of BQ = 64 (hd 64) or 16 queries.
 #include "common.cuh"
 
 #define ATT_WARPS 8
@@ -367,27 +372,90 @@ template <int HD> struct MmaRows {
     float m[2], l[2], o[HD / 8][4];
 };
 
-// One key tile for a warp: qf the Q fragments, Ks / Vs the tile in shared memory (BC rows of
-// STRIDE), key j0 + c visible to row r when c < vis[r] (vis <= 0: none).
+// A fragments of a warp's 16 rows (shared rows of STRIDE from `As`) over the head dimension.
 template <int HD>
-__device__ __forceinline__ void mma_row_tile(MmaRows<HD>& st, const u32 (*qf)[4], const bf16* Ks, const bf16* Vs, const int* vis, float scale) {
-    constexpr int BC = MmaTile<HD>::BC, S = MmaTile<HD>::STRIDE;
-    const u32 l = threadIdx.x & 31, t = l & 3;
-    float s[BC / 8][4];
+__device__ __forceinline__ void mma_load_a(u32 (*af)[4], const bf16* As) {
+    const u32 l = threadIdx.x & 31;
 #pragma unroll
-    for (int n = 0; n < BC / 8; n++)
+    for (int kk = 0; kk < HD / 16; kk++) ldmatrix_x4(af[kk], As + ((l & 7) + ((l >> 3) & 1) * 8) * MmaTile<HD>::STRIDE + kk * 16 + (l >> 4) * 8);
+}
+
+// s = A B^T for the warp's 16 rows: A as fragments af over the head dimension, B the NT x 8
+// shared rows of Bs (row c: column c of s); k-steps in order.
+template <int HD, int NT>
+__device__ __forceinline__ void mma_abt(float (*s)[4], const u32 (*af)[4], const bf16* Bs) {
+    constexpr int S = MmaTile<HD>::STRIDE;
+    const u32 l = threadIdx.x & 31;
+#pragma unroll
+    for (int n = 0; n < NT; n++)
 #pragma unroll
         for (int i = 0; i < 4; i++) s[n][i] = 0.0f;
 #pragma unroll
     for (int kk = 0; kk < HD / 16; kk += 2) {
 #pragma unroll
-        for (int n = 0; n < BC / 8; n++) {
+        for (int n = 0; n < NT; n++) {
             u32 b[4];  // k-steps kk (b[0], b[1]) and kk + 1 (b[2], b[3])
-            ldmatrix_x4(b, Ks + (n * 8 + (l & 7)) * S + kk * 16 + (l >> 3) * 8);
-            mma_bf16_16816(s[n], qf[kk], b, s[n]);
-            mma_bf16_16816(s[n], qf[kk + 1], b + 2, s[n]);
+            ldmatrix_x4(b, Bs + (n * 8 + (l & 7)) * S + kk * 16 + (l >> 3) * 8);
+            mma_bf16_16816(s[n], af[kk], b, s[n]);
+            mma_bf16_16816(s[n], af[kk + 1], b + 2, s[n]);
         }
     }
+}
+
+// mma_abt with A read from shared rows As (16 of STRIDE) two k-steps at a time, not held whole:
+// the same products in the same order with 8 registers of A instead of HD / 4.
+template <int HD, int NT>
+__device__ __forceinline__ void mma_abt_shared(float (*s)[4], const bf16* As, const bf16* Bs) {
+    constexpr int S = MmaTile<HD>::STRIDE;
+    const u32 l = threadIdx.x & 31;
+#pragma unroll
+    for (int n = 0; n < NT; n++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) s[n][i] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk += 2) {
+        u32 af[2][4];
+#pragma unroll
+        for (int x = 0; x < 2; x++) ldmatrix_x4(af[x], As + ((l & 7) + ((l >> 3) & 1) * 8) * S + (kk + x) * 16 + (l >> 4) * 8);
+#pragma unroll
+        for (int n = 0; n < NT; n++) {
+            u32 b[4];
+            ldmatrix_x4(b, Bs + (n * 8 + (l & 7)) * S + kk * 16 + (l >> 3) * 8);
+            mma_bf16_16816(s[n], af[0], b, s[n]);
+            mma_bf16_16816(s[n], af[1], b + 2, s[n]);
+        }
+    }
+}
+
+// o += P B for the warp's 16 rows: P the accumulator fragments p[NT][4] of 16 rows x 8 NT
+// columns (rounded to bf16 into A fragments), B the 8 NT shared rows of Bs (row c: column c of P)
+// over the head dimension.
+template <int HD, int NT>
+__device__ __forceinline__ void mma_pb(float (*o)[4], const float (*p)[4], const bf16* Bs) {
+    constexpr int S = MmaTile<HD>::STRIDE;
+    const u32 l = threadIdx.x & 31;
+#pragma unroll
+    for (int ks = 0; ks < NT / 2; ks++) {
+        const u32 pa[4] = {pack_bf16(p[2 * ks][0], p[2 * ks][1]), pack_bf16(p[2 * ks][2], p[2 * ks][3]), pack_bf16(p[2 * ks + 1][0], p[2 * ks + 1][1]),
+                           pack_bf16(p[2 * ks + 1][2], p[2 * ks + 1][3])};
+#pragma unroll
+        for (int d = 0; d < HD / 8; d += 2) {
+            u32 b[4];  // d-tiles d (b[0], b[1]) and d + 1 (b[2], b[3])
+            ldmatrix_x4_trans(b, Bs + (ks * 16 + (l & 7) + ((l >> 3) & 1) * 8) * S + (d + (l >> 4)) * 8);
+            mma_bf16_16816(o[d], pa, b, o[d]);
+            mma_bf16_16816(o[d + 1], pa, b + 2, o[d + 1]);
+        }
+    }
+}
+
+// One key tile for a warp: qf the Q fragments, Ks / Vs the tile in shared memory (BC rows of
+// STRIDE), key j0 + c visible to row r when c < vis[r] (vis <= 0: none).
+template <int HD>
+__device__ __forceinline__ void mma_row_tile(MmaRows<HD>& st, const u32 (*qf)[4], const bf16* Ks, const bf16* Vs, const int* vis, float scale) {
+    constexpr int BC = MmaTile<HD>::BC;
+    const u32 t = threadIdx.x & 3;
+    float s[BC / 8][4];
+    mma_abt<HD, BC / 8>(s, qf, Ks);
     float corr[2];
 #pragma unroll
     for (int r = 0; r < 2; r++) {
@@ -424,18 +492,7 @@ __device__ __forceinline__ void mma_row_tile(MmaRows<HD>& st, const u32 (*qf)[4]
     for (int d = 0; d < HD / 8; d++)
 #pragma unroll
         for (int i = 0; i < 4; i++) st.o[d][i] *= corr[i >> 1];
-#pragma unroll
-    for (int ks = 0; ks < BC / 16; ks++) {
-        const u32 pa[4] = {pack_bf16(s[2 * ks][0], s[2 * ks][1]), pack_bf16(s[2 * ks][2], s[2 * ks][3]), pack_bf16(s[2 * ks + 1][0], s[2 * ks + 1][1]),
-                           pack_bf16(s[2 * ks + 1][2], s[2 * ks + 1][3])};
-#pragma unroll
-        for (int d = 0; d < HD / 8; d += 2) {
-            u32 b[4];  // d-tiles d (b[0], b[1]) and d + 1 (b[2], b[3])
-            ldmatrix_x4_trans(b, Vs + (ks * 16 + (l & 7) + ((l >> 3) & 1) * 8) * S + (d + (l >> 4)) * 8);
-            mma_bf16_16816(st.o[d], pa, b, st.o[d]);
-            mma_bf16_16816(st.o[d + 1], pa, b + 2, st.o[d + 1]);
-        }
-    }
+    mma_pb<HD, BC / 8>(st.o, s, Vs);
 }
 
 template <int HD>
@@ -484,8 +541,7 @@ __device__ __forceinline__ void attention_fwd_mma_t(bf16* __restrict__ out, floa
     cp_async_wait<0>();
     __syncthreads();
     u32 qf[HD / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < HD / 16; kk++) ldmatrix_x4(qf[kk], stage[1] + (w * 16 + (l & 7) + ((l >> 3) & 1) * 8) * S + kk * 16 + (l >> 4) * 8);
+    mma_load_a<HD>(qf, stage[1] + w * 16 * S);
     MmaRows<HD> st;
     mma_rows_init(st);
     const u32 row0 = i0 + w * 16 + g;  // the lane's rows row0 and row0 + 8
@@ -565,6 +621,162 @@ __device__ __forceinline__ void attention_decode_mma_t(bf16* __restrict__ out, f
     }
 }
 
+// The training backward on tensor cores (tq = tk = T, q_pos0 = 0, one fused qkv buffer), P
+// recomputed from the saved lse, D from attention_bwd_delta; dS = P (dP - D) and P rounded to bf16
+// as the A operand of the products. No atomics: dq and dk/dv come from two kernels, each output
+// row written once by one warp.
+// Shared rows of a tile from the fused qkv (or dout) rows: rows r0 .. r0 + rows, valid below T.
+template <int HD>
+__device__ __forceinline__ void mma_stage_qkv(bf16* dst, const bf16* __restrict__ src, unsigned long long row, u32 r0, u32 rows, u32 t) {
+    mma_stage_rows<HD>(dst, src + (unsigned long long)r0 * row, row, rows, r0 < t ? min(rows, t - r0) : 0, threadIdx.x, blockDim.x);
+}
+
+// dq: grid (ceil(T / 64), nh, b), block 128 (16 query rows per warp); Q and dO pass through
+// shared memory into fragments, then key tiles of BC keys (K and V, one stage):
+//   S = Q K^T, dP = dO V^T, dS = P (dP - D), dQ += dS K; dq = scale dQ.
+template <int HD>
+__device__ __forceinline__ void attention_bwd_dq_mma_t(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                                                       const bf16* __restrict__ qkv, AttentionParams p) {
+    using Tile = MmaTile<HD>;
+    constexpr int BC = Tile::BC, S = Tile::STRIDE;
+    extern __shared__ float sm[];
+    bf16* Ks = reinterpret_cast<bf16*>(sm);
+    bf16* Vs = Ks + BC * S;
+    const u32 tid = threadIdx.x, w = tid >> 5, l = tid & 31, g = l >> 2, t = l & 3, T = p.tq;
+    const u32 b = blockIdx.z, h = blockIdx.y, kvh = h / (p.nh / p.nkv), i0 = blockIdx.x * MMA_BR;
+    const unsigned long long base = (unsigned long long)b * p.q_batch, g_row = (unsigned long long)p.nh * HD;
+    const bf16* gb = dout + (unsigned long long)b * T * g_row + h * HD;
+    mma_stage_qkv<HD>(Ks, qkv + base + p.q_off + h * HD, p.q_row, i0, MMA_BR, T);
+    mma_stage_qkv<HD>(Ks + MMA_BR * S, gb, g_row, i0, MMA_BR, T);
+    cp_async_commit();
+    cp_async_wait<0>();
+    __syncthreads();
+    u32 qf[HD / 16][4], gf[HD / 16][4];
+    mma_load_a<HD>(qf, Ks + w * 16 * S);
+    mma_load_a<HD>(gf, Ks + (MMA_BR + w * 16) * S);
+    const u32 row0 = i0 + w * 16 + g;
+    float lse_r[2], d_r[2];
+    for (int r = 0; r < 2; r++) {
+        const u32 i = row0 + 8 * r;
+        const unsigned long long at = ((unsigned long long)b * p.nh + h) * T + i;
+        lse_r[r] = i < T ? lse[at] : 0.0f;
+        d_r[r] = i < T ? delta[at] : 0.0f;
+    }
+    float dq[HD / 8][4];
+#pragma unroll
+    for (int d = 0; d < HD / 8; d++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) dq[d][i] = 0.0f;
+    const u32 last = min(i0 + MMA_BR, T), warp_last = min(i0 + w * 16 + 16, T);
+    for (u32 j0 = 0; j0 < last; j0 += BC) {
+        __syncthreads();  // every warp is done with the previous tile (and with Q, dO)
+        mma_stage_qkv<HD>(Ks, qkv + base + p.k_off + kvh * HD, p.q_row, j0, BC, last);
+        mma_stage_qkv<HD>(Vs, qkv + base + p.v_off + kvh * HD, p.q_row, j0, BC, last);
+        cp_async_commit();
+        cp_async_wait<0>();
+        __syncthreads();
+        if (i0 + w * 16 >= T || j0 >= warp_last) continue;  // warp-uniform: no row of the warp sees the tile
+        float s[BC / 8][4], dp[BC / 8][4];
+        mma_abt<HD, BC / 8>(s, qf, Ks);
+        mma_abt<HD, BC / 8>(dp, gf, Vs);
+#pragma unroll
+        for (int n = 0; n < BC / 8; n++)
+#pragma unroll
+            for (int x = 0; x < 4; x++) {
+                const u32 i = row0 + 8 * (x >> 1), j = j0 + n * 8 + 2 * t + (x & 1);
+                const float pr = (i < T && j <= i) ? __expf(p.scale * s[n][x] - lse_r[x >> 1]) : 0.0f;
+                s[n][x] = pr * (dp[n][x] - d_r[x >> 1]);
+            }
+        mma_pb<HD, BC / 8>(dq, s, Ks);
+    }
+    for (int r = 0; r < 2; r++) {
+        const u32 i = row0 + 8 * r;
+        if (i >= T) continue;
+        bf16* dst = dqkv + base + (unsigned long long)i * p.q_row + p.q_off + h * HD;
+#pragma unroll
+        for (int d = 0; d < HD / 8; d++) *reinterpret_cast<u32*>(dst + d * 8 + 2 * t) = pack_bf16(p.scale * dq[d][2 * r], p.scale * dq[d][2 * r + 1]);
+    }
+}
+
+// The dk/dv kernel's tiles: warps of 16 keys each, 64 keys per block for hd 64 and 32 for hd 128
+// (the K, V and query tiles then fit 48 KiB), query tiles of BQ (hd 128: 16, so that dK and dV,
+// 128 floats per lane, fit the registers beside S and dP).
+template <int HD> struct MmaDkv {
+    static constexpr int WARPS = HD == 64 ? 4 : 2;
+    static constexpr int KB = 16 * WARPS;
+    static constexpr int BQ = HD == 64 ? 64 : 16;
+};
+
+// dk, dv: grid (ceil(T / KB), nkv, b), block 32 x WARPS (16 keys per warp); K and V of the
+// block's keys stay in shared memory; per query head of the group and per query tile of BQ
+// queries (from the first that sees the block's first key), Q and dO tiles (one stage):
+//   S^T = K Q^T, dP^T = V dO^T, P^T from lse, dV += P^T dO, dK += dS^T Q; dk = scale dK.
+template <int HD>
+__device__ __forceinline__ void attention_bwd_dkv_mma_t(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, const float* __restrict__ lse, const float* __restrict__ delta,
+                                                        const bf16* __restrict__ qkv, AttentionParams p) {
+    using Tile = MmaTile<HD>;
+    constexpr int BQ = MmaDkv<HD>::BQ, S = Tile::STRIDE, KB = MmaDkv<HD>::KB;
+    extern __shared__ float sm[];
+    bf16* Ks = reinterpret_cast<bf16*>(sm);
+    bf16* Vs = Ks + KB * S;
+    bf16* Qs = Vs + KB * S;
+    bf16* Gs = Qs + BQ * S;
+    const u32 tid = threadIdx.x, w = tid >> 5, l = tid & 31, g = l >> 2, t = l & 3, T = p.tq;
+    const u32 b = blockIdx.z, kvh = blockIdx.y, group = p.nh / p.nkv, j0 = blockIdx.x * KB, kw0 = j0 + w * 16;
+    const unsigned long long base = (unsigned long long)b * p.q_batch, g_row = (unsigned long long)p.nh * HD;
+    mma_stage_qkv<HD>(Ks, qkv + base + p.k_off + kvh * HD, p.q_row, j0, KB, T);
+    mma_stage_qkv<HD>(Vs, qkv + base + p.v_off + kvh * HD, p.q_row, j0, KB, T);
+    float dk[HD / 8][4], dv[HD / 8][4];
+#pragma unroll
+    for (int d = 0; d < HD / 8; d++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) dk[d][i] = dv[d][i] = 0.0f;
+    for (u32 h = kvh * group; h < (kvh + 1) * group; h++) {
+        const bf16* gb = dout + (unsigned long long)b * T * g_row + h * HD;
+        const float* lse_h = lse + ((unsigned long long)b * p.nh + h) * T;
+        const float* d_h = delta + ((unsigned long long)b * p.nh + h) * T;
+        for (u32 i0 = j0 / BQ * BQ; i0 < T; i0 += BQ) {
+            __syncthreads();  // every warp is done with the previous query tile
+            mma_stage_qkv<HD>(Qs, qkv + base + p.q_off + h * HD, p.q_row, i0, BQ, T);
+            mma_stage_qkv<HD>(Gs, gb, g_row, i0, BQ, T);
+            cp_async_commit();
+            cp_async_wait<0>();
+            __syncthreads();
+            if (kw0 >= T || i0 + BQ <= kw0) continue;  // warp-uniform: no query of the tile sees the warp's keys
+            float s[BQ / 8][4], dp[BQ / 8][4];
+            mma_abt_shared<HD, BQ / 8>(s, Ks + w * 16 * S, Qs);
+            mma_abt_shared<HD, BQ / 8>(dp, Vs + w * 16 * S, Gs);
+#pragma unroll
+            for (int n = 0; n < BQ / 8; n++)
+#pragma unroll
+                for (int e = 0; e < 2; e++) {
+                    const u32 i = i0 + n * 8 + 2 * t + e;
+                    const float li = i < T ? lse_h[i] : 0.0f, di = i < T ? d_h[i] : 0.0f;
+#pragma unroll
+                    for (int r = 0; r < 2; r++) {
+                        const u32 j = kw0 + g + 8 * r;
+                        const float pr = (i < T && i >= j) ? __expf(p.scale * s[n][2 * r + e] - li) : 0.0f;
+                        s[n][2 * r + e] = pr;
+                        dp[n][2 * r + e] = pr * (dp[n][2 * r + e] - di);
+                    }
+                }
+            mma_pb<HD, BQ / 8>(dv, s, Gs);
+            mma_pb<HD, BQ / 8>(dk, dp, Qs);
+        }
+    }
+    for (int r = 0; r < 2; r++) {
+        const u32 j = kw0 + g + 8 * r;
+        if (j >= T) continue;
+        bf16* dkr = dqkv + base + (unsigned long long)j * p.q_row + p.k_off + kvh * HD;
+        bf16* dvr = dqkv + base + (unsigned long long)j * p.q_row + p.v_off + kvh * HD;
+#pragma unroll
+        for (int d = 0; d < HD / 8; d++) {
+            *reinterpret_cast<u32*>(dkr + d * 8 + 2 * t) = pack_bf16(p.scale * dk[d][2 * r], p.scale * dk[d][2 * r + 1]);
+            *reinterpret_cast<u32*>(dvr + d * 8 + 2 * t) = pack_bf16(dv[d][2 * r], dv[d][2 * r + 1]);
+        }
+    }
+}
+
 // The entries: T = float (NAME) and T = bf16 (NAME_bf16); lse and delta are f32 in both.
 #define ATT_F32 float* __restrict__
 #define ATT_CF32 const float* __restrict__
@@ -619,4 +831,20 @@ extern "C" __global__ void attention_decode_mma64_bf16(bf16* __restrict__ out, A
 extern "C" __global__ void attention_decode_mma128_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ cache,
                                                         const int* __restrict__ rows, AttentionDecodeParams p) {
     attention_decode_mma_t<128>(out, lse, q, cache, rows, p);
+}
+extern "C" __global__ void attention_bwd_dq_mma64_bf16(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, ATT_CF32 lse, ATT_CF32 delta,
+                                                  const bf16* __restrict__ qkv, AttentionParams p) {
+    attention_bwd_dq_mma_t<64>(dqkv, dout, lse, delta, qkv, p);
+}
+extern "C" __global__ void attention_bwd_dkv_mma64_bf16(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, ATT_CF32 lse, ATT_CF32 delta,
+                                                  const bf16* __restrict__ qkv, AttentionParams p) {
+    attention_bwd_dkv_mma_t<64>(dqkv, dout, lse, delta, qkv, p);
+}
+extern "C" __global__ void attention_bwd_dq_mma128_bf16(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, ATT_CF32 lse, ATT_CF32 delta,
+                                                  const bf16* __restrict__ qkv, AttentionParams p) {
+    attention_bwd_dq_mma_t<128>(dqkv, dout, lse, delta, qkv, p);
+}
+extern "C" __global__ void attention_bwd_dkv_mma128_bf16(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, ATT_CF32 lse, ATT_CF32 delta,
+                                                  const bf16* __restrict__ qkv, AttentionParams p) {
+    attention_bwd_dkv_mma_t<128>(dqkv, dout, lse, delta, qkv, p);
 }

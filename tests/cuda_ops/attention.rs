@@ -76,6 +76,15 @@ fn tensor_core_tol() -> (f32, f32) {
     (atol + 9.0 / 512.0, rtol)
 }
 
+/// The backward on tensor cores rounds P and dS to bf16 as the A operands of dV += P^T dO,
+/// dK += dS^T Q and dQ += dS K: a gradient moves by up to 2^-9 of the sum of its terms' sizes
+/// (here |dqkv| <= 12; measured: at most 0.037, median 0.001). A wrong mask, tile or head is off
+/// by whole terms, O(1).
+fn tensor_core_grad_tol() -> (f32, f32) {
+    let (atol, rtol) = bf16_tol((5e-5, 2e-4));
+    (atol + 0.05, rtol)
+}
+
 /// `cases` split by [`on_tensor_cores`] of their head dimension (`hd` picks it out of a case).
 fn split<C: Copy>(cases: &[C], hd: impl Fn(&C) -> usize) -> (Vec<C>, Vec<C>) {
     cases.iter().partition(|c| !on_tensor_cores(hd(c)))
@@ -86,7 +95,8 @@ fn attention_bf16_parity() {
     let (simt, tc) = split(CASES, |c| c.4);
     crate::compare_bf16(&simt, bf16_tol((2e-5, 2e-5)), |be, c| run_bf16(be, c)[..2].to_vec(), |be, c| run_bf16(be, c)[..2].to_vec());
     crate::compare_bf16(&tc, tensor_core_tol(), |be, c| run_bf16(be, c)[..2].to_vec(), |be, c| run_bf16(be, c)[..2].to_vec());
-    crate::compare_bf16(CASES, bf16_tol((5e-5, 2e-4)), |be, c| run_bf16(be, c)[2..].to_vec(), |be, c| run_bf16(be, c)[2..].to_vec());
+    crate::compare_bf16(&simt, bf16_tol((5e-5, 2e-4)), |be, c| run_bf16(be, c)[2..].to_vec(), |be, c| run_bf16(be, c)[2..].to_vec());
+    crate::compare_bf16(&tc, tensor_core_grad_tol(), |be, c| run_bf16(be, c)[2..].to_vec(), |be, c| run_bf16(be, c)[2..].to_vec());
 }
 
 #[test]
@@ -218,3 +228,4 @@ fn decode_matches_training(g: &rlhf::backend::CudaBackend) {
     let transposed: Vec<f32> = (0..t).flat_map(|i| (0..nh).map(move |h| (h, i))).map(|(h, i)| tl[h * t + i]).collect();
     assert_eq!(bits(dlv), bits(transposed), "decode and training lse differ");
 }
+

@@ -42,10 +42,34 @@ fn tensor_cores(ty: Dtype, hd: u32, strides: &[u32]) -> Option<u32> {
     (ty == Dtype::Bf16 && (hd == 64 || hd == 128) && !simt && strides.iter().all(|s| s % 8 == 0)).then_some(hd)
 }
 
-/// Keys per tile and bytes of one K + V stage of the tensor-core kernels (MmaTile in the .cu).
-fn mma_stage_bytes(hd: u32) -> u32 {
-    let bc = if hd == 64 { 64 } else { 32 };
-    2 * bc * (hd + 8) * 2
+/// The tensor-core kernels' tiles (MmaTile, MmaDkv in the .cu): keys per tile, bytes per shared
+/// row (hd + 8 bf16), and the dk/dv kernel's warps (16 keys each) and queries per tile.
+struct MmaShape {
+    tile: u32,
+    row_bytes: u32,
+    dkv_warps: u32,
+    dkv_queries: u32,
+}
+
+impl MmaShape {
+    fn of(hd: u32) -> Self {
+        let small_head = hd == 64;
+        MmaShape { tile: if small_head { 64 } else { 32 }, row_bytes: 2 * (hd + 8), dkv_warps: if small_head { 4 } else { 2 }, dkv_queries: if small_head { 64 } else { 16 } }
+    }
+    /// One K + V stage.
+    fn stage_bytes(&self) -> u32 {
+        2 * self.tile * self.row_bytes
+    }
+    /// Forward: two stages. Decode: one. dq: Q and dO of 64 rows, then one stage. dk/dv: K and V
+    /// of the block's keys beside a Q and a dO tile.
+    fn smem(&self) -> [(&'static str, u32); 4] {
+        [
+            ("forward", 2 * self.stage_bytes()),
+            ("decode", self.stage_bytes()),
+            ("dq", (128 * self.row_bytes).max(self.stage_bytes())),
+            ("dkv", (2 * 16 * self.dkv_warps + 2 * self.dkv_queries) * self.row_bytes),
+        ]
+    }
 }
 
 fn cfg(grid: (u32, u32, u32), smem_floats: u32) -> LaunchConfig {
@@ -78,7 +102,7 @@ pub fn attention_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf, k: &B
         return Ok(());
     }
     if let Some(hd) = tensor_cores(t, p.hd, &[p.q_row, p.q_batch, p.q_off, p.kv_row, p.kv_batch, p.k_off, p.v_off]) {
-        let c = LaunchConfig { grid_dim: (p.tq.div_ceil(64), p.nh, p.b), block_dim: (128, 1, 1), shared_mem_bytes: 2 * mma_stage_bytes(hd) };
+        let c = LaunchConfig { grid_dim: (p.tq.div_ceil(64), p.nh, p.b), block_dim: (128, 1, 1), shared_mem_bytes: MmaShape::of(hd).smem()[0].1 };
         return match hd {
             64 => launch!(ctx, "attention", "attention_fwd_mma64_bf16", c, out, lse, q, k, v, &p),
             _ => launch!(ctx, "attention", "attention_fwd_mma128_bf16", c, out, lse, q, k, v, &p),
@@ -114,6 +138,22 @@ pub fn attention_bwd(ctx: &Context, dqkv: &mut Buf, dout: &Buf, out: &Buf, lse: 
         let warps = (b * t * nh) as u32;
         let dcfg = LaunchConfig { grid_dim: (warps.div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
         launch!(ctx, "attention", "attention_bwd_delta"[ty], dcfg, &mut *delta, dout, out, &p)?;
+        if let Some(hd) = tensor_cores(ty, p.hd, &[p.q_row, p.q_batch, p.q_off, p.k_off, p.v_off]) {
+            let m = MmaShape::of(hd);
+            let smem = m.smem();
+            let dq = LaunchConfig { grid_dim: (p.tq.div_ceil(64), p.nh, p.b), block_dim: (128, 1, 1), shared_mem_bytes: smem[2].1 };
+            let dkv = LaunchConfig { grid_dim: (p.tq.div_ceil(16 * m.dkv_warps), p.nkv, p.b), block_dim: (32 * m.dkv_warps, 1, 1), shared_mem_bytes: smem[3].1 };
+            return match hd {
+                64 => {
+                    launch!(ctx, "attention", "attention_bwd_dq_mma64_bf16", dq, &mut *dqkv, dout, lse, &*delta, qkv, &p)?;
+                    launch!(ctx, "attention", "attention_bwd_dkv_mma64_bf16", dkv, &mut *dqkv, dout, lse, &*delta, qkv, &p)
+                }
+                _ => {
+                    launch!(ctx, "attention", "attention_bwd_dq_mma128_bf16", dq, &mut *dqkv, dout, lse, &*delta, qkv, &p)?;
+                    launch!(ctx, "attention", "attention_bwd_dkv_mma128_bf16", dkv, &mut *dqkv, dout, lse, &*delta, qkv, &p)
+                }
+            };
+        }
         let smem = 2 * KT * (p.hd + 1) + 2 * WARPS * p.hd;
         let grid = p.tq.div_ceil(WARPS);
         launch!(ctx, "attention", "attention_bwd"[ty], cfg((grid, p.nh, p.b), smem), &mut *dqkv, dout, lse, &*delta, qkv, &p)?;
@@ -176,7 +216,7 @@ pub fn attention_decode_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf
     )?;
     if let Some(hd) = tensor_cores(ty, p.hd, &[p.q_row, p.q_off, 2 * p.nkv * p.hd]) {
         let groups = (p.nh / p.nkv).div_ceil(16);
-        let c = LaunchConfig { grid_dim: (p.n, p.nkv, groups), block_dim: (32, 1, 1), shared_mem_bytes: mma_stage_bytes(hd) };
+        let c = LaunchConfig { grid_dim: (p.n, p.nkv, groups), block_dim: (32, 1, 1), shared_mem_bytes: MmaShape::of(hd).smem()[1].1 };
         return match hd {
             64 => launch!(ctx, "attention", "attention_decode_mma64_bf16", c, out, lse, q, cache, rows, &p),
             _ => launch!(ctx, "attention", "attention_decode_mma128_bf16", c, out, lse, q, cache, rows, &p),
@@ -191,14 +231,16 @@ mod tests {
     use super::*;
 
     /// The tensor-core launches stay within the 48 KiB of dynamic shared memory a launch gets
-    /// without opting in (the forward holds two stages, the decode one).
+    /// without opting in.
     #[test]
     fn tensor_core_launches_fit_the_default_shared_memory() {
         for hd in [64, 128] {
-            assert!(2 * mma_stage_bytes(hd) <= 48 * 1024, "hd {hd}: {} bytes", 2 * mma_stage_bytes(hd));
+            for (kernel, bytes) in MmaShape::of(hd).smem() {
+                assert!(bytes <= 48 * 1024, "hd {hd}: the {kernel} kernel asks for {bytes} bytes");
+            }
         }
-        assert_eq!(mma_stage_bytes(64), 2 * 64 * 72 * 2);
-        assert_eq!(mma_stage_bytes(128), 2 * 32 * 136 * 2);
+        assert_eq!(MmaShape::of(64).stage_bytes(), 2 * 64 * 72 * 2);
+        assert_eq!(MmaShape::of(128).smem()[3].1, (64 + 32) * 136 * 2);
     }
 
     #[test]
