@@ -38,6 +38,12 @@
 //   attention_decode_mma{64,128}_bf16: grid (n, nkv, ceil(G / 16)), G = nh / nkv, block 32: one
 //                                      warp per cache row and key/value head, its mma rows the
 //                                      group's query heads; one stage, 2 BC (hd + 8) bf16.
+//   attention_decode_split_mma{64,128}_bf16 + attention_decode_merge_bf16 (t_max > 256,
+//                                      flash-decoding): grid z also over the chunks of 256 keys,
+//                                      each block writing its chunk's (o, m, l) to a scratch of
+//                                      n nh chunks (hd + 2) floats; the merge, one warp per
+//                                      (row, head), grid ceil(n nh / 8), block 256. The forward
+//                                      merges its rows' chunks at the same boundaries.
 //   attention_bwd_dq_mma{64,128}_bf16: grid (ceil(T / 64), nh, b), block 128 (16 query rows per
 //                                      warp); max(128, 2 BC) rows of hd + 8 bf16 (Q and dO first).
 //   attention_bwd_dkv_mma{64,128}_bf16: grid (ceil(T / KB), nkv, b), KB = 64 (hd 64) or 32 keys,
@@ -504,6 +510,36 @@ __device__ __forceinline__ void mma_rows_init(MmaRows<HD>& st) {
         for (int i = 0; i < 4; i++) st.o[d][i] = 0.0f;
 }
 
+// Keys per chunk: the forward closes the online softmax every MMA_SPLIT keys and merges the
+// chunk into the running result, exactly as the split decode merges its blocks' partials
+// (attention_decode_merge), so a long-context decode split over blocks keeps the forward's bits.
+#define MMA_SPLIT 256
+
+// The merge of two partial softmax states of one row, element by element (the forward's rows and
+// attention_decode_merge run these same operations): M = max(m1, m2), a = e^(m - M),
+// l = l1 a1 + l2 a2, o = o1 a1 + o2 a2.
+struct MergeWeights { float m, a1, a2; };
+__device__ __forceinline__ MergeWeights merge_weights(float m1, float m2) {
+    const float m = fmaxf(m1, m2), base = m == NEG_INF ? 0.0f : m;
+    return MergeWeights{m, __expf(m1 - base), __expf(m2 - base)};
+}
+__device__ __forceinline__ float merge_value(float x1, float x2, MergeWeights w) { return fmaf(x1, w.a1, x2 * w.a2); }
+
+template <int HD>
+__device__ __forceinline__ void mma_rows_merge(MmaRows<HD>& acc, const MmaRows<HD>& st) {
+    MergeWeights w[2];
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        w[r] = merge_weights(acc.m[r], st.m[r]);
+        acc.l[r] = merge_value(acc.l[r], st.l[r], w[r]);
+        acc.m[r] = w[r].m;
+    }
+#pragma unroll
+    for (int d = 0; d < HD / 8; d++)
+#pragma unroll
+        for (int i = 0; i < 4; i++) acc.o[d][i] = merge_value(acc.o[d][i], st.o[d][i], w[i >> 1]);
+}
+
 // out row r of the warp (r = 0: row g, 1: g + 8) = o / l at `dst` (HD bf16), lse = m + log l.
 template <int HD>
 __device__ __forceinline__ void mma_store_row(const MmaRows<HD>& st, int r, bf16* dst, float* lse) {
@@ -542,10 +578,15 @@ __device__ __forceinline__ void attention_fwd_mma_t(bf16* __restrict__ out, floa
     __syncthreads();
     u32 qf[HD / 16][4];
     mma_load_a<HD>(qf, stage[1] + w * 16 * S);
-    MmaRows<HD> st;
+    MmaRows<HD> acc, st;  // the merged chunks so far, and the current chunk
+    mma_rows_init(acc);
     mma_rows_init(st);
     const u32 row0 = i0 + w * 16 + g;  // the lane's rows row0 and row0 + 8
     for (u32 j = 0; j < tiles; j++) {
+        if (j > 0 && j * BC % MMA_SPLIT == 0) {
+            mma_rows_merge(acc, st);
+            mma_rows_init(st);
+        }
         if (j > 0) {
             cp_async_wait<0>();
         }
@@ -564,9 +605,10 @@ __device__ __forceinline__ void attention_fwd_mma_t(bf16* __restrict__ out, floa
         const u32 warp_last = min(p.q_pos0 + min(i0 + w * 16 + 16, p.tq), p.tk);
         if (i0 + w * 16 < p.tq && (u32)j0 < warp_last) mma_row_tile<HD>(st, qf, stage[j & 1], stage[j & 1] + BC * S, vis, p.scale);
     }
+    mma_rows_merge(acc, st);
     for (int r = 0; r < 2; r++) {
         const u32 i = row0 + 8 * r;
-        if (i < p.tq) mma_store_row<HD>(st, r, out + ((unsigned long long)b * p.tq + i) * p.nh * HD + h * HD, lse + ((unsigned long long)b * p.nh + h) * p.tq + i);
+        if (i < p.tq) mma_store_row<HD>(acc, r, out + ((unsigned long long)b * p.tq + i) * p.nh * HD + h * HD, lse + ((unsigned long long)b * p.nh + h) * p.tq + i);
     }
 }
 
@@ -574,18 +616,23 @@ __device__ __forceinline__ void attention_fwd_mma_t(bf16* __restrict__ out, floa
 // kvh, group of 16 query heads); its rows are the query heads kvh G + 16 y + r (G = nh / nkv)
 // for r < min(16, G - 16 y), each key/value row of the slot read once for all of them; key tiles
 // of BC keys from position 0, as attention_fwd_mma, so every row's arithmetic is the training
-// forward's. Grid (n, nkv, ceil(G / 16)); shared memory one stage (KV bf16).
+// forward's. Grid (n, nkv, ceil(G / 16) x chunks); shared memory one stage (KV bf16).
+// chunks = 0: the whole context in one block, out and lse written. chunks > 0 (flash-decoding,
+// t_max > MMA_SPLIT): block z covers keys [c MMA_SPLIT, (c + 1) MMA_SPLIT) of its rows (c = z %
+// chunks) and writes the chunk's unnormalised state to partial[(i nh + h) chunks + c] = (o[HD],
+// m, l); attention_decode_merge then merges the chunks in order.
 template <int HD>
-__device__ __forceinline__ void attention_decode_mma_t(bf16* __restrict__ out, float* __restrict__ lse, const bf16* __restrict__ q, const bf16* __restrict__ cache,
-                                                       const int* __restrict__ rows, AttentionDecodeParams p) {
+__device__ __forceinline__ void attention_decode_mma_t(bf16* __restrict__ out, float* __restrict__ lse, float* __restrict__ partial, const bf16* __restrict__ q,
+                                                       const bf16* __restrict__ cache, const int* __restrict__ rows, AttentionDecodeParams p, u32 chunks) {
     using Tile = MmaTile<HD>;
     constexpr int BC = Tile::BC, S = Tile::STRIDE;
     extern __shared__ float sm[];
     bf16* Ks = reinterpret_cast<bf16*>(sm);
     bf16* Vs = Ks + BC * S;
     const u32 l = threadIdx.x & 31, g = l >> 2, t = l & 3;
-    const u32 i = blockIdx.x, kvh = blockIdx.y, G = p.nh / p.nkv, h0 = kvh * G + blockIdx.z * 16;
-    const u32 nrows = min(16u, G - blockIdx.z * 16);
+    const u32 per = chunks ? chunks : 1, chunk = blockIdx.z % per, y = blockIdx.z / per;
+    const u32 i = blockIdx.x, kvh = blockIdx.y, G = p.nh / p.nkv, h0 = kvh * G + y * 16;
+    const u32 nrows = min(16u, G - y * 16);
     const int row = rows[i];
     if (row < 0 || (u32)row >= p.slots * p.t_max) return;  // block-uniform
     const u32 slot = row / p.t_max, pos = row % p.t_max, kv_row = 2 * p.nkv * HD;
@@ -603,8 +650,9 @@ __device__ __forceinline__ void attention_decode_mma_t(bf16* __restrict__ out, f
         }
     MmaRows<HD> st;
     mma_rows_init(st);
-    const u32 visible = pos + 1;
-    for (u32 j0 = 0; j0 < visible; j0 += BC) {
+    const u32 key0 = chunks ? chunk * MMA_SPLIT : 0, visible = chunks ? min(pos + 1, key0 + MMA_SPLIT) : pos + 1;
+    if (key0 > pos) return;  // block-uniform: the chunk is past the row's keys
+    for (u32 j0 = key0; j0 < visible; j0 += BC) {
         const u32 valid = min((u32)BC, visible - j0);
         __syncwarp();
         mma_stage_rows<HD>(Ks, kb + (unsigned long long)j0 * kv_row, kv_row, BC, valid, l, 32);
@@ -617,8 +665,56 @@ __device__ __forceinline__ void attention_decode_mma_t(bf16* __restrict__ out, f
     }
     for (int r = 0; r < 2; r++) {
         const u32 hr = g + 8 * r;
-        if (hr < nrows) mma_store_row<HD>(st, r, out + (unsigned long long)i * p.nh * HD + (h0 + hr) * HD, lse + (unsigned long long)i * p.nh + h0 + hr);
+        if (hr >= nrows) continue;
+        if (!chunks) {
+            mma_store_row<HD>(st, r, out + (unsigned long long)i * p.nh * HD + (h0 + hr) * HD, lse + (unsigned long long)i * p.nh + h0 + hr);
+            continue;
+        }
+        float* dst = partial + (((unsigned long long)i * p.nh + h0 + hr) * chunks + chunk) * (HD + 2);
+#pragma unroll
+        for (int d = 0; d < HD / 8; d++) {
+            dst[d * 8 + 2 * t] = st.o[d][2 * r];
+            dst[d * 8 + 2 * t + 1] = st.o[d][2 * r + 1];
+        }
+        if (t == 0) dst[HD] = st.m[r], dst[HD + 1] = st.l[r];
     }
+}
+
+// The chunks of a split decode merged in order (from an empty state, as the forward's rows):
+// one warp per (cache row i, head h), lanes over the head dimension; out = o / l, lse = m + log l.
+// Grid ceil(n nh / 8), block 256.
+__device__ __forceinline__ void attention_decode_merge_t(bf16* __restrict__ out, float* __restrict__ lse, const float* __restrict__ partial, const int* __restrict__ rows,
+                                                         AttentionDecodeParams p, u32 chunks) {
+    const unsigned long long w = ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+    const u32 lane = threadIdx.x & 31, hd = p.hd;
+    if (w >= (unsigned long long)p.n * p.nh) return;
+    const u32 i = w / p.nh;
+    const int row = rows[i];
+    if (row < 0 || (u32)row >= p.slots * p.t_max) return;
+    const u32 used = (u32)row % p.t_max / MMA_SPLIT + 1;  // chunks holding keys 0 ..= pos
+    const float* src = partial + w * chunks * (hd + 2);
+    float m = NEG_INF, l = 0.0f, o[ATT_HD_REG];
+#pragma unroll
+    for (int r = 0; r < ATT_HD_REG; r++) o[r] = 0.0f;
+    for (u32 c = 0; c < used; c++) {
+        const float* part = src + c * (hd + 2);
+        const MergeWeights mw = merge_weights(m, part[hd]);
+        l = merge_value(l, part[hd + 1], mw);
+        m = mw.m;
+#pragma unroll
+        for (int r = 0; r < ATT_HD_REG; r++) {
+            const u32 d = lane + 32 * r;
+            if (d < hd) o[r] = merge_value(o[r], part[d], mw);
+        }
+    }
+    const float inv = 1.0f / l;
+    bf16* dst = out + w * hd;
+#pragma unroll
+    for (int r = 0; r < ATT_HD_REG; r++) {
+        const u32 d = lane + 32 * r;
+        if (d < hd) st(dst, d, o[r] * inv);
+    }
+    if (lane == 0) lse[w] = m + logf(l);
 }
 
 // The training backward on tensor cores (tq = tk = T, q_pos0 = 0, one fused qkv buffer), P
@@ -826,11 +922,19 @@ extern "C" __global__ void attention_fwd_mma128_bf16(bf16* __restrict__ out, ATT
 }
 extern "C" __global__ void attention_decode_mma64_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ cache,
                                                        const int* __restrict__ rows, AttentionDecodeParams p) {
-    attention_decode_mma_t<64>(out, lse, q, cache, rows, p);
+    attention_decode_mma_t<64>(out, lse, nullptr, q, cache, rows, p, 0);
+}
+extern "C" __global__ void attention_decode_split_mma64_bf16(ATT_F32 partial, const bf16* __restrict__ q, const bf16* __restrict__ cache, const int* __restrict__ rows,
+                                                       AttentionDecodeParams p, u32 chunks) {
+    attention_decode_mma_t<64>(nullptr, nullptr, partial, q, cache, rows, p, chunks);
 }
 extern "C" __global__ void attention_decode_mma128_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ cache,
-                                                        const int* __restrict__ rows, AttentionDecodeParams p) {
-    attention_decode_mma_t<128>(out, lse, q, cache, rows, p);
+                                                       const int* __restrict__ rows, AttentionDecodeParams p) {
+    attention_decode_mma_t<128>(out, lse, nullptr, q, cache, rows, p, 0);
+}
+extern "C" __global__ void attention_decode_split_mma128_bf16(ATT_F32 partial, const bf16* __restrict__ q, const bf16* __restrict__ cache, const int* __restrict__ rows,
+                                                       AttentionDecodeParams p, u32 chunks) {
+    attention_decode_mma_t<128>(nullptr, nullptr, partial, q, cache, rows, p, chunks);
 }
 extern "C" __global__ void attention_bwd_dq_mma64_bf16(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, ATT_CF32 lse, ATT_CF32 delta,
                                                   const bf16* __restrict__ qkv, AttentionParams p) {
@@ -847,4 +951,8 @@ extern "C" __global__ void attention_bwd_dq_mma128_bf16(bf16* __restrict__ dqkv,
 extern "C" __global__ void attention_bwd_dkv_mma128_bf16(bf16* __restrict__ dqkv, const bf16* __restrict__ dout, ATT_CF32 lse, ATT_CF32 delta,
                                                   const bf16* __restrict__ qkv, AttentionParams p) {
     attention_bwd_dkv_mma_t<128>(dqkv, dout, lse, delta, qkv, p);
+}
+extern "C" __global__ void attention_decode_merge_bf16(bf16* __restrict__ out, ATT_F32 lse, ATT_CF32 partial, const int* __restrict__ rows, AttentionDecodeParams p,
+                                                       u32 chunks) {
+    attention_decode_merge_t(out, lse, partial, rows, p, chunks);
 }

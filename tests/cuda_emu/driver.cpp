@@ -210,12 +210,15 @@ std::vector<std::pair<std::string, std::vector<int>>> ptx_entries(const char* pt
             q += 6;
             const char* eol = std::strpbrk(q, ",)");
             std::string decl(q, eol ? eol : q);
+            // the type is the first token (".u64 name", ".align 4 .b8 name[40]"): the name may hold digits
+            const auto t0 = decl.find_first_not_of(' '), t1 = decl.find(' ', t0);
+            const std::string type = t0 == std::string::npos ? "" : decl.substr(t0, t1 == std::string::npos ? std::string::npos : t1 - t0);
             int size = 0;
             if (auto lb = decl.find('['); lb != std::string::npos) size = std::atoi(decl.c_str() + lb + 1);
-            else if (decl.find("64") != std::string::npos) size = 8;
-            else if (decl.find("32") != std::string::npos) size = 4;
-            else if (decl.find("16") != std::string::npos) size = 2;
-            else if (decl.find("8") != std::string::npos) size = 1;
+            else if (type.find("64") != std::string::npos) size = 8;
+            else if (type.find("32") != std::string::npos) size = 4;
+            else if (type.find("16") != std::string::npos) size = 2;
+            else if (type.find("8") != std::string::npos) size = 1;
             sizes.push_back(size);
         }
         out.emplace_back(name, sizes);

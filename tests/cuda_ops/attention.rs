@@ -177,7 +177,9 @@ fn run_decode<B: Backend>(be: &B, (slots, t_max, n, nh, nkv, hd): (usize, usize,
     vec![("out", cout(be, &mut out)), ("lse", dl(be, &lse))]
 }
 
-const DECODE_CASES: &[(usize, usize, usize, usize, usize, usize)] = &[(3, 20, 5, 4, 2, 16), (2, 100, 7, 2, 1, 64), (1, 8, 1, 12, 12, 128), (4, 70, 9, 9, 3, 24)];
+/// (slots, t_max, n, nh, nkv, hd); t_max past 256 splits a bf16 decode over blocks of 256 keys.
+const DECODE_CASES: &[(usize, usize, usize, usize, usize, usize)] =
+    &[(3, 20, 5, 4, 2, 16), (2, 100, 7, 2, 1, 64), (1, 8, 1, 12, 12, 128), (4, 70, 9, 9, 3, 24), (2, 600, 6, 4, 2, 64), (1, 300, 3, 2, 1, 128)];
 
 #[test]
 fn attention_decode_bf16_parity() {
@@ -193,18 +195,21 @@ fn attention_decode_parity() {
 
 /// Rollout = training: decode attention of the token at position i (its keys and values in the
 /// slot cache) gives the same bits as row i of the training forward over the whole sequence, in
-/// f32 and in bf16 storage.
+/// f32 and in bf16 storage (on tensor cores for hd 64 and 128, and with the keys of a long
+/// context split over blocks and merged).
 #[test]
 fn decode_matches_training_forward_bitwise() {
     let Some(g) = crate::gpu() else { return };
-    decode_matches_training(g);
+    decode_matches_training(g, (45, 4, 2, 64, 64));
+    decode_matches_training(g, (45, 4, 2, 24, 64));
     if let Some(g) = crate::gpu_bf16() {
-        decode_matches_training(g);
+        for case in [(45, 4, 2, 64, 64), (45, 4, 2, 24, 64), (530, 4, 2, 64, 540), (290, 2, 1, 128, 300)] {
+            decode_matches_training(g, case);
+        }
     }
 }
 
-fn decode_matches_training(g: &rlhf::backend::CudaBackend) {
-    let (t, nh, nkv, hd, t_max) = (45, 4, 2, 64, 64);
+fn decode_matches_training(g: &rlhf::backend::CudaBackend, (t, nh, nkv, hd, t_max): (usize, usize, usize, usize, usize)) {
     let row = (nh + 2 * nkv) * hd;
     let mut rng = Rng::new(97);
     let qkv = cin(g, &crate::common::randv(&mut rng, t * row, 1.5));
@@ -222,10 +227,10 @@ fn decode_matches_training(g: &rlhf::backend::CudaBackend) {
     let (mut dout, mut dlse) = (calloc(g, t * nh * hd), g.alloc(t * nh).unwrap());
     g.attention_decode_fwd(&mut dout, &mut dlse, &qkv, &cache, &rows, p).unwrap();
     let bits = |x: Vec<f32>| x.into_iter().map(f32::to_bits).collect::<Vec<_>>();
-    assert_eq!(bits(dl(g, &dout)), bits(dl(g, &out)), "decode and training attention outputs differ");
+    assert_eq!(bits(dl(g, &dout)), bits(dl(g, &out)), "t {t}, hd {hd}: decode and training attention outputs differ");
     // lse: training [nh, t], decode [t, nh]
     let (tl, dlv) = (dl(g, &lse), dl(g, &dlse));
     let transposed: Vec<f32> = (0..t).flat_map(|i| (0..nh).map(move |h| (h, i))).map(|(h, i)| tl[h * t + i]).collect();
-    assert_eq!(bits(dlv), bits(transposed), "decode and training lse differ");
+    assert_eq!(bits(dlv), bits(transposed), "t {t}, hd {hd}: decode and training lse differ");
 }
 

@@ -21,6 +21,8 @@ type Ids = CudaSlice<i32>;
 const WARPS: u32 = 8;
 const KT: u32 = 32;
 const MAX_HD: u32 = 128;
+/// Keys per chunk of the tensor-core forward and of a split decode (MMA_SPLIT in the .cu).
+const SPLIT: u32 = 256;
 
 fn check_heads(op: &str, hd: u32, nh: u32, nkv: u32) -> Result<()> {
     if hd == 0 || hd > MAX_HD {
@@ -216,11 +218,26 @@ pub fn attention_decode_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf
     )?;
     if let Some(hd) = tensor_cores(ty, p.hd, &[p.q_row, p.q_off, 2 * p.nkv * p.hd]) {
         let groups = (p.nh / p.nkv).div_ceil(16);
-        let c = LaunchConfig { grid_dim: (p.n, p.nkv, groups), block_dim: (32, 1, 1), shared_mem_bytes: MmaShape::of(hd).smem()[1].1 };
-        return match hd {
-            64 => launch!(ctx, "attention", "attention_decode_mma64_bf16", c, out, lse, q, cache, rows, &p),
-            _ => launch!(ctx, "attention", "attention_decode_mma128_bf16", c, out, lse, q, cache, rows, &p),
-        };
+        let smem = MmaShape::of(hd).smem()[1].1;
+        if p.t_max <= SPLIT {
+            let c = LaunchConfig { grid_dim: (p.n, p.nkv, groups), block_dim: (32, 1, 1), shared_mem_bytes: smem };
+            return match hd {
+                64 => launch!(ctx, "attention", "attention_decode_mma64_bf16", c, out, lse, q, cache, rows, &p),
+                _ => launch!(ctx, "attention", "attention_decode_mma128_bf16", c, out, lse, q, cache, rows, &p),
+            };
+        }
+        // flash-decoding: the keys of each row split over blocks of SPLIT keys, then merged in order
+        let chunks = p.t_max.div_ceil(SPLIT);
+        let len = n * nh * chunks as usize * (hd as usize + 2);
+        return ctx.with_scratch(Scratch::DecodePartial, len, |partial| {
+            let c = LaunchConfig { grid_dim: (p.n, p.nkv, groups * chunks), block_dim: (32, 1, 1), shared_mem_bytes: smem };
+            match hd {
+                64 => launch!(ctx, "attention", "attention_decode_split_mma64_bf16", c, &mut *partial, q, cache, rows, &p, &chunks)?,
+                _ => launch!(ctx, "attention", "attention_decode_split_mma128_bf16", c, &mut *partial, q, cache, rows, &p, &chunks)?,
+            }
+            let merge = LaunchConfig { grid_dim: ((p.n * p.nh).div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
+            launch!(ctx, "attention", "attention_decode_merge_bf16", merge, out, lse, &*partial, rows, &p, &chunks)
+        });
     }
     let c = LaunchConfig { grid_dim: (p.n, p.nh.div_ceil(WARPS), 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: WARPS * p.hd * 4 };
     launch!(ctx, "attention", "attention_decode_fwd"[ty], c, out, lse, q, cache, rows, &p)

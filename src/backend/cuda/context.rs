@@ -99,6 +99,8 @@ pub enum Scratch {
     PpoPartial,
     /// the bf16 copy of the log-prob tile (dlogits for the bf16 products of the backward)
     LogprobTileBf16,
+    /// a split decode's per-chunk softmax states (attention_decode_split_mma*)
+    DecodePartial,
 }
 
 /// A multi-tensor table's cache key: the lane it was uploaded on and its words.
