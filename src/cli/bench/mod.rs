@@ -8,6 +8,7 @@
 //! ([`kernels`]).
 
 
+mod attention;
 mod decode;
 mod kernels;
 
@@ -53,6 +54,9 @@ pub struct BenchArgs {
     /// Also time the fused RL kernels (KL, PPO loss, log-prob gather) in GB/s against the copy bandwidth
     #[arg(long)]
     pub kernels: bool,
+    /// Also time causal attention forward and backward alone at B,T,NH,HD (e.g. 16,1024,12,64), in TFLOP/s
+    #[arg(long, value_delimiter = ',')]
+    pub attention: Vec<usize>,
     /// Tokens per call of the per-token kernels timed by --kernels
     #[arg(long, default_value_t = 1 << 22)]
     pub kernel_tokens: usize,
@@ -228,6 +232,9 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         if a.kernels {
             kernels::run_kernel_bench(be, a.kernel_tokens, b * t, cfg.hidden_size, a.vocab, a.steps, bandwidth)?;
         }
+    }
+    if !a.attention.is_empty() {
+        attention::run_attention_bench(be, &a.attention, a.steps)?;
     }
     if a.profile {
         let ops = rlhf::backend::cpu::profile::snapshot();
