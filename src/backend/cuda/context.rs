@@ -99,6 +99,8 @@ pub enum Scratch {
     PpoPartial,
     /// the bf16 copy of the log-prob tile (dlogits for the bf16 products of the backward)
     LogprobTileBf16,
+    /// the per-chunk partial sums of the two-stage column sums (column_sum.rs)
+    ColumnPartial,
 }
 
 /// A multi-tensor table's cache key: the lane it was uploaded on and its words.
