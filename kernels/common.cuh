@@ -266,3 +266,37 @@ inline void cp_async_commit() { emu_cp_async_commit(); }
 template <int N>
 inline void cp_async_wait() { emu_cp_async_wait(N); }
 #endif
+
+// Two-stage column sums over an [n, c] matrix (norm_dw, bias_bwd: parameter gradients summed over
+// rows). Stage 1: grid (ceil(c / 32), chunks), block (32, 8); block (x, y) owns columns x 32 + tx
+// and the rows [y R, min(n, y R + R)) of chunk y (R rows per chunk, the host's choice); thread row
+// ty sums rows ty, ty + 8, ... of the chunk in order, `tile_combine` adds the 8 thread rows in ty
+// order, and `column_out` adds the sum to out[j] when there is one chunk, else writes it to
+// partial[y c + j]. Stage 2 (1-D over c, block 256): `chunk_sum` adds partial[0 .. chunks) of
+// column j in chunk order. Every order is fixed: deterministic run to run, no atomics.
+struct RowChunk { u32 begin, end; };
+__device__ __forceinline__ RowChunk row_chunk(u32 n, u32 rows_per_chunk) {
+    const unsigned long long b = (unsigned long long)blockIdx.y * rows_per_chunk;
+    const unsigned long long e = b + rows_per_chunk;
+    return RowChunk{(u32)(b < n ? b : n), (u32)(e < n ? e : n)};
+}
+// the sum of `acc` over the block's 8 thread rows in ty order (valid in thread row 0); `s` is
+// 8 x 33 floats of shared memory of the caller's
+__device__ __forceinline__ float tile_combine(float (*s)[33], float acc) {
+    s[threadIdx.y][threadIdx.x] = acc;
+    __syncthreads();
+    float t = 0.0f;
+    if (threadIdx.y == 0)
+        for (int r = 0; r < 8; r++) t += s[r][threadIdx.x];
+    return t;
+}
+template <typename T>
+__device__ __forceinline__ void column_out(T* out, float* partial, u32 c, u32 j, float sum) {
+    if (gridDim.y == 1) st(out, j, ld(out, j) + sum);
+    else partial[(unsigned long long)blockIdx.y * c + j] = sum;
+}
+__device__ __forceinline__ float chunk_sum(const float* partial, u32 chunks, u32 c, u32 j) {
+    float t = 0.0f;
+    for (u32 k = 0; k < chunks; k++) t += partial[(unsigned long long)k * c + j];
+    return t;
+}

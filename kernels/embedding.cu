@@ -2,7 +2,8 @@
 // (accumulate 1 adds learned positions on top of tokens). Backward: dtable[ids[i], :] += dout[i, :]
 // (a parameter gradient: accumulates). Saved for backward: only the ids.
 // embedding_fwd launch: grid n (one block per token row), block 256, threads over channels.
-// embedding_bwd launch: grid (ceil(c / 256), S), block 256, S = min(64, vocab) vocabulary slices:
+// embedding_bwd launch: grid (ceil(c / 256), S), block 256, S vocabulary slices, at least 64 and
+// enough for 264 blocks (twice an H100's SMs; c = 768: S = 88), at most vocab (the host's choice):
 // thread (j, s) owns column j of the table rows whose id % S == s and walks the tokens in order,
 // so every element has one writer and the CPU's summation order (token order; deterministic, no
 // atomics); each dout row is read by one block row only, loads coalesced across the block.

@@ -11,9 +11,15 @@
 // Storage: entries NAME (f32) and NAME_bf16 (inp, out, weight, bias and their gradients bf16;
 // mean and rstd f32 in both), one template each; bf16 is read as f32 and rounded once per store. Statistics are two-pass (mean, then centred squares) in f32
 // with f32 tree reductions (the CPU uses f64: agreement to ~1e-6 relative).
-// Parameter gradients (norm_dw: dw and, for LayerNorm, db): grid ceil(c / 32), block (32, 8):
-// column j = blockIdx.x * 32 + threadIdx.x, the 8 thread rows take rows i = ty, ty + 8, ... and
-// are combined in ty order through shared memory: one writer per element, deterministic.
+// Parameter gradients (dw and, for LayerNorm, db): two-stage column sums (common.cuh). norm_dw:
+// grid (ceil(c / 32), chunks), block (32, 8), 2 x 8 x 33 floats of static shared memory; column
+// j = blockIdx.x * 32 + threadIdx.x of the rows of chunk blockIdx.y (rows_per_chunk each, the
+// last one shorter), the 8 thread rows taking rows ty, ty + 8, ... combined in ty order. The host
+// picks chunks from n and c (src/backend/cuda/column_sum.rs: >= 264 blocks, twice an H100's SMs,
+// when n allows chunks of >= 64 rows; e.g. n = 16384, c = 768: 11 chunks of 1490 rows, 264 blocks).
+// One chunk: norm_dw adds to dw / db itself; more: it writes f32 partial sums [2 chunks, c] (a
+// scratch of the host's) and norm_dw_final (1-D over c, block 256) adds them in chunk order.
+// Fixed orders and one writer per element: deterministic.
 #include "common.cuh"
 
 #define NORM_BLOCK 256
@@ -154,17 +160,20 @@ extern "C" __global__ void rmsnorm_bwd_bf16(bf16* __restrict__ dinp, const bf16*
 }
 
 // dw[j] += sum_i dy[i, j] xhat[i, j]; db[j] += sum_i dy[i, j] when `has_bias` (LayerNorm);
-// `mean` is read only when `has_bias` (RMSNorm has no mean). The sums run in f32; each of dw and
-// db is rounded once when added (bf16).
+// `mean` is read only when `has_bias` (RMSNorm has no mean). Two stages (common.cuh): norm_dw sums
+// each chunk of rows into partial[chunk c + j] (dw) and partial[(chunks + chunk) c + j] (db), or
+// into dw / db directly when there is one chunk; norm_dw_final adds the chunks. The sums run in
+// f32; each of dw and db is rounded once when added (bf16).
 template <typename T>
-__device__ __forceinline__ void norm_dw_t(T* __restrict__ dw, T* __restrict__ db, const T* __restrict__ dout, const T* __restrict__ inp,
-                                          const float* __restrict__ mean, const float* __restrict__ rstd, int has_bias, NormParams p) {
+__device__ __forceinline__ void norm_dw_t(T* __restrict__ dw, T* __restrict__ db, float* __restrict__ partial, const T* __restrict__ dout,
+                                          const T* __restrict__ inp, const float* __restrict__ mean, const float* __restrict__ rstd, int has_bias,
+                                          u32 rows_per_chunk, NormParams p) {
     __shared__ float sw[8][33], sb[8][33];
-    const u32 tx = threadIdx.x, ty = threadIdx.y;
-    const u32 j = blockIdx.x * 32 + tx;
+    const u32 j = blockIdx.x * 32 + threadIdx.x;
+    const RowChunk rows = row_chunk(p.n, rows_per_chunk);
     float aw = 0.0f, ab = 0.0f;
     if (j < p.c) {
-        for (u32 i = ty; i < p.n; i += 8) {
+        for (u32 i = rows.begin + threadIdx.y; i < rows.end; i += 8) {
             const unsigned long long at = (unsigned long long)i * p.c + j;
             const float mu = has_bias ? mean[i] : 0.0f;
             const float g = ld(dout, at);
@@ -172,24 +181,37 @@ __device__ __forceinline__ void norm_dw_t(T* __restrict__ dw, T* __restrict__ db
             ab += g;
         }
     }
-    sw[ty][tx] = aw;
-    sb[ty][tx] = ab;
-    __syncthreads();
-    if (ty == 0 && j < p.c) {
-        float w = 0.0f, b = 0.0f;
-        for (int r = 0; r < 8; r++) {
-            w += sw[r][tx];
-            b += sb[r][tx];
-        }
-        st(dw, j, ld(dw, j) + w);
-        if (has_bias) st(db, j, ld(db, j) + b);
+    const float w = tile_combine(sw, aw), b = tile_combine(sb, ab);
+    if (threadIdx.y == 0 && j < p.c) {
+        column_out(dw, partial, p.c, j, w);
+        if (has_bias) column_out(db, partial + (unsigned long long)gridDim.y * p.c, p.c, j, b);
     }
 }
-extern "C" __global__ void norm_dw(float* __restrict__ dw, float* __restrict__ db, const float* __restrict__ dout, const float* __restrict__ inp,
-                                   const float* __restrict__ mean, const float* __restrict__ rstd, int has_bias, NormParams p) {
-    norm_dw_t(dw, db, dout, inp, mean, rstd, has_bias, p);
+extern "C" __global__ void norm_dw(float* __restrict__ dw, float* __restrict__ db, float* __restrict__ partial, const float* __restrict__ dout,
+                                   const float* __restrict__ inp, const float* __restrict__ mean, const float* __restrict__ rstd, int has_bias,
+                                   u32 rows_per_chunk, NormParams p) {
+    norm_dw_t(dw, db, partial, dout, inp, mean, rstd, has_bias, rows_per_chunk, p);
 }
-extern "C" __global__ void norm_dw_bf16(bf16* __restrict__ dw, bf16* __restrict__ db, const bf16* __restrict__ dout, const bf16* __restrict__ inp,
-                                        const float* __restrict__ mean, const float* __restrict__ rstd, int has_bias, NormParams p) {
-    norm_dw_t(dw, db, dout, inp, mean, rstd, has_bias, p);
+extern "C" __global__ void norm_dw_bf16(bf16* __restrict__ dw, bf16* __restrict__ db, float* __restrict__ partial, const bf16* __restrict__ dout,
+                                        const bf16* __restrict__ inp, const float* __restrict__ mean, const float* __restrict__ rstd, int has_bias,
+                                        u32 rows_per_chunk, NormParams p) {
+    norm_dw_t(dw, db, partial, dout, inp, mean, rstd, has_bias, rows_per_chunk, p);
+}
+
+// stage 2: dw[j] += the chunks' partial sums of column j in chunk order (db too when `has_bias`)
+template <typename T>
+__device__ __forceinline__ void norm_dw_final_t(T* __restrict__ dw, T* __restrict__ db, const float* __restrict__ partial, int has_bias, u32 chunks,
+                                                NormParams p) {
+    const unsigned long long j = gtid();
+    if (j >= p.c) return;
+    st(dw, j, ld(dw, j) + chunk_sum(partial, chunks, p.c, (u32)j));
+    if (has_bias) st(db, j, ld(db, j) + chunk_sum(partial + (unsigned long long)chunks * p.c, chunks, p.c, (u32)j));
+}
+extern "C" __global__ void norm_dw_final(float* __restrict__ dw, float* __restrict__ db, const float* __restrict__ partial, int has_bias, u32 chunks,
+                                         NormParams p) {
+    norm_dw_final_t(dw, db, partial, has_bias, chunks, p);
+}
+extern "C" __global__ void norm_dw_final_bf16(bf16* __restrict__ dw, bf16* __restrict__ db, const float* __restrict__ partial, int has_bias, u32 chunks,
+                                              NormParams p) {
+    norm_dw_final_t(dw, db, partial, has_bias, chunks, p);
 }

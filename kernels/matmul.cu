@@ -6,11 +6,17 @@
 //   Launch: grid (ceil(n / 32), ceil(m / 32), batch), block (32, 8), static shared memory
 //   2 x 32 x 33 floats; each thread computes 4 rows (ty, ty + 8, ...) of one column.
 // bias_add: out[i, j] += bias[j] over [n, c]. Launch: 1-D over n c, block 256.
-// bias_bwd: dbias[j] += sum_i dout[i, j]. Launch: grid ceil(c / 32), block (32, 8), rows split
-//   over threadIdx.y and combined in a fixed order (deterministic, no atomics).
+// bias_bwd: dbias[j] += sum_i dout[i, j], a two-stage column sum (common.cuh). bias_bwd: grid
+//   (ceil(c / 32), chunks), block (32, 8), 8 x 33 floats of static shared memory; block (x, y)
+//   sums the rows of chunk y (rows_per_chunk each, the last one shorter) of its 32 columns, rows
+//   split over threadIdx.y and combined in ty order; with one chunk it adds to dbias, else it
+//   writes f32 partial sums [chunks, c] (the host's scratch) and bias_bwd_final (1-D over c,
+//   block 256) adds them in chunk order. Chunks from n and c as for norm_dw (>= 264 blocks at
+//   n = 16384, c >= 768). Deterministic, no atomics.
 // Storage: matmul (f32), matmul_bf16 (bf16 operands and out), matmul_bf16_out_f32 (bf16
 //   operands, f32 out), all accumulating in f32 (the operand tiles in shared memory are f32);
-//   bias_add / bias_bwd and their _bf16 entries (bf16 out, bias, dout, dbias; sums in f32).
+//   bias_add / bias_bwd / bias_bwd_final and their _bf16 entries (bf16 out, bias, dout, dbias;
+//   sums and partial sums in f32).
 // Nothing is saved for backward (the backward of a matmul is two more matmuls).
 #include "common.cuh"
 
@@ -70,21 +76,35 @@ __device__ __forceinline__ void bias_add_t(T* __restrict__ out, const T* __restr
 extern "C" __global__ void bias_add(float* __restrict__ out, const float* __restrict__ bias, BiasParams p) { bias_add_t(out, bias, p); }
 extern "C" __global__ void bias_add_bf16(bf16* __restrict__ out, const bf16* __restrict__ bias, BiasParams p) { bias_add_t(out, bias, p); }
 
+// stage 1 of the column sum (common.cuh): the chunk's rows of column j into partial[chunk c + j],
+// or into dbias when there is one chunk
 template <typename T>
-__device__ __forceinline__ void bias_bwd_t(T* __restrict__ dbias, const T* __restrict__ dout, BiasParams p) {
+__device__ __forceinline__ void bias_bwd_t(T* __restrict__ dbias, float* __restrict__ partial, const T* __restrict__ dout, u32 rows_per_chunk, BiasParams p) {
     __shared__ float s[8][33];
-    const u32 tx = threadIdx.x, ty = threadIdx.y;
-    const u32 j = blockIdx.x * 32 + tx;
+    const u32 j = blockIdx.x * 32 + threadIdx.x;
+    const RowChunk rows = row_chunk(p.n, rows_per_chunk);
     float acc = 0.0f;
     if (j < p.c)
-        for (u32 i = ty; i < p.n; i += 8) acc += ld(dout, (unsigned long long)i * p.c + j);
-    s[ty][tx] = acc;
-    __syncthreads();
-    if (ty == 0 && j < p.c) {
-        float t = 0.0f;
-        for (int r = 0; r < 8; r++) t += s[r][tx];
-        st(dbias, j, ld(dbias, j) + t);
-    }
+        for (u32 i = rows.begin + threadIdx.y; i < rows.end; i += 8) acc += ld(dout, (unsigned long long)i * p.c + j);
+    const float t = tile_combine(s, acc);
+    if (threadIdx.y == 0 && j < p.c) column_out(dbias, partial, p.c, j, t);
 }
-extern "C" __global__ void bias_bwd(float* __restrict__ dbias, const float* __restrict__ dout, BiasParams p) { bias_bwd_t(dbias, dout, p); }
-extern "C" __global__ void bias_bwd_bf16(bf16* __restrict__ dbias, const bf16* __restrict__ dout, BiasParams p) { bias_bwd_t(dbias, dout, p); }
+extern "C" __global__ void bias_bwd(float* __restrict__ dbias, float* __restrict__ partial, const float* __restrict__ dout, u32 rows_per_chunk, BiasParams p) {
+    bias_bwd_t(dbias, partial, dout, rows_per_chunk, p);
+}
+extern "C" __global__ void bias_bwd_bf16(bf16* __restrict__ dbias, float* __restrict__ partial, const bf16* __restrict__ dout, u32 rows_per_chunk, BiasParams p) {
+    bias_bwd_t(dbias, partial, dout, rows_per_chunk, p);
+}
+
+// stage 2: dbias[j] += the chunks' partial sums of column j in chunk order
+template <typename T>
+__device__ __forceinline__ void bias_bwd_final_t(T* __restrict__ dbias, const float* __restrict__ partial, u32 chunks, BiasParams p) {
+    const unsigned long long j = gtid();
+    if (j < p.c) st(dbias, j, ld(dbias, j) + chunk_sum(partial, chunks, p.c, (u32)j));
+}
+extern "C" __global__ void bias_bwd_final(float* __restrict__ dbias, const float* __restrict__ partial, u32 chunks, BiasParams p) {
+    bias_bwd_final_t(dbias, partial, chunks, p);
+}
+extern "C" __global__ void bias_bwd_final_bf16(bf16* __restrict__ dbias, const float* __restrict__ partial, u32 chunks, BiasParams p) {
+    bias_bwd_final_t(dbias, partial, chunks, p);
+}

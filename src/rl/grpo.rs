@@ -9,6 +9,9 @@
 //! temperature 1; at other temperatures the policy's training forward recomputes them).
 //! Loss aggregation: token mean over a minibatch, sequence mean of token means, or Dr. GRPO's
 //! constant normaliser `max_new_tokens x sequences`. Metrics go to `<out>/metrics.jsonl`.
+//! A step reads its logged statistics back once, after the whole step is enqueued
+//! (`step_readout.rs`); GRPO's and RLOO's group baselines, computed on the host, read a reward
+//! model's scores (and the per-sequence KL when it goes into the reward) back before training.
 
 use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, GaeParams, KlParams, MatmulParams, PpoParams, WhitenParams};
 use crate::data::rng::Rng;
@@ -23,7 +26,8 @@ use crate::rl::running_stats::mean_std;
 use crate::rl::policy_update::{PpoStats, PpoUpdate, StepTensors};
 use crate::rl::reward::RewardTrainer;
 use crate::rl::rollout_batch::{pack_rollouts, PackedRollouts};
-use crate::rl::update_epochs::{update_epochs, EpochPlan, RolloutRows};
+use crate::rl::step_readout::StepReadout;
+use crate::rl::update_epochs::{finish_epochs, update_epochs, EpochPlan, RolloutRows};
 use crate::train::resume::RunControl;
 use crate::train::{AdamWConfig, LrSchedule, RunSpec, TrainRun};
 use serde_json::json;
@@ -365,6 +369,9 @@ pub fn run_grpo<B: Backend>(
         last_pos: be.alloc_ids(b)?,
     };
     be.fill(&mut dev.ones, 1.0, ElementwiseParams::new(max_len)?)?;
+    let slots_per_step = EpochPlan { epochs: cfg.epochs, mini_batch: cfg.mini_batch, micro_batch_tokens: 0, lr: cfg.lr, value_lr: cfg.lr }.readout_slots(b);
+    // a step's logged scalars: the per-sequence KL, a reward model's scores, every optimiser step's
+    let mut readout = StepReadout::new(be, 2 * b + slots_per_step)?;
     let mut engine = RolloutEngine::new();
     let fingerprint = json!({
         "seed": cfg.seed, "prompts_per_step": cfg.prompts_per_step, "group_size": cfg.group_size, "estimator": cfg.estimator.name(),
@@ -412,6 +419,7 @@ pub fn run_grpo<B: Backend>(
         let shape = Shape { b, t };
         be.write(&mut dev.mask, &mask)?;
         be.write_ids(&mut dev.last_pos, &last_pos)?;
+        readout.begin(be)?;
         step_t.b = b;
         step_t.t = t;
         // two independent phases, overlapping where the backend can (CUDA: a stream each): the
@@ -440,25 +448,42 @@ pub fn run_grpo<B: Backend>(
             _ => Err(Error::invalid("a reward model source without its scorer")),
         };
         be.concurrently(&mut [&mut logprobs_and_kl, &mut model_scores])?;
-        let scores: Vec<f32> = match (&reward, rm_scorer.as_ref()) {
-            (RewardSource::Function(f), _) => seq_prompt.iter().zip(&responses).map(|(&i, r)| f(i, r)).collect(),
-            (RewardSource::Model(_), Some(sc)) => be.download(sc.scores())?[..b].to_vec(),
+        // the per-sequence KL (logged) and a reward model's scores go into the step's readout;
+        // GRPO's and RLOO's group baselines are computed on the host, so with a reward model or
+        // the KL in the reward their inputs come back now, in one read-back before training
+        // (REINFORCE++ runs on the device and reads nothing back before the step's end)
+        let kl_slot = readout.push_prefix(be, &dev.seq_kl, b)?;
+        let (mut scores, score_slot) = match (&reward, rm_scorer.as_ref()) {
+            // the host's reward function ran while the device worked
+            (RewardSource::Function(f), _) => (Some(seq_prompt.iter().zip(&responses).map(|(&i, r)| f(i, r)).collect::<Vec<f32>>()), None),
+            (RewardSource::Model(_), Some(sc)) => (None, Some(readout.push_prefix(be, sc.scores(), b)?)),
             (RewardSource::Model(_), None) => return Err(Error::invalid("a reward model source without its scorer")),
         };
-        // after the host's reward function ran (while the device works): the read-back waits
-        let seq_kl = be.download(&dev.seq_kl)?[..b].to_vec();
+        let slice = |v: &[f32], at: usize| v.get(at..at + b).map(<[f32]>::to_vec).ok_or_else(|| Error::invalid("a GRPO step's readout is short"));
 
         // ---- advantages ----
         let kl_in_reward = cfg.kl_in == KlPlacement::Reward && beta > 0.0;
-        let seq_rewards = if kl_in_reward { kl_penalised(&scores, &seq_kl, beta) } else { scores.clone() };
-        match sequence_advantages(cfg.estimator, &seq_rewards, n_group)? {
-            Some(adv) => be.write(&mut step_t.advantages, &broadcast_to_tokens(&adv, &mask, t))?,
-            None => {
-                be.write(&mut dev.scores, &scores)?;
-                let kl = kl_in_reward.then_some((&dev.kl, beta));
-                let (adv, ret) = (&mut step_t.advantages, &mut step_t.returns);
-                reinforce_pp_on_device(be, adv, ret, &mut dev.rewards, &mut dev.wstats, kl, &dev.scores, &dev.last_pos, &step_t.values, &dev.mask, b, t)?;
+        if cfg.estimator != Estimator::ReinforcePp {
+            let early = if score_slot.is_some() || kl_in_reward { Some(readout.read(be)?) } else { None };
+            if let (Some(v), Some(at)) = (&early, score_slot) {
+                scores = Some(slice(v, at)?);
             }
+            let host_scores = scores.as_ref().ok_or_else(|| Error::invalid("GRPO's rewards are not on the host"))?;
+            let seq_rewards = match &early {
+                Some(v) if kl_in_reward => kl_penalised(host_scores, &slice(v, kl_slot)?, beta),
+                _ => host_scores.clone(),
+            };
+            let adv = sequence_advantages(cfg.estimator, &seq_rewards, n_group)?.ok_or_else(|| Error::invalid("a group estimator without advantages"))?;
+            be.write(&mut step_t.advantages, &broadcast_to_tokens(&adv, &mask, t))?;
+        } else {
+            match (&scores, rm_scorer.as_ref()) {
+                (Some(s), _) => be.write(&mut dev.scores, s)?,
+                (None, Some(sc)) => be.copy(&mut dev.scores, sc.scores(), ElementwiseParams::new(b)?)?,
+                (None, None) => return Err(Error::invalid("a reward model source without its scorer")),
+            }
+            let kl = kl_in_reward.then_some((&dev.kl, beta));
+            let (adv, ret) = (&mut step_t.advantages, &mut step_t.returns);
+            reinforce_pp_on_device(be, adv, ret, &mut dev.rewards, &mut dev.wstats, kl, &dev.scores, &dev.last_pos, &step_t.values, &dev.mask, b, t)?;
         }
         let scoring_s = t1.elapsed().as_secs_f64();
 
@@ -480,13 +505,22 @@ pub fn run_grpo<B: Backend>(
         let plan = EpochPlan { epochs: cfg.epochs, mini_batch: cfg.mini_batch, micro_batch_tokens: cfg.micro_batch_tokens, lr, value_lr: lr };
         let aggregated = |seqs: usize, tokens: usize| cfg.loss_agg.params(p, seqs, tokens, cfg.max_new_tokens);
         let no_extra = |_: &B, _: &mut PpoUpdate<B>, _: &Model<B>| Ok(());
+        let GrpoState { update, rng, .. } = &mut state;
+        let slots = update_epochs(be, update, policy, None, &step_t, &rows, plan, rng, aggregated, no_extra, &mut readout)?;
+        // ---- the step's one read-back: every logged scalar ----
+        let values = readout.read(be)?;
+        let training_s = t2.elapsed().as_secs_f64();
         let guard = |st: &PpoStats| {
             skipped_updates += usize::from(trun.skip_update(step, st.total_loss, st.policy_grad_norm)?);
             Ok(())
         };
-        let GrpoState { update, rng, .. } = &mut state;
-        let mb_stats = update_epochs(be, update, policy, None, &step_t, &rows, plan, rng, aggregated, no_extra, guard)?;
-        let training_s = t2.elapsed().as_secs_f64();
+        let mb_stats = finish_epochs(update, &values, &slots, guard)?;
+        let seq_kl = slice(&values, kl_slot)?;
+        let scores = match (scores, score_slot) {
+            (Some(s), _) => s,
+            (None, Some(at)) => slice(&values, at)?,
+            (None, None) => return Err(Error::invalid("GRPO's rewards are in neither the host nor the readout")),
+        };
         state.step = step;
 
         // ---- metrics ----

@@ -16,4 +16,5 @@ pub mod reward_fns;
 pub mod rollout_batch;
 pub mod running_stats;
 pub mod sft;
+pub mod step_readout;
 pub mod update_epochs;

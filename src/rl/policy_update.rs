@@ -14,7 +14,8 @@ use crate::backend::ops::{ppo_stat, Backend, ElementwiseParams, EmbeddingParams,
 use crate::data::batch::Batch;
 use crate::error::{Error, Result};
 use crate::model::{refresh_compute_weights, upload_weights, Activations, GradScratch, Model, ParamsMut, Shape};
-use crate::train::optimizer::{enqueue_adamw_step, finish_adamw_step, AdamW, AdamWConfig, AdamWTensors};
+use crate::rl::step_readout::StepReadout;
+use crate::train::optimizer::{enqueue_guarded_adamw_step, settle_guarded_step, AdamW, AdamWConfig, AdamWTensors};
 use crate::train::resume::{Checkpoint, StateWriter};
 
 /// One micro-batch of rollouts, `[b, t]` row-major: position i predicts token `targets[i]`
@@ -165,6 +166,8 @@ pub struct ValueHead<B: Backend> {
     m: B::Buf,
     v: B::Buf,
     norm_sq: B::Buf,
+    /// `norm_sq + 0 * loss` of the last guarded step
+    guard: B::Buf,
     step: usize,
 }
 
@@ -176,7 +179,7 @@ impl<B: Backend> ValueHead<B> {
         let (mut weight, master) = upload_weights(be, &[w])?;
         let weight = weight.pop().expect("one tensor uploaded");
         let grad = be.alloc_as(c, Storage::Compute)?;
-        Ok(ValueHead { weight, master, grad, m: be.alloc(c)?, v: be.alloc(c)?, norm_sq: be.alloc(1)?, step: 0 })
+        Ok(ValueHead { weight, master, grad, m: be.alloc(c)?, v: be.alloc(c)?, norm_sq: be.alloc(1)?, guard: be.alloc(1)?, step: 0 })
     }
 
     /// The gradient accumulated since the last `zero_grad`.
@@ -185,8 +188,8 @@ impl<B: Backend> ValueHead<B> {
     }
 
     /// Enqueues a clipped AdamW step (no weight decay) through the same fused path as
-    /// [`AdamW::enqueue_step`]; [`Self::finish_step`] reads its norm back.
-    fn enqueue_step(&mut self, be: &B, lr: f32, optim: &AdamWConfig) -> Result<()> {
+    /// [`AdamW::enqueue_step_guarded`], skipped on the device when `loss[0]` is not finite.
+    fn enqueue_step_guarded(&mut self, be: &B, lr: f32, optim: &AdamWConfig, loss: &B::Buf) -> Result<()> {
         let t = AdamWTensors {
             params: ParamsMut { weights: std::slice::from_mut(&mut self.weight), master: &mut self.master },
             grads: std::slice::from_ref(&self.grad),
@@ -194,12 +197,7 @@ impl<B: Backend> ValueHead<B> {
             v: std::slice::from_mut(&mut self.v),
             decay: &[false],
         };
-        enqueue_adamw_step(be, optim, &mut self.norm_sq, self.step, t, lr)
-    }
-
-    /// The head's gradient norm; a non-finite one updated nothing (as [`AdamW::finish_step`]).
-    fn finish_step(&mut self, be: &B) -> Result<f32> {
-        finish_adamw_step(be, &self.norm_sq, &mut self.step)
+        enqueue_guarded_adamw_step(be, optim, (&mut self.norm_sq, &mut self.guard), &mut self.step, t, lr, loss)
     }
 
     fn save_state(&self, be: &B, w: &mut StateWriter) -> Result<()> {
@@ -253,6 +251,11 @@ pub struct PpoUpdate<B: Backend> {
     dvalues_c: B::Buf,
     stats: B::Buf,
     ptx_loss: B::Buf,
+    /// `stats[TOTAL_LOSS]` gathered for the optimisers' guard, and the id that gathers it
+    total_loss: B::Buf,
+    total_loss_id: B::Ids,
+    /// the readout of [`Self::step`] (an optimiser step on its own)
+    own_readout: Option<StepReadout<B>>,
     ptx_coef: f32,
     /// temperature the rollouts were sampled at (the log-probs are those of that distribution)
     pub temperature: f32,
@@ -290,6 +293,9 @@ impl<B: Backend> PpoUpdate<B> {
             dvalues_c: be.alloc_as(n, Storage::Compute)?,
             stats: be.alloc(ppo_stat::COUNT)?,
             ptx_loss: be.alloc(1)?,
+            total_loss: be.alloc(1)?,
+            total_loss_id: be.upload_ids(&[ppo_stat::TOTAL_LOSS as i32])?,
+            own_readout: Some(StepReadout::new(be, STEP_SLOTS)?),
             ptx_coef: 0.0,
             temperature: 1.0,
         })
@@ -495,15 +501,19 @@ impl<B: Backend> PpoUpdate<B> {
 
     /// The language-modelling loss accumulated by [`Self::accumulate_ptx`] since `zero_grad`.
     pub fn ptx_loss(&self, be: &B) -> Result<f32> {
-        let v = be.download(&self.ptx_loss)?[0];
-        Ok(if self.ptx_coef > 0.0 { v / self.ptx_coef } else { 0.0 })
+        Ok(self.stats_from(&[0.0; ppo_stat::COUNT], be.download(&self.ptx_loss)?[0]).ptx_loss)
     }
 
-    /// Reads the accumulated statistics without stepping (one read-back).
+    /// Reads the accumulated statistics without stepping (two read-backs: for inspection; a
+    /// training step reads them through its readout).
     pub fn stats(&self, be: &B) -> Result<PpoStats> {
-        let s = be.download(&self.stats)?;
+        Ok(self.stats_from(&be.download(&self.stats)?, be.download(&self.ptx_loss)?[0]))
+    }
+
+    /// The statistics from the loss op's sums `s` (`ppo_stat` slots) and the accumulated ptx loss.
+    fn stats_from(&self, s: &[f32], ptx_loss: f32) -> PpoStats {
         let w = s[ppo_stat::WEIGHT].max(1e-12);
-        Ok(PpoStats {
+        PpoStats {
             policy_loss: s[ppo_stat::POLICY_LOSS] / w,
             value_loss: s[ppo_stat::VALUE_LOSS] / w,
             entropy: s[ppo_stat::ENTROPY] / w,
@@ -514,9 +524,9 @@ impl<B: Backend> PpoUpdate<B> {
             value_clipfrac: s[ppo_stat::VALUE_CLIPFRAC] / w,
             policy_grad_norm: 0.0,
             value_grad_norm: 0.0,
-            ptx_loss: self.ptx_loss(be)?,
+            ptx_loss: if self.ptx_coef > 0.0 { ptx_loss / self.ptx_coef } else { 0.0 },
             weight: s[ppo_stat::WEIGHT],
-        })
+        }
     }
 
     /// The policy's (and value model's) parameter gradients accumulated so far.
@@ -552,30 +562,81 @@ impl<B: Backend> PpoUpdate<B> {
     /// Clips and applies the accumulated gradients; returns the step's statistics. A step
     /// whose loss is not finite updates nothing and reports non-finite gradient norms (the
     /// divergence guard skips it); each optimiser also skips a non-finite gradient of its own.
+    /// One read-back ([`Self::enqueue_step`] then [`Self::finish_step`] on a readout of its own).
     pub fn step(&mut self, be: &B, policy: &mut Model<B>, value: Option<&mut Model<B>>, lr: f32, value_lr: f32) -> Result<PpoStats> {
-        let mut stats = self.stats(be)?;
+        let mut readout = self.own_readout.take().ok_or_else(|| Error::invalid("PpoUpdate::step re-entered"))?;
+        let run = || -> Result<PpoStats> {
+            readout.begin(be)?;
+            let slots = self.enqueue_step(be, policy, value, lr, value_lr, &mut readout)?;
+            let values = readout.read(be)?;
+            self.finish_step(&values, slots)
+        };
+        let stats = run();
+        self.own_readout = Some(readout);
+        stats
+    }
+
+    /// Enqueues an optimiser step of every model trained (policy, value model or head) and puts
+    /// its statistics into `readout` (nothing is read back). Every update is guarded on the
+    /// device by the step's total loss (skipped when it is not finite, as by its own non-finite
+    /// gradient norm). [`Self::finish_step`] turns the read-back values into the statistics.
+    pub fn enqueue_step(&mut self, be: &B, policy: &mut Model<B>, value: Option<&mut Model<B>>, lr: f32, value_lr: f32, readout: &mut StepReadout<B>) -> Result<StepSlots> {
+        let stats = readout.push_prefix(be, &self.stats, ppo_stat::COUNT)?;
+        let ptx = readout.push_prefix(be, &self.ptx_loss, 1)?;
+        let one = EmbeddingParams { n: 1, c: 1, accumulate: 0, vocab: ppo_stat::COUNT as u32 };
+        be.embedding_fwd(&mut self.total_loss, &self.total_loss_id, &self.stats, one)?;
+        self.policy.opt.enqueue_step_guarded(be, policy.params_mut(), &self.policy.grads, lr, &self.total_loss)?;
+        let policy_guard = readout.push_prefix(be, self.policy.opt.guard(), 1)?;
+        let mut value_guard = None;
+        if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
+            vt.opt.enqueue_step_guarded(be, vm.params_mut(), &vt.grads, value_lr, &self.total_loss)?;
+            value_guard = Some(readout.push_prefix(be, vt.opt.guard(), 1)?);
+        }
+        if let Some(h) = self.value_head.as_mut() {
+            h.enqueue_step_guarded(be, value_lr, &self.optim, &self.total_loss)?;
+            value_guard = Some(readout.push_prefix(be, &h.guard, 1)?);
+        }
+        Ok(StepSlots { stats, ptx, policy_guard, value_guard })
+    }
+
+    /// The statistics of a step [`Self::enqueue_step`] enqueued, from the readout's `values`;
+    /// takes back the optimisers' step counts of a skipped update. A step whose loss is not
+    /// finite reports non-finite gradient norms (the divergence guard skips it).
+    pub fn finish_step(&mut self, values: &[f32], slots: StepSlots) -> Result<PpoStats> {
+        let short = || Error::invalid(format!("a PPO step's readout holds {} values, fewer than its slots {slots:?}", values.len()));
+        let s = values.get(slots.stats..slots.stats + ppo_stat::COUNT).ok_or_else(short)?;
+        let at = |i: usize| values.get(i).copied().ok_or_else(short);
+        let mut stats = self.stats_from(s, at(slots.ptx)?);
+        let policy_guard = at(slots.policy_guard)?;
+        settle_guarded_step(policy_guard, &mut self.policy.opt.step);
+        stats.policy_grad_norm = policy_guard.sqrt();
+        if let Some(i) = slots.value_guard {
+            let g = at(i)?;
+            if let Some(vt) = self.value.as_mut() {
+                settle_guarded_step(g, &mut vt.opt.step);
+            }
+            if let Some(h) = self.value_head.as_mut() {
+                settle_guarded_step(g, &mut h.step);
+            }
+            stats.value_grad_norm = g.sqrt();
+        }
         if !stats.total_loss.is_finite() {
             stats.policy_grad_norm = f32::NAN;
             stats.value_grad_norm = f32::NAN;
-            return Ok(stats);
-        }
-        // every update is enqueued before the first norm is read back: one wait for the host
-        self.policy.opt.enqueue_step(be, policy.params_mut(), &self.policy.grads, lr)?;
-        let mut value_opt = None;
-        if let (Some(vm), Some(vt)) = (value, self.value.as_mut()) {
-            vt.opt.enqueue_step(be, vm.params_mut(), &vt.grads, value_lr)?;
-            value_opt = Some(&mut vt.opt);
-        }
-        if let Some(h) = self.value_head.as_mut() {
-            h.enqueue_step(be, value_lr, &self.optim)?;
-        }
-        stats.policy_grad_norm = self.policy.opt.finish_step(be)?;
-        if let Some(opt) = value_opt {
-            stats.value_grad_norm = opt.finish_step(be)?;
-        }
-        if let Some(h) = self.value_head.as_mut() {
-            stats.value_grad_norm = h.finish_step(be)?;
         }
         Ok(stats)
     }
+}
+
+/// Readout slots of one optimiser step: the loss op's sums, the ptx loss, and each optimiser's
+/// guard (its squared gradient norm, NaN for a skipped step).
+pub const STEP_SLOTS: usize = ppo_stat::COUNT + 3;
+
+/// Where [`PpoUpdate::enqueue_step`] put an optimiser step's statistics in the readout.
+#[derive(Clone, Copy, Debug)]
+pub struct StepSlots {
+    stats: usize,
+    ptx: usize,
+    policy_guard: usize,
+    value_guard: Option<usize>,
 }

@@ -4,6 +4,8 @@
 //! advantages (per-token reward `-beta * KL_t`, plus the score on the last response token; GAE;
 //! whitening) -> training (`ppo_epochs` passes over minibatches with the fused PPO loss) -> the KL
 //! controller's update. Metrics go to `<out>/metrics.jsonl` with the time each phase took.
+//! A step reads its logged statistics back once, after the whole step is enqueued
+//! (`step_readout.rs`); only `--reward-norm` reads the scores back before training (below).
 
 use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, GaeParams, KlParams, MatmulParams, PpoParams, WhitenParams};
 use crate::data::batch::Batcher;
@@ -18,10 +20,11 @@ pub use crate::rl::reward_fns::OracleFn;
 use crate::rl::running_stats::mean_std;
 use crate::rl::kl_controller::KlController;
 use crate::rl::policy_update::{PpoStats, PpoUpdate, StepTensors, ValueHead};
+use crate::rl::step_readout::StepReadout;
 use crate::rl::reward::RewardTrainer;
 use crate::rl::rollout_batch::{pack_rollouts, PackedRollouts};
 use crate::rl::running_stats::RunningMoments;
-use crate::rl::update_epochs::{update_epochs, EpochPlan, RolloutRows};
+use crate::rl::update_epochs::{finish_epochs, update_epochs, EpochPlan, RolloutRows};
 use crate::train::resume::RunControl;
 use crate::train::{AdamWConfig, RunSpec, TrainRun};
 use serde_json::json;
@@ -182,6 +185,27 @@ impl<B: Backend> StepScratch<B> {
     }
 }
 
+/// Where the advantage phase put its logged scalars in the step's readout.
+struct AdvantageSlots {
+    ret_std: usize,
+    diff_std: usize,
+    kl1_total: usize,
+    kl3_total: usize,
+}
+
+impl AdvantageSlots {
+    /// The scalars from the step's read-back values.
+    fn read(&self, values: &[f32]) -> Result<AdvantageStats> {
+        let at = |i: usize| values.get(i).copied().ok_or_else(|| Error::invalid(format!("a PPO step's readout holds {} values, not slot {i}", values.len())));
+        let (ret_std, diff_std) = (at(self.ret_std)?, at(self.diff_std)?);
+        let explained_variance = if ret_std > 0.0 { 1.0 - (diff_std * diff_std) / (ret_std * ret_std) } else { 0.0 };
+        Ok(AdvantageStats { explained_variance, kl1_total: at(self.kl1_total)?, kl3_total: at(self.kl3_total)? })
+    }
+}
+
+/// The readout slots of the advantage phase.
+const ADVANTAGE_SLOTS: usize = 4;
+
 /// What the advantage phase reports for logging.
 struct AdvantageStats {
     explained_variance: f32,
@@ -193,8 +217,10 @@ struct AdvantageStats {
 impl<B: Backend> StepScratch<B> {
     /// The advantage phase on the device: per-token rewards `-beta k1_t` (unless the KL is in
     /// the loss) plus each sequence's score at its last response token, GAE, optional
-    /// whitening; then the logged scalars (summed KL, explained variance of the values).
-    fn advantages(&mut self, be: &B, step_t: &mut StepTensors<B>, b: usize, t: usize, beta: f32, cfg: &PpoConfig) -> Result<AdvantageStats> {
+    /// whitening; then the logged scalars (summed KL, the spreads behind the explained variance of
+    /// the values) into `readout` (nothing is read back).
+    #[allow(clippy::too_many_arguments)]
+    fn advantages(&mut self, be: &B, step_t: &mut StepTensors<B>, b: usize, t: usize, beta: f32, cfg: &PpoConfig, readout: &mut StepReadout<B>) -> Result<AdvantageSlots> {
         let n = b * t;
             let el = ElementwiseParams::new(n)?;
             be.kl_penalty_fwd(&mut self.kl1, &step_t.old_logp, &step_t.ref_logp, &self.mask, KlParams { n: n as u32, estimator: 1 })?;
@@ -217,18 +243,18 @@ impl<B: Backend> StepScratch<B> {
             be.matmul(&mut self.sums, &self.kl1, &self.ones, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
             be.copy(&mut self.tmp, &step_t.returns, el)?;
             be.masked_whiten(&mut self.tmp, &mut self.wstats, &self.mask, WhitenParams::new(n))?;
-            let ret_std = be.download(&self.wstats)?[crate::backend::ops::whiten_stat::STD];
+            let std = [crate::backend::ops::whiten_stat::STD];
+            let ret_std = readout.push(be, &self.wstats, &std)?;
             be.copy(&mut self.tmp, &step_t.values, el)?;
             be.scale_inplace(&mut self.tmp, -1.0, el)?;
             be.add_inplace(&mut self.tmp, &step_t.returns, el)?;
             be.masked_whiten(&mut self.tmp, &mut self.wstats, &self.mask, WhitenParams::new(n))?;
-            let diff_std = be.download(&self.wstats)?[crate::backend::ops::whiten_stat::STD];
-            let explained_variance = if ret_std > 0.0 { 1.0 - (diff_std * diff_std) / (ret_std * ret_std) } else { 0.0 };
-            let kl1_total = be.download(&self.sums)?[0];
+            let diff_std = readout.push(be, &self.wstats, &std)?;
+            let kl1_total = readout.push(be, &self.sums, &[0])?;
             be.fill(&mut self.sums, 0.0, ElementwiseParams::new(2)?)?;
             be.matmul(&mut self.sums, &self.kl3, &self.ones, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
-            let kl3_total = be.download(&self.sums)?[0];
-        Ok(AdvantageStats { explained_variance, kl1_total, kl3_total })
+            let kl3_total = readout.push(be, &self.sums, &[0])?;
+        Ok(AdvantageSlots { ret_std, diff_std, kl1_total, kl3_total })
     }
 }
 
@@ -338,6 +364,9 @@ pub fn run_ppo<B: Backend>(
     let mut step_t = StepTensors::new(be, b, max_len, cfg.kl_in_loss.is_some())?;
     let mut engine = RolloutEngine::new();
     let mut dev = StepScratch::new(be, b, max_len)?;
+    let plan = EpochPlan { epochs: cfg.ppo_epochs, mini_batch: cfg.mini_batch, micro_batch_tokens: cfg.micro_batch_tokens, lr: cfg.lr, value_lr: cfg.value_lr };
+    // a step's logged scalars: the b scores, the advantage phase's and every optimiser step's
+    let mut readout = StepReadout::new(be, b + ADVANTAGE_SLOTS + plan.readout_slots(b))?;
     let stop_ids: Vec<u32> = tokenizer.stop_ids();
     for step in trun.steps() {
         // ---- rollout ----
@@ -376,6 +405,7 @@ pub fn run_ppo<B: Backend>(
         let shape = Shape { b, t };
         be.write(&mut dev.mask, &mask)?;
         be.write_ids(&mut dev.last_pos, &last_pos)?;
+        readout.begin(be)?;
         step_t.b = b;
         step_t.t = t;
         // two independent phases, overlapping where the backend can (CUDA: a stream each): the
@@ -398,21 +428,29 @@ pub fn run_ppo<B: Backend>(
         };
         let mut reward_scores = || rm_scorer.score_on_device(be, reward, &seqs, pad).map(|_| ());
         be.concurrently(&mut [&mut logprobs_and_values, &mut reward_scores])?;
-        // the b scores come back for logging (and running normalisation)
-        let raw_scores = be.download(rm_scorer.scores())?[..b].to_vec();
-        let scores: Vec<f32> = if cfg.reward_norm {
+        // the b scores: logged from the step's readout. With --reward-norm the host normalises
+        // them by running moments that include this batch, so they come back now (the one
+        // read-back before training; a device-side normalisation would need the moments' update
+        // on the device); otherwise they go to the advantage phase on the device.
+        let score_slot = readout.push_prefix(be, rm_scorer.scores(), b)?;
+        let early_scores = if cfg.reward_norm {
+            let raw_scores = be.download(rm_scorer.scores())?[..b].to_vec();
             run.reward_moments.update(&raw_scores);
             let (m, s) = (run.reward_moments.mean() as f32, run.reward_moments.std().max(1e-6) as f32);
-            raw_scores.iter().map(|x| (x - m) / s).collect()
+            let scores: Vec<f32> = raw_scores.iter().map(|x| (x - m) / s).collect();
+            be.write(&mut dev.scores, &scores)?;
+            Some(raw_scores)
         } else {
-            raw_scores.clone()
+            be.copy(&mut dev.scores, rm_scorer.scores(), ElementwiseParams::new(b)?)?;
+            None
         };
-        be.write(&mut dev.scores, &scores)?;
         let scoring_s = t1.elapsed().as_secs_f64();
 
         // ---- advantages: reward_t = -beta k1_t (+ score at the last response token), GAE, whitening ----
+        // beta is the KL controller's after the previous step's read-back (its update below needs
+        // this step's KL, read back with the step's statistics)
         let beta = run.kl_ctl.beta() as f32;
-        let AdvantageStats { explained_variance, kl1_total, kl3_total } = dev.advantages(be, &mut step_t, b, t, beta, cfg)?;
+        let adv_slots = dev.advantages(be, &mut step_t, b, t, beta, cfg, &mut readout)?;
 
         // ---- training ----
         let t2 = Instant::now();
@@ -428,7 +466,6 @@ pub fn run_ppo<B: Backend>(
             p.kl_estimator = est;
         }
         let rows = RolloutRows { inputs: &inputs, targets: &targets, mask: &mask, b, t };
-        let plan = EpochPlan { epochs: cfg.ppo_epochs, mini_batch: cfg.mini_batch, micro_batch_tokens: cfg.micro_batch_tokens, lr: cfg.lr, value_lr: cfg.value_lr };
         let token_mean = |_seqs: usize, tokens: usize| PpoParams { denom: tokens.max(1) as f32, ..p };
         let ptx = |be: &B, update: &mut PpoUpdate<B>, policy: &Model<B>| match ptx_batcher.as_mut() {
             Some(batcher) => update.accumulate_ptx(be, policy, &batcher.next_batch(cfg.ptx_batch_size, max_len), cfg.ptx_coef),
@@ -439,8 +476,16 @@ pub fn run_ppo<B: Backend>(
             skipped_updates += usize::from(trun.skip_update(step, st.total_loss, grad_norm)?);
             Ok(())
         };
-        let epoch_stats = update_epochs(be, &mut update, policy, value.as_deref_mut(), &step_t, &rows, plan, &mut run.rng, token_mean, ptx, guard)?;
+        let slots = update_epochs(be, &mut update, policy, value.as_deref_mut(), &step_t, &rows, plan, &mut run.rng, token_mean, ptx, &mut readout)?;
+        // ---- the step's one read-back: every logged scalar ----
+        let values = readout.read(be)?;
         let training_s = t2.elapsed().as_secs_f64();
+        let raw_scores = match early_scores {
+            Some(s) => s,
+            None => values.get(score_slot..score_slot + b).ok_or_else(|| Error::invalid("a PPO step's readout lacks the scores"))?.to_vec(),
+        };
+        let AdvantageStats { explained_variance, kl1_total, kl3_total } = adv_slots.read(&values)?;
+        let epoch_stats = finish_epochs(&mut update, &values, &slots, guard)?;
         let stats = PpoStats::mean(&epoch_stats);
         let (kl1, kl3) = (kl1_total / b as f32, kl3_total / b as f32);
         run.kl_ctl.update(kl1 as f64, b as u64);

@@ -3,13 +3,15 @@
 //! each minibatch into micro-batches whose gradients accumulate (`micro_batch_tokens` bounds
 //! the tokens of one; 0 = the whole minibatch at once). The loss of a minibatch is normalised
 //! by its response tokens (the denominator its micro-batches share); how exactly is the
-//! caller's (`minibatch_params`).
+//! caller's (`minibatch_params`). Nothing is read back: each optimiser step's statistics go into
+//! the RL step's readout, and [`finish_epochs`] turns the read-back values into statistics.
 
 use crate::backend::ops::{Backend, PpoParams};
 use crate::data::rng::Rng;
 use crate::error::Result;
 use crate::model::Model;
-use crate::rl::policy_update::{PpoStats, PpoUpdate, StepTensors};
+use crate::rl::policy_update::{PpoStats, PpoUpdate, StepSlots, StepTensors, STEP_SLOTS};
+use crate::rl::step_readout::StepReadout;
 
 /// The packed rollout batch the update trains on: `b` rows of `t` tokens.
 pub struct RolloutRows<'a> {
@@ -34,10 +36,16 @@ pub struct EpochPlan {
     pub value_lr: f32,
 }
 
-/// Runs `plan` over `rows` and returns every minibatch's statistics. `minibatch_params(seqs,
-/// response_tokens)` gives a minibatch's loss parameters; `before_step` may add gradients
-/// (PPO-ptx) before each optimiser step; `after_step` sees each step's statistics (the
-/// divergence guard).
+impl EpochPlan {
+    /// The readout slots the optimiser steps of `plan` over `b` sequences take.
+    pub fn readout_slots(&self, b: usize) -> usize {
+        self.epochs * b.div_ceil(self.mini_batch.max(1)) * STEP_SLOTS
+    }
+}
+
+/// Enqueues `plan` over `rows` and returns where each minibatch's statistics lie in `readout`
+/// (nothing is read back). `minibatch_params(seqs, response_tokens)` gives a minibatch's loss
+/// parameters; `before_step` may add gradients (PPO-ptx) before each optimiser step.
 #[allow(clippy::too_many_arguments)]
 pub fn update_epochs<B: Backend>(
     be: &B,
@@ -50,8 +58,8 @@ pub fn update_epochs<B: Backend>(
     rng: &mut Rng,
     minibatch_params: impl Fn(usize, usize) -> PpoParams,
     mut before_step: impl FnMut(&B, &mut PpoUpdate<B>, &Model<B>) -> Result<()>,
-    mut after_step: impl FnMut(&PpoStats) -> Result<()>,
-) -> Result<Vec<PpoStats>> {
+    readout: &mut StepReadout<B>,
+) -> Result<Vec<StepSlots>> {
     let t = rows.t;
     let mut stats = Vec::new();
     let mut seq_order: Vec<usize> = (0..rows.b).collect();
@@ -67,10 +75,26 @@ pub fn update_epochs<B: Backend>(
                 update.accumulate_rows(be, policy, value.as_deref(), step_t, micro, &rows_i(rows.inputs), &rows_i(rows.targets), p)?;
             }
             before_step(be, update, policy)?;
-            let st = update.step(be, policy, value.as_deref_mut(), plan.lr, plan.value_lr)?;
-            after_step(&st)?;
-            stats.push(st);
+            stats.push(update.enqueue_step(be, policy, value.as_deref_mut(), plan.lr, plan.value_lr, readout)?);
         }
+    }
+    Ok(stats)
+}
+
+/// Every minibatch's statistics from the step's read-back `values`, in order; `after_step` sees
+/// each (the divergence guard: it runs after the whole step was enqueued, the device having
+/// skipped any update whose loss or gradient was not finite on its own).
+pub fn finish_epochs<B: Backend>(
+    update: &mut PpoUpdate<B>,
+    values: &[f32],
+    slots: &[StepSlots],
+    mut after_step: impl FnMut(&PpoStats) -> Result<()>,
+) -> Result<Vec<PpoStats>> {
+    let mut stats = Vec::with_capacity(slots.len());
+    for &s in slots {
+        let st = update.finish_step(values, s)?;
+        after_step(&st)?;
+        stats.push(st);
     }
     Ok(stats)
 }

@@ -98,6 +98,38 @@ pub fn finish_adamw_step<B: Backend>(be: &B, norm_sq: &B::Buf, step: &mut usize)
     Ok(nsq.sqrt())
 }
 
+/// [`enqueue_adamw_step`] guarded by a loss still on the device: `guard = norm_sq + 0 * loss[0]`
+/// (the squared norm, or NaN exactly when the loss is not finite: a finite loss changes no bit)
+/// clips the update, which the device skips when the guard is not finite. `*step` counts the step
+/// as taken at once (the bias correction of a following step enqueued before any read-back
+/// assumes it was); [`settle_guarded_step`] takes it back once the guard is read.
+pub fn enqueue_guarded_adamw_step<B: Backend>(
+    be: &B,
+    cfg: &AdamWConfig,
+    (norm_sq, guard): (&mut B::Buf, &mut B::Buf),
+    step: &mut usize,
+    t: AdamWTensors<'_, B>,
+    lr: f32,
+    loss: &B::Buf,
+) -> Result<()> {
+    enqueue_norm(be, norm_sq, t.grads)?;
+    let one = ElementwiseParams::new(1)?;
+    be.copy(guard, loss, one)?;
+    be.scale_inplace(guard, 0.0, one)?;
+    be.add_inplace(guard, norm_sq, one)?;
+    enqueue_update(be, cfg, guard, *step, t, lr)?;
+    *step += 1;
+    Ok(())
+}
+
+/// The host's side of a guarded step once its guard's value is read: a non-finite guard means
+/// the device updated nothing, so the step [`enqueue_guarded_adamw_step`] counted is taken back.
+pub fn settle_guarded_step(guard: f32, step: &mut usize) {
+    if !guard.is_finite() {
+        *step = step.saturating_sub(1);
+    }
+}
+
 /// Enqueues `norm_sq[0] = sum of the squares of every gradient` (no read-back).
 fn enqueue_norm<B: Backend>(be: &B, norm_sq: &mut B::Buf, grads: &[B::Buf]) -> Result<()> {
     be.fill(norm_sq, 0.0, ElementwiseParams::new(1)?)?;
@@ -159,21 +191,31 @@ impl<B: Backend> AdamW<B> {
     /// enqueued (one, or two for a skipped step); returns the gradient norm (finite even when the
     /// loss made the step skip).
     pub fn step_guarded_by_loss(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32, loss: &B::Buf) -> Result<f32> {
-        enqueue_norm(be, &mut self.norm_sq, grads)?;
-        let one = ElementwiseParams::new(1)?;
-        be.copy(&mut self.guard, loss, one)?;
-        be.scale_inplace(&mut self.guard, 0.0, one)?;
-        be.add_inplace(&mut self.guard, &self.norm_sq, one)?;
-        let t = AdamWTensors { params, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay };
-        enqueue_update(be, &self.cfg, &self.guard, self.step, t, lr)?;
+        self.enqueue_step_guarded(be, params, grads, lr, loss)?;
         // a finite guard is the squared norm itself (plus 0): one read-back; the norm is read on
         // its own only for a skipped step
         let guard = be.download(&self.guard)?[0];
+        settle_guarded_step(guard, &mut self.step);
         if guard.is_finite() {
-            self.step += 1;
             return Ok(guard.sqrt());
         }
         Ok(self.grad_norm_sq(be)?.sqrt())
+    }
+
+    /// The first half of [`Self::step_guarded_by_loss`]: enqueues the norm, the guard
+    /// (`norm_sq + 0 * loss`, left in [`Self::guard`]) and the update it guards, and counts the
+    /// step as taken; nothing is read back. The caller reads the guard later and passes it to
+    /// [`settle_guarded_step`] with this optimiser's step count (`self.step`), which takes a
+    /// skipped step back.
+    pub fn enqueue_step_guarded(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32, loss: &B::Buf) -> Result<()> {
+        let t = AdamWTensors { params, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay };
+        enqueue_guarded_adamw_step(be, &self.cfg, (&mut self.norm_sq, &mut self.guard), &mut self.step, t, lr, loss)
+    }
+
+    /// The guard of the last [`Self::enqueue_step_guarded`]: the squared gradient norm, or NaN
+    /// when the loss was not finite.
+    pub fn guard(&self) -> &B::Buf {
+        &self.guard
     }
 
     /// Adds the moments (`<prefix>.m.i`, `<prefix>.v.i`) and the step count to a checkpoint.

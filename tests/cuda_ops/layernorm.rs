@@ -11,8 +11,9 @@ pub const CHECKS: &[(&str, fn())] =
       ("layernorm_fwd_bf16", norm_bf16_parity), ("layernorm_bwd_bf16", norm_bf16_parity), ("rmsnorm_fwd_bf16", norm_bf16_parity),
       ("rmsnorm_bwd_bf16", norm_bf16_parity)];
 
-/// (n, c): c across the 16-byte loads (multiples of 4 and of 8 and neither).
-const CASES: &[(usize, usize)] = &[(1, 1), (3, 7), (5, 12), (64, 768), (130, 1000), (9, 4096)];
+/// (n, c): c across the 16-byte loads (multiples of 4 and of 8 and neither); the last two cut
+/// the parameter gradients' rows into several chunks, the last one shorter (two-stage sums).
+const CASES: &[(usize, usize)] = &[(1, 1), (3, 7), (5, 12), (64, 768), (130, 1000), (9, 4096), (203, 40), (250, 70)];
 
 fn run<B: Backend>(be: &B, (n, c): (usize, usize)) -> Outputs {
     let mut rng = Rng::new(5 + c as u64);
@@ -43,6 +44,14 @@ fn run<B: Backend>(be: &B, (n, c): (usize, usize)) -> Outputs {
         ("rms dx", cout(be, &mut dx)),
         ("rms dw", cout(be, &mut dw)),
     ]
+}
+
+/// The last two shapes run the parameter gradients' column sums in several chunks (the last one
+/// shorter), the first four in one.
+#[test]
+fn norm_cases_cover_several_row_chunks() {
+    crate::matmul::assert_uneven_row_chunks(&CASES[6..]);
+    assert!(CASES[..4].iter().all(|&(n, c)| rlhf::backend::cuda::column_sum::row_chunks(n, c).chunks == 1));
 }
 
 #[test]

@@ -143,14 +143,34 @@ fn run_bias<B: Backend>(be: &B, (n, c): (usize, usize)) -> Outputs {
     vec![("bias_add", added), ("bias_bwd", cout(be, &mut db))]
 }
 
+/// (n, c) of the bias ops; from (300, 770) on bias_bwd cuts the rows into chunks (both stages of
+/// the column sum run), the last two with a shorter last chunk.
+const BIAS_CASES: &[(usize, usize)] = &[(1, 1), (5, 33), (300, 770), (203, 40), (250, 70)];
+
+/// Each of `cases` runs a two-stage column sum in several chunks, the last chunk shorter.
+pub fn assert_uneven_row_chunks(cases: &[(usize, usize)]) {
+    use rlhf::backend::cuda::column_sum::row_chunks;
+    for &(n, c) in cases {
+        let r = row_chunks(n, c);
+        let last = n - (r.chunks - 1) * r.rows;
+        assert!(r.chunks >= 3 && last < r.rows, "[{n}, {c}]: {r:?} should be several chunks with a shorter last one");
+    }
+}
+
+#[test]
+fn bias_cases_cover_several_row_chunks() {
+    assert_uneven_row_chunks(&BIAS_CASES[3..]);
+    assert_eq!(rlhf::backend::cuda::column_sum::row_chunks(300, 770).chunks, 5);
+}
+
 #[test]
 fn bias_parity() {
-    parity!(&[(1, 1), (5, 33), (300, 770)], (2e-5, 2e-5), run_bias);
+    parity!(BIAS_CASES, (2e-5, 2e-5), run_bias);
 }
 
 #[test]
 fn bias_bf16_parity() {
-    parity_bf16!(&[(1, 1), (5, 33), (300, 770)], bf16_tol((2e-5, 2e-5)), run_bias);
+    parity_bf16!(BIAS_CASES, bf16_tol((2e-5, 2e-5)), run_bias);
 }
 
 /// A case's product in the storage under test: bf16 operands and `out` (compute-typed), and the

@@ -10,3 +10,4 @@ mod dpo;
 mod grpo;
 mod ppo_update;
 mod resume;
+mod readback;

@@ -31,12 +31,19 @@ impl SharedMut {
 /// The CPU backend. `threads` is the size of rayon's pool (0 = one per core).
 #[derive(Debug, Default)]
 pub struct CpuBackend {
-    _private: (),
+    /// `download` calls so far (what a GPU backend would wait for: tests hold trainers to their
+    /// read-backs with it)
+    downloads: std::sync::atomic::AtomicUsize,
 }
 
 impl CpuBackend {
     pub fn new() -> Self {
-        CpuBackend { _private: () }
+        CpuBackend::default()
+    }
+
+    /// How many times `download` (a read-back of f32 values) has been called on this backend.
+    pub fn downloads(&self) -> usize {
+        self.downloads.load(std::sync::atomic::Ordering::Relaxed)
     }
 }
 
@@ -83,6 +90,7 @@ impl device::Device for CpuBackend {
         Ok(())
     }
     fn download(&self, buf: &Vec<f32>) -> Result<Vec<f32>> {
+        self.downloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(buf.clone())
     }
     fn len(&self, buf: &Vec<f32>) -> usize {

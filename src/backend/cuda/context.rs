@@ -101,6 +101,8 @@ pub enum Scratch {
     LogprobTileBf16,
     /// a split decode's per-chunk softmax states (attention_decode_split_mma*)
     DecodePartial,
+    /// the per-chunk partial sums of the two-stage column sums (column_sum.rs)
+    ColumnPartial,
 }
 
 /// A multi-tensor table's cache key: the lane it was uploaded on and its words.

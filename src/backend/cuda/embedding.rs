@@ -1,8 +1,9 @@
 //! Launchers of kernels/embedding.cu: the gather (one block of 256 per token row) and its
 //! backward (one thread per table column and vocabulary slice, walking the tokens in order:
-//! deterministic, no atomics).
+//! deterministic, no atomics; enough slices to fill the GPU, `vocab_slices`).
 
 use super::buffer::{types, CudaBuf};
+use super::column_sum::TARGET_BLOCKS;
 use super::context::{launch, linear, per_row, Context};
 use super::need;
 use crate::backend::ops::EmbeddingParams;
@@ -21,6 +22,14 @@ pub fn embedding_fwd(ctx: &Context, out: &mut Buf, ids: &CudaSlice<i32>, table: 
     launch!(ctx, "embedding", "embedding_fwd"[t], per_row(n, 256), out, ids, table, &p)
 }
 
+/// The backward's vocabulary slices S: at least 64 and enough for [`TARGET_BLOCKS`] blocks of
+/// 256 columns (c = 768: 88 slices, 264 blocks), at most one per table row. Every element keeps one
+/// writer adding the tokens in order whatever S is, so S changes no result.
+pub fn vocab_slices(c: usize, vocab: usize) -> u32 {
+    let want = TARGET_BLOCKS.div_ceil(c.div_ceil(256).max(1)).max(64);
+    want.min(vocab).clamp(1, 65535) as u32
+}
+
 pub fn embedding_bwd(ctx: &Context, dtable: &mut Buf, dout: &Buf, ids: &CudaSlice<i32>, p: EmbeddingParams) -> Result<()> {
     let (n, c, v) = (p.n as usize, p.c as usize, p.vocab as usize);
     let t = types("embedding_bwd", &[("dtable", dtable), ("dout", dout)], &[])?;
@@ -29,6 +38,6 @@ pub fn embedding_bwd(ctx: &Context, dtable: &mut Buf, dout: &Buf, ids: &CudaSlic
         return Ok(());
     }
     let mut cfg = linear(c, 256);
-    cfg.grid_dim = (c.div_ceil(256) as u32, p.vocab.clamp(1, 64), 1);
+    cfg.grid_dim = (c.div_ceil(256) as u32, vocab_slices(c, v), 1);
     launch!(ctx, "embedding", "embedding_bwd"[t], cfg, dtable, dout, ids, &p)
 }

@@ -1,17 +1,43 @@
 //! Launchers of kernels/layernorm.cu. Row kernels: one block of 256 per
-//! row; parameter gradients (`norm_dw`): blocks of (32, 8) over column groups of 32.
+//! row; parameter gradients (`norm_dw`): a two-stage column sum (column_sum.rs).
 
 use super::buffer::{types, CudaBuf};
+use super::column_sum::row_chunks;
 use super::context::{launch, per_row, Context};
 use super::need;
 use crate::backend::ops::NormParams;
+use crate::backend::storage::Dtype;
 use crate::error::Result;
-use cudarc::driver::LaunchConfig;
 
 type Buf = CudaBuf;
 
-fn dw_cfg(c: u32) -> LaunchConfig {
-    LaunchConfig { grid_dim: (c.div_ceil(32), 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 }
+/// `dw += sum_rows dy xhat` (and `db += sum_rows dy` when `db` is given: LayerNorm) in two stages.
+/// RMSNorm passes no `db` and no `mean`: `rstd` stands in for both pointers, never read or written
+/// as them (`has_bias` 0).
+#[allow(clippy::too_many_arguments)]
+fn norm_dw(ctx: &Context, t: Dtype, dw: &mut Buf, db: Option<&mut Buf>, dout: &Buf, inp: &Buf, mean: Option<&Buf>, rstd: &Buf, p: NormParams) -> Result<()> {
+    let (n, c) = (p.n as usize, p.c as usize);
+    let has_bias = i32::from(db.is_some());
+    let mean = mean.unwrap_or(rstd);
+    let rc = row_chunks(n, c);
+    let (rows, chunks) = (rc.rows as u32, rc.chunks as u32);
+    rc.with_partials(ctx, 2, c, |partial| {
+        match db {
+            Some(db) => {
+                launch!(ctx, "layernorm", "norm_dw"[t], rc.stage1(c), &mut *dw, &mut *db, &mut *partial, dout, inp, mean, rstd, &has_bias, &rows, &p)?;
+                if chunks > 1 {
+                    launch!(ctx, "layernorm", "norm_dw_final"[t], rc.stage2(c), dw, db, &*partial, &has_bias, &chunks, &p)?;
+                }
+            }
+            None => {
+                launch!(ctx, "layernorm", "norm_dw"[t], rc.stage1(c), &mut *dw, rstd, &mut *partial, dout, inp, mean, rstd, &has_bias, &rows, &p)?;
+                if chunks > 1 {
+                    launch!(ctx, "layernorm", "norm_dw_final"[t], rc.stage2(c), dw, rstd, &*partial, &has_bias, &chunks, &p)?;
+                }
+            }
+        }
+        Ok(())
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -68,8 +94,7 @@ pub fn layernorm_bwd(
         return Ok(());
     }
     launch!(ctx, "layernorm", "layernorm_bwd"[t], per_row(n, 256), dinp, dout, inp, mean, rstd, weight, &p)?;
-    let has_bias: i32 = 1;
-    launch!(ctx, "layernorm", "norm_dw"[t], dw_cfg(p.c), dweight, dbias, dout, inp, mean, rstd, &has_bias, &p)
+    norm_dw(ctx, t, dweight, Some(dbias), dout, inp, Some(mean), rstd, p)
 }
 
 pub fn rmsnorm_fwd(ctx: &Context, out: &mut Buf, rstd: &mut Buf, inp: &Buf, weight: &Buf, p: NormParams) -> Result<()> {
@@ -101,7 +126,5 @@ pub fn rmsnorm_bwd(ctx: &Context, dinp: &mut Buf, dweight: &mut Buf, dout: &Buf,
         return Ok(());
     }
     launch!(ctx, "layernorm", "rmsnorm_bwd"[t], per_row(n, 256), dinp, dout, inp, rstd, weight, &p)?;
-    // no bias and no mean: `rstd` stands in for both pointers and is never read or written as them
-    let has_bias: i32 = 0;
-    launch!(ctx, "layernorm", "norm_dw"[t], dw_cfg(p.c), dweight, rstd, dout, inp, rstd, rstd, &has_bias, &p)
+    norm_dw(ctx, t, dweight, None, dout, inp, None, rstd, p)
 }

@@ -16,6 +16,7 @@
 //! Launch configurations: see kernels/matmul.cu.
 
 use super::buffer::{types, CudaBuf, DevPtr};
+use super::column_sum::row_chunks;
 use super::context::{launch, linear, Context};
 use super::kernels::err;
 use super::{epilogue, CudaBackend};
@@ -227,8 +228,16 @@ pub fn bias_bwd(ctx: &Context, dbias: &mut CudaBuf, dout: &CudaBuf, p: BiasParam
     if c == 0 {
         return Ok(());
     }
-    let cfg = LaunchConfig { grid_dim: (p.c.div_ceil(32), 1, 1), block_dim: (32, 8, 1), shared_mem_bytes: 0 };
-    launch!(ctx, "matmul", "bias_bwd"[t], cfg, dbias, dout, &p)
+    // two stages (column_sum.rs): chunks of rows into the scratch, then each column's chunks in order
+    let rc = row_chunks(n, c);
+    let (rows, chunks) = (rc.rows as u32, rc.chunks as u32);
+    rc.with_partials(ctx, 1, c, |partial| {
+        launch!(ctx, "matmul", "bias_bwd"[t], rc.stage1(c), &mut *dbias, &mut *partial, dout, &rows, &p)?;
+        if chunks > 1 {
+            launch!(ctx, "matmul", "bias_bwd_final"[t], rc.stage2(c), dbias, &*partial, &chunks, &p)?;
+        }
+        Ok(())
+    })
 }
 
 #[cfg(test)]

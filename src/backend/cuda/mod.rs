@@ -14,6 +14,7 @@
 //! checks ptxas's register spills without a GPU.
 
 pub mod buffer;
+pub mod column_sum;
 pub mod context;
 pub mod epilogue;
 pub mod graphs;
