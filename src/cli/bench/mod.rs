@@ -5,11 +5,12 @@
 //! between read-backs next to the K = 1 baseline, timed alternately in the same run (median of
 //! `--steps`). `--decode-batches` adds the decode sweep against the memory roofline
 //! ([`decode`]), `--kernels` the fused RL kernels against the copy bandwidth
-//! ([`kernels`]).
+//! ([`kernels`]), `--sampling` the sampler's ms per step at large vocabularies ([`sampling`]).
 
 
 mod decode;
 mod kernels;
+mod sampling;
 
 use super::common::{Common, SyncEveryArg};
 use clap::Args;
@@ -53,6 +54,10 @@ pub struct BenchArgs {
     /// Also time the fused RL kernels (KL, PPO loss, log-prob gather) in GB/s against the copy bandwidth
     #[arg(long)]
     pub kernels: bool,
+    /// Also time sampling (`sample` over --batch-size rows) at vocabularies 50257 and 151936:
+    /// temperature alone, top-p, top-k + top-p
+    #[arg(long)]
+    pub sampling: bool,
     /// Tokens per call of the per-token kernels timed by --kernels
     #[arg(long, default_value_t = 1 << 22)]
     pub kernel_tokens: usize,
@@ -228,6 +233,9 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         if a.kernels {
             kernels::run_kernel_bench(be, a.kernel_tokens, b * t, cfg.hidden_size, a.vocab, a.steps, bandwidth)?;
         }
+    }
+    if a.sampling {
+        sampling::run_sampling_bench(be, b, a.steps)?;
     }
     if a.profile {
         let ops = rlhf::backend::cpu::profile::snapshot();
