@@ -81,7 +81,7 @@ __device__ __forceinline__ float ln_f(float x) {
 
 // exp(d) for d in [-28, 0], 0 below (or NaN): d = k ln2 + r, e^r by Taylor to r^7 / 7!, times 2^k
 __device__ __forceinline__ float exp_neg(float d) {
-    if (!(d >= -28.0f)) return 0.0f;
+    if (d != d || d < -28.0f) return 0.0f;
     const float k = floorf(__fadd_rn(__fmul_rn(d, __uint_as_float(0x3FB8AA3Bu)), 0.5f));
     const float r = __fsub_rn(__fsub_rn(d, __fmul_rn(k, LN2_HI)), __fmul_rn(k, LN2_LO));
     float t = __fmul_rn(r, __uint_as_float(0x39500D01u));

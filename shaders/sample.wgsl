@@ -136,7 +136,7 @@ fn ln_f(x: f32) -> f32 {
 
 // exp(d) for d in [-28, 0], 0 below or NaN
 fn exp_neg(d: f32) -> f32 {
-    if (!(d >= -28.0)) {
+    if (is_nan(d) || d < -28.0) {
         return 0.0;
     }
     let k = floor(d * bitcast<f32>(0x3FB8AA3Bu) + 0.5);

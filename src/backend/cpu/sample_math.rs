@@ -79,7 +79,7 @@ pub fn gumbel(u: f32) -> f32 {
 /// e^-28 < 2^-40): d = k ln2 + r with k = floor(d log2(e) + 1/2), |r| <= ln2 / 2, e^r by its
 /// Taylor series to r^7 / 7!, scaled by 2^k through the exponent bits.
 pub fn exp_neg(d: f32) -> f32 {
-    if !(d >= -28.0) {
+    if d.is_nan() || d < -28.0 {
         return 0.0;
     }
     let k = (d * LOG2_E + 0.5).floor();
