@@ -1,26 +1,28 @@
 // Next-token sampling from [n, v] logits: out[i] (i32) = the token drawn for row i.
-// One workgroup of 256 per row (rows folded into x and y). The uniform is SampleParams; the
+// One workgroup of 256 per row (rows folded into x and y). The params are SampleParams; the
 // sampling step comes from the storage buffer steps[step_at].
 //
-// temperature <= 0: greedy, argmax with the lowest index on ties (NaN logits are skipped).
-// Otherwise the CPU backend's procedure (src/backend/cpu/sample.rs), without sorting:
-// candidates in the order "logit descending, index ascending" (f32 total order), q_j =
-// exp((x_j - max) / T); cut to the first top_k (0 = all), then to the shortest prefix whose
-// q-mass reaches top_p * total (top_p < 1), then walk the kept prefix until the running mass
-// exceeds u * mass, with u = uniform(seed, step, row) (SplitMix64, ported with u32 pairs).
+// The algorithm and its arithmetic are the CPU reference's (src/backend/cpu/sample.rs and
+// sample_math.rs), written with the same operations in the same order (kernels/sample.cu too):
+// - temperature <= 0: greedy, argmax with the lowest index on ties (NaN logits skipped).
+// - Otherwise Gumbel-max over the kept tokens: argmax_j (x_j / T + g_j), lowest index on ties,
+//   g_j = -ln(-ln u_j), u_j = (2k + 1) / 2^24 with k the top 23 bits of SplitMix64's
+//   mix(state + (j + 1) golden), state = row_state(seed, step, row) (u64 math on u32 pairs).
+//   `ln_f` and `exp_neg` are the CPU's series, one f32 operation at a time. Kept: logit not NaN
+//   and order key >= thr (0 at first). Temperature alone: one pass over the row.
+// - top_k (0 < top_k < v): thr = the top_k-th largest key; every token equal to it is kept.
+// - top_p (< 1): masses m_j = floor(exp_neg((x_j - max) / T) 2^40) of the kept tokens as u32
+//   pairs (lo, hi), total = their sum; thr = the largest key K whose kept tokens with key >= K hold
+//   at least max(1, floor(total floor(top_p 2^24) / 2^24)); every token at thr is kept.
+// - Each cut is a radix select on the key's bytes from the top: 4 passes, each a 256-bin histogram
+//   of the weights (1, or the masses) in workgroup memory (u64 as two atomic u32 with carry:
+//   integer sums, independent of the order of the atomics), then invocation 0 walks the bins from
+//   the top to the one where the running sum reaches what is still needed.
 //
-// Every cut is a "prefix of the order", i.e. a pivot (key K, index I) with
-// included(j) = key_j > K || (key_j == K && j <= I), key = the f32 bits mapped to a u32 of the
-// same total order. `find` locates the element at which the running weight (1 for top-k, q for
-// top-p and the draw) first reaches (>=) or exceeds (>) a goal: a 16-way search on the key
-// (8 passes over the row, each summing the weights of 16 key buckets with 4 vec4 reductions and
-// picking the bucket where the suffix sum crosses) gives the pivot key; among the elements with
-// exactly that key (ties) an ordered scan by index, tile by tile, finds the pivot index.
-//
-// Differences to the CPU: the masses are tree sums in f32 rather than sequential sums in sorted
-// order, and exp may differ by a few ulp, so a token can differ only when a running mass lies
-// within rounding of a threshold (top_p * total or u * mass). Ties (equal logits) are resolved
-// exactly as on the CPU (lower index first).
+// Differences to the CPU: none in the arithmetic's definition, but WGSL allows f32 division
+// within 2.5 ulp and drivers may fuse a multiply and an add, so on some devices a Gumbel score or
+// a mass can differ by an ulp; then a token differs only where the two best scores (or a running
+// mass and the top-p goal) lie within a few ulp (tests/wgpu_ops/sample.rs checks that).
 
 struct Params {
     n: u32,
@@ -39,22 +41,18 @@ struct Params {
 // the sampling step is steps[p.step_at], a counter on the device (decode_advance counts it up)
 @group(0) @binding(3) var<storage, read> steps: array<i32>;
 
-const MAXU: u32 = 0xFFFFFFFFu;
-const BIG: f32 = 3.402823e38;
-const NB: u32 = 16u;
+const NONE: u32 = 0xFFFFFFFFu;
 
-var<workgroup> su: array<u32, 256>;
-var<workgroup> su16: array<u32, 16>;
-var<workgroup> sf: array<f32, 256>;
-var<workgroup> sf16: array<f32, 16>;
-var<workgroup> s4: array<vec4<f32>, 256>;
-var<workgroup> s4_16: array<vec4<f32>, 16>;
-var<workgroup> bcast: u32;
+var<workgroup> hist_lo: array<atomic<u32>, 256>;
+var<workgroup> hist_hi: array<atomic<u32>, 256>;
+// (still lo, still hi, prefix, found) after each radix pass
+var<workgroup> sel_state: vec4<u32>;
+var<workgroup> arg_s: array<f32, 256>;
+var<workgroup> arg_j: array<u32, 256>;
 
 var<private> g_base: u32;
-var<private> g_max: f32;
 
-// ---- the counter-based uniform draw: u64 math on (lo, hi) u32 pairs ----
+// ---- u64 arithmetic on (lo, hi) u32 pairs ----
 
 fn mul32(a: u32, b: u32) -> vec2<u32> {
     let a0 = a & 0xFFFFu;
@@ -79,114 +77,83 @@ fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
     return vec2<u32>(lo, a.y + b.y + select(0u, 1u, lo < a.x));
 }
 
+fn sub64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    return vec2<u32>(a.x - b.x, a.y - b.y - select(0u, 1u, a.x < b.x));
+}
+
+fn ge64(a: vec2<u32>, b: vec2<u32>) -> bool {
+    return a.y > b.y || (a.y == b.y && a.x >= b.x);
+}
+
+// z >> s, 0 < s < 32
+fn shr64(z: vec2<u32>, s: u32) -> vec2<u32> {
+    return vec2<u32>((z.x >> s) | (z.y << (32u - s)), z.y >> s);
+}
+
 // z ^ (z >> s), 0 < s < 32
 fn xorshr(z: vec2<u32>, s: u32) -> vec2<u32> {
     return vec2<u32>(z.x ^ ((z.x >> s) | (z.y << (32u - s))), z.y ^ (z.y >> s));
 }
 
-// uniform(seed, step, row) of the CPU backend: [0, 1) from the top 24 bits of SplitMix64's
-// finalisation of seed ^ ((step << 32 | row) * golden) + golden.
-fn draw_uniform(row: u32) -> f32 {
-    let golden = vec2<u32>(0x7F4A7C15u, 0x9E3779B9u);
-    var z = mul64(vec2<u32>(row, u32(steps[p.step_at])), golden);
-    z = vec2<u32>(p.seed_lo ^ z.x, p.seed_hi ^ z.y);
-    z = add64(z, golden);
-    z = mul64(xorshr(z, 30u), vec2<u32>(0x1CE4E5B9u, 0xBF58476Du));
+// ---- the counter-based random numbers (SplitMix64) ----
+
+const GOLDEN: vec2<u32> = vec2<u32>(0x7F4A7C15u, 0x9E3779B9u);
+
+fn mix(z0: vec2<u32>) -> vec2<u32> {
+    var z = mul64(xorshr(z0, 30u), vec2<u32>(0x1CE4E5B9u, 0xBF58476Du));
     z = mul64(xorshr(z, 27u), vec2<u32>(0x133111EBu, 0x94D049BBu));
-    z = xorshr(z, 31u);
-    return f32(z.y >> 8u) / 16777216.0;
+    return xorshr(z, 31u);
 }
 
-// ---- workgroup helpers (called by all 256 invocations in uniform control flow) ----
-// Two levels of 16: 16 invocations combine 16 values each, then every invocation combines the
-// 16 partials. Two barriers per call (a call's last reads finish before the next call's second
-// barrier, so no trailing barrier is needed); a fixed order, so results are deterministic.
-
-fn wg_min_u(x: u32, lid: u32) -> u32 {
-    su[lid] = x;
-    workgroupBarrier();
-    if (lid < 16u) {
-        var r = su[lid * 16u];
-        for (var i = 1u; i < 16u; i = i + 1u) {
-            r = min(r, su[lid * 16u + i]);
-        }
-        su16[lid] = r;
-    }
-    workgroupBarrier();
-    var r = su16[0];
-    for (var i = 1u; i < 16u; i = i + 1u) {
-        r = min(r, su16[i]);
-    }
-    return r;
+// mix(seed ^ ((step << 32 | row) * golden) + golden)
+fn row_state(row: u32) -> vec2<u32> {
+    let z = mul64(vec2<u32>(row, u32(steps[p.step_at])), GOLDEN);
+    return mix(add64(vec2<u32>(p.seed_lo ^ z.x, p.seed_hi ^ z.y), GOLDEN));
 }
 
-fn wg_max_u(x: u32, lid: u32) -> u32 {
-    su[lid] = x;
-    workgroupBarrier();
-    if (lid < 16u) {
-        var r = su[lid * 16u];
-        for (var i = 1u; i < 16u; i = i + 1u) {
-            r = max(r, su[lid * 16u + i]);
-        }
-        su16[lid] = r;
-    }
-    workgroupBarrier();
-    var r = su16[0];
-    for (var i = 1u; i < 16u; i = i + 1u) {
-        r = max(r, su16[i]);
-    }
-    return r;
+// (2k + 1) / 2^24, k = the top 23 bits of mix(state + (j + 1) golden)
+fn uniform_open(state: vec2<u32>, j: u32) -> f32 {
+    let z = mix(add64(state, mul64(vec2<u32>(j + 1u, 0u), GOLDEN)));
+    return f32((z.y >> 9u) * 2u + 1u) * 5.9604644775390625e-8;
 }
 
-fn wg_sum4(x: vec4<f32>, lid: u32) -> vec4<f32> {
-    s4[lid] = x;
-    workgroupBarrier();
-    if (lid < 16u) {
-        var r = s4[lid * 16u];
-        for (var i = 1u; i < 16u; i = i + 1u) {
-            r = r + s4[lid * 16u + i];
-        }
-        s4_16[lid] = r;
-    }
-    workgroupBarrier();
-    var r = s4_16[0];
-    for (var i = 1u; i < 16u; i = i + 1u) {
-        r = r + s4_16[i];
-    }
-    return r;
+// ---- ln and exp in single f32 operations (the CPU's series and constants) ----
+
+fn ln_f(x: f32) -> f32 {
+    let b = bitcast<u32>(x);
+    let e = bitcast<i32>(b - 0x3F3504F3u) >> 23u;
+    let m = bitcast<f32>(b - (bitcast<u32>(e) << 23u));
+    let s = (m - 1.0) / (m + 1.0);
+    let z = s * s;
+    var t = z * bitcast<f32>(0x3E638E39u);
+    t = z * (bitcast<f32>(0x3E924925u) + t);
+    t = z * (bitcast<f32>(0x3ECCCCCDu) + t);
+    t = z * (bitcast<f32>(0x3F2AAAABu) + t);
+    let lnm = s * (2.0 + t);
+    let ef = f32(e);
+    return ef * bitcast<f32>(0x3F317180u) + (ef * bitcast<f32>(0x3717F7D1u) + lnm);
 }
 
-// Inclusive prefix sum over the workgroup in invocation order (x: this invocation's, y: total).
-fn wg_scan(x: f32, lid: u32) -> vec2<f32> {
-    sf[lid] = x;
-    workgroupBarrier();
-    if (lid < 16u) {
-        var run = 0.0;
-        for (var i = 0u; i < 16u; i = i + 1u) {
-            run = run + sf[lid * 16u + i];
-            sf[lid * 16u + i] = run;
-        }
-        sf16[lid] = run;
+// exp(d) for d in [-28, 0], 0 below or NaN
+fn exp_neg(d: f32) -> f32 {
+    if (is_nan(d) || d < -28.0) {
+        return 0.0;
     }
-    workgroupBarrier();
-    var off = 0.0;
-    var total = 0.0;
-    for (var i = 0u; i < 16u; i = i + 1u) {
-        off = off + select(0.0, sf16[i], i < lid / 16u);
-        total = total + sf16[i];
-    }
-    return vec2<f32>(sf[lid] + off, total);
+    let k = floor(d * bitcast<f32>(0x3FB8AA3Bu) + 0.5);
+    let r = (d - k * bitcast<f32>(0x3F317180u)) - k * bitcast<f32>(0x3717F7D1u);
+    var t = r * bitcast<f32>(0x39500D01u);
+    t = r * (bitcast<f32>(0x3AB60B61u) + t);
+    t = r * (bitcast<f32>(0x3C088889u) + t);
+    t = r * (bitcast<f32>(0x3D2AAAABu) + t);
+    t = r * (bitcast<f32>(0x3E2AAAABu) + t);
+    t = r * (0.5 + t);
+    t = r * (1.0 + t);
+    return (1.0 + t) * bitcast<f32>(u32(i32(k) + 127) << 23u);
 }
 
-// A value equal in every invocation, made uniform for control flow.
-fn uniform_u(x: u32, lid: u32) -> u32 {
-    if (lid == 0u) {
-        bcast = x;
-    }
-    return workgroupUniformLoad(&bcast);
+fn is_nan(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7FFFFFFFu) > 0x7F800000u;
 }
-
-// ---- the order and the weights ----
 
 // f32 -> u32 with the order of f32::total_cmp (-0.0 < +0.0).
 fn key_of(x: f32) -> u32 {
@@ -194,153 +161,108 @@ fn key_of(x: f32) -> u32 {
     return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
 }
 
-fn included(k: u32, j: u32, ck: u32, ci: u32) -> bool {
-    return k > ck || (k == ck && j <= ci);
+// floor(exp_neg((x - mx) / T) 2^40) as (lo, hi): t = q 2^8 (exact), hi = floor(t), lo = the
+// fraction times 2^32 (exact), truncated
+fn mass(x: f32, mx: f32) -> vec2<u32> {
+    let t = exp_neg((x - mx) / p.temperature) * 256.0;
+    let h = floor(t);
+    return vec2<u32>(u32((t - h) * 4294967296.0), u32(h));
 }
 
-fn weight(x: f32, use_q: bool) -> f32 {
-    if (use_q) {
-        return exp((x - g_max) / p.temperature);
+// max(1, (total >> 24) P + ((total & 0xFFFFFF) P >> 24)), P = floor(top_p 2^24)
+fn top_p_goal(total: vec2<u32>) -> vec2<u32> {
+    let pp = select(0u, u32(p.top_p * 16777216.0), p.top_p > 0.0);
+    let g = add64(mul64(shr64(total, 24u), vec2<u32>(pp, 0u)), shr64(mul32(total.x & 0xFFFFFFu, pp), 24u));
+    return select(g, vec2<u32>(1u, 0u), g.x == 0u && g.y == 0u);
+}
+
+fn hist_add(b: u32, w: vec2<u32>) {
+    let old = atomicAdd(&hist_lo[b], w.x);
+    let hi = w.y + select(0u, 1u, old + w.x < old);
+    if (hi != 0u) {
+        atomicAdd(&hist_hi[b], hi);
     }
-    return 1.0;
 }
 
-fn reaches(s: f32, goal: f32, strict: bool) -> bool {
-    return select(s >= goal, s > goal, strict);
-}
-
-struct Pivot {
-    key: u32,
-    idx: u32,
-}
-
-// The first element, in the order, of the elements included by (ck, ci) at which the running
-// weight reaches (strict: exceeds) `goal`; the last included element when none does.
-fn find(ck: u32, ci: u32, use_q: bool, goal: f32, strict: bool, lid: u32) -> Pivot {
-    let v = p.v;
-    // key range of the included elements
-    var kmin = MAXU;
-    var kmax = 0u;
-    for (var j = lid; j < v; j = j + WG) {
-        let k = key_of(logits[g_base + j]);
-        if (included(k, j, ck, ci)) {
-            kmin = min(kmin, k);
-            kmax = max(kmax, k);
-        }
-    }
-    kmin = wg_min_u(kmin, lid);
-    kmax = wg_max_u(kmax, lid);
-    var lo = kmin;
-    var hi = kmax;
-    // weight of the included elements with key > hi
-    var above = 0.0;
-    var ok = true;
-    for (var it = 0u; it < 8u; it = it + 1u) {
-        let step = (hi - lo) / NB + 1u;
-        var acc: array<vec4<f32>, 4>;
-        for (var b = 0u; b < 4u; b = b + 1u) {
-            acc[b] = vec4<f32>(0.0);
-        }
-        for (var j = lid; j < v; j = j + WG) {
+// The largest key K such that the weights (masses or 1) of the kept tokens (not NaN, key >= thr)
+// with key >= K reach top_k or the top-p goal; `fallback` when they never do (or the total is 0).
+fn radix_select(thr: u32, masses: bool, mx: f32, fallback: u32, lid: u32) -> u32 {
+    var prefix = 0u;
+    var still = vec2<u32>(0u, 0u);
+    for (var round = 0u; round < 4u; round = round + 1u) {
+        let shift = 24u - 8u * round;
+        let above = select(0xFFFFFFFFu << ((shift + 8u) & 31u), 0u, round == 0u);
+        atomicStore(&hist_lo[lid], 0u);
+        atomicStore(&hist_hi[lid], 0u);
+        workgroupBarrier();
+        for (var j = lid; j < p.v; j = j + WG) {
             let x = logits[g_base + j];
             let k = key_of(x);
-            if (included(k, j, ck, ci) && k >= lo && k <= hi) {
-                let b = (k - lo) / step;
-                acc[b >> 2u][b & 3u] = acc[b >> 2u][b & 3u] + weight(x, use_q);
-            }
-        }
-        var tots: array<vec4<f32>, 4>;
-        for (var b = 0u; b < 4u; b = b + 1u) {
-            tots[b] = wg_sum4(acc[b], lid);
-        }
-        // buckets from the top: the first whose suffix sum reaches the goal
-        var s = above;
-        var found = false;
-        var chosen = 0u;
-        var chosen_above = above;
-        // the lowest bucket with weight, if rounding keeps every suffix short of the goal
-        var low = 0u;
-        var low_above = above;
-        let nbuckets = (hi - lo) / step + 1u;
-        for (var t = 0u; t < NB; t = t + 1u) {
-            let b = NB - 1u - t;
-            let tot = tots[b >> 2u][b & 3u];
-            let prev = s;
-            s = s + tot;
-            let hit = !found && b < nbuckets && tot > 0.0 && reaches(s, goal, strict);
-            chosen = select(chosen, b, hit);
-            chosen_above = select(chosen_above, prev, hit);
-            found = found || hit;
-            let pos = b < nbuckets && tot > 0.0;
-            low = select(low, b, pos);
-            low_above = select(low_above, prev, pos);
-        }
-        if (it == 0u) {
-            ok = found;
-        }
-        chosen = select(low, chosen, found);
-        chosen_above = select(low_above, chosen_above, found);
-        let new_lo = lo + chosen * step;
-        hi = select(new_lo + (step - 1u), hi, hi - new_lo < step);
-        lo = new_lo;
-        above = chosen_above;
-    }
-    let tau = lo;
-    // the elements with the pivot key: count and first index
-    var cnt = 0.0;
-    var first = MAXU;
-    var last_min = 0u;
-    for (var j = lid; j < v; j = j + WG) {
-        let k = key_of(logits[g_base + j]);
-        if (included(k, j, ck, ci)) {
-            if (k == tau) {
-                cnt = cnt + 1.0;
-                first = min(first, j);
-            }
-            if (k == kmin) {
-                last_min = max(last_min, j);
-            }
-        }
-    }
-    cnt = wg_sum(cnt, lid);
-    first = wg_min_u(first, lid);
-    last_min = wg_max_u(last_min, lid);
-    if (uniform_u(select(0u, 1u, !ok), lid) != 0u) {
-        return Pivot(kmin, last_min);
-    }
-    var res = first;
-    if (uniform_u(select(0u, 1u, cnt > 1.5), lid) != 0u) {
-        // ties: walk the elements with the pivot key in index order
-        var cum = above;
-        var hit_idx = MAXU;
-        var last_eq = 0u;
-        let tiles = (v + WG - 1u) / WG;
-        for (var t = 0u; t < tiles; t = t + 1u) {
-            let j = t * WG + lid;
-            var w = 0.0;
-            var e = false;
-            if (j < v) {
-                let x = logits[g_base + j];
-                let k = key_of(x);
-                e = k == tau && included(k, j, ck, ci);
-                if (e) {
-                    w = weight(x, use_q);
-                    last_eq = j;
+            if (!is_nan(x) && k >= thr && (k & above) == prefix) {
+                var w = vec2<u32>(1u, 0u);
+                if (masses) {
+                    w = mass(x, mx);
+                }
+                if (w.x != 0u || w.y != 0u) {
+                    hist_add((k >> shift) & 255u, w);
                 }
             }
-            let sc = wg_scan(w, lid);
-            let hit = e && reaches(cum + sc.x, goal, strict);
-            let h = uniform_u(wg_min_u(select(MAXU, j, hit), lid), lid);
-            cum = cum + sc.y;
-            if (h != MAXU) {
-                hit_idx = h;
-                break;
+        }
+        workgroupBarrier();
+        if (lid == 0u) {
+            if (round == 0u) {
+                var total = vec2<u32>(0u, 0u);
+                for (var b = 0u; b < 256u; b = b + 1u) {
+                    total = add64(total, vec2<u32>(atomicLoad(&hist_lo[b]), atomicLoad(&hist_hi[b])));
+                }
+                if (masses) {
+                    still = select(vec2<u32>(NONE, NONE), top_p_goal(total), total.x != 0u || total.y != 0u);
+                } else {
+                    still = vec2<u32>(p.top_k, 0u);
+                }
+            }
+            var cum = vec2<u32>(0u, 0u);
+            var found = NONE;
+            for (var t = 0u; t < 256u; t = t + 1u) {
+                let b = 255u - t;
+                let s = add64(cum, vec2<u32>(atomicLoad(&hist_lo[b]), atomicLoad(&hist_hi[b])));
+                if (ge64(s, still)) {
+                    found = b;
+                    break;
+                }
+                cum = s;
+            }
+            let left = sub64(still, cum);
+            sel_state = vec4<u32>(left.x, left.y, prefix | ((found & 255u) << shift), select(0u, 1u, found != NONE));
+        }
+        let st = workgroupUniformLoad(&sel_state);
+        if (st.w == 0u) {
+            return fallback;
+        }
+        prefix = st.z;
+        still = st.xy;
+    }
+    return prefix;
+}
+
+// The workgroup's argmax of the invocations' (s, j) (NONE: no candidate; NaN never wins).
+fn wg_argmax(s: f32, j: u32, lid: u32) -> u32 {
+    arg_s[lid] = s;
+    arg_j[lid] = j;
+    workgroupBarrier();
+    for (var half = WG / 2u; half > 0u; half = half >> 1u) {
+        if (lid < half) {
+            let os = arg_s[lid + half];
+            let oj = arg_j[lid + half];
+            let mj = arg_j[lid];
+            if (oj != NONE && (mj == NONE || os > arg_s[lid] || (os == arg_s[lid] && oj < mj))) {
+                arg_s[lid] = os;
+                arg_j[lid] = oj;
             }
         }
-        last_eq = wg_max_u(last_eq, lid);
-        res = select(hit_idx, last_eq, hit_idx == MAXU);
+        workgroupBarrier();
     }
-    return Pivot(tau, res);
+    return arg_j[0];
 }
 
 // ---- the op ----
@@ -353,60 +275,50 @@ fn sample(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
     let v = p.v;
     g_base = row * v;
+    var best = 0.0;
+    var bj = NONE;
     if (p.temperature <= 0.0) {
-        // greedy: per invocation the first maximum of its elements, then (value desc, index asc)
-        var best = -BIG;
-        var bi = MAXU;
         for (var j = lid; j < v; j = j + WG) {
             let x = logits[g_base + j];
-            if (x == x && (bi == MAXU || x > best)) {
+            if (!is_nan(x) && (bj == NONE || x > best)) {
                 best = x;
-                bi = j;
+                bj = j;
             }
         }
-        let m = wg_max(select(best, -BIG, bi == MAXU), lid);
-        let cand = select(MAXU, bi, bi != MAXU && best == m);
-        let idx = wg_min_u(cand, lid);
+        let arg = wg_argmax(best, bj, lid);
         if (lid == 0u) {
-            out[row] = i32(select(idx, 0u, idx == MAXU));
+            out[row] = i32(select(arg, 0u, arg == NONE));
         }
         return;
     }
-    var mx = -BIG;
+    var thr = 0u;
+    if (p.top_k > 0u && p.top_k < v) {
+        thr = radix_select(0u, false, 0.0, 0u, lid);
+    }
+    if (p.top_p < 1.0) {
+        var mx = bitcast<f32>(0xFF800000u);
+        for (var j = lid; j < v; j = j + WG) {
+            let x = logits[g_base + j];
+            if (!is_nan(x) && x > mx) {
+                mx = x;
+            }
+        }
+        mx = wg_max(mx, lid);
+        thr = radix_select(thr, true, mx, thr, lid);
+    }
+    let state = row_state(row);
     for (var j = lid; j < v; j = j + WG) {
         let x = logits[g_base + j];
-        if (x == x) {
-            mx = max(mx, x);
-        }
-    }
-    g_max = wg_max(mx, lid);
-
-    // the cut so far: included(j) = key > ck || (key == ck && j <= ci); everything at first.
-    // Phases: 0 the top-k cut, 1 the top-p cut, 2 the draw (one call site of `find`, which keeps
-    // the compiled shader small).
-    var ck = 0u;
-    var ci = MAXU;
-    for (var phase = 0u; phase < 3u; phase = phase + 1u) {
-        let on = (phase == 0u && p.top_k > 0u && p.top_k < v) || (phase == 1u && p.top_p < 1.0) || phase == 2u;
-        if (on) {
-            var goal = f32(p.top_k);
-            if (phase > 0u) {
-                var s = 0.0;
-                for (var j = lid; j < v; j = j + WG) {
-                    let x = logits[g_base + j];
-                    if (included(key_of(x), j, ck, ci)) {
-                        s = s + weight(x, true);
-                    }
-                }
-                let mass = wg_sum(s, lid);
-                goal = select(p.top_p * mass, draw_uniform(row) * mass, phase == 2u);
+        if (!is_nan(x) && key_of(x) >= thr) {
+            let s = x / p.temperature + -ln_f(-ln_f(uniform_open(state, j)));
+            if (!is_nan(s) && (bj == NONE || s > best)) {
+                best = s;
+                bj = j;
             }
-            let f = find(ck, ci, phase > 0u, goal, phase == 2u, lid);
-            ck = f.key;
-            ci = f.idx;
         }
     }
+    let arg = wg_argmax(best, bj, lid);
     if (lid == 0u) {
-        out[row] = i32(ci);
+        out[row] = i32(select(arg, 0u, arg == NONE));
     }
 }

@@ -1,8 +1,9 @@
-//! sample: greedy, temperature, top-k, top-p and both, with ties and NaN: the same token ids as
-//! the CPU (exact). The CUDA masses are tree sums, so a draw could differ only within rounding of
-//! a threshold; the seeded cases here do not sit on one. In bf16 storage the logits are rounded to
-//! bf16 on both backends (more ties: the order "logit descending, index ascending" settles them)
-//! and the ids must still agree exactly.
+//! sample: greedy, temperature, top-k, top-p and both, at small vocabularies and at GPT-2's
+//! (50257) and Qwen2's (151936), with ties (odd rows are quantised to steps of 0.5, row 0 has its
+//! maximum twice) and a NaN: the same token ids as the CPU, exactly. The kernel repeats the CPU's
+//! arithmetic in single rounded operations and sums the top-p masses as integers, so nothing
+//! depends on the order of a reduction. In bf16 storage the logits are rounded to bf16 on both
+//! backends (more ties) and the ids must still agree exactly.
 
 use crate::{cin, dl_ids, parity, parity_bf16, Outputs};
 use rlhf::backend::ops::*;
@@ -10,23 +11,37 @@ use rlhf::data::rng::Rng;
 
 pub const CHECKS: &[(&str, fn())] = &[("sample", sample_parity), ("sample_bf16", sample_bf16_parity)];
 
+/// (rows, vocabulary, temperature, top_k, top_p, step)
 const CASES: &[(usize, usize, f32, u32, f32, u32)] = &[
     (8, 50, 0.0, 0, 1.0, 0),
     (16, 1000, 1.0, 0, 1.0, 1),
     (16, 1000, 0.7, 40, 1.0, 2),
     (16, 1000, 1.3, 0, 0.9, 3),
     (16, 5000, 1.0, 50, 0.8, 4),
-    (3, 50257, 1.0, 0, 1.0, 5),
+    (16, 300, 2.0, 3, 0.3, 9),
     (4, 7, 1.0, 1, 1.0, 6),
+    (4, 7, 1.0, 0, 0.0, 10),
+    (3, 50257, 0.0, 0, 1.0, 11),
+    (3, 50257, 1.0, 0, 1.0, 5),
+    (3, 50257, 0.8, 50, 1.0, 7),
+    (3, 50257, 1.0, 0, 0.9, 8),
+    (2, 151936, 0.9, 40, 0.95, 12),
+    (2, 151936, 1.1, 0, 0.7, 13),
 ];
 
 fn run<B: Backend>(be: &B, (n, v, temperature, top_k, top_p, step): (usize, usize, f32, u32, f32, u32)) -> Outputs {
     let mut rng = Rng::new(41 + v as u64);
     let mut logits = crate::common::randv(&mut rng, n * v, 2.0);
-    // ties: row 0 has its maximum twice
+    // ties: odd rows in steps of 0.5, row 0 has its maximum twice and a NaN
+    for (i, x) in logits.iter_mut().enumerate() {
+        if (i / v) % 2 == 1 {
+            *x = (*x * 2.0).round() * 0.5;
+        }
+    }
     if v > 3 {
         logits[1] = 10.0;
         logits[3] = 10.0;
+        logits[2] = f32::NAN;
     }
     let logits = cin(be, &logits);
     // the step sits at index 1 of its buffer

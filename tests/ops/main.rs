@@ -3,8 +3,9 @@
 //! `r`. `OP_CHECKS` maps each op to the test function that covers it (in this file, or in the
 //! modules of this binary: `rl_ops` for the fused RL ops, `ppo_math` for GAE and whitening,
 //! `preference_loss` for the DPO family's loss, `decode_advance` for the rollout engine's
-//! bookkeeping, `adamw_step` for whole optimiser steps); the compiler checks that each named
-//! test exists, and a test fails if an op of `rlhf::backend::ops::OP_NAMES` has no row.
+//! bookkeeping, `sampling` for the sampler's statistics and cuts, `adamw_step` for whole
+//! optimiser steps); the compiler checks that each named test exists, and a test fails if an op
+//! of `rlhf::backend::ops::OP_NAMES` has no row.
 
 use rlhf::backend::ops::*;
 use rlhf::backend::CpuBackend;
@@ -18,6 +19,7 @@ mod decode_advance;
 mod ppo_math;
 mod preference_loss;
 mod rl_ops;
+mod sampling;
 
 use common::{adamw_params, dot, fd_check, randv};
 
@@ -50,7 +52,7 @@ const OP_CHECKS: &[(&str, fn())] = &[
     ("attention_decode_fwd", attention_decode_matches_training_rows),
     ("cross_entropy_fwd", cross_entropy_grad),
     ("cross_entropy_bwd", cross_entropy_grad),
-    ("sample", sample_greedy_topk_topp),
+    ("sample", sampling::top_k_and_top_p_keep_exactly_the_tokens_at_or_above_the_threshold),
     ("decode_advance", decode_advance::decode_advance_by_hand),
     ("logprob_gather_fwd", rl_ops::logprob_gather_matches_naive),
     ("logprob_gather_bwd", rl_ops::logprob_gather_grad),
@@ -518,70 +520,6 @@ fn cross_entropy_grad() {
     assert!(dl[2 * v..3 * v].iter().all(|&g| g == 0.0), "rows without a target get no gradient");
     let bad = vec![v as i32; n];
     assert!(be.cross_entropy_fwd(&mut vec![0.0; n], &mut vec![0.0; n], &logits, &bad, p).is_err());
-}
-
-#[test]
-fn sample_greedy_topk_topp() {
-    let be = CpuBackend::new();
-    let v = 6;
-    let logits = vec![
-        0.0, 3.0, 1.0, 3.0, -1.0, 2.0, // tie between 1 and 3: greedy takes 1
-        5.0, 0.0, 0.0, 0.0, 0.0, 0.0,
-    ];
-    let base = SampleParams { n: 2, v: v as u32, temperature: 0.0, top_k: 0, top_p: 1.0, seed_lo: 7, seed_hi: 0, step_at: 0 };
-    // the sampling step, read from a buffer
-    let at = |step: u32| vec![step as i32];
-    let mut out = vec![0; 2];
-    be.sample(&mut out, &logits, &at(0), base).unwrap();
-    assert_eq!(out, vec![1, 0]);
-    // top_k = 1 at any temperature is greedy
-    be.sample(&mut out, &logits, &at(0), SampleParams { temperature: 1.0, top_k: 1, ..base }).unwrap();
-    assert_eq!(out, vec![1, 0]);
-    // frequencies follow softmax(logits / T); top_k = 2 keeps only tokens 1 and 3 in row 0
-    let mut counts = vec![0usize; v];
-    let draws = 4000;
-    for step in 0..draws {
-        be.sample(&mut out, &logits, &at(step), SampleParams { temperature: 1.0, top_k: 2, ..base }).unwrap();
-        counts[out[0] as usize] += 1;
-    }
-    assert_eq!(counts[0] + counts[2] + counts[4] + counts[5], 0);
-    let frac = counts[1] as f64 / draws as f64;
-    assert!((frac - 0.5).abs() < 0.04, "two equal logits should split evenly, got {frac}");
-    // top_p = 0.5 on row 1 keeps only the dominant token
-    for step in 0..200 {
-        be.sample(&mut out, &logits, &at(step), SampleParams { temperature: 1.0, top_p: 0.5, ..base }).unwrap();
-        assert_eq!(out[1], 0);
-    }
-    // unrestricted sampling at T=1 matches the softmax
-    let mut counts = vec![0usize; v];
-    for step in 0..draws {
-        be.sample(&mut out, &logits, &at(step), SampleParams { temperature: 1.0, ..base }).unwrap();
-        counts[out[0] as usize] += 1;
-    }
-    let z: f64 = logits[..v].iter().map(|&x| (x as f64).exp()).sum();
-    for j in 0..v {
-        let want = (logits[j] as f64).exp() / z;
-        let got = counts[j] as f64 / draws as f64;
-        assert!((got - want).abs() < 0.03, "token {j}: {got} vs {want}");
-    }
-    // the same seed and step give the same draw
-    let mut a = vec![0; 2];
-    let mut b = vec![0; 2];
-    let p = SampleParams { temperature: 1.0, ..base };
-    be.sample(&mut a, &logits, &at(3), p).unwrap();
-    be.sample(&mut b, &logits, &at(3), p).unwrap();
-    assert_eq!(a, b);
-    // the step is the one at `step_at`: on equal logits row r draws floor(u(seed, step, r) * v)
-    let (n, wide) = (32usize, 4096usize);
-    let flat = vec![0.5f32; n * wide];
-    let mut got = vec![0; n];
-    let p = SampleParams { n: n as u32, v: wide as u32, temperature: 1.0, step_at: 2, ..base };
-    be.sample(&mut got, &flat, &vec![3, 4, 99], p).unwrap();
-    let want: Vec<i32> = (0..n).map(|r| (rlhf::backend::cpu::sample::uniform(7, 99, r as u32) * wide as f32) as i32).collect();
-    assert_eq!(got, want);
-    // a step_at outside the buffer is an error, not a panic
-    let e = be.sample(&mut got, &flat, &vec![3], p).unwrap_err().to_string();
-    assert!(e.contains("sample") && e.contains("step_at 2"), "{e}");
 }
 
 #[test]

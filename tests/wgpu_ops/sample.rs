@@ -1,17 +1,19 @@
-//! sample against the CPU backend: exactly the same tokens.
+//! sample against the CPU backend: the same tokens, up to ulp-level near-ties.
 //!
 //! - greedy (temperature 0) with ties: exact;
-//! - the counter-based uniform: rows of equal logits make the CPU pick floor(u v), so the GPU's
-//!   port of the hash is checked bit for bit (and the tie walk with it);
-//! - temperature with top-k and top-p over many rows and steps, on logits with distinct values
-//!   and on quantised logits full of exact ties: exact, except that rows where a running mass
-//!   lies within the CPU's rounding error (1e-6 + 1.2e-7 per summed term, relative; computed in
-//!   f64) of top_p * total or of u * mass are skipped: the CPU sums sequentially in f32, the GPU
-//!   in trees, and such near-ties are legitimately ambiguous (where they differed, the GPU's
-//!   token was the exact f64 walk's). The test asserts that fewer than 10% of rows are skipped.
+//! - the counter-based uniforms and the Gumbel noise: rows of equal logits make both backends
+//!   draw the token with the largest uniform (exactly: the noise rises with the uniform);
+//! - temperature with top-k and top-p over many rows and steps, at small vocabularies and at
+//!   50257, on logits with distinct values and on quantised logits full of exact ties. The shader
+//!   repeats the CPU's arithmetic operation for operation, but WGSL allows a division within 2.5
+//!   ulp and drivers may fuse a multiply and an add, so a Gumbel score or a mass may move by an
+//!   ulp. A row's tokens may therefore differ only where the CPU's two best perturbed scores lie
+//!   within 8 ulp of each other, or where the kept tokens' mass at some key lies within 1e-5 of
+//!   the top-p goal (relative to the total); every such difference is printed, and they must stay
+//!   under 1% of the rows (on lavapipe there are none).
 
 use crate::{cpu, gpu};
-use rlhf::backend::cpu::sample::uniform;
+use rlhf::backend::cpu::sample_math::{gumbel, key_of, mass, row_state, top_p_goal, uniform_open};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 
@@ -30,48 +32,36 @@ fn run(g: &rlhf::backend::WgpuBackend, logits: &[f32], step: u32, p: SampleParam
     (g.download_ids(&gout).unwrap(), cout)
 }
 
-/// Whether a running mass of the CPU's walk lies within its rounding error of the threshold it
-/// is compared with (top_p * total for the top-p cut, u * mass for the draw), in f64. The CPU
-/// sums sequentially in f32 (equal logits make the rounding errors add up linearly), so the
-/// allowance grows with the number of terms: 1e-6 + 1.2e-7 per term of both sums, relative.
-/// Also returns the token of the exact (f64) walk.
-fn near_tie(row: &[f32], p: &SampleParams, u: f32) -> (bool, usize) {
-    let mut idx: Vec<usize> = (0..row.len()).collect();
-    idx.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-    let k = if p.top_k == 0 { row.len() } else { (p.top_k as usize).min(row.len()) };
-    idx.truncate(k);
-    let max = row[idx[0]] as f64;
-    let q: Vec<f64> = idx.iter().map(|&i| ((row[i] as f64 - max) / p.temperature as f64).exp()).collect();
-    let total: f64 = q.iter().sum();
-    let tol = |terms: usize| 1e-6 + 1.2e-7 * terms as f64;
-    let mut near = false;
-    let mut keep = q.len();
+/// Whether the CPU's draw of `row` sits on a near-tie that an ulp can flip: the two best scores
+/// of its kept tokens within 8 ulp, or the mass held at some key within 1e-5 of the top-p goal.
+fn near_tie(row: &[f32], p: &SampleParams, state: u64) -> bool {
+    let keys: Vec<u32> = row.iter().map(|&x| key_of(x)).collect();
+    let mut sorted = keys.clone();
+    sorted.sort_unstable_by(|a, b| b.cmp(a));
+    let k = p.top_k as usize;
+    let mut thr = if k > 0 && k < row.len() { sorted[k - 1] } else { 0 };
     if p.top_p < 1.0 {
-        let mut acc = 0.0;
-        let mut found = false;
-        for (i, &w) in q.iter().enumerate() {
-            acc += w / total;
-            near |= (acc - p.top_p as f64).abs() < tol(k + i + 1);
-            if !found && acc >= p.top_p as f64 {
-                keep = i + 1;
-                found = true;
+        let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let m: Vec<u64> = (0..row.len()).map(|j| if keys[j] >= thr { mass(row[j], max, p.temperature) } else { 0 }).collect();
+        let total: u64 = m.iter().sum();
+        let goal = top_p_goal(total, p.top_p) as f64;
+        sorted.dedup();
+        let mut held = 0u64;
+        let mut cut = None;
+        for &key in sorted.iter().filter(|&&key| key >= thr) {
+            held += (0..row.len()).filter(|&j| keys[j] == key).map(|j| m[j]).sum::<u64>();
+            if (held as f64 - goal).abs() <= 1e-5 * total as f64 {
+                return true;
+            }
+            if cut.is_none() && held as f64 >= goal {
+                cut = Some(key);
             }
         }
+        thr = cut.unwrap_or(thr);
     }
-    let mass: f64 = q[..keep].iter().sum();
-    let goal = u as f64 * mass;
-    let mut acc = 0.0;
-    let mut token = idx[keep - 1];
-    let mut found = false;
-    for (i, &w) in q[..keep].iter().enumerate() {
-        acc += w;
-        near |= (acc - goal).abs() / mass < tol(keep + i + 1);
-        if !found && acc > goal {
-            token = idx[i];
-            found = true;
-        }
-    }
-    (near, token)
+    let mut scores: Vec<f32> = (0..row.len()).filter(|&j| keys[j] >= thr).map(|j| row[j] / p.temperature + gumbel(uniform_open(state, j as u32))).collect();
+    scores.sort_unstable_by(|a, b| b.total_cmp(a));
+    scores.len() > 1 && scores[0] - scores[1] <= 8.0 * f32::EPSILON * scores[0].abs().max(1.0)
 }
 
 #[test]
@@ -101,7 +91,7 @@ fn sample_parity() {
         assert_eq!(got, want, "greedy n={n} v={v}");
     }
 
-    // the uniform draw, bit for bit: equal logits, token = floor(u * v)
+    // the uniforms, bit for bit: equal logits, token = the largest uniform's
     let (n, v) = (64usize, 4096usize);
     let logits = vec![0.25f32; n * v];
     for step in 0..3 {
@@ -110,14 +100,16 @@ fn sample_parity() {
         assert_eq!(got, want, "equal logits, step {step}");
         let seed = (p.seed_hi as u64) << 32 | p.seed_lo as u64;
         for (r, &t) in got.iter().enumerate() {
-            assert_eq!(t, (uniform(seed, step, r as u32) * v as f32) as i32, "row {r} step {step}");
+            let s = row_state(seed, step, r as u32);
+            let best = (0..v as u32).fold(0, |b, j| if uniform_open(s, j) > uniform_open(s, b) { j } else { b });
+            assert_eq!(t, best as i32, "row {r} step {step}");
         }
     }
 
     // temperature, top-k and top-p
-    let (mut compared, mut skipped) = (0usize, 0usize);
-    for &v in &[1usize, 7, 300, 1000, 5003] {
-        let n = 16usize;
+    let (mut compared, mut differ) = (0usize, 0usize);
+    for &v in &[1usize, 7, 300, 1000, 5003, 50257] {
+        let n = if v > 10_000 { 4 } else { 16 };
         for config in 0..8u32 {
             // rows: distinct logits (a permutation of an arithmetic sequence) or quantised
             // logits with many exact ties
@@ -141,21 +133,17 @@ fn sample_parity() {
             let (got, want) = run(g, &logits, step, p);
             let seed = (p.seed_hi as u64) << 32 | p.seed_lo as u64;
             for r in 0..n {
-                let u = uniform(seed, step, r as u32);
-                let (near, exact) = near_tie(&logits[r * v..(r + 1) * v], &p, u);
-                if near {
-                    // the GPU's tree sums are the more accurate: report disagreements
-                    if got[r] != want[r] {
-                        eprintln!("sample near tie v={v} row {r}: gpu {} cpu {} exact (f64) {exact}", got[r], want[r]);
-                    }
-                    skipped += 1;
+                compared += 1;
+                if got[r] == want[r] {
                     continue;
                 }
-                compared += 1;
-                assert_eq!(got[r], want[r], "v={v} row {r} T={temperature} top_k={top_k} top_p={top_p} step={step}");
+                let why = format!("v={v} row {r} T={temperature} top_k={top_k} top_p={top_p} step={step}: gpu {} cpu {}", got[r], want[r]);
+                assert!(near_tie(&logits[r * v..(r + 1) * v], &p, row_state(seed, step, r as u32)), "{why}, not at a near-tie");
+                eprintln!("sample near-tie {why}");
+                differ += 1;
             }
         }
     }
-    eprintln!("sample: {compared} rows identical, {skipped} near-tie rows skipped");
-    assert!(skipped * 10 < compared, "too many near-tie rows skipped: {skipped} of {}", compared + skipped);
+    eprintln!("sample: {compared} rows, {differ} differ at near-ties");
+    assert!(differ * 100 < compared, "too many rows differ: {differ} of {compared}");
 }

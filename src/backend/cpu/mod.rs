@@ -4,6 +4,7 @@
 //! `shaders/*.wgsl`.
 
 pub mod profile;
+pub mod sample_math;
 pub mod simd;
 
 // one module per op family of the op list (`activation.rs`, `attention.rs`, ...), each holding

@@ -1,71 +1,98 @@
-//! Next-token sampling over `[n, v]` logits (see `SampleParams`). Greedy at temperature 0
-//! (argmax, lowest index on ties). Otherwise the candidates are sorted by logit (descending,
-//! index ascending on ties), cut to top_k, turned into probabilities with softmax(logit / T), cut
-//! to the smallest prefix whose mass reaches top_p, and one is drawn with the row's uniform
-//! `u = uniform(seed, step, row)` by walking the prefix until the running mass exceeds u * mass.
+//! Next-token sampling over `[n, v]` logits (see `SampleParams`): the reference that
+//! `kernels/sample.cu` and `shaders/sample.wgsl` follow step for step, with the arithmetic of
+//! [`super::sample_math`], so that every backend samples the same ids.
+//!
+//! - temperature <= 0: greedy, the argmax (lowest index on ties, NaN logits skipped; 0 when every
+//!   logit is NaN).
+//! - Otherwise a token is kept when its logit is not NaN and its order key (`key_of`, the order of
+//!   `f32::total_cmp`) is at least a threshold key `thr` (0 at first: every token):
+//!   - top_k (0 < top_k < v): `thr` = the top_k-th largest key (counted with multiplicity). Every
+//!     token whose key equals it is kept, so ties at the threshold can keep more than top_k.
+//!   - top_p (< 1): with masses `m_j = floor(exp((x_j - max) / T) 2^40)` over the kept tokens
+//!     and their sum `total`, `thr` = the largest key K whose kept tokens with key >= K hold at
+//!     least `top_p_goal(total, top_p)` (about top_p * total); again every token at the
+//!     threshold key is kept. No cut when `total` is 0.
+//!   - the draw: Gumbel-max, the kept token with the largest `x_j / T + g_j` (lowest index on
+//!     ties), `g_j = -ln(-ln u_j)` with `u_j` the row's counter-based uniform of token j. Its
+//!     probability is softmax(x / T) restricted to the kept tokens.
+//! - Both thresholds come from a radix select on the key's bytes from the top: four passes, each
+//!   a 256-bin histogram of the weights (1 for top-k, the masses for top-p) of the tokens whose
+//!   higher bytes equal the prefix found so far, then the bin where the running sum from the top
+//!   reaches what is still needed. The weights are integers, so the sums and the thresholds do
+//!   not depend on the order of the additions.
 
+use super::sample_math::{gumbel, key_of, mass, row_state, top_p_goal, uniform_open};
 use super::{check, profile, CpuBackend};
 use crate::backend::ops::family;
 use crate::backend::ops::SampleParams;
 use crate::error::Result;
 use rayon::prelude::*;
 
-/// A counter-based uniform draw in [0, 1) from (seed, step, row): SplitMix64 finalisation of the
-/// combined counter, top 24 bits. Identical on every backend.
-pub fn uniform(seed: u64, step: u32, row: u32) -> f32 {
-    let mut z = seed ^ ((step as u64) << 32 | row as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    (z >> 40) as f32 / (1u64 << 24) as f32
+/// The index of the largest `value(j)` over `0..v` (lowest index on ties); `None` and NaN values
+/// are skipped.
+fn argmax(v: usize, value: impl Fn(usize) -> Option<f32>) -> Option<u32> {
+    let mut best: Option<(f32, u32)> = None;
+    for j in 0..v {
+        if let Some(s) = value(j) {
+            if !s.is_nan() && best.is_none_or(|(b, _)| s > b) {
+                best = Some((s, j as u32));
+            }
+        }
+    }
+    best.map(|(_, j)| j)
 }
 
-pub fn sample_row(row: &[f32], p: &SampleParams, u: f32) -> i32 {
-    let argmax = || {
-        let mut best = 0;
-        for (i, &x) in row.iter().enumerate() {
-            if x > row[best] {
-                best = i;
+/// The largest key K such that the weights of the tokens with key >= K sum to at least `need`,
+/// found byte by byte from the top; `need` gets the sum of all weights (after the first pass) and
+/// says what to reach (`None`, or a sum that is never reached: no threshold).
+fn radix_select(keys: &[u32], weights: impl Fn(usize) -> u64, need: impl Fn(u64) -> Option<u64>) -> Option<u32> {
+    let (mut prefix, mut still) = (0u32, 0u64);
+    for pass in 0..4 {
+        let shift = 24 - 8 * pass;
+        let above = if pass == 0 { 0 } else { u32::MAX << (shift + 8) };
+        let mut hist = [0u64; 256];
+        for (j, &k) in keys.iter().enumerate() {
+            if k & above == prefix {
+                hist[(k >> shift & 255) as usize] += weights(j);
             }
         }
-        best as i32
-    };
-    if p.temperature <= 0.0 {
-        return argmax();
-    }
-    let mut idx: Vec<u32> = (0..row.len() as u32).collect();
-    let cmp = |a: &u32, b: &u32| row[*b as usize].total_cmp(&row[*a as usize]).then(a.cmp(b));
-    let k = if p.top_k == 0 { row.len() } else { (p.top_k as usize).min(row.len()) };
-    if k < row.len() {
-        idx.select_nth_unstable_by(k - 1, cmp);
-        idx.truncate(k);
-    }
-    idx.sort_unstable_by(cmp);
-    let max = row[idx[0] as usize];
-    let probs: Vec<f32> = idx.iter().map(|&i| ((row[i as usize] - max) / p.temperature).exp()).collect();
-    let total: f32 = probs.iter().sum();
-    let mut keep = probs.len();
-    if p.top_p < 1.0 {
-        let mut acc = 0.0;
-        for (i, &q) in probs.iter().enumerate() {
-            acc += q / total;
-            if acc >= p.top_p {
-                keep = i + 1;
+        if pass == 0 {
+            still = need(hist.iter().sum())?;
+        }
+        let mut cum = 0u64;
+        let mut found = None;
+        for b in (0..256).rev() {
+            if cum + hist[b] >= still {
+                found = Some(b as u32);
                 break;
             }
+            cum += hist[b];
         }
+        prefix |= found? << shift;
+        still -= cum;
     }
-    let mass: f32 = probs[..keep].iter().sum();
-    let target = u * mass;
-    let mut acc = 0.0;
-    for i in 0..keep {
-        acc += probs[i];
-        if acc > target {
-            return idx[i] as i32;
-        }
+    Some(prefix)
+}
+
+/// The token drawn from one row with its stream state `state` ([`row_state`]).
+pub fn sample_row(row: &[f32], p: &SampleParams, state: u64) -> i32 {
+    let v = row.len();
+    if p.temperature <= 0.0 {
+        return argmax(v, |j| Some(row[j])).unwrap_or(0) as i32;
     }
-    idx[keep - 1] as i32
+    let keys: Vec<u32> = row.iter().map(|&x| key_of(x)).collect();
+    let kept = |thr: u32, j: usize| !row[j].is_nan() && keys[j] >= thr;
+    let mut thr = 0u32;
+    if p.top_k > 0 && (p.top_k as usize) < v {
+        thr = radix_select(&keys, |j| kept(0, j) as u64, |_| Some(p.top_k as u64)).unwrap_or(0);
+    }
+    if p.top_p < 1.0 {
+        let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| if x > m { x } else { m });
+        let masses: Vec<u64> = (0..v).map(|j| if kept(thr, j) { mass(row[j], max, p.temperature) } else { 0 }).collect();
+        let goal = |total: u64| (total > 0).then(|| top_p_goal(total, p.top_p));
+        thr = radix_select(&keys, |j| masses[j], goal).unwrap_or(thr);
+    }
+    argmax(v, |j| kept(thr, j).then(|| row[j] / p.temperature + gumbel(uniform_open(state, j as u32)))).unwrap_or(0) as i32
 }
 
 /// Samples rows `0..p.n` with the step key `step` (read from the op's `steps` buffer).
@@ -73,7 +100,7 @@ pub fn sample(out: &mut [i32], logits: &[f32], step: u32, p: SampleParams) {
     let (n, v) = (p.n as usize, p.v as usize);
     let seed = (p.seed_hi as u64) << 32 | p.seed_lo as u64;
     out[..n].par_iter_mut().enumerate().for_each(|(i, o)| {
-        *o = sample_row(&logits[i * v..(i + 1) * v], &p, uniform(seed, step, i as u32));
+        *o = sample_row(&logits[i * v..(i + 1) * v], &p, row_state(seed, step, i as u32));
     });
 }
 
@@ -87,6 +114,9 @@ impl family::Sample for CpuBackend {
             &format!("out needs {n} values and logits {} (they hold {} and {})", n * v, out.len(), logits.len()),
         )?;
         check((p.step_at as usize) < steps.len(), "sample", &format!("step_at {} is outside the {} values of steps", p.step_at, steps.len()))?;
+        if let Some(why) = p.unsupported() {
+            check(false, "sample", &why)?;
+        }
         sample(out, logits, steps[p.step_at as usize] as u32, p);
         Ok(())
     }

@@ -1,6 +1,6 @@
-//! Launcher of kernels/sample.cu: one block of 256 per row (greedy, or top-k / top-p sampling with
-//! the counter-based uniform of the CPU backend, keyed by the step the device holds in
-//! `steps[p.step_at]`).
+//! Launcher of kernels/sample.cu: one block of 256 per row (greedy, or the CPU backend's Gumbel-max
+//! draw with its top-k / top-p radix selects and counter-based uniforms, keyed by the step the
+//! device holds in `steps[p.step_at]`).
 
 use super::buffer::CudaBuf;
 use super::context::{launch, per_row, Context};
@@ -12,6 +12,9 @@ use cudarc::driver::CudaSlice;
 pub fn sample(ctx: &Context, out: &mut CudaSlice<i32>, logits: &CudaBuf, steps: &CudaSlice<i32>, p: SampleParams) -> Result<()> {
     let (n, v) = (p.n as usize, p.v as usize);
     need("sample", &[("out", out.len(), n), ("logits", logits.len(), n * v), ("steps", steps.len(), p.step_at as usize + 1)])?;
+    if let Some(why) = p.unsupported() {
+        return Err(super::kernels::err(format!("sample: {why}")));
+    }
     if n == 0 || v == 0 {
         return Ok(());
     }

@@ -70,7 +70,7 @@ pub use preference::{preference_loss, preference_stat, PreferenceParams};
 pub use reward::RankingParams;
 pub use rl_losses::{ppo_stat, KlParams, PpoParams};
 pub use rope::RopeParams;
-pub use sample::SampleParams;
+pub use sample::{SampleParams, MAX_TOP_P_VOCAB};
 
 /// One op of the list, as declared in [`op_list!`](crate::op_list).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -1,9 +1,8 @@
 //! Launcher of `sample` (`shaders/sample.wgsl`): one workgroup per row; greedy argmax, or the
-//! CPU backend's temperature / top-k / top-p draw with the same counter-based uniform (keyed by
-//! the step in `steps[step_at]`, on the device), done
-//! without sorting (a 16-way search on the logit order finds each cut, an ordered scan resolves
-//! ties by index). The tokens match the CPU backend's except where a running probability mass lies
-//! within rounding of top_p or of the drawn uniform (f32 tree sums here, sequential sums there).
+//! CPU backend's Gumbel-max draw with the same counter-based uniforms (keyed by the step in
+//! `steps[step_at]`, on the device) and the same top-k / top-p radix selects. The tokens match
+//! the CPU backend's except where WGSL's looser division (or a driver's fused multiply-add) moves
+//! a score or mass by an ulp across a near-tie.
 
 use super::buffer::GpuBuf;
 use super::context::{err, Context};
@@ -17,6 +16,9 @@ pub fn sample(ctx: &Context, out: &GpuBuf, logits: &GpuBuf, steps: &GpuBuf, p: S
     }
     if out.len < n || logits.len < n * v {
         return Err(err(format!("sample: out needs {n} values and logits {} (they hold {} and {})", n * v, out.len, logits.len)));
+    }
+    if let Some(why) = p.unsupported() {
+        return Err(err(format!("sample: {why}")));
     }
     if steps.len <= p.step_at as usize {
         return Err(err(format!("sample: step_at {} is outside the {} values of steps", p.step_at, steps.len)));

@@ -5,12 +5,13 @@
 //! between read-backs next to the K = 1 baseline, timed alternately in the same run (median of
 //! `--steps`). `--decode-batches` adds the decode sweep against the memory roofline
 //! ([`decode`]), `--kernels` the fused RL kernels against the copy bandwidth
-//! ([`kernels`]).
+//! ([`kernels`]), `--sampling` the sampler's ms per step at large vocabularies ([`sampling`]).
 
 
 mod attention;
 mod decode;
 mod kernels;
+mod sampling;
 
 use super::common::{Common, SyncEveryArg};
 use clap::Args;
@@ -57,6 +58,10 @@ pub struct BenchArgs {
     /// Also time causal attention forward and backward alone at B,T,NH,HD (e.g. 16,1024,12,64), in TFLOP/s
     #[arg(long, value_delimiter = ',')]
     pub attention: Vec<usize>,
+    /// Also time sampling (`sample` over --batch-size rows) at vocabularies 50257 and 151936:
+    /// temperature alone, top-p, top-k + top-p
+    #[arg(long)]
+    pub sampling: bool,
     /// Tokens per call of the per-token kernels timed by --kernels
     #[arg(long, default_value_t = 1 << 22)]
     pub kernel_tokens: usize,
@@ -235,6 +240,9 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     }
     if !a.attention.is_empty() {
         attention::run_attention_bench(be, &a.attention, a.steps)?;
+    }
+    if a.sampling {
+        sampling::run_sampling_bench(be, b, a.steps)?;
     }
     if a.profile {
         let ops = rlhf::backend::cpu::profile::snapshot();
