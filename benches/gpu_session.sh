@@ -137,7 +137,11 @@ run() { # run OUT [tests|bench|first]: everything, the test suites, the benchmar
         echo "logs in $out"
         return
     fi
-    step bench_cuda $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256 --kernels
+    step bench_cuda $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256 --kernels --attention 16,1024,12,64 --sampling
+    # attention on tensor cores (the default in bf16) against the SIMT kernels, and PyTorch's flash sdpa
+    step bench_attention_simt env RLHF_CUDA_ATTENTION=simt $rlhf "${bench[@]}" --backend cuda --steps 3 --attention 16,1024,12,64
+    step bench_pytorch_attention env PYTHONUNBUFFERED=1 python3 tests/fixtures/bench_pytorch.py --device cuda --dtype bf16 --attention 16,1024,12,64 \
+        --steps 10 --warmup 3
     step bench_cuda_no_graphs env RLHF_CUDA_GRAPHS=0 $rlhf "${bench[@]}" --backend cuda --decode-batches 1,64,256
     # cuBLASLt epilogues: none (bias and GELU as kernels of their own), and the GELU fused too,
     # beside the default (the bias only): training, and decode at 64 slots
