@@ -47,6 +47,8 @@ struct RankingParams { u32 n_groups; float scale; };
 struct PreferenceParams { u32 pairs, t, loss_type, length_norm; float beta, label_smoothing, simpo_gamma, scale; };
 struct GaeParams { u32 b, t; float gamma, lambda; };
 struct WhitenParams { u32 n, shift_mean, unbiased; float eps; };
+struct GroupAdvantageParams { u32 b, t, group, estimator; float beta, eps; };
+struct RewardNormParams { double count, mean, m2; u32 n; float eps; };
 struct LogprobParams { u32 n, c, v, chunk; float temperature; u32 _pad0, _pad1, _pad2; };
 struct KlParams { u32 n, estimator; };
 struct PpoParams {

@@ -24,6 +24,20 @@
 //   and 3) and pads. Bindings: 1 x, 2 stats, 3 mask, 4 scratch (launcher's):
 //   scratch[0..4] = mean, rstd, shift, count; scratch[4 + 3 w ..] = (count, hi, lo) of chunk w;
 //   scratch[4 + 3 n_wg + 2 w ..] = (hi, lo) of the squares of chunk w.
+//
+// group_advantages — rewards, seq_kl [b], mask [b, t] -> advantages [b, t] (overwritten). One
+//   invocation per token; each reads its sequence's group (`group` consecutive sequences) in index
+//   order: r_j = rewards[j] - beta seq_kl[j] (skipped when beta is 0), Neumaier-compensated f32 sums
+//   (the CPU: f64), then GRPO (r - mean) / (std + eps) (std Bessel-corrected, 0 for one sample),
+//   GRPO_NO_STD (1) r - mean, RLOO (2) r - (sum - r) / (n - 1), times mask.
+//   Uniform: GroupAdvantageParams { b, t, group, estimator, beta, eps }, pads.
+//   Bindings: 1 advantages, 2 rewards, 3 seq_kl, 4 mask.
+//
+// normalize_rewards — scores [n] -> out [n] (overwritten). One workgroup: the batch's mean and
+//   squared deviations as compensated f32 sums, merged with the running moments (count, mean, m2;
+//   f64 on the host, rounded to f32 by the launcher) by Chan et al.'s update, then
+//   out = (x - mean') / max(sqrt(m2' / (count' - 1)), eps) (std 1 below 2 samples).
+//   Uniform: { count, mean, m2, n, eps } (the launcher's f32 copy), pads. Bindings: 1 out, 2 scores.
 
 // ---- GAE ------------------------------------------------------------------------------------------
 
@@ -239,4 +253,114 @@ fn masked_whiten(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_wor
         out = (wx[i] - wscratch[0]) * wscratch[1] + wscratch[2];
     }
     wx[i] = out;
+}
+
+// ---- group advantages -----------------------------------------------------------------------------
+
+struct GroupAdvantageParams {
+    b: u32,
+    t: u32,
+    group: u32,
+    estimator: u32,
+    beta: f32,
+    eps: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> ga: GroupAdvantageParams;
+@group(0) @binding(1) var<storage, read_write> ga_out: array<f32>;
+@group(0) @binding(2) var<storage, read> ga_rewards: array<f32>;
+@group(0) @binding(3) var<storage, read> ga_seq_kl: array<f32>;
+@group(0) @binding(4) var<storage, read> ga_mask: array<f32>;
+
+fn ga_reward(j: u32) -> f32 {
+    if (ga.beta == 0.0) {
+        return ga_rewards[j];
+    }
+    return ga_rewards[j] - ga.beta * ga_seq_kl[j];
+}
+
+@compute @workgroup_size(256)
+fn group_advantages(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>) {
+    let i = flat_index(gid, nwg, 256u);
+    if (i >= ga.b * ga.t) {
+        return;
+    }
+    let s = i / ga.t;
+    let g0 = s / ga.group * ga.group;
+    let n = f32(ga.group);
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var j = g0; j < g0 + ga.group; j = j + 1u) {
+        acc = neumaier(acc, ga_reward(j));
+    }
+    let sum = acc.x + acc.y;
+    let r = ga_reward(s);
+    var a = 0.0;
+    if (ga.estimator == 2u) {
+        a = r - (sum - r) / (n - 1.0);
+    } else {
+        let mean = sum / n;
+        var scale = 1.0;
+        if (ga.estimator == 0u) {
+            var sq = vec2<f32>(0.0, 0.0);
+            for (var j = g0; j < g0 + ga.group; j = j + 1u) {
+                let d = ga_reward(j) - mean;
+                sq = neumaier(sq, d * d);
+            }
+            let var_g = select(0.0, (sq.x + sq.y) / (n - 1.0), ga.group > 1u);
+            scale = 1.0 / (sqrt(var_g) + ga.eps);
+        }
+        a = (r - mean) * scale;
+    }
+    ga_out[i] = a * ga_mask[i];
+}
+
+// ---- reward normalisation -------------------------------------------------------------------------
+
+struct RewardNormU {
+    count: f32,
+    mean: f32,
+    m2: f32,
+    n: u32,
+    eps: f32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+}
+
+@group(0) @binding(0) var<uniform> rn: RewardNormU;
+@group(0) @binding(1) var<storage, read_write> rn_out: array<f32>;
+@group(0) @binding(2) var<storage, read> rn_scores: array<f32>;
+
+@compute @workgroup_size(256)
+fn normalize_rewards(@builtin(local_invocation_index) lid: u32) {
+    var count = rn.count;
+    var mean = rn.mean;
+    var m2 = rn.m2;
+    let nb = f32(rn.n);
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var i = lid; i < rn.n; i = i + WG) {
+        acc = neumaier(acc, rn_scores[i]);
+    }
+    let sum = ds_wg_sum(acc, lid);
+    let mean_b = (sum.x + sum.y) / max(nb, 1.0);
+    var sq = vec2<f32>(0.0, 0.0);
+    for (var i = lid; i < rn.n; i = i + WG) {
+        let d = rn_scores[i] - mean_b;
+        sq = neumaier(sq, d * d);
+    }
+    let sqs = ds_wg_sum(sq, lid);
+    if (rn.n > 0u) {
+        let var_b = (sqs.x + sqs.y) / nb;
+        let total = count + nb;
+        let delta = mean_b - mean;
+        m2 = m2 + var_b * nb + delta * delta * count * nb / total;
+        mean = mean + delta * nb / total;
+        count = total;
+    }
+    let sd = max(select(1.0, sqrt(m2 / (count - 1.0)), count > 1.0), rn.eps);
+    for (var i = lid; i < rn.n; i = i + WG) {
+        rn_out[i] = (rn_scores[i] - mean) / sd;
+    }
 }

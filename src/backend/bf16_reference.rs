@@ -160,6 +160,14 @@ impl family::Advantage for Bf16Reference {
         Backend::masked_whiten(&self.cpu, &mut x.data, &mut stats.data, &mask.data, p)?;
         Ok(())
     }
+    fn group_advantages(&self, advantages: &mut RefBuf, rewards: &RefBuf, seq_kl: &RefBuf, mask: &RefBuf, p: GroupAdvantageParams) -> Result<()> {
+        op_dtype(NAME, "group_advantages", &[], &[("advantages", advantages.dtype), ("rewards", rewards.dtype), ("seq_kl", seq_kl.dtype), ("mask", mask.dtype)])?;
+        Backend::group_advantages(&self.cpu, &mut advantages.data, &rewards.data, &seq_kl.data, &mask.data, p)
+    }
+    fn normalize_rewards(&self, out: &mut RefBuf, scores: &RefBuf, p: RewardNormParams) -> Result<()> {
+        op_dtype(NAME, "normalize_rewards", &[], &[("out", out.dtype), ("scores", scores.dtype)])?;
+        Backend::normalize_rewards(&self.cpu, &mut out.data, &scores.data, p)
+    }
 }
 
 impl family::Attention for Bf16Reference {

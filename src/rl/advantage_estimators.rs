@@ -1,6 +1,6 @@
-//! Critic-free advantage estimators (`rlhf grpo --estimator`), on the host: the inputs are one
-//! reward per sequence (`P` prompts x `n` samples, prompt-major) or per token, a few hundred
-//! numbers per step.
+//! Critic-free advantage estimators (`rlhf grpo --estimator`), the host references of the device
+//! paths: the inputs are one reward per sequence (`P` prompts x `n` samples, prompt-major) or per
+//! token.
 //!
 //! - GRPO (DeepSeekMath): `A_i = (r_i - mean_g) / (std_g + eps)` over the `n` samples of a prompt's
 //!   group, `std_g` the Bessel-corrected standard deviation (as `torch.std`, which TRL and verl
@@ -11,9 +11,11 @@
 //!   sequence, then whitened over every response token of the batch:
 //!   `A_t = (G_t - mean) / sqrt(var + 1e-8)`, `var` Bessel-corrected (as `masked_whiten`).
 //!
-//! Each sequence advantage applies to every response token of that sequence. The trainer runs the
-//! REINFORCE++ path on the device with `gae` (values 0, gamma 1, lambda 1 gives the reversed
-//! cumulative sums) and `masked_whiten`; [`reinforce_pp_advantages`] is its host reference.
+//! Each sequence advantage applies to every response token of that sequence. The trainer runs
+//! every estimator on the device: GRPO, Dr. GRPO and RLOO with the `group_advantages` op
+//! ([`kl_penalised`], [`sequence_advantages`] and [`broadcast_to_tokens`] are its reference, equal
+//! bit for bit on the CPU backend), REINFORCE++ with `gae` (values 0, gamma 1, lambda 1 gives the
+//! reversed cumulative sums) and `masked_whiten` ([`reinforce_pp_advantages`] is its reference).
 
 use crate::error::{Error, Result};
 

@@ -9,17 +9,17 @@
 //! temperature 1; at other temperatures the policy's training forward recomputes them).
 //! Loss aggregation: token mean over a minibatch, sequence mean of token means, or Dr. GRPO's
 //! constant normaliser `max_new_tokens x sequences`. Metrics go to `<out>/metrics.jsonl`.
-//! A step reads its logged statistics back once, after the whole step is enqueued
-//! (`step_readout.rs`); GRPO's and RLOO's group baselines, computed on the host, read a reward
-//! model's scores (and the per-sequence KL when it goes into the reward) back before training.
+//! Every estimator runs on the device (`group_advantages`; REINFORCE++ with `gae` and
+//! `masked_whiten`), so a step reads its logged statistics back once, after the whole step is
+//! enqueued (`step_readout.rs`).
 
-use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, GaeParams, KlParams, MatmulParams, PpoParams, WhitenParams};
+use crate::backend::ops::{group_estimator, Backend, ElementwiseParams, EmbeddingParams, GaeParams, GroupAdvantageParams, KlParams, MatmulParams, PpoParams, WhitenParams};
 use crate::data::rng::Rng;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::generate::{GenerateConfig, RolloutConfig, RolloutEngine};
 use crate::model::{Model, Shape};
-use crate::rl::advantage_estimators::{broadcast_to_tokens, kl_penalised, sequence_advantages, Estimator};
+use crate::rl::advantage_estimators::Estimator;
 use crate::model::sequence_scorer::SequenceScorer;
 use crate::rl::reward_fns::OracleFn;
 use crate::rl::running_stats::mean_std;
@@ -448,42 +448,41 @@ pub fn run_grpo<B: Backend>(
             _ => Err(Error::invalid("a reward model source without its scorer")),
         };
         be.concurrently(&mut [&mut logprobs_and_kl, &mut model_scores])?;
-        // the per-sequence KL (logged) and a reward model's scores go into the step's readout;
-        // GRPO's and RLOO's group baselines are computed on the host, so with a reward model or
-        // the KL in the reward their inputs come back now, in one read-back before training
-        // (REINFORCE++ runs on the device and reads nothing back before the step's end)
+        // the per-sequence KL and a reward model's scores go into the step's readout (logged);
+        // the advantages are computed on the device from them, so nothing comes back before the
+        // step's end
         let kl_slot = readout.push_prefix(be, &dev.seq_kl, b)?;
-        let (mut scores, score_slot) = match (&reward, rm_scorer.as_ref()) {
+        let (scores, score_slot) = match (&reward, rm_scorer.as_ref()) {
             // the host's reward function ran while the device worked
             (RewardSource::Function(f), _) => (Some(seq_prompt.iter().zip(&responses).map(|(&i, r)| f(i, r)).collect::<Vec<f32>>()), None),
             (RewardSource::Model(_), Some(sc)) => (None, Some(readout.push_prefix(be, sc.scores(), b)?)),
             (RewardSource::Model(_), None) => return Err(Error::invalid("a reward model source without its scorer")),
         };
         let slice = |v: &[f32], at: usize| v.get(at..at + b).map(<[f32]>::to_vec).ok_or_else(|| Error::invalid("a GRPO step's readout is short"));
+        let scores_on_device = match (&scores, rm_scorer.as_ref()) {
+            (Some(s), _) => {
+                be.write(&mut dev.scores, s)?;
+                &dev.scores
+            }
+            (None, Some(sc)) => sc.scores(),
+            (None, None) => return Err(Error::invalid("a reward model source without its scorer")),
+        };
 
         // ---- advantages ----
         let kl_in_reward = cfg.kl_in == KlPlacement::Reward && beta > 0.0;
-        if cfg.estimator != Estimator::ReinforcePp {
-            let early = if score_slot.is_some() || kl_in_reward { Some(readout.read(be)?) } else { None };
-            if let (Some(v), Some(at)) = (&early, score_slot) {
-                scores = Some(slice(v, at)?);
-            }
-            let host_scores = scores.as_ref().ok_or_else(|| Error::invalid("GRPO's rewards are not on the host"))?;
-            let seq_rewards = match &early {
-                Some(v) if kl_in_reward => kl_penalised(host_scores, &slice(v, kl_slot)?, beta),
-                _ => host_scores.clone(),
-            };
-            let adv = sequence_advantages(cfg.estimator, &seq_rewards, n_group)?.ok_or_else(|| Error::invalid("a group estimator without advantages"))?;
-            be.write(&mut step_t.advantages, &broadcast_to_tokens(&adv, &mask, t))?;
+        let group_estimator = match cfg.estimator {
+            Estimator::Grpo { std_scale: true } => Some(group_estimator::GRPO),
+            Estimator::Grpo { std_scale: false } => Some(group_estimator::GRPO_NO_STD),
+            Estimator::Rloo => Some(group_estimator::RLOO),
+            Estimator::ReinforcePp => None,
+        };
+        if let Some(est) = group_estimator {
+            let gp = GroupAdvantageParams { beta: if kl_in_reward { beta } else { 0.0 }, ..GroupAdvantageParams::new(b, t, n_group, est) };
+            be.group_advantages(&mut step_t.advantages, scores_on_device, &dev.seq_kl, &dev.mask, gp)?;
         } else {
-            match (&scores, rm_scorer.as_ref()) {
-                (Some(s), _) => be.write(&mut dev.scores, s)?,
-                (None, Some(sc)) => be.copy(&mut dev.scores, sc.scores(), ElementwiseParams::new(b)?)?,
-                (None, None) => return Err(Error::invalid("a reward model source without its scorer")),
-            }
             let kl = kl_in_reward.then_some((&dev.kl, beta));
             let (adv, ret) = (&mut step_t.advantages, &mut step_t.returns);
-            reinforce_pp_on_device(be, adv, ret, &mut dev.rewards, &mut dev.wstats, kl, &dev.scores, &dev.last_pos, &step_t.values, &dev.mask, b, t)?;
+            reinforce_pp_on_device(be, adv, ret, &mut dev.rewards, &mut dev.wstats, kl, scores_on_device, &dev.last_pos, &step_t.values, &dev.mask, b, t)?;
         }
         let scoring_s = t1.elapsed().as_secs_f64();
 

@@ -5,9 +5,9 @@
 //! whitening) -> training (`ppo_epochs` passes over minibatches with the fused PPO loss) -> the KL
 //! controller's update. Metrics go to `<out>/metrics.jsonl` with the time each phase took.
 //! A step reads its logged statistics back once, after the whole step is enqueued
-//! (`step_readout.rs`); only `--reward-norm` reads the scores back before training (below).
+//! (`step_readout.rs`); `--reward-norm` normalises the scores on the device (`normalize_rewards`).
 
-use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, GaeParams, KlParams, MatmulParams, PpoParams, WhitenParams};
+use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, GaeParams, KlParams, MatmulParams, PpoParams, RewardNormParams, WhitenParams};
 use crate::data::batch::Batcher;
 use crate::data::jsonl::Example;
 use crate::data::rng::Rng;
@@ -428,22 +428,16 @@ pub fn run_ppo<B: Backend>(
         };
         let mut reward_scores = || rm_scorer.score_on_device(be, reward, &seqs, pad).map(|_| ());
         be.concurrently(&mut [&mut logprobs_and_values, &mut reward_scores])?;
-        // the b scores: logged from the step's readout. With --reward-norm the host normalises
-        // them by running moments that include this batch, so they come back now (the one
-        // read-back before training; a device-side normalisation would need the moments' update
-        // on the device); otherwise they go to the advantage phase on the device.
+        // the b scores: logged from the step's readout. With --reward-norm the device normalises
+        // them by the running moments that include this batch (the host's moments of the earlier
+        // batches as params); the host merges the batch into its moments after the read-back
         let score_slot = readout.push_prefix(be, rm_scorer.scores(), b)?;
-        let early_scores = if cfg.reward_norm {
-            let raw_scores = be.download(rm_scorer.scores())?[..b].to_vec();
-            run.reward_moments.update(&raw_scores);
-            let (m, s) = (run.reward_moments.mean() as f32, run.reward_moments.std().max(1e-6) as f32);
-            let scores: Vec<f32> = raw_scores.iter().map(|x| (x - m) / s).collect();
-            be.write(&mut dev.scores, &scores)?;
-            Some(raw_scores)
+        if cfg.reward_norm {
+            let m = &run.reward_moments;
+            be.normalize_rewards(&mut dev.scores, rm_scorer.scores(), RewardNormParams::new(b, m.count, m.mean, m.m2))?;
         } else {
             be.copy(&mut dev.scores, rm_scorer.scores(), ElementwiseParams::new(b)?)?;
-            None
-        };
+        }
         let scoring_s = t1.elapsed().as_secs_f64();
 
         // ---- advantages: reward_t = -beta k1_t (+ score at the last response token), GAE, whitening ----
@@ -480,10 +474,10 @@ pub fn run_ppo<B: Backend>(
         // ---- the step's one read-back: every logged scalar ----
         let values = readout.read(be)?;
         let training_s = t2.elapsed().as_secs_f64();
-        let raw_scores = match early_scores {
-            Some(s) => s,
-            None => values.get(score_slot..score_slot + b).ok_or_else(|| Error::invalid("a PPO step's readout lacks the scores"))?.to_vec(),
-        };
+        let raw_scores = values.get(score_slot..score_slot + b).ok_or_else(|| Error::invalid("a PPO step's readout lacks the scores"))?.to_vec();
+        if cfg.reward_norm {
+            run.reward_moments.update(&raw_scores);
+        }
         let AdvantageStats { explained_variance, kl1_total, kl3_total } = adv_slots.read(&values)?;
         let epoch_stats = finish_epochs(&mut update, &values, &slots, guard)?;
         let stats = PpoStats::mean(&epoch_stats);

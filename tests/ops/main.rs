@@ -62,6 +62,8 @@ const OP_CHECKS: &[(&str, fn())] = &[
     ("ranking_loss", rl_ops::ranking_loss_by_hand_and_grad),
     ("gae", ppo_math::gae_hand_worked),
     ("masked_whiten", ppo_math::masked_whiten_mean_zero_std_one),
+    ("group_advantages", ppo_math::group_advantages_match_the_host_estimators),
+    ("normalize_rewards", ppo_math::normalize_rewards_match_running_moments),
     ("sum_squares", optimizer_ops),
     ("adamw", optimizer_ops),
     ("preference_loss_fwd_bwd", preference_loss::dlogp_matches_finite_differences_for_every_loss),

@@ -1,8 +1,9 @@
 //! PPO's advantage math on the CPU backend: `gae` against a hand-worked example, the
 //! gamma = lambda = 1 special case (reward-to-go minus value), padded rows of different lengths
 //! against a naive per-row recursion, and `masked_whiten` (zero mean and unit std on the masked
-//! entries, zeros elsewhere, the mean kept with `shift_mean` 0). `tests/ops/main.rs` maps both ops to
-//! their tests here in `OP_CHECKS`.
+//! entries, zeros elsewhere, the mean kept with `shift_mean` 0), `group_advantages` and
+//! `normalize_rewards` (bit for bit the host's estimators and running moments).
+//! `tests/ops/main.rs` maps the ops to their tests here in `OP_CHECKS`.
 
 // the references index token by token on purpose: they mirror the formulas
 #![allow(clippy::needless_range_loop)]
@@ -249,4 +250,77 @@ fn masked_whiten_edge_cases() {
     assert!(be.masked_whiten(&mut x, &mut vec![0.0; 2], &mask, WhitenParams::new(3)).is_err());
     assert!(be.masked_whiten(&mut x, &mut stats, &mask, WhitenParams { eps: 0.0, ..WhitenParams::new(3) }).is_err());
     assert!(be.masked_whiten(&mut x, &mut stats, &mask, WhitenParams { shift_mean: 2, ..WhitenParams::new(3) }).is_err());
+}
+
+/// `group_advantages` equals the host estimators (`kl_penalised`, `sequence_advantages`,
+/// `broadcast_to_tokens`) bit for bit on random groups, for each estimator, with and without the
+/// KL in the reward; a hand-worked group; and refuses groups that do not divide the batch.
+#[test]
+pub(crate) fn group_advantages_match_the_host_estimators() {
+    use rlhf::rl::advantage_estimators::{broadcast_to_tokens, kl_penalised, sequence_advantages, Estimator};
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(19);
+    let estimators = [(group_estimator::GRPO, Estimator::Grpo { std_scale: true }), (group_estimator::GRPO_NO_STD, Estimator::Grpo { std_scale: false }), (group_estimator::RLOO, Estimator::Rloo)];
+    for &(b, t, group) in &[(2usize, 3usize, 2usize), (12, 7, 4), (16, 1, 16), (9, 5, 1), (64, 33, 8)] {
+        let rewards: Vec<f32> = (0..b).map(|_| rng.next_f32() * 4.0 - 2.0).collect();
+        let seq_kl: Vec<f32> = (0..b).map(|_| rng.next_f32() * 3.0).collect();
+        let mask: Vec<f32> = (0..b * t).map(|i| if i % t == 0 && t > 1 || rng.below(5) == 0 { 0.0 } else { 1.0 }).collect();
+        for &(code, est) in &estimators {
+            if code == group_estimator::RLOO && group < 2 {
+                continue;
+            }
+            for beta in [0.0f32, 0.05] {
+                let seq_rewards = if beta == 0.0 { rewards.clone() } else { kl_penalised(&rewards, &seq_kl, beta) };
+                let seq = sequence_advantages(est, &seq_rewards, group).unwrap().unwrap();
+                let want = broadcast_to_tokens(&seq, &mask, t);
+                let mut got = vec![f32::NAN; b * t];
+                let p = GroupAdvantageParams { beta, ..GroupAdvantageParams::new(b, t, group, code) };
+                be.group_advantages(&mut got, &rewards, &seq_kl, &mask, p).unwrap();
+                let same = got.iter().zip(&want).all(|(g, w)| g.to_bits() == w.to_bits());
+                assert!(same, "group_advantages b {b} t {t} group {group} {est:?} beta {beta}: {got:?} vs {want:?}");
+            }
+        }
+    }
+    // by hand: rewards [1, 2, 3, 5] in groups of 2, one token each
+    let (r, k, m) = (vec![1.0, 2.0, 3.0, 5.0], vec![0.0; 4], vec![1.0; 4]);
+    let mut out = vec![0.0; 4];
+    be.group_advantages(&mut out, &r, &k, &m, GroupAdvantageParams::new(4, 1, 2, group_estimator::RLOO)).unwrap();
+    assert_eq!(out, [-1.0, 1.0, -2.0, 2.0]);
+    be.group_advantages(&mut out, &r, &k, &m, GroupAdvantageParams::new(4, 1, 2, group_estimator::GRPO_NO_STD)).unwrap();
+    assert_eq!(out, [-0.5, 0.5, -1.0, 1.0]);
+    be.group_advantages(&mut out, &r, &k, &m, GroupAdvantageParams::new(4, 1, 2, group_estimator::GRPO)).unwrap();
+    // std of {1, 2} is sqrt(0.5), of {3, 5} sqrt(2): both groups give -/+ 1 / sqrt(2) (minus eps)
+    for (g, w) in out.iter().zip([-1.0, 1.0, -1.0, 1.0]) {
+        assert!((g - w * std::f32::consts::FRAC_1_SQRT_2).abs() < 1e-5, "{out:?}");
+    }
+    for p in [GroupAdvantageParams::new(4, 1, 3, group_estimator::GRPO), GroupAdvantageParams::new(4, 1, 1, group_estimator::RLOO), GroupAdvantageParams::new(4, 1, 2, 7)] {
+        let e = be.group_advantages(&mut out, &r, &k, &m, p).unwrap_err().to_string();
+        assert!(e.contains("group_advantages"), "{e}");
+    }
+}
+
+/// `normalize_rewards` over a stream of batches equals the host's running moments
+/// (`RunningMoments::update`, then `(x - mean) / std`) bit for bit, starting from the moments
+/// before each batch; the std floor applies to a constant stream.
+#[test]
+pub(crate) fn normalize_rewards_match_running_moments() {
+    use rlhf::rl::running_stats::RunningMoments;
+    let be = CpuBackend::new();
+    let mut rng = Rng::new(23);
+    let mut host = RunningMoments::new();
+    for (i, n) in [1usize, 4, 7, 64, 3].into_iter().enumerate() {
+        let scores: Vec<f32> = (0..n).map(|_| rng.next_f32() * 10.0 - 3.0 + i as f32).collect();
+        let p = RewardNormParams::new(n, host.count, host.mean, host.m2);
+        let mut got = vec![f32::NAN; n];
+        be.normalize_rewards(&mut got, &scores, p).unwrap();
+        host.update(&scores);
+        let (m, s) = (host.mean() as f32, host.std().max(1e-6) as f32);
+        let want: Vec<f32> = scores.iter().map(|x| (x - m) / s).collect();
+        assert_eq!(got, want, "batch {i} of {n}");
+    }
+    let mut out = vec![0.0; 3];
+    be.normalize_rewards(&mut out, &vec![2.0; 3], RewardNormParams::new(3, 5.0, 2.0, 0.0)).unwrap();
+    assert_eq!(out, [0.0; 3], "a constant stream: std floored, zeros");
+    let e = be.normalize_rewards(&mut out, &vec![2.0; 3], RewardNormParams::new(3, 5.0, 2.0, -1.0)).unwrap_err().to_string();
+    assert!(e.contains("normalize_rewards"), "{e}");
 }

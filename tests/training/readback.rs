@@ -3,11 +3,15 @@
 //! one (the runs' setup and final save are the same). One of the two is the rollout's: with one
 //! new token per response every sequence finishes at the same decode step, so the rollout
 //! collects the log-probs it recorded with one read-back; the other is the step's statistics.
+//! This holds with `--reward-norm` (the running moments normalise the scores on the device) and for
+//! GRPO's and RLOO's group baselines over a reward model's scores with the KL in the reward (both
+//! computed on the device).
 
 use rlhf::backend::CpuBackend;
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::demo::grpo::demo_grpo_config;
 use rlhf::model::{Model, ModelConfig};
+use rlhf::rl::advantage_estimators::Estimator;
 use rlhf::rl::grpo::{run_grpo, GrpoModels, KlPlacement, RewardSource};
 use rlhf::rl::ppo::{run_ppo, PpoConfig, PpoModels};
 use rlhf::train::resume::RunControl;
@@ -66,13 +70,13 @@ fn ppo_config(out: &Path, steps: usize) -> PpoConfig {
 }
 
 /// The downloads of a PPO run of `steps` steps (a value model, the adaptive KL controller).
-fn ppo_downloads(dir: &Path, steps: usize) -> usize {
+fn ppo_downloads(dir: &Path, steps: usize, reward_norm: bool) -> usize {
     let be = CpuBackend::new();
     let tok = Tokenizer::byte_level();
     let (mut policy, reference, rm) = tiny_models(&be, &tok);
     let reward = Model::init(&be, rm.clone(), 2).unwrap();
     let mut value = Model::init(&be, rm, 2).unwrap();
-    let cfg = ppo_config(&dir.join(format!("ppo-{steps}")), steps);
+    let cfg = PpoConfig { reward_norm, ..ppo_config(&dir.join(format!("ppo-{steps}-{reward_norm}")), steps) };
     let start = be.downloads();
     let models = PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: Some(&mut value) };
     let reports = run_ppo(&be, models, &tok, &prompts(&tok), &cfg, None, None).unwrap();
@@ -82,33 +86,61 @@ fn ppo_downloads(dir: &Path, steps: usize) -> usize {
     be.downloads() - start
 }
 
-/// The downloads of a GRPO run of `steps` steps (a reward function, the KL in the loss).
-fn grpo_downloads(dir: &Path, steps: usize) -> usize {
+/// How a GRPO test run gets its rewards and advantages.
+#[derive(Clone, Copy, Debug)]
+enum GrpoCase {
+    /// a reward function, the KL in the loss (GRPO)
+    FunctionKlInLoss,
+    /// a reward model, the KL in the reward, with this estimator
+    ModelKlInReward(Estimator),
+}
+
+/// The downloads of a GRPO run of `steps` steps.
+fn grpo_downloads(dir: &Path, steps: usize, case: GrpoCase) -> usize {
     let be = CpuBackend::new();
     let tok = Tokenizer::byte_level();
-    let (mut policy, reference, _) = tiny_models(&be, &tok);
-    let mut cfg = demo_grpo_config(&dir.join(format!("grpo-{steps}")), 3, steps);
+    let (mut policy, reference, rm) = tiny_models(&be, &tok);
+    let reward_model = Model::init(&be, rm, 2).unwrap();
+    let mut cfg = demo_grpo_config(&dir.join(format!("grpo-{steps}-{case:?}")), 3, steps);
     (cfg.prompts_per_step, cfg.group_size, cfg.mini_batch, cfg.epochs, cfg.max_new_tokens) = (2, 2, 2, 2, 1);
     assert_eq!(cfg.kl_in, KlPlacement::Loss);
-    let reward = |i: usize, r: &[u32]| (i as f32) + r.first().map_or(0.0, |&t| (t % 7) as f32);
-    let models = GrpoModels { policy: &mut policy, reference: &reference, reward: RewardSource::Function(&reward) };
+    let reward_fn = |i: usize, r: &[u32]| (i as f32) + r.first().map_or(0.0, |&t| (t % 7) as f32);
+    let reward = match case {
+        GrpoCase::FunctionKlInLoss => RewardSource::Function(&reward_fn),
+        GrpoCase::ModelKlInReward(estimator) => {
+            (cfg.kl_in, cfg.estimator) = (KlPlacement::Reward, estimator);
+            RewardSource::Model(&reward_model)
+        }
+    };
+    let models = GrpoModels { policy: &mut policy, reference: &reference, reward };
     let start = be.downloads();
     let reports = run_grpo(&be, models, &tok, &prompts(&tok), &cfg, None).unwrap();
     assert_eq!(reports.len(), steps);
     assert!(reports.iter().all(|r| r.response_len == 1.0), "every response is one token: one rollout read-back");
+    assert!(reports.iter().all(|r| r.stats.total_loss.is_finite()), "the steps trained");
     be.downloads() - start
 }
 
 #[test]
 fn a_ppo_step_reads_its_statistics_back_once() {
     let dir = tempfile::tempdir().unwrap();
-    let per_step = ppo_downloads(dir.path(), 2) - ppo_downloads(dir.path(), 1);
-    assert_eq!(per_step, ROLLOUT_READS + 1, "downloads in a PPO step besides the rollout's: {}", per_step - ROLLOUT_READS);
+    for reward_norm in [false, true] {
+        let per_step = ppo_downloads(dir.path(), 2, reward_norm) - ppo_downloads(dir.path(), 1, reward_norm);
+        assert_eq!(per_step, ROLLOUT_READS + 1, "downloads in a PPO step (reward_norm {reward_norm}) besides the rollout's: {}", per_step - ROLLOUT_READS);
+    }
 }
 
 #[test]
 fn a_grpo_step_reads_its_statistics_back_once() {
     let dir = tempfile::tempdir().unwrap();
-    let per_step = grpo_downloads(dir.path(), 2) - grpo_downloads(dir.path(), 1);
-    assert_eq!(per_step, ROLLOUT_READS + 1, "downloads in a GRPO step besides the rollout's: {}", per_step - ROLLOUT_READS);
+    let cases = [
+        GrpoCase::FunctionKlInLoss,
+        GrpoCase::ModelKlInReward(Estimator::Grpo { std_scale: true }),
+        GrpoCase::ModelKlInReward(Estimator::Rloo),
+        GrpoCase::ModelKlInReward(Estimator::ReinforcePp),
+    ];
+    for case in cases {
+        let per_step = grpo_downloads(dir.path(), 2, case) - grpo_downloads(dir.path(), 1, case);
+        assert_eq!(per_step, ROLLOUT_READS + 1, "downloads in a GRPO step ({case:?}) besides the rollout's: {}", per_step - ROLLOUT_READS);
+    }
 }

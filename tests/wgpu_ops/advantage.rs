@@ -7,14 +7,21 @@
 //! mean and std agree to `2e-6` relative (plus `1e-6 std` absolute for a mean near 0) and the
 //! count exactly; the whitened values, computed in f32 from the f32 mean and 1/std (the CPU: f64
 //! then rounded), to `1e-5 (1 + |mean| / std)` absolute. Garbage (NaN, inf, 1e30) sits under
-//! mask 0 in every input: outputs there must be exactly 0.
+//! mask 0 in every input: outputs there must be exactly 0. group_advantages and normalize_rewards:
+//! the CPU computes in f64, the shaders in f32 with compensated sums, to `2e-5` absolute and
+//! relative (advantages of order 1; groups of distinct rewards, so no std near 0).
 
 use crate::{assert_close, cpu, gpu};
 use rlhf::backend::ops::*;
 use rlhf::data::rng::Rng;
 use std::time::Instant;
 
-pub const CHECKS: &[(&str, fn())] = &[("gae", gae_parity), ("masked_whiten", masked_whiten_parity)];
+pub const CHECKS: &[(&str, fn())] = &[
+    ("gae", gae_parity),
+    ("masked_whiten", masked_whiten_parity),
+    ("group_advantages", group_advantages_parity),
+    ("normalize_rewards", normalize_rewards_parity),
+];
 
 const GARBAGE: [f32; 4] = [f32::NAN, 1e30, f32::INFINITY, -3e38];
 
@@ -139,4 +146,43 @@ fn compare(
     assert_close(&format!("{what}: count"), &got_s[2..3], &cs[2..3], 0.0, 0.0);
     let atol = 1e-5 * (1.0 + if std > 0.0 { mean.abs() / std } else { 0.0 });
     assert_close(&format!("{what}: x"), &g.download(&gx).unwrap(), &cx, atol, 1e-5);
+}
+
+#[test]
+fn group_advantages_parity() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(97);
+    use group_estimator::{GRPO, GRPO_NO_STD, RLOO};
+    // more tokens than a workgroup, a group of one, a group spanning the batch
+    for &(b, t, group, est, beta) in &[(4usize, 3usize, 2usize, GRPO, 0.0f32), (12, 70, 4, GRPO, 0.05), (9, 5, 1, GRPO, 0.0), (16, 130, 8, GRPO_NO_STD, 0.1), (32, 9, 32, RLOO, 0.0), (6, 4, 3, RLOO, 0.2)] {
+        let mask: Vec<f32> = (0..b * t).map(|i| if i % t == 0 && t > 1 || rng.below(5) == 0 { 0.0 } else { 1.0 }).collect();
+        let rewards: Vec<f32> = (0..b).map(|_| rng.normal()).collect();
+        let seq_kl: Vec<f32> = (0..b).map(|_| rng.next_f32() * 3.0).collect();
+        let p = GroupAdvantageParams { beta, ..GroupAdvantageParams::new(b, t, group, est) };
+        let mut want = vec![f32::NAN; b * t];
+        c.group_advantages(&mut want, &rewards, &seq_kl, &mask, p).unwrap();
+        let mut got = g.upload(&vec![f32::NAN; b * t]).unwrap();
+        g.group_advantages(&mut got, &g.upload(&rewards).unwrap(), &g.upload(&seq_kl).unwrap(), &g.upload(&mask).unwrap(), p).unwrap();
+        assert_close(&format!("group_advantages b {b} t {t} group {group} estimator {est} beta {beta}"), &g.download(&got).unwrap(), &want, 2e-5, 2e-5);
+    }
+    let buf = g.upload(&[0.0; 4]).unwrap();
+    let mut out = g.upload(&[0.0; 4]).unwrap();
+    assert!(g.group_advantages(&mut out, &buf, &buf, &buf, GroupAdvantageParams::new(4, 1, 3, GRPO)).is_err());
+}
+
+#[test]
+fn normalize_rewards_parity() {
+    let Some(g) = gpu() else { return };
+    let c = cpu();
+    let mut rng = Rng::new(5);
+    for &(count, mean, m2, n) in &[(0.0, 0.0, 0.0, 1usize), (0.0, 0.0, 0.0, 7), (64.0, 1.5, 300.0, 64), (1000.0, -2.0, 4000.0, 1000)] {
+        let scores: Vec<f32> = (0..n).map(|_| rng.normal() * 4.0).collect();
+        let p = RewardNormParams::new(n, count, mean, m2);
+        let mut want = vec![f32::NAN; n];
+        c.normalize_rewards(&mut want, &scores, p).unwrap();
+        let mut got = g.upload(&vec![f32::NAN; n]).unwrap();
+        g.normalize_rewards(&mut got, &g.upload(&scores).unwrap(), p).unwrap();
+        assert_close(&format!("normalize_rewards count {count} n {n}"), &g.download(&got).unwrap(), &want, 2e-5, 2e-5);
+    }
 }

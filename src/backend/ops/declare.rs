@@ -85,7 +85,7 @@ macro_rules! declare_ops {
         /// | `logprob_gather_*` | `logp`, `entropy`, `lse`, `dlogp`, `dentropy` |
         /// | `sum_squares` | `acc` |
         /// | `adamw` | `param` (the master weights), `m`, `v`, `norm_sq` |
-        /// | the ops declared `in f32` in the op list (`kl_penalty_*`, `ppo_loss_fwd_bwd`, `gae`, `masked_whiten`, `ranking_loss`, `preference_loss_fwd_bwd`; `decode_advance` has ids only) | every buffer |
+        /// | the ops declared `in f32` in the op list (`kl_penalty_*`, `ppo_loss_fwd_bwd`, `gae`, `masked_whiten`, `group_advantages`, `normalize_rewards`, `ranking_loss`, `preference_loss_fwd_bwd`; `decode_advance` has ids only) | every buffer |
         pub trait Backend: Send + Sync {
             type Buf: Send + Sync;
             type Ids: Send + Sync;

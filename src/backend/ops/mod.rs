@@ -53,7 +53,7 @@ mod sample;
 
 pub use super::precision::MatmulPrecision;
 pub use super::storage::{Dtype, Storage};
-pub use advantage::{whiten_stat, GaeParams, WhitenParams};
+pub use advantage::{group_estimator, whiten_stat, GaeParams, GroupAdvantageParams, RewardNormParams, WhitenParams};
 pub use attention::{AttentionDecodeParams, AttentionParams, KvCacheParams, ScatterParams};
 pub use cross_entropy::CrossEntropyParams;
 pub use decode::{decode_finish, DecodeAdvanceParams};
@@ -149,7 +149,7 @@ macro_rules! op_list {
                 fn swiglu_bwd(&self, dgate: &mut Self::Buf, dup: &mut Self::Buf, dout: &Self::Buf, gate: &Self::Buf, up: &Self::Buf, p: ElementwiseParams) -> Result<()>;
             }
             /// PPO's advantage math.
-            advantage: Advantage [GaeParams, WhitenParams] {
+            advantage: Advantage [GaeParams, WhitenParams, GroupAdvantageParams, RewardNormParams] {
                 /// See [`GaeParams`]: `advantages [b, t]` and `returns [b, t]` (overwritten) from `rewards`,
                 /// `values` and `mask` (`[b, t]` each).
                 #[allow(clippy::too_many_arguments)]
@@ -157,6 +157,11 @@ macro_rules! op_list {
                 /// See [`WhitenParams`]: whitens `x [n]` in place over the entries where `mask [n]` is set and
                 /// writes the mean, std and count before whitening to `stats [whiten_stat::LEN]` (overwritten).
                 fn masked_whiten(&self, x: &mut Self::Buf, stats: &mut Self::Buf, mask: &Self::Buf, p: WhitenParams) -> Result<()> in f32;
+                /// See [`GroupAdvantageParams`]: `advantages [b, t]` (overwritten) from one reward and one
+                /// summed KL per sequence (`rewards [b]`, `seq_kl [b]`) and `mask [b, t]`.
+                fn group_advantages(&self, advantages: &mut Self::Buf, rewards: &Self::Buf, seq_kl: &Self::Buf, mask: &Self::Buf, p: GroupAdvantageParams) -> Result<()> in f32;
+                /// See [`RewardNormParams`]: `out [n]` (overwritten) from `scores [n]`.
+                fn normalize_rewards(&self, out: &mut Self::Buf, scores: &Self::Buf, p: RewardNormParams) -> Result<()> in f32;
             }
             /// Attention, the KV cache and decode attention.
             attention: Attention [AttentionParams, KvCacheParams, ScatterParams, AttentionDecodeParams] {

@@ -1,5 +1,6 @@
-//! Launchers of the `advantage` family (`shaders/advantage.wgsl`): GAE (one invocation per row)
-//! and masked whitening (five passes of compensated f32 reductions, nothing read back). Shapes
+//! Launchers of the `advantage` family (`shaders/advantage.wgsl`): GAE (one invocation per row),
+//! masked whitening (five passes of compensated f32 reductions, nothing read back), group
+//! advantages (one invocation per token) and reward normalisation (one workgroup). Shapes
 //! and params are checked on the host as the CPU backend does.
 
 use super::buffer::GpuBuf;
@@ -61,4 +62,37 @@ pub fn masked_whiten(ctx: &Context, x: &GpuBuf, stats: &GpuBuf, mask: &GpuBuf, p
     ctx.dispatch("masked_whiten_sq", &params, &bufs, chunks)?;
     ctx.dispatch("masked_whiten_var", &params, &bufs, [1, 1, 1])?;
     ctx.dispatch(op, &params, &bufs, ctx.grid_1d(n, 256))
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn group_advantages(ctx: &Context, advantages: &GpuBuf, rewards: &GpuBuf, seq_kl: &GpuBuf, mask: &GpuBuf, p: GroupAdvantageParams) -> Result<()> {
+    let op = "group_advantages";
+    p.validate([advantages.len, rewards.len, seq_kl.len, mask.len]).map_err(|e| err(format!("{op}: {e}")))?;
+    let n = p.b as usize * p.t as usize;
+    if n == 0 {
+        return Ok(());
+    }
+    ctx.dispatch(op, &params_with(&p, &[0.0, 0.0]), &[advantages, rewards, seq_kl, mask], ctx.grid_1d(n, 256))
+}
+
+/// The uniform of `normalize_rewards`: the running moments rounded to f32.
+#[repr(C)]
+#[derive(Clone, Copy, Pod, Zeroable)]
+struct RewardNormUniform {
+    count: f32,
+    mean: f32,
+    m2: f32,
+    n: u32,
+    eps: f32,
+    _pad: [u32; 3],
+}
+
+pub fn normalize_rewards(ctx: &Context, out: &GpuBuf, scores: &GpuBuf, p: RewardNormParams) -> Result<()> {
+    let op = "normalize_rewards";
+    p.validate(out.len, scores.len).map_err(|e| err(format!("{op}: {e}")))?;
+    if p.n == 0 {
+        return Ok(());
+    }
+    let u = RewardNormUniform { count: p.count as f32, mean: p.mean as f32, m2: p.m2 as f32, n: p.n, eps: p.eps, _pad: [0; 3] };
+    ctx.dispatch(op, &params_with(&u, &[]), &[out, scores], [1, 1, 1])
 }
