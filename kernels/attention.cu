@@ -25,8 +25,12 @@
 //   attention_bwd_delta:  grid ceil(b tq nh / 8); D [b, nh, tq] into the scratch `delta`.
 //   attention_bwd (dq):   grid (ceil(T / 8), nh, b); 2 x 32 (hd + 1) + 2 x 8 hd.
 //   attention_bwd_dkv:    grid (ceil(T / 8), nkv, b); 2 x 32 (hd + 1) + 2 x 8 hd + 64.
-//   attention_decode_fwd: grid (n, ceil(nh / 8)); 8 hd. One warp per (row, head); keys and values
-//                         read straight from the slot cache (one query each: no tile reuse).
+//   attention_decode_fwd: grid (n, ceil(W / 4), max(chunks, 1)), block 128; 16 hd. One warp per
+//                         (row, key/value head, H = 1, 2 or 4 of its query heads), W such warps per
+//                         row; keys and values read straight from the slot cache, once for the H
+//                         heads. Past t_max = 256, flash-decoding: grid z over chunks of 256 keys,
+//                         each writing (o, m, l) to a scratch, merged by attention_decode_merge
+//                         (below). The SIMT forward merges its rows' chunks at the same boundaries.
 //   kv_cache_write:       1-D over b t 2 nkv hd, block 256.  scatter_rows: 1-D over n width.
 // Tensor cores (bf16 storage, hd = 64 or 128, 16-byte aligned rows; RLHF_CUDA_ATTENTION=simt
 // keeps the kernels above), key tiles of BC = 64 (hd 64) or 32 (hd 128) keys, shared rows of
@@ -38,7 +42,7 @@
 //   attention_decode_mma{64,128}_bf16: grid (n, nkv, ceil(G / 16)), G = nh / nkv, block 32: one
 //                                      warp per cache row and key/value head, its mma rows the
 //                                      group's query heads; one stage, 2 BC (hd + 8) bf16.
-//   attention_decode_split_mma{64,128}_bf16 + attention_decode_merge_bf16 (t_max > 256,
+//   attention_decode_split_mma{64,128}_bf16 + attention_decode_merge[_bf16] (t_max > 256,
 //                                      flash-decoding): grid z also over the chunks of 256 keys,
 //                                      each block writing its chunk's (o, m, l) to a scratch of
 //                                      n nh chunks (hd + 2) floats; the merge, one warp per
@@ -54,6 +58,33 @@
 #define ATT_WARPS 8
 #define ATT_KT 32
 #define ATT_HD_REG 4
+
+// Keys per chunk: the forwards (SIMT and tensor cores) close the online softmax every ATT_SPLIT
+// keys and merge the chunk into the running result, exactly as the split decode merges its
+// blocks' partials (attention_decode_merge), so a long-context decode split over blocks keeps the
+// forward's bits. A row of at most ATT_SPLIT keys is one chunk merged into an empty state, which
+// changes no bit (e^-inf = 0, e^0 = 1).
+#define ATT_SPLIT 256
+
+// The merge of two partial softmax states of one row, element by element (the forward's rows and
+// attention_decode_merge run these same operations): M = max(m1, m2), a = e^(m - M),
+// l = l1 a1 + l2 a2, o = o1 a1 + o2 a2.
+struct MergeWeights { float m, a1, a2; };
+__device__ __forceinline__ MergeWeights merge_weights(float m1, float m2) {
+    const float m = fmaxf(m1, m2), base = m == NEG_INF ? 0.0f : m;
+    return MergeWeights{m, __expf(m1 - base), __expf(m2 - base)};
+}
+__device__ __forceinline__ float merge_value(float x1, float x2, MergeWeights w) { return fmaf(x1, w.a1, x2 * w.a2); }
+
+// The SIMT rows' merge: the chunk (m, l, acc) into the running (M, L, ACC), then the chunk reset.
+__device__ __forceinline__ void merge_chunk(float& M, float& L, float* ACC, float& m, float& l, float* acc) {
+    const MergeWeights w = merge_weights(M, m);
+    L = merge_value(L, l, w);
+    M = w.m;
+#pragma unroll
+    for (int r = 0; r < ATT_HD_REG; r++) ACC[r] = merge_value(ACC[r], acc[r], w), acc[r] = 0.0f;
+    m = NEG_INF, l = 0.0f;
+}
 
 template <typename T>
 __device__ __forceinline__ float dot_row(const float* __restrict__ a, const T* __restrict__ b, u32 hd) {
@@ -129,23 +160,26 @@ __device__ __forceinline__ void attention_fwd_t(T* __restrict__ out, float* __re
     const u32 last = min(p.q_pos0 + min(i0 + ATT_WARPS, p.tq), p.tk);
     const T* kb = k + (unsigned long long)b * p.kv_batch + p.k_off + kvh * hd;
     const T* vb = v + (unsigned long long)b * p.kv_batch + p.v_off + kvh * hd;
-    float m = NEG_INF, l = 0.0f, acc[ATT_HD_REG];
+    // the current chunk of ATT_SPLIT keys (m, l, acc) and the merged chunks before it (M, L, ACC)
+    float m = NEG_INF, l = 0.0f, acc[ATT_HD_REG], M = NEG_INF, L = 0.0f, ACC[ATT_HD_REG];
 #pragma unroll
-    for (int r = 0; r < ATT_HD_REG; r++) acc[r] = 0.0f;
+    for (int r = 0; r < ATT_HD_REG; r++) acc[r] = ACC[r] = 0.0f;
     for (u32 j0 = 0; j0 < last; j0 += ATT_KT) {
         __syncthreads();
         load_tile(Ks, hp, kb, p.kv_row, j0, last, hd);
         load_tile(Vs, hd, vb, p.kv_row, j0, last, hd);
         __syncthreads();
         if (j0 >= visible) continue;  // warp-uniform
+        if (j0 > 0 && j0 % ATT_SPLIT == 0) merge_chunk(M, L, ACC, m, l, acc);
         const u32 j = j0 + lane;
         const float s = j < visible ? p.scale * dot_row(Qs, Ks + lane * hp, hd) : NEG_INF;
         const float e = softmax_step(s, j < visible, m, l, acc);
         accumulate_rows(acc, e, Vs, hd, min((u32)ATT_KT, visible - j0), lane, hd);
     }
     if (!active) return;
-    store_row(out + ((unsigned long long)b * p.tq + i) * p.nh * hd + h * hd, acc, 1.0f / l, lane, hd);
-    if (lane == 0) lse[((unsigned long long)b * p.nh + h) * p.tq + i] = m + logf(l);
+    merge_chunk(M, L, ACC, m, l, acc);
+    store_row(out + ((unsigned long long)b * p.tq + i) * p.nh * hd + h * hd, ACC, 1.0f / L, lane, hd);
+    if (lane == 0) lse[((unsigned long long)b * p.nh + h) * p.tq + i] = M + logf(L);
 }
 
 // D [b, nh, T] = dout . out per (sequence, query, head); one warp each.
@@ -312,36 +346,113 @@ __device__ __forceinline__ void scatter_rows_t(T* __restrict__ out, const T* __r
     }
 }
 
-// One warp per (cache row i, head h): the query's slot s = rows[i] / t_max, position
-// pos = rows[i] % t_max, keys 0 ..= pos of slot s; 32 keys per step (lane l: key j0 + l).
-template <typename T>
-__device__ __forceinline__ void attention_decode_fwd_t(T* __restrict__ out, float* __restrict__ lse, const T* __restrict__ q, const T* __restrict__ cache,
-                                                       const int* __restrict__ rows, AttentionDecodeParams p) {
-    extern __shared__ float sm[];
-    const u32 hd = p.hd, warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const u32 i = blockIdx.x, h = blockIdx.y * ATT_WARPS + warp;
-    if (i >= p.n || h >= p.nh) return;  // warp-uniform; no block-wide barriers below
-    float* Qs = sm + warp * hd;
-    const int row = rows[i];
-    if (row < 0 || (u32)row >= p.slots * p.t_max) return;
-    const u32 slot = row / p.t_max, pos = row % p.t_max, kvh = h / (p.nh / p.nkv), kv_row = 2 * p.nkv * hd;
-    const T* qrow = q + (unsigned long long)i * p.q_row + p.q_off + h * hd;
-    for (u32 d = lane; d < hd; d += 32) Qs[d] = ld(qrow, d);
+// One warp per (cache row i, key/value head kvh, H of its G = nh / nkv query heads: kvh G + H y
+// + hh for hh < min(H, G - H y)): the query's slot s = rows[i] / t_max, position
+// pos = rows[i] % t_max, keys 0 ..= pos of slot s; 32 keys per step (lane l: key j0 + l), each
+// key and value element read once for the warp's H heads. Every head's arithmetic is the SIMT
+// forward's (dot_row's FMA chain, softmax_step, accumulate_rows' key order, chunks of ATT_SPLIT
+// keys), so decode and training rows keep equal bits. H = 1, 2 or 4 (dec_heads). chunks = 0: the
+// whole context, out and lse written; chunks > 0 (t_max > ATT_SPLIT, flash-decoding): grid z is
+// the chunk c, keys [c ATT_SPLIT, (c + 1) ATT_SPLIT), and the chunk's unnormalised state goes to
+// partial[(i nh + h) chunks + c] = (o[hd], m, l) for attention_decode_merge.
+template <typename T, int H>
+__device__ __forceinline__ void attention_decode_rows(T* __restrict__ out, float* __restrict__ lse, float* __restrict__ partial, const T* __restrict__ q,
+                                                      const T* __restrict__ cache, AttentionDecodeParams p, u32 chunks, u32 i, u32 slot, u32 pos, u32 kvh, u32 h0,
+                                                      u32 nheads, float* Qs) {
+    const u32 hd = p.hd, lane = threadIdx.x & 31, kv_row = 2 * p.nkv * hd;
+    const T* qrow = q + (unsigned long long)i * p.q_row + p.q_off;
+#pragma unroll
+    for (int hh = 0; hh < H; hh++)
+        for (u32 d = lane; d < hd; d += 32) Qs[hh * hd + d] = (u32)hh < nheads ? ld(qrow, (h0 + hh) * hd + d) : 0.0f;
     __syncwarp();
     const T* kb = cache + (unsigned long long)slot * p.t_max * kv_row + kvh * hd;
     const T* vb = cache + (unsigned long long)slot * p.t_max * kv_row + (p.nkv + kvh) * hd;
-    const u32 visible = pos + 1;
-    float m = NEG_INF, l = 0.0f, acc[ATT_HD_REG];
+    const u32 chunk = chunks ? blockIdx.z : 0, key0 = chunk * ATT_SPLIT;
+    if (key0 > pos) return;  // warp-uniform: the chunk is past the row's keys
+    const u32 visible = chunks ? min(pos + 1, key0 + ATT_SPLIT) : pos + 1;
+    float m[H], l[H], acc[H][ATT_HD_REG];
 #pragma unroll
-    for (int r = 0; r < ATT_HD_REG; r++) acc[r] = 0.0f;
-    for (u32 j0 = 0; j0 < visible; j0 += 32) {
-        const u32 j = j0 + lane;
-        const float s = j < visible ? p.scale * dot_row(Qs, kb + (unsigned long long)j * kv_row, hd) : NEG_INF;
-        const float e = softmax_step(s, j < visible, m, l, acc);
-        accumulate_rows(acc, e, vb + (unsigned long long)j0 * kv_row, kv_row, min(32u, visible - j0), lane, hd);
+    for (int hh = 0; hh < H; hh++) {
+        m[hh] = NEG_INF, l[hh] = 0.0f;
+#pragma unroll
+        for (int r = 0; r < ATT_HD_REG; r++) acc[hh][r] = 0.0f;
     }
-    store_row(out + (unsigned long long)i * p.nh * hd + h * hd, acc, 1.0f / l, lane, hd);
-    if (lane == 0) lse[(unsigned long long)i * p.nh + h] = m + logf(l);
+    for (u32 j0 = key0; j0 < visible; j0 += 32) {
+        const u32 j = j0 + lane;
+        const bool vis = j < visible;
+        float s[H];
+#pragma unroll
+        for (int hh = 0; hh < H; hh++) s[hh] = 0.0f;
+        if (vis) {
+            const T* krow = kb + (unsigned long long)j * kv_row;
+            for (u32 d = 0; d < hd; d++) {
+                const float kd = ld(krow, d);
+#pragma unroll
+                for (int hh = 0; hh < H; hh++) s[hh] = fmaf(Qs[hh * hd + d], kd, s[hh]);
+            }
+        }
+        float e[H];
+#pragma unroll
+        for (int hh = 0; hh < H; hh++) e[hh] = softmax_step(vis ? p.scale * s[hh] : NEG_INF, vis, m[hh], l[hh], acc[hh]);
+        const u32 nj = min(32u, visible - j0);
+        for (u32 jj = 0; jj < nj; jj++) {
+            float pj[H];
+#pragma unroll
+            for (int hh = 0; hh < H; hh++) pj[hh] = __shfl_sync(FULL_MASK, e[hh], jj);
+            const T* vrow = vb + (unsigned long long)(j0 + jj) * kv_row;
+#pragma unroll
+            for (int r = 0; r < ATT_HD_REG; r++) {
+                const u32 d = lane + 32 * r;
+                if (d >= hd) continue;
+                const float vd = ld(vrow, d);
+#pragma unroll
+                for (int hh = 0; hh < H; hh++) acc[hh][r] = fmaf(pj[hh], vd, acc[hh][r]);
+            }
+        }
+    }
+#pragma unroll
+    for (int hh = 0; hh < H; hh++) {
+        if ((u32)hh >= nheads) continue;
+        const u32 h = h0 + hh;
+        if (!chunks) {
+            store_row(out + (unsigned long long)i * p.nh * hd + h * hd, acc[hh], 1.0f / l[hh], lane, hd);
+            if (lane == 0) lse[(unsigned long long)i * p.nh + h] = m[hh] + logf(l[hh]);
+            continue;
+        }
+        float* dst = partial + (((unsigned long long)i * p.nh + h) * chunks + chunk) * (hd + 2);
+#pragma unroll
+        for (int r = 0; r < ATT_HD_REG; r++) {
+            const u32 d = lane + 32 * r;
+            if (d < hd) dst[d] = acc[hh][r];
+        }
+        if (lane == 0) dst[hd] = m[hh], dst[hd + 1] = l[hh];
+    }
+}
+
+// Query heads per warp of the SIMT decode for G query heads per key/value head (the launcher's
+// dec_heads): 1, 2, else 4.
+__device__ __forceinline__ u32 dec_heads(u32 g) { return g <= 2u ? g : 4u; }
+#define DEC_WARPS 4
+
+// Grid (n, ceil(nkv ceil(G / H) / DEC_WARPS), max(chunks, 1)), block 32 DEC_WARPS; shared memory
+// DEC_WARPS 4 hd floats (each warp's queries).
+template <typename T>
+__device__ __forceinline__ void attention_decode_fwd_t(T* __restrict__ out, float* __restrict__ lse, float* __restrict__ partial, const T* __restrict__ q,
+                                                       const T* __restrict__ cache, const int* __restrict__ rows, AttentionDecodeParams p, u32 chunks) {
+    extern __shared__ float sm[];
+    const u32 warp = threadIdx.x >> 5, G = p.nh / p.nkv, H = dec_heads(G), groups = (G + H - 1) / H;
+    const u32 i = blockIdx.x, wg = blockIdx.y * DEC_WARPS + warp;
+    if (i >= p.n || wg >= p.nkv * groups) return;  // warp-uniform; no block-wide barriers below
+    const int row = rows[i];
+    if (row < 0 || (u32)row >= p.slots * p.t_max) return;
+    const u32 slot = row / p.t_max, pos = row % p.t_max, kvh = wg / groups, y = wg % groups, h0 = kvh * G + y * H;
+    const u32 nheads = min(H, G - y * H);
+    float* Qs = sm + warp * 4 * p.hd;
+    switch (H) {
+        case 1: attention_decode_rows<T, 1>(out, lse, partial, q, cache, p, chunks, i, slot, pos, kvh, h0, nheads, Qs); break;
+        case 2: attention_decode_rows<T, 2>(out, lse, partial, q, cache, p, chunks, i, slot, pos, kvh, h0, nheads, Qs); break;
+        default: attention_decode_rows<T, 4>(out, lse, partial, q, cache, p, chunks, i, slot, pos, kvh, h0, nheads, Qs); break;
+    }
 }
 
 // ---- Tensor cores (bf16 storage, head dimension HD = 64 or 128): FlashAttention-2's forward.
@@ -510,21 +621,6 @@ __device__ __forceinline__ void mma_rows_init(MmaRows<HD>& st) {
         for (int i = 0; i < 4; i++) st.o[d][i] = 0.0f;
 }
 
-// Keys per chunk: the forward closes the online softmax every MMA_SPLIT keys and merges the
-// chunk into the running result, exactly as the split decode merges its blocks' partials
-// (attention_decode_merge), so a long-context decode split over blocks keeps the forward's bits.
-#define MMA_SPLIT 256
-
-// The merge of two partial softmax states of one row, element by element (the forward's rows and
-// attention_decode_merge run these same operations): M = max(m1, m2), a = e^(m - M),
-// l = l1 a1 + l2 a2, o = o1 a1 + o2 a2.
-struct MergeWeights { float m, a1, a2; };
-__device__ __forceinline__ MergeWeights merge_weights(float m1, float m2) {
-    const float m = fmaxf(m1, m2), base = m == NEG_INF ? 0.0f : m;
-    return MergeWeights{m, __expf(m1 - base), __expf(m2 - base)};
-}
-__device__ __forceinline__ float merge_value(float x1, float x2, MergeWeights w) { return fmaf(x1, w.a1, x2 * w.a2); }
-
 template <int HD>
 __device__ __forceinline__ void mma_rows_merge(MmaRows<HD>& acc, const MmaRows<HD>& st) {
     MergeWeights w[2];
@@ -583,7 +679,7 @@ __device__ __forceinline__ void attention_fwd_mma_t(bf16* __restrict__ out, floa
     mma_rows_init(st);
     const u32 row0 = i0 + w * 16 + g;  // the lane's rows row0 and row0 + 8
     for (u32 j = 0; j < tiles; j++) {
-        if (j > 0 && j * BC % MMA_SPLIT == 0) {
+        if (j > 0 && j * BC % ATT_SPLIT == 0) {
             mma_rows_merge(acc, st);
             mma_rows_init(st);
         }
@@ -618,7 +714,7 @@ __device__ __forceinline__ void attention_fwd_mma_t(bf16* __restrict__ out, floa
 // of BC keys from position 0, as attention_fwd_mma, so every row's arithmetic is the training
 // forward's. Grid (n, nkv, ceil(G / 16) x chunks); shared memory one stage (KV bf16).
 // chunks = 0: the whole context in one block, out and lse written. chunks > 0 (flash-decoding,
-// t_max > MMA_SPLIT): block z covers keys [c MMA_SPLIT, (c + 1) MMA_SPLIT) of its rows (c = z %
+// t_max > ATT_SPLIT): block z covers keys [c ATT_SPLIT, (c + 1) ATT_SPLIT) of its rows (c = z %
 // chunks) and writes the chunk's unnormalised state to partial[(i nh + h) chunks + c] = (o[HD],
 // m, l); attention_decode_merge then merges the chunks in order.
 template <int HD>
@@ -650,7 +746,7 @@ __device__ __forceinline__ void attention_decode_mma_t(bf16* __restrict__ out, f
         }
     MmaRows<HD> st;
     mma_rows_init(st);
-    const u32 key0 = chunks ? chunk * MMA_SPLIT : 0, visible = chunks ? min(pos + 1, key0 + MMA_SPLIT) : pos + 1;
+    const u32 key0 = chunks ? chunk * ATT_SPLIT : 0, visible = chunks ? min(pos + 1, key0 + ATT_SPLIT) : pos + 1;
     if (key0 > pos) return;  // block-uniform: the chunk is past the row's keys
     for (u32 j0 = key0; j0 < visible; j0 += BC) {
         const u32 valid = min((u32)BC, visible - j0);
@@ -683,7 +779,8 @@ __device__ __forceinline__ void attention_decode_mma_t(bf16* __restrict__ out, f
 // The chunks of a split decode merged in order (from an empty state, as the forward's rows):
 // one warp per (cache row i, head h), lanes over the head dimension; out = o / l, lse = m + log l.
 // Grid ceil(n nh / 8), block 256.
-__device__ __forceinline__ void attention_decode_merge_t(bf16* __restrict__ out, float* __restrict__ lse, const float* __restrict__ partial, const int* __restrict__ rows,
+template <typename T>
+__device__ __forceinline__ void attention_decode_merge_t(T* __restrict__ out, float* __restrict__ lse, const float* __restrict__ partial, const int* __restrict__ rows,
                                                          AttentionDecodeParams p, u32 chunks) {
     const unsigned long long w = ((unsigned long long)blockIdx.x * blockDim.x + threadIdx.x) >> 5;
     const u32 lane = threadIdx.x & 31, hd = p.hd;
@@ -691,7 +788,7 @@ __device__ __forceinline__ void attention_decode_merge_t(bf16* __restrict__ out,
     const u32 i = w / p.nh;
     const int row = rows[i];
     if (row < 0 || (u32)row >= p.slots * p.t_max) return;
-    const u32 used = (u32)row % p.t_max / MMA_SPLIT + 1;  // chunks holding keys 0 ..= pos
+    const u32 used = (u32)row % p.t_max / ATT_SPLIT + 1;  // chunks holding keys 0 ..= pos
     const float* src = partial + w * chunks * (hd + 2);
     float m = NEG_INF, l = 0.0f, o[ATT_HD_REG];
 #pragma unroll
@@ -708,7 +805,7 @@ __device__ __forceinline__ void attention_decode_merge_t(bf16* __restrict__ out,
         }
     }
     const float inv = 1.0f / l;
-    bf16* dst = out + w * hd;
+    T* dst = out + w * hd;
 #pragma unroll
     for (int r = 0; r < ATT_HD_REG; r++) {
         const u32 d = lane + 32 * r;
@@ -905,12 +1002,13 @@ extern "C" __global__ void scatter_rows(ATT_F32 out, ATT_CF32 inp, const int* __
 extern "C" __global__ void scatter_rows_bf16(bf16* __restrict__ out, const bf16* __restrict__ inp, const int* __restrict__ rows, ScatterParams p) {
     scatter_rows_t(out, inp, rows, p);
 }
-extern "C" __global__ void attention_decode_fwd(ATT_F32 out, ATT_F32 lse, ATT_CF32 q, ATT_CF32 cache, const int* __restrict__ rows, AttentionDecodeParams p) {
-    attention_decode_fwd_t(out, lse, q, cache, rows, p);
+extern "C" __global__ void attention_decode_fwd(ATT_F32 out, ATT_F32 lse, ATT_F32 partial, ATT_CF32 q, ATT_CF32 cache, const int* __restrict__ rows,
+                                                AttentionDecodeParams p, u32 chunks) {
+    attention_decode_fwd_t(out, lse, partial, q, cache, rows, p, chunks);
 }
-extern "C" __global__ void attention_decode_fwd_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ cache,
-                                                     const int* __restrict__ rows, AttentionDecodeParams p) {
-    attention_decode_fwd_t(out, lse, q, cache, rows, p);
+extern "C" __global__ void attention_decode_fwd_bf16(bf16* __restrict__ out, ATT_F32 lse, ATT_F32 partial, const bf16* __restrict__ q, const bf16* __restrict__ cache,
+                                                     const int* __restrict__ rows, AttentionDecodeParams p, u32 chunks) {
+    attention_decode_fwd_t(out, lse, partial, q, cache, rows, p, chunks);
 }
 extern "C" __global__ void attention_fwd_mma64_bf16(bf16* __restrict__ out, ATT_F32 lse, const bf16* __restrict__ q, const bf16* __restrict__ k, const bf16* __restrict__ v,
                                                     AttentionParams p) {
@@ -954,5 +1052,8 @@ extern "C" __global__ void attention_bwd_dkv_mma128_bf16(bf16* __restrict__ dqkv
 }
 extern "C" __global__ void attention_decode_merge_bf16(bf16* __restrict__ out, ATT_F32 lse, ATT_CF32 partial, const int* __restrict__ rows, AttentionDecodeParams p,
                                                        u32 chunks) {
+    attention_decode_merge_t(out, lse, partial, rows, p, chunks);
+}
+extern "C" __global__ void attention_decode_merge(ATT_F32 out, ATT_F32 lse, ATT_CF32 partial, const int* __restrict__ rows, AttentionDecodeParams p, u32 chunks) {
     attention_decode_merge_t(out, lse, partial, rows, p, chunks);
 }

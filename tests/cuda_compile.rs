@@ -63,6 +63,7 @@ const HOT: &[&str] = &[
     "attention_bwd",
     "attention_bwd_dkv",
     "attention_decode_fwd",
+    "attention_decode_merge",
     "attention_fwd_mma64_bf16",
     "attention_fwd_mma128_bf16",
     "attention_decode_mma64_bf16",

@@ -177,9 +177,17 @@ fn run_decode<B: Backend>(be: &B, (slots, t_max, n, nh, nkv, hd): (usize, usize,
     vec![("out", cout(be, &mut out)), ("lse", dl(be, &lse))]
 }
 
-/// (slots, t_max, n, nh, nkv, hd); t_max past 256 splits a bf16 decode over blocks of 256 keys.
-const DECODE_CASES: &[(usize, usize, usize, usize, usize, usize)] =
-    &[(3, 20, 5, 4, 2, 16), (2, 100, 7, 2, 1, 64), (1, 8, 1, 12, 12, 128), (4, 70, 9, 9, 3, 24), (2, 600, 6, 4, 2, 64), (1, 300, 3, 2, 1, 128)];
+/// (slots, t_max, n, nh, nkv, hd); t_max past 256 splits the decode over blocks of 256 keys. GQA
+/// groups of 1, 2, 3 and 7 query heads (the SIMT decode's warps take 1, 2 or 4 of them).
+const DECODE_CASES: &[(usize, usize, usize, usize, usize, usize)] = &[
+    (3, 20, 5, 4, 2, 16),
+    (2, 100, 7, 2, 1, 64),
+    (1, 8, 1, 12, 12, 128),
+    (4, 70, 9, 9, 3, 24),
+    (2, 600, 6, 4, 2, 64),
+    (1, 300, 3, 2, 1, 128),
+    (2, 300, 4, 14, 2, 24),
+];
 
 #[test]
 fn attention_decode_bf16_parity() {
@@ -195,15 +203,16 @@ fn attention_decode_parity() {
 
 /// Rollout = training: decode attention of the token at position i (its keys and values in the
 /// slot cache) gives the same bits as row i of the training forward over the whole sequence, in
-/// f32 and in bf16 storage (on tensor cores for hd 64 and 128, and with the keys of a long
-/// context split over blocks and merged).
+/// f32 and in bf16 storage (on tensor cores for hd 64 and 128, on the SIMT kernels otherwise),
+/// with GQA groups of 2 and 7, and with the keys of a long context split over blocks and merged.
 #[test]
 fn decode_matches_training_forward_bitwise() {
     let Some(g) = crate::gpu() else { return };
-    decode_matches_training(g, (45, 4, 2, 64, 64));
-    decode_matches_training(g, (45, 4, 2, 24, 64));
+    for case in [(45, 4, 2, 64, 64), (45, 4, 2, 24, 64), (530, 4, 2, 64, 540), (290, 14, 2, 24, 300)] {
+        decode_matches_training(g, case);
+    }
     if let Some(g) = crate::gpu_bf16() {
-        for case in [(45, 4, 2, 64, 64), (45, 4, 2, 24, 64), (530, 4, 2, 64, 540), (290, 2, 1, 128, 300)] {
+        for case in [(45, 4, 2, 64, 64), (45, 4, 2, 24, 64), (530, 4, 2, 64, 540), (290, 2, 1, 128, 300), (290, 14, 2, 24, 300)] {
             decode_matches_training(g, case);
         }
     }

@@ -239,8 +239,44 @@ pub fn attention_decode_fwd(ctx: &Context, out: &mut Buf, lse: &mut Buf, q: &Buf
             launch!(ctx, "attention", "attention_decode_merge_bf16", merge, out, lse, &*partial, rows, &p, &chunks)
         });
     }
-    let c = LaunchConfig { grid_dim: (p.n, p.nh.div_ceil(WARPS), 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: WARPS * p.hd * 4 };
-    launch!(ctx, "attention", "attention_decode_fwd"[ty], c, out, lse, q, cache, rows, &p)
+    // SIMT: a warp per (row, key/value head, DecodeWarps::heads of its query heads); past SPLIT
+    // keys of context, flash-decoding over chunks of SPLIT keys and the merge
+    let warps = DecodeWarps::of(p.nh, p.nkv);
+    let chunks = if p.t_max > SPLIT { p.t_max.div_ceil(SPLIT) } else { 0 };
+    let c = LaunchConfig {
+        grid_dim: (p.n, warps.count.div_ceil(DEC_WARPS), chunks.max(1)),
+        block_dim: (32 * DEC_WARPS, 1, 1),
+        shared_mem_bytes: DEC_WARPS * 4 * p.hd * 4,
+    };
+    let len = if chunks == 0 { 1 } else { n * nh * chunks as usize * (hd + 2) };
+    ctx.with_scratch(Scratch::DecodePartial, len, |partial| {
+        launch!(ctx, "attention", "attention_decode_fwd"[ty], c, &mut *out, &mut *lse, &mut *partial, q, cache, rows, &p, &chunks)?;
+        if chunks == 0 {
+            return Ok(());
+        }
+        let merge = LaunchConfig { grid_dim: ((p.n * p.nh).div_ceil(WARPS), 1, 1), block_dim: (32 * WARPS, 1, 1), shared_mem_bytes: 0 };
+        launch!(ctx, "attention", "attention_decode_merge"[ty], merge, out, lse, &*partial, rows, &p, &chunks)
+    })
+}
+
+/// Warps per block of the SIMT decode (DEC_WARPS in the .cu).
+const DEC_WARPS: u32 = 4;
+
+/// How the SIMT decode spreads the query heads over warps: each warp takes `heads` (1, 2 or 4;
+/// dec_heads in the .cu) query heads of one key/value head, reading each cached key and value
+/// once for them; `count` warps per cache row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DecodeWarps {
+    pub heads: u32,
+    pub count: u32,
+}
+
+impl DecodeWarps {
+    pub fn of(nh: u32, nkv: u32) -> Self {
+        let g = nh / nkv;
+        let heads = if g <= 2 { g } else { 4 };
+        DecodeWarps { heads, count: nkv * g.div_ceil(heads) }
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +285,22 @@ mod tests {
 
     /// The tensor-core launches stay within the 48 KiB of dynamic shared memory a launch gets
     /// without opting in.
+    /// MHA takes a head per warp, GQA groups of 2 a pair, larger groups 4 at a time (the last warp
+    /// of a group of 7 takes 3).
+    #[test]
+    fn decode_warps_cover_every_query_head_once() {
+        assert_eq!(DecodeWarps::of(12, 12), DecodeWarps { heads: 1, count: 12 });
+        assert_eq!(DecodeWarps::of(4, 2), DecodeWarps { heads: 2, count: 2 });
+        assert_eq!(DecodeWarps::of(14, 2), DecodeWarps { heads: 4, count: 4 });
+        assert_eq!(DecodeWarps::of(32, 8), DecodeWarps { heads: 4, count: 8 });
+        for (nh, nkv) in [(1, 1), (9, 3), (14, 2), (28, 4), (40, 8), (64, 8)] {
+            let w = DecodeWarps::of(nh, nkv);
+            let g = nh / nkv;
+            let covered: u32 = (0..w.count / nkv).map(|y| w.heads.min(g - y * w.heads)).sum();
+            assert_eq!(covered, g, "nh {nh} nkv {nkv}");
+        }
+    }
+
     #[test]
     fn tensor_core_launches_fit_the_default_shared_memory() {
         for hd in [64, 128] {
