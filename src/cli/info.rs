@@ -1,10 +1,15 @@
-//! `rlhf info`: the backends and devices found, and the GPU libraries in use.
+//! `rlhf info`: the backends and devices found, the GPU libraries in use, and this process's place
+//! in a data-parallel job.
 
 use anyhow::Result;
 use rlhf::backend::{Backend, CpuBackend};
 use rlhf::model::config::PRESETS;
+use rlhf::train::collective::Collective;
+use rlhf::train::world::World;
+use std::rc::Rc;
 
-pub fn cmd_info() -> Result<()> {
+/// `comm`: the collective engine `world` connected to (or why it could not).
+pub fn cmd_info(world: &World, comm: rlhf::error::Result<Rc<dyn Collective>>) -> Result<()> {
     let cpu = CpuBackend::new();
     println!("rlhf {}", env!("CARGO_PKG_VERSION"));
     println!("backends:");
@@ -31,6 +36,12 @@ pub fn cmd_info() -> Result<()> {
             println!("        - {}", rlhf::backend::wgpu::describe_adapter(a));
         }
     }
+    let built = if cfg!(feature = "mpi") { "built with mpi" } else { "built without mpi: cargo build --release --features mpi" };
+    let engine = match &comm {
+        Ok(c) => c.name().to_string(),
+        Err(e) => format!("unavailable: {e}"),
+    };
+    println!("data-parallel: rank {} of {} (local rank {}, launcher {}); collective {engine} ({built})", world.rank, world.size, world.local_rank, world.launcher.name());
     println!("presets: {}", PRESETS.join(", "));
     Ok(())
 }

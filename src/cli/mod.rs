@@ -84,6 +84,25 @@ pub enum Command {
     Bench(bench::BenchArgs),
 }
 
+impl Command {
+    /// The subcommand's name on the command line.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Command::Demo(_) => "demo",
+            Command::Sft(_) => "sft",
+            Command::Rm(_) => "rm",
+            Command::Ppo(_) => "ppo",
+            Command::Dpo(_) => "dpo",
+            Command::Grpo(_) => "grpo",
+            Command::Score(_) => "score",
+            Command::Logprobs(_) => "logprobs",
+            Command::Generate(_) => "generate",
+            Command::Info => "info",
+            Command::Bench(_) => "bench",
+        }
+    }
+}
+
 /// The most CPU threads `--threads` may ask for.
 const MAX_THREADS: usize = 1024;
 
@@ -159,14 +178,18 @@ fn training_run(command: &mut Command) -> Option<(&Path, &mut RunControl, Vec<Pa
 /// [`rlhf::train::run_dir::check_out`]; it may not be one of the run's input folders either) and
 /// hands the run its resolved configuration and settings, which it writes and records once its
 /// inputs are checked.
-fn prepare_training_run(command: &mut Command, sub: &clap::Command, matches: &clap::ArgMatches) -> Result<()> {
+/// In a data-parallel job only rank 0 checks the folder (it alone writes it, and may already have
+/// claimed it when another rank looks).
+fn prepare_training_run(command: &mut Command, sub: &clap::Command, matches: &clap::ArgMatches, main_rank: bool) -> Result<()> {
     use rlhf::train::run_dir::{check_out, same_dir, OutPolicy};
     let Some((out, run, inputs)) = training_run(command) else { return Ok(()) };
     if let Some(input) = inputs.iter().find(|i| same_dir(i, out)) {
         bail!("--out {} is also an input folder ({}): write the run into another folder", out.display(), input.display());
     }
     let policy = if run.overwrite { OutPolicy::Overwrite } else { OutPolicy::Fresh };
-    check_out(out, run.resume.as_deref(), policy)?;
+    if main_rank {
+        check_out(out, run.resume.as_deref(), policy)?;
+    }
     run.run_toml = Some(config_file::resolved_toml(sub, matches));
     run.settings = Some(config_file::run_settings(sub, matches));
     Ok(())
@@ -185,12 +208,28 @@ fn prepare_demo(a: &demo::DemoArgs, sub: &clap::Command, matches: &clap::ArgMatc
 /// Runs a parsed command line; `matches` (from [`Cli::parse_with_config`]) gives the resolved
 /// configuration written into the output folder of a training command.
 pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
+    // the data-parallel job this process belongs to (a single process unless launched as one)
+    let world = rlhf::train::world::World::from_env()?;
+    if let Command::Info = cli.command {
+        return info::cmd_info(&world, rlhf::train::collective::connect(world.clone()));
+    }
+    if world.size > 1 && !matches!(cli.command, Command::Sft(_)) {
+        bail!(
+            "this process is rank {} of {} ({} launch): `rlhf {}` runs as a single process; data-parallel runs are available for `rlhf sft`",
+            world.rank,
+            world.size,
+            world.launcher.name(),
+            cli.command.name()
+        );
+    }
+    let main_rank = world.is_main();
+    let _collective = rlhf::train::collective::install(rlhf::train::collective::connect(world)?);
     if let Some((name, sub_matches)) = matches.subcommand() {
         let cmd = Cli::command_with_overrides();
         let sub = cmd.find_subcommand(name).expect("a parsed subcommand exists");
         match &cli.command {
             Command::Demo(a) => prepare_demo(a, sub, sub_matches)?,
-            _ => prepare_training_run(&mut cli.command, sub, sub_matches)?,
+            _ => prepare_training_run(&mut cli.command, sub, sub_matches, main_rank)?,
         }
     }
     match cli.command {
@@ -203,7 +242,7 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Score(a) => with_backend!(&a.common, |be| score::cmd_score(&be, &a)),
         Command::Logprobs(a) => with_backend!(&a.common, |be| score::cmd_logprobs(&be, &a)),
         Command::Generate(a) => with_backend!(&a.common, |be| generate::cmd_generate(&be, &a)),
-        Command::Info => info::cmd_info(),
+        Command::Info => unreachable!("handled above"),
         Command::Bench(a) => with_backend!(&a.common, |be| bench::run_bench(&be, &a)),
     }
 }

@@ -25,6 +25,16 @@ pub fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
     cfg.validate()?;
     let (mut model, tok) = load_source(be, &a.source, a.train.seed, false)?;
     let examples = rlhf::data::jsonl::load_sft_jsonl(&a.data, &tok)?;
+    // a data-parallel job's other ranks run quietly: rank 0 speaks for the job
+    let main_rank = rlhf::train::collective::current().world().is_main();
+    let world_size = rlhf::train::collective::current().world().size;
+    if !main_rank {
+        run_sft(be, &mut model, &tok, examples, cfg)?;
+        return Ok(());
+    }
+    if world_size > 1 {
+        eprintln!("sft: data-parallel over {world_size} ranks, --batch-size {} per rank ({} per step)", cfg.batch_size, cfg.batch_size * world_size);
+    }
     eprintln!(
         "sft: {} examples from {}, model {} ({:.2}M parameters), backend {}",
         examples.len(),

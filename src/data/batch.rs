@@ -50,6 +50,14 @@ impl Batch {
         let positions = (0..b).flat_map(|_| 0..t as i32).collect();
         Batch { b, t, inputs, targets, positions, n_supervised }
     }
+
+    /// Rows `rows` of the batch (same `t`): a data-parallel rank's share of a global batch.
+    pub fn rows(&self, rows: std::ops::Range<usize>) -> Batch {
+        let (lo, hi) = (rows.start.min(self.b) * self.t, rows.end.min(self.b) * self.t);
+        let targets = self.targets[lo..hi].to_vec();
+        let n_supervised = targets.iter().filter(|&&x| x >= 0).count();
+        Batch { b: (hi - lo) / self.t.max(1), t: self.t, inputs: self.inputs[lo..hi].to_vec(), targets, positions: self.positions[lo..hi].to_vec(), n_supervised }
+    }
 }
 
 /// Iterates over examples in a seeded shuffled order, epoch after epoch; each epoch has its

@@ -3,6 +3,12 @@
 //! `messages`). The loss of an optimiser step is the mean over every supervised token of its
 //! micro-batches, as `transformers` computes it. Writes `<out>/metrics.jsonl` every step and a
 //! Hugging Face checkpoint (config, weights, tokenizer) at the end.
+//!
+//! Data-parallel ([`crate::train::collective`], N ranks): `--batch-size` is per rank. Every rank
+//! draws the same global micro-batch of N x batch-size examples and trains on its own rows of it
+//! (rank r: rows r B .. (r + 1) B); the token weights are 1 / the global batch's supervised
+//! tokens, and the ranks' gradients and loss sums are summed before the optimiser step, so the
+//! run is the one-rank run with batch N x B (to f32 summation order).
 
 use crate::backend::ops::Backend;
 use crate::data::batch::Batcher;
@@ -10,6 +16,7 @@ use crate::data::jsonl::Example;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::Model;
+use crate::train::collective;
 use crate::train::lm::LmTrainer;
 use crate::train::TrainRun;
 use serde_json::json;
@@ -73,6 +80,8 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         eprintln!("sft: skipping {} of {n_examples} examples whose supervised tokens all lie beyond the first {seq_len} tokens", n_examples - examples.len());
     }
     let pad = tokenizer.pad_or_default();
+    let comm = collective::current();
+    let (rank, ranks) = (comm.world().rank, comm.world().size);
     let mut batcher = Batcher::new(examples, cfg.seed, pad)?;
     let mut trainer = LmTrainer::new(be, model, cfg.batch_size, cfg.batch_size.saturating_mul(seq_len), cfg.optim)
         .map_err(Error::sized_by(format!("--batch-size {} x --seq-len {seq_len}", cfg.batch_size)))?;
@@ -89,19 +98,21 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         let step_start = Instant::now();
         let mut batches = Vec::new();
         batches.try_reserve_exact(cfg.grad_accum).map_err(|_| Error::invalid(format!("--grad-accum {} is too large", cfg.grad_accum)))?;
-        batches.extend((0..cfg.grad_accum).map(|_| batcher.next_batch(cfg.batch_size, seq_len)));
+        // the global micro-batches (every rank draws the same); each rank trains on its rows
+        batches.extend((0..cfg.grad_accum).map(|_| batcher.next_batch(cfg.batch_size * ranks, seq_len)));
         let supervised: usize = batches.iter().map(|b| b.n_supervised).sum();
+        let step_tokens: usize = batches.iter().map(|b| b.inputs.len()).sum();
         if supervised == 0 {
             return Err(Error::invalid(format!(
                 "step {step}: the batch has no supervised tokens (are completions empty or truncated away by --seq-len {seq_len}?)"
             )));
         }
         trainer.zero_grad(be)?;
-        let mut step_tokens = 0;
         for batch in &batches {
-            trainer.accumulate(be, model, batch, 1.0 / supervised as f32)?;
-            step_tokens += batch.inputs.len();
+            let mine = if ranks == 1 { None } else { Some(batch.rows(rank * cfg.batch_size..(rank + 1) * cfg.batch_size)) };
+            trainer.accumulate(be, model, mine.as_ref().unwrap_or(batch), 1.0 / supervised as f32)?;
         }
+        trainer.sum_over_ranks(be, &*comm)?;
         let lr = run.lr(step);
         let stats = trainer.step(be, model, lr)?;
         let skipped = run.skip_update(step, stats.loss, stats.grad_norm)?;

@@ -7,6 +7,7 @@ use crate::backend::ops::{Backend, ElementwiseParams, MatmulParams};
 use crate::data::batch::Batch;
 use crate::error::Result;
 use crate::model::{Activations, GradScratch, Model, Shape};
+use crate::train::collective::{sum_all, Collective};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 
 pub struct LmTrainer<B: Backend> {
@@ -59,6 +60,23 @@ impl<B: Backend> LmTrainer<B> {
         // loss_acc += losses . weights, a [1, n] x [n, 1] product on the device
         be.matmul(&mut self.loss_acc, &self.acts.losses, &self.acts.loss_weights, MatmulParams::new(1, 1, n, false, false).accumulate(true))?;
         dec.backward(be, &model.weights, &mut self.grads, &self.acts, &mut self.scratch, shape)
+    }
+
+    /// Sums the accumulated gradients and loss over the ranks of `comm` (nothing for a single
+    /// process): one message, staged through the host, after the step's last micro-batch.
+    pub fn sum_over_ranks(&mut self, be: &B, comm: &dyn Collective) -> Result<()> {
+        if comm.world().size == 1 {
+            return Ok(());
+        }
+        let mut host: Vec<Vec<f32>> = self.grads.iter().map(|g| be.download(g)).collect::<Result<_>>()?;
+        host.push(be.download(&self.loss_acc)?);
+        sum_all(comm, &mut host.iter_mut().collect::<Vec<_>>())?;
+        let loss = host.pop().unwrap_or_default();
+        be.write(&mut self.loss_acc, &loss)?;
+        for (g, h) in self.grads.iter_mut().zip(&host) {
+            be.write(g, h)?;
+        }
+        Ok(())
     }
 
     /// Clips, updates the weights, and reads back the step's loss and gradient norm. A step

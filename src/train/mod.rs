@@ -1,5 +1,7 @@
-//! Optimiser, learning-rate schedule, metrics, progress, the divergence guard and exact resume.
+//! Optimiser, learning-rate schedule, metrics, progress, the divergence guard, exact resume, and
+//! the data-parallel world (launch environment, collective engine).
 
+pub mod collective;
 pub mod guard;
 pub mod lm;
 pub mod metrics;
@@ -10,6 +12,7 @@ pub mod run;
 pub mod run_dir;
 pub mod schedule;
 pub mod training_config;
+pub mod world;
 
 pub use guard::DivergenceGuard;
 pub use metrics::MetricsWriter;

@@ -5,13 +5,20 @@
 //!
 //! The guard's state is kept in each checkpoint inside the trainer's `run` value (under
 //! `guard`), so a trainer's state struct needs no field for it.
+//!
+//! In a data-parallel job ([`crate::train::collective`]) rank 0 alone claims the folder and
+//! writes metrics, progress, checkpoints and the final model; the other ranks wait for its claim,
+//! read the same checkpoint on `--resume`, and run the same schedule and guard (their losses and
+//! gradient norms are the ranks' sums, equal on every rank).
 
 use crate::backend::ops::Backend;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::state_file::{Checkpoint, StateWriter};
 use crate::model::Model;
+use crate::train::collective;
 use crate::train::resume::{latest_checkpoint, RunControl};
+use crate::train::world::World;
 use crate::train::{DivergenceGuard, LrSchedule, MetricsWriter, Progress};
 use serde::Serialize;
 use serde_json::Value;
@@ -44,8 +51,10 @@ pub struct TrainRun {
     fingerprint: Value,
     schedule: Option<LrSchedule>,
     guard: DivergenceGuard,
-    metrics: MetricsWriter,
-    progress: Progress,
+    /// the writer's (rank 0's) metrics file and progress bar; `None` on the other ranks
+    metrics: Option<MetricsWriter>,
+    progress: Option<Progress>,
+    world: World,
     started: Instant,
     resumed_after: usize,
 }
@@ -57,7 +66,17 @@ impl TrainRun {
     /// [`Checkpoint::value`], its tensors).
     pub fn start(spec: RunSpec<'_>) -> Result<(TrainRun, Option<Checkpoint>)> {
         let fingerprint = spec.control.fingerprint(spec.fingerprint);
-        let ck = spec.control.start(spec.out, spec.command, &fingerprint)?;
+        let comm = collective::current();
+        let world = comm.world().clone();
+        let ck = if world.is_main() {
+            let ck = spec.control.start(spec.out, spec.command, &fingerprint)?;
+            comm.barrier()?;
+            ck
+        } else {
+            // rank 0 claims the folder first; then every rank reads the checkpoint it resumes
+            comm.barrier()?;
+            spec.control.resume.as_deref().map(|path| Checkpoint::resume(path, spec.command, &fingerprint)).transpose()?
+        };
         let mut guard = DivergenceGuard::new(spec.control.max_bad_steps);
         let (metrics, resumed_after) = match &ck {
             Some(ck) => {
@@ -67,9 +86,9 @@ impl TrainRun {
                         .map_err(|e| Error::file(ck.dir.join(crate::model::state_file::STATE_JSON), format!("`run.guard`: {e}")))?;
                     guard.max_bad_steps = spec.control.max_bad_steps;
                 }
-                (ck.continue_metrics(spec.out)?, ck.step)
+                (if world.is_main() { Some(ck.continue_metrics(spec.out)?) } else { None }, ck.step)
             }
-            None => (MetricsWriter::create(spec.out)?, 0),
+            None => (if world.is_main() { Some(MetricsWriter::create(spec.out)?) } else { None }, 0),
         };
         let run = TrainRun {
             command: spec.command,
@@ -81,7 +100,8 @@ impl TrainRun {
             schedule: spec.schedule,
             guard,
             metrics,
-            progress: Progress::new(spec.command, spec.steps),
+            progress: world.is_main().then(|| Progress::new(spec.command, spec.steps)),
+            world,
             started: Instant::now(),
             resumed_after,
         };
@@ -116,10 +136,12 @@ impl TrainRun {
 
     /// Records `step`: its metrics line, `status` on the progress bar, and `log_line()` on
     /// stderr every `log_every` steps (and at the first and last) when stderr is not a terminal.
+    /// On a data-parallel job's other ranks nothing is written.
     pub fn record(&mut self, step: usize, metrics: &Value, status: &str, log_line: impl FnOnce() -> String) -> Result<()> {
-        self.metrics.write(metrics)?;
-        self.progress.update(step, status);
-        if !self.progress.is_terminal() && self.log_every > 0 && (step % self.log_every == 0 || step == 1 || step == self.steps) {
+        let (Some(writer), Some(progress)) = (self.metrics.as_mut(), self.progress.as_ref()) else { return Ok(()) };
+        writer.write(metrics)?;
+        progress.update(step, status);
+        if !progress.is_terminal() && self.log_every > 0 && (step % self.log_every == 0 || step == 1 || step == self.steps) {
             eprintln!("{} step {step}/{} {}", self.command, self.steps, log_line());
         }
         Ok(())
@@ -136,7 +158,7 @@ impl TrainRun {
         state: impl FnOnce() -> S,
         tensors: impl FnOnce(&mut StateWriter) -> Result<()>,
     ) -> Result<()> {
-        if !self.save_every_due.due(step, self.steps) || !clean {
+        if !self.save_every_due.due(step, self.steps) || !clean || !self.world.is_main() {
             return Ok(());
         }
         let mut run = serde_json::to_value(state()).map_err(|e| Error::invalid(format!("checkpoint state: {e}")))?;
@@ -152,11 +174,20 @@ impl TrainRun {
     }
 
     /// Ends the run: the progress bar, then the trained model and its tokenizer saved into the
-    /// output folder. Returns the seconds since the run started.
+    /// output folder (by rank 0 of a data-parallel job). Returns the seconds since the run started.
     pub fn finish<B: Backend>(self, be: &B, model: &Model<B>, tokenizer: &Tokenizer) -> Result<f64> {
-        self.progress.finish();
-        model.save(be, &self.out)?;
-        tokenizer.save(&self.out)?;
+        if let Some(progress) = &self.progress {
+            progress.finish();
+        }
+        if self.world.is_main() {
+            model.save(be, &self.out)?;
+            tokenizer.save(&self.out)?;
+        }
         Ok(self.elapsed_s())
+    }
+
+    /// This process's place in the run's data-parallel job.
+    pub fn world(&self) -> &World {
+        &self.world
     }
 }

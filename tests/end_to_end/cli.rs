@@ -662,3 +662,31 @@ fn a_reward_model_never_records_a_pad_id_outside_its_vocabulary() {
     assert!(pad < 264, "pad_token_id {pad} is outside the vocabulary of 264");
     assert_eq!(pad as u32, rlhf::data::tokenizer::Tokenizer::byte_level().pad_or_default());
 }
+
+/// A process started as one rank of a job (torchrun's variables here) by a build without the `mpi`
+/// feature refuses to train instead of running an independent copy into the same folder, and
+/// says how to build one that can; `rlhf info` shows the rank and why no collective is there; a
+/// malformed launch variable is named.
+#[test]
+#[cfg(not(feature = "mpi"))]
+fn a_job_without_a_collective_engine_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("d.jsonl");
+    std::fs::write(&data, "{\"text\": \"hello\"}\n").unwrap();
+    let job = |args: &[&str], rank: &str| Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).env("RANK", rank).env("WORLD_SIZE", "2").output().unwrap();
+    let out = job(&["sft", "--init", "gpt2-tiny", "--data", s(&data), "--out", s(&dir.path().join("o")), "--steps", "1"], "1");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("rank 1 of 2 (torchrun launch)") && err.contains("--features mpi"), "{err}");
+    assert!(!dir.path().join("o").exists(), "nothing written");
+    let out = job(&["dpo", "--model", "/nonexistent", "--data", s(&data), "--out", s(&dir.path().join("o"))], "0");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`rlhf dpo` runs as a single process"));
+    let out = job(&["info"], "1");
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("data-parallel: rank 1 of 2") && text.contains("collective unavailable"), "{text}");
+    let out = Command::new(env!("CARGO_BIN_EXE_rlhf")).arg("info").env("RANK", "3").env("WORLD_SIZE", "2").output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("RANK=3 is not a rank of WORLD_SIZE=2"));
+}

@@ -1,0 +1,151 @@
+//! Data-parallel training over MPI (a build with `--features mpi`; `.ci/run` installs Open MPI and
+//! runs this file so): `mpirun -n 2 rlhf sft --batch-size B` against one process with batch 2 B —
+//! the same losses, gradient norms and final weights to f32 summation tolerance, metrics and the
+//! model written once (by rank 0) — and a checkpoint of the 2-rank run resumed by one process (the
+//! same settings; `--batch-size` is per rank, so that process trains on half the global batch).
+
+#![cfg(feature = "mpi")]
+
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// `mpirun` with Open MPI's settings for a test: oversubscribed cores, root allowed (CI runs as
+/// root), no network interface probing beyond loopback.
+fn mpirun(n: usize, args: &[&str]) -> Output {
+    Command::new("mpirun")
+        .args(["--oversubscribe", "--mca", "btl", "self,vader", "-n", &n.to_string(), env!("CARGO_BIN_EXE_rlhf")])
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("running mpirun (Open MPI's openmpi-bin)")
+}
+
+fn rlhf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().expect("running rlhf")
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed:\n{}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+}
+
+fn metrics(dir: &Path) -> Vec<Value> {
+    std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn weights(dir: &Path) -> Vec<(String, Vec<f32>)> {
+    let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<(String, Vec<f32>)> = st
+        .tensors()
+        .into_iter()
+        .map(|(name, t)| {
+            assert_eq!(t.dtype(), safetensors::Dtype::F32, "{name}");
+            (name, t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn close(a: f64, b: f64, rel: f64) -> bool {
+    (a - b).abs() <= rel * a.abs().max(b.abs()).max(1e-3)
+}
+
+/// Twelve examples of different lengths and kinds (so that rows carry different token counts).
+fn write_data(path: &Path) {
+    let mut lines = Vec::new();
+    for i in 0..12 {
+        lines.push(match i % 3 {
+            0 => format!("{{\"text\": \"example {i}: the cat sat on the mat {}\"}}", "and purred ".repeat(i % 4)),
+            1 => format!("{{\"prompt\": \"question {i}? \", \"completion\": \"answer {}\"}}", "yes ".repeat(1 + i % 5)),
+            _ => format!("{{\"prompt\": \"say {i} \", \"completion\": \"ok\"}}"),
+        });
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+fn sft_args<'a>(data: &'a Path, out: &'a Path, batch: &'a str, steps: &'a str) -> Vec<&'a str> {
+    vec!["sft", "--init", "gpt2-tiny", "--data", s(data), "--out", s(out), "--steps", steps, "--batch-size", batch, "--seq-len", "24", "--lr", "3e-3", "--seed", "7", "--threads", "1"]
+}
+
+#[test]
+fn two_ranks_train_as_one_rank_with_twice_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_data(&data);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    ok(&rlhf(&sft_args(&data, &one, "4", "4")), "one rank, batch 4");
+    ok(&mpirun(2, &sft_args(&data, &two, "2", "4")), "two ranks, batch 2 each");
+
+    let (m1, m2) = (metrics(&one), metrics(&two));
+    assert_eq!(m1.len(), 4);
+    assert_eq!(m2.len(), 4, "rank 0 alone writes the metrics: one line per step");
+    for (a, b) in m1.iter().zip(&m2) {
+        for key in ["loss", "grad_norm"] {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!(close(x, y, 1e-4), "step {}: {key} {x} (one rank) vs {y} (two ranks)", a["step"]);
+        }
+        for key in ["tokens", "supervised_tokens"] {
+            assert_eq!(a[key], b[key], "step {}: {key} counts the global batch", a["step"]);
+        }
+    }
+    let (w1, w2) = (weights(&one), weights(&two));
+    assert_eq!(w1.len(), w2.len());
+    // AdamW moves a weight by up to lr = 3e-3 a step; the runs' gradients differ only in their
+    // summation order, so their weights may differ by a small fraction of one step's update (a
+    // rank training on its own rows alone, or a wrong token weight, differs by whole updates)
+    let tol = 1e-3 * 3e-3 * 4.0;
+    for ((name, a), (_, b)) in w1.iter().zip(&w2) {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= tol, "{name}: weights differ by {worst}");
+    }
+    // the one-rank run's weights differ from the initial ones: the comparison above is not vacuous
+    let init = dir.path().join("init");
+    ok(&rlhf(&sft_args(&data, &init, "4", "1")), "one step");
+    assert!(weights(&init).iter().zip(&w1).any(|((_, a), (_, b))| a.iter().zip(b).any(|(x, y)| x != y)));
+}
+
+#[test]
+fn a_two_rank_checkpoint_resumes_in_one_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_data(&data);
+    let two = dir.path().join("two");
+    let mut args = sft_args(&data, &two, "2", "3");
+    args.extend(["--save-every", "2"]);
+    ok(&mpirun(2, &args), "two ranks");
+    let ck = two.join("checkpoints").join("step-00000002");
+    assert!(ck.is_dir(), "rank 0 wrote the checkpoint of step 2");
+    let resumed = dir.path().join("resumed");
+    let mut args = sft_args(&data, &resumed, "2", "3");
+    args.extend(["--save-every", "2", "--resume", s(&ck)]);
+    let out = rlhf(&args);
+    ok(&out, "one process resuming the two-rank checkpoint");
+    let m = metrics(&resumed);
+    assert_eq!(m.iter().map(|r| r["step"].as_u64().unwrap()).collect::<Vec<_>>(), [1, 2, 3], "the resumed run continues the metrics after step 2");
+}
+
+#[test]
+fn info_shows_the_rank_and_the_collective() {
+    let out = mpirun(2, &["info"]);
+    ok(&out, "rlhf info under mpirun");
+    let text = String::from_utf8_lossy(&out.stdout);
+    for rank in 0..2 {
+        assert!(text.contains(&format!("data-parallel: rank {rank} of 2")), "{text}");
+    }
+    assert!(text.contains("collective mpi"), "{text}");
+}
+
+#[test]
+fn commands_that_are_not_data_parallel_refuse_a_job() {
+    let out = mpirun(2, &["generate", "--model", "/nonexistent", "--prompt", "hi"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("`rlhf generate` runs as a single process"), "{err}");
+}
