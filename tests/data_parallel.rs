@@ -1,7 +1,7 @@
 //! Data-parallel training over MPI (a build with `--features mpi`; `.ci/run` installs Open MPI and
-//! runs this file so): `mpirun -n 2 rlhf sft --batch-size B` against one process with batch 2 B —
-//! the same losses, gradient norms and final weights to f32 summation tolerance, metrics and the
-//! model written once (by rank 0) — and a checkpoint of the 2-rank run resumed by one process (the
+//! runs this file so): `mpirun -n 2 rlhf sft|rm|dpo --batch-size B` against one process with batch
+//! 2 B — the same losses, gradient norms and final weights to f32 summation tolerance, metrics and
+//! the model written once (by rank 0) — and a checkpoint of the 2-rank run resumed by one process (the
 //! same settings; `--batch-size` is per rank, so that process trains on half the global batch).
 
 #![cfg(feature = "mpi")]
@@ -74,6 +74,33 @@ fn sft_args<'a>(data: &'a Path, out: &'a Path, batch: &'a str, steps: &'a str) -
     vec!["sft", "--init", "gpt2-tiny", "--data", s(data), "--out", s(out), "--steps", steps, "--batch-size", batch, "--seq-len", "24", "--lr", "3e-3", "--seed", "7", "--threads", "1"]
 }
 
+/// The metrics (`keys` within 1e-4 relative, `counts` equal) and final weights of a one-rank run in
+/// `one` and a two-rank run in `two` of `steps` steps at learning rate `lr`.
+fn assert_same_run(one: &Path, two: &Path, steps: usize, lr: f32, keys: &[&str], counts: &[&str]) {
+    let (m1, m2) = (metrics(one), metrics(two));
+    assert_eq!(m1.len(), steps);
+    assert_eq!(m2.len(), steps, "rank 0 alone writes the metrics: one line per step");
+    for (a, b) in m1.iter().zip(&m2) {
+        for &key in keys {
+            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
+            assert!(close(x, y, 1e-4), "step {}: {key} {x} (one rank) vs {y} (two ranks)", a["step"]);
+        }
+        for &key in counts {
+            assert_eq!(a[key], b[key], "step {}: {key} counts the global batch", a["step"]);
+        }
+    }
+    // AdamW moves a weight by up to lr a step; the runs' gradients differ only in their summation
+    // order, so their weights may differ by a small fraction of one step's update (a rank training
+    // on its own rows alone, or a wrong weight per row, differs by whole updates)
+    let tol = 1e-3 * lr * steps as f32;
+    let (w1, w2) = (weights(one), weights(two));
+    assert_eq!(w1.len(), w2.len());
+    for ((name, a), (_, b)) in w1.iter().zip(&w2) {
+        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
+        assert!(worst <= tol, "{name}: weights differ by {worst}");
+    }
+}
+
 #[test]
 fn two_ranks_train_as_one_rank_with_twice_the_batch() {
     let dir = tempfile::tempdir().unwrap();
@@ -82,33 +109,63 @@ fn two_ranks_train_as_one_rank_with_twice_the_batch() {
     let (one, two) = (dir.path().join("one"), dir.path().join("two"));
     ok(&rlhf(&sft_args(&data, &one, "4", "4")), "one rank, batch 4");
     ok(&mpirun(2, &sft_args(&data, &two, "2", "4")), "two ranks, batch 2 each");
-
-    let (m1, m2) = (metrics(&one), metrics(&two));
-    assert_eq!(m1.len(), 4);
-    assert_eq!(m2.len(), 4, "rank 0 alone writes the metrics: one line per step");
-    for (a, b) in m1.iter().zip(&m2) {
-        for key in ["loss", "grad_norm"] {
-            let (x, y) = (a[key].as_f64().unwrap(), b[key].as_f64().unwrap());
-            assert!(close(x, y, 1e-4), "step {}: {key} {x} (one rank) vs {y} (two ranks)", a["step"]);
-        }
-        for key in ["tokens", "supervised_tokens"] {
-            assert_eq!(a[key], b[key], "step {}: {key} counts the global batch", a["step"]);
-        }
-    }
-    let (w1, w2) = (weights(&one), weights(&two));
-    assert_eq!(w1.len(), w2.len());
-    // AdamW moves a weight by up to lr = 3e-3 a step; the runs' gradients differ only in their
-    // summation order, so their weights may differ by a small fraction of one step's update (a
-    // rank training on its own rows alone, or a wrong token weight, differs by whole updates)
-    let tol = 1e-3 * 3e-3 * 4.0;
-    for ((name, a), (_, b)) in w1.iter().zip(&w2) {
-        let worst = a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0f32, f32::max);
-        assert!(worst <= tol, "{name}: weights differ by {worst}");
-    }
+    assert_same_run(&one, &two, 4, 3e-3, &["loss", "grad_norm"], &["tokens", "supervised_tokens"]);
     // the one-rank run's weights differ from the initial ones: the comparison above is not vacuous
     let init = dir.path().join("init");
     ok(&rlhf(&sft_args(&data, &init, "4", "1")), "one step");
-    assert!(weights(&init).iter().zip(&w1).any(|((_, a), (_, b))| a.iter().zip(b).any(|(x, y)| x != y)));
+    assert!(weights(&init).iter().zip(&weights(&one)).any(|((_, a), (_, b))| a.iter().zip(b).any(|(x, y)| x != y)));
+}
+
+/// Preference data: prompts with a chosen and a rejected answer (a ranking of three for some).
+fn write_preferences(path: &Path) {
+    let mut lines = Vec::new();
+    for i in 0..14 {
+        lines.push(if i % 4 == 3 {
+            format!("{{\"prompt\": \"rank {i}: \", \"ranked\": [\"best answer {i}\", \"fine\", \"bad bad\"]}}")
+        } else {
+            format!("{{\"prompt\": \"question {i}? \", \"chosen\": \"a kind answer {}\", \"rejected\": \"no{}\"}}", "indeed ".repeat(i % 3), "!".repeat(i % 5))
+        });
+    }
+    std::fs::write(path, lines.join("\n") + "\n").unwrap();
+}
+
+#[test]
+fn reward_models_train_the_same_on_two_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("prefs.jsonl");
+    write_preferences(&data);
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let args = |out: &Path, batch: &str| -> Vec<String> {
+        let list = ["rm", "--init", "gpt2-tiny", "--data", s(&data), "--out", s(out), "--steps", "3", "--batch-size", batch, "--seq-len", "32"];
+        let rest = ["--lr", "2e-3", "--seed", "3", "--eval-fraction", "0.2", "--eval-every", "2", "--threads", "1"];
+        list.iter().chain(&rest).map(|x| x.to_string()).collect()
+    };
+    let (a1, a2) = (args(&one, "4"), args(&two, "2"));
+    ok(&rlhf(&a1.iter().map(String::as_str).collect::<Vec<_>>()), "rm, one rank");
+    ok(&mpirun(2, &a2.iter().map(String::as_str).collect::<Vec<_>>()), "rm, two ranks");
+    assert_same_run(&one, &two, 3, 2e-3, &["loss", "accuracy", "score_gap", "grad_norm"], &["tokens"]);
+}
+
+#[test]
+fn dpo_trains_the_same_on_two_ranks() {
+    let dir = tempfile::tempdir().unwrap();
+    let (sft_data, prefs) = (dir.path().join("data.jsonl"), dir.path().join("prefs.jsonl"));
+    write_data(&sft_data);
+    write_preferences(&prefs);
+    let base = dir.path().join("base");
+    ok(&rlhf(&sft_args(&sft_data, &base, "4", "1")), "the policy to start from");
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    let args = |out: &'static str, batch: &'static str| -> Vec<String> {
+        let out = dir.path().join(out);
+        ["dpo", "--model", s(&base), "--data", s(&prefs), "--out", s(&out), "--steps", "3", "--batch-size", batch, "--seq-len", "32", "--lr", "2e-3", "--seed", "3", "--threads", "1"]
+            .iter()
+            .map(|x| x.to_string())
+            .collect()
+    };
+    let (a1, a2) = (args("one", "4"), args("two", "2"));
+    ok(&rlhf(&a1.iter().map(String::as_str).collect::<Vec<_>>()), "dpo, one rank");
+    ok(&mpirun(2, &a2.iter().map(String::as_str).collect::<Vec<_>>()), "dpo, two ranks");
+    assert_same_run(&one, &two, 3, 2e-3, &["loss", "reward_accuracy", "margin", "grad_norm"], &["tokens"]);
 }
 
 #[test]

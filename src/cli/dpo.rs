@@ -82,6 +82,9 @@ pub fn cmd_dpo<B: Backend>(be: &B, a: &DpoArgs) -> Result<()> {
         be.name()
     );
     let s = run_dpo(be, &mut model, reference, &tok, groups, &cfg)?;
+    if !rlhf::train::collective::current().world().is_main() {
+        return Ok(()); // rank 0 speaks for a data-parallel job
+    }
     let eval = |e: &Option<rlhf::rl::dpo::DpoStats>| e.map_or("-".to_string(), |e| format!("{:.3}", e.reward_accuracy));
     println!(
         "dpo done: loss {:.4} -> {:.4}, reward accuracy {:.3} -> {:.3}, margin {:.3}; held-out accuracy {} before, {} after; {} train / {} held-out pairs, {} epochs; {:.0} tokens/s; policy and metrics.jsonl in {}",

@@ -213,9 +213,9 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
     if let Command::Info = cli.command {
         return info::cmd_info(&world, rlhf::train::collective::connect(world.clone()));
     }
-    if world.size > 1 && !matches!(cli.command, Command::Sft(_)) {
+    if world.size > 1 && !matches!(cli.command, Command::Sft(_) | Command::Rm(_) | Command::Dpo(_)) {
         bail!(
-            "this process is rank {} of {} ({} launch): `rlhf {}` runs as a single process; data-parallel runs are available for `rlhf sft`",
+            "this process is rank {} of {} ({} launch): `rlhf {}` runs as a single process; data-parallel runs are available for `rlhf sft`, `rlhf rm` and `rlhf dpo`",
             world.rank,
             world.size,
             world.launcher.name(),

@@ -90,6 +90,9 @@ pub fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
         be.name()
     );
     let s = rlhf::rl::reward::run_rm(be, &mut model, &tok, groups, &cfg)?;
+    if !rlhf::train::collective::current().world().is_main() {
+        return Ok(()); // rank 0 speaks for a data-parallel job
+    }
     let acc = |e: &Option<rlhf::rl::reward::RankingStats>| e.map_or("-".to_string(), |e| format!("{:.3} ({} pairs)", e.accuracy, e.pairs));
     println!(
         "rm done: loss {:.4} -> {:.4}; held-out pairwise accuracy {} before, {} after; {} train / {} held-out prompts; {:.0} tokens/s; reward model and metrics.jsonl in {}",

@@ -8,7 +8,9 @@
 //! `preference_loss_fwd_bwd` (loss, implicit rewards and `dlogp` on the device), then
 //! `logprob_gather_bwd` and the decoder's backward; the completion mask covers exactly the
 //! completion tokens and the end token, never the prompt. Nothing per token is read back: the
-//! step reads the loss op's 6 statistics and the gradient norm.
+//! step reads the loss op's 6 statistics and the gradient norm. Data-parallel (N ranks):
+//! `--batch-size` pairs per rank of each global micro-batch, each pair weighted by 1 / the step's
+//! global pairs; gradients, statistics and token counts are summed over the ranks.
 //!
 //! The reference model (default: the policy's initial weights) scores every pair ONCE, before the
 //! first step, through the same forward and gather; its summed completion log-probs are kept on
@@ -22,6 +24,7 @@ use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
 use crate::rl::reward::split_eval;
+use crate::train::collective::{self, sum_buffers};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::TrainRun;
 pub use crate::rl::dpo_config::{DpoConfig, DpoLoss};
@@ -319,7 +322,9 @@ pub fn run_dpo<B: Backend>(
         };
         let lines: Vec<_> = all.iter().zip(&r.0).map(|(p, s)| json!({"line": p.line, "chosen": s[0], "rejected": s[1]})).collect();
         let text = serde_json::to_string(&lines).map_err(|e| Error::invalid(e.to_string()))?;
-        crate::io::fs::atomic_write(&cfg.train.out.join("ref_logps.json"), text.as_bytes())?;
+        if collective::current().world().is_main() {
+            crate::io::fs::atomic_write(&cfg.train.out.join("ref_logps.json"), text.as_bytes())?;
+        }
         r
     } else {
         (vec![[0.0; 2]; all.len()], 0)
@@ -356,7 +361,11 @@ pub fn run_dpo<B: Backend>(
     drop(resume);
     let tokens_at_start = saved.tokens;
     let (mut tokens, mut first, mut last, eval_before) = (saved.tokens, saved.first, saved.last, saved.eval_before);
-    let step_pairs = cfg.train.batch_size * cfg.train.grad_accum;
+    // data-parallel: --batch-size pairs per rank; every rank draws the global micro-batches and
+    // trains on its share (collective::my_rows), each pair weighted by 1 / the step's global pairs
+    let comm = collective::current();
+    let micro_pairs = cfg.train.batch_size * comm.world().size;
+    let step_pairs = micro_pairs * cfg.train.grad_accum;
     let mut eval_after = None;
     for step in run.steps() {
         state.step = step;
@@ -364,10 +373,19 @@ pub fn run_dpo<B: Backend>(
         let idx = state.next_pairs(step_pairs);
         trainer.zero_grad(be)?;
         let mut step_tokens = 0;
-        for micro in idx.chunks(cfg.train.batch_size) {
+        for micro in idx.chunks(micro_pairs) {
+            let micro = &micro[collective::my_rows(micro.len(), comm.world())];
             let pairs: Vec<&DpoPair> = micro.iter().map(|&i| &train[i]).collect();
             let refs: Vec<[f32; 2]> = micro.iter().map(|&i| train_refs[i]).collect();
             step_tokens += trainer.accumulate(be, model, &pairs, &refs, cfg.op_params(pairs.len(), 0, 1.0 / step_pairs as f32), true)?;
+        }
+        if comm.world().size > 1 {
+            let mut bufs: Vec<&mut B::Buf> = trainer.grads.iter_mut().collect();
+            bufs.push(&mut trainer.stats);
+            sum_buffers(be, &*comm, &mut bufs)?;
+            let mut t = [step_tokens as f32];
+            comm.sum(&mut t)?;
+            step_tokens = t[0] as usize;
         }
         let lr = run.lr(step);
         // the loss sum (stats[LOSS], the buffer's first value) guards the update on the device;

@@ -3,7 +3,9 @@
 //! does with one label). Its loss is InstructGPT's: for each prompt with K ranked completions (a
 //! chosen/rejected pair is K = 2), one forward per completion, all K(K-1)/2 pairs in
 //! `-log sigmoid(r_better - r_worse - margin)`, averaged per prompt, then over prompts.
-//! Held-out prompts give the pairwise accuracy.
+//! Held-out prompts give the pairwise accuracy. Data-parallel (N ranks): `--batch-size` prompts
+//! per rank; every rank draws the global batch, trains on its share with each prompt weighted by
+//! 1 / the global batch, and the gradients and statistics are summed over the ranks.
 
 use crate::backend::ops::{Backend, ElementwiseParams, EmbeddingParams, MatmulParams, RankingParams, Storage};
 use crate::data::preference::PreferenceGroup;
@@ -11,6 +13,7 @@ use crate::data::rng::Rng;
 use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use crate::model::{Activations, GradScratch, Model, Shape};
+use crate::train::collective::{self, sum_buffers, Collective};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 use crate::train::resume::RunControl;
 use crate::train::{LrSchedule, RunSpec, TrainRun};
@@ -260,20 +263,24 @@ impl<B: Backend> RewardTrainer<B> {
 
     /// The loss of `groups` (mean over prompts) and its gradient, left in [`Self::grads`].
     pub fn loss_and_grads(&mut self, be: &B, model: &Model<B>, groups: &[&PreferenceGroup], extra_margin: f32, pad: u32) -> Result<RankingStats> {
-        self.enqueue_loss_and_grads(be, model, groups, extra_margin, pad)?;
+        self.enqueue_loss_and_grads(be, model, groups, groups.len(), extra_margin, pad)?;
         self.read_stats(be)
     }
 
     /// [`Self::loss_and_grads`] without the read-back: the stats stay on the device (the weighted
-    /// loss sum first).
-    fn enqueue_loss_and_grads(&mut self, be: &B, model: &Model<B>, groups: &[&PreferenceGroup], extra_margin: f32, pad: u32) -> Result<()> {
+    /// loss sum first). `groups` are weighted `1 / total_groups` each (`total_groups`: the step's
+    /// groups over every rank; a rank may hold none of them).
+    fn enqueue_loss_and_grads(&mut self, be: &B, model: &Model<B>, groups: &[&PreferenceGroup], total_groups: usize, extra_margin: f32, pad: u32) -> Result<()> {
         let st = self.train.as_mut().ok_or_else(|| Error::invalid("this reward-model instance scores only"))?;
         for g in st.grads.iter_mut() {
             let n = be.len(g);
             be.fill(g, 0.0, ElementwiseParams::new(n)?)?;
         }
         be.fill(&mut self.stats, 0.0, ElementwiseParams::new(4)?)?;
-        self.ranking_pass(be, model, groups, extra_margin, 1.0 / groups.len() as f32, pad, true)
+        if groups.is_empty() {
+            return Ok(());
+        }
+        self.ranking_pass(be, model, groups, extra_margin, 1.0 / total_groups.max(1) as f32, pad, true)
     }
 
     /// The parameter gradients of the last [`Self::loss_and_grads`].
@@ -281,18 +288,26 @@ impl<B: Backend> RewardTrainer<B> {
         self.train.as_ref().map_or(&[], |t| t.grads.as_slice())
     }
 
-    /// One optimiser step on `groups`; returns the batch's stats and the gradient norm.
+    /// One optimiser step on `groups`; returns the batch's stats and the gradient norm. In a
+    /// data-parallel job `groups` is this rank's share of the step's `total_groups`, and the
+    /// gradients and statistics are summed over the ranks of `comm` before the update.
+    #[allow(clippy::too_many_arguments)]
     pub fn train_step(
         &mut self,
         be: &B,
         model: &mut Model<B>,
         groups: &[&PreferenceGroup],
+        total_groups: usize,
         extra_margin: f32,
         lr: f32,
         pad: u32,
+        comm: &dyn Collective,
     ) -> Result<(RankingStats, f32)> {
-        self.enqueue_loss_and_grads(be, model, groups, extra_margin, pad)?;
+        self.enqueue_loss_and_grads(be, model, groups, total_groups, extra_margin, pad)?;
         let st = self.train.as_mut().expect("enqueue_loss_and_grads checked");
+        let mut bufs: Vec<&mut B::Buf> = st.grads.iter_mut().collect();
+        bufs.push(&mut self.stats);
+        sum_buffers(be, comm, &mut bufs)?;
         // the weighted loss sum (stats[0]) guards the update on the device; the stats are read after
         let grad_norm = st.opt.step_guarded_by_loss(be, model.params_mut(), &st.grads, lr, &self.stats)?;
         Ok((self.read_stats(be)?, grad_norm))
@@ -381,10 +396,14 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
         }
     };
     let tokens_at_start = state.tokens;
+    // data-parallel: --batch-size groups per rank; every rank draws the global batch and trains
+    // on its share (collective::my_rows), the groups weighted by 1 / the global batch
+    let comm = collective::current();
+    let global_batch = cfg.batch_size * comm.world().size;
     for step in run.steps() {
         let step_start = Instant::now();
-        let mut batch = Vec::with_capacity(cfg.batch_size);
-        for _ in 0..cfg.batch_size.min(train.len()) {
+        let mut batch = Vec::with_capacity(global_batch);
+        for _ in 0..global_batch.min(train.len()) {
             if state.cursor == state.order.len() {
                 state.rng.shuffle(&mut state.order);
                 state.cursor = 0;
@@ -394,7 +413,8 @@ pub fn run_rm<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, g
         }
         let step_tokens: usize = batch.iter().flat_map(|g| g.sequences.iter().map(Vec::len)).sum();
         let lr = run.lr(step);
-        let (stats, grad_norm) = trainer.train_step(be, model, &batch, cfg.margin, lr, pad)?;
+        let mine = &batch[collective::my_rows(batch.len(), comm.world())];
+        let (stats, grad_norm) = trainer.train_step(be, model, mine, batch.len(), cfg.margin, lr, pad, &*comm)?;
         let skipped = run.skip_update(step, stats.loss, grad_norm)?;
         state.tokens += step_tokens;
         if step == 1 {

@@ -81,7 +81,7 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
     }
     let pad = tokenizer.pad_or_default();
     let comm = collective::current();
-    let (rank, ranks) = (comm.world().rank, comm.world().size);
+    let ranks = comm.world().size;
     let mut batcher = Batcher::new(examples, cfg.seed, pad)?;
     let mut trainer = LmTrainer::new(be, model, cfg.batch_size, cfg.batch_size.saturating_mul(seq_len), cfg.optim)
         .map_err(Error::sized_by(format!("--batch-size {} x --seq-len {seq_len}", cfg.batch_size)))?;
@@ -109,7 +109,7 @@ pub fn run_sft<B: Backend>(be: &B, model: &mut Model<B>, tokenizer: &Tokenizer, 
         }
         trainer.zero_grad(be)?;
         for batch in &batches {
-            let mine = if ranks == 1 { None } else { Some(batch.rows(rank * cfg.batch_size..(rank + 1) * cfg.batch_size)) };
+            let mine = if ranks == 1 { None } else { Some(batch.rows(collective::my_rows(batch.b, comm.world()))) };
             trainer.accumulate(be, model, mine.as_ref().unwrap_or(batch), 1.0 / supervised as f32)?;
         }
         trainer.sum_over_ranks(be, &*comm)?;

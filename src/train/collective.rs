@@ -10,6 +10,7 @@
 //! trainers with [`current`]; it lives on the thread that started MPI (the trainers' thread), and
 //! dropping the last handle after the run shuts MPI down.
 
+use crate::backend::ops::Backend;
 use crate::error::{Error, Result};
 use crate::train::world::World;
 use std::cell::RefCell;
@@ -128,6 +129,27 @@ pub fn sum_all(c: &dyn Collective, parts: &mut [&mut Vec<f32>]) -> Result<()> {
     Ok(())
 }
 
+/// Sums device buffers over the ranks: downloaded, summed in one message, written back (nothing
+/// for a single process).
+pub fn sum_buffers<B: Backend>(be: &B, c: &dyn Collective, bufs: &mut [&mut B::Buf]) -> Result<()> {
+    if c.world().size == 1 {
+        return Ok(());
+    }
+    let mut host: Vec<Vec<f32>> = bufs.iter().map(|b| be.download(b)).collect::<Result<_>>()?;
+    sum_all(c, &mut host.iter_mut().collect::<Vec<_>>())?;
+    for (b, h) in bufs.iter_mut().zip(&host) {
+        be.write(b, h)?;
+    }
+    Ok(())
+}
+
+/// This rank's share of `total` rows of a global batch: consecutive blocks of `ceil(total /
+/// ranks)`, the last ones shorter (or empty) when `total` does not divide.
+pub fn my_rows(total: usize, world: &World) -> std::ops::Range<usize> {
+    let per = total.div_ceil(world.size.max(1));
+    (world.rank * per).min(total)..((world.rank + 1) * per).min(total)
+}
+
 #[cfg(feature = "mpi")]
 mod mpi_engine {
     use super::*;
@@ -225,6 +247,15 @@ mod tests {
             let e = connect(job).err().expect("no engine without the mpi feature").to_string();
             assert!(e.contains("rank 1 of 2 (torchrun launch)") && e.contains("--features mpi"), "{e}");
         }
+    }
+
+    #[test]
+    fn rows_split_the_global_batch_in_rank_order() {
+        let w = |rank, size| World { rank, size, ..World::single() };
+        assert_eq!(my_rows(8, &w(0, 1)), 0..8);
+        assert_eq!((0..2).map(|r| my_rows(8, &w(r, 2))).collect::<Vec<_>>(), [0..4, 4..8]);
+        assert_eq!((0..3).map(|r| my_rows(7, &w(r, 3))).collect::<Vec<_>>(), [0..3, 3..6, 6..7]);
+        assert_eq!((0..4).map(|r| my_rows(2, &w(r, 4))).collect::<Vec<_>>(), [0..1, 1..2, 2..2, 2..2]);
     }
 
     #[test]

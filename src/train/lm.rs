@@ -7,7 +7,7 @@ use crate::backend::ops::{Backend, ElementwiseParams, MatmulParams};
 use crate::data::batch::Batch;
 use crate::error::Result;
 use crate::model::{Activations, GradScratch, Model, Shape};
-use crate::train::collective::{sum_all, Collective};
+use crate::train::collective::{sum_buffers, Collective};
 use crate::train::optimizer::{AdamW, AdamWConfig};
 
 pub struct LmTrainer<B: Backend> {
@@ -65,18 +65,9 @@ impl<B: Backend> LmTrainer<B> {
     /// Sums the accumulated gradients and loss over the ranks of `comm` (nothing for a single
     /// process): one message, staged through the host, after the step's last micro-batch.
     pub fn sum_over_ranks(&mut self, be: &B, comm: &dyn Collective) -> Result<()> {
-        if comm.world().size == 1 {
-            return Ok(());
-        }
-        let mut host: Vec<Vec<f32>> = self.grads.iter().map(|g| be.download(g)).collect::<Result<_>>()?;
-        host.push(be.download(&self.loss_acc)?);
-        sum_all(comm, &mut host.iter_mut().collect::<Vec<_>>())?;
-        let loss = host.pop().unwrap_or_default();
-        be.write(&mut self.loss_acc, &loss)?;
-        for (g, h) in self.grads.iter_mut().zip(&host) {
-            be.write(g, h)?;
-        }
-        Ok(())
+        let mut bufs: Vec<&mut B::Buf> = self.grads.iter_mut().collect();
+        bufs.push(&mut self.loss_acc);
+        sum_buffers(be, comm, &mut bufs)
     }
 
     /// Clips, updates the weights, and reads back the step's loss and gradient norm. A step

@@ -679,9 +679,9 @@ fn a_job_without_a_collective_engine_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("rank 1 of 2 (torchrun launch)") && err.contains("--features mpi"), "{err}");
     assert!(!dir.path().join("o").exists(), "nothing written");
-    let out = job(&["dpo", "--model", "/nonexistent", "--data", s(&data), "--out", s(&dir.path().join("o"))], "0");
+    let out = job(&["generate", "--model", "/nonexistent", "--prompt", "hi"], "0");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("`rlhf dpo` runs as a single process"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("`rlhf generate` runs as a single process"));
     let out = job(&["info"], "1");
     assert!(out.status.success());
     let text = String::from_utf8_lossy(&out.stdout);
