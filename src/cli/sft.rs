@@ -26,8 +26,8 @@ pub fn cmd_sft<B: Backend>(be: &B, a: &SftArgs) -> Result<()> {
     let (mut model, tok) = load_source(be, &a.source, a.train.seed, false)?;
     let examples = rlhf::data::jsonl::load_sft_jsonl(&a.data, &tok)?;
     // a data-parallel job's other ranks run quietly: rank 0 speaks for the job
-    let main_rank = rlhf::train::collective::current().world().is_main();
-    let world_size = rlhf::train::collective::current().world().size;
+    let comm = rlhf::train::collective::current();
+    let (main_rank, world_size) = (comm.world().is_main(), comm.world().size);
     if !main_rank {
         run_sft(be, &mut model, &tok, examples, cfg)?;
         return Ok(());

@@ -108,37 +108,24 @@ pub fn current() -> Rc<dyn Collective> {
     CURRENT.with(|cur| cur.borrow().clone()).unwrap_or_else(|| Rc::new(SingleProcess::new()))
 }
 
-/// Sums host buffers of several lengths over the ranks in one message: packed, summed, unpacked.
-pub fn sum_all(c: &dyn Collective, parts: &mut [&mut Vec<f32>]) -> Result<()> {
-    if c.world().size == 1 {
-        return Ok(());
-    }
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut packed = Vec::new();
-    packed.try_reserve_exact(total).map_err(|_| Error::invalid(format!("cannot allocate {total} values to sum over the ranks")))?;
-    for p in parts.iter() {
-        packed.extend_from_slice(p);
-    }
-    c.sum(&mut packed)?;
-    let mut at = 0;
-    for p in parts.iter_mut() {
-        let n = p.len();
-        p.copy_from_slice(&packed[at..at + n]);
-        at += n;
-    }
-    Ok(())
-}
-
-/// Sums device buffers over the ranks: downloaded, summed in one message, written back (nothing
-/// for a single process).
+/// Sums device buffers over the ranks in one message: each downloaded straight into one packed
+/// host buffer, summed, and its slice written back (nothing for a single process).
 pub fn sum_buffers<B: Backend>(be: &B, c: &dyn Collective, bufs: &mut [&mut B::Buf]) -> Result<()> {
     if c.world().size == 1 {
         return Ok(());
     }
-    let mut host: Vec<Vec<f32>> = bufs.iter().map(|b| be.download(b)).collect::<Result<_>>()?;
-    sum_all(c, &mut host.iter_mut().collect::<Vec<_>>())?;
-    for (b, h) in bufs.iter_mut().zip(&host) {
-        be.write(b, h)?;
+    let total: usize = bufs.iter().map(|b| be.len(b)).sum();
+    let mut packed = Vec::new();
+    packed.try_reserve_exact(total).map_err(|_| Error::invalid(format!("cannot allocate {total} values to sum over the ranks")))?;
+    for b in bufs.iter() {
+        packed.extend_from_slice(&be.download(b)?);
+    }
+    c.sum(&mut packed)?;
+    let mut at = 0;
+    for b in bufs.iter_mut() {
+        let n = be.len(b);
+        be.write(b, &packed[at..at + n])?;
+        at += n;
     }
     Ok(())
 }
@@ -231,10 +218,10 @@ mod tests {
     }
 
     #[test]
-    fn sum_all_packs_and_unpacks_in_order() {
+    fn sum_buffers_packs_and_unpacks_in_order() {
         let c = Replicated(World { size: 3, ..World::single() });
         let (mut a, mut b, mut e) = (vec![1.0, 2.0], vec![], vec![5.0, 6.0, 7.0]);
-        sum_all(&c, &mut [&mut a, &mut b, &mut e]).unwrap();
+        sum_buffers(&crate::backend::CpuBackend::new(), &c, &mut [&mut a, &mut b, &mut e]).unwrap();
         assert_eq!((a, b, e), (vec![3.0, 6.0], vec![], vec![15.0, 18.0, 21.0]));
     }
 
