@@ -196,7 +196,7 @@ fn info_shows_the_rank_and_the_collective() {
     for rank in 0..2 {
         assert!(text.contains(&format!("data-parallel: rank {rank} of 2")), "{text}");
     }
-    assert!(text.contains("collective mpi"), "{text}");
+    assert!(text.contains("collective mpi") && text.contains("a rank waits 1800 s for the others (RLHF_COLLECTIVE_TIMEOUT)"), "{text}");
 }
 
 #[test]
@@ -205,4 +205,65 @@ fn commands_that_are_not_data_parallel_refuse_a_job() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("`rlhf generate` runs as a single process"), "{err}");
+}
+
+/// A two-rank SFT run of 400 steps (a checkpoint every 100) in which `rank` sends itself `signal`
+/// as soon as the checkpoint of step 100 exists, in the middle of training; ranks wait 3 s for each
+/// other. Returns mpirun's output and how long it ran.
+fn run_with_a_rank_signalled(data: &Path, out: &Path, rank: usize, signal: &str) -> (Output, std::time::Duration) {
+    let start = std::time::Instant::now();
+    let first = out.join("checkpoints").join("step-00000100");
+    let script = format!(
+        r#"if [ "$OMPI_COMM_WORLD_RANK" = {rank} ]; then (while [ ! -e '{}' ]; do sleep 0.01; done; kill -{signal} $$) >/dev/null 2>&1 & fi; exec "$0" "$@""#,
+        s(&first)
+    );
+    let out = Command::new("mpirun")
+        .args(["--oversubscribe", "--mca", "btl", "self,vader", "-n", "2", "sh", "-c", &script, env!("CARGO_BIN_EXE_rlhf")])
+        .args(sft_args(data, out, "2", "400"))
+        .args(["--save-every", "100"])
+        .env("RLHF_COLLECTIVE_TIMEOUT", "3")
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .output()
+        .expect("running mpirun");
+    (out, start.elapsed())
+}
+
+/// The run in `run` stopped before its end, and what it left is whole: one process resumes it
+/// (`--resume` of the folder: its latest checkpoint) and finishes the 400 steps.
+fn the_run_resumes_after_the_failure(data: &Path, run: &Path) {
+    assert!(!run.join("model.safetensors").exists(), "the job was meant to fail in the middle of training");
+    let mut args = sft_args(data, run, "2", "400");
+    args.extend(["--save-every", "100", "--resume", s(run)]);
+    ok(&rlhf(&args), "resuming the run after the job ended");
+    assert_eq!(metrics(run).last().unwrap()["step"], 400);
+}
+
+#[test]
+fn a_hung_rank_is_named_and_the_job_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_data(&data);
+    let run = dir.path().join("hung");
+    let (out, took) = run_with_a_rank_signalled(&data, &run, 1, "STOP");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "a job with a stopped rank must fail: {err}");
+    assert!(err.contains("rank 0: rank 1 did not take part in collective") && err.contains("within 3 s"), "{err}");
+    assert!(took.as_secs() < 120, "the job ended {took:?} after it started, long after the 3 s timeout");
+    the_run_resumes_after_the_failure(&data, &run);
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_and_leaves_whole_checkpoints() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data.jsonl");
+    write_data(&data);
+    // rank 0 is the one that writes: killed while it trains and saves
+    let run = dir.path().join("killed");
+    let (out, took) = run_with_a_rank_signalled(&data, &run, 0, "KILL");
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "a job with a killed rank must fail");
+    assert!(text.contains("rank 0"), "the launcher names the killed rank: {text}");
+    assert!(took.as_secs() < 120, "the job ended {took:?} after it started");
+    the_run_resumes_after_the_failure(&data, &run);
 }

@@ -41,7 +41,12 @@ pub fn cmd_info(world: &World, comm: rlhf::error::Result<Rc<dyn Collective>>) ->
         Ok(c) => c.name().to_string(),
         Err(e) => format!("unavailable: {e}"),
     };
-    println!("data-parallel: rank {} of {} (local rank {}, launcher {}); collective {engine} ({built})", world.rank, world.size, world.local_rank, world.launcher.name());
+    let timeout = match rlhf::train::collective::timeout_from_env() {
+        Ok(t) if world.size > 1 => format!("; a rank waits {} s for the others ({})", t.as_secs_f64(), rlhf::train::collective::TIMEOUT_VAR),
+        Ok(_) => String::new(),
+        Err(e) => format!("; {e}"),
+    };
+    println!("data-parallel: rank {} of {} (local rank {}, launcher {}); collective {engine} ({built}){timeout}", world.rank, world.size, world.local_rank, world.launcher.name());
     println!("presets: {}", PRESETS.join(", "));
     Ok(())
 }

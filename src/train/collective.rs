@@ -2,9 +2,11 @@
 //! (gradients, loss sums, counts) and a barrier. A single process needs none; a job launched by
 //! `mpirun` (or `srun` with PMI) uses MPI through rsmpi in a build with the `mpi` cargo feature.
 //!
-//! The sum is a reduction to rank 0 followed by a broadcast of its result, so every rank holds the
+//! The sum is formed on rank 0 in rank order and sent back to every rank, so every rank holds the
 //! same bits (an all-reduce may associate the ranks' terms differently on each rank) and the
 //! ranks' weights, updated by the same deterministic optimiser from the same gradients, stay equal.
+//! A rank that waits longer than `RLHF_COLLECTIVE_TIMEOUT` seconds for another names it and aborts
+//! the job, so a dead or hung rank never leaves the others waiting forever.
 //!
 //! The engine is installed once per process by the command line ([`install`]) and read by the
 //! trainers with [`current`]; it lives on the thread that started MPI (the trainers' thread), and
@@ -60,6 +62,23 @@ impl Collective for SingleProcess {
     }
 }
 
+/// The variable that sets how long a rank waits for the others in one collective, in seconds.
+pub const TIMEOUT_VAR: &str = "RLHF_COLLECTIVE_TIMEOUT";
+
+/// How long a rank waits for the others in one collective before it names the missing rank and
+/// aborts the job: `RLHF_COLLECTIVE_TIMEOUT` seconds, 1800 (PyTorch's default) when unset.
+pub fn timeout_from_env() -> Result<std::time::Duration> {
+    timeout_from(std::env::var(TIMEOUT_VAR).ok().as_deref())
+}
+
+fn timeout_from(value: Option<&str>) -> Result<std::time::Duration> {
+    let Some(v) = value else { return Ok(std::time::Duration::from_secs(1800)) };
+    match v.trim().parse::<f64>() {
+        Ok(s) if s > 0.0 && s.is_finite() && s < 1e9 => Ok(std::time::Duration::from_secs_f64(s)),
+        _ => Err(Error::invalid(format!("{TIMEOUT_VAR}={v:?} is not a positive number of seconds"))),
+    }
+}
+
 /// The collective for `world`: none for a single process, MPI for a launched job (in a build
 /// with the `mpi` feature); an error naming the launch otherwise.
 pub fn connect(world: World) -> Result<Rc<dyn Collective>> {
@@ -68,7 +87,7 @@ pub fn connect(world: World) -> Result<Rc<dyn Collective>> {
     }
     #[cfg(feature = "mpi")]
     {
-        mpi_engine::MpiCollective::start(world).map(|c| Rc::new(c) as Rc<dyn Collective>)
+        mpi_engine::MpiCollective::start(world, timeout_from_env()?).map(|c| Rc::new(c) as Rc<dyn Collective>)
     }
     #[cfg(not(feature = "mpi"))]
     {
@@ -140,18 +159,31 @@ pub fn my_rows(total: usize, world: &World) -> std::ops::Range<usize> {
 #[cfg(feature = "mpi")]
 mod mpi_engine {
     use super::*;
-    use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
+    use mpi::point_to_point::{Destination, Source};
+    use mpi::request::{Request, Scope};
     use mpi::topology::{Communicator, SimpleCommunicator};
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
 
     /// MPI's world communicator (rsmpi); MPI shuts down when this is dropped.
+    ///
+    /// Every collective is point-to-point through rank 0 with non-blocking requests polled
+    /// against a deadline: rank 0 receives the ranks' data one rank after another, adds it in
+    /// rank order (the same bits whatever the arrival order) and sends the sum back to each. A
+    /// rank that does not take part in time (it died, hung or stopped) is named by the rank that
+    /// waited for it, and the job is aborted (`MPI_Abort` ends every process of it) instead of
+    /// waiting forever.
     pub struct MpiCollective {
         world: World,
         comm: SimpleCommunicator,
+        timeout: Duration,
+        /// collectives started so far (the message tag and the error's reference)
+        seq: Cell<u64>,
         _universe: mpi::environment::Universe,
     }
 
     impl MpiCollective {
-        pub fn start(world: World) -> Result<Self> {
+        pub fn start(world: World, timeout: Duration) -> Result<Self> {
             let universe = mpi::initialize().ok_or_else(|| Error::invalid("MPI was already initialised in this process"))?;
             let comm = universe.world();
             let (rank, size) = (comm.rank() as usize, comm.size() as usize);
@@ -165,7 +197,38 @@ mod mpi_engine {
                     world.size
                 )));
             }
-            Ok(MpiCollective { world, comm, _universe: universe })
+            Ok(MpiCollective { world, comm, timeout, seq: Cell::new(0), _universe: universe })
+        }
+
+        /// Polls `req` until it completes; past `deadline`, reports `peer` as the rank that did
+        /// not take part and aborts the job.
+        fn finish<'a, D: ?Sized, S: Scope<'a>>(&self, mut req: Request<'a, D, S>, peer: usize, what: &str, deadline: Instant) {
+            let mut polls = 0u32;
+            loop {
+                match req.test() {
+                    Ok(_) => return,
+                    Err(pending) => req = pending,
+                }
+                if Instant::now() >= deadline {
+                    self.give_up(peer, what);
+                }
+                polls += 1;
+                if polls < 10_000 {
+                    std::hint::spin_loop();
+                } else {
+                    std::thread::sleep(Duration::from_micros(200));
+                }
+            }
+        }
+
+        fn give_up(&self, peer: usize, what: &str) -> ! {
+            let (rank, n) = (self.world.rank, self.seq.get());
+            eprintln!(
+                "error: rank {rank}: rank {peer} did not take part in collective #{n} ({what}) within {} s \
+                 (set by {TIMEOUT_VAR}): it has died, hung or fallen behind; aborting the job",
+                self.timeout.as_secs_f64()
+            );
+            self.comm.abort(1)
         }
     }
 
@@ -177,19 +240,41 @@ mod mpi_engine {
             "mpi"
         }
         fn sum(&self, data: &mut [f32]) -> Result<()> {
-            let root = self.comm.process_at_rank(0);
+            let n = self.seq.get() + 1;
+            self.seq.set(n);
+            let tag = (n % 32_768) as i32;
+            let deadline = Instant::now() + self.timeout;
+            let what = format!("a sum of {} values", data.len());
             if self.world.rank == 0 {
-                let mine = data.to_vec();
-                root.reduce_into_root(&mine[..], data, SystemOperation::sum());
+                let mut theirs = vec![0f32; data.len()];
+                for peer in 1..self.world.size {
+                    mpi::request::scope(|scope| {
+                        let req = self.comm.process_at_rank(peer as i32).immediate_receive_into_with_tag(scope, &mut theirs[..], tag);
+                        self.finish(req, peer, &what, deadline);
+                    });
+                    data.iter_mut().zip(&theirs).for_each(|(d, t)| *d += t);
+                }
+                for peer in 1..self.world.size {
+                    mpi::request::scope(|scope| {
+                        let req = self.comm.process_at_rank(peer as i32).immediate_send_with_tag(scope, &data[..], tag);
+                        self.finish(req, peer, &what, deadline);
+                    });
+                }
             } else {
-                root.reduce_into(&data[..], SystemOperation::sum());
+                let root = self.comm.process_at_rank(0);
+                mpi::request::scope(|scope| {
+                    let req = root.immediate_send_with_tag(scope, &data[..], tag);
+                    self.finish(req, 0, &what, deadline);
+                });
+                mpi::request::scope(|scope| {
+                    let req = root.immediate_receive_into_with_tag(scope, &mut data[..], tag);
+                    self.finish(req, 0, &what, deadline);
+                });
             }
-            root.broadcast_into(data);
             Ok(())
         }
         fn barrier(&self) -> Result<()> {
-            self.comm.barrier();
-            Ok(())
+            self.sum(&mut [0.0])
         }
     }
 }
@@ -233,6 +318,16 @@ mod tests {
         if cfg!(not(feature = "mpi")) {
             let e = connect(job).err().expect("no engine without the mpi feature").to_string();
             assert!(e.contains("rank 1 of 2 (torchrun launch)") && e.contains("--features mpi"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_timeout_is_read_in_seconds_and_a_bad_one_is_named() {
+        assert_eq!(timeout_from(None).unwrap().as_secs(), 1800);
+        assert_eq!(timeout_from(Some("2.5")).unwrap().as_millis(), 2500);
+        for bad in ["0", "-3", "ten", "inf", ""] {
+            let e = timeout_from(Some(bad)).unwrap_err().to_string();
+            assert!(e.contains(TIMEOUT_VAR) && e.contains("positive number of seconds"), "{bad}: {e}");
         }
     }
 
