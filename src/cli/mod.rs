@@ -223,7 +223,8 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         );
     }
     let main_rank = world.is_main();
-    let _collective = rlhf::train::collective::install(rlhf::train::collective::connect(world)?);
+    let zero = training_run(&mut cli.command).map_or(0, |(_, run, _)| run.zero);
+    let _collective = rlhf::train::collective::install_with(rlhf::train::collective::connect(world)?, zero);
     if let Some((name, sub_matches)) = matches.subcommand() {
         let cmd = Cli::command_with_overrides();
         let sub = cmd.find_subcommand(name).expect("a parsed subcommand exists");

@@ -36,6 +36,9 @@ pub const KEEP: usize = 2;
 pub struct StateWriter {
     tensors: Vec<(String, Vec<f32>)>,
     scalars: Map<String, Value>,
+    /// keeps nothing: the writer of a rank that takes part in a checkpoint (ZeRO-1's moments
+    /// travel to rank 0) but does not write it
+    discard: bool,
 }
 
 impl StateWriter {
@@ -43,8 +46,16 @@ impl StateWriter {
         Self::default()
     }
 
+    /// A writer that keeps nothing (see `discard`).
+    pub fn discarding() -> Self {
+        StateWriter { discard: true, ..Self::default() }
+    }
+
     /// Downloads `bufs` as tensors `<prefix>.0`, `<prefix>.1`, ...
     pub fn bufs<B: Backend>(&mut self, be: &B, prefix: &str, bufs: &[B::Buf]) -> Result<()> {
+        if self.discard {
+            return Ok(());
+        }
         for (i, b) in bufs.iter().enumerate() {
             self.tensors.push((format!("{prefix}.{i}"), be.download(b)?));
         }
@@ -53,7 +64,9 @@ impl StateWriter {
 
     /// A host tensor stored as it is (e.g. cached reference log-probs).
     pub fn tensor(&mut self, name: &str, data: Vec<f32>) {
-        self.tensors.push((name.to_string(), data));
+        if !self.discard {
+            self.tensors.push((name.to_string(), data));
+        }
     }
 
     /// A host value stored in `state.json` under `key`.
@@ -219,17 +232,26 @@ impl Checkpoint {
     /// Uploads tensors `<prefix>.i` into `bufs`, checking that every one is there with the
     /// buffer's size.
     pub fn restore_bufs<B: Backend>(&self, be: &B, prefix: &str, bufs: &mut [B::Buf]) -> Result<()> {
-        let path = self.dir.join(STATE_TENSORS);
         for (i, b) in bufs.iter_mut().enumerate() {
-            let name = format!("{prefix}.{i}");
-            let data = self.tensors.get(&name).ok_or_else(|| Error::tensor(&path, &name, "missing from the checkpoint (a different model or command?)"))?;
-            if data.len() != be.len(b) {
-                return Err(Error::tensor(&path, &name, format!("has {} values but this run needs {} (a different model?)", data.len(), be.len(b))));
-            }
-            be.write(b, data)?;
+            self.restore_buf(be, &format!("{prefix}.{i}"), b)?;
         }
-        if self.tensors.contains_key(&format!("{prefix}.{}", bufs.len())) {
-            return Err(Error::tensor(&path, format!("{prefix}.{}", bufs.len()), "is one tensor more than this run has (a different model?)"));
+        self.check_count(prefix, bufs.len())
+    }
+
+    /// Writes tensor `name` into `buf`, which must have as many values.
+    pub fn restore_buf<B: Backend>(&self, be: &B, name: &str, buf: &mut B::Buf) -> Result<()> {
+        let path = self.dir.join(STATE_TENSORS);
+        let data = self.tensors.get(name).ok_or_else(|| Error::tensor(&path, name, "missing from the checkpoint (a different model or command?)"))?;
+        if data.len() != be.len(buf) {
+            return Err(Error::tensor(&path, name, format!("has {} values but this run needs {} (a different model?)", data.len(), be.len(buf))));
+        }
+        be.write(buf, data)
+    }
+
+    /// Fails when the checkpoint holds a tensor `<prefix>.<n>`: more than the `n` this run has.
+    pub fn check_count(&self, prefix: &str, n: usize) -> Result<()> {
+        if self.tensors.contains_key(&format!("{prefix}.{n}")) {
+            return Err(Error::tensor(self.dir.join(STATE_TENSORS), format!("{prefix}.{n}"), "is one tensor more than this run has (a different model?)"));
         }
         Ok(())
     }

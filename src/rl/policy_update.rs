@@ -196,6 +196,7 @@ impl<B: Backend> ValueHead<B> {
             m: std::slice::from_mut(&mut self.m),
             v: std::slice::from_mut(&mut self.v),
             decay: &[false],
+            skip: &[],
         };
         enqueue_guarded_adamw_step(be, optim, (&mut self.norm_sq, &mut self.guard), &mut self.step, t, lr, loss)
     }

@@ -26,6 +26,8 @@ pub trait Collective {
     fn name(&self) -> &'static str;
     /// `data = sum over ranks of data`, element by element; the same bits on every rank
     fn sum(&self, data: &mut [f32]) -> Result<()>;
+    /// `data = root's data` on every rank (every rank passes a buffer of the same length)
+    fn broadcast(&self, root: usize, data: &mut [f32]) -> Result<()>;
     /// returns once every rank has called it
     fn barrier(&self) -> Result<()>;
 }
@@ -55,6 +57,9 @@ impl Collective for SingleProcess {
         "none"
     }
     fn sum(&self, _data: &mut [f32]) -> Result<()> {
+        Ok(())
+    }
+    fn broadcast(&self, _root: usize, _data: &mut [f32]) -> Result<()> {
         Ok(())
     }
     fn barrier(&self) -> Result<()> {
@@ -105,12 +110,25 @@ pub fn connect(world: World) -> Result<Rc<dyn Collective>> {
 
 thread_local! {
     static CURRENT: RefCell<Option<Rc<dyn Collective>>> = const { RefCell::new(None) };
+    static ZERO_STAGE: std::cell::Cell<u8> = const { std::cell::Cell::new(0) };
 }
 
 /// Makes `c` this thread's collective until the returned guard is dropped.
 pub fn install(c: Rc<dyn Collective>) -> Installed {
+    install_with(c, 0)
+}
+
+/// [`install`] with the ZeRO stage of the run's optimisers (`--zero`: 0 keeps the whole AdamW
+/// state on every rank, 1 shards it over the ranks; see [`crate::train::zero`]).
+pub fn install_with(c: Rc<dyn Collective>, zero_stage: u8) -> Installed {
     CURRENT.with(|cur| *cur.borrow_mut() = Some(c));
+    ZERO_STAGE.with(|z| z.set(zero_stage));
     Installed(())
+}
+
+/// The ZeRO stage installed with this thread's collective (0 when none is).
+pub fn zero_stage() -> u8 {
+    ZERO_STAGE.with(|z| z.get())
 }
 
 /// Uninstalls the collective when dropped (the engine shuts down with its last handle).
@@ -119,6 +137,7 @@ pub struct Installed(());
 impl Drop for Installed {
     fn drop(&mut self) {
         CURRENT.with(|cur| cur.borrow_mut().take());
+        ZERO_STAGE.with(|z| z.set(0));
     }
 }
 
@@ -200,6 +219,13 @@ mod mpi_engine {
             Ok(MpiCollective { world, comm, timeout, seq: Cell::new(0), _universe: universe })
         }
 
+        /// Starts the next collective: its message tag and deadline.
+        fn next(&self) -> (i32, Instant) {
+            let n = self.seq.get() + 1;
+            self.seq.set(n);
+            ((n % 32_768) as i32, Instant::now() + self.timeout)
+        }
+
         /// Polls `req` until it completes; past `deadline`, reports `peer` as the rank that did
         /// not take part and aborts the job.
         fn finish<'a, D: ?Sized, S: Scope<'a>>(&self, mut req: Request<'a, D, S>, peer: usize, what: &str, deadline: Instant) {
@@ -240,10 +266,7 @@ mod mpi_engine {
             "mpi"
         }
         fn sum(&self, data: &mut [f32]) -> Result<()> {
-            let n = self.seq.get() + 1;
-            self.seq.set(n);
-            let tag = (n % 32_768) as i32;
-            let deadline = Instant::now() + self.timeout;
+            let (tag, deadline) = self.next();
             let what = format!("a sum of {} values", data.len());
             if self.world.rank == 0 {
                 let mut theirs = vec![0f32; data.len()];
@@ -273,6 +296,24 @@ mod mpi_engine {
             }
             Ok(())
         }
+        fn broadcast(&self, root: usize, data: &mut [f32]) -> Result<()> {
+            let (tag, deadline) = self.next();
+            let what = format!("a broadcast of {} values from rank {root}", data.len());
+            if self.world.rank == root {
+                for peer in (0..self.world.size).filter(|&p| p != root) {
+                    mpi::request::scope(|scope| {
+                        let req = self.comm.process_at_rank(peer as i32).immediate_send_with_tag(scope, &data[..], tag);
+                        self.finish(req, peer, &what, deadline);
+                    });
+                }
+            } else {
+                mpi::request::scope(|scope| {
+                    let req = self.comm.process_at_rank(root as i32).immediate_receive_into_with_tag(scope, &mut data[..], tag);
+                    self.finish(req, root, &what, deadline);
+                });
+            }
+            Ok(())
+        }
         fn barrier(&self) -> Result<()> {
             self.sum(&mut [0.0])
         }
@@ -295,6 +336,9 @@ mod tests {
         }
         fn sum(&self, data: &mut [f32]) -> Result<()> {
             data.iter_mut().for_each(|x| *x *= self.0.size as f32);
+            Ok(())
+        }
+        fn broadcast(&self, _root: usize, _data: &mut [f32]) -> Result<()> {
             Ok(())
         }
         fn barrier(&self) -> Result<()> {

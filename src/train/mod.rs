@@ -13,6 +13,7 @@ pub mod run_dir;
 pub mod schedule;
 pub mod training_config;
 pub mod world;
+pub mod zero;
 
 pub use guard::DivergenceGuard;
 pub use metrics::MetricsWriter;

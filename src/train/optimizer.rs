@@ -10,9 +10,11 @@
 //! whose rounded copy then replaces the compute weights; moments are f32 in every mode.
 
 use crate::backend::ops::{AdamWParams, AdamWSlot, Backend, ElementwiseParams};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::model::{ParamLayout, ParamsMut};
+use crate::train::collective;
 use crate::train::resume::{Checkpoint, StateWriter};
+use crate::train::zero::{gather_owned, share_tensor, Shards};
 
 /// AdamW's settings (the command line flattens them into `sft` and `dpo`'s flags; the field
 /// comments are the flags' help).
@@ -46,6 +48,8 @@ pub struct AdamWTensors<'a, B: Backend> {
     pub m: &'a mut [B::Buf],
     pub v: &'a mut [B::Buf],
     pub decay: &'a [bool],
+    /// tensors this rank leaves alone (another rank owns them under ZeRO-1); empty: none
+    pub skip: &'a [bool],
 }
 
 /// Enqueues one AdamW step over `t` at optimiser step `step + 1`: the global norm into `norm_sq`
@@ -77,11 +81,15 @@ fn enqueue_update<B: Backend>(be: &B, cfg: &AdamWConfig, norm_sq: &B::Buf, step:
     } else {
         master.iter_mut().zip(weights.iter_mut()).map(|(m, w)| (m, Some(w))).collect()
     };
+    let skip = t.skip;
     let mut slots: Vec<AdamWSlot<'_, B::Buf>> = targets
         .into_iter()
         .zip(t.grads)
         .zip(t.m.iter_mut().zip(t.v.iter_mut()))
         .zip(t.decay)
+        .enumerate()
+        .filter(|(i, _)| !skip.get(*i).copied().unwrap_or(false))
+        .map(|(_, x)| x)
         .map(|((((param, out), grad), (m, v)), &decay)| AdamWSlot { param, m, v, grad, out, weight_decay: if decay { cfg.weight_decay } else { 0.0 } })
         .collect();
     be.adamw_many(&mut slots, norm_sq, p)
@@ -138,19 +146,55 @@ fn enqueue_norm<B: Backend>(be: &B, norm_sq: &mut B::Buf, grads: &[B::Buf]) -> R
 
 pub struct AdamW<B: Backend> {
     pub cfg: AdamWConfig,
+    /// the moments; under ZeRO-1 a tensor another rank owns has a one-value placeholder
     pub m: Vec<B::Buf>,
     pub v: Vec<B::Buf>,
     pub step: usize,
     decay: Vec<bool>,
+    /// values of each tensor
+    numels: Vec<usize>,
+    /// the owners of the tensors under ZeRO-1 (`--zero 1` in a job of several ranks)
+    shards: Option<Shards>,
+    /// `shards`' tensors this rank does not own (empty when not sharded)
+    skip: Vec<bool>,
     norm_sq: B::Buf,
     /// `norm_sq + 0 * loss` of a guarded step: the squared norm, or NaN when the loss is not finite
     guard: B::Buf,
 }
 
 impl<B: Backend> AdamW<B> {
+    /// Moments for `layout`'s tensors: all of them, or under ZeRO-1 (the installed collective's
+    /// [`collective::zero_stage`] is 1 in a job of several ranks) those this rank owns.
     pub fn new(be: &B, layout: &ParamLayout, cfg: AdamWConfig) -> Result<Self> {
-        let alloc = || layout.specs.iter().map(|s| be.alloc(s.numel())).collect::<Result<Vec<_>>>();
-        Ok(AdamW { cfg, m: alloc()?, v: alloc()?, step: 0, decay: layout.specs.iter().map(|s| s.decay).collect(), norm_sq: be.alloc(1)?, guard: be.alloc(1)? })
+        let numels: Vec<usize> = layout.specs.iter().map(|s| s.numel()).collect();
+        let world = collective::current().world().clone();
+        let shards = (collective::zero_stage() == 1 && world.size > 1).then(|| Shards::assign(&numels, world.rank, world.size));
+        let skip: Vec<bool> = shards.as_ref().map_or(Vec::new(), |s| (0..numels.len()).map(|i| !s.owns(i)).collect());
+        let alloc = || numels.iter().enumerate().map(|(i, &n)| be.alloc(if skip.get(i) == Some(&true) { 1 } else { n })).collect::<Result<Vec<_>>>();
+        let (m, v) = (alloc()?, alloc()?);
+        let decay = layout.specs.iter().map(|s| s.decay).collect();
+        Ok(AdamW { cfg, m, v, step: 0, decay, numels, shards, skip, norm_sq: be.alloc(1)?, guard: be.alloc(1)? })
+    }
+
+    /// The tensor owners when the moments are sharded (ZeRO-1).
+    pub fn shards(&self) -> Option<&Shards> {
+        self.shards.as_ref()
+    }
+
+    /// Under ZeRO-1: refuses reduced-precision master weights (not sharded), and after an update
+    /// gives every rank the owners' new weights.
+    fn check_sharding(&self, params: &ParamsMut<'_, B>) -> Result<()> {
+        if self.shards.is_some() && !params.master.is_empty() {
+            return Err(Error::invalid("--zero 1 shards the AdamW moments of f32 training; with --precision bf16 (f32 master weights) use --zero 0"));
+        }
+        Ok(())
+    }
+
+    fn gather_weights(&self, be: &B, weights: &mut [B::Buf]) -> Result<()> {
+        match &self.shards {
+            Some(s) => gather_owned(be, &*collective::current(), s, weights),
+            None => Ok(()),
+        }
     }
 
     /// Enqueues the global norm of `grads` on the device (no read-back).
@@ -172,8 +216,11 @@ impl<B: Backend> AdamW<B> {
     /// The first half of [`Self::step`]: enqueues the norm and the update, reads nothing back (to
     /// enqueue the steps of several models before one wait).
     pub fn enqueue_step(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32) -> Result<()> {
-        let t = AdamWTensors { params, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay };
-        enqueue_adamw_step(be, &self.cfg, &mut self.norm_sq, self.step, t, lr)
+        self.check_sharding(&params)?;
+        let ParamsMut { weights, master } = params;
+        let t = AdamWTensors { params: ParamsMut { weights: &mut *weights, master }, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay, skip: &self.skip };
+        enqueue_adamw_step(be, &self.cfg, &mut self.norm_sq, self.step, t, lr)?;
+        self.gather_weights(be, weights)
     }
 
     /// The second half of [`Self::step`]: reads the norm back, counts the step if it is finite and
@@ -208,8 +255,11 @@ impl<B: Backend> AdamW<B> {
     /// [`settle_guarded_step`] with this optimiser's step count (`self.step`), which takes a
     /// skipped step back.
     pub fn enqueue_step_guarded(&mut self, be: &B, params: ParamsMut<'_, B>, grads: &[B::Buf], lr: f32, loss: &B::Buf) -> Result<()> {
-        let t = AdamWTensors { params, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay };
-        enqueue_guarded_adamw_step(be, &self.cfg, (&mut self.norm_sq, &mut self.guard), &mut self.step, t, lr, loss)
+        self.check_sharding(&params)?;
+        let ParamsMut { weights, master } = params;
+        let t = AdamWTensors { params: ParamsMut { weights: &mut *weights, master }, grads, m: &mut self.m, v: &mut self.v, decay: &self.decay, skip: &self.skip };
+        enqueue_guarded_adamw_step(be, &self.cfg, (&mut self.norm_sq, &mut self.guard), &mut self.step, t, lr, loss)?;
+        self.gather_weights(be, weights)
     }
 
     /// The guard of the last [`Self::enqueue_step_guarded`]: the squared gradient norm, or NaN
@@ -219,16 +269,44 @@ impl<B: Backend> AdamW<B> {
     }
 
     /// Adds the moments (`<prefix>.m.i`, `<prefix>.v.i`) and the step count to a checkpoint.
+    /// Under ZeRO-1 every rank must call it (each tensor's moments come from its owner); the
+    /// checkpoint holds the whole state under the same names either way.
     pub fn save_state(&self, be: &B, w: &mut StateWriter, prefix: &str) -> Result<()> {
-        w.bufs(be, &format!("{prefix}.m"), &self.m)?;
-        w.bufs(be, &format!("{prefix}.v"), &self.v)?;
+        match &self.shards {
+            None => {
+                w.bufs(be, &format!("{prefix}.m"), &self.m)?;
+                w.bufs(be, &format!("{prefix}.v"), &self.v)?;
+            }
+            Some(s) => {
+                let comm = collective::current();
+                for (name, moments) in [("m", &self.m), ("v", &self.v)] {
+                    for (i, buf) in moments.iter().enumerate() {
+                        let data = share_tensor(be, &*comm, s, i, buf, self.numels[i])?;
+                        w.tensor(&format!("{prefix}.{name}.{i}"), data);
+                    }
+                }
+            }
+        }
         w.value(&format!("{prefix}.step"), &self.step)
     }
 
-    /// Restores what [`Self::save_state`] saved.
+    /// Restores what [`Self::save_state`] saved (under ZeRO-1, the tensors this rank owns: a
+    /// checkpoint of any world size, sharded or not).
     pub fn restore_state(&mut self, be: &B, ck: &Checkpoint, prefix: &str) -> Result<()> {
-        ck.restore_bufs(be, &format!("{prefix}.m"), &mut self.m)?;
-        ck.restore_bufs(be, &format!("{prefix}.v"), &mut self.v)?;
+        if self.shards.is_none() {
+            ck.restore_bufs(be, &format!("{prefix}.m"), &mut self.m)?;
+            ck.restore_bufs(be, &format!("{prefix}.v"), &mut self.v)?;
+        } else {
+            for (name, moments) in [("m", &mut self.m), ("v", &mut self.v)] {
+                let prefix = format!("{prefix}.{name}");
+                ck.check_count(&prefix, moments.len())?;
+                for (i, buf) in moments.iter_mut().enumerate() {
+                    if !self.skip[i] {
+                        ck.restore_buf(be, &format!("{prefix}.{i}"), buf)?;
+                    }
+                }
+            }
+        }
         self.step = ck.value(&format!("{prefix}.step"))?;
         Ok(())
     }

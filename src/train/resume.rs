@@ -32,6 +32,11 @@ pub struct RunControl {
     /// this run's inputs have been read and checked); without it such a folder is refused
     #[arg(long, conflicts_with = "resume")]
     pub overwrite: bool,
+    /// ZeRO stage of a data-parallel run: 0 keeps the whole AdamW state on every rank, 1 shards
+    /// the moments over the ranks (each tensor's on one rank, which broadcasts its new weights
+    /// after each step); the same results either way, and checkpoints resume under either
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+    pub zero: u8,
     /// the resolved configuration, written as `<out>/run.toml` when the run claims its folder
     #[arg(skip)]
     pub run_toml: Option<String>,
@@ -44,7 +49,7 @@ pub struct RunControl {
 
 impl Default for RunControl {
     fn default() -> Self {
-        RunControl { save_every: 0, resume: None, max_bad_steps: DEFAULT_MAX_BAD_STEPS, overwrite: false, run_toml: None, settings: None }
+        RunControl { save_every: 0, resume: None, max_bad_steps: DEFAULT_MAX_BAD_STEPS, overwrite: false, zero: 0, run_toml: None, settings: None }
     }
 }
 

@@ -158,8 +158,13 @@ impl TrainRun {
         state: impl FnOnce() -> S,
         tensors: impl FnOnce(&mut StateWriter) -> Result<()>,
     ) -> Result<()> {
-        if !self.save_every_due.due(step, self.steps) || !clean || !self.world.is_main() {
+        if !self.save_every_due.due(step, self.steps) || !clean {
             return Ok(());
+        }
+        if !self.world.is_main() {
+            // the other ranks take part (ZeRO-1's moments travel from their owners to rank 0)
+            // and keep nothing
+            return tensors(&mut StateWriter::discarding());
         }
         let mut run = serde_json::to_value(state()).map_err(|e| Error::invalid(format!("checkpoint state: {e}")))?;
         let guard = serde_json::to_value(&self.guard).map_err(|e| Error::invalid(format!("checkpoint state: {e}")))?;

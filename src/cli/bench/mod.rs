@@ -229,6 +229,7 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
             r.graph_replays
         );
     }
+    print_state_per_device(&be.compute_dtype(), &model.layout().specs.iter().map(|s| s.numel()).collect::<Vec<_>>());
     if !a.decode_batches.is_empty() || a.kernels {
         let bandwidth = kernels::copy_bandwidth(be, a.steps)?;
         if !a.decode_batches.is_empty() {
@@ -256,4 +257,31 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The training state a device holds between steps (weights and gradients in the compute type,
+/// AdamW's two f32 moments, f32 master weights in a reduced-precision mode), and the moments'
+/// largest shard under `--zero 1` (whole tensors per rank, [`rlhf::train::zero::Shards`]).
+fn print_state_per_device(compute: &rlhf::backend::storage::Dtype, numels: &[usize]) {
+    let params: usize = numels.iter().sum();
+    let mib = |values: usize, bytes: usize| (values * bytes) as f64 / (1 << 20) as f64;
+    let master = if compute.size() < 4 { params } else { 0 };
+    let total = 2 * params * compute.size() + 4 * (2 * params + master);
+    println!(
+        "training state per device: {:.1} MiB = weights {:.1} + gradients {:.1} ({compute}) + AdamW moments {:.1}{} (f32); {:.2} bytes per parameter",
+        total as f64 / (1 << 20) as f64,
+        mib(params, compute.size()),
+        mib(params, compute.size()),
+        mib(2 * params, 4),
+        if master > 0 { format!(" + master weights {:.1}", mib(master, 4)) } else { String::new() },
+        total as f64 / params.max(1) as f64
+    );
+    let shards: Vec<String> = [2usize, 4, 8]
+        .iter()
+        .map(|&n| {
+            let largest = rlhf::train::zero::Shards::assign(numels, 0, n).largest_load(numels);
+            format!("{n} ranks {:.1} MiB ({:.0}% of the ideal 1/{n})", mib(2 * largest, 4), 100.0 * (params as f64 / n as f64) / largest.max(1) as f64)
+        })
+        .collect();
+    println!("AdamW moments per device with --zero 1 (largest shard of whole tensors): {}", shards.join(", "));
 }
