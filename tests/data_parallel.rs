@@ -110,6 +110,12 @@ fn two_ranks_train_as_one_rank_with_twice_the_batch() {
     ok(&rlhf(&sft_args(&data, &one, "4", "4")), "one rank, batch 4");
     ok(&mpirun(2, &sft_args(&data, &two, "2", "4")), "two ranks, batch 2 each");
     assert_same_run(&one, &two, 4, 3e-3, &["loss", "grad_norm"], &["tokens", "supervised_tokens"]);
+    // rank 0 logs its communication: at least every gradient summed each step
+    let params: usize = weights(&two).iter().map(|(_, w)| w.len()).sum();
+    for m in metrics(&two) {
+        assert!(m["comm_values"].as_u64().unwrap() as usize >= params && m["comm_s"].as_f64().unwrap() > 0.0, "{m}");
+    }
+    assert!(metrics(&one)[0].get("comm_s").is_none(), "one process has no communication to log");
     // the one-rank run's weights differ from the initial ones: the comparison above is not vacuous
     let init = dir.path().join("init");
     ok(&rlhf(&sft_args(&data, &init, "4", "1")), "one step");

@@ -30,6 +30,19 @@ pub trait Collective {
     fn broadcast(&self, root: usize, data: &mut [f32]) -> Result<()>;
     /// returns once every rank has called it
     fn barrier(&self) -> Result<()>;
+    /// what this rank's collectives have cost so far (nothing for a single process)
+    fn traffic(&self) -> Traffic {
+        Traffic::default()
+    }
+}
+
+/// The running cost of a rank's collectives.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Traffic {
+    /// seconds spent inside sums and broadcasts: the transfers, and waiting for the other ranks
+    pub seconds: f64,
+    /// values summed or broadcast
+    pub values: u64,
 }
 
 /// One process: sums are the data itself.
@@ -198,6 +211,7 @@ mod mpi_engine {
         timeout: Duration,
         /// collectives started so far (the message tag and the error's reference)
         seq: Cell<u64>,
+        traffic: Cell<Traffic>,
         _universe: mpi::environment::Universe,
     }
 
@@ -216,7 +230,7 @@ mod mpi_engine {
                     world.size
                 )));
             }
-            Ok(MpiCollective { world, comm, timeout, seq: Cell::new(0), _universe: universe })
+            Ok(MpiCollective { world, comm, timeout, seq: Cell::new(0), traffic: Cell::new(Traffic::default()), _universe: universe })
         }
 
         /// Starts the next collective: its message tag and deadline.
@@ -224,6 +238,12 @@ mod mpi_engine {
             let n = self.seq.get() + 1;
             self.seq.set(n);
             ((n % 32_768) as i32, Instant::now() + self.timeout)
+        }
+
+        /// Adds a collective of `values` values that started at `start` to the traffic.
+        fn count(&self, start: Instant, values: usize) {
+            let t = self.traffic.get();
+            self.traffic.set(Traffic { seconds: t.seconds + start.elapsed().as_secs_f64(), values: t.values + values as u64 });
         }
 
         /// Polls `req` until it completes; past `deadline`, reports `peer` as the rank that did
@@ -266,6 +286,7 @@ mod mpi_engine {
             "mpi"
         }
         fn sum(&self, data: &mut [f32]) -> Result<()> {
+            let start = Instant::now();
             let (tag, deadline) = self.next();
             let what = format!("a sum of {} values", data.len());
             if self.world.rank == 0 {
@@ -294,9 +315,11 @@ mod mpi_engine {
                     self.finish(req, 0, &what, deadline);
                 });
             }
+            self.count(start, data.len());
             Ok(())
         }
         fn broadcast(&self, root: usize, data: &mut [f32]) -> Result<()> {
+            let start = Instant::now();
             let (tag, deadline) = self.next();
             let what = format!("a broadcast of {} values from rank {root}", data.len());
             if self.world.rank == root {
@@ -312,7 +335,11 @@ mod mpi_engine {
                     self.finish(req, root, &what, deadline);
                 });
             }
+            self.count(start, data.len());
             Ok(())
+        }
+        fn traffic(&self) -> Traffic {
+            self.traffic.get()
         }
         fn barrier(&self) -> Result<()> {
             self.sum(&mut [0.0])

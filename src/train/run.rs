@@ -55,6 +55,8 @@ pub struct TrainRun {
     metrics: Option<MetricsWriter>,
     progress: Option<Progress>,
     world: World,
+    /// the collective's traffic at the last record (for `comm_s` and `comm_values`)
+    traffic: collective::Traffic,
     started: Instant,
     resumed_after: usize,
 }
@@ -102,6 +104,7 @@ impl TrainRun {
             metrics,
             progress: world.is_main().then(|| Progress::new(spec.command, spec.steps)),
             world,
+            traffic: collective::current().traffic(),
             started: Instant::now(),
             resumed_after,
         };
@@ -139,7 +142,20 @@ impl TrainRun {
     /// On a data-parallel job's other ranks nothing is written.
     pub fn record(&mut self, step: usize, metrics: &Value, status: &str, log_line: impl FnOnce() -> String) -> Result<()> {
         let (Some(writer), Some(progress)) = (self.metrics.as_mut(), self.progress.as_ref()) else { return Ok(()) };
-        writer.write(metrics)?;
+        if self.world.size > 1 {
+            // rank 0's collectives since the last record: the step's communication, and its
+            // waiting for the other ranks
+            let now = collective::current().traffic();
+            let mut m = metrics.clone();
+            if let Some(obj) = m.as_object_mut() {
+                obj.insert("comm_s".into(), (now.seconds - self.traffic.seconds).into());
+                obj.insert("comm_values".into(), (now.values - self.traffic.values).into());
+            }
+            self.traffic = now;
+            writer.write(&m)?;
+        } else {
+            writer.write(metrics)?;
+        }
         progress.update(step, status);
         if !progress.is_terminal() && self.log_every > 0 && (step % self.log_every == 0 || step == 1 || step == self.steps) {
             eprintln!("{} step {step}/{} {}", self.command, self.steps, log_line());
