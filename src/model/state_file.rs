@@ -164,6 +164,21 @@ fn prune(root: &Path, current: &str) {
     }
 }
 
+/// The complete checkpoint folder (`step-N` with its `state.json`; a folder gets that name only
+/// once both files are written) of the highest step in `root`.
+fn newest_complete_checkpoint(root: &Path) -> Option<PathBuf> {
+    let entries = std::fs::read_dir(root).ok()?;
+    entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            let step: usize = name.strip_prefix("step-")?.parse().ok()?;
+            e.path().join(STATE_JSON).is_file().then(|| (step, e.path()))
+        })
+        .max_by_key(|(step, _)| *step)
+        .map(|(_, dir)| dir)
+}
+
 /// A checkpoint read back.
 pub struct Checkpoint {
     pub dir: PathBuf,
@@ -180,16 +195,22 @@ impl Checkpoint {
             return Ok(path.to_path_buf());
         }
         let latest = path.join(CHECKPOINTS_DIR).join(LATEST_FILE);
-        match std::fs::read_to_string(&latest) {
+        let read = std::fs::read_to_string(&latest);
+        // a process that ended between a checkpoint's rename and the update of `latest` left a
+        // complete `step-*` folder that `latest` does not name (yet): the newest such folder
+        // stands in when `latest` is missing or names no complete checkpoint
+        let newest_complete = || newest_complete_checkpoint(&path.join(CHECKPOINTS_DIR));
+        match read {
             Ok(name) => {
                 let dir = path.join(CHECKPOINTS_DIR).join(name.trim());
                 if dir.join(STATE_JSON).is_file() {
                     Ok(dir)
                 } else {
-                    Err(Error::file(&latest, format!("names {}, which is not a complete checkpoint", dir.display())))
+                    newest_complete().ok_or_else(|| Error::file(&latest, format!("names {}, which is not a complete checkpoint", dir.display())))
                 }
             }
             Err(_) if !path.exists() => Err(Error::file(path, "--resume: no such folder")),
+            Err(_) if newest_complete().is_some() => Ok(newest_complete().expect("checked just above")),
             Err(_) => Err(Error::file(
                 path,
                 format!("--resume: no checkpoint here (neither {STATE_JSON} nor {CHECKPOINTS_DIR}/{LATEST_FILE}); save some with --save-every N"),
@@ -280,6 +301,30 @@ impl Checkpoint {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// A run that ended between a checkpoint's rename and the update of `latest` resumes from
+    /// the newest complete `step-*` folder; a half-written temporary folder is never chosen.
+    #[test]
+    fn a_missing_or_stale_latest_falls_back_to_the_newest_complete_checkpoint() {
+        let tmp = tempfile::tempdir().unwrap();
+        let run = tmp.path();
+        StateWriter::new().save(run, "sft", 100).unwrap();
+        StateWriter::new().save(run, "sft", 200).unwrap();
+        let root = run.join(CHECKPOINTS_DIR);
+        assert_eq!(Checkpoint::locate(run).unwrap(), root.join("step-00000200"));
+        // a temporary folder of a later save, cut short, and `latest` gone
+        std::fs::create_dir_all(root.join(".step-00000300.tmp7")).unwrap();
+        std::fs::remove_file(root.join(LATEST_FILE)).unwrap();
+        assert_eq!(Checkpoint::locate(run).unwrap(), root.join("step-00000200"));
+        // `latest` naming a folder that is gone
+        std::fs::write(root.join(LATEST_FILE), "step-00000400\n").unwrap();
+        assert_eq!(Checkpoint::locate(run).unwrap(), root.join("step-00000200"));
+        // nothing complete at all: the error names `latest`
+        std::fs::remove_dir_all(root.join("step-00000200")).unwrap();
+        std::fs::remove_dir_all(root.join("step-00000100")).unwrap();
+        let e = Checkpoint::locate(run).unwrap_err().to_string();
+        assert!(e.contains("latest") && e.contains("not a complete checkpoint"), "{e}");
+    }
 
 
     /// A checkpoint whose tensors hold NaN is refused on load, naming the tensor.
