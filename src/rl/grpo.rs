@@ -160,12 +160,18 @@ impl GrpoConfig {
 /// A built-in reward: (index of the prompt in the prompt list, response ids) -> reward.
 pub type RewardFn<'a> = dyn Fn(usize, &[u32]) -> f32 + 'a;
 
+/// Rewards of a whole step's samples at once: (index of the prompt, response ids) per sample ->
+/// their rewards in order (an outside program's, [`crate::rl::reward_cmd`]).
+pub type BatchRewardFn<'a> = dyn Fn(&[(usize, &[u32])]) -> Result<Vec<f32>> + 'a;
+
 /// Where rewards come from.
 pub enum RewardSource<'a, B: Backend> {
     /// a reward model's score of prompt + response
     Model(&'a Model<B>),
     /// a built-in function of the response
     Function(&'a RewardFn<'a>),
+    /// a function of the step's whole batch of samples
+    Batch(&'a BatchRewardFn<'a>),
 }
 
 pub struct GrpoModels<'a, B: Backend> {
@@ -329,7 +335,7 @@ pub fn run_grpo<B: Backend>(
     let vocab = policy.cfg().vocab_size;
     let rm = match &reward {
         RewardSource::Model(m) => Some(*m),
-        RewardSource::Function(_) => None,
+        RewardSource::Function(_) | RewardSource::Batch(_) => None,
     };
     let rm_vocab = rm.map_or(vocab, |m| m.cfg().vocab_size);
     if reference.cfg().vocab_size != vocab || rm_vocab != vocab {
@@ -443,7 +449,7 @@ pub fn run_grpo<B: Backend>(
             be.matmul(&mut dev.seq_kl, &dev.kl, &dev.ones, MatmulParams::new(b, 1, t, false, false))
         };
         let mut model_scores = || match (&reward, rm_scorer.as_mut(), rm) {
-            (RewardSource::Function(_), _, _) => Ok(()),
+            (RewardSource::Function(_) | RewardSource::Batch(_), _, _) => Ok(()),
             (RewardSource::Model(_), Some(sc), Some(m)) => sc.score_on_device(be, m, &seqs, pad).map(|_| ()),
             _ => Err(Error::invalid("a reward model source without its scorer")),
         };
@@ -455,6 +461,14 @@ pub fn run_grpo<B: Backend>(
         let (scores, score_slot) = match (&reward, rm_scorer.as_ref()) {
             // the host's reward function ran while the device worked
             (RewardSource::Function(f), _) => (Some(seq_prompt.iter().zip(&responses).map(|(&i, r)| f(i, r)).collect::<Vec<f32>>()), None),
+            (RewardSource::Batch(f), _) => {
+                let samples: Vec<(usize, &[u32])> = seq_prompt.iter().zip(&responses).map(|(&i, r)| (i, r.as_slice())).collect();
+                let rewards = f(&samples)?;
+                if rewards.len() != b {
+                    return Err(Error::invalid(format!("the reward function gave {} rewards for {b} samples", rewards.len())));
+                }
+                (Some(rewards), None)
+            }
             (RewardSource::Model(_), Some(sc)) => (None, Some(readout.push_prefix(be, sc.scores(), b)?)),
             (RewardSource::Model(_), None) => return Err(Error::invalid("a reward model source without its scorer")),
         };

@@ -9,3 +9,4 @@ mod config;
 mod demo;
 mod demo_dpo;
 mod demo_methods;
+mod reward_cmd;

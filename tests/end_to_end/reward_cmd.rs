@@ -1,0 +1,104 @@
+//! `rlhf grpo --reward-cmd`: rewards from an outside program over JSONL on its stdin/stdout.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn rlhf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().expect("running rlhf")
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+fn ok(out: &Output, what: &str) {
+    assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A policy to start from (one SFT step of the tiny preset) and a prompt file whose lines carry
+/// an `answer` and an `id` besides the prompt.
+fn policy_and_prompts(dir: &Path) -> (PathBuf, PathBuf) {
+    let data = dir.join("data.jsonl");
+    std::fs::write(&data, "{\"prompt\": \"2+2=\", \"completion\": \"4\"}\n{\"prompt\": \"3+1=\", \"completion\": \"4\"}\n").unwrap();
+    let base = dir.join("base");
+    ok(&rlhf(&["sft", "--init", "gpt2-tiny", "--data", s(&data), "--out", s(&base), "--steps", "1", "--seq-len", "16"]), "sft");
+    let prompts = dir.join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"2+2=\", \"answer\": \"4\", \"id\": 1}\n{\"messages\": [{\"role\": \"user\", \"content\": \"1+5=\"}], \"answer\": \"6\", \"id\": 2}\n").unwrap();
+    (base, prompts)
+}
+
+fn grpo_args<'a>(base: &'a Path, prompts: &'a Path, out: &'a Path, cmd: &'a str) -> Vec<&'a str> {
+    vec![
+        "grpo", "--model", s(base), "--prompts", s(prompts), "--out", s(out), "--reward-cmd", cmd, "--steps", "2", "--prompts-per-step", "2",
+        "--group-size", "2", "--max-new-tokens", "6", "--seed", "5",
+    ]
+}
+
+#[test]
+fn grpo_trains_on_an_outside_programs_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, prompts) = policy_and_prompts(dir.path());
+    // the program logs every request and answers a function of the completion
+    let script = dir.path().join("reward.py");
+    std::fs::write(
+        &script,
+        "import json, sys\nlog = open(sys.argv[1], 'a')\nfor line in sys.stdin:\n    log.write(line); log.flush()\n    r = len(json.loads(line)['completion']) % 5 / 4\n    print(json.dumps({'reward': r}) if r > 0.5 else r, flush=True)\n",
+    )
+    .unwrap();
+    let log = dir.path().join("requests.jsonl");
+    let cmd = format!("python3 {} {}", s(&script), s(&log));
+    let out = dir.path().join("grpo");
+    ok(&rlhf(&grpo_args(&base, &prompts, &out, &cmd)), "grpo --reward-cmd");
+    let requests: Vec<Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(requests.len(), 2 * 2 * 2, "one request per sample: 2 steps x 2 prompts x 2 samples");
+    for r in &requests {
+        assert!(r["prompt"].is_string() && r["completion"].is_string() && r["answer"].is_string() && r["id"].is_number(), "{r}");
+    }
+    // the line given as messages gets its prompt as text; its other fields travel as they are
+    assert!(requests.iter().any(|r| r["id"] == 2 && r["messages"].is_array() && r["prompt"].as_str().unwrap().contains("1+5=")));
+    // each step's logged reward is the mean of the program's answers to that step's samples
+    let metrics: Vec<Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (step, m) in metrics.iter().enumerate() {
+        let answers: Vec<f64> =
+            requests[step * 4..step * 4 + 4].iter().map(|r| (r["completion"].as_str().unwrap().chars().count() % 5) as f64 / 4.0).collect();
+        let mean = answers.iter().sum::<f64>() / 4.0;
+        assert!((m["reward_mean"].as_f64().unwrap() - mean).abs() < 1e-6, "step {}: {} vs the program's {mean}", step + 1, m["reward_mean"]);
+    }
+}
+
+#[test]
+fn a_reward_program_that_fails_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, prompts) = policy_and_prompts(dir.path());
+    let run = |name: &str, cmd: &str| rlhf(&grpo_args(&base, &prompts, &dir.path().join(name), cmd));
+    let out = run("bad", "while read l; do echo great; done");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("answer line 1 (to request 1 of this batch)") && err.contains("\"great\""), "{err}");
+    let out = run("crash", "read l; exit 7");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("closed its output after 0 of this batch's 4 answers") && err.contains("exit status: 7"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn the_math_answer_example_checks_the_last_number() {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/rewards/math_answer.py");
+    let mut child = Command::new("python3")
+        .arg(&script)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3");
+    use std::io::Write;
+    let requests = [
+        r#"{"prompt": "2+2=", "answer": "4", "completion": "it is 4"}"#,
+        r#"{"prompt": "2+2=", "answer": "4", "completion": "3, no: 4.0"}"#,
+        r#"{"prompt": "2+2=", "answer": 4, "completion": "5"}"#,
+        r#"{"prompt": "2+2=", "completion": "4"}"#,
+    ];
+    child.stdin.take().unwrap().write_all((requests.join("\n") + "\n").as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let rewards: Vec<f64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["reward"].as_f64().unwrap()).collect();
+    assert_eq!(rewards, [1.0, 1.0, 0.0, 0.0]);
+}
