@@ -7,7 +7,7 @@ use rlhf::backend::{Backend, MatmulPrecision, Precision};
 use rlhf::data::tokenizer::Tokenizer;
 use rlhf::model::config::PRESETS;
 use rlhf::model::{Model, ModelConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
 pub enum BackendKind {
@@ -111,5 +111,34 @@ pub fn load_source<B: Backend>(be: &B, src: &ModelSource, seed: u64, reward: boo
             Ok((model, tok))
         }
         _ => bail!("give either --model DIR or --init PRESET (presets: {})", PRESETS.join(", ")),
+    }
+}
+
+/// `--reward-cmd` and its timeout (`rlhf ppo`, `rlhf grpo`).
+#[derive(Args, Debug, Clone)]
+pub struct RewardCmdArgs {
+    /// Rewards from a program (run with `sh -c`, kept running): one JSON request per sample on
+    /// its stdin (the prompt line's fields plus "completion"), one answer line per request on its
+    /// stdout, in order: a number or {"reward": x}
+    #[arg(long, value_name = "CMD")]
+    pub reward_cmd: Option<String>,
+    /// Seconds the --reward-cmd program has to answer a step's batch
+    #[arg(long, default_value_t = 600.0, value_name = "SECS")]
+    pub reward_timeout: f64,
+}
+
+impl RewardCmdArgs {
+    /// The running program for the prompts read from `path` (`prompts` tokenized), when
+    /// `--reward-cmd` is given.
+    pub fn start<'t>(
+        &self,
+        path: &Path,
+        prompts: &[Vec<u32>],
+        tok: &'t Tokenizer,
+    ) -> anyhow::Result<Option<rlhf::rl::reward_cmd::PromptReward<'t>>> {
+        let Some(cmd) = &self.reward_cmd else { return Ok(None) };
+        let secs = self.reward_timeout;
+        anyhow::ensure!(secs > 0.0 && secs.is_finite() && secs < 1e9, "--reward-timeout must be a positive number of seconds, got {secs}");
+        Ok(Some(rlhf::rl::reward_cmd::PromptReward::start(cmd, std::time::Duration::from_secs_f64(secs), path, prompts, tok)?))
     }
 }

@@ -10,7 +10,6 @@ use rlhf::data::tokenizer::Tokenizer;
 use rlhf::model::{Model, ModelConfig};
 use rlhf::rl::advantage_estimators::Estimator;
 use rlhf::rl::grpo::{run_grpo, GrpoConfig, GrpoModels, KlPlacement, LossAgg, RewardSource};
-use rlhf::rl::reward_cmd::RewardProcess;
 use rlhf::rl::reward_fns::{exact_match, load_answers, RewardFnKind};
 use rlhf::train::AdamWConfig;
 use std::path::PathBuf;
@@ -44,14 +43,8 @@ pub struct GrpoArgs {
     /// Built-in reward function: oracle (the demo task's) or exact-match (against each line's "answer")
     #[arg(long, conflicts_with = "reward_cmd")]
     pub reward_fn: Option<String>,
-    /// Rewards from a program (run with `sh -c`, kept running): one JSON request per sample on
-    /// its stdin (the prompt line's fields plus "completion"), one answer line per request on its
-    /// stdout, in order: a number or {"reward": x}
-    #[arg(long, value_name = "CMD")]
-    pub reward_cmd: Option<String>,
-    /// Seconds the --reward-cmd program has to answer a step's batch
-    #[arg(long, default_value_t = 600.0, value_name = "SECS")]
-    pub reward_timeout: f64,
+    #[command(flatten)]
+    pub program: crate::cli::RewardCmdArgs,
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
     /// Prompts per step (each sampled --group-size times)
@@ -165,7 +158,7 @@ pub fn cmd_grpo<B: Backend>(be: &B, a: &GrpoArgs) -> Result<()> {
     let cfg = grpo_config(a, be.name())?;
     const NO_SOURCE: &str = "give a reward source: --reward-model DIR, --reward-fn oracle|exact-match or --reward-cmd CMD";
     let reward_fn = match (&a.reward_model, &a.reward_fn) {
-        (None, None) if a.reward_cmd.is_none() => bail!(NO_SOURCE),
+        (None, None) if a.program.reward_cmd.is_none() => bail!(NO_SOURCE),
         (None, None) => None,
         (_, Some(name)) => Some(RewardFnKind::parse(name)?),
         (Some(_), None) => None,
@@ -199,33 +192,8 @@ pub fn cmd_grpo<B: Backend>(be: &B, a: &GrpoArgs) -> Result<()> {
     let decode = |r: &[u32]| tok.decode_with(r, true).unwrap_or_default();
     let oracle_fn = |_: usize, r: &[u32]| rlhf::demo::task::oracle_score(&decode(r));
     let exact_fn = |i: usize, r: &[u32]| exact_match(&decode(r), &answers[i]);
-    let program = match &a.reward_cmd {
-        Some(cmd) => {
-            if !(a.reward_timeout > 0.0 && a.reward_timeout.is_finite()) {
-                bail!("--reward-timeout must be a positive number of seconds, got {}", a.reward_timeout);
-            }
-            let lines = rlhf::data::jsonl::read_jsonl_objects(&a.prompts)?;
-            let process = RewardProcess::start(cmd, std::time::Duration::from_secs_f64(a.reward_timeout))?;
-            Some((std::cell::RefCell::new(process), lines))
-        }
-        None => None,
-    };
-    // a request per sample: its prompt line's fields, the prompt as text and the completion
-    let cmd_fn = |samples: &[(usize, &[u32])]| -> rlhf::error::Result<Vec<f32>> {
-        let (process, lines) = program.as_ref().expect("only used with --reward-cmd");
-        let requests: Vec<_> = samples
-            .iter()
-            .map(|&(i, r)| {
-                let mut req = lines[i].1.clone();
-                if !matches!(req.get("prompt"), Some(serde_json::Value::String(_))) {
-                    req.insert("prompt".into(), tok.decode_with(&prompts[i], true).unwrap_or_default().into());
-                }
-                req.insert("completion".into(), decode(r).into());
-                req
-            })
-            .collect();
-        process.borrow_mut().score(&requests)
-    };
+    let program = a.program.start(&a.prompts, &prompts, &tok)?;
+    let cmd_fn = |samples: &[(usize, &[u32])]| program.as_ref().expect("only used with --reward-cmd").score(samples);
     let reward = match (reward_fn, reward_model.as_ref()) {
         (Some(RewardFnKind::Oracle), _) => RewardSource::Function(&oracle_fn),
         (Some(RewardFnKind::ExactMatch), _) => RewardSource::Function(&exact_fn),

@@ -166,7 +166,7 @@ fn training_run(command: &mut Command) -> Option<(&Path, &mut RunControl, Vec<Pa
         Command::Ppo(a) => Some((
             &a.out,
             &mut a.run,
-            inputs(&[Some(&a.policy), a.reference.as_ref(), Some(&a.reward_model), a.value_model.as_ref()]),
+            inputs(&[Some(&a.policy), a.reference.as_ref(), a.reward_model.as_ref(), a.value_model.as_ref()]),
         )),
         Command::Dpo(a) => Some((&a.train.out, &mut a.train.control, inputs(&[Some(&a.model), a.ref_model.as_ref()]))),
         Command::Grpo(a) => Some((&a.out, &mut a.run, inputs(&[Some(&a.model), a.ref_model.as_ref(), a.reward_model.as_ref()]))),

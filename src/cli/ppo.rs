@@ -19,8 +19,10 @@ pub struct PpoArgs {
     #[arg(long)]
     pub reference: Option<PathBuf>,
     /// The reward model (as `rlhf rm` saves it)
-    #[arg(long)]
-    pub reward_model: PathBuf,
+    #[arg(long, required_unless_present = "reward_cmd", conflicts_with = "reward_cmd")]
+    pub reward_model: Option<PathBuf>,
+    #[command(flatten)]
+    pub program: crate::cli::RewardCmdArgs,
     /// The value model's starting point (default: the reward model, as in InstructGPT)
     #[arg(long, conflicts_with = "value_head")]
     pub value_model: Option<PathBuf>,
@@ -140,25 +142,42 @@ pub fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         bail!("--max-grad-norm must be a non-negative number");
     }
     let tok = Tokenizer::load(&a.policy)?;
-    let reward_tok = Tokenizer::load(&a.reward_model)?;
-    if reward_tok.vocab_size() != tok.vocab_size() || reward_tok.eos_id() != tok.eos_id() {
-        bail!(
-            "the reward model's tokenizer ({} tokens) differs from the policy's ({} tokens): PPO needs one tokenizer",
-            reward_tok.vocab_size(),
-            tok.vocab_size()
-        );
+    if let Some(dir) = &a.reward_model {
+        let reward_tok = Tokenizer::load(dir)?;
+        if reward_tok.vocab_size() != tok.vocab_size() || reward_tok.eos_id() != tok.eos_id() {
+            bail!(
+                "the reward model's tokenizer ({} tokens) differs from the policy's ({} tokens): PPO needs one tokenizer",
+                reward_tok.vocab_size(),
+                tok.vocab_size()
+            );
+        }
+        if !ModelConfig::load(dir)?.score_head {
+            bail!("{}: config.json does not describe a reward model (architectures *ForSequenceClassification); train one with `rlhf rm`", dir.display());
+        }
     }
+    let value_from = match (a.value_head, a.value_model.as_ref().or(a.reward_model.as_ref())) {
+        (true, _) => None,
+        (false, Some(dir)) => Some(dir),
+        (false, None) => bail!("--reward-cmd gives no reward model to start the value model from: give --value-model DIR (a reward model folder) or --value-head"),
+    };
     let mut policy = Model::load(be, &a.policy)?;
     let reference = Model::load(be, a.reference.as_ref().unwrap_or(&a.policy))?.into_frozen();
-    if !ModelConfig::load(&a.reward_model)?.score_head {
-        bail!(
-            "{}: config.json does not describe a reward model (architectures *ForSequenceClassification); train one with `rlhf rm`",
-            a.reward_model.display()
-        );
-    }
-    let reward = Model::load_reward(be, &a.reward_model, a.seed)?.into_frozen();
-    let mut value = if a.value_head { None } else { Some(Model::load_reward(be, a.value_model.as_ref().unwrap_or(&a.reward_model), a.seed)?) };
-    let prompts = rlhf::data::jsonl::load_prompts_jsonl(&a.prompts, &tok, policy.cfg().max_positions.min(reward.cfg().max_positions))?;
+    let reward_model = match &a.reward_model {
+        Some(dir) => Some(Model::load_reward(be, dir, a.seed)?.into_frozen()),
+        None => None,
+    };
+    let mut value = match value_from {
+        Some(dir) => Some(Model::load_reward(be, dir, a.seed)?),
+        None => None,
+    };
+    let context = policy.cfg().max_positions.min(reward_model.as_ref().map_or(usize::MAX, |m| m.cfg().max_positions));
+    let prompts = rlhf::data::jsonl::load_prompts_jsonl(&a.prompts, &tok, context)?;
+    let program = a.program.start(&a.prompts, &prompts, &tok)?;
+    let cmd_fn = |samples: &[(usize, &[u32])]| program.as_ref().expect("only used with --reward-cmd").score(samples);
+    let reward = match &reward_model {
+        Some(m) => rlhf::rl::grpo::RewardSource::Model(m),
+        None => rlhf::rl::grpo::RewardSource::Batch(&cmd_fn),
+    };
     let ptx = match &a.ptx_data {
         Some(path) => {
             if !(a.ptx_coef > 0.0 && a.ptx_coef.is_finite()) {
@@ -177,11 +196,11 @@ pub fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         policy.cfg().num_params() as f64 / 1e6,
         be.name()
     );
-    let models = rlhf::rl::ppo::PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: value.as_mut() };
+    let models = rlhf::rl::ppo::PpoModels { policy: &mut policy, reference: &reference, reward, value: value.as_mut() };
     let reports = rlhf::rl::ppo::run_ppo(be, models, &tok, &prompts, &cfg, ptx, None)?;
     let (first, last) = (reports.first(), reports.last());
     println!(
-        "ppo done: reward-model score {:.3} -> {:.3}, KL to the reference {:.3} (last step); policy and metrics.jsonl in {}",
+        "ppo done: reward {:.3} -> {:.3}, KL to the reference {:.3} (last step); policy and metrics.jsonl in {}",
         first.map_or(f32::NAN, |r| r.score_mean),
         last.map_or(f32::NAN, |r| r.score_mean),
         last.map_or(f32::NAN, |r| r.kl_k1),

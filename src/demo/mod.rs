@@ -246,7 +246,7 @@ fn run_demo_ppo<B: Backend>(
         control: crate::train::resume::RunControl::replacing(),
     };
     let oracle = |_: &[u32], r: &[u32]| tok.decode_with(r, true).map(|s| task::oracle_score(&s)).unwrap_or(0.0);
-    let models = PpoModels { policy: &mut policy, reference, reward, value: Some(&mut value) };
+    let models = PpoModels { policy: &mut policy, reference, reward: crate::rl::grpo::RewardSource::Model(reward), value: Some(&mut value) };
     let reports = run_ppo(be, models, tok, &train_prompts, &ppo_cfg, None, Some(&oracle))?;
     Ok((policy, reports))
 }

@@ -21,6 +21,7 @@ use crate::rl::running_stats::mean_std;
 use crate::rl::kl_controller::KlController;
 use crate::rl::policy_update::{PpoStats, PpoUpdate, StepTensors, ValueHead};
 use crate::rl::step_readout::StepReadout;
+use crate::rl::grpo::RewardSource;
 use crate::rl::reward::RewardTrainer;
 use crate::rl::rollout_batch::{pack_rollouts, PackedRollouts};
 use crate::rl::running_stats::RunningMoments;
@@ -260,10 +261,12 @@ impl<B: Backend> StepScratch<B> {
 
 /// The models PPO works with. The reference is the frozen SFT model; the value model is
 /// initialised from the reward model (InstructGPT), or replaced by a value head on the policy.
+/// The rewards come from a reward model, or from a host function of the samples (an outside
+/// program's, `--reward-cmd`).
 pub struct PpoModels<'a, B: Backend> {
     pub policy: &'a mut Model<B>,
     pub reference: &'a Model<B>,
-    pub reward: &'a Model<B>,
+    pub reward: RewardSource<'a, B>,
     /// a separate value model, or `None` for a value head on the policy's trunk
     pub value: Option<&'a mut Model<B>>,
 }
@@ -297,16 +300,21 @@ pub fn run_ppo<B: Backend>(
     }
     let vocab = policy.cfg().vocab_size;
     let value_vocab = value.as_ref().map_or(vocab, |v| v.cfg().vocab_size);
-    if reference.cfg().vocab_size != vocab || reward.cfg().vocab_size != vocab || value_vocab != vocab {
+    let rm = match &reward {
+        RewardSource::Model(m) => Some(*m),
+        RewardSource::Function(_) | RewardSource::Batch(_) => None,
+    };
+    let rm_vocab = rm.map_or(vocab, |m| m.cfg().vocab_size);
+    if reference.cfg().vocab_size != vocab || rm_vocab != vocab || value_vocab != vocab {
         return Err(Error::invalid(format!(
             "the policy, reference, reward and value models must share a vocabulary (sizes {}, {}, {}, {})",
             vocab,
             reference.cfg().vocab_size,
-            reward.cfg().vocab_size,
+            rm_vocab,
             value_vocab
         )));
     }
-    let context = policy.cfg().max_positions.min(reward.cfg().max_positions).min(value.as_ref().map_or(usize::MAX, |v| v.cfg().max_positions));
+    let context = policy.cfg().max_positions.min(rm.map_or(usize::MAX, |m| m.cfg().max_positions)).min(value.as_ref().map_or(usize::MAX, |v| v.cfg().max_positions));
     let longest_prompt = prompts.iter().map(Vec::len).max().unwrap_or(0);
     if longest_prompt + 1 >= context {
         return Err(Error::invalid(format!("a prompt of {longest_prompt} tokens leaves no room for a response in the context of {context}")));
@@ -315,7 +323,9 @@ pub fn run_ppo<B: Backend>(
     let b = cfg.rollout_batch;
     let pad = tokenizer.pad_or_default();
     let mut scorer = SequenceScorer::new(be, policy, b, max_len).map_err(Error::sized_by(format!("--rollout-batch {b} x {max_len} tokens")))?;
-    let mut rm_scorer = RewardTrainer::scorer(be, reward, b, max_len)?;
+    let mut rm_scorer = rm.map(|m| RewardTrainer::scorer(be, m, b, max_len)).transpose()?;
+    // a host reward function's scores, uploaded
+    let mut host_scores = be.alloc(b)?;
     let mb_seqs = cfg.mini_batch.min(b).max(cfg.ptx_batch_size * usize::from(ptx_batcher.is_some()));
     let mut update = PpoUpdate::new(be, policy, value.as_deref(), mb_seqs, max_len, cfg.optim)?;
     if value.is_none() {
@@ -372,11 +382,13 @@ pub fn run_ppo<B: Backend>(
         // ---- rollout ----
         let t0 = Instant::now();
         let mut batch_prompts = Vec::with_capacity(b);
+        let mut batch_idx = Vec::with_capacity(b);
         for _ in 0..b {
             if run.cursor == run.order.len() {
                 run.rng.shuffle(&mut run.order);
                 run.cursor = 0;
             }
+            batch_idx.push(run.order[run.cursor]);
             batch_prompts.push(&prompts[run.order[run.cursor]]);
             run.cursor += 1;
         }
@@ -426,17 +438,38 @@ pub fn run_ppo<B: Backend>(
                 None => Ok(()),
             }
         };
-        let mut reward_scores = || rm_scorer.score_on_device(be, reward, &seqs, pad).map(|_| ());
+        let mut reward_scores = || match (rm_scorer.as_mut(), rm) {
+            (Some(sc), Some(m)) => sc.score_on_device(be, m, &seqs, pad).map(|_| ()),
+            _ => Ok(()),
+        };
         be.concurrently(&mut [&mut logprobs_and_values, &mut reward_scores])?;
+        // a host function's rewards ran while the device worked
+        let host_rewards = match &reward {
+            RewardSource::Model(_) => None,
+            RewardSource::Function(f) => Some(batch_idx.iter().zip(&responses).map(|(&i, r)| f(i, r)).collect::<Vec<f32>>()),
+            RewardSource::Batch(f) => {
+                let samples: Vec<(usize, &[u32])> = batch_idx.iter().zip(&responses).map(|(&i, r)| (i, r.as_slice())).collect();
+                Some(f(&samples)?)
+            }
+        };
+        let step_scores: &B::Buf = match (host_rewards, rm_scorer.as_ref()) {
+            (Some(r), _) if r.len() != b => return Err(Error::invalid(format!("the reward function gave {} rewards for {b} samples", r.len()))),
+            (Some(r), _) => {
+                be.write(&mut host_scores, &r)?;
+                &host_scores
+            }
+            (None, Some(sc)) => sc.scores(),
+            (None, None) => return Err(Error::invalid("a reward model source without its scorer")),
+        };
         // the b scores: logged from the step's readout. With --reward-norm the device normalises
         // them by the running moments that include this batch (the host's moments of the earlier
         // batches as params); the host merges the batch into its moments after the read-back
-        let score_slot = readout.push_prefix(be, rm_scorer.scores(), b)?;
+        let score_slot = readout.push_prefix(be, step_scores, b)?;
         if cfg.reward_norm {
             let m = &run.reward_moments;
-            be.normalize_rewards(&mut dev.scores, rm_scorer.scores(), RewardNormParams::new(b, m.count, m.mean, m.m2))?;
+            be.normalize_rewards(&mut dev.scores, step_scores, RewardNormParams::new(b, m.count, m.mean, m.m2))?;
         } else {
-            be.copy(&mut dev.scores, rm_scorer.scores(), ElementwiseParams::new(b)?)?;
+            be.copy(&mut dev.scores, step_scores, ElementwiseParams::new(b)?)?;
         }
         let scoring_s = t1.elapsed().as_secs_f64();
 

@@ -11,8 +11,11 @@
 //! answered within the timeout is an error naming how many answers came. The process's stderr is
 //! the binary's own, so its messages reach the user.
 
+use crate::data::tokenizer::Tokenizer;
 use crate::error::{Error, Result};
 use serde_json::{Map, Value};
+use std::cell::RefCell;
+use std::path::Path;
 use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
@@ -130,6 +133,45 @@ impl Drop for RewardProcess {
         }
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// An outside program as the reward of the prompts of a JSONL file (`--reward-cmd` of `rlhf ppo`
+/// and `rlhf grpo`): a sample's request is its prompt line's fields, `prompt` as text (the line's
+/// own, or its `messages` rendered as the policy saw them), and the decoded `completion`.
+pub struct PromptReward<'t> {
+    process: RefCell<RewardProcess>,
+    /// each prompt line's fields, with `prompt` as text
+    lines: Vec<Map<String, Value>>,
+    tok: &'t Tokenizer,
+}
+
+impl<'t> PromptReward<'t> {
+    /// Starts `cmd` for the prompts read from `path` (`prompts[i]` is line `i`'s, tokenized).
+    pub fn start(cmd: &str, timeout: Duration, path: &Path, prompts: &[Vec<u32>], tok: &'t Tokenizer) -> Result<Self> {
+        let mut lines: Vec<Map<String, Value>> = crate::data::jsonl::read_jsonl_objects(path)?.into_iter().map(|(_, obj)| obj).collect();
+        if lines.len() != prompts.len() {
+            return Err(Error::file(path, format!("{} prompt lines but {} prompts", lines.len(), prompts.len())));
+        }
+        for (line, ids) in lines.iter_mut().zip(prompts) {
+            if !matches!(line.get("prompt"), Some(Value::String(_))) {
+                line.insert("prompt".into(), tok.decode_with(ids, true).unwrap_or_default().into());
+            }
+        }
+        Ok(PromptReward { process: RefCell::new(RewardProcess::start(cmd, timeout)?), lines, tok })
+    }
+
+    /// The rewards of `(prompt index, response ids)` samples, in order.
+    pub fn score(&self, samples: &[(usize, &[u32])]) -> Result<Vec<f32>> {
+        let requests: Vec<Map<String, Value>> = samples
+            .iter()
+            .map(|&(i, response)| {
+                let mut req = self.lines[i].clone();
+                req.insert("completion".into(), self.tok.decode_with(response, true).unwrap_or_default().into());
+                req
+            })
+            .collect();
+        self.process.borrow_mut().score(&requests)
     }
 }
 

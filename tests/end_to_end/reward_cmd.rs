@@ -102,3 +102,30 @@ fn the_math_answer_example_checks_the_last_number() {
     let rewards: Vec<f64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["reward"].as_f64().unwrap()).collect();
     assert_eq!(rewards, [1.0, 1.0, 0.0, 0.0]);
 }
+
+#[test]
+fn ppo_trains_on_an_outside_programs_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, prompts) = policy_and_prompts(dir.path());
+    let log = dir.path().join("requests.jsonl");
+    let cmd = format!("tee -a {} | while read l; do echo 0.25; done", s(&log));
+    let out = dir.path().join("ppo");
+    let args = |out: &Path, cmd: &str, value: &'static str| -> Output {
+        let mut v = vec!["ppo", "--policy", s(&base), "--prompts", s(&prompts), "--out", s(out), "--reward-cmd", cmd];
+        v.extend(["--steps", "2", "--rollout-batch", "3", "--mini-batch", "3", "--max-new-tokens", "5", "--seed", "2"]);
+        if !value.is_empty() {
+            v.push(value);
+        }
+        rlhf(&v)
+    };
+    ok(&args(&out, &cmd, "--value-head"), "ppo --reward-cmd --value-head");
+    let requests: Vec<Value> = std::fs::read_to_string(&log).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(requests.len(), 2 * 3, "one request per sample: 2 steps x a rollout batch of 3");
+    assert!(requests.iter().all(|r| r["completion"].is_string() && r["answer"].is_string()));
+    let metrics: Vec<Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert!(metrics.iter().all(|m| (m["reward_mean"].as_f64().unwrap() - 0.25).abs() < 1e-6), "{metrics:?}");
+    // no reward model to start a value model from
+    let out = args(&dir.path().join("novalue"), "echo 1", "");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("--value-model DIR") && err.contains("--value-head"), "{err}");
+}

@@ -78,7 +78,7 @@ fn ppo_downloads(dir: &Path, steps: usize, reward_norm: bool) -> usize {
     let mut value = Model::init(&be, rm, 2).unwrap();
     let cfg = PpoConfig { reward_norm, ..ppo_config(&dir.join(format!("ppo-{steps}-{reward_norm}")), steps) };
     let start = be.downloads();
-    let models = PpoModels { policy: &mut policy, reference: &reference, reward: &reward, value: Some(&mut value) };
+    let models = PpoModels { policy: &mut policy, reference: &reference, reward: RewardSource::Model(&reward), value: Some(&mut value) };
     let reports = run_ppo(&be, models, &tok, &prompts(&tok), &cfg, None, None).unwrap();
     assert_eq!(reports.len(), steps);
     assert!(reports.iter().all(|r| r.response_len == 1.0), "every response is one token: one rollout read-back");
