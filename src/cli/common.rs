@@ -114,31 +114,41 @@ pub fn load_source<B: Backend>(be: &B, src: &ModelSource, seed: u64, reward: boo
     }
 }
 
-/// `--reward-cmd` and its timeout (`rlhf ppo`, `rlhf grpo`).
+/// `--reward-cmd` / `--reward-url` and their timeout (`rlhf ppo`, `rlhf grpo`).
 #[derive(Args, Debug, Clone)]
 pub struct RewardCmdArgs {
     /// Rewards from a program (run with `sh -c`, kept running): one JSON request per sample on
     /// its stdin (the prompt line's fields plus "completion"), one answer line per request on its
     /// stdout, in order: a number or {"reward": x}
-    #[arg(long, value_name = "CMD")]
+    #[arg(long, value_name = "CMD", conflicts_with = "reward_url")]
     pub reward_cmd: Option<String>,
-    /// Seconds the --reward-cmd program has to answer a step's batch
+    /// Rewards from an HTTP endpoint (OpenRLHF's remote reward model): one POST per batch of
+    /// {"query", "prompts", "labels", "requests"}, answered by {"rewards": [...]}
+    #[arg(long, value_name = "URL")]
+    pub reward_url: Option<String>,
+    /// Seconds the --reward-cmd program or the --reward-url endpoint has to answer a batch
     #[arg(long, default_value_t = 600.0, value_name = "SECS")]
     pub reward_timeout: f64,
 }
 
 impl RewardCmdArgs {
-    /// The running program for the prompts read from `path` (`prompts` tokenized), when
-    /// `--reward-cmd` is given.
-    pub fn start<'t>(
-        &self,
-        path: &Path,
-        prompts: &[Vec<u32>],
-        tok: &'t Tokenizer,
-    ) -> anyhow::Result<Option<rlhf::rl::reward_cmd::PromptReward<'t>>> {
-        let Some(cmd) = &self.reward_cmd else { return Ok(None) };
+    /// Whether an outside reward is given.
+    pub fn given(&self) -> bool {
+        self.reward_cmd.is_some() || self.reward_url.is_some()
+    }
+
+    /// The outside reward for the prompts read from `path` (`prompts` tokenized), when
+    /// `--reward-cmd` or `--reward-url` is given.
+    pub fn start<'t>(&self, path: &Path, prompts: &[Vec<u32>], tok: &'t Tokenizer) -> anyhow::Result<Option<rlhf::rl::reward_cmd::PromptReward<'t>>> {
+        use rlhf::rl::reward_cmd::{PromptReward, RewardProcess, RewardTransport};
         let secs = self.reward_timeout;
         anyhow::ensure!(secs > 0.0 && secs.is_finite() && secs < 1e9, "--reward-timeout must be a positive number of seconds, got {secs}");
-        Ok(Some(rlhf::rl::reward_cmd::PromptReward::start(cmd, std::time::Duration::from_secs_f64(secs), path, prompts, tok)?))
+        let timeout = std::time::Duration::from_secs_f64(secs);
+        let transport = match (&self.reward_cmd, &self.reward_url) {
+            (Some(cmd), _) => RewardTransport::Process(std::cell::RefCell::new(RewardProcess::start(cmd, timeout)?)),
+            (None, Some(url)) => RewardTransport::Http(rlhf::rl::reward_url::RewardEndpoint::new(url, timeout)?),
+            (None, None) => return Ok(None),
+        };
+        Ok(Some(PromptReward::new(transport, path, prompts, tok)?))
     }
 }

@@ -38,10 +38,10 @@ pub struct GrpoArgs {
     #[arg(long)]
     pub no_std_scale: bool,
     /// Reward model (as `rlhf rm` saves it)
-    #[arg(long, conflicts_with_all = ["reward_fn", "reward_cmd"])]
+    #[arg(long, conflicts_with_all = ["reward_fn", "reward_cmd", "reward_url"])]
     pub reward_model: Option<PathBuf>,
     /// Built-in reward function: oracle (the demo task's) or exact-match (against each line's "answer")
-    #[arg(long, conflicts_with = "reward_cmd")]
+    #[arg(long, conflicts_with_all = ["reward_cmd", "reward_url"])]
     pub reward_fn: Option<String>,
     #[command(flatten)]
     pub program: crate::cli::RewardCmdArgs,
@@ -156,9 +156,9 @@ pub fn grpo_config(a: &GrpoArgs, backend: &str) -> Result<GrpoConfig> {
 
 pub fn cmd_grpo<B: Backend>(be: &B, a: &GrpoArgs) -> Result<()> {
     let cfg = grpo_config(a, be.name())?;
-    const NO_SOURCE: &str = "give a reward source: --reward-model DIR, --reward-fn oracle|exact-match or --reward-cmd CMD";
+    const NO_SOURCE: &str = "give a reward source: --reward-model DIR, --reward-fn oracle|exact-match, --reward-cmd CMD or --reward-url URL";
     let reward_fn = match (&a.reward_model, &a.reward_fn) {
-        (None, None) if a.program.reward_cmd.is_none() => bail!(NO_SOURCE),
+        (None, None) if !a.program.given() => bail!(NO_SOURCE),
         (None, None) => None,
         (_, Some(name)) => Some(RewardFnKind::parse(name)?),
         (Some(_), None) => None,
@@ -193,7 +193,7 @@ pub fn cmd_grpo<B: Backend>(be: &B, a: &GrpoArgs) -> Result<()> {
     let oracle_fn = |_: usize, r: &[u32]| rlhf::demo::task::oracle_score(&decode(r));
     let exact_fn = |i: usize, r: &[u32]| exact_match(&decode(r), &answers[i]);
     let program = a.program.start(&a.prompts, &prompts, &tok)?;
-    let cmd_fn = |samples: &[(usize, &[u32])]| program.as_ref().expect("only used with --reward-cmd").score(samples);
+    let cmd_fn = |samples: &[(usize, &[u32])]| program.as_ref().expect("only used with --reward-cmd or --reward-url").score(samples);
     let reward = match (reward_fn, reward_model.as_ref()) {
         (Some(RewardFnKind::Oracle), _) => RewardSource::Function(&oracle_fn),
         (Some(RewardFnKind::ExactMatch), _) => RewardSource::Function(&exact_fn),

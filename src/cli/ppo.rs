@@ -19,7 +19,7 @@ pub struct PpoArgs {
     #[arg(long)]
     pub reference: Option<PathBuf>,
     /// The reward model (as `rlhf rm` saves it)
-    #[arg(long, required_unless_present = "reward_cmd", conflicts_with = "reward_cmd")]
+    #[arg(long, required_unless_present_any = ["reward_cmd", "reward_url"], conflicts_with_all = ["reward_cmd", "reward_url"])]
     pub reward_model: Option<PathBuf>,
     #[command(flatten)]
     pub program: crate::cli::RewardCmdArgs,
@@ -158,7 +158,7 @@ pub fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
     let value_from = match (a.value_head, a.value_model.as_ref().or(a.reward_model.as_ref())) {
         (true, _) => None,
         (false, Some(dir)) => Some(dir),
-        (false, None) => bail!("--reward-cmd gives no reward model to start the value model from: give --value-model DIR (a reward model folder) or --value-head"),
+        (false, None) => bail!("an outside reward (--reward-cmd, --reward-url) gives no reward model to start the value model from: give --value-model DIR (a reward model folder) or --value-head"),
     };
     let mut policy = Model::load(be, &a.policy)?;
     let reference = Model::load(be, a.reference.as_ref().unwrap_or(&a.policy))?.into_frozen();
@@ -173,7 +173,7 @@ pub fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
     let context = policy.cfg().max_positions.min(reward_model.as_ref().map_or(usize::MAX, |m| m.cfg().max_positions));
     let prompts = rlhf::data::jsonl::load_prompts_jsonl(&a.prompts, &tok, context)?;
     let program = a.program.start(&a.prompts, &prompts, &tok)?;
-    let cmd_fn = |samples: &[(usize, &[u32])]| program.as_ref().expect("only used with --reward-cmd").score(samples);
+    let cmd_fn = |samples: &[(usize, &[u32])]| program.as_ref().expect("only used with --reward-cmd or --reward-url").score(samples);
     let reward = match &reward_model {
         Some(m) => rlhf::rl::grpo::RewardSource::Model(m),
         None => rlhf::rl::grpo::RewardSource::Batch(&cmd_fn),

@@ -1,7 +1,7 @@
 //! Training commands: supervised fine-tuning, reward models, PPO, the DPO family and the
 //! critic-free estimators (GRPO/RLOO/REINFORCE++: advantages from groups of samples per prompt in
 //! `advantage_estimators`, rewards from a reward model, a built-in function in `reward_fns` or an outside program in
-//! `reward_cmd`),
+//! `reward_cmd` / an HTTP endpoint in `reward_url`),
 //! and PPO's host-side pieces: the KL coefficient controller and running reward statistics.
 
 pub mod advantage_estimators;
@@ -14,6 +14,7 @@ pub mod ppo;
 pub mod policy_update;
 pub mod reward;
 pub mod reward_cmd;
+pub mod reward_url;
 pub mod reward_fns;
 pub mod rollout_batch;
 pub mod running_stats;

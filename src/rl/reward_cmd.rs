@@ -136,19 +136,28 @@ impl Drop for RewardProcess {
     }
 }
 
-/// An outside program as the reward of the prompts of a JSONL file (`--reward-cmd` of `rlhf ppo`
-/// and `rlhf grpo`): a sample's request is its prompt line's fields, `prompt` as text (the line's
-/// own, or its `messages` rendered as the policy saw them), and the decoded `completion`.
+/// Where [`PromptReward`] sends its requests.
+pub enum RewardTransport {
+    /// a long-lived process (`--reward-cmd`)
+    Process(RefCell<RewardProcess>),
+    /// an HTTP endpoint (`--reward-url`)
+    Http(crate::rl::reward_url::RewardEndpoint),
+}
+
+/// An outside reward for the prompts of a JSONL file (`--reward-cmd` / `--reward-url` of `rlhf
+/// ppo` and `rlhf grpo`): a sample's request is its prompt line's fields, `prompt` as text (the
+/// line's own, or its `messages` rendered as the policy saw them), and the decoded `completion`.
 pub struct PromptReward<'t> {
-    process: RefCell<RewardProcess>,
+    transport: RewardTransport,
     /// each prompt line's fields, with `prompt` as text
     lines: Vec<Map<String, Value>>,
     tok: &'t Tokenizer,
 }
 
 impl<'t> PromptReward<'t> {
-    /// Starts `cmd` for the prompts read from `path` (`prompts[i]` is line `i`'s, tokenized).
-    pub fn start(cmd: &str, timeout: Duration, path: &Path, prompts: &[Vec<u32>], tok: &'t Tokenizer) -> Result<Self> {
+    /// Sends the requests for the prompts read from `path` (`prompts[i]` is line `i`'s, tokenized)
+    /// through `transport`.
+    pub fn new(transport: RewardTransport, path: &Path, prompts: &[Vec<u32>], tok: &'t Tokenizer) -> Result<Self> {
         let mut lines: Vec<Map<String, Value>> = crate::data::jsonl::read_jsonl_objects(path)?.into_iter().map(|(_, obj)| obj).collect();
         if lines.len() != prompts.len() {
             return Err(Error::file(path, format!("{} prompt lines but {} prompts", lines.len(), prompts.len())));
@@ -158,7 +167,7 @@ impl<'t> PromptReward<'t> {
                 line.insert("prompt".into(), tok.decode_with(ids, true).unwrap_or_default().into());
             }
         }
-        Ok(PromptReward { process: RefCell::new(RewardProcess::start(cmd, timeout)?), lines, tok })
+        Ok(PromptReward { transport, lines, tok })
     }
 
     /// The rewards of `(prompt index, response ids)` samples, in order.
@@ -171,7 +180,10 @@ impl<'t> PromptReward<'t> {
                 req
             })
             .collect();
-        self.process.borrow_mut().score(&requests)
+        match &self.transport {
+            RewardTransport::Process(p) => p.borrow_mut().score(&requests),
+            RewardTransport::Http(h) => h.score(&requests),
+        }
     }
 }
 

@@ -1,4 +1,5 @@
-//! `rlhf grpo --reward-cmd`: rewards from an outside program over JSONL on its stdin/stdout.
+//! `rlhf grpo|ppo --reward-cmd` (an outside program over JSONL on its stdin/stdout) and
+//! `--reward-url` (an HTTP endpoint, OpenRLHF's remote reward-model convention).
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
@@ -128,4 +129,104 @@ fn ppo_trains_on_an_outside_programs_rewards() {
     let out = args(&dir.path().join("novalue"), "echo 1", "");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("--value-model DIR") && err.contains("--value-head"), "{err}");
+}
+
+/// An HTTP server on 127.0.0.1 that answers each POST with `answer(body) -> (status, body)` (after
+/// `delay`); returns its URL and the JSON bodies it received.
+fn serve(delay: std::time::Duration, answer: impl Fn(&Value) -> (u16, String) + Send + 'static) -> (String, std::sync::Arc<std::sync::Mutex<Vec<Value>>>) {
+    use std::io::{BufRead, Read, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/score", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+            let (mut len, mut line) = (0usize, String::new());
+            loop {
+                line.clear();
+                if reader.read_line(&mut line).unwrap_or(0) == 0 || line.trim_end().is_empty() {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0u8; len];
+            if reader.read_exact(&mut body).is_err() {
+                continue;
+            }
+            let v: Value = serde_json::from_slice(&body).unwrap();
+            let (status, text) = answer(&v);
+            log.lock().unwrap().push(v);
+            std::thread::sleep(delay);
+            let _ = write!(stream, "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}", text.len());
+        }
+    });
+    (url, seen)
+}
+
+/// The test server's reward of a request: a function of its completion.
+fn length_reward(r: &Value) -> f64 {
+    (r["completion"].as_str().unwrap().chars().count() % 5) as f64 / 4.0
+}
+
+#[test]
+fn grpo_trains_on_an_http_endpoints_rewards() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, prompts) = policy_and_prompts(dir.path());
+    let (url, seen) = serve(std::time::Duration::ZERO, |body| {
+        let rewards: Vec<f64> = body["requests"].as_array().unwrap().iter().map(length_reward).collect();
+        (200, serde_json::json!({ "rewards": rewards }).to_string())
+    });
+    let out = dir.path().join("grpo");
+    let mut args = grpo_args(&base, &prompts, &out, "unused");
+    let at = args.iter().position(|a| *a == "--reward-cmd").unwrap();
+    args[at] = "--reward-url";
+    args[at + 1] = &url;
+    ok(&rlhf(&args), "grpo --reward-url");
+    let bodies = seen.lock().unwrap().clone();
+    assert_eq!(bodies.len(), 2, "one POST per step");
+    let metrics: Vec<Value> = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for (body, m) in bodies.iter().zip(&metrics) {
+        let requests = body["requests"].as_array().unwrap();
+        assert_eq!(requests.len(), 4);
+        for (i, r) in requests.iter().enumerate() {
+            // OpenRLHF's fields: the full text, the prompt and the label
+            let full = format!("{}{}", r["prompt"].as_str().unwrap(), r["completion"].as_str().unwrap());
+            assert_eq!(body["query"][i].as_str().unwrap(), full);
+            assert_eq!(body["prompts"][i], r["prompt"]);
+            assert_eq!(body["labels"][i], r["answer"]);
+        }
+        let mean = requests.iter().map(length_reward).sum::<f64>() / 4.0;
+        assert!((m["reward_mean"].as_f64().unwrap() - mean).abs() < 1e-6, "{} vs the server's {mean}", m["reward_mean"]);
+    }
+}
+
+#[test]
+fn an_http_endpoint_that_fails_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, prompts) = policy_and_prompts(dir.path());
+    let run = |name: &str, url: &str, timeout: &str| {
+        let out = dir.path().join(name);
+        let mut args = grpo_args(&base, &prompts, &out, "unused");
+        let at = args.iter().position(|a| *a == "--reward-cmd").unwrap();
+        args[at] = "--reward-url";
+        args[at + 1] = url;
+        args.extend(["--reward-timeout", timeout]);
+        let out = rlhf(&args);
+        let err = String::from_utf8_lossy(&out.stderr).to_string();
+        assert!(!out.status.success() && !err.contains("panicked"), "{err}");
+        err
+    };
+    let (url, _) = serve(std::time::Duration::ZERO, |_| (503, "model overloaded".into()));
+    let err = run("down", &url, "30");
+    assert!(err.contains(&url) && err.contains("HTTP 503") && err.contains("model overloaded"), "{err}");
+    let (url, _) = serve(std::time::Duration::ZERO, |_| (200, "{\"rewards\": [1, 2, 3]}".into()));
+    assert!(run("short", &url, "30").contains("3 rewards for a batch of 4"));
+    let (url, _) = serve(std::time::Duration::from_secs(20), |_| (200, "[1, 1, 1, 1]".into()));
+    let start = std::time::Instant::now();
+    assert!(run("slow", &url, "1").contains("no answer within 1 s"));
+    assert!(start.elapsed() < std::time::Duration::from_secs(15));
 }
