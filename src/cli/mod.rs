@@ -162,7 +162,7 @@ fn training_run(command: &mut Command) -> Option<(&Path, &mut RunControl, Vec<Pa
     }
     match command {
         Command::Sft(a) => Some((&a.train.out, &mut a.train.control, inputs(&[a.source.model.as_ref(), a.source.tokenizer.as_ref()]))),
-        Command::Rm(a) => Some((&a.out, &mut a.run, inputs(&[a.source.model.as_ref(), a.source.tokenizer.as_ref()]))),
+        Command::Rm(a) => Some((&a.out, &mut a.run, inputs(&[a.source.model.as_ref(), a.source.tokenizer.as_ref(), a.init_from.as_ref()]))),
         Command::Ppo(a) => Some((
             &a.out,
             &mut a.run,

@@ -13,6 +13,10 @@ pub struct RmArgs {
     /// The starting point: an SFT model folder (a score head is added), a reward model, or a preset
     #[command(flatten)]
     pub source: ModelSource,
+    /// Continue a reward model (as `rlhf rm` saves it: its trunk and score head) on new data, e.g.
+    /// old + new comparisons of the next round of labelling
+    #[arg(long, value_name = "RM_DIR", conflicts_with_all = ["model", "init"])]
+    pub init_from: Option<PathBuf>,
     /// JSONL with {"prompt", "chosen", "rejected"} or {"prompt", "ranked": [best, ..., worst]} lines
     #[arg(long)]
     pub data: PathBuf,
@@ -77,7 +81,20 @@ pub fn cmd_rm<B: Backend>(be: &B, a: &RmArgs) -> Result<()> {
     if !(a.weight_decay >= 0.0 && a.weight_decay.is_finite() && a.max_grad_norm >= 0.0 && a.max_grad_norm.is_finite()) {
         bail!("--weight-decay and --max-grad-norm must be non-negative numbers");
     }
-    let (mut model, tok) = load_source(be, &a.source, a.seed, true)?;
+    let (mut model, tok) = match &a.init_from {
+        Some(dir) => {
+            if !rlhf::model::ModelConfig::load(dir)?.score_head {
+                bail!(
+                    "--init-from {}: config.json does not describe a reward model (architectures *ForSequenceClassification); \
+                     to start a reward model from a language model use --model",
+                    dir.display()
+                );
+            }
+            let source = ModelSource { model: Some(dir.clone()), init: None, tokenizer: None };
+            load_source(be, &source, a.seed, true)?
+        }
+        None => load_source(be, &a.source, a.seed, true)?,
+    };
     let seq_len = a.seq_len.min(model.cfg().max_positions);
     let groups = rlhf::data::preference::load_preference_jsonl(&a.data, &tok, seq_len)?;
     let pairs: usize = groups.iter().map(|g| g.n_pairs()).sum();

@@ -356,6 +356,19 @@ fn rm_and_score_commands() {
         assert!(rows[1][key].is_number(), "rm metrics lack {key}");
     }
     assert!(rows[1]["eval_accuracy"].is_number());
+    // --init-from continues the reward model, score head included: at a negligible learning rate
+    // the continued model keeps its weights, while a score head added to a language model is new
+    let cont = dir.path().join("rm_continued");
+    let out = rlhf(&["rm", "--init-from", s(&out_dir), "--data", s(&data), "--out", s(&cont), "--steps", "1", "--lr", "1e-20", "--seq-len", "32"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let score_head = |d: &Path| -> Vec<u8> {
+        let bytes = std::fs::read(d.join("model.safetensors")).unwrap();
+        let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        st.tensor("score.weight").unwrap().data().to_vec()
+    };
+    assert_eq!(score_head(&cont), score_head(&out_dir), "--init-from keeps the score head");
+    let out = rlhf(&["rm", "--init-from", s(&fixture("qwen2")), "--data", s(&data), "--out", s(&dir.path().join("rm_from_lm")), "--steps", "1"]);
+    assert_fails_with(&out, &["--init-from", "not describe a reward model", "--model"]);
     let input = dir.path().join("score.jsonl");
     std::fs::write(&input, "{\"text\": \"q1: yes\"}\n{\"input_ids\": [3, 4, 5]}\n").unwrap();
     let out = rlhf(&["score", "--model", s(&out_dir), "--input", s(&input)]);
