@@ -5,7 +5,8 @@
 //! - [`data`]: tokenizers, JSONL datasets, chat templates, built-in corpora;
 //! - [`train`]: optimiser, learning-rate schedule, metrics;
 //! - [`generate`]: sampling with a KV cache;
-//! - [`rl`]: the training commands (SFT today).
+//! - [`rl`]: the training commands;
+//! - [`rating`]: Elo ratings of models from head-to-head outcomes.
 
 pub mod backend;
 pub mod data;
@@ -14,6 +15,7 @@ pub mod error;
 pub mod generate;
 pub mod io;
 pub mod model;
+pub mod rating;
 pub mod rl;
 pub mod train;
 

@@ -8,6 +8,7 @@ mod common;
 mod config_file;
 mod demo;
 mod dpo;
+mod elo;
 mod generate;
 mod grpo;
 mod info;
@@ -82,6 +83,8 @@ pub enum Command {
     Info,
     /// Measure training and forward tokens/s for a model size
     Bench(bench::BenchArgs),
+    /// Elo ratings of models from head-to-head outcomes (Bradley-Terry, bootstrap intervals)
+    Elo(elo::EloArgs),
 }
 
 impl Command {
@@ -99,6 +102,7 @@ impl Command {
             Command::Generate(_) => "generate",
             Command::Info => "info",
             Command::Bench(_) => "bench",
+            Command::Elo(_) => "elo",
         }
     }
 }
@@ -245,5 +249,6 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Generate(a) => with_backend!(&a.common, |be| generate::cmd_generate(&be, &a)),
         Command::Info => unreachable!("handled above"),
         Command::Bench(a) => with_backend!(&a.common, |be| bench::run_bench(&be, &a)),
+        Command::Elo(a) => elo::cmd_elo(&a),
     }
 }

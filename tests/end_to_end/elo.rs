@@ -1,0 +1,39 @@
+//! `rlhf elo`: ratings from head-to-head lines and labelled rankings, the table best first, the
+//! plot, and bad lines named.
+
+use std::process::Command;
+
+fn rlhf(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().expect("running rlhf")
+}
+
+#[test]
+fn elo_rates_models_best_first_with_a_plot() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("outcomes.jsonl");
+    // strong beats mid 3 of 4 and weak always; mid beats weak 3 of 4 (one tie); a ranking adds a game
+    let mut lines = Vec::new();
+    for i in 0..20 {
+        lines.push(format!("{{\"a\": \"strong\", \"b\": \"mid\", \"winner\": \"{}\"}}", if i % 4 == 0 { "b" } else { "a" }));
+        lines.push("{\"a\": \"weak\", \"b\": \"strong\", \"winner\": \"b\"}".to_string());
+        lines.push(format!("{{\"a\": \"mid\", \"b\": \"weak\", \"winner\": \"{}\"}}", ["a", "a", "tie", "b"][i % 4]));
+    }
+    lines.push("{\"prompt\": \"p\", \"ranked\": [\"x\", \"y\"], \"models\": [\"mid\", \"weak\"]}".to_string());
+    std::fs::write(&file, lines.join("\n") + "\n").unwrap();
+    let svg = dir.path().join("elo.svg");
+    let out = rlhf(&["elo", "--comparisons", file.to_str().unwrap(), "--bootstrap", "100", "--svg", svg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("3 models, 61 games"), "{text}");
+    let rank = |name: &str| text.lines().position(|l| l.starts_with("| ") && l.contains(&format!(" {name} |"))).unwrap();
+    assert!(rank("strong") < rank("mid") && rank("mid") < rank("weak"), "{text}");
+    // the win-rate matrix: strong scored 15 of its 20 games against mid
+    assert!(text.contains("| strong | - | 0.75 (20) |"), "{text}");
+    let plot = std::fs::read_to_string(&svg).unwrap();
+    assert_eq!(plot.matches("<circle").count(), 3);
+
+    std::fs::write(&file, "{\"a\": \"x\", \"b\": \"y\", \"winner\": \"a\"}\n{\"a\": \"x\", \"b\": \"y\", \"winner\": \"draw\"}\n").unwrap();
+    let out = rlhf(&["elo", "--comparisons", file.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("outcomes.jsonl:2") && err.contains("`winner`") && !err.contains("panicked"), "{err}");
+}
