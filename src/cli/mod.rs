@@ -5,6 +5,7 @@
 
 mod bench;
 mod common;
+mod compare;
 mod config_file;
 mod demo;
 mod dpo;
@@ -85,6 +86,8 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Elo ratings of models from head-to-head outcomes (Bradley-Terry, bootstrap intervals)
     Elo(elo::EloArgs),
+    /// Head-to-head outcomes of several models on a prompt set, judged by a reward model
+    Compare(compare::CompareArgs),
 }
 
 impl Command {
@@ -103,6 +106,7 @@ impl Command {
             Command::Info => "info",
             Command::Bench(_) => "bench",
             Command::Elo(_) => "elo",
+            Command::Compare(_) => "compare",
         }
     }
 }
@@ -250,5 +254,6 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Info => unreachable!("handled above"),
         Command::Bench(a) => with_backend!(&a.common, |be| bench::run_bench(&be, &a)),
         Command::Elo(a) => elo::cmd_elo(&a),
+        Command::Compare(a) => with_backend!(&a.common, |be| compare::cmd_compare(&be, &a)),
     }
 }

@@ -37,3 +37,34 @@ fn elo_rates_models_best_first_with_a_plot() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("outcomes.jsonl:2") && err.contains("`winner`") && !err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn compare_judges_models_head_to_head_for_elo() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::write(p("data.jsonl"), "{\"prompt\": \"hi \", \"completion\": \"there\"}\n{\"text\": \"a cat sat\"}\n").unwrap();
+    std::fs::write(p("prefs.jsonl"), "{\"prompt\": \"hi \", \"chosen\": \"there\", \"rejected\": \"no\"}\n").unwrap();
+    std::fs::write(p("prompts.jsonl"), "{\"prompt\": \"hi \"}\n{\"prompt\": \"a \"}\n{\"prompt\": \"the \"}\n").unwrap();
+    for (name, seed) in [("alpha", "1"), ("beta", "2")] {
+        let out = rlhf(&["sft", "--init", "gpt2-tiny", "--data", &p("data.jsonl"), "--out", &p(name), "--steps", "1", "--seq-len", "16", "--seed", seed]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = rlhf(&["rm", "--model", &p("alpha"), "--data", &p("prefs.jsonl"), "--out", &p("judge"), "--steps", "1", "--seq-len", "16", "--eval-fraction", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let models = format!("{},{}", p("alpha"), p("beta"));
+    let out = rlhf(&["compare", "--models", &models, "--prompts", &p("prompts.jsonl"), "--judge", &p("judge"), "--out", &p("games.jsonl"), "--max-new-tokens", "4"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let games: Vec<serde_json::Value> = std::fs::read_to_string(p("games.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(games.len(), 3, "one game per prompt for two models");
+    for g in &games {
+        assert_eq!((g["a"].as_str(), g["b"].as_str()), (Some("alpha"), Some("beta")));
+        let (sa, sb) = (g["score_a"].as_f64().unwrap(), g["score_b"].as_f64().unwrap());
+        let expected = if sa > sb { "a" } else if sb > sa { "b" } else { "tie" };
+        assert_eq!(g["winner"], expected, "{g}");
+    }
+    let out = rlhf(&["elo", "--comparisons", &p("games.jsonl"), "--bootstrap", "10"]);
+    assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("2 models, 3 games"), "{}", String::from_utf8_lossy(&out.stderr));
+    // one model is no comparison
+    let out = rlhf(&["compare", "--models", &p("alpha"), "--prompts", &p("prompts.jsonl"), "--judge", &p("judge"), "--out", &p("g2.jsonl")]);
+    assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at least two"));
+}
