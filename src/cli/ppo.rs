@@ -40,11 +40,17 @@ pub struct PpoArgs {
     /// Prompts sampled per step
     #[arg(long, default_value_t = 16)]
     pub rollout_batch: usize,
-    /// Sequences per optimiser step inside an epoch
-    #[arg(long, default_value_t = 8)]
-    pub mini_batch: usize,
-    #[arg(long, default_value_t = 4)]
-    pub ppo_epochs: usize,
+    /// The policy-gradient algorithm: ppo (clipped surrogate, --ppo-epochs passes over
+    /// minibatches) or a2c (advantage actor-critic: one gradient step per rollout over the whole
+    /// batch, no ratio or value clipping; the same rollout, critic and GAE)
+    #[arg(long, value_parser = ["ppo", "a2c"], default_value = "ppo")]
+    pub algo: String,
+    /// Sequences per optimiser step inside an epoch (default 8; a2c: the whole rollout batch)
+    #[arg(long)]
+    pub mini_batch: Option<usize>,
+    /// Passes over each rollout batch (default 4; a2c: 1)
+    #[arg(long)]
+    pub ppo_epochs: Option<usize>,
     #[command(flatten)]
     pub sampling: RolloutSamplingArgs,
     #[arg(long, default_value_t = 1e-6, allow_negative_numbers = true)]
@@ -66,10 +72,12 @@ pub struct PpoArgs {
     pub gamma: f32,
     #[arg(long, default_value_t = 0.95)]
     pub lambda: f32,
-    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
-    pub clip: f32,
-    #[arg(long, default_value_t = 0.2, allow_negative_numbers = true)]
-    pub value_clip: f32,
+    /// Ratio clipping of the surrogate (default 0.2; a2c has none)
+    #[arg(long, allow_negative_numbers = true)]
+    pub clip: Option<f32>,
+    /// Value clipping around the rollout's values (default 0.2; a2c has none)
+    #[arg(long, allow_negative_numbers = true)]
+    pub value_clip: Option<f32>,
     #[arg(long, default_value_t = 0.5, allow_negative_numbers = true)]
     pub vf_coef: f32,
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
@@ -104,13 +112,37 @@ pub struct PpoArgs {
     pub common: Common,
 }
 
+/// `(mini_batch, ppo_epochs, clip, value_clip)` of `--algo`: PPO's flags (or their defaults), or
+/// A2C's fixed schedule (a flag that contradicts it is refused).
+fn schedule(a: &PpoArgs) -> Result<(usize, usize, f32, f32)> {
+    if a.algo == "a2c" {
+        let contradicts = [
+            ("--ppo-epochs", a.ppo_epochs.is_some_and(|e| e != 1)),
+            ("--mini-batch", a.mini_batch.is_some_and(|m| m != a.rollout_batch)),
+            ("--clip", a.clip.is_some()),
+            ("--value-clip", a.value_clip.is_some()),
+        ];
+        if let Some((flag, _)) = contradicts.iter().find(|(_, bad)| *bad) {
+            bail!("--algo a2c takes one unclipped gradient step per rollout over the whole batch: {flag} does not apply (drop it, or use --algo ppo)");
+        }
+        // the policy has not moved since the rollout, so the ratio is 1 and a clip range that
+        // wide never binds: the surrogate's gradient is A2C's, A grad log pi
+        return Ok((a.rollout_batch, 1, A2C_NO_CLIP, 0.0));
+    }
+    Ok((a.mini_batch.unwrap_or(8), a.ppo_epochs.unwrap_or(4), a.clip.unwrap_or(0.2), a.value_clip.unwrap_or(0.2)))
+}
+
+/// The clip range of A2C's single step: ratios in (1e-6, 2 - 1e-6), which a ratio of 1 never leaves.
+const A2C_NO_CLIP: f32 = 0.999_999;
+
 pub fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
+    let (mini_batch, ppo_epochs, clip, value_clip) = schedule(a)?;
     let cfg = rlhf::rl::ppo::PpoConfig {
         out: a.out.clone(),
         steps: a.steps,
         rollout_batch: a.rollout_batch,
-        mini_batch: a.mini_batch,
-        ppo_epochs: a.ppo_epochs,
+        mini_batch,
+        ppo_epochs,
         max_new_tokens: a.sampling.max_new_tokens,
         temperature: a.sampling.temperature,
         top_k: a.sampling.top_k,
@@ -124,8 +156,8 @@ pub fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
         kl_in_loss: a.kl_in_loss,
         gamma: a.gamma,
         lambda: a.lambda,
-        clip: a.clip,
-        value_clip: a.value_clip,
+        clip,
+        value_clip,
         vf_coef: a.vf_coef,
         ent_coef: a.ent_coef,
         whiten_advantages: !a.no_whiten,

@@ -391,6 +391,48 @@ fn rm_and_score_commands() {
     assert_fails_with(&out, &["prefs.jsonl:1", "no room"]);
 }
 
+/// `--algo a2c` is one unclipped step over the whole rollout batch per step: the same run as PPO
+/// with one epoch, one minibatch and clip ranges that never bind; flags that contradict it are
+/// refused.
+#[test]
+fn ppo_algo_a2c_takes_one_unclipped_step_per_rollout() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefs = dir.path().join("prefs.jsonl");
+    std::fs::write(&prefs, (0..4).map(|i| format!("{{\"prompt\": \"q{i}:\", \"chosen\": \" yes\", \"rejected\": \" no\"}}\n")).collect::<String>()).unwrap();
+    let rm_dir = dir.path().join("rm");
+    let out = rlhf(&["rm", "--model", s(&fixture("gpt2")), "--data", s(&prefs), "--out", s(&rm_dir), "--steps", "1", "--eval-fraction", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let prompts = dir.path().join("prompts.jsonl");
+    std::fs::write(&prompts, "{\"prompt\": \"hello\"}\n{\"prompt\": \"hi there\"}\n{\"prompt\": \"ok\"}\n").unwrap();
+    let gpt2 = fixture("gpt2");
+    let run = |name: &str, extra: &[&str]| {
+        let out_dir = dir.path().join(name);
+        let base = ["ppo", "--policy", s(&gpt2), "--reward-model", s(&rm_dir), "--prompts", s(&prompts), "--out", s(&out_dir)];
+        let out = rlhf(&[&base[..], &["--steps", "2", "--rollout-batch", "3", "--max-new-tokens", "5", "--lr", "1e-3", "--value-lr", "1e-3"], extra].concat());
+        (out, out_dir)
+    };
+    let (out, a2c) = run("a2c", &["--algo", "a2c"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (out, ppo) = run("ppo1", &["--ppo-epochs", "1", "--mini-batch", "3", "--clip", "0.999999", "--value-clip", "0"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows = |d: &Path| -> Vec<Value> { std::fs::read_to_string(d.join("metrics.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect() };
+    let (ra, rp) = (rows(&a2c), rows(&ppo));
+    for (x, y) in ra.iter().zip(&rp) {
+        assert_eq!(x["clipfrac"].as_f64(), Some(0.0), "the ratio never leaves 1 in A2C's single step");
+        for key in ["policy_loss", "value_loss", "reward_mean", "kl_k1"] {
+            assert_eq!(x[key], y[key], "{key}");
+        }
+    }
+    // and it differs from the default PPO schedule (4 epochs of minibatches of 8... here 3)
+    let (out, default_ppo) = run("ppo4", &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_ne!(rows(&default_ppo)[1]["policy_loss"], ra[1]["policy_loss"]);
+    let (out, _) = run("bad", &["--algo", "a2c", "--ppo-epochs", "4"]);
+    assert_fails_with(&out, &["--algo a2c", "--ppo-epochs does not apply"]);
+    let (out, _) = run("bad2", &["--algo", "a2c", "--clip", "0.2"]);
+    assert_fails_with(&out, &["--clip does not apply"]);
+}
+
 #[test]
 fn ppo_command_trains_and_rejects_mismatched_models() {
     let dir = tempfile::tempdir().unwrap();
