@@ -21,8 +21,21 @@ pub enum MethodArg {
     Dpo,
     /// GRPO with the task's oracle as a verifiable reward
     Grpo,
-    /// all three, side by side
+    /// advantage actor-critic against the reward model (PPO's rollout, critic and GAE)
+    A2c,
+    /// ppo, dpo and grpo, side by side
     All,
+}
+
+/// The methods of a `--method` list, in order, each once.
+pub fn methods_of(list: &[MethodArg]) -> Vec<rlhf::demo::DemoMethod> {
+    let mut out = Vec::new();
+    for m in list.iter().flat_map(|m| m.methods()) {
+        if !out.contains(&m) {
+            out.push(m);
+        }
+    }
+    out
 }
 
 impl MethodArg {
@@ -32,6 +45,7 @@ impl MethodArg {
             MethodArg::Ppo => vec![DemoMethod::Ppo],
             MethodArg::Dpo => vec![DemoMethod::Dpo],
             MethodArg::Grpo => vec![DemoMethod::Grpo],
+            MethodArg::A2c => vec![DemoMethod::A2c],
             MethodArg::All => DemoMethod::ALL.to_vec(),
         }
     }
@@ -47,9 +61,10 @@ pub struct DemoArgs {
     /// A shorter run (fewer steps per stage), as the tests run it
     #[arg(long)]
     pub quick: bool,
-    /// The methods trained from the SFT model and compared side by side
-    #[arg(long, value_enum, default_value = "all")]
-    pub method: MethodArg,
+    /// The methods trained from the SFT model and compared side by side, comma-separated (e.g.
+    /// ppo,a2c)
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "all")]
+    pub method: Vec<MethodArg>,
     /// Replace another run's output in --out (an earlier demo's is always replaced)
     #[arg(long)]
     pub overwrite: bool,

@@ -242,7 +242,7 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         }
     }
     match cli.command {
-        Command::Demo(a) => with_backend!(&a.common, |be| demo::run_demo(&be, &a.out, a.seed, a.quick, a.method.methods())),
+        Command::Demo(a) => with_backend!(&a.common, |be| demo::run_demo(&be, &a.out, a.seed, a.quick, demo::methods_of(&a.method))),
         Command::Sft(a) => with_backend!(&a.common, |be| sft::cmd_sft(&be, &a)),
         Command::Rm(a) => with_backend!(&a.common, |be| rm::cmd_rm(&be, &a)),
         Command::Ppo(a) => with_backend!(&a.common, |be| ppo::cmd_ppo(&be, &a)),

@@ -57,6 +57,9 @@ pub enum DemoMethod {
     Dpo,
     /// GRPO with the task's oracle as a verifiable reward (no reward model, no critic)
     Grpo,
+    /// advantage actor-critic against the reward model: PPO's rollout, critic and GAE, one
+    /// unclipped gradient step per rollout (not in `ALL`; `--method ppo,a2c` runs it beside PPO)
+    A2c,
 }
 
 impl DemoMethod {
@@ -67,6 +70,7 @@ impl DemoMethod {
             DemoMethod::Ppo => "ppo",
             DemoMethod::Dpo => "dpo",
             DemoMethod::Grpo => "grpo",
+            DemoMethod::A2c => "a2c",
         }
     }
 }
@@ -200,11 +204,13 @@ pub fn demo_sft_config(out: &Path, steps: usize, seed: u64) -> SftConfig {
     }
 }
 
-/// PPO from the SFT model in `sft_dir` against `reward` (the value model starts from the reward
-/// model, as in InstructGPT); returns the trained policy and every step's report.
+/// PPO (or, with `a2c`, advantage actor-critic: one epoch, one minibatch, no clipping) from the
+/// SFT model in `sft_dir` against `reward` (the value model starts from the reward model, as in
+/// InstructGPT); returns the trained policy and every step's report.
 fn run_demo_ppo<B: Backend>(
     be: &B,
     cfg: &DemoConfig,
+    a2c: bool,
     tok: &Tokenizer,
     sft_dir: &Path,
     reward: &Model<B>,
@@ -214,11 +220,11 @@ fn run_demo_ppo<B: Backend>(
     let mut value = Model::load_reward(be, &cfg.out.join("rm"), 0)?;
     let train_prompts: Vec<Vec<u32>> = task::prompts(512, cfg.seed ^ 0x9).iter().map(|p| tok.encode(p, true)).collect::<Result<_>>()?;
     let ppo_cfg = PpoConfig {
-        out: cfg.out.join("ppo"),
+        out: cfg.out.join(if a2c { "a2c" } else { "ppo" }),
         steps: cfg.ppo_steps,
         rollout_batch: cfg.rollout_batch,
-        mini_batch: 8,
-        ppo_epochs: 4,
+        mini_batch: if a2c { cfg.rollout_batch } else { 8 },
+        ppo_epochs: if a2c { 1 } else { 4 },
         max_new_tokens: 24,
         temperature: 1.0,
         top_k: 0,
@@ -232,8 +238,9 @@ fn run_demo_ppo<B: Backend>(
         kl_in_loss: None,
         gamma: 1.0,
         lambda: 0.95,
-        clip: 0.2,
-        value_clip: 0.2,
+        // A2C's single step sees a ratio of 1: a clip range that wide never binds
+        clip: if a2c { 0.999_999 } else { 0.2 },
+        value_clip: if a2c { 0.0 } else { 0.2 },
         vf_coef: 0.5,
         ent_coef: 0.0,
         whiten_advantages: true,
@@ -282,7 +289,7 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
     let n_methods = cfg.methods.len();
 
     // ---- reward model on oracle-labelled comparisons (for PPO) ----
-    let reward = if cfg.methods.contains(&DemoMethod::Ppo) {
+    let reward = if cfg.methods.contains(&DemoMethod::Ppo) || cfg.methods.contains(&DemoMethod::A2c) {
         eprintln!("demo: reward model on {} oracle-labelled comparisons ({}% label noise)", cfg.rm_pairs, (cfg.label_noise * 100.0).round());
         let groups = task::preference_groups(&tok, cfg.rm_pairs, cfg.label_noise, cfg.seed ^ 0x5EED)?;
         let mut rm = Model::load_reward(be, &sft_dir, cfg.seed)?;
@@ -335,10 +342,16 @@ pub fn run_pipeline<B: Backend>(be: &B, cfg: &DemoConfig) -> Result<DemoSummary>
             DemoMethod::Ppo => {
                 eprintln!("demo: method {}/{n_methods}: PPO against the reward model (KL coefficient {} to the SFT model)", k + 1, cfg.kl_coef);
                 let reward = reward.as_ref().expect("the reward model is trained for PPO");
-                let (policy, reports) = run_demo_ppo(be, cfg, &tok, &sft_dir, reward, &reference)?;
+                let (policy, reports) = run_demo_ppo(be, cfg, false, &tok, &sft_dir, reward, &reference)?;
                 let tokens: f64 = reports.iter().map(|r| r.response_len as f64 * cfg.rollout_batch as f64).sum();
                 ppo_reports = reports;
                 (policy, tokens)
+            }
+            DemoMethod::A2c => {
+                eprintln!("demo: method {}/{n_methods}: A2C against the reward model (one unclipped step per rollout)", k + 1);
+                let reward = reward.as_ref().expect("the reward model is trained for A2C");
+                let (policy, reports) = run_demo_ppo(be, cfg, true, &tok, &sft_dir, reward, &reference)?;
+                (policy, reports.iter().map(|r| r.response_len as f64 * cfg.rollout_batch as f64).sum())
             }
             DemoMethod::Dpo => {
                 eprintln!("demo: method {}/{n_methods}: DPO on {} oracle-labelled comparisons (no reward model)", k + 1, if cfg.quick { 300 } else { 600 });
