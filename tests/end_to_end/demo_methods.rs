@@ -40,5 +40,5 @@ fn demo_command_prints_the_methods_side_by_side() {
     assert!(stdout.contains("| dpo ") && stdout.contains("| sft "), "{stdout}");
     assert!(!stdout.contains("| ppo ") && !stdout.contains("reward model"), "--method dpo trains no reward model and no PPO: {stdout}");
     let bad = std::process::Command::new(env!("CARGO_BIN_EXE_rlhf")).args(["demo", "--method", "sgd"]).output().unwrap();
-    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("ppo, dpo, grpo, all"));
+    assert!(!bad.status.success() && String::from_utf8_lossy(&bad.stderr).contains("ppo, dpo, grpo, a2c, all"));
 }
