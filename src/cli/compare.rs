@@ -27,6 +27,9 @@ pub struct CompareArgs {
     /// Where the head-to-head lines go (JSONL for `rlhf elo --comparisons`)
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace --out when it exists (without it an existing file is refused)
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub sampling: RolloutSamplingArgs,
     /// Prompts decoded together
@@ -49,6 +52,9 @@ pub fn cmd_compare<B: Backend>(be: &B, a: &CompareArgs) -> Result<()> {
     }
     if a.batch_size == 0 {
         bail!("--batch-size must be at least 1");
+    }
+    if a.out.exists() && !a.overwrite {
+        bail!("--out {} exists; nothing was changed. Choose another file, or pass --overwrite to replace it", a.out.display());
     }
     let names: Vec<String> = a.models.iter().map(|d| name_of(d)).collect();
     if let Some(dup) = names.iter().enumerate().find_map(|(i, n)| names[..i].contains(n).then_some(n)) {

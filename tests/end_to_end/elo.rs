@@ -62,6 +62,9 @@ fn compare_judges_models_head_to_head_for_elo() {
         let expected = if sa > sb { "a" } else if sb > sa { "b" } else { "tie" };
         assert_eq!(g["winner"], expected, "{g}");
     }
+    // the judged games are not replaced by accident
+    let again = rlhf(&["compare", "--models", &models, "--prompts", &p("prompts.jsonl"), "--judge", &p("judge"), "--out", &p("games.jsonl")]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
     let out = rlhf(&["elo", "--comparisons", &p("games.jsonl"), "--bootstrap", "10"]);
     assert!(out.status.success() && String::from_utf8_lossy(&out.stdout).contains("2 models, 3 games"), "{}", String::from_utf8_lossy(&out.stderr));
     // one model is no comparison
