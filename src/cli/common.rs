@@ -152,3 +152,48 @@ impl RewardCmdArgs {
         Ok(Some(PromptReward::new(transport, path, prompts, tok)?))
     }
 }
+
+/// Each model folder's name in outcomes and candidates (its last component); two folders of the
+/// same name are refused, naming `flag`.
+pub fn model_names(dirs: &[PathBuf], flag: &str) -> Result<Vec<String>> {
+    let names: Vec<String> = dirs.iter().map(|d| d.file_name().map_or_else(|| d.display().to_string(), |n| n.to_string_lossy().into_owned())).collect();
+    if let Some(dup) = names.iter().enumerate().find_map(|(i, n)| names[..i].contains(n).then_some(n)) {
+        bail!("two {flag} folders are both named {dup:?}: give each model a folder of its own name");
+    }
+    Ok(names)
+}
+
+/// Refuses to replace an existing output file unless `--overwrite` is given.
+pub fn refuse_existing(out: &Path, overwrite: bool) -> Result<()> {
+    if out.exists() && !overwrite {
+        bail!("--out {} exists; nothing was changed. Choose another file, or pass --overwrite to replace it", out.display());
+    }
+    Ok(())
+}
+
+/// Checks that the tokenizer of every folder in `dirs` is `tok` (`tok_from` names where it came
+/// from).
+pub fn same_tokenizer(dirs: &[PathBuf], tok: &Tokenizer, tok_from: &str) -> Result<()> {
+    for dir in dirs {
+        let t = Tokenizer::load(dir)?;
+        if t.vocab_size() != tok.vocab_size() || t.eos_id() != tok.eos_id() {
+            bail!("{}: its tokenizer ({} tokens) differs from {tok_from}'s ({} tokens)", dir.display(), t.vocab_size(), tok.vocab_size());
+        }
+    }
+    Ok(())
+}
+
+/// How `rlhf sample` and `rlhf compare` sample: the rollout's flags, prompts per batch, seed and
+/// backend.
+#[derive(Args, Debug)]
+pub struct SamplingRun {
+    #[command(flatten)]
+    pub sampling: RolloutSamplingArgs,
+    /// Prompts decoded together
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 1234)]
+    pub seed: u64,
+    #[command(flatten)]
+    pub common: Common,
+}

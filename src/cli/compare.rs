@@ -31,45 +31,23 @@ pub struct CompareArgs {
     #[arg(long)]
     pub overwrite: bool,
     #[command(flatten)]
-    pub sampling: RolloutSamplingArgs,
-    /// Prompts decoded together
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
-    #[arg(long, default_value_t = 1234)]
-    pub seed: u64,
-    #[command(flatten)]
-    pub common: Common,
-}
-
-/// A model's name in the outcomes: its folder's last component.
-fn name_of(dir: &std::path::Path) -> String {
-    dir.file_name().map_or_else(|| dir.display().to_string(), |n| n.to_string_lossy().into_owned())
+    pub run: SamplingRun,
 }
 
 pub fn cmd_compare<B: Backend>(be: &B, a: &CompareArgs) -> Result<()> {
     if a.models.len() < 2 {
         bail!("--models needs at least two model folders to compare");
     }
-    if a.batch_size == 0 {
+    if a.run.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    if a.out.exists() && !a.overwrite {
-        bail!("--out {} exists; nothing was changed. Choose another file, or pass --overwrite to replace it", a.out.display());
-    }
-    let names: Vec<String> = a.models.iter().map(|d| name_of(d)).collect();
-    if let Some(dup) = names.iter().enumerate().find_map(|(i, n)| names[..i].contains(n).then_some(n)) {
-        bail!("two --models folders are both named {dup:?}: give each model a folder of its own name");
-    }
+    refuse_existing(&a.out, a.overwrite)?;
+    let names = model_names(&a.models, "--models")?;
     if !ModelConfig::load(&a.judge)?.score_head {
         bail!("--judge {}: config.json does not describe a reward model (architectures *ForSequenceClassification); train one with `rlhf rm`", a.judge.display());
     }
     let tok = Tokenizer::load(&a.judge)?;
-    for dir in &a.models {
-        let t = Tokenizer::load(dir)?;
-        if t.vocab_size() != tok.vocab_size() || t.eos_id() != tok.eos_id() {
-            bail!("{}: its tokenizer ({} tokens) differs from the judge's ({} tokens)", dir.display(), t.vocab_size(), tok.vocab_size());
-        }
-    }
+    same_tokenizer(&a.models, &tok, "the judge")?;
     let judge = Model::load_reward(be, &a.judge, 0)?.into_frozen();
     let context = judge.cfg().max_positions;
     let prompts = rlhf::data::jsonl::load_prompts_jsonl(&a.prompts, &tok, context)?;
@@ -80,22 +58,22 @@ pub fn cmd_compare<B: Backend>(be: &B, a: &CompareArgs) -> Result<()> {
     let longest_prompt = prompts.iter().map(Vec::len).max().unwrap_or(0);
     for (dir, name) in a.models.iter().zip(&names) {
         let model = Model::load(be, dir)?.into_frozen();
-        let max_new = a.sampling.max_new_tokens.min(model.cfg().max_positions.min(context).saturating_sub(longest_prompt + 1)).max(1);
+        let max_new = a.run.sampling.max_new_tokens.min(model.cfg().max_positions.min(context).saturating_sub(longest_prompt + 1)).max(1);
         let gen = GenerateConfig {
             max_new_tokens: max_new,
-            temperature: a.sampling.temperature,
-            top_k: a.sampling.top_k,
-            top_p: a.sampling.top_p,
-            seed: a.seed,
+            temperature: a.run.sampling.temperature,
+            top_k: a.run.sampling.top_k,
+            top_p: a.run.sampling.top_p,
+            seed: a.run.seed,
             stop_ids: tok.stop_ids(),
             vocab_limit: Some(tok.vocab_size()),
         };
-        let cfg = RolloutConfig { slots: a.batch_size.min(prompts.len()), gen, sync_every: a.sampling.sync_every(be.name()) };
+        let cfg = RolloutConfig { slots: a.run.batch_size.min(prompts.len()), gen, sync_every: a.run.sampling.sync_every(be.name()) };
         let rolled = RolloutEngine::new().run(be, &model, &prompts, &cfg).with_context(|| format!("sampling {}", dir.display()))?;
         let responses: Vec<Vec<u32>> = rolled.outputs.into_iter().map(|o| o.response).collect();
         let seqs: Vec<Vec<u32>> = prompts.iter().zip(&responses).map(|(p, r)| p.iter().chain(r).copied().collect()).collect();
         let longest = seqs.iter().map(Vec::len).max().unwrap_or(2);
-        let mut scorer = rlhf::rl::reward::RewardTrainer::scorer(be, &judge, a.batch_size.min(seqs.len()), longest)?;
+        let mut scorer = rlhf::rl::reward::RewardTrainer::scorer(be, &judge, a.run.batch_size.min(seqs.len()), longest)?;
         let s = scorer.score(be, &judge, &seqs, tok.pad_or_default())?;
         eprintln!("compare: {name}: {} answers, mean judge score {:.3}", s.len(), s.iter().sum::<f32>() / s.len().max(1) as f32);
         answers.push(responses);

@@ -15,6 +15,7 @@ mod grpo;
 mod info;
 mod ppo;
 mod rm;
+mod sample;
 mod score;
 mod sft;
 
@@ -88,6 +89,8 @@ pub enum Command {
     Elo(elo::EloArgs),
     /// Head-to-head outcomes of several models on a prompt set, judged by a reward model
     Compare(compare::CompareArgs),
+    /// Candidates to label: K samples per prompt from a model, or samples from several models
+    Sample(sample::SampleArgs),
 }
 
 impl Command {
@@ -107,6 +110,7 @@ impl Command {
             Command::Bench(_) => "bench",
             Command::Elo(_) => "elo",
             Command::Compare(_) => "compare",
+            Command::Sample(_) => "sample",
         }
     }
 }
@@ -254,6 +258,7 @@ pub fn run(mut cli: Cli, matches: &clap::ArgMatches) -> Result<()> {
         Command::Info => unreachable!("handled above"),
         Command::Bench(a) => with_backend!(&a.common, |be| bench::run_bench(&be, &a)),
         Command::Elo(a) => elo::cmd_elo(&a),
-        Command::Compare(a) => with_backend!(&a.common, |be| compare::cmd_compare(&be, &a)),
+        Command::Compare(a) => with_backend!(&a.run.common, |be| compare::cmd_compare(&be, &a)),
+        Command::Sample(a) => with_backend!(&a.run.common, |be| sample::cmd_sample(&be, &a)),
     }
 }

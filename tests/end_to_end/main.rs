@@ -9,5 +9,5 @@ mod config;
 mod demo;
 mod demo_dpo;
 mod demo_methods;
-mod elo;
+mod feedback;
 mod reward_cmd;

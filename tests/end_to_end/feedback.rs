@@ -1,5 +1,6 @@
-//! `rlhf elo`: ratings from head-to-head lines and labelled rankings, the table best first, the
-//! plot, and bad lines named.
+//! The feedback commands: `rlhf sample` (candidates to label, with their log-probs), `rlhf
+//! compare` (head-to-head games judged by a reward model) and `rlhf elo` (ratings from games and
+//! labelled rankings: the table best first, the plot, bad lines named).
 
 use std::process::Command;
 
@@ -70,4 +71,47 @@ fn compare_judges_models_head_to_head_for_elo() {
     // one model is no comparison
     let out = rlhf(&["compare", "--models", &p("alpha"), "--prompts", &p("prompts.jsonl"), "--judge", &p("judge"), "--out", &p("g2.jsonl")]);
     assert!(!out.status.success() && String::from_utf8_lossy(&out.stderr).contains("at least two"));
+}
+
+#[test]
+fn sample_writes_k_candidates_per_prompt_with_their_logprobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_string();
+    std::fs::write(p("data.jsonl"), "{\"prompt\": \"hi \", \"completion\": \"there\"}\n").unwrap();
+    std::fs::write(p("prompts.jsonl"), "{\"prompt\": \"hi \", \"id\": 7}\n{\"messages\": [{\"role\": \"user\", \"content\": \"yo\"}]}\n{\"prompt\": \"a \"}\n").unwrap();
+    for (name, seed) in [("alpha", "1"), ("beta", "2")] {
+        let out = rlhf(&["sft", "--init", "gpt2-tiny", "--data", &p("data.jsonl"), "--out", &p(name), "--steps", "1", "--seq-len", "16", "--seed", seed]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    let out = rlhf(&["sample", "--model", &p("alpha"), "--prompts", &p("prompts.jsonl"), "--k", "3", "--out", &p("cands.jsonl"), "--max-new-tokens", "5", "--batch-size", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(p("cands.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 3, "one line per prompt");
+    assert_eq!(lines[0]["id"], 7, "the prompt line's fields travel");
+    assert!(lines[1]["prompt"].as_str().unwrap().contains("yo"), "messages become the prompt as text");
+    for (i, l) in lines.iter().enumerate() {
+        assert_eq!(l["prompt_index"], i);
+        assert!(l["sampling"]["seed"].is_u64() && l["sampling"]["temperature"].is_number());
+        let samples = l["samples"].as_array().unwrap();
+        assert_eq!(samples.len(), 3);
+        for s in samples {
+            let lp = s["logprobs"].as_array().unwrap();
+            assert_eq!(lp.len(), s["tokens"].as_u64().unwrap() as usize);
+            let sum: f64 = lp.iter().map(|x| x.as_f64().unwrap()).sum();
+            assert!(lp.iter().all(|x| x.as_f64().unwrap() <= 0.0) && (sum - s["sum_logprob"].as_f64().unwrap()).abs() < 1e-4);
+            assert_eq!(s["model"], "alpha");
+        }
+    }
+    // head-to-head: one sample from each model per prompt
+    let models = format!("{},{}", p("alpha"), p("beta"));
+    let out = rlhf(&["sample", "--model", &models, "--prompts", &p("prompts.jsonl"), "--out", &p("h2h.jsonl"), "--max-new-tokens", "5"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first: serde_json::Value = serde_json::from_str(std::fs::read_to_string(p("h2h.jsonl")).unwrap().lines().next().unwrap()).unwrap();
+    let who: Vec<&str> = first["samples"].as_array().unwrap().iter().map(|s| s["model"].as_str().unwrap()).collect();
+    assert_eq!(who, ["alpha", "beta"]);
+    // an existing file is not replaced, and one sample of one model is refused
+    let again = rlhf(&["sample", "--model", &p("alpha"), "--prompts", &p("prompts.jsonl"), "--out", &p("cands.jsonl")]);
+    assert!(!again.status.success() && String::from_utf8_lossy(&again.stderr).contains("--overwrite"));
+    let one = rlhf(&["sample", "--model", &p("alpha"), "--prompts", &p("prompts.jsonl"), "--k", "1", "--out", &p("one.jsonl")]);
+    assert!(!one.status.success() && String::from_utf8_lossy(&one.stderr).contains("nothing to rank"));
 }
