@@ -183,10 +183,13 @@ pub fn same_tokenizer(dirs: &[PathBuf], tok: &Tokenizer, tok_from: &str) -> Resu
     Ok(())
 }
 
-/// How `rlhf sample` and `rlhf compare` sample: the rollout's flags, prompts per batch, seed and
-/// backend.
+/// How `rlhf sample` and `rlhf compare` sample (the rollout's flags, prompts per batch, seed,
+/// backend) and whether their output file may be replaced.
 #[derive(Args, Debug)]
 pub struct SamplingRun {
+    /// Replace --out when it exists (without it an existing file is refused)
+    #[arg(long)]
+    pub overwrite: bool,
     #[command(flatten)]
     pub sampling: RolloutSamplingArgs,
     /// Prompts decoded together

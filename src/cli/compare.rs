@@ -27,9 +27,6 @@ pub struct CompareArgs {
     /// Where the head-to-head lines go (JSONL for `rlhf elo --comparisons`)
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace --out when it exists (without it an existing file is refused)
-    #[arg(long)]
-    pub overwrite: bool,
     #[command(flatten)]
     pub run: SamplingRun,
 }
@@ -41,7 +38,7 @@ pub fn cmd_compare<B: Backend>(be: &B, a: &CompareArgs) -> Result<()> {
     if a.run.batch_size == 0 {
         bail!("--batch-size must be at least 1");
     }
-    refuse_existing(&a.out, a.overwrite)?;
+    refuse_existing(&a.out, a.run.overwrite)?;
     let names = model_names(&a.models, "--models")?;
     if !ModelConfig::load(&a.judge)?.score_head {
         bail!("--judge {}: config.json does not describe a reward model (architectures *ForSequenceClassification); train one with `rlhf rm`", a.judge.display());

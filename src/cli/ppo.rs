@@ -127,13 +127,10 @@ fn schedule(a: &PpoArgs) -> Result<(usize, usize, f32, f32)> {
         }
         // the policy has not moved since the rollout, so the ratio is 1 and a clip range that
         // wide never binds: the surrogate's gradient is A2C's, A grad log pi
-        return Ok((a.rollout_batch, 1, A2C_NO_CLIP, 0.0));
+        return Ok((a.rollout_batch, 1, rlhf::rl::ppo::A2C_NO_CLIP, 0.0));
     }
     Ok((a.mini_batch.unwrap_or(8), a.ppo_epochs.unwrap_or(4), a.clip.unwrap_or(0.2), a.value_clip.unwrap_or(0.2)))
 }
-
-/// The clip range of A2C's single step: ratios in (1e-6, 2 - 1e-6), which a ratio of 1 never leaves.
-const A2C_NO_CLIP: f32 = 0.999_999;
 
 pub fn cmd_ppo<B: Backend>(be: &B, a: &PpoArgs) -> Result<()> {
     let (mini_batch, ppo_epochs, clip, value_clip) = schedule(a)?;

@@ -30,9 +30,6 @@ pub struct SampleArgs {
     /// The candidates (JSONL, one line per prompt)
     #[arg(long)]
     pub out: PathBuf,
-    /// Replace --out when it exists
-    #[arg(long)]
-    pub overwrite: bool,
     #[command(flatten)]
     pub run: SamplingRun,
 }
@@ -53,7 +50,7 @@ pub fn cmd_sample<B: Backend>(be: &B, a: &SampleArgs) -> Result<()> {
     if a.model.len() == 1 && k < 2 {
         bail!("--k {k} from one model gives nothing to rank: use --k 2 or more, or several --model folders");
     }
-    refuse_existing(&a.out, a.overwrite)?;
+    refuse_existing(&a.out, a.run.overwrite)?;
     let names = model_names(&a.model, "--model")?;
     let tok = Tokenizer::load(&a.model[0])?;
     same_tokenizer(&a.model[1..], &tok, &a.model[0].display().to_string())?;

@@ -238,8 +238,7 @@ fn run_demo_ppo<B: Backend>(
         kl_in_loss: None,
         gamma: 1.0,
         lambda: 0.95,
-        // A2C's single step sees a ratio of 1: a clip range that wide never binds
-        clip: if a2c { 0.999_999 } else { 0.2 },
+        clip: if a2c { crate::rl::ppo::A2C_NO_CLIP } else { 0.2 },
         value_clip: if a2c { 0.0 } else { 0.2 },
         vf_coef: 0.5,
         ent_coef: 0.0,

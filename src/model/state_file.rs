@@ -210,11 +210,12 @@ impl Checkpoint {
                 }
             }
             Err(_) if !path.exists() => Err(Error::file(path, "--resume: no such folder")),
-            Err(_) if newest_complete().is_some() => Ok(newest_complete().expect("checked just above")),
-            Err(_) => Err(Error::file(
-                path,
-                format!("--resume: no checkpoint here (neither {STATE_JSON} nor {CHECKPOINTS_DIR}/{LATEST_FILE}); save some with --save-every N"),
-            )),
+            Err(_) => newest_complete().ok_or_else(|| {
+                Error::file(
+                    path,
+                    format!("--resume: no checkpoint here (neither {STATE_JSON} nor {CHECKPOINTS_DIR}/{LATEST_FILE}); save some with --save-every N"),
+                )
+            }),
         }
     }
 

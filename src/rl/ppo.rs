@@ -32,6 +32,11 @@ use serde_json::json;
 use std::path::PathBuf;
 use std::time::Instant;
 
+/// The clip range of A2C's single gradient step per rollout (`rlhf ppo --algo a2c`): the policy
+/// has not moved since the rollout, so the ratio is 1, and ratios in (1e-6, 2 - 1e-6) never bind;
+/// the clipped surrogate's gradient is then A2C's, `A grad log pi`.
+pub const A2C_NO_CLIP: f32 = 0.999_999;
+
 #[derive(Clone, Debug)]
 pub struct PpoConfig {
     pub out: PathBuf,
