@@ -52,11 +52,8 @@ pub fn cmd_generate<B: Backend>(be: &B, a: &GenerateArgs) -> Result<()> {
     if prompt_ids.is_empty() {
         bail!("--prompt {:?} encodes to no tokens; give some text to continue", a.prompt);
     }
-    let mut stop_ids = Vec::new();
-    if !a.ignore_eos {
-        stop_ids.extend(tok.stop_ids());
-        stop_ids.extend(model.cfg().eos_token_id);
-    }
+    // the ids a saved folder's generation_config.json lists, so transformers stops where we do
+    let stop_ids = if a.ignore_eos { Vec::new() } else { rlhf::model::hf_folder::stop_ids(model.cfg(), &tok) };
     let cfg = GenerateConfig { max_new_tokens: a.max_new_tokens, temperature: a.temperature, top_k: a.top_k, top_p: a.top_p, seed: a.seed, stop_ids, vocab_limit: Some(tok.vocab_size()) };
     // the rollout engine with one slot: the same draws as `generate`, read back every K steps
     let rcfg = RolloutConfig { slots: 1, gen: cfg, sync_every: a.sync.get(be.name()) };

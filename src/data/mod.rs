@@ -9,6 +9,7 @@
 
 pub mod batch;
 pub mod builtin;
+pub mod byte_tokenizer_hf;
 pub mod chat;
 pub mod jsonl;
 pub mod preference;

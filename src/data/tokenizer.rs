@@ -5,7 +5,10 @@
 //! - `tokenizer.json` (Hugging Face), with optional `tokenizer_config.json` (chat template,
 //!   bos/eos/pad tokens), `chat_template.jinja` / `chat_template.json` and
 //!   `special_tokens_map.json`; or
-//! - `rlhf_tokenizer.json` containing `{"type": "byte-level"}`: the built-in byte tokenizer.
+//! - `rlhf_tokenizer.json` containing `{"type": "byte-level"}`: the built-in byte tokenizer. A
+//!   folder `rlhf` saves has it beside a `tokenizer.json` + `tokenizer_config.json` that express
+//!   the same tokenizer for Hugging Face (see [`super::byte_tokenizer_hf`]); `rlhf` reads the
+//!   marker, other tools the standard files.
 
 use crate::error::{Error, Result};
 use crate::io::fs::atomic_write;
@@ -261,13 +264,13 @@ impl Tokenizer {
         if !dir.is_dir() {
             return Err(Error::file(dir, "tokenizer folder does not exist"));
         }
-        let tj = dir.join("tokenizer.json");
-        if tj.is_file() {
-            return Ok(Tokenizer::Hf(Box::new(HfTokenizer::load(dir, &tj)?)));
-        }
         let marker = dir.join(BYTE_TOKENIZER_FILE);
         if marker.is_file() {
             return Self::load_marker(&marker);
+        }
+        let tj = dir.join("tokenizer.json");
+        if tj.is_file() {
+            return Ok(Tokenizer::Hf(Box::new(HfTokenizer::load(dir, &tj)?)));
         }
         Err(Error::file(dir, format!("no tokenizer here: expected tokenizer.json or {BYTE_TOKENIZER_FILE}")))
     }
@@ -455,19 +458,22 @@ impl Tokenizer {
         }
     }
 
-    /// Writes the tokenizer into `dir` (created if needed), atomically per file: a Hugging
-    /// Face tokenizer as `tokenizer.json` + `tokenizer_config.json`, the byte tokenizer as
-    /// `rlhf_tokenizer.json`.
-    pub fn save(&self, dir: &Path) -> Result<()> {
+    /// Writes the tokenizer into `dir` (created if needed), atomically per file, as
+    /// `tokenizer.json` + `tokenizer_config.json`; the byte tokenizer also writes its marker
+    /// `rlhf_tokenizer.json`. `model_max_length` (the model's context) goes into a byte
+    /// tokenizer's config; a Hugging Face tokenizer keeps its own.
+    pub fn save(&self, dir: &Path, model_max_length: Option<usize>) -> Result<()> {
         crate::io::fs::create_dir_all(dir)?;
+        let write_json = |name: &str, v: &serde_json::Value| {
+            let mut text = serde_json::to_string_pretty(v).map_err(tok_err)?;
+            text.push('\n');
+            atomic_write(&dir.join(name), text.as_bytes())
+        };
         match self {
             Tokenizer::Bytes(_) => {
-                let v = serde_json::json!({
-                    "type": "byte-level",
-                    "vocab_size": ByteTokenizer::VOCAB_SIZE,
-                });
-                let text = serde_json::to_string_pretty(&v).map_err(tok_err)?;
-                atomic_write(&dir.join(BYTE_TOKENIZER_FILE), text.as_bytes())
+                write_json("tokenizer.json", &super::byte_tokenizer_hf::tokenizer_json())?;
+                write_json("tokenizer_config.json", &super::byte_tokenizer_hf::tokenizer_config_json(model_max_length))?;
+                write_json(BYTE_TOKENIZER_FILE, &serde_json::json!({"type": "byte-level", "vocab_size": ByteTokenizer::VOCAB_SIZE}))
             }
             Tokenizer::Hf(h) => {
                 atomic_write(&dir.join("tokenizer.json"), h.json.as_bytes())?;
@@ -498,8 +504,7 @@ impl Tokenizer {
                     }
                 }
                 cfg.entry("tokenizer_class").or_insert_with(|| "PreTrainedTokenizerFast".into());
-                let text = serde_json::to_string_pretty(&serde_json::Value::Object(cfg)).map_err(tok_err)?;
-                atomic_write(&dir.join("tokenizer_config.json"), text.as_bytes())
+                write_json("tokenizer_config.json", &serde_json::Value::Object(cfg))
             }
         }
     }

@@ -258,12 +258,10 @@ impl ModelConfig {
         set("vocab_size", json!(self.vocab_size));
         set("tie_word_embeddings", json!(self.tie_embeddings));
         set("torch_dtype", json!("float32"));
-        if let Some(b) = self.bos_token_id {
-            set("bos_token_id", json!(b));
-        }
-        if let Some(e) = self.eos_token_id {
-            set("eos_token_id", json!(e));
-        }
+        set("dtype", json!("float32"));
+        // null rather than absent: an absent key means the config class's default (50256 for GPT-2)
+        set("bos_token_id", json!(self.bos_token_id));
+        set("eos_token_id", json!(self.eos_token_id));
         match self.family {
             Family::Gpt2 => {
                 set("architectures", json!([if self.score_head { "GPT2ForSequenceClassification" } else { "GPT2LMHeadModel" }]));
@@ -272,8 +270,12 @@ impl ModelConfig {
                 set("n_head", json!(self.n_heads));
                 set("n_positions", json!(self.max_positions));
                 set("n_inner", json!(self.intermediate_size));
-                set("layer_norm_epsilon", json!(self.norm_eps));
+                set("layer_norm_epsilon", f32_json(self.norm_eps));
                 set("activation_function", json!("gelu_new"));
+                // rlhf trains without dropout; GPT2Config's defaults are 0.1
+                for key in ["resid_pdrop", "embd_pdrop", "attn_pdrop", "summary_first_dropout"] {
+                    set(key, json!(0.0));
+                }
             }
             Family::Llama => {
                 let family = if self.model_type == "qwen2" { "Qwen2" } else { "Llama" };
@@ -286,12 +288,13 @@ impl ModelConfig {
                 set("head_dim", json!(self.head_dim));
                 set("intermediate_size", json!(self.intermediate_size));
                 set("max_position_embeddings", json!(self.max_positions));
-                set("rms_norm_eps", json!(self.norm_eps));
-                set("rope_theta", json!(self.rope_theta));
+                set("rms_norm_eps", f32_json(self.norm_eps));
+                set("rope_theta", f32_json(self.rope_theta));
                 if has_rope_parameters {
-                    set("rope_parameters", json!({"rope_theta": self.rope_theta, "rope_type": "default"}));
+                    set("rope_parameters", json!({"rope_theta": f32_json(self.rope_theta), "rope_type": "default"}));
                 }
                 set("hidden_act", json!("silu"));
+                set("attention_dropout", json!(0.0));
                 if self.model_type == "llama" {
                     set("attention_bias", json!(self.qkv_bias));
                     set("mlp_bias", json!(self.mlp_bias));
@@ -354,6 +357,27 @@ impl ModelConfig {
         Ok(cfg)
     }
 
+    /// This configuration with the special-token ids of `tok` (the ids `rlhf` encodes and stops
+    /// with), as `transformers` needs them: `bos_token_id` the tokenizer's bos (else the
+    /// configuration's, else eos), `eos_token_id` its eos, `pad_token_id` its pad. An id outside
+    /// the vocabulary (GPT-2's 50256 over a small tokenizer) is dropped.
+    pub fn with_tokenizer(&self, tok: &crate::data::Tokenizer) -> ModelConfig {
+        let inside = |id: Option<u32>| id.filter(|&id| (id as usize) < self.vocab_size);
+        let mut cfg = self.clone();
+        cfg.eos_token_id = inside(tok.eos_id()).or(inside(self.eos_token_id));
+        cfg.bos_token_id = inside(tok.bos_id()).or(inside(self.bos_token_id)).or(cfg.eos_token_id);
+        if let Some(obj) = cfg.raw.as_object_mut() {
+            match inside(tok.pad_id()).or(inside(first_token_id(obj.get("pad_token_id")))) {
+                Some(pad) => obj.insert("pad_token_id".into(), json!(pad)),
+                None => obj.remove("pad_token_id"),
+            };
+            for key in ["bos_token_id", "eos_token_id"] {
+                obj.remove(key);
+            }
+        }
+        cfg
+    }
+
     /// The padding id `transformers` uses to find a sequence's last real token in a
     /// sequence-classification model: `pad_token_id`, else `eos_token_id`.
     pub fn pad_token_id(&self) -> Option<u32> {
@@ -365,6 +389,12 @@ impl ModelConfig {
     pub fn num_params(&self) -> usize {
         crate::model::params::ParamLayout::new(self).num_params()
     }
+}
+
+/// An f32 setting as the decimal it was written as (its shortest round-trip form), not the
+/// f64 widening of it: 1e-5, not 9.999999747378752e-6.
+pub fn f32_json(x: f32) -> Value {
+    x.to_string().parse::<f64>().map_or_else(|_| json!(x), |v| json!(v))
 }
 
 /// The most transformer blocks a configuration may declare.

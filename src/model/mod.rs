@@ -5,6 +5,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod decoder;
 mod decoder_cached;
+pub mod hf_folder;
 pub mod params;
 pub mod scoring;
 pub mod sequence_scorer;
@@ -169,10 +170,11 @@ impl<B: Backend> Model<B> {
         self.master_weights().iter().map(|w| be.download(w)).collect()
     }
 
-    /// Writes config.json and model.safetensors (Hugging Face layout) into `dir`.
-    pub fn save(&self, be: &B, dir: &Path) -> Result<()> {
+    /// Writes a complete Hugging Face model folder into `dir`: weights, config.json,
+    /// generation_config.json and `tok` (see [`hf_folder`]).
+    pub fn save(&self, be: &B, dir: &Path, tok: &crate::data::Tokenizer) -> Result<()> {
         let host = self.to_host(be)?;
-        checkpoint::save_weights(dir, &self.decoder.cfg, &self.decoder.layout, &host)
+        hf_folder::save_model_folder(dir, &self.decoder.cfg, &self.decoder.layout, &host, tok)
     }
 
     /// Zero-filled gradient buffers shaped like the weights (in the compute type).

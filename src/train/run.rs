@@ -201,8 +201,7 @@ impl TrainRun {
             progress.finish();
         }
         if self.world.is_main() {
-            model.save(be, &self.out)?;
-            tokenizer.save(&self.out)?;
+            model.save(be, &self.out, tokenizer)?;
         }
         Ok(self.elapsed_s())
     }

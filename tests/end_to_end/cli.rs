@@ -557,8 +557,7 @@ fn matmul_precision_flag_and_config_key() {
 fn byte_model(dir: &Path, preset: &str, vocab: usize, seed: u64) {
     let be = rlhf::backend::CpuBackend::new();
     let model = rlhf::model::Model::init(&be, rlhf::model::ModelConfig::preset(preset, vocab).unwrap(), seed).unwrap();
-    model.save(&be, dir).unwrap();
-    rlhf::data::tokenizer::Tokenizer::byte_level().save(dir).unwrap();
+    model.save(&be, dir, &rlhf::data::tokenizer::Tokenizer::byte_level()).unwrap();
 }
 
 /// Writes NaN over the first value of the data section of the safetensors file at `path`.

@@ -10,4 +10,5 @@ mod demo;
 mod demo_dpo;
 mod demo_methods;
 mod feedback;
+mod hf_folders;
 mod reward_cmd;

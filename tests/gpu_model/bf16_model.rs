@@ -197,7 +197,7 @@ fn dpo_and_grpo_train<B: Backend>(be: &B) {
     let groups = task::preference_groups(&tok, 40, 0.0, 3).unwrap();
     let s = run_dpo(be, &mut model, Some(reference), &tok, groups, &dpo).unwrap();
     assert!(s.last.loss < s.first.loss && s.last.loss.is_finite(), "DPO in bf16 on {}: loss {} -> {}", be.name(), s.first.loss, s.last.loss);
-    model.save(be, &dir.path().join("sft")).unwrap();
+    model.save(be, &dir.path().join("sft"), &tok).unwrap();
     let grpo = demo_grpo_config(&dir.path().join("grpo"), 7, 2);
     let (_, reports) = run_grpo_stage(be, &dir.path().join("sft"), &tok, &grpo).unwrap();
     assert_eq!(reports.len(), 2);

@@ -216,11 +216,21 @@ fn byte_tokenizer_round_trip() {
 #[test]
 fn byte_tokenizer_save_and_load() {
     let dir = tempfile::tempdir().unwrap();
-    Tokenizer::byte_level().save(dir.path()).unwrap();
+    Tokenizer::byte_level().save(dir.path(), Some(256)).unwrap();
     assert!(dir.path().join("rlhf_tokenizer.json").is_file());
-    assert!(!dir.path().join("tokenizer.json").exists());
     let tok = Tokenizer::load(dir.path()).unwrap();
-    assert!(tok.is_byte_level());
+    assert!(tok.is_byte_level(), "the marker wins over tokenizer.json");
+    // The standard files express the same tokenizer for Hugging Face tools.
+    let hf = Tokenizer::load(&dir.path().join("tokenizer.json")).unwrap();
+    assert!(!hf.is_byte_level());
+    for text in ["plain", "café 🎉 中文", "<|user|>\nhi<|end|>\n"] {
+        assert_eq!(hf.encode(text, true).unwrap(), tok.encode(text, true).unwrap(), "{text:?}");
+        assert_eq!(hf.encode(text, false).unwrap(), tok.encode(text, false).unwrap(), "{text:?}");
+    }
+    assert_eq!((hf.bos_id(), hf.eos_id(), hf.pad_id()), (tok.bos_id(), tok.eos_id(), tok.pad_id()));
+    assert_eq!(hf.chat_template(), tok.chat_template());
+    let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.path().join("tokenizer_config.json")).unwrap()).unwrap();
+    assert_eq!(cfg["model_max_length"], 256);
 
     let empty = tempfile::tempdir().unwrap();
     let err = Tokenizer::load(empty.path()).unwrap_err().to_string();
@@ -267,7 +277,7 @@ fn hf_tokenizer_load_encode_decode_save() {
 
     // Save and load back: same encodings, same template and special tokens.
     let out = dir.path().join("saved");
-    tok.save(&out).unwrap();
+    tok.save(&out, None).unwrap();
     let back = Tokenizer::load(&out).unwrap();
     assert_eq!(back.encode(text, true).unwrap(), tok.encode(text, true).unwrap());
     assert_eq!(back.chat_template(), Some(CHATML));
@@ -299,7 +309,7 @@ fn hf_tokenizer_config_variants() {
     assert_eq!(&with[1..], &without[..]);
     // Saving keeps the other named templates.
     let out = dir.path().join("saved");
-    tok.save(&out).unwrap();
+    tok.save(&out, None).unwrap();
     let cfg: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("tokenizer_config.json")).unwrap()).unwrap();
     assert!(cfg["chat_template"].is_array());
 

@@ -26,6 +26,11 @@ fn reference(name: &str) -> Value {
     serde_json::from_str(&text).unwrap()
 }
 
+fn reference_config(name: &str) -> Value {
+    let text = std::fs::read_to_string(fixture(name).join("config.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
 fn ids_of(v: &Value) -> Vec<u32> {
     v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
 }
@@ -138,10 +143,25 @@ fn save_load_round_trip_is_exact() {
     let be = CpuBackend::new();
     for name in MODELS {
         let model = Model::load(&be, &fixture(name)).unwrap();
+        let tok = Tokenizer::load(&fixture(name)).unwrap();
         let dir = tempfile::tempdir().unwrap();
-        model.save(&be, dir.path()).unwrap();
+        model.save(&be, dir.path(), &tok).unwrap();
         let again = Model::load(&be, dir.path()).unwrap();
         assert_eq!(model.to_host(&be).unwrap(), again.to_host(&be).unwrap(), "{name}: weights after save/load");
         assert_eq!(model.cfg().to_hf_json(), again.cfg().to_hf_json(), "{name}: config after save/load");
+        // the folder is complete: the config keys transformers reads are those of the fixture
+        // (made by transformers), plus a generation config and the tokenizer
+        let read = |f: &str| -> Value { serde_json::from_str(&std::fs::read_to_string(dir.path().join(f)).unwrap()).unwrap() };
+        let (saved, original) = (read("config.json"), reference_config(name));
+        for key in ["bos_token_id", "eos_token_id", "pad_token_id", "layer_norm_epsilon", "rms_norm_eps", "rope_theta", "attn_pdrop", "resid_pdrop", "embd_pdrop", "attention_dropout"] {
+            assert_eq!(saved.get(key), original.get(key), "{name}: config.json `{key}`");
+        }
+        let generation = read("generation_config.json");
+        assert_eq!(generation["bos_token_id"], 0, "{name}");
+        assert_eq!(generation["pad_token_id"], 0, "{name}");
+        assert_eq!(generation["eos_token_id"], serde_json::json!(tok.stop_ids()), "{name}: generate stops where rlhf does");
+        let tok_back = Tokenizer::load(dir.path()).unwrap();
+        let text = "Hello <|im_start|>world, café";
+        assert_eq!(tok_back.encode(text, false).unwrap(), tok.encode(text, false).unwrap(), "{name}: saved tokenizer");
     }
 }

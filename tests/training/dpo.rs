@@ -197,8 +197,7 @@ fn assert_fails_with(out: &Output, needles: &[&str]) {
 fn save_tiny(dir: &Path) {
     let be = CpuBackend::new();
     let tok = Tokenizer::byte_level();
-    tiny(&be, "gpt2-tiny", &tok, 9).save(&be, dir).unwrap();
-    tok.save(dir).unwrap();
+    tiny(&be, "gpt2-tiny", &tok, 9).save(&be, dir, &tok).unwrap();
 }
 
 #[test]

@@ -358,12 +358,10 @@ fn cli_fixture(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
     let tok = Tokenizer::byte_level();
     let cfg = ModelConfig::preset("gpt2-tiny", tok.vocab_size()).unwrap();
     let (policy, rm) = (dir.join("policy"), dir.join("rm"));
-    Model::init(&be, cfg.clone(), 1).unwrap().save(&be, &policy).unwrap();
-    tok.save(&policy).unwrap();
+    Model::init(&be, cfg.clone(), 1).unwrap().save(&be, &policy, &tok).unwrap();
     let mut rcfg = cfg;
     rcfg.score_head = true;
-    Model::init(&be, rcfg, 2).unwrap().save(&be, &rm).unwrap();
-    tok.save(&rm).unwrap();
+    Model::init(&be, rcfg, 2).unwrap().save(&be, &rm, &tok).unwrap();
     let prompts = dir.join("prompts.jsonl");
     std::fs::write(&prompts, "{\"prompt\": \"2 + 2 =\", \"answer\": \"4\"}\n{\"prompt\": \"Q: describe the cat.\\nA:\", \"answer\": 3}\n").unwrap();
     (policy, rm, prompts)
