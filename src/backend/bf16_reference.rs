@@ -97,6 +97,9 @@ impl device::Device for Bf16Reference {
     fn download(&self, buf: &RefBuf) -> Result<Vec<f32>> {
         Ok(buf.data.clone())
     }
+    fn download_range(&self, buf: &RefBuf, start: usize, len: usize) -> Result<Vec<f32>> {
+        Backend::download_range(&self.cpu, &buf.data, start, len)
+    }
     fn len(&self, buf: &RefBuf) -> usize {
         buf.data.len()
     }

@@ -11,12 +11,12 @@ use crate::error::{Error, Result};
 use crate::io::fs as fsutil;
 use crate::model::config::ModelConfig;
 use crate::model::params::{HfSource, ParamLayout, ParamSpec};
+use crate::io::safetensors_out::{self, OutTensor, ReadRange};
 use crate::io::stored_dtype;
 use memmap2::Mmap;
 use safetensors::tensor::TensorView;
-use safetensors::{Dtype, SafeTensors, View};
+use safetensors::{Dtype, SafeTensors};
 use serde_json::Value;
-use std::borrow::Cow;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
@@ -39,6 +39,18 @@ pub fn has_checkpoint(dir: &Path) -> bool {
 /// Loads the weights of `dir` into one row-major `f32` buffer per `layout.specs` entry, in order.
 /// An `optional` entry missing from the files comes back empty.
 pub fn load_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Result<Vec<Vec<f32>>> {
+    let mut out = Vec::with_capacity(layout.specs.len());
+    load_weights_each(dir, cfg, layout, |_, values| {
+        out.push(values);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// As [`load_weights`], handing each entry's values to `each(index, values)` as soon as they are
+/// decoded from the memory map, so that a caller that uploads and drops them never holds more
+/// than one tensor on the host.
+pub fn load_weights_each(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, mut each: impl FnMut(usize, Vec<f32>) -> Result<()>) -> Result<()> {
     if !dir.is_dir() {
         let what = if dir.exists() { "is not a folder" } else { "no such folder" };
         return Err(Error::file(dir, format!("cannot load a checkpoint: {what}")));
@@ -59,11 +71,10 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Resu
         }
     }
 
-    let mut out = Vec::with_capacity(layout.specs.len());
-    for spec in &layout.specs {
+    for (index, spec) in layout.specs.iter().enumerate() {
         let values = match &spec.hf {
             HfSource::Single(name) if spec.optional && !tensors.has(name) => {
-                out.push(Vec::new());
+                each(index, Vec::new())?;
                 continue;
             }
             HfSource::Single(name) => {
@@ -96,9 +107,9 @@ pub fn load_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout) -> Resu
                 ),
             ));
         }
-        out.push(values);
+        each(index, values)?;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The tensors of a checkpoint's files, by name.
@@ -134,14 +145,12 @@ impl<'a> Tensors<'a> {
     }
 }
 
-/// Writes `weights` (one buffer per `layout.specs` entry) to `dir` as F32 `model.safetensors` with
-/// Hugging Face names, and `cfg` as `config.json`. Creates `dir`; each file is written atomically.
-/// Tied embeddings write no `lm_head.weight`, as `transformers` does.
+/// Writes `weights` (one host buffer per `layout.specs` entry) to `dir` as F32 `model.safetensors`
+/// with Hugging Face names, and `cfg` as `config.json` (see [`save_weights_from`]).
 pub fn save_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, weights: &[Vec<f32>]) -> Result<()> {
     if weights.len() != layout.specs.len() {
         return Err(Error::invalid(format!("cannot save to {}: {} weight tensors given, the layout has {}", dir.display(), weights.len(), layout.specs.len())));
     }
-    let mut tensors: Vec<(String, F32View<'_>)> = Vec::new();
     for (spec, w) in layout.specs.iter().zip(weights) {
         if w.len() != spec.numel() {
             return Err(Error::invalid(format!(
@@ -153,35 +162,61 @@ pub fn save_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, weights
                 spec.numel()
             )));
         }
-        push_hf_tensors(spec, w, &mut tensors);
     }
+    let readers = weights.iter().map(|w| -> ReadRange<'_> { Box::new(move |start, len| Ok(w[start..start + len].to_vec())) }).collect();
+    save_weights_from(dir, cfg, layout, readers, Dtype::F32)
+}
 
+/// Writes the weights that `readers` (one per `layout.specs` entry, reading a range of its flat
+/// f32 values) give to `dir` as `model.safetensors` in `dtype` (F32, BF16 or F16) with Hugging
+/// Face names, tensor by tensor in bounded chunks ([`safetensors_out`]), and `cfg` as
+/// `config.json`. Creates `dir`; each file is written atomically. Tied embeddings write no
+/// `lm_head.weight`, as `transformers` does.
+pub fn save_weights_from<'a>(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, readers: Vec<ReadRange<'a>>, dtype: Dtype) -> Result<()> {
+    if readers.len() != layout.specs.len() {
+        return Err(Error::invalid(format!("cannot save to {}: {} weight tensors given, the layout has {}", dir.display(), readers.len(), layout.specs.len())));
+    }
+    let readers: Vec<std::rc::Rc<ReadRange<'a>>> = readers.into_iter().map(std::rc::Rc::new).collect();
+    let mut tensors = Vec::new();
+    for (spec, read) in layout.specs.iter().zip(&readers) {
+        push_hf_tensors(spec, read, dtype, &mut tensors);
+    }
     fsutil::create_dir_all(dir)?;
-    let path = dir.join(WEIGHTS_FILE);
     let metadata = HashMap::from([("format".to_string(), "pt".to_string())]);
-    let bytes = safetensors::serialize(tensors, Some(metadata)).map_err(|e| Error::file(&path, format!("cannot serialize: {e}")))?;
-    fsutil::atomic_write(&path, &bytes)?;
-    drop(bytes);
+    safetensors_out::write_atomic(&dir.join(WEIGHTS_FILE), &tensors, Some(&metadata))?;
 
     let config_path = dir.join(CONFIG_FILE);
-    let mut json = serde_json::to_string_pretty(&cfg.to_hf_json()).map_err(|e| Error::file(&config_path, format!("cannot serialize: {e}")))?;
+    let mut value = cfg.to_hf_json();
+    let torch_dtype = match dtype {
+        Dtype::BF16 => "bfloat16",
+        Dtype::F16 => "float16",
+        _ => "float32",
+    };
+    value["torch_dtype"] = torch_dtype.into();
+    value["dtype"] = torch_dtype.into();
+    let mut json = serde_json::to_string_pretty(&value).map_err(|e| Error::file(&config_path, format!("cannot serialize: {e}")))?;
     json.push('\n');
     fsutil::atomic_write(&config_path, json.as_bytes())
 }
 
-/// The Hugging Face tensors that make up one layout entry: itself, or its row blocks.
-fn push_hf_tensors<'a>(spec: &ParamSpec, w: &'a [f32], out: &mut Vec<(String, F32View<'a>)>) {
+/// The Hugging Face tensors that make up one layout entry: itself, or its row blocks (each
+/// reading its range of the entry).
+fn push_hf_tensors<'a>(spec: &ParamSpec, read: &std::rc::Rc<ReadRange<'a>>, dtype: Dtype, out: &mut Vec<OutTensor<'a>>) {
     match &spec.hf {
-        HfSource::Single(name) => out.push((name.clone(), F32View { shape: spec.shape.clone(), data: w })),
+        HfSource::Single(name) => {
+            let read = read.clone();
+            out.push(OutTensor { name: name.clone(), shape: spec.shape.clone(), dtype, read: Box::new(move |s, n| read(s, n)) })
+        }
         HfSource::ConcatRows(parts) => {
             let row_len: usize = spec.shape[1..].iter().product();
             let mut start = 0;
             for (name, rows) in parts {
                 let mut shape = spec.shape.clone();
                 shape[0] = *rows;
-                let end = start + rows * row_len;
-                out.push((name.clone(), F32View { shape, data: &w[start..end] }));
-                start = end;
+                let read = read.clone();
+                let offset = start;
+                out.push(OutTensor { name: name.clone(), shape, dtype, read: Box::new(move |s, n| read(offset + s, n)) });
+                start += rows * row_len;
             }
         }
     }
@@ -245,29 +280,4 @@ fn check_shape(path: &Path, name: &str, found: &[usize], expected: &[usize]) -> 
 fn decode(path: &Path, name: &str, view: &TensorView<'_>) -> Result<Vec<f32>> {
     stored_dtype::to_f32(view.data(), view.dtype())
         .ok_or_else(|| Error::tensor(path, name, format!("dtype {:?} is not supported (expected F32, F16 or BF16)", view.dtype())))
-}
-
-/// A borrowed f32 tensor for `safetensors::serialize`.
-pub(crate) struct F32View<'a> {
-    pub(crate) shape: Vec<usize>,
-    pub(crate) data: &'a [f32],
-}
-
-impl View for F32View<'_> {
-    fn dtype(&self) -> Dtype {
-        Dtype::F32
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        if cfg!(target_endian = "little") {
-            Cow::Borrowed(bytemuck::cast_slice(self.data))
-        } else {
-            Cow::Owned(self.data.iter().flat_map(|v| v.to_le_bytes()).collect())
-        }
-    }
-    fn data_len(&self) -> usize {
-        self.data.len() * 4
-    }
 }

@@ -13,6 +13,7 @@
 use crate::data::Tokenizer;
 use crate::error::{Error, Result};
 use crate::io::fs as fsutil;
+use crate::io::safetensors_out::ReadRange;
 use crate::model::checkpoint;
 use crate::model::config::ModelConfig;
 use crate::model::params::ParamLayout;
@@ -22,10 +23,11 @@ use std::path::Path;
 /// The generation settings file name.
 pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 
-/// Writes `weights` (layout order) as a complete model folder in `dir` for `tok`.
-pub fn save_model_folder(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, weights: &[Vec<f32>], tok: &Tokenizer) -> Result<()> {
+/// Writes the weights `readers` give (layout order, see [`checkpoint::save_weights_from`]) as a
+/// complete model folder in `dir` for `tok`.
+pub fn save_model_folder(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, readers: Vec<ReadRange<'_>>, tok: &Tokenizer) -> Result<()> {
     let cfg = cfg.with_tokenizer(tok);
-    checkpoint::save_weights(dir, &cfg, layout, weights)?;
+    checkpoint::save_weights_from(dir, &cfg, layout, readers, safetensors::Dtype::F32)?;
     let path = dir.join(GENERATION_CONFIG_FILE);
     let mut text = serde_json::to_string_pretty(&generation_config(&cfg, tok)).map_err(|e| Error::file(&path, format!("cannot serialize: {e}")))?;
     text.push('\n');

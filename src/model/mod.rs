@@ -67,6 +67,19 @@ impl<B: Backend> Model<B> {
         Ok(Model { decoder, weights, master })
     }
 
+    /// A model from weights already uploaded as f32 (layout order): the loaders upload each
+    /// tensor as it is decoded, so the host never holds the whole model.
+    fn from_uploaded(be: &B, cfg: ModelConfig, uploaded: Vec<B::Buf>) -> Result<Self> {
+        let decoder = Decoder::new(cfg);
+        for (spec, b) in decoder.layout.specs.iter().zip(&uploaded) {
+            if be.len(b) != spec.numel() {
+                return Err(crate::Error::invalid(format!("tensor `{}` has {} values, expected {:?}", spec.name, be.len(b), spec.shape)));
+            }
+        }
+        let (weights, master) = weights_from_uploaded(be, uploaded)?;
+        Ok(Model { decoder, weights, master })
+    }
+
     /// The f32 weights: the master copy in a reduced-precision mode, else the weights.
     pub fn master_weights(&self) -> &[B::Buf] {
         if self.master.is_empty() {
@@ -95,7 +108,7 @@ impl<B: Backend> Model<B> {
     }
 
     /// Adds the (master) weights to a checkpoint as `<name>.i`.
-    pub fn save_state(&self, be: &B, w: &mut StateWriter, name: &str) -> Result<()> {
+    pub fn save_state<'a>(&'a self, be: &'a B, w: &mut StateWriter<'a>, name: &str) -> Result<()> {
         w.bufs(be, name, self.master_weights())
     }
 
@@ -112,8 +125,12 @@ impl<B: Backend> Model<B> {
     pub fn load(be: &B, dir: &Path) -> Result<Self> {
         let cfg = ModelConfig::load(dir)?;
         let layout = ParamLayout::new(&cfg);
-        let host = checkpoint::load_weights(dir, &cfg, &layout)?;
-        Self::from_host(be, cfg, &host)
+        let mut uploaded = Vec::with_capacity(layout.specs.len());
+        checkpoint::load_weights_each(dir, &cfg, &layout, |_, values| {
+            uploaded.push(be.upload(&values)?);
+            Ok(())
+        })?;
+        Self::from_uploaded(be, cfg, uploaded)
     }
 
     /// Reads a folder as a reward model (a scalar `score` head on the trunk): a reward-model
@@ -123,14 +140,16 @@ impl<B: Backend> Model<B> {
         let mut cfg = ModelConfig::load(dir)?;
         cfg.score_head = true;
         let layout = ParamLayout::new(&cfg);
-        let mut host = checkpoint::load_weights(dir, &cfg, &layout)?;
-        if let Some(i) = layout.score {
-            if host[i].is_empty() {
+        let mut uploaded = Vec::with_capacity(layout.specs.len());
+        checkpoint::load_weights_each(dir, &cfg, &layout, |i, mut values| {
+            if Some(i) == layout.score && values.is_empty() {
                 let mut rng = Rng::new(seed);
-                host[i] = (0..layout.specs[i].numel()).map(|_| rng.normal() * 0.02).collect();
+                values = (0..layout.specs[i].numel()).map(|_| rng.normal() * 0.02).collect();
             }
-        }
-        Self::from_host(be, cfg, &host)
+            uploaded.push(be.upload(&values)?);
+            Ok(())
+        })?;
+        Self::from_uploaded(be, cfg, uploaded)
     }
 
     /// A fresh model: normal(0, 0.02) matrices and embeddings, residual output projections scaled
@@ -172,9 +191,14 @@ impl<B: Backend> Model<B> {
 
     /// Writes a complete Hugging Face model folder into `dir`: weights, config.json,
     /// generation_config.json and `tok` (see [`hf_folder`]).
+    /// The weights are read from the device a bounded chunk at a time as they are written.
     pub fn save(&self, be: &B, dir: &Path, tok: &crate::data::Tokenizer) -> Result<()> {
-        let host = self.to_host(be)?;
-        hf_folder::save_model_folder(dir, &self.decoder.cfg, &self.decoder.layout, &host, tok)
+        let readers = self
+            .master_weights()
+            .iter()
+            .map(|w| -> crate::io::safetensors_out::ReadRange<'_> { Box::new(move |start, len| be.download_range(w, start, len)) })
+            .collect();
+        hf_folder::save_model_folder(dir, &self.decoder.cfg, &self.decoder.layout, readers, tok)
     }
 
     /// Zero-filled gradient buffers shaped like the weights (in the compute type).
@@ -191,6 +215,11 @@ pub type WeightsAndMaster<B> = (Vec<<B as Backend>::Buf>, Vec<<B as Backend>::Bu
 /// weights its copy rounded to the compute type.
 pub fn upload_weights<B: Backend>(be: &B, host: &[Vec<f32>]) -> Result<WeightsAndMaster<B>> {
     let uploaded = host.iter().map(|h| be.upload(h)).collect::<Result<Vec<_>>>()?;
+    weights_from_uploaded(be, uploaded)
+}
+
+/// As [`upload_weights`], from f32 tensors already on the device.
+pub fn weights_from_uploaded<B: Backend>(be: &B, uploaded: Vec<B::Buf>) -> Result<WeightsAndMaster<B>> {
     if be.compute_dtype() == Dtype::F32 {
         return Ok((uploaded, Vec::new()));
     }

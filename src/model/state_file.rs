@@ -2,7 +2,9 @@
 //! and read back.
 //!
 //! A checkpoint is a folder `<out>/checkpoints/step-NNNNNNNN/` with `state.safetensors` (every
-//! device buffer the run needs: weights, AdamW moments, value heads; f32, exact) and
+//! device buffer the run needs: weights, AdamW moments, value heads; f32, exact; written tensor
+//! by tensor from the device buffers in bounded chunks, and read back memory-mapped, one tensor
+//! at a time, so neither holds a second copy of the run's state) and
 //! `state.json` (the command, the step, and host state: RNG states, data position, KL
 //! controller, running reward moments, counters). It is written into a temporary sibling folder,
 //! every file fsynced, then renamed into place, and only then does `<out>/checkpoints/latest`
@@ -15,8 +17,9 @@
 use crate::backend::ops::Backend;
 use crate::error::{Error, Result};
 use crate::io::fs as fsutil;
-use crate::model::checkpoint::F32View;
-use safetensors::SafeTensors;
+use crate::io::safetensors_out::{self, OutTensor, ReadRange};
+use memmap2::Mmap;
+use safetensors::{Dtype, SafeTensors};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -31,33 +34,44 @@ pub const STATE_TENSORS: &str = "state.safetensors";
 /// Checkpoints kept in a run's folder (the newest ones).
 pub const KEEP: usize = 2;
 
-/// What a checkpoint is being filled with.
+/// Where a checkpoint tensor's values come from when it is written.
+enum Source<'a> {
+    /// a host vector, kept until the write
+    Host(Vec<f32>),
+    /// a device buffer, read a bounded range at a time during the write
+    Device(ReadRange<'a>),
+}
+
+/// What a checkpoint is being filled with. Device buffers are only named here (borrowed for
+/// `'a`); their values are read when the checkpoint is written.
 #[derive(Default)]
-pub struct StateWriter {
-    tensors: Vec<(String, Vec<f32>)>,
+pub struct StateWriter<'a> {
+    tensors: Vec<(String, usize, Source<'a>)>,
     scalars: Map<String, Value>,
     /// keeps nothing: the writer of a rank that takes part in a checkpoint (ZeRO-1's moments
     /// travel to rank 0) but does not write it
     discard: bool,
 }
 
-impl StateWriter {
+impl<'a> StateWriter<'a> {
     pub fn new() -> Self {
-        Self::default()
+        StateWriter { tensors: Vec::new(), scalars: Map::new(), discard: false }
     }
 
     /// A writer that keeps nothing (see `discard`).
     pub fn discarding() -> Self {
-        StateWriter { discard: true, ..Self::default() }
+        StateWriter { discard: true, ..Self::new() }
     }
 
-    /// Downloads `bufs` as tensors `<prefix>.0`, `<prefix>.1`, ...
-    pub fn bufs<B: Backend>(&mut self, be: &B, prefix: &str, bufs: &[B::Buf]) -> Result<()> {
+    /// Adds `bufs` as tensors `<prefix>.0`, `<prefix>.1`, ..., read from the device when the
+    /// checkpoint is written.
+    pub fn bufs<B: Backend>(&mut self, be: &'a B, prefix: &str, bufs: &'a [B::Buf]) -> Result<()> {
         if self.discard {
             return Ok(());
         }
         for (i, b) in bufs.iter().enumerate() {
-            self.tensors.push((format!("{prefix}.{i}"), be.download(b)?));
+            let read: ReadRange<'a> = Box::new(move |start, len| be.download_range(b, start, len));
+            self.tensors.push((format!("{prefix}.{i}"), be.len(b), Source::Device(read)));
         }
         Ok(())
     }
@@ -65,7 +79,7 @@ impl StateWriter {
     /// A host tensor stored as it is (e.g. cached reference log-probs).
     pub fn tensor(&mut self, name: &str, data: Vec<f32>) {
         if !self.discard {
-            self.tensors.push((name.to_string(), data));
+            self.tensors.push((name.to_string(), data.len(), Source::Host(data)));
         }
     }
 
@@ -114,14 +128,23 @@ impl StateWriter {
     }
 }
 
-impl StateWriter {
+impl StateWriter<'_> {
     /// Writes the checkpoint's two files into the (temporary) folder `tmp`, fsynced.
     fn write_into(self, tmp: &Path, command: &str, step: usize) -> Result<()> {
         fsutil::create_dir_all(tmp)?;
-        let views: Vec<(String, F32View<'_>)> = self.tensors.iter().map(|(n, d)| (n.clone(), F32View { shape: vec![d.len()], data: d })).collect();
-        let bytes = safetensors::serialize(views, None).map_err(|e| Error::file(tmp.join(STATE_TENSORS), format!("cannot serialize: {e}")))?;
-        write_synced(&tmp.join(STATE_TENSORS), &bytes)?;
-        drop(bytes);
+        let tensors: Vec<OutTensor<'_>> = self
+            .tensors
+            .iter()
+            .map(|(name, len, source)| {
+                let read: ReadRange<'_> = match source {
+                    Source::Host(data) => Box::new(move |start, n| Ok(data[start..start + n].to_vec())),
+                    Source::Device(read) => Box::new(move |start, n| read(start, n)),
+                };
+                OutTensor { name: name.clone(), shape: vec![*len], dtype: Dtype::F32, read }
+            })
+            .collect();
+        safetensors_out::write_to(&tmp.join(STATE_TENSORS), &tensors, None)?;
+        drop(tensors);
         let mut state = self.scalars;
         state.insert("command".into(), Value::from(command));
         state.insert("step".into(), Value::from(step));
@@ -179,12 +202,15 @@ fn newest_complete_checkpoint(root: &Path) -> Option<PathBuf> {
         .map(|(_, dir)| dir)
 }
 
-/// A checkpoint read back.
+/// A checkpoint read back: `state.json` parsed, `state.safetensors` memory-mapped and decoded one
+/// tensor at a time as the run restores it.
 pub struct Checkpoint {
     pub dir: PathBuf,
     pub step: usize,
     pub(crate) state: Map<String, Value>,
-    tensors: HashMap<String, Vec<f32>>,
+    map: Mmap,
+    /// name -> byte range of its f32 values in `map`
+    tensors: HashMap<String, (usize, usize)>,
 }
 
 impl Checkpoint {
@@ -231,24 +257,37 @@ impl Checkpoint {
         }
         let step = state.get("step").and_then(Value::as_u64).ok_or_else(|| Error::file(&json_path, "no `step`"))? as usize;
         let t_path = dir.join(STATE_TENSORS);
-        let bytes = std::fs::read(&t_path).map_err(|e| Error::io(&t_path, e))?;
-        let st = SafeTensors::deserialize(&bytes).map_err(|e| Error::file(&t_path, format!("not a valid safetensors file: {e}")))?;
+        let file = std::fs::File::open(&t_path).map_err(|e| Error::io(&t_path, e))?;
+        // SAFETY: checkpoint files are written once into a temporary folder and renamed into
+        // place, never modified in place, so the mapping does not change under us.
+        let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&t_path, e))?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| Error::file(&t_path, format!("not a valid safetensors file: {e}")))?;
+        let base = map.as_ptr() as usize;
         let mut tensors = HashMap::new();
         for (name, view) in st.iter() {
-            if view.dtype() != safetensors::Dtype::F32 {
+            if view.dtype() != Dtype::F32 {
                 return Err(Error::tensor(&t_path, name, "expected F32"));
             }
-            let values = crate::io::stored_dtype::to_f32(view.data(), safetensors::Dtype::F32).unwrap_or_default();
-            if let Some(i) = values.iter().position(|x| !x.is_finite()) {
+            // checked in place, without a decoded copy
+            let bad = view.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).enumerate().find(|(_, x)| !x.is_finite());
+            if let Some((i, x)) = bad {
                 return Err(Error::tensor(
                     &t_path,
                     name,
-                    format!("holds a non-finite value ({} at index {i}): this checkpoint cannot continue a run; resume from an earlier one", values[i]),
+                    format!("holds a non-finite value ({x} at index {i}): this checkpoint cannot continue a run; resume from an earlier one"),
                 ));
             }
-            tensors.insert(name.to_string(), values);
+            let start = view.data().as_ptr() as usize - base;
+            tensors.insert(name.to_string(), (start, start + view.data().len()));
         }
-        Ok(Checkpoint { dir, step, state, tensors })
+        drop(st);
+        Ok(Checkpoint { dir, step, state, map, tensors })
+    }
+
+    /// The values of tensor `name`, decoded from the mapping.
+    fn values(&self, name: &str) -> Option<Vec<f32>> {
+        let &(start, end) = self.tensors.get(name)?;
+        crate::io::stored_dtype::to_f32(&self.map[start..end], Dtype::F32)
     }
 
     /// Uploads tensors `<prefix>.i` into `bufs`, checking that every one is there with the
@@ -263,11 +302,13 @@ impl Checkpoint {
     /// Writes tensor `name` into `buf`, which must have as many values.
     pub fn restore_buf<B: Backend>(&self, be: &B, name: &str, buf: &mut B::Buf) -> Result<()> {
         let path = self.dir.join(STATE_TENSORS);
-        let data = self.tensors.get(name).ok_or_else(|| Error::tensor(&path, name, "missing from the checkpoint (a different model or command?)"))?;
-        if data.len() != be.len(buf) {
-            return Err(Error::tensor(&path, name, format!("has {} values but this run needs {} (a different model?)", data.len(), be.len(buf))));
+        let &(start, end) = self.tensors.get(name).ok_or_else(|| Error::tensor(&path, name, "missing from the checkpoint (a different model or command?)"))?;
+        let len = (end - start) / 4;
+        if len != be.len(buf) {
+            return Err(Error::tensor(&path, name, format!("has {len} values but this run needs {} (a different model?)", be.len(buf))));
         }
-        be.write(buf, data)
+        let data = self.values(name).ok_or_else(|| Error::tensor(&path, name, "cannot be decoded"))?;
+        be.write(buf, &data)
     }
 
     /// Fails when the checkpoint holds a tensor `<prefix>.<n>`: more than the `n` this run has.
@@ -279,9 +320,9 @@ impl Checkpoint {
     }
 
     /// The host tensor stored under `name` with [`StateWriter::tensor`].
-    pub fn tensor(&self, name: &str) -> Result<&[f32]> {
+    pub fn tensor(&self, name: &str) -> Result<Vec<f32>> {
         let path = self.dir.join(STATE_TENSORS);
-        self.tensors.get(name).map(Vec::as_slice).ok_or_else(|| Error::tensor(&path, name, "missing from the checkpoint"))
+        self.values(name).ok_or_else(|| Error::tensor(&path, name, "missing from the checkpoint"))
     }
 
     /// The host value stored under `key`.

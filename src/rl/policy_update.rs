@@ -201,7 +201,7 @@ impl<B: Backend> ValueHead<B> {
         enqueue_guarded_adamw_step(be, optim, (&mut self.norm_sq, &mut self.guard), &mut self.step, t, lr, loss)
     }
 
-    fn save_state(&self, be: &B, w: &mut StateWriter) -> Result<()> {
+    fn save_state<'a>(&'a self, be: &'a B, w: &mut StateWriter<'a>) -> Result<()> {
         let f32_weight = if self.master.is_empty() { std::slice::from_ref(&self.weight) } else { &self.master[..] };
         w.bufs(be, "value_head", f32_weight)?;
         w.bufs(be, "value_head.m", std::slice::from_ref(&self.m))?;
@@ -537,7 +537,7 @@ impl<B: Backend> PpoUpdate<B> {
 
     /// Adds the optimiser state (policy and value moments, the value head) to a checkpoint;
     /// the models' weights are saved by the caller.
-    pub fn save_state(&self, be: &B, w: &mut StateWriter) -> Result<()> {
+    pub fn save_state<'a>(&'a self, be: &'a B, w: &mut StateWriter<'a>) -> Result<()> {
         self.policy.opt.save_state(be, w, "policy_adamw")?;
         if let Some(v) = &self.value {
             v.opt.save_state(be, w, "value_adamw")?;

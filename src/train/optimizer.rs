@@ -271,7 +271,7 @@ impl<B: Backend> AdamW<B> {
     /// Adds the moments (`<prefix>.m.i`, `<prefix>.v.i`) and the step count to a checkpoint.
     /// Under ZeRO-1 every rank must call it (each tensor's moments come from its owner); the
     /// checkpoint holds the whole state under the same names either way.
-    pub fn save_state(&self, be: &B, w: &mut StateWriter, prefix: &str) -> Result<()> {
+    pub fn save_state<'a>(&'a self, be: &'a B, w: &mut StateWriter<'a>, prefix: &str) -> Result<()> {
         match &self.shards {
             None => {
                 w.bufs(be, &format!("{prefix}.m"), &self.m)?;

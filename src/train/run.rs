@@ -167,12 +167,12 @@ impl TrainRun {
     /// with a skipped update saves nothing: the last checkpoint stays the last good one).
     /// `state()` gives the trainer's host state, `tensors` adds its device state; neither is
     /// called when no checkpoint is due.
-    pub fn save_if_due<S: Serialize>(
+    pub fn save_if_due<'c, S: Serialize>(
         &self,
         step: usize,
         clean: bool,
         state: impl FnOnce() -> S,
-        tensors: impl FnOnce(&mut StateWriter) -> Result<()>,
+        tensors: impl FnOnce(&mut StateWriter<'c>) -> Result<()>,
     ) -> Result<()> {
         if !self.save_every_due.due(step, self.steps) || !clean {
             return Ok(());

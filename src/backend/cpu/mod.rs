@@ -94,6 +94,10 @@ impl device::Device for CpuBackend {
         self.downloads.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(buf.clone())
     }
+    fn download_range(&self, buf: &Vec<f32>, start: usize, len: usize) -> Result<Vec<f32>> {
+        check(start.checked_add(len).is_some_and(|end| end <= buf.len()), "download_range", "range beyond the buffer")?;
+        Ok(buf[start..start + len].to_vec())
+    }
     fn len(&self, buf: &Vec<f32>) -> usize {
         buf.len()
     }

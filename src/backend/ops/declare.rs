@@ -116,6 +116,8 @@ macro_rules! declare_ops {
             fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> $crate::error::Result<()>;
             /// See [`Device::download`].
             fn download(&self, buf: &Self::Buf) -> $crate::error::Result<Vec<f32>>;
+            /// See [`Device::download_range`].
+            fn download_range(&self, buf: &Self::Buf, start: usize, len: usize) -> $crate::error::Result<Vec<f32>>;
             /// See [`Device::len`].
             fn len(&self, buf: &Self::Buf) -> usize;
             /// See [`Device::alloc_ids`].
@@ -185,6 +187,9 @@ macro_rules! declare_ops {
             }
             fn download(&self, buf: &Self::Buf) -> $crate::error::Result<Vec<f32>> {
                 <T as Device>::download(self, buf)
+            }
+            fn download_range(&self, buf: &Self::Buf, start: usize, len: usize) -> $crate::error::Result<Vec<f32>> {
+                <T as Device>::download_range(self, buf, start, len)
             }
             fn len(&self, buf: &Self::Buf) -> usize {
                 <T as Device>::len(self, buf)

@@ -63,6 +63,15 @@ pub trait Device: Backend {
     fn write(&self, buf: &mut Self::Buf, data: &[f32]) -> Result<()>;
     /// Reads the whole buffer back as f32 (waits for pending ops).
     fn download(&self, buf: &Self::Buf) -> Result<Vec<f32>>;
+    /// Reads `len` values from `start` back as f32: what a streaming checkpoint writer reads a
+    /// bounded chunk at a time. The default downloads the whole buffer and slices it; the CPU
+    /// backends copy only the range.
+    fn download_range(&self, buf: &Self::Buf, start: usize, len: usize) -> Result<Vec<f32>> {
+        let all = Device::download(self, buf)?;
+        all.get(start..start + len).map(<[f32]>::to_vec).ok_or_else(|| {
+            crate::error::Error::invalid(format!("download of values {start}..{} from a buffer of {}", start + len, all.len()))
+        })
+    }
     fn len(&self, buf: &Self::Buf) -> usize;
     fn alloc_ids(&self, len: usize) -> Result<Self::Ids>;
     fn upload_ids(&self, data: &[i32]) -> Result<Self::Ids>;
