@@ -169,7 +169,7 @@ pub fn write_resolved(out: &Path, sub: &Command, matches: &ArgMatches) -> Result
 /// Flags that do not change what a run computes: where it writes, how it reports, how it is
 /// checkpointed and on which device and threads it runs. Every other flag is a setting that a
 /// resumed run must share with the run it continues.
-pub const NOT_SETTINGS: &[&str] = &["out", "resume", "overwrite", "save_every", "log_every", "max_bad_steps", "threads", "backend", "zero"];
+pub const NOT_SETTINGS: &[&str] = &["out", "resume", "overwrite", "save_every", "log_every", "max_bad_steps", "threads", "backend", "zero", "save_dtype"];
 
 /// Flags that name input files or folders: their settings are digests of the contents
 /// ([`rlhf::io::fs::digest_input`]), not the paths, so a moved file still resumes and an edited

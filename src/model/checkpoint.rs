@@ -112,6 +112,24 @@ pub fn load_weights_each(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, mu
     Ok(())
 }
 
+/// The dtype that most of the weight bytes of `dir` are stored in (what `--save-dtype auto`
+/// saves a model read from `dir` in). Reads only the files' headers.
+pub fn stored_float_dtype(dir: &Path) -> Result<Dtype> {
+    let mut bytes: Vec<(Dtype, usize)> = Vec::new();
+    for path in weight_files(dir)? {
+        let map = map_file(&path)?;
+        let (_, meta) = SafeTensors::read_metadata(&map).map_err(|e| Error::file(&path, format!("not a valid safetensors file: {e}")))?;
+        for info in meta.tensors().values() {
+            let n = info.data_offsets.1.saturating_sub(info.data_offsets.0);
+            match bytes.iter_mut().find(|(d, _)| *d == info.dtype) {
+                Some((_, total)) => *total += n,
+                None => bytes.push((info.dtype, n)),
+            }
+        }
+    }
+    Ok(bytes.into_iter().max_by_key(|&(_, n)| n).map_or(Dtype::F32, |(d, _)| d))
+}
+
 /// The tensors of a checkpoint's files, by name.
 struct Tensors<'a> {
     dir: &'a Path,

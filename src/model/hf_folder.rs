@@ -25,9 +25,9 @@ pub const GENERATION_CONFIG_FILE: &str = "generation_config.json";
 
 /// Writes the weights `readers` give (layout order, see [`checkpoint::save_weights_from`]) as a
 /// complete model folder in `dir` for `tok`.
-pub fn save_model_folder(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, readers: Vec<ReadRange<'_>>, tok: &Tokenizer) -> Result<()> {
+pub fn save_model_folder(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, readers: Vec<ReadRange<'_>>, tok: &Tokenizer, dtype: safetensors::Dtype) -> Result<()> {
     let cfg = cfg.with_tokenizer(tok);
-    checkpoint::save_weights_from(dir, &cfg, layout, readers, safetensors::Dtype::F32)?;
+    checkpoint::save_weights_from(dir, &cfg, layout, readers, dtype)?;
     let path = dir.join(GENERATION_CONFIG_FILE);
     let mut text = serde_json::to_string_pretty(&generation_config(&cfg, tok)).map_err(|e| Error::file(&path, format!("cannot serialize: {e}")))?;
     text.push('\n');

@@ -34,6 +34,9 @@ pub struct Model<B: Backend> {
     pub decoder: Decoder,
     pub weights: Vec<B::Buf>,
     pub master: Vec<B::Buf>,
+    /// the dtype the weights were stored in where they were read (F32 for a new model): what
+    /// `--save-dtype auto` saves them in
+    pub source_dtype: safetensors::Dtype,
 }
 
 /// The weights an optimiser step writes: the compute weights and, in a reduced-precision mode,
@@ -46,6 +49,11 @@ pub struct ParamsMut<'a, B: Backend> {
 impl<B: Backend> Model<B> {
     pub fn cfg(&self) -> &ModelConfig {
         &self.decoder.cfg
+    }
+
+    /// The dtype the weights were stored in where they were read (F32 for a new model).
+    pub fn source_dtype(&self) -> safetensors::Dtype {
+        self.source_dtype
     }
 
     pub fn layout(&self) -> &ParamLayout {
@@ -64,7 +72,7 @@ impl<B: Backend> Model<B> {
             }
         }
         let (weights, master) = upload_weights(be, host)?;
-        Ok(Model { decoder, weights, master })
+        Ok(Model { decoder, weights, master, source_dtype: safetensors::Dtype::F32 })
     }
 
     /// A model from weights already uploaded as f32 (layout order): the loaders upload each
@@ -77,7 +85,7 @@ impl<B: Backend> Model<B> {
             }
         }
         let (weights, master) = weights_from_uploaded(be, uploaded)?;
-        Ok(Model { decoder, weights, master })
+        Ok(Model { decoder, weights, master, source_dtype: safetensors::Dtype::F32 })
     }
 
     /// The f32 weights: the master copy in a reduced-precision mode, else the weights.
@@ -130,7 +138,9 @@ impl<B: Backend> Model<B> {
             uploaded.push(be.upload(&values)?);
             Ok(())
         })?;
-        Self::from_uploaded(be, cfg, uploaded)
+        let mut model = Self::from_uploaded(be, cfg, uploaded)?;
+        model.source_dtype = checkpoint::stored_float_dtype(dir)?;
+        Ok(model)
     }
 
     /// Reads a folder as a reward model (a scalar `score` head on the trunk): a reward-model
@@ -149,7 +159,9 @@ impl<B: Backend> Model<B> {
             uploaded.push(be.upload(&values)?);
             Ok(())
         })?;
-        Self::from_uploaded(be, cfg, uploaded)
+        let mut model = Self::from_uploaded(be, cfg, uploaded)?;
+        model.source_dtype = checkpoint::stored_float_dtype(dir)?;
+        Ok(model)
     }
 
     /// A fresh model: normal(0, 0.02) matrices and embeddings, residual output projections scaled
@@ -191,14 +203,21 @@ impl<B: Backend> Model<B> {
 
     /// Writes a complete Hugging Face model folder into `dir`: weights, config.json,
     /// generation_config.json and `tok` (see [`hf_folder`]).
-    /// The weights are read from the device a bounded chunk at a time as they are written.
+    /// The weights are read from the device a bounded chunk at a time as they are written, and
+    /// stored as f32.
     pub fn save(&self, be: &B, dir: &Path, tok: &crate::data::Tokenizer) -> Result<()> {
+        self.save_as(be, dir, tok, safetensors::Dtype::F32)
+    }
+
+    /// As [`Self::save`], the weights stored in `dtype` (F32, BF16 or F16; rounded to nearest
+    /// even).
+    pub fn save_as(&self, be: &B, dir: &Path, tok: &crate::data::Tokenizer, dtype: safetensors::Dtype) -> Result<()> {
         let readers = self
             .master_weights()
             .iter()
             .map(|w| -> crate::io::safetensors_out::ReadRange<'_> { Box::new(move |start, len| be.download_range(w, start, len)) })
             .collect();
-        hf_folder::save_model_folder(dir, &self.decoder.cfg, &self.decoder.layout, readers, tok)
+        hf_folder::save_model_folder(dir, &self.decoder.cfg, &self.decoder.layout, readers, tok, dtype)
     }
 
     /// Zero-filled gradient buffers shaped like the weights (in the compute type).

@@ -37,6 +37,11 @@ pub struct RunControl {
     /// after each step); the same results either way, and checkpoints resume under either
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
     pub zero: u8,
+    /// The dtype of the saved model's weights: auto keeps the dtype the model was read in (a bf16
+    /// or f16 checkpoint is saved as such, as transformers does; a new model as f32); run-state
+    /// checkpoints (master weights, optimiser) are always f32
+    #[arg(long, value_enum, default_value_t = SaveDtype::Auto)]
+    pub save_dtype: SaveDtype,
     /// the resolved configuration, written as `<out>/run.toml` when the run claims its folder
     #[arg(skip)]
     pub run_toml: Option<String>,
@@ -49,7 +54,40 @@ pub struct RunControl {
 
 impl Default for RunControl {
     fn default() -> Self {
-        RunControl { save_every: 0, resume: None, max_bad_steps: DEFAULT_MAX_BAD_STEPS, overwrite: false, zero: 0, run_toml: None, settings: None }
+        RunControl {
+            save_every: 0,
+            resume: None,
+            max_bad_steps: DEFAULT_MAX_BAD_STEPS,
+            overwrite: false,
+            zero: 0,
+            save_dtype: SaveDtype::Auto,
+            run_toml: None,
+            settings: None,
+        }
+    }
+}
+
+/// The dtype a finished run saves its model's weights in (`--save-dtype`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum SaveDtype {
+    /// the dtype the model's weights were read in (f32 for a new model)
+    #[default]
+    Auto,
+    F32,
+    Bf16,
+    F16,
+}
+
+impl SaveDtype {
+    /// The stored dtype for a model read in `source`.
+    pub fn resolve(self, source: safetensors::Dtype) -> safetensors::Dtype {
+        use safetensors::Dtype;
+        match self {
+            SaveDtype::Auto if matches!(source, Dtype::BF16 | Dtype::F16) => source,
+            SaveDtype::Auto | SaveDtype::F32 => Dtype::F32,
+            SaveDtype::Bf16 => Dtype::BF16,
+            SaveDtype::F16 => Dtype::F16,
+        }
     }
 }
 

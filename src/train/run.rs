@@ -201,7 +201,7 @@ impl TrainRun {
             progress.finish();
         }
         if self.world.is_main() {
-            model.save(be, &self.out, tokenizer)?;
+            model.save_as(be, &self.out, tokenizer, self.save_every_due.save_dtype.resolve(model.source_dtype()))?;
         }
         Ok(self.elapsed_s())
     }

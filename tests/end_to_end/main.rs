@@ -12,3 +12,4 @@ mod demo_methods;
 mod feedback;
 mod hf_folders;
 mod reward_cmd;
+mod save_dtype;
