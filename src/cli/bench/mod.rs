@@ -11,6 +11,7 @@
 mod attention;
 mod decode;
 mod kernels;
+mod memory;
 mod sampling;
 
 use super::common::{Common, SyncEveryArg};
@@ -106,6 +107,8 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
     let targets: Vec<i32> = (0..b * t).map(|_| rng.below(a.vocab as u64) as i32).collect();
     let batch = Batch { b, t, inputs: inputs.clone(), targets: targets.clone(), positions: (0..b * t).map(|i| (i % t) as i32).collect(), n_supervised: b * t };
     let mut train_times = Vec::new();
+    // the host high-water mark over the training steps (the CPU backend's device is the host)
+    let peak_measured = be.name() == "cpu" && memory::reset_peak_resident();
     for i in 0..=a.steps {
         if i == 1 && a.profile {
             rlhf::backend::cpu::profile::reset();
@@ -121,6 +124,7 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         }
     }
     rlhf::backend::cpu::profile::enable(false);
+    let train_peak = if peak_measured { memory::peak_resident_bytes() } else { None };
     drop(trainer);
     // forward only (scoring)
     let mut acts = Activations::new(be, &cfg, b, b * t)?;
@@ -230,6 +234,15 @@ pub fn run_bench<B: Backend>(be: &B, a: &BenchArgs) -> Result<()> {
         );
     }
     print_state_per_device(&be.compute_dtype(), &model.layout().specs.iter().map(|s| s.numel()).collect::<Vec<_>>());
+    match train_peak {
+        Some(bytes) => println!(
+            "peak resident memory of the training steps: {:.1} MiB, {:.2} bytes per parameter (process high-water mark, as tests/fixtures/bench_pytorch.py reports PyTorch's: peak_rss_mib)",
+            bytes as f64 / (1 << 20) as f64,
+            bytes as f64 / n_params
+        ),
+        None if be.name() == "cpu" => println!("peak resident memory of the training steps: not measurable here (needs Linux's /proc/self/clear_refs)"),
+        None => {}
+    }
     if !a.decode_batches.is_empty() || a.kernels {
         let bandwidth = kernels::copy_bandwidth(be, a.steps)?;
         if !a.decode_batches.is_empty() {
