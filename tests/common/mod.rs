@@ -245,3 +245,16 @@ macro_rules! op_family_suites {
 pub fn ops_with_compute_buffers() -> Vec<&'static str> {
     rlhf::backend::ops::FAMILIES.iter().flat_map(|f| f.ops).filter(|o| o.compute).map(|o| o.name).collect()
 }
+
+/// `download_range` (the streaming save's bounded read) returns exactly the values of the range
+/// `download` returns, at the start, across the middle and at the end of a buffer, and refuses a
+/// range beyond it.
+pub fn check_download_range<B: rlhf::backend::ops::Backend>(be: &B) {
+    let data: Vec<f32> = (0..1000).map(|i| i as f32 * 0.25 - 7.0).collect();
+    let buf = be.upload(&data).unwrap();
+    let all = be.download(&buf).unwrap();
+    for (start, len) in [(0, 1), (0, 1000), (1, 999), (123, 456), (999, 1), (500, 0)] {
+        assert_eq!(be.download_range(&buf, start, len).unwrap(), &all[start..start + len], "{}: values {start}..{}", be.name(), start + len);
+    }
+    assert!(be.download_range(&buf, 990, 11).is_err(), "{}: a range past the end is refused", be.name());
+}

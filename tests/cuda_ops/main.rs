@@ -210,3 +210,10 @@ fn every_op_with_compute_buffers_has_a_bf16_parity_test() {
         );
     }
 }
+
+#[test]
+fn download_range_reads_exactly_the_range() {
+    for be in [gpu(), gpu_bf16()].into_iter().flatten() {
+        common::check_download_range(be);
+    }
+}

@@ -806,3 +806,8 @@ fn many_tensor_optimizer_ops_match_per_tensor() {
     }
     assert_eq!(state, each, "adamw_many");
 }
+
+#[test]
+fn download_range_reads_exactly_the_range() {
+    common::check_download_range(&rlhf::backend::CpuBackend::new());
+}

@@ -98,3 +98,10 @@ fn shader_families_are_the_op_families() {
     declared.sort();
     assert_eq!(wgsl, declared, "shaders/*.wgsl and the op list name different op families");
 }
+
+#[test]
+fn download_range_reads_exactly_the_range() {
+    if let Some(g) = gpu() {
+        common::check_download_range(g);
+    }
+}

@@ -130,6 +130,20 @@ fn download_slice<T: DeviceRepr>(ctx: &Context, buf: &CudaSlice<T>) -> Result<Ve
     Ok(v)
 }
 
+/// `len` values from `start` of `buf` (a bounded read for streaming saves).
+fn download_range_of<T: DeviceRepr>(ctx: &Context, buf: &CudaSlice<T>, start: usize, len: usize) -> Result<Vec<T>> {
+    if start.checked_add(len).is_none_or(|end| end > buf.len()) {
+        return Err(err(format!("download of values {start}..{} from a buffer of {}", start + len, buf.len())));
+    }
+    if len == 0 {
+        return Ok(Vec::new());
+    }
+    let view = buf.slice(start..start + len);
+    let v = ctx.stream().clone_dtoh(&view).map_err(|e| err(format!("download of {len} values: {e:?}")))?;
+    ctx.stream().synchronize().map_err(|e| err(format!("synchronize: {e:?}")))?;
+    Ok(v)
+}
+
 fn alloc_slice<T: DeviceRepr + cudarc::driver::ValidAsZeroBits>(ctx: &Context, len: usize) -> Result<CudaSlice<T>> {
     let r = if len == 0 { ctx.stream().null() } else { ctx.stream().alloc_zeros::<T>(len) };
     r.map_err(|e| err(format!("alloc of {len} values: {e:?}")))
@@ -200,6 +214,12 @@ impl device::Device for CudaBackend {
         match buf {
             CudaBuf::F32(s) => download_slice(&self.ctx, s),
             CudaBuf::Bf16(s) => download_slice(&self.ctx, s).map(|bits| from_bf16_bits(&bits)),
+        }
+    }
+    fn download_range(&self, buf: &Self::Buf, start: usize, len: usize) -> Result<Vec<f32>> {
+        match buf {
+            CudaBuf::F32(s) => download_range_of(&self.ctx, s, start, len),
+            CudaBuf::Bf16(s) => download_range_of(&self.ctx, s, start, len).map(|bits| from_bf16_bits(&bits)),
         }
     }
     fn len(&self, buf: &Self::Buf) -> usize {

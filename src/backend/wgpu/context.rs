@@ -297,8 +297,17 @@ impl Context {
 
     /// Reads `buf` back, after every dispatch recorded so far.
     pub fn read(&self, buf: &GpuBuf) -> Result<Vec<u8>> {
+        self.read_range(buf, 0, buf.len)
+    }
+
+    /// As [`Self::read`], the `len` 4-byte values from value `start` (a bounded read for
+    /// streaming saves).
+    pub fn read_range(&self, buf: &GpuBuf, start: usize, len: usize) -> Result<Vec<u8>> {
+        if start.checked_add(len).is_none_or(|end| end > buf.len) {
+            return Err(err(format!("download of values {start}..{} from a buffer of {}", start + len, buf.len)));
+        }
         self.flush()?;
-        let bytes = (buf.len * 4) as u64;
+        let bytes = (len * 4) as u64;
         if bytes == 0 {
             return Ok(Vec::new());
         }
@@ -309,7 +318,7 @@ impl Context {
             mapped_at_creation: false,
         });
         let mut encoder = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("download") });
-        encoder.copy_buffer_to_buffer(&buf.buffer, 0, &staging, 0, bytes);
+        encoder.copy_buffer_to_buffer(&buf.buffer, (start * 4) as u64, &staging, 0, bytes);
         self.queue.submit([encoder.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
         staging.map_async(wgpu::MapMode::Read, .., move |r| {

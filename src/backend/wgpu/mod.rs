@@ -142,7 +142,10 @@ impl device::Device for WgpuBackend {
         self.ctx.write(buf, bytemuck::cast_slice(data))
     }
     fn download(&self, buf: &GpuBuf) -> Result<Vec<f32>> {
-        Ok(bytemuck::cast_slice(&self.ctx.read(buf)?).to_vec())
+        Ok(f32s(&self.ctx.read(buf)?))
+    }
+    fn download_range(&self, buf: &GpuBuf, start: usize, len: usize) -> Result<Vec<f32>> {
+        Ok(f32s(&self.ctx.read_range(buf, start, len)?))
     }
     fn len(&self, buf: &GpuBuf) -> usize {
         buf.len
@@ -159,7 +162,7 @@ impl device::Device for WgpuBackend {
         self.ctx.write(buf, bytemuck::cast_slice(data))
     }
     fn download_ids(&self, buf: &GpuBuf) -> Result<Vec<i32>> {
-        Ok(bytemuck::cast_slice(&self.ctx.read(buf)?).to_vec())
+        Ok(self.ctx.read(buf)?.chunks_exact(4).map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect())
     }
     fn synchronize(&self) -> Result<()> {
         self.ctx.synchronize()
@@ -168,3 +171,9 @@ impl device::Device for WgpuBackend {
 
 // every op: the launcher of the same name in the family's file, called with `self.ctx`
 crate::op_list!(crate::backend::ops::impl_families_by_functions [WgpuBackend, ctx]);
+
+/// Little-endian bytes read back from the device as f32 (a `Vec<u8>` need not be 4-byte aligned,
+/// so no cast).
+fn f32s(bytes: &[u8]) -> Vec<f32> {
+    bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect()
+}
