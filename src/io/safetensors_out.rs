@@ -29,10 +29,17 @@ pub struct OutTensor<'a> {
     pub read: ReadRange<'a>,
 }
 
+/// Reads ranges of the host slice `data`.
+pub fn host_reader(data: &[f32]) -> ReadRange<'_> {
+    Box::new(move |start, len| {
+        data.get(start..start + len).map(<[f32]>::to_vec).ok_or_else(|| Error::invalid(format!("values {start}..{} of a tensor of {}", start + len, data.len())))
+    })
+}
+
 impl<'a> OutTensor<'a> {
     /// A tensor whose values are the host slice `data`.
     pub fn host(name: String, shape: Vec<usize>, dtype: Dtype, data: &'a [f32]) -> Self {
-        OutTensor { name, shape, dtype, read: Box::new(move |start, len| Ok(data[start..start + len].to_vec())) }
+        OutTensor { name, shape, dtype, read: host_reader(data) }
     }
 
     fn numel(&self) -> usize {

@@ -181,7 +181,7 @@ pub fn save_weights(dir: &Path, cfg: &ModelConfig, layout: &ParamLayout, weights
             )));
         }
     }
-    let readers = weights.iter().map(|w| -> ReadRange<'_> { Box::new(move |start, len| Ok(w[start..start + len].to_vec())) }).collect();
+    let readers = weights.iter().map(|w| safetensors_out::host_reader(w)).collect();
     save_weights_from(dir, cfg, layout, readers, Dtype::F32)
 }
 

@@ -131,16 +131,7 @@ impl<B: Backend> Model<B> {
 
     /// Reads a Hugging Face folder (config.json + safetensors).
     pub fn load(be: &B, dir: &Path) -> Result<Self> {
-        let cfg = ModelConfig::load(dir)?;
-        let layout = ParamLayout::new(&cfg);
-        let mut uploaded = Vec::with_capacity(layout.specs.len());
-        checkpoint::load_weights_each(dir, &cfg, &layout, |_, values| {
-            uploaded.push(be.upload(&values)?);
-            Ok(())
-        })?;
-        let mut model = Self::from_uploaded(be, cfg, uploaded)?;
-        model.source_dtype = checkpoint::stored_float_dtype(dir)?;
-        Ok(model)
+        Self::load_with(be, dir, ModelConfig::load(dir)?, |_, _| {})
     }
 
     /// Reads a folder as a reward model (a scalar `score` head on the trunk): a reward-model
@@ -150,12 +141,21 @@ impl<B: Backend> Model<B> {
         let mut cfg = ModelConfig::load(dir)?;
         cfg.score_head = true;
         let layout = ParamLayout::new(&cfg);
-        let mut uploaded = Vec::with_capacity(layout.specs.len());
-        checkpoint::load_weights_each(dir, &cfg, &layout, |i, mut values| {
+        Self::load_with(be, dir, cfg, |i, values| {
             if Some(i) == layout.score && values.is_empty() {
                 let mut rng = Rng::new(seed);
-                values = (0..layout.specs[i].numel()).map(|_| rng.normal() * 0.02).collect();
+                *values = (0..layout.specs[i].numel()).map(|_| rng.normal() * 0.02).collect();
             }
+        })
+    }
+
+    /// Reads the weights of `dir` for `cfg`, uploading each tensor as it is decoded (after
+    /// `fill(index, values)` may complete it), so the host never holds the whole model.
+    fn load_with(be: &B, dir: &Path, cfg: ModelConfig, mut fill: impl FnMut(usize, &mut Vec<f32>)) -> Result<Self> {
+        let layout = ParamLayout::new(&cfg);
+        let mut uploaded = Vec::with_capacity(layout.specs.len());
+        checkpoint::load_weights_each(dir, &cfg, &layout, |i, mut values| {
+            fill(i, &mut values);
             uploaded.push(be.upload(&values)?);
             Ok(())
         })?;

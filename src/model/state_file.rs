@@ -137,7 +137,7 @@ impl StateWriter<'_> {
             .iter()
             .map(|(name, len, source)| {
                 let read: ReadRange<'_> = match source {
-                    Source::Host(data) => Box::new(move |start, n| Ok(data[start..start + n].to_vec())),
+                    Source::Host(data) => safetensors_out::host_reader(data),
                     Source::Device(read) => Box::new(move |start, n| read(start, n)),
                 };
                 OutTensor { name: name.clone(), shape: vec![*len], dtype: Dtype::F32, read }
